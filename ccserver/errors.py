@@ -1,0 +1,63 @@
+"""
+The errors of ccserver, raised where they are found and rendered in one
+place (L{ccserver.web}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from attrs import field, frozen
+
+
+@frozen(eq=False)
+class OAuthError(Exception):
+    """
+    An error that an OAuth 2.0 endpoint reports to its caller.
+
+    @ivar error: the error code (RFC 6749 §5.2, RFC 7591 §3.2.2, ...).
+    @ivar description: the human-readable C{error_description}.
+    @ivar status: the HTTP status code.
+    @ivar headers: extra response headers, such as C{WWW-Authenticate}.
+    """
+
+    error: str
+    description: str
+    status: int = 400
+    headers: Mapping[str, str] = field(factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.error}: {self.description}"
+
+    def as_json(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
+
+def invalid_request(description: str) -> OAuthError:
+    return OAuthError("invalid_request", description)
+
+
+def invalid_client_metadata(description: str) -> OAuthError:
+    return OAuthError("invalid_client_metadata", description)
+
+
+def temporarily_unavailable(description: str) -> OAuthError:
+    return OAuthError("temporarily_unavailable", description, status=503)
+
+
+class ConfigError(Exception):
+    """
+    The configuration is wrong; the message names the key and what is wrong.
+    """
+
+
+class StoreUnavailable(Exception):
+    """
+    The store could not be reached, or did not answer in time.
+    """
+
+
+class ClientExists(Exception):
+    """
+    A client with that identifier is already registered.
+    """

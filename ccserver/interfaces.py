@@ -1,0 +1,130 @@
+"""
+The seams of ccserver: stores and grant handlers.
+
+Third parties code against L{IGrantHandlerFactory} and
+L{IClientCredentialsGrantHandler}; these names are stable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+from ccserver.model import Client, GrantAuthorization, GrantRequest, StoredKey
+
+
+class IClientStore(Interface):
+    """
+    Where registered clients are kept.
+
+    Every method returns a L{Deferred}.  A store that cannot be reached, or
+    does not answer in time, fails it with L{ccserver.errors.StoreUnavailable}.
+    Each write is atomic: a client is stored whole or not at all.
+    """
+
+    def add_client(client: Client) -> Deferred[None]:
+        """
+        Store a new client.  Fails with L{ccserver.errors.ClientExists} if
+        its C{client_id} is taken.
+        """
+
+    def get_client(client_id: str) -> Deferred[Client | None]:
+        """
+        The client with that identifier, or L{None}.
+        """
+
+    def replace_client(client: Client) -> Deferred[bool]:
+        """
+        Replace the stored client of the same C{client_id} with this one.
+        Fires with C{False} (and stores nothing) if there is none.
+        """
+
+    def delete_client(client_id: str) -> Deferred[bool]:
+        """
+        Delete a client.  Fires with C{False} if there was none.
+        """
+
+
+class IKeyStore(Interface):
+    """
+    Where signing keys are kept, so that every instance sees the same keys.
+    Private keys arrive here encrypted; a store never sees one in clear.
+    """
+
+    def list_keys() -> Deferred[list[StoredKey]]:
+        """
+        Every stored signing key, oldest first.
+        """
+
+    def add_key(key: StoredKey) -> Deferred[None]:
+        """
+        Store a new signing key.
+        """
+
+    def replace_key(key: StoredKey) -> Deferred[bool]:
+        """
+        Replace the stored key of the same C{kid}.  Fires with C{False} if
+        there is none.
+        """
+
+    def delete_key(kid: str) -> Deferred[bool]:
+        """
+        Delete a key.  Fires with C{False} if there was none.
+        """
+
+
+class IStore(IClientStore, IKeyStore):
+    """
+    A store chosen by URL: it keeps clients and keys, and has a lifetime.
+    """
+
+    url = Attribute("The store's URL, with any password masked.")
+
+    def open() -> Deferred[None]:
+        """
+        Connect and bring the schema up to date.  Called once, before use.
+        """
+
+    def close() -> Deferred[None]:
+        """
+        Release connections; called once, when the server stops.
+        """
+
+
+class IClientCredentialsGrantHandler(Interface):
+    """
+    Decides what a client credentials grant authorises.
+    """
+
+    def authorize(
+        grant: GrantRequest,
+    ) -> GrantAuthorization | Deferred[GrantAuthorization] | Awaitable[GrantAuthorization]:
+        """
+        Decide what the token for this grant carries.
+
+        @return: a L{GrantAuthorization}, or a L{Deferred} or awaitable of one.
+        @raise ccserver.errors.OAuthError: to deny the grant, for example
+            with C{invalid_scope} or C{unauthorized_client}.
+        """
+
+
+class IGrantHandlerFactory(Interface):
+    """
+    A Twisted plugin (it also provides L{twisted.plugin.IPlugin}) that makes
+    a grant handler from the C{[grant_handler]} table of the configuration.
+    """
+
+    name = Attribute("The name that selects this handler, e.g. 'webhook'.")
+    description = Attribute("One line saying what the handler decides and how.")
+
+    def makeHandler(config: Mapping[str, Any]) -> IClientCredentialsGrantHandler:
+        """
+        Make the handler.
+
+        @param config: the C{[grant_handler]} table without its C{name} key.
+        @raise ccserver.errors.ConfigError: when the configuration is wrong;
+            the message names the key.
+        """

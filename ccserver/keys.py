@@ -1,0 +1,274 @@
+"""
+Signing keys: generation, encryption at rest, the current signing key and
+the public JWK set.
+
+Keys live in the store, so that every instance signs with and publishes the
+same keys and a restart never orphans an issued token.  A private key reaches
+the store only encrypted (Fernet) with the key-encryption key, which lives in
+a file readable only by the server's user.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from attrs import frozen
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import get_default_algorithms
+
+from ccserver.interfaces import IKeyStore
+from ccserver.model import StoredKey
+
+_ALGORITHMS = get_default_algorithms()
+
+PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+
+
+class KeyDecryptionError(Exception):
+    """
+    A stored key cannot be decrypted with this server's key-encryption key.
+    """
+
+
+def generate_private_key(alg: str) -> PrivateKey:
+    if alg in ("RS256", "PS256"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if alg == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if alg == "EdDSA":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ValueError(f"no key type for {alg!r}")
+
+
+def public_jwk(private_key: PrivateKey) -> dict[str, Any]:
+    """
+    The public half of a key as a JWK (RFC 7517), without C{kid}.
+    """
+    public = private_key.public_key()
+    if isinstance(public, rsa.RSAPublicKey):
+        algorithm = _ALGORITHMS["RS256"]
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        algorithm = _ALGORITHMS["ES256"]
+    else:
+        algorithm = _ALGORITHMS["EdDSA"]
+    jwk: dict[str, Any] = algorithm.to_jwk(public, as_dict=True)  # type: ignore[attr-defined]
+    return jwk
+
+
+def thumbprint(jwk: dict[str, Any]) -> str:
+    """
+    The RFC 7638 JWK thumbprint, used as the C{kid}.
+    """
+    required = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
+    members = {name: jwk[name] for name in required[jwk["kty"]]}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+@frozen
+class SigningKey:
+    """
+    A key ready to sign: its private key, its public JWK and the constant
+    first segment of every JWS it signs.
+    """
+
+    stored: StoredKey
+    private_key: PrivateKey
+    jwk: dict[str, Any]
+    header_segment: bytes
+
+    @property
+    def kid(self) -> str:
+        return self.stored.kid
+
+    @property
+    def alg(self) -> str:
+        return self.stored.alg
+
+    @classmethod
+    def from_private_key(cls, stored: StoredKey, private_key: PrivateKey) -> SigningKey:
+        jwk = dict(public_jwk(private_key), kid=stored.kid, alg=stored.alg, use="sig")
+        header = {"alg": stored.alg, "kid": stored.kid, "typ": "at+jwt"}
+        segment = _b64(json.dumps(header, separators=(",", ":")).encode())
+        return cls(stored, private_key, jwk, segment)
+
+    def sign(self, claims: dict[str, Any]) -> str:
+        """
+        A compact JWS of C{claims} with this key (RFC 7515), C{typ: at+jwt}.
+        """
+        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = self.header_segment + b"." + payload
+        signature = _ALGORITHMS[self.alg].sign(signing_input, self.private_key)
+        return (signing_input + b"." + _b64(signature)).decode("ascii")
+
+
+@frozen
+class KeyEncryptor:
+    """
+    Encrypts private keys for the store and decrypts them back.
+    """
+
+    fernet: Fernet
+
+    @classmethod
+    def ephemeral(cls) -> KeyEncryptor:
+        return cls(Fernet(Fernet.generate_key()))
+
+    @classmethod
+    def from_file(cls, path: Path) -> tuple[KeyEncryptor, bool]:
+        """
+        Read the key-encryption key from C{path}, or make it there (mode
+        0600) if there is none.
+
+        @return: the encryptor, and whether the file was made now.
+        """
+        try:
+            with open(path, "rb") as f:
+                return cls(Fernet(f.read().strip())), False
+        except FileNotFoundError:
+            pass
+        key = Fernet.generate_key()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key + b"\n")
+        return cls(Fernet(key)), True
+
+    def encrypt(self, private_key: PrivateKey) -> str:
+        pem = private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return self.fernet.encrypt(pem).decode("ascii")
+
+    def decrypt(self, stored: StoredKey) -> PrivateKey:
+        try:
+            pem = self.fernet.decrypt(stored.encrypted_private_key.encode("ascii"))
+        except InvalidToken:
+            raise KeyDecryptionError(
+                f"signing key {stored.kid} cannot be decrypted: the key-encryption "
+                "key differs from the one it was stored with"
+            ) from None
+        key = serialization.load_pem_private_key(pem, password=None)
+        assert isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey))
+        return key
+
+
+class Keyring:
+    """
+    The signing keys this process knows, loaded from the store.
+
+    The current signing key for an algorithm is the newest one that is
+    active (C{active_from} has passed) and not retired.  The JWK set
+    publishes every key that may still verify a live token: all keys not
+    retired, and retired ones until C{max_lifetime} after their retirement.
+    """
+
+    def __init__(
+        self,
+        store: IKeyStore,
+        encryptor: KeyEncryptor,
+        alg: str,
+        max_lifetime: int,
+        now: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._encryptor = encryptor
+        self._alg = alg
+        self._max_lifetime = max_lifetime
+        self._now = now
+        self._keys: dict[str, SigningKey] = {}
+        self._current: SigningKey | None = None
+        self._jwks_json = b'{"keys":[]}'
+
+    @property
+    def current(self) -> SigningKey:
+        if self._current is None:
+            raise LookupError(f"no active {self._alg} signing key")
+        return self._current
+
+    @property
+    def jwks_json(self) -> bytes:
+        return self._jwks_json
+
+    def verification_key(self, kid: str) -> SigningKey | None:
+        return self._keys.get(kid)
+
+    async def refresh(self) -> None:
+        """
+        Load the keys from the store again (another instance may have added
+        or retired one).
+        """
+        stored = await self._store.list_keys()
+        known = self._keys
+        keys: dict[str, SigningKey] = {}
+        for record in stored:
+            old = known.get(record.kid)
+            if old is not None:
+                private_key = old.private_key
+            else:
+                private_key = self._encryptor.decrypt(record)
+            keys[record.kid] = SigningKey.from_private_key(record, private_key)
+        self._install(keys)
+
+    def _install(self, keys: dict[str, SigningKey]) -> None:
+        now = self._now()
+        self._keys = keys
+        candidates = [
+            k
+            for k in keys.values()
+            if k.alg == self._alg and k.stored.retired_at is None and k.stored.active_from <= now
+        ]
+        candidates.sort(key=lambda k: (k.stored.active_from, k.stored.created_at, k.kid))
+        self._current = candidates[-1] if candidates else None
+        published = [k.jwk for k in self._published(now)]
+        self._jwks_json = json.dumps({"keys": published}, separators=(",", ":")).encode()
+
+    def _published(self, now: float) -> Sequence[SigningKey]:
+        return [
+            k
+            for k in sorted(self._keys.values(), key=lambda k: (k.stored.created_at, k.kid))
+            if k.stored.retired_at is None or k.stored.retired_at + self._max_lifetime > now
+        ]
+
+    async def ensure_signing_key(self) -> bool:
+        """
+        Make sure there is an active key for the configured algorithm,
+        making and storing one if there is none.
+
+        @return: whether a key was made.
+        """
+        await self.refresh()
+        if self._current is not None:
+            return False
+        await self.add_key(self._alg, active_from=int(self._now()))
+        return True
+
+    async def add_key(self, alg: str, active_from: int) -> StoredKey:
+        private_key = generate_private_key(alg)
+        now = int(self._now())
+        kid = thumbprint(public_jwk(private_key))
+        stored = StoredKey(
+            kid=kid,
+            alg=alg,
+            encrypted_private_key=self._encryptor.encrypt(private_key),
+            created_at=now,
+            active_from=active_from,
+        )
+        await self._store.add_key(stored)
+        keys = dict(self._keys)
+        keys[kid] = SigningKey.from_private_key(stored, private_key)
+        self._install(keys)
+        return stored

@@ -1,0 +1,195 @@
+"""
+The domain: registered clients, grant requests and the decisions of grant
+handlers, issued tokens and signing keys.
+
+These are plain frozen attrs classes; nothing here knows of HTTP or of a store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from attrs import field, frozen
+
+#: Claims that ccserver sets itself on every access token; a grant handler
+#: cannot override them through L{GrantAuthorization.claims}.
+REGISTERED_CLAIMS = frozenset(
+    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope"}
+)
+
+CLIENT_CREDENTIALS = "client_credentials"
+
+
+def scope_values(scope: str | None) -> frozenset[str]:
+    """
+    The set of values in a space-separated scope string (RFC 6749 §3.3).
+    """
+    if not scope:
+        return frozenset()
+    return frozenset(scope.split())
+
+
+def _readonly(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping or {}))
+
+
+@frozen
+class Client:
+    """
+    A registered client.
+
+    @ivar client_id: its identifier.
+    @ivar client_id_issued_at: when it was registered (seconds since the epoch).
+    @ivar metadata: its RFC 7591 metadata as registered, JSON-compatible,
+        without C{client_id} or any secret.
+    @ivar client_secret_digest: the SHA-256 digest of its secret (hex); never
+        the secret itself.
+    @ivar registration_access_token_digest: the SHA-256 digest of its
+        registration access token (hex).
+    """
+
+    client_id: str
+    client_id_issued_at: int
+    metadata: Mapping[str, Any] = field(converter=_readonly)
+    client_secret_digest: str = field(repr=False)
+    registration_access_token_digest: str = field(repr=False)
+
+    @property
+    def scope(self) -> frozenset[str]:
+        """
+        The scope values this client may be granted.
+        """
+        return scope_values(self.metadata.get("scope"))
+
+    @property
+    def grant_types(self) -> tuple[str, ...]:
+        return tuple(self.metadata.get("grant_types", ()))
+
+    @property
+    def token_endpoint_auth_method(self) -> str:
+        return str(self.metadata.get("token_endpoint_auth_method", "client_secret_basic"))
+
+
+def _frozen_scope(values: Iterable[str]) -> frozenset[str]:
+    if isinstance(values, str):
+        return scope_values(values)
+    return frozenset(values)
+
+
+def _optional_scope(values: Iterable[str] | None) -> frozenset[str] | None:
+    return None if values is None else _frozen_scope(values)
+
+
+def _audience(values: Iterable[str] | str | None) -> tuple[str, ...] | None:
+    if values is None:
+        return None
+    if isinstance(values, str):
+        return (values,)
+    return tuple(values)
+
+
+def _check_claims(instance: object, attribute: object, claims: Mapping[str, Any]) -> None:
+    overridden = sorted(REGISTERED_CLAIMS.intersection(claims))
+    if overridden:
+        raise ValueError(
+            "GrantAuthorization.claims cannot set registered claims: "
+            + ", ".join(overridden)
+        )
+
+
+@frozen
+class GrantRequest:
+    """
+    A client's request for an access token, as a grant handler sees it.
+
+    @ivar client: the authenticated, registered client.
+    @ivar scope: the scope values requested, or L{None} when the request
+        named no scope.
+    @ivar params: the other form parameters of the token request (never the
+        client's credentials).
+    @ivar issuer: this server's issuer identifier.
+    """
+
+    client: Client
+    scope: frozenset[str] | None = field(converter=_optional_scope)
+    params: Mapping[str, str] = field(converter=_readonly, factory=dict)
+    issuer: str = ""
+
+
+@frozen
+class GrantAuthorization:
+    """
+    A grant handler's decision: what the access token carries.
+
+    @ivar scope: the scope values granted (any iterable of str, kept as a
+        frozenset; a string is split on spaces).
+    @ivar lifetime: the token's lifetime in seconds, or L{None} for the
+        server's default.
+    @ivar audience: the token's audience, or L{None} for the server's default.
+    @ivar claims: extra top-level claims for the token.  Registered claims
+        (L{REGISTERED_CLAIMS}) raise L{ValueError}.
+    @ivar token_format: C{"jwt"}, C{"opaque"}, or L{None} for the server's
+        configured format.
+    """
+
+    scope: frozenset[str] = field(converter=_frozen_scope)
+    lifetime: int | None = None
+    audience: tuple[str, ...] | None = field(default=None, converter=_audience)
+    claims: Mapping[str, Any] = field(
+        factory=dict, converter=_readonly, validator=_check_claims
+    )
+    token_format: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.lifetime is not None and (
+            isinstance(self.lifetime, bool)
+            or not isinstance(self.lifetime, int)
+            or self.lifetime <= 0
+        ):
+            raise ValueError(
+                f"GrantAuthorization.lifetime must be a positive int, not {self.lifetime!r}"
+            )
+
+
+@frozen
+class IssuedToken:
+    """
+    An access token as the token endpoint returns it.
+    """
+
+    access_token: str = field(repr=False)
+    expires_in: int
+    scope: frozenset[str]
+    token_type: str = "Bearer"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "token_type": self.token_type,
+            "expires_in": self.expires_in,
+            "scope": " ".join(sorted(self.scope)),
+        }
+
+
+@frozen
+class StoredKey:
+    """
+    A signing key as the store keeps it.
+
+    @ivar kid: its key identifier.
+    @ivar alg: the JWS algorithm it signs with.
+    @ivar encrypted_private_key: the PEM of its private key, encrypted with
+        the server's key-encryption key (Fernet token, ASCII).
+    @ivar created_at: when it was made (seconds since the epoch).
+    @ivar active_from: when it may start signing.
+    @ivar retired_at: when it stopped signing, or L{None}.
+    """
+
+    kid: str
+    alg: str
+    encrypted_private_key: str = field(repr=False)
+    created_at: int
+    active_from: int
+    retired_at: int | None = None

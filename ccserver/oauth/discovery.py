@@ -1,0 +1,34 @@
+"""
+Authorization server metadata (RFC 8414) and OpenID Provider metadata
+(OpenID Connect Discovery 1.0 §3): one document, served at both well-known
+paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ccserver.oauth.registration import AUTH_METHODS, GRANT_TYPES
+
+
+def metadata(issuer: str, signing_alg: str, scopes: Iterable[str] = ()) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "issuer": issuer,
+        "token_endpoint": f"{issuer}/token",
+        "registration_endpoint": f"{issuer}/client-reg",
+        "jwks_uri": f"{issuer}/jwks.json",
+        "grant_types_supported": list(GRANT_TYPES),
+        "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        # This server has no authorization endpoint; OpenID Discovery makes
+        # response_types_supported required, so it is present and empty.
+        "response_types_supported": [],
+        "response_modes_supported": [],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [],
+        "access_token_signing_alg_values_supported": [signing_alg],
+    }
+    scopes = sorted(set(scopes))
+    if scopes:
+        document["scopes_supported"] = scopes
+    return document

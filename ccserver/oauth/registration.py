@@ -1,0 +1,300 @@
+"""
+Dynamic client registration (RFC 7591) and client configuration (RFC 7592).
+
+Metadata validation lives here; so do the rules of who may read, replace and
+delete a registration.  Nothing here knows of HTTP.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from attrs import frozen
+
+from ccserver import credentials
+from ccserver.errors import ClientExists, OAuthError, invalid_client_metadata, invalid_request
+from ccserver.interfaces import IClientStore
+from ccserver.model import CLIENT_CREDENTIALS, Client
+
+#: The grant types this server issues tokens for.
+GRANT_TYPES = (CLIENT_CREDENTIALS,)
+#: How clients may authenticate at the token endpoint.
+AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
+
+_URI_FIELDS = ("client_uri", "logo_uri", "tos_uri", "policy_uri", "jwks_uri")
+_STRING_FIELDS = ("client_name", "software_id", "software_version")
+# RFC 7591 §2.2: human-readable fields may carry a language tag, "client_name#fr".
+_LOCALIZABLE = ("client_name", "client_uri", "logo_uri", "tos_uri", "policy_uri")
+_LANGUAGE_TAG = re.compile(r"^[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*$")
+
+#: Fields the server sets; a client cannot choose them.
+SERVER_FIELDS = (
+    "client_id",
+    "client_secret",
+    "client_id_issued_at",
+    "client_secret_expires_at",
+    "registration_access_token",
+    "registration_client_uri",
+)
+
+
+def bearer_error(description: str) -> OAuthError:
+    """
+    RFC 6750 §3.1: a missing or wrong bearer token at the registration
+    endpoints.
+    """
+    return OAuthError(
+        "invalid_token",
+        description,
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="ccserver", error="invalid_token"'},
+    )
+
+
+def _string(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise invalid_client_metadata(f"{name}: must be a string")
+    return value
+
+
+def _string_list(name: str, value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise invalid_client_metadata(f"{name}: must be an array of strings")
+    return list(value)
+
+
+def _absolute_uri(name: str, value: object) -> str:
+    uri = _string(name, value)
+    parts = urlsplit(uri)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise invalid_client_metadata(f"{name}: {uri!r} is not an absolute http(s) URI")
+    return uri
+
+
+def check_scope(name: str, scope: str) -> str:
+    values = scope.split(" ")
+    if not scope or not all(SCOPE_TOKEN.fullmatch(v) for v in values):
+        raise invalid_client_metadata(
+            f"{name}: must be scope values separated by single spaces (RFC 6749 §3.3)"
+        )
+    return " ".join(dict.fromkeys(values))
+
+
+def validate_metadata(body: object) -> dict[str, Any]:
+    """
+    Check a registration request's metadata and fill in the defaults.
+
+    Metadata this server does not understand is ignored (RFC 7591 §2).
+
+    @raise OAuthError: C{invalid_client_metadata}, naming the field.
+    """
+    if not isinstance(body, dict):
+        raise invalid_client_metadata("the request body must be a JSON object")
+    if "software_statement" in body:
+        raise OAuthError(
+            "invalid_software_statement", "software statements are not accepted here"
+        )
+    metadata: dict[str, Any] = {}
+
+    method = body.get("token_endpoint_auth_method", "client_secret_basic")
+    method = _string("token_endpoint_auth_method", method)
+    if method not in AUTH_METHODS:
+        raise invalid_client_metadata(
+            f"token_endpoint_auth_method: {method!r} is not supported; use one of "
+            + ", ".join(AUTH_METHODS)
+        )
+    metadata["token_endpoint_auth_method"] = method
+
+    grant_types = _string_list("grant_types", body.get("grant_types", list(GRANT_TYPES)))
+    for grant_type in grant_types:
+        if grant_type not in GRANT_TYPES:
+            raise invalid_client_metadata(
+                f"grant_types: this server does not issue {grant_type!r}; it issues "
+                + ", ".join(GRANT_TYPES)
+            )
+    metadata["grant_types"] = list(dict.fromkeys(grant_types))
+
+    response_types = _string_list("response_types", body.get("response_types", []))
+    if response_types:
+        raise invalid_client_metadata(
+            "response_types: must be empty: this server has no authorization endpoint"
+        )
+    metadata["response_types"] = []
+
+    application_type = body.get("application_type", "web")
+    if application_type not in ("web", "native"):
+        raise invalid_client_metadata("application_type: must be 'web' or 'native'")
+    metadata["application_type"] = application_type
+
+    if "scope" in body:
+        metadata["scope"] = check_scope("scope", _string("scope", body["scope"]))
+
+    if "redirect_uris" in body:
+        metadata["redirect_uris"] = [
+            _absolute_uri("redirect_uris", uri)
+            for uri in _string_list("redirect_uris", body["redirect_uris"])
+        ]
+    if "contacts" in body:
+        metadata["contacts"] = _string_list("contacts", body["contacts"])
+    if "jwks" in body:
+        jwks = body["jwks"]
+        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+            raise invalid_client_metadata("jwks: must be a JWK set, an object with 'keys'")
+        metadata["jwks"] = jwks
+    if "jwks" in body and "jwks_uri" in body:
+        raise invalid_client_metadata("jwks_uri: must not be given together with jwks")
+
+    for key, value in body.items():
+        field, _, tag = key.partition("#")
+        if tag and (field not in _LOCALIZABLE or not _LANGUAGE_TAG.match(tag)):
+            continue
+        if field in _URI_FIELDS:
+            metadata[key] = _absolute_uri(key, value)
+        elif field in _STRING_FIELDS:
+            metadata[key] = _string(key, value)
+    return metadata
+
+
+@frozen
+class Registration:
+    """
+    A new client as the registration endpoint returns it: the client, and
+    the secrets the caller sees this once.
+    """
+
+    client: Client
+    client_secret: str
+    registration_access_token: str
+
+
+def client_information(client: Client, issuer: str) -> dict[str, Any]:
+    """
+    RFC 7591 §3.2.1 / RFC 7592 §3: the client information response, without
+    the secrets the server keeps only as digests.
+    """
+    info: dict[str, Any] = {
+        "client_id": client.client_id,
+        "client_id_issued_at": client.client_id_issued_at,
+        "client_secret_expires_at": 0,
+        "registration_client_uri": registration_client_uri(issuer, client.client_id),
+    }
+    info.update(client.metadata)
+    return info
+
+
+def registration_client_uri(issuer: str, client_id: str) -> str:
+    return f"{issuer}/client-reg/{client_id}"
+
+
+class ClientRegistry:
+    """
+    The registration rules over a client store.
+    """
+
+    def __init__(
+        self,
+        store: IClientStore,
+        master_token_digest: str,
+        now: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._master_token_digest = master_token_digest
+        self._now = now
+
+    def check_master_token(self, token: str | None) -> None:
+        if token is None:
+            raise bearer_error("registration needs the master token as a bearer token")
+        if not credentials.check(token, self._master_token_digest):
+            raise bearer_error("the bearer token is not valid for registration")
+
+    async def register(self, token: str | None, read_body: Callable[[], object]) -> Registration:
+        """
+        RFC 7591 §3: register a new client.
+
+        @param read_body: parses the request's metadata; called only once
+            the caller is authorised, so that a stranger learns nothing
+            from the errors of a bad body.
+        """
+        self.check_master_token(token)
+        metadata = validate_metadata(read_body())
+        client_secret = credentials.new_secret()
+        registration_access_token = credentials.new_secret()
+        while True:
+            client = Client(
+                client_id=credentials.new_client_id(),
+                client_id_issued_at=int(self._now()),
+                metadata=metadata,
+                client_secret_digest=credentials.digest(client_secret),
+                registration_access_token_digest=credentials.digest(registration_access_token),
+            )
+            try:
+                await self._store.add_client(client)
+            except ClientExists:
+                continue  # 128 random bits: never in practice, but never an error
+            return Registration(client, client_secret, registration_access_token)
+
+    async def _authorized(self, client_id: str, token: str | None) -> Client:
+        """
+        RFC 7592 §2: the client whose configuration endpoint this is, if
+        C{token} is its registration access token (or the master token).
+        An unknown client gets the same answer as a wrong token.
+        """
+        if token is None:
+            raise bearer_error("this endpoint needs the client's registration access token")
+        client = await self._store.get_client(client_id)
+        expected = client.registration_access_token_digest if client else None
+        if credentials.check(token, expected) or credentials.check(
+            token, self._master_token_digest
+        ):
+            if client is not None:
+                return client
+        raise bearer_error("the registration access token is not valid for this client")
+
+    async def read(self, client_id: str, token: str | None) -> Client:
+        return await self._authorized(client_id, token)
+
+    async def replace(
+        self, client_id: str, token: str | None, read_body: Callable[[], object]
+    ) -> Client:
+        """
+        RFC 7592 §2.2: replace the client's metadata with the request's.
+        """
+        client = await self._authorized(client_id, token)
+        body = read_body()
+        if not isinstance(body, dict):
+            raise invalid_client_metadata("the request body must be a JSON object")
+        if body.get("client_id") != client_id:
+            raise invalid_request("client_id: must be given and match this client's client_id")
+        if "client_secret" in body and not credentials.check(
+            str(body["client_secret"]), client.client_secret_digest
+        ):
+            raise invalid_request("client_secret: does not match; a client cannot choose its secret")
+        current = client_information(client, "")
+        for name in ("client_id_issued_at", "client_secret_expires_at"):
+            if name in body and body[name] != current[name]:
+                raise invalid_request(f"{name}: is set by the server and cannot be changed")
+        new = Client(
+            client_id=client.client_id,
+            client_id_issued_at=client.client_id_issued_at,
+            metadata=validate_metadata(body),
+            client_secret_digest=client.client_secret_digest,
+            registration_access_token_digest=client.registration_access_token_digest,
+        )
+        if not await self._store.replace_client(new):
+            raise bearer_error("the registration access token is not valid for this client")
+        return new
+
+    async def delete(self, client_id: str, token: str | None) -> None:
+        """
+        RFC 7592 §2.3: deregister the client; its credentials and
+        registration access token stop working.
+        """
+        await self._authorized(client_id, token)
+        await self._store.delete_client(client_id)
+

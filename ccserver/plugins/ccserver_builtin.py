@@ -1,0 +1,27 @@
+"""
+The built-in grant handler plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from ccserver.interfaces import IClientCredentialsGrantHandler, IGrantHandlerFactory
+
+
+@implementer(IPlugin, IGrantHandlerFactory)
+class _RegisteredScope:
+    name = "registered-scope"
+    description = "grants the scope the client registered (the default)"
+
+    def makeHandler(self, config: Mapping[str, Any]) -> IClientCredentialsGrantHandler:
+        from ccserver.handlers.registered_scope import make_handler
+
+        return make_handler(config)
+
+
+registered_scope = _RegisteredScope()

@@ -1,0 +1,62 @@
+"""
+An in-memory store: for tests and throwaway servers.  Nothing survives a
+restart.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, fail, succeed
+from zope.interface import implementer
+
+from ccserver.errors import ClientExists
+from ccserver.interfaces import IStore
+from ccserver.model import Client, StoredKey
+
+
+@implementer(IStore)
+class MemoryStore:
+    url = "memory://"
+
+    def __init__(self) -> None:
+        self._clients: dict[str, Client] = {}
+        self._keys: dict[str, StoredKey] = {}
+
+    def open(self) -> Deferred[None]:
+        return succeed(None)
+
+    def close(self) -> Deferred[None]:
+        return succeed(None)
+
+    def add_client(self, client: Client) -> Deferred[None]:
+        if client.client_id in self._clients:
+            return fail(ClientExists(client.client_id))
+        self._clients[client.client_id] = client
+        return succeed(None)
+
+    def get_client(self, client_id: str) -> Deferred[Client | None]:
+        return succeed(self._clients.get(client_id))
+
+    def replace_client(self, client: Client) -> Deferred[bool]:
+        if client.client_id not in self._clients:
+            return succeed(False)
+        self._clients[client.client_id] = client
+        return succeed(True)
+
+    def delete_client(self, client_id: str) -> Deferred[bool]:
+        return succeed(self._clients.pop(client_id, None) is not None)
+
+    def list_keys(self) -> Deferred[list[StoredKey]]:
+        return succeed(sorted(self._keys.values(), key=lambda k: (k.created_at, k.kid)))
+
+    def add_key(self, key: StoredKey) -> Deferred[None]:
+        self._keys[key.kid] = key
+        return succeed(None)
+
+    def replace_key(self, key: StoredKey) -> Deferred[bool]:
+        if key.kid not in self._keys:
+            return succeed(False)
+        self._keys[key.kid] = key
+        return succeed(True)
+
+    def delete_key(self, kid: str) -> Deferred[bool]:
+        return succeed(self._keys.pop(kid, None) is not None)

@@ -1,0 +1,302 @@
+"""
+C{twist ccserver}: command-line options, and the service they make.
+
+Configuration mistakes are found in L{Options.postOptions}, before anything
+listens, and end the process with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall, deferLater
+from twisted.logger import Logger
+from twisted.python import usage
+
+from ccserver import credentials
+from ccserver.config import Config, ConfigError, load_config, resolve
+from ccserver.handlers import available, make_handler
+from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
+from ccserver.keys import KeyEncryptor, Keyring
+from ccserver.oauth.discovery import metadata
+from ccserver.oauth.grants import ClientCredentialsGrant
+from ccserver.oauth.registration import ClientRegistry
+from ccserver.oauth.tokens import TokenMinter
+from ccserver.stores import data_dir, store_from_url
+from ccserver.stores.cache import CachingClientStore
+from ccserver.web import CCServerApp, CCServerSite
+
+MASTER_TOKEN_FILE = "ccserver.master-token"
+KEY_ENCRYPTION_KEY_FILE = "ccserver.key-encryption-key"
+#: How often each process reloads the signing keys, to follow rotations made
+#: by another instance.
+KEY_REFRESH_SECONDS = 60.0
+#: How long a stop waits for requests in flight.
+STOP_GRACE_SECONDS = 30.0
+
+
+def _fail(message: str) -> SystemExit:
+    sys.stderr.write(f"ccserver: {message}\n")
+    sys.stderr.flush()
+    return SystemExit(2)
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    optParameters = [
+        ["config", "c", None, "A TOML configuration file (see etc/ccserver.toml)."],
+        ["issuer", None, None, "The issuer URL [default: http://localhost:<port>]."],
+        [
+            "store",
+            None,
+            None,
+            "The store URL: memory://, sqlite:///relative.db, sqlite:////absolute.db, "
+            "redis://host:port/db, postgresql://user@host/db [default: sqlite:///ccserver.db].",
+        ],
+        [
+            "master-token",
+            None,
+            None,
+            "The bearer token that authorises registration (or $CCSERVER_MASTER_TOKEN); "
+            "made and kept in a file beside the database if none is given.",
+        ],
+        ["grant-handler", None, None, "The grant handler plugin [default: registered-scope]."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """
+        A Twisted endpoint string to listen on; repeatable [default: tcp:8080].
+        """
+        self["listen"].append(endpoint)
+
+    def opt_version(self) -> None:
+        from ccserver import __version__
+
+        print(f"ccserver {__version__}")
+        sys.exit(0)
+
+    @property
+    def longdesc(self) -> str:  # type: ignore[override]
+        handlers = "\n".join(
+            f"  {name:20} {factory.description}" for name, factory in sorted(available().items())
+        )
+        return "An OAuth 2.0 authorization server for machine-to-machine clients.\n\nGrant handlers:\n" + handlers
+
+    def postOptions(self) -> None:
+        command_line = {
+            "config": self["config"],
+            "listen": self["listen"],
+            "issuer": self["issuer"],
+            "store": self["store"],
+            "master_token": self["master-token"],
+            "grant_handler": self["grant-handler"],
+        }
+        try:
+            self.config = load_config(command_line, os.environ)
+            self.handler = make_handler(
+                self.config.grant_handler, self.config.grant_handler_config
+            )
+            self.store = store_from_url(
+                self.config.store.url, _reactor(), timeout=self.config.store.timeout
+            )
+            for endpoint in self.config.listen:
+                try:
+                    serverFromString(_reactor(), endpoint)
+                except (ValueError, TypeError, KeyError) as e:
+                    raise ConfigError(f"listen: {endpoint!r} is not an endpoint string: {e}")
+            self.master_token_digest, self.master_token_file = _master_token(self.config)
+            self.encryptor = _key_encryptor(self.config)
+        except ConfigError as e:
+            raise _fail(str(e)) from None
+        except OSError as e:
+            raise _fail(f"{e.filename}: {e.strerror}") from None
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _master_token(config: Config) -> tuple[str, Path | None]:
+    """
+    The digest of the master token: the configured one, or the one kept in
+    a file (mode 0600) beside the database, made on first start.
+
+    @return: the digest, and the file it came from (None if configured).
+    """
+    if config.master_token is not None:
+        return credentials.digest(config.master_token), None
+    path = data_dir(config.store.url) / MASTER_TOKEN_FILE
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        token = credentials.new_secret()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+    if len(token) < 16:
+        raise ConfigError(f"master token file {str(path)!r}: holds fewer than 16 characters")
+    return credentials.digest(token), path
+
+
+def _key_encryptor(config: Config) -> KeyEncryptor:
+    if config.store.url.startswith("memory:") and config.key_encryption_key_file is None:
+        return KeyEncryptor.ephemeral()
+    base = data_dir(config.store.url)
+    path = resolve(config.key_encryption_key_file or KEY_ENCRYPTION_KEY_FILE, base)
+    try:
+        return KeyEncryptor.from_file(path)[0]
+    except ValueError:
+        raise ConfigError(f"[keys] encryption_key_file: {str(path)!r} holds no Fernet key") from None
+
+
+class CCServerService(Service):
+    """
+    Opens the store, loads the signing keys, then listens; on stop, stops
+    listening, lets requests in flight finish, and closes the store.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        config: Config,
+        store: IStore,
+        handler: IClientCredentialsGrantHandler,
+        master_token_digest: str,
+        encryptor: KeyEncryptor,
+        master_token_file: Path | None = None,
+    ) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.store = store
+        self.handler = handler
+        self.master_token_digest = master_token_digest
+        self.encryptor = encryptor
+        self.master_token_file = master_token_file
+        self.ports: list[IListeningPort] = []
+        self.site: CCServerSite | None = None
+        self._refresh: LoopingCall | None = None
+
+    def build(self) -> CCServerSite:
+        now = self.reactor.seconds
+        config = self.config
+        self.keyring = Keyring(
+            self.store, self.encryptor, config.tokens.signing_alg, config.tokens.lifetime, now
+        )
+        clients = CachingClientStore(self.store, now, config.store.client_cache_seconds)
+        minter = TokenMinter(
+            self.keyring, config.issuer, config.tokens.lifetime, config.tokens.audience, now
+        )
+        app = CCServerApp(
+            grant=ClientCredentialsGrant(clients, self.handler, minter, config.issuer),
+            registry=ClientRegistry(clients, self.master_token_digest, now),
+            keyring=self.keyring,
+            issuer=config.issuer,
+            discovery_json=_discovery_json(config),
+            now=now,
+        )
+        return CCServerSite(app.resource())
+
+    def startService(self) -> None:
+        super().startService()
+        ensureDeferred(self._start()).addErrback(self._fatal)
+
+    async def _start(self) -> None:
+        self._log.info("Opening store {url}", url=self.store.url)
+        await self.store.open()
+        self.site = self.build()
+        if await self.keyring.ensure_signing_key():
+            self._log.info(
+                "Made a new {alg} signing key {kid}",
+                alg=self.config.tokens.signing_alg,
+                kid=self.keyring.current.kid,
+            )
+        if self.master_token_file is not None:
+            self._log.info(
+                "The master token for registration is in {path}",
+                path=str(self.master_token_file.resolve()),
+            )
+        self._refresh = LoopingCall(self._refresh_keys)
+        self._refresh.clock = self.reactor
+        self._refresh.start(KEY_REFRESH_SECONDS, now=False).addErrback(
+            lambda f: self._log.failure("Key refresh stopped", f)
+        )
+        for description in self.config.listen:
+            endpoint = serverFromString(self.reactor, description)
+            port = await endpoint.listen(self.site)
+            self.ports.append(port)
+            self._log.info("Listening on {endpoint}", endpoint=description)
+        self._log.info("ccserver is ready; issuer {issuer}", issuer=self.config.issuer)
+
+    def _refresh_keys(self) -> Deferred[None]:
+        d = ensureDeferred(self.keyring.refresh())
+        d.addErrback(lambda f: self._log.warn("Could not reload signing keys: {f}", f=f.value))
+        return d
+
+    def _fatal(self, failure: Any) -> None:
+        self._log.critical("ccserver could not start: {reason}", reason=failure.getErrorMessage())
+        sys.stderr.write(f"ccserver: could not start: {failure.getErrorMessage()}\n")
+        sys.stderr.flush()
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
+        self.reactor.stop()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        for port in self.ports:
+            await port.stopListening()
+        self.ports.clear()
+        waited = 0.0
+        while self.site is not None and self.site.in_flight and waited < STOP_GRACE_SECONDS:
+            await deferLater(self.reactor, 0.05, lambda: None)
+            waited += 0.05
+        if self._refresh is not None and self._refresh.running:
+            self._refresh.stop()
+        await self.store.close()
+        self._log.info("ccserver stopped")
+
+
+def _discovery_json(config: Config) -> bytes:
+    import json
+
+    return json.dumps(
+        metadata(config.issuer, config.tokens.signing_alg), separators=(",", ":")
+    ).encode()
+
+
+def makeService(options: Options) -> CCServerService:
+    return CCServerService(
+        reactor=_reactor(),
+        config=options.config,
+        store=options.store,
+        handler=options.handler,
+        master_token_digest=options.master_token_digest,
+        encryptor=options.encryptor,
+        master_token_file=options.master_token_file,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """
+    Run as C{python -m ccserver.tap}: the same as C{twist ccserver}.
+    """
+    from twisted.application.twist._twist import Twist
+
+    Twist.main(["twist", "ccserver", *(argv if argv is not None else sys.argv[1:])])

@@ -1,0 +1,307 @@
+"""
+The HTTP surface: Klein routes that parse a request once, call one function
+of L{ccserver.oauth}, and write its answer.  Every error is rendered here, in
+L{CCServerApp.oauth_error}, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+from urllib.parse import parse_qsl
+
+from attrs import define
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http, server
+from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from ccserver.errors import OAuthError, StoreUnavailable, invalid_client_metadata, invalid_request
+from ccserver.keys import Keyring
+from ccserver.oauth.grants import ClientCredentialsGrant
+from ccserver.oauth.registration import ClientRegistry, client_information
+
+#: The largest request body accepted, in bytes; larger ones get 413.
+MAX_BODY = 64 * 1024
+
+_FORM = b"application/x-www-form-urlencoded"
+_JSON = b"application/json"
+
+
+class BoundedRequest(server.Request):
+    """
+    A request that keeps at most L{MAX_BODY} bytes of its body in memory,
+    and leaves form parsing to the routes (so that a malformed multipart
+    body gets an OAuth error, not a dropped connection).
+    """
+
+    body_too_large = False
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs["parsePOSTFormSubmission"] = False
+        super().__init__(channel, *args, **kwargs)
+
+    def gotLength(self, length: int | None) -> None:
+        self.content = BytesIO()
+        self._received = 0
+        if length is not None and length > MAX_BODY:
+            self.body_too_large = True
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > MAX_BODY:
+            self.body_too_large = True
+        if not self.body_too_large:
+            self.content.write(data)
+
+
+def _access_log(timestamp: str, request: server.Request) -> str:
+    """
+    The combined log format, without the query string: a client that put
+    its secret in the URL must not have it written to the log.
+    """
+    path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")
+    agent = (request.getHeader(b"user-agent") or b"-").decode("ascii", "replace")
+    ip = getattr(request.getClientAddress(), "host", "-")
+    method = request.method.decode("ascii", "replace")
+    proto = request.clientproto.decode("ascii", "replace")
+    length = request.sentLength or "-"
+    agent = agent.replace('"', "'")
+    return f'"{ip}" - - {timestamp} "{method} {path} {proto}" {request.code} {length} "-" "{agent}"'
+
+
+class CCServerSite(server.Site):
+    """
+    The site: bounded requests, an access log without query strings, and a
+    count of the requests in flight so that a stop can wait for them.
+    """
+
+    requestFactory = BoundedRequest
+    displayTracebacks = False
+
+    def __init__(self, resource: Any) -> None:
+        super().__init__(resource, logFormatter=_access_log, parsePOSTFormSubmission=False)
+        self.in_flight = 0
+
+    def getResourceFor(self, request: server.Request) -> Any:
+        self.in_flight += 1
+        request.notifyFinish().addBoth(self._finished)
+        return super().getResourceFor(request)
+
+    def _finished(self, _: object) -> None:
+        self.in_flight -= 1
+
+
+def _json(request: IRequest, status: int, document: Any, *, cache: str = "no-store") -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Cache-Control", cache.encode())
+    if cache == "no-store":
+        request.setHeader(b"Pragma", b"no-cache")
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _media_type(request: IRequest) -> bytes:
+    content_type = request.getHeader(b"content-type") or b""
+    return content_type.split(b";", 1)[0].strip().lower()
+
+
+def _body(request: IRequest) -> bytes:
+    if getattr(request, "body_too_large", False):
+        raise OAuthError(
+            "invalid_request", f"the request body is larger than {MAX_BODY} bytes", status=413
+        )
+    return request.content.read()  # type: ignore[no-any-return]
+
+
+def _single(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """
+    RFC 6749 §3.2: parameters sent without a value are treated as omitted,
+    and request parameters must not be included more than once.
+    """
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:
+            raise invalid_request(f"{name}: given more than once")
+        form[name] = value
+    return {name: value for name, value in form.items() if value != ""}
+
+
+def parse_form(request: IRequest) -> dict[str, str]:
+    if request.uri.partition(b"?")[2]:
+        raise invalid_request("token request parameters must be sent in the body, not the URL")
+    if _media_type(request) != _FORM:
+        raise invalid_request("the body must be application/x-www-form-urlencoded")
+    body = _body(request)
+    try:
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        raise invalid_request("the body is not valid UTF-8 form data") from None
+    return _single(pairs)
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in document:
+            raise invalid_client_metadata(f"{name}: given more than once")
+        document[name] = value
+    return document
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(request: IRequest) -> Any:
+    if _media_type(request) != _JSON:
+        raise invalid_request("the body must be application/json")
+    body = _body(request)
+    try:
+        return json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_no_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise invalid_client_metadata(f"the body is not valid JSON: {e}") from None
+
+
+def bearer_token(request: IRequest) -> str | None:
+    header = request.getHeader(b"authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.decode("latin-1").strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return ""
+    return token.strip()
+
+
+def _allow(request: IRequest, *methods: bytes) -> None:
+    if request.method not in methods:
+        raise OAuthError(
+            "invalid_request",
+            f"{request.method.decode('ascii', 'replace')} is not allowed here",
+            status=405,
+            headers={"Allow": ", ".join(m.decode() for m in methods)},
+        )
+
+
+@define
+class CCServerApp:
+    """
+    The routes.  Every collaborator comes in through the constructor.
+    """
+
+    grant: ClientCredentialsGrant
+    registry: ClientRegistry
+    keyring: Keyring
+    issuer: str
+    discovery_json: bytes
+    now: Callable[[], float]
+
+    app = Klein()
+    _log = Logger()
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    @app.route("/token", methods=None)
+    async def token(self, request: IRequest) -> bytes:
+        _allow(request, b"POST")
+        form = parse_form(request)
+        authorization = request.getHeader(b"authorization")
+        issued = await self.grant.token(
+            form, authorization.decode("latin-1") if authorization is not None else None
+        )
+        return _json(request, 200, issued.as_json())
+
+    @app.route("/.well-known/openid-configuration", methods=None)
+    @app.route("/.well-known/oauth-authorization-server", methods=None)
+    def discovery(self, request: IRequest) -> bytes:
+        _allow(request, b"GET", b"HEAD")
+        request.setHeader(b"Content-Type", b"application/json")
+        request.setHeader(b"Cache-Control", b"public, max-age=3600")
+        return self.discovery_json
+
+    @app.route("/jwks.json", methods=None)
+    def jwks(self, request: IRequest) -> bytes:
+        _allow(request, b"GET", b"HEAD")
+        request.setHeader(b"Content-Type", b"application/jwk-set+json")
+        request.setHeader(b"Cache-Control", b"public, max-age=300")
+        return self.keyring.jwks_json
+
+    @app.route("/client-reg", methods=None)
+    async def register(self, request: IRequest) -> bytes:
+        _allow(request, b"POST")
+        registration = await self.registry.register(
+            bearer_token(request), lambda: parse_json(request)
+        )
+        document = client_information(registration.client, self.issuer)
+        document["client_secret"] = registration.client_secret
+        document["registration_access_token"] = registration.registration_access_token
+        request.setHeader(b"Location", document["registration_client_uri"].encode())
+        self._log.info(
+            "Registered client {client_id} ({client_name})",
+            client_id=registration.client.client_id,
+            client_name=registration.client.metadata.get("client_name", ""),
+        )
+        return _json(request, 201, document)
+
+    @app.route("/client-reg/<client_id>", methods=None)
+    async def configuration(self, request: IRequest, client_id: str) -> bytes:
+        _allow(request, b"GET", b"PUT", b"DELETE")
+        token = bearer_token(request)
+        if request.method == b"GET":
+            client = await self.registry.read(client_id, token)
+        elif request.method == b"PUT":
+            client = await self.registry.replace(client_id, token, lambda: parse_json(request))
+            self._log.info("Updated client {client_id}", client_id=client_id)
+        else:
+            await self.registry.delete(client_id, token)
+            self._log.info("Deleted client {client_id}", client_id=client_id)
+            request.setResponseCode(204)
+            request.setHeader(b"Cache-Control", b"no-store")
+            request.setHeader(b"Pragma", b"no-cache")
+            return b""
+        return _json(request, 200, client_information(client, self.issuer))
+
+    @app.handle_errors(OAuthError)
+    def oauth_error(self, request: IRequest, failure: Failure) -> bytes:
+        error: OAuthError = failure.value
+        for name, value in error.headers.items():
+            request.setHeader(name.encode(), value.encode("latin-1"))
+        return _json(request, error.status, error.as_json())
+
+    @app.handle_errors(StoreUnavailable)
+    def store_unavailable(self, request: IRequest, failure: Failure) -> bytes:
+        self._log.warn("Store unavailable: {reason}", reason=str(failure.value))
+        request.setHeader(b"Retry-After", b"1")
+        return _json(
+            request,
+            503,
+            {"error": "temporarily_unavailable", "error_description": "the store is unavailable; try again shortly"},
+        )
+
+    @app.handle_errors(HTTPException)
+    def http_exception(self, request: IRequest, failure: Failure) -> bytes:
+        exception: HTTPException = failure.value
+        if isinstance(exception, NotFound):
+            return _json(request, 404, {"error": "not_found", "error_description": "no such endpoint"})
+        if isinstance(exception, MethodNotAllowed):
+            return _json(request, 405, {"error": "invalid_request", "error_description": "method not allowed"})
+        return _json(
+            request,
+            exception.code or 400,
+            {"error": "invalid_request", "error_description": exception.description or "bad request"},
+        )
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request: IRequest, failure: Failure) -> bytes:
+        self._log.failure("Unexpected error answering {method} {path}", failure,
+                          method=request.method, path=request.path)
+        return _json(request, 500, {"error": "server_error", "error_description": "internal error"})

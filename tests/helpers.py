@@ -1,0 +1,138 @@
+"""
+An in-memory ccserver for unit tests: the real app over a MemoryStore, a
+Clock and StubTreq.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+from urllib.parse import quote_plus, urlencode
+
+import jwt
+from attrs import define
+from treq.testing import StubTreq
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from ccserver import credentials
+from ccserver.config import Config, StoreConfig, TokenConfig
+from ccserver.handlers.registered_scope import RegisteredScopeHandler
+from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
+from ccserver.keys import KeyEncryptor
+from ccserver.stores.memory import MemoryStore
+from ccserver.tap import CCServerService
+
+ISSUER = "https://as.example.com"
+MASTER_TOKEN = "master-token-for-tests-0123456789"
+
+
+@define
+class Response:
+    code: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def basic(client_id: str, secret: str) -> str:
+    """
+    RFC 6749 §2.3.1: form-urlencode, then Basic.
+    """
+    raw = f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+class ServerTestCase(SynchronousTestCase):
+    """
+    A test case with a whole ccserver app in memory.
+    """
+
+    signing_alg = "RS256"
+
+    def make_store(self) -> IStore:
+        return MemoryStore()
+
+    def make_handler(self) -> IClientCredentialsGrantHandler:
+        return RegisteredScopeHandler()
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(time.time())
+        self.store = self.make_store()
+        self.config = Config(
+            issuer=ISSUER,
+            store=StoreConfig(url="memory://", client_cache_seconds=5),
+            tokens=TokenConfig(signing_alg=self.signing_alg),
+        )
+        self.service = CCServerService(
+            reactor=self.clock,
+            config=self.config,
+            store=self.store,
+            handler=self.make_handler(),
+            master_token_digest=credentials.digest(MASTER_TOKEN),
+            encryptor=KeyEncryptor.ephemeral(),
+        )
+        self.site = self.service.build()
+        self.successResultOf(ensureDeferred(self.service.keyring.ensure_signing_key()))
+        self.treq = StubTreq(self.site.resource)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        headers: dict[str, str] | None = None,
+        data: bytes | dict[str, str] | None = None,
+        json_body: Any = None,
+    ) -> Response:
+        kwargs: dict[str, Any] = {"headers": headers or {}}
+        if json_body is not None:
+            kwargs["data"] = json.dumps(json_body).encode()
+            kwargs["headers"].setdefault("Content-Type", "application/json")
+        elif data is not None:
+            kwargs["data"] = data
+        response = self.successResultOf(
+            self.treq.request(method, ISSUER + path, **kwargs)
+        )
+        body = self.successResultOf(response.content())
+        headers_out = {
+            k.decode().lower(): b", ".join(v).decode()
+            for k, v in response.headers.getAllRawHeaders()
+        }
+        return Response(response.code, headers_out, body)
+
+    def register(self, **metadata: Any) -> dict[str, Any]:
+        response = self.request(
+            "POST",
+            "/client-reg",
+            headers={"Authorization": f"Bearer {MASTER_TOKEN}"},
+            json_body=metadata,
+        )
+        self.assertEqual(response.code, 201, response.body)
+        return response.json()  # type: ignore[no-any-return]
+
+    def token(
+        self,
+        form: dict[str, str] | bytes,
+        authorization: str | None = None,
+    ) -> Response:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        if isinstance(form, dict):
+            form = urlencode(form).encode()
+        return self.request("POST", "/token", headers=headers, data=form)
+
+    def verify(self, access_token: str, audience: str = ISSUER) -> dict[str, Any]:
+        jwks = self.request("GET", "/jwks.json").json()
+        kid = jwt.get_unverified_header(access_token)["kid"]
+        key = jwt.PyJWK(next(j for j in jwks["keys"] if j["kid"] == kid))
+        return jwt.decode(
+            access_token, key, algorithms=[self.signing_alg], audience=audience, issuer=ISSUER
+        )

@@ -1,0 +1,150 @@
+"""
+Run a real C{twist ccserver} process for end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class CCServerProcess:
+    """
+    A C{twist ccserver} child process listening on a free loopback port,
+    run in C{folder}.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *args: str,
+        store: str | None = None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.args = list(args)
+        if store is not None:
+            self.args += ["--store", store]
+        self.env = dict(os.environ)
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO)] + ([self.env["PYTHONPATH"]] if self.env.get("PYTHONPATH") else [])
+        )
+        self.env.pop("CCSERVER_MASTER_TOKEN", None)
+        self.env.update(env or {})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.folder / f"ccserver-{self.port}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "twisted",
+            "--log-format=text",
+            "ccserver",
+            "--listen",
+            f"tcp:{self.port}:interface=127.0.0.1",
+            "--issuer",
+            self.url,
+            *self.args,
+        ]
+
+    def start(self, timeout: float = 30.0) -> CCServerProcess:
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command(), cwd=self.folder, env=self.env, stdout=self.log, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                err = self.process.stderr.read().decode() if self.process.stderr else ""
+                raise RuntimeError(
+                    f"ccserver exited with {self.process.returncode}: {err}\n{self.read_log()}"
+                )
+            try:
+                requests.get(self.url + "/jwks.json", timeout=1)
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"ccserver did not start in {timeout}s:\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def master_token(self) -> str:
+        for i, arg in enumerate(self.args):
+            if arg == "--master-token":
+                return self.args[i + 1]
+        return (self.folder / "ccserver.master-token").read_text().strip()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self.log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if hasattr(self, "log"):
+            self.log.close()
+
+    def register(self, **metadata: Any) -> dict[str, Any]:
+        response = requests.post(
+            self.url + "/client-reg",
+            json=metadata,
+            headers={"Authorization": f"Bearer {self.master_token}"},
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        return response.json()  # type: ignore[no-any-return]
+
+    def __enter__(self) -> CCServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def run_ccserver(*args: str, cwd: Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """
+    Run C{twist ccserver} with these arguments and return how it ended
+    (for start-up errors, which end the process before it listens).
+    """
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("CCSERVER_MASTER_TOKEN", None)
+    return subprocess.run(
+        [sys.executable, "-m", "twisted", "ccserver", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,316 @@
+"""
+Client registration (RFC 7591) and client configuration (RFC 7592).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ccserver import credentials
+from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, basic
+
+MASTER = {"Authorization": f"Bearer {MASTER_TOKEN}"}
+
+
+class RegistrationTests(ServerTestCase):
+    def post(self, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None):  # type: ignore[no-untyped-def]
+        if raw is not None:
+            return self.request(
+                "POST", "/client-reg", headers={**MASTER, **(headers or {})}, data=raw
+            )
+        return self.request(
+            "POST", "/client-reg", headers=dict(MASTER) if headers is None else headers, json_body=body
+        )
+
+    def assert_metadata_error(self, response, field: str, error: str = "invalid_client_metadata") -> None:  # type: ignore[no-untyped-def]
+        self.assertEqual(response.code, 400, response.body)
+        self.assertEqual(response.json()["error"], error)
+        self.assertIn(field, response.json()["error_description"])
+
+    def test_register(self) -> None:
+        """
+        The seed's request gets 201 with everything the seed shows.
+        """
+        response = self.post({"client_name": "My House App", "scope": "read write"})
+        self.assertEqual(response.code, 201)
+        self.assertEqual(response.headers["cache-control"], "no-store")
+        self.assertEqual(response.headers["pragma"], "no-cache")
+        body = response.json()
+        client_id = body["client_id"]
+        self.assertEqual(body["client_name"], "My House App")
+        self.assertEqual(body["scope"], "read write")
+        self.assertEqual(body["grant_types"], ["client_credentials"])
+        self.assertEqual(body["response_types"], [])
+        self.assertEqual(body["token_endpoint_auth_method"], "client_secret_basic")
+        self.assertEqual(body["application_type"], "web")
+        self.assertEqual(body["client_secret_expires_at"], 0)
+        self.assertEqual(body["client_id_issued_at"], int(self.clock.seconds()))
+        self.assertEqual(body["registration_client_uri"], f"{ISSUER}/client-reg/{client_id}")
+        self.assertEqual(response.headers["location"], body["registration_client_uri"])
+        # 256 random bits, URL-safe base64: 43 characters.
+        self.assertGreaterEqual(len(body["client_secret"]), 43)
+        self.assertGreaterEqual(len(body["registration_access_token"]), 43)
+
+    def test_secrets_differ(self) -> None:
+        a, b = self.register(), self.register()
+        self.assertNotEqual(a["client_id"], b["client_id"])
+        self.assertNotEqual(a["client_secret"], b["client_secret"])
+        self.assertNotEqual(a["client_secret"], a["registration_access_token"])
+
+    def test_only_digests_are_stored(self) -> None:
+        body = self.register(scope="read")
+        client = self.successResultOf(self.store.get_client(body["client_id"]))
+        self.assertEqual(client.client_secret_digest, credentials.digest(body["client_secret"]))
+        self.assertEqual(
+            client.registration_access_token_digest,
+            credentials.digest(body["registration_access_token"]),
+        )
+        stored = repr(client) + repr(dict(client.metadata))
+        self.assertNotIn(body["client_secret"], stored)
+        self.assertNotIn(body["registration_access_token"], stored)
+        self.assertNotIn(client.client_secret_digest, repr(client))
+
+    def test_rfc7591_fields_echoed(self) -> None:
+        metadata = {
+            "client_name": "My House App",
+            "client_name#fr": "Mon appli maison",
+            "client_uri": "https://house.example.com",
+            "logo_uri": "https://house.example.com/logo.png",
+            "tos_uri": "https://house.example.com/tos",
+            "policy_uri": "https://house.example.com/policy",
+            "contacts": ["ops@example.com"],
+            "software_id": "4NRB1-0XZABZI9E6-5SM3R",
+            "software_version": "2.1",
+            "jwks_uri": "https://house.example.com/jwks.json",
+        }
+        body = self.register(**metadata)
+        for name, value in metadata.items():
+            self.assertEqual(body[name], value, name)
+
+    def test_unknown_metadata_ignored(self) -> None:
+        """
+        RFC 7591 §2: the server ignores metadata it does not understand.
+        """
+        body = self.register(scope="read", frobnicate=True)
+        self.assertNotIn("frobnicate", body)
+
+    def test_client_chosen_id_and_secret_ignored(self) -> None:
+        body = self.register(client_id="mine", client_secret="chosen-secret")
+        self.assertNotEqual(body["client_id"], "mine")
+        self.assertNotEqual(body["client_secret"], "chosen-secret")
+
+    def test_client_secret_post_method(self) -> None:
+        body = self.register(token_endpoint_auth_method="client_secret_post")
+        self.assertEqual(body["token_endpoint_auth_method"], "client_secret_post")
+
+    def test_no_token(self) -> None:
+        response = self.post({"client_name": "x"}, headers={})
+        self.assertEqual(response.code, 401)
+        self.assertTrue(response.headers["www-authenticate"].startswith("Bearer "))
+        self.assertEqual(response.json()["error"], "invalid_token")
+
+    def test_wrong_token(self) -> None:
+        for header in ("Bearer wrong", "Basic abc", "Bearer"):
+            response = self.post({"client_name": "x"}, headers={"Authorization": header})
+            self.assertEqual(response.code, 401)
+            self.assertTrue(response.headers["www-authenticate"].startswith("Bearer "))
+
+    def test_unauthorised_caller_learns_nothing_of_the_body(self) -> None:
+        response = self.request(
+            "POST", "/client-reg", headers={"Content-Type": "application/json"}, data=b"{"
+        )
+        self.assertEqual(response.code, 401)
+
+    def test_malformed_json(self) -> None:
+        response = self.post(None, raw=b'{"client_name": ', headers={"Content-Type": "application/json"})
+        self.assert_metadata_error(response, "JSON")
+
+    def test_duplicate_member(self) -> None:
+        response = self.post(
+            None, raw=b'{"scope": "a", "scope": "b"}', headers={"Content-Type": "application/json"}
+        )
+        self.assert_metadata_error(response, "scope")
+
+    def test_not_an_object(self) -> None:
+        for body in ([], "x", 1, None):
+            self.assert_metadata_error(self.post(None, raw=__import__("json").dumps(body).encode(), headers={"Content-Type": "application/json"}), "object")
+
+    def test_non_json_body(self) -> None:
+        response = self.post(
+            None, raw=b"client_name=x", headers={"Content-Type": "application/x-www-form-urlencoded"}
+        )
+        self.assert_metadata_error(response, "application/json", error="invalid_request")
+
+    def test_wrong_types(self) -> None:
+        for field, value in [
+            ("scope", 1),
+            ("client_name", ["x"]),
+            ("grant_types", "client_credentials"),
+            ("response_types", [1]),
+            ("contacts", "ops@example.com"),
+            ("token_endpoint_auth_method", 3),
+            ("client_uri", "not a uri"),
+            ("redirect_uris", ["relative/path"]),
+            ("jwks", "x"),
+        ]:
+            self.assert_metadata_error(self.post({field: value}), field)
+
+    def test_bad_scope(self) -> None:
+        for scope in ("", "a  b", 'a "b"', " a"):
+            self.assert_metadata_error(self.post({"scope": scope}), "scope")
+
+    def test_unknown_auth_method(self) -> None:
+        for method in ("private_key_jwt", "none", "tls_client_auth"):
+            self.assert_metadata_error(
+                self.post({"token_endpoint_auth_method": method}), "token_endpoint_auth_method"
+            )
+
+    def test_grant_type_not_issued(self) -> None:
+        for grant_type in ("authorization_code", "password", "refresh_token"):
+            self.assert_metadata_error(
+                self.post({"grant_types": ["client_credentials", grant_type]}), "grant_types"
+            )
+
+    def test_response_types(self) -> None:
+        self.assert_metadata_error(self.post({"response_types": ["code"]}), "response_types")
+
+    def test_software_statement(self) -> None:
+        response = self.post({"software_statement": "eyJ..."})
+        self.assertEqual(response.code, 400)
+        self.assertEqual(response.json()["error"], "invalid_software_statement")
+
+    def test_method_not_allowed(self) -> None:
+        response = self.request("GET", "/client-reg", headers=MASTER)
+        self.assertEqual(response.code, 405)
+
+
+class ConfigurationTests(ServerTestCase):
+    """
+    RFC 7592: reading, replacing and deleting a registration with its
+    registration access token.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.client = self.register(client_name="My House App", scope="read")
+        self.path = f"/client-reg/{self.client['client_id']}"
+        self.rat = {"Authorization": f"Bearer {self.client['registration_access_token']}"}
+
+    def test_read(self) -> None:
+        response = self.request("GET", self.path, headers=self.rat)
+        self.assertEqual(response.code, 200)
+        body = response.json()
+        self.assertEqual(body["client_id"], self.client["client_id"])
+        self.assertEqual(body["client_name"], "My House App")
+        self.assertEqual(body["scope"], "read")
+        self.assertEqual(body["registration_client_uri"], self.client["registration_client_uri"])
+        self.assertNotIn("client_secret", body)
+        self.assertNotIn("registration_access_token", body)
+        self.assertEqual(response.headers["cache-control"], "no-store")
+
+    def test_master_token_also_manages(self) -> None:
+        response = self.request("GET", self.path, headers=MASTER)
+        self.assertEqual(response.code, 200)
+
+    def test_no_or_wrong_token(self) -> None:
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            for method in ("GET", "PUT", "DELETE"):
+                response = self.request(method, self.path, headers=headers, json_body={} if method == "PUT" else None)
+                self.assertEqual(response.code, 401, (method, headers))
+                self.assertIn("Bearer", response.headers["www-authenticate"])
+
+    def test_other_clients_token(self) -> None:
+        other = self.register(client_name="Other")
+        headers = {"Authorization": f"Bearer {other['registration_access_token']}"}
+        self.assertEqual(self.request("GET", self.path, headers=headers).code, 401)
+        body = {"client_id": self.client["client_id"], "scope": "read write"}
+        self.assertEqual(self.request("PUT", self.path, headers=headers, json_body=body).code, 401)
+        self.assertEqual(self.request("DELETE", self.path, headers=headers).code, 401)
+        self.assertEqual(self.request("GET", self.path, headers=self.rat).json()["scope"], "read")
+
+    def test_unknown_client(self) -> None:
+        response = self.request("GET", "/client-reg/nobody", headers=self.rat)
+        self.assertEqual(response.code, 401)
+
+    def test_replace(self) -> None:
+        """
+        The seed's update: add the client_credentials grant to a client that
+        had none; the new metadata replaces the old, whole.
+        """
+        client = self.register(client_name="Old", scope="read", grant_types=[])
+        auth = basic(client["client_id"], client["client_secret"])
+        self.assertEqual(self.token({"grant_type": "client_credentials"}, auth).json()["error"], "unauthorized_client")
+        response = self.request(
+            "PUT",
+            f"/client-reg/{client['client_id']}",
+            headers={"Authorization": f"Bearer {client['registration_access_token']}"},
+            json_body={
+                "client_id": client["client_id"],
+                "client_name": "New",
+                "scope": "read write",
+                "grant_types": ["client_credentials"],
+            },
+        )
+        self.assertEqual(response.code, 200, response.body)
+        body = response.json()
+        self.assertEqual(body["client_name"], "New")
+        self.assertEqual(body["scope"], "read write")
+        self.assertEqual(body["grant_types"], ["client_credentials"])
+        self.assertEqual(body["client_id_issued_at"], client["client_id_issued_at"])
+        token = self.token({"grant_type": "client_credentials"}, auth)
+        self.assertEqual(token.code, 200, token.body)
+        self.assertEqual(token.json()["scope"], "read write")
+        read = self.request("GET", f"/client-reg/{client['client_id']}", headers={"Authorization": f"Bearer {client['registration_access_token']}"})
+        self.assertEqual(read.json()["client_name"], "New")
+
+    def test_replace_drops_omitted_fields(self) -> None:
+        response = self.request(
+            "PUT", self.path, headers=self.rat, json_body={"client_id": self.client["client_id"]}
+        )
+        self.assertEqual(response.code, 200)
+        self.assertNotIn("client_name", response.json())
+        self.assertNotIn("scope", response.json())
+
+    def test_replace_client_id_mismatch(self) -> None:
+        for body in ({"client_id": "other", "scope": "read"}, {"scope": "read"}):
+            response = self.request("PUT", self.path, headers=self.rat, json_body=body)
+            self.assertEqual(response.code, 400)
+            self.assertEqual(response.json()["error"], "invalid_request")
+            self.assertIn("client_id", response.json()["error_description"])
+
+    def test_replace_with_wrong_secret(self) -> None:
+        body = {"client_id": self.client["client_id"], "client_secret": "my-own"}
+        response = self.request("PUT", self.path, headers=self.rat, json_body=body)
+        self.assertEqual(response.code, 400)
+        self.assertIn("client_secret", response.json()["error_description"])
+
+    def test_replace_echoing_read_response(self) -> None:
+        """
+        A client may PUT back what GET gave it, server-set fields included.
+        """
+        current = self.request("GET", self.path, headers=self.rat).json()
+        current["scope"] = "read write"
+        current["client_secret"] = self.client["client_secret"]
+        response = self.request("PUT", self.path, headers=self.rat, json_body=current)
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(response.json()["scope"], "read write")
+
+    def test_replace_invalid_metadata_keeps_old(self) -> None:
+        body = {"client_id": self.client["client_id"], "grant_types": ["password"]}
+        response = self.request("PUT", self.path, headers=self.rat, json_body=body)
+        self.assertEqual(response.code, 400)
+        self.assertEqual(response.json()["error"], "invalid_client_metadata")
+        self.assertEqual(self.request("GET", self.path, headers=self.rat).json()["scope"], "read")
+
+    def test_delete(self) -> None:
+        response = self.request("DELETE", self.path, headers=self.rat)
+        self.assertEqual(response.code, 204)
+        self.assertEqual(response.body, b"")
+        self.assertEqual(self.request("GET", self.path, headers=self.rat).code, 401)
+        self.assertEqual(self.request("DELETE", self.path, headers=self.rat).code, 401)
+        self.assertIsNone(self.successResultOf(self.store.get_client(self.client["client_id"])))
+
+    def test_method_not_allowed(self) -> None:
+        response = self.request("POST", self.path, headers=self.rat)
+        self.assertEqual(response.code, 405)
+        self.assertEqual(response.headers["allow"], "GET, PUT, DELETE")
