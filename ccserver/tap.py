@@ -210,7 +210,7 @@ class CCServerService(Service):
             discovery_json=_discovery_json(config),
             now=now,
         )
-        return CCServerSite(app.resource())
+        return CCServerSite(app.resource(), self.reactor)
 
     def startService(self) -> None:
         super().startService()

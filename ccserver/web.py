@@ -83,8 +83,13 @@ class CCServerSite(server.Site):
     requestFactory = BoundedRequest
     displayTracebacks = False
 
-    def __init__(self, resource: Any) -> None:
-        super().__init__(resource, logFormatter=_access_log, parsePOSTFormSubmission=False)
+    def __init__(self, resource: Any, reactor: Any = None) -> None:
+        super().__init__(
+            resource,
+            logFormatter=_access_log,
+            parsePOSTFormSubmission=False,
+            reactor=reactor,
+        )
         self.in_flight = 0
 
     def getResourceFor(self, request: server.Request) -> Any:

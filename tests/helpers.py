@@ -6,8 +6,11 @@ Clock and StubTreq.
 from __future__ import annotations
 
 import base64
+import shutil
+import tempfile
 import json
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus, urlencode
 
@@ -28,6 +31,15 @@ from ccserver.tap import CCServerService
 
 ISSUER = "https://as.example.com"
 MASTER_TOKEN = "master-token-for-tests-0123456789"
+
+
+def temp_dir(test: SynchronousTestCase) -> Path:
+    """
+    A new folder, removed when the test ends.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="ccserver-test-"))
+    test.addCleanup(shutil.rmtree, folder, True)
+    return folder
 
 
 @define

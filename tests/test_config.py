@@ -1,0 +1,164 @@
+"""
+Configuration: TOML, environment and command line, and the errors that stop
+a start before anything listens.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from ccserver.config import Config, ConfigError, load_config
+from tests.helpers import temp_dir
+from tests.process import free_port, run_ccserver
+
+
+def write(tmp: Path, text: str) -> str:
+    path = tmp / "ccserver.toml"
+    path.write_text(text)
+    return str(path)
+
+
+class LoadConfigTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.tmp = temp_dir(self)
+
+    def load(self, toml: str | None = None, env: dict[str, str] | None = None, **cli: Any) -> Config:
+        if toml is not None:
+            cli["config"] = write(self.tmp, toml)
+        return load_config(cli, env or {})
+
+    def assert_error(self, message: str, toml: str | None = None, **cli: Any) -> None:
+        with self.assertRaises(ConfigError) as caught:
+            self.load(toml, **cli)
+        self.assertIn(message, str(caught.exception))
+        self.assertNotIn("\n", str(caught.exception))
+
+    def test_defaults(self) -> None:
+        config = self.load()
+        self.assertEqual(config.listen, ("tcp:8080",))
+        self.assertEqual(config.issuer, "http://localhost:8080")
+        self.assertEqual(config.store.url, "sqlite:///ccserver.db")
+        self.assertEqual(config.tokens.format, "jwt")
+        self.assertEqual(config.tokens.lifetime, 3600)
+        self.assertEqual(config.tokens.signing_alg, "RS256")
+        self.assertEqual(config.grant_handler, "registered-scope")
+        self.assertIsNone(config.master_token)
+
+    def test_issuer_follows_port(self) -> None:
+        self.assertEqual(self.load(listen=["tcp:9000"]).issuer, "http://localhost:9000")
+        self.assertEqual(
+            self.load(listen=["tcp:port=9001:interface=127.0.0.1"]).issuer, "http://localhost:9001"
+        )
+
+    def test_toml(self) -> None:
+        config = self.load(
+            """
+            listen = ["tcp:9000", "tcp6:9001"]
+            issuer = "https://as.example.com/"
+            master_token = "0123456789abcdef0123"
+            [store]
+            url = "memory://"
+            timeout = 2
+            client_cache_seconds = 0
+            [tokens]
+            format = "jwt"
+            lifetime = 600
+            signing_alg = "ES256"
+            audience = ["https://api.example.com"]
+            [grant_handler]
+            name = "registered-scope"
+            """
+        )
+        self.assertEqual(config.listen, ("tcp:9000", "tcp6:9001"))
+        self.assertEqual(config.issuer, "https://as.example.com")
+        self.assertEqual(config.master_token, "0123456789abcdef0123")
+        self.assertEqual((config.store.url, config.store.timeout, config.store.client_cache_seconds), ("memory://", 2.0, 0.0))
+        self.assertEqual((config.tokens.lifetime, config.tokens.signing_alg), (600, "ES256"))
+        self.assertEqual(config.tokens.audience, ("https://api.example.com",))
+
+    def test_command_line_wins(self) -> None:
+        toml = 'issuer = "https://file.example.com"\nmaster_token = "from-the-file-0123456"\n[store]\nurl = "memory://"\n'
+        config = self.load(
+            toml,
+            env={"CCSERVER_MASTER_TOKEN": "from-the-environment-0"},
+            issuer="https://cli.example.com",
+            store=f"sqlite:///{self.tmp}/x.db",
+            listen=["tcp:7000"],
+        )
+        self.assertEqual(config.issuer, "https://cli.example.com")
+        self.assertEqual(config.store.url, f"sqlite:///{self.tmp}/x.db")
+        self.assertEqual(config.master_token, "from-the-environment-0")
+        self.assertEqual(config.listen, ("tcp:7000",))
+        config = self.load(toml, env={"CCSERVER_MASTER_TOKEN": "from-the-environment-0"}, master_token="from-the-command-line")
+        self.assertEqual(config.master_token, "from-the-command-line")
+
+    def test_master_token_not_in_repr(self) -> None:
+        self.assertNotIn("0123456789abcdef0123", repr(self.load(master_token="0123456789abcdef0123")))
+
+    def test_errors_name_the_key(self) -> None:
+        self.assert_error("frobnicate: unknown key", "frobnicate = 1\n")
+        self.assert_error("tokens.colour: unknown key", "[tokens]\ncolour = 1\n")
+        self.assert_error("tokens.lifetime: must be an integer", '[tokens]\nlifetime = "an hour"\n')
+        self.assert_error("[tokens] lifetime: must be greater than 0", "[tokens]\nlifetime = 0\n")
+        self.assert_error("[tokens] signing_alg: 'HS256' is not one of", '[tokens]\nsigning_alg = "HS256"\n')
+        self.assert_error("[tokens] format: 'paper'", '[tokens]\nformat = "paper"\n')
+        self.assert_error("store: must be a table", 'store = "memory://"\n')
+        self.assert_error("store.timeout: must be a number", '[store]\ntimeout = "soon"\n')
+        self.assert_error("[store] url: unknown scheme", '[store]\nurl = "mysql://x"\n')
+        self.assert_error("issuer: 'ftp://x' is not an http or https URL", 'issuer = "ftp://x"\n')
+        self.assert_error("issuer: 'https://x/?a=b' must have no query", 'issuer = "https://x/?a=b"\n')
+        self.assert_error("master_token: must be at least 16", 'master_token = "short"\n')
+        self.assert_error("listen: must be a list", 'listen = "tcp:80"\n')
+
+    def test_missing_store_folder(self) -> None:
+        self.assert_error("--store: the folder 'no/such/folder' does not exist", store="sqlite:///no/such/folder/x.db")
+        self.assert_error("[store] url: the folder", '[store]\nurl = "sqlite:////no/such/x.db"\n')
+
+    def test_unreadable_config(self) -> None:
+        self.assert_error("--config: cannot read", config=str(self.tmp / "missing.toml"))
+        self.assert_error("is not valid TOML", "this is = = not toml")
+
+
+class StartupErrorTests(SynchronousTestCase):
+    """
+    A wrong start ends with one line on stderr and a non-zero exit, before
+    anything listens.
+    """
+
+    def setUp(self) -> None:
+        self.tmp = temp_dir(self)
+
+    def assert_refused(self, *args: str, message: str) -> None:
+        port = free_port()
+        result = run_ccserver("--listen", f"tcp:{port}:interface=127.0.0.1", *args, cwd=self.tmp)
+        self.assertNotEqual(result.returncode, 0)
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertTrue(lines[0].startswith("ccserver: "), lines[0])
+        self.assertIn(message, lines[0])
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+    def test_unknown_toml_key(self) -> None:
+        self.assert_refused("--config", write(self.tmp, "colour = 'blue'\n"), message="colour: unknown key")
+
+    def test_missing_store_folder(self) -> None:
+        self.assert_refused("--store", "sqlite:///missing/x.db", message="'missing' does not exist")
+
+    def test_unreadable_config(self) -> None:
+        self.assert_refused("--config", str(self.tmp / "nope.toml"), message="cannot read")
+
+    def test_bad_listen(self) -> None:
+        result = run_ccserver("--listen", "carrier-pigeon:42", cwd=self.tmp)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("listen: 'carrier-pigeon:42'", result.stderr)
+
+    def test_unknown_grant_handler(self) -> None:
+        self.assert_refused("--grant-handler", "nope", message="available: ")
+
+    def test_nothing_made_on_refusal(self) -> None:
+        self.assert_refused("--config", write(self.tmp, "[tokens]\nlifetime = -1\n"), message="lifetime")
+        self.assertEqual(sorted(os.listdir(self.tmp)), ["ccserver.toml"])

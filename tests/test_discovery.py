@@ -1,0 +1,54 @@
+"""
+Discovery (RFC 8414, OpenID Connect Discovery) and the JWK set.
+"""
+
+from __future__ import annotations
+
+import jwt
+
+from tests.helpers import ISSUER, ServerTestCase
+
+
+class DiscoveryTests(ServerTestCase):
+    def test_both_paths_identical(self) -> None:
+        openid = self.request("GET", "/.well-known/openid-configuration")
+        oauth = self.request("GET", "/.well-known/oauth-authorization-server")
+        self.assertEqual(openid.code, 200)
+        self.assertEqual(openid.body, oauth.body)
+        self.assertEqual(openid.headers["content-type"], "application/json")
+
+    def test_metadata(self) -> None:
+        document = self.request("GET", "/.well-known/openid-configuration").json()
+        self.assertEqual(document["issuer"], ISSUER)
+        self.assertEqual(document["token_endpoint"], f"{ISSUER}/token")
+        self.assertEqual(document["registration_endpoint"], f"{ISSUER}/client-reg")
+        self.assertEqual(document["jwks_uri"], f"{ISSUER}/jwks.json")
+        self.assertEqual(document["grant_types_supported"], ["client_credentials"])
+        self.assertEqual(
+            document["token_endpoint_auth_methods_supported"],
+            ["client_secret_basic", "client_secret_post"],
+        )
+        self.assertEqual(document["response_types_supported"], [])
+
+    def test_post_not_allowed(self) -> None:
+        self.assertEqual(self.request("POST", "/.well-known/openid-configuration").code, 405)
+
+
+class JWKSTests(ServerTestCase):
+    def test_public_keys_only(self) -> None:
+        response = self.request("GET", "/jwks.json")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers["content-type"], "application/jwk-set+json")
+        keys = response.json()["keys"]
+        self.assertEqual(len(keys), 1)
+        key = keys[0]
+        self.assertEqual(key["kid"], self.service.keyring.current.kid)
+        self.assertEqual((key["kty"], key["alg"], key["use"]), ("RSA", "RS256", "sig"))
+        for private_member in ("d", "p", "q", "dp", "dq", "qi"):
+            self.assertNotIn(private_member, key)
+        jwt.PyJWK(key)
+
+    def test_unknown_path(self) -> None:
+        response = self.request("GET", "/nothing-here")
+        self.assertEqual(response.code, 404)
+        self.assertEqual(response.json()["error"], "not_found")

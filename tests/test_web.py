@@ -1,0 +1,74 @@
+"""
+The HTTP layer against the real site and protocol: body limits, malformed
+requests, the access log.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+
+from tests.helpers import MASTER_TOKEN, ServerTestCase, basic
+
+
+class SiteTests(ServerTestCase):
+    def raw(self, data: bytes) -> bytes:
+        """
+        Feed raw bytes to the real HTTP protocol of the site and return
+        what it wrote back.
+        """
+        if not self.site.numPorts:
+            self.site.doStart()
+            self.addCleanup(self.site.doStop)
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 12345))
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 12345))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(data)
+        return transport.value()
+
+    def post_token(self, body: bytes, content_type: bytes = b"application/x-www-form-urlencoded", extra: bytes = b"") -> bytes:
+        return self.raw(
+            b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Type: " + content_type + b"\r\n"
+            + extra
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+
+    def test_oversized_body_is_413(self) -> None:
+        answer = self.post_token(b"grant_type=client_credentials&x=" + b"a" * 70_000)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:200])
+        self.assertIn(b'"error":"invalid_request"', answer)
+
+    def test_oversized_chunked_body_is_413(self) -> None:
+        chunk = b"a" * 40_000
+        body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(3)) + b"0\r\n\r\n"
+        answer = self.raw(
+            b"POST /client-reg HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer " + MASTER_TOKEN.encode() + b"\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n" + body
+        )
+        self.assertTrue(answer.startswith(b"HTTP/1.1 413 "), answer[:200])
+
+    def test_malformed_multipart_is_an_oauth_error(self) -> None:
+        """
+        twisted.web drops the connection on a malformed multipart body when
+        it parses forms itself; ccserver answers with an OAuth error.
+        """
+        answer = self.post_token(b"--x\r\nnonsense", content_type=b"multipart/form-data; boundary=x")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer[:200])
+        self.assertIn(b'"error":"invalid_request"', answer)
+
+    def test_access_log_has_no_query_or_secret(self) -> None:
+        client = self.register(scope="read")
+        events: list[dict] = []  # type: ignore[type-arg]
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.post_token(
+            b"grant_type=client_credentials",
+            extra=f"Authorization: {basic(client['client_id'], client['client_secret'])}\r\n".encode(),
+        )
+        self.raw(b"GET /jwks.json?client_secret=" + client["client_secret"].encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        logged = repr(events)
+        self.assertIn("/jwks.json", logged)
+        self.assertNotIn(client["client_secret"], logged)
+        self.assertNotIn("client_secret=", logged)
