@@ -59,7 +59,7 @@ def public_jwk(private_key: PrivateKey) -> dict[str, Any]:
         algorithm = _ALGORITHMS["ES256"]
     else:
         algorithm = _ALGORITHMS["EdDSA"]
-    jwk: dict[str, Any] = algorithm.to_jwk(public, as_dict=True)  # type: ignore[attr-defined]
+    jwk: dict[str, Any] = algorithm.to_jwk(public, as_dict=True)
     return jwk
 
 

@@ -22,7 +22,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ccserver import credentials
-from ccserver.config import Config, ConfigError, load_config, resolve
+from ccserver.config import Config, load_config, resolve
+from ccserver.errors import ConfigError
 from ccserver.handlers import available, make_handler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor, Keyring
@@ -88,7 +89,7 @@ class Options(usage.Options):
         sys.exit(0)
 
     @property
-    def longdesc(self) -> str:  # type: ignore[override]
+    def longdesc(self) -> str:
         handlers = "\n".join(
             f"  {name:20} {factory.description}" for name, factory in sorted(available().items())
         )
@@ -115,7 +116,9 @@ class Options(usage.Options):
                 try:
                     serverFromString(_reactor(), endpoint)
                 except (ValueError, TypeError, KeyError) as e:
-                    raise ConfigError(f"listen: {endpoint!r} is not an endpoint string: {e}")
+                    raise ConfigError(
+                        f"listen: {endpoint!r} is not an endpoint string: {e}"
+                    ) from None
             self.master_token_digest, self.master_token_file = _master_token(self.config)
             self.encryptor = _key_encryptor(self.config)
         except ConfigError as e:
@@ -261,12 +264,13 @@ class CCServerService(Service):
 
     async def _stop(self) -> None:
         for port in self.ports:
-            await port.stopListening()
+            stopped = port.stopListening()
+            if stopped is not None:
+                await stopped
         self.ports.clear()
-        waited = 0.0
-        while self.site is not None and self.site.in_flight and waited < STOP_GRACE_SECONDS:
+        deadline = self.reactor.seconds() + STOP_GRACE_SECONDS
+        while self.site is not None and self.site.in_flight and self.reactor.seconds() < deadline:
             await deferLater(self.reactor, 0.05, lambda: None)
-            waited += 0.05
         if self._refresh is not None and self._refresh.running:
             self._refresh.stop()
         await self.store.close()

@@ -16,7 +16,7 @@ from attrs import define
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
@@ -44,6 +44,8 @@ class BoundedRequest(server.Request):
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         kwargs["parsePOSTFormSubmission"] = False
         super().__init__(channel, *args, **kwargs)
+
+    content: BytesIO
 
     def gotLength(self, length: int | None) -> None:
         self.content = BytesIO()
@@ -180,7 +182,7 @@ def bearer_token(request: IRequest) -> str | None:
     header = request.getHeader(b"authorization")
     if header is None:
         return None
-    scheme, _, token = header.decode("latin-1").strip().partition(" ")
+    scheme, _, token = bytes(header).decode("latin-1").strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return ""
     return token.strip()
@@ -277,7 +279,8 @@ class CCServerApp:
 
     @app.handle_errors(OAuthError)
     def oauth_error(self, request: IRequest, failure: Failure) -> bytes:
-        error: OAuthError = failure.value
+        error = failure.value
+        assert isinstance(error, OAuthError)
         for name, value in error.headers.items():
             request.setHeader(name.encode(), value.encode("latin-1"))
         return _json(request, error.status, error.as_json())
@@ -294,7 +297,8 @@ class CCServerApp:
 
     @app.handle_errors(HTTPException)
     def http_exception(self, request: IRequest, failure: Failure) -> bytes:
-        exception: HTTPException = failure.value
+        exception = failure.value
+        assert isinstance(exception, HTTPException)
         if isinstance(exception, NotFound):
             return _json(request, 404, {"error": "not_found", "error_description": "no such endpoint"})
         if isinstance(exception, MethodNotAllowed):

@@ -162,3 +162,28 @@ class StartupErrorTests(SynchronousTestCase):
     def test_nothing_made_on_refusal(self) -> None:
         self.assert_refused("--config", write(self.tmp, "[tokens]\nlifetime = -1\n"), message="lifetime")
         self.assertEqual(sorted(os.listdir(self.tmp)), ["ccserver.toml"])
+
+
+class ExampleConfigTests(SynchronousTestCase):
+    """
+    etc/ccserver.toml is valid and shows every key.
+    """
+
+    example = Path(__file__).resolve().parent.parent / "etc" / "ccserver.toml"
+
+    def test_loads(self) -> None:
+        config = load_config({"config": str(self.example)}, {})
+        self.assertEqual(config.listen, ("tcp:8080",))
+        self.assertEqual(config.grant_handler, "registered-scope")
+
+    def test_every_key_shown(self) -> None:
+        from ccserver.config import _SCHEMA
+
+        text = self.example.read_text()
+        for key, value in _SCHEMA.items():
+            if isinstance(value, dict) or value is None:
+                self.assertIn(f"[{key}]", text)
+                for sub in value or ():
+                    self.assertRegex(text, rf"(?m)^#?{sub} = ", f"[{key}] {sub}")
+            else:
+                self.assertRegex(text, rf"(?m)^#?{key} = ", key)
