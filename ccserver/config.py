@@ -23,7 +23,8 @@ from ccserver.stores import check_url
 DEFAULT_LISTEN = ("tcp:8080",)
 DEFAULT_STORE = "sqlite:///ccserver.db"
 SIGNING_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
-TOKEN_FORMATS = ("jwt",)
+TOKEN_FORMATS = ("jwt", "opaque")
+INTROSPECTION_RULES = ("audience", "any")
 MASTER_TOKEN_ENV = "CCSERVER_MASTER_TOKEN"
 
 
@@ -31,10 +32,26 @@ MASTER_TOKEN_ENV = "CCSERVER_MASTER_TOKEN"
 class TokenConfig:
     format: str = "jwt"
     lifetime: int = 3600
+    #: No token lives longer, whatever a client or grant handler asks.
+    max_lifetime: int = 86400
     signing_alg: str = "RS256"
     #: The C{aud} of a token whose grant names no audience; empty for the
     #: issuer.
     audience: tuple[str, ...] = ()
+    #: Who may introspect a token: "audience" (the client it was issued to,
+    #: and the resource servers its audience names) or "any" (any
+    #: authenticated client).
+    introspection: str = "audience"
+
+
+@frozen
+class KeysConfig:
+    #: Where the key-encryption key is kept; None for the default, beside
+    #: the database.
+    encryption_key_file: str | None = None
+    #: Seconds between publishing a new signing key and signing with it, so
+    #: that resource servers' caches of the JWK set have it first.
+    activation_delay: int = 600
 
 
 @frozen
@@ -56,9 +73,7 @@ class Config:
     master_token: str | None = field(default=None, repr=False)
     store: StoreConfig = StoreConfig()
     tokens: TokenConfig = TokenConfig()
-    #: Where the private signing keys' encryption key is kept; None for
-    #: the default, beside the database.
-    key_encryption_key_file: str | None = None
+    keys: KeysConfig = KeysConfig()
     grant_handler: str = "registered-scope"
     grant_handler_config: Mapping[str, Any] = field(factory=dict)
 
@@ -69,8 +84,15 @@ _SCHEMA: dict[str, Any] = {
     "issuer": str,
     "master_token": str,
     "store": {"url": str, "timeout": float, "client_cache_seconds": float},
-    "tokens": {"format": str, "lifetime": int, "signing_alg": str, "audience": (str, list)},
-    "keys": {"encryption_key_file": str},
+    "tokens": {
+        "format": str,
+        "lifetime": int,
+        "max_lifetime": int,
+        "signing_alg": str,
+        "audience": (str, list),
+        "introspection": str,
+    },
+    "keys": {"encryption_key_file": str, "activation_delay": int},
     "grant_handler": None,  # the handler's own table: checked by its factory
 }
 
@@ -192,12 +214,31 @@ def load_config(
         lifetime=tokens_table.get("lifetime", 3600),
         signing_alg=tokens_table.get("signing_alg", "RS256"),
         audience=_audience(tokens_table.get("audience", [])),
+        max_lifetime=tokens_table.get("max_lifetime", 86400),
+        introspection=tokens_table.get("introspection", "audience"),
     )
     if tokens.format not in TOKEN_FORMATS:
         raise ConfigError(
             f"[tokens] format: {tokens.format!r} is not one of " + ", ".join(TOKEN_FORMATS)
         )
     _positive("[tokens] lifetime", tokens.lifetime)
+    _positive("[tokens] max_lifetime", tokens.max_lifetime)
+    if tokens.lifetime > tokens.max_lifetime:
+        raise ConfigError(
+            f"[tokens] lifetime: {tokens.lifetime} is more than max_lifetime {tokens.max_lifetime}"
+        )
+    if tokens.introspection not in INTROSPECTION_RULES:
+        raise ConfigError(
+            f"[tokens] introspection: {tokens.introspection!r} is not one of "
+            + ", ".join(INTROSPECTION_RULES)
+        )
+    keys_table = toml.get("keys", {})
+    keys = KeysConfig(
+        encryption_key_file=keys_table.get("encryption_key_file"),
+        activation_delay=keys_table.get("activation_delay", 600),
+    )
+    if keys.activation_delay < 0:
+        raise ConfigError("[keys] activation_delay: must be 0 or more")
     if tokens.signing_alg not in SIGNING_ALGORITHMS:
         raise ConfigError(
             f"[tokens] signing_alg: {tokens.signing_alg!r} is not one of "
@@ -223,7 +264,7 @@ def load_config(
         master_token=master_token,
         store=store,
         tokens=tokens,
-        key_encryption_key_file=toml.get("keys", {}).get("encryption_key_file"),
+        keys=keys,
         grant_handler=grant_handler or "registered-scope",
         grant_handler_config=handler_table,
     )

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from ccserver.model import Client, GrantAuthorization, GrantRequest, StoredKey
+from ccserver.model import Client, GrantAuthorization, GrantRequest, StoredKey, TokenRecord
 
 
 class IClientStore(Interface):
@@ -73,6 +73,51 @@ class IKeyStore(Interface):
     def delete_key(kid: str) -> Deferred[bool]:
         """
         Delete a key.  Fires with C{False} if there was none.
+        """
+
+
+class ITokenStore(Interface):
+    """
+    Where the token lifecycle keeps its records: opaque access tokens (by
+    digest, never in clear) and the deny list of revoked JWTs.
+
+    A record may be forgotten once it has expired: Redis lets it expire
+    (TTL); the other stores drop it in L{purge_expired}.  Readers check
+    C{expires_at} themselves, so an expired record that is still stored is
+    never honoured.
+    """
+
+    def add_token(token: TokenRecord) -> Deferred[None]:
+        """
+        Store an issued opaque token.
+        """
+
+    def get_token(token_digest: str) -> Deferred[TokenRecord | None]:
+        """
+        The token with that digest, or L{None}.
+        """
+
+    def delete_token(token_digest: str) -> Deferred[bool]:
+        """
+        Delete (revoke) an opaque token.  Fires with C{False} if there was none.
+        """
+
+    def revoke_jti(jti: str, expires_at: int) -> Deferred[None]:
+        """
+        Put a JWT's C{jti} on the deny list until C{expires_at}, the token's
+        own expiry, after which the entry may be forgotten.
+        """
+
+    def is_revoked(jti: str) -> Deferred[bool]:
+        """
+        Whether a JWT's C{jti} is on the deny list.
+        """
+
+    def purge_expired(now: int) -> Deferred[int]:
+        """
+        Forget the tokens and deny-list entries that expired before C{now};
+        fires with how many were dropped (a store that expires them by
+        itself may fire with 0).
         """
 
 

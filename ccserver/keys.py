@@ -14,20 +14,25 @@ import base64
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from attrs import frozen
+from attrs import evolve, frozen
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import get_default_algorithms
 
+from ccserver.config import Config, resolve
+from ccserver.errors import ConfigError
 from ccserver.interfaces import IKeyStore
 from ccserver.model import StoredKey
+from ccserver.stores import data_dir
 
 _ALGORITHMS = get_default_algorithms()
+
+KEY_ENCRYPTION_KEY_FILE = "ccserver.key-encryption-key"
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -166,6 +171,21 @@ class KeyEncryptor:
         return key
 
 
+def key_encryptor(config: Config) -> KeyEncryptor:
+    """
+    The encryptor of the configured key-encryption key file (made if
+    missing); an ephemeral one for a memory store with no file configured.
+    """
+    if config.store.url.startswith("memory:") and config.keys.encryption_key_file is None:
+        return KeyEncryptor.ephemeral()
+    base = data_dir(config.store.url)
+    path = resolve(config.keys.encryption_key_file or KEY_ENCRYPTION_KEY_FILE, base)
+    try:
+        return KeyEncryptor.from_file(path)[0]
+    except ValueError:
+        raise ConfigError(f"[keys] encryption_key_file: {str(path)!r} holds no Fernet key") from None
+
+
 class Keyring:
     """
     The signing keys this process knows, loaded from the store.
@@ -192,15 +212,29 @@ class Keyring:
         self._keys: dict[str, SigningKey] = {}
         self._current: SigningKey | None = None
         self._jwks_json = b'{"keys":[]}'
+        # When the choice of current key or the published set next changes
+        # by the clock alone (a pending key activates, a retired one ends).
+        self._next_change = float("inf")
+
+    @property
+    def alg(self) -> str:
+        return self._alg
 
     @property
     def current(self) -> SigningKey:
+        if self._now() >= self._next_change:
+            self._install(self._keys)
         if self._current is None:
             raise LookupError(f"no active {self._alg} signing key")
         return self._current
 
+    def keys(self) -> list[SigningKey]:
+        return sorted(self._keys.values(), key=lambda k: (k.stored.created_at, k.kid))
+
     @property
     def jwks_json(self) -> bytes:
+        if self._now() >= self._next_change:
+            self._install(self._keys)
         return self._jwks_json
 
     def verification_key(self, kid: str) -> SigningKey | None:
@@ -229,19 +263,45 @@ class Keyring:
         candidates = [
             k
             for k in keys.values()
-            if k.alg == self._alg and k.stored.retired_at is None and k.stored.active_from <= now
+            if k.alg == self._alg
+            and k.stored.active_from <= now
+            and (k.stored.retired_at is None or k.stored.retired_at > now)
         ]
         candidates.sort(key=lambda k: (k.stored.active_from, k.stored.created_at, k.kid))
         self._current = candidates[-1] if candidates else None
-        published = [k.jwk for k in self._published(now)]
+        published = [k.jwk for k in self.keys() if self._published(k.stored, now)]
         self._jwks_json = json.dumps({"keys": published}, separators=(",", ":")).encode()
-
-    def _published(self, now: float) -> Sequence[SigningKey]:
-        return [
-            k
-            for k in sorted(self._keys.values(), key=lambda k: (k.stored.created_at, k.kid))
-            if k.stored.retired_at is None or k.stored.retired_at + self._max_lifetime > now
+        changes = [k.stored.active_from for k in keys.values() if k.stored.active_from > now]
+        changes += [
+            k.stored.retired_at + self._max_lifetime
+            for k in keys.values()
+            if k.stored.retired_at is not None and k.stored.retired_at + self._max_lifetime > now
         ]
+        changes += [
+            k.stored.retired_at
+            for k in keys.values()
+            if k.stored.retired_at is not None and k.stored.retired_at > now
+        ]
+        self._next_change = min(changes, default=float("inf"))
+
+    def _published(self, key: StoredKey, now: float) -> bool:
+        """
+        A key is published from its creation (before it signs, so that
+        caches have it first) until every token it may have signed has
+        expired.
+        """
+        return key.retired_at is None or key.retired_at + self._max_lifetime > now
+
+    def state(self, key: StoredKey) -> str:
+        """
+        C{pending} (published, not yet signing), C{active}, C{retiring} (no
+        longer signing, still published), or C{expired} (no live token needs
+        it: it may be deleted).
+        """
+        now = self._now()
+        if key.retired_at is not None and key.retired_at <= now:
+            return "retiring" if self._published(key, now) else "expired"
+        return "pending" if key.active_from > now else "active"
 
     async def ensure_signing_key(self) -> bool:
         """
@@ -255,6 +315,60 @@ class Keyring:
             return False
         await self.add_key(self._alg, active_from=int(self._now()))
         return True
+
+    async def rotate(self, delay: int, alg: str | None = None) -> StoredKey:
+        """
+        Publish a new key now, to start signing in C{delay} seconds; the
+        keys signing now stop then, and stay published until the tokens they
+        signed have expired.
+        """
+        await self.refresh()
+        alg = alg or self._alg
+        active_from = int(self._now()) + delay
+        for key in self.keys():
+            if key.alg == alg and key.stored.retired_at is None:
+                await self._store.replace_key(evolve(key.stored, retired_at=active_from))
+        new = await self.add_key(alg, active_from=active_from)
+        await self.refresh()
+        return new
+
+    async def retire(self, kid: str | None = None) -> list[StoredKey]:
+        """
+        With a C{kid}: stop signing with that key at once (it stays
+        published until its tokens have expired).  Without: delete the keys
+        no live token needs any more.
+
+        @return: the keys retired or deleted.
+        @raise ValueError: the key is unknown, or is the only one that can
+            sign with the configured algorithm.
+        """
+        await self.refresh()
+        now = int(self._now())
+        if kid is None:
+            expired = [k.stored for k in self.keys() if self.state(k.stored) == "expired"]
+            for key in expired:
+                await self._store.delete_key(key.kid)
+            await self.refresh()
+            return expired
+        signing = self._keys.get(kid)
+        if signing is None:
+            raise ValueError(f"no signing key {kid!r}")
+        others = [
+            k
+            for k in self.keys()
+            if k.kid != kid and k.alg == self._alg and self.state(k.stored) == "active"
+        ]
+        if signing.alg == self._alg and self.state(signing.stored) == "active" and not others:
+            raise ValueError(
+                f"{kid} is the only active {self._alg} key: "
+                "rotate first (ccserver keys rotate --delay 0 replaces it at once)"
+            )
+        if signing.stored.retired_at is not None and signing.stored.retired_at <= now:
+            return []
+        retired = evolve(signing.stored, retired_at=now)
+        await self._store.replace_key(retired)
+        await self.refresh()
+        return [retired]
 
     async def add_key(self, alg: str, active_from: int) -> StoredKey:
         private_key = generate_private_key(alg)

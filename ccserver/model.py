@@ -68,6 +68,13 @@ class Client:
         return tuple(self.metadata.get("grant_types", ()))
 
     @property
+    def audience(self) -> tuple[str, ...]:
+        """
+        The resource servers (absolute URIs) this client may get tokens for.
+        """
+        return tuple(self.metadata.get("audience", ()))
+
+    @property
     def token_endpoint_auth_method(self) -> str:
         return str(self.metadata.get("token_endpoint_auth_method", "client_secret_basic"))
 
@@ -87,6 +94,10 @@ def _audience(values: Iterable[str] | str | None) -> tuple[str, ...] | None:
         return None
     if isinstance(values, str):
         return (values,)
+    return tuple(values)
+
+
+def _strings(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(values)
 
 
@@ -116,6 +127,9 @@ class GrantRequest:
     scope: frozenset[str] | None = field(converter=_optional_scope)
     params: Mapping[str, str] = field(converter=_readonly, factory=dict)
     issuer: str = ""
+    #: The RFC 8707 C{resource} values of the request (absolute URIs), in
+    #: the order given; empty when it named none.
+    resource: tuple[str, ...] = field(default=(), converter=_strings)
 
 
 @frozen
@@ -171,6 +185,32 @@ class IssuedToken:
             "expires_in": self.expires_in,
             "scope": " ".join(sorted(self.scope)),
         }
+
+
+@frozen
+class TokenRecord:
+    """
+    What the store keeps of an issued opaque access token: its digest, never
+    the token, and its grant.
+
+    @ivar token_digest: the SHA-256 digest (hex) of the token.
+    @ivar client_id: the client it was issued to (also its C{sub}).
+    @ivar scope: the scope values granted.
+    @ivar audience: its audience.
+    @ivar issued_at: when it was issued (seconds since the epoch).
+    @ivar expires_at: when it expires; the store may forget it after then.
+    @ivar jti: its unique identifier.
+    @ivar claims: the grant handler's extra claims.
+    """
+
+    token_digest: str
+    client_id: str
+    scope: frozenset[str] = field(converter=_frozen_scope)
+    audience: tuple[str, ...] = field(converter=_strings)
+    issued_at: int
+    expires_at: int
+    jti: str
+    claims: Mapping[str, Any] = field(factory=dict, converter=_readonly)
 
 
 @frozen

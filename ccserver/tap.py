@@ -22,13 +22,14 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from ccserver import credentials
-from ccserver.config import Config, load_config, resolve
+from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
 from ccserver.handlers import available, make_handler
-from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
-from ccserver.keys import KeyEncryptor, Keyring
+from ccserver.interfaces import IClientCredentialsGrantHandler, IStore, ITokenStore
+from ccserver.keys import KeyEncryptor, Keyring, key_encryptor
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.grants import ClientCredentialsGrant
+from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.registration import ClientRegistry
 from ccserver.oauth.tokens import TokenMinter
 from ccserver.stores import data_dir, store_from_url
@@ -36,10 +37,11 @@ from ccserver.stores.cache import CachingClientStore
 from ccserver.web import CCServerApp, CCServerSite
 
 MASTER_TOKEN_FILE = "ccserver.master-token"
-KEY_ENCRYPTION_KEY_FILE = "ccserver.key-encryption-key"
-#: How often each process reloads the signing keys, to follow rotations made
-#: by another instance.
+#: How often, at most, each process reloads the signing keys to follow
+#: rotations made elsewhere (more often when the activation delay is short).
 KEY_REFRESH_SECONDS = 60.0
+#: How often expired opaque tokens and deny-list entries are dropped.
+PURGE_SECONDS = 300.0
 #: How long a stop waits for requests in flight.
 STOP_GRACE_SECONDS = 30.0
 
@@ -120,7 +122,7 @@ class Options(usage.Options):
                         f"listen: {endpoint!r} is not an endpoint string: {e}"
                     ) from None
             self.master_token_digest, self.master_token_file = _master_token(self.config)
-            self.encryptor = _key_encryptor(self.config)
+            self.encryptor = key_encryptor(self.config)
         except ConfigError as e:
             raise _fail(str(e)) from None
         except OSError as e:
@@ -155,17 +157,6 @@ def _master_token(config: Config) -> tuple[str, Path | None]:
     return credentials.digest(token), path
 
 
-def _key_encryptor(config: Config) -> KeyEncryptor:
-    if config.store.url.startswith("memory:") and config.key_encryption_key_file is None:
-        return KeyEncryptor.ephemeral()
-    base = data_dir(config.store.url)
-    path = resolve(config.key_encryption_key_file or KEY_ENCRYPTION_KEY_FILE, base)
-    try:
-        return KeyEncryptor.from_file(path)[0]
-    except ValueError:
-        raise ConfigError(f"[keys] encryption_key_file: {str(path)!r} holds no Fernet key") from None
-
-
 class CCServerService(Service):
     """
     Opens the store, loads the signing keys, then listens; on stop, stops
@@ -193,25 +184,37 @@ class CCServerService(Service):
         self.master_token_file = master_token_file
         self.ports: list[IListeningPort] = []
         self.site: CCServerSite | None = None
-        self._refresh: LoopingCall | None = None
+        self._loops: list[LoopingCall] = []
 
     def build(self) -> CCServerSite:
         now = self.reactor.seconds
         config = self.config
         self.keyring = Keyring(
-            self.store, self.encryptor, config.tokens.signing_alg, config.tokens.lifetime, now
+            self.store, self.encryptor, config.tokens.signing_alg, config.tokens.max_lifetime, now
         )
         clients = CachingClientStore(self.store, now, config.store.client_cache_seconds)
+        tokens = ITokenStore(self.store)
         minter = TokenMinter(
-            self.keyring, config.issuer, config.tokens.lifetime, config.tokens.audience, now
+            keyring=self.keyring,
+            tokens=tokens,
+            issuer=config.issuer,
+            lifetime=config.tokens.lifetime,
+            max_lifetime=config.tokens.max_lifetime,
+            audience=config.tokens.audience,
+            token_format=config.tokens.format,
+            now=now,
         )
         app = CCServerApp(
             grant=ClientCredentialsGrant(clients, self.handler, minter, config.issuer),
+            introspection=TokenIntrospection(
+                clients, tokens, self.keyring, config.issuer, config.tokens.introspection, now
+            ),
             registry=ClientRegistry(clients, self.master_token_digest, now),
             keyring=self.keyring,
             issuer=config.issuer,
             discovery_json=_discovery_json(config),
             now=now,
+            jwks_max_age=config.keys.activation_delay // 2,
         )
         return CCServerSite(app.resource(), self.reactor)
 
@@ -234,11 +237,11 @@ class CCServerService(Service):
                 "The master token for registration is in {path}",
                 path=str(self.master_token_file.resolve()),
             )
-        self._refresh = LoopingCall(self._refresh_keys)
-        self._refresh.clock = self.reactor
-        self._refresh.start(KEY_REFRESH_SECONDS, now=False).addErrback(
-            lambda f: self._log.failure("Key refresh stopped", f)
-        )
+        refresh_every = min(KEY_REFRESH_SECONDS, max(1.0, self.config.keys.activation_delay / 4))
+        self._loops = [
+            self._loop(self._refresh_keys, refresh_every),
+            self._loop(self._purge, PURGE_SECONDS),
+        ]
         for description in self.config.listen:
             endpoint = serverFromString(self.reactor, description)
             port = await endpoint.listen(self.site)
@@ -246,10 +249,28 @@ class CCServerService(Service):
             self._log.info("Listening on {endpoint}", endpoint=description)
         self._log.info("ccserver is ready; issuer {issuer}", issuer=self.config.issuer)
 
-    def _refresh_keys(self) -> Deferred[None]:
-        d = ensureDeferred(self.keyring.refresh())
-        d.addErrback(lambda f: self._log.warn("Could not reload signing keys: {f}", f=f.value))
-        return d
+    def _loop(self, work: Any, interval: float) -> LoopingCall:
+        loop = LoopingCall(lambda: ensureDeferred(work()))
+        loop.clock = self.reactor
+        loop.start(interval, now=False).addErrback(
+            lambda f: self._log.failure("Periodic {work} stopped", f, work=work.__name__)
+        )
+        return loop
+
+    async def _purge(self) -> None:
+        try:
+            purged = await ITokenStore(self.store).purge_expired(int(self.reactor.seconds()))
+        except Exception as e:
+            self._log.warn("Could not purge expired tokens: {error}", error=str(e))
+        else:
+            if purged:
+                self._log.info("Purged {n} expired token records", n=purged)
+
+    async def _refresh_keys(self) -> None:
+        try:
+            await self.keyring.refresh()
+        except Exception as e:
+            self._log.warn("Could not reload signing keys: {error}", error=str(e))
 
     def _fatal(self, failure: Any) -> None:
         self._log.critical("ccserver could not start: {reason}", reason=failure.getErrorMessage())
@@ -271,8 +292,9 @@ class CCServerService(Service):
         deadline = self.reactor.seconds() + STOP_GRACE_SECONDS
         while self.site is not None and self.site.in_flight and self.reactor.seconds() < deadline:
             await deferLater(self.reactor, 0.05, lambda: None)
-        if self._refresh is not None and self._refresh.running:
-            self._refresh.stop()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
         await self.store.close()
         self._log.info("ccserver stopped")
 

@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from ccserver.errors import OAuthError, StoreUnavailable, invalid_client_metadata, invalid_request
 from ccserver.keys import Keyring
 from ccserver.oauth.grants import ClientCredentialsGrant
+from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.registration import ClientRegistry, client_information
 
 #: The largest request body accepted, in bytes; larger ones get 413.
@@ -125,20 +126,30 @@ def _body(request: IRequest) -> bytes:
     return request.content.read()  # type: ignore[no-any-return]
 
 
-def _single(pairs: list[tuple[str, str]]) -> dict[str, str]:
+#: Parameters that may be given more than once (RFC 8707 §2).
+REPEATABLE = frozenset({"resource"})
+
+
+def _single(pairs: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, list[str]]]:
     """
     RFC 6749 §3.2: parameters sent without a value are treated as omitted,
-    and request parameters must not be included more than once.
+    and request parameters must not be included more than once (but for
+    the L{REPEATABLE} ones).
     """
     form: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
     for name, value in pairs:
+        if name in REPEATABLE:
+            if value != "":
+                repeated.setdefault(name, []).append(value)
+            continue
         if name in form:
             raise invalid_request(f"{name}: given more than once")
         form[name] = value
-    return {name: value for name, value in form.items() if value != ""}
+    return {name: value for name, value in form.items() if value != ""}, repeated
 
 
-def parse_form(request: IRequest) -> dict[str, str]:
+def parse_form(request: IRequest) -> tuple[dict[str, str], dict[str, list[str]]]:
     if request.uri.partition(b"?")[2]:
         raise invalid_request("token request parameters must be sent in the body, not the URL")
     if _media_type(request) != _FORM:
@@ -178,6 +189,11 @@ def parse_json(request: IRequest) -> Any:
         raise invalid_client_metadata(f"the body is not valid JSON: {e}") from None
 
 
+def _authorization(request: IRequest) -> str | None:
+    header = request.getHeader(b"authorization")
+    return None if header is None else bytes(header).decode("latin-1")
+
+
 def bearer_token(request: IRequest) -> str | None:
     header = request.getHeader(b"authorization")
     if header is None:
@@ -205,11 +221,15 @@ class CCServerApp:
     """
 
     grant: ClientCredentialsGrant
+    introspection: TokenIntrospection
     registry: ClientRegistry
     keyring: Keyring
     issuer: str
     discovery_json: bytes
     now: Callable[[], float]
+    #: How long resource servers may cache the JWK set: less than the delay
+    #: between publishing a key and signing with it.
+    jwks_max_age: int = 300
 
     app = Klein()
     _log = Logger()
@@ -220,12 +240,25 @@ class CCServerApp:
     @app.route("/token", methods=None)
     async def token(self, request: IRequest) -> bytes:
         _allow(request, b"POST")
-        form = parse_form(request)
-        authorization = request.getHeader(b"authorization")
+        form, repeated = parse_form(request)
         issued = await self.grant.token(
-            form, authorization.decode("latin-1") if authorization is not None else None
+            form, _authorization(request), repeated.get("resource", ())
         )
         return _json(request, 200, issued.as_json())
+
+    @app.route("/token/introspect", methods=None)
+    async def introspect(self, request: IRequest) -> bytes:
+        _allow(request, b"POST")
+        form, _ = parse_form(request)
+        answer = await self.introspection.introspect(form, _authorization(request))
+        return _json(request, 200, answer)
+
+    @app.route("/token/revoke", methods=None)
+    async def revoke(self, request: IRequest) -> bytes:
+        _allow(request, b"POST")
+        form, _ = parse_form(request)
+        await self.introspection.revoke(form, _authorization(request))
+        return _json(request, 200, {})
 
     @app.route("/.well-known/openid-configuration", methods=None)
     @app.route("/.well-known/oauth-authorization-server", methods=None)
@@ -239,7 +272,7 @@ class CCServerApp:
     def jwks(self, request: IRequest) -> bytes:
         _allow(request, b"GET", b"HEAD")
         request.setHeader(b"Content-Type", b"application/jwk-set+json")
-        request.setHeader(b"Cache-Control", b"public, max-age=300")
+        request.setHeader(b"Cache-Control", f"public, max-age={self.jwks_max_age}".encode())
         return self.keyring.jwks_json
 
     @app.route("/client-reg", methods=None)

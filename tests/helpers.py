@@ -6,9 +6,9 @@ Clock and StubTreq.
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import tempfile
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -73,15 +73,18 @@ class ServerTestCase(SynchronousTestCase):
     def make_handler(self) -> IClientCredentialsGrantHandler:
         return RegisteredScopeHandler()
 
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(time.time())
-        self.store = self.make_store()
-        self.config = Config(
+    def make_config(self, **tokens: Any) -> Config:
+        return Config(
             issuer=ISSUER,
             store=StoreConfig(url="memory://", client_cache_seconds=5),
-            tokens=TokenConfig(signing_alg=self.signing_alg),
+            tokens=TokenConfig(signing_alg=self.signing_alg, **tokens),
         )
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(int(time.time()))
+        self.store = self.make_store()
+        self.config = self.make_config()
         self.service = CCServerService(
             reactor=self.clock,
             config=self.config,
@@ -109,9 +112,7 @@ class ServerTestCase(SynchronousTestCase):
             kwargs["headers"].setdefault("Content-Type", "application/json")
         elif data is not None:
             kwargs["data"] = data
-        response = self.successResultOf(
-            self.treq.request(method, ISSUER + path, **kwargs)
-        )
+        response = self.successResultOf(self.treq.request(method, ISSUER + path, **kwargs))
         body = self.successResultOf(response.content())
         headers_out = {
             k.decode().lower(): b", ".join(v).decode()
@@ -145,6 +146,15 @@ class ServerTestCase(SynchronousTestCase):
         jwks = self.request("GET", "/jwks.json").json()
         kid = jwt.get_unverified_header(access_token)["kid"]
         key = jwt.PyJWK(next(j for j in jwks["keys"] if j["kid"] == kid))
-        return jwt.decode(
-            access_token, key, algorithms=[self.signing_alg], audience=audience, issuer=ISSUER
+        claims: dict[str, Any] = jwt.decode(
+            access_token,
+            key,
+            algorithms=[self.signing_alg],
+            audience=audience,
+            issuer=ISSUER,
+            # The tests' time is the Clock's: checked here, not by PyJWT.
+            options={"verify_exp": False, "verify_iat": False},
         )
+        self.assertLessEqual(claims["iat"], self.clock.seconds())
+        self.assertGreater(claims["exp"], self.clock.seconds())
+        return claims

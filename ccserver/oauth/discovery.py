@@ -18,6 +18,10 @@ def metadata(issuer: str, signing_alg: str, scopes: Iterable[str] = ()) -> dict[
         "token_endpoint": f"{issuer}/token",
         "registration_endpoint": f"{issuer}/client-reg",
         "jwks_uri": f"{issuer}/jwks.json",
+        "introspection_endpoint": f"{issuer}/token/introspect",
+        "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "revocation_endpoint": f"{issuer}/token/revoke",
+        "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
         "grant_types_supported": list(GRANT_TYPES),
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
         # This server has no authorization endpoint; OpenID Discovery makes

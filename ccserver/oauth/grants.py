@@ -8,7 +8,7 @@ parameters, to an issued token.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from twisted.internet.defer import maybeDeferred
 
@@ -16,7 +16,7 @@ from ccserver.errors import OAuthError, invalid_request
 from ccserver.interfaces import IClientCredentialsGrantHandler, IClientStore
 from ccserver.model import CLIENT_CREDENTIALS, GrantAuthorization, GrantRequest, IssuedToken
 from ccserver.oauth.clientauth import authenticate, presented_credentials
-from ccserver.oauth.registration import SCOPE_TOKEN
+from ccserver.oauth.registration import SCOPE_TOKEN, is_resource_uri
 from ccserver.oauth.tokens import TokenMinter
 
 #: Form parameters that are about authentication, not the grant.
@@ -37,6 +37,18 @@ def requested_scope(form: Mapping[str, str]) -> frozenset[str] | None:
     return frozenset(v for v in values if v)
 
 
+def requested_resources(resources: Sequence[str]) -> tuple[str, ...]:
+    """
+    RFC 8707 §2: each C{resource} is an absolute URI without a fragment.
+    """
+    for resource in resources:
+        if not is_resource_uri(resource):
+            raise OAuthError(
+                "invalid_target", f"resource: {resource!r} is not an absolute URI without fragment"
+            )
+    return tuple(dict.fromkeys(resources))
+
+
 class ClientCredentialsGrant:
     """
     Issues access tokens to clients that authenticate with their own
@@ -55,7 +67,17 @@ class ClientCredentialsGrant:
         self._minter = minter
         self._issuer = issuer
 
-    async def token(self, form: Mapping[str, str], authorization: str | None) -> IssuedToken:
+    async def token(
+        self,
+        form: Mapping[str, str],
+        authorization: str | None,
+        resources: Sequence[str] = (),
+    ) -> IssuedToken:
+        """
+        @param form: the request's form parameters, each given once.
+        @param authorization: its C{Authorization} header, if any.
+        @param resources: its RFC 8707 C{resource} parameters (repeatable).
+        """
         grant_type = form.get("grant_type")
         if grant_type is None:
             raise invalid_request("grant_type: missing")
@@ -77,8 +99,9 @@ class ClientCredentialsGrant:
                 if k not in _CREDENTIAL_PARAMS and k not in ("grant_type", "scope")
             },
             issuer=self._issuer,
+            resource=requested_resources(resources),
         )
         decision = await maybeDeferred(self._handler.authorize, grant)
         if not isinstance(decision, GrantAuthorization):
             raise TypeError(f"grant handler {self._handler!r} returned {decision!r}")
-        return self._minter.mint(client, decision)
+        return await self._minter.mint(client, decision)

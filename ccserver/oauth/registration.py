@@ -77,6 +77,22 @@ def _absolute_uri(name: str, value: object) -> str:
     return uri
 
 
+def is_resource_uri(uri: str) -> bool:
+    """
+    RFC 8707 §2: a resource indicator is an absolute URI with no fragment.
+    """
+    parts = urlsplit(uri)
+    return bool(parts.scheme) and bool(parts.netloc or parts.path) and "#" not in uri
+
+
+def _resource_uris(name: str, value: object) -> list[str]:
+    uris = _string_list(name, value)
+    for uri in uris:
+        if not is_resource_uri(uri):
+            raise invalid_client_metadata(f"{name}: {uri!r} is not an absolute URI without fragment")
+    return list(dict.fromkeys(uris))
+
+
 def check_scope(name: str, scope: str) -> str:
     values = scope.split(" ")
     if not scope or not all(SCOPE_TOKEN.fullmatch(v) for v in values):
@@ -134,6 +150,18 @@ def validate_metadata(body: object) -> dict[str, Any]:
 
     if "scope" in body:
         metadata["scope"] = check_scope("scope", _string("scope", body["scope"]))
+
+    if "audience" in body:
+        metadata["audience"] = _resource_uris("audience", body["audience"])
+    if "resource_server_uris" in body:
+        metadata["resource_server_uris"] = _resource_uris(
+            "resource_server_uris", body["resource_server_uris"]
+        )
+    if "access_token_lifetime" in body:
+        lifetime = body["access_token_lifetime"]
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
+            raise invalid_client_metadata("access_token_lifetime: must be a positive integer")
+        metadata["access_token_lifetime"] = lifetime
 
     if "redirect_uris" in body:
         metadata["redirect_uris"] = [

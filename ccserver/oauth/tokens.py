@@ -1,5 +1,6 @@
 """
-Minting access tokens: JWTs per RFC 9068, signed with the current key.
+Minting access tokens: JWTs per RFC 9068, signed with the current key, or
+opaque tokens of 256 random bits kept in the store as digests.
 """
 
 from __future__ import annotations
@@ -10,35 +11,78 @@ from typing import Any
 
 from attrs import frozen
 
+from ccserver import credentials
+from ccserver.interfaces import ITokenStore
 from ccserver.keys import Keyring
-from ccserver.model import Client, GrantAuthorization, IssuedToken
+from ccserver.model import Client, GrantAuthorization, IssuedToken, TokenRecord
+
+JWT = "jwt"
+OPAQUE = "opaque"
 
 
 @frozen
 class TokenMinter:
     """
-    Turns a grant handler's decision into a signed access token.
+    Turns a grant handler's decision into an access token.
 
     @ivar issuer: the C{iss} claim.
     @ivar lifetime: the lifetime of a token whose grant names none.
-    @ivar audience: the C{aud} of a token whose grant names none.
+    @ivar max_lifetime: no token lives longer.
+    @ivar audience: the C{aud} of a token whose grant names none (the issuer
+        when empty).
+    @ivar token_format: the format of a token whose grant names none.
+    @ivar tokens: where opaque tokens are kept.
     """
 
     keyring: Keyring
+    tokens: ITokenStore
     issuer: str
     lifetime: int
+    max_lifetime: int
     audience: tuple[str, ...]
+    token_format: str
     now: Callable[[], float]
 
-    def mint(self, client: Client, authorization: GrantAuthorization) -> IssuedToken:
+    async def mint(self, client: Client, authorization: GrantAuthorization) -> IssuedToken:
+        issued_at = int(self.now())
+        lifetime = min(authorization.lifetime or self.lifetime, self.max_lifetime)
+        audience = authorization.audience or self.audience or (self.issuer,)
+        token_format = authorization.token_format or self.token_format
+        jti = secrets.token_urlsafe(16)
+        if token_format == OPAQUE:
+            access_token = credentials.new_secret()
+            await self.tokens.add_token(
+                TokenRecord(
+                    token_digest=credentials.digest(access_token),
+                    client_id=client.client_id,
+                    scope=authorization.scope,
+                    audience=audience,
+                    issued_at=issued_at,
+                    expires_at=issued_at + lifetime,
+                    jti=jti,
+                    claims=authorization.claims,
+                )
+            )
+        elif token_format == JWT:
+            access_token = self._jwt(client, authorization, issued_at, lifetime, audience, jti)
+        else:
+            raise ValueError(f"unknown token format {token_format!r}")
+        return IssuedToken(access_token=access_token, expires_in=lifetime, scope=authorization.scope)
+
+    def _jwt(
+        self,
+        client: Client,
+        authorization: GrantAuthorization,
+        issued_at: int,
+        lifetime: int,
+        audience: tuple[str, ...],
+        jti: str,
+    ) -> str:
         """
         RFC 9068 §2.2: C{iss}, C{exp}, C{aud}, C{sub}, C{client_id}, C{iat},
         C{jti}, and C{scope} when any was granted; the handler's extra claims
         beside them.
         """
-        issued_at = int(self.now())
-        lifetime = authorization.lifetime or self.lifetime
-        audience = authorization.audience or self.audience or (self.issuer,)
         claims: dict[str, Any] = dict(authorization.claims)
         claims.update(
             iss=self.issuer,
@@ -47,9 +91,8 @@ class TokenMinter:
             aud=audience[0] if len(audience) == 1 else list(audience),
             iat=issued_at,
             exp=issued_at + lifetime,
-            jti=secrets.token_urlsafe(16),
+            jti=jti,
         )
         if authorization.scope:
             claims["scope"] = " ".join(sorted(authorization.scope))
-        token = self.keyring.current.sign(claims)
-        return IssuedToken(access_token=token, expires_in=lifetime, scope=authorization.scope)
+        return self.keyring.current.sign(claims)

@@ -9,17 +9,19 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from ccserver.errors import ClientExists
-from ccserver.interfaces import IStore
-from ccserver.model import Client, StoredKey
+from ccserver.interfaces import IStore, ITokenStore
+from ccserver.model import Client, StoredKey, TokenRecord
 
 
-@implementer(IStore)
+@implementer(IStore, ITokenStore)
 class MemoryStore:
     url = "memory://"
 
     def __init__(self) -> None:
         self._clients: dict[str, Client] = {}
         self._keys: dict[str, StoredKey] = {}
+        self._tokens: dict[str, TokenRecord] = {}
+        self._revoked: dict[str, int] = {}
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -44,6 +46,32 @@ class MemoryStore:
 
     def delete_client(self, client_id: str) -> Deferred[bool]:
         return succeed(self._clients.pop(client_id, None) is not None)
+
+    def add_token(self, token: TokenRecord) -> Deferred[None]:
+        self._tokens[token.token_digest] = token
+        return succeed(None)
+
+    def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
+        return succeed(self._tokens.get(token_digest))
+
+    def delete_token(self, token_digest: str) -> Deferred[bool]:
+        return succeed(self._tokens.pop(token_digest, None) is not None)
+
+    def revoke_jti(self, jti: str, expires_at: int) -> Deferred[None]:
+        self._revoked[jti] = max(expires_at, self._revoked.get(jti, 0))
+        return succeed(None)
+
+    def is_revoked(self, jti: str) -> Deferred[bool]:
+        return succeed(jti in self._revoked)
+
+    def purge_expired(self, now: int) -> Deferred[int]:
+        expired_tokens = [d for d, t in self._tokens.items() if t.expires_at < now]
+        expired_jtis = [j for j, until in self._revoked.items() if until < now]
+        for digest in expired_tokens:
+            del self._tokens[digest]
+        for jti in expired_jtis:
+            del self._revoked[jti]
+        return succeed(len(expired_tokens) + len(expired_jtis))
 
     def list_keys(self) -> Deferred[list[StoredKey]]:
         return succeed(sorted(self._keys.values(), key=lambda k: (k.created_at, k.kid)))

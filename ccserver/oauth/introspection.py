@@ -1,0 +1,165 @@
+"""
+What resource servers and clients ask of a token once it is out: token
+introspection (RFC 7662) and token revocation (RFC 7009).
+
+Both endpoints authenticate the caller as a registered client, as the token
+endpoint does.  Who may see a token: the client it was issued to, and the
+clients whose C{client_id} or registered C{resource_server_uris} its audience
+names; with C{[tokens] introspection = "any"}, every authenticated client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jwt
+from attrs import frozen
+
+from ccserver import credentials
+from ccserver.errors import invalid_request
+from ccserver.interfaces import IClientStore, ITokenStore
+from ccserver.keys import Keyring
+from ccserver.model import Client
+from ccserver.oauth.clientauth import authenticate, presented_credentials
+
+INACTIVE: dict[str, Any] = {"active": False}
+
+
+@frozen
+class TokenInfo:
+    """
+    What an active token says, whichever its format.
+    """
+
+    claims: Mapping[str, Any]
+    #: The JWT's C{jti} to deny-list, or None for an opaque token.
+    jti: str | None
+    #: The opaque token's digest, or None for a JWT.
+    token_digest: str | None
+
+    @property
+    def client_id(self) -> str:
+        return str(self.claims["client_id"])
+
+    @property
+    def audience(self) -> tuple[str, ...]:
+        aud = self.claims.get("aud", ())
+        return (aud,) if isinstance(aud, str) else tuple(aud)
+
+
+class TokenIntrospection:
+    def __init__(
+        self,
+        clients: IClientStore,
+        tokens: ITokenStore,
+        keyring: Keyring,
+        issuer: str,
+        rule: str,
+        now: Callable[[], float],
+    ) -> None:
+        self._clients = clients
+        self._tokens = tokens
+        self._keyring = keyring
+        self._issuer = issuer
+        self._rule = rule
+        self._now = now
+
+    async def _caller(self, form: Mapping[str, str], authorization: str | None) -> Client:
+        return await authenticate(self._clients, presented_credentials(authorization, form))
+
+    @staticmethod
+    def _token(form: Mapping[str, str]) -> str:
+        token = form.get("token")
+        if token is None:
+            raise invalid_request("token: missing")
+        return token
+
+    async def lookup(self, token: str) -> TokenInfo | None:
+        """
+        The active token C{token} is, or None when it is unknown, malformed,
+        expired or revoked.
+        """
+        if token.count(".") == 2:
+            return await self._jwt(token)
+        record = await self._tokens.get_token(credentials.digest(token))
+        if record is None or record.expires_at <= self._now():
+            return None
+        claims: dict[str, Any] = dict(record.claims)
+        claims.update(
+            iss=self._issuer,
+            sub=record.client_id,
+            client_id=record.client_id,
+            aud=record.audience[0] if len(record.audience) == 1 else list(record.audience),
+            iat=record.issued_at,
+            exp=record.expires_at,
+            jti=record.jti,
+        )
+        if record.scope:
+            claims["scope"] = " ".join(sorted(record.scope))
+        return TokenInfo(claims, None, record.token_digest)
+
+    async def _jwt(self, token: str) -> TokenInfo | None:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            return None
+        key = self._keyring.verification_key(str(header.get("kid")))
+        if key is None or header.get("typ") != "at+jwt" or header.get("alg") != key.alg:
+            return None
+        try:
+            claims = jwt.decode(
+                token,
+                key.private_key.public_key(),
+                algorithms=[key.alg],
+                issuer=self._issuer,
+                # Time is checked below, on this server's clock.
+                options={
+                    "verify_aud": False,
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                    "require": ["exp", "jti", "client_id"],
+                },
+            )
+        except jwt.InvalidTokenError:
+            return None
+        if not isinstance(claims["exp"], int) or claims["exp"] <= self._now():
+            return None
+        if await self._tokens.is_revoked(str(claims["jti"])):
+            return None
+        return TokenInfo(claims, str(claims["jti"]), None)
+
+    def _may_see(self, caller: Client, info: TokenInfo) -> bool:
+        if self._rule == "any" or info.client_id == caller.client_id:
+            return True
+        names = {caller.client_id, *caller.metadata.get("resource_server_uris", ())}
+        return not names.isdisjoint(info.audience)
+
+    async def introspect(
+        self, form: Mapping[str, str], authorization: str | None
+    ) -> dict[str, Any]:
+        """
+        RFC 7662 §2: the token's claims with C{active: true}, or exactly
+        C{{"active": false}} for a token that is expired, revoked, unknown,
+        malformed, or not the caller's to see.
+        """
+        caller = await self._caller(form, authorization)
+        info = await self.lookup(self._token(form))
+        if info is None or not self._may_see(caller, info):
+            return dict(INACTIVE)
+        return {"active": True, "token_type": "Bearer", **info.claims}
+
+    async def revoke(self, form: Mapping[str, str], authorization: str | None) -> None:
+        """
+        RFC 7009 §2: revoke the caller's own token.  An unknown token, or
+        another client's, is answered the same way, and nothing is revoked.
+        """
+        caller = await self._caller(form, authorization)
+        info = await self.lookup(self._token(form))
+        if info is None or info.client_id != caller.client_id:
+            return
+        if info.token_digest is not None:
+            await self._tokens.delete_token(info.token_digest)
+        elif info.jti is not None:
+            await self._tokens.revoke_jti(info.jti, int(info.claims["exp"]))

@@ -1,0 +1,141 @@
+"""
+Signing keys: encryption at rest, the JWK set, rotation and retirement.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jwt
+from twisted.internet.defer import ensureDeferred
+
+from ccserver.keys import KeyDecryptionError, KeyEncryptor
+from tests.helpers import ServerTestCase, basic, temp_dir
+
+
+class KeyEncryptorTests(ServerTestCase):
+    def test_file_made_once_mode_0600(self) -> None:
+        folder = temp_dir(self)
+        first, made = KeyEncryptor.from_file(folder / "kek")
+        self.assertTrue(made)
+        second, made_again = KeyEncryptor.from_file(folder / "kek")
+        self.assertFalse(made_again)
+        self.assertEqual((folder / "kek").stat().st_mode & 0o777, 0o600)
+        stored = self.successResultOf(self.store.list_keys())[0]
+        other = KeyEncryptor.ephemeral()
+        with self.assertRaises(KeyDecryptionError):
+            other.decrypt(stored)
+
+    def test_stored_encrypted(self) -> None:
+        stored = self.successResultOf(self.store.list_keys())[0]
+        self.assertNotIn("PRIVATE KEY", stored.encrypted_private_key)
+
+
+class RotationTests(ServerTestCase):
+    max_lifetime = 86400
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.client = self.register(scope="read")
+        self.keyring = self.service.keyring
+
+    def jwks(self) -> list[str]:
+        return [k["kid"] for k in self.request("GET", "/jwks.json").json()["keys"]]
+
+    def issue(self) -> str:
+        response = self.token(
+            {"grant_type": "client_credentials"},
+            basic(self.client["client_id"], self.client["client_secret"]),
+        )
+        return str(response.json()["access_token"])
+
+    def kid(self, token: str) -> str:
+        return str(jwt.get_unverified_header(token)["kid"])
+
+    def rotate(self, delay: int) -> Any:
+        return self.successResultOf(ensureDeferred(self.keyring.rotate(delay)))
+
+    def test_jwks_cache_fits_activation_delay(self) -> None:
+        response = self.request("GET", "/jwks.json")
+        self.assertEqual(response.headers["cache-control"], "public, max-age=300")
+
+    def test_new_key_published_before_it_signs(self) -> None:
+        old = self.keyring.current.kid
+        new = self.rotate(600)
+        self.assertCountEqual(self.jwks(), [old, new.kid])
+        self.assertEqual(self.kid(self.issue()), old)
+        self.clock.advance(599)
+        self.assertEqual(self.kid(self.issue()), old)
+        self.clock.advance(1)
+        self.assertEqual(self.kid(self.issue()), new.kid)
+
+    def test_old_key_published_until_its_tokens_expire(self) -> None:
+        old = self.keyring.current.kid
+        last_old_token = self.issue()
+        self.clock.advance(3000)
+        new = self.rotate(500)
+        self.clock.advance(500)
+        self.verify(last_old_token)
+        self.clock.advance(self.max_lifetime - 1)
+        self.assertIn(old, self.jwks())
+        self.clock.advance(1)
+        self.assertEqual(self.jwks(), [new.kid])
+
+    def test_every_token_verifies_across_rotation(self) -> None:
+        tokens = []
+        for _ in range(3):
+            self.rotate(600)
+            for _ in range(7):
+                tokens.append(self.issue())
+                self.clock.advance(100)
+        for token in tokens:
+            self.verify(token)
+
+    def test_retire_deletes_only_expired(self) -> None:
+        old = self.keyring.current.kid
+        self.rotate(0)
+        self.assertEqual(self.successResultOf(ensureDeferred(self.keyring.retire())), [])
+        self.clock.advance(self.max_lifetime)
+        deleted = self.successResultOf(ensureDeferred(self.keyring.retire()))
+        self.assertEqual([k.kid for k in deleted], [old])
+        self.assertEqual(len(self.successResultOf(self.store.list_keys())), 1)
+
+    def test_retire_named_key(self) -> None:
+        old = self.keyring.current.kid
+        failure = self.failureResultOf(ensureDeferred(self.keyring.retire(old)), ValueError)
+        self.assertIn("only active", str(failure.value))
+        self.rotate(600)
+        self.failureResultOf(ensureDeferred(self.keyring.retire(old)), ValueError)
+        # A second active key (two instances that both made one at their
+        # first start, say) can be retired at once.
+        self.clock.advance(1)
+        second = self.successResultOf(
+            ensureDeferred(self.keyring.add_key("RS256", int(self.clock.seconds())))
+        )
+        self.successResultOf(ensureDeferred(self.keyring.refresh()))
+        self.assertEqual(self.kid(self.issue()), second.kid)
+        retired = self.successResultOf(ensureDeferred(self.keyring.retire(second.kid)))
+        self.assertEqual([k.kid for k in retired], [second.kid])
+        self.assertEqual(self.kid(self.issue()), old)
+        self.assertIn(second.kid, self.jwks())
+
+    def test_other_instance_follows(self) -> None:
+        """
+        A rotation made elsewhere (another instance, the ccserver command)
+        reaches this process at its next key refresh.
+        """
+        from ccserver.keys import Keyring
+
+        elsewhere = Keyring(self.store, self.service.encryptor, "RS256", self.max_lifetime, self.clock.seconds)
+        new = self.successResultOf(ensureDeferred(elsewhere.rotate(600)))
+        self.assertNotIn(new.kid, self.jwks())
+        self.successResultOf(ensureDeferred(self.keyring.refresh()))
+        self.assertIn(new.kid, self.jwks())
+        self.clock.advance(600)
+        self.assertEqual(self.kid(self.issue()), new.kid)
+
+    def test_jwks_is_public_json(self) -> None:
+        self.rotate(600)
+        for key in json.loads(self.keyring.jwks_json)["keys"]:
+            self.assertNotIn("d", key)
