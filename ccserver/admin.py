@@ -117,3 +117,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return d.addErrback(failed)
 
     react(start)
+
+
+if __name__ == "__main__":
+    main()
