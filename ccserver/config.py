@@ -76,6 +76,8 @@ class Config:
     keys: KeysConfig = KeysConfig()
     grant_handler: str = "registered-scope"
     grant_handler_config: Mapping[str, Any] = field(factory=dict)
+    #: Processes serving the listening sockets together.
+    workers: int = 1
 
 
 # The keys a TOML file may have: a type, or a table of its own.
@@ -83,6 +85,7 @@ _SCHEMA: dict[str, Any] = {
     "listen": list,
     "issuer": str,
     "master_token": str,
+    "workers": int,
     "store": {"url": str, "timeout": float, "client_cache_seconds": float},
     "tokens": {
         "format": str,
@@ -258,7 +261,17 @@ def load_config(
     if grant_handler is not None and not isinstance(grant_handler, str):
         raise ConfigError("[grant_handler] name: must be a string")
 
+    workers = command_line.get("workers") or toml.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers: must be a whole number of 1 or more, not {workers!r}")
+    if workers > 1 and store.url.startswith("memory:"):
+        raise ConfigError(
+            "workers: processes share clients and keys through the store; "
+            "memory:// cannot be shared (use sqlite, redis or postgresql)"
+        )
+
     return Config(
+        workers=workers,
         listen=listen,
         issuer=issuer,
         master_token=master_token,

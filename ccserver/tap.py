@@ -8,6 +8,7 @@ listens, and end the process with one line on stderr.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,7 @@ from ccserver.oauth.tokens import TokenMinter
 from ccserver.stores import data_dir, store_from_url
 from ccserver.stores.cache import CachingClientStore
 from ccserver.web import CCServerApp, CCServerSite
+from ccserver.workers import WorkerPool, bind, listen_addresses
 
 MASTER_TOKEN_FILE = "ccserver.master-token"
 #: How often, at most, each process reloads the signing keys to follow
@@ -77,6 +79,23 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["inherit-fd"] = []
+
+    def opt_workers(self, count: str) -> None:
+        """
+        Processes that serve the listening sockets together (tcp: and tcp6:
+        endpoints; a shared store) [default: 1].
+        """
+        try:
+            self["workers"] = int(count)
+        except ValueError:
+            raise _fail(f"--workers: {count!r} is not a whole number") from None
+
+    def opt_inherit_fd(self, fd: str) -> None:
+        """
+        (internal) A listening socket handed down by the main process.
+        """
+        self["inherit-fd"].append(int(fd))
 
     def opt_listen(self, endpoint: str) -> None:
         """
@@ -105,6 +124,7 @@ class Options(usage.Options):
             "store": self["store"],
             "master_token": self["master-token"],
             "grant_handler": self["grant-handler"],
+            "workers": self.get("workers"),
         }
         try:
             self.config = load_config(command_line, os.environ)
@@ -122,6 +142,9 @@ class Options(usage.Options):
                         f"listen: {endpoint!r} is not an endpoint string: {e}"
                     ) from None
             self.master_token_digest, self.master_token_file = _master_token(self.config)
+            self.listen_addresses = (
+                listen_addresses(_reactor(), self.config.listen) if self.config.workers > 1 else []
+            )
             self.encryptor = key_encryptor(self.config)
         except ConfigError as e:
             raise _fail(str(e)) from None
@@ -174,6 +197,7 @@ class CCServerService(Service):
         master_token_digest: str,
         encryptor: KeyEncryptor,
         master_token_file: Path | None = None,
+        inherited_fds: Sequence[int] = (),
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -185,6 +209,8 @@ class CCServerService(Service):
         self.ports: list[IListeningPort] = []
         self.site: CCServerSite | None = None
         self._loops: list[LoopingCall] = []
+        self.inherited_fds = list(inherited_fds)
+        self.workers: WorkerPool | None = None
 
     def build(self) -> CCServerSite:
         now = self.reactor.seconds
@@ -242,12 +268,39 @@ class CCServerService(Service):
             self._loop(self._refresh_keys, refresh_every),
             self._loop(self._purge, PURGE_SECONDS),
         ]
-        for description in self.config.listen:
-            endpoint = serverFromString(self.reactor, description)
-            port = await endpoint.listen(self.site)
-            self.ports.append(port)
-            self._log.info("Listening on {endpoint}", endpoint=description)
+        if self.inherited_fds:
+            self._adopt(self.inherited_fds)
+            for fd in self.inherited_fds:
+                os.close(fd)
+        elif self.config.workers > 1:
+            sockets = [
+                [bind(address) for address in listen_addresses(self.reactor, self.config.listen)]
+                for _ in range(self.config.workers)
+            ]
+            self._adopt([s.fileno() for s in sockets[0]])
+            for sock in sockets[0]:
+                sock.close()
+            self.workers = WorkerPool(self.reactor, sys.argv[1:], sockets[1:])
+            self.workers.start()
+        else:
+            for description in self.config.listen:
+                endpoint = serverFromString(self.reactor, description)
+                port = await endpoint.listen(self.site)
+                self.ports.append(port)
+                self._log.info("Listening on {endpoint}", endpoint=description)
         self._log.info("ccserver is ready; issuer {issuer}", issuer=self.config.issuer)
+
+    def _adopt(self, fds: list[int]) -> None:
+        """
+        Serve listening sockets made by the main process.  The reactor
+        serves a copy of each descriptor; the caller closes the originals.
+        """
+        for fd in fds:
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                family = sock.family
+            port = self.reactor.adoptStreamPort(fd, family, self.site)
+            self.ports.append(port)
+            self._log.info("Serving {address}", address=str(port.getHost()))
 
     def _loop(self, work: Any, interval: float) -> LoopingCall:
         loop = LoopingCall(lambda: ensureDeferred(work()))
@@ -284,6 +337,8 @@ class CCServerService(Service):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
         for port in self.ports:
             stopped = port.stopListening()
             if stopped is not None:
@@ -316,6 +371,7 @@ def makeService(options: Options) -> CCServerService:
         master_token_digest=options.master_token_digest,
         encryptor=options.encryptor,
         master_token_file=options.master_token_file,
+        inherited_fds=options["inherit-fd"],
     )
 
 

@@ -1,0 +1,81 @@
+"""
+--workers N: N processes serve one listening address.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+import requests
+
+from tests.process import CCServerProcess, run_ccserver
+
+
+def children(pid: int) -> list[int]:
+    result = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(line) for line in result.stdout.split()]
+
+
+class WorkersTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="ccserver-workers-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+
+    def start(self) -> CCServerProcess:
+        server = CCServerProcess(self.tmp, "--workers", "2", store=f"sqlite:///{self.tmp}/ccserver.db")
+        self.addCleanup(server.kill)
+        server.start()
+        assert server.process is not None
+        deadline = time.monotonic() + 20
+        while len(children(server.process.pid)) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return server
+
+    def test_two_processes_serve(self) -> None:
+        server = self.start()
+        assert server.process is not None
+        workers = children(server.process.pid)
+        self.assertEqual(len(workers), 1)
+        client = server.register(scope="read")
+        with requests.Session() as first, requests.Session() as second:
+            for session in (first, second) * 10:
+                response = session.post(
+                    server.url + "/token",
+                    data={"grant_type": "client_credentials"},
+                    auth=(client["client_id"], client["client_secret"]),
+                    timeout=10,
+                )
+                self.assertEqual(response.status_code, 200)
+
+    def test_dead_worker_is_started_again_and_sigterm_stops_all(self) -> None:
+        server = self.start()
+        assert server.process is not None
+        [worker] = children(server.process.pid)
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = children(server.process.pid)
+            if now and now != [worker]:
+                break
+            time.sleep(0.1)
+        [replacement] = children(server.process.pid)
+        self.assertNotEqual(replacement, worker)
+        self.assertEqual(server.stop(), -15)
+        self.assertRaises(ProcessLookupError, os.kill, replacement, 0)
+
+    def test_memory_store_refused(self) -> None:
+        result = run_ccserver("--workers", "2", "--store", "memory://", cwd=self.tmp)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("workers: processes share clients and keys through the store", result.stderr)
+
+    def test_unshareable_endpoint_refused(self) -> None:
+        result = run_ccserver("--workers", "2", "--listen", f"unix:{self.tmp}/s.sock", cwd=self.tmp)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("cannot be shared", result.stderr)
