@@ -109,12 +109,17 @@ class Options(usage.Options):
         print(f"ccserver {__version__}")
         sys.exit(0)
 
-    @property
-    def longdesc(self) -> str:
+    longdesc = "An OAuth 2.0 authorization server for machine-to-machine clients."
+
+    def getUsage(self, width: int | None = None) -> str:
+        # usage.Options word-wraps longdesc: the handler table goes after it.
         handlers = "\n".join(
             f"  {name:20} {factory.description}" for name, factory in sorted(available().items())
         )
-        return "An OAuth 2.0 authorization server for machine-to-machine clients.\n\nGrant handlers:\n" + handlers
+        return (
+            f"{super().getUsage(width)}\n"
+            f"Grant handlers (--grant-handler, or [grant_handler] name):\n{handlers}\n"
+        )
 
     def postOptions(self) -> None:
         command_line = {

@@ -25,3 +25,24 @@ class _RegisteredScope:
 
 
 registered_scope = _RegisteredScope()
+
+
+@implementer(IPlugin, IGrantHandlerFactory)
+class _Webhook:
+    name = "webhook"
+    description = "asks an external web service ([grant_handler] url) for each grant"
+
+    def makeHandler(self, config: Mapping[str, Any]) -> IClientCredentialsGrantHandler:
+        # The composition root of the webhook handler: the one place that
+        # takes the global reactor, after the configuration is known good.
+        from ccserver.handlers.webhook import WebhookHandler, parse_config, pooled_http_client
+
+        settings = parse_config(config)
+        from twisted.internet import reactor
+
+        http, pool = pooled_http_client(reactor, settings.timeout)
+        reactor.addSystemEventTrigger("before", "shutdown", pool.closeCachedConnections)
+        return WebhookHandler(settings, http, reactor)
+
+
+webhook = _Webhook()

@@ -1,0 +1,576 @@
+"""
+The C{webhook} grant handler: an external web service decides each grant.
+
+For every token request the handler POSTs a JSON document to the configured
+URL and turns the answer into a L{GrantAuthorization} or an OAuth error:
+
+  - C{200} with C{{"scope": [...], "access_token": {...}}}: a token with
+    that scope (the service is authoritative: it may grant values the client
+    did not register), lifetime, audience and extra claims;
+  - C{4xx} with C{{"error": ..., "error_description": ...}}: that error goes
+    to the client (400, or 401 with a Basic challenge for C{invalid_client});
+  - anything else (no answer within the timeout, a refused connection, a
+    5xx, a malformed answer): C{temporarily_unavailable} (503), never a
+    token, and a log line that says why.
+
+Its collaborators come in through the constructor: an HTTP client with
+treq's C{post} (a L{treq.client.HTTPClient}, or L{treq.testing.StubTreq} in
+tests) and the clock that bounds the exchange.  The plugin in
+L{ccserver.plugins.ccserver_builtin} composes them with the reactor.
+
+docs/grant-handlers.md describes the exchange for those who write a service.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from typing import Any, NoReturn, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from attrs import field, frozen
+from treq.client import HTTPClient
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol as StreamProtocol
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web._newclient import RequestNotSent
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+from zope.interface import implementer
+
+from ccserver import __version__
+from ccserver.errors import ConfigError, OAuthError
+from ccserver.interfaces import IClientCredentialsGrantHandler
+from ccserver.model import REGISTERED_CLAIMS, GrantAuthorization, GrantRequest
+from ccserver.oauth.clientauth import invalid_client
+from ccserver.oauth.registration import SCOPE_TOKEN
+
+#: Seconds the whole exchange may take when the configuration names none.
+DEFAULT_TIMEOUT = 2.0
+#: The largest answer read from the service, in bytes; a larger one is
+#: malformed.
+MAX_ANSWER = 64 * 1024
+#: Client fields that are never sent, whatever C{client_fields} says.
+NEVER_SENT = frozenset(
+    {
+        "client_secret",
+        "client_secret_digest",
+        "registration_access_token",
+        "registration_access_token_digest",
+    }
+)
+
+_KEYS = ("url", "token", "timeout", "client_fields")
+# RFC 6749 §5.2: error = 1*( %x20-21 / %x23-5B / %x5D-7E )
+_ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5B\x5D-\x7E]+")
+# RFC 6750 §2.1 allows b64token; any visible ASCII keeps the header valid.
+_HEADER_TOKEN = re.compile(r"[\x21-\x7E]+")
+_ANSWER_KEYS = frozenset({"scope", "access_token"})
+_ACCESS_TOKEN_KEYS = frozenset({"lifetime", "audience", "claims"})
+#: Connection failures after which a request that may not have reached the
+#: service is sent once more (a kept-alive connection the service had just
+#: closed), time permitting.
+_RETRIED = (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)
+
+
+class HTTPPoster(Protocol):
+    """
+    What the handler needs of an HTTP client: treq's C{post}.
+    """
+
+    def post(
+        self,
+        url: str,
+        /,
+        *,
+        data: bytes,
+        headers: Headers,
+        allow_redirects: bool,
+        unbuffered: bool,
+        reactor: Any,
+    ) -> Deferred[Any]: ...
+
+
+@frozen
+class WebhookConfig:
+    """
+    The C{[grant_handler]} table of the webhook handler, checked.
+
+    @ivar url: where the grant requests are POSTed (absolute http or https).
+    @ivar token: sent as C{Authorization: Bearer <token>}, or L{None}.
+    @ivar timeout: seconds the whole exchange may take.
+    @ivar client_fields: the client metadata fields sent, or L{None} for all.
+    """
+
+    url: str
+    token: str | None = field(default=None, repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    client_fields: tuple[str, ...] | None = None
+
+
+def _config_error(key: str, message: str) -> NoReturn:
+    raise ConfigError(f"[grant_handler] {key}: {message}")
+
+
+def _check_url(value: object) -> str:
+    if not isinstance(value, str):
+        _config_error("url", "must be a string")
+    parts = urlsplit(value)
+    try:
+        _ = parts.port
+    except ValueError:
+        _config_error("url", f"{value!r} has an invalid port")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        _config_error("url", f"{value!r} is not an absolute http or https URL")
+    if parts.username is not None or parts.password is not None:
+        _config_error("url", "must not hold credentials; use token")
+    if parts.fragment:
+        _config_error("url", f"{value!r} must have no fragment")
+    return value
+
+
+def _check_token(value: object) -> str:
+    # The message never shows the value: it is a secret.
+    if not isinstance(value, str):
+        _config_error("token", "must be a string")
+    if not _HEADER_TOKEN.fullmatch(value):
+        _config_error("token", "must be visible ASCII characters, without spaces")
+    return value
+
+
+def _check_timeout(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _config_error("timeout", f"must be a number of seconds, not {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        _config_error("timeout", f"must be greater than 0, not {value!r}")
+    return float(value)
+
+
+def _check_client_fields(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        _config_error("client_fields", "must be a list of client metadata field names")
+    secret = sorted(NEVER_SENT.intersection(value))
+    if secret:
+        _config_error("client_fields", f"{secret[0]!r} is a secret and is never sent")
+    return tuple(dict.fromkeys(value))
+
+
+def parse_config(config: Mapping[str, Any]) -> WebhookConfig:
+    """
+    Check the C{[grant_handler]} table (without C{name}).
+
+    @raise ConfigError: a key is unknown, missing or wrong; the message
+        starts with C{[grant_handler] <key>: }.
+    """
+    for key in sorted(config):
+        if key not in _KEYS:
+            _config_error(key, "unknown key; the webhook handler takes " + ", ".join(_KEYS))
+    if "url" not in config:
+        _config_error("url", "missing; the webhook handler needs the URL of its service")
+    return WebhookConfig(
+        url=_check_url(config["url"]),
+        token=_check_token(config["token"]) if "token" in config else None,
+        timeout=_check_timeout(config["timeout"]) if "timeout" in config else DEFAULT_TIMEOUT,
+        client_fields=(
+            _check_client_fields(config["client_fields"]) if "client_fields" in config else None
+        ),
+    )
+
+
+def request_document(
+    grant: GrantRequest, client_fields: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """
+    The JSON document POSTed to the service for this grant.
+
+    @param client_fields: the client metadata fields to send, or L{None}
+        for all.  Secrets and registration tokens are never sent.
+    """
+    metadata = grant.client.metadata
+    names = metadata.keys() if client_fields is None else client_fields
+    return {
+        "client_id": grant.client.client_id,
+        "client": {
+            name: metadata[name] for name in names if name in metadata and name not in NEVER_SENT
+        },
+        "scope": None if grant.scope is None else sorted(grant.scope),
+        "resource": list(grant.resource),
+        "params": dict(grant.params),
+        "issuer": grant.issuer,
+    }
+
+
+class MalformedAnswer(Exception):
+    """
+    The service answered, but not in a way this handler understands.
+    """
+
+
+class ServiceFailed(Exception):
+    """
+    The service answered with a server error (5xx).
+    """
+
+
+class WebhookTimeout(Exception):
+    """
+    The service did not answer within the timeout.
+    """
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in document:
+            raise ValueError(f"{name!r} appears more than once")
+        document[name] = value
+    return document
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not JSON")
+
+
+def load_answer(body: bytes) -> Any:
+    """
+    Parse an answer as strict JSON (UTF-8, no repeated names, no NaN).
+
+    @raise MalformedAnswer: it is not.
+    """
+    try:
+        return json.loads(
+            body.decode("utf-8"),
+            object_pairs_hook=_reject_duplicates,
+            parse_constant=_no_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise MalformedAnswer(f"the body is not JSON: {e}") from None
+
+
+def _unknown(document: Mapping[str, Any], known: frozenset[str], where: str) -> None:
+    unknown = sorted(set(document) - known)
+    if unknown:
+        raise MalformedAnswer(
+            f"{where}{unknown[0]!r} is not a member this server knows; expected "
+            + ", ".join(sorted(known))
+        )
+
+
+def authorization_from_answer(document: Any) -> GrantAuthorization:
+    """
+    The decision a 200 answer carries.
+
+    @raise MalformedAnswer: the answer breaks the format (docs/grant-handlers.md).
+    """
+    if not isinstance(document, dict):
+        raise MalformedAnswer("the answer is not a JSON object")
+    _unknown(document, _ANSWER_KEYS, "")
+    if "scope" not in document:
+        raise MalformedAnswer("scope: missing")
+    scope = document["scope"]
+    if not isinstance(scope, list) or not all(
+        isinstance(v, str) and SCOPE_TOKEN.fullmatch(v) for v in scope
+    ):
+        raise MalformedAnswer("scope: must be a list of scope values (strings without spaces)")
+    # An optional member that is null counts as absent.
+    token = document.get("access_token")
+    if token is None:
+        token = {}
+    if not isinstance(token, dict):
+        raise MalformedAnswer("access_token: must be an object")
+    _unknown(token, _ACCESS_TOKEN_KEYS, "access_token: ")
+    lifetime = token.get("lifetime")
+    if lifetime is not None and (
+        isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0
+    ):
+        raise MalformedAnswer("access_token.lifetime: must be a positive integer (seconds)")
+    audience = token.get("audience")
+    if audience is not None and (
+        not isinstance(audience, list) or not all(isinstance(v, str) and v for v in audience)
+    ):
+        raise MalformedAnswer("access_token.audience: must be a list of non-empty strings")
+    claims = token.get("claims")
+    if claims is None:
+        claims = {}
+    if not isinstance(claims, dict):
+        raise MalformedAnswer("access_token.claims: must be an object")
+    registered = sorted(REGISTERED_CLAIMS.intersection(claims))
+    if registered:
+        raise MalformedAnswer(
+            "access_token.claims: registered claims are set by the server: " + ", ".join(registered)
+        )
+    try:
+        return GrantAuthorization(
+            scope=scope,
+            lifetime=lifetime,
+            audience=audience or None,
+            claims=claims,
+        )
+    except (TypeError, ValueError) as e:
+        raise MalformedAnswer(str(e)) from None
+
+
+def denial_from_answer(document: Any) -> OAuthError:
+    """
+    The OAuth error a 4xx answer carries: 400, or 401 with a Basic
+    challenge for C{invalid_client} (RFC 6749 §5.2).
+
+    @raise MalformedAnswer: it carries no proper C{error}.
+    """
+    if not isinstance(document, dict):
+        raise MalformedAnswer("a 4xx answer must be a JSON object with an error")
+    error = document.get("error")
+    if not isinstance(error, str) or not _ERROR_CODE.fullmatch(error):
+        raise MalformedAnswer("error: a 4xx answer must have an OAuth error code (RFC 6749 §5.2)")
+    description = document.get("error_description")
+    if description is None:
+        description = "the authorization policy denied this request"
+    if not isinstance(description, str):
+        raise MalformedAnswer("error_description: must be a string")
+    if error == "invalid_client":
+        return invalid_client(description)
+    return OAuthError(error, description)
+
+
+class _BoundedBody(StreamProtocol):
+    """
+    Collects a response body of at most C{limit} bytes.
+    """
+
+    def __init__(self, limit: int, finished: Deferred[bytes]) -> None:
+        self.limit = limit
+        self.finished = finished
+        self.received = 0
+        self.chunks: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.finished.called:
+            return
+        self.received += len(data)
+        if self.received > self.limit:
+            self.finished.errback(MalformedAnswer(f"the answer is longer than {self.limit} bytes"))
+            self.stop()
+            return
+        self.chunks.append(data)
+
+    def stop(self) -> None:
+        # The body's transport is a producer (IResponse.deliverBody); stopping
+        # it drops the connection, which then never goes back to the pool.
+        producer: Any = self.transport
+        if producer is not None:
+            producer.stopProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.finished.called:
+            return
+        # An answer without a length ends when the service closes the
+        # connection (PotentialDataLoss); a cut-off one then fails as JSON.
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self.chunks))
+        else:
+            self.finished.errback(reason)
+
+
+def read_body(response: IResponse, limit: int = MAX_ANSWER) -> Deferred[bytes]:
+    """
+    The body of C{response}, up to C{limit} bytes.  Cancelling the result
+    drops the connection.
+
+    @raise MalformedAnswer: (in the Deferred) the body is longer than that.
+    """
+    if response.length == 0:
+        return succeed(b"")
+    reader: _BoundedBody
+
+    def cancel(_: Deferred[bytes]) -> None:
+        reader.stop()
+
+    finished: Deferred[bytes] = Deferred(cancel)
+    reader = _BoundedBody(limit, finished)
+    response.deliverBody(reader)
+    return finished
+
+
+def _display_url(url: str) -> str:
+    """
+    The URL as logged: no query string, which might hold a secret.
+    """
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def _reasons(failure: Failure) -> str:
+    nested = getattr(failure.value, "reasons", None)
+    if nested:
+        return "; ".join(reason.getErrorMessage() for reason in nested)
+    return failure.getErrorMessage()
+
+
+def _was_cancelled(error: BaseException | None) -> bool:
+    return any(reason.check(CancelledError) for reason in getattr(error, "reasons", ()))
+
+
+@implementer(IClientCredentialsGrantHandler)
+class WebhookHandler:
+    """
+    Asks a web service what each grant authorises.
+
+    @param config: the checked configuration (L{parse_config}).
+    @param http: an HTTP client with treq's C{post}: a
+        L{treq.client.HTTPClient} (over a persistent connection pool), the
+        C{treq} module, or a L{treq.testing.StubTreq}.
+    @param clock: what bounds the exchange by C{config.timeout}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, config: WebhookConfig, http: HTTPPoster, clock: IReactorTime) -> None:
+        self.config = config
+        self._http = http
+        self._clock = clock
+        self._url = _display_url(config.url)
+        self._headers = Headers(
+            {
+                "Content-Type": ["application/json"],
+                "Accept": ["application/json"],
+                "User-Agent": [f"ccserver/{__version__}"],
+            }
+        )
+        if config.token is not None:
+            self._headers.setRawHeaders("Authorization", [f"Bearer {config.token}"])
+
+    def __repr__(self) -> str:
+        return f"<WebhookHandler {self._url}>"
+
+    def authorize(self, grant: GrantRequest) -> Deferred[GrantAuthorization]:
+        """
+        Ask the service; see the module docstring for what its answers mean.
+        """
+        decision = Deferred.fromCoroutine(self._ask(grant))
+        decision.addTimeout(self.config.timeout, self._clock, onTimeoutCancel=self._timed_out)
+        decision.addErrback(self._unavailable, grant)
+        return decision
+
+    async def _ask(self, grant: GrantRequest) -> GrantAuthorization:
+        body = json.dumps(
+            request_document(grant, self.config.client_fields), separators=(",", ":")
+        ).encode()
+        deadline = self._clock.seconds() + self.config.timeout
+        try:
+            response = await self._post(body)
+        except _RETRIED as e:
+            if _was_cancelled(e) or self._clock.seconds() >= deadline:
+                raise
+            self._log.info(
+                "Asking {url} again: the connection failed before an answer ({reason})",
+                url=self._url,
+                reason=_reasons(Failure()),
+            )
+            response = await self._post(body)
+        answer = await read_body(response)
+        code = response.code
+        if code == 200:
+            return authorization_from_answer(load_answer(answer))
+        if 400 <= code < 500:
+            try:
+                denial = denial_from_answer(load_answer(answer))
+            except MalformedAnswer as e:
+                raise MalformedAnswer(f"{code} answer: {e}") from None
+            self._log.debug(
+                "{url} denied a token to {client_id}: {error}",
+                url=self._url,
+                client_id=grant.client.client_id,
+                error=denial.error,
+            )
+            raise denial
+        if 500 <= code < 600:
+            raise ServiceFailed(f"it answered {code}")
+        raise MalformedAnswer(f"it answered {code}; expected 200, 4xx or 5xx")
+
+    def _post(self, body: bytes) -> Deferred[IResponse]:
+        return self._http.post(
+            self.config.url,
+            data=body,
+            headers=self._headers.copy(),
+            allow_redirects=False,
+            unbuffered=True,
+            # treq would otherwise import the global reactor; it needs none
+            # without its own timeout.
+            reactor=self._clock,
+        )
+
+    def _timed_out(self, result: object, timeout: float) -> NoReturn:
+        raise WebhookTimeout(f"no answer within {timeout:g}s")
+
+    def _unavailable(self, failure: Failure, grant: GrantRequest) -> Failure:
+        # A denial goes to the client as it is; a cancellation (the client
+        # went away) is not the service's fault.
+        if failure.check(OAuthError, CancelledError):
+            return failure
+        if _was_cancelled(failure.value):
+            return Failure(CancelledError())
+        if failure.check(WebhookTimeout, ServiceFailed):
+            reason = failure.getErrorMessage()
+        elif failure.check(MalformedAnswer):
+            reason = f"malformed answer: {failure.getErrorMessage()}"
+        elif failure.check(ConnectError, ConnectTimeout, DNSLookupError, OSError):
+            reason = f"could not connect: {_reasons(failure)}"
+        elif failure.check(ResponseFailed, RequestNotSent, RequestTransmissionFailed):
+            reason = f"the exchange failed: {_reasons(failure)}"
+        else:
+            self._log.failure(
+                "Unexpected error asking {url} about a grant for {client_id}",
+                failure,
+                url=self._url,
+                client_id=grant.client.client_id,
+            )
+            raise _temporarily_unavailable()
+        self._log.warn(
+            "The grant webhook {url} could not decide for client {client_id}, "
+            "so its token request gets 503: {reason}",
+            url=self._url,
+            client_id=grant.client.client_id,
+            reason=reason,
+        )
+        raise _temporarily_unavailable()
+
+
+def _temporarily_unavailable() -> OAuthError:
+    return OAuthError(
+        "temporarily_unavailable",
+        "the authorization policy service is unavailable; try again shortly",
+        status=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+def pooled_http_client(
+    reactor: Any, connect_timeout: float
+) -> tuple[HTTPClient, HTTPConnectionPool]:
+    """
+    A treq L{HTTPClient} that keeps connections to the service open between
+    requests, and its pool (to close at shutdown).
+
+    @param reactor: the reactor; the caller (the plugin) provides it.
+    """
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 16
+    pool.cachedConnectionTimeout = 120
+    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    return HTTPClient(agent), pool

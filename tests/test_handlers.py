@@ -1,0 +1,461 @@
+"""
+The grant handler plugin interface: finding handlers among the Twisted
+plugins of L{ccserver.plugins}, choosing one at start-up, third-party
+plugins dropped into a C{ccserver/plugins/} folder, and what a handler may
+return.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import attrs
+import jwt
+import pytest
+import requests
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock, deferLater
+from twisted.plugin import IPlugin, pluginPackagePaths
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+import ccserver.plugins
+from ccserver.errors import ConfigError, OAuthError
+from ccserver.handlers import available, make_handler
+from ccserver.handlers.registered_scope import RegisteredScopeHandler
+from ccserver.interfaces import IClientCredentialsGrantHandler, IGrantHandlerFactory
+from ccserver.model import REGISTERED_CLAIMS, Client, GrantAuthorization, GrantRequest
+from tests.helpers import ISSUER, Response, ServerTestCase, basic, temp_dir
+from tests.process import REPO, CCServerProcess, run_ccserver
+
+BUILT_IN = ("registered-scope", "webhook")
+
+#: The example plugin of docs/grant-handlers.md, as a third party writes it.
+PLUGIN_MODULE = "example_read_only"
+PLUGIN = """\
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from ccserver.errors import OAuthError
+from ccserver.interfaces import IClientCredentialsGrantHandler, IGrantHandlerFactory
+from ccserver.model import GrantAuthorization
+
+
+@implementer(IPlugin, IGrantHandlerFactory)
+class ReadOnly:
+    name = "read-only"
+    description = "grants 'read' and nothing else, for five minutes"
+
+    def makeHandler(self, config):
+        return ReadOnlyHandler(config.get("tier", "free"))
+
+
+@implementer(IClientCredentialsGrantHandler)
+class ReadOnlyHandler:
+    def __init__(self, tier):
+        self.tier = tier
+
+    def authorize(self, grant):
+        if grant.scope is not None and grant.scope != {"read"}:
+            raise OAuthError("invalid_scope", "this server grants read only")
+        return GrantAuthorization(scope={"read"}, lifetime=300, claims={"tier": self.tier})
+
+
+read_only = ReadOnly()
+"""
+
+
+def write_plugin(root: Path) -> Path:
+    """
+    Drop the example plugin into C{root/ccserver/plugins/}, a folder with
+    no C{__init__.py}, as a third party would.
+    """
+    folder = root / "ccserver" / "plugins"
+    folder.mkdir(parents=True)
+    (folder / f"{PLUGIN_MODULE}.py").write_text(PLUGIN)
+    return root
+
+
+def make_grant(scope: frozenset[str] | None = None) -> GrantRequest:
+    client = Client(
+        client_id="client-1",
+        client_id_issued_at=1_800_000_000,
+        metadata={"scope": "read write", "grant_types": ["client_credentials"]},
+        client_secret_digest="5e" * 32,
+        registration_access_token_digest="7a" * 32,
+    )
+    return GrantRequest(client=client, scope=scope, issuer=ISSUER)
+
+
+class DocumentationTests(SynchronousTestCase):
+    def test_example_plugin_documented(self) -> None:
+        """
+        The plugin these tests run is the one docs/grant-handlers.md shows.
+        """
+        self.assertIn(PLUGIN, (REPO / "docs" / "grant-handlers.md").read_text())
+
+
+class BuiltInTests(SynchronousTestCase):
+    """
+    The built-in handlers are plugins like any other.
+    """
+
+    def test_available(self) -> None:
+        factories = available()
+        for name in BUILT_IN:
+            self.assertIn(name, factories)
+            factory = factories[name]
+            self.assertTrue(IPlugin.providedBy(factory))
+            self.assertTrue(verifyObject(IGrantHandlerFactory, factory))
+            self.assertEqual(factory.name, name)
+            self.assertIsInstance(factory.description, str)
+            self.assertTrue(factory.description)
+
+    def test_registered_scope(self) -> None:
+        handler = make_handler("registered-scope", {})
+        self.assertTrue(verifyObject(IClientCredentialsGrantHandler, handler))
+        decision = handler.authorize(make_grant())
+        assert isinstance(decision, GrantAuthorization)
+        self.assertEqual(decision.scope, frozenset({"read", "write"}))
+        with self.assertRaises(OAuthError) as raised:
+            handler.authorize(make_grant(frozenset({"admin"})))
+        self.assertEqual(raised.exception.error, "invalid_scope")
+
+    def test_unknown_name(self) -> None:
+        with self.assertRaises(ConfigError) as raised:
+            make_handler("nope", {})
+        message = str(raised.exception)
+        self.assertTrue(message.startswith("[grant_handler] name: "), message)
+        self.assertIn("'nope'", message)
+        for name in BUILT_IN:
+            self.assertIn(name, message)
+
+    def test_config_error_names_key(self) -> None:
+        cases: list[tuple[str, dict[str, Any], str]] = [
+            ("registered-scope", {"lifetime": 60}, "lifetime"),
+            ("webhook", {}, "url"),
+            ("webhook", {"url": "http://127.0.0.1:9/", "timeout": "soon"}, "timeout"),
+            ("webhook", {"url": "http://127.0.0.1:9/", "colour": "red"}, "colour"),
+        ]
+        for name, config, key in cases:
+            with self.assertRaises(ConfigError) as raised:
+                make_handler(name, config)
+            self.assertTrue(
+                str(raised.exception).startswith(f"[grant_handler] {key}: "), str(raised.exception)
+            )
+
+
+class ThirdPartyPluginTests(SynchronousTestCase):
+    """
+    A module in a C{ccserver/plugins/} folder anywhere on C{sys.path} is a
+    plugin: C{ccserver.plugins} extends its C{__path__} with
+    L{pluginPackagePaths} when it is imported.  This process imported it
+    long ago, so the test extends it the same way, and restores it after.
+    """
+
+    def setUp(self) -> None:
+        root = write_plugin(temp_dir(self))
+        saved_sys_path = sys.path[:]
+        saved_package_path = list(ccserver.plugins.__path__)
+
+        def restore() -> None:
+            sys.path[:] = saved_sys_path
+            ccserver.plugins.__path__[:] = saved_package_path
+            sys.modules.pop(f"ccserver.plugins.{PLUGIN_MODULE}", None)
+
+        self.addCleanup(restore)
+        sys.path.insert(0, str(root))
+        ccserver.plugins.__path__.extend(
+            path
+            for path in pluginPackagePaths(ccserver.plugins.__name__)
+            if path not in ccserver.plugins.__path__
+        )
+
+    def test_found(self) -> None:
+        factories = available()
+        self.assertEqual(set(factories), {*BUILT_IN, "read-only"})
+        self.assertTrue(verifyObject(IGrantHandlerFactory, factories["read-only"]))
+        self.assertTrue(IPlugin.providedBy(factories["read-only"]))
+
+    def test_used(self) -> None:
+        handler = make_handler("read-only", {"tier": "gold"})
+        self.assertEqual(
+            handler.authorize(make_grant()),
+            GrantAuthorization(scope={"read"}, lifetime=300, claims={"tier": "gold"}),
+        )
+        with self.assertRaises(OAuthError) as raised:
+            handler.authorize(make_grant(frozenset({"write"})))
+        self.assertEqual(raised.exception.error, "invalid_scope")
+
+
+class ModelTests(SynchronousTestCase):
+    """
+    L{GrantRequest} and L{GrantAuthorization}: frozen, converted, checked.
+    """
+
+    def test_registered_claims(self) -> None:
+        """
+        A registered claim cannot come from a handler: a clear error naming
+        it, not a silent overwrite.
+        """
+        self.assertTrue({"iss", "sub", "exp", "jti", "client_id"} <= REGISTERED_CLAIMS)
+        for claim in REGISTERED_CLAIMS:
+            with self.assertRaises(ValueError) as raised:
+                GrantAuthorization(scope={"read"}, claims={claim: "x", "tier": "gold"})
+            self.assertIn(claim, str(raised.exception))
+
+    def test_scope_any_iterable(self) -> None:
+        expected = frozenset({"read", "write"})
+        for scope in (["read", "write"], ("write", "read"), {"read", "write"}, "read write"):
+            self.assertEqual(GrantAuthorization(scope=scope).scope, expected)
+        self.assertEqual(GrantAuthorization(scope=(v for v in ("read", "write"))).scope, expected)
+
+    def test_optional_fields(self) -> None:
+        decision = GrantAuthorization(scope=())
+        self.assertEqual(
+            (decision.lifetime, decision.audience, dict(decision.claims)), (None, None, {})
+        )
+        self.assertEqual(
+            GrantAuthorization(scope=(), audience=["https://a"]).audience, ("https://a",)
+        )
+
+    def test_lifetime(self) -> None:
+        self.assertEqual(GrantAuthorization(scope=(), lifetime=60).lifetime, 60)
+        for lifetime in (0, -1, 1.5, True, "60"):
+            with self.assertRaises(ValueError):
+                GrantAuthorization(scope=(), lifetime=lifetime)  # type: ignore[arg-type]
+
+    def test_frozen(self) -> None:
+        grant = make_grant(frozenset({"read"}))
+        decision = GrantAuthorization(scope={"read"}, claims={"tier": "gold"})
+        with self.assertRaises(attrs.exceptions.FrozenInstanceError):
+            grant.scope = None  # type: ignore[misc]
+        with self.assertRaises(TypeError):
+            decision.claims["tier"] = "platinum"  # type: ignore[index]
+        self.assertIsNone(make_grant().scope)
+        self.assertNotIn("5e" * 32, repr(grant))
+
+
+@implementer(IClientCredentialsGrantHandler)
+@attrs.define
+class LaterHandler:
+    """
+    Decides a second later, through a L{Deferred}.
+    """
+
+    clock: Clock
+
+    def authorize(self, grant: GrantRequest) -> Deferred[GrantAuthorization]:
+        return deferLater(
+            self.clock,
+            1,
+            lambda: GrantAuthorization(scope=grant.client.scope, claims={"via": "deferred"}),
+        )
+
+
+@implementer(IClientCredentialsGrantHandler)
+@attrs.define
+class AsyncHandler:
+    """
+    Decides a second later, as a coroutine.
+    """
+
+    clock: Clock
+
+    async def authorize(self, grant: GrantRequest) -> GrantAuthorization:
+        await deferLater(self.clock, 1, lambda: None)
+        if grant.scope is not None and "write" in grant.scope:
+            raise OAuthError("invalid_scope", "not on weekends")
+        return GrantAuthorization(scope={"read"}, lifetime=60, claims={"via": "coroutine"})
+
+
+class HandlerResultTests(ServerTestCase):
+    """
+    Through the whole token endpoint: a handler may answer later.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.client = self.register(client_name="My House App", scope="read write")
+        self.auth = basic(self.client["client_id"], self.client["client_secret"])
+
+    def pending_token(self, **form: str) -> Deferred[Any]:
+        return self.treq.request(  # type: ignore[no-any-return,attr-defined]
+            "POST",
+            ISSUER + "/token",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Authorization": self.auth,
+            },
+            data=urlencode({"grant_type": "client_credentials", **form}).encode(),
+        )
+
+    def answered_later(self, **form: str) -> Response:
+        pending = self.pending_token(**form)
+        self.treq.flush()
+        self.assertNoResult(pending)
+        self.clock.advance(1)
+        self.treq.flush()
+        response = self.successResultOf(pending)
+        return Response(response.code, {}, self.successResultOf(response.content()))
+
+
+def claims_of(response: Response) -> dict[str, Any]:
+    # The test clock ran ahead of the wall clock, which PyJWT checks iat
+    # against; the signature is tested elsewhere.
+    return jwt.decode(response.json()["access_token"], options={"verify_signature": False})
+
+
+class DeferredHandlerTests(HandlerResultTests):
+    def make_handler(self) -> IClientCredentialsGrantHandler:
+        return LaterHandler(self.clock)
+
+    def test_deferred(self) -> None:
+        response = self.answered_later()
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(response.json()["scope"], "read write")
+        self.assertEqual(claims_of(response)["via"], "deferred")
+
+
+class AsyncHandlerTests(HandlerResultTests):
+    def make_handler(self) -> IClientCredentialsGrantHandler:
+        return AsyncHandler(self.clock)
+
+    def test_coroutine(self) -> None:
+        response = self.answered_later()
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual((response.json()["scope"], response.json()["expires_in"]), ("read", 60))
+        self.assertEqual(claims_of(response)["via"], "coroutine")
+
+    def test_coroutine_denies(self) -> None:
+        response = self.answered_later(scope="write")
+        self.assertEqual(response.code, 400)
+        self.assertEqual(
+            response.json(), {"error": "invalid_scope", "error_description": "not on weekends"}
+        )
+
+
+class DefaultHandlerTests(ServerTestCase):
+    def test_default(self) -> None:
+        self.assertIsInstance(self.make_handler(), RegisteredScopeHandler)
+
+
+# Start-up, in a real process.
+
+
+def test_help_lists_handlers(tmp_path: Path) -> None:
+    result = run_ccserver("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name, factory in available().items():
+        assert name in result.stdout
+        assert " ".join(factory.description.split()[:3]) in " ".join(result.stdout.split())
+
+
+def test_unknown_handler_stops_start(tmp_path: Path) -> None:
+    result = run_ccserver("--grant-handler", "nope", "--store", "memory://", cwd=tmp_path)
+    assert result.returncode != 0
+    [line] = [line for line in result.stderr.splitlines() if "nope" in line]
+    assert "available: registered-scope, webhook" in line
+
+
+def test_handler_config_error_stops_start(tmp_path: Path) -> None:
+    config = tmp_path / "ccserver.toml"
+    config.write_text(
+        '[grant_handler]\nname = "webhook"\nurl = "http://127.0.0.1:9/"\ntimeout = "soon"\n'
+    )
+    result = run_ccserver("--config", str(config), "--store", "memory://", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "[grant_handler] timeout: " in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.fixture
+def plugin_env(tmp_path: Path) -> dict[str, str]:
+    """
+    A child process environment whose C{sys.path} holds a folder with the
+    example plugin in C{ccserver/plugins/}.
+    """
+    root = write_plugin(tmp_path / "site")
+    return {"PYTHONPATH": os.pathsep.join([str(REPO), str(root)])}
+
+
+@pytest.fixture
+def read_only_server(tmp_path: Path, plugin_env: dict[str, str]) -> Iterator[CCServerProcess]:
+    config = tmp_path / "ccserver.toml"
+    config.write_text('[grant_handler]\nname = "read-only"\ntier = "gold"\n')
+    process = CCServerProcess(
+        tmp_path / "run", "--config", str(config), store="memory://", env=plugin_env
+    )
+    with process:
+        yield process
+
+
+def token_request(
+    server: CCServerProcess, client: dict[str, Any], **form: str
+) -> requests.Response:
+    return requests.post(
+        server.url + "/token",
+        data={"grant_type": "client_credentials", **form},
+        auth=(client["client_id"], client["client_secret"]),
+        timeout=30,
+    )
+
+
+def test_third_party_plugin_named_in_config(read_only_server: CCServerProcess) -> None:
+    """
+    The plugin's decision is in the next token: its scope, lifetime and
+    claims, from its configuration.
+    """
+    server = read_only_server
+    client = server.register(client_name="My House App", scope="read write")
+    response = token_request(server, client)
+    assert response.status_code == 200, response.text
+    assert (response.json()["scope"], response.json()["expires_in"]) == ("read", 300)
+    access_token = response.json()["access_token"]
+    key = jwt.PyJWKClient(server.url + "/jwks.json").get_signing_key_from_jwt(access_token)
+    claims = jwt.decode(
+        access_token, key.key, algorithms=["RS256"], audience=server.url, issuer=server.url
+    )
+    assert (claims["scope"], claims["tier"], claims["exp"] - claims["iat"]) == ("read", "gold", 300)
+    assert claims["client_id"] == client["client_id"]
+
+    denied = token_request(server, client, scope="read write")
+    assert denied.status_code == 400
+    assert denied.json() == {
+        "error": "invalid_scope",
+        "error_description": "this server grants read only",
+    }
+
+
+def test_third_party_plugin_named_on_command_line(
+    tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    with CCServerProcess(
+        tmp_path / "run", "--grant-handler", "read-only", store="memory://", env=plugin_env
+    ) as server:
+        client = server.register(client_name="My House App", scope="read write")
+        response = token_request(server, client)
+        assert response.status_code == 200, response.text
+        claims = jwt.decode(response.json()["access_token"], options={"verify_signature": False})
+        assert (claims["scope"], claims["tier"]) == ("read", "free")
+
+
+def test_third_party_plugin_in_help(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted", "ccserver", "--help"],
+        cwd=tmp_path,
+        env=dict(os.environ, **plugin_env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "read-only" in result.stdout
+    assert "grants 'read' and nothing else" in " ".join(result.stdout.split())
