@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
+import time
 import unittest
 from pathlib import Path
 
@@ -135,21 +137,38 @@ class EndToEndMixin:
         master_token = self.server.master_token
         registered = subprocess.run(
             [
-                "curl", "-sS", "-X", "POST", self.server.url + "/client-reg",
-                "-H", f"Authorization: Bearer {master_token}",
-                "-H", "Content-Type: application/json",
-                "-d", '{"client_name": "My House App", "scope": "read write"}',
+                "curl",
+                "-sS",
+                "-X",
+                "POST",
+                self.server.url + "/client-reg",
+                "-H",
+                f"Authorization: Bearer {master_token}",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                '{"client_name": "My House App", "scope": "read write"}',
             ],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         client = json.loads(registered.stdout)
         issued = subprocess.run(
             [
-                "curl", "-sS", "-u", f"{client['client_id']}:{client['client_secret']}",
-                "-d", "grant_type=client_credentials", "-d", "scope=read",
+                "curl",
+                "-sS",
+                "-u",
+                f"{client['client_id']}:{client['client_secret']}",
+                "-d",
+                "grant_type=client_credentials",
+                "-d",
+                "scope=read",
                 self.server.url + "/token",
             ],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         self.assertEqual(self.verify(json.loads(issued.stdout)["access_token"])["scope"], "read")  # type: ignore[attr-defined]
 
@@ -159,24 +178,44 @@ class EndToEndMixin:
         headers = {"Authorization": f"Bearer {client['registration_access_token']}"}
         response = requests.put(
             client["registration_client_uri"],
-            json={"client_id": client["client_id"], "scope": "read", "grant_types": ["client_credentials"]},
+            json={
+                "client_id": client["client_id"],
+                "scope": "read",
+                "grant_types": ["client_credentials"],
+            },
             headers=headers,
             timeout=10,
         )
         self.assertEqual(response.status_code, 200, response.text)  # type: ignore[attr-defined]
         self.assertEqual(self.token(client).status_code, 200)  # type: ignore[attr-defined]
-        self.assertEqual(requests.delete(client["registration_client_uri"], headers=headers, timeout=10).status_code, 204)  # type: ignore[attr-defined]
+        self.assertEqual(
+            requests.delete(
+                client["registration_client_uri"], headers=headers, timeout=10
+            ).status_code,
+            204,
+        )  # type: ignore[attr-defined]
         self.assertEqual(self.token(client).status_code, 401)  # type: ignore[attr-defined]
-        self.assertEqual(requests.get(client["registration_client_uri"], headers=headers, timeout=10).status_code, 401)  # type: ignore[attr-defined]
+        self.assertEqual(
+            requests.get(
+                client["registration_client_uri"], headers=headers, timeout=10
+            ).status_code,
+            401,
+        )  # type: ignore[attr-defined]
 
     def test_secrets_never_logged(self) -> None:
         client = self.server.register(scope="read")
         self.token(client)
-        requests.post(self.server.url + "/token?client_secret=" + client["client_secret"], timeout=10)
+        requests.post(
+            self.server.url + "/token?client_secret=" + client["client_secret"], timeout=10
+        )
         self.assert_clean_stop()
         log = self.server.read_log()
         self.assertIn("/token", log)  # type: ignore[attr-defined]
-        for secret in (client["client_secret"], client["registration_access_token"], self.server.master_token):
+        for secret in (
+            client["client_secret"],
+            client["registration_access_token"],
+            self.server.master_token,
+        ):
             self.assertNotIn(secret, log)  # type: ignore[attr-defined]
 
     def test_restart_keeps_clients_and_keys(self) -> None:
@@ -261,3 +300,71 @@ class PostgreSQLEndToEnd(EndToEndMixin, unittest.TestCase):
     def store_url(self) -> str:
         server = postgres_server()
         return server.url_for(server.create_database())
+
+
+class GracefulStopTests(unittest.TestCase):
+    """
+    SIGTERM while a token request is in flight (its grant handler is a slow
+    web service): the request is answered, then the server stops.
+    """
+
+    def test_request_in_flight_is_finished(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        asked = threading.Event()
+
+        class SlowPolicy(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                asked.set()
+                time.sleep(1.5)
+                payload = b'{"scope": ["read"]}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        policy = ThreadingHTTPServer(("127.0.0.1", 0), SlowPolicy)
+        threading.Thread(target=policy.serve_forever, daemon=True).start()
+        self.addCleanup(policy.server_close)
+        self.addCleanup(policy.shutdown)
+        tmp = Path(tempfile.mkdtemp(prefix="ccserver-stop-"))
+        self.addCleanup(shutil.rmtree, tmp, True)
+        config = tmp / "ccserver.toml"
+        config.write_text(
+            '[grant_handler]\nname = "webhook"\n'
+            f'url = "http://127.0.0.1:{policy.server_address[1]}/decide"\ntimeout = 10\n'
+        )
+        server = CCServerProcess(tmp, "--config", str(config), store="memory://")
+        self.addCleanup(server.kill)
+        server.start()
+        client = server.register(scope="read")
+        answers: list[requests.Response] = []
+        request = threading.Thread(
+            target=lambda: answers.append(
+                requests.post(
+                    server.url + "/token",
+                    data={"grant_type": "client_credentials"},
+                    auth=(client["client_id"], client["client_secret"]),
+                    timeout=30,
+                )
+            )
+        )
+        request.start()
+        self.assertTrue(asked.wait(10))
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with self.assertRaises(requests.ConnectionError):
+            requests.get(server.url + "/jwks.json", timeout=2)
+        request.join(10)
+        self.assertEqual(answers[0].status_code, 200, answers[0].text)
+        self.assertEqual(server.process.wait(10), -15)
+        self.assertIn("ccserver stopped", server.read_log())
