@@ -21,8 +21,9 @@ class IClientStore(Interface):
     Where registered clients are kept.
 
     Every method returns a L{Deferred}.  A store that cannot be reached, or
-    does not answer in time, fails it with L{ccserver.errors.StoreUnavailable}.
-    Each write is atomic: a client is stored whole or not at all.
+    does not answer in time, fails it with L{ccserver.errors.StoreUnavailable}
+    (after a write, its outcome is then unknown).  Each write is atomic: a
+    client is stored whole or not at all.
     """
 
     def add_client(client: Client) -> Deferred[None]:
@@ -61,7 +62,8 @@ class IKeyStore(Interface):
 
     def add_key(key: StoredKey) -> Deferred[None]:
         """
-        Store a new signing key.
+        Store a new signing key; one of the same C{kid} already stored is
+        replaced.
         """
 
     def replace_key(key: StoredKey) -> Deferred[bool]:
@@ -121,9 +123,10 @@ class ITokenStore(Interface):
         """
 
 
-class IStore(IClientStore, IKeyStore):
+class IStore(IClientStore, IKeyStore, ITokenStore):
     """
-    A store chosen by URL: it keeps clients and keys, and has a lifetime.
+    A store chosen by URL: it keeps clients, keys and token records, and has
+    a lifetime.
     """
 
     url = Attribute("The store's URL, with any password masked.")

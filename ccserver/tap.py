@@ -33,7 +33,7 @@ from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.registration import ClientRegistry
 from ccserver.oauth.tokens import TokenMinter
-from ccserver.stores import data_dir, store_from_url
+from ccserver.stores import data_dir, sqlite_path, store_from_url
 from ccserver.stores.cache import CachingClientStore
 from ccserver.web import CCServerApp, CCServerSite
 from ccserver.workers import WorkerPool, bind, listen_addresses
@@ -146,6 +146,7 @@ class Options(usage.Options):
                     raise ConfigError(
                         f"listen: {endpoint!r} is not an endpoint string: {e}"
                     ) from None
+            _private_sqlite_file(self.config.store.url)
             self.master_token_digest, self.master_token_file = _master_token(self.config)
             self.listen_addresses = (
                 listen_addresses(_reactor(), self.config.listen) if self.config.workers > 1 else []
@@ -161,6 +162,20 @@ def _reactor() -> Any:
     from twisted.internet import reactor
 
     return reactor
+
+
+def _private_sqlite_file(url: str) -> None:
+    """
+    Make a new SQLite database file readable only by its owner: it holds
+    digests and encrypted keys.  (SQLite gives its -wal and -shm files the
+    same mode.)
+    """
+    if not url.startswith("sqlite:"):
+        return
+    try:
+        os.close(os.open(sqlite_path(url), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
 
 
 def _master_token(config: Config) -> tuple[str, Path | None]:
@@ -331,9 +346,10 @@ class CCServerService(Service):
             self._log.warn("Could not reload signing keys: {error}", error=str(e))
 
     def _fatal(self, failure: Any) -> None:
-        self._log.critical("ccserver could not start: {reason}", reason=failure.getErrorMessage())
-        sys.stderr.write(f"ccserver: could not start: {failure.getErrorMessage()}\n")
-        sys.stderr.flush()
+        reason = failure.getErrorMessage()
+        self._log.critical("ccserver could not start: {reason}", reason=reason)
+        # twist sends sys.stderr to the log once it runs: write to the real one.
+        os.write(2, f"ccserver: could not start: {reason}\n".encode())
         self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self.reactor.stop()
 

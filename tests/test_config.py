@@ -187,3 +187,26 @@ class ExampleConfigTests(SynchronousTestCase):
                     self.assertRegex(text, rf"(?m)^#?{sub} = ", f"[{key}] {sub}")
             else:
                 self.assertRegex(text, rf"(?m)^#?{key} = ", key)
+
+
+class UnreachableStoreAtStartTests(SynchronousTestCase):
+    """
+    A store that cannot be reached at start: a clear line on stderr and a
+    clean exit (non-zero) once [store] timeout has passed, nothing listening.
+    """
+
+    def test_clean_exit(self) -> None:
+        tmp = temp_dir(self)
+        (tmp / "ccserver.toml").write_text("[store]\ntimeout = 1\n")
+        port = free_port()
+        result = run_ccserver(
+            "--config", str(tmp / "ccserver.toml"),
+            "--store", f"redis://127.0.0.1:{free_port()}/0",
+            "--listen", f"tcp:{port}:interface=127.0.0.1",
+            cwd=tmp,
+        )
+        self.assertEqual(result.returncode, 1)
+        self.assertRegex(
+            result.stderr.strip(),
+            r"^ccserver: could not start: redis://127\.0\.0\.1:\d+/0: no answer within 1 s$",
+        )

@@ -269,6 +269,7 @@ class SQLiteEndToEnd(EndToEndMixin, unittest.TestCase):
     def test_private_keys_encrypted_at_rest(self) -> None:
         import sqlite3
 
+        self.assertEqual(stat.S_IMODE((self.tmp / "ccserver.db").stat().st_mode), 0o600)
         key_file = self.tmp / "ccserver.key-encryption-key"
         self.assertEqual(stat.S_IMODE(key_file.stat().st_mode), 0o600)
         with sqlite3.connect(self.tmp / "ccserver.db") as db:

@@ -9,11 +9,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from ccserver.errors import ClientExists
-from ccserver.interfaces import IStore, ITokenStore
+from ccserver.interfaces import IStore
 from ccserver.model import Client, StoredKey, TokenRecord
 
 
-@implementer(IStore, ITokenStore)
+@implementer(IStore)
 class MemoryStore:
     url = "memory://"
 

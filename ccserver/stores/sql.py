@@ -1,0 +1,879 @@
+"""
+The SQL stores: SQLite (embedded, the default) and PostgreSQL (shared by
+several instances), with one body of SQL over L{twisted.enterprise.adbapi}.
+
+The two differ only in what L{_Dialect} holds: the DB-API module, the
+placeholder (C{?} for sqlite3, C{%s} for psycopg; statements here are written
+with C{?} and translated in L{_Dialect.translate}), the statement that starts a
+write, the migration lock, and which driver exceptions mean "the database
+cannot be reached".
+
+Durability and concurrency:
+
+  - SQLite runs in WAL mode with C{synchronous=FULL}: a commit is on disk
+    before the Deferred fires, so neither a SIGKILL nor a power cut loses a
+    registered client.  One connection, in one pool thread: adbapi's several
+    threads would otherwise meet "database is locked".  Other processes on
+    the same file wait up to the timeout (C{busy_timeout}); every write
+    starts with C{BEGIN IMMEDIATE} so that it takes the write lock first and
+    never fails half-way on a lock upgrade.
+  - Every write is one statement in one transaction (C{purge_expired}: two,
+    in one transaction).
+
+Tables: C{clients}, C{signing_keys}, and for L{ITokenStore} C{access_tokens}
+(by digest, never the token) and C{revoked_jtis}; metadata, audiences and
+claims are JSON text, so that the same SQL serves both databases.
+
+Failure: each operation fires within C{timeout} seconds, with its result or
+with L{StoreUnavailable}.  A write that times out may still complete later in
+its thread: its outcome is unknown, as with any remote store.  A connection
+that the server closed (a restart) is noticed before it is used and made
+anew, so the same store recovers by itself once the server is back.
+
+Schema: versioned migration files in C{ccserver/stores/schema/}
+(C{NNNN_name.sql}), applied in order by L{SQLStore.open}, each in its own
+transaction with its row in C{schema_version}.  Opening a database that is
+up to date takes no lock; otherwise each step holds a lock (PostgreSQL: an
+advisory lock in the transaction; SQLite: C{BEGIN IMMEDIATE}) and re-reads
+the version under it, so two processes opening at once never both apply a
+migration.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import select
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
+from importlib import resources
+from importlib.resources.abc import Traversable
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
+
+from attrs import define, field, frozen
+from twisted.enterprise import adbapi
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
+from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ccserver.errors import ClientExists, ConfigError, StoreUnavailable
+from ccserver.interfaces import IStore, ITokenStore
+from ccserver.model import Client, StoredKey, TokenRecord
+from ccserver.stores import sqlite_path
+
+T = TypeVar("T")
+
+#: How long one migration step may take (waiting for another process'
+#: migration included): far longer than an operation, since rewriting a
+#: large table is slow, but not forever.
+MIGRATION_TIMEOUT = 600.0
+
+#: The key of PostgreSQL's advisory lock that serialises migrations ("ccsv").
+MIGRATION_LOCK_KEY = 0x63637376
+
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def mask_password(url: str) -> str:
+    """
+    C{url} with its password, if any, replaced by C{***}: in the netloc
+    (C{scheme://user:password@host}) and in a C{password} query parameter.
+
+    A store's C{url} attribute is this, so that it can be logged.
+    """
+    parts = urlsplit(url)
+    masked = url
+    if parts.password is not None:
+        userinfo, _, hostinfo = parts.netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        masked = masked.replace(parts.netloc, f"{user}:***@{hostinfo}", 1)
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if any(name == "password" for name, _ in pairs):
+            query = urlencode(
+                [(name, "***" if name == "password" else value) for name, value in pairs],
+                safe="*",
+            )
+            masked = masked.replace("?" + parts.query, "?" + query, 1)
+    return masked
+
+
+def url_secrets(url: str) -> tuple[str, ...]:
+    """
+    The passwords in C{url}, as written and decoded, to scrub from messages.
+    """
+    parts = urlsplit(url)
+    found: list[str] = []
+    if parts.password:
+        found += [parts.password, unquote(parts.password)]
+    found += [value for name, value in parse_qsl(parts.query) if name == "password" and value]
+    return tuple(sorted({s for s in found if s}, key=len, reverse=True))
+
+
+@define
+class OperationGuard:
+    """
+    Bounds a store operation in time and turns the ways a store can be
+    unreachable into L{StoreUnavailable}, for the SQL and the Redis stores.
+
+    It logs when the store becomes unavailable and when it is back, once
+    each, not at every failed operation: a server down for a minute under
+    load would otherwise flood the log.
+
+    @ivar unavailable: the driver exceptions that mean "cannot be reached".
+    @ivar secrets: strings (passwords) scrubbed from every message.
+    """
+
+    reactor: IReactorTime
+    timeout: float
+    url: str
+    unavailable: tuple[type[BaseException], ...]
+    # never in a repr: the guard is the log_source of what it logs
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+    available: bool = field(default=True, init=False)
+
+    _log = Logger()
+
+    def __call__(self, d: Deferred[T], timeout: float | None = None) -> Deferred[T]:
+        """
+        C{d}, bounded to C{timeout} (by default the store's) seconds, with
+        unavailability turned into L{StoreUnavailable}.
+        """
+        limit = self.timeout if timeout is None else timeout
+        d.addTimeout(limit, self.reactor)
+        d.addCallbacks(self._succeeded, self._failed, errbackArgs=(limit,))
+        return d
+
+    def scrub(self, text: str) -> str:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _succeeded(self, result: T) -> T:
+        self._answered()
+        return result
+
+    def _answered(self) -> None:
+        if not self.available:
+            self.available = True
+            self._log.info("Store {url} is available again", url=self.url)
+
+    def _failed(self, failure: Failure, limit: float) -> Failure:
+        error = failure.value
+        if isinstance(error, (TimeoutError, CancelledError)):
+            reason = f"no answer within {limit:g} s"
+        elif isinstance(error, StoreUnavailable):
+            reason = str(error)
+        elif isinstance(error, self.unavailable):
+            reason = self.scrub(f"{type(error).__name__}: {error}".strip())
+        else:
+            # the store answered, with an error of its own (a taken client_id...)
+            self._answered()
+            return failure
+        if self.available:
+            self.available = False
+            self._log.warn("Store {url} is unavailable: {reason}", url=self.url, reason=reason)
+        raise StoreUnavailable(f"{self.url}: {reason}") from None
+
+
+@frozen
+class Migration:
+    """
+    One schema migration file.
+    """
+
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+def split_statements(script: str) -> tuple[str, ...]:
+    """
+    The statements of a migration file: comments dropped, split at every
+    semicolon that ends a line.
+    """
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    statements = re.split(r";\s*$", "\n".join(lines), flags=re.MULTILINE)
+    return tuple(s.strip() for s in statements if s.strip())
+
+
+def load_migrations(folder: Traversable | None = None) -> tuple[Migration, ...]:
+    """
+    The migrations in C{folder} (by default the package's C{schema/}), in
+    order; their versions must run 1, 2, 3, ... without a gap.
+    """
+    if folder is None:
+        folder = resources.files("ccserver.stores") / "schema"
+    found = []
+    for entry in folder.iterdir():
+        match = _MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append(
+                Migration(
+                    int(match.group(1)),
+                    entry.name,
+                    split_statements(entry.read_text(encoding="utf-8")),
+                )
+            )
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"schema migrations must be numbered 1, 2, 3, ...: {versions}")
+    return tuple(found)
+
+
+@frozen
+class _Dialect:
+    """
+    What differs between the databases; the SQL itself does not.
+    """
+
+    name: str
+    module: str
+    placeholder: str
+    integrity_errors: tuple[type[BaseException], ...]
+    unavailable_errors: tuple[type[BaseException], ...]
+    #: starts a write transaction, or None where the driver starts one
+    begin_write: str | None
+    #: fires with a row whose first column is true if schema_version exists
+    schema_version_exists: str
+    #: run first in a migration transaction: take the migration lock
+    migration_lock: Callable[[Any, float], None]
+    #: whether a pooled connection is known to be dead before it is used
+    is_stale: Callable[[Any], bool]
+    pool_size: int
+
+    def translate(self, statement: str) -> str:
+        """
+        The statement with this driver's placeholder: the one place where
+        paramstyle is handled.
+        """
+        if self.placeholder == "?":
+            return statement
+        return statement.replace("?", self.placeholder)
+
+
+def _sqlite_migration_lock(cursor: Any, timeout: float) -> None:
+    # Another process may be migrating the same file: wait for it as long
+    # as a migration may take, not only as long as an operation.
+    cursor.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+    cursor.execute("BEGIN IMMEDIATE")
+
+
+def _postgresql_migration_lock(cursor: Any, timeout: float) -> None:
+    cursor.execute(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
+    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def _never_stale(connection: Any) -> bool:
+    return False
+
+
+def _socket_stale(connection: Any) -> bool:
+    """
+    Whether an idle psycopg connection is dead: closed, or its socket is
+    readable (an idle connection is sent nothing, unless the server is
+    closing it, as at a restart).  Checking costs a poll(), no round trip.
+    """
+    import psycopg
+
+    if connection.closed:
+        return True
+    try:
+        poller = select.poll()
+        poller.register(connection.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    except (OSError, ValueError, psycopg.Error):
+        return True
+
+
+def _sqlite_dialect() -> _Dialect:
+    return _Dialect(
+        name="sqlite",
+        module="sqlite3",
+        placeholder="?",
+        integrity_errors=(sqlite3.IntegrityError,),
+        unavailable_errors=(
+            sqlite3.OperationalError,
+            sqlite3.InterfaceError,
+            adbapi.ConnectionLost,
+        ),
+        begin_write="BEGIN IMMEDIATE",
+        schema_version_exists=(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ),
+        migration_lock=_sqlite_migration_lock,
+        is_stale=_never_stale,
+        # One connection: see the module's docstring.
+        pool_size=1,
+    )
+
+
+def _postgresql_dialect() -> _Dialect:
+    try:
+        import psycopg
+    except ImportError as e:
+        raise ConfigError(
+            "[store] url: postgresql:// needs psycopg 3: pip install 'ccserver[postgresql]'"
+        ) from e
+    return _Dialect(
+        name="postgresql",
+        module="psycopg",
+        placeholder="%s",
+        integrity_errors=(psycopg.IntegrityError,),
+        unavailable_errors=(
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+            adbapi.ConnectionLost,
+        ),
+        begin_write=None,
+        schema_version_exists="SELECT to_regclass('schema_version') IS NOT NULL",
+        migration_lock=_postgresql_migration_lock,
+        is_stale=_socket_stale,
+        pool_size=4,
+    )
+
+
+class _Connection(adbapi.Connection):
+    """
+    adbapi's connection wrapper, made to notice a dead connection before it
+    is used, and to drop one quietly when a rollback fails on it.
+
+    adbapi's own C{cp_reconnect} only finds out after a statement has failed
+    on it, and logs a traceback for each; after a database restart every
+    pooled connection would fail one operation that way.
+    """
+
+    _connection: Any
+
+    def __init__(self, pool: _ConnectionPool) -> None:
+        super().__init__(pool)
+        if pool.dialect.is_stale(self._connection):
+            self.reconnect()
+
+    def reconnect(self) -> None:
+        if self._connection is not None:
+            self._pool.disconnect(self._connection)
+            # if connecting anew fails, no later use may meet the old one
+            self._connection = None
+        self._connection = self._pool.connect()
+
+    def rollback(self) -> None:
+        try:
+            self._connection.rollback()
+        except self._pool.dialect.unavailable_errors:
+            # Nothing left to roll back on a dead connection; drop it, and
+            # the next operation on this thread connects anew.
+            self._pool.disconnect(self._connection)
+
+
+class _ConnectionPool(adbapi.ConnectionPool):
+    connectionFactory = _Connection
+
+    def __init__(self, dialect: _Dialect, *args: Any, **kwargs: Any) -> None:
+        self.dialect = dialect
+        super().__init__(dialect.module, *args, **kwargs)
+
+    def disconnect(self, conn: Any) -> None:
+        # the base class complains ("wrong connection for thread") when it
+        # has already forgotten this connection
+        thread = self.threadID()
+        if conn is not None and conn is self.connections.get(thread):
+            super().disconnect(conn)
+
+
+def _to_json(value: Any) -> str:
+    def default(o: Any) -> Any:
+        if isinstance(o, Mapping):
+            return dict(o)
+        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=default)
+
+
+_CLIENT_COLUMNS = (
+    "client_id, client_id_issued_at, metadata, client_secret_digest,"
+    " registration_access_token_digest"
+)
+_KEY_COLUMNS = "kid, alg, encrypted_private_key, created_at, active_from, retired_at"
+_TOKEN_COLUMNS = "token_digest, client_id, scope, audience, issued_at, expires_at, jti, claims"
+
+
+def _client_row(client: Client) -> tuple[Any, ...]:
+    return (
+        client.client_id,
+        client.client_id_issued_at,
+        _to_json(client.metadata),
+        client.client_secret_digest,
+        client.registration_access_token_digest,
+    )
+
+
+def _client_from_row(row: Sequence[Any]) -> Client:
+    return Client(
+        client_id=str(row[0]),
+        client_id_issued_at=int(row[1]),
+        metadata=json.loads(row[2]),
+        client_secret_digest=str(row[3]),
+        registration_access_token_digest=str(row[4]),
+    )
+
+
+def _key_row(key: StoredKey) -> tuple[Any, ...]:
+    return (
+        key.kid,
+        key.alg,
+        key.encrypted_private_key,
+        key.created_at,
+        key.active_from,
+        key.retired_at,
+    )
+
+
+def _token_row(token: TokenRecord) -> tuple[Any, ...]:
+    return (
+        token.token_digest,
+        token.client_id,
+        " ".join(sorted(token.scope)),
+        _to_json(list(token.audience)),
+        token.issued_at,
+        token.expires_at,
+        token.jti,
+        _to_json(token.claims),
+    )
+
+
+def _token_from_row(row: Sequence[Any]) -> TokenRecord:
+    return TokenRecord(
+        token_digest=str(row[0]),
+        client_id=str(row[1]),
+        scope=str(row[2]),
+        audience=json.loads(row[3]),
+        issued_at=int(row[4]),
+        expires_at=int(row[5]),
+        jti=str(row[6]),
+        claims=json.loads(row[7]),
+    )
+
+
+def _key_from_row(row: Sequence[Any]) -> StoredKey:
+    return StoredKey(
+        kid=str(row[0]),
+        alg=str(row[1]),
+        encrypted_private_key=str(row[2]),
+        created_at=int(row[3]),
+        active_from=int(row[4]),
+        retired_at=None if row[5] is None else int(row[5]),
+    )
+
+
+@implementer(IStore, ITokenStore)
+class SQLStore:
+    """
+    A store in SQLite or PostgreSQL.  Make one with L{SQLStore.from_url}.
+
+    @ivar url: the URL, with any password masked.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        url: str,
+        reactor: IReactorCore | IReactorTime | IReactorThreads,
+        dialect: _Dialect,
+        connect_args: tuple[Any, ...],
+        connect_kwargs: Mapping[str, Any],
+        *,
+        timeout: float,
+        migrations: Iterable[Migration] | None = None,
+        open_connection: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.url = mask_password(url)
+        self._reactor = reactor
+        self._dialect = dialect
+        self._connect_args = connect_args
+        self._connect_kwargs = dict(connect_kwargs)
+        self._open_connection = open_connection
+        self.timeout = timeout
+        self._migrations = tuple(load_migrations() if migrations is None else migrations)
+        self._guard = OperationGuard(
+            reactor=cast(IReactorTime, reactor),
+            timeout=timeout,
+            url=self.url,
+            unavailable=dialect.unavailable_errors,
+            secrets=url_secrets(url),
+        )
+        self._pool: _ConnectionPool | None = None
+        t = dialect.translate
+        self._sql = {
+            "add_client": t(f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"),
+            "get_client": t(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = ?"),
+            "replace_client": t(
+                "UPDATE clients SET client_id_issued_at = ?, metadata = ?,"
+                " client_secret_digest = ?, registration_access_token_digest = ?"
+                " WHERE client_id = ?"
+            ),
+            "delete_client": t("DELETE FROM clients WHERE client_id = ?"),
+            "list_keys": t(f"SELECT {_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid"),
+            # A kid taken already is replaced, as MemoryStore does.
+            "add_key": t(
+                f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (kid) DO UPDATE SET alg = excluded.alg,"
+                " encrypted_private_key = excluded.encrypted_private_key,"
+                " created_at = excluded.created_at, active_from = excluded.active_from,"
+                " retired_at = excluded.retired_at"
+            ),
+            "replace_key": t(
+                "UPDATE signing_keys SET alg = ?, encrypted_private_key = ?, created_at = ?,"
+                " active_from = ?, retired_at = ? WHERE kid = ?"
+            ),
+            "delete_key": t("DELETE FROM signing_keys WHERE kid = ?"),
+            # A digest stored already is replaced, as MemoryStore does.
+            "add_token": t(
+                f"INSERT INTO access_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (token_digest) DO UPDATE SET client_id = excluded.client_id,"
+                " scope = excluded.scope, audience = excluded.audience,"
+                " issued_at = excluded.issued_at, expires_at = excluded.expires_at,"
+                " jti = excluded.jti, claims = excluded.claims"
+            ),
+            "get_token": t(f"SELECT {_TOKEN_COLUMNS} FROM access_tokens WHERE token_digest = ?"),
+            "delete_token": t("DELETE FROM access_tokens WHERE token_digest = ?"),
+            # An entry is kept until the later of the two expiries.
+            "revoke_jti": t(
+                "INSERT INTO revoked_jtis (jti, expires_at) VALUES (?, ?)"
+                " ON CONFLICT (jti) DO UPDATE SET expires_at = CASE"
+                " WHEN excluded.expires_at > revoked_jtis.expires_at"
+                " THEN excluded.expires_at ELSE revoked_jtis.expires_at END"
+            ),
+            "is_revoked": t("SELECT 1 FROM revoked_jtis WHERE jti = ?"),
+            "purge_tokens": t("DELETE FROM access_tokens WHERE expires_at < ?"),
+            "purge_revoked": t("DELETE FROM revoked_jtis WHERE expires_at < ?"),
+            "create_schema_version": (
+                "CREATE TABLE IF NOT EXISTS schema_version"
+                " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
+            ),
+            "schema_version": "SELECT MAX(version) FROM schema_version",
+            "record_version": t("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)"),
+        }
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        reactor: IReactorCore | IReactorTime | IReactorThreads,
+        *,
+        timeout: float,
+        migrations: Iterable[Migration] | None = None,
+    ) -> SQLStore:
+        """
+        Make (but do not connect) the store of a C{sqlite:///relative.db},
+        C{sqlite:////absolute.db} or C{postgresql://user:password@host:port/db}
+        URL.
+
+        @param timeout: seconds an operation may take before it fails with
+            L{StoreUnavailable}.
+        @param migrations: the schema migrations, by default the package's.
+        """
+        scheme = urlsplit(url).scheme
+        if scheme == "sqlite":
+            path = sqlite_path(url)
+            return cls(
+                url,
+                reactor,
+                _sqlite_dialect(),
+                (str(path),),
+                {
+                    # the busy timeout: how long to wait for another process'
+                    # write lock
+                    "timeout": timeout,
+                    # the only connection is made in the pool's thread and
+                    # closed from the reactor's at shutdown
+                    "check_same_thread": False,
+                    # transactions are begun explicitly (BEGIN IMMEDIATE)
+                    "isolation_level": None,
+                },
+                timeout=timeout,
+                migrations=migrations,
+                open_connection=partial(_prepare_sqlite, busy_seconds=timeout),
+            )
+        if scheme == "postgresql":
+            return cls(
+                url,
+                reactor,
+                _postgresql_dialect(),
+                (url,),
+                {
+                    # libpq counts whole seconds and no fewer than 2
+                    "connect_timeout": max(2, math.ceil(timeout)),
+                    "application_name": "ccserver",
+                    # frees the pool's thread of a statement that waits on a
+                    # lock longer than the caller does
+                    "options": f"-c statement_timeout={max(1, int(timeout * 1000))}",
+                    "keepalives": 1,
+                    "keepalives_idle": 30,
+                    "keepalives_interval": 10,
+                    "keepalives_count": 3,
+                },
+                timeout=timeout,
+                migrations=migrations,
+            )
+        raise ConfigError(f"[store] url: {mask_password(url)!r} is not an SQL store's URL")
+
+    def __repr__(self) -> str:
+        return f"<SQLStore {self.url}>"
+
+    # lifetime
+
+    def open(self) -> Deferred[None]:
+        """
+        Start the connection pool and bring the schema up to date.
+        """
+        if self._pool is None:
+            kwargs: dict[str, Any] = dict(self._connect_kwargs)
+            kwargs.update(
+                cp_min=1,
+                cp_max=self._dialect.pool_size,
+                cp_reconnect=True,
+                cp_noisy=False,
+                cp_reactor=self._reactor,
+                cp_name=f"ccserver-store-{self._dialect.name}",
+            )
+            if self._open_connection is not None:
+                kwargs["cp_openfun"] = self._open_connection
+            self._pool = _ConnectionPool(self._dialect, *self._connect_args, **kwargs)
+        return Deferred.fromCoroutine(self._migrate())
+
+    async def _migrate(self) -> None:
+        latest = self._migrations[-1].version if self._migrations else 0
+        # The common case, a database up to date, takes no lock.
+        current = await self._guard(self._run(self._read_version))
+        self._check_version(current, latest)
+        while current < latest:
+            applied = await self._guard(
+                self._run(self._migration_step), timeout=max(self.timeout, MIGRATION_TIMEOUT)
+            )
+            if applied is None:
+                # another process has just applied the rest
+                break
+            current = applied
+            self._log.info(
+                "Applied schema migration {version} to {url}", version=current, url=self.url
+            )
+
+    def _check_version(self, current: int, latest: int) -> None:
+        if current > latest:
+            raise ConfigError(
+                f"[store] url: the database {self.url} has schema version {current}, "
+                f"newer than this ccserver knows ({latest}): upgrade ccserver"
+            )
+
+    def _read_version(self, cursor: Any) -> int:
+        cursor.execute(self._dialect.schema_version_exists)
+        if not cursor.fetchone()[0]:
+            return 0
+        cursor.execute(self._sql["schema_version"])
+        return int(cursor.fetchone()[0] or 0)
+
+    def _migration_step(self, cursor: Any) -> int | None:
+        """
+        Under the migration lock, apply the next migration, if any is
+        missing still; fire with the version now applied, or None.
+        """
+        self._dialect.migration_lock(cursor, max(self.timeout, MIGRATION_TIMEOUT))
+        try:
+            cursor.execute(self._sql["create_schema_version"])
+            cursor.execute(self._sql["schema_version"])
+            current = int(cursor.fetchone()[0] or 0)
+            latest = self._migrations[-1].version if self._migrations else 0
+            self._check_version(current, latest)
+            pending = [m for m in self._migrations if m.version > current]
+            if not pending:
+                return None
+            migration = pending[0]
+            for statement in migration.statements:
+                cursor.execute(statement)
+            cursor.execute(self._sql["record_version"], (migration.version, int(time.time())))
+            return migration.version
+        finally:
+            if self._dialect.name == "sqlite":
+                try:
+                    cursor.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+                except sqlite3.Error:
+                    pass
+
+    def close(self) -> Deferred[None]:
+        """
+        Stop the pool's threads and close its connections.
+        """
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        return succeed(None)
+
+    # running statements
+
+    def _run(self, body: Callable[[Any], T], *, write: bool = False) -> Deferred[T]:
+        """
+        Run C{body(cursor)} in one transaction in the pool's thread: adbapi
+        commits it when C{body} returns and rolls it back when it raises.
+        """
+        pool = self._pool
+        if pool is None:
+            # closed (at shutdown, with requests still in flight), or not
+            # opened yet
+            return fail(StoreUnavailable(f"{self.url}: not open"))
+        begin = self._dialect.begin_write if write else None
+
+        def transaction(connection: Any) -> T:
+            cursor = connection.cursor()
+            try:
+                if begin is not None:
+                    cursor.execute(begin)
+                return body(cursor)
+            finally:
+                cursor.close()
+
+        result: Deferred[T] = pool.runWithConnection(transaction)
+        return result
+
+    def _execute(self, name: str, params: Sequence[Any], *, write: bool = False) -> Deferred[Any]:
+        statement = self._sql[name]
+
+        def body(cursor: Any) -> Any:
+            cursor.execute(statement, tuple(params))
+            if write:
+                return cursor.rowcount
+            return cursor.fetchall()
+
+        return self._guard(self._run(body, write=write))
+
+    # IClientStore
+
+    def add_client(self, client: Client) -> Deferred[None]:
+        d = self._execute("add_client", _client_row(client), write=True)
+
+        def exists(failure: Failure) -> Failure:
+            if isinstance(failure.value, self._dialect.integrity_errors):
+                raise ClientExists(client.client_id) from None
+            return failure
+
+        d.addCallbacks(lambda _: None, exists)
+        return d
+
+    def get_client(self, client_id: str) -> Deferred[Client | None]:
+        d = self._execute("get_client", (client_id,))
+        d.addCallback(lambda rows: _client_from_row(rows[0]) if rows else None)
+        return d
+
+    def replace_client(self, client: Client) -> Deferred[bool]:
+        row = _client_row(client)
+        d = self._execute("replace_client", (*row[1:], row[0]), write=True)
+        d.addCallback(lambda count: count == 1)
+        return d
+
+    def delete_client(self, client_id: str) -> Deferred[bool]:
+        d = self._execute("delete_client", (client_id,), write=True)
+        d.addCallback(lambda count: count > 0)
+        return d
+
+    # IKeyStore
+
+    def list_keys(self) -> Deferred[list[StoredKey]]:
+        d = self._execute("list_keys", ())
+        d.addCallback(lambda rows: [_key_from_row(row) for row in rows])
+        return d
+
+    def add_key(self, key: StoredKey) -> Deferred[None]:
+        d = self._execute("add_key", _key_row(key), write=True)
+        d.addCallback(lambda _: None)
+        return d
+
+    def replace_key(self, key: StoredKey) -> Deferred[bool]:
+        row = _key_row(key)
+        d = self._execute("replace_key", (*row[1:], row[0]), write=True)
+        d.addCallback(lambda count: count == 1)
+        return d
+
+    def delete_key(self, kid: str) -> Deferred[bool]:
+        d = self._execute("delete_key", (kid,), write=True)
+        d.addCallback(lambda count: count > 0)
+        return d
+
+    # ITokenStore
+
+    def add_token(self, token: TokenRecord) -> Deferred[None]:
+        d = self._execute("add_token", _token_row(token), write=True)
+        d.addCallback(lambda _: None)
+        return d
+
+    def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
+        d = self._execute("get_token", (token_digest,))
+        d.addCallback(lambda rows: _token_from_row(rows[0]) if rows else None)
+        return d
+
+    def delete_token(self, token_digest: str) -> Deferred[bool]:
+        d = self._execute("delete_token", (token_digest,), write=True)
+        d.addCallback(lambda count: count > 0)
+        return d
+
+    def revoke_jti(self, jti: str, expires_at: int) -> Deferred[None]:
+        d = self._execute("revoke_jti", (jti, expires_at), write=True)
+        d.addCallback(lambda _: None)
+        return d
+
+    def is_revoked(self, jti: str) -> Deferred[bool]:
+        d = self._execute("is_revoked", (jti,))
+        d.addCallback(lambda rows: bool(rows))
+        return d
+
+    def purge_expired(self, now: int) -> Deferred[int]:
+        """
+        Both deletions in one transaction; fires with how many rows went.
+        """
+        tokens, revoked = self._sql["purge_tokens"], self._sql["purge_revoked"]
+
+        def purge(cursor: Any) -> int:
+            cursor.execute(tokens, (now,))
+            count = int(cursor.rowcount)
+            cursor.execute(revoked, (now,))
+            return count + int(cursor.rowcount)
+
+        return self._guard(self._run(purge, write=True))
+
+
+def _prepare_sqlite(connection: sqlite3.Connection, *, busy_seconds: float) -> None:
+    """
+    Set up each new SQLite connection (adbapi's C{cp_openfun}).
+
+    WAL lets readers in other processes go on while one writes, and with
+    C{synchronous=FULL} a commit is synced to disk before it returns.
+
+    WAL mode is kept in the file, so only the first connection ever to a
+    file switches it; but switching needs the file to itself, and SQLite
+    answers "database is locked" at once (its busy timeout does not apply)
+    when another connection opens the new file at the same moment: several
+    instances starting together.  Hence the retries.
+    """
+    deadline = time.monotonic() + busy_seconds
+    while True:
+        try:
+            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+    if str(mode).lower() != "wal":
+        SQLStore._log.warn(
+            "SQLite refused WAL mode (journal_mode is {mode}): is the file on a network "
+            "file system?",
+            mode=mode,
+        )
+    connection.execute("PRAGMA synchronous = FULL")

@@ -1,0 +1,550 @@
+"""
+Throwaway Redis and PostgreSQL servers for the tests: real servers, on free
+loopback ports, in temporary folders, started once per test process and
+stopped at its exit.
+
+A missing server binary is an error, not a reason to skip: the stores that
+need these servers would otherwise ship untested.  The Debian packages are
+listed in C{.ci/apt-packages}.
+
+Under pytest-xdist every worker is its own process and so starts its own
+servers; the kernel hands each a different free port, and every server
+lives in its own C{mkdtemp} folder, so workers never meet.
+
+The fault tests stop, kill and restart these servers: a server keeps its
+port and its data folder across C{restart()}, so the URL a store was made
+with stays valid.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from itertools import count
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+#: How long a server may take to accept connections after it is started.
+START_TIMEOUT = 30.0
+
+#: Where Debian's postgresql-15 package puts its binaries when no
+#: C{postgresql-common} wrapper or symbolic link puts them on PATH.
+POSTGRES_BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin")
+
+
+class ServerBinaryMissing(RuntimeError):
+    """
+    A server binary the tests need is not installed.
+    """
+
+
+def free_port() -> int:
+    """
+    A TCP port on 127.0.0.1 that nothing listens on right now.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def find_binary(name: str, *, package: str, extra_dirs: tuple[str, ...] = ()) -> str:
+    """
+    The path of an executable, looked for on PATH then in C{extra_dirs}.
+
+    @raise ServerBinaryMissing: naming the Debian package to install.
+    """
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in extra_dirs:
+        candidate = Path(folder, name)
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise ServerBinaryMissing(
+        f"{name} is not installed: the store tests need a real server. "
+        f"Install the Debian package {package} (apt-get install {package}; "
+        f"it is listed in .ci/apt-packages)."
+    )
+
+
+def _wait_until(ready: Any, process: subprocess.Popen[bytes], what: str, log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"{what} exited with status {process.returncode} while starting; "
+                f"its log ({log_path}):\n{_tail(log_path)}"
+            )
+        try:
+            if ready():
+                return
+        except Exception as e:  # not up yet, in any of many ways
+            last_error = e
+        time.sleep(0.02)
+    raise RuntimeError(
+        f"{what} did not accept connections within {START_TIMEOUT} s "
+        f"(last error: {last_error!r}); its log ({log_path}):\n{_tail(log_path)}"
+    )
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as e:
+        return f"(unreadable: {e})"
+
+
+class RedisServer:
+    """
+    A C{redis-server} on 127.0.0.1.
+
+    @ivar persistent: whether it keeps its data across a stop, a kill and a
+        restart, with an append-only file synced at every write (C{appendfsync
+        always}): what the fault tests need, and what production should use.
+        Otherwise it saves nothing, which is faster.
+    """
+
+    def __init__(self, *, persistent: bool = False, password: str | None = None) -> None:
+        self.persistent = persistent
+        self.password = password
+        self.binary = find_binary("redis-server", package="redis-server")
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="ccserver-redis-"))
+        self.log_path = self.directory / "redis.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return self.url_for(0)
+
+    def url_for(self, db: int, password: str | None = None) -> str:
+        """
+        A URL of one of its databases, with C{password} (by default its own).
+        """
+        password = self.password if password is None else password
+        auth = f":{quote(password, safe='')}@" if password is not None else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        durability = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.persistent
+            else ["--appendonly", "no"]
+        )
+        # closed in _end(), when the server is stopped
+        self._log = open(self.log_path, "ab")
+        self._process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *durability,
+                "--dir",
+                str(self.directory),
+                "--daemonize",
+                "no",
+                *(["--requirepass", self.password] if self.password is not None else []),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        _wait_until(
+            lambda: self.command("PING") == b"+PONG",
+            self._process,
+            f"redis-server on port {self.port}",
+            self.log_path,
+        )
+
+    def stop(self) -> None:
+        """
+        Stop it cleanly (SIGTERM) and wait until it has exited.
+        """
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """
+        Kill it (SIGKILL): a crash, as far as its clients can tell.
+        """
+        self._end(signal.SIGKILL)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _end(self, signum: signal.Signals) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signum)
+            process.wait(timeout=30)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def remove(self) -> None:
+        """
+        Kill it and remove its folder.
+        """
+        self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def command(self, *args: str) -> bytes:
+        """
+        Send one command (after AUTH, if it has a password) and return the
+        first line of the reply, raw.
+
+        Enough for the harness and the layout tests, with no client library.
+        """
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as connection:
+            if self.password is not None:
+                reply = self._send(connection, ("AUTH", self.password))
+                if reply != b"+OK":
+                    return reply
+            return self._send(connection, args)
+
+    @staticmethod
+    def _send(connection: socket.socket, args: tuple[str, ...]) -> bytes:
+        payload = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%s\r\n" % (len(encoded), encoded) for encoded in (arg.encode() for arg in args)
+        )
+        connection.sendall(payload)
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            chunk = connection.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        return reply.split(b"\r\n", 1)[0]
+
+    def flushall(self) -> None:
+        reply = self.command("FLUSHALL")
+        if reply != b"+OK":
+            raise RuntimeError(f"FLUSHALL answered {reply!r}")
+
+
+class PostgresServer:
+    """
+    A PostgreSQL cluster on 127.0.0.1, trusting every local connection.
+
+    C{initdb} and C{postgres} refuse to run as root, so when the tests run
+    as root (CI does) the cluster belongs to the C{postgres} user that the
+    Debian package makes, and its processes run as that user.
+
+    C{fsync=off} makes it fast and loses nothing when only its processes
+    die (the operating system still has the data); it would lose data at a
+    power cut, which no test makes.  C{synchronous_commit} stays on: off,
+    a commit is acknowledged before its WAL leaves the server's memory, and
+    the kill tests rightly lose data.
+    """
+
+    def __init__(self) -> None:
+        self.initdb = find_binary("initdb", package="postgresql-15", extra_dirs=POSTGRES_BIN_DIRS)
+        self.postgres = find_binary(
+            "postgres", package="postgresql-15", extra_dirs=POSTGRES_BIN_DIRS
+        )
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="ccserver-pg-"))
+        self.data = self.directory / "data"
+        self.log_path = self.directory / "postgres.log"
+        self._user = self._run_as()
+        if self._user is not None:
+            entry = pwd.getpwnam(self._user)
+            os.chown(self.directory, entry.pw_uid, entry.pw_gid)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+        self._databases = count(1)
+        self._initialised = False
+
+    @staticmethod
+    def _run_as() -> str | None:
+        if os.geteuid() != 0:
+            return None
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            raise ServerBinaryMissing(
+                "the tests run as root, and PostgreSQL will not: they need the "
+                "'postgres' user that the Debian package postgresql-15 makes"
+            ) from None
+        return "postgres"
+
+    def _user_kwargs(self) -> dict[str, Any]:
+        if self._user is None:
+            return {}
+        return {"user": self._user, "group": pwd.getpwnam(self._user).pw_gid}
+
+    def url_for(self, dbname: str, password: str | None = None) -> str:
+        auth = "postgres" if password is None else f"postgres:{password}"
+        return f"postgresql://{auth}@127.0.0.1:{self.port}/{dbname}"
+
+    @property
+    def url(self) -> str:
+        """
+        The URL of the C{postgres} maintenance database.
+        """
+        return self.url_for("postgres")
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _init(self) -> None:
+        result = subprocess.run(  # the status is checked below
+            [
+                self.initdb,
+                "-D",
+                str(self.data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.directory,
+            **self._user_kwargs(),
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"initdb failed ({result.returncode}):\n" + result.stdout.decode(errors="replace")
+            )
+        self._initialised = True
+
+    def start(self) -> None:
+        if self.running:
+            return
+        if not self._initialised:
+            self._init()
+        # closed in _end(), when the server is stopped
+        self._log = open(self.log_path, "ab")
+        self._process = subprocess.Popen(
+            [
+                self.postgres,
+                "-D",
+                str(self.data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.directory),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "full_page_writes=off",
+                "-c",
+                "max_connections=200",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.directory,
+            # its own process group, so that kill() takes its backends too
+            start_new_session=True,
+            **self._user_kwargs(),
+        )
+        _wait_until(
+            self._accepts_connections,
+            self._process,
+            f"postgres on port {self.port}",
+            self.log_path,
+        )
+
+    def _accepts_connections(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.url, connect_timeout=2):
+            return True
+
+    def stop(self) -> None:
+        """
+        A fast shutdown (SIGINT): clients are disconnected, nothing is lost.
+        """
+        self._end(signal.SIGINT, everyone=False)
+
+    def kill(self) -> None:
+        """
+        SIGKILL to the postmaster and every backend at once: a crash.  The
+        next start recovers from the write-ahead log.
+        """
+        self._end(signal.SIGKILL, everyone=True)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _end(self, signum: signal.Signals, *, everyone: bool) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            # Backends are not in the postmaster's process group (each calls
+            # setsid()), so they are found by their parent; a backend that
+            # outlived a killed postmaster for a moment would still answer
+            # its client, and one that outlived a stopped postmaster would
+            # keep a new one from starting.
+            children = _children(process.pid)
+            os.kill(process.pid, signum)
+            if everyone:
+                for pid in children:
+                    try:
+                        os.kill(pid, signum)
+                    except ProcessLookupError:
+                        pass
+            process.wait(timeout=60)
+            _wait_for_exit(children)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def execute(self, statement: str, dbname: str = "postgres") -> None:
+        """
+        Run one statement outside a transaction (C{CREATE DATABASE} needs that).
+        """
+        import psycopg
+
+        with psycopg.connect(self.url_for(dbname), autocommit=True, connect_timeout=5) as c:
+            c.execute(statement.encode())
+
+    def create_database(self) -> str:
+        """
+        Make a new, empty database and return its name.
+        """
+        name = f"ccserver_{os.getpid()}_{next(self._databases)}"
+        self.execute(f'CREATE DATABASE "{name}"')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def remove(self) -> None:
+        """
+        Kill it and remove its folder.
+        """
+        self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    """
+    The processes whose parent is C{pid}, from /proc.
+    """
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # after the command name, which is in parentheses and may hold
+        # spaces: the state, then the parent's pid
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_for_exit(pids: list[int], timeout: float = 10.0) -> None:
+    """
+    Wait until none of C{pids} runs any more (gone, or a zombie).
+    """
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state == "Z":
+                break
+            time.sleep(0.01)
+
+
+class SilentServer:
+    """
+    A TCP port that accepts connections (the kernel completes the handshake
+    for its backlog) and never answers: a server that hangs, which is worse
+    for a client than one that is down.
+    """
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(("127.0.0.1", 0))
+        self._socket.listen(64)
+        self.port: int = self._socket.getsockname()[1]
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+_servers: dict[str, RedisServer | PostgresServer] = {}
+
+
+def redis_server(
+    name: str = "shared", *, persistent: bool = False, password: str | None = None
+) -> RedisServer:
+    """
+    This process' Redis server of that name, started at first use (and
+    again if a test left it stopped).
+
+    The fault tests use their own, persistent, one (C{name="faults"}), so
+    that a test that stops or kills it cannot harm the others.
+    """
+    server = _servers.get(f"redis:{name}")
+    if server is None:
+        server = _servers[f"redis:{name}"] = RedisServer(persistent=persistent, password=password)
+    assert isinstance(server, RedisServer)
+    server.start()
+    return server
+
+
+def postgres_server(name: str = "shared") -> PostgresServer:
+    """
+    This process' PostgreSQL server of that name, started at first use
+    (and again if a test left it stopped).
+    """
+    server = _servers.get(f"postgres:{name}")
+    if server is None:
+        server = _servers[f"postgres:{name}"] = PostgresServer()
+    assert isinstance(server, PostgresServer)
+    server.start()
+    return server
+
+
+def stop_all() -> None:
+    """
+    Stop and remove every shared server; called at the end of the session
+    (and at exit, should the session end some other way).
+    """
+    while _servers:
+        _, server = _servers.popitem()
+        server.remove()
+
+
+atexit.register(stop_all)

@@ -1,0 +1,743 @@
+"""
+The store contract: one mixin with a test for every behaviour of
+L{ccserver.interfaces.IStore}, run against every store, on real servers.
+
+Each test gets a clean database: a new SQLite file, a new PostgreSQL
+database, a flushed Redis.  The servers are started once per test process
+(L{tests.servers}).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from attrs import evolve
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList, gatherResults
+from twisted.internet.task import deferLater
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.trial.unittest import TestCase
+from zope.interface.verify import verifyObject
+
+from ccserver.errors import ClientExists, StoreUnavailable
+from ccserver.interfaces import IStore, ITokenStore
+from ccserver.model import Client, StoredKey, TokenRecord
+from ccserver.stores.memory import MemoryStore
+from ccserver.stores.redis import RedisStore
+from ccserver.stores.sql import SQLStore
+from tests.servers import (
+    PostgresServer,
+    RedisServer,
+    ServerBinaryMissing,
+    SilentServer,
+    find_binary,
+    postgres_server,
+    redis_server,
+)
+
+T = TypeVar("T")
+
+#: Seconds an operation may take in these tests; the servers are local.
+TIMEOUT = 5.0
+
+
+def make_client(client_id: str = "client-1", **changes: Any) -> Client:
+    client = Client(
+        client_id=client_id,
+        client_id_issued_at=1_700_000_000,
+        metadata={
+            "client_name": "Test client",
+            "grant_types": ["client_credentials"],
+            "token_endpoint_auth_method": "client_secret_basic",
+            "scope": "read write",
+        },
+        client_secret_digest="a" * 64,
+        registration_access_token_digest="b" * 64,
+    )
+    return evolve(client, **changes)
+
+
+def make_key(kid: str = "key-1", created_at: int = 1_700_000_000, **changes: Any) -> StoredKey:
+    key = StoredKey(
+        kid=kid,
+        alg="ES256",
+        encrypted_private_key="gAAAAAB-encrypted-" + kid,
+        created_at=created_at,
+        active_from=created_at + 60,
+        retired_at=None,
+    )
+    return evolve(key, **changes)
+
+
+if TYPE_CHECKING:
+    _TestCase = TestCase
+else:
+    _TestCase = object
+
+
+def make_token(
+    digest: str = "d" * 64, expires_at: int | None = None, **changes: Any
+) -> TokenRecord:
+    now = int(time.time())
+    token = TokenRecord(
+        token_digest=digest,
+        client_id="client-1",
+        scope=frozenset({"read", "write"}),
+        audience=("https://api.example", "https://other.example"),
+        issued_at=now,
+        expires_at=now + 3600 if expires_at is None else expires_at,
+        jti="jti-" + digest[:8],
+        claims={"tenant": "Zoë", "roles": ["a", "b"], "n": 1},
+    )
+    return evolve(token, **changes)
+
+
+class StoreContractMixin(_TestCase):
+    """
+    The behaviour every L{IStore} shares.  A subclass (which is also a
+    L{TestCase}) says how to make a store on this test's clean database.
+    """
+
+    #: whether the data outlives the store object (all but MemoryStore)
+    durable = True
+
+    #: whether purge_expired() does the forgetting (Redis expires records
+    #: by itself, and purges nothing)
+    purges = True
+
+    store: IStore
+
+    def new_store(self) -> IStore:
+        """
+        A new, unopened store on this test's database.
+        """
+        raise NotImplementedError()
+
+    async def setUp(self) -> None:
+        self.store = await self.open_store()
+
+    async def open_store(self) -> IStore:
+        """
+        A new store on this test's database, opened, and closed after the test.
+        """
+        store = self.new_store()
+        await store.open()
+        self.addCleanup(store.close)
+        return store
+
+    async def reopened(self) -> IStore:
+        """
+        The store after a restart of the server process that uses it: the
+        current one closed and a new one opened on the same database.
+        """
+        if not self.durable:
+            return self.store
+        await self.store.close()
+        return await self.open_store()
+
+    # the interface
+
+    def test_provides_interface(self) -> None:
+        self.assertTrue(verifyObject(IStore, self.store))
+
+    def test_url_is_a_string(self) -> None:
+        self.assertIsInstance(self.store.url, str)
+
+    # clients
+
+    async def test_get_missing_client(self) -> None:
+        self.assertIsNone(await self.store.get_client("nobody"))
+
+    async def test_add_then_get(self) -> None:
+        client = make_client()
+        self.assertIsNone(await self.store.add_client(client))
+        self.assertEqual(await self.store.get_client(client.client_id), client)
+
+    async def test_add_taken_id_fails(self) -> None:
+        first = make_client()
+        await self.store.add_client(first)
+        second = make_client(client_secret_digest="c" * 64, metadata={"client_name": "other"})
+        with self.assertRaises(ClientExists):
+            await self.store.add_client(second)
+        self.assertEqual(await self.store.get_client(first.client_id), first)
+
+    async def test_concurrent_adds_of_one_id(self) -> None:
+        """
+        Of many adds of one id at once, exactly one succeeds.
+        """
+        candidates = [make_client(client_secret_digest=f"{i:064x}") for i in range(10)]
+        results = await DeferredList(
+            [self.store.add_client(c) for c in candidates], consumeErrors=True
+        )
+        winners = [c for c, (ok, _) in zip(candidates, results, strict=True) if ok]
+        losers = [outcome for ok, outcome in results if not ok]
+        self.assertEqual(len(winners), 1)
+        for failure in losers:
+            self.assertTrue(failure.check(ClientExists))
+        self.assertEqual(await self.store.get_client("client-1"), winners[0])
+
+    async def test_replace(self) -> None:
+        await self.store.add_client(make_client())
+        changed = make_client(
+            client_id_issued_at=1_800_000_000,
+            metadata={"client_name": "Renamed", "scope": "read"},
+            client_secret_digest="d" * 64,
+            registration_access_token_digest="e" * 64,
+        )
+        self.assertIs(await self.store.replace_client(changed), True)
+        self.assertEqual(await self.store.get_client("client-1"), changed)
+
+    async def test_replace_missing_stores_nothing(self) -> None:
+        self.assertIs(await self.store.replace_client(make_client()), False)
+        self.assertIsNone(await self.store.get_client("client-1"))
+
+    async def test_replace_after_delete_does_not_resurrect(self) -> None:
+        await self.store.add_client(make_client())
+        await self.store.delete_client("client-1")
+        self.assertIs(await self.store.replace_client(make_client()), False)
+        self.assertIsNone(await self.store.get_client("client-1"))
+
+    async def test_concurrent_replaces_leave_one_whole_version(self) -> None:
+        """
+        Many replaces of one client at once leave one of them, whole: no
+        field of one version beside a field of another.
+        """
+        await self.store.add_client(make_client())
+        versions = [
+            make_client(
+                client_id_issued_at=i,
+                metadata={"client_name": f"version {i}", "version": i},
+                client_secret_digest=f"{i:064x}",
+                registration_access_token_digest=f"{i:064d}",
+            )
+            for i in range(25)
+        ]
+        results = await gatherResults([self.store.replace_client(v) for v in versions])
+        self.assertEqual(results, [True] * len(versions))
+        stored = await self.store.get_client("client-1")
+        self.assertIn(stored, versions)
+
+    async def test_delete(self) -> None:
+        await self.store.add_client(make_client())
+        self.assertIs(await self.store.delete_client("client-1"), True)
+        self.assertIsNone(await self.store.get_client("client-1"))
+        self.assertIs(await self.store.delete_client("client-1"), False)
+
+    async def test_delete_missing(self) -> None:
+        self.assertIs(await self.store.delete_client("nobody"), False)
+
+    async def test_delete_leaves_others(self) -> None:
+        one, two = make_client("one"), make_client("two")
+        await self.store.add_client(one)
+        await self.store.add_client(two)
+        await self.store.delete_client("one")
+        self.assertEqual(await self.store.get_client("two"), two)
+
+    async def test_added_again_after_delete(self) -> None:
+        await self.store.add_client(make_client())
+        await self.store.delete_client("client-1")
+        again = make_client(client_secret_digest="f" * 64)
+        await self.store.add_client(again)
+        self.assertEqual(await self.store.get_client("client-1"), again)
+
+    async def test_metadata_round_trip(self) -> None:
+        """
+        Metadata comes back as it went in: unicode, nested lists and
+        objects, integers, floats, booleans and null, and strings that look
+        like numbers stay strings.
+        """
+        metadata = {
+            "client_name": "Zoë's café ☕ — クライアント 𝄞",
+            "redirect_uris": [],
+            "contacts": ["ops@example.com", "Ünïcödé <u@example.com>"],
+            "nested": {"lists": [[1, 2], [3, [4, "five"]]], "empty": {}},
+            "integer": 42,
+            "big": 2**53 + 1,
+            "negative": -7,
+            "float": 0.125,
+            "true": True,
+            "false": False,
+            "null": None,
+            "numeric_string": "12345",
+            "float_string": "1.5",
+            'quote"and\\backslash': "'; DROP TABLE clients; --",
+        }
+        client = make_client(metadata=metadata)
+        await self.store.add_client(client)
+        stored = await self.store.get_client("client-1")
+        assert stored is not None
+        self.assertEqual(dict(stored.metadata), metadata)
+        self.assertIsInstance(stored.metadata["numeric_string"], str)
+        self.assertIsInstance(stored.metadata["float"], float)
+        self.assertIsInstance(stored.metadata["true"], bool)
+
+    async def test_numeric_looking_client_id(self) -> None:
+        """
+        A client id "12345" (and digests of digits only, with a leading
+        zero) come back as the same strings, not as numbers.
+        """
+        client = make_client(
+            "12345",
+            client_id_issued_at=0,
+            client_secret_digest="0" + "1" * 63,
+            registration_access_token_digest="0123456789",
+        )
+        await self.store.add_client(client)
+        stored = await self.store.get_client("12345")
+        self.assertEqual(stored, client)
+        assert stored is not None
+        self.assertIs(type(stored.client_id), str)
+        self.assertIs(type(stored.client_secret_digest), str)
+        self.assertIs(type(stored.registration_access_token_digest), str)
+        self.assertIs(type(stored.client_id_issued_at), int)
+
+    async def test_unusual_client_ids(self) -> None:
+        ids = ["with space", "slash/and:colon", "ünïcödé", "%s?", "*", "a" * 200]
+        for client_id in ids:
+            await self.store.add_client(make_client(client_id))
+        for client_id in ids:
+            stored = await self.store.get_client(client_id)
+            self.assertEqual(stored, make_client(client_id))
+        self.assertIsNone(await self.store.get_client("a"))
+
+    # keys
+
+    async def test_no_keys(self) -> None:
+        self.assertEqual(await self.store.list_keys(), [])
+
+    async def test_add_and_list_keys_oldest_first(self) -> None:
+        newest = make_key("k-newest", created_at=300)
+        oldest = make_key("k-oldest", created_at=100)
+        middle_b = make_key("k-b", created_at=200)
+        middle_a = make_key("k-a", created_at=200)
+        for key in (newest, middle_b, oldest, middle_a):
+            self.assertIsNone(await self.store.add_key(key))
+        self.assertEqual(await self.store.list_keys(), [oldest, middle_a, middle_b, newest])
+
+    async def test_key_round_trip(self) -> None:
+        retired = make_key("retired", created_at=1, active_from=2, retired_at=3)
+        active = make_key("active", created_at=4, alg="RS256")
+        await self.store.add_key(retired)
+        await self.store.add_key(active)
+        self.assertEqual(await self.store.list_keys(), [retired, active])
+
+    async def test_add_key_with_taken_kid_replaces_it(self) -> None:
+        """
+        As L{MemoryStore} does: the interface does not say, so every store
+        behaves the same.
+        """
+        await self.store.add_key(make_key())
+        again = make_key(alg="EdDSA", encrypted_private_key="other")
+        await self.store.add_key(again)
+        self.assertEqual(await self.store.list_keys(), [again])
+
+    async def test_replace_key(self) -> None:
+        await self.store.add_key(make_key())
+        await self.store.add_key(make_key("other", created_at=5))
+        retired = make_key(retired_at=1_800_000_000)
+        self.assertIs(await self.store.replace_key(retired), True)
+        self.assertEqual(await self.store.list_keys(), [make_key("other", created_at=5), retired])
+
+    async def test_replace_missing_key_stores_nothing(self) -> None:
+        self.assertIs(await self.store.replace_key(make_key()), False)
+        self.assertEqual(await self.store.list_keys(), [])
+
+    async def test_delete_key(self) -> None:
+        await self.store.add_key(make_key())
+        await self.store.add_key(make_key("other"))
+        self.assertIs(await self.store.delete_key("key-1"), True)
+        self.assertEqual(await self.store.list_keys(), [make_key("other")])
+        self.assertIs(await self.store.delete_key("key-1"), False)
+
+    async def test_delete_missing_key(self) -> None:
+        self.assertIs(await self.store.delete_key("nothing"), False)
+
+    async def test_keys_and_clients_apart(self) -> None:
+        """
+        A key and a client of the same name do not meet.
+        """
+        await self.store.add_client(make_client("same"))
+        await self.store.add_key(make_key("same"))
+        self.assertIs(await self.store.delete_key("same"), True)
+        self.assertEqual(await self.store.get_client("same"), make_client("same"))
+
+    # tokens (ITokenStore)
+
+    def test_provides_token_interface(self) -> None:
+        self.assertTrue(verifyObject(ITokenStore, self.store))
+
+    @property
+    def tokens(self) -> ITokenStore:
+        return ITokenStore(self.store)
+
+    async def test_get_missing_token(self) -> None:
+        self.assertIsNone(await self.tokens.get_token("0" * 64))
+
+    async def test_token_round_trip(self) -> None:
+        token = make_token()
+        self.assertIsNone(await self.tokens.add_token(token))
+        self.assertEqual(await self.tokens.get_token(token.token_digest), token)
+
+    async def test_token_without_scope_or_audience(self) -> None:
+        token = make_token(scope=frozenset(), audience=(), claims={})
+        await self.tokens.add_token(token)
+        self.assertEqual(await self.tokens.get_token(token.token_digest), token)
+
+    async def test_delete_token(self) -> None:
+        token, other = make_token(), make_token("e" * 64)
+        await self.tokens.add_token(token)
+        await self.tokens.add_token(other)
+        self.assertIs(await self.tokens.delete_token(token.token_digest), True)
+        self.assertIsNone(await self.tokens.get_token(token.token_digest))
+        self.assertIs(await self.tokens.delete_token(token.token_digest), False)
+        self.assertEqual(await self.tokens.get_token(other.token_digest), other)
+
+    async def test_delete_missing_token(self) -> None:
+        self.assertIs(await self.tokens.delete_token("0" * 64), False)
+
+    async def test_revoke(self) -> None:
+        future = int(time.time()) + 3600
+        self.assertIs(await self.tokens.is_revoked("jti-1"), False)
+        self.assertIsNone(await self.tokens.revoke_jti("jti-1", future))
+        self.assertIs(await self.tokens.is_revoked("jti-1"), True)
+        self.assertIs(await self.tokens.is_revoked("jti-2"), False)
+        # revoking twice is harmless
+        await self.tokens.revoke_jti("jti-1", future)
+        self.assertIs(await self.tokens.is_revoked("jti-1"), True)
+
+    async def test_revocation_kept_until_the_later_expiry(self) -> None:
+        now = int(time.time())
+        await self.tokens.revoke_jti("longer-first", now + 3600)
+        await self.tokens.revoke_jti("longer-first", now + 10)
+        await self.tokens.revoke_jti("longer-last", now + 10)
+        await self.tokens.revoke_jti("longer-last", now + 3600)
+        await self.tokens.purge_expired(now + 100)
+        self.assertIs(await self.tokens.is_revoked("longer-first"), True)
+        self.assertIs(await self.tokens.is_revoked("longer-last"), True)
+
+    async def test_purge_expired(self) -> None:
+        """
+        What expired before C{now} is forgotten, by purge_expired() or by
+        the store itself; the rest stays.
+        """
+        now = int(time.time())
+        expired, live = make_token("a" * 64, now - 10), make_token("b" * 64, now + 3600)
+        await self.tokens.add_token(expired)
+        await self.tokens.add_token(live)
+        await self.tokens.revoke_jti("expired-jti", now - 10)
+        await self.tokens.revoke_jti("live-jti", now + 3600)
+        purged = await self.tokens.purge_expired(now)
+        self.assertEqual(purged, 2 if self.purges else 0)
+        self.assertIsNone(await self.tokens.get_token(expired.token_digest))
+        self.assertEqual(await self.tokens.get_token(live.token_digest), live)
+        self.assertIs(await self.tokens.is_revoked("expired-jti"), False)
+        self.assertIs(await self.tokens.is_revoked("live-jti"), True)
+        self.assertEqual(await self.tokens.purge_expired(now), 0)
+
+    async def test_tokens_apart_from_clients(self) -> None:
+        await self.store.add_client(make_client("x" * 64))
+        await self.tokens.add_token(make_token("x" * 64))
+        await self.tokens.delete_token("x" * 64)
+        self.assertEqual(await self.store.get_client("x" * 64), make_client("x" * 64))
+
+    # lifetime
+
+    async def test_data_outlives_the_store(self) -> None:
+        """
+        A new store opened on an existing database (open() again, as at the
+        next start of the server) finds what the last one stored, and the
+        second open() does not touch it.
+        """
+        client, key, token = make_client(), make_key(), make_token()
+        await self.store.add_client(client)
+        await self.store.add_key(key)
+        await self.tokens.add_token(token)
+        await self.tokens.revoke_jti("jti-1", token.expires_at)
+        for _ in range(2):
+            store = await self.reopened()
+            self.assertEqual(await store.get_client("client-1"), client)
+            self.assertEqual(await store.list_keys(), [key])
+            self.assertEqual(await ITokenStore(store).get_token(token.token_digest), token)
+            self.assertIs(await ITokenStore(store).is_revoked("jti-1"), True)
+            self.store = store
+
+    async def test_close(self) -> None:
+        """
+        close() fires with None, and the database can be opened again.
+        """
+        await self.store.add_client(make_client())
+        self.assertIsNone(await self.store.close())
+        if self.durable:
+            # requests still in flight at shutdown get an answer
+            with self.assertRaises(StoreUnavailable):
+                await self.store.get_client("client-1")
+            store = await self.open_store()
+            self.assertEqual(await store.get_client("client-1"), make_client())
+
+
+class MemoryStoreTests(StoreContractMixin, TestCase):
+    durable = False
+
+    def new_store(self) -> IStore:
+        return MemoryStore()
+
+
+class SQLiteStoreTests(StoreContractMixin, TestCase):
+    timeout = 60
+
+    async def setUp(self) -> None:
+        folder = tempfile.mkdtemp(prefix="ccserver-sqlite-")
+        self.addCleanup(shutil.rmtree, folder, ignore_errors=True)
+        # an absolute path: sqlite:////tmp/...
+        self.url = f"sqlite:///{folder}/store.db"
+        await super().setUp()
+
+    def new_store(self) -> IStore:
+        return SQLStore.from_url(self.url, reactor, timeout=TIMEOUT)
+
+
+class PostgreSQLStoreTests(StoreContractMixin, TestCase):
+    timeout = 60
+
+    async def setUp(self) -> None:
+        server = postgres_server()
+        name = server.create_database()
+        self.addCleanup(server.drop_database, name)
+        self.url = server.url_for(name)
+        await super().setUp()
+
+    def new_store(self) -> IStore:
+        return SQLStore.from_url(self.url, reactor, timeout=TIMEOUT)
+
+
+class RedisStoreTests(StoreContractMixin, TestCase):
+    timeout = 60
+
+    async def setUp(self) -> None:
+        server = redis_server()
+        server.flushall()
+        # not database 0, so that selecting the database is tested too
+        self.url = server.url_for(3)
+        await super().setUp()
+
+    purges = False
+
+    def new_store(self) -> IStore:
+        return RedisStore.from_url(self.url, reactor, timeout=TIMEOUT)
+
+
+async def eventually(
+    operation: Callable[[], Awaitable[T]], *, within: float, interval: float = 0.1
+) -> T:
+    """
+    The result of the first call of C{operation} that does not fail with
+    L{StoreUnavailable}, trying for C{within} seconds.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await operation()
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+        await deferLater(reactor, interval, lambda: None)
+
+
+class ServerFaultsMixin(_TestCase):
+    """
+    The store contract when the server fails: an operation on a server that
+    is stopped, killed or hung fails with L{StoreUnavailable} within the
+    store's timeout (it never hangs), and once the server is back the same
+    store object works again, with nothing lost.
+
+    These tests stop and kill their server, so they have one of their own,
+    apart from the contract tests'.
+    """
+
+    #: the store's timeout in these tests, short to keep them fast
+    fault_timeout = 1.0
+
+    #: how much later than its timeout a failure may come: a loaded CI
+    #: machine's scheduling, not the store's slack
+    slack = 1.5
+
+    server: RedisServer | PostgresServer
+
+    def fault_server(self) -> RedisServer | PostgresServer:
+        raise NotImplementedError()
+
+    async def clean_url(self) -> str:
+        """
+        The URL of a clean database on C{self.server}.
+        """
+        raise NotImplementedError()
+
+    def new_store(self, url: str, timeout: float) -> IStore:
+        raise NotImplementedError()
+
+    async def setUp(self) -> None:
+        self.server = self.fault_server()
+        self.url = await self.clean_url()
+        self.store = await self.opened(self.url)
+
+    async def opened(self, url: str, timeout: float | None = None) -> IStore:
+        store = self.new_store(url, self.fault_timeout if timeout is None else timeout)
+        await store.open()
+        self.addCleanup(store.close)
+        return store
+
+    async def assertUnavailableInTime(
+        self, operation: Callable[[], Awaitable[object]], timeout: float | None = None
+    ) -> float:
+        """
+        Assert that C{operation} fails with L{StoreUnavailable} within the
+        timeout; return how long it took.
+        """
+        limit = self.fault_timeout if timeout is None else timeout
+        started = time.monotonic()
+        with self.assertRaises(StoreUnavailable):
+            await operation()
+        elapsed = time.monotonic() - started
+        self.assertLess(elapsed, limit + self.slack)
+        return elapsed
+
+    async def assertOutageSurvived(self, take_down: Callable[[], None]) -> None:
+        client, key = make_client(), make_key()
+        await self.store.add_client(client)
+        await self.store.add_key(key)
+        # a pooled connection that has seen the server before
+        self.assertEqual(await self.store.get_client("client-1"), client)
+
+        take_down()
+        try:
+            await self.assertUnavailableInTime(lambda: self.store.get_client("client-1"))
+            await self.assertUnavailableInTime(lambda: self.store.add_client(make_client("new")))
+            await self.assertUnavailableInTime(lambda: self.store.list_keys())
+        finally:
+            self.server.start()
+
+        # the same store object, no reopening
+        self.assertEqual(
+            await eventually(lambda: self.store.get_client("client-1"), within=15), client
+        )
+        self.assertEqual(await self.store.list_keys(), [key])
+        later = make_client("later")
+        await self.store.add_client(later)
+        self.assertEqual(await self.store.get_client("later"), later)
+
+    async def test_stopped_server(self) -> None:
+        await self.assertOutageSurvived(self.server.stop)
+
+    async def test_killed_server(self) -> None:
+        await self.assertOutageSurvived(self.server.kill)
+
+    async def test_open_while_stopped(self) -> None:
+        """
+        open() on a stopped server fails in time too, and a later open()
+        of a new store succeeds once it is back.
+        """
+        self.server.stop()
+        try:
+            store = self.new_store(self.url, self.fault_timeout)
+            self.addCleanup(store.close)
+            await self.assertUnavailableInTime(store.open)
+        finally:
+            self.server.start()
+        store = await self.opened(self.url)
+        self.assertIsNone(await store.get_client("client-1"))
+
+    async def test_hung_server(self) -> None:
+        """
+        A server that accepts the connection and never answers: the
+        operation fails in time, it does not hang.
+        """
+        silent = SilentServer()
+        self.addCleanup(silent.close)
+        url = self.url.replace(f":{self.server.port}/", f":{silent.port}/")
+        store = self.new_store(url, self.fault_timeout)
+        self.addCleanup(store.close)
+        await self.assertUnavailableInTime(store.open)
+
+    async def test_password_never_logged(self) -> None:
+        """
+        The store's url masks the password, and nothing it logs or raises
+        when the server is unreachable shows it.
+        """
+        password = "Sup3r-s3cret"
+        silent = SilentServer()
+        port = silent.port
+        silent.close()  # now a closed port: connections are refused
+        url = self.url_with_password(password, port)
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        store = self.new_store(url, self.fault_timeout)
+        self.addCleanup(store.close)
+        self.assertNotIn(password, store.url)
+        self.assertIn("***", store.url)
+        self.assertNotIn(password, repr(store))
+        with self.assertRaises(StoreUnavailable) as caught:
+            await store.open()
+        self.assertNotIn(password, str(caught.exception))
+        self.assertTrue(events)
+        for event in events:
+            self.assertNotIn(password, formatEvent(event))
+            self.assertNotIn(password, repr(event))
+
+    def url_with_password(self, password: str, port: int) -> str:
+        raise NotImplementedError()
+
+
+class PostgreSQLFaultTests(ServerFaultsMixin, TestCase):
+    timeout = 120
+
+    def fault_server(self) -> PostgresServer:
+        return postgres_server("faults")
+
+    async def clean_url(self) -> str:
+        server = self.server
+        assert isinstance(server, PostgresServer)
+        name = server.create_database()
+        self.addCleanup(lambda: server.running and server.drop_database(name))
+        return server.url_for(name)
+
+    def new_store(self, url: str, timeout: float) -> IStore:
+        return SQLStore.from_url(url, reactor, timeout=timeout)
+
+    def url_with_password(self, password: str, port: int) -> str:
+        return f"postgresql://postgres:{password}@127.0.0.1:{port}/ccserver"
+
+
+class RedisFaultTests(ServerFaultsMixin, TestCase):
+    timeout = 120
+
+    def fault_server(self) -> RedisServer:
+        # appendfsync always: a kill loses nothing, as in production
+        return redis_server("faults", persistent=True)
+
+    async def clean_url(self) -> str:
+        server = self.server
+        assert isinstance(server, RedisServer)
+        server.flushall()
+        return server.url_for(5)
+
+    def new_store(self, url: str, timeout: float) -> IStore:
+        return RedisStore.from_url(url, reactor, timeout=timeout)
+
+    def url_with_password(self, password: str, port: int) -> str:
+        return f"redis://:{password}@127.0.0.1:{port}/0"
+
+
+class HarnessTests(TestCase):
+    def test_missing_binary_fails_loudly(self) -> None:
+        """
+        A server binary that is not installed is an error naming the Debian
+        package to install, never a skipped test.
+        """
+        with self.assertRaises(ServerBinaryMissing) as caught:
+            find_binary("ccserver-no-such-server", package="no-such-package")
+        self.assertIn("apt-get install no-such-package", str(caught.exception))

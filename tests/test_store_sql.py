@@ -1,0 +1,512 @@
+"""
+What the SQL stores do beyond the contract (L{tests.test_store_contract}):
+URLs, schema migrations, SQLite's durability and locking, PostgreSQL's
+reconnection.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from twisted.internet import reactor
+from twisted.internet.defer import DeferredList, gatherResults
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from ccserver.errors import ConfigError, StoreUnavailable
+from ccserver.stores.sql import (
+    Migration,
+    SQLStore,
+    load_migrations,
+    mask_password,
+    split_statements,
+    url_secrets,
+)
+from tests.servers import postgres_server
+from tests.test_store_contract import TIMEOUT, make_client, make_key
+
+if TYPE_CHECKING:
+    _TestCase = TestCase
+else:
+    _TestCase = object
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: The schema version of this ccserver, and the one of the test migration
+#: that goes beyond it.
+LATEST = load_migrations()[-1].version
+TEST_VERSION = LATEST + 1
+TEST_MIGRATION = f"{TEST_VERSION:04d}_test_note.sql"
+
+#: The schema as ccserver 0.1 made it: what a database of version 1 holds.
+#: Written out here, not read from 0001_initial.sql, because that is what an
+#: old database is, whatever the file says today.
+VERSION_1 = [
+    "CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    """CREATE TABLE clients (
+        client_id TEXT PRIMARY KEY,
+        client_id_issued_at BIGINT NOT NULL,
+        metadata TEXT NOT NULL,
+        client_secret_digest TEXT NOT NULL,
+        registration_access_token_digest TEXT NOT NULL
+    )""",
+    """CREATE TABLE signing_keys (
+        kid TEXT PRIMARY KEY,
+        alg TEXT NOT NULL,
+        encrypted_private_key TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        active_from BIGINT NOT NULL,
+        retired_at BIGINT
+    )""",
+    "INSERT INTO schema_version (version, applied_at) VALUES (1, 1700000000)",
+    """INSERT INTO clients VALUES ('client-1', 1700000000,
+        '{"client_name":"Test client","grant_types":["client_credentials"],'
+        || '"token_endpoint_auth_method":"client_secret_basic","scope":"read write"}',
+        'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa',
+        'bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb')""",
+    """INSERT INTO signing_keys VALUES ('key-1', 'ES256', 'gAAAAAB-encrypted-key-1',
+        1700000000, 1700000060, NULL)""",
+]
+
+#: One more migration, for these tests only: it changes the schema and the
+#: data, in the SQL both databases accept.
+MIGRATION_2 = """
+-- for the tests: a column, an index, and data
+ALTER TABLE clients ADD COLUMN note TEXT;
+CREATE INDEX clients_by_issue ON clients (client_id_issued_at);
+UPDATE clients SET note = 'upgraded';
+"""
+
+
+class URLTests(SynchronousTestCase):
+    def test_mask_password(self) -> None:
+        cases = {
+            "postgresql://user:secret@db.example:5432/ccserver": (
+                "postgresql://user:***@db.example:5432/ccserver"
+            ),
+            "postgresql://user@db.example/ccserver": "postgresql://user@db.example/ccserver",
+            "redis://:secret@127.0.0.1:6379/2": "redis://:***@127.0.0.1:6379/2",
+            "redis://127.0.0.1:6379/0": "redis://127.0.0.1:6379/0",
+            "postgresql://user:p%40ss%3Aword@h/db": "postgresql://user:***@h/db",
+            "postgresql://u@h/db?password=secret&sslmode=require": (
+                "postgresql://u@h/db?password=***&sslmode=require"
+            ),
+            "sqlite:////var/lib/ccserver/ccserver.db": "sqlite:////var/lib/ccserver/ccserver.db",
+            "sqlite:///ccserver.db": "sqlite:///ccserver.db",
+            "memory://": "memory://",
+        }
+        for url, masked in cases.items():
+            self.assertEqual(mask_password(url), masked, url)
+
+    def test_url_secrets(self) -> None:
+        self.assertEqual(
+            set(url_secrets("postgresql://user:p%40ss@h/db?password=other")),
+            {"p%40ss", "p@ss", "other"},
+        )
+        self.assertEqual(url_secrets("sqlite:///x.db"), ())
+
+    def test_postgresql_url_masked(self) -> None:
+        store = SQLStore.from_url("postgresql://ccserver:hunter2@db:5432/cc", reactor, timeout=1)
+        self.assertEqual(store.url, "postgresql://ccserver:***@db:5432/cc")
+        self.assertNotIn("hunter2", repr(store))
+
+    def test_sqlite_urls(self) -> None:
+        relative = SQLStore.from_url("sqlite:///data/ccserver.db", reactor, timeout=1)
+        self.assertEqual(relative.url, "sqlite:///data/ccserver.db")
+        self.assertEqual(relative._connect_args, ("data/ccserver.db",))
+        absolute = SQLStore.from_url("sqlite:////var/lib/cc.db", reactor, timeout=1)
+        self.assertEqual(absolute._connect_args, ("/var/lib/cc.db",))
+
+    def test_other_scheme(self) -> None:
+        with self.assertRaises(ConfigError):
+            SQLStore.from_url("mysql://user:pw@h/db", reactor, timeout=1)
+
+
+class MigrationFileTests(SynchronousTestCase):
+    def test_shipped_migrations(self) -> None:
+        migrations = load_migrations()
+        self.assertEqual(migrations[0].version, 1)
+        self.assertEqual(migrations[0].name, "0001_initial.sql")
+        self.assertEqual([m.version for m in migrations], list(range(1, len(migrations) + 1)))
+        for migration in migrations:
+            for statement in migration.statements:
+                self.assertNotIn(";", statement)
+                self.assertNotIn("--", statement)
+
+    def test_split_statements(self) -> None:
+        self.assertEqual(
+            split_statements(MIGRATION_2),
+            (
+                "ALTER TABLE clients ADD COLUMN note TEXT",
+                "CREATE INDEX clients_by_issue ON clients (client_id_issued_at)",
+                "UPDATE clients SET note = 'upgraded'",
+            ),
+        )
+
+    def test_gap_in_numbers(self) -> None:
+        folder = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, folder)
+        (folder / "0001_a.sql").write_text("CREATE TABLE a (x INTEGER);\n")
+        (folder / "0003_c.sql").write_text("CREATE TABLE c (x INTEGER);\n")
+        (folder / "notes.txt").write_text("ignored")
+        with self.assertRaises(RuntimeError):
+            load_migrations(folder)
+
+
+class MigrationTestsMixin(_TestCase):
+    """
+    Migrations on a real database: an old database is upgraded in place,
+    keeping its data; a failed migration leaves the database as it was;
+    two stores opening one database at once apply each migration once.
+    """
+
+    url: str
+
+    def by_hand(self, statements: list[str]) -> None:
+        """
+        Run statements in one transaction, without ccserver.
+        """
+        raise NotImplementedError()
+
+    def query(self, statement: str) -> list[tuple[Any, ...]]:
+        raise NotImplementedError()
+
+    def migrations_with(self, name: str, text: str) -> tuple[Migration, ...]:
+        """
+        The shipped migrations and one more, from a copy of the schema folder.
+        """
+        folder = Path(tempfile.mkdtemp(prefix="ccserver-schema-"))
+        self.addCleanup(shutil.rmtree, folder)
+        for migration in (REPO / "ccserver" / "stores" / "schema").glob("*.sql"):
+            shutil.copy(migration, folder)
+        (folder / name).write_text(text)
+        return load_migrations(folder)
+
+    async def open(self, migrations: tuple[Migration, ...] | None = None) -> SQLStore:
+        store = SQLStore.from_url(self.url, reactor, timeout=TIMEOUT, migrations=migrations)
+        self.addCleanup(store.close)
+        await store.open()
+        return store
+
+    def versions(self) -> list[int]:
+        return [row[0] for row in self.query("SELECT version FROM schema_version ORDER BY 1")]
+
+    async def test_new_database(self) -> None:
+        store = await self.open()
+        self.assertEqual(self.versions(), list(range(1, LATEST + 1)))
+        self.assertEqual(await store.list_keys(), [])
+
+    async def test_database_of_version_1(self) -> None:
+        """
+        A database made by the first ccserver is upgraded to this one's
+        schema and opens with its data.
+        """
+        self.by_hand(VERSION_1)
+        store = await self.open()
+        self.assertEqual(self.versions(), list(range(1, LATEST + 1)))
+        self.assertEqual(await store.get_client("client-1"), make_client())
+        self.assertEqual(await store.list_keys(), [make_key()])
+        await store.revoke_jti("jti-1", 2_000_000_000)
+        self.assertIs(await store.is_revoked("jti-1"), True)
+
+    async def test_upgrade_keeps_data(self) -> None:
+        """
+        A database of version 1 is upgraded through every version in place,
+        its data kept (and changed by the test migration); the next open
+        changes nothing.
+        """
+        self.by_hand(VERSION_1)
+        migrations = self.migrations_with(TEST_MIGRATION, MIGRATION_2)
+        self.assertEqual(len(migrations), TEST_VERSION)
+        store = await self.open(migrations)
+        self.assertEqual(self.versions(), list(range(1, TEST_VERSION + 1)))
+        self.assertEqual(await store.get_client("client-1"), make_client())
+        self.assertEqual(await store.list_keys(), [make_key()])
+        self.assertEqual(
+            self.query("SELECT client_id, note FROM clients"), [("client-1", "upgraded")]
+        )
+        await store.add_client(make_client("client-2"))
+        await store.close()
+
+        again = await self.open(migrations)
+        self.assertEqual(self.versions(), list(range(1, TEST_VERSION + 1)))
+        self.assertEqual(await again.get_client("client-2"), make_client("client-2"))
+        # the UPDATE of version 2 did not run again
+        self.assertEqual(
+            self.query("SELECT client_id, note FROM clients ORDER BY 1"),
+            [("client-1", "upgraded"), ("client-2", None)],
+        )
+
+    async def test_failed_migration_changes_nothing(self) -> None:
+        """
+        A migration that fails half-way is rolled back whole: the database
+        stays at the version before it, with its data, and a fixed migration
+        applies later.
+        """
+        self.by_hand(VERSION_1)
+        await (await self.open()).close()
+        broken = self.migrations_with(
+            f"{TEST_VERSION:04d}_broken.sql",
+            "CREATE TABLE extra (x INTEGER);\nUPDATE clients SET metadata = 'x';\nNOT SQL AT ALL;\n",
+        )
+        store = SQLStore.from_url(self.url, reactor, timeout=TIMEOUT, migrations=broken)
+        self.addCleanup(store.close)
+        with self.assertRaises(Exception):  # noqa: B017 (each driver its own)
+            await store.open()
+        await store.close()
+        self.assertEqual(self.versions(), list(range(1, LATEST + 1)))
+        self.assertFalse(self.table_exists("extra"))
+        self.assertEqual(self.query("SELECT metadata FROM clients")[0][0][0], "{")
+        fixed = await self.open(self.migrations_with(TEST_MIGRATION, MIGRATION_2))
+        self.assertEqual(await fixed.get_client("client-1"), make_client())
+        self.assertEqual(self.versions(), list(range(1, TEST_VERSION + 1)))
+
+    def table_exists(self, name: str) -> bool:
+        raise NotImplementedError()
+
+    async def test_newer_database_refused(self) -> None:
+        self.by_hand(
+            [*VERSION_1, "INSERT INTO schema_version (version, applied_at) VALUES (99, 0)"]
+        )
+        store = SQLStore.from_url(self.url, reactor, timeout=TIMEOUT)
+        self.addCleanup(store.close)
+        with self.assertRaises(ConfigError) as caught:
+            await store.open()
+        self.assertIn("99", str(caught.exception))
+
+    async def test_concurrent_opens(self) -> None:
+        """
+        Stores opening one new database at once (as several instances
+        starting together) each apply nothing twice, and all work.
+        """
+        migrations = self.migrations_with(TEST_MIGRATION, MIGRATION_2)
+        stores = [
+            SQLStore.from_url(self.url, reactor, timeout=TIMEOUT, migrations=migrations)
+            for _ in range(4)
+        ]
+        for store in stores:
+            self.addCleanup(store.close)
+        results = await DeferredList([store.open() for store in stores], consumeErrors=True)
+        for ok, result in results:
+            self.assertTrue(ok, result)
+        self.assertEqual(self.versions(), list(range(1, TEST_VERSION + 1)))
+        await gatherResults(
+            [store.add_client(make_client(f"c{i}")) for i, store in enumerate(stores)]
+        )
+        for i in range(len(stores)):
+            self.assertEqual(await stores[0].get_client(f"c{i}"), make_client(f"c{i}"))
+
+
+class SQLiteMigrationTests(MigrationTestsMixin, TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        folder = tempfile.mkdtemp(prefix="ccserver-sqlite-")
+        self.addCleanup(shutil.rmtree, folder, ignore_errors=True)
+        self.path = Path(folder, "store.db")
+        self.url = f"sqlite:///{self.path}"
+
+    def by_hand(self, statements: list[str]) -> None:
+        connection = sqlite3.connect(self.path)
+        try:
+            with connection:
+                for statement in statements:
+                    connection.execute(statement)
+        finally:
+            connection.close()
+
+    def query(self, statement: str) -> list[tuple[Any, ...]]:
+        connection = sqlite3.connect(self.path)
+        try:
+            return connection.execute(statement).fetchall()
+        finally:
+            connection.close()
+
+    def table_exists(self, name: str) -> bool:
+        return bool(
+            self.query(f"SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{name}'")
+        )
+
+
+class PostgreSQLMigrationTests(MigrationTestsMixin, TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        server = postgres_server()
+        name = server.create_database()
+        self.addCleanup(server.drop_database, name)
+        self.url = server.url_for(name)
+
+    def by_hand(self, statements: list[str]) -> None:
+        with psycopg.connect(self.url) as connection:
+            for statement in statements:
+                connection.execute(statement.encode())
+
+    def query(self, statement: str) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.url) as connection:
+            return connection.execute(statement.encode()).fetchall()
+
+    def table_exists(self, name: str) -> bool:
+        return bool(self.query(f"SELECT to_regclass('{name}')")[0][0])
+
+
+#: Registers clients, then SIGKILLs itself: nothing gets to flush or close.
+KILLED_WRITER = """
+import os, signal, sys
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from ccserver.stores.sql import SQLStore
+from tests.test_store_contract import make_client
+
+async def main():
+    store = SQLStore.from_url(sys.argv[1], reactor, timeout=10)
+    await store.open()
+    for i in range(int(sys.argv[2])):
+        await store.add_client(make_client(f"client-{i}"))
+    print("registered", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def failed(failure):
+    failure.printTraceback()
+    os._exit(3)
+
+reactor.callWhenRunning(lambda: Deferred.fromCoroutine(main()).addErrback(failed))
+reactor.run()
+"""
+
+
+class SQLiteTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        folder = tempfile.mkdtemp(prefix="ccserver-sqlite-")
+        self.addCleanup(shutil.rmtree, folder, ignore_errors=True)
+        self.path = Path(folder, "store.db")
+        self.url = f"sqlite:///{self.path}"
+
+    async def open(self, timeout: float = TIMEOUT) -> SQLStore:
+        store = SQLStore.from_url(self.url, reactor, timeout=timeout)
+        self.addCleanup(store.close)
+        await store.open()
+        return store
+
+    async def test_wal_and_full_sync(self) -> None:
+        """
+        The file is in WAL mode, and the store's connection syncs every
+        commit (synchronous=FULL, 2).
+        """
+        store = await self.open()
+        connection = sqlite3.connect(self.path)
+        self.addCleanup(connection.close)
+        self.assertEqual(connection.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+        synchronous = await store._run(
+            lambda cursor: cursor.execute("PRAGMA synchronous").fetchone()[0]
+        )
+        self.assertEqual(synchronous, 2)
+
+    def test_survives_sigkill(self) -> None:
+        """
+        Clients registered by a process that is then SIGKILLed are there
+        when the file is opened again.
+        """
+        count = 20
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
+        result = subprocess.run(
+            [sys.executable, "-c", KILLED_WRITER, self.url, str(count)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(result.returncode, -signal.SIGKILL, result.stderr.decode())
+        self.assertEqual(result.stdout, b"registered\n")
+        # read with sqlite3 itself, not the store: the WAL is replayed
+        connection = sqlite3.connect(self.path)
+        self.addCleanup(connection.close)
+        ids = {row[0] for row in connection.execute("SELECT client_id FROM clients")}
+        self.assertEqual(ids, {f"client-{i}" for i in range(count)})
+
+    async def test_reopened_after_sigkill(self) -> None:
+        self.test_survives_sigkill()
+        store = await self.open()
+        self.assertEqual(await store.get_client("client-7"), make_client("client-7"))
+
+    async def test_write_lock_held_elsewhere(self) -> None:
+        """
+        While another process holds the write lock, a write fails with
+        StoreUnavailable within the timeout, reads go on (WAL), and writes
+        work again once the lock is released.
+        """
+        store = await self.open(timeout=0.5)
+        await store.add_client(make_client())
+        other = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with self.assertRaises(StoreUnavailable):
+            await store.add_client(make_client("blocked"))
+        self.assertLess(time.monotonic() - started, 0.5 + 1.5)
+        self.assertEqual(await store.get_client("client-1"), make_client())
+        other.execute("ROLLBACK")
+        await store.add_client(make_client("after"))
+        self.assertEqual(await store.get_client("after"), make_client("after"))
+
+    async def test_two_stores_one_file(self) -> None:
+        """
+        Two stores on one file (two processes on one machine) write at
+        once without "database is locked".
+        """
+        one, two = await self.open(), await self.open()
+        await gatherResults(
+            [(one if i % 2 else two).add_client(make_client(f"client-{i}")) for i in range(60)]
+        )
+        for i in range(60):
+            self.assertEqual(await one.get_client(f"client-{i}"), make_client(f"client-{i}"))
+
+    async def test_relative_path(self) -> None:
+        """
+        sqlite:///name.db is relative to the working folder.
+        """
+        here = os.getcwd()
+        os.chdir(self.path.parent)
+        self.addCleanup(os.chdir, here)
+        store = SQLStore.from_url("sqlite:///relative.db", reactor, timeout=TIMEOUT)
+        self.addCleanup(store.close)
+        await store.open()
+        await store.add_client(make_client())
+        self.assertTrue((self.path.parent / "relative.db").exists())
+
+
+class PostgreSQLRestartTests(TestCase):
+    """
+    After a restart of PostgreSQL, the pooled connections are dead; the
+    store notices before using one, so not even the first operation after
+    the restart fails.
+    """
+
+    timeout = 60
+
+    async def test_first_operation_after_restart(self) -> None:
+        server = postgres_server("faults")
+        name = server.create_database()
+        self.addCleanup(lambda: server.running and server.drop_database(name))
+        store = SQLStore.from_url(server.url_for(name), reactor, timeout=TIMEOUT)
+        self.addCleanup(store.close)
+        await store.open()
+        await store.add_client(make_client())
+        # every pooled connection used at least once
+        await gatherResults([store.get_client("client-1") for _ in range(8)])
+        server.restart()
+        results = await gatherResults([store.get_client("client-1") for _ in range(8)])
+        self.assertEqual(results, [make_client()] * 8)
