@@ -1,0 +1,116 @@
+"""
+A store killed under load and started again, with a real server in front:
+503 temporarily_unavailable meanwhile (never a 500, a hang or a dropped
+connection), everything working again after, nothing lost.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+import unittest
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.process import CCServerProcess
+from tests.servers import postgres_server, redis_server
+
+CONFIG = """
+[store]
+timeout = 1
+client_cache_seconds = 0
+"""
+
+
+class OutageMixin:
+    server: Any
+
+    def store_url(self) -> str:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="ccserver-outage-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)  # type: ignore[attr-defined]
+        (self.tmp / "ccserver.toml").write_text(CONFIG)
+        url = self.store_url()
+        self.ccserver = CCServerProcess(
+            self.tmp, "--config", str(self.tmp / "ccserver.toml"), store=url
+        )
+        self.addCleanup(self.ccserver.kill)  # type: ignore[attr-defined]
+        self.ccserver.start()
+
+    def load(self, client: dict[str, Any], stop: threading.Event, answers: Counter[Any]) -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                try:
+                    response = session.post(
+                        self.ccserver.url + "/token",
+                        data={"grant_type": "client_credentials"},
+                        auth=(client["client_id"], client["client_secret"]),
+                        timeout=10,
+                    )
+                except requests.RequestException as e:
+                    answers[type(e).__name__] += 1
+                    continue
+                error = response.json().get("error") if response.status_code != 200 else None
+                answers[(response.status_code, error)] += 1
+
+    def test_killed_under_load(self) -> None:
+        clients = [self.ccserver.register(scope="read") for _ in range(5)]
+        answers: Counter[Any] = Counter()
+        stop = threading.Event()
+        threads = [threading.Thread(target=self.load, args=(c, stop, answers)) for c in clients[:2]]
+        for thread in threads:
+            thread.start()
+        try:
+            time.sleep(1)
+            self.server.kill()
+            time.sleep(2.5)
+            during = Counter(answers)
+            registration = requests.post(
+                self.ccserver.url + "/client-reg",
+                json={"scope": "read"},
+                headers={"Authorization": f"Bearer {self.ccserver.master_token}"},
+                timeout=10,
+            )
+            self.assertEqual(registration.status_code, 503)  # type: ignore[attr-defined]
+            self.assertEqual(registration.json()["error"], "temporarily_unavailable")  # type: ignore[attr-defined]
+            self.server.restart()
+            time.sleep(3)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(30)
+        self.assertGreater(during[(503, "temporarily_unavailable")], 0, during)  # type: ignore[attr-defined]
+        unexpected = {k: n for k, n in answers.items() if k not in ((200, None), (503, "temporarily_unavailable"))}
+        self.assertEqual(unexpected, {})  # type: ignore[attr-defined]
+        # After: every client registered before the outage gets tokens, and
+        # registration works again.
+        for client in clients:
+            response = requests.post(
+                self.ccserver.url + "/token",
+                data={"grant_type": "client_credentials"},
+                auth=(client["client_id"], client["client_secret"]),
+                timeout=10,
+            )
+            self.assertEqual(response.status_code, 200, response.text)  # type: ignore[attr-defined]
+        self.ccserver.register(scope="read")
+        self.assertIn("ccserver is ready", self.ccserver.read_log())  # type: ignore[attr-defined]
+
+
+class RedisOutage(OutageMixin, unittest.TestCase):
+    def store_url(self) -> str:
+        self.server = redis_server("faults", persistent=True)
+        self.server.flushall()
+        return str(self.server.url_for(1))
+
+
+class PostgreSQLOutage(OutageMixin, unittest.TestCase):
+    def store_url(self) -> str:
+        self.server = postgres_server("faults")
+        return str(self.server.url_for(self.server.create_database()))
