@@ -42,10 +42,10 @@ class InstancesMixin:
         self.a = self.start()
         self.b = self.start()
 
-    def start(self) -> CCServerProcess:
+    def start(self, config: str = "ccserver.toml") -> CCServerProcess:
         server = CCServerProcess(
             self.tmp,
-            "--config", str(self.tmp / "ccserver.toml"),
+            "--config", str(self.tmp / config),
             "--master-token", "shared-master-token-0123456789",
             store=self.url,
         )
@@ -100,6 +100,24 @@ class InstancesMixin:
         auth = (client["client_id"], client["client_secret"])
         requests.post(self.a.url + "/token/revoke", data={"token": token}, auth=auth, timeout=10)
         answer = requests.post(self.b.url + "/token/introspect", data={"token": token}, auth=auth, timeout=10)
+        self.assertEqual(answer.json(), {"active": False})  # type: ignore[attr-defined]
+
+    def test_opaque_tokens_shared(self) -> None:
+        """
+        An opaque token issued by one instance is introspected by the other,
+        and a revocation through either takes effect at once on both.
+        """
+        (self.tmp / "opaque.toml").write_text(CONFIG + '[tokens]\nformat = "opaque"\n')
+        a, b = self.start("opaque.toml"), self.start("opaque.toml")
+        client = a.register(scope="read")
+        auth = (client["client_id"], client["client_secret"])
+        token = self.token(a, client).json()["access_token"]
+        self.assertNotIn(".", token)  # type: ignore[attr-defined]
+        answer = requests.post(b.url + "/token/introspect", data={"token": token}, auth=auth, timeout=10)
+        self.assertEqual(answer.json()["active"], True)  # type: ignore[attr-defined]
+        self.assertEqual(answer.json()["scope"], "read")  # type: ignore[attr-defined]
+        requests.post(b.url + "/token/revoke", data={"token": token}, auth=auth, timeout=10)
+        answer = requests.post(a.url + "/token/introspect", data={"token": token}, auth=auth, timeout=10)
         self.assertEqual(answer.json(), {"active": False})  # type: ignore[attr-defined]
 
     def test_rotation_on_a_running_pair(self) -> None:
