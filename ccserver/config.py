@@ -78,6 +78,8 @@ class Config:
     grant_handler_config: Mapping[str, Any] = field(factory=dict)
     #: Processes serving the listening sockets together.
     workers: int = 1
+    #: Whether every request is logged (combined log format, no query).
+    access_log: bool = True
 
 
 # The keys a TOML file may have: a type, or a table of its own.
@@ -86,6 +88,7 @@ _SCHEMA: dict[str, Any] = {
     "issuer": str,
     "master_token": str,
     "workers": int,
+    "access_log": bool,
     "store": {"url": str, "timeout": float, "client_cache_seconds": float},
     "tokens": {
         "format": str,
@@ -99,7 +102,13 @@ _SCHEMA: dict[str, Any] = {
     "grant_handler": None,  # the handler's own table: checked by its factory
 }
 
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list"}
+_TYPE_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    bool: "true or false",
+}
 
 
 def _check_types(table: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> None:
@@ -119,7 +128,7 @@ def _check_types(table: Mapping[str, Any], schema: Mapping[str, Any], prefix: st
             continue
         declared = expected if isinstance(expected, tuple) else (expected,)
         accepted = declared + (int,) if float in declared else declared
-        if isinstance(value, bool) or not isinstance(value, accepted):
+        if isinstance(value, bool) != (bool in declared) or not isinstance(value, accepted):
             wanted = " or ".join(_TYPE_NAMES[t] for t in declared)
             raise ConfigError(f"{name}: must be {wanted}, not {value!r}")
 
@@ -271,6 +280,7 @@ def load_config(
         )
 
     return Config(
+        access_log=toml.get("access_log", True),
         workers=workers,
         listen=listen,
         issuer=issuer,

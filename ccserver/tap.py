@@ -7,6 +7,7 @@ listens, and end the process with one line on stderr.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import sys
@@ -27,7 +28,7 @@ from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
 from ccserver.handlers import available, make_handler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore, ITokenStore
-from ccserver.keys import KeyEncryptor, Keyring, key_encryptor
+from ccserver.keys import KeyEncryptor, Keyring, key_encryptor, rsa_in_threads, sign_inline
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
@@ -231,6 +232,8 @@ class CCServerService(Service):
         self._loops: list[LoopingCall] = []
         self.inherited_fds = list(inherited_fds)
         self.workers: WorkerPool | None = None
+        #: Tests on a Clock sign inline; a real reactor has a thread pool.
+        self.sign_in_threads = hasattr(reactor, "getThreadPool")
 
     def build(self) -> CCServerSite:
         now = self.reactor.seconds
@@ -249,6 +252,7 @@ class CCServerService(Service):
             audience=config.tokens.audience,
             token_format=config.tokens.format,
             now=now,
+            sign=rsa_in_threads(self.reactor) if self.sign_in_threads else sign_inline,
         )
         app = CCServerApp(
             grant=ClientCredentialsGrant(clients, self.handler, minter, config.issuer),
@@ -262,7 +266,7 @@ class CCServerService(Service):
             now=now,
             jwks_max_age=config.keys.activation_delay // 2,
         )
-        return CCServerSite(app.resource(), self.reactor)
+        return CCServerSite(app.resource(), self.reactor, config.access_log)
 
     def startService(self) -> None:
         super().startService()
@@ -308,6 +312,9 @@ class CCServerService(Service):
                 port = await endpoint.listen(self.site)
                 self.ports.append(port)
                 self._log.info("Listening on {endpoint}", endpoint=description)
+        # What start-up made lives as long as the process: keep it out of the
+        # garbage collector's way.
+        gc.freeze()
         self._log.info("ccserver is ready; issuer {issuer}", issuer=self.config.issuer)
 
     def _adopt(self, fds: list[int]) -> None:

@@ -139,3 +139,46 @@ class RotationTests(ServerTestCase):
         self.rotate(600)
         for key in json.loads(self.keyring.jwks_json)["keys"]:
             self.assertNotIn("d", key)
+
+
+class _InlinePool:
+    """
+    A thread pool stand-in that runs the work at once, and counts it.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def callInThreadWithCallback(self, on_result: Any, f: Any, *args: Any) -> None:
+        self.calls += 1
+        on_result(True, f(*args))
+
+
+class _Reactor:
+    def __init__(self) -> None:
+        self.pool = _InlinePool()
+
+    def getThreadPool(self) -> _InlinePool:
+        return self.pool
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        f(*args)
+
+
+class SignerTests(ServerTestCase):
+    def test_rsa_in_threads_ec_inline(self) -> None:
+        from ccserver.keys import SigningKey, generate_private_key, rsa_in_threads
+        from ccserver.model import StoredKey
+
+        reactor = _Reactor()
+        sign = rsa_in_threads(reactor)
+        claims = {"sub": "x"}
+        for alg, threaded in (("RS256", True), ("PS256", True), ("ES256", False), ("EdDSA", False)):
+            stored = StoredKey(kid=alg, alg=alg, encrypted_private_key="", created_at=0, active_from=0)
+            key = SigningKey.from_private_key(stored, generate_private_key(alg))
+            before = reactor.pool.calls
+            signed = sign(key, claims)
+            token = signed if isinstance(signed, str) else self.successResultOf(signed)
+            self.assertEqual(reactor.pool.calls - before, 1 if threaded else 0, alg)
+            public = jwt.PyJWK(key.jwk)
+            self.assertEqual(jwt.decode(token, public, algorithms=[alg]), claims)

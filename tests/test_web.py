@@ -5,10 +5,12 @@ requests, the access log.
 
 from __future__ import annotations
 
+import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 
+from ccserver.config import Config
 from tests.helpers import MASTER_TOKEN, ServerTestCase, basic
 
 
@@ -72,3 +74,18 @@ class SiteTests(ServerTestCase):
         self.assertIn("/jwks.json", logged)
         self.assertNotIn(client["client_secret"], logged)
         self.assertNotIn("client_secret=", logged)
+
+
+class NoAccessLogTests(ServerTestCase):
+    raw = SiteTests.raw
+
+    def make_config(self, **tokens: object) -> Config:
+        return attrs.evolve(super().make_config(**tokens), access_log=False)  # type: ignore[arg-type]
+
+    def test_access_log_off(self) -> None:
+        events: list[dict] = []  # type: ignore[type-arg]
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        answer = self.raw(b"GET /jwks.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200 "))
+        self.assertNotIn("/jwks.json", repr(events))

@@ -10,10 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import frozen
+from twisted.internet.defer import Deferred
 
 from ccserver import credentials
 from ccserver.interfaces import ITokenStore
-from ccserver.keys import Keyring
+from ccserver.keys import Keyring, Signer, sign_inline
 from ccserver.model import Client, GrantAuthorization, IssuedToken, TokenRecord
 
 JWT = "jwt"
@@ -42,6 +43,7 @@ class TokenMinter:
     audience: tuple[str, ...]
     token_format: str
     now: Callable[[], float]
+    sign: Signer = sign_inline
 
     async def mint(self, client: Client, authorization: GrantAuthorization) -> IssuedToken:
         issued_at = int(self.now())
@@ -64,7 +66,8 @@ class TokenMinter:
                 )
             )
         elif token_format == JWT:
-            access_token = self._jwt(client, authorization, issued_at, lifetime, audience, jti)
+            signed = self._jwt(client, authorization, issued_at, lifetime, audience, jti)
+            access_token = signed if isinstance(signed, str) else await signed
         else:
             raise ValueError(f"unknown token format {token_format!r}")
         return IssuedToken(access_token=access_token, expires_in=lifetime, scope=authorization.scope)
@@ -77,7 +80,7 @@ class TokenMinter:
         lifetime: int,
         audience: tuple[str, ...],
         jti: str,
-    ) -> str:
+    ) -> str | Deferred[str]:
         """
         RFC 9068 §2.2: C{iss}, C{exp}, C{aud}, C{sub}, C{client_id}, C{iat},
         C{jti}, and C{scope} when any was granted; the handler's extra claims
@@ -95,4 +98,4 @@ class TokenMinter:
         )
         if authorization.scope:
             claims["scope"] = " ".join(sorted(authorization.scope))
-        return self.keyring.current.sign(claims)
+        return self.sign(self.keyring.current, claims)

@@ -5,6 +5,8 @@ restart.
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
@@ -20,7 +22,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._clients: dict[str, Client] = {}
         self._keys: dict[str, StoredKey] = {}
-        self._tokens: dict[str, TokenRecord] = {}
+        self._tokens: dict[str, tuple[str, str, tuple[str, ...], int, int, str, str]] = {}
         self._revoked: dict[str, int] = {}
 
     def open(self) -> Deferred[None]:
@@ -48,11 +50,37 @@ class MemoryStore:
         return succeed(self._clients.pop(client_id, None) is not None)
 
     def add_token(self, token: TokenRecord) -> Deferred[None]:
-        self._tokens[token.token_digest] = token
+        # A tuple of strings and numbers, which the garbage collector stops
+        # tracking: a million tokens held as objects would make every full
+        # collection walk them, a pause of hundreds of milliseconds.
+        self._tokens[token.token_digest] = (
+            token.client_id,
+            " ".join(sorted(token.scope)),
+            token.audience,
+            token.issued_at,
+            token.expires_at,
+            token.jti,
+            json.dumps(dict(token.claims)),
+        )
         return succeed(None)
 
     def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
-        return succeed(self._tokens.get(token_digest))
+        kept = self._tokens.get(token_digest)
+        if kept is None:
+            return succeed(None)
+        client_id, scope, audience, issued_at, expires_at, jti, claims = kept
+        return succeed(
+            TokenRecord(
+                token_digest=token_digest,
+                client_id=client_id,
+                scope=scope,
+                audience=audience,
+                issued_at=issued_at,
+                expires_at=expires_at,
+                jti=jti,
+                claims=json.loads(claims),
+            )
+        )
 
     def delete_token(self, token_digest: str) -> Deferred[bool]:
         return succeed(self._tokens.pop(token_digest, None) is not None)
@@ -65,7 +93,7 @@ class MemoryStore:
         return succeed(jti in self._revoked)
 
     def purge_expired(self, now: int) -> Deferred[int]:
-        expired_tokens = [d for d, t in self._tokens.items() if t.expires_at < now]
+        expired_tokens = [d for d, t in self._tokens.items() if t[4] < now]
         expired_jtis = [j for j, until in self._revoked.items() if until < now]
         for digest in expired_tokens:
             del self._tokens[digest]
