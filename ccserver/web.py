@@ -23,6 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+from ccserver import strictjson
 from ccserver.errors import OAuthError, StoreUnavailable, invalid_client_metadata, invalid_request
 from ccserver.keys import Keyring
 from ccserver.oauth.grants import ClientCredentialsGrant
@@ -170,30 +171,13 @@ def parse_form(request: IRequest) -> tuple[dict[str, str], dict[str, list[str]]]
     return _single(pairs)
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in document:
-            raise invalid_client_metadata(f"{name}: given more than once")
-        document[name] = value
-    return document
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_json(request: IRequest) -> Any:
     if _media_type(request) != _JSON:
         raise invalid_request("the body must be application/json")
     body = _body(request)
     try:
-        return json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_no_constant,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        return strictjson.loads(body)
+    except ValueError as e:
         raise invalid_client_metadata(f"the body is not valid JSON: {e}") from None
 
 

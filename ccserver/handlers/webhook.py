@@ -54,7 +54,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
-from ccserver import __version__
+from ccserver import __version__, strictjson
 from ccserver.errors import ConfigError, OAuthError
 from ccserver.interfaces import IClientCredentialsGrantHandler
 from ccserver.model import REGISTERED_CLAIMS, GrantAuthorization, GrantRequest
@@ -234,19 +234,6 @@ class WebhookTimeout(Exception):
     """
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    document: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in document:
-            raise ValueError(f"{name!r} appears more than once")
-        document[name] = value
-    return document
-
-
-def _no_constant(name: str) -> NoReturn:
-    raise ValueError(f"{name} is not JSON")
-
-
 def load_answer(body: bytes) -> Any:
     """
     Parse an answer as strict JSON (UTF-8, no repeated names, no NaN).
@@ -254,12 +241,8 @@ def load_answer(body: bytes) -> Any:
     @raise MalformedAnswer: it is not.
     """
     try:
-        return json.loads(
-            body.decode("utf-8"),
-            object_pairs_hook=_reject_duplicates,
-            parse_constant=_no_constant,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        return strictjson.loads(body)
+    except ValueError as e:
         raise MalformedAnswer(f"the body is not JSON: {e}") from None
 
 

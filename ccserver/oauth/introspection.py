@@ -22,6 +22,7 @@ from ccserver.interfaces import IClientStore, ITokenStore
 from ccserver.keys import Keyring
 from ccserver.model import Client
 from ccserver.oauth.clientauth import authenticate, presented_credentials
+from ccserver.oauth.tokens import access_token_claims
 
 INACTIVE: dict[str, Any] = {"active": False}
 
@@ -85,18 +86,16 @@ class TokenIntrospection:
         record = await self._tokens.get_token(credentials.digest(token))
         if record is None or record.expires_at <= self._now():
             return None
-        claims: dict[str, Any] = dict(record.claims)
-        claims.update(
-            iss=self._issuer,
-            sub=record.client_id,
+        claims = access_token_claims(
+            issuer=self._issuer,
             client_id=record.client_id,
-            aud=record.audience[0] if len(record.audience) == 1 else list(record.audience),
-            iat=record.issued_at,
-            exp=record.expires_at,
+            audience=record.audience,
+            issued_at=record.issued_at,
+            expires_at=record.expires_at,
             jti=record.jti,
+            scope=record.scope,
+            extra=record.claims,
         )
-        if record.scope:
-            claims["scope"] = " ".join(sorted(record.scope))
         return TokenInfo(claims, None, record.token_digest)
 
     async def _jwt(self, token: str) -> TokenInfo | None:

@@ -6,11 +6,10 @@ opaque tokens of 256 random bits kept in the store as digests.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
 
 from ccserver import credentials
 from ccserver.interfaces import ITokenStore
@@ -19,6 +18,39 @@ from ccserver.model import Client, GrantAuthorization, IssuedToken, TokenRecord
 
 JWT = "jwt"
 OPAQUE = "opaque"
+
+
+def access_token_claims(
+    *,
+    issuer: str,
+    client_id: str,
+    audience: Sequence[str],
+    issued_at: int,
+    expires_at: int,
+    jti: str,
+    scope: Iterable[str],
+    extra: Mapping[str, Any],
+) -> dict[str, Any]:
+    """
+    RFC 9068 §2.2: C{iss}, C{exp}, C{aud}, C{sub}, C{client_id}, C{iat},
+    C{jti}, and C{scope} when any was granted; a grant handler's extra
+    claims beside them.  The claims of a JWT, and what introspection says of
+    an opaque token.
+    """
+    claims: dict[str, Any] = dict(extra)
+    claims.update(
+        iss=issuer,
+        sub=client_id,
+        client_id=client_id,
+        aud=audience[0] if len(audience) == 1 else list(audience),
+        iat=issued_at,
+        exp=expires_at,
+        jti=jti,
+    )
+    scope = sorted(scope)
+    if scope:
+        claims["scope"] = " ".join(scope)
+    return claims
 
 
 @frozen
@@ -66,36 +98,18 @@ class TokenMinter:
                 )
             )
         elif token_format == JWT:
-            signed = self._jwt(client, authorization, issued_at, lifetime, audience, jti)
+            claims = access_token_claims(
+                issuer=self.issuer,
+                client_id=client.client_id,
+                audience=audience,
+                issued_at=issued_at,
+                expires_at=issued_at + lifetime,
+                jti=jti,
+                scope=authorization.scope,
+                extra=authorization.claims,
+            )
+            signed = self.sign(self.keyring.current, claims)
             access_token = signed if isinstance(signed, str) else await signed
         else:
             raise ValueError(f"unknown token format {token_format!r}")
         return IssuedToken(access_token=access_token, expires_in=lifetime, scope=authorization.scope)
-
-    def _jwt(
-        self,
-        client: Client,
-        authorization: GrantAuthorization,
-        issued_at: int,
-        lifetime: int,
-        audience: tuple[str, ...],
-        jti: str,
-    ) -> str | Deferred[str]:
-        """
-        RFC 9068 §2.2: C{iss}, C{exp}, C{aud}, C{sub}, C{client_id}, C{iat},
-        C{jti}, and C{scope} when any was granted; the handler's extra claims
-        beside them.
-        """
-        claims: dict[str, Any] = dict(authorization.claims)
-        claims.update(
-            iss=self.issuer,
-            sub=client.client_id,
-            client_id=client.client_id,
-            aud=audience[0] if len(audience) == 1 else list(audience),
-            iat=issued_at,
-            exp=issued_at + lifetime,
-            jti=jti,
-        )
-        if authorization.scope:
-            claims["scope"] = " ".join(sorted(authorization.scope))
-        return self.sign(self.keyring.current, claims)
