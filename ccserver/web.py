@@ -1,7 +1,9 @@
 """
-The HTTP surface: Klein routes that parse a request once, call one function
-of L{ccserver.oauth}, and write its answer.  Every error is rendered here, in
-L{CCServerApp.oauth_error}, and nowhere else.
+The HTTP surface: routes that parse a request once, call one function of
+L{ccserver.oauth}, and write its answer.  C{/token}, the hot path, is a plain
+twisted.web resource (L{TokenResource}); every other route is a Klein route
+of L{CCServerApp}.  Every error is rendered here, in L{render_failure}, and
+nowhere else.
 """
 
 from __future__ import annotations
@@ -72,12 +74,11 @@ def _access_log(timestamp: str, request: server.Request) -> str:
     its secret in the URL must not have it written to the log.
     """
     path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")
-    agent = (request.getHeader(b"user-agent") or b"-").decode("ascii", "replace")
+    agent = (request.getHeader(b"user-agent") or b"-").decode("ascii", "replace").replace('"', "'")
     ip = getattr(request.getClientAddress(), "host", "-")
     method = request.method.decode("ascii", "replace")
     proto = request.clientproto.decode("ascii", "replace")
     length = request.sentLength or "-"
-    agent = agent.replace('"', "'")
     return f'"{ip}" - - {timestamp} "{method} {path} {proto}" {request.code} {length} "-" "{agent}"'
 
 
@@ -113,12 +114,15 @@ class CCServerSite(server.Site):
         self.in_flight -= 1
 
 
-def _json(request: IRequest, status: int, document: Any, *, cache: str = "no-store") -> bytes:
+def _json(request: IRequest, status: int, document: Any) -> bytes:
+    """
+    A JSON answer that no cache keeps (RFC 6749 §5.1: tokens and errors;
+    the same for registrations, which carry secrets).
+    """
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", cache.encode())
-    if cache == "no-store":
-        request.setHeader(b"Pragma", b"no-cache")
+    request.setHeader(b"Cache-Control", b"no-store")
+    request.setHeader(b"Pragma", b"no-cache")
     return json.dumps(document, separators=(",", ":")).encode()
 
 
