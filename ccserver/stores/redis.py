@@ -63,9 +63,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ccserver.errors import ClientExists, ConfigError, StoreUnavailable
-from ccserver.interfaces import IStore, ITokenStore
+from ccserver.interfaces import IStore
 from ccserver.model import Client, StoredKey, TokenRecord
-from ccserver.stores.sql import OperationGuard, mask_password, url_secrets
+from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
 
 #: Connections in the pool.  Commands that need no connection to themselves
 #: are pipelined on any of them, so a few suffice.
@@ -293,7 +293,7 @@ class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
     setup_error: str | None = None
 
 
-@implementer(IStore, ITokenStore)
+@implementer(IStore)
 class RedisStore:
     """
     A store in Redis.  Make one with L{RedisStore.from_url}.
