@@ -27,7 +27,7 @@ from ccserver import credentials
 from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
 from ccserver.handlers import available, make_handler
-from ccserver.interfaces import IClientCredentialsGrantHandler, IStore, ITokenStore
+from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor, Keyring, key_encryptor, rsa_in_threads, sign_inline
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.grants import ClientCredentialsGrant
@@ -242,10 +242,9 @@ class CCServerService(Service):
             self.store, self.encryptor, config.tokens.signing_alg, config.tokens.max_lifetime, now
         )
         clients = CachingClientStore(self.store, now, config.store.client_cache_seconds)
-        tokens = ITokenStore(self.store)
         minter = TokenMinter(
             keyring=self.keyring,
-            tokens=tokens,
+            tokens=self.store,
             issuer=config.issuer,
             lifetime=config.tokens.lifetime,
             max_lifetime=config.tokens.max_lifetime,
@@ -257,13 +256,12 @@ class CCServerService(Service):
         app = CCServerApp(
             grant=ClientCredentialsGrant(clients, self.handler, minter, config.issuer),
             introspection=TokenIntrospection(
-                clients, tokens, self.keyring, config.issuer, config.tokens.introspection, now
+                clients, self.store, self.keyring, config.issuer, config.tokens.introspection, now
             ),
             registry=ClientRegistry(clients, self.master_token_digest, now),
             keyring=self.keyring,
             issuer=config.issuer,
             discovery_json=_discovery_json(config),
-            now=now,
             jwks_max_age=config.keys.activation_delay // 2,
         )
         return CCServerSite(app.resource(), self.reactor, config.access_log)
@@ -339,7 +337,7 @@ class CCServerService(Service):
 
     async def _purge(self) -> None:
         try:
-            purged = await ITokenStore(self.store).purge_expired(int(self.reactor.seconds()))
+            purged = await self.store.purge_expired(int(self.reactor.seconds()))
         except Exception as e:
             self._log.warn("Could not purge expired tokens: {error}", error=str(e))
         else:

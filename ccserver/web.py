@@ -9,7 +9,6 @@ nowhere else.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 from urllib.parse import parse_qsl
@@ -222,7 +221,6 @@ class CCServerApp:
     keyring: Keyring
     issuer: str
     discovery_json: bytes
-    now: Callable[[], float]
     #: How long resource servers may cache the JWK set: less than the delay
     #: between publishing a key and signing with it.
     jwks_max_age: int = 300
