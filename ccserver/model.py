@@ -13,10 +13,41 @@ from typing import Any
 
 from attrs import field, frozen
 
-#: Claims that ccserver sets itself on every access token; a grant handler
-#: cannot override them through L{GrantAuthorization.claims}.
-REGISTERED_CLAIMS = frozenset(
-    {"iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "scope"}
+#: Names a grant handler may not use in L{GrantAuthorization.claims}: the
+#: claims and introspection members whose meaning the server vouches for,
+#: whether or not it sets them today.  A handler's claim of one of these
+#: would reach resource servers as if the server had said it (a handler
+#: answering C{{"active": false, "token_type": "forged"}} once rewrote the
+#: introspection answer).
+#:
+#:   - RFC 7662 §2.2, the introspection response: C{active}, C{scope},
+#:     C{client_id}, C{username}, C{token_type}, C{exp}, C{iat}, C{nbf},
+#:     C{sub}, C{aud}, C{iss}, C{jti};
+#:   - RFC 9068 §2.2, the JWT access token: C{iss}, C{exp}, C{aud}, C{sub},
+#:     C{client_id}, C{iat}, C{jti}; §2.2.1, authentication information:
+#:     C{auth_time}, C{acr}, C{amr} (the server authenticates, not the
+#:     handler); §2.2.3: C{scope} (a handler grants scope through
+#:     L{GrantAuthorization.scope});
+#:   - RFC 8693 §4: C{act}, C{scope}, C{client_id}, C{may_act};
+#:   - RFC 7800 §3.1: C{cnf}, the proof-of-possession key a DPoP or mutual-TLS
+#:     bound token carries.
+#:
+#: Left to the handler on purpose: the RFC 9068 §2.2.3.1 authorization
+#: attributes C{roles}, C{groups} and C{entitlements}, and the §2.2.2
+#: identity claims.  They are what a grant handler decides, as it decides
+#: scope; the server neither sets nor checks them.
+RESERVED_CLAIMS = frozenset(
+    {
+        # RFC 7662 §2.2
+        "active", "scope", "client_id", "username", "token_type",
+        "exp", "iat", "nbf", "sub", "aud", "iss", "jti",
+        # RFC 9068 §2.2.1
+        "auth_time", "acr", "amr",
+        # RFC 8693 §4
+        "act", "may_act",
+        # RFC 7800 §3.1
+        "cnf",
+    }
 )
 
 CLIENT_CREDENTIALS = "client_credentials"
@@ -101,13 +132,24 @@ def _strings(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(values)
 
 
+def check_claims(claims: Mapping[str, Any]) -> None:
+    """
+    Refuse a grant handler's extra claims that use a reserved name
+    (L{RESERVED_CLAIMS}): the one check, for built-in and plugin handlers
+    through L{GrantAuthorization} and for the webhook's answers alike.
+
+    @raise ValueError: naming every reserved claim found.
+    """
+    reserved = sorted(RESERVED_CLAIMS.intersection(claims))
+    if reserved:
+        raise ValueError("reserved claims are set by the server only: " + ", ".join(reserved))
+
+
 def _check_claims(instance: object, attribute: object, claims: Mapping[str, Any]) -> None:
-    overridden = sorted(REGISTERED_CLAIMS.intersection(claims))
-    if overridden:
-        raise ValueError(
-            "GrantAuthorization.claims cannot set registered claims: "
-            + ", ".join(overridden)
-        )
+    try:
+        check_claims(claims)
+    except ValueError as e:
+        raise ValueError(f"GrantAuthorization.claims: {e}") from None
 
 
 @frozen
@@ -142,8 +184,8 @@ class GrantAuthorization:
     @ivar lifetime: the token's lifetime in seconds, or L{None} for the
         server's default.
     @ivar audience: the token's audience, or L{None} for the server's default.
-    @ivar claims: extra top-level claims for the token.  Registered claims
-        (L{REGISTERED_CLAIMS}) raise L{ValueError}.
+    @ivar claims: extra top-level claims for the token.  Reserved claims
+        (L{RESERVED_CLAIMS}) raise L{ValueError}.
     @ivar token_format: C{"jwt"}, C{"opaque"}, or L{None} for the server's
         configured format.
     """

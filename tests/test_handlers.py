@@ -31,7 +31,13 @@ from ccserver.errors import ConfigError, OAuthError
 from ccserver.handlers import available, make_handler
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IGrantHandlerFactory
-from ccserver.model import REGISTERED_CLAIMS, Client, GrantAuthorization, GrantRequest
+from ccserver.model import (
+    RESERVED_CLAIMS,
+    Client,
+    GrantAuthorization,
+    GrantRequest,
+    check_claims,
+)
 from tests.helpers import ISSUER, Response, ServerTestCase, basic, temp_dir
 from tests.process import REPO, CCServerProcess, run_ccserver
 
@@ -200,16 +206,61 @@ class ModelTests(SynchronousTestCase):
     L{GrantRequest} and L{GrantAuthorization}: frozen, converted, checked.
     """
 
-    def test_registered_claims(self) -> None:
+    def test_reserved_claims(self) -> None:
         """
-        A registered claim cannot come from a handler: a clear error naming
+        A reserved claim cannot come from a handler: a clear error naming
         it, not a silent overwrite.
         """
-        self.assertTrue({"iss", "sub", "exp", "jti", "client_id"} <= REGISTERED_CLAIMS)
-        for claim in REGISTERED_CLAIMS:
+        for claim in RESERVED_CLAIMS:
             with self.assertRaises(ValueError) as raised:
                 GrantAuthorization(scope={"read"}, claims={claim: "x", "tier": "gold"})
+            self.assertIn("GrantAuthorization.claims: reserved claims", str(raised.exception))
             self.assertIn(claim, str(raised.exception))
+
+    def test_reserved_claims_are_the_rfc_members(self) -> None:
+        """
+        Every introspection member (RFC 7662 §2.2), every claim RFC 9068 has
+        the server set (§2.2, §2.2.1, §2.2.3), the RFC 8693 §4 claims and
+        RFC 7800 C{cnf} are reserved; the RFC 9068 §2.2.3.1 authorization
+        attributes are the handler's to decide.
+        """
+        rfc7662 = {"active", "scope", "client_id", "username", "token_type"}
+        rfc7662 |= {"exp", "iat", "nbf", "sub", "aud", "iss", "jti"}
+        rfc9068 = {"iss", "exp", "aud", "sub", "client_id", "iat", "jti"}
+        rfc9068 |= {"auth_time", "acr", "amr", "scope"}
+        rfc8693 = {"act", "scope", "client_id", "may_act"}
+        self.assertEqual(RESERVED_CLAIMS, rfc7662 | rfc9068 | rfc8693 | {"cnf"})
+        decision = GrantAuthorization(
+            scope={"read"},
+            claims={"roles": ["reader"], "groups": ["ops"], "entitlements": ["x"], "tier": "gold"},
+        )
+        self.assertEqual(decision.claims["roles"], ["reader"])
+
+    def test_forged_introspection_members(self) -> None:
+        """
+        The claims a handler once used to rewrite the introspection answer
+        are refused, all of them named at once.
+        """
+        with self.assertRaises(ValueError) as raised:
+            GrantAuthorization(scope={"read"}, claims={"active": False, "token_type": "forged"})
+        self.assertEqual(
+            str(raised.exception),
+            "GrantAuthorization.claims: reserved claims are set by the server only: "
+            "active, token_type",
+        )
+
+    def test_check_claims(self) -> None:
+        """
+        L{check_claims}, the one check the webhook uses too: passes other
+        names, and names every reserved one it finds, sorted.
+        """
+        check_claims({})
+        check_claims({"tier": "gold", "roles": []})
+        with self.assertRaises(ValueError) as raised:
+            check_claims({"cnf": {}, "act": {}, "tier": "gold", "amr": []})
+        self.assertEqual(
+            str(raised.exception), "reserved claims are set by the server only: act, amr, cnf"
+        )
 
     def test_scope_any_iterable(self) -> None:
         expected = frozenset({"read", "write"})

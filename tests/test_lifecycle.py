@@ -5,11 +5,15 @@ The token lifecycle: opaque tokens, introspection (RFC 7662), revocation
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import jwt
+from zope.interface import implementer
 
 from ccserver.config import Config
+from ccserver.interfaces import IClientCredentialsGrantHandler
+from ccserver.model import GrantAuthorization, GrantRequest
 from tests.helpers import ISSUER, ServerTestCase, basic
 
 API = "https://api.example.com"
@@ -171,6 +175,125 @@ class OpaqueLifecycleTests(LifecycleMixin, ServerTestCase):
         self.assertEqual(len(self.store._tokens), 1)  # type: ignore[attr-defined]
         self.revoke(token, self.alice)
         self.assertEqual(len(self.store._tokens), 0)  # type: ignore[attr-defined]
+
+
+#: What a handler that got past the reserved-claims check would forge.
+FORGED = {
+    "active": False,
+    "token_type": "forged",
+    "client_id": "mallory",
+    "sub": "mallory",
+    "iss": "https://evil.example.com",
+    "aud": "https://evil.example.com",
+    "scope": "admin",
+    "username": "root",
+    "cnf": {"jkt": "forged"},
+}
+
+
+@implementer(IClientCredentialsGrantHandler)
+class SlippedClaimsHandler:
+    """
+    A handler whose reserved claims slipped past L{GrantAuthorization}'s
+    check (which no honest handler can do): what the server's own members
+    must still win against.
+    """
+
+    def authorize(self, grant: GrantRequest) -> GrantAuthorization:
+        decision = GrantAuthorization(
+            scope=grant.client.scope, claims={"tier": "gold", "roles": ["reader"]}
+        )
+        object.__setattr__(
+            decision, "claims", MappingProxyType({**decision.claims, **FORGED})
+        )
+        return decision
+
+
+class HandlerClaimsMixin:
+    """
+    Introspection answers with the server's members whatever claims a token
+    carries: a handler's extra claims beside them, never over them.
+    """
+
+    token_format = "jwt"
+
+    def make_config(self, **tokens: Any) -> Config:
+        return super().make_config(format=self.token_format)  # type: ignore[misc, no-any-return]
+
+    def make_handler(self) -> IClientCredentialsGrantHandler:
+        return SlippedClaimsHandler()
+
+    def setUp(self) -> None:
+        super().setUp()  # type: ignore[misc]
+        self.client = self.register(scope="read")  # type: ignore[attr-defined]
+        self.auth = basic(self.client["client_id"], self.client["client_secret"])
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        response = self.request(  # type: ignore[attr-defined]
+            "POST",
+            "/token/introspect",
+            headers={"Authorization": self.auth, "Content-Type": "application/x-www-form-urlencoded"},
+            data=f"token={token}".encode(),
+        )
+        self.assertEqual(response.code, 200, response.body)  # type: ignore[attr-defined]
+        return response.json()  # type: ignore[no-any-return]
+
+    def assert_server_members(self, info: dict[str, Any]) -> None:
+        expected = {
+            "active": True,
+            "token_type": "Bearer",
+            "client_id": self.client["client_id"],
+            "sub": self.client["client_id"],
+            "iss": ISSUER,
+            "aud": ISSUER,
+            "scope": "read",
+        }
+        self.assertEqual({name: info.get(name) for name in expected}, expected)  # type: ignore[attr-defined]
+
+    def test_slipped_claims_never_override(self) -> None:
+        response = self.token({"grant_type": "client_credentials"}, self.auth)  # type: ignore[attr-defined]
+        self.assertEqual(response.code, 200, response.body)  # type: ignore[attr-defined]
+        info = self.introspect(response.json()["access_token"])
+        self.assert_server_members(info)
+        self.assertNotIn("username", info)  # type: ignore[attr-defined]
+        self.assertNotIn("cnf", info)  # type: ignore[attr-defined]
+        self.assertEqual((info["tier"], info["roles"]), ("gold", ["reader"]))  # type: ignore[attr-defined]
+
+
+class JWTHandlerClaimsTests(HandlerClaimsMixin, ServerTestCase):
+    def test_jwt_carries_no_forged_claim(self) -> None:
+        response = self.token({"grant_type": "client_credentials"}, self.auth)
+        claims = self.verify(response.json()["access_token"])
+        self.assertEqual(claims["client_id"], self.client["client_id"])
+        for name in ("active", "token_type", "username", "cnf"):
+            self.assertNotIn(name, claims)
+
+    def test_signed_active_false_cannot_override(self) -> None:
+        """
+        A JWT signed with C{active} and C{token_type} claims (as an earlier
+        release let a handler add) still introspects as active and Bearer:
+        the server's members are written last.
+        """
+        now = int(self.clock.seconds())
+        token = self.service.keyring.current.sign(
+            {
+                "iss": ISSUER,
+                "sub": self.client["client_id"],
+                "client_id": self.client["client_id"],
+                "aud": ISSUER,
+                "iat": now,
+                "exp": now + 60,
+                "jti": "signed-before",
+                "scope": "read",
+                "active": False,
+                "token_type": "forged",
+            }
+        )
+        self.assert_server_members(self.introspect(token))
+
+
+class OpaqueHandlerClaimsTests(HandlerClaimsMixin, ServerTestCase):
+    token_format = "opaque"
 
 
 class AnyClientIntrospectionTests(ServerTestCase):

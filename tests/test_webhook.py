@@ -48,7 +48,7 @@ from ccserver.handlers.webhook import (
     request_document,
 )
 from ccserver.interfaces import IClientCredentialsGrantHandler
-from ccserver.model import REGISTERED_CLAIMS, Client, GrantAuthorization, GrantRequest
+from ccserver.model import RESERVED_CLAIMS, Client, GrantAuthorization, GrantRequest
 from ccserver.plugins.ccserver_builtin import webhook as webhook_factory
 from tests.helpers import ISSUER, ServerTestCase, basic
 from tests.process import REPO, CCServerProcess, free_port
@@ -500,16 +500,35 @@ class UnavailableTests(WebhookTestCase):
             lines = self.assert_unavailable((200, document))
             self.assert_logged(lines, "malformed answer", reason)
 
-    def test_registered_claims(self) -> None:
+    def test_reserved_claims(self) -> None:
         """
-        A claim the server sets itself cannot come from the service: that
-        answer is malformed, not a silent overwrite.
+        A reserved claim (L{RESERVED_CLAIMS}: one the server sets or vouches
+        for) cannot come from the service: that answer is malformed, not a
+        silent overwrite.
         """
-        for claim in sorted(REGISTERED_CLAIMS):
+        for claim in sorted(RESERVED_CLAIMS):
             lines = self.assert_unavailable(
                 (200, {"scope": ["read"], "access_token": {"claims": {claim: "x", "ok": 1}}})
             )
-            self.assert_logged(lines, "registered claims", claim)
+            self.assert_logged(lines, "access_token.claims: reserved claims", claim)
+
+    def test_forged_introspection_members(self) -> None:
+        """
+        A service answering C{active} and C{token_type} claims, which once
+        rewrote the introspection answer, is refused as for C{iss}.
+        """
+        lines = self.assert_unavailable(
+            (
+                200,
+                {
+                    "scope": ["read"],
+                    "access_token": {"claims": {"active": False, "token_type": "forged"}},
+                },
+            )
+        )
+        self.assert_logged(
+            lines, "access_token.claims: reserved claims are set by the server only: active, token_type"
+        )
 
     def test_too_long(self) -> None:
         padding = "x" * MAX_ANSWER
@@ -719,6 +738,27 @@ class TokenEndpointTests(ServerTestCase):
         self.assertEqual(
             response.headers["www-authenticate"], 'Basic realm="ccserver", charset="UTF-8"'
         )
+
+    def test_reserved_claims(self) -> None:
+        """
+        The client whose policy service answers reserved claims gets no
+        token: 503, as for any malformed answer.
+        """
+        for claims in (
+            {"iss": "https://evil.example.com"},
+            {"exp": 4102444800},
+            {"active": False, "token_type": "forged"},
+            {"cnf": {"jkt": "x"}},
+            {"act": {"sub": "admin"}},
+        ):
+            self.policy.answer = (200, {"scope": ["read"], "access_token": {"claims": claims}})
+            with capturedLogs() as events:
+                response = self.token({"grant_type": "client_credentials"}, self.auth)
+            self.assertEqual(
+                (response.code, response.json()["error"]), (503, "temporarily_unavailable")
+            )
+            self.assertNotIn("access_token", response.json())
+            self.assertIn("reserved claims", "\n".join(logged(events)))
 
     def test_unavailable(self) -> None:
         self.policy.answer = (500, b"oops")

@@ -57,7 +57,7 @@ from zope.interface import implementer
 from ccserver import __version__, strictjson
 from ccserver.errors import ConfigError, OAuthError
 from ccserver.interfaces import IClientCredentialsGrantHandler
-from ccserver.model import REGISTERED_CLAIMS, GrantAuthorization, GrantRequest
+from ccserver.model import GrantAuthorization, GrantRequest, check_claims
 from ccserver.oauth.clientauth import invalid_client
 from ccserver.oauth.registration import SCOPE_TOKEN
 
@@ -293,11 +293,10 @@ def authorization_from_answer(document: Any) -> GrantAuthorization:
         claims = {}
     if not isinstance(claims, dict):
         raise MalformedAnswer("access_token.claims: must be an object")
-    registered = sorted(REGISTERED_CLAIMS.intersection(claims))
-    if registered:
-        raise MalformedAnswer(
-            "access_token.claims: registered claims are set by the server: " + ", ".join(registered)
-        )
+    try:
+        check_claims(claims)
+    except ValueError as e:
+        raise MalformedAnswer(f"access_token.claims: {e}") from None
     try:
         return GrantAuthorization(
             scope=scope,

@@ -142,12 +142,15 @@ class TokenIntrospection:
         RFC 7662 §2: the token's claims with C{active: true}, or exactly
         C{{"active": false}} for a token that is expired, revoked, unknown,
         malformed, or not the caller's to see.
+
+        The server's own members go last, so that no claim in the token can
+        stand in for them (a handler's C{"active": false} once did).
         """
         caller = await self._caller(form, authorization)
         info = await self.lookup(self._token(form))
         if info is None or not self._may_see(caller, info):
             return dict(INACTIVE)
-        return {"active": True, "token_type": "Bearer", **info.claims}
+        return {**info.claims, "active": True, "token_type": "Bearer"}
 
     async def revoke(self, form: Mapping[str, str], authorization: str | None) -> None:
         """

@@ -14,7 +14,13 @@ from attrs import frozen
 from ccserver import credentials
 from ccserver.interfaces import ITokenStore
 from ccserver.keys import Keyring, Signer, sign_inline
-from ccserver.model import Client, GrantAuthorization, IssuedToken, TokenRecord
+from ccserver.model import (
+    RESERVED_CLAIMS,
+    Client,
+    GrantAuthorization,
+    IssuedToken,
+    TokenRecord,
+)
 
 JWT = "jwt"
 OPAQUE = "opaque"
@@ -36,8 +42,14 @@ def access_token_claims(
     C{jti}, and C{scope} when any was granted; a grant handler's extra
     claims beside them.  The claims of a JWT, and what introspection says of
     an opaque token.
+
+    L{GrantAuthorization} already refuses reserved claims; any that reached
+    here anyway (an opaque token stored before a name was reserved) are
+    left out, so that only the server speaks for them.
     """
-    claims: dict[str, Any] = dict(extra)
+    claims: dict[str, Any] = {
+        name: value for name, value in extra.items() if name not in RESERVED_CLAIMS
+    }
     claims.update(
         iss=issuer,
         sub=client_id,
