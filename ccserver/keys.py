@@ -58,6 +58,10 @@ def generate_private_key(alg: str) -> PrivateKey:
 def public_jwk(private_key: PrivateKey) -> dict[str, Any]:
     """
     The public half of a key as a JWK (RFC 7517), without C{kid}.
+
+    PyJWT adds C{key_ops: ["verify"]} to RSA keys; it is left out, because
+    the JWK set says C{use: "sig"} and RFC 7517 §4.3 says the two SHOULD
+    NOT be used together.
     """
     public = private_key.public_key()
     if isinstance(public, rsa.RSAPublicKey):
@@ -67,6 +71,7 @@ def public_jwk(private_key: PrivateKey) -> dict[str, Any]:
     else:
         algorithm = _ALGORITHMS["EdDSA"]
     jwk: dict[str, Any] = algorithm.to_jwk(public, as_dict=True)
+    jwk.pop("key_ops", None)
     return jwk
 
 

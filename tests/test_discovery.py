@@ -5,6 +5,7 @@ Discovery (RFC 8414, OpenID Connect Discovery) and the JWK set.
 from __future__ import annotations
 
 import jwt
+from twisted.internet.defer import ensureDeferred
 
 from tests.helpers import ISSUER, ServerTestCase
 
@@ -47,6 +48,20 @@ class JWKSTests(ServerTestCase):
         for private_member in ("d", "p", "q", "dp", "dq", "qi"):
             self.assertNotIn(private_member, key)
         jwt.PyJWK(key)
+
+    def test_use_without_key_ops(self) -> None:
+        """
+        Every key says C{use: "sig"} and no C{key_ops}: RFC 7517 §4.3, the
+        two SHOULD NOT be used together.
+        """
+        for alg in ("RS256", "PS256", "ES256", "EdDSA"):
+            self.successResultOf(ensureDeferred(self.service.keyring.add_key(alg, 0)))
+        self.successResultOf(ensureDeferred(self.service.keyring.refresh()))
+        keys = self.request("GET", "/jwks.json").json()["keys"]
+        self.assertEqual({key["alg"] for key in keys}, {"RS256", "PS256", "ES256", "EdDSA"})
+        for key in keys:
+            self.assertEqual(key["use"], "sig", key["alg"])
+            self.assertNotIn("key_ops", key, key["alg"])
 
     def test_unknown_path(self) -> None:
         response = self.request("GET", "/nothing-here")
