@@ -205,15 +205,25 @@ class KeyEncryptor:
         return key
 
 
+def key_encryption_key_path(config: Config) -> Path | None:
+    """
+    The configured key-encryption key file, or None for a memory store with
+    no file configured (its keys die with it: an ephemeral key will do).
+    """
+    if config.store.url.startswith("memory:") and config.keys.encryption_key_file is None:
+        return None
+    base = data_dir(config.store.url)
+    return resolve(config.keys.encryption_key_file or KEY_ENCRYPTION_KEY_FILE, base)
+
+
 def key_encryptor(config: Config) -> KeyEncryptor:
     """
     The encryptor of the configured key-encryption key file (made if
     missing); an ephemeral one for a memory store with no file configured.
     """
-    if config.store.url.startswith("memory:") and config.keys.encryption_key_file is None:
+    path = key_encryption_key_path(config)
+    if path is None:
         return KeyEncryptor.ephemeral()
-    base = data_dir(config.store.url)
-    path = resolve(config.keys.encryption_key_file or KEY_ENCRYPTION_KEY_FILE, base)
     try:
         return KeyEncryptor.from_file(path)[0]
     except ValueError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import os
 import socket
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,14 @@ from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
 from ccserver.handlers import available, make_handler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
-from ccserver.keys import KeyEncryptor, Keyring, key_encryptor, rsa_in_threads, sign_inline
+from ccserver.keys import (
+    KeyEncryptor,
+    Keyring,
+    key_encryption_key_path,
+    key_encryptor,
+    rsa_in_threads,
+    sign_inline,
+)
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
@@ -71,8 +79,9 @@ class Options(usage.Options):
             "master-token",
             None,
             None,
-            "The bearer token that authorises registration (or $CCSERVER_MASTER_TOKEN); "
-            "made and kept in a file beside the database if none is given.",
+            "The bearer token that authorises registration; made and kept in a file "
+            "beside the database if none is given.  Every local user can read a "
+            "command line (ps, /proc): prefer $CCSERVER_MASTER_TOKEN or that file.",
         ],
         ["grant-handler", None, None, "The grant handler plugin [default: registered-scope]."],
     ]
@@ -201,6 +210,38 @@ def _master_token(config: Config) -> tuple[str, Path | None]:
     return credentials.digest(token), path
 
 
+def loose_mode(path: Path) -> int | None:
+    """
+    The permission bits of C{path} when its group or others have any, else
+    None (also when there is no such file).
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    return mode if mode & (stat.S_IRWXG | stat.S_IRWXO) else None
+
+
+def warn_if_not_private(log: Logger, what: str, path: Path) -> None:
+    """
+    One warning line when a file of secrets lets its group or others in.
+
+    The server makes its files 0600, but leaves alone one that already
+    exists (copied in, restored from a backup, made by hand): it says so
+    and what to run, and never changes the mode behind the operator's back
+    nor logs what the file holds.
+    """
+    mode = loose_mode(path)
+    if mode is not None:
+        log.warn(
+            "The {what} {path} is open to its group or others (mode {mode}): "
+            "run chmod 600 {path}",
+            what=what,
+            path=str(path.resolve()),
+            mode=f"{mode:04o}",
+        )
+
+
 class CCServerService(Service):
     """
     Opens the store, loads the signing keys, then listens; on stop, stops
@@ -219,6 +260,7 @@ class CCServerService(Service):
         encryptor: KeyEncryptor,
         master_token_file: Path | None = None,
         inherited_fds: Sequence[int] = (),
+        master_token_on_command_line: bool = False,
     ) -> None:
         self.reactor = reactor
         self.config = config
@@ -227,6 +269,7 @@ class CCServerService(Service):
         self.master_token_digest = master_token_digest
         self.encryptor = encryptor
         self.master_token_file = master_token_file
+        self.master_token_on_command_line = master_token_on_command_line
         self.ports: list[IListeningPort] = []
         self.site: CCServerSite | None = None
         self._loops: list[LoopingCall] = []
@@ -270,7 +313,37 @@ class CCServerService(Service):
         super().startService()
         ensureDeferred(self._start()).addErrback(self._fatal)
 
+    def private_files(self) -> list[tuple[str, Path]]:
+        """
+        The files of secrets this server reads: the SQLite database, the
+        key-encryption key and the master-token file, those in use.
+        """
+        files = []
+        if self.config.store.url.startswith("sqlite:"):
+            files.append(("database", sqlite_path(self.config.store.url)))
+        key_file = key_encryption_key_path(self.config)
+        if key_file is not None:
+            files.append(("key-encryption key", key_file))
+        if self.master_token_file is not None:
+            files.append(("master-token file", self.master_token_file))
+        return files
+
+    def warn_about_exposed_secrets(self) -> None:
+        """
+        Start-up warnings about secrets others may read; never the secrets.
+        """
+        if self.master_token_on_command_line:
+            self._log.warn(
+                "--master-token on the command line can be read by every local user "
+                "(ps, /proc): use CCSERVER_MASTER_TOKEN or the master-token file instead"
+            )
+        for what, path in self.private_files():
+            warn_if_not_private(self._log, what, path)
+
     async def _start(self) -> None:
+        if not self.inherited_fds:
+            # Workers (inherited sockets) share the main process's files.
+            self.warn_about_exposed_secrets()
         self._log.info("Opening store {url}", url=self.store.url)
         await self.store.open()
         self.site = self.build()
@@ -398,6 +471,7 @@ def makeService(options: Options) -> CCServerService:
         encryptor=options.encryptor,
         master_token_file=options.master_token_file,
         inherited_fds=options["inherit-fd"],
+        master_token_on_command_line=options["master-token"] is not None,
     )
 
 

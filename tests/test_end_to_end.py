@@ -276,6 +276,41 @@ class SQLiteEndToEnd(EndToEndMixin, unittest.TestCase):
             dump = "\n".join(db.iterdump())
         self.assertNotIn("PRIVATE KEY", dump)
 
+    def test_files_open_to_others_warned(self) -> None:
+        """
+        Files of secrets that already exist with group or other permissions
+        are left as they are, and each gets one warning line at start naming
+        it and what to run; the log never holds what they hold.
+        """
+        files = [
+            self.tmp / "ccserver.db",
+            self.tmp / "ccserver.key-encryption-key",
+            self.tmp / "ccserver.master-token",
+        ]
+        self.assertNotIn("chmod 600", self.server.read_log())
+        self.assert_clean_stop()
+        for path in files:
+            path.chmod(0o644)
+        self.restart()
+        warnings = [line for line in self.server.read_log().splitlines() if "chmod 600" in line]
+        self.assertEqual(len(warnings), 3, warnings)
+        for path, line in zip(files, warnings, strict=True):
+            self.assertIn(f"{path.resolve()} is open to its group or others (mode 0644)", line)
+            self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o644)
+        log = self.server.read_log()
+        self.assertNotIn(self.server.master_token, log)
+        self.assertNotIn((self.tmp / "ccserver.key-encryption-key").read_text().strip(), log)
+
+    def test_master_token_on_command_line_warned(self) -> None:
+        token = "command-line-master-token-0123456789"
+        server = self.start("--master-token", token)
+        server.register(client_name="x")
+        log = server.read_log()
+        self.assertIn("--master-token on the command line can be read by every local user", log)
+        self.assertIn("CCSERVER_MASTER_TOKEN", log)
+        self.assertNotIn(token, log)
+        self.assertNotIn("--master-token on the command line", self.server.read_log())
+
     def test_default_store_in_working_folder(self) -> None:
         """
         `twist ccserver` with no options keeps everything in the working
