@@ -17,6 +17,6 @@ if [ -n "$missing" ]; then
 fi
 
 python3 -m pip install -q -e '.[test]'
-python3 -m ruff check ccserver tests twisted
+python3 -m ruff check ccserver tests twisted bench
 python3 -m mypy
 python3 -m pytest -n 2 "$@"

@@ -14,6 +14,10 @@ lives in its own C{mkdtemp} folder, so workers never meet.
 The fault tests stop, kill and restart these servers: a server keeps its
 port and its data folder across C{restart()}, so the URL a store was made
 with stays valid.
+
+The benchmark (bench/stores.py) starts its throwaway servers with
+C{RedisServer} and C{PostgresServer} too, through their public names only:
+C{start}, C{url_for}, C{create_database}, C{pid}, C{remove}.
 """
 
 from __future__ import annotations
@@ -135,6 +139,14 @@ class RedisServer:
         password = self.password if password is None else password
         auth = f":{quote(password, safe='')}@" if password is not None else ""
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    @property
+    def pid(self) -> int | None:
+        """
+        The id of its first process once started, until stopped: the
+        benchmark counts the CPU of it and its descendants as its own.
+        """
+        return self._process.pid if self._process is not None else None
 
     @property
     def running(self) -> bool:
@@ -305,6 +317,14 @@ class PostgresServer:
         The URL of the C{postgres} maintenance database.
         """
         return self.url_for("postgres")
+
+    @property
+    def pid(self) -> int | None:
+        """
+        The id of its first process once started, until stopped: the
+        benchmark counts the CPU of it and its descendants as its own.
+        """
+        return self._process.pid if self._process is not None else None
 
     @property
     def running(self) -> bool:

@@ -1,0 +1,135 @@
+"""
+The results: one Row per comparison (A's rounds against B's), its ratio
+and verdict, the table printed at the end, and the rows as JSON.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from bench.output import say
+from bench.rounds import Round
+
+
+@dataclass
+class Row:
+    section: str
+    case: str
+    ours: list[Round] | None = None
+    theirs: list[Round] | None = None
+    ours_label: str = "ccserver"
+    theirs_label: str = "node-oidc-provider"
+    #: the names of A and B in the table's header
+    ours_column: str = "ccserver"
+    theirs_column: str = "peer"
+    target: float | None = None
+    check_p99: bool = True
+    note: str = ""
+    status: str = ""  # "", "not available", "ERROR"
+    #: what the rates count, in the table's header
+    unit: str = "tok/s"
+    #: a row of one server alone (no B): B's columns show "-"
+    single: bool = False
+    #: added to the verdict: why it does not quite say what the target asks
+    caveat: str = ""
+
+    def ratio(self) -> float | None:
+        if not self.ours or not self.theirs:
+            return None
+        return statistics.median(
+            a.tokens_per_s / b.tokens_per_s for a, b in zip(self.ours, self.theirs, strict=True)
+        )
+
+    def verdict(self) -> str:
+        if self.status:
+            return self.status
+        ratio = self.ratio()
+        if ratio is None or self.target is None:
+            return "info"
+        reasons = []
+        if ratio < self.target:
+            reasons.append("ratio")
+        if self.check_p99 and self.ours and self.theirs:
+            if med(self.ours, "p99_ms") > med(self.theirs, "p99_ms"):
+                reasons.append("p99")
+        verdict = "PASS" if not reasons else "FAIL (" + ", ".join(reasons) + ")"
+        return f"{verdict} {self.caveat}" if self.caveat else verdict
+
+    def as_json(self) -> dict[str, Any]:
+        def rounds(rs: list[Round] | None) -> Any:
+            return [
+                {k: v for k, v in r.__dict__.items() if k != "raw"} for r in rs
+            ] if rs else None
+
+        return {
+            "section": self.section,
+            "case": self.case,
+            "ours_label": self.ours_label,
+            "theirs_label": self.theirs_label,
+            "ours": rounds(self.ours),
+            "theirs": rounds(self.theirs),
+            "unit": self.unit,
+            "ratio": self.ratio(),
+            "target": self.target,
+            "verdict": self.verdict(),
+            "note": self.note,
+        }
+
+
+def med(rounds: list[Round], attribute: str) -> float:
+    return float(statistics.median(getattr(r, attribute) for r in rounds))
+
+
+def print_table(rows: list[Row]) -> None:
+    """
+    One block per section; A and B are named in each block's header
+    (tokens/s and p50/p99 are medians over the rounds; "other" is the most
+    CPU, in cores, that processes other than the bench's used in any of the
+    row's rounds).
+    """
+    width = 118
+    section = None
+    say("=" * width)
+    for row in rows:
+        if row.section != section:
+            section = row.section
+            if section != rows[0].section:
+                say("-" * width)
+            say(f"[{section}]")
+            a, b = row.ours_column, row.theirs_column
+            unit = " " + row.unit
+            say(
+                f"{'case':<22} {a + unit:>15} {b + unit:>15} {'ratio':>6}"
+                f" {a + ' p50/p99':>17} {b + ' p50/p99':>17} {'other':>5} {'target':>7}  result"
+            )
+        if row.status == "not available" or not row.ours or not (row.theirs or row.single):
+            verdict = row.status or "ERROR"
+            say(f"{row.case:<22} {verdict}: {row.note}")
+            continue
+        ratio = row.ratio()
+        target = f">={row.target:.2f}" if row.target is not None else "-"
+        ours = f"{med(row.ours, 'p50_ms'):.1f}/{med(row.ours, 'p99_ms'):.1f} ms"
+        if row.theirs:
+            theirs = f"{med(row.theirs, 'p50_ms'):.1f}/{med(row.theirs, 'p99_ms'):.1f} ms"
+            theirs_rate = f"{med(row.theirs, 'tokens_per_s'):>15,.0f}"
+            ratio_text = f"{ratio:>6.2f}"
+        else:
+            theirs, theirs_rate, ratio_text = "-", f"{'-':>15}", f"{'-':>6}"
+        other = max(r.other_cores for r in row.ours + (row.theirs or []))
+        say(
+            f"{row.case:<22} {med(row.ours, 'tokens_per_s'):>15,.0f}"
+            f" {theirs_rate} {ratio_text} {ours:>17} {theirs:>17}"
+            f" {other:>5.2f} {target:>7}  {row.verdict()}"
+        )
+        if row.note:
+            say(f"{'':<22} ({row.note})")
+    say("=" * width)
+    say(
+        "tok/s (reg/s) and p50/p99: medians over the rounds; ratio: median of the per-round ratios; "
+        "other: the most CPU\n(cores) used by processes outside the bench in any of the row's "
+        "rounds (above ~0.3 the machine was shared).\n"
+        "PASS: ratio at or above target and, against the peer, ccserver's p99 no worse."
+    )
+

@@ -1,0 +1,405 @@
+"""
+The sections of a run, each a set of servers measured together in
+alternating rounds and reported as rows: ccserver against
+node-oidc-provider per case; each store against memory://; 1 and N
+workers; registrations per store and tokens/s with a large population.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench import stores
+from bench.cases import (
+    CASES,
+    POPULATION_TARGET,
+    ROTATED_CLIENTS,
+    SMALL_POPULATION,
+    STORE_TARGET,
+    Case,
+)
+from bench.cpu import loadavg
+from bench.errors import BenchError, NotAvailable
+from bench.output import loud, say
+from bench.paths import LUA, REGISTER_LUA
+from bench.report import Row
+from bench.rounds import Runner
+from bench.servers import CCServer, Peer, Server, basic
+from bench.wrk import Load
+
+
+def cache_default() -> str:
+    """
+    ccserver's default [store] client_cache_seconds, as the checkout has it.
+    """
+    try:
+        from ccserver.config import StoreConfig  # noqa: PLC0415
+
+        return f"default {StoreConfig().client_cache_seconds:g} s"
+    except Exception:
+        return "default"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, runner: Runner, tmp: Path, peer_dir: Path) -> None:
+        self.args = args
+        self.runner = runner
+        self.tmp = tmp
+        self.peer_dir = peer_dir
+        self.rows: list[Row] = []
+        self.running: list[Server] = []
+        self._serial = 0
+
+    def workdir(self, name: str) -> Path:
+        self._serial += 1
+        path = self.tmp / f"{self._serial:02d}-{re.sub(r'[^A-Za-z0-9]+', '-', name)}"
+        path.mkdir(parents=True)
+        return path
+
+    def start(self, server: Server, case: Case) -> None:
+        say(f"  starting {server.label} on {server.base}")
+        server.start()
+        self.running.append(server)
+        if not server.alive():
+            raise BenchError(f"{server.label} exited after starting; see {server.err_path}")
+        say(f"    sample token: {server.check_token(case)}")
+
+    def stop_all(self) -> None:
+        while self.running:
+            self.running.pop().stop()
+
+    def stop_some(self, servers: list[Server]) -> None:
+        for server in servers:
+            server.stop()
+            if server in self.running:
+                self.running.remove(server)
+
+    def error(self, row: Row, e: Exception) -> None:
+        loud(f"{row.section} / {row.case}: {e}")
+        self.runner.errors.append(f"{row.section} / {row.case}: {e}")
+        row.status = "ERROR"
+        row.note = str(e).splitlines()[0][:200]
+        row.ours = row.theirs = None
+
+    def section_error(self, section: str, e: Exception) -> None:
+        """
+        Every row of a section that was to be measured is an error; a row
+        of its own if none was made yet.
+        """
+        rows = [r for r in self.rows if r.section == section and r.status != "not available"]
+        if not rows:
+            rows = [Row(section, "(set-up)")]
+            self.rows.extend(rows)
+        for row in rows:
+            self.error(row, e)
+
+    # ccserver (memory://) against node-oidc-provider, one case at a time
+    def cases(self) -> None:
+        for name in self.args.cases:
+            case = CASES[name]
+            row = Row("ccserver vs node-oidc-provider, memory store, 1 process each", case.label, target=case.target)
+            self.rows.append(row)
+            say(f"\n== {case.label}: ccserver vs node-oidc-provider  (load {loadavg()})")
+            ours = self.ccserver(f"ccserver {case.label}", self.workdir(f"cc-{name}"), case, "memory://")
+            theirs = Peer(f"node-oidc-provider {case.label}", self.workdir(f"peer-{name}"), self.peer_dir, case)
+            try:
+                try:
+                    self.start(ours, case)
+                except NotAvailable as e:
+                    row.status, row.note = "not available", f"ccserver refused to start: {e}"
+                    say(f"  not available: {e}")
+                    continue
+                self.start(theirs, case)
+                results = self.runner.measure([ours, theirs], self.args.rounds)
+                row.ours, row.theirs = results[ours.label], results[theirs.label]
+            except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+                self.error(row, e)
+            finally:
+                self.stop_all()
+
+    # ccserver with each store, against ccserver with memory://
+    def stores(self) -> None:
+        wanted = [s for s in self.args.stores if s != "memory"]
+        if not wanted:
+            return
+        case = CASES[self.args.store_case]
+        section = f"stores: ccserver {case.label}, store vs memory:// (warm client cache)"
+        say(f"\n== {section}  (load {loadavg()})")
+        support: list[Any] = []
+        servers: list[Server] = []
+        rows: dict[str, Row] = {}
+        try:
+            baseline = self.ccserver("ccserver memory://", self.workdir("store-memory"), case, "memory://")
+            self.start(baseline, case)
+            servers.append(baseline)
+            for store in wanted:
+                row = Row(section, store, ours_label=store, theirs_label="memory",
+                          ours_column="store", theirs_column="memory",
+                          target=STORE_TARGET, check_p99=False)
+                self.rows.append(row)
+                try:
+                    url = self.store_url(store, support)
+                    server = self.ccserver(f"ccserver {store}", self.workdir(f"store-{store}"), case, url)
+                    self.start(server, case)
+                except NotAvailable as e:
+                    row.status, row.note = "not available", str(e)
+                    say(f"  {store}: not available: {e}")
+                    continue
+                servers.append(server)
+                rows[server.label] = row
+            if rows:
+                results = self.runner.measure(servers, self.args.rounds)
+                for label, row in rows.items():
+                    row.ours, row.theirs = results[label], results[baseline.label]
+        except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+            self.section_error(section, e)
+        finally:
+            self.stop_all()
+            self.remove_support(support)
+
+    def ccserver(
+        self,
+        label: str,
+        workdir: Path,
+        case: Case,
+        store_url: str,
+        workers: int = 1,
+        client_cache_seconds: float | None = None,
+        encryption_key_file: Path | None = None,
+    ) -> CCServer:
+        """
+        A ccserver with the run's --access-log choice.
+        """
+        return CCServer(
+            label,
+            workdir,
+            case,
+            store_url,
+            workers=workers,
+            client_cache_seconds=client_cache_seconds,
+            encryption_key_file=encryption_key_file,
+            access_log=self.args.access_log,
+        )
+
+    def remove_support(self, support: list[Any]) -> None:
+        stores.remove(support, self.runner.store_groups)
+
+    def store_url(self, store: str, support: list[Any]) -> str:
+        if store == "memory":
+            return "memory://"
+        if store == "sqlite":
+            return f"sqlite:///{self.workdir('sqlite-db') / 'ccserver.db'}"
+        return stores.start(store, support, self.runner.store_groups)
+        raise SystemExit(f"bench: unknown store {store!r}")
+
+    # ccserver with 1 and N worker processes, against node-oidc-provider
+    def workers(self) -> None:
+        counts = self.args.workers
+        if not counts or counts == [1]:
+            return
+        case = CASES[self.args.store_case]
+        store = self.args.workers_store
+        section = f"workers: ccserver {case.label}, {store} store, N processes vs node-oidc-provider (1 process)"
+        say(f"\n== {section}  (load {loadavg()})")
+        support: list[Any] = []
+        servers: list[Server] = []
+        rows: dict[str, Row] = {}
+        try:
+            peer = Peer(f"node-oidc-provider {case.label}", self.workdir("workers-peer"), self.peer_dir, case)
+            for count in counts:
+                label = f"{count} worker" + ("s" if count != 1 else "")
+                row = Row(section, label, ours_label=f"ccserver {label}", target=None, check_p99=False)
+                self.rows.append(row)
+                try:
+                    url = self.store_url(store, support)
+                    server = self.ccserver(f"ccserver {label}", self.workdir(f"workers-{count}"), case, url, workers=count)
+                    self.start(server, case)
+                except NotAvailable as e:
+                    row.status, row.note = "not available", str(e)
+                    say(f"  {label}: not available: {e}")
+                    continue
+                servers.append(server)
+                rows[server.label] = row
+            if rows:
+                self.start(peer, case)
+                servers.append(peer)
+                results = self.runner.measure(servers, self.args.rounds)
+                first = next(iter(rows))
+                for label, row in rows.items():
+                    row.ours, row.theirs = results[label], results[peer.label]
+                    if label != first:
+                        scale = statistics.median(
+                            a.tokens_per_s / b.tokens_per_s for a, b in zip(results[label], results[first], strict=True)
+                        )
+                        row.note = f"x{scale:.2f} the tokens/s of {first.removeprefix('ccserver ')}"
+        except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+            self.section_error(section, e)
+        finally:
+            self.stop_all()
+            self.remove_support(support)
+
+    # registrations/s per store; tokens/s with 100 and with N registered clients
+    def population(self) -> None:
+        stores = self.args.population_stores
+        if self.args.no_population or not stores:
+            return
+        case = CASES[self.args.store_case]
+        target = self.args.population
+        # every registration is kept with this probability, so that about
+        # 3 x ROTATED_CLIENTS clients spread over the whole population
+        # have known secrets, to pick ROTATED_CLIENTS from at random
+        keep_probability = min(1.0, 3 * ROTATED_CLIENTS / target)
+        registration = "registration: ccserver, POST /client-reg, store vs memory:// (fresh stores)"
+        population = (
+            f"population: ccserver {case.label}, tokens/s with {target:,} vs {SMALL_POPULATION} "
+            f"registered clients, {ROTATED_CLIENTS} of them rotated (client cache {cache_default()})"
+        )
+        say(f"\n== {registration}  (load {loadavg()})")
+        support: dict[str, list[Any]] = {store: [] for store in stores}
+        large: dict[str, CCServer] = {}
+        loads: dict[str, Load] = {}
+        try:
+            rows: dict[str, Row] = {}
+            for store in stores:
+                row = Row(registration, store, ours_label=store, theirs_label="memory",
+                          ours_column="store", theirs_column="memory", unit="reg/s",
+                          target=None, check_p99=False)
+                self.rows.append(row)
+                try:
+                    url = self.store_url(store, support[store])
+                    server = self.ccserver(f"ccserver {store} (registering)",
+                                      self.workdir(f"population-{store}-large"), case, url,
+                                      encryption_key_file=self.tmp / f"population-{store}-large.key")
+                    self.start(server, case)
+                except NotAvailable as e:
+                    row.status, row.note = "not available", str(e)
+                    say(f"  {store}: not available: {e}")
+                    continue
+                kept = server.workdir / "kept-clients.tsv"
+                probability = keep_probability if store != "memory" else 0.0
+                loads[server.label] = Load(
+                    REGISTER_LUA, "/client-reg",
+                    [server.master_token, f"{probability:.6g}", str(kept)], "registrations/s",
+                )
+                large[store] = server
+                rows[server.label] = row
+            if large:
+                results = self.runner.measure(list(large.values()), self.args.rounds, loads)
+                memory = results.get(large["memory"].label) if "memory" in large else None
+                for label, row in rows.items():
+                    row.ours, row.theirs, row.single = results[label], memory, memory is None
+                    row.note = f"{loads[label].sent + 1:,} clients registered by the end"
+        except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+            self.section_error(registration, e)
+            # the population comparison builds on these stores: none of it
+            self.stop_some(list(large.values()))
+            large = {}
+        try:
+            if "memory" in large:
+                self.stop_some([large.pop("memory")])
+            for store, server in large.items():
+                self.population_store(population, store, server, loads[server.label], support[store])
+        finally:
+            self.stop_some(list(large.values()))
+            for store_support in support.values():
+                self.remove_support(store_support)
+
+    def population_store(
+        self, section: str, store: str, large: CCServer, registering: Load, support: list[Any]
+    ) -> None:
+        """
+        One durable store: C{large} holds the clients that the registration
+        rounds made; bring it to the target population, make a second store
+        of the same kind with SMALL_POPULATION clients, and alternate wrk
+        runs on both (and, with --population-cache-off, on two more servers
+        with C{client_cache_seconds = 0} on the same two stores).
+        """
+        case = large.case
+        target = self.args.population
+        large.label = f"ccserver {store} {target:,} clients"  # was "(registering)"
+        say(f"\n== {section}: {store}  (load {loadavg()})")
+        rows = [Row(section, store, ours_label=f"{store} {target:,}", theirs_label=f"{store} {SMALL_POPULATION}",
+                    ours_column=f"{target:,}", theirs_column=f"{SMALL_POPULATION}",
+                    target=POPULATION_TARGET, check_p99=False)]
+        if self.args.population_cache_off:
+            rows.append(Row(section, f"{store}, cache off", ours_label=f"{store} {target:,} cache off",
+                            theirs_label=f"{store} {SMALL_POPULATION} cache off",
+                            ours_column=f"{target:,}", theirs_column=f"{SMALL_POPULATION}",
+                            target=None, check_p99=False))
+        self.rows.extend(rows)
+        started: list[Server] = []
+        try:
+            small_url = self.store_url(store, support)
+            small_key = self.tmp / f"population-{store}-small.key"
+            small = self.ccserver(f"ccserver {store} {SMALL_POPULATION} clients",
+                             self.workdir(f"population-{store}-small"), case, small_url,
+                             encryption_key_file=small_key)
+            pairs = [(small, large)]
+            if self.args.population_cache_off:
+                small_off = self.ccserver(f"ccserver {store} {SMALL_POPULATION} clients, cache off",
+                                     self.workdir(f"population-{store}-small-off"), case, small_url,
+                                     client_cache_seconds=0, encryption_key_file=small_key)
+                large_off = self.ccserver(f"ccserver {store} {target:,} clients, cache off",
+                                     self.workdir(f"population-{store}-large-off"), case, large.store_url,
+                                     client_cache_seconds=0, encryption_key_file=large.encryption_key_file)
+                pairs.append((small_off, large_off))
+            for server in [s for pair in pairs for s in pair if s is not large]:
+                self.start(server, case)
+                started.append(server)
+            # Every start registered one client ("bench", its own credentials).
+            small_clients = [s.basic for s, _ in pairs]
+            while len(small_clients) < SMALL_POPULATION:
+                small_clients.append(basic(*small.register_client()))
+            # the registrations of the timed rounds, and one per server start
+            population = registering.sent + len(pairs)
+            need = target - population
+            fill_note = ""
+            if need > 0:
+                say(f"  filling {store}: {need:,} more registrations with wrk, to {target:,} clients"
+                    f" (budget {self.args.population_budget} s)")
+                made, seconds, why = self.runner.fill(large, need, self.args.population_budget, registering)
+                population += made
+                say(f"    {made:,} clients in {seconds:.1f} s ({made / seconds:,.0f} registrations/s): {why}")
+                fill_note = f"; the last {made:,} registered in {seconds:.0f} s ({made / seconds:,.0f}/s)"
+            # clients of known secret, sampled all along the registrations
+            kept_path = Path(registering.args[2])
+            text = kept_path.read_text() if kept_path.exists() else ""
+            kept = [line.split("\t") for line in text.splitlines() if "\t" in line]
+            picked = random.sample(kept, min(len(kept), ROTATED_CLIENTS))
+            late = ROTATED_CLIENTS - len(picked)
+            for _ in range(late):
+                picked.append(list(large.register_client()))
+                population += 1
+            large_clients = [basic(client_id, secret) for client_id, secret in picked]
+            say(f"  {store}: {population:,} clients in the large store ({len(kept)} sampled, "
+                f"{ROTATED_CLIENTS} rotated), {SMALL_POPULATION} in the small one")
+            files = {}
+            for name, clients in (("small", small_clients), ("large", large_clients)):
+                files[name] = large.workdir.parent / f"population-{store}-{name}-clients.txt"
+                files[name].write_text("\n".join(clients) + "\n")
+            loads: dict[str, Load] = {}
+            servers: list[Server] = []
+            for few, many in pairs:
+                loads[few.label] = Load(LUA, "/token", ["@" + str(files["small"])])
+                loads[many.label] = Load(LUA, "/token", ["@" + str(files["large"])])
+                servers += [few, many]
+            results = self.runner.measure(servers, self.args.rounds, loads)
+            for row, (few, many) in zip(rows, pairs, strict=True):
+                row.ours, row.theirs = results[many.label], results[few.label]
+                row.note = f"{population:,} clients{fill_note}"
+                if late:
+                    row.note += f"; {late} of the rotated clients registered after the fill"
+                if population < target:
+                    row.caveat = f"(at {population:,} clients only)"
+        except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+            for row in rows:
+                self.error(row, e)
+        finally:
+            self.stop_some([large, *started])
+

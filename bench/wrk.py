@@ -1,0 +1,96 @@
+"""
+The load: what wrk sends (a Lua script, a path, the script's arguments)
+and what its one C{BENCH_RESULT {json}} line says.  token.lua and
+register.lua print that line from wrk's C{done()}.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.paths import LUA
+from bench.servers import Server
+
+CONNECTIONS = 32
+THREADS = 1
+
+
+@dataclass
+class Load:
+    """
+    What wrk sends: a Lua script, the URL path, the script's arguments (after
+    C{--}).  The default load is token.lua's one client on C{/token}.
+    """
+
+    script: Path
+    path: str
+    args: list[str]
+    #: what one answer is, in the round lines ("tokens/s", "registrations/s")
+    unit: str = "tokens/s"
+    #: clients registered (201 answers) by every run of this load, warm-up included
+    created: int = 0
+    #: registrations sent by every run of this load: C{created}, plus those
+    #: still in flight when a timed run ended (the server makes them too)
+    sent: int = 0
+
+
+def token_load(server: Server) -> Load:
+    return Load(LUA, "/token", [server.basic])
+
+
+def wrk_argv(wrk: str, base: str, seconds: int, load: Load) -> list[str]:
+    """
+    One wrk run of C{load} against the server at C{base} for C{seconds}:
+    keep-alive, THREADS thread, CONNECTIONS connections.
+    """
+    return [
+        wrk,
+        f"-t{THREADS}",
+        f"-c{CONNECTIONS}",
+        f"-d{seconds}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(load.script),
+        base + load.path,
+        "--",
+        *load.args,
+    ]
+
+
+def result(lines: list[str]) -> dict[str, Any] | None:
+    """
+    The figures of the C{BENCH_RESULT} line among wrk's output lines, or
+    None if it printed none (it failed, or was killed).
+    """
+    line = next((out for out in lines if out.startswith("BENCH_RESULT ")), None)
+    if line is None:
+        return None
+    raw: dict[str, Any] = json.loads(line.split(" ", 1)[1])
+    return raw
+
+
+def problems(raw: dict[str, Any], server_alive: bool, err_path: Path) -> list[str]:
+    """
+    What went wrong in a wrk run, from its BENCH_RESULT: answers other
+    than the expected status (200 for tokens, 201 for registrations),
+    socket errors, nothing answered, the server dead.
+    """
+    found = []
+    unexpected = raw.get("unexpected", raw.get("non200", 0))
+    if unexpected:
+        found.append(
+            f"{unexpected} answers were not {raw.get('expected', 200)} (the first: "
+            f"{raw['first_bad_status']} {raw['first_bad_body'][:200]!r})"
+        )
+    socket_errors = {k: v for k, v in raw["errors"].items() if v and k != "status"}
+    if socket_errors:
+        found.append(f"socket errors {socket_errors}")
+    if raw["requests"] == 0:
+        found.append("no request was answered")
+    if not server_alive:
+        found.append(f"the server died; see {err_path}")
+    return found

@@ -1,0 +1,321 @@
+"""
+The benchmark's pure parts (bench/), exercised without running a
+benchmark: the options, the CPU accounting from /proc text, what wrk's
+result line says, the medians, verdicts and table.
+"""
+
+from __future__ import annotations
+
+import io
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bench import cpu, stores, wrk
+from bench.cli import parse_args
+from bench.profiling import profile_area
+from bench.report import Row, med, print_table
+from bench.rounds import Round
+
+
+class ParseArgsTests(SynchronousTestCase):
+    def fails(self, *argv: str) -> str:
+        """
+        The parser's complaint about C{argv} (it exits with status 2).
+        """
+        err = io.StringIO()
+        with redirect_stderr(err), self.assertRaises(SystemExit) as raised:
+            parse_args(list(argv))
+        self.assertEqual(raised.exception.code, 2)
+        return err.getvalue()
+
+    def test_defaults(self) -> None:
+        args = parse_args([])
+        self.assertEqual(args.cases, ["es256", "eddsa", "rs256", "opaque"])
+        self.assertEqual((args.rounds, args.seconds, args.warmup), (3, 8, 2))
+        self.assertEqual(args.stores, ["memory", "sqlite", "redis", "postgresql"])
+        self.assertEqual(args.workers, [1, 2])
+        self.assertEqual(args.workers_store, "sqlite")
+        self.assertEqual(args.population, 100_000)
+        self.assertTrue(args.population_cache_off)
+        self.assertFalse(args.no_population or args.access_log or args.keep)
+        self.assertIsNone(args.profile)
+
+    def test_lists(self) -> None:
+        """
+        Lists are comma-separated and case-insensitive; '' is none at all,
+        which is how a section is switched off.
+        """
+        args = parse_args(["--cases", " ES256,,rs256 ", "--stores", "", "--workers", "1,4"])
+        self.assertEqual(args.cases, ["es256", "rs256"])
+        self.assertEqual(args.stores, [])
+        self.assertEqual(args.workers, [1, 4])
+
+    def test_files_and_switches(self) -> None:
+        args = parse_args(
+            ["--json", "out.json", "--profile", "p.txt", "--no-population-cache-off", "--access-log"]
+        )
+        self.assertEqual((args.json, args.profile), (Path("out.json"), Path("p.txt")))
+        self.assertFalse(args.population_cache_off)
+        self.assertTrue(args.access_log)
+
+    def test_unknown_case(self) -> None:
+        self.assertIn("'hs256': one of es256, eddsa, rs256, opaque", self.fails("--cases", "es256,hs256"))
+
+    def test_bad_workers(self) -> None:
+        self.assertIn("worker counts are 1 or more", self.fails("--workers", "0,2"))
+        self.assertIn("a list of whole numbers", self.fails("--workers", "1,two"))
+
+    def test_bounds(self) -> None:
+        self.assertIn("must be positive", self.fails("--rounds", "0"))
+        self.assertIn("must be positive", self.fails("--seconds", "0"))
+        self.assertIn("--population must be more than 100", self.fails("--population", "100"))
+        self.assertIn("--population-budget must be positive", self.fails("--population-budget", "0"))
+
+
+#: /proc/stat's first line: user nice system idle iowait irq softirq steal guest guest_nice
+PROC_STAT = "cpu  100 5 50 1000 20 3 2 7 0 0\ncpu0 50 2 25 500 10 1 1 3 0 0\n"
+
+
+def stat_line(pid: int, name: str, parent: int, group: int, utime: int, stime: int) -> str:
+    """
+    A /proc/<pid>/stat line: pid (comm) state ppid pgrp session tty_nr
+    tpgid flags minflt cminflt majflt cmajflt utime stime ...
+    """
+    return f"{pid} ({name}) S {parent} {group} {group} 0 -1 4194304 1 0 0 0 {utime} {stime} 0 0 20 0 1 0\n"
+
+
+class CPUTests(SynchronousTestCase):
+    def test_machine_ticks(self) -> None:
+        """
+        Busy: user, nice, system, irq, softirq and steal; idle and I/O wait
+        only count towards the total.
+        """
+        self.assertEqual(cpu.machine_ticks(PROC_STAT), (167, 1187))
+
+    def test_process_ticks(self) -> None:
+        """
+        A command name may hold spaces and parentheses: fields are counted
+        from the last ")".
+        """
+        line = stat_line(42, "python3 (bench) x", parent=7, group=40, utime=11, stime=4)
+        self.assertEqual(cpu.process_ticks(line), cpu.ProcessTicks(parent=7, group=40, ticks=15))
+
+    def processes(self) -> dict[int, cpu.ProcessTicks]:
+        # 10 leads group 10 with its worker 11; 20 is a postmaster whose
+        # backend 21 leads a session of its own and has a child 22; 30 is
+        # someone else's.
+        lines = {
+            10: stat_line(10, "twist", 1, 10, 100, 10),
+            11: stat_line(11, "twist", 10, 10, 50, 5),
+            20: stat_line(20, "postgres", 1, 20, 7, 3),
+            21: stat_line(21, "postgres", 20, 21, 30, 10),
+            22: stat_line(22, "postgres", 21, 21, 1, 1),
+            30: stat_line(30, "other", 1, 30, 999, 999),
+        }
+        return {pid: cpu.process_ticks(line) for pid, line in lines.items()}
+
+    def test_group_total(self) -> None:
+        self.assertEqual(cpu.group_total(self.processes(), 10), 165)
+        self.assertEqual(cpu.group_total(self.processes(), 20), 10)
+        self.assertEqual(cpu.group_total(self.processes(), 99), 0)
+
+    def test_tree_total(self) -> None:
+        """
+        A tree counts every descendant, whatever its group.
+        """
+        self.assertEqual(cpu.tree_total(self.processes(), {20}), 52)
+        self.assertEqual(cpu.tree_total(self.processes(), {10, 20}), 217)
+        self.assertEqual(cpu.tree_total(self.processes(), set()), 0)
+
+    def test_tree_total_orphan(self) -> None:
+        """
+        A process whose parent is gone (exited while /proc was read) ends
+        the walk: it is nobody's.
+        """
+        processes = self.processes()
+        del processes[21]
+        self.assertEqual(cpu.tree_total(processes, {20}), 10)
+
+
+def raw_result(**changes: object) -> dict[str, object]:
+    raw: dict[str, object] = {
+        "requests": 5000,
+        "duration_us": 1_000_000,
+        "p50_us": 2500,
+        "p99_us": 9000,
+        "non200": 0,
+        "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status": 0},
+    }
+    raw.update(changes)
+    return raw
+
+
+class WrkTests(SynchronousTestCase):
+    def test_argv(self) -> None:
+        load = wrk.Load(Path("/b/token.lua"), "/token", ["@clients.txt"])
+        self.assertEqual(
+            wrk.wrk_argv("/usr/bin/wrk", "http://127.0.0.1:8080", 8, load),
+            ["/usr/bin/wrk", "-t1", "-c32", "-d8s", "--timeout", "5s", "-s", "/b/token.lua",
+             "http://127.0.0.1:8080/token", "--", "@clients.txt"],
+        )
+
+    def test_result(self) -> None:
+        lines = ["Running 8s test", 'BENCH_RESULT {"requests": 3}\n', "done"]
+        self.assertEqual(wrk.result(lines), {"requests": 3})
+        self.assertIsNone(wrk.result(["Running 8s test", "unable to connect"]))
+
+    def test_no_problems(self) -> None:
+        self.assertEqual(wrk.problems(raw_result(), True, Path("err.log")), [])
+
+    def test_problems(self) -> None:
+        raw = raw_result(
+            requests=0,
+            unexpected=3,
+            expected=201,
+            first_bad_status=400,
+            first_bad_body='{"error":"invalid_client_metadata"}',
+            errors={"connect": 0, "read": 2, "status": 3},
+        )
+        self.assertEqual(
+            wrk.problems(raw, False, Path("err.log")),
+            [
+                "3 answers were not 201 (the first: 400 '{\"error\":\"invalid_client_metadata\"}')",
+                "socket errors {'read': 2}",
+                "no request was answered",
+                "the server died; see err.log",
+            ],
+        )
+
+
+def rounds(label: str, *figures: tuple[float, float, float]) -> list[Round]:
+    """
+    Rounds of (tokens/s, p50 ms, p99 ms).
+    """
+    return [
+        Round(label, rate, p50, p99, requests=int(rate), cpu_cores=1.0, other_cores=0.05)
+        for rate, p50, p99 in figures
+    ]
+
+
+class ReportTests(SynchronousTestCase):
+    def test_med(self) -> None:
+        rs = rounds("a", (100, 1, 9), (300, 2, 8), (200, 3, 7))
+        self.assertEqual(med(rs, "tokens_per_s"), 200.0)
+        self.assertEqual(med(rs[:2], "p50_ms"), 1.5)
+
+    def test_ratio_is_median_of_round_ratios(self) -> None:
+        """
+        The ratio of each round's pair, then their median: not the ratio
+        of the medians, so that a round disturbed for both servers counts once.
+        """
+        row = Row("s", "c", ours=rounds("a", (100, 1, 1), (400, 1, 1), (300, 1, 1)),
+                  theirs=rounds("b", (100, 1, 1), (100, 1, 1), (200, 1, 1)))
+        self.assertEqual(row.ratio(), 1.5)
+        self.assertIsNone(Row("s", "c", ours=row.ours).ratio())
+
+    def test_verdicts(self) -> None:
+        fast, slow = rounds("a", (150, 1, 5)), rounds("b", (100, 1, 6))
+        self.assertEqual(Row("s", "c", ours=fast, theirs=slow, target=1.25).verdict(), "PASS")
+        self.assertEqual(Row("s", "c", ours=fast, theirs=slow, target=1.6).verdict(), "FAIL (ratio)")
+        late = rounds("a", (150, 1, 7))
+        self.assertEqual(Row("s", "c", ours=late, theirs=slow, target=1.6).verdict(), "FAIL (ratio, p99)")
+        self.assertEqual(
+            Row("s", "c", ours=late, theirs=slow, target=1.0, check_p99=False).verdict(), "PASS"
+        )
+        self.assertEqual(Row("s", "c", ours=fast, theirs=slow).verdict(), "info")
+        self.assertEqual(
+            Row("s", "c", ours=fast, theirs=slow, target=1.0, caveat="(at 5 clients only)").verdict(),
+            "PASS (at 5 clients only)",
+        )
+        self.assertEqual(Row("s", "c", status="not available").verdict(), "not available")
+
+    def test_as_json(self) -> None:
+        row = Row("s", "c", ours=rounds("a", (150, 1, 5)), theirs=rounds("b", (100, 1, 6)), target=1.25)
+        document = row.as_json()
+        self.assertEqual(document["ratio"], 1.5)
+        self.assertEqual(document["verdict"], "PASS")
+        self.assertNotIn("raw", document["ours"][0])
+        self.assertEqual(document["ours"][0]["tokens_per_s"], 150)
+
+    def test_table(self) -> None:
+        rows = [
+            Row("cases", "ES256 JWT", ours=rounds("a", (7772.4, 3.96, 6.1)),
+                theirs=rounds("b", (3806.0, 8.2, 12.0)), target=1.25),
+            Row("cases", "EdDSA JWT", status="not available", note="ccserver refused to start: no"),
+            Row("registration", "sqlite", ours=rounds("a", (2400, 10, 30)), single=True,
+                ours_column="store", theirs_column="memory", unit="reg/s", note="2,401 clients"),
+            Row("registration", "redis", status="ERROR", note="wrk failed"),
+        ]
+        out = io.StringIO()
+        with redirect_stdout(out):
+            print_table(rows)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(lines[0], "=" * 118)
+        self.assertEqual(lines[1], "[cases]")
+        self.assertEqual(
+            lines[2],
+            "case                    ccserver tok/s      peer tok/s  ratio  ccserver p50/p99"
+            "      peer p50/p99 other  target  result",
+        )
+        self.assertEqual(
+            lines[3],
+            "ES256 JWT                        7,772           3,806   2.04        4.0/6.1 ms"
+            "       8.2/12.0 ms  0.05  >=1.25  PASS",
+        )
+        self.assertEqual(lines[4], "EdDSA JWT              not available: ccserver refused to start: no")
+        self.assertEqual(lines[5], "-" * 118)
+        self.assertEqual(lines[6], "[registration]")
+        self.assertEqual(
+            lines[8],
+            "sqlite                           2,400               -      -      10.0/30.0 ms"
+            "                 -  0.05       -  info",
+        )
+        self.assertEqual(lines[9], f"{'':<22} (2,401 clients)")
+        self.assertEqual(lines[10], "redis                  ERROR: wrk failed")
+        self.assertEqual(lines[11], "=" * 118)
+        self.assertTrue(lines[12].startswith("tok/s (reg/s) and p50/p99: medians over the rounds"))
+
+
+class ProfileTests(SynchronousTestCase):
+    def test_areas(self) -> None:
+        """
+        Logging and signing take a sample wherever they are on its stack;
+        the other areas by the innermost frame.
+        """
+        handler = "_serve (ccserver/web.py)"
+        self.assertEqual(
+            profile_area(["run (twisted/internet/base.py)", handler, "emit (twisted/logger/_observer.py)"]),
+            "logging: access log line, twisted.logger event, JSON, file write",
+        )
+        self.assertEqual(
+            profile_area([handler, "sign (jwt/api_jws.py)", "dumps (json/__init__.py)"]),
+            "signature: PyJWT algorithm + cryptography",
+        )
+        self.assertEqual(
+            profile_area(["run (twisted/internet/base.py)", handler, "loads (json/decoder.py)"]),
+            "ccserver: form, client auth, grant, claims, JSON answer",
+        )
+        self.assertEqual(profile_area(["<module> (runpy.py)"]), "other: Python stdlib, interpreter")
+
+
+class ThrowawayStoreTests(SynchronousTestCase):
+    def test_redis(self) -> None:
+        """
+        A throwaway Redis for the store sections: a URL of a database on it;
+        its first process counted as the bench's own until it is removed.
+        """
+        support: list[stores.Throwaway] = []
+        groups: dict[str, int] = {}
+        try:
+            url = stores.start("redis", support, groups)
+            [server] = support
+            self.assertEqual(url, f"redis://127.0.0.1:{server.port}/0")
+            self.assertEqual(groups, {f"redis {server.port}": server.pid})
+            self.assertIn(server.pid, cpu.read_processes())
+        finally:
+            stores.remove(support, groups)
+        self.assertEqual(groups, {})
+        self.assertIsNone(server.pid)
+        self.assertFalse(server.directory.exists())
