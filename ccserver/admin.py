@@ -27,9 +27,16 @@ from ccserver.errors import ConfigError, StoreUnavailable
 from ccserver.keys import Keyring, key_encryptor
 from ccserver.stores import store_from_url
 
+#: What C{ccserver --help} says it is: plain text, for people (argparse
+#: prints it as written, so no epytext markup here or in any help string).
+DESCRIPTION = (
+    "ccserver: the administration command, for what an operator does to a "
+    "server's store while it runs."
+)
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ccserver", description=__doc__.split("\n\n")[0].strip())
+    parser = argparse.ArgumentParser(prog="ccserver", description=DESCRIPTION)
     parser.add_argument("--config", "-c", help="the TOML configuration file of the server")
     parser.add_argument("--store", help="the store URL (overrides the configuration)")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -3,6 +3,13 @@ The configuration: a TOML file, the environment and the command line, merged
 into one frozen L{Config}.  The command line wins over the environment, which
 wins over the file.
 
+Every default is written once, in the field of the frozen attrs class that
+holds it (L{Config} and its sections); the keys a TOML file may have and
+their types are derived from those classes (L{toml_schema}), so a new field
+is a new key.  L{load_config} reads the file, checks it against the schema,
+merges the sources, builds the classes from what was given (the rest keeps
+its default) and checks the values.
+
 Every mistake raises L{ConfigError} with one line that names the key and what
 is wrong with it.
 """
@@ -12,13 +19,17 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
-from attrs import field, frozen
+from attrs import AttrsInstance, Factory, evolve, field, fields, frozen, has
 
 from ccserver.errors import ConfigError
+from ccserver.model import is_lifetime
 from ccserver.stores import check_url
+
+_C = TypeVar("_C", bound=AttrsInstance)
 
 DEFAULT_LISTEN = ("tcp:8080",)
 DEFAULT_STORE = "sqlite:///ccserver.db"
@@ -26,6 +37,35 @@ SIGNING_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 TOKEN_FORMATS = ("jwt", "opaque")
 INTROSPECTION_RULES = ("audience", "any")
 MASTER_TOKEN_ENV = "CCSERVER_MASTER_TOKEN"
+
+# Field metadata.  The TOML layout of a file is derived from the classes
+# below: a field is a key of that type, a field holding a config class is a
+# table.  These say what the annotation alone cannot.
+#: The types a file may give for the field, where not its annotation's.
+FILE_TYPES = "ccserver.config.file_types"
+#: The field is not a key of the file.
+NOT_IN_FILE = "ccserver.config.not_in_file"
+#: An empty string or list in the file (or on the command line) means the
+#: field's default.
+EMPTY_IS_DEFAULT = "ccserver.config.empty_is_default"
+#: In a schema, a table whose keys are not ours to check (a grant handler's).
+ANY_TABLE = None
+
+
+def _port_of(endpoint: object) -> int | None:
+    """
+    The port of a C{tcp:}/C{ssl:} endpoint string, for the default issuer.
+    """
+    if not isinstance(endpoint, str):
+        return None
+    parts = endpoint.split(":")
+    if parts[0] not in ("tcp", "tcp6", "ssl"):
+        return None
+    for part in parts[1:]:
+        value = part.split("=", 1)[1] if part.startswith("port=") else part
+        if value.isdigit():
+            return int(value)
+    return None
 
 
 @frozen
@@ -36,8 +76,8 @@ class TokenConfig:
     max_lifetime: int = 86400
     signing_alg: str = "RS256"
     #: The C{aud} of a token whose grant names no audience; empty for the
-    #: issuer.
-    audience: tuple[str, ...] = ()
+    #: issuer.  A file may give one string or a list.
+    audience: tuple[str, ...] = field(default=(), metadata={FILE_TYPES: (str, list)})
     #: Who may introspect a token: "audience" (the client it was issued to,
     #: and the resource servers its audience names) or "any" (any
     #: authenticated client).
@@ -56,50 +96,57 @@ class KeysConfig:
 
 @frozen
 class StoreConfig:
-    url: str = DEFAULT_STORE
+    url: str = field(default=DEFAULT_STORE, metadata={EMPTY_IS_DEFAULT: True})
     #: Seconds a store operation may take before the request gets a 503.
     timeout: float = 5.0
     #: Seconds a process may serve a client record from its own cache.
     client_cache_seconds: float = 5.0
 
 
-_STORE_DEFAULTS = StoreConfig()
+def _default_issuer(config: Config) -> str:
+    """
+    http://localhost and the port of the first endpoint listened on.
+    """
+    port = _port_of(config.listen[0]) if config.listen else None
+    return "http://localhost" + (f":{port}" if port else "")
 
 
 @frozen
 class Config:
-    listen: tuple[str, ...] = DEFAULT_LISTEN
-    issuer: str = "http://localhost:8080"
+    """
+    The whole configuration, and every default of it: L{load_config} fills
+    in only what the file, the environment or the command line give.
+    """
+
+    listen: tuple[str, ...] = field(default=DEFAULT_LISTEN, metadata={EMPTY_IS_DEFAULT: True})
+    issuer: str = field(
+        default=Factory(_default_issuer, takes_self=True), metadata={EMPTY_IS_DEFAULT: True}
+    )
     master_token: str | None = field(default=None, repr=False)
     store: StoreConfig = StoreConfig()
     tokens: TokenConfig = TokenConfig()
     keys: KeysConfig = KeysConfig()
-    grant_handler: str = "registered-scope"
-    grant_handler_config: Mapping[str, Any] = field(factory=dict)
+    #: The grant handler plugin's name: in a file, the C{name} of the
+    #: C{[grant_handler]} table, whose other keys are the handler's own.
+    grant_handler: str = field(
+        default="registered-scope", metadata={FILE_TYPES: ANY_TABLE, EMPTY_IS_DEFAULT: True}
+    )
+    grant_handler_config: Mapping[str, Any] = field(factory=dict, metadata={NOT_IN_FILE: True})
     #: Processes serving the listening sockets together.
     workers: int = 1
     #: Whether every request is logged (combined log format, no query).
     access_log: bool = True
 
 
-# The keys a TOML file may have: a type, or a table of its own.
-_SCHEMA: dict[str, Any] = {
-    "listen": list,
-    "issuer": str,
-    "master_token": str,
-    "workers": int,
-    "access_log": bool,
-    "store": {"url": str, "timeout": float, "client_cache_seconds": float},
-    "tokens": {
-        "format": str,
-        "lifetime": int,
-        "max_lifetime": int,
-        "signing_alg": str,
-        "audience": (str, list),
-        "introspection": str,
-    },
-    "keys": {"encryption_key_file": str, "activation_delay": int},
-    "grant_handler": None,  # the handler's own table: checked by its factory
+#: Where the environment and the command line reach into the file's layout.
+_ENVIRONMENT: dict[str, tuple[str, ...]] = {MASTER_TOKEN_ENV: ("master_token",)}
+_COMMAND_LINE: dict[str, tuple[str, ...]] = {
+    "listen": ("listen",),
+    "issuer": ("issuer",),
+    "store": ("store", "url"),
+    "master_token": ("master_token",),
+    "grant_handler": ("grant_handler", "name"),
+    "workers": ("workers",),
 }
 
 _TYPE_NAMES = {
@@ -111,13 +158,51 @@ _TYPE_NAMES = {
 }
 
 
+def _file_types(annotation: Any) -> Any:
+    """
+    The TOML types a file may give for a field of this type: a tuple of
+    types, or the schema of a table.
+    """
+    if has(annotation):
+        return toml_schema(annotation)
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType):
+        (kind,) = [a for a in get_args(annotation) if a is not type(None)]
+        return _file_types(kind)
+    if origin is tuple:
+        return (list,)
+    if annotation in _TYPE_NAMES:
+        return (annotation,)
+    raise TypeError(f"no TOML type for {annotation!r}")
+
+
+def toml_schema(cls: type[Any] = Config) -> dict[str, Any]:
+    """
+    The keys a TOML file may have, derived from the fields of C{cls}: key
+    -> a tuple of types, the schema of a table, or L{ANY_TABLE}.
+    """
+    types = get_type_hints(cls)
+    schema: dict[str, Any] = {}
+    for attribute in fields(cls):
+        if attribute.metadata.get(NOT_IN_FILE):
+            continue
+        if FILE_TYPES in attribute.metadata:
+            schema[attribute.name] = attribute.metadata[FILE_TYPES]
+        else:
+            schema[attribute.name] = _file_types(types[attribute.name])
+    return schema
+
+
+_SCHEMA = toml_schema()
+
+
 def _check_types(table: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> None:
     for key, value in table.items():
         name = f"{prefix}{key}"
         if key not in schema:
             raise ConfigError(f"{name}: unknown key")
         expected = schema[key]
-        if expected is None:
+        if expected is ANY_TABLE:
             if not isinstance(value, dict):
                 raise ConfigError(f"{name}: must be a table")
             continue
@@ -126,10 +211,9 @@ def _check_types(table: Mapping[str, Any], schema: Mapping[str, Any], prefix: st
                 raise ConfigError(f"{name}: must be a table")
             _check_types(value, expected, f"{name}.")
             continue
-        declared = expected if isinstance(expected, tuple) else (expected,)
-        accepted = declared + (int,) if float in declared else declared
-        if isinstance(value, bool) != (bool in declared) or not isinstance(value, accepted):
-            wanted = " or ".join(_TYPE_NAMES[t] for t in declared)
+        accepted = expected + (int,) if float in expected else expected
+        if isinstance(value, bool) != (bool in expected) or not isinstance(value, accepted):
+            wanted = " or ".join(_TYPE_NAMES[t] for t in expected)
             raise ConfigError(f"{name}: must be {wanted}, not {value!r}")
 
 
@@ -141,20 +225,6 @@ def read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"--config: cannot read {path!r}: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"--config: {path!r} is not valid TOML: {e}") from e
-
-
-def _port_of(endpoint: str) -> int | None:
-    """
-    The port of a C{tcp:}/C{ssl:} endpoint string, for the default issuer.
-    """
-    parts = endpoint.split(":")
-    if parts[0] not in ("tcp", "tcp6", "ssl"):
-        return None
-    for part in parts[1:]:
-        value = part.split("=", 1)[1] if part.startswith("port=") else part
-        if value.isdigit():
-            return int(value)
-    return None
 
 
 def check_issuer(issuer: str) -> str:
@@ -170,11 +240,6 @@ def check_issuer(issuer: str) -> str:
     return issuer.rstrip("/")
 
 
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise ConfigError(f"{name}: must be greater than 0, not {value!r}")
-
-
 def load_config(
     command_line: Mapping[str, Any], environ: Mapping[str, str]
 ) -> Config:
@@ -184,57 +249,134 @@ def load_config(
 
     @param command_line: the options given on the command line, L{None}
         or absent where not given: C{config}, C{listen} (a list),
-        C{issuer}, C{store}, C{master_token}, C{grant_handler}.
+        C{issuer}, C{store}, C{master_token}, C{grant_handler}, C{workers}.
     """
-    toml: dict[str, Any] = {}
-    if command_line.get("config"):
-        toml = read_toml(command_line["config"])
-    _check_types(toml, _SCHEMA, "")
-    store_table = toml.get("store", {})
-    tokens_table = toml.get("tokens", {})
-    handler_table = dict(toml.get("grant_handler", {}))
+    file = read_toml(command_line["config"]) if command_line.get("config") else {}
+    _check_types(file, _SCHEMA, "")
+    merged = _merge(file, environ, command_line)
+    return _checked(_build(Config, merged), store_on_command_line=bool(command_line.get("store")))
 
-    listen = tuple(command_line.get("listen") or toml.get("listen") or DEFAULT_LISTEN)
-    for endpoint in listen:
+
+def _merge(
+    file: Mapping[str, Any], environ: Mapping[str, str], command_line: Mapping[str, Any]
+) -> dict[str, Any]:
+    """
+    The file's tables with the environment over them and the command line
+    over both, in the layout of L{Config}.  An empty option or variable is
+    not given; an empty value in the file for a field marked
+    L{EMPTY_IS_DEFAULT} neither.
+    """
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in file.items()}
+    for variable, path in _ENVIRONMENT.items():
+        _put(merged, path, environ.get(variable))
+    for option, path in _COMMAND_LINE.items():
+        _put(merged, path, command_line.get(option))
+    handler = merged.pop("grant_handler", {})
+    if "name" in handler:
+        merged["grant_handler"] = handler.pop("name")
+    merged["grant_handler_config"] = handler
+    _drop_empty(merged, Config)
+    return merged
+
+
+def _put(table: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    if not value:
+        return
+    *tables, key = path
+    for name in tables:
+        table = table.setdefault(name, {})
+    table[key] = value
+
+
+def _drop_empty(table: dict[str, Any], cls: type[Any]) -> None:
+    types = get_type_hints(cls)
+    for attribute in fields(cls):
+        value = table.get(attribute.name)
+        if has(types[attribute.name]) and isinstance(value, dict):
+            _drop_empty(value, types[attribute.name])
+        elif attribute.metadata.get(EMPTY_IS_DEFAULT) and _is_empty(value, types[attribute.name]):
+            del table[attribute.name]
+
+
+def _is_empty(value: object, annotation: Any) -> bool:
+    """
+    Whether C{value} is the empty value of a field of this type: C{""} for
+    a string, an empty list for a tuple.  Not 0, not false, and not an empty
+    list where a string belongs (that is a wrong type, and an error).
+    """
+    empty_type = (list, tuple) if get_origin(annotation) is tuple else str
+    return isinstance(value, empty_type) and not value
+
+
+def _build(cls: type[_C], table: Mapping[str, Any]) -> _C:
+    """
+    An instance of the config class C{cls} from a merged table: what the
+    table does not name keeps the class's default.  Values are type-checked
+    already; a file's integer becomes a float where a number is asked for,
+    its list or string a tuple.
+    """
+    types = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for attribute in fields(cls):
+        if attribute.name not in table:
+            continue
+        value, kind = table[attribute.name], types[attribute.name]
+        if has(kind):
+            value = _build(kind, value)
+        elif kind is float:
+            value = float(value)
+        elif get_origin(kind) is tuple:
+            value = tuple([value] if isinstance(value, str) else value)
+        values[attribute.name] = value
+    return cls(**values)
+
+
+def _checked(config: Config, store_on_command_line: bool) -> Config:
+    """
+    C{config}, checked; the issuer without a trailing slash.
+    """
+    for endpoint in config.listen:
         if not isinstance(endpoint, str) or not endpoint:
             raise ConfigError(f"listen: {endpoint!r} is not an endpoint string")
+    config = evolve(config, issuer=check_issuer(config.issuer))
+    _check_store(config.store, store_on_command_line)
+    _check_tokens(config.tokens)
+    if config.keys.activation_delay < 0:
+        raise ConfigError("[keys] activation_delay: must be 0 or more")
+    _check_signing_alg(config.tokens.signing_alg)
+    if config.master_token is not None and len(config.master_token) < 16:
+        raise ConfigError("master_token: must be at least 16 characters long")
+    if not isinstance(config.grant_handler, str):
+        raise ConfigError("[grant_handler] name: must be a string")
+    _check_workers(config.workers, config.store.url)
+    return config
 
-    port = _port_of(listen[0])
-    default_issuer = "http://localhost" + (f":{port}" if port else "")
-    issuer = check_issuer(command_line.get("issuer") or toml.get("issuer") or default_issuer)
 
-    store_url = command_line.get("store") or store_table.get("url") or DEFAULT_STORE
+def _check_store(store: StoreConfig, on_command_line: bool) -> None:
     try:
-        check_url(store_url)
+        check_url(store.url)
     except ConfigError as e:
-        if command_line.get("store"):
+        if on_command_line:
             raise ConfigError(str(e).replace("[store] url", "--store", 1)) from None
         raise
-    store = StoreConfig(
-        url=store_url,
-        timeout=float(store_table.get("timeout", _STORE_DEFAULTS.timeout)),
-        client_cache_seconds=float(
-            store_table.get("client_cache_seconds", _STORE_DEFAULTS.client_cache_seconds)
-        ),
-    )
-    _positive("[store] timeout", store.timeout)
+    if store.timeout <= 0:
+        raise ConfigError(f"[store] timeout: must be greater than 0, not {store.timeout!r}")
     if store.client_cache_seconds < 0:
         raise ConfigError("[store] client_cache_seconds: must be 0 or more")
 
-    tokens = TokenConfig(
-        format=tokens_table.get("format", "jwt"),
-        lifetime=tokens_table.get("lifetime", 3600),
-        signing_alg=tokens_table.get("signing_alg", "RS256"),
-        audience=_audience(tokens_table.get("audience", [])),
-        max_lifetime=tokens_table.get("max_lifetime", 86400),
-        introspection=tokens_table.get("introspection", "audience"),
-    )
+
+def _check_tokens(tokens: TokenConfig) -> None:
+    for audience in tokens.audience:
+        if not isinstance(audience, str) or not audience:
+            raise ConfigError(f"[tokens] audience: {audience!r} is not a non-empty string")
     if tokens.format not in TOKEN_FORMATS:
         raise ConfigError(
             f"[tokens] format: {tokens.format!r} is not one of " + ", ".join(TOKEN_FORMATS)
         )
-    _positive("[tokens] lifetime", tokens.lifetime)
-    _positive("[tokens] max_lifetime", tokens.max_lifetime)
+    for name in ("lifetime", "max_lifetime"):
+        value = getattr(tokens, name)
+        if not is_lifetime(value):
+            raise ConfigError(f"[tokens] {name}: must be greater than 0, not {value!r}")
     if tokens.lifetime > tokens.max_lifetime:
         raise ConfigError(
             f"[tokens] lifetime: {tokens.lifetime} is more than max_lifetime {tokens.max_lifetime}"
@@ -244,61 +386,23 @@ def load_config(
             f"[tokens] introspection: {tokens.introspection!r} is not one of "
             + ", ".join(INTROSPECTION_RULES)
         )
-    keys_table = toml.get("keys", {})
-    keys = KeysConfig(
-        encryption_key_file=keys_table.get("encryption_key_file"),
-        activation_delay=keys_table.get("activation_delay", 600),
-    )
-    if keys.activation_delay < 0:
-        raise ConfigError("[keys] activation_delay: must be 0 or more")
-    if tokens.signing_alg not in SIGNING_ALGORITHMS:
+
+
+def _check_signing_alg(alg: str) -> None:
+    if alg not in SIGNING_ALGORITHMS:
         raise ConfigError(
-            f"[tokens] signing_alg: {tokens.signing_alg!r} is not one of "
-            + ", ".join(SIGNING_ALGORITHMS)
+            f"[tokens] signing_alg: {alg!r} is not one of " + ", ".join(SIGNING_ALGORITHMS)
         )
 
-    master_token = (
-        command_line.get("master_token")
-        or environ.get(MASTER_TOKEN_ENV)
-        or toml.get("master_token")
-    )
-    if master_token is not None and len(master_token) < 16:
-        raise ConfigError("master_token: must be at least 16 characters long")
 
-    grant_handler = command_line.get("grant_handler") or handler_table.pop("name", None)
-    handler_table.pop("name", None)
-    if grant_handler is not None and not isinstance(grant_handler, str):
-        raise ConfigError("[grant_handler] name: must be a string")
-
-    workers = command_line.get("workers") or toml.get("workers", 1)
+def _check_workers(workers: object, store_url: str) -> None:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: must be a whole number of 1 or more, not {workers!r}")
-    if workers > 1 and store.url.startswith("memory:"):
+    if workers > 1 and store_url.startswith("memory:"):
         raise ConfigError(
             "workers: processes share clients and keys through the store; "
             "memory:// cannot be shared (use sqlite, redis or postgresql)"
         )
-
-    return Config(
-        access_log=toml.get("access_log", True),
-        workers=workers,
-        listen=listen,
-        issuer=issuer,
-        master_token=master_token,
-        store=store,
-        tokens=tokens,
-        keys=keys,
-        grant_handler=grant_handler or "registered-scope",
-        grant_handler_config=handler_table,
-    )
-
-
-def _audience(value: str | list[Any]) -> tuple[str, ...]:
-    values = [value] if isinstance(value, str) else value
-    for v in values:
-        if not isinstance(v, str) or not v:
-            raise ConfigError(f"[tokens] audience: {v!r} is not a non-empty string")
-    return tuple(values)
 
 
 def resolve(path: str, base: Path) -> Path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 from attrs import field, frozen
 
@@ -60,6 +60,17 @@ def scope_values(scope: str | None) -> frozenset[str]:
     if not scope:
         return frozenset()
     return frozenset(scope.split())
+
+
+def is_lifetime(value: object) -> TypeGuard[int]:
+    """
+    Whether C{value} is a token lifetime: a whole number of seconds greater
+    than 0.  C{True} is an C{int} in Python but not a number in JSON or
+    TOML, so it is not one.  The one rule for a grant handler's decision, a
+    client's C{access_token_lifetime} and the configured lifetimes; each
+    caller raises its own error.
+    """
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _readonly(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
@@ -199,11 +210,7 @@ class GrantAuthorization:
     token_format: str | None = None
 
     def __attrs_post_init__(self) -> None:
-        if self.lifetime is not None and (
-            isinstance(self.lifetime, bool)
-            or not isinstance(self.lifetime, int)
-            or self.lifetime <= 0
-        ):
+        if self.lifetime is not None and not is_lifetime(self.lifetime):
             raise ValueError(
                 f"GrantAuthorization.lifetime must be a positive int, not {self.lifetime!r}"
             )

@@ -92,28 +92,23 @@ class Options(usage.Options):
         self["inherit-fd"] = []
 
     def opt_workers(self, count: str) -> None:
-        """
-        Processes that serve the listening sockets together (tcp: and tcp6:
-        endpoints; a shared store) [default: 1].
-        """
+        # usage.Options prints an opt_ docstring as written: one line, plain text.
+        """Processes serving the sockets together (tcp/tcp6 only; a shared store) [default: 1]."""
         try:
             self["workers"] = int(count)
         except ValueError:
             raise _fail(f"--workers: {count!r} is not a whole number") from None
 
     def opt_inherit_fd(self, fd: str) -> None:
-        """
-        (internal) A listening socket handed down by the main process.
-        """
+        """(internal) A listening socket handed down by the main process."""
         self["inherit-fd"].append(int(fd))
 
     def opt_listen(self, endpoint: str) -> None:
-        """
-        A Twisted endpoint string to listen on; repeatable [default: tcp:8080].
-        """
+        """A Twisted endpoint string to listen on; repeatable [default: tcp:8080]."""
         self["listen"].append(endpoint)
 
     def opt_version(self) -> None:
+        """Print the version and exit."""
         from ccserver import __version__
 
         print(f"ccserver {__version__}")

@@ -9,9 +9,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+from attrs import field, fields, frozen
 from twisted.trial.unittest import SynchronousTestCase
 
-from ccserver.config import Config, ConfigError, load_config
+from ccserver.config import (
+    ANY_TABLE,
+    FILE_TYPES,
+    NOT_IN_FILE,
+    Config,
+    ConfigError,
+    KeysConfig,
+    StoreConfig,
+    TokenConfig,
+    load_config,
+    toml_schema,
+)
 from tests.helpers import temp_dir
 from tests.process import free_port, run_ccserver
 
@@ -114,6 +126,34 @@ class LoadConfigTests(SynchronousTestCase):
         self.assert_error("master_token: must be at least 16", 'master_token = "short"\n')
         self.assert_error("listen: must be a list", 'listen = "tcp:80"\n')
 
+    def test_empty_means_default(self) -> None:
+        """
+        An empty listen, issuer, store url or handler name is the default; an
+        empty master token is an error, not "none given".
+        """
+        config = self.load('listen = []\nissuer = ""\n[store]\nurl = ""\n[grant_handler]\nname = ""\n')
+        self.assertEqual(config, Config())
+        self.assert_error("master_token: must be at least 16", 'master_token = ""\n')
+        self.assert_error("[grant_handler] name: must be a string", "[grant_handler]\nname = []\n")
+
+    def test_lifetime_errors(self) -> None:
+        self.assert_error("[tokens] max_lifetime: must be greater than 0, not -5", "[tokens]\nmax_lifetime = -5\n")
+        self.assert_error("[tokens] lifetime: 100000 is more than max_lifetime 86400", "[tokens]\nlifetime = 100000\n")
+        self.assert_error("tokens.lifetime: must be an integer, not True", "[tokens]\nlifetime = true\n")
+        self.assert_error("[store] timeout: must be greater than 0, not 0.0", "[store]\ntimeout = 0\n")
+
+    def test_precedence(self) -> None:
+        """
+        Command line over environment over file, key by key; an empty option
+        or variable is not given.
+        """
+        toml = 'master_token = "from-the-file-0123456"\n[grant_handler]\nname = "webhook"\nurl = "u"\n'
+        config = self.load(toml, env={"CCSERVER_MASTER_TOKEN": ""}, master_token="", grant_handler="")
+        self.assertEqual(config.master_token, "from-the-file-0123456")
+        self.assertEqual((config.grant_handler, dict(config.grant_handler_config)), ("webhook", {"url": "u"}))
+        config = self.load(toml, grant_handler="registered-scope", workers=0)
+        self.assertEqual((config.grant_handler, config.workers), ("registered-scope", 1))
+
     def test_missing_store_folder(self) -> None:
         self.assert_error("--store: the folder 'no/such/folder' does not exist", store="sqlite:///no/such/folder/x.db")
         self.assert_error("[store] url: the folder", '[store]\nurl = "sqlite:////no/such/x.db"\n')
@@ -177,16 +217,95 @@ class ExampleConfigTests(SynchronousTestCase):
         self.assertEqual(config.grant_handler, "registered-scope")
 
     def test_every_key_shown(self) -> None:
-        from ccserver.config import _SCHEMA
-
+        """
+        Every key of the schema derived from the config classes, so a field
+        added to one of them fails here until the example shows it.
+        """
         text = self.example.read_text()
-        for key, value in _SCHEMA.items():
-            if isinstance(value, dict) or value is None:
+        for key, value in toml_schema().items():
+            if isinstance(value, dict) or value is ANY_TABLE:
                 self.assertIn(f"[{key}]", text)
                 for sub in value or ():
                     self.assertRegex(text, rf"(?m)^#?{sub} = ", f"[{key}] {sub}")
             else:
                 self.assertRegex(text, rf"(?m)^#?{key} = ", key)
+        self.assertRegex(text, r"(?m)^\[grant_handler\]\n(#.*\n)*name = ")
+
+    def test_example_values_are_the_defaults(self) -> None:
+        """
+        The example's uncommented values are the defaults it says they are.
+        """
+        self.assertEqual(load_config({"config": str(self.example)}, {}), Config())
+
+
+@frozen
+class Section:
+    """
+    A config section as a new feature would add one.
+    """
+
+    colour: str = "blue"
+    sizes: tuple[int, ...] = ()
+    limit: float | None = None
+    spelled: tuple[str, ...] = field(default=(), metadata={FILE_TYPES: (str, list)})
+    hidden: int = field(default=0, metadata={NOT_IN_FILE: True})
+
+
+@frozen
+class Whole:
+    verbose: bool = False
+    section: Section = Section()
+
+
+class SchemaTests(SynchronousTestCase):
+    """
+    The TOML schema is derived from the config classes, where every default
+    is written once.
+    """
+
+    def test_a_new_field_is_a_key(self) -> None:
+        self.assertEqual(
+            toml_schema(Whole),
+            {
+                "verbose": (bool,),
+                "section": {
+                    "colour": (str,),
+                    "sizes": (list,),
+                    "limit": (float,),
+                    "spelled": (str, list),
+                },
+            },
+        )
+
+    def test_every_field_of_config(self) -> None:
+        schema = toml_schema()
+        for attribute in fields(Config):
+            if attribute.name == "grant_handler_config":
+                self.assertNotIn(attribute.name, schema)
+            else:
+                self.assertIn(attribute.name, schema)
+        for section, cls in (("store", StoreConfig), ("tokens", TokenConfig), ("keys", KeysConfig)):
+            self.assertEqual(sorted(schema[section]), sorted(a.name for a in fields(cls)))
+        self.assertIs(schema["grant_handler"], ANY_TABLE)
+
+    def test_the_schema_checks_files(self) -> None:
+        """
+        load_config checks a file against the derived schema.
+        """
+        self.assertEqual(toml_schema()["store"]["timeout"], (float,))
+        self.assertEqual(toml_schema()["tokens"]["audience"], (str, list))
+        self.assertEqual(toml_schema()["master_token"], (str,))
+
+    def test_defaults_written_once(self) -> None:
+        """
+        With nothing given, load_config gives exactly the classes' defaults.
+        """
+        self.assertEqual(load_config({}, {}), Config())
+
+    def test_default_issuer_follows_listen(self) -> None:
+        self.assertEqual(Config().issuer, "http://localhost:8080")
+        self.assertEqual(Config(listen=("tcp:9000",)).issuer, "http://localhost:9000")
+        self.assertEqual(Config(listen=("unix:/run/ccserver.sock",)).issuer, "http://localhost")
 
 
 class UnreachableStoreAtStartTests(SynchronousTestCase):
