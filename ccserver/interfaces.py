@@ -43,9 +43,20 @@ class IClientStore(Interface):
         Fires with C{False} (and stores nothing) if there is none.
         """
 
-    def delete_client(client_id: str) -> Deferred[bool]:
+    def delete_client(client_id: str, issued_before: int, mark_expires_at: int) -> Deferred[bool]:
         """
-        Delete a client.  Fires with C{False} if there was none.
+        Delete a client and end its tokens, in one atomic write where the
+        store allows (otherwise the mark is written first, so that a crash
+        half-way never leaves a live token of a deleted client): its opaque
+        token records are deleted, and a revocation mark says that its
+        tokens issued at or before C{issued_before} are dead (see
+        L{ITokenStore.client_revoked_before}).  The mark is kept until
+        C{mark_expires_at}, when no token it kills can still be alive; a
+        mark already there is kept with the later of each time.
+
+        The mark is written even if there is no such client (another
+        request deleted it meanwhile): harmless, as client ids are random.
+        Fires with C{False} if there was none.
         """
 
 
@@ -81,7 +92,8 @@ class IKeyStore(Interface):
 class ITokenStore(Interface):
     """
     Where the token lifecycle keeps its records: opaque access tokens (by
-    digest, never in clear) and the deny list of revoked JWTs.
+    digest, never in clear), the deny list of revoked JWTs, and the
+    revocation marks of deleted clients.
 
     A record may be forgotten once it has expired: Redis lets it expire
     (TTL); the other stores drop it in L{purge_expired}.  Readers check
@@ -96,7 +108,11 @@ class ITokenStore(Interface):
 
     def get_token(token_digest: str) -> Deferred[TokenRecord | None]:
         """
-        The token with that digest, or L{None}.
+        The token with that digest, or L{None}; L{None} too when its
+        client's revocation mark covers it (its C{issued_at} is at or before
+        the mark's C{issued_before}), in the same round trip.  Deleting a
+        client deletes its tokens, but an instance that still had the client
+        in its cache may store one more afterwards.
         """
 
     def delete_token(token_digest: str) -> Deferred[bool]:
@@ -115,11 +131,20 @@ class ITokenStore(Interface):
         Whether a JWT's C{jti} is on the deny list.
         """
 
+    def client_revoked_before(client_id: str) -> Deferred[int | None]:
+        """
+        The C{issued_before} of the client's revocation mark (written by
+        L{IClientStore.delete_client}): its tokens with an C{iat} at or
+        before it are dead.  L{None} when the client has no mark.  A mark
+        past its C{mark_expires_at} may still be answered until it is
+        purged; it then kills only tokens that have expired anyway.
+        """
+
     def purge_expired(now: int) -> Deferred[int]:
         """
-        Forget the tokens and deny-list entries that expired before C{now};
-        fires with how many were dropped (a store that expires them by
-        itself may fire with 0).
+        Forget the tokens, deny-list entries and client revocation marks
+        that expired before C{now}; fires with how many were dropped (a
+        store that expires them by itself may fire with 0).
         """
 
 

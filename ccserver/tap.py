@@ -294,9 +294,21 @@ class CCServerService(Service):
         app = CCServerApp(
             grant=ClientCredentialsGrant(clients, self.handler, minter, config.issuer),
             introspection=TokenIntrospection(
-                clients, self.store, self.keyring, config.issuer, config.tokens.introspection, now
+                clients,
+                self.store,
+                self.keyring,
+                config.issuer,
+                config.tokens.introspection,
+                now,
+                master_token_digest=self.master_token_digest,
             ),
-            registry=ClientRegistry(clients, self.master_token_digest, now),
+            registry=ClientRegistry(
+                clients,
+                self.master_token_digest,
+                now,
+                token_max_lifetime=config.tokens.max_lifetime,
+                client_cache_seconds=config.store.client_cache_seconds,
+            ),
             keyring=self.keyring,
             issuer=config.issuer,
             discovery_json=_discovery_json(config),

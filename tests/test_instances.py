@@ -42,11 +42,12 @@ class InstancesMixin:
         self.a = self.start()
         self.b = self.start()
 
-    def start(self, config: str = "ccserver.toml") -> CCServerProcess:
+    def start(self, config: str = "ccserver.toml", *extra: str) -> CCServerProcess:
         server = CCServerProcess(
             self.tmp,
             "--config", str(self.tmp / config),
             "--master-token", "shared-master-token-0123456789",
+            *extra,
             store=self.url,
         )
         self.addCleanup(server.kill)  # type: ignore[attr-defined]
@@ -101,6 +102,43 @@ class InstancesMixin:
         requests.post(self.a.url + "/token/revoke", data={"token": token}, auth=auth, timeout=10)
         answer = requests.post(self.b.url + "/token/introspect", data={"token": token}, auth=auth, timeout=10)
         self.assertEqual(answer.json(), {"active": False})  # type: ignore[attr-defined]
+
+    def test_deletion_on_one_ends_tokens_on_the_other(self) -> None:
+        """
+        A client deleted through one instance: its JWT, issued and
+        introspected by the other, is inactive there at once (the mark is in
+        the store, not in the deleting process); and the master token
+        revokes any client's token through either.  The pair shares one
+        issuer, as instances behind one load balancer do: otherwise neither
+        accepts the other's JWTs, and a revocation through one would not
+        even find the token.
+        """
+        issuer = ("--issuer", "https://as.example.com")
+        a, b = self.start("ccserver.toml", *issuer), self.start("ccserver.toml", *issuer)
+        api = "https://api.example.com"
+        server = a.register(client_name="api", resource_server_uris=[api])
+        client = a.register(scope="read", audience=[api])
+        server_auth = (server["client_id"], server["client_secret"])
+
+        def introspect(at: CCServerProcess, token: str) -> dict[str, Any]:
+            answer = requests.post(at.url + "/token/introspect", data={"token": token}, auth=server_auth, timeout=10)
+            return answer.json()  # type: ignore[no-any-return]
+
+        token = self.token(b, client).json()["access_token"]
+        self.assertIs(introspect(b, token)["active"], True)  # type: ignore[attr-defined]
+        self.assertIs(introspect(a, token)["active"], True)  # type: ignore[attr-defined]
+        headers = {"Authorization": f"Bearer {client['registration_access_token']}"}
+        response = requests.delete(a.url + f"/client-reg/{client['client_id']}", headers=headers, timeout=10)
+        self.assertEqual(response.status_code, 204)  # type: ignore[attr-defined]
+        self.assertEqual(introspect(b, token), {"active": False})  # type: ignore[attr-defined]
+
+        other = a.register(scope="read", audience=[api])
+        token = self.token(a, other).json()["access_token"]
+        self.assertIs(introspect(a, token)["active"], True)  # type: ignore[attr-defined]
+        master = {"Authorization": "Bearer shared-master-token-0123456789"}
+        response = requests.post(b.url + "/token/revoke", data={"token": token}, headers=master, timeout=10)
+        self.assertEqual(response.status_code, 200)  # type: ignore[attr-defined]
+        self.assertEqual(introspect(a, token), {"active": False})  # type: ignore[attr-defined]
 
     def test_opaque_tokens_shared(self) -> None:
         """

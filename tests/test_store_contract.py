@@ -44,6 +44,10 @@ T = TypeVar("T")
 #: Seconds an operation may take in these tests; the servers are local.
 TIMEOUT = 5.0
 
+#: The revocation mark of a deletion in the tests that are not about it:
+#: tokens issued until now are dead, and the mark is kept for an hour.
+MARK = (int(time.time()), int(time.time()) + 3600)
+
 
 def make_client(client_id: str = "client-1", **changes: Any) -> Client:
     client = Client(
@@ -197,7 +201,7 @@ class StoreContractMixin(_TestCase):
 
     async def test_replace_after_delete_does_not_resurrect(self) -> None:
         await self.store.add_client(make_client())
-        await self.store.delete_client("client-1")
+        await self.store.delete_client("client-1", *MARK)
         self.assertIs(await self.store.replace_client(make_client()), False)
         self.assertIsNone(await self.store.get_client("client-1"))
 
@@ -223,23 +227,23 @@ class StoreContractMixin(_TestCase):
 
     async def test_delete(self) -> None:
         await self.store.add_client(make_client())
-        self.assertIs(await self.store.delete_client("client-1"), True)
+        self.assertIs(await self.store.delete_client("client-1", *MARK), True)
         self.assertIsNone(await self.store.get_client("client-1"))
-        self.assertIs(await self.store.delete_client("client-1"), False)
+        self.assertIs(await self.store.delete_client("client-1", *MARK), False)
 
     async def test_delete_missing(self) -> None:
-        self.assertIs(await self.store.delete_client("nobody"), False)
+        self.assertIs(await self.store.delete_client("nobody", *MARK), False)
 
     async def test_delete_leaves_others(self) -> None:
         one, two = make_client("one"), make_client("two")
         await self.store.add_client(one)
         await self.store.add_client(two)
-        await self.store.delete_client("one")
+        await self.store.delete_client("one", *MARK)
         self.assertEqual(await self.store.get_client("two"), two)
 
     async def test_added_again_after_delete(self) -> None:
         await self.store.add_client(make_client())
-        await self.store.delete_client("client-1")
+        await self.store.delete_client("client-1", *MARK)
         again = make_client(client_secret_digest="f" * 64)
         await self.store.add_client(again)
         self.assertEqual(await self.store.get_client("client-1"), again)
@@ -438,6 +442,120 @@ class StoreContractMixin(_TestCase):
         self.assertIs(await self.tokens.is_revoked("live-jti"), True)
         self.assertEqual(await self.tokens.purge_expired(now), 0)
 
+    # deleting a client ends its tokens
+
+    async def test_no_revocation_mark(self) -> None:
+        self.assertIsNone(await self.tokens.client_revoked_before("client-1"))
+
+    async def test_delete_client_deletes_its_tokens(self) -> None:
+        """
+        Deleting a client deletes its opaque tokens, and only its own.
+        """
+        now = int(time.time())
+        await self.store.add_client(make_client())
+        mine = [make_token(f"{i:064x}") for i in range(3)]
+        other = make_token("f" * 64, client_id="client-2")
+        for token in [*mine, other]:
+            await self.tokens.add_token(token)
+        self.assertIs(await self.store.delete_client("client-1", now, now + 3600), True)
+        self.assertIsNone(await self.store.get_client("client-1"))
+        for token in mine:
+            self.assertIsNone(await self.tokens.get_token(token.token_digest))
+            # gone, not only hidden by the mark
+            self.assertIs(await self.tokens.delete_token(token.token_digest), False)
+        self.assertEqual(await self.tokens.get_token(other.token_digest), other)
+        self.assertIsNone(await self.tokens.client_revoked_before("client-2"))
+
+    async def test_delete_client_marks_it_revoked(self) -> None:
+        now = int(time.time())
+        await self.store.add_client(make_client())
+        await self.store.delete_client("client-1", now + 5, now + 3605)
+        self.assertEqual(await self.tokens.client_revoked_before("client-1"), now + 5)
+
+    async def test_delete_missing_client_marks_it_too(self) -> None:
+        now = int(time.time())
+        self.assertIs(await self.store.delete_client("nobody", now, now + 3600), False)
+        self.assertEqual(await self.tokens.client_revoked_before("nobody"), now)
+
+    async def test_revocation_mark_keeps_the_later_times(self) -> None:
+        """
+        A second deletion never shortens the mark, neither what it covers
+        nor how long it is kept.
+        """
+        now = int(time.time())
+        await self.store.delete_client("client-1", now + 10, now + 3600)
+        await self.store.delete_client("client-1", now, now + 100)
+        self.assertEqual(await self.tokens.client_revoked_before("client-1"), now + 10)
+        await self.tokens.purge_expired(now + 200)
+        self.assertEqual(await self.tokens.client_revoked_before("client-1"), now + 10)
+        await self.store.delete_client("client-1", now + 20, now + 7200)
+        await self.tokens.purge_expired(now + 3700)
+        self.assertEqual(await self.tokens.client_revoked_before("client-1"), now + 20)
+
+    async def test_mark_hides_a_token_stored_after_the_deletion(self) -> None:
+        """
+        An instance that still had the client in its cache may store a token
+        after the deletion: the mark hides it if it was issued at or before
+        the mark's time, and no later one (a client id used again).
+        """
+        now = int(time.time())
+        await self.store.delete_client("client-1", now, now + 3600)
+        covered = make_token("a" * 64, issued_at=now)
+        later = make_token("b" * 64, issued_at=now + 1)
+        other = make_token("c" * 64, issued_at=now - 10, client_id="client-2")
+        for token in (covered, later, other):
+            await self.tokens.add_token(token)
+        self.assertIsNone(await self.tokens.get_token(covered.token_digest))
+        self.assertEqual(await self.tokens.get_token(later.token_digest), later)
+        self.assertEqual(await self.tokens.get_token(other.token_digest), other)
+
+    async def test_client_tokens_after_some_expired(self) -> None:
+        """
+        Tokens of a client that expired (and, on Redis, were trimmed from
+        its index) do not stop the deletion of its live ones.
+        """
+        now = int(time.time())
+        await self.tokens.add_token(make_token("a" * 64, now - 10, issued_at=now - 100))
+        live = make_token("b" * 64, now + 3600)
+        await self.tokens.add_token(live)
+        await self.tokens.delete_token("b" * 64)
+        again = make_token("c" * 64, now + 60)
+        await self.tokens.add_token(again)
+        await self.store.delete_client("client-1", now, now + 3600)
+        self.assertIs(await self.tokens.delete_token(again.token_digest), False)
+
+    async def test_purge_expired_marks(self) -> None:
+        """
+        A mark is forgotten once its time to be kept is over, by
+        purge_expired() or by the store itself; a live one stays.
+        """
+        now = int(time.time())
+        await self.store.delete_client("expired", now - 100, now - 10)
+        await self.store.delete_client("live", now - 100, now + 3600)
+        purged = await self.tokens.purge_expired(now)
+        self.assertEqual(purged, 1 if self.purges else 0)
+        self.assertIsNone(await self.tokens.client_revoked_before("expired"))
+        self.assertEqual(await self.tokens.client_revoked_before("live"), now - 100)
+        self.assertEqual(await self.tokens.purge_expired(now), 0)
+
+    async def test_concurrent_deletes_and_tokens(self) -> None:
+        """
+        Tokens stored while the client is deleted are either deleted with
+        it or hidden by the mark: none is left to be found.
+        """
+        now = int(time.time())
+        await self.store.add_client(make_client())
+        tokens = [make_token(f"{i:064x}", issued_at=now) for i in range(20)]
+        await gatherResults(
+            [
+                *(self.tokens.add_token(t) for t in tokens[:10]),
+                self.store.delete_client("client-1", now, now + 3600),
+                *(self.tokens.add_token(t) for t in tokens[10:]),
+            ]
+        )
+        for token in tokens:
+            self.assertIsNone(await self.tokens.get_token(token.token_digest))
+
     async def test_tokens_apart_from_clients(self) -> None:
         await self.store.add_client(make_client("x" * 64))
         await self.tokens.add_token(make_token("x" * 64))
@@ -457,12 +575,14 @@ class StoreContractMixin(_TestCase):
         await self.store.add_key(key)
         await self.tokens.add_token(token)
         await self.tokens.revoke_jti("jti-1", token.expires_at)
+        await self.store.delete_client("gone", *MARK)
         for _ in range(2):
             store = await self.reopened()
             self.assertEqual(await store.get_client("client-1"), client)
             self.assertEqual(await store.list_keys(), [key])
             self.assertEqual(await ITokenStore(store).get_token(token.token_digest), token)
             self.assertIs(await ITokenStore(store).is_revoked("jti-1"), True)
+            self.assertEqual(await ITokenStore(store).client_revoked_before("gone"), MARK[0])
             self.store = store
 
     async def test_close(self) -> None:

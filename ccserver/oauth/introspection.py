@@ -6,15 +6,22 @@ Both endpoints authenticate the caller as a registered client, as the token
 endpoint does.  Who may see a token: the client it was issued to, and the
 clients whose C{client_id} or registered C{resource_server_uris} its audience
 names; with C{[tokens] introspection = "any"}, every authenticated client.
+The operator may also revoke any token, with the master token as a bearer
+token (RFC 6750 §2.1) at the revocation endpoint.
+
+A deleted client's tokens are dead: its opaque ones are deleted with it,
+and its JWTs, which cannot be, are covered by the revocation mark the store
+keeps for it (L{ITokenStore.client_revoked_before}).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 from attrs import frozen
+from twisted.internet.defer import Deferred
 
 from ccserver import credentials
 from ccserver.errors import invalid_request
@@ -22,9 +29,27 @@ from ccserver.interfaces import IClientStore, ITokenStore
 from ccserver.keys import Keyring
 from ccserver.model import Client
 from ccserver.oauth.clientauth import authenticate, presented_credentials
+from ccserver.oauth.registration import bearer_error
 from ccserver.oauth.tokens import access_token_claims
 
+A = TypeVar("A")
+B = TypeVar("B")
+
 INACTIVE: dict[str, Any] = {"active": False}
+
+
+async def _both(first: Deferred[A], second: Deferred[B]) -> tuple[A, B]:
+    """
+    The results of two store requests already in flight: one round trip of
+    latency, not two.  When the first fails, the second's failure (if any)
+    is not left unhandled.
+    """
+    try:
+        result = await first
+    except BaseException:
+        second.addErrback(lambda _: None)
+        raise
+    return result, await second
 
 
 @frozen
@@ -58,6 +83,8 @@ class TokenIntrospection:
         issuer: str,
         rule: str,
         now: Callable[[], float],
+        *,
+        master_token_digest: str,
     ) -> None:
         self._clients = clients
         self._tokens = tokens
@@ -65,6 +92,7 @@ class TokenIntrospection:
         self._issuer = issuer
         self._rule = rule
         self._now = now
+        self._master_token_digest = master_token_digest
 
     async def _caller(self, form: Mapping[str, str], authorization: str | None) -> Client:
         return await authenticate(self._clients, presented_credentials(authorization, form))
@@ -83,6 +111,7 @@ class TokenIntrospection:
         """
         if token.count(".") == 2:
             return await self._jwt(token)
+        # the store leaves out a record its client's revocation mark covers
         record = await self._tokens.get_token(credentials.digest(token))
         if record is None or record.expires_at <= self._now():
             return None
@@ -125,8 +154,18 @@ class TokenIntrospection:
             return None
         if not isinstance(claims["exp"], int) or claims["exp"] <= self._now():
             return None
-        if await self._tokens.is_revoked(str(claims["jti"])):
+        revoked, revoked_before = await _both(
+            self._tokens.is_revoked(str(claims["jti"])),
+            self._tokens.client_revoked_before(str(claims["client_id"])),
+        )
+        if revoked:
             return None
+        if revoked_before is not None:
+            issued_at = claims.get("iat")
+            # A token without a usable iat cannot be shown to be later than
+            # the mark: it is dead with the rest.
+            if not isinstance(issued_at, int) or issued_at <= revoked_before:
+                return None
         return TokenInfo(claims, str(claims["jti"]), None)
 
     def _may_see(self, caller: Client, info: TokenInfo) -> bool:
@@ -152,15 +191,46 @@ class TokenIntrospection:
             return dict(INACTIVE)
         return {**info.claims, "active": True, "token_type": "Bearer"}
 
+    def _is_master(self, authorization: str | None) -> bool:
+        """
+        Whether the request presents a bearer token, which must then be the
+        master token (checked as the registration endpoints do: its digest,
+        in constant time).  Clients authenticate with Basic or the form.
+
+        @raise OAuthError: C{invalid_token} (401) for a bearer token that
+            is not the master token; the token itself is never repeated.
+        """
+        if authorization is None:
+            return False
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        if not credentials.check(token.strip(), self._master_token_digest):
+            raise bearer_error("the bearer token is not the master token")
+        return True
+
     async def revoke(self, form: Mapping[str, str], authorization: str | None) -> None:
         """
-        RFC 7009 §2: revoke the caller's own token.  An unknown token, or
-        another client's, is answered the same way, and nothing is revoked.
+        RFC 7009 §2: revoke the caller's own token, or with the master token
+        as a bearer token, any token.  An unknown token, or another client's,
+        is answered the same way, and nothing is revoked.
         """
+        if self._is_master(authorization):
+            if "client_id" in form or "client_secret" in form:
+                raise invalid_request(
+                    "the master token and client credentials were both presented"
+                )
+            info = await self.lookup(self._token(form))
+            if info is not None:
+                await self._revoke(info)
+            return
         caller = await self._caller(form, authorization)
         info = await self.lookup(self._token(form))
         if info is None or info.client_id != caller.client_id:
             return
+        await self._revoke(info)
+
+    async def _revoke(self, info: TokenInfo) -> None:
         if info.token_digest is not None:
             await self._tokens.delete_token(info.token_digest)
         elif info.jti is not None:

@@ -7,6 +7,7 @@ delete a registration.  Nothing here knows of HTTP.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -47,7 +48,7 @@ SERVER_FIELDS = (
 def bearer_error(description: str) -> OAuthError:
     """
     RFC 6750 §3.1: a missing or wrong bearer token at the registration
-    endpoints.
+    endpoints (and a wrong master token at the revocation endpoint).
     """
     return OAuthError(
         "invalid_token",
@@ -230,10 +231,22 @@ class ClientRegistry:
         store: IClientStore,
         master_token_digest: str,
         now: Callable[[], float],
+        *,
+        token_max_lifetime: int,
+        client_cache_seconds: float,
     ) -> None:
+        """
+        @param token_max_lifetime: no token lives longer (C{[tokens]
+            max_lifetime}): how long a deleted client's revocation mark is kept.
+        @param client_cache_seconds: how long another instance may still
+            know a deleted client (C{[store] client_cache_seconds}), and so
+            issue it tokens: the revocation mark covers them too.
+        """
         self._store = store
         self._master_token_digest = master_token_digest
         self._now = now
+        self._token_max_lifetime = token_max_lifetime
+        self._client_cache_seconds = client_cache_seconds
 
     def check_master_token(self, token: str | None) -> None:
         if token is None:
@@ -321,8 +334,19 @@ class ClientRegistry:
     async def delete(self, client_id: str, token: str | None) -> None:
         """
         RFC 7592 §2.3: deregister the client; its credentials and
-        registration access token stop working.
+        registration access token stop working, and so do its tokens: the
+        store deletes its opaque tokens and marks its tokens issued until
+        now as revoked, which introspection checks.
+
+        The mark reaches past now by the client cache's lifetime (and a
+        second for rounding): an instance that still holds the client in
+        its cache may issue it a token until then.  Client ids are random,
+        so no later client with the same id can be hit by it.  The mark is
+        kept until the last token it covers has expired.
         """
         await self._authorized(client_id, token)
-        await self._store.delete_client(client_id)
+        issued_before = math.ceil(self._now() + self._client_cache_seconds) + 1
+        await self._store.delete_client(
+            client_id, issued_before, issued_before + self._token_max_lifetime
+        )
 

@@ -71,9 +71,11 @@ class CachingClientStore:
         d.addBoth(self._forget_after, client.client_id)
         return d
 
-    def delete_client(self, client_id: str) -> Deferred[bool]:
+    def delete_client(
+        self, client_id: str, issued_before: int, mark_expires_at: int
+    ) -> Deferred[bool]:
         self.forget(client_id)
-        d = self._store.delete_client(client_id)
+        d = self._store.delete_client(client_id, issued_before, mark_expires_at)
         d.addBoth(self._forget_after, client_id)
         return d
 

@@ -24,6 +24,8 @@ class MemoryStore:
         self._keys: dict[str, StoredKey] = {}
         self._tokens: dict[str, tuple[str, str, tuple[str, ...], int, int, str, str]] = {}
         self._revoked: dict[str, int] = {}
+        #: client_id -> (issued_before, mark_expires_at)
+        self._revoked_clients: dict[str, tuple[int, int]] = {}
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -46,7 +48,18 @@ class MemoryStore:
         self._clients[client.client_id] = client
         return succeed(True)
 
-    def delete_client(self, client_id: str) -> Deferred[bool]:
+    def delete_client(
+        self, client_id: str, issued_before: int, mark_expires_at: int
+    ) -> Deferred[bool]:
+        before, until = self._revoked_clients.get(client_id, (issued_before, mark_expires_at))
+        self._revoked_clients[client_id] = (
+            max(before, issued_before),
+            max(until, mark_expires_at),
+        )
+        # A scan: deleting a client is rare, and an index per client would
+        # cost every opaque token issued.
+        for digest in [d for d, t in self._tokens.items() if t[0] == client_id]:
+            del self._tokens[digest]
         return succeed(self._clients.pop(client_id, None) is not None)
 
     def add_token(self, token: TokenRecord) -> Deferred[None]:
@@ -69,6 +82,9 @@ class MemoryStore:
         if kept is None:
             return succeed(None)
         client_id, scope, audience, issued_at, expires_at, jti, claims = kept
+        mark = self._revoked_clients.get(client_id)
+        if mark is not None and issued_at <= mark[0]:
+            return succeed(None)
         return succeed(
             TokenRecord(
                 token_digest=token_digest,
@@ -92,14 +108,21 @@ class MemoryStore:
     def is_revoked(self, jti: str) -> Deferred[bool]:
         return succeed(jti in self._revoked)
 
+    def client_revoked_before(self, client_id: str) -> Deferred[int | None]:
+        mark = self._revoked_clients.get(client_id)
+        return succeed(None if mark is None else mark[0])
+
     def purge_expired(self, now: int) -> Deferred[int]:
         expired_tokens = [d for d, t in self._tokens.items() if t[4] < now]
         expired_jtis = [j for j, until in self._revoked.items() if until < now]
+        expired_marks = [c for c, mark in self._revoked_clients.items() if mark[1] < now]
         for digest in expired_tokens:
             del self._tokens[digest]
         for jti in expired_jtis:
             del self._revoked[jti]
-        return succeed(len(expired_tokens) + len(expired_jtis))
+        for client_id in expired_marks:
+            del self._revoked_clients[client_id]
+        return succeed(len(expired_tokens) + len(expired_jtis) + len(expired_marks))
 
     def list_keys(self) -> Deferred[list[StoredKey]]:
         return succeed(sorted(self._keys.values(), key=lambda k: (k.created_at, k.kid)))

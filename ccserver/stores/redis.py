@@ -16,6 +16,18 @@ shared with other data):
     C{ccserver:revoked:<jti>}: a deny-list entry; both expire with the token
     (C{SET ... EXAT}, so Redis 6.2 or later), and C{purge_expired} has
     nothing to do;
+  - C{ccserver:client_tokens:<client_id>}: a sorted set of the client's
+    opaque token digests, scored by expiry, written in the same script as
+    the token (one round trip still) and trimmed of expired ones there, so
+    that deleting the client can delete its tokens; it expires with the
+    last of them;
+  - C{ccserver:revoked_client:<client_id>}: a deleted client's revocation
+    mark, C{"<issued_before> <expires_at>"}, expiring at C{expires_at};
+    C{get_token} reads it with the token, in one script.
+    C{delete_client} writes it, deletes the tokens and the client in one
+    script: atomic, as every script is in Redis (it names the token keys it
+    deletes only at run time, which Redis Cluster would refuse; a single
+    Redis, as used here, does not);
   - C{ccserver:schema_version}: the layout's version (1), so that a later
     ccserver can tell what it opens.
 
@@ -105,6 +117,56 @@ end
 return 1
 """
 
+_ADD_TOKEN_SCRIPT = """
+redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[4])
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if last[2] then
+    redis.call('EXPIREAT', KEYS[2], last[2])
+end
+return 1
+"""
+
+# The token, unless its client's revocation mark covers it.  A record that
+# cjson cannot read (never written by this server) is answered as it is.
+_GET_TOKEN_SCRIPT = """
+local text = redis.call('GET', KEYS[1])
+if not text then
+    return false
+end
+local ok, record = pcall(cjson.decode, text)
+if ok and type(record) == 'table' and type(record['client_id']) == 'string' then
+    local mark = redis.call('GET', ARGV[1] .. record['client_id'])
+    if mark then
+        local before = tonumber(string.match(mark, '^(%d+)'))
+        if before and tonumber(record['issued_at']) <= before then
+            return false
+        end
+    end
+end
+return text
+"""
+
+_DELETE_CLIENT_SCRIPT = """
+local before, expires = tonumber(ARGV[1]), tonumber(ARGV[2])
+local current = redis.call('GET', KEYS[2])
+if current then
+    local b, e = string.match(current, '^(%d+) (%d+)$')
+    if b then
+        before = math.max(before, tonumber(b))
+        expires = math.max(expires, tonumber(e))
+    end
+end
+redis.call('SET', KEYS[2], string.format('%d %d', before, expires), 'EXAT', expires)
+local digests = redis.call('ZRANGE', KEYS[3], 0, -1)
+for i = 1, #digests do
+    redis.call('DEL', ARGV[3] .. digests[i])
+end
+redis.call('DEL', KEYS[3])
+return redis.call('DEL', KEYS[1])
+"""
+
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     txredisapi.ConnectionError,  # TimeoutError included
     internet_error.ConnectError,
@@ -123,6 +185,14 @@ def token_key(token_digest: str) -> str:
 
 def revoked_key(jti: str) -> str:
     return f"{PREFIX}revoked:{jti}"
+
+
+def client_tokens_key(client_id: str) -> str:
+    return f"{PREFIX}client_tokens:{client_id}"
+
+
+def revoked_client_key(client_id: str) -> str:
+    return f"{PREFIX}revoked_client:{client_id}"
 
 
 def _token_json(token: TokenRecord) -> str:
@@ -471,8 +541,15 @@ class RedisStore:
         d.addCallback(lambda reply: reply is not None)
         return d
 
-    def delete_client(self, client_id: str) -> Deferred[bool]:
-        d = self._call("delete", client_key(client_id))
+    def delete_client(
+        self, client_id: str, issued_before: int, mark_expires_at: int
+    ) -> Deferred[bool]:
+        d = self._call(
+            "eval",
+            _DELETE_CLIENT_SCRIPT,
+            [client_key(client_id), revoked_client_key(client_id), client_tokens_key(client_id)],
+            [str(issued_before), str(mark_expires_at), token_key("")],
+        )
         d.addCallback(lambda count: int(count) > 0)
         return d
 
@@ -509,18 +586,25 @@ class RedisStore:
 
     def add_token(self, token: TokenRecord) -> Deferred[None]:
         d = self._call(
-            "execute_command",
-            "SET",
-            token_key(token.token_digest),
-            _token_json(token),
-            "EXAT",
-            token.expires_at,
+            "eval",
+            _ADD_TOKEN_SCRIPT,
+            [token_key(token.token_digest), client_tokens_key(token.client_id)],
+            [
+                _token_json(token),
+                str(token.expires_at),
+                token.token_digest,
+                # the client's tokens that expired before this one was
+                # issued are trimmed from its set
+                str(token.issued_at),
+            ],
         )
         d.addCallback(lambda _: None)
         return d
 
     def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
-        d = self._call("get", token_key(token_digest))
+        d = self._call(
+            "eval", _GET_TOKEN_SCRIPT, [token_key(token_digest)], [revoked_client_key("")]
+        )
         d.addCallback(lambda text: None if text is None else _token_from_json(text))
         return d
 
@@ -538,6 +622,11 @@ class RedisStore:
     def is_revoked(self, jti: str) -> Deferred[bool]:
         d = self._call("exists", revoked_key(jti))
         d.addCallback(lambda count: int(count) > 0)
+        return d
+
+    def client_revoked_before(self, client_id: str) -> Deferred[int | None]:
+        d = self._call("get", revoked_client_key(client_id))
+        d.addCallback(lambda text: None if text is None else int(str(text).split()[0]))
         return d
 
     def purge_expired(self, now: int) -> Deferred[int]:

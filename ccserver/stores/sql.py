@@ -17,12 +17,14 @@ Durability and concurrency:
     the same file wait up to the timeout (C{busy_timeout}); every write
     starts with C{BEGIN IMMEDIATE} so that it takes the write lock first and
     never fails half-way on a lock upgrade.
-  - Every write is one statement in one transaction (C{purge_expired}: two,
-    in one transaction).
+  - Every write is one transaction: one statement, or three in
+    C{purge_expired} and in C{delete_client} (the client's revocation mark,
+    its opaque tokens, the client), so none is ever half-done.
 
 Tables: C{clients}, C{signing_keys}, and for L{ITokenStore} C{access_tokens}
-(by digest, never the token) and C{revoked_jtis}; metadata, audiences and
-claims are JSON text, so that the same SQL serves both databases.
+(by digest, never the token), C{revoked_jtis} and C{revoked_clients};
+metadata, audiences and claims are JSON text, so that the same SQL serves
+both databases.
 
 Failure: each operation fires within C{timeout} seconds, with its result or
 with L{StoreUnavailable}.  A write that times out may still complete later in
@@ -420,6 +422,20 @@ class SQLStore:
                 " WHERE client_id = ?"
             ),
             "delete_client": t("DELETE FROM clients WHERE client_id = ?"),
+            # A mark already there is kept with the later of each time.
+            "revoke_client": t(
+                "INSERT INTO revoked_clients (client_id, issued_before, expires_at)"
+                " VALUES (?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET"
+                " issued_before = CASE WHEN excluded.issued_before > revoked_clients.issued_before"
+                " THEN excluded.issued_before ELSE revoked_clients.issued_before END,"
+                " expires_at = CASE WHEN excluded.expires_at > revoked_clients.expires_at"
+                " THEN excluded.expires_at ELSE revoked_clients.expires_at END"
+            ),
+            "delete_client_tokens": t("DELETE FROM access_tokens WHERE client_id = ?"),
+            "client_revoked_before": t(
+                "SELECT issued_before FROM revoked_clients WHERE client_id = ?"
+            ),
+            "purge_revoked_clients": t("DELETE FROM revoked_clients WHERE expires_at < ?"),
             "list_keys": t(f"SELECT {_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid"),
             # A kid taken already is replaced, as MemoryStore does.
             "add_key": t(
@@ -442,7 +458,13 @@ class SQLStore:
                 " issued_at = excluded.issued_at, expires_at = excluded.expires_at,"
                 " jti = excluded.jti, claims = excluded.claims"
             ),
-            "get_token": t(f"SELECT {_TOKEN_COLUMNS} FROM access_tokens WHERE token_digest = ?"),
+            # A token its client's revocation mark covers is not answered.
+            "get_token": t(
+                f"SELECT {_TOKEN_COLUMNS} FROM access_tokens WHERE token_digest = ?"
+                " AND NOT EXISTS (SELECT 1 FROM revoked_clients"
+                " WHERE revoked_clients.client_id = access_tokens.client_id"
+                " AND access_tokens.issued_at <= revoked_clients.issued_before)"
+            ),
             "delete_token": t("DELETE FROM access_tokens WHERE token_digest = ?"),
             # An entry is kept until the later of the two expiries.
             "revoke_jti": t(
@@ -677,10 +699,21 @@ class SQLStore:
         d.addCallback(lambda count: count == 1)
         return d
 
-    def delete_client(self, client_id: str) -> Deferred[bool]:
-        d = self._execute("delete_client", (client_id,), write=True)
-        d.addCallback(lambda count: count > 0)
-        return d
+    def delete_client(
+        self, client_id: str, issued_before: int, mark_expires_at: int
+    ) -> Deferred[bool]:
+        """
+        The mark, the tokens' deletion and the client's in one transaction.
+        """
+        sql = self._sql
+
+        def delete(cursor: Any) -> bool:
+            cursor.execute(sql["revoke_client"], (client_id, issued_before, mark_expires_at))
+            cursor.execute(sql["delete_client_tokens"], (client_id,))
+            cursor.execute(sql["delete_client"], (client_id,))
+            return int(cursor.rowcount) > 0
+
+        return self._guard(self._run(delete, write=True))
 
     # IKeyStore
 
@@ -732,17 +765,25 @@ class SQLStore:
         d.addCallback(lambda rows: bool(rows))
         return d
 
+    def client_revoked_before(self, client_id: str) -> Deferred[int | None]:
+        d = self._execute("client_revoked_before", (client_id,))
+        d.addCallback(lambda rows: int(rows[0][0]) if rows else None)
+        return d
+
     def purge_expired(self, now: int) -> Deferred[int]:
         """
-        Both deletions in one transaction; fires with how many rows went.
+        The deletions in one transaction; fires with how many rows went.
         """
-        tokens, revoked = self._sql["purge_tokens"], self._sql["purge_revoked"]
+        statements = [
+            self._sql[name] for name in ("purge_tokens", "purge_revoked", "purge_revoked_clients")
+        ]
 
         def purge(cursor: Any) -> int:
-            cursor.execute(tokens, (now,))
-            count = int(cursor.rowcount)
-            cursor.execute(revoked, (now,))
-            return count + int(cursor.rowcount)
+            count = 0
+            for statement in statements:
+                cursor.execute(statement, (now,))
+                count += int(cursor.rowcount)
+            return count
 
         return self._guard(self._run(purge, write=True))
 
