@@ -1,11 +1,13 @@
 """
-Signing keys: generation, encryption at rest, the current signing key and
-the public JWK set.
+Signing keys: generation, encryption at rest, and the rotation policy (the
+current signing key, the published JWK set, activation and retirement).
 
 Keys live in the store, so that every instance signs with and publishes the
 same keys and a restart never orphans an issued token.  A private key reaches
 the store only encrypted (Fernet) with the key-encryption key, which lives in
-a file readable only by the server's user.
+a file readable only by the server's user.  How a token is signed with a key
+is L{ccserver.jose}'s business; when (inline or in a thread) is the token
+minter's.
 """
 
 from __future__ import annotations
@@ -18,21 +20,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from attrs import evolve, frozen
+from attrs import evolve, field, frozen
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from jwt.algorithms import get_default_algorithms
-from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 
 from ccserver.config import Config, resolve
 from ccserver.errors import ConfigError
 from ccserver.interfaces import IKeyStore
+from ccserver.jose import ALGORITHMS as _ALGORITHMS
+from ccserver.jose import JWSSigner, PublicKey
 from ccserver.model import StoredKey
 from ccserver.stores import data_dir
 
-_ALGORITHMS = get_default_algorithms()
+#: The algorithms a signing key can be made for.
+SIGNING_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+#: RFC 9068 §2.1: the C{typ} of a JWT access token.
+ACCESS_TOKEN_TYP = "at+jwt"
 
 KEY_ENCRYPTION_KEY_FILE = "ccserver.key-encryption-key"
 
@@ -85,21 +89,19 @@ def thumbprint(jwk: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
 
 
-def _b64(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
-
-
 @frozen
 class SigningKey:
     """
-    A key ready to sign: its private key, its public JWK and the constant
-    first segment of every JWS it signs.
+    A key ready to sign access tokens and to verify them: its private key,
+    its public key and JWK, and its JWS signer (header C{alg}, C{kid},
+    C{typ: at+jwt}).
     """
 
     stored: StoredKey
-    private_key: PrivateKey
+    private_key: PrivateKey = field(repr=False)
+    public_key: PublicKey = field(repr=False)
     jwk: dict[str, Any]
-    header_segment: bytes
+    jws: JWSSigner
 
     @property
     def kid(self) -> str:
@@ -112,45 +114,14 @@ class SigningKey:
     @classmethod
     def from_private_key(cls, stored: StoredKey, private_key: PrivateKey) -> SigningKey:
         jwk = dict(public_jwk(private_key), kid=stored.kid, alg=stored.alg, use="sig")
-        header = {"alg": stored.alg, "kid": stored.kid, "typ": "at+jwt"}
-        segment = _b64(json.dumps(header, separators=(",", ":")).encode())
-        return cls(stored, private_key, jwk, segment)
+        jws = JWSSigner.create(stored.alg, private_key, {"kid": stored.kid, "typ": ACCESS_TOKEN_TYP})
+        return cls(stored, private_key, private_key.public_key(), jwk, jws)
 
     def sign(self, claims: dict[str, Any]) -> str:
         """
         A compact JWS of C{claims} with this key (RFC 7515), C{typ: at+jwt}.
         """
-        payload = _b64(json.dumps(claims, separators=(",", ":")).encode())
-        signing_input = self.header_segment + b"." + payload
-        signature = _ALGORITHMS[self.alg].sign(signing_input, self.private_key)
-        return (signing_input + b"." + _b64(signature)).decode("ascii")
-
-
-Signer = Callable[["SigningKey", dict[str, Any]], "str | Deferred[str]"]
-
-
-def sign_inline(key: SigningKey, claims: dict[str, Any]) -> str:
-    return key.sign(claims)
-
-
-def rsa_in_threads(reactor: Any) -> Signer:
-    """
-    A signer that signs with RSA keys in the reactor's thread pool and with
-    the others inline.  An RSA signature costs about ten times an EC or
-    EdDSA one, and C{cryptography} releases the GIL while it signs: in a
-    thread it runs on another core while the reactor thread serves the
-    next requests (measured: 2,398 to 3,415 RS256 tokens/s).  EC and EdDSA
-    signatures cost less than the hand-off (measured: ES256 in threads,
-    8,097 down to 4,500 tokens/s).
-    """
-    pool = reactor.getThreadPool()
-
-    def sign(key: SigningKey, claims: dict[str, Any]) -> str | Deferred[str]:
-        if key.alg in ("RS256", "PS256"):
-            return deferToThreadPool(reactor, pool, key.sign, claims)
-        return key.sign(claims)
-
-    return sign
+        return self.jws.sign(claims)
 
 
 @frozen

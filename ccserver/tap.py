@@ -29,19 +29,12 @@ from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
 from ccserver.handlers import available, make_handler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
-from ccserver.keys import (
-    KeyEncryptor,
-    Keyring,
-    key_encryption_key_path,
-    key_encryptor,
-    rsa_in_threads,
-    sign_inline,
-)
+from ccserver.keys import KeyEncryptor, Keyring, key_encryption_key_path, key_encryptor
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.registration import ClientRegistry
-from ccserver.oauth.tokens import TokenMinter
+from ccserver.oauth.tokens import TokenMinter, rsa_in_threads, sign_inline
 from ccserver.stores import data_dir, sqlite_path, store_from_url
 from ccserver.stores.cache import CachingClientStore
 from ccserver.web import CCServerApp, CCServerSite

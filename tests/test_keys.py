@@ -167,8 +167,9 @@ class _Reactor:
 
 class SignerTests(ServerTestCase):
     def test_rsa_in_threads_ec_inline(self) -> None:
-        from ccserver.keys import SigningKey, generate_private_key, rsa_in_threads
+        from ccserver.keys import SigningKey, generate_private_key
         from ccserver.model import StoredKey
+        from ccserver.oauth.tokens import rsa_in_threads
 
         reactor = _Reactor()
         sign = rsa_in_threads(reactor)

@@ -1,0 +1,293 @@
+"""
+Compact JWS (RFC 7515) as ccserver signs and verifies it: the one place that
+reads or writes a signed token.
+
+Signing is on the hot path of every JWT access token, so a L{JWSSigner}
+serialises its protected header once and only encodes the claims and signs
+per token.  Verification takes its policy from the caller, never from the
+token (RFC 8725 §2.1, §3.1): the algorithms allowed, the key (or a function
+choosing it from the header, e.g. by C{kid} from a client's JWK set, or the
+C{jwk} header of a DPoP proof), the expected C{typ} (RFC 8725 §3.11), and
+the claims required.  C{alg: none} is never accepted, whatever the caller
+allows.  The signature math is PyJWT's algorithm objects, for both ways.
+
+A leaf module: PyJWT, cryptography, attrs and the standard library only.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+from attrs import field, frozen
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from jwt.algorithms import Algorithm, get_default_algorithms
+
+PrivateKey = (
+    rsa.RSAPrivateKey
+    | ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | ed448.Ed448PrivateKey
+)
+PublicKey = (
+    rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey
+)
+#: What signs: a private key, or for C{HS*} the shared secret.
+SigningKeyMaterial = PrivateKey | bytes
+#: What verifies: a public key, or for C{HS*} the shared secret.
+VerificationKey = PublicKey | bytes
+#: Chooses the verification key from the (not yet verified) protected
+#: header, or None when there is none for it.  It is called only once the
+#: header's C{alg} is known to be allowed.
+KeyResolver = Callable[[Mapping[str, Any]], "VerificationKey | None"]
+
+_PYJWT = get_default_algorithms()
+#: The algorithms this module signs and verifies with.  Never C{none}.
+ALGORITHMS: Mapping[str, Algorithm] = {
+    name: _PYJWT[name] for name in ("RS256", "PS256", "ES256", "EdDSA", "HS256", "HS384", "HS512")
+}
+_EC_CURVES = {"ES256": ec.SECP256R1}
+#: RFC 7518 §3.2: an HMAC key at least as long as the hash output.
+_HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+#: RFC 7518 §3.3, §3.5: RSA keys of 2048 bits or more.
+_RSA_MIN_BITS = 2048
+_BASE64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+class JOSEError(Exception):
+    """
+    A JWS that does not verify, or whose claims do not hold.  The message
+    is safe to show its sender: it names what failed, never a key, the
+    token, or a value taken from it.
+    """
+
+
+def b64encode(data: bytes) -> bytes:
+    """
+    base64url without padding (RFC 7515 §2).
+    """
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _b64decode(segment: bytes, name: str) -> bytes:
+    """
+    Decode one segment: the base64url alphabet, in its canonical encoding.
+    Trailing C{=} padding, which RFC 7515 §2 omits, is tolerated as PyJWT
+    2.x tolerates it (some issuers pad), so that no token verifies
+    differently than it did through PyJWT.
+    """
+    stripped = segment.rstrip(b"=")
+    padding = len(segment) - len(stripped)
+    if (
+        padding > 2
+        or (padding and len(segment) % 4)
+        or len(stripped) % 4 == 1
+        or not _BASE64URL.issuperset(stripped)
+    ):
+        raise JOSEError(f"malformed JWS: the {name} is not base64url")
+    data = base64.urlsafe_b64decode(stripped + b"=" * (-len(stripped) % 4))
+    if b64encode(data) != stripped:
+        raise JOSEError(f"malformed JWS: the {name} is not base64url")
+    return data
+
+
+def _json_object(data: bytes, name: str) -> dict[str, Any]:
+    try:
+        document = json.loads(data)
+    except (ValueError, RecursionError):
+        raise JOSEError(f"malformed JWS: the {name} is not JSON") from None
+    if not isinstance(document, dict):
+        raise JOSEError(f"malformed JWS: the {name} is not a JSON object")
+    return document
+
+
+def key_fits(alg: str, key: SigningKeyMaterial | VerificationKey) -> bool:
+    """
+    Whether C{key} is of the type and size that C{alg} needs, so that a key
+    is only ever used with its own kind of algorithm (RFC 8725 §3.1): an RSA
+    public key is never an HMAC secret, a P-384 key never signs ES256.
+    """
+    if alg in ("RS256", "PS256"):
+        return (
+            isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)) and key.key_size >= _RSA_MIN_BITS
+        )
+    if alg in _EC_CURVES:
+        return isinstance(
+            key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)
+        ) and isinstance(key.curve, _EC_CURVES[alg])
+    if alg == "EdDSA":
+        return isinstance(
+            key,
+            (
+                ed25519.Ed25519PrivateKey,
+                ed25519.Ed25519PublicKey,
+                ed448.Ed448PrivateKey,
+                ed448.Ed448PublicKey,
+            ),
+        )
+    if alg in _HMAC_KEY_BYTES:
+        return isinstance(key, bytes) and len(key) >= _HMAC_KEY_BYTES[alg]
+    return False
+
+
+@frozen
+class JWSSigner:
+    """
+    Signs claims as compact JWSs with one key and one constant protected
+    header, serialised once here rather than once per token.
+    """
+
+    alg: str
+    header_segment: bytes
+    key: SigningKeyMaterial = field(repr=False)
+    _algorithm: Algorithm = field(repr=False)
+
+    @classmethod
+    def create(
+        cls, alg: str, key: SigningKeyMaterial, header: Mapping[str, Any] | None = None
+    ) -> JWSSigner:
+        """
+        @param header: protected header members beside C{alg} (C{kid},
+            C{typ}, ...), in the order they are to be serialised.
+        @raise ValueError: C{alg} is not one of L{ALGORITHMS}, or C{key}
+            does not fit it.
+        """
+        if alg not in ALGORITHMS:
+            raise ValueError(f"no JWS algorithm {alg!r}")
+        if not key_fits(alg, key):
+            raise ValueError(f"the key does not fit {alg}")
+        protected = {"alg": alg, **(header or {})}
+        segment = b64encode(json.dumps(protected, separators=(",", ":")).encode())
+        return cls(alg, segment, key, ALGORITHMS[alg])
+
+    def sign(self, claims: Mapping[str, Any]) -> str:
+        payload = b64encode(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = self.header_segment + b"." + payload
+        signature = self._algorithm.sign(signing_input, self.key)
+        return (signing_input + b"." + b64encode(signature)).decode("ascii")
+
+
+@frozen
+class Verified:
+    """
+    A JWS whose signature and claims were found good.
+    """
+
+    header: Mapping[str, Any]
+    claims: dict[str, Any]
+
+
+def _typ_matches(typ: object, expected: str) -> bool:
+    """
+    RFC 7515 §4.1.9: C{typ} is a media type, compared case-insensitively,
+    whose C{application/} prefix may be left out.
+    """
+    if not isinstance(typ, str):
+        return False
+    media_type = typ.lower()
+    if media_type.startswith("application/"):
+        media_type = media_type[len("application/") :]
+    return media_type == expected.lower()
+
+
+def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise JOSEError(f"the {name} claim is not a NumericDate")
+    return float(value)
+
+
+def _check_claims(
+    claims: Mapping[str, Any],
+    issuer: str | None,
+    audience: Collection[str] | None,
+    required: Collection[str],
+    now: float | None,
+    leeway: float,
+) -> None:
+    for name in required:
+        if claims.get(name) is None:
+            raise JOSEError(f"the {name} claim is missing")
+    if issuer is not None and claims.get("iss") != issuer:
+        raise JOSEError("the iss claim is not the expected issuer")
+    if audience is not None:
+        # RFC 7519 §4.1.3: a string or an array of strings, one of which
+        # must name this recipient.
+        aud = claims.get("aud")
+        named = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if not any(isinstance(name, str) and name in audience for name in named):
+            raise JOSEError("the aud claim does not name this recipient")
+    if now is not None:
+        exp = _numeric_date(claims, "exp")
+        if exp is not None and exp <= now - leeway:
+            raise JOSEError("the JWT has expired")
+        nbf = _numeric_date(claims, "nbf")
+        if nbf is not None and nbf > now + leeway:
+            raise JOSEError("the JWT is not valid yet")
+
+
+def verify(
+    token: str,
+    key: VerificationKey | KeyResolver,
+    *,
+    algorithms: Collection[str],
+    typ: str | None = None,
+    issuer: str | None = None,
+    audience: Collection[str] | None = None,
+    required: Collection[str] = (),
+    now: float | None = None,
+    leeway: float = 0,
+) -> Verified:
+    """
+    Verify a compact JWS whose payload is a JWT claims set.
+
+    @param key: the key, or a L{KeyResolver} choosing it from the header.
+    @param algorithms: the C{alg}s accepted, chosen by the caller (RFC 8725
+        §3.1), all of L{ALGORITHMS}.
+    @param typ: when given, the header's C{typ} must be this media type.
+    @param issuer: when given, the C{iss} claim must equal it.
+    @param audience: when given, the C{aud} claim must name one of these.
+    @param required: claims that must be present (and not null).
+    @param now: when given, C{exp} (RFC 7519 §4.1.4) must be after it and
+        C{nbf} (§4.1.5) not after it, each by C{leeway} seconds; C{iat} is
+        informational and not checked.
+    @raise JOSEError: the token does not verify; its message is safe to
+        return to the sender.
+    @raise ValueError: C{algorithms} names one this module does not know
+        (a programming error, never the token's).
+    """
+    if not algorithms or not all(alg in ALGORITHMS for alg in algorithms):
+        raise ValueError(f"algorithms must be some of {sorted(ALGORITHMS)}")
+    try:
+        header_segment, payload_segment, signature_segment = token.encode("ascii").split(b".")
+    except (UnicodeEncodeError, ValueError):
+        raise JOSEError("malformed JWS: not three base64url segments") from None
+    header = _json_object(_b64decode(header_segment, "header"), "header")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algorithms:
+        raise JOSEError("the JWS alg is not allowed")
+    if "crit" in header:
+        # RFC 7515 §4.1.11: extensions the recipient does not understand
+        # make the JWS invalid, and this module understands none.
+        raise JOSEError("the JWS names critical extensions")
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise JOSEError("the JWS kid is not a string")
+    if typ is not None and not _typ_matches(header.get("typ"), typ):
+        raise JOSEError("the JWS typ is not the expected one")
+    verification_key = key(header) if callable(key) else key
+    if verification_key is None:
+        raise JOSEError("no key verifies this JWS")
+    if not key_fits(alg, verification_key):
+        raise JOSEError("the key does not fit the JWS alg")
+    signature = _b64decode(signature_segment, "signature")
+    signing_input = header_segment + b"." + payload_segment
+    if not ALGORITHMS[alg].verify(signing_input, verification_key, signature):
+        raise JOSEError("the JWS signature does not verify")
+    claims = _json_object(_b64decode(payload_segment, "payload"), "payload")
+    _check_claims(claims, issuer, audience, required, now, leeway)
+    return Verified(header, claims)
