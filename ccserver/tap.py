@@ -258,7 +258,7 @@ class CCServerService(Service):
             introspection=TokenIntrospection(
                 clients, self.store, self.keyring, config.issuer, config.tokens.introspection, now
             ),
-            registry=ClientRegistry(clients, self.master_token_digest, now),
+            registry=ClientRegistry(clients, self.master_token_digest, now, self.store),
             keyring=self.keyring,
             issuer=config.issuer,
             discovery_json=_discovery_json(config),

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from ccserver import credentials
 from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, assert_not_echoed, basic
 
@@ -499,6 +501,20 @@ class PrivilegeTests(ServerTestCase):
         self.assertEqual(response.code, 200, response.body)
         self.assertEqual(response.json()["grant_types"], ["client_credentials"])
         self.assertEqual(response.json()["token_endpoint_auth_method"], "client_secret_basic")
+
+    def test_checked_against_the_stored_record(self) -> None:
+        """
+        The operator narrows the scope on another instance (straight in the
+        store, under this instance's client cache); within the cache's
+        lifetime the client PUTs the old scope back: refused, because the
+        check reads the stored record.
+        """
+        self.assertEqual(self.token({"grant_type": "client_credentials"}, self.auth).code, 200)  # cached now
+        stored = self.successResultOf(self.store.get_client(self.client_id))
+        narrowed = attrs.evolve(stored, metadata={**stored.metadata, "scope": "read"})
+        self.assertTrue(self.successResultOf(self.store.replace_client(narrowed)))
+        self.assert_refused(self.put(self.rat, client_name="App", **PRIVILEGED), "scope")
+        self.assertEqual(self.successResultOf(self.store.get_client(self.client_id)).metadata["scope"], "read")
 
     def test_master_token_changes_everything(self) -> None:
         response = self.put(

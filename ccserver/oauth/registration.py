@@ -285,10 +285,19 @@ class ClientRegistry:
         store: IClientStore,
         master_token_digest: str,
         now: Callable[[], float],
+        authoritative: IClientStore | None = None,
     ) -> None:
+        """
+        @param authoritative: the store under C{store}'s cache, if any.  A
+            replacement by the client's own token is checked against the
+            record read from it, not one cached for up to C{[store]
+            client_cache_seconds}: else, on another instance, a client
+            could write back privileges the operator has just taken away.
+        """
         self._store = store
         self._master_token_digest = master_token_digest
         self._now = now
+        self._authoritative = authoritative
 
     def check_master_token(self, token: str | None) -> None:
         if token is None:
@@ -366,6 +375,11 @@ class ClientRegistry:
         operator wrote them.
         """
         client, is_master = await self._authorized(client_id, token)
+        if not is_master and self._authoritative is not None:
+            stored = await self._authoritative.get_client(client_id)
+            if stored is None:
+                raise bearer_error("the registration access token is not valid for this client")
+            client = stored
         body = read_body()
         if not isinstance(body, dict):
             raise invalid_client_metadata("the request body must be a JSON object")
