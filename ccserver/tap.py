@@ -301,6 +301,7 @@ class CCServerService(Service):
                 now,
                 token_max_lifetime=config.tokens.max_lifetime,
                 client_cache_seconds=config.store.client_cache_seconds,
+                authoritative=self.store,
             ),
             keyring=self.keyring,
             issuer=config.issuer,

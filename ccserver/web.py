@@ -27,6 +27,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from ccserver import strictjson
 from ccserver.errors import OAuthError, StoreUnavailable, invalid_client_metadata, invalid_request
 from ccserver.keys import Keyring
+from ccserver.oauth.clientauth import split_authorization
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.registration import ClientRegistry, client_information
@@ -193,10 +194,10 @@ def bearer_token(request: IRequest) -> str | None:
     header = request.getHeader(b"authorization")
     if header is None:
         return None
-    scheme, _, token = bytes(header).decode("latin-1").strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    parts = split_authorization(bytes(header).decode("latin-1"))
+    if parts is None or parts[0].lower() != "bearer" or not parts[1].strip():
         return ""
-    return token.strip()
+    return parts[1].strip()
 
 
 def _allow(request: IRequest, *methods: bytes) -> None:

@@ -158,3 +158,13 @@ class ServerTestCase(SynchronousTestCase):
         self.assertLessEqual(claims["iat"], self.clock.seconds())
         self.assertGreater(claims["exp"], self.clock.seconds())
         return claims
+
+
+def assert_not_echoed(test: SynchronousTestCase, response: Response, *secrets: str) -> None:
+    """
+    No secret, nor its base64, appears anywhere in a response.
+    """
+    seen = response.body.decode("latin-1") + repr(response.headers)
+    for secret in secrets:
+        for form in (secret, base64.b64encode(secret.encode()).decode()):
+            test.assertNotIn(form, seen, response.body)

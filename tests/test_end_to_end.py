@@ -176,14 +176,14 @@ class EndToEndMixin:
         client = self.server.register(scope="read", grant_types=[])
         self.assertEqual(self.token(client).json()["error"], "unauthorized_client")  # type: ignore[attr-defined]
         headers = {"Authorization": f"Bearer {client['registration_access_token']}"}
+        update = {"client_id": client["client_id"], "scope": "read", "grant_types": ["client_credentials"]}
+        # Granting a grant type is the operator's: the client's own token is refused.
+        response = requests.put(client["registration_client_uri"], json=update, headers=headers, timeout=10)
+        self.assertEqual(response.status_code, 400, response.text)  # type: ignore[attr-defined]
         response = requests.put(
             client["registration_client_uri"],
-            json={
-                "client_id": client["client_id"],
-                "scope": "read",
-                "grant_types": ["client_credentials"],
-            },
-            headers=headers,
+            json=update,
+            headers={"Authorization": f"Bearer {self.server.master_token}"},
             timeout=10,
         )
         self.assertEqual(response.status_code, 200, response.text)  # type: ignore[attr-defined]

@@ -85,7 +85,10 @@ class InstancesMixin:
         headers = {"Authorization": f"Bearer {client['registration_access_token']}"}
         update = {"client_id": client["client_id"], "scope": "read write"}
         response = requests.put(
-            self.a.url + f"/client-reg/{client['client_id']}", json=update, headers=headers, timeout=10
+            self.a.url + f"/client-reg/{client['client_id']}",
+            json=update,
+            headers={"Authorization": f"Bearer {self.a.master_token}"},
+            timeout=10,
         )
         self.assertEqual(response.status_code, 200)  # type: ignore[attr-defined]
         time.sleep(1.2)

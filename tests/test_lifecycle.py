@@ -14,7 +14,7 @@ from zope.interface import implementer
 from ccserver.config import Config
 from ccserver.interfaces import IClientCredentialsGrantHandler
 from ccserver.model import GrantAuthorization, GrantRequest
-from tests.helpers import ISSUER, ServerTestCase, basic
+from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, basic
 
 API = "https://api.example.com"
 BILLING = "https://billing.example.com"
@@ -95,6 +95,36 @@ class LifecycleMixin:
         self.assertIs(self.introspect(token, api)["active"], True)  # type: ignore[attr-defined]
         billing_only = self.issue(client, resource=BILLING)
         self.assertEqual(self.introspect(billing_only, api), {"active": False})  # type: ignore[attr-defined]
+
+    def test_no_introspection_oracle(self) -> None:
+        """
+        Issue 9, item 2: a client cannot make itself a resource server for
+        the default audience with its own registration access token; a
+        client that the token's aud does not name, and that is not its
+        owner, sees exactly {"active": false}.
+        """
+        token = self.issue(self.alice)
+        path = f"/client-reg/{self.bob['client_id']}"
+        response = self.request(  # type: ignore[attr-defined]
+            "PUT",
+            path,
+            headers={"Authorization": f"Bearer {self.bob['registration_access_token']}"},
+            json_body={"client_id": self.bob["client_id"], "scope": "read", "resource_server_uris": [ISSUER]},
+        )
+        self.assertEqual((response.code, response.json()["error"]), (400, "invalid_client_metadata"))  # type: ignore[attr-defined]
+        self.assertIn("resource_server_uris", response.json()["error_description"])  # type: ignore[attr-defined]
+        self.assertEqual(self.introspect(token, self.bob), {"active": False})  # type: ignore[attr-defined]
+        api = self.register(client_name="api", resource_server_uris=[API])  # type: ignore[attr-defined]
+        self.assertEqual(self.introspect(token, api), {"active": False})  # type: ignore[attr-defined]
+        # The operator may name the issuer for a resource server.
+        response = self.request(  # type: ignore[attr-defined]
+            "PUT",
+            path,
+            headers={"Authorization": f"Bearer {MASTER_TOKEN}"},
+            json_body={"client_id": self.bob["client_id"], "scope": "read", "resource_server_uris": [ISSUER]},
+        )
+        self.assertEqual(response.code, 200, response.body)  # type: ignore[attr-defined]
+        self.assertIs(self.introspect(token, self.bob)["active"], True)  # type: ignore[attr-defined]
 
     def test_bad_credentials(self) -> None:
         token = self.issue(self.alice)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
+
 from ccserver import credentials
-from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, basic
+from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, assert_not_echoed, basic
 
 MASTER = {"Authorization": f"Bearer {MASTER_TOKEN}"}
 
@@ -234,8 +236,9 @@ class ConfigurationTests(ServerTestCase):
 
     def test_replace(self) -> None:
         """
-        The seed's update: add the client_credentials grant to a client that
-        had none; the new metadata replaces the old, whole.
+        The seed's update, an operator action: with the master token, add
+        the client_credentials grant to a client that had none, and widen
+        its scope; the new metadata replaces the old, whole.
         """
         client = self.register(client_name="Old", scope="read", grant_types=[])
         auth = basic(client["client_id"], client["client_secret"])
@@ -243,7 +246,7 @@ class ConfigurationTests(ServerTestCase):
         response = self.request(
             "PUT",
             f"/client-reg/{client['client_id']}",
-            headers={"Authorization": f"Bearer {client['registration_access_token']}"},
+            headers=MASTER,
             json_body={
                 "client_id": client["client_id"],
                 "client_name": "New",
@@ -263,13 +266,47 @@ class ConfigurationTests(ServerTestCase):
         read = self.request("GET", f"/client-reg/{client['client_id']}", headers={"Authorization": f"Bearer {client['registration_access_token']}"})
         self.assertEqual(read.json()["client_name"], "New")
 
+    def test_seed_update_with_own_token_refused(self) -> None:
+        """
+        The same update with the client's own registration access token is
+        a client granting itself a grant type and scope: refused, naming
+        both fields, and nothing changes.
+        """
+        client = self.register(client_name="Old", scope="read", grant_types=[])
+        path = f"/client-reg/{client['client_id']}"
+        own = {"Authorization": f"Bearer {client['registration_access_token']}"}
+        body = {"client_id": client["client_id"], "client_name": "New", "scope": "read write", "grant_types": ["client_credentials"]}
+        response = self.request("PUT", path, headers=own, json_body=body)
+        self.assert_metadata_error(response, "scope")
+        self.assertIn("grant_types", response.json()["error_description"])
+        self.assertIn("master token", response.json()["error_description"])
+        read = self.request("GET", path, headers=own).json()
+        self.assertEqual((read["client_name"], read["scope"], read["grant_types"]), ("Old", "read", []))
+
     def test_replace_drops_omitted_fields(self) -> None:
+        """
+        RFC 7592 §2.2: a field left out is deleted.  With the master token
+        that includes the privileged ones.
+        """
         response = self.request(
-            "PUT", self.path, headers=self.rat, json_body={"client_id": self.client["client_id"]}
+            "PUT", self.path, headers=MASTER, json_body={"client_id": self.client["client_id"]}
         )
         self.assertEqual(response.code, 200)
         self.assertNotIn("client_name", response.json())
         self.assertNotIn("scope", response.json())
+
+    def test_client_drops_descriptive_fields(self) -> None:
+        response = self.request(
+            "PUT", self.path, headers=self.rat, json_body={"client_id": self.client["client_id"], "scope": "read"}
+        )
+        self.assertEqual(response.code, 200, response.body)
+        self.assertNotIn("client_name", response.json())
+        self.assertEqual(response.json()["scope"], "read")
+
+    def assert_metadata_error(self, response, field: str) -> None:  # type: ignore[no-untyped-def]
+        self.assertEqual(response.code, 400, response.body)
+        self.assertEqual(response.json()["error"], "invalid_client_metadata")
+        self.assertIn(field, response.json()["error_description"])
 
     def test_replace_client_id_mismatch(self) -> None:
         for body in ({"client_id": "other", "scope": "read"}, {"scope": "read"}):
@@ -289,11 +326,14 @@ class ConfigurationTests(ServerTestCase):
         A client may PUT back what GET gave it, server-set fields included.
         """
         current = self.request("GET", self.path, headers=self.rat).json()
-        current["scope"] = "read write"
+        current["client_name"] = "Renamed"
         current["client_secret"] = self.client["client_secret"]
         response = self.request("PUT", self.path, headers=self.rat, json_body=current)
         self.assertEqual(response.code, 200, response.body)
-        self.assertEqual(response.json()["scope"], "read write")
+        self.assertEqual(response.json()["client_name"], "Renamed")
+        current["scope"] = "read write"
+        response = self.request("PUT", self.path, headers=self.rat, json_body=current)
+        self.assert_metadata_error(response, "scope")
 
     def test_replace_invalid_metadata_keeps_old(self) -> None:
         body = {"client_id": self.client["client_id"], "grant_types": ["password"]}
@@ -314,3 +354,228 @@ class ConfigurationTests(ServerTestCase):
         response = self.request("POST", self.path, headers=self.rat)
         self.assertEqual(response.code, 405)
         self.assertEqual(response.headers["allow"], "GET, PUT, DELETE")
+
+
+API = "https://api.example.com"
+RESOURCE_SERVER = "https://rs.example.com"
+
+#: A client as the operator registered it: every privileged field set.
+PRIVILEGED = {
+    "scope": "read write",
+    "audience": [API, RESOURCE_SERVER],
+    "resource_server_uris": [RESOURCE_SERVER],
+    "access_token_lifetime": 600,
+    "grant_types": ["client_credentials"],
+    "token_endpoint_auth_method": "client_secret_basic",
+}
+
+
+class PrivilegeTests(ServerTestCase):
+    """
+    Issue 9, item 1: a client's registration access token may change its
+    descriptive metadata, never what its tokens grant; the master token
+    (the operator) may change everything.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.client = self.register(client_name="App", **PRIVILEGED)
+        self.client_id = self.client["client_id"]
+        self.path = f"/client-reg/{self.client_id}"
+        self.rat = {"Authorization": f"Bearer {self.client['registration_access_token']}"}
+        self.auth = basic(self.client_id, self.client["client_secret"])
+
+    def put(self, headers: dict[str, str], **metadata: Any):  # type: ignore[no-untyped-def]
+        return self.request("PUT", self.path, headers=headers, json_body={"client_id": self.client_id, **metadata})
+
+    def registered(self) -> dict[str, Any]:
+        return self.request("GET", self.path, headers=MASTER).json()  # type: ignore[no-any-return]
+
+    def assert_refused(self, response, *fields: str) -> None:  # type: ignore[no-untyped-def]
+        self.assertEqual(response.code, 400, response.body)
+        self.assertEqual(response.json()["error"], "invalid_client_metadata")
+        description = response.json()["error_description"]
+        for field in fields:
+            self.assertIn(field, description)
+        self.assertIn("master token", description)
+
+    def test_privileged_fields(self) -> None:
+        from ccserver.oauth.registration import PRIVILEGED_FIELDS
+
+        self.assertEqual(set(PRIVILEGED_FIELDS), set(PRIVILEGED))
+
+    def test_the_attack(self) -> None:
+        """
+        The review's request: wider scope, a new audience, a year-long
+        lifetime.  Refused, naming each field; the next token is as before.
+        """
+        before = self.registered()
+        response = self.put(
+            self.rat,
+            **{**PRIVILEGED, "scope": "read admin superuser", "audience": ["https://payments.internal"], "access_token_lifetime": 31536000},
+        )
+        self.assert_refused(response, "scope", "audience", "access_token_lifetime")
+        self.assertNotIn("resource_server_uris", response.json()["error_description"])
+        self.assertEqual(self.registered(), before)
+        token = self.token({"grant_type": "client_credentials"}, self.auth)
+        self.assertEqual(token.code, 200, token.body)
+        self.assertEqual(token.json()["scope"], "read write")
+        self.assertEqual(token.json()["expires_in"], 600)
+        claims = self.verify(token.json()["access_token"], audience=API)
+        self.assertEqual(claims["aud"], [API, RESOURCE_SERVER])
+
+    def test_each_change_refused(self) -> None:
+        """
+        Any change is refused, narrowing included: the operator owns these.
+        """
+        changes: list[tuple[str, Any]] = [
+            ("scope", "read write admin"),
+            ("scope", "read"),
+            ("audience", [API, RESOURCE_SERVER, "https://payments.internal"]),
+            ("audience", [API]),
+            ("resource_server_uris", [ISSUER]),
+            ("resource_server_uris", []),
+            ("access_token_lifetime", 31536000),
+            ("access_token_lifetime", 60),
+            ("grant_types", []),
+            ("token_endpoint_auth_method", "client_secret_post"),
+        ]
+        before = self.registered()
+        for field, value in changes:
+            response = self.put(self.rat, client_name="App", **{**PRIVILEGED, field: value})
+            self.assert_refused(response, field)
+            self.assertEqual(self.registered(), before, field)
+
+    def test_leaving_out_a_registered_value_is_a_change(self) -> None:
+        """
+        RFC 7592 §2.2: a PUT replaces the metadata whole, so a field left out
+        goes back to its default; for a field registered with another value
+        that is a change, and is refused.
+        """
+        for field in ("scope", "audience", "resource_server_uris", "access_token_lifetime"):
+            metadata = {k: v for k, v in PRIVILEGED.items() if k != field}
+            self.assert_refused(self.put(self.rat, **metadata), field)
+        self.assert_refused(self.put(self.rat), "scope", "audience", "resource_server_uris", "access_token_lifetime")
+
+    def test_keeping_them_succeeds(self) -> None:
+        """
+        The same grant written differently is no change: scope values in
+        another order or repeated, lists reordered, defaults left out.
+        Descriptive metadata and keys (for key rotation) change freely, and
+        the privileged fields stay as the operator wrote them.
+        """
+        response = self.put(
+            self.rat,
+            client_name="Renamed",
+            client_uri="https://app.example.com",
+            logo_uri="https://app.example.com/logo.png",
+            contacts=["ops@example.com"],
+            jwks={"keys": [{"kty": "oct", "kid": "2"}]},
+            scope="write read read",
+            audience=[RESOURCE_SERVER, API, API],
+            resource_server_uris=[RESOURCE_SERVER],
+            access_token_lifetime=600,
+        )
+        self.assertEqual(response.code, 200, response.body)
+        body = self.registered()
+        self.assertEqual(body["client_name"], "Renamed")
+        self.assertEqual(body["contacts"], ["ops@example.com"])
+        self.assertEqual(body["jwks"], {"keys": [{"kty": "oct", "kid": "2"}]})
+        for field, value in PRIVILEGED.items():
+            self.assertEqual(body[field], value, field)
+        rotated = self.put(self.rat, jwks_uri="https://app.example.com/jwks.json", **PRIVILEGED)
+        self.assertEqual(rotated.code, 200, rotated.body)
+        self.assertNotIn("jwks", self.registered())
+
+    def test_defaults_left_out_are_kept(self) -> None:
+        """
+        A client registered with the defaults may leave them out.
+        """
+        plain = self.register(client_name="Plain", scope="read")
+        response = self.request(
+            "PUT",
+            f"/client-reg/{plain['client_id']}",
+            headers={"Authorization": f"Bearer {plain['registration_access_token']}"},
+            json_body={"client_id": plain["client_id"], "scope": "read", "client_name": "Plainer"},
+        )
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(response.json()["grant_types"], ["client_credentials"])
+        self.assertEqual(response.json()["token_endpoint_auth_method"], "client_secret_basic")
+
+    def test_checked_against_the_stored_record(self) -> None:
+        """
+        The operator narrows the scope on another instance (straight in the
+        store, under this instance's client cache); within the cache's
+        lifetime the client PUTs the old scope back: refused, because the
+        check reads the stored record.
+        """
+        self.assertEqual(self.token({"grant_type": "client_credentials"}, self.auth).code, 200)  # cached now
+        stored = self.successResultOf(self.store.get_client(self.client_id))
+        narrowed = attrs.evolve(stored, metadata={**stored.metadata, "scope": "read"})
+        self.assertTrue(self.successResultOf(self.store.replace_client(narrowed)))
+        self.assert_refused(self.put(self.rat, client_name="App", **PRIVILEGED), "scope")
+        self.assertEqual(self.successResultOf(self.store.get_client(self.client_id)).metadata["scope"], "read")
+
+    def test_master_token_changes_everything(self) -> None:
+        response = self.put(
+            MASTER,
+            scope="read admin",
+            audience=["https://payments.internal"],
+            resource_server_uris=[ISSUER],
+            access_token_lifetime=1200,
+            token_endpoint_auth_method="client_secret_post",
+        )
+        self.assertEqual(response.code, 200, response.body)
+        form = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self.client["client_secret"]}
+        token = self.token(form)
+        self.assertEqual(token.code, 200, token.body)
+        self.assertEqual((set(token.json()["scope"].split()), token.json()["expires_in"]), ({"read", "admin"}, 1200))
+        self.assertEqual(self.verify(token.json()["access_token"], "https://payments.internal")["aud"], "https://payments.internal")
+
+    def test_master_token_reads_and_deletes(self) -> None:
+        self.assertEqual(self.request("GET", self.path, headers=MASTER).json()["scope"], "read write")
+        self.assertEqual(self.request("DELETE", self.path, headers=MASTER).code, 204)
+        self.assertEqual(self.request("GET", self.path, headers=self.rat).code, 401)
+
+
+class BearerNotEchoedTests(ServerTestCase):
+    """
+    Issue 9, item 7: a malformed bearer header at the registration
+    endpoints is answered without repeating the token.
+    """
+
+    def test_malformed_bearer_headers(self) -> None:
+        client = self.register(client_name="App", scope="read")
+        rat = client["registration_access_token"]
+        path = f"/client-reg/{client['client_id']}"
+        for token in (rat, MASTER_TOKEN):
+            headers = [
+                token,
+                f"Bearer{token}",
+                f"Bearer\x0b{token}",
+                f"Bearer,{token}",
+                f"Bearer {token} {token}",
+                f"Basic {token}",
+                f"Bearer {token}x",
+                f"Bearer\t{token}x",
+            ]
+            for header in headers:
+                for method, where in (("GET", path), ("PUT", path), ("DELETE", path), ("POST", "/client-reg")):
+                    response = self.request(
+                        method, where, headers={"Authorization": header}, json_body={"client_id": client["client_id"]}
+                    )
+                    self.assertEqual(response.code, 401, (method, header))
+                    self.assertEqual(response.json()["error"], "invalid_token")
+                    assert_not_echoed(self, response, rat, MASTER_TOKEN, client["client_secret"])
+
+    def test_tab_after_bearer(self) -> None:
+        """
+        A tab between the scheme and the token is taken for a space, as at
+        the token endpoint.
+        """
+        client = self.register(client_name="App", scope="read")
+        path = f"/client-reg/{client['client_id']}"
+        response = self.request("GET", path, headers={"Authorization": f"Bearer\t{client['registration_access_token']}"})
+        self.assertEqual(response.code, 200, response.body)
+        response = self.request("POST", "/client-reg", headers={"Authorization": f"bearer \t{MASTER_TOKEN}\t"}, json_body={})
+        self.assertEqual(response.code, 201, response.body)

@@ -6,13 +6,14 @@ The token endpoint (RFC 6749 §4.4, §5) and the access tokens it issues
 from __future__ import annotations
 
 import base64
+import re
 
 import jwt
 from twisted.internet.defer import fail
 
 from ccserver.errors import StoreUnavailable
 from ccserver.stores.memory import MemoryStore
-from tests.helpers import ISSUER, ServerTestCase, basic
+from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, assert_not_echoed, basic
 
 
 class TokenTests(ServerTestCase):
@@ -253,6 +254,96 @@ class TokenTests(ServerTestCase):
         self.clock.advance(6)
         self.token({"grant_type": "client_credentials"}, self.auth)
         self.assertEqual(calls, [self.client["client_id"]])
+
+
+class CredentialsNotEchoedTests(ServerTestCase):
+    """
+    Issue 9, item 7: no error description repeats a credential, however the
+    Authorization header is malformed.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.client = self.register(client_name="App", scope="read")
+        self.client_id = self.client["client_id"]
+        self.secret = self.client["client_secret"]
+        self.rat = self.client["registration_access_token"]
+        self.encoded = base64.b64encode(f"{self.client_id}:{self.secret}".encode()).decode()
+        self.secrets = (self.secret, self.encoded, f"{self.client_id}:{self.secret}", self.rat, MASTER_TOKEN)
+
+    def post(self, path: str, authorization: str):  # type: ignore[no-untyped-def]
+        body = b"grant_type=client_credentials" if path == "/token" else b"token=" + self.rat.encode()
+        return self.request(
+            "POST",
+            path,
+            headers={"Authorization": authorization, "Content-Type": "application/x-www-form-urlencoded"},
+            data=body,
+        )
+
+    def test_malformed_headers(self) -> None:
+        e, secret, rat = self.encoded, self.secret, self.rat
+        headers = [
+            f"Basic{e}",
+            e,
+            f"Basic\x0b{e}",
+            f"Basic\x0c{e}",
+            f"Basic,{e}",
+            f"Basic;{e}",
+            f"Basic={e}",
+            f"Basic:{e}",
+            f"Basic {e} {e}",
+            f"Basic {e}\t{e}",
+            f"Basic {e[:-2]}",
+            f"Basic {self.client_id}:{secret}",
+            f"{self.client_id}:{secret}",
+            secret,
+            f"{secret} {secret}",
+            f"Basic\t{secret}",
+            f"Bearer\t{e}",
+            f"Digest\t{e}",
+            f"Bearer {secret}",
+            rat,
+            f"Bearer{rat}",
+            f"Bearer\t{rat}",
+            f"Bearer\x0b{rat}",
+            f"Bearer {rat}",
+            f"{MASTER_TOKEN}",
+            f"Bearer\t{MASTER_TOKEN}",
+        ]
+        for path in ("/token", "/token/introspect", "/token/revoke"):
+            for header in headers:
+                response = self.post(path, header)
+                assert_not_echoed(self, response, *self.secrets)
+                if path == "/token/revoke" and re.match(r"Bearer[ \t]", header):
+                    # The revocation endpoint takes the master token as a
+                    # bearer token: a wrong one is invalid_token.
+                    if header.endswith(MASTER_TOKEN):
+                        self.assertEqual(response.code, 200, header)
+                    else:
+                        self.assertEqual(
+                            (response.code, response.json()["error"]), (401, "invalid_token")
+                        )
+                    continue
+                self.assertEqual(
+                    (response.code, response.json()["error"]), (401, "invalid_client"), (path, header)
+                )
+
+    def test_tab_after_scheme(self) -> None:
+        """
+        A tab between the scheme and the credentials is taken for a space
+        (the review's header, which used to come back whole in the 401).
+        """
+        for header in (f"Basic\t{self.encoded}", f"basic \t {self.encoded}\t"):
+            response = self.post("/token", header)
+            self.assertEqual(response.code, 200, (header, response.body))
+            assert_not_echoed(self, response, *self.secrets)
+
+    def test_scheme_named_only_when_plainly_a_scheme(self) -> None:
+        response = self.post("/token", "Bearer abc")
+        self.assertIn("'Bearer'", response.json()["error_description"])
+        for header in ("hunter2", "a-very-long-scheme-name-that-may-be-a-secret abc"):
+            description = self.post("/token", header).json()["error_description"]
+            self.assertNotIn(header.split()[0], description)
 
 
 class UnavailableStoreTests(ServerTestCase):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from urllib.parse import unquote_plus
 
@@ -23,6 +24,16 @@ from ccserver.model import Client
 
 REALM = "ccserver"
 _FAILED = "client authentication failed"
+
+# RFC 7235 §2.1: credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ],
+# auth-scheme = token (RFC 7230 §3.2.6).  A tab is taken for a space, as
+# RFC 7230 §3.5 lets a recipient do between the request line's words; any
+# other character after the scheme makes the header malformed.
+_CREDENTIALS = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:[ \t]+(.*))?", re.DOTALL)
+#: The longest scheme an error description names (IANA's longest registered
+#: one, AWS4-HMAC-SHA256, has 16 characters); anything longer may be a
+#: credential sent without a scheme, and is never repeated.
+_NAMED_SCHEME_LENGTH = 20
 
 
 def invalid_client(description: str = _FAILED) -> OAuthError:
@@ -49,14 +60,45 @@ class ClientCredentials:
     client_secret: str
 
 
+def split_authorization(header: str) -> tuple[str, str] | None:
+    """
+    An C{Authorization} header's scheme and the credentials after it
+    (empty when there are none), or None when it does not start with a
+    scheme token followed by spaces or tabs.
+    """
+    match = _CREDENTIALS.fullmatch(header.strip(" \t"))
+    if match is None:
+        return None
+    return match.group(1), match.group(2) or ""
+
+
+def _scheme_named(scheme: str, rest: str) -> str:
+    """
+    The scheme for an error description.  A header's text is repeated only
+    when it is plainly a scheme: a short token with credentials after it.
+    A lone word, or a long one, may be a credential sent without a scheme
+    (a tab once made the whole header the "scheme"), and is never echoed.
+    """
+    if rest and len(scheme) <= _NAMED_SCHEME_LENGTH:
+        return f"the {scheme!r} authentication scheme"
+    return "that authentication scheme"
+
+
 def _basic(authorization: str) -> ClientCredentials:
     """
     RFC 6749 §2.3.1: the client identifier and secret are form-urlencoded
     before they are joined with a colon and base64-encoded.
+
+    No error description repeats the header's credentials.
     """
-    scheme, _, encoded = authorization.strip().partition(" ")
+    parts = split_authorization(authorization)
+    if parts is None:
+        raise invalid_client(
+            "malformed Authorization header: expected a scheme, a space and credentials"
+        )
+    scheme, encoded = parts
     if scheme.lower() != "basic":
-        raise invalid_client(f"the {scheme!r} authentication scheme is not supported here")
+        raise invalid_client(f"{_scheme_named(scheme, encoded)} is not supported here; use Basic")
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):

@@ -27,7 +27,7 @@ from ccserver.errors import invalid_request
 from ccserver.interfaces import IClientStore, ITokenStore
 from ccserver.keys import ACCESS_TOKEN_TYP, SIGNING_ALGORITHMS, Keyring
 from ccserver.model import Client
-from ccserver.oauth.clientauth import authenticate, presented_credentials
+from ccserver.oauth.clientauth import authenticate, presented_credentials, split_authorization
 from ccserver.oauth.registration import bearer_error
 from ccserver.oauth.tokens import access_token_claims
 
@@ -198,9 +198,10 @@ class TokenIntrospection:
         """
         if authorization is None:
             return False
-        scheme, _, token = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer":
+        parts = split_authorization(authorization)
+        if parts is None or parts[0].lower() != "bearer":
             return False
+        token = parts[1]
         if not credentials.check(token.strip(), self._master_token_digest):
             raise bearer_error("the bearer token is not the master token")
         return True

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,7 +18,7 @@ from attrs import frozen
 from ccserver import credentials
 from ccserver.errors import ClientExists, OAuthError, invalid_client_metadata, invalid_request
 from ccserver.interfaces import IClientStore
-from ccserver.model import CLIENT_CREDENTIALS, Client
+from ccserver.model import CLIENT_CREDENTIALS, Client, scope_values
 
 #: The grant types this server issues tokens for.
 GRANT_TYPES = (CLIENT_CREDENTIALS,)
@@ -43,6 +43,61 @@ SERVER_FIELDS = (
     "registration_access_token",
     "registration_client_uri",
 )
+
+#: Metadata that carries privilege: what the client's tokens grant (C{scope},
+#: C{audience}, C{access_token_lifetime}), which tokens it may introspect
+#: (C{resource_server_uris}), and how it gets and proves itself
+#: (C{grant_types}, C{token_endpoint_auth_method}).  The operator sets them
+#: with the master token; a client's own registration access token cannot
+#: change them (RFC 7592 §2.2 lets the server refuse metadata values).
+#: The one list to extend: token-binding fields such as
+#: C{dpop_bound_access_tokens} and C{tls_client_certificate_bound_access_tokens}
+#: belong here when they come (and in L{_WHEN_ABSENT} if their absence
+#: means something other than None).
+PRIVILEGED_FIELDS: tuple[str, ...] = (
+    "scope",
+    "audience",
+    "resource_server_uris",
+    "access_token_lifetime",
+    "grant_types",
+    "token_endpoint_auth_method",
+)
+
+#: What a privileged field's absence means to the rest of the server (see
+#: L{ccserver.model.Client}), so that leaving a field out and sending its
+#: default compare equal.
+_WHEN_ABSENT: dict[str, Any] = {
+    "audience": [],
+    "resource_server_uris": [],
+    "grant_types": [],
+    "token_endpoint_auth_method": "client_secret_basic",
+}
+
+
+def _privilege(metadata: Mapping[str, Any], name: str) -> object:
+    """
+    What a privileged field grants, in a form that compares equal however it
+    was written: a scope or a list as a set (order and repeats carry no
+    privilege), an absent field as what its absence means.
+    """
+    value = metadata.get(name, _WHEN_ABSENT.get(name))
+    if name == "scope":
+        return scope_values(value)
+    if isinstance(value, list):
+        return frozenset(value)
+    return value
+
+
+def privileged_changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """
+    The privileged fields whose grant differs between two validated
+    metadata documents, in L{PRIVILEGED_FIELDS} order.
+    """
+    return [
+        name
+        for name in PRIVILEGED_FIELDS
+        if _privilege(current, name) != _privilege(new, name)
+    ]
 
 
 def bearer_error(description: str) -> OAuthError:
@@ -234,6 +289,7 @@ class ClientRegistry:
         *,
         token_max_lifetime: int,
         client_cache_seconds: float,
+        authoritative: IClientStore | None = None,
     ) -> None:
         """
         @param token_max_lifetime: no token lives longer (C{[tokens]
@@ -241,12 +297,18 @@ class ClientRegistry:
         @param client_cache_seconds: how long another instance may still
             know a deleted client (C{[store] client_cache_seconds}), and so
             issue it tokens: the revocation mark covers them too.
+        @param authoritative: the store under C{store}'s cache, if any.  A
+            replacement by the client's own token is checked against the
+            record read from it, not one cached for up to C{[store]
+            client_cache_seconds}: else, on another instance, a client
+            could write back privileges the operator has just taken away.
         """
         self._store = store
         self._master_token_digest = master_token_digest
         self._now = now
         self._token_max_lifetime = token_max_lifetime
         self._client_cache_seconds = client_cache_seconds
+        self._authoritative = authoritative
 
     def check_master_token(self, token: str | None) -> None:
         if token is None:
@@ -280,33 +342,55 @@ class ClientRegistry:
                 continue  # 128 random bits: never in practice, but never an error
             return Registration(client, client_secret, registration_access_token)
 
-    async def _authorized(self, client_id: str, token: str | None) -> Client:
+    async def _authorized(self, client_id: str, token: str | None) -> tuple[Client, bool]:
         """
         RFC 7592 §2: the client whose configuration endpoint this is, if
-        C{token} is its registration access token (or the master token).
-        An unknown client gets the same answer as a wrong token.
+        C{token} is its registration access token or the master token, and
+        whether it was the master token (the operator, who manages any
+        client).  An unknown client gets the same answer as a wrong token.
         """
         if token is None:
             raise bearer_error("this endpoint needs the client's registration access token")
         client = await self._store.get_client(client_id)
         expected = client.registration_access_token_digest if client else None
-        if credentials.check(token, expected) or credentials.check(
-            token, self._master_token_digest
-        ):
-            if client is not None:
-                return client
+        # Both digests are always compared, in constant time: which one
+        # matched must not show in the time taken.
+        is_client = credentials.check(token, expected)
+        is_master = credentials.check(token, self._master_token_digest)
+        if client is not None and (is_client or is_master):
+            return client, is_master
         raise bearer_error("the registration access token is not valid for this client")
 
     async def read(self, client_id: str, token: str | None) -> Client:
-        return await self._authorized(client_id, token)
+        client, _ = await self._authorized(client_id, token)
+        return client
 
     async def replace(
         self, client_id: str, token: str | None, read_body: Callable[[], object]
     ) -> Client:
         """
         RFC 7592 §2.2: replace the client's metadata with the request's.
+
+        The request replaces the metadata whole: a field left out is
+        deleted, or goes back to its default.  With the master token any
+        field may change.  With the client's own registration access token
+        the L{PRIVILEGED_FIELDS} may not: the request is refused with
+        C{invalid_client_metadata} naming each one whose grant would change
+        (RFC 7592 §2.2: the server may refuse or replace values).  A field
+        counts as unchanged when, after validation fills in the defaults, it
+        grants the same as before: the same scope values in another order
+        or repeated, a default left out.  A privileged field the operator
+        registered with a value of its own and the request leaves out would
+        go back to its default, which is a change, and is refused: a client
+        repeats it (GET gives it) to keep it.  Kept fields are stored as the
+        operator wrote them.
         """
-        client = await self._authorized(client_id, token)
+        client, is_master = await self._authorized(client_id, token)
+        if not is_master and self._authoritative is not None:
+            stored = await self._authoritative.get_client(client_id)
+            if stored is None:
+                raise bearer_error("the registration access token is not valid for this client")
+            client = stored
         body = read_body()
         if not isinstance(body, dict):
             raise invalid_client_metadata("the request body must be a JSON object")
@@ -320,10 +404,29 @@ class ClientRegistry:
         for name in ("client_id_issued_at", "client_secret_expires_at"):
             if name in body and body[name] != current[name]:
                 raise invalid_request(f"{name}: is set by the server and cannot be changed")
+        metadata = validate_metadata(body)
+        if not is_master:
+            changed = privileged_changes(client.metadata, metadata)
+            if changed:
+                one = len(changed) == 1
+                raise invalid_client_metadata(
+                    ", ".join(changed)
+                    + ": only the master token (the operator) may change "
+                    + ("this field" if one else "these fields")
+                    + "; with the client's registration access token, send the "
+                    + ("registered value" if one else "registered values")
+                    + " to keep "
+                    + ("it" if one else "them")
+                )
+            for name in PRIVILEGED_FIELDS:
+                if name in client.metadata:
+                    metadata[name] = client.metadata[name]
+                else:
+                    metadata.pop(name, None)
         new = Client(
             client_id=client.client_id,
             client_id_issued_at=client.client_id_issued_at,
-            metadata=validate_metadata(body),
+            metadata=metadata,
             client_secret_digest=client.client_secret_digest,
             registration_access_token_digest=client.registration_access_token_digest,
         )
