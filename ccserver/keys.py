@@ -13,9 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from attrs import evolve, frozen
@@ -26,15 +24,10 @@ from jwt.algorithms import get_default_algorithms
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
-from ccserver.config import Config, resolve
-from ccserver.errors import ConfigError
 from ccserver.interfaces import IKeyStore
 from ccserver.model import StoredKey
-from ccserver.stores import data_dir
 
 _ALGORITHMS = get_default_algorithms()
-
-KEY_ENCRYPTION_KEY_FILE = "ccserver.key-encryption-key"
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -160,25 +153,6 @@ class KeyEncryptor:
     def ephemeral(cls) -> KeyEncryptor:
         return cls(Fernet(Fernet.generate_key()))
 
-    @classmethod
-    def from_file(cls, path: Path) -> tuple[KeyEncryptor, bool]:
-        """
-        Read the key-encryption key from C{path}, or make it there (mode
-        0600) if there is none.
-
-        @return: the encryptor, and whether the file was made now.
-        """
-        try:
-            with open(path, "rb") as f:
-                return cls(Fernet(f.read().strip())), False
-        except FileNotFoundError:
-            pass
-        key = Fernet.generate_key()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key + b"\n")
-        return cls(Fernet(key)), True
-
     def encrypt(self, private_key: PrivateKey) -> str:
         pem = private_key.private_bytes(
             serialization.Encoding.PEM,
@@ -198,21 +172,6 @@ class KeyEncryptor:
         key = serialization.load_pem_private_key(pem, password=None)
         assert isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey))
         return key
-
-
-def key_encryptor(config: Config) -> KeyEncryptor:
-    """
-    The encryptor of the configured key-encryption key file (made if
-    missing); an ephemeral one for a memory store with no file configured.
-    """
-    if config.store.url.startswith("memory:") and config.keys.encryption_key_file is None:
-        return KeyEncryptor.ephemeral()
-    base = data_dir(config.store.url)
-    path = resolve(config.keys.encryption_key_file or KEY_ENCRYPTION_KEY_FILE, base)
-    try:
-        return KeyEncryptor.from_file(path)[0]
-    except ValueError:
-        raise ConfigError(f"[keys] encryption_key_file: {str(path)!r} holds no Fernet key") from None
 
 
 class Keyring:

@@ -42,7 +42,7 @@ class JWKSTests(ServerTestCase):
         keys = response.json()["keys"]
         self.assertEqual(len(keys), 1)
         key = keys[0]
-        self.assertEqual(key["kid"], self.service.keyring.current.kid)
+        self.assertEqual(key["kid"], self.keyring.current.kid)
         self.assertEqual((key["kty"], key["alg"], key["use"]), ("RSA", "RS256", "sig"))
         for private_member in ("d", "p", "q", "dp", "dq", "qi"):
             self.assertNotIn(private_member, key)
