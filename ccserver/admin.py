@@ -24,7 +24,8 @@ from twisted.internet.task import react
 
 from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError, StoreUnavailable
-from ccserver.keys import Keyring, key_encryptor
+from ccserver.firststart import key_encryptor
+from ccserver.keys import Keyring
 from ccserver.stores import store_from_url
 
 #: What C{ccserver --help} says it is: plain text, for people (argparse

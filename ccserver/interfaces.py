@@ -193,11 +193,18 @@ class IGrantHandlerFactory(Interface):
     name = Attribute("The name that selects this handler, e.g. 'webhook'.")
     description = Attribute("One line saying what the handler decides and how.")
 
-    def makeHandler(config: Mapping[str, Any]) -> IClientCredentialsGrantHandler:
+    def makeHandler(config: Mapping[str, Any], reactor: Any) -> IClientCredentialsGrantHandler:
         """
         Make the handler.
 
+        The handler may also provide L{twisted.application.service.IService}:
+        the server then starts it before it listens and stops it after its
+        last request has been answered (to close connections, for example),
+        waiting for any Deferred C{stopService} returns.
+
         @param config: the C{[grant_handler]} table without its C{name} key.
+        @param reactor: the reactor, for the handler's timers and
+            connections; a handler never imports the global one.
         @raise ccserver.errors.ConfigError: when the configuration is wrong;
             the message names the key.
         """

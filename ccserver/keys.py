@@ -15,9 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from attrs import evolve, field, frozen
@@ -25,20 +23,15 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from ccserver.config import Config, resolve
-from ccserver.errors import ConfigError
 from ccserver.interfaces import IKeyStore
 from ccserver.jose import ALGORITHMS as _ALGORITHMS
 from ccserver.jose import JWSSigner, PublicKey
 from ccserver.model import StoredKey
-from ccserver.stores import data_dir
 
 #: The algorithms a signing key can be made for.
 SIGNING_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 #: RFC 9068 §2.1: the C{typ} of a JWT access token.
 ACCESS_TOKEN_TYP = "at+jwt"
-
-KEY_ENCRYPTION_KEY_FILE = "ccserver.key-encryption-key"
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -136,25 +129,6 @@ class KeyEncryptor:
     def ephemeral(cls) -> KeyEncryptor:
         return cls(Fernet(Fernet.generate_key()))
 
-    @classmethod
-    def from_file(cls, path: Path) -> tuple[KeyEncryptor, bool]:
-        """
-        Read the key-encryption key from C{path}, or make it there (mode
-        0600) if there is none.
-
-        @return: the encryptor, and whether the file was made now.
-        """
-        try:
-            with open(path, "rb") as f:
-                return cls(Fernet(f.read().strip())), False
-        except FileNotFoundError:
-            pass
-        key = Fernet.generate_key()
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key + b"\n")
-        return cls(Fernet(key)), True
-
     def encrypt(self, private_key: PrivateKey) -> str:
         pem = private_key.private_bytes(
             serialization.Encoding.PEM,
@@ -174,31 +148,6 @@ class KeyEncryptor:
         key = serialization.load_pem_private_key(pem, password=None)
         assert isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey))
         return key
-
-
-def key_encryption_key_path(config: Config) -> Path | None:
-    """
-    The configured key-encryption key file, or None for a memory store with
-    no file configured (its keys die with it: an ephemeral key will do).
-    """
-    if config.store.url.startswith("memory:") and config.keys.encryption_key_file is None:
-        return None
-    base = data_dir(config.store.url)
-    return resolve(config.keys.encryption_key_file or KEY_ENCRYPTION_KEY_FILE, base)
-
-
-def key_encryptor(config: Config) -> KeyEncryptor:
-    """
-    The encryptor of the configured key-encryption key file (made if
-    missing); an ephemeral one for a memory store with no file configured.
-    """
-    path = key_encryption_key_path(config)
-    if path is None:
-        return KeyEncryptor.ephemeral()
-    try:
-        return KeyEncryptor.from_file(path)[0]
-    except ValueError:
-        raise ConfigError(f"[keys] encryption_key_file: {str(path)!r} holds no Fernet key") from None
 
 
 class Keyring:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 from attrs import define
 from klein import Klein
-from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -98,8 +98,10 @@ class CCServerSite(server.Site):
             parsePOSTFormSubmission=False,
             reactor=reactor,
         )
+        #: How many requests have started and not yet finished.
         self.in_flight = 0
         self.access_log = access_log
+        self._idle_waiters: list[Deferred[None]] = []
 
     def log(self, request: http.Request) -> None:
         if self.access_log:
@@ -112,6 +114,22 @@ class CCServerSite(server.Site):
 
     def _finished(self, _: object) -> None:
         self.in_flight -= 1
+        if self.in_flight == 0 and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def when_idle(self) -> Deferred[None]:
+        """
+        A Deferred that fires once no request is in flight (at once if none
+        is), so that a stop can wait for them without polling.  Cancelling
+        it (a timeout) stops the wait.
+        """
+        if self.in_flight == 0:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred(lambda d: self._idle_waiters.remove(d))
+        self._idle_waiters.append(waiter)
+        return waiter
 
 
 def _json(request: IRequest, status: int, document: Any) -> bytes:
@@ -378,12 +396,16 @@ class TokenResource(Resource):
             lambda token: _json(request, 200, token.as_json()),
             lambda failure: render_failure(request, failure),
         )
-        answered.addCallback(self._write, request)
+        # The public way to learn that the client went away: notifyFinish
+        # fails when the connection is lost before the request finished.
+        gone: list[bool] = []
+        cast(http.Request, request).notifyFinish().addErrback(lambda _: gone.append(True))
+        answered.addCallback(self._write, request, gone)
         return NOT_DONE_YET
 
     @staticmethod
-    def _write(body: bytes, request: IRequest) -> None:
-        if not request.finished and not request._disconnected:  # type: ignore[attr-defined]
+    def _write(body: bytes, request: IRequest, gone: list[bool]) -> None:
+        if not cast(http.Request, request).finished and not gone:
             request.write(body)
             request.finish()
 

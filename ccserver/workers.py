@@ -7,7 +7,7 @@ and starts N-1 worker processes (C{twist ccserver} again, with the same
 options) that adopt their sockets.  Workers are started only once the main
 process has opened the store and made the signing key, so they find
 everything ready; a worker that dies is started again; SIGTERM to the main
-process stops the workers first.  Workers share clients and keys through the
+process stops the workers along with it.  Workers share clients and keys through the
 store, so C{memory://} cannot be used with them.
 """
 
@@ -20,10 +20,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from attrs import define, field
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
+from attrs import define
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,29 +44,71 @@ class ListenAddress:
     backlog: int
 
 
-def listen_addresses(reactor: Any, descriptions: Sequence[str]) -> list[ListenAddress]:
+def _split(description: str) -> list[str]:
     """
-    The addresses of C{tcp:} and C{tcp6:} endpoint strings, which are the
-    ones several processes can share.
-
-    @raise ConfigError: for any other kind of endpoint.
+    The colon-separated fields of an endpoint string, with backslash
+    escapes undone (C{tcp6:8080:interface=\\:\\:1}).
     """
-    addresses = []
-    for description in descriptions:
-        endpoint = serverFromString(reactor, description)
-        if isinstance(endpoint, TCP6ServerEndpoint):
-            family = socket.AF_INET6
-        elif isinstance(endpoint, TCP4ServerEndpoint):
-            family = socket.AF_INET
+    fields = [""]
+    characters = iter(description)
+    for character in characters:
+        if character == "\\":
+            fields[-1] += next(characters, "")
+        elif character == ":":
+            fields.append("")
         else:
-            raise ConfigError(
-                f"workers: listen endpoint {description!r} cannot be shared; "
-                "with workers > 1 use tcp: or tcp6: endpoints (put TLS in front)"
-            )
-        addresses.append(
-            ListenAddress(family, endpoint._interface, endpoint._port, endpoint._backlog)
+            fields[-1] += character
+    return fields
+
+
+#: The parameters of C{tcp:} and C{tcp6:} endpoint strings, in their
+#: positional order, with their defaults, as Twisted's endpoint string
+#: documentation gives them (see L{twisted.internet.endpoints.serverFromString}).
+_TCP_PARAMETERS = {
+    "tcp": (socket.AF_INET, ("port", "interface", "backlog"), {"interface": "", "backlog": "50"}),
+    "tcp6": (socket.AF_INET6, ("port", "backlog", "interface"), {"interface": "::", "backlog": "50"}),
+}
+
+
+def listen_address(description: str) -> ListenAddress:
+    """
+    The address of a C{tcp:} or C{tcp6:} endpoint string
+    (C{tcp:PORT:interface=HOST:backlog=N}, or the same fields by position),
+    the kinds several processes can share.
+
+    Twisted makes the endpoint but gives no public way to read its address
+    back, so the documented syntax is read here; a test checks the result
+    against the endpoints Twisted makes from the same strings.
+
+    @raise ConfigError: for any other kind of endpoint, or a malformed one.
+    """
+    kind, *arguments = _split(description)
+    if kind.lower() not in _TCP_PARAMETERS:
+        raise ConfigError(
+            f"workers: listen endpoint {description!r} cannot be shared; "
+            "with workers > 1 use tcp: or tcp6: endpoints (put TLS in front)"
         )
-    return addresses
+    family, positional, defaults = _TCP_PARAMETERS[kind.lower()]
+    values = dict(defaults)
+    try:
+        for index, argument in enumerate(arguments):
+            name, equals, value = argument.partition("=")
+            if equals:
+                values[name] = value
+            else:
+                values[positional[index]] = argument
+        if set(values) != set(positional):
+            raise ValueError(f"unknown parameter {sorted(set(values) - set(positional))}")
+        return ListenAddress(family, values["interface"], int(values["port"]), int(values["backlog"]))
+    except (ValueError, KeyError, IndexError) as e:
+        raise ConfigError(f"listen: {description!r} is not an endpoint string: {e}") from None
+
+
+def listen_addresses(descriptions: Sequence[str]) -> list[ListenAddress]:
+    """
+    The addresses of C{tcp:} and C{tcp6:} endpoint strings (L{listen_address}).
+    """
+    return [listen_address(description) for description in descriptions]
 
 
 def bind(address: ListenAddress) -> socket.socket:
@@ -80,6 +124,16 @@ def bind(address: ListenAddress) -> socket.socket:
     return sock
 
 
+def inherited_endpoint(reactor: Any, fd: int) -> IStreamServerEndpoint:
+    """
+    An endpoint serving the listening socket C{fd} handed down by the main
+    process; listening adopts a copy of it and closes C{fd}.
+    """
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        family = sock.family
+    return AdoptedStreamServerEndpoint(reactor, fd, family)
+
+
 class _Worker(ProcessProtocol):
     def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
@@ -91,28 +145,65 @@ class _Worker(ProcessProtocol):
         self.pool.ended(self, reason)
 
 
-@define
-class WorkerPool:
+class WorkerPool(Service):
     """
-    The worker processes of the main one, each with its own sockets.
-    """
+    The worker processes of the main one, as a service.
 
-    reactor: Any
-    argv: Sequence[str]
-    sockets: list[list[socket.socket]]
-    _workers: dict[int, _Worker] = field(factory=dict)
-    _stopping: bool = False
+    Starting binds one socket per process and address (C{SO_REUSEPORT}),
+    keeps the first set for this process (L{endpoint}) and starts a worker
+    for each other set; a worker that dies is started again.  Stopping
+    sends SIGTERM to every worker and fires once they have all ended (each
+    finishes its requests in flight first).
+
+    @param argv: the command line of C{twist} after its name, which every
+        worker runs again with C{--inherit-fd} options added.
+    @param count: how many processes serve, this one included.
+    """
 
     _log = Logger()
 
-    def start(self) -> None:
-        for index in range(len(self.sockets)):
+    def __init__(
+        self, reactor: Any, argv: Sequence[str], addresses: Sequence[ListenAddress], count: int
+    ) -> None:
+        self.reactor = reactor
+        self.argv = list(argv)
+        self.addresses = list(addresses)
+        self.count = count
+        self._own: list[socket.socket] = []
+        self._sockets: list[list[socket.socket]] = []
+        self._workers: dict[int, _Worker] = {}
+        self._stopping = False
+
+    def _bind(self) -> None:
+        """
+        Bind every process's sockets, once: when the pool starts, or when
+        this process's listeners ask for theirs first.
+        """
+        if self._own or self._sockets:
+            return
+        sockets = [[bind(address) for address in self.addresses] for _ in range(self.count)]
+        self._own, self._sockets = sockets[0], sockets[1:]
+
+    def startService(self) -> None:
+        self._bind()
+        super().startService()
+        for index in range(len(self._sockets)):
             self._spawn(index)
+
+    def endpoint(self, index: int) -> IStreamServerEndpoint:
+        """
+        An endpoint serving this process's socket for the C{index}th
+        address (binding the sockets if the pool has not yet); each may be
+        taken once.
+        """
+        self._bind()
+        sock = self._own[index]
+        return AdoptedStreamServerEndpoint(self.reactor, sock.detach(), sock.family)
 
     def _spawn(self, index: int) -> None:
         if self._stopping:
             return
-        fds = [s.fileno() for s in self.sockets[index]]
+        fds = [s.fileno() for s in self._sockets[index]]
         child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
         argv = [sys.executable, "-m", "twisted", *self.argv]
         for child_fd, parent_fd in enumerate(fds, start=3):
@@ -136,10 +227,11 @@ class WorkerPool:
             )
             self.reactor.callLater(RESTART_DELAY, self._spawn, worker.index)
 
-    async def stop(self) -> None:
-        """
-        SIGTERM every worker and wait for them to finish their requests.
-        """
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
         self._stopping = True
         workers = list(self._workers.values())
         for worker in workers:
@@ -150,6 +242,6 @@ class WorkerPool:
                     pass
         for worker in workers:
             await worker.ended
-        for sockets in self.sockets:
+        for sockets in self._sockets:
             for sock in sockets:
                 sock.close()

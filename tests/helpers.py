@@ -26,8 +26,9 @@ from ccserver.config import Config, StoreConfig, TokenConfig
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor
+from ccserver.oauth.tokens import sign_inline
 from ccserver.stores.memory import MemoryStore
-from ccserver.tap import CCServerService
+from ccserver.tap import make_site
 
 ISSUER = "https://as.example.com"
 MASTER_TOKEN = "master-token-for-tests-0123456789"
@@ -85,16 +86,17 @@ class ServerTestCase(SynchronousTestCase):
         self.clock.advance(int(time.time()))
         self.store = self.make_store()
         self.config = self.make_config()
-        self.service = CCServerService(
-            reactor=self.clock,
-            config=self.config,
-            store=self.store,
-            handler=self.make_handler(),
-            master_token_digest=credentials.digest(MASTER_TOKEN),
-            encryptor=KeyEncryptor.ephemeral(),
+        self.encryptor = KeyEncryptor.ephemeral()
+        self.site, self.keyring = make_site(
+            self.clock,
+            self.config,
+            self.store,
+            self.make_handler(),
+            credentials.digest(MASTER_TOKEN),
+            self.encryptor,
+            sign_inline,
         )
-        self.site = self.service.build()
-        self.successResultOf(ensureDeferred(self.service.keyring.ensure_signing_key()))
+        self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))
         self.treq = StubTreq(self.site.resource)
 
     def request(

@@ -86,7 +86,8 @@ class CCServerProcess:
             try:
                 requests.get(self.url + "/jwks.json", timeout=1)
                 return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # A worker's socket accepts before its process serves it.
                 time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"ccserver did not start in {timeout}s:\n{self.read_log()}")

@@ -11,8 +11,10 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.defer import ensureDeferred
 
+from ccserver import credentials
 from ccserver.config import Config
-from ccserver.tap import CCServerService
+from ccserver.oauth.tokens import sign_inline
+from ccserver.tap import make_site
 from tests.helpers import MASTER_TOKEN, ServerTestCase, basic
 
 API = "https://api.example.com"
@@ -121,16 +123,17 @@ class DeletionMixin:
         Another instance that still has the client in its cache may issue it
         a token just after the deletion: the mark covers that one too.
         """
-        other = CCServerService(
-            reactor=self.clock,  # type: ignore[attr-defined]
-            config=self.config,  # type: ignore[attr-defined]
-            store=self.store,  # type: ignore[attr-defined]
-            handler=self.make_handler(),  # type: ignore[attr-defined]
-            master_token_digest=self.service.master_token_digest,  # type: ignore[attr-defined]
-            encryptor=self.service.encryptor,  # type: ignore[attr-defined]
+        other_site, other_keyring = make_site(
+            self.clock,  # type: ignore[attr-defined]
+            self.config,  # type: ignore[attr-defined]
+            self.store,  # type: ignore[attr-defined]
+            self.make_handler(),  # type: ignore[attr-defined]
+            credentials.digest(MASTER_TOKEN),
+            self.encryptor,  # type: ignore[attr-defined]
+            sign_inline,
         )
-        here, there = self.treq, StubTreq(other.build().resource)  # type: ignore[attr-defined]
-        self.successResultOf(ensureDeferred(other.keyring.ensure_signing_key()))  # type: ignore[attr-defined]
+        here, there = self.treq, StubTreq(other_site.resource)  # type: ignore[attr-defined]
+        self.successResultOf(ensureDeferred(other_keyring.ensure_signing_key()))  # type: ignore[attr-defined]
         self.treq = there
         self.issue(self.alice)  # the other instance now has alice in its cache
         self.treq = here

@@ -43,7 +43,7 @@ class JWKSTests(ServerTestCase):
         keys = response.json()["keys"]
         self.assertEqual(len(keys), 1)
         key = keys[0]
-        self.assertEqual(key["kid"], self.service.keyring.current.kid)
+        self.assertEqual(key["kid"], self.keyring.current.kid)
         self.assertEqual((key["kty"], key["alg"], key["use"]), ("RSA", "RS256", "sig"))
         for private_member in ("d", "p", "q", "dp", "dq", "qi"):
             self.assertNotIn(private_member, key)
@@ -55,8 +55,8 @@ class JWKSTests(ServerTestCase):
         two SHOULD NOT be used together.
         """
         for alg in ("RS256", "PS256", "ES256", "EdDSA"):
-            self.successResultOf(ensureDeferred(self.service.keyring.add_key(alg, 0)))
-        self.successResultOf(ensureDeferred(self.service.keyring.refresh()))
+            self.successResultOf(ensureDeferred(self.keyring.add_key(alg, 0)))
+        self.successResultOf(ensureDeferred(self.keyring.refresh()))
         keys = self.request("GET", "/jwks.json").json()["keys"]
         self.assertEqual({key["alg"] for key in keys}, {"RS256", "PS256", "ES256", "EdDSA"})
         for key in keys:

@@ -59,7 +59,7 @@ class ReadOnly:
     name = "read-only"
     description = "grants 'read' and nothing else, for five minutes"
 
-    def makeHandler(self, config):
+    def makeHandler(self, config, reactor):
         return ReadOnlyHandler(config.get("tier", "free"))
 
 
@@ -125,7 +125,7 @@ class BuiltInTests(SynchronousTestCase):
             self.assertTrue(factory.description)
 
     def test_registered_scope(self) -> None:
-        handler = make_handler("registered-scope", {})
+        handler = make_handler("registered-scope", {}, Clock())
         self.assertTrue(verifyObject(IClientCredentialsGrantHandler, handler))
         decision = handler.authorize(make_grant())
         assert isinstance(decision, GrantAuthorization)
@@ -136,7 +136,7 @@ class BuiltInTests(SynchronousTestCase):
 
     def test_unknown_name(self) -> None:
         with self.assertRaises(ConfigError) as raised:
-            make_handler("nope", {})
+            make_handler("nope", {}, Clock())
         message = str(raised.exception)
         self.assertTrue(message.startswith("[grant_handler] name: "), message)
         self.assertIn("'nope'", message)
@@ -152,7 +152,7 @@ class BuiltInTests(SynchronousTestCase):
         ]
         for name, config, key in cases:
             with self.assertRaises(ConfigError) as raised:
-                make_handler(name, config)
+                make_handler(name, config, Clock())
             self.assertTrue(
                 str(raised.exception).startswith(f"[grant_handler] {key}: "), str(raised.exception)
             )
@@ -191,7 +191,7 @@ class ThirdPartyPluginTests(SynchronousTestCase):
         self.assertTrue(IPlugin.providedBy(factories["read-only"]))
 
     def test_used(self) -> None:
-        handler = make_handler("read-only", {"tier": "gold"})
+        handler = make_handler("read-only", {"tier": "gold"}, Clock())
         self.assertEqual(
             handler.authorize(make_grant()),
             GrantAuthorization(scope={"read"}, lifetime=300, claims={"tier": "gold"}),

@@ -10,23 +10,10 @@ from typing import Any
 import jwt
 from twisted.internet.defer import ensureDeferred
 
-from ccserver.keys import KeyDecryptionError, KeyEncryptor
-from tests.helpers import ServerTestCase, basic, temp_dir
+from tests.helpers import ServerTestCase, basic
 
 
 class KeyEncryptorTests(ServerTestCase):
-    def test_file_made_once_mode_0600(self) -> None:
-        folder = temp_dir(self)
-        first, made = KeyEncryptor.from_file(folder / "kek")
-        self.assertTrue(made)
-        second, made_again = KeyEncryptor.from_file(folder / "kek")
-        self.assertFalse(made_again)
-        self.assertEqual((folder / "kek").stat().st_mode & 0o777, 0o600)
-        stored = self.successResultOf(self.store.list_keys())[0]
-        other = KeyEncryptor.ephemeral()
-        with self.assertRaises(KeyDecryptionError):
-            other.decrypt(stored)
-
     def test_stored_encrypted(self) -> None:
         stored = self.successResultOf(self.store.list_keys())[0]
         self.assertNotIn("PRIVATE KEY", stored.encrypted_private_key)
@@ -38,7 +25,6 @@ class RotationTests(ServerTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.client = self.register(scope="read")
-        self.keyring = self.service.keyring
 
     def jwks(self) -> list[str]:
         return [k["kid"] for k in self.request("GET", "/jwks.json").json()["keys"]]
@@ -127,7 +113,7 @@ class RotationTests(ServerTestCase):
         """
         from ccserver.keys import Keyring
 
-        elsewhere = Keyring(self.store, self.service.encryptor, "RS256", self.max_lifetime, self.clock.seconds)
+        elsewhere = Keyring(self.store, self.encryptor, "RS256", self.max_lifetime, self.clock.seconds)
         new = self.successResultOf(ensureDeferred(elsewhere.rotate(600)))
         self.assertNotIn(new.kid, self.jwks())
         self.successResultOf(ensureDeferred(self.keyring.refresh()))

@@ -305,7 +305,7 @@ class JWTHandlerClaimsTests(HandlerClaimsMixin, ServerTestCase):
         the server's members are written last.
         """
         now = int(self.clock.seconds())
-        token = self.service.keyring.current.sign(
+        token = self.keyring.current.sign(
             {
                 "iss": ISSUER,
                 "sub": self.client["client_id"],

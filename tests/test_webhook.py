@@ -261,7 +261,7 @@ class ConfigTests(SynchronousTestCase):
         """
         self.assertEqual(webhook_factory.name, "webhook")
         with self.assertRaises(ConfigError) as raised:
-            webhook_factory.makeHandler({"url": SERVICE, "timeout": 0})
+            webhook_factory.makeHandler({"url": SERVICE, "timeout": 0}, Clock())
         self.assertTrue(str(raised.exception).startswith("[grant_handler] timeout: "))
 
 

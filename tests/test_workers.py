@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -14,8 +15,54 @@ import unittest
 from pathlib import Path
 
 import requests
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
 
+from ccserver.errors import ConfigError
+from ccserver.workers import listen_address
 from tests.process import CCServerProcess, run_ccserver
+
+
+class ListenAddressTests(unittest.TestCase):
+    """
+    L{listen_address} reads the documented C{tcp:}/C{tcp6:} syntax itself,
+    as Twisted has no public way to read an endpoint's address back.  This
+    test compares it with what Twisted makes of the same strings, through
+    the endpoints' private attributes: it fails if Twisted changes its
+    syntax or defaults under the parser.
+    """
+
+    DESCRIPTIONS = [
+        "tcp:8080",
+        "tcp:0:interface=127.0.0.1",
+        "tcp:8080:backlog=7:interface=10.0.0.1",
+        "tcp:80:1.2.3.4:9",
+        "tcp6:8080",
+        "tcp6:8080:interface=\\:\\:1:backlog=3",
+        "tcp6:443:5:\\:\\:1",
+    ]
+
+    def test_same_as_twisted(self) -> None:
+        for description in self.DESCRIPTIONS:
+            endpoint = serverFromString(MemoryReactor(), description)
+            address = listen_address(description)
+            self.assertEqual(
+                (address.host, address.port, address.backlog),
+                (endpoint._interface, endpoint._port, endpoint._backlog),  # type: ignore[attr-defined]
+                description,
+            )
+            self.assertEqual(address.family == socket.AF_INET6, description.startswith("tcp6"))
+
+    def test_refused(self) -> None:
+        for description, message in [
+            ("unix:/tmp/s.sock", "cannot be shared"),
+            ("ssl:443", "cannot be shared"),
+            ("tcp:http", "is not an endpoint string"),
+            ("tcp:80:colour=red", "is not an endpoint string"),
+        ]:
+            with self.assertRaises(ConfigError) as raised:
+                listen_address(description)
+            self.assertIn(message, str(raised.exception))
 
 
 def children(pid: int) -> list[int]:

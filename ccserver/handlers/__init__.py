@@ -26,9 +26,12 @@ def available() -> dict[str, IGrantHandlerFactory]:
     }
 
 
-def make_handler(name: str, config: Mapping[str, Any]) -> IClientCredentialsGrantHandler:
+def make_handler(
+    name: str, config: Mapping[str, Any], reactor: Any
+) -> IClientCredentialsGrantHandler:
     """
-    The handler of the factory called C{name}, made from C{config}.
+    The handler of the factory called C{name}, made from C{config} with
+    C{reactor} (which it uses for any timer or connection it needs).
 
     @raise ConfigError: no factory has that name, or it refused the
         configuration.
@@ -40,7 +43,7 @@ def make_handler(name: str, config: Mapping[str, Any]) -> IClientCredentialsGran
             f"[grant_handler] name: no grant handler called {name!r}; available: "
             + ", ".join(sorted(factories))
         )
-    handler = factory.makeHandler(config)
+    handler = factory.makeHandler(config, reactor)
     if not IClientCredentialsGrantHandler.providedBy(handler):
         raise ConfigError(
             f"[grant_handler] name: the {name!r} plugin made {handler!r}, "

@@ -18,7 +18,7 @@ class _RegisteredScope:
     name = "registered-scope"
     description = "grants the scope the client registered (the default)"
 
-    def makeHandler(self, config: Mapping[str, Any]) -> IClientCredentialsGrantHandler:
+    def makeHandler(self, config: Mapping[str, Any], reactor: Any) -> IClientCredentialsGrantHandler:
         from ccserver.handlers.registered_scope import make_handler
 
         return make_handler(config)
@@ -32,17 +32,12 @@ class _Webhook:
     name = "webhook"
     description = "asks an external web service ([grant_handler] url) for each grant"
 
-    def makeHandler(self, config: Mapping[str, Any]) -> IClientCredentialsGrantHandler:
-        # The composition root of the webhook handler: the one place that
-        # takes the global reactor, after the configuration is known good.
+    def makeHandler(self, config: Mapping[str, Any], reactor: Any) -> IClientCredentialsGrantHandler:
         from ccserver.handlers.webhook import WebhookHandler, parse_config, pooled_http_client
 
         settings = parse_config(config)
-        from twisted.internet import reactor
-
         http, pool = pooled_http_client(reactor, settings.timeout)
-        reactor.addSystemEventTrigger("before", "shutdown", pool.closeCachedConnections)
-        return WebhookHandler(settings, http, reactor)
+        return WebhookHandler(settings, http, reactor, pool)
 
 
 webhook = _Webhook()

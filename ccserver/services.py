@@ -1,0 +1,247 @@
+"""
+The Twisted services the daemon is made of; L{ccserver.tap.makeService}
+puts them together.
+
+The tree::
+
+    StoreService          opens the store, makes the first signing key, then
+    |                     starts its children; stops them (last first, one
+    |                     after another), then closes the store
+    +- the grant handler  if it provides IService (the webhook's connection pool)
+    +- TimerService       reloads the signing keys
+    +- TimerService       purges expired token records
+    +- RequestsService    on stop: stops listening, then waits for the
+    |  |                  requests in flight
+    |  +- ListenerService one per --listen (or inherited socket)
+    +- WorkerPool         --workers N: stopped first, as it was started last
+
+Listeners start only once the store is open and the signing key exists,
+because they are children of the store's service.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    FirstError,
+    ensureDeferred,
+    gatherResults,
+    maybeDeferred,
+)
+from twisted.internet.defer import (
+    TimeoutError as DeferredTimeout,
+)
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ccserver.interfaces import IStore
+from ccserver.keys import Keyring
+from ccserver.web import CCServerSite
+
+#: What is told when the service cannot start: the failure.
+OnFatal = Callable[[Failure], None]
+
+
+class StoreService(MultiService):
+    """
+    The store and what needs it: its children start only once the store is
+    open and a signing key exists, and the store closes only once they have
+    all stopped.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        store: IStore,
+        keyring: Keyring,
+        on_fatal: OnFatal,
+        master_token_file: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self.keyring = keyring
+        self.on_fatal = on_fatal
+        self.master_token_file = master_token_file
+
+    def startService(self) -> None:
+        Service.startService(self)
+        ensureDeferred(self._start()).addErrback(self.on_fatal)
+
+    async def _start(self) -> None:
+        self._log.info("Opening store {url}", url=self.store.url)
+        await self.store.open()
+        if await self.keyring.ensure_signing_key():
+            self._log.info(
+                "Made a new {alg} signing key {kid}",
+                alg=self.keyring.alg,
+                kid=self.keyring.current.kid,
+            )
+        if self.master_token_file is not None:
+            self._log.info(
+                "The master token for registration is in {path}",
+                path=str(self.master_token_file.resolve()),
+            )
+        if self.running:
+            for child in self:
+                child.startService()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        # One after another, last first: the workers end, then this process
+        # stops listening and finishes its requests, then the timers and the
+        # handler stop; the store closes last.
+        for child in reversed(list(self)):
+            if child.running:
+                await maybeDeferred(child.stopService)
+        await self.store.close()
+        self._log.info("ccserver stopped")
+
+
+def run_async(work: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> Deferred[None]:
+    """
+    Call C{work} and wrap its coroutine in a Deferred, as a
+    L{TimerService}'s callable must return one to be waited for.
+    """
+    return ensureDeferred(work(*args))
+
+
+async def refresh_keys(keyring: Keyring) -> None:
+    """
+    Reload the signing keys, to follow rotations made elsewhere.
+    """
+    try:
+        await keyring.refresh()
+    except Exception as e:
+        StoreService._log.warn("Could not reload signing keys: {error}", error=str(e))
+
+
+async def purge_expired(store: IStore, now: Callable[[], float]) -> None:
+    """
+    Drop the expired opaque tokens and deny-list entries.
+    """
+    try:
+        purged = await store.purge_expired(int(now()))
+    except Exception as e:
+        StoreService._log.warn("Could not purge expired tokens: {error}", error=str(e))
+    else:
+        if purged:
+            StoreService._log.info("Purged {n} expired token records", n=purged)
+
+
+class ListenerService(Service):
+    """
+    Listens on one endpoint while running.
+
+    @param endpoint: called at start for the endpoint, so that a socket
+        handed down or bound by another service is taken only then.
+    @ivar listening: once started, fires with the port, or fails.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        description: str,
+        endpoint: Callable[[], IStreamServerEndpoint],
+        factory: IProtocolFactory,
+    ) -> None:
+        self.description = description
+        self.endpoint = endpoint
+        self.factory = factory
+        self.listening: Deferred[IListeningPort] | None = None
+        self._port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.listening = maybeDeferred(lambda: self.endpoint().listen(self.factory))
+        self.listening.addCallback(self._listening)
+
+    def _listening(self, port: IListeningPort) -> IListeningPort:
+        self._port = port
+        self._log.info(
+            "Listening on {endpoint} ({address})",
+            endpoint=self.description,
+            address=str(port.getHost()),
+        )
+        return port
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self._port = self._port, None
+        if port is None:
+            return None
+        stopped = port.stopListening()
+        return stopped if isinstance(stopped, Deferred) else None
+
+
+class RequestsService(MultiService):
+    """
+    The site and its listeners (the children): once every listener listens
+    the server is ready; a stop stops listening, then waits up to
+    C{grace} seconds for the requests in flight.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self, site: CCServerSite, reactor: Any, grace: float, on_fatal: OnFatal, issuer: str
+    ) -> None:
+        super().__init__()
+        self.site = site
+        self.reactor = reactor
+        self.grace = grace
+        self.on_fatal = on_fatal
+        self.issuer = issuer
+
+    def startService(self) -> None:
+        super().startService()
+        listening = [c.listening for c in self if isinstance(c, ListenerService) and c.listening]
+        gatherResults(listening, consumeErrors=True).addCallbacks(self._ready, self._failed)
+
+    def _ready(self, _: object) -> None:
+        # What start-up made lives as long as the process: keep it out of the
+        # garbage collector's way.
+        gc.freeze()
+        self._log.info("ccserver is ready; issuer {issuer}", issuer=self.issuer)
+
+    def _failed(self, failure: Failure) -> None:
+        if isinstance(failure.value, FirstError):
+            failure = failure.value.subFailure
+        self.on_fatal(failure)
+
+    def stopService(self) -> Deferred[None]:
+        stopped = super().stopService()
+        return ensureDeferred(self._stop(stopped))
+
+    async def _stop(self, listeners_stopped: Deferred[None]) -> None:
+        await listeners_stopped
+        idle = self.site.when_idle()
+        idle.addTimeout(self.grace, self.reactor)
+        try:
+            await idle
+        except (CancelledError, DeferredTimeout):
+            self._log.warn(
+                "Stopping with {n} requests still in flight after {grace} s",
+                n=self.site.in_flight,
+                grace=self.grace,
+            )
+
+
+def handler_service(handler: object) -> IService | None:
+    """
+    The grant handler as a service, if it is one (it then starts before the
+    server listens and stops after its last request).
+    """
+    return IService(handler, None)
