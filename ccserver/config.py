@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from attrs import field, frozen
 
 from ccserver.errors import ConfigError
+from ccserver.httpchannel import HTTPLimits
 from ccserver.stores import check_url
 
 DEFAULT_LISTEN = ("tcp:8080",)
@@ -80,6 +81,8 @@ class Config:
     workers: int = 1
     #: Whether every request is logged (combined log format, no query).
     access_log: bool = True
+    #: Limits and deadlines of each HTTP request ([http]).
+    http: HTTPLimits = HTTPLimits()
 
 
 # The keys a TOML file may have: a type, or a table of its own.
@@ -100,6 +103,13 @@ _SCHEMA: dict[str, Any] = {
     },
     "keys": {"encryption_key_file": str, "activation_delay": int},
     "grant_handler": None,  # the handler's own table: checked by its factory
+    "http": {
+        "max_line_length": int,
+        "max_headers": int,
+        "max_head_size": int,
+        "head_timeout": float,
+        "body_timeout": float,
+    },
 }
 
 _TYPE_NAMES = {
@@ -290,7 +300,25 @@ def load_config(
         keys=keys,
         grant_handler=grant_handler or "registered-scope",
         grant_handler_config=handler_table,
+        http=_http_limits(toml.get("http", {})),
     )
+
+
+def _http_limits(table: Mapping[str, Any]) -> HTTPLimits:
+    """
+    The C{[http]} table: every key optional, every value above 0.
+    """
+    defaults = HTTPLimits()
+    limits = HTTPLimits(
+        max_line_length=table.get("max_line_length", defaults.max_line_length),
+        max_headers=table.get("max_headers", defaults.max_headers),
+        max_head_size=table.get("max_head_size", defaults.max_head_size),
+        head_timeout=float(table.get("head_timeout", defaults.head_timeout)),
+        body_timeout=float(table.get("body_timeout", defaults.body_timeout)),
+    )
+    for key in ("max_line_length", "max_headers", "max_head_size", "head_timeout", "body_timeout"):
+        _positive(f"[http] {key}", getattr(limits, key))
+    return limits
 
 
 def _audience(value: str | list[Any]) -> tuple[str, ...]:

@@ -307,7 +307,7 @@ class CCServerService(Service):
             discovery_json=_discovery_json(config),
             jwks_max_age=config.keys.activation_delay // 2,
         )
-        return CCServerSite(app.resource(), self.reactor, config.access_log)
+        return CCServerSite(app.resource(), self.reactor, config.access_log, config.http)
 
     def startService(self) -> None:
         super().startService()
