@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from attrs import AttrsInstance, Factory, evolve, field, fields, frozen, has
 
 from ccserver.errors import ConfigError
+from ccserver.httpchannel import HTTPLimits
 from ccserver.model import is_lifetime
 from ccserver.stores import check_url
 
@@ -136,6 +137,8 @@ class Config:
     workers: int = 1
     #: Whether every request is logged (combined log format, no query).
     access_log: bool = True
+    #: Limits and deadlines of each HTTP request ([http]).
+    http: HTTPLimits = HTTPLimits()
 
 
 #: Where the environment and the command line reach into the file's layout.
@@ -349,6 +352,7 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
     if not isinstance(config.grant_handler, str):
         raise ConfigError("[grant_handler] name: must be a string")
     _check_workers(config.workers, config.store.url)
+    _check_http(config.http)
     return config
 
 
@@ -403,6 +407,13 @@ def _check_workers(workers: object, store_url: str) -> None:
             "workers: processes share clients and keys through the store; "
             "memory:// cannot be shared (use sqlite, redis or postgresql)"
         )
+
+
+def _check_http(limits: HTTPLimits) -> None:
+    for attribute in fields(HTTPLimits):
+        value = getattr(limits, attribute.name)
+        if value <= 0:
+            raise ConfigError(f"[http] {attribute.name}: must be greater than 0, not {value!r}")
 
 
 def resolve(path: str, base: Path) -> Path:

@@ -204,7 +204,7 @@ def make_site(
         discovery_json=_discovery_json(config),
         jwks_max_age=config.keys.activation_delay // 2,
     )
-    return CCServerSite(app.resource(), reactor, config.access_log), keyring
+    return CCServerSite(app.resource(), reactor, config.access_log, config.http), keyring
 
 
 def _discovery_json(config: Config) -> bytes:

@@ -26,6 +26,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from ccserver import strictjson
 from ccserver.errors import OAuthError, StoreUnavailable, invalid_client_metadata, invalid_request
+from ccserver.httpchannel import CCServerChannel, HTTPLimits
 from ccserver.keys import Keyring
 from ccserver.oauth.clientauth import split_authorization
 from ccserver.oauth.grants import ClientCredentialsGrant
@@ -89,9 +90,18 @@ class CCServerSite(server.Site):
     """
 
     requestFactory = BoundedRequest
+    # HTTP/1.1 answers to bad heads, and deadlines (ccserver.httpchannel);
+    # replaces twisted.web's HTTP/2-negotiating wrapper (h2 is not installed).
+    protocol = CCServerChannel  # type: ignore[assignment]
     displayTracebacks = False
 
-    def __init__(self, resource: Any, reactor: Any = None, access_log: bool = True) -> None:
+    def __init__(
+        self,
+        resource: Any,
+        reactor: Any = None,
+        access_log: bool = True,
+        limits: HTTPLimits | None = None,
+    ) -> None:
         super().__init__(
             resource,
             logFormatter=_access_log,
@@ -102,6 +112,7 @@ class CCServerSite(server.Site):
         self.in_flight = 0
         self.access_log = access_log
         self._idle_waiters: list[Deferred[None]] = []
+        self.limits = limits or HTTPLimits()
 
     def log(self, request: http.Request) -> None:
         if self.access_log:

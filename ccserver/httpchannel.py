@@ -1,0 +1,258 @@
+"""
+The HTTP/1.1 connection: twisted.web's L{HTTPChannel} with an answer for
+every request head it refuses, and deadlines for slow clients.
+
+twisted.web, left alone, closes the connection without a word on one request
+or header line longer than its limit, answers a bare C{400} without a body
+for too many headers, accepts obsolete line folding (so that a folded
+C{Content-Length} is read differently by a proxy in front and by us: request
+smuggling), and knows only an idle timeout that every byte resets (a client
+sending one byte every 20 seconds holds a connection forever).
+L{CCServerChannel} answers each of these with a JSON error in the OAuth
+style (C{{"error": "invalid_request", "error_description": ...}}) and closes
+the connection:
+
+  - a line over L{HTTPLimits.max_line_length}, more than
+    L{HTTPLimits.max_headers} header fields, or a head over
+    L{HTTPLimits.max_head_size} bytes: 431 (RFC 6585 §5);
+  - obsolete line folding: 400 (RFC 9112 §5.2);
+  - a head not complete within L{HTTPLimits.head_timeout} seconds, or a body
+    not complete within L{HTTPLimits.body_timeout} seconds: 408 (RFC 9110
+    §15.5.9);
+  - every other request twisted.web finds malformed: 400 (see
+    L{CCServerChannel._respondToBadRequestAndDisconnect}).
+
+These answers are written here, not by web.py's error renderer, because no
+request object exists yet (and none should: the head is not trusted).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.web import http
+
+
+@frozen
+class HTTPLimits:
+    """
+    The limits on one HTTP request, from the C{[http]} table of the
+    configuration.
+    """
+
+    #: Bytes in the request line or in one header line (without its CRLF).
+    max_line_length: int = 8192
+    #: Header fields in one request.
+    max_headers: int = 100
+    #: Bytes in the whole head: the request line and every header line,
+    #: each with its CRLF.
+    max_head_size: int = 16384
+    #: Seconds from the first byte of a request (from the connection, for
+    #: the first) to the end of its head.
+    head_timeout: float = 10.0
+    #: Seconds from the end of the head to the end of the body.
+    body_timeout: float = 30.0
+
+
+#: The reason phrases of the answers written here (twisted.web's table has
+#: no 431, and an old spelling of 408).
+_REASONS = {
+    400: b"Bad Request",
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+}
+
+# Where the connection is in the request it is reading.
+# Between requests only the idle timeout applies (also to the unfinished
+# start of a pipelined request that came in the chunk of the one answered,
+# until its next byte or line).
+_IDLE = "idle"
+_HEAD = "head"  # reading a request line and headers, under head_timeout
+_BODY = "body"  # reading a body, under body_timeout
+_ANSWERING = "answering"  # the request is with the application
+
+
+class CCServerChannel(http.HTTPChannel):
+    """
+    An L{http.HTTPChannel} that answers the requests it refuses and puts
+    deadlines on the head and the body of each request.  Its site gives
+    the limits (C{site.limits}, an L{HTTPLimits}) and the reactor.
+
+    Everything is done through the overridable methods of
+    L{twisted.protocols.basic.LineReceiver} and L{http.HTTPChannel}
+    (C{connectionMade}, C{dataReceived}, C{lineReceived},
+    C{lineLengthExceeded}, C{allHeadersReceived}, C{allContentReceived},
+    C{requestDone}, C{connectionLost}), but one private method: see
+    L{_respondToBadRequestAndDisconnect}.
+    """
+
+    _log = Logger()
+
+    site: Any
+    limits: HTTPLimits = HTTPLimits()
+    _phase = _IDLE
+    _deadline: IDelayedCall | None = None
+    _refused = False
+    #: Lines and bytes of the head read so far (ours: twisted.web's own
+    #: counters are private).
+    _head_lines = 0
+    _head_size = 0
+
+    def connectionMade(self) -> None:
+        self.limits = getattr(self.site, "limits", self.limits)
+        # twisted.web's own checks stay as a backstop at the same limits;
+        # ours (in lineReceived) come first and answer 431.
+        self.MAX_LENGTH = self.limits.max_line_length
+        self.maxHeaders = self.limits.max_headers
+        self.totalHeadersSize = self.limits.max_head_size
+        super().connectionMade()
+        self._start_head()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._refused:
+            # The answer is written and the connection closing: whatever
+            # else the client sends is not read.
+            return
+        if self._phase == _IDLE and data:
+            self._start_head()
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        if self._phase == _IDLE:
+            # A pipelined request read in the same chunk as the one just
+            # answered: its bytes never came back through dataReceived.
+            self._start_head()
+        if self._head_lines == 0 and not line:
+            # The one empty line some clients send after a body, before the
+            # next request line: twisted.web skips it (and refuses a second).
+            super().lineReceived(line)
+            return
+        if self._head_lines and line and line[:1] in b" \t":
+            # RFC 9112 §5.2: a server MUST either reject obs-fold with 400
+            # or replace it with spaces.  twisted.web does the latter, so
+            # "Content-Length:\r\n 5" is a length of 5 here and none for a
+            # proxy that reads it differently: a request smuggled past it.
+            self.refuse(400, "obsolete line folding is not accepted (RFC 9112 section 5.2)")
+            return
+        self._head_size += len(line) + len(self.delimiter)
+        if line:
+            self._head_lines += 1
+        if self._head_size > self.limits.max_head_size:
+            self.refuse(
+                431, f"the request head is larger than {self.limits.max_head_size} bytes"
+            )
+            return
+        if self._head_lines - 1 > self.limits.max_headers:
+            self.refuse(
+                431, f"the request has more than {self.limits.max_headers} header fields"
+            )
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        L{LineReceiver} calls this for a line over C{MAX_LENGTH}, where it
+        would close the connection without an answer.
+        """
+        what = "request line" if self._head_lines == 0 else "header line"
+        self.refuse(
+            431, f"a {what} is longer than {self.limits.max_line_length} bytes"
+        )
+
+    def allHeadersReceived(self) -> None:
+        self._head_lines = self._head_size = 0
+        self._cancel_deadline()
+        self._phase = _BODY
+        super().allHeadersReceived()
+        if self.length != 0 and not self._refused:
+            self._deadline = self.site.reactor.callLater(
+                self.limits.body_timeout, self._timed_out, "body", self.limits.body_timeout
+            )
+
+    def allContentReceived(self) -> None:
+        self._cancel_deadline()
+        self._phase = _ANSWERING
+        super().allContentReceived()
+
+    def requestDone(self, request: http.Request) -> None:
+        # Before super(): it hands the pipelined bytes read meanwhile back
+        # to dataReceived, which starts the next request's head deadline.
+        self._phase = _IDLE
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def refuse(self, code: int, description: str) -> None:
+        """
+        Answer C{code} with an OAuth-style JSON error and close the
+        connection, reading nothing more from it.  Only for a request that
+        has no answer yet (one being read).
+        """
+        if self._refused:
+            return
+        self._refused = True
+        self._cancel_deadline()
+        body = json.dumps(
+            {"error": "invalid_request", "error_description": description},
+            separators=(",", ":"),
+        ).encode()
+        assert self.transport is not None
+        self.transport.writeSequence(
+            [
+                b"HTTP/1.1 %d %s\r\n" % (code, _REASONS[code]),
+                b"Content-Type: application/json\r\n",
+                b"Cache-Control: no-store\r\n",
+                b"Content-Length: %d\r\n" % len(body),
+                b"Connection: close\r\n",
+                b"\r\n",
+                body,
+            ]
+        )
+        # The idle timeout (not reset any more: dataReceived reads nothing)
+        # aborts the connection should the client never read the answer.
+        self.loseConnection()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        """
+        The adapter to a private API of twisted.web (26.x), the one place
+        ccserver relies on one: L{http.HTTPChannel} calls this method for
+        every malformed request it finds (bad request line, header without
+        a colon, bad name, NUL/CR/LF in a value, bad or repeated
+        C{Content-Length}, unknown C{Transfer-Encoding}, broken chunks) and
+        writes a bare C{400} without a body.  Here it is the same 400 with
+        an OAuth error body.  tests/test_http_channel.py
+        (C{PrivateAPITests}) fails if twisted.web stops calling it.
+        """
+        self.refuse(400, "the request is not valid HTTP/1.1 (RFC 9112)")
+
+    def _start_head(self) -> None:
+        self._phase = _HEAD
+        self._cancel_deadline()
+        self._deadline = self.site.reactor.callLater(
+            self.limits.head_timeout, self._timed_out, "head", self.limits.head_timeout
+        )
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self, part: str, seconds: float) -> None:
+        self._deadline = None
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self._log.info(
+            "Request {part} from {peer} not complete within {seconds}s: 408",
+            part=part,
+            peer=str(peer),
+            seconds=seconds,
+        )
+        self.refuse(408, f"the request {part} did not arrive within {seconds:g} seconds")
