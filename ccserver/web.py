@@ -256,6 +256,11 @@ class CCServerApp:
     jwks_max_age: int = 300
 
     app = Klein()
+    # werkzeug would answer /client-reg//x with a 308 to /client-reg/x (and
+    # no Location, once rendered as an OAuth error): an API has no use for
+    # redirects, so such a path is simply not found.  Set before the routes,
+    # which take the map's setting when they are added.
+    app.url_map.merge_slashes = False
     _log = Logger()
 
     def resource(self) -> Resource:
@@ -421,10 +426,48 @@ class TokenResource(Resource):
             request.finish()
 
 
+class ErrorResource(Resource):
+    """
+    A resource that answers every request with one L{OAuthError}, rendered
+    like any other (L{render_failure}).
+    """
+
+    isLeaf = True
+
+    def __init__(self, error: OAuthError) -> None:
+        super().__init__()
+        self._error = error
+
+    def render(self, request: IRequest) -> bytes:
+        return render_failure(request, Failure(self._error))
+
+
+def undecodable_url_part(request: IRequest) -> str | None:
+    """
+    The part of the request's URL that is not UTF-8 once percent-decoded
+    (C{GET /%FF}), if any: the path, or the host of the C{Host} header.
+
+    Klein decodes both as UTF-8 and, when it cannot, answers a text/html 400
+    and logs a critical traceback: a client's mistake written as our bug, in
+    about 2.6 KB of log per request.  L{RootResource} asks this first.
+    """
+    path = b"/".join(request.prepath + request.postpath)
+    try:
+        path.decode("utf-8")
+    except UnicodeDecodeError:
+        return "the URL path"
+    try:
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return "the Host header"
+    return None
+
+
 class RootResource(Resource):
     """
     The site's root: C{/token} goes straight to L{TokenResource}, every other
-    path to the Klein app.
+    path to the Klein app, but for URLs no route could match because they
+    are not UTF-8 (see L{undecodable_url_part}).
     """
 
     def __init__(self, token: Resource, app: Resource) -> None:
@@ -435,6 +478,11 @@ class RootResource(Resource):
     def getChildWithDefault(self, name: bytes, request: IRequest) -> Resource:
         if name == b"token" and not request.postpath:
             return self._token
+        undecodable = undecodable_url_part(request)
+        if undecodable is not None:
+            return ErrorResource(
+                invalid_request(f"{undecodable} is not UTF-8 once percent-decoded")
+            )
         # Hand Klein the whole path, as if it were the root.
         request.postpath.insert(0, request.prepath.pop())
         return self._app

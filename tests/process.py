@@ -87,7 +87,8 @@ class CCServerProcess:
                 requests.get(self.url + "/jwks.json", timeout=1)
                 return self
             except (requests.ConnectionError, requests.Timeout):
-                # A worker's socket accepts before its process serves it.
+                # a worker that listens but is still starting (a loaded
+                # machine) answers late: try again until the deadline
                 time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"ccserver did not start in {timeout}s:\n{self.read_log()}")

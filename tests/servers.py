@@ -31,6 +31,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 from typing import IO, Any
@@ -555,6 +556,45 @@ def postgres_server(name: str = "shared") -> PostgresServer:
     assert isinstance(server, PostgresServer)
     server.start()
     return server
+
+
+#: Every kind of store: the tests that must hold for all of them (the store
+#: contract, the hostile input) run once for each.
+STORE_KINDS = ("memory", "sqlite", "postgresql", "redis")
+
+
+def clean_store_url(
+    kind: str,
+    cleanup: Callable[..., object],
+    *,
+    redis_name: str = "shared",
+    redis_db: int = 3,
+) -> str:
+    """
+    The URL of a clean, empty store of that kind: a new SQLite file, a new
+    PostgreSQL database, a flushed Redis server (its database C{redis_db},
+    not 0, so that selecting the database is tested too).
+
+    @param cleanup: called as C{cleanup(function, *args)} with what removes
+        it afterwards (C{TestCase.addCleanup}, or a fixture's list).
+    """
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        folder = tempfile.mkdtemp(prefix="ccserver-sqlite-")
+        cleanup(shutil.rmtree, folder, True)
+        # an absolute path: sqlite:////tmp/...
+        return f"sqlite:///{folder}/store.db"
+    if kind == "postgresql":
+        server = postgres_server()
+        name = server.create_database()
+        cleanup(server.drop_database, name)
+        return server.url_for(name)
+    if kind == "redis":
+        redis = redis_server(redis_name)
+        redis.flushall()
+        return redis.url_for(redis_db)
+    raise ValueError(f"no such store: {kind!r}")
 
 
 def stop_all() -> None:

@@ -9,8 +9,6 @@ database, a flushed Redis.  The servers are started once per test process
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -34,6 +32,7 @@ from tests.servers import (
     RedisServer,
     ServerBinaryMissing,
     SilentServer,
+    clean_store_url,
     find_binary,
     postgres_server,
     redis_server,
@@ -155,6 +154,16 @@ class StoreContractMixin(_TestCase):
 
     async def test_get_missing_client(self) -> None:
         self.assertIsNone(await self.store.get_client("nobody"))
+
+    async def test_client_id_with_nul_is_not_found(self) -> None:
+        """
+        A client id from the outside may hold any character; PostgreSQL
+        refuses NUL in a string.  Every store finds no such client.
+        """
+        await self.store.add_client(make_client())
+        self.assertIsNone(await self.store.get_client("client-1\x00"))
+        self.assertIs(await self.store.delete_client("\x00client-1", *MARK), False)
+        self.assertIsNotNone(await self.store.get_client("client-1"))
 
     async def test_add_then_get(self) -> None:
         client = make_client()
@@ -610,10 +619,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
     timeout = 60
 
     async def setUp(self) -> None:
-        folder = tempfile.mkdtemp(prefix="ccserver-sqlite-")
-        self.addCleanup(shutil.rmtree, folder, ignore_errors=True)
-        # an absolute path: sqlite:////tmp/...
-        self.url = f"sqlite:///{folder}/store.db"
+        self.url = clean_store_url("sqlite", self.addCleanup)
         await super().setUp()
 
     def new_store(self) -> IStore:
@@ -624,10 +630,7 @@ class PostgreSQLStoreTests(StoreContractMixin, TestCase):
     timeout = 60
 
     async def setUp(self) -> None:
-        server = postgres_server()
-        name = server.create_database()
-        self.addCleanup(server.drop_database, name)
-        self.url = server.url_for(name)
+        self.url = clean_store_url("postgresql", self.addCleanup)
         await super().setUp()
 
     def new_store(self) -> IStore:
@@ -638,10 +641,7 @@ class RedisStoreTests(StoreContractMixin, TestCase):
     timeout = 60
 
     async def setUp(self) -> None:
-        server = redis_server()
-        server.flushall()
-        # not database 0, so that selecting the database is tested too
-        self.url = server.url_for(3)
+        self.url = clean_store_url("redis", self.addCleanup)
         await super().setUp()
 
     purges = False

@@ -5,10 +5,13 @@ requests, the access log.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import attrs
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 
 from ccserver.config import Config
 from tests.helpers import MASTER_TOKEN, ServerTestCase, basic
@@ -74,6 +77,67 @@ class SiteTests(ServerTestCase):
         self.assertIn("/jwks.json", logged)
         self.assertNotIn(client["client_secret"], logged)
         self.assertNotIn("client_secret=", logged)
+
+
+class OddURLTests(ServerTestCase):
+    """
+    A URL no route can match is the client's mistake: a JSON 400 or 404,
+    and nothing above the info level in the log (critical is for our own
+    bugs; Klein logs a critical traceback for a URL that is not UTF-8).
+    """
+
+    raw = SiteTests.raw
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def get(self, path: bytes, host: bytes = b"x") -> tuple[int, dict[str, Any], bytes]:
+        answer = self.raw(
+            b"GET " + path + b" HTTP/1.0\r\nHost: " + host + b"\r\n"
+            b"Authorization: Bearer " + MASTER_TOKEN.encode() + b"\r\n\r\n"
+        )
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        self.assertIn(b"\r\nContent-Type: application/json", head, answer)
+        return status, json.loads(body), answer
+
+    def assert_logged_nothing_above_info(self) -> None:
+        loud = [e for e in self.events if e.get("log_level", LogLevel.info) > LogLevel.info]
+        self.assertEqual(loud, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_path_not_utf8(self) -> None:
+        for path in (
+            b"/%FF",
+            b"/%ff/anything",
+            b"/client-reg/%FF",
+            b"/token/%FF",
+            b"/token/introspect/%C3",
+            # the UTF-8 form of a surrogate, which strict UTF-8 refuses
+            b"/client-reg/%ED%A0%80",
+        ):
+            status, body, answer = self.get(path)
+            self.assertEqual(status, 400, answer)
+            self.assertEqual(body["error"], "invalid_request")
+            self.assertIn("the URL path is not UTF-8", body["error_description"])
+        self.assert_logged_nothing_above_info()
+
+    def test_host_not_utf8(self) -> None:
+        status, body, answer = self.get(b"/jwks.json", host=b"\xff")
+        self.assertEqual(status, 400, answer)
+        self.assertIn("the Host header is not UTF-8", body["error_description"])
+        self.assert_logged_nothing_above_info()
+
+    def test_other_odd_paths(self) -> None:
+        for path in (b"/%00", b"//", b"///token", b"/client-reg/%00", b"/client-reg//x",
+                     b"/" + b"x/" * 4000, b"/token/", b"/%2F%2E%2E"):
+            status, body, answer = self.get(path)
+            self.assertIn(status, (400, 401, 404, 405), answer)
+            self.assertIsInstance(body["error_description"], str)
+        self.assert_logged_nothing_above_info()
 
 
 class NoAccessLogTests(ServerTestCase):

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from attrs import frozen
 
@@ -125,10 +125,25 @@ def _string_list(name: str, value: object) -> list[str]:
     return list(value)
 
 
+def split_uri(uri: str) -> SplitResult | None:
+    """
+    The parts of C{uri}, or None when it cannot be split: the one place a
+    URI from the outside is parsed, because C{urlsplit} raises
+    C{ValueError} for some inputs (an unclosed IPv6 bracket, C{http://[x};
+    a host that changes under NFKC normalisation) instead of answering.
+    Every check of a client's URI goes through here, so none of them can
+    turn such a URI into a 500.
+    """
+    try:
+        return urlsplit(uri)
+    except ValueError:
+        return None
+
+
 def _absolute_uri(name: str, value: object) -> str:
     uri = _string(name, value)
-    parts = urlsplit(uri)
-    if parts.scheme not in ("https", "http") or not parts.netloc:
+    parts = split_uri(uri)
+    if parts is None or parts.scheme not in ("https", "http") or not parts.netloc:
         raise invalid_client_metadata(f"{name}: {uri!r} is not an absolute http(s) URI")
     return uri
 
@@ -137,8 +152,13 @@ def is_resource_uri(uri: str) -> bool:
     """
     RFC 8707 §2: a resource indicator is an absolute URI with no fragment.
     """
-    parts = urlsplit(uri)
-    return bool(parts.scheme) and bool(parts.netloc or parts.path) and "#" not in uri
+    parts = split_uri(uri)
+    return (
+        parts is not None
+        and bool(parts.scheme)
+        and bool(parts.netloc or parts.path)
+        and "#" not in uri
+    )
 
 
 def _resource_uris(name: str, value: object) -> list[str]:

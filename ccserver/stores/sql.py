@@ -689,6 +689,11 @@ class SQLStore:
         return d
 
     def get_client(self, client_id: str) -> Deferred[Client | None]:
+        if "\x00" in client_id:
+            # A client id comes from the outside (a URL path, a form, Basic
+            # credentials); PostgreSQL refuses a string with NUL in it
+            # rather than finding nothing.  No client can have such an id.
+            return succeed(None)
         d = self._execute("get_client", (client_id,))
         d.addCallback(lambda rows: _client_from_row(rows[0]) if rows else None)
         return d
@@ -705,6 +710,8 @@ class SQLStore:
         """
         The mark, the tokens' deletion and the client's in one transaction.
         """
+        if "\x00" in client_id:
+            return succeed(False)  # as in get_client: there is no such client
         sql = self._sql
 
         def delete(cursor: Any) -> bool:
