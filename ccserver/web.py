@@ -472,12 +472,15 @@ class RootResource(Resource):
 
     def __init__(self, token: Resource, app: Resource) -> None:
         super().__init__()
-        self._token = token
+        #: The plain resources served at one path segment each, outside
+        #: Klein; the OpenAPI drift test reads the routes from here.
+        self.leaves: dict[bytes, Resource] = {b"token": token}
         self._app = app
 
     def getChildWithDefault(self, name: bytes, request: IRequest) -> Resource:
-        if name == b"token" and not request.postpath:
-            return self._token
+        leaf = self.leaves.get(name)
+        if leaf is not None and not request.postpath:
+            return leaf
         undecodable = undecodable_url_part(request)
         if undecodable is not None:
             return ErrorResource(
