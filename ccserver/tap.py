@@ -30,6 +30,8 @@ from ccserver.errors import ConfigError
 from ccserver.handlers import available, make_handler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor, Keyring, key_encryption_key_path, key_encryptor
+from ccserver.oauth.assertions import AssertionVerifier, HTTPGetter, JWKSFetcher
+from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
@@ -265,6 +267,10 @@ class CCServerService(Service):
         self.workers: WorkerPool | None = None
         #: Tests on a Clock sign inline; a real reactor has a thread pool.
         self.sign_in_threads = hasattr(reactor, "getThreadPool")
+        #: The HTTP client that fetches clients' jwks_uri (tests set a
+        #: StubTreq); by default one over a pool of this service's.
+        self.jwks_http: HTTPGetter | None = None
+        self.jwks_fetcher: JWKSFetcher | None = None
 
     def build(self) -> CCServerSite:
         now = self.reactor.seconds
@@ -284,8 +290,25 @@ class CCServerService(Service):
             now=now,
             sign=rsa_in_threads(self.reactor) if self.sign_in_threads else sign_inline,
         )
+        # --- client authentication (issue 11: private_key_jwt, client_secret_jwt)
+        self.jwks_fetcher = _jwks_fetcher(self.reactor, config, self.jwks_http)
+        authenticator = ClientAuthenticator(
+            clients,
+            AssertionVerifier(
+                tokens=self.store,
+                issuer=config.issuer,
+                now=now,
+                max_lifetime=config.client_auth.max_assertion_lifetime,
+                leeway=config.client_auth.leeway,
+                jwks_fetcher=self.jwks_fetcher,
+                secret_encryptor=self.encryptor,
+            ),
+        )
+        # ---
         app = CCServerApp(
-            grant=ClientCredentialsGrant(clients, self.handler, minter, config.issuer),
+            grant=ClientCredentialsGrant(
+                clients, self.handler, minter, config.issuer, authenticator=authenticator
+            ),
             introspection=TokenIntrospection(
                 clients,
                 self.store,
@@ -294,6 +317,7 @@ class CCServerService(Service):
                 config.tokens.introspection,
                 now,
                 master_token_digest=self.master_token_digest,
+                authenticator=authenticator,
             ),
             registry=ClientRegistry(
                 clients,
@@ -302,6 +326,7 @@ class CCServerService(Service):
                 token_max_lifetime=config.tokens.max_lifetime,
                 client_cache_seconds=config.store.client_cache_seconds,
                 authoritative=self.store,
+                secret_encryptor=self.encryptor,
             ),
             keyring=self.keyring,
             issuer=config.issuer,
@@ -450,8 +475,34 @@ class CCServerService(Service):
         for loop in self._loops:
             if loop.running:
                 loop.stop()
+        if self.jwks_fetcher is not None:
+            await self.jwks_fetcher.close()
         await self.store.close()
         self._log.info("ccserver stopped")
+
+
+def _jwks_fetcher(reactor: Any, config: Config, http: HTTPGetter | None) -> JWKSFetcher:
+    """
+    The fetcher of clients' jwks_uri, over its own persistent connection
+    pool (closed when the service stops) unless C{http} is given.
+    """
+    from ccserver.handlers.webhook import pooled_http_client
+
+    close = None
+    if http is None:
+        client, pool = pooled_http_client(reactor, config.client_auth.jwks_uri_timeout)
+        http, close = client, pool.closeCachedConnections
+    auth = config.client_auth
+    return JWKSFetcher(
+        http,
+        reactor,
+        timeout=auth.jwks_uri_timeout,
+        default_cache=auth.jwks_uri_cache_seconds,
+        min_cache=auth.jwks_uri_min_cache_seconds,
+        max_cache=auth.jwks_uri_max_cache_seconds,
+        refetch_interval=auth.jwks_uri_refetch_seconds,
+        close=close,
+    )
 
 
 def _discovery_json(config: Config) -> bytes:
