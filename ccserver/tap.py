@@ -489,12 +489,15 @@ def _jwks_fetcher(reactor: Any, config: Config, http: HTTPGetter | None) -> JWKS
     from ccserver.handlers.webhook import pooled_http_client
 
     close = None
+    getter: HTTPGetter
     if http is None:
-        client, pool = pooled_http_client(reactor, config.client_auth.jwks_uri_timeout)
-        http, close = client, pool.closeCachedConnections
+        getter, pool = pooled_http_client(reactor, config.client_auth.jwks_uri_timeout)
+        close = pool.closeCachedConnections
+    else:
+        getter = http
     auth = config.client_auth
     return JWKSFetcher(
-        http,
+        getter,
         reactor,
         timeout=auth.jwks_uri_timeout,
         default_cache=auth.jwks_uri_cache_seconds,

@@ -44,6 +44,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from ccserver import jose
@@ -133,7 +134,16 @@ class HTTPGetter(Protocol):
     (L{treq.client.HTTPClient}, or L{treq.testing.StubTreq} in tests).
     """
 
-    def get(self, url: str, **kwargs: Any) -> Deferred[Any]: ...
+    def get(
+        self,
+        url: str,
+        /,
+        *,
+        headers: Headers,
+        allow_redirects: bool,
+        unbuffered: bool,
+        reactor: Any,
+    ) -> Deferred[Any]: ...
 
 
 def cache_seconds(cache_control: str | None, default: int, low: int, high: int) -> int:
@@ -257,7 +267,7 @@ class JWKSFetcher:
 
         response: IResponse = await self._http.get(
             uri,
-            headers={"Accept": ["application/jwk-set+json, application/json"]},
+            headers=Headers({b"Accept": [b"application/jwk-set+json, application/json"]}),
             allow_redirects=False,
             unbuffered=True,
             # treq would otherwise import the global reactor
@@ -284,7 +294,11 @@ class JWKSFetcher:
         return keys
 
     def _unavailable(self, failure: Any, uri: str) -> None:
-        if failure.check(defer.TimeoutError, defer.CancelledError):
+        # the HTTP client wraps the cancellation (ResponseNeverReceived)
+        nested = getattr(failure.value, "reasons", ())
+        if failure.check(defer.TimeoutError, defer.CancelledError) or any(
+            reason.check(defer.CancelledError) for reason in nested
+        ):
             reason = f"no answer within {self._timeout:g}s"
         else:
             reason = failure.getErrorMessage() or type(failure.value).__name__
