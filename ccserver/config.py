@@ -104,6 +104,32 @@ class StoreConfig:
     client_cache_seconds: float = 5.0
 
 
+@frozen
+class ClientAuthConfig:
+    """
+    Client authentication with JWT assertions (RFC 7523 §2.2): what an
+    assertion may claim, and how a client's C{jwks_uri} is fetched.
+    """
+
+    #: Seconds an assertion's C{exp} may lie ahead of now: a longer-lived
+    #: assertion is a bearer credential in all but name.
+    max_assertion_lifetime: int = 300
+    #: Seconds of clock skew allowed for C{exp}, C{nbf} and C{iat}.
+    leeway: int = 30
+    #: Seconds a fetch of a C{jwks_uri} may take.
+    jwks_uri_timeout: float = 5.0
+    #: How long a fetched JWK set is kept when its answer says nothing
+    #: (C{Cache-Control: max-age}); what it says is held between the
+    #: minimum and the maximum.
+    jwks_uri_cache_seconds: int = 300
+    jwks_uri_min_cache_seconds: int = 60
+    jwks_uri_max_cache_seconds: int = 86400
+    #: An assertion whose C{kid} is unknown fetches the client's
+    #: C{jwks_uri} again (key rotation), at most once per this many seconds
+    #: per client.
+    jwks_uri_refetch_seconds: int = 30
+
+
 def _default_issuer(config: Config) -> str:
     """
     http://localhost and the port of the first endpoint listened on.
@@ -127,6 +153,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     tokens: TokenConfig = TokenConfig()
     keys: KeysConfig = KeysConfig()
+    client_auth: ClientAuthConfig = ClientAuthConfig()
     #: The grant handler plugin's name: in a file, the C{name} of the
     #: C{[grant_handler]} table, whose other keys are the handler's own.
     grant_handler: str = field(
@@ -347,6 +374,7 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
     if config.keys.activation_delay < 0:
         raise ConfigError("[keys] activation_delay: must be 0 or more")
     _check_signing_alg(config.tokens.signing_alg)
+    _check_client_auth(config.client_auth)
     if config.master_token is not None and len(config.master_token) < 16:
         raise ConfigError("master_token: must be at least 16 characters long")
     if not isinstance(config.grant_handler, str):
@@ -389,6 +417,26 @@ def _check_tokens(tokens: TokenConfig) -> None:
         raise ConfigError(
             f"[tokens] introspection: {tokens.introspection!r} is not one of "
             + ", ".join(INTROSPECTION_RULES)
+        )
+
+
+def _check_client_auth(client_auth: ClientAuthConfig) -> None:
+    for name in (
+        "max_assertion_lifetime",
+        "jwks_uri_timeout",
+        "jwks_uri_cache_seconds",
+        "jwks_uri_max_cache_seconds",
+    ):
+        value = getattr(client_auth, name)
+        if value <= 0:
+            raise ConfigError(f"[client_auth] {name}: must be greater than 0, not {value!r}")
+    for name in ("leeway", "jwks_uri_min_cache_seconds", "jwks_uri_refetch_seconds"):
+        value = getattr(client_auth, name)
+        if value < 0:
+            raise ConfigError(f"[client_auth] {name}: must be 0 or more, not {value!r}")
+    if client_auth.jwks_uri_min_cache_seconds > client_auth.jwks_uri_max_cache_seconds:
+        raise ConfigError(
+            "[client_auth] jwks_uri_min_cache_seconds: is more than jwks_uri_max_cache_seconds"
         )
 
 

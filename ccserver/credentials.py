@@ -20,11 +20,12 @@ SECRET_BYTES = 32
 _NO_DIGEST = "0" * 64
 
 
-def new_secret() -> str:
+def new_secret(nbytes: int = SECRET_BYTES) -> str:
     """
-    A new secret of 256 random bits, URL-safe base64 without padding.
+    A new secret of C{nbytes} random bytes (256 bits by default), URL-safe
+    base64 without padding.
     """
-    return secrets.token_urlsafe(SECRET_BYTES)
+    return secrets.token_urlsafe(nbytes)
 
 
 def new_client_id() -> str:

@@ -140,11 +140,25 @@ class ITokenStore(Interface):
         purged; it then kills only tokens that have expired anyway.
         """
 
+    def use_once(key: str, expires_at: int) -> Deferred[bool]:
+        """
+        Record C{key} until C{expires_at} (seconds since the epoch), in one
+        atomic step: fires with C{True} if it was not recorded yet (its
+        first use), C{False} if it was (a replay).  Every instance sharing
+        the store sees the same records, so a one-time value (a client
+        assertion's or a DPoP proof's C{jti}) is accepted once across all of
+        them.  Callers namespace their keys (C{"assertion:<client_id>:<jti>"},
+        C{"dpop:<jkt>:<jti>"}).  A record past C{expires_at} is dropped by
+        L{purge_expired} (or by the store itself); until it is, the key
+        stays used.
+        """
+
     def purge_expired(now: int) -> Deferred[int]:
         """
-        Forget the tokens, deny-list entries and client revocation marks
-        that expired before C{now}; fires with how many were dropped (a
-        store that expires them by itself may fire with 0).
+        Forget the tokens, deny-list entries, client revocation marks and
+        one-time records (L{use_once}) that expired before C{now}; fires
+        with how many were dropped (a store that expires them by itself may
+        fire with 0).
         """
 
 

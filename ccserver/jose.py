@@ -65,6 +65,14 @@ class JOSEError(Exception):
     """
 
 
+class BadSignature(JOSEError):
+    """
+    The signature does not verify with the key given: a caller with several
+    candidate keys and no C{kid} (RFC 7515 §4.1.4 makes it optional) tries
+    the next one.
+    """
+
+
 def b64encode(data: bytes) -> bytes:
     """
     base64url without padding (RFC 7515 §2).
@@ -231,6 +239,24 @@ def _check_claims(
             raise JOSEError("the JWT is not valid yet")
 
 
+def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """
+    The protected header and the claims of a compact JWS, B{not verified}:
+    only to find whose keys verify it (a client assertion names its client
+    in C{sub}, RFC 7523 §3).  Nothing read here may be trusted until
+    L{verify} has checked it.
+
+    @raise JOSEError: it is not three base64url segments of JSON objects.
+    """
+    try:
+        header_segment, payload_segment, _ = token.encode("ascii").split(b".")
+    except (UnicodeEncodeError, ValueError):
+        raise JOSEError("malformed JWS: not three base64url segments") from None
+    header = _json_object(_b64decode(header_segment, "header"), "header")
+    claims = _json_object(_b64decode(payload_segment, "payload"), "payload")
+    return header, claims
+
+
 def verify(
     token: str,
     key: VerificationKey | KeyResolver,
@@ -287,7 +313,7 @@ def verify(
     signature = _b64decode(signature_segment, "signature")
     signing_input = header_segment + b"." + payload_segment
     if not ALGORITHMS[alg].verify(signing_input, verification_key, signature):
-        raise JOSEError("the JWS signature does not verify")
+        raise BadSignature("the JWS signature does not verify")
     claims = _json_object(_b64decode(payload_segment, "payload"), "payload")
     _check_claims(claims, issuer, audience, required, now, leeway)
     return Verified(header, claims)

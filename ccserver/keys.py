@@ -149,6 +149,26 @@ class KeyEncryptor:
         assert isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey))
         return key
 
+    def encrypt_secret(self, secret: str) -> str:
+        """
+        A C{client_secret_jwt} client's secret, for the store: the server
+        needs the secret itself (not a digest) to check an HMAC.
+        """
+        return self.fernet.encrypt(secret.encode("utf-8")).decode("ascii")
+
+    def decrypt_secret(self, encrypted: str) -> str:
+        """
+        @raise KeyDecryptionError: the key-encryption key is not the one the
+            secret was stored with.
+        """
+        try:
+            return self.fernet.decrypt(encrypted.encode("ascii")).decode("utf-8")
+        except InvalidToken:
+            raise KeyDecryptionError(
+                "a client secret cannot be decrypted: the key-encryption key differs "
+                "from the one it was stored with"
+            ) from None
+
 
 class Keyring:
     """

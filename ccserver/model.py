@@ -90,6 +90,12 @@ class Client:
         the secret itself.
     @ivar registration_access_token_digest: the SHA-256 digest of its
         registration access token (hex).
+    @ivar encrypted_secret: for a C{client_secret_jwt} client only, its
+        secret encrypted with the key-encryption key (Fernet token, ASCII):
+        the server needs the secret itself to check an HMAC.  L{None} for
+        every other client, which keeps only the digest.  An empty
+        C{client_secret_digest} means the client has no secret at all
+        (C{private_key_jwt}).
     """
 
     client_id: str
@@ -97,6 +103,7 @@ class Client:
     metadata: Mapping[str, Any] = field(converter=_readonly)
     client_secret_digest: str = field(repr=False)
     registration_access_token_digest: str = field(repr=False)
+    encrypted_secret: str | None = field(default=None, repr=False)
 
     @property
     def scope(self) -> frozenset[str]:

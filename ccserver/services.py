@@ -239,6 +239,21 @@ class RequestsService(MultiService):
             )
 
 
+class CloseOnStop(Service):
+    """
+    Releases something (an HTTP connection pool) when the server stops:
+    made a child before the requests service, it stops after the last
+    request.
+    """
+
+    def __init__(self, close: Callable[[], Deferred[None]]) -> None:
+        self._close = close
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self._close()
+
+
 def handler_service(handler: object) -> IService | None:
     """
     The grant handler as a service, if it is one (it then starts before the

@@ -31,12 +31,15 @@ from ccserver.errors import ConfigError
 from ccserver.handlers import available, make_handler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor, Keyring
+from ccserver.oauth.assertions import AssertionVerifier, HTTPGetter, JWKSFetcher
+from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.registration import ClientRegistry
 from ccserver.oauth.tokens import Signer, TokenMinter, rsa_in_threads
 from ccserver.services import (
+    CloseOnStop,
     ListenerService,
     RequestsService,
     StoreService,
@@ -160,6 +163,7 @@ def make_site(
     master_token_digest: str,
     encryptor: KeyEncryptor,
     sign: Signer,
+    jwks_fetcher: JWKSFetcher,
 ) -> tuple[CCServerSite, Keyring]:
     """
     The web site over the protocol objects, and the keyring they sign with.
@@ -180,8 +184,22 @@ def make_site(
         now=now,
         sign=sign,
     )
+    authenticator = ClientAuthenticator(
+        clients,
+        AssertionVerifier(
+            tokens=store,
+            issuer=config.issuer,
+            now=now,
+            max_lifetime=config.client_auth.max_assertion_lifetime,
+            leeway=config.client_auth.leeway,
+            jwks_fetcher=jwks_fetcher,
+            secret_encryptor=encryptor,
+        ),
+    )
     app = CCServerApp(
-        grant=ClientCredentialsGrant(clients, handler, minter, config.issuer),
+        grant=ClientCredentialsGrant(
+            clients, handler, minter, config.issuer, authenticator=authenticator
+        ),
         introspection=TokenIntrospection(
             clients,
             store,
@@ -190,6 +208,7 @@ def make_site(
             config.tokens.introspection,
             now,
             master_token_digest=master_token_digest,
+            authenticator=authenticator,
         ),
         registry=ClientRegistry(
             clients,
@@ -198,6 +217,7 @@ def make_site(
             token_max_lifetime=config.tokens.max_lifetime,
             client_cache_seconds=config.store.client_cache_seconds,
             authoritative=store,
+            secret_encryptor=encryptor,
         ),
         keyring=keyring,
         issuer=config.issuer,
@@ -205,6 +225,35 @@ def make_site(
         jwks_max_age=config.keys.activation_delay // 2,
     )
     return CCServerSite(app.resource(), reactor, config.access_log, config.http), keyring
+
+
+def make_jwks_fetcher(
+    reactor: Any, config: Config, http: HTTPGetter | None = None
+) -> JWKSFetcher:
+    """
+    The fetcher of clients' C{jwks_uri}, over its own persistent connection
+    pool (released by L{JWKSFetcher.close}) unless C{http} is given.
+    """
+    from ccserver.handlers.webhook import pooled_http_client
+
+    close = None
+    getter: HTTPGetter
+    if http is None:
+        getter, pool = pooled_http_client(reactor, config.client_auth.jwks_uri_timeout)
+        close = pool.closeCachedConnections
+    else:
+        getter = http
+    auth = config.client_auth
+    return JWKSFetcher(
+        getter,
+        reactor,
+        timeout=auth.jwks_uri_timeout,
+        default_cache=auth.jwks_uri_cache_seconds,
+        min_cache=auth.jwks_uri_min_cache_seconds,
+        max_cache=auth.jwks_uri_max_cache_seconds,
+        refetch_interval=auth.jwks_uri_refetch_seconds,
+        close=close,
+    )
 
 
 def _discovery_json(config: Config) -> bytes:
@@ -273,6 +322,7 @@ def makeService(
             _log, config, first.master_token_file, options["master-token"] is not None
         )
     on_fatal = exit_on_fatal(reactor)
+    jwks_fetcher = make_jwks_fetcher(reactor, config)
     site, keyring = make_site(
         reactor,
         config,
@@ -281,6 +331,7 @@ def makeService(
         first.master_token_digest,
         first.encryptor,
         sign if sign is not None else rsa_in_threads(reactor),
+        jwks_fetcher,
     )
     root = MultiService()
     store_service = StoreService(store, keyring, on_fatal, first.master_token_file)
@@ -289,6 +340,8 @@ def makeService(
     handler_as_service = handler_service(handler)
     if handler_as_service is not None:
         handler_as_service.setServiceParent(store_service)
+    # Stops after the last request, as the handler does.
+    CloseOnStop(jwks_fetcher.close).setServiceParent(store_service)
     refresh_every = min(KEY_REFRESH_SECONDS, max(1.0, config.keys.activation_delay / 4))
     for interval, work, args in [
         (refresh_every, refresh_keys, (keyring,)),

@@ -306,7 +306,8 @@ class CCServerApp:
             bearer_token(request), lambda: parse_json(request)
         )
         document = client_information(registration.client, self.issuer)
-        document["client_secret"] = registration.client_secret
+        if registration.client_secret is not None:
+            document["client_secret"] = registration.client_secret
         document["registration_access_token"] = registration.registration_access_token
         request.setHeader(b"Location", document["registration_client_uri"].encode())
         self._log.info(

@@ -20,6 +20,7 @@ from treq.testing import StubTreq
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 
 from ccserver import credentials
 from ccserver.config import Config, StoreConfig, TokenConfig
@@ -28,7 +29,7 @@ from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor
 from ccserver.oauth.tokens import sign_inline
 from ccserver.stores.memory import MemoryStore
-from ccserver.tap import make_site
+from ccserver.tap import make_jwks_fetcher, make_site
 
 ISSUER = "https://as.example.com"
 MASTER_TOKEN = "master-token-for-tests-0123456789"
@@ -81,6 +82,13 @@ class ServerTestCase(SynchronousTestCase):
             tokens=TokenConfig(signing_alg=self.signing_alg, **tokens),
         )
 
+    def make_jwks_http(self) -> Any:
+        """
+        The HTTP client that fetches clients' jwks_uri: by default one that
+        finds nothing (404) and never leaves the process.
+        """
+        return StubTreq(Resource())
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(int(time.time()))
@@ -95,6 +103,7 @@ class ServerTestCase(SynchronousTestCase):
             credentials.digest(MASTER_TOKEN),
             self.encryptor,
             sign_inline,
+            make_jwks_fetcher(self.clock, self.config, self.make_jwks_http()),
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))
         self.treq = StubTreq(self.site.resource)

@@ -27,8 +27,17 @@ class DiscoveryTests(ServerTestCase):
         self.assertEqual(document["grant_types_supported"], ["client_credentials"])
         self.assertEqual(
             document["token_endpoint_auth_methods_supported"],
-            ["client_secret_basic", "client_secret_post"],
+            ["client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt"],
         )
+        for endpoint in ("token", "introspection", "revocation"):
+            self.assertEqual(
+                document[f"{endpoint}_endpoint_auth_methods_supported"],
+                document["token_endpoint_auth_methods_supported"],
+            )
+            self.assertEqual(
+                document[f"{endpoint}_endpoint_auth_signing_alg_values_supported"],
+                ["RS256", "PS256", "ES256", "EdDSA", "HS256", "HS384", "HS512"],
+            )
         self.assertEqual(document["response_types_supported"], [])
 
     def test_post_not_allowed(self) -> None:

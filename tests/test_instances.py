@@ -73,6 +73,54 @@ class InstancesMixin:
     def jwks(self, server: CCServerProcess) -> dict[str, Any]:
         return requests.get(server.url + "/jwks.json", timeout=10).json()  # type: ignore[no-any-return]
 
+    def test_assertion_replay_refused_by_the_other(self) -> None:
+        """
+        A client assertion's jti is recorded in the shared store: accepted
+        by one instance, it is refused by the other (RFC 7523 §3 item 7).
+        """
+        import uuid
+
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        from ccserver.keys import public_jwk
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        client = self.a.register(
+            token_endpoint_auth_method="private_key_jwt", jwks={"keys": [public_jwk(key)]}
+        )
+        now = int(time.time())
+        assertion = jwt.encode(
+            {
+                "iss": client["client_id"],
+                "sub": client["client_id"],
+                # instances behind one load balancer share an issuer; here
+                # each has its own URL, so the assertion names both
+                "aud": [self.a.url, self.b.url],
+                "iat": now,
+                "exp": now + 60,
+                "jti": str(uuid.uuid4()),
+            },
+            key,
+            algorithm="ES256",
+        )
+
+        def post(server: CCServerProcess) -> requests.Response:
+            return requests.post(
+                server.url + "/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    "client_assertion": assertion,
+                },
+                timeout=10,
+            )
+
+        first = post(self.a)
+        self.assertEqual(first.status_code, 200, first.text)  # type: ignore[attr-defined]
+        second = post(self.b)
+        self.assertEqual(second.status_code, 401, second.text)  # type: ignore[attr-defined]
+        self.assertIn("used already", second.json()["error_description"])  # type: ignore[attr-defined]
+
     def test_client_shared(self) -> None:
         client = self.a.register(scope="read")
         self.assertEqual(self.token(self.b, client).status_code, 200)  # type: ignore[attr-defined]

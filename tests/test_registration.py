@@ -13,6 +13,15 @@ from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, assert_not_echoe
 
 MASTER = {"Authorization": f"Bearer {MASTER_TOKEN}"}
 
+#: A public EC P-256 key (RFC 7517 appendix A.1).
+EC_JWK = {
+    "kty": "EC",
+    "crv": "P-256",
+    "x": "MKBCTNIcKUSDii11ySs3526iDZ8AiTo7Tu6KPAqv7D4",
+    "y": "4Etl6SRW2YiLUrN5vfvVHuhp7x8PxltmWWlbbM4IFyM",
+    "kid": "2",
+}
+
 
 class RegistrationTests(ServerTestCase):
     def post(self, body: Any, headers: dict[str, str] | None = None, raw: bytes | None = None):  # type: ignore[no-untyped-def]
@@ -162,7 +171,7 @@ class RegistrationTests(ServerTestCase):
             self.assert_metadata_error(self.post({"scope": scope}), "scope")
 
     def test_unknown_auth_method(self) -> None:
-        for method in ("private_key_jwt", "none", "tls_client_auth"):
+        for method in ("none", "tls_client_auth", "self_signed_tls_client_auth"):
             self.assert_metadata_error(
                 self.post({"token_endpoint_auth_method": method}), "token_endpoint_auth_method"
             )
@@ -470,7 +479,7 @@ class PrivilegeTests(ServerTestCase):
             client_uri="https://app.example.com",
             logo_uri="https://app.example.com/logo.png",
             contacts=["ops@example.com"],
-            jwks={"keys": [{"kty": "oct", "kid": "2"}]},
+            jwks={"keys": [EC_JWK]},
             scope="write read read",
             audience=[RESOURCE_SERVER, API, API],
             resource_server_uris=[RESOURCE_SERVER],
@@ -480,7 +489,7 @@ class PrivilegeTests(ServerTestCase):
         body = self.registered()
         self.assertEqual(body["client_name"], "Renamed")
         self.assertEqual(body["contacts"], ["ops@example.com"])
-        self.assertEqual(body["jwks"], {"keys": [{"kty": "oct", "kid": "2"}]})
+        self.assertEqual(body["jwks"], {"keys": [EC_JWK]})
         for field, value in PRIVILEGED.items():
             self.assertEqual(body[field], value, field)
         rotated = self.put(self.rat, jwks_uri="https://app.example.com/jwks.json", **PRIVILEGED)

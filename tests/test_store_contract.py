@@ -451,6 +451,61 @@ class StoreContractMixin(_TestCase):
         self.assertIs(await self.tokens.is_revoked("live-jti"), True)
         self.assertEqual(await self.tokens.purge_expired(now), 0)
 
+    # one-time records (use_once): client assertions' and DPoP proofs' jtis
+
+    async def test_use_once_first_use_then_replay(self) -> None:
+        future = int(time.time()) + 300
+        self.assertIs(await self.tokens.use_once("assertion:client-1:jti-1", future), True)
+        self.assertIs(await self.tokens.use_once("assertion:client-1:jti-1", future), False)
+        # the replay did not renew anything, and other keys are apart
+        self.assertIs(await self.tokens.use_once("assertion:client-1:jti-2", future), True)
+        self.assertIs(await self.tokens.use_once("dpop:jkt:jti-1", future), True)
+
+    async def test_use_once_numeric_looking_key(self) -> None:
+        future = int(time.time()) + 300
+        self.assertIs(await self.tokens.use_once("12345", future), True)
+        self.assertIs(await self.tokens.use_once("12345", future), False)
+
+    async def test_use_once_concurrently(self) -> None:
+        """
+        Of many uses of one key at once, exactly one is the first.
+        """
+        future = int(time.time()) + 300
+        results = await gatherResults(
+            [self.tokens.use_once("assertion:c:same", future) for _ in range(10)]
+        )
+        self.assertEqual(sorted(results), [False] * 9 + [True])
+
+    async def test_use_once_outlives_the_store(self) -> None:
+        future = int(time.time()) + 300
+        await self.tokens.use_once("assertion:c:kept", future)
+        store = await self.reopened()
+        self.assertIs(await store.use_once("assertion:c:kept", future), False)
+
+    async def test_use_once_purged_after_expiry(self) -> None:
+        now = int(time.time())
+        await self.tokens.use_once("expired", now - 10)
+        await self.tokens.use_once("live", now + 3600)
+        purged = await self.tokens.purge_expired(now)
+        self.assertEqual(purged, 1 if self.purges else 0)
+        # forgotten once expired, so usable again; the live one is not
+        self.assertIs(await self.tokens.use_once("expired", now + 3600), True)
+        self.assertIs(await self.tokens.use_once("live", now + 3600), False)
+
+    async def test_encrypted_secret_round_trip(self) -> None:
+        client = make_client(encrypted_secret="gAAAAAB-encrypted-secret")
+        await self.store.add_client(client)
+        self.assertEqual(await self.store.get_client("client-1"), client)
+        replaced = evolve(client, encrypted_secret=None)
+        await self.store.replace_client(replaced)
+        stored = await self.store.get_client("client-1")
+        assert stored is not None
+        self.assertIsNone(stored.encrypted_secret)
+        await self.store.replace_client(client)
+        stored = await self.store.get_client("client-1")
+        assert stored is not None
+        self.assertEqual(stored.encrypted_secret, "gAAAAAB-encrypted-secret")
+
     # deleting a client ends its tokens
 
     async def test_no_revocation_mark(self) -> None:

@@ -2,9 +2,12 @@
 Client authentication at the token endpoint (RFC 6749 §2.3): who is calling.
 
 Exactly one method per request: C{client_secret_basic} (the HTTP Basic
-scheme) or C{client_secret_post} (C{client_id} and C{client_secret} in the
-form body).  Every failure is the same C{invalid_client} error, so that an
-unknown client cannot be told from a wrong secret.
+scheme), C{client_secret_post} (C{client_id} and C{client_secret} in the
+form body), or a JWT assertion (C{client_assertion_type} and
+C{client_assertion}, RFC 7521 §4.2, RFC 7523 §2.2) for C{private_key_jwt}
+and C{client_secret_jwt}, checked in L{ccserver.oauth.assertions}.  Every
+secret failure is the same C{invalid_client} error, so that an unknown
+client cannot be told from a wrong secret.
 """
 
 from __future__ import annotations
@@ -13,14 +16,29 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
-from attrs import frozen
+from attrs import field, frozen
 
 from ccserver import credentials
 from ccserver.errors import OAuthError, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.model import Client
+
+if TYPE_CHECKING:
+    from ccserver.oauth.assertions import AssertionVerifier
+
+#: RFC 7523 §2.2: the C{client_assertion_type} of a JWT client assertion.
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: The longest C{client_assertion} accepted, in bytes: a few claims and a
+#: signature take well under 2 KiB (RSA-4096 included); anything far longer
+#: is refused before it is decoded.
+MAX_ASSERTION_BYTES = 8 * 1024
+#: Form parameters that are about authentication, not the grant.
+CREDENTIAL_PARAMS = frozenset(
+    {"client_id", "client_secret", "client_assertion", "client_assertion_type"}
+)
 
 REALM = "ccserver"
 _FAILED = "client authentication failed"
@@ -58,6 +76,17 @@ class ClientCredentials:
     method: str
     client_id: str
     client_secret: str
+
+
+@frozen
+class ClientAssertion:
+    """
+    A JWT client assertion (RFC 7523 §2.2), and the form's C{client_id}
+    if it had one.
+    """
+
+    client_id: str | None
+    assertion: str = field(repr=False)
 
 
 def split_authorization(header: str) -> tuple[str, str] | None:
@@ -111,9 +140,33 @@ def _basic(authorization: str) -> ClientCredentials:
     )
 
 
+def _assertion(authorization: str | None, form: Mapping[str, str]) -> ClientAssertion:
+    """
+    RFC 7521 §4.2: the assertion parameters, alone (one method per
+    request, RFC 6749 §2.3); an unknown C{client_assertion_type} is
+    C{invalid_client} (§4.2.1).
+    """
+    if authorization is not None or "client_secret" in form:
+        raise invalid_request(
+            "the client authenticated with more than one method "
+            "(client_assertion and " + ("an Authorization header)" if authorization else "client_secret)")
+        )
+    assertion_type = form.get("client_assertion_type")
+    assertion = form.get("client_assertion")
+    if assertion_type is None:
+        raise invalid_request("client_assertion_type: missing")
+    if assertion is None:
+        raise invalid_request("client_assertion: missing")
+    if assertion_type != JWT_BEARER:
+        raise invalid_client(f"client_assertion_type: only {JWT_BEARER} is supported")
+    if len(assertion) > MAX_ASSERTION_BYTES:
+        raise invalid_client(f"client_assertion: longer than {MAX_ASSERTION_BYTES} bytes")
+    return ClientAssertion(form.get("client_id"), assertion)
+
+
 def presented_credentials(
     authorization: str | None, form: Mapping[str, str]
-) -> ClientCredentials:
+) -> ClientCredentials | ClientAssertion:
     """
     The credentials of a token request, from its C{Authorization} header
     and form.
@@ -121,6 +174,8 @@ def presented_credentials(
     @raise OAuthError: C{invalid_request} when more than one method is used,
         C{invalid_client} when none is, or the header is malformed.
     """
+    if "client_assertion" in form or "client_assertion_type" in form:
+        return _assertion(authorization, form)
     if authorization is not None:
         if "client_secret" in form:
             raise invalid_request(
@@ -156,3 +211,28 @@ async def authenticate(store: IClientStore, presented: ClientCredentials) -> Cli
             f"this client must authenticate with {client.token_endpoint_auth_method}"
         )
     return client
+
+
+class ClientAuthenticator:
+    """
+    Who is calling, by whichever one method the request used: the secret
+    methods here, assertions through an L{AssertionVerifier}.
+    """
+
+    def __init__(
+        self, clients: IClientStore, assertions: AssertionVerifier | None = None
+    ) -> None:
+        """
+        @param assertions: checks JWT assertions; without one they are
+            refused.
+        """
+        self._clients = clients
+        self._assertions = assertions
+
+    async def authenticate(self, authorization: str | None, form: Mapping[str, str]) -> Client:
+        presented = presented_credentials(authorization, form)
+        if isinstance(presented, ClientAssertion):
+            if self._assertions is None:
+                raise invalid_client("client assertions are not accepted here")
+            return await self._assertions.authenticate(self._clients, presented)
+        return await authenticate(self._clients, presented)

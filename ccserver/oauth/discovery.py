@@ -9,7 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ccserver.oauth.registration import AUTH_METHODS, GRANT_TYPES
+from ccserver.oauth.registration import ASSERTION_ALGORITHMS, AUTH_METHODS, GRANT_TYPES
+
+#: RFC 8414 §2: the JWS algorithms of client assertions (private_key_jwt
+#: and client_secret_jwt), the same at every client-authenticating endpoint.
+AUTH_SIGNING_ALGS = [alg for algs in ASSERTION_ALGORITHMS.values() for alg in algs]
 
 
 def metadata(issuer: str, signing_alg: str, scopes: Iterable[str] = ()) -> dict[str, Any]:
@@ -20,10 +24,13 @@ def metadata(issuer: str, signing_alg: str, scopes: Iterable[str] = ()) -> dict[
         "jwks_uri": f"{issuer}/jwks.json",
         "introspection_endpoint": f"{issuer}/token/introspect",
         "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "introspection_endpoint_auth_signing_alg_values_supported": AUTH_SIGNING_ALGS,
         "revocation_endpoint": f"{issuer}/token/revoke",
         "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "revocation_endpoint_auth_signing_alg_values_supported": AUTH_SIGNING_ALGS,
         "grant_types_supported": list(GRANT_TYPES),
         "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "token_endpoint_auth_signing_alg_values_supported": AUTH_SIGNING_ALGS,
         # This server has no authorization endpoint; OpenID Discovery makes
         # response_types_supported required, so it is present and empty.
         "response_types_supported": [],

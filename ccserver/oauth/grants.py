@@ -15,12 +15,12 @@ from twisted.internet.defer import maybeDeferred
 from ccserver.errors import OAuthError, invalid_request
 from ccserver.interfaces import IClientCredentialsGrantHandler, IClientStore
 from ccserver.model import CLIENT_CREDENTIALS, GrantAuthorization, GrantRequest, IssuedToken
-from ccserver.oauth.clientauth import authenticate, presented_credentials
+from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, ClientAuthenticator
 from ccserver.oauth.registration import SCOPE_TOKEN, is_resource_uri
 from ccserver.oauth.tokens import TokenMinter
 
 #: Form parameters that are about authentication, not the grant.
-_CREDENTIAL_PARAMS = frozenset({"client_id", "client_secret"})
+_CREDENTIAL_PARAMS = CREDENTIAL_PARAMS
 
 
 def requested_scope(form: Mapping[str, str]) -> frozenset[str] | None:
@@ -61,8 +61,14 @@ class ClientCredentialsGrant:
         handler: IClientCredentialsGrantHandler,
         minter: TokenMinter,
         issuer: str,
+        authenticator: ClientAuthenticator | None = None,
     ) -> None:
+        """
+        @param authenticator: who is calling; by default, the secret
+            methods only (over C{clients}).
+        """
         self._clients = clients
+        self._authenticator = authenticator or ClientAuthenticator(clients)
         self._handler = handler
         self._minter = minter
         self._issuer = issuer
@@ -85,7 +91,7 @@ class ClientCredentialsGrant:
             raise OAuthError(
                 "unsupported_grant_type", f"grant_type: {grant_type!r} is not supported here"
             )
-        client = await authenticate(self._clients, presented_credentials(authorization, form))
+        client = await self._authenticator.authenticate(authorization, form)
         if CLIENT_CREDENTIALS not in client.grant_types:
             raise OAuthError(
                 "unauthorized_client", "this client is not registered for client_credentials"

@@ -27,7 +27,7 @@ from ccserver.errors import invalid_request
 from ccserver.interfaces import IClientStore, ITokenStore
 from ccserver.keys import ACCESS_TOKEN_TYP, SIGNING_ALGORITHMS, Keyring
 from ccserver.model import Client
-from ccserver.oauth.clientauth import authenticate, presented_credentials, split_authorization
+from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, ClientAuthenticator, split_authorization
 from ccserver.oauth.registration import bearer_error
 from ccserver.oauth.tokens import access_token_claims
 
@@ -84,7 +84,12 @@ class TokenIntrospection:
         now: Callable[[], float],
         *,
         master_token_digest: str,
+        authenticator: ClientAuthenticator | None = None,
     ) -> None:
+        """
+        @param authenticator: who is calling (the same methods as at the
+            token endpoint); by default, the secret methods only.
+        """
         self._clients = clients
         self._tokens = tokens
         self._keyring = keyring
@@ -92,9 +97,10 @@ class TokenIntrospection:
         self._rule = rule
         self._now = now
         self._master_token_digest = master_token_digest
+        self._authenticator = authenticator or ClientAuthenticator(clients)
 
     async def _caller(self, form: Mapping[str, str], authorization: str | None) -> Client:
-        return await authenticate(self._clients, presented_credentials(authorization, form))
+        return await self._authenticator.authenticate(authorization, form)
 
     @staticmethod
     def _token(form: Mapping[str, str]) -> str:
@@ -213,7 +219,7 @@ class TokenIntrospection:
         is answered the same way, and nothing is revoked.
         """
         if self._is_master(authorization):
-            if "client_id" in form or "client_secret" in form:
+            if CREDENTIAL_PARAMS.intersection(form):
                 raise invalid_request(
                     "the master token and client credentials were both presented"
                 )

@@ -7,6 +7,7 @@ delete a registration.  Nothing here knows of HTTP.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -18,12 +19,28 @@ from attrs import frozen
 from ccserver import credentials
 from ccserver.errors import ClientExists, OAuthError, invalid_client_metadata, invalid_request
 from ccserver.interfaces import IClientStore
+from ccserver.keys import KeyEncryptor
 from ccserver.model import CLIENT_CREDENTIALS, Client, scope_values
 
 #: The grant types this server issues tokens for.
 GRANT_TYPES = (CLIENT_CREDENTIALS,)
 #: How clients may authenticate at the token endpoint.
-AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt")
+#: The JWS algorithms of a client assertion, per method (RFC 7523 §2.2,
+#: OpenID Connect Core §9): asymmetric for private_key_jwt, HMAC for
+#: client_secret_jwt; never C{none}.
+ASSERTION_ALGORITHMS: Mapping[str, tuple[str, ...]] = {
+    "private_key_jwt": ("RS256", "PS256", "ES256", "EdDSA"),
+    "client_secret_jwt": ("HS256", "HS384", "HS512"),
+}
+#: Random bytes in a client_secret_jwt client's secret: 512 bits, so that
+#: it is long enough an HMAC key for HS512 too (RFC 7518 §3.2).
+JWT_SECRET_BYTES = 64
+#: RFC 7517 §4, RFC 7518 §6: the members of a JWK that only a private or
+#: symmetric key has.
+PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+#: The most keys a registered JWK set may hold.
+MAX_JWKS_KEYS = 20
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
@@ -50,6 +67,10 @@ SERVER_FIELDS = (
 #: (C{grant_types}, C{token_endpoint_auth_method}).  The operator sets them
 #: with the master token; a client's own registration access token cannot
 #: change them (RFC 7592 §2.2 lets the server refuse metadata values).
+#: C{token_endpoint_auth_signing_alg}, C{jwks} and C{jwks_uri} are not
+#: privileged: they are the client's keys, which it rotates itself (a change
+#: of key type changes the algorithm with it), and they prove who it is
+#: without granting anything more.
 #: The one list to extend: token-binding fields such as
 #: C{dpop_bound_access_tokens} and C{tls_client_certificate_bound_access_tokens}
 #: belong here when they come (and in L{_WHEN_ABSENT} if their absence
@@ -247,12 +268,12 @@ def validate_metadata(body: object) -> dict[str, Any]:
     if "contacts" in body:
         metadata["contacts"] = _string_list("contacts", body["contacts"])
     if "jwks" in body:
-        jwks = body["jwks"]
-        if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
-            raise invalid_client_metadata("jwks: must be a JWK set, an object with 'keys'")
-        metadata["jwks"] = jwks
+        metadata["jwks"] = _public_jwks(body["jwks"])
     if "jwks" in body and "jwks_uri" in body:
         raise invalid_client_metadata("jwks_uri: must not be given together with jwks")
+    if "jwks_uri" in body:
+        _check_jwks_uri(body["jwks_uri"])
+    _check_assertion_metadata(body, method, metadata)
 
     for key, value in body.items():
         field, _, tag = key.partition("#")
@@ -265,15 +286,128 @@ def validate_metadata(body: object) -> dict[str, Any]:
     return metadata
 
 
+def _public_jwks(jwks: object) -> dict[str, Any]:
+    """
+    A client's JWK set (RFC 7517 §5): public keys only, of a type a client
+    assertion may be signed with.  A private member means the client has
+    just published its private key: refused, and never echoed.
+    """
+    from ccserver.oauth.assertions import jwk_public_key
+
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+        raise invalid_client_metadata("jwks: must be a JWK set, an object with 'keys'")
+    if len(jwks["keys"]) > MAX_JWKS_KEYS:
+        raise invalid_client_metadata(f"jwks: holds more than {MAX_JWKS_KEYS} keys")
+    for index, jwk in enumerate(jwks["keys"]):
+        where = f"jwks: key {index}"
+        if not isinstance(jwk, dict):
+            raise invalid_client_metadata(f"{where} is not a JSON object")
+        private = [name for name in PRIVATE_JWK_MEMBERS if name in jwk]
+        if jwk.get("kty") == "oct" or "k" in jwk:
+            raise invalid_client_metadata(
+                f"{where} is a symmetric (oct) key; a JWK set holds public keys only"
+            )
+        if private:
+            raise invalid_client_metadata(
+                f"{where} holds private members ({', '.join(private)}): publish the "
+                "public key only, and make a new key pair, as this one is no longer private"
+            )
+        try:
+            jwk_public_key(jwk)
+        except ValueError as e:
+            raise invalid_client_metadata(f"{where}: {e}") from None
+    return jwks
+
+
+def _check_jwks_uri(value: object) -> None:
+    """
+    The server fetches a client's C{jwks_uri}: https, or for development
+    http to a loopback address.
+    """
+    uri = _absolute_uri("jwks_uri", value)
+    parts = urlsplit(uri)
+    if parts.scheme == "https":
+        return
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise invalid_client_metadata(
+            "jwks_uri: must be https (http only to a loopback address, for development)"
+        )
+
+
+def _check_assertion_metadata(
+    body: Mapping[str, Any], method: str, metadata: dict[str, Any]
+) -> None:
+    """
+    The metadata of client assertions (RFC 7591 §2): private_key_jwt needs
+    the client's public keys (C{jwks} or C{jwks_uri}); the optional
+    C{token_endpoint_auth_signing_alg} is one of its method's algorithms.
+    """
+    if method == "private_key_jwt" and "jwks" not in body and "jwks_uri" not in body:
+        raise invalid_client_metadata(
+            "jwks: private_key_jwt needs the client's public keys: give jwks or jwks_uri"
+        )
+    if "token_endpoint_auth_signing_alg" not in body:
+        return
+    alg = _string("token_endpoint_auth_signing_alg", body["token_endpoint_auth_signing_alg"])
+    allowed = ASSERTION_ALGORITHMS.get(method)
+    if allowed is None:
+        raise invalid_client_metadata(
+            "token_endpoint_auth_signing_alg: only for private_key_jwt and client_secret_jwt"
+        )
+    if alg not in allowed:
+        raise invalid_client_metadata(
+            f"token_endpoint_auth_signing_alg: {alg!r} is not allowed with {method}; use one of "
+            + ", ".join(allowed)
+        )
+    if "jwks" in metadata and method == "private_key_jwt":
+        from ccserver.jose import key_fits
+        from ccserver.oauth.assertions import jwk_public_key
+
+        if not any(key_fits(alg, jwk_public_key(jwk)) for jwk in metadata["jwks"]["keys"]):
+            raise invalid_client_metadata(f"jwks: holds no key that signs {alg}")
+    metadata["token_endpoint_auth_signing_alg"] = alg
+
+
+def _secrets_for(client: Client, method: str) -> tuple[str, str | None]:
+    """
+    What a client keeps of its secret once (the operator) changed its
+    method to C{method}: nothing for C{private_key_jwt}; the digest and the
+    encrypted secret for C{client_secret_jwt}; else the digest only.  A
+    secret the server no longer has (only a digest, or none) cannot be
+    brought back, so a change needing one is refused.
+    """
+    if method == "private_key_jwt":
+        return "", None
+    if method == "client_secret_jwt":
+        if client.encrypted_secret is None:
+            raise invalid_client_metadata(
+                "token_endpoint_auth_method: client_secret_jwt needs a secret the server can "
+                "read, and this client's was kept only as a digest: register a new client"
+            )
+        return client.client_secret_digest, client.encrypted_secret
+    if not client.client_secret_digest:
+        raise invalid_client_metadata(
+            f"token_endpoint_auth_method: this client has no secret for {method}: "
+            "register a new client"
+        )
+    return client.client_secret_digest, None
+
+
 @frozen
 class Registration:
     """
     A new client as the registration endpoint returns it: the client, and
-    the secrets the caller sees this once.
+    the secrets the caller sees this once (no client secret for a
+    C{private_key_jwt} client, which proves itself with its keys).
     """
 
     client: Client
-    client_secret: str
+    client_secret: str | None
     registration_access_token: str
 
 
@@ -285,9 +419,11 @@ def client_information(client: Client, issuer: str) -> dict[str, Any]:
     info: dict[str, Any] = {
         "client_id": client.client_id,
         "client_id_issued_at": client.client_id_issued_at,
-        "client_secret_expires_at": 0,
         "registration_client_uri": registration_client_uri(issuer, client.client_id),
     }
+    if client.client_secret_digest:
+        # RFC 7591 §3.2.1: required where a secret was issued
+        info["client_secret_expires_at"] = 0
     info.update(client.metadata)
     return info
 
@@ -310,6 +446,7 @@ class ClientRegistry:
         token_max_lifetime: int,
         client_cache_seconds: float,
         authoritative: IClientStore | None = None,
+        secret_encryptor: KeyEncryptor | None = None,
     ) -> None:
         """
         @param token_max_lifetime: no token lives longer (C{[tokens]
@@ -322,6 +459,9 @@ class ClientRegistry:
             record read from it, not one cached for up to C{[store]
             client_cache_seconds}: else, on another instance, a client
             could write back privileges the operator has just taken away.
+        @param secret_encryptor: encrypts the secrets of C{client_secret_jwt}
+            clients for the store (the key-encryption key); without one,
+            such clients cannot be registered.
         """
         self._store = store
         self._master_token_digest = master_token_digest
@@ -329,6 +469,7 @@ class ClientRegistry:
         self._token_max_lifetime = token_max_lifetime
         self._client_cache_seconds = client_cache_seconds
         self._authoritative = authoritative
+        self._secret_encryptor = secret_encryptor
 
     def check_master_token(self, token: str | None) -> None:
         if token is None:
@@ -346,21 +487,36 @@ class ClientRegistry:
         """
         self.check_master_token(token)
         metadata = validate_metadata(read_body())
-        client_secret = credentials.new_secret()
+        method = metadata["token_endpoint_auth_method"]
+        client_secret: str | None = None
+        encrypted_secret = None
+        if method == "client_secret_jwt":
+            client_secret = credentials.new_secret(JWT_SECRET_BYTES)
+            encrypted_secret = self._encryptor().encrypt_secret(client_secret)
+        elif method != "private_key_jwt":
+            client_secret = credentials.new_secret()
         registration_access_token = credentials.new_secret()
         while True:
             client = Client(
                 client_id=credentials.new_client_id(),
                 client_id_issued_at=int(self._now()),
                 metadata=metadata,
-                client_secret_digest=credentials.digest(client_secret),
+                client_secret_digest=credentials.digest(client_secret) if client_secret else "",
                 registration_access_token_digest=credentials.digest(registration_access_token),
+                encrypted_secret=encrypted_secret,
             )
             try:
                 await self._store.add_client(client)
             except ClientExists:
                 continue  # 128 random bits: never in practice, but never an error
             return Registration(client, client_secret, registration_access_token)
+
+    def _encryptor(self) -> KeyEncryptor:
+        if self._secret_encryptor is None:
+            raise invalid_client_metadata(
+                "token_endpoint_auth_method: client_secret_jwt is not available on this server"
+            )
+        return self._secret_encryptor
 
     async def _authorized(self, client_id: str, token: str | None) -> tuple[Client, bool]:
         """
@@ -422,7 +578,7 @@ class ClientRegistry:
             raise invalid_request("client_secret: does not match; a client cannot choose its secret")
         current = client_information(client, "")
         for name in ("client_id_issued_at", "client_secret_expires_at"):
-            if name in body and body[name] != current[name]:
+            if name in body and body[name] != current.get(name):
                 raise invalid_request(f"{name}: is set by the server and cannot be changed")
         metadata = validate_metadata(body)
         if not is_master:
@@ -443,12 +599,14 @@ class ClientRegistry:
                     metadata[name] = client.metadata[name]
                 else:
                     metadata.pop(name, None)
+        digest, encrypted_secret = _secrets_for(client, metadata["token_endpoint_auth_method"])
         new = Client(
             client_id=client.client_id,
             client_id_issued_at=client.client_id_issued_at,
             metadata=metadata,
-            client_secret_digest=client.client_secret_digest,
+            client_secret_digest=digest,
             registration_access_token_digest=client.registration_access_token_digest,
+            encrypted_secret=encrypted_secret,
         )
         if not await self._store.replace_client(new):
             raise bearer_error("the registration access token is not valid for this client")

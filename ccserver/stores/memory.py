@@ -26,6 +26,8 @@ class MemoryStore:
         self._revoked: dict[str, int] = {}
         #: client_id -> (issued_before, mark_expires_at)
         self._revoked_clients: dict[str, tuple[int, int]] = {}
+        #: use_once key -> expires_at
+        self._used: dict[str, int] = {}
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -112,7 +114,16 @@ class MemoryStore:
         mark = self._revoked_clients.get(client_id)
         return succeed(None if mark is None else mark[0])
 
+    def use_once(self, key: str, expires_at: int) -> Deferred[bool]:
+        if key in self._used:
+            return succeed(False)
+        self._used[key] = expires_at
+        return succeed(True)
+
     def purge_expired(self, now: int) -> Deferred[int]:
+        expired_used = [k for k, until in self._used.items() if until < now]
+        for key in expired_used:
+            del self._used[key]
         expired_tokens = [d for d, t in self._tokens.items() if t[4] < now]
         expired_jtis = [j for j, until in self._revoked.items() if until < now]
         expired_marks = [c for c, mark in self._revoked_clients.items() if mark[1] < now]
@@ -122,7 +133,9 @@ class MemoryStore:
             del self._revoked[jti]
         for client_id in expired_marks:
             del self._revoked_clients[client_id]
-        return succeed(len(expired_tokens) + len(expired_jtis) + len(expired_marks))
+        return succeed(
+            len(expired_tokens) + len(expired_jtis) + len(expired_marks) + len(expired_used)
+        )
 
     def list_keys(self) -> Deferred[list[StoredKey]]:
         return succeed(sorted(self._keys.values(), key=lambda k: (k.created_at, k.kid)))

@@ -28,6 +28,9 @@ shared with other data):
     script: atomic, as every script is in Redis (it names the token keys it
     deletes only at run time, which Redis Cluster would refuse; a single
     Redis, as used here, does not);
+  - C{ccserver:once:<key>}: a one-time record (C{use_once}), C{SET NX
+    EXAT}, gone at its expiry; a client's record (above) may carry
+    C{encrypted_secret}, for C{client_secret_jwt} clients only;
   - C{ccserver:schema_version}: the layout's version (1), so that a later
     ccserver can tell what it opens.
 
@@ -175,6 +178,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+def used_once_key(key: str) -> str:
+    return f"{PREFIX}once:{key}"
+
+
 def client_key(client_id: str) -> str:
     return f"{PREFIX}client:{client_id}"
 
@@ -235,6 +242,11 @@ def _client_json(client: Client) -> str:
             "metadata": dict(client.metadata),
             "client_secret_digest": client.client_secret_digest,
             "registration_access_token_digest": client.registration_access_token_digest,
+            **(
+                {"encrypted_secret": client.encrypted_secret}
+                if client.encrypted_secret is not None
+                else {}
+            ),
         },
         ensure_ascii=False,
         separators=(",", ":"),
@@ -256,6 +268,7 @@ def _client_from_json(text: str) -> Client:
         metadata=record["metadata"],
         client_secret_digest=str(record["client_secret_digest"]),
         registration_access_token_digest=str(record["registration_access_token_digest"]),
+        encrypted_secret=record.get("encrypted_secret"),
     )
 
 
@@ -627,6 +640,24 @@ class RedisStore:
     def client_revoked_before(self, client_id: str) -> Deferred[int | None]:
         d = self._call("get", revoked_client_key(client_id))
         d.addCallback(lambda text: None if text is None else int(str(text).split()[0]))
+        return d
+
+    def use_once(self, key: str, expires_at: int) -> Deferred[bool]:
+        """
+        C{SET key 1 NX EXAT expires_at}: atomic in Redis, and Redis forgets
+        the record at its expiry (at once, if C{expires_at} is past:
+        callers refuse an expired assertion before they ask).
+        """
+        d = self._call(
+            "execute_command",
+            "SET",
+            used_once_key(key),
+            "1",
+            "NX",
+            "EXAT",
+            str(max(int(expires_at), 1)),
+        )
+        d.addCallback(lambda reply: reply is not None)
         return d
 
     def purge_expired(self, now: int) -> Deferred[int]:

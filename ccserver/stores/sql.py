@@ -300,7 +300,7 @@ def _to_json(value: Any) -> str:
 
 _CLIENT_COLUMNS = (
     "client_id, client_id_issued_at, metadata, client_secret_digest,"
-    " registration_access_token_digest"
+    " registration_access_token_digest, encrypted_secret"
 )
 _KEY_COLUMNS = "kid, alg, encrypted_private_key, created_at, active_from, retired_at"
 _TOKEN_COLUMNS = "token_digest, client_id, scope, audience, issued_at, expires_at, jti, claims"
@@ -313,6 +313,7 @@ def _client_row(client: Client) -> tuple[Any, ...]:
         _to_json(client.metadata),
         client.client_secret_digest,
         client.registration_access_token_digest,
+        client.encrypted_secret,
     )
 
 
@@ -323,6 +324,7 @@ def _client_from_row(row: Sequence[Any]) -> Client:
         metadata=json.loads(row[2]),
         client_secret_digest=str(row[3]),
         registration_access_token_digest=str(row[4]),
+        encrypted_secret=None if row[5] is None else str(row[5]),
     )
 
 
@@ -414,12 +416,12 @@ class SQLStore:
         self._pool: _ConnectionPool | None = None
         t = dialect.translate
         self._sql = {
-            "add_client": t(f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"),
+            "add_client": t(f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"),
             "get_client": t(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = ?"),
             "replace_client": t(
                 "UPDATE clients SET client_id_issued_at = ?, metadata = ?,"
-                " client_secret_digest = ?, registration_access_token_digest = ?"
-                " WHERE client_id = ?"
+                " client_secret_digest = ?, registration_access_token_digest = ?,"
+                " encrypted_secret = ? WHERE client_id = ?"
             ),
             "delete_client": t("DELETE FROM clients WHERE client_id = ?"),
             # A mark already there is kept with the later of each time.
@@ -474,6 +476,12 @@ class SQLStore:
                 " THEN excluded.expires_at ELSE revoked_jtis.expires_at END"
             ),
             "is_revoked": t("SELECT 1 FROM revoked_jtis WHERE jti = ?"),
+            # A key recorded already is left as it is: rowcount 0, a replay.
+            "use_once": t(
+                "INSERT INTO used_once (record_key, expires_at) VALUES (?, ?)"
+                " ON CONFLICT (record_key) DO NOTHING"
+            ),
+            "purge_used_once": t("DELETE FROM used_once WHERE expires_at < ?"),
             "purge_tokens": t("DELETE FROM access_tokens WHERE expires_at < ?"),
             "purge_revoked": t("DELETE FROM revoked_jtis WHERE expires_at < ?"),
             "create_schema_version": (
@@ -777,12 +785,28 @@ class SQLStore:
         d.addCallback(lambda rows: int(rows[0][0]) if rows else None)
         return d
 
+    def use_once(self, key: str, expires_at: int) -> Deferred[bool]:
+        """
+        One C{INSERT ... ON CONFLICT DO NOTHING}: the primary key makes it
+        atomic across every process and connection; one row inserted is a
+        first use.
+        """
+        d = self._execute("use_once", (key, expires_at), write=True)
+        d.addCallback(lambda count: count == 1)
+        return d
+
     def purge_expired(self, now: int) -> Deferred[int]:
         """
         The deletions in one transaction; fires with how many rows went.
         """
         statements = [
-            self._sql[name] for name in ("purge_tokens", "purge_revoked", "purge_revoked_clients")
+            self._sql[name]
+            for name in (
+                "purge_tokens",
+                "purge_revoked",
+                "purge_revoked_clients",
+                "purge_used_once",
+            )
         ]
 
         def purge(cursor: Any) -> int:
