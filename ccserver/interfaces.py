@@ -140,6 +140,14 @@ class ITokenStore(Interface):
         purged; it then kills only tokens that have expired anyway.
         """
 
+    def use_once(key: str, expires_at: int) -> Deferred[bool]:
+        """
+        Atomically record C{key} until C{expires_at} (seconds since the
+        epoch): fires with C{True} the first time, C{False} on a replay,
+        across every instance sharing the store.  The replay records of
+        one-time proofs (DPoP C{jti}s: C{"dpop:<jkt>:<jti>"}).
+        """
+
     def purge_expired(now: int) -> Deferred[int]:
         """
         Forget the tokens, deny-list entries and client revocation marks

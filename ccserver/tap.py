@@ -31,6 +31,7 @@ from ccserver.handlers import available, make_handler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor, Keyring, key_encryption_key_path, key_encryptor
 from ccserver.oauth.discovery import metadata
+from ccserver.oauth.dpop import DPOP_NONCE_KEY_PURPOSE, DPoPVerifier, NonceIssuer
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.registration import ClientRegistry
@@ -285,7 +286,9 @@ class CCServerService(Service):
             sign=rsa_in_threads(self.reactor) if self.sign_in_threads else sign_inline,
         )
         app = CCServerApp(
-            grant=ClientCredentialsGrant(clients, self.handler, minter, config.issuer),
+            grant=ClientCredentialsGrant(
+                clients, self.handler, minter, config.issuer, self._dpop_verifier()
+            ),
             introspection=TokenIntrospection(
                 clients,
                 self.store,
@@ -309,6 +312,21 @@ class CCServerService(Service):
             jwks_max_age=config.keys.activation_delay // 2,
         )
         return CCServerSite(app.resource(), self.reactor, config.access_log)
+
+    def _dpop_verifier(self) -> DPoPVerifier:
+        dpop = self.config.dpop
+        nonces = (
+            NonceIssuer(
+                self.encryptor.derive(DPOP_NONCE_KEY_PURPOSE),
+                dpop.nonce_lifetime,
+                self.reactor.seconds,
+            )
+            if dpop.require_nonce
+            else None
+        )
+        return DPoPVerifier(
+            self.store, dpop.signing_algs, dpop.max_age, dpop.leeway, self.reactor.seconds, nonces
+        )
 
     def startService(self) -> None:
         super().startService()
@@ -458,7 +476,10 @@ def _discovery_json(config: Config) -> bytes:
     import json
 
     return json.dumps(
-        metadata(config.issuer, config.tokens.signing_alg), separators=(",", ":")
+        metadata(
+            config.issuer, config.tokens.signing_alg, dpop_signing_algs=config.dpop.signing_algs
+        ),
+        separators=(",", ":"),
     ).encode()
 
 

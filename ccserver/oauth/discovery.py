@@ -12,7 +12,12 @@ from typing import Any
 from ccserver.oauth.registration import AUTH_METHODS, GRANT_TYPES
 
 
-def metadata(issuer: str, signing_alg: str, scopes: Iterable[str] = ()) -> dict[str, Any]:
+def metadata(
+    issuer: str,
+    signing_alg: str,
+    scopes: Iterable[str] = (),
+    dpop_signing_algs: Iterable[str] = (),
+) -> dict[str, Any]:
     document: dict[str, Any] = {
         "issuer": issuer,
         "token_endpoint": f"{issuer}/token",
@@ -31,6 +36,8 @@ def metadata(issuer: str, signing_alg: str, scopes: Iterable[str] = ()) -> dict[
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [],
         "access_token_signing_alg_values_supported": [signing_alg],
+        # RFC 9449 §5.1
+        "dpop_signing_alg_values_supported": list(dpop_signing_algs),
     }
     scopes = sorted(set(scopes))
     if scopes:

@@ -22,7 +22,11 @@ class MemoryStore:
     def __init__(self) -> None:
         self._clients: dict[str, Client] = {}
         self._keys: dict[str, StoredKey] = {}
-        self._tokens: dict[str, tuple[str, str, tuple[str, ...], int, int, str, str]] = {}
+        self._tokens: dict[
+            str, tuple[str, str, tuple[str, ...], int, int, str, str, str | None]
+        ] = {}
+        #: use_once keys -> when they may be forgotten
+        self._used: dict[str, int] = {}
         self._revoked: dict[str, int] = {}
         #: client_id -> (issued_before, mark_expires_at)
         self._revoked_clients: dict[str, tuple[int, int]] = {}
@@ -74,6 +78,7 @@ class MemoryStore:
             token.expires_at,
             token.jti,
             json.dumps(dict(token.claims)),
+            token.jkt,
         )
         return succeed(None)
 
@@ -81,7 +86,7 @@ class MemoryStore:
         kept = self._tokens.get(token_digest)
         if kept is None:
             return succeed(None)
-        client_id, scope, audience, issued_at, expires_at, jti, claims = kept
+        client_id, scope, audience, issued_at, expires_at, jti, claims, jkt = kept
         mark = self._revoked_clients.get(client_id)
         if mark is not None and issued_at <= mark[0]:
             return succeed(None)
@@ -95,6 +100,7 @@ class MemoryStore:
                 expires_at=expires_at,
                 jti=jti,
                 claims=json.loads(claims),
+                jkt=jkt,
             )
         )
 
@@ -107,6 +113,12 @@ class MemoryStore:
 
     def is_revoked(self, jti: str) -> Deferred[bool]:
         return succeed(jti in self._revoked)
+
+    def use_once(self, key: str, expires_at: int) -> Deferred[bool]:
+        if key in self._used:
+            return succeed(False)
+        self._used[key] = expires_at
+        return succeed(True)
 
     def client_revoked_before(self, client_id: str) -> Deferred[int | None]:
         mark = self._revoked_clients.get(client_id)
@@ -122,7 +134,12 @@ class MemoryStore:
             del self._revoked[jti]
         for client_id in expired_marks:
             del self._revoked_clients[client_id]
-        return succeed(len(expired_tokens) + len(expired_jtis) + len(expired_marks))
+        expired_uses = [k for k, until in self._used.items() if until < now]
+        for key in expired_uses:
+            del self._used[key]
+        return succeed(
+            len(expired_tokens) + len(expired_jtis) + len(expired_marks) + len(expired_uses)
+        )
 
     def list_keys(self) -> Deferred[list[StoredKey]]:
         return succeed(sorted(self._keys.values(), key=lambda k: (k.created_at, k.kid)))

@@ -117,6 +117,14 @@ end
 return 1
 """
 
+# SET NX EXAT: recorded and expiring in one atomic command.
+_USE_ONCE_SCRIPT = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EXAT', ARGV[1]) then
+    return 1
+end
+return 0
+"""
+
 _ADD_TOKEN_SCRIPT = """
 redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
@@ -206,6 +214,8 @@ def _token_json(token: TokenRecord) -> str:
             "expires_at": token.expires_at,
             "jti": token.jti,
             "claims": dict(token.claims),
+            # RFC 9449 §6: the DPoP key thumbprint the token is bound to
+            "jkt": token.jkt,
         },
         ensure_ascii=False,
         separators=(",", ":"),
@@ -224,6 +234,8 @@ def _token_from_json(text: str) -> TokenRecord:
         expires_at=int(record["expires_at"]),
         jti=str(record["jti"]),
         claims=record["claims"],
+        # absent from records written before tokens could be bound
+        jkt=record.get("jkt"),
     )
 
 
@@ -622,6 +634,12 @@ class RedisStore:
     def is_revoked(self, jti: str) -> Deferred[bool]:
         d = self._call("exists", revoked_key(jti))
         d.addCallback(lambda count: int(count) > 0)
+        return d
+
+    def use_once(self, key: str, expires_at: int) -> Deferred[bool]:
+        # Stopgap until issue 11's replay records land with their own key.
+        d = self._call("eval", _USE_ONCE_SCRIPT, [f"{PREFIX}once:{key}"], [str(expires_at)])
+        d.addCallback(lambda answer: int(answer) == 1)
         return d
 
     def client_revoked_before(self, client_id: str) -> Deferred[int | None]:
