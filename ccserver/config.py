@@ -35,6 +35,8 @@ _C = TypeVar("_C", bound=AttrsInstance)
 DEFAULT_LISTEN = ("tcp:8080",)
 DEFAULT_STORE = "sqlite:///ccserver.db"
 SIGNING_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
+#: The DPoP proof algorithms: asymmetric, and all of them by default.
+DPOP_SIGNING_ALGORITHMS = ("ES256", "EdDSA", "RS256", "PS256")
 TOKEN_FORMATS = ("jwt", "opaque")
 INTROSPECTION_RULES = ("audience", "any")
 MASTER_TOKEN_ENV = "CCSERVER_MASTER_TOKEN"
@@ -130,6 +132,28 @@ class ClientAuthConfig:
     jwks_uri_refetch_seconds: int = 30
 
 
+@frozen
+class DPoPConfig:
+    """
+    DPoP (RFC 9449) at the token endpoint.
+    """
+
+    #: The proof C{alg}s accepted (asymmetric only, RFC 9449 §4.3 5.), as
+    #: discovery's C{dpop_signing_alg_values_supported} lists them.
+    signing_algs: tuple[str, ...] = field(
+        default=DPOP_SIGNING_ALGORITHMS, metadata={EMPTY_IS_DEFAULT: True}
+    )
+    #: Seconds a proof is accepted after its C{iat} (RFC 9449 §11.1); its
+    #: C{jti} is remembered as long.
+    max_age: int = 300
+    #: Seconds a proof's C{iat} may be ahead of this server's clock.
+    leeway: int = 5
+    #: Whether proofs must carry a server nonce (RFC 9449 §8).
+    require_nonce: bool = False
+    #: Seconds a server nonce is good for, at least (at most twice that).
+    nonce_lifetime: int = 300
+
+
 def _default_issuer(config: Config) -> str:
     """
     http://localhost and the port of the first endpoint listened on.
@@ -154,6 +178,7 @@ class Config:
     tokens: TokenConfig = TokenConfig()
     keys: KeysConfig = KeysConfig()
     client_auth: ClientAuthConfig = ClientAuthConfig()
+    dpop: DPoPConfig = DPoPConfig()
     #: The grant handler plugin's name: in a file, the C{name} of the
     #: C{[grant_handler]} table, whose other keys are the handler's own.
     grant_handler: str = field(
@@ -375,6 +400,7 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
         raise ConfigError("[keys] activation_delay: must be 0 or more")
     _check_signing_alg(config.tokens.signing_alg)
     _check_client_auth(config.client_auth)
+    _check_dpop(config.dpop)
     if config.master_token is not None and len(config.master_token) < 16:
         raise ConfigError("master_token: must be at least 16 characters long")
     if not isinstance(config.grant_handler, str):
@@ -445,6 +471,20 @@ def _check_signing_alg(alg: str) -> None:
         raise ConfigError(
             f"[tokens] signing_alg: {alg!r} is not one of " + ", ".join(SIGNING_ALGORITHMS)
         )
+
+
+def _check_dpop(dpop: DPoPConfig) -> None:
+    for alg in dpop.signing_algs:
+        if alg not in DPOP_SIGNING_ALGORITHMS:
+            raise ConfigError(
+                f"[dpop] signing_algs: {alg!r} is not one of " + ", ".join(DPOP_SIGNING_ALGORITHMS)
+            )
+    for name in ("max_age", "nonce_lifetime"):
+        value = getattr(dpop, name)
+        if value <= 0:
+            raise ConfigError(f"[dpop] {name}: must be greater than 0, not {value!r}")
+    if dpop.leeway < 0:
+        raise ConfigError(f"[dpop] leeway: must be 0 or more, not {dpop.leeway!r}")
 
 
 def _check_workers(workers: object, store_url: str) -> None:

@@ -41,6 +41,23 @@ def invalid_client_metadata(description: str) -> OAuthError:
     return OAuthError("invalid_client_metadata", description)
 
 
+def invalid_dpop_proof(description: str) -> OAuthError:
+    """
+    RFC 9449 §5: the DPoP proof of a token request is invalid; an error
+    response per RFC 6749 §5.2, so 400 and no C{WWW-Authenticate} (the
+    C{DPoP} challenge of §7.1 is a resource server's, on a 401).
+    """
+    return OAuthError("invalid_dpop_proof", description)
+
+
+def use_dpop_nonce(description: str, nonce: str) -> OAuthError:
+    """
+    RFC 9449 §8: 400 C{use_dpop_nonce}, with the nonce to use next in one
+    C{DPoP-Nonce} header.
+    """
+    return OAuthError("use_dpop_nonce", description, headers={"DPoP-Nonce": nonce})
+
+
 def temporarily_unavailable(description: str) -> OAuthError:
     return OAuthError("temporarily_unavailable", description, status=503)
 

@@ -108,12 +108,12 @@ def encryptor_from_file(path: Path) -> tuple[KeyEncryptor, bool]:
     """
     try:
         with open(path, "rb") as f:
-            return KeyEncryptor(Fernet(f.read().strip())), False
+            return KeyEncryptor.from_key(f.read().strip()), False
     except FileNotFoundError:
         pass
     key = Fernet.generate_key()
     _make_private_file(path, key + b"\n")
-    return KeyEncryptor(Fernet(key)), True
+    return KeyEncryptor.from_key(key), True
 
 
 def key_encryption_key_path(config: Config) -> Path | None:

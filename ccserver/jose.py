@@ -17,6 +17,7 @@ A leaf module: PyJWT, cryptography, attrs and the standard library only.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 from collections.abc import Callable, Collection, Mapping
@@ -78,6 +79,29 @@ def b64encode(data: bytes) -> bytes:
     base64url without padding (RFC 7515 §2).
     """
     return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+#: RFC 7638 §3.2: the members of a public JWK its thumbprint covers.
+_THUMBPRINT_MEMBERS = {
+    "RSA": ("e", "kty", "n"),
+    "EC": ("crv", "kty", "x", "y"),
+    "OKP": ("crv", "kty", "x"),
+}
+
+
+def thumbprint(jwk: Mapping[str, Any]) -> str:
+    """
+    The RFC 7638 JWK SHA-256 thumbprint, base64url: a signing key's C{kid},
+    and the C{jkt} a DPoP-bound token is confirmed with (RFC 9449 §6.1).
+    Only the required members count, in lexicographic order, without
+    whitespace (§3.2, §3.3), so that the same public key has one
+    thumbprint whatever else its JWK carries.
+
+    @raise KeyError: C{kty} is not one of RSA, EC, OKP, or a member is missing.
+    """
+    members = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
+    return b64encode(hashlib.sha256(canonical).digest()).decode("ascii")
 
 
 def _b64decode(segment: bytes, name: str) -> bytes:

@@ -12,20 +12,19 @@ minter's.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
 
 from attrs import evolve, field, frozen
 from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ccserver.interfaces import IKeyStore
 from ccserver.jose import ALGORITHMS as _ALGORITHMS
-from ccserver.jose import JWSSigner, PublicKey
+from ccserver.jose import JWSSigner, PublicKey, thumbprint
 from ccserver.model import StoredKey
 
 #: The algorithms a signing key can be made for.
@@ -72,16 +71,6 @@ def public_jwk(private_key: PrivateKey) -> dict[str, Any]:
     return jwk
 
 
-def thumbprint(jwk: dict[str, Any]) -> str:
-    """
-    The RFC 7638 JWK thumbprint, used as the C{kid}.
-    """
-    required = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
-    members = {name: jwk[name] for name in required[jwk["kty"]]}
-    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
-    return base64.urlsafe_b64encode(hashlib.sha256(canonical).digest()).rstrip(b"=").decode()
-
-
 @frozen
 class SigningKey:
     """
@@ -124,10 +113,28 @@ class KeyEncryptor:
     """
 
     fernet: Fernet
+    #: The key-encryption key itself, from which L{derive} makes keys for
+    #: other purposes.
+    _key: bytes = field(repr=False)
 
     @classmethod
     def ephemeral(cls) -> KeyEncryptor:
-        return cls(Fernet(Fernet.generate_key()))
+        return cls.from_key(Fernet.generate_key())
+
+    @classmethod
+    def from_key(cls, key: bytes) -> KeyEncryptor:
+        return cls(Fernet(key), key)
+
+    def derive(self, purpose: bytes) -> bytes:
+        """
+        A 256-bit key for C{purpose}, derived from the key-encryption key
+        with HKDF (RFC 5869): every instance that shares the store shares
+        this key already, so it needs no record of its own; and no derived
+        key tells anything of the key-encryption key or of another purpose's.
+        """
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(
+            self._key
+        )
 
     def encrypt(self, private_key: PrivateKey) -> str:
         pem = private_key.private_bytes(

@@ -233,6 +233,8 @@ class IssuedToken:
     expires_in: int
     scope: frozenset[str]
     token_type: str = "Bearer"
+    #: RFC 9449 §8.2: the DPoP nonce to send with the answer, if any.
+    dpop_nonce: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -257,6 +259,8 @@ class TokenRecord:
     @ivar expires_at: when it expires; the store may forget it after then.
     @ivar jti: its unique identifier.
     @ivar claims: the grant handler's extra claims.
+    @ivar jkt: the RFC 7638 thumbprint of the DPoP key the token is bound
+        to (RFC 9449 §6), or None for a bearer token.
     """
 
     token_digest: str
@@ -267,6 +271,7 @@ class TokenRecord:
     expires_at: int
     jti: str
     claims: Mapping[str, Any] = field(factory=dict, converter=_readonly)
+    jkt: str | None = None
 
 
 @frozen

@@ -34,6 +34,7 @@ from ccserver.keys import KeyEncryptor, Keyring
 from ccserver.oauth.assertions import AssertionVerifier, HTTPGetter, JWKSFetcher
 from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.oauth.discovery import metadata
+from ccserver.oauth.dpop import DPOP_NONCE_KEY_PURPOSE, DPoPVerifier, NonceIssuer
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.registration import ClientRegistry
@@ -198,7 +199,12 @@ def make_site(
     )
     app = CCServerApp(
         grant=ClientCredentialsGrant(
-            clients, handler, minter, config.issuer, authenticator=authenticator
+            clients,
+            handler,
+            minter,
+            config.issuer,
+            dpop=_dpop_verifier(config, store, encryptor, now),
+            authenticator=authenticator,
         ),
         introspection=TokenIntrospection(
             clients,
@@ -256,9 +262,24 @@ def make_jwks_fetcher(
     )
 
 
+def _dpop_verifier(
+    config: Config, store: IStore, encryptor: KeyEncryptor, now: Callable[[], float]
+) -> DPoPVerifier:
+    dpop = config.dpop
+    nonces = (
+        NonceIssuer(encryptor.derive(DPOP_NONCE_KEY_PURPOSE), dpop.nonce_lifetime, now)
+        if dpop.require_nonce
+        else None
+    )
+    return DPoPVerifier(store, dpop.signing_algs, dpop.max_age, dpop.leeway, now, nonces)
+
+
 def _discovery_json(config: Config) -> bytes:
     return json.dumps(
-        metadata(config.issuer, config.tokens.signing_alg), separators=(",", ":")
+        metadata(
+            config.issuer, config.tokens.signing_alg, dpop_signing_algs=config.dpop.signing_algs
+        ),
+        separators=(",", ":"),
     ).encode()
 
 

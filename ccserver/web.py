@@ -28,6 +28,7 @@ from ccserver import strictjson
 from ccserver.errors import OAuthError, StoreUnavailable, invalid_client_metadata, invalid_request
 from ccserver.httpchannel import CCServerChannel, HTTPLimits
 from ccserver.keys import Keyring
+from ccserver.model import IssuedToken
 from ccserver.oauth.clientauth import split_authorization
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
@@ -386,6 +387,22 @@ def render_failure(request: IRequest, failure: Failure) -> bytes:
     return _json(request, 500, {"error": "server_error", "error_description": "internal error"})
 
 
+def dpop_headers(request: IRequest) -> list[str]:
+    """
+    Every C{DPoP} header value (RFC 9449 §4.3 1.: more than one is refused,
+    so none is dropped here).
+    """
+    values = request.requestHeaders.getRawHeaders(b"dpop") or []
+    return [bytes(value).decode("latin-1") for value in values]
+
+
+def _token_answer(request: IRequest, token: IssuedToken) -> bytes:
+    if token.dpop_nonce is not None:
+        # RFC 9449 §8.2: the next nonce, with the 200 (no-store, as ever).
+        request.setHeader(b"DPoP-Nonce", token.dpop_nonce.encode("ascii"))
+    return _json(request, 200, token.as_json())
+
+
 class TokenResource(Resource):
     """
     C{/token}, the hot path, as a plain twisted.web resource: one request
@@ -405,12 +422,17 @@ class TokenResource(Resource):
             _allow(request, b"POST")
             form, repeated = parse_form(request)
             issued = ensureDeferred(
-                self._grant.token(form, _authorization(request), repeated.get("resource", ()))
+                self._grant.token(
+                    form,
+                    _authorization(request),
+                    repeated.get("resource", ()),
+                    dpop_headers(request),
+                )
             )
         except Exception:
             issued = fail()
         answered: Deferred[bytes] = issued.addCallbacks(
-            lambda token: _json(request, 200, token.as_json()),
+            lambda token: _token_answer(request, token),
             lambda failure: render_failure(request, failure),
         )
         # The public way to learn that the client went away: notifyFinish

@@ -13,11 +13,14 @@ import sys
 import tempfile
 import time
 import unittest
+import uuid
 from pathlib import Path
 from typing import Any
 
 import jwt
 import requests
+from cryptography.hazmat.primitives.asymmetric import ec
+from jwt.algorithms import ECAlgorithm
 
 from tests.process import REPO, CCServerProcess
 from tests.servers import postgres_server, redis_server
@@ -259,6 +262,106 @@ class RedisInstances(InstancesMixin, unittest.TestCase):
 
 
 class PostgreSQLInstances(InstancesMixin, unittest.TestCase):
+    def store_url(self) -> str:
+        server = postgres_server()
+        return server.url_for(server.create_database())
+
+
+DPOP_CONFIG = """
+[store]
+client_cache_seconds = 1
+[dpop]
+require_nonce = true
+"""
+#: Both instances behind one name, as behind a load balancer: a proof's
+#: htu is the same URL at each.
+SHARED_ISSUER = "https://as.example.com"
+
+
+class DPoPInstancesMixin:
+    """
+    RFC 9449 across two instances sharing a store (issue 11): a proof
+    accepted by one is a replay at the other, and a nonce made by one is
+    good at the other.  The store's use_once comes with the client-assertion
+    work (auth-jwt); these pass with every store's.
+    """
+
+    def store_url(self) -> str:
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="ccserver-dpop-pair-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)  # type: ignore[attr-defined]
+        (self.tmp / "ccserver.toml").write_text(DPOP_CONFIG)
+        self.url = self.store_url()
+        self.a, self.b = self.start(), self.start()
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.jwk = ECAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
+
+    def start(self) -> CCServerProcess:
+        server = CCServerProcess(
+            self.tmp,
+            "--config", str(self.tmp / "ccserver.toml"),
+            "--master-token", "shared-master-token-0123456789",
+            "--issuer", SHARED_ISSUER,
+            store=self.url,
+        )
+        self.addCleanup(server.kill)  # type: ignore[attr-defined]
+        return server.start()
+
+    def proof(self, nonce: str | None = None, jti: str | None = None) -> str:
+        claims: dict[str, Any] = {
+            "jti": jti or str(uuid.uuid4()),
+            "htm": "POST",
+            "htu": SHARED_ISSUER + "/token",
+            "iat": int(time.time()),
+        }
+        if nonce is not None:
+            claims["nonce"] = nonce
+        return jwt.encode(
+            claims, self.key, algorithm="ES256", headers={"typ": "dpop+jwt", "jwk": self.jwk}
+        )
+
+    def token(self, server: CCServerProcess, client: dict[str, Any], proof: str) -> requests.Response:
+        return requests.post(
+            server.url + "/token",
+            data={"grant_type": "client_credentials"},
+            auth=(client["client_id"], client["client_secret"]),
+            headers={"DPoP": proof},
+            timeout=10,
+        )
+
+    def test_nonce_and_replay_shared(self) -> None:
+        client = self.a.register(scope="read")
+        first = self.token(self.a, client, self.proof())
+        self.assertEqual(first.status_code, 400)  # type: ignore[attr-defined]
+        self.assertEqual(first.json()["error"], "use_dpop_nonce")  # type: ignore[attr-defined]
+        nonce = first.headers["DPoP-Nonce"]
+        # a's nonce is good at b
+        proof = self.proof(nonce)
+        accepted = self.token(self.b, client, proof)
+        self.assertEqual(accepted.status_code, 200, accepted.text)  # type: ignore[attr-defined]
+        self.assertEqual(accepted.json()["token_type"], "DPoP")  # type: ignore[attr-defined]
+        # the proof b accepted is a replay at a
+        replayed = self.token(self.a, client, proof)
+        self.assertEqual(replayed.status_code, 400)  # type: ignore[attr-defined]
+        self.assertEqual(replayed.json()["error"], "invalid_dpop_proof")  # type: ignore[attr-defined]
+        self.assertIn("used before", replayed.json()["error_description"])  # type: ignore[attr-defined]
+
+
+class SQLiteDPoPInstances(DPoPInstancesMixin, unittest.TestCase):
+    def store_url(self) -> str:
+        return f"sqlite:///{self.tmp}/ccserver.db"
+
+
+class RedisDPoPInstances(DPoPInstancesMixin, unittest.TestCase):
+    def store_url(self) -> str:
+        server = redis_server()
+        server.flushall()
+        return server.url_for(0)
+
+
+class PostgreSQLDPoPInstances(DPoPInstancesMixin, unittest.TestCase):
     def store_url(self) -> str:
         server = postgres_server()
         return server.url_for(server.create_database())

@@ -376,6 +376,7 @@ PRIVILEGED = {
     "access_token_lifetime": 600,
     "grant_types": ["client_credentials"],
     "token_endpoint_auth_method": "client_secret_basic",
+    "dpop_bound_access_tokens": False,
 }
 
 
@@ -448,6 +449,7 @@ class PrivilegeTests(ServerTestCase):
             ("access_token_lifetime", 60),
             ("grant_types", []),
             ("token_endpoint_auth_method", "client_secret_post"),
+            ("dpop_bound_access_tokens", True),
         ]
         before = self.registered()
         for field, value in changes:

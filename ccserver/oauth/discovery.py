@@ -16,7 +16,12 @@ from ccserver.oauth.registration import ASSERTION_ALGORITHMS, AUTH_METHODS, GRAN
 AUTH_SIGNING_ALGS = [alg for algs in ASSERTION_ALGORITHMS.values() for alg in algs]
 
 
-def metadata(issuer: str, signing_alg: str, scopes: Iterable[str] = ()) -> dict[str, Any]:
+def metadata(
+    issuer: str,
+    signing_alg: str,
+    scopes: Iterable[str] = (),
+    dpop_signing_algs: Iterable[str] = (),
+) -> dict[str, Any]:
     document: dict[str, Any] = {
         "issuer": issuer,
         "token_endpoint": f"{issuer}/token",
@@ -38,6 +43,8 @@ def metadata(issuer: str, signing_alg: str, scopes: Iterable[str] = ()) -> dict[
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [],
         "access_token_signing_alg_values_supported": [signing_alg],
+        # RFC 9449 §5.1
+        "dpop_signing_alg_values_supported": list(dpop_signing_algs),
     }
     scopes = sorted(set(scopes))
     if scopes:

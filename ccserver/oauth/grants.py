@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from attrs import evolve
 from twisted.internet.defer import maybeDeferred
 
 from ccserver.errors import OAuthError, invalid_request
 from ccserver.interfaces import IClientCredentialsGrantHandler, IClientStore
 from ccserver.model import CLIENT_CREDENTIALS, GrantAuthorization, GrantRequest, IssuedToken
 from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, ClientAuthenticator
+from ccserver.oauth.dpop import DPoPVerifier
 from ccserver.oauth.registration import SCOPE_TOKEN, is_resource_uri
 from ccserver.oauth.tokens import TokenMinter
 
@@ -61,12 +63,18 @@ class ClientCredentialsGrant:
         handler: IClientCredentialsGrantHandler,
         minter: TokenMinter,
         issuer: str,
+        dpop: DPoPVerifier,
         authenticator: ClientAuthenticator | None = None,
     ) -> None:
         """
         @param authenticator: who is calling; by default, the secret
             methods only (over C{clients}).
         """
+        self._dpop = dpop
+        #: RFC 9449 §4.3 9.: the htu of a proof is the token endpoint's URL
+        #: as clients know it (discovery's token_endpoint), whatever a proxy
+        #: in front rewrote.
+        self._token_endpoint = f"{issuer}/token"
         self._clients = clients
         self._authenticator = authenticator or ClientAuthenticator(clients)
         self._handler = handler
@@ -78,11 +86,13 @@ class ClientCredentialsGrant:
         form: Mapping[str, str],
         authorization: str | None,
         resources: Sequence[str] = (),
+        dpop: Sequence[str] = (),
     ) -> IssuedToken:
         """
         @param form: the request's form parameters, each given once.
         @param authorization: its C{Authorization} header, if any.
         @param resources: its RFC 8707 C{resource} parameters (repeatable).
+        @param dpop: its C{DPoP} header values (RFC 9449), each one given.
         """
         grant_type = form.get("grant_type")
         if grant_type is None:
@@ -95,6 +105,17 @@ class ClientCredentialsGrant:
         if CLIENT_CREDENTIALS not in client.grant_types:
             raise OAuthError(
                 "unauthorized_client", "this client is not registered for client_credentials"
+            )
+        proof = await self._dpop.check(dpop, "POST", self._token_endpoint)
+        if proof is None and client.metadata.get("dpop_bound_access_tokens") is True:
+            # RFC 9449 §5.2: "the authorization server MUST reject token
+            # requests from the client that do not contain the DPoP header",
+            # naming no error code; invalid_dpop_proof is for a proof that
+            # is "invalid" (§5), and a request without one lacks a required
+            # parameter: RFC 6749 §5.2 invalid_request.
+            raise invalid_request(
+                "DPoP: this client is registered with dpop_bound_access_tokens; "
+                "send a DPoP proof"
             )
         grant = GrantRequest(
             client=client,
@@ -110,4 +131,7 @@ class ClientCredentialsGrant:
         decision = await maybeDeferred(self._handler.authorize, grant)
         if not isinstance(decision, GrantAuthorization):
             raise TypeError(f"grant handler {self._handler!r} returned {decision!r}")
-        return await self._minter.mint(client, decision)
+        issued = await self._minter.mint(client, decision, None if proof is None else proof.jkt)
+        if proof is None:
+            return issued
+        return evolve(issued, dpop_nonce=self._dpop.fresh_nonce())

@@ -129,6 +129,7 @@ class TokenIntrospection:
             jti=record.jti,
             scope=record.scope,
             extra=record.claims,
+            jkt=record.jkt,
         )
         return TokenInfo(claims, None, record.token_digest)
 
@@ -191,7 +192,10 @@ class TokenIntrospection:
         info = await self.lookup(self._token(form))
         if info is None or not self._may_see(caller, info):
             return dict(INACTIVE)
-        return {**info.claims, "active": True, "token_type": "Bearer"}
+        # RFC 9449 §6.2: a DPoP-bound token is introspected with its cnf
+        # and token_type DPoP.
+        bound = isinstance(info.claims.get("cnf"), Mapping) and "jkt" in info.claims["cnf"]
+        return {**info.claims, "active": True, "token_type": "DPoP" if bound else "Bearer"}
 
     def _is_master(self, authorization: str | None) -> bool:
         """

@@ -64,7 +64,9 @@ SERVER_FIELDS = (
 #: Metadata that carries privilege: what the client's tokens grant (C{scope},
 #: C{audience}, C{access_token_lifetime}), which tokens it may introspect
 #: (C{resource_server_uris}), and how it gets and proves itself
-#: (C{grant_types}, C{token_endpoint_auth_method}).  The operator sets them
+#: (C{grant_types}, C{token_endpoint_auth_method}, and
+#: C{dpop_bound_access_tokens}, RFC 9449 §5.2: a client whose key was stolen
+#: with its token must not be able to drop the binding).  The operator sets them
 #: with the master token; a client's own registration access token cannot
 #: change them (RFC 7592 §2.2 lets the server refuse metadata values).
 #: C{token_endpoint_auth_signing_alg}, C{jwks} and C{jwks_uri} are not
@@ -82,6 +84,7 @@ PRIVILEGED_FIELDS: tuple[str, ...] = (
     "access_token_lifetime",
     "grant_types",
     "token_endpoint_auth_method",
+    "dpop_bound_access_tokens",
 )
 
 #: What a privileged field's absence means to the rest of the server (see
@@ -92,6 +95,8 @@ _WHEN_ABSENT: dict[str, Any] = {
     "resource_server_uris": [],
     "grant_types": [],
     "token_endpoint_auth_method": "client_secret_basic",
+    # RFC 9449 §5.2: "If omitted, the default value is false."
+    "dpop_bound_access_tokens": False,
 }
 
 
@@ -259,6 +264,12 @@ def validate_metadata(body: object) -> dict[str, Any]:
         if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
             raise invalid_client_metadata("access_token_lifetime: must be a positive integer")
         metadata["access_token_lifetime"] = lifetime
+
+    if "dpop_bound_access_tokens" in body:
+        bound = body["dpop_bound_access_tokens"]
+        if not isinstance(bound, bool):
+            raise invalid_client_metadata("dpop_bound_access_tokens: must be true or false")
+        metadata["dpop_bound_access_tokens"] = bound
 
     if "redirect_uris" in body:
         metadata["redirect_uris"] = [

@@ -67,12 +67,14 @@ def access_token_claims(
     jti: str,
     scope: Iterable[str],
     extra: Mapping[str, Any],
+    jkt: str | None = None,
 ) -> dict[str, Any]:
     """
     RFC 9068 §2.2: C{iss}, C{exp}, C{aud}, C{sub}, C{client_id}, C{iat},
     C{jti}, and C{scope} when any was granted; a grant handler's extra
     claims beside them.  The claims of a JWT, and what introspection says of
-    an opaque token.
+    an opaque token.  A DPoP-bound token carries C{cnf: {"jkt": ...}}
+    (RFC 9449 §6.1), which only the server sets (C{cnf} is reserved).
 
     L{GrantAuthorization} already refuses reserved claims; any that reached
     here anyway (an opaque token stored before a name was reserved) are
@@ -93,6 +95,8 @@ def access_token_claims(
     scope = sorted(scope)
     if scope:
         claims["scope"] = " ".join(scope)
+    if jkt is not None:
+        claims["cnf"] = {"jkt": jkt}
     return claims
 
 
@@ -120,7 +124,13 @@ class TokenMinter:
     now: Callable[[], float]
     sign: Signer = sign_inline
 
-    async def mint(self, client: Client, authorization: GrantAuthorization) -> IssuedToken:
+    async def mint(
+        self, client: Client, authorization: GrantAuthorization, jkt: str | None = None
+    ) -> IssuedToken:
+        """
+        @param jkt: the thumbprint of the DPoP key to bind the token to
+            (RFC 9449 §5), or None for a bearer token.
+        """
         issued_at = int(self.now())
         lifetime = min(authorization.lifetime or self.lifetime, self.max_lifetime)
         audience = authorization.audience or self.audience or (self.issuer,)
@@ -138,6 +148,7 @@ class TokenMinter:
                     expires_at=issued_at + lifetime,
                     jti=jti,
                     claims=authorization.claims,
+                    jkt=jkt,
                 )
             )
         elif token_format == JWT:
@@ -150,9 +161,15 @@ class TokenMinter:
                 jti=jti,
                 scope=authorization.scope,
                 extra=authorization.claims,
+                jkt=jkt,
             )
             signed = self.sign(self.keyring.current, claims)
             access_token = signed if isinstance(signed, str) else await signed
         else:
             raise ValueError(f"unknown token format {token_format!r}")
-        return IssuedToken(access_token=access_token, expires_in=lifetime, scope=authorization.scope)
+        return IssuedToken(
+            access_token=access_token,
+            expires_in=lifetime,
+            scope=authorization.scope,
+            token_type="Bearer" if jkt is None else "DPoP",
+        )

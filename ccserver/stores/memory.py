@@ -22,12 +22,14 @@ class MemoryStore:
     def __init__(self) -> None:
         self._clients: dict[str, Client] = {}
         self._keys: dict[str, StoredKey] = {}
-        self._tokens: dict[str, tuple[str, str, tuple[str, ...], int, int, str, str]] = {}
+        self._tokens: dict[
+            str, tuple[str, str, tuple[str, ...], int, int, str, str, str | None]
+        ] = {}
+        #: use_once keys -> when they may be forgotten
+        self._used: dict[str, int] = {}
         self._revoked: dict[str, int] = {}
         #: client_id -> (issued_before, mark_expires_at)
         self._revoked_clients: dict[str, tuple[int, int]] = {}
-        #: use_once key -> expires_at
-        self._used: dict[str, int] = {}
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -76,6 +78,7 @@ class MemoryStore:
             token.expires_at,
             token.jti,
             json.dumps(dict(token.claims)),
+            token.jkt,
         )
         return succeed(None)
 
@@ -83,7 +86,7 @@ class MemoryStore:
         kept = self._tokens.get(token_digest)
         if kept is None:
             return succeed(None)
-        client_id, scope, audience, issued_at, expires_at, jti, claims = kept
+        client_id, scope, audience, issued_at, expires_at, jti, claims, jkt = kept
         mark = self._revoked_clients.get(client_id)
         if mark is not None and issued_at <= mark[0]:
             return succeed(None)
@@ -97,6 +100,7 @@ class MemoryStore:
                 expires_at=expires_at,
                 jti=jti,
                 claims=json.loads(claims),
+                jkt=jkt,
             )
         )
 
@@ -110,15 +114,15 @@ class MemoryStore:
     def is_revoked(self, jti: str) -> Deferred[bool]:
         return succeed(jti in self._revoked)
 
-    def client_revoked_before(self, client_id: str) -> Deferred[int | None]:
-        mark = self._revoked_clients.get(client_id)
-        return succeed(None if mark is None else mark[0])
-
     def use_once(self, key: str, expires_at: int) -> Deferred[bool]:
         if key in self._used:
             return succeed(False)
         self._used[key] = expires_at
         return succeed(True)
+
+    def client_revoked_before(self, client_id: str) -> Deferred[int | None]:
+        mark = self._revoked_clients.get(client_id)
+        return succeed(None if mark is None else mark[0])
 
     def purge_expired(self, now: int) -> Deferred[int]:
         expired_used = [k for k, until in self._used.items() if until < now]

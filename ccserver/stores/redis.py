@@ -213,6 +213,8 @@ def _token_json(token: TokenRecord) -> str:
             "expires_at": token.expires_at,
             "jti": token.jti,
             "claims": dict(token.claims),
+            # RFC 9449 §6: the DPoP key thumbprint the token is bound to
+            "jkt": token.jkt,
         },
         ensure_ascii=False,
         separators=(",", ":"),
@@ -231,6 +233,8 @@ def _token_from_json(text: str) -> TokenRecord:
         expires_at=int(record["expires_at"]),
         jti=str(record["jti"]),
         claims=record["claims"],
+        # absent from records written before tokens could be bound
+        jkt=record.get("jkt"),
     )
 
 
