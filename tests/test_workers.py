@@ -9,13 +9,12 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 import unittest
 from pathlib import Path
 
 import requests
 
-from tests.process import CCServerProcess, run_ccserver
+from tests.process import CCServerProcess, run_ccserver, wait_until
 
 
 def children(pid: int) -> list[int]:
@@ -33,9 +32,8 @@ class WorkersTests(unittest.TestCase):
         self.addCleanup(server.kill)
         server.start()
         assert server.process is not None
-        deadline = time.monotonic() + 20
-        while len(children(server.process.pid)) < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        pid = server.process.pid
+        wait_until(lambda: children(pid), interval=0.1, what="a worker started")
         return server
 
     def test_two_processes_serve(self) -> None:
@@ -59,13 +57,11 @@ class WorkersTests(unittest.TestCase):
         assert server.process is not None
         [worker] = children(server.process.pid)
         os.kill(worker, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            now = children(server.process.pid)
-            if now and now != [worker]:
-                break
-            time.sleep(0.1)
-        [replacement] = children(server.process.pid)
+        pid = server.process.pid
+        wait_until(
+            lambda: children(pid) not in ([], [worker]), interval=0.1, what="the worker replaced"
+        )
+        [replacement] = children(pid)
         self.assertNotEqual(replacement, worker)
         self.assertEqual(server.stop(), -15)
         self.assertRaises(ProcessLookupError, os.kill, replacement, 0)
