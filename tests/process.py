@@ -1,5 +1,8 @@
 """
-Run a real C{twist ccserver} process for end-to-end tests.
+Run a real C{twist ccserver} process for end-to-end tests, and wait for it
+(or any real process or server) to reach a state by polling with a deadline:
+never by sleeping a fixed time, which is too long on a quiet machine and too
+short on a loaded one.
 """
 
 from __future__ import annotations
@@ -10,12 +13,62 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
+
+#: How long a real process may take to reach a state.  Generous: a loaded CI
+#: machine (load average 20 on 2 cores) is slow, and waiting by polling costs
+#: a quiet one nothing.
+DEADLINE = 60.0
+
+T = TypeVar("T")
+
+
+class NotYet(Exception):
+    """
+    Raised by a L{wait_until} predicate for "not yet, and here is why": the
+    message is kept for the error raised at the deadline.
+    """
+
+
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = DEADLINE,
+    interval: float = 0.02,
+    *,
+    what: str = "the condition",
+    tolerate: tuple[type[BaseException], ...] = (),
+) -> T:
+    """
+    Call C{predicate} every C{interval} seconds until it returns a true
+    value, and return that value.
+
+    An exception in C{tolerate} (or L{NotYet}) counts as "not yet".
+
+    @raise AssertionError: at C{timeout} seconds, naming C{what} and the last
+        tolerated error.
+    """
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = predicate()
+        except (NotYet, *tolerate) as e:
+            last = e
+        else:
+            if result:
+                return result
+        if time.monotonic() >= deadline:
+            raise AssertionError(
+                f"{what} did not happen within {timeout:g} s"
+                + (f" (last: {last!r})" if last is not None else "")
+            )
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -71,27 +124,36 @@ class CCServerProcess:
             *self.args,
         ]
 
-    def start(self, timeout: float = 30.0) -> CCServerProcess:
+    def start(self, timeout: float = DEADLINE) -> CCServerProcess:
+        """
+        Start the process and return once it answers HTTP.  Until
+        C{timeout}, any failed request (refused, reset, or slow on a loaded
+        machine) means "not ready yet"; the process ending means it never
+        will be.
+        """
         self.log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             self.command(), cwd=self.folder, env=self.env, stdout=self.log, stderr=subprocess.PIPE
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
+            assert self.process is not None
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode() if self.process.stderr else ""
                 raise RuntimeError(
                     f"ccserver exited with {self.process.returncode}: {err}\n{self.read_log()}"
                 )
-            try:
-                requests.get(self.url + "/jwks.json", timeout=1)
-                return self
-            except (requests.ConnectionError, requests.Timeout):
-                # a worker that listens but is still starting (a loaded
-                # machine) answers late: try again until the deadline
-                time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"ccserver did not start in {timeout}s:\n{self.read_log()}")
+            requests.get(self.url + "/jwks.json", timeout=5)
+            return True
+
+        try:
+            wait_until(
+                ready, timeout, 0.05, what="ccserver answering", tolerate=(requests.RequestException,)
+            )
+        except AssertionError as e:
+            self.kill()
+            raise RuntimeError(f"{e}:\n{self.read_log()}") from None
+        return self
 
     def read_log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -103,7 +165,7 @@ class CCServerProcess:
                 return self.args[i + 1]
         return (self.folder / "ccserver.master-token").read_text().strip()
 
-    def stop(self, timeout: float = 30.0) -> int:
+    def stop(self, timeout: float = DEADLINE) -> int:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -135,7 +197,7 @@ class CCServerProcess:
         self.kill()
 
 
-def run_ccserver(*args: str, cwd: Path, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def run_ccserver(*args: str, cwd: Path, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
     """
     Run C{twist ccserver} with these arguments and return how it ended
     (for start-up errors, which end the process before it listens).

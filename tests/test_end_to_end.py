@@ -12,7 +12,6 @@ import signal
 import stat
 import subprocess
 import tempfile
-import time
 import unittest
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from authlib.integrations.requests_client import OAuth2Session as AuthlibSession
 from oauthlib.oauth2 import BackendApplicationClient
 from requests_oauthlib import OAuth2Session
 
-from tests.process import CCServerProcess
+from tests.process import DEADLINE, CCServerProcess, wait_until
 from tests.servers import postgres_server, redis_server
 
 
@@ -340,8 +339,9 @@ class PostgreSQLEndToEnd(EndToEndMixin, unittest.TestCase):
 
 class GracefulStopTests(unittest.TestCase):
     """
-    SIGTERM while a token request is in flight (its grant handler is a slow
-    web service): the request is answered, then the server stops.
+    SIGTERM while a token request is in flight (its grant handler is a web
+    service that answers only when the test lets it): the server stops
+    listening, the request is answered, then the server stops.
     """
 
     def test_request_in_flight_is_finished(self) -> None:
@@ -349,6 +349,7 @@ class GracefulStopTests(unittest.TestCase):
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         asked = threading.Event()
+        release = threading.Event()
 
         class SlowPolicy(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -356,7 +357,7 @@ class GracefulStopTests(unittest.TestCase):
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 asked.set()
-                time.sleep(1.5)
+                release.wait(DEADLINE)
                 payload = b'{"scope": ["read"]}'
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -371,12 +372,13 @@ class GracefulStopTests(unittest.TestCase):
         threading.Thread(target=policy.serve_forever, daemon=True).start()
         self.addCleanup(policy.server_close)
         self.addCleanup(policy.shutdown)
+        self.addCleanup(release.set)
         tmp = Path(tempfile.mkdtemp(prefix="ccserver-stop-"))
         self.addCleanup(shutil.rmtree, tmp, True)
         config = tmp / "ccserver.toml"
         config.write_text(
             '[grant_handler]\nname = "webhook"\n'
-            f'url = "http://127.0.0.1:{policy.server_address[1]}/decide"\ntimeout = 10\n'
+            f'url = "http://127.0.0.1:{policy.server_address[1]}/decide"\ntimeout = {DEADLINE}\n'
         )
         server = CCServerProcess(tmp, "--config", str(config), store="memory://")
         self.addCleanup(server.kill)
@@ -389,18 +391,27 @@ class GracefulStopTests(unittest.TestCase):
                     server.url + "/token",
                     data={"grant_type": "client_credentials"},
                     auth=(client["client_id"], client["client_secret"]),
-                    timeout=30,
+                    timeout=2 * DEADLINE,
                 )
             )
         )
         request.start()
-        self.assertTrue(asked.wait(10))
+        self.assertTrue(asked.wait(DEADLINE))
         assert server.process is not None
         server.process.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with self.assertRaises(requests.ConnectionError):
-            requests.get(server.url + "/jwks.json", timeout=2)
-        request.join(10)
+
+        def refused() -> bool:
+            try:
+                requests.get(server.url + "/jwks.json", timeout=2)
+            except requests.ConnectionError:
+                return True
+            return False
+
+        wait_until(refused, what="the listener closed", tolerate=(requests.Timeout,))
+        self.assertTrue(request.is_alive())
+        release.set()
+        request.join(DEADLINE)
+        self.assertEqual(len(answers), 1, server.read_log())
         self.assertEqual(answers[0].status_code, 200, answers[0].text)
-        self.assertEqual(server.process.wait(10), -15)
+        self.assertEqual(server.process.wait(DEADLINE), -15)
         self.assertIn("ccserver stopped", server.read_log())

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-import time
 import unittest
 from collections import Counter
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import requests
 
-from tests.process import CCServerProcess
+from tests.process import CCServerProcess, wait_until
 from tests.servers import postgres_server, redis_server
 
 CONFIG = """
@@ -67,10 +66,11 @@ class OutageMixin:
         threads = [threading.Thread(target=self.load, args=(c, stop, answers)) for c in clients[:2]]
         for thread in threads:
             thread.start()
+        ok, unavailable = (200, None), (503, "temporarily_unavailable")
         try:
-            time.sleep(1)
+            wait_until(lambda: answers[ok] >= 4, what="tokens issued before the outage")
             self.server.kill()
-            time.sleep(2.5)
+            wait_until(lambda: answers[unavailable] > 0, what="a 503 during the outage")
             during = Counter(answers)
             registration = requests.post(
                 self.ccserver.url + "/client-reg",
@@ -81,13 +81,14 @@ class OutageMixin:
             self.assertEqual(registration.status_code, 503)  # type: ignore[attr-defined]
             self.assertEqual(registration.json()["error"], "temporarily_unavailable")  # type: ignore[attr-defined]
             self.server.restart()
-            time.sleep(3)
+            issued = answers[ok]
+            wait_until(lambda: answers[ok] >= issued + 4, what="tokens issued after the restart")
         finally:
             stop.set()
             for thread in threads:
                 thread.join(30)
-        self.assertGreater(during[(503, "temporarily_unavailable")], 0, during)  # type: ignore[attr-defined]
-        unexpected = {k: n for k, n in answers.items() if k not in ((200, None), (503, "temporarily_unavailable"))}
+        self.assertGreater(during[unavailable], 0, during)  # type: ignore[attr-defined]
+        unexpected = {k: n for k, n in answers.items() if k not in (ok, unavailable)}
         self.assertEqual(unexpected, {})  # type: ignore[attr-defined]
         # After: every client registered before the outage gets tokens, and
         # registration works again.

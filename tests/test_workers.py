@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import unittest
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from twisted.internet.testing import MemoryReactor
 
 from ccserver.errors import ConfigError
 from ccserver.workers import listen_address
-from tests.process import CCServerProcess, run_ccserver
+from tests.process import CCServerProcess, run_ccserver, wait_until
 
 
 class ListenAddressTests(unittest.TestCase):
@@ -80,9 +79,8 @@ class WorkersTests(unittest.TestCase):
         self.addCleanup(server.kill)
         server.start()
         assert server.process is not None
-        deadline = time.monotonic() + 20
-        while len(children(server.process.pid)) < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        pid = server.process.pid
+        wait_until(lambda: children(pid), interval=0.1, what="a worker started")
         return server
 
     def test_two_processes_serve(self) -> None:
@@ -106,13 +104,11 @@ class WorkersTests(unittest.TestCase):
         assert server.process is not None
         [worker] = children(server.process.pid)
         os.kill(worker, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            now = children(server.process.pid)
-            if now and now != [worker]:
-                break
-            time.sleep(0.1)
-        [replacement] = children(server.process.pid)
+        pid = server.process.pid
+        wait_until(
+            lambda: children(pid) not in ([], [worker]), interval=0.1, what="the worker replaced"
+        )
+        [replacement] = children(pid)
         self.assertNotEqual(replacement, worker)
         self.assertEqual(server.stop(), -15)
         self.assertRaises(ProcessLookupError, os.kill, replacement, 0)

@@ -1,0 +1,134 @@
+"""
+Grant handlers at start-up, in a real C{twist ccserver} process: the help
+lists them, a wrong choice or configuration stops the start, and a
+third-party plugin dropped into a C{ccserver/plugins/} folder is found and
+used.  The unit tests are in L{tests.test_handlers}.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+
+from ccserver.handlers import available
+from tests.process import REPO, CCServerProcess, run_ccserver
+from tests.test_handlers import write_plugin
+
+
+def test_help_lists_handlers(tmp_path: Path) -> None:
+    result = run_ccserver("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name, factory in available().items():
+        assert name in result.stdout
+        assert " ".join(factory.description.split()[:3]) in " ".join(result.stdout.split())
+
+
+def test_unknown_handler_stops_start(tmp_path: Path) -> None:
+    result = run_ccserver("--grant-handler", "nope", "--store", "memory://", cwd=tmp_path)
+    assert result.returncode != 0
+    [line] = [line for line in result.stderr.splitlines() if "nope" in line]
+    assert "available: registered-scope, webhook" in line
+
+
+def test_handler_config_error_stops_start(tmp_path: Path) -> None:
+    config = tmp_path / "ccserver.toml"
+    config.write_text(
+        '[grant_handler]\nname = "webhook"\nurl = "http://127.0.0.1:9/"\ntimeout = "soon"\n'
+    )
+    result = run_ccserver("--config", str(config), "--store", "memory://", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "[grant_handler] timeout: " in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.fixture
+def plugin_env(tmp_path: Path) -> dict[str, str]:
+    """
+    A child process environment whose C{sys.path} holds a folder with the
+    example plugin in C{ccserver/plugins/}.
+    """
+    root = write_plugin(tmp_path / "site")
+    return {"PYTHONPATH": os.pathsep.join([str(REPO), str(root)])}
+
+
+@pytest.fixture
+def read_only_server(tmp_path: Path, plugin_env: dict[str, str]) -> Iterator[CCServerProcess]:
+    config = tmp_path / "ccserver.toml"
+    config.write_text('[grant_handler]\nname = "read-only"\ntier = "gold"\n')
+    process = CCServerProcess(
+        tmp_path / "run", "--config", str(config), store="memory://", env=plugin_env
+    )
+    with process:
+        yield process
+
+
+def token_request(
+    server: CCServerProcess, client: dict[str, Any], **form: str
+) -> requests.Response:
+    return requests.post(
+        server.url + "/token",
+        data={"grant_type": "client_credentials", **form},
+        auth=(client["client_id"], client["client_secret"]),
+        timeout=30,
+    )
+
+
+def test_third_party_plugin_named_in_config(read_only_server: CCServerProcess) -> None:
+    """
+    The plugin's decision is in the next token: its scope, lifetime and
+    claims, from its configuration.
+    """
+    server = read_only_server
+    client = server.register(client_name="My House App", scope="read write")
+    response = token_request(server, client)
+    assert response.status_code == 200, response.text
+    assert (response.json()["scope"], response.json()["expires_in"]) == ("read", 300)
+    access_token = response.json()["access_token"]
+    key = jwt.PyJWKClient(server.url + "/jwks.json").get_signing_key_from_jwt(access_token)
+    claims = jwt.decode(
+        access_token, key.key, algorithms=["RS256"], audience=server.url, issuer=server.url
+    )
+    assert (claims["scope"], claims["tier"], claims["exp"] - claims["iat"]) == ("read", "gold", 300)
+    assert claims["client_id"] == client["client_id"]
+
+    denied = token_request(server, client, scope="read write")
+    assert denied.status_code == 400
+    assert denied.json() == {
+        "error": "invalid_scope",
+        "error_description": "this server grants read only",
+    }
+
+
+def test_third_party_plugin_named_on_command_line(
+    tmp_path: Path, plugin_env: dict[str, str]
+) -> None:
+    with CCServerProcess(
+        tmp_path / "run", "--grant-handler", "read-only", store="memory://", env=plugin_env
+    ) as server:
+        client = server.register(client_name="My House App", scope="read write")
+        response = token_request(server, client)
+        assert response.status_code == 200, response.text
+        claims = jwt.decode(response.json()["access_token"], options={"verify_signature": False})
+        assert (claims["scope"], claims["tier"]) == ("read", "free")
+
+
+def test_third_party_plugin_in_help(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "twisted", "ccserver", "--help"],
+        cwd=tmp_path,
+        env=dict(os.environ, **plugin_env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "read-only" in result.stdout
+    assert "grants 'read' and nothing else" in " ".join(result.stdout.split())
