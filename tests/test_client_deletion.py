@@ -14,7 +14,7 @@ from twisted.internet.defer import ensureDeferred
 from ccserver import credentials
 from ccserver.config import Config
 from ccserver.oauth.tokens import sign_inline
-from ccserver.tap import make_site
+from ccserver.tap import make_jwks_fetcher, make_site
 from tests.helpers import MASTER_TOKEN, ServerTestCase, basic
 
 API = "https://api.example.com"
@@ -131,6 +131,7 @@ class DeletionMixin:
             credentials.digest(MASTER_TOKEN),
             self.encryptor,  # type: ignore[attr-defined]
             sign_inline,
+            make_jwks_fetcher(self.clock, self.config, self.make_jwks_http()),  # type: ignore[attr-defined]
         )
         here, there = self.treq, StubTreq(other_site.resource)  # type: ignore[attr-defined]
         self.successResultOf(ensureDeferred(other_keyring.ensure_signing_key()))  # type: ignore[attr-defined]

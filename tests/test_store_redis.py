@@ -9,6 +9,7 @@ import json
 import time
 from typing import Any
 
+from attrs import evolve
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -16,6 +17,17 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from ccserver.errors import ConfigError, StoreUnavailable
 from ccserver.stores.redis import LAYOUT_VERSION, RedisStore
 from tests.servers import redis_server
+from tests.test_codec import (
+    LEGACY_CLIENT,
+    LEGACY_CLIENT_JSON,
+    LEGACY_KEY,
+    LEGACY_KEY_JSON,
+    LEGACY_TOKEN,
+    LEGACY_TOKEN_JSON,
+    RETIRED_KEY,
+    RETIRED_KEY_JSON,
+    current_json,
+)
 from tests.test_store_contract import TIMEOUT, make_client, make_key, make_token
 
 
@@ -112,6 +124,47 @@ class LayoutTests(TestCase):
         record = json.loads(text)
         self.assertEqual(record["client_id"], "client-1")
         self.assertEqual(record["metadata"]["scope"], "read write")
+
+    async def test_records_of_earlier_code(self) -> None:
+        """
+        Records as ccserver wrote them before the record codec are read as
+        they were, and records written now are the same, byte for byte.
+        """
+        client_key = f"ccserver:client:{LEGACY_CLIENT.client_id}"
+        token_key = f"ccserver:token:{LEGACY_TOKEN.token_digest}"
+        self.raw("SET", client_key, LEGACY_CLIENT_JSON)
+        self.raw(
+            "HSET",
+            "ccserver:keys",
+            LEGACY_KEY.kid,
+            LEGACY_KEY_JSON,
+            RETIRED_KEY.kid,
+            RETIRED_KEY_JSON,
+        )
+        self.raw("SET", token_key, LEGACY_TOKEN_JSON)
+        self.assertEqual(await self.store.get_client(LEGACY_CLIENT.client_id), LEGACY_CLIENT)
+        self.assertCountEqual(await self.store.list_keys(), [LEGACY_KEY, RETIRED_KEY])
+        self.assertEqual(await self.store.get_token(LEGACY_TOKEN.token_digest), LEGACY_TOKEN)
+
+        self.server.flushall()
+        # a token record expires with the token: this one must not have
+        expires_at = int(time.time()) + 600
+        token = evolve(LEGACY_TOKEN, expires_at=expires_at)
+        await self.store.add_client(LEGACY_CLIENT)
+        await self.store.add_key(LEGACY_KEY)
+        await self.store.add_key(RETIRED_KEY)
+        await self.store.add_token(token)
+        self.assertEqual(await self.store._call("get", client_key), current_json(LEGACY_CLIENT_JSON))
+        self.assertEqual(
+            await self.store._call("hgetall", "ccserver:keys"),
+            {LEGACY_KEY.kid: LEGACY_KEY_JSON, RETIRED_KEY.kid: RETIRED_KEY_JSON},
+        )
+        self.assertEqual(
+            await self.store._call("get", token_key),
+            current_json(LEGACY_TOKEN_JSON).replace(
+                '"expires_at":1700003600', f'"expires_at":{expires_at}'
+            ),
+        )
 
 
 class PasswordTests(TestCase):

@@ -32,6 +32,16 @@ from ccserver.stores.sql import (
     url_secrets,
 )
 from tests.servers import postgres_server
+from tests.test_codec import (
+    LEGACY_CLIENT,
+    LEGACY_CLIENT_ROW,
+    LEGACY_KEY,
+    LEGACY_KEY_ROW,
+    LEGACY_TOKEN,
+    LEGACY_TOKEN_ROW,
+    RETIRED_KEY,
+    RETIRED_KEY_ROW,
+)
 from tests.test_store_contract import TIMEOUT, make_client, make_key
 
 if TYPE_CHECKING:
@@ -162,6 +172,21 @@ class MigrationFileTests(SynchronousTestCase):
             load_migrations(folder)
 
 
+def _insert(table: str, row: tuple[Any, ...]) -> str:
+    """
+    An INSERT of C{row} as literal SQL, for L{MigrationTestsMixin.by_hand}.
+    """
+
+    def literal(value: Any) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, int):
+            return str(value)
+        return "'" + str(value).replace("'", "''") + "'"
+
+    return f"INSERT INTO {table} VALUES ({', '.join(literal(v) for v in row)})"
+
+
 class MigrationTestsMixin(_TestCase):
     """
     Migrations on a real database: an old database is upgraded in place,
@@ -245,6 +270,37 @@ class MigrationTestsMixin(_TestCase):
             self.query("SELECT client_id, note FROM clients ORDER BY 1"),
             [("client-1", "upgraded"), ("client-2", None)],
         )
+
+    async def test_records_of_earlier_code(self) -> None:
+        """
+        Rows as ccserver wrote them before the record codec are read as
+        they were, and rows written now are the same, column for column.
+        """
+        store = await self.open()
+        self.by_hand(
+            [
+                _insert("clients", LEGACY_CLIENT_ROW),
+                _insert("signing_keys", LEGACY_KEY_ROW),
+                _insert("signing_keys", RETIRED_KEY_ROW),
+                _insert("access_tokens", LEGACY_TOKEN_ROW),
+            ]
+        )
+        self.assertEqual(await store.get_client(LEGACY_CLIENT.client_id), LEGACY_CLIENT)
+        self.assertCountEqual(await store.list_keys(), [LEGACY_KEY, RETIRED_KEY])
+        self.assertEqual(await store.get_token(LEGACY_TOKEN.token_digest), LEGACY_TOKEN)
+
+        self.by_hand(
+            ["DELETE FROM clients", "DELETE FROM signing_keys", "DELETE FROM access_tokens"]
+        )
+        await store.add_client(LEGACY_CLIENT)
+        await store.add_key(LEGACY_KEY)
+        await store.add_key(RETIRED_KEY)
+        await store.add_token(LEGACY_TOKEN)
+        self.assertEqual(self.query("SELECT * FROM clients"), [LEGACY_CLIENT_ROW])
+        self.assertCountEqual(
+            self.query("SELECT * FROM signing_keys"), [LEGACY_KEY_ROW, RETIRED_KEY_ROW]
+        )
+        self.assertEqual(self.query("SELECT * FROM access_tokens"), [LEGACY_TOKEN_ROW])
 
     async def test_failed_migration_changes_nothing(self) -> None:
         """

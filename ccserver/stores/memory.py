@@ -5,7 +5,7 @@ restart.
 
 from __future__ import annotations
 
-import json
+from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -13,6 +13,11 @@ from zope.interface import implementer
 from ccserver.errors import ClientExists
 from ccserver.interfaces import IStore
 from ccserver.model import Client, StoredKey, TokenRecord
+from ccserver.stores.codec import TOKENS
+
+_CLIENT_ID = TOKENS.position("client_id")
+_ISSUED_AT = TOKENS.position("issued_at")
+_EXPIRES_AT = TOKENS.position("expires_at")
 
 
 @implementer(IStore)
@@ -22,9 +27,9 @@ class MemoryStore:
     def __init__(self) -> None:
         self._clients: dict[str, Client] = {}
         self._keys: dict[str, StoredKey] = {}
-        self._tokens: dict[
-            str, tuple[str, str, tuple[str, ...], int, int, str, str, str | None]
-        ] = {}
+        #: token_digest -> the token's tuple (L{TOKENS}); clients and keys,
+        #: few, are kept as they are
+        self._tokens: dict[str, tuple[Any, ...]] = {}
         #: use_once keys -> when they may be forgotten
         self._used: dict[str, int] = {}
         self._revoked: dict[str, int] = {}
@@ -62,47 +67,25 @@ class MemoryStore:
         )
         # A scan: deleting a client is rare, and an index per client would
         # cost every opaque token issued.
-        for digest in [d for d, t in self._tokens.items() if t[0] == client_id]:
+        for digest in [d for d, t in self._tokens.items() if t[_CLIENT_ID] == client_id]:
             del self._tokens[digest]
         return succeed(self._clients.pop(client_id, None) is not None)
 
     def add_token(self, token: TokenRecord) -> Deferred[None]:
-        # A tuple of strings and numbers, which the garbage collector stops
-        # tracking: a million tokens held as objects would make every full
-        # collection walk them, a pause of hundreds of milliseconds.
-        self._tokens[token.token_digest] = (
-            token.client_id,
-            " ".join(sorted(token.scope)),
-            token.audience,
-            token.issued_at,
-            token.expires_at,
-            token.jti,
-            json.dumps(dict(token.claims)),
-            token.jkt,
-        )
+        # A tuple of strings and numbers, which the garbage collector
+        # stops tracking: a million tokens held as objects would make every
+        # full collection walk them, a pause of hundreds of milliseconds.
+        self._tokens[token.token_digest] = TOKENS.to_tuple(token)
         return succeed(None)
 
     def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
-        kept = self._tokens.get(token_digest)
-        if kept is None:
+        row = self._tokens.get(token_digest)
+        if row is None:
             return succeed(None)
-        client_id, scope, audience, issued_at, expires_at, jti, claims, jkt = kept
-        mark = self._revoked_clients.get(client_id)
-        if mark is not None and issued_at <= mark[0]:
+        mark = self._revoked_clients.get(row[_CLIENT_ID])
+        if mark is not None and row[_ISSUED_AT] <= mark[0]:
             return succeed(None)
-        return succeed(
-            TokenRecord(
-                token_digest=token_digest,
-                client_id=client_id,
-                scope=scope,
-                audience=audience,
-                issued_at=issued_at,
-                expires_at=expires_at,
-                jti=jti,
-                claims=json.loads(claims),
-                jkt=jkt,
-            )
-        )
+        return succeed(TOKENS.from_tuple(row))
 
     def delete_token(self, token_digest: str) -> Deferred[bool]:
         return succeed(self._tokens.pop(token_digest, None) is not None)
@@ -128,7 +111,7 @@ class MemoryStore:
         expired_used = [k for k, until in self._used.items() if until < now]
         for key in expired_used:
             del self._used[key]
-        expired_tokens = [d for d, t in self._tokens.items() if t[4] < now]
+        expired_tokens = [d for d, t in self._tokens.items() if t[_EXPIRES_AT] < now]
         expired_jtis = [j for j, until in self._revoked.items() if until < now]
         expired_marks = [c for c, mark in self._revoked_clients.items() if mark[1] < now]
         for digest in expired_tokens:

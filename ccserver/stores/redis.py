@@ -34,6 +34,8 @@ shared with other data):
   - C{ccserver:schema_version}: the layout's version (1), so that a later
     ccserver can tell what it opens.
 
+The JSON of a client, a key and a token is L{ccserver.stores.codec}'s.
+
 Connections: a lazy pool of L{POOL_SIZE} connections that reconnects by
 itself, with a backoff of at most L{RECONNECT_MAX_DELAY} seconds, and with
 C{convertNumbers=False}: otherwise txredisapi turns every numeric-looking
@@ -63,7 +65,6 @@ address that follows the master (a virtual IP, or HAProxy with a role check).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Generator, Mapping
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -80,6 +81,7 @@ from zope.interface import implementer
 from ccserver.errors import ClientExists, ConfigError, StoreUnavailable
 from ccserver.interfaces import IStore
 from ccserver.model import Client, StoredKey, TokenRecord
+from ccserver.stores.codec import CLIENTS, KEYS, TOKENS
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
 
 #: Connections in the pool.  Commands that need no connection to themselves
@@ -200,106 +202,6 @@ def client_tokens_key(client_id: str) -> str:
 
 def revoked_client_key(client_id: str) -> str:
     return f"{PREFIX}revoked_client:{client_id}"
-
-
-def _token_json(token: TokenRecord) -> str:
-    return json.dumps(
-        {
-            "token_digest": token.token_digest,
-            "client_id": token.client_id,
-            "scope": sorted(token.scope),
-            "audience": list(token.audience),
-            "issued_at": token.issued_at,
-            "expires_at": token.expires_at,
-            "jti": token.jti,
-            "claims": dict(token.claims),
-            # RFC 9449 §6: the DPoP key thumbprint the token is bound to
-            "jkt": token.jkt,
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-        default=_jsonable,
-    )
-
-
-def _token_from_json(text: str) -> TokenRecord:
-    record = json.loads(text)
-    return TokenRecord(
-        token_digest=str(record["token_digest"]),
-        client_id=str(record["client_id"]),
-        scope=record["scope"],
-        audience=record["audience"],
-        issued_at=int(record["issued_at"]),
-        expires_at=int(record["expires_at"]),
-        jti=str(record["jti"]),
-        claims=record["claims"],
-        # absent from records written before tokens could be bound
-        jkt=record.get("jkt"),
-    )
-
-
-def _client_json(client: Client) -> str:
-    return json.dumps(
-        {
-            "client_id": client.client_id,
-            "client_id_issued_at": client.client_id_issued_at,
-            "metadata": dict(client.metadata),
-            "client_secret_digest": client.client_secret_digest,
-            "registration_access_token_digest": client.registration_access_token_digest,
-            **(
-                {"encrypted_secret": client.encrypted_secret}
-                if client.encrypted_secret is not None
-                else {}
-            ),
-        },
-        ensure_ascii=False,
-        separators=(",", ":"),
-        default=_jsonable,
-    )
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, Mapping):
-        return dict(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _client_from_json(text: str) -> Client:
-    record = json.loads(text)
-    return Client(
-        client_id=str(record["client_id"]),
-        client_id_issued_at=int(record["client_id_issued_at"]),
-        metadata=record["metadata"],
-        client_secret_digest=str(record["client_secret_digest"]),
-        registration_access_token_digest=str(record["registration_access_token_digest"]),
-        encrypted_secret=record.get("encrypted_secret"),
-    )
-
-
-def _key_json(key: StoredKey) -> str:
-    return json.dumps(
-        {
-            "kid": key.kid,
-            "alg": key.alg,
-            "encrypted_private_key": key.encrypted_private_key,
-            "created_at": key.created_at,
-            "active_from": key.active_from,
-            "retired_at": key.retired_at,
-        },
-        separators=(",", ":"),
-    )
-
-
-def _key_from_json(text: str) -> StoredKey:
-    record = json.loads(text)
-    return StoredKey(
-        kid=str(record["kid"]),
-        alg=str(record["alg"]),
-        encrypted_private_key=str(record["encrypted_private_key"]),
-        created_at=int(record["created_at"]),
-        active_from=int(record["active_from"]),
-        retired_at=None if record["retired_at"] is None else int(record["retired_at"]),
-    )
 
 
 def _redis_version(info: str) -> tuple[int, ...]:
@@ -536,7 +438,7 @@ class RedisStore:
 
     def add_client(self, client: Client) -> Deferred[None]:
         d = self._call(
-            "set", client_key(client.client_id), _client_json(client), only_if_not_exists=True
+            "set", client_key(client.client_id), CLIENTS.to_json(client), only_if_not_exists=True
         )
 
         def stored(reply: str | None) -> None:
@@ -548,12 +450,12 @@ class RedisStore:
 
     def get_client(self, client_id: str) -> Deferred[Client | None]:
         d = self._call("get", client_key(client_id))
-        d.addCallback(lambda text: None if text is None else _client_from_json(text))
+        d.addCallback(lambda text: None if text is None else CLIENTS.from_json(text))
         return d
 
     def replace_client(self, client: Client) -> Deferred[bool]:
         d = self._call(
-            "set", client_key(client.client_id), _client_json(client), only_if_exists=True
+            "set", client_key(client.client_id), CLIENTS.to_json(client), only_if_exists=True
         )
         d.addCallback(lambda reply: reply is not None)
         return d
@@ -576,7 +478,7 @@ class RedisStore:
         d = self._call("hgetall", KEYS_KEY)
 
         def keys(fields: Mapping[str, str]) -> list[StoredKey]:
-            found = [_key_from_json(text) for text in fields.values()]
+            found = [KEYS.from_json(text) for text in fields.values()]
             return sorted(found, key=lambda k: (k.created_at, k.kid))
 
         d.addCallback(keys)
@@ -584,12 +486,12 @@ class RedisStore:
 
     def add_key(self, key: StoredKey) -> Deferred[None]:
         # A kid taken already is replaced, as MemoryStore does.
-        d = self._call("hset", KEYS_KEY, key.kid, _key_json(key))
+        d = self._call("hset", KEYS_KEY, key.kid, KEYS.to_json(key))
         d.addCallback(lambda _: None)
         return d
 
     def replace_key(self, key: StoredKey) -> Deferred[bool]:
-        d = self._call("eval", _REPLACE_KEY_SCRIPT, [KEYS_KEY], [key.kid, _key_json(key)])
+        d = self._call("eval", _REPLACE_KEY_SCRIPT, [KEYS_KEY], [key.kid, KEYS.to_json(key)])
         d.addCallback(lambda replaced: int(replaced) == 1)
         return d
 
@@ -607,7 +509,7 @@ class RedisStore:
             _ADD_TOKEN_SCRIPT,
             [token_key(token.token_digest), client_tokens_key(token.client_id)],
             [
-                _token_json(token),
+                TOKENS.to_json(token),
                 str(token.expires_at),
                 token.token_digest,
                 # the client's tokens that expired before this one was
@@ -622,7 +524,7 @@ class RedisStore:
         d = self._call(
             "eval", _GET_TOKEN_SCRIPT, [token_key(token_digest)], [revoked_client_key("")]
         )
-        d.addCallback(lambda text: None if text is None else _token_from_json(text))
+        d.addCallback(lambda text: None if text is None else TOKENS.from_json(text))
         return d
 
     def delete_token(self, token_digest: str) -> Deferred[bool]:

@@ -24,7 +24,8 @@ Durability and concurrency:
 Tables: C{clients}, C{signing_keys}, and for L{ITokenStore} C{access_tokens}
 (by digest, never the token), C{revoked_jtis} and C{revoked_clients};
 metadata, audiences and claims are JSON text, so that the same SQL serves
-both databases.
+both databases.  The columns, and the rows read and written, are those of
+L{ccserver.stores.codec}.
 
 Failure: each operation fires within C{timeout} seconds, with its result or
 with L{StoreUnavailable}.  A write that times out may still complete later in
@@ -43,7 +44,6 @@ migration.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import select
@@ -68,6 +68,7 @@ from ccserver.errors import ClientExists, ConfigError, StoreUnavailable
 from ccserver.interfaces import IStore
 from ccserver.model import Client, StoredKey, TokenRecord
 from ccserver.stores import sqlite_path
+from ccserver.stores.codec import CLIENTS, KEYS, TOKENS, Codec
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
 
 T = TypeVar("T")
@@ -289,95 +290,42 @@ class _ConnectionPool(adbapi.ConnectionPool):
             super().disconnect(conn)
 
 
-def _to_json(value: Any) -> str:
-    def default(o: Any) -> Any:
-        if isinstance(o, Mapping):
-            return dict(o)
-        raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=default)
+def _columns(codec: Codec[Any]) -> str:
+    return ", ".join(codec.names)
 
 
-_CLIENT_COLUMNS = (
-    "client_id, client_id_issued_at, metadata, client_secret_digest,"
-    " registration_access_token_digest, encrypted_secret"
-)
-_KEY_COLUMNS = "kid, alg, encrypted_private_key, created_at, active_from, retired_at"
-_TOKEN_COLUMNS = (
-    "token_digest, client_id, scope, audience, issued_at, expires_at, jti, claims, jkt"
-)
+def _insert(table: str, codec: Codec[Any]) -> str:
+    """
+    C{INSERT} of a row (L{Codec.to_row}).
+    """
+    placeholders = ", ".join("?" for _ in codec.names)
+    return f"INSERT INTO {table} ({_columns(codec)}) VALUES ({placeholders})"
 
 
-def _client_row(client: Client) -> tuple[Any, ...]:
+def _upsert(table: str, codec: Codec[Any]) -> str:
+    """
+    C{INSERT} of a row, replacing the one stored with its key (the first
+    column), as L{MemoryStore} does.
+    """
+    key, *rest = codec.names
     return (
-        client.client_id,
-        client.client_id_issued_at,
-        _to_json(client.metadata),
-        client.client_secret_digest,
-        client.registration_access_token_digest,
-        client.encrypted_secret,
+        _insert(table, codec)
+        + f" ON CONFLICT ({key}) DO UPDATE SET "
+        + ", ".join(f"{name} = excluded.{name}" for name in rest)
     )
 
 
-def _client_from_row(row: Sequence[Any]) -> Client:
-    return Client(
-        client_id=str(row[0]),
-        client_id_issued_at=int(row[1]),
-        metadata=json.loads(row[2]),
-        client_secret_digest=str(row[3]),
-        registration_access_token_digest=str(row[4]),
-        encrypted_secret=None if row[5] is None else str(row[5]),
-    )
+def _update(table: str, codec: Codec[Any]) -> str:
+    """
+    C{UPDATE} of every column but the key, whose value comes last: the
+    parameters are L{_key_last} of the row.
+    """
+    key, *rest = codec.names
+    return f"UPDATE {table} SET {', '.join(f'{name} = ?' for name in rest)} WHERE {key} = ?"
 
 
-def _key_row(key: StoredKey) -> tuple[Any, ...]:
-    return (
-        key.kid,
-        key.alg,
-        key.encrypted_private_key,
-        key.created_at,
-        key.active_from,
-        key.retired_at,
-    )
-
-
-def _token_row(token: TokenRecord) -> tuple[Any, ...]:
-    return (
-        token.token_digest,
-        token.client_id,
-        " ".join(sorted(token.scope)),
-        _to_json(list(token.audience)),
-        token.issued_at,
-        token.expires_at,
-        token.jti,
-        _to_json(token.claims),
-        token.jkt,
-    )
-
-
-def _token_from_row(row: Sequence[Any]) -> TokenRecord:
-    return TokenRecord(
-        token_digest=str(row[0]),
-        client_id=str(row[1]),
-        scope=str(row[2]),
-        audience=json.loads(row[3]),
-        issued_at=int(row[4]),
-        expires_at=int(row[5]),
-        jti=str(row[6]),
-        claims=json.loads(row[7]),
-        jkt=None if row[8] is None else str(row[8]),
-    )
-
-
-def _key_from_row(row: Sequence[Any]) -> StoredKey:
-    return StoredKey(
-        kid=str(row[0]),
-        alg=str(row[1]),
-        encrypted_private_key=str(row[2]),
-        created_at=int(row[3]),
-        active_from=int(row[4]),
-        retired_at=None if row[5] is None else int(row[5]),
-    )
+def _key_last(row: Sequence[Any]) -> tuple[Any, ...]:
+    return (*row[1:], row[0])
 
 
 @implementer(IStore)
@@ -420,13 +368,9 @@ class SQLStore:
         self._pool: _ConnectionPool | None = None
         t = dialect.translate
         self._sql = {
-            "add_client": t(f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"),
-            "get_client": t(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = ?"),
-            "replace_client": t(
-                "UPDATE clients SET client_id_issued_at = ?, metadata = ?,"
-                " client_secret_digest = ?, registration_access_token_digest = ?,"
-                " encrypted_secret = ? WHERE client_id = ?"
-            ),
+            "add_client": t(_insert("clients", CLIENTS)),
+            "get_client": t(f"SELECT {_columns(CLIENTS)} FROM clients WHERE client_id = ?"),
+            "replace_client": t(_update("clients", CLIENTS)),
             "delete_client": t("DELETE FROM clients WHERE client_id = ?"),
             # A mark already there is kept with the later of each time.
             "revoke_client": t(
@@ -442,31 +386,16 @@ class SQLStore:
                 "SELECT issued_before FROM revoked_clients WHERE client_id = ?"
             ),
             "purge_revoked_clients": t("DELETE FROM revoked_clients WHERE expires_at < ?"),
-            "list_keys": t(f"SELECT {_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid"),
+            "list_keys": t(f"SELECT {_columns(KEYS)} FROM signing_keys ORDER BY created_at, kid"),
             # A kid taken already is replaced, as MemoryStore does.
-            "add_key": t(
-                f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (kid) DO UPDATE SET alg = excluded.alg,"
-                " encrypted_private_key = excluded.encrypted_private_key,"
-                " created_at = excluded.created_at, active_from = excluded.active_from,"
-                " retired_at = excluded.retired_at"
-            ),
-            "replace_key": t(
-                "UPDATE signing_keys SET alg = ?, encrypted_private_key = ?, created_at = ?,"
-                " active_from = ?, retired_at = ? WHERE kid = ?"
-            ),
+            "add_key": t(_upsert("signing_keys", KEYS)),
+            "replace_key": t(_update("signing_keys", KEYS)),
             "delete_key": t("DELETE FROM signing_keys WHERE kid = ?"),
             # A digest stored already is replaced, as MemoryStore does.
-            "add_token": t(
-                f"INSERT INTO access_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (token_digest) DO UPDATE SET client_id = excluded.client_id,"
-                " scope = excluded.scope, audience = excluded.audience,"
-                " issued_at = excluded.issued_at, expires_at = excluded.expires_at,"
-                " jti = excluded.jti, claims = excluded.claims, jkt = excluded.jkt"
-            ),
+            "add_token": t(_upsert("access_tokens", TOKENS)),
             # A token its client's revocation mark covers is not answered.
             "get_token": t(
-                f"SELECT {_TOKEN_COLUMNS} FROM access_tokens WHERE token_digest = ?"
+                f"SELECT {_columns(TOKENS)} FROM access_tokens WHERE token_digest = ?"
                 " AND NOT EXISTS (SELECT 1 FROM revoked_clients"
                 " WHERE revoked_clients.client_id = access_tokens.client_id"
                 " AND access_tokens.issued_at <= revoked_clients.issued_before)"
@@ -690,7 +619,7 @@ class SQLStore:
     # IClientStore
 
     def add_client(self, client: Client) -> Deferred[None]:
-        d = self._execute("add_client", _client_row(client), write=True)
+        d = self._execute("add_client", CLIENTS.to_row(client), write=True)
 
         def exists(failure: Failure) -> Failure:
             if isinstance(failure.value, self._dialect.integrity_errors):
@@ -707,12 +636,11 @@ class SQLStore:
             # rather than finding nothing.  No client can have such an id.
             return succeed(None)
         d = self._execute("get_client", (client_id,))
-        d.addCallback(lambda rows: _client_from_row(rows[0]) if rows else None)
+        d.addCallback(lambda rows: CLIENTS.from_row(rows[0]) if rows else None)
         return d
 
     def replace_client(self, client: Client) -> Deferred[bool]:
-        row = _client_row(client)
-        d = self._execute("replace_client", (*row[1:], row[0]), write=True)
+        d = self._execute("replace_client", _key_last(CLIENTS.to_row(client)), write=True)
         d.addCallback(lambda count: count == 1)
         return d
 
@@ -738,17 +666,16 @@ class SQLStore:
 
     def list_keys(self) -> Deferred[list[StoredKey]]:
         d = self._execute("list_keys", ())
-        d.addCallback(lambda rows: [_key_from_row(row) for row in rows])
+        d.addCallback(lambda rows: [KEYS.from_row(row) for row in rows])
         return d
 
     def add_key(self, key: StoredKey) -> Deferred[None]:
-        d = self._execute("add_key", _key_row(key), write=True)
+        d = self._execute("add_key", KEYS.to_row(key), write=True)
         d.addCallback(lambda _: None)
         return d
 
     def replace_key(self, key: StoredKey) -> Deferred[bool]:
-        row = _key_row(key)
-        d = self._execute("replace_key", (*row[1:], row[0]), write=True)
+        d = self._execute("replace_key", _key_last(KEYS.to_row(key)), write=True)
         d.addCallback(lambda count: count == 1)
         return d
 
@@ -760,13 +687,13 @@ class SQLStore:
     # ITokenStore
 
     def add_token(self, token: TokenRecord) -> Deferred[None]:
-        d = self._execute("add_token", _token_row(token), write=True)
+        d = self._execute("add_token", TOKENS.to_row(token), write=True)
         d.addCallback(lambda _: None)
         return d
 
     def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
         d = self._execute("get_token", (token_digest,))
-        d.addCallback(lambda rows: _token_from_row(rows[0]) if rows else None)
+        d.addCallback(lambda rows: TOKENS.from_row(rows[0]) if rows else None)
         return d
 
     def delete_token(self, token_digest: str) -> Deferred[bool]:
