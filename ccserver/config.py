@@ -27,6 +27,7 @@ from attrs import AttrsInstance, Factory, evolve, field, fields, frozen, has
 
 from ccserver.errors import ConfigError
 from ccserver.httpchannel import HTTPLimits
+from ccserver.keys import SIGNING_ALGORITHMS
 from ccserver.model import is_lifetime
 from ccserver.stores import check_url
 
@@ -34,7 +35,6 @@ _C = TypeVar("_C", bound=AttrsInstance)
 
 DEFAULT_LISTEN = ("tcp:8080",)
 DEFAULT_STORE = "sqlite:///ccserver.db"
-SIGNING_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 #: The DPoP proof algorithms: asymmetric, and all of them by default.
 DPOP_SIGNING_ALGORITHMS = ("ES256", "EdDSA", "RS256", "PS256")
 TOKEN_FORMATS = ("jwt", "opaque")

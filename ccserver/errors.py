@@ -9,6 +9,9 @@ from collections.abc import Mapping
 
 from attrs import field, frozen
 
+#: The realm of the server's C{WWW-Authenticate} challenges.
+REALM = "ccserver"
+
 
 @frozen(eq=False)
 class OAuthError(Exception):
@@ -58,8 +61,30 @@ def use_dpop_nonce(description: str, nonce: str) -> OAuthError:
     return OAuthError("use_dpop_nonce", description, headers={"DPoP-Nonce": nonce})
 
 
+def invalid_client(description: str = "client authentication failed") -> OAuthError:
+    """
+    RFC 6749 §5.2: C{invalid_client}, as 401 with a C{WWW-Authenticate}
+    challenge for the Basic scheme (RFC 7235 §3.1 asks for one on every 401).
+    Raised by client authentication, and passed on from a grant handler that
+    denies a client this way.
+    """
+    return OAuthError(
+        "invalid_client",
+        description,
+        status=401,
+        headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
+    )
+
+
 def temporarily_unavailable(description: str) -> OAuthError:
-    return OAuthError("temporarily_unavailable", description, status=503)
+    """
+    RFC 6749 §5.2: 503 C{temporarily_unavailable}, with C{Retry-After: 1}
+    (RFC 9110 §10.2.3): what a client gets while the store or a grant
+    handler's service cannot answer, never a 500.
+    """
+    return OAuthError(
+        "temporarily_unavailable", description, status=503, headers={"Retry-After": "1"}
+    )
 
 
 class ConfigError(Exception):

@@ -3,13 +3,20 @@ The domain: registered clients, grant requests and the decisions of grant
 handlers, issued tokens and signing keys.
 
 These are plain frozen attrs classes; nothing here knows of HTTP or of a store.
+The protocol's value rules live here too, each once, as functions the
+layers above call and raise their own errors from: scope syntax
+(L{is_scope_token}), resource URIs (L{is_resource_uri}), lifetimes
+(L{is_lifetime}) and the claims a grant handler may not set
+(L{check_claims}).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeGuard
+from urllib.parse import SplitResult, urlsplit
 
 from attrs import field, frozen
 
@@ -60,6 +67,50 @@ def scope_values(scope: str | None) -> frozenset[str]:
     if not scope:
         return frozenset()
     return frozenset(scope.split())
+
+
+# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+_SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
+
+
+def is_scope_token(value: object) -> bool:
+    """
+    Whether C{value} is one scope value (RFC 6749 §3.3: visible ASCII but
+    space, C{"} and C{\\}).  The one rule for a client's registered scope,
+    a token request's scope and a grant webhook's answer; each caller
+    splits its own way and raises its own error.
+    """
+    return isinstance(value, str) and _SCOPE_TOKEN.fullmatch(value) is not None
+
+
+def split_uri(uri: str) -> SplitResult | None:
+    """
+    The parts of C{uri}, or None when it cannot be split: the one place a
+    URI from the outside is parsed, because C{urlsplit} raises
+    C{ValueError} for some inputs (an unclosed IPv6 bracket, C{http://[x};
+    a host that changes under NFKC normalisation) instead of answering.
+    Every check of a client's URI goes through here, so none of them can
+    turn such a URI into a 500.
+    """
+    try:
+        return urlsplit(uri)
+    except ValueError:
+        return None
+
+
+def is_resource_uri(uri: str) -> bool:
+    """
+    RFC 8707 §2: a resource indicator is an absolute URI with no fragment.
+    The one rule for a token request's C{resource} and a client's
+    registered C{audience} and C{resource_server_uris}.
+    """
+    parts = split_uri(uri)
+    return (
+        parts is not None
+        and bool(parts.scheme)
+        and bool(parts.netloc or parts.path)
+        and "#" not in uri
+    )
 
 
 def is_lifetime(value: object) -> TypeGuard[int]:

@@ -22,10 +22,16 @@ from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException, NotFound
 
 from ccserver import strictjson
-from ccserver.errors import OAuthError, StoreUnavailable, invalid_client_metadata, invalid_request
+from ccserver.errors import (
+    OAuthError,
+    StoreUnavailable,
+    invalid_client_metadata,
+    invalid_request,
+    temporarily_unavailable,
+)
 from ccserver.httpchannel import CCServerChannel, HTTPLimits
 from ccserver.keys import Keyring
 from ccserver.model import IssuedToken
@@ -144,15 +150,23 @@ class CCServerSite(server.Site):
         return waiter
 
 
-def _json(request: IRequest, status: int, document: Any) -> bytes:
+def _no_store(request: IRequest, status: int) -> None:
     """
-    A JSON answer that no cache keeps (RFC 6749 §5.1: tokens and errors;
-    the same for registrations, which carry secrets).
+    An answer that no cache keeps (RFC 6749 §5.1: tokens and errors; the
+    same for registrations, which carry secrets): the one place these
+    headers are set.
     """
     request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
     request.setHeader(b"Cache-Control", b"no-store")
     request.setHeader(b"Pragma", b"no-cache")
+
+
+def _json(request: IRequest, status: int, document: Any) -> bytes:
+    """
+    A JSON answer that no cache keeps (L{_no_store}).
+    """
+    _no_store(request, status)
+    request.setHeader(b"Content-Type", b"application/json")
     return json.dumps(document, separators=(",", ":")).encode()
 
 
@@ -330,9 +344,7 @@ class CCServerApp:
         else:
             await self.registry.delete(client_id, token)
             self._log.info("Deleted client {client_id}", client_id=client_id)
-            request.setResponseCode(204)
-            request.setHeader(b"Cache-Control", b"no-store")
-            request.setHeader(b"Pragma", b"no-cache")
+            _no_store(request, 204)
             return b""
         return _json(request, 200, client_information(client, self.issuer))
 
@@ -351,27 +363,17 @@ def render_failure(request: IRequest, failure: Failure) -> bytes:
     a routing error as its status, anything else as a logged 500.
     """
     error = failure.value
+    if isinstance(error, StoreUnavailable):
+        _log.warn("Store unavailable: {reason}", reason=str(error))
+        error = temporarily_unavailable("the store is unavailable; try again shortly")
     if isinstance(error, OAuthError):
         for name, value in error.headers.items():
             request.setHeader(name.encode(), value.encode("latin-1"))
         return _json(request, error.status, error.as_json())
-    if isinstance(error, StoreUnavailable):
-        _log.warn("Store unavailable: {reason}", reason=str(error))
-        request.setHeader(b"Retry-After", b"1")
-        return _json(
-            request,
-            503,
-            {
-                "error": "temporarily_unavailable",
-                "error_description": "the store is unavailable; try again shortly",
-            },
-        )
+    # Every route takes every method (methods=None) and answers a wrong one
+    # itself (_allow), so werkzeug never raises MethodNotAllowed.
     if isinstance(error, NotFound):
         return _json(request, 404, {"error": "not_found", "error_description": "no such endpoint"})
-    if isinstance(error, MethodNotAllowed):
-        return _json(
-            request, 405, {"error": "invalid_request", "error_description": "method not allowed"}
-        )
     if isinstance(error, HTTPException):
         return _json(
             request,
@@ -407,8 +409,9 @@ class TokenResource(Resource):
     """
     C{/token}, the hot path, as a plain twisted.web resource: one request
     in, one call to L{ClientCredentialsGrant.token}, its answer or error out,
-    with no routing on the way (Klein's routing and response handling cost
-    about a fifth of a token request).
+    with no routing on the way (Klein's routing and response handling are a
+    large share of a token request's cost: bench/README.md, "Measurements
+    behind design choices").
     """
 
     isLeaf = True
@@ -472,7 +475,7 @@ def undecodable_url_part(request: IRequest) -> str | None:
 
     Klein decodes both as UTF-8 and, when it cannot, answers a text/html 400
     and logs a critical traceback: a client's mistake written as our bug, in
-    about 2.6 KB of log per request.  L{RootResource} asks this first.
+    kilobytes of log per request.  L{RootResource} asks this first.
     """
     path = b"/".join(request.prepath + request.postpath)
     try:

@@ -64,11 +64,15 @@ from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from ccserver import __version__, strictjson
-from ccserver.errors import ConfigError, OAuthError
+from ccserver.errors import ConfigError, OAuthError, invalid_client, temporarily_unavailable
 from ccserver.interfaces import IClientCredentialsGrantHandler
-from ccserver.model import GrantAuthorization, GrantRequest, check_claims
-from ccserver.oauth.clientauth import invalid_client
-from ccserver.oauth.registration import SCOPE_TOKEN
+from ccserver.model import (
+    GrantAuthorization,
+    GrantRequest,
+    check_claims,
+    is_lifetime,
+    is_scope_token,
+)
 
 #: Seconds the whole exchange may take when the configuration names none.
 DEFAULT_TIMEOUT = 2.0
@@ -90,6 +94,8 @@ _KEYS = ("url", "token", "timeout", "client_fields")
 _ERROR_CODE = re.compile(r"[\x20\x21\x23-\x5B\x5D-\x7E]+")
 # RFC 6750 §2.1 allows b64token; any visible ASCII keeps the header valid.
 _HEADER_TOKEN = re.compile(r"[\x21-\x7E]+")
+#: What a client is told when the service could not decide (503).
+_UNAVAILABLE = "the authorization policy service is unavailable; try again shortly"
 _ANSWER_KEYS = frozenset({"scope", "access_token"})
 _ACCESS_TOKEN_KEYS = frozenset({"lifetime", "audience", "claims"})
 #: Connection failures after which a request that may not have reached the
@@ -276,9 +282,7 @@ def authorization_from_answer(document: Any) -> GrantAuthorization:
     if "scope" not in document:
         raise MalformedAnswer("scope: missing")
     scope = document["scope"]
-    if not isinstance(scope, list) or not all(
-        isinstance(v, str) and SCOPE_TOKEN.fullmatch(v) for v in scope
-    ):
+    if not isinstance(scope, list) or not all(is_scope_token(v) for v in scope):
         raise MalformedAnswer("scope: must be a list of scope values (strings without spaces)")
     # An optional member that is null counts as absent.
     token = document.get("access_token")
@@ -288,9 +292,7 @@ def authorization_from_answer(document: Any) -> GrantAuthorization:
         raise MalformedAnswer("access_token: must be an object")
     _unknown(token, _ACCESS_TOKEN_KEYS, "access_token: ")
     lifetime = token.get("lifetime")
-    if lifetime is not None and (
-        isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0
-    ):
+    if lifetime is not None and not is_lifetime(lifetime):
         raise MalformedAnswer("access_token.lifetime: must be a positive integer (seconds)")
     audience = token.get("audience")
     if audience is not None and (
@@ -550,7 +552,7 @@ class WebhookHandler(Service):
                 url=self._url,
                 client_id=grant.client.client_id,
             )
-            raise _temporarily_unavailable()
+            raise temporarily_unavailable(_UNAVAILABLE)
         self._log.warn(
             "The grant webhook {url} could not decide for client {client_id}, "
             "so its token request gets 503: {reason}",
@@ -558,16 +560,7 @@ class WebhookHandler(Service):
             client_id=grant.client.client_id,
             reason=reason,
         )
-        raise _temporarily_unavailable()
-
-
-def _temporarily_unavailable() -> OAuthError:
-    return OAuthError(
-        "temporarily_unavailable",
-        "the authorization policy service is unavailable; try again shortly",
-        status=503,
-        headers={"Retry-After": "1"},
-    )
+        raise temporarily_unavailable(_UNAVAILABLE)
 
 
 def pooled_http_client(

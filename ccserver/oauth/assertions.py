@@ -48,10 +48,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from ccserver import jose
+from ccserver.errors import invalid_client
 from ccserver.interfaces import IClientStore, ITokenStore
 from ccserver.keys import KeyDecryptionError, KeyEncryptor
 from ccserver.model import Client
-from ccserver.oauth.clientauth import ClientAssertion, invalid_client
+from ccserver.oauth.clientauth import ClientAssertion
 from ccserver.oauth.registration import ASSERTION_ALGORITHMS, PRIVATE_JWK_MEMBERS
 
 #: The largest JWK set a C{jwks_uri} may answer with.

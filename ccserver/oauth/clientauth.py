@@ -22,7 +22,7 @@ from urllib.parse import unquote_plus
 from attrs import field, frozen
 
 from ccserver import credentials
-from ccserver.errors import OAuthError, invalid_request
+from ccserver.errors import invalid_client, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.model import Client
 
@@ -40,7 +40,6 @@ CREDENTIAL_PARAMS = frozenset(
     {"client_id", "client_secret", "client_assertion", "client_assertion_type"}
 )
 
-REALM = "ccserver"
 _FAILED = "client authentication failed"
 
 # RFC 7235 §2.1: credentials = auth-scheme [ 1*SP ( token68 / #auth-param ) ],
@@ -52,19 +51,6 @@ _CREDENTIALS = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:[ \t]+(.*))?", re.DO
 #: one, AWS4-HMAC-SHA256, has 16 characters); anything longer may be a
 #: credential sent without a scheme, and is never repeated.
 _NAMED_SCHEME_LENGTH = 20
-
-
-def invalid_client(description: str = _FAILED) -> OAuthError:
-    """
-    RFC 6749 §5.2: C{invalid_client}, as 401 with a C{WWW-Authenticate}
-    challenge for the Basic scheme (RFC 7235 §3.1 asks for one on every 401).
-    """
-    return OAuthError(
-        "invalid_client",
-        description,
-        status=401,
-        headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'},
-    )
 
 
 @frozen

@@ -15,10 +15,16 @@ from twisted.internet.defer import maybeDeferred
 
 from ccserver.errors import OAuthError, invalid_request
 from ccserver.interfaces import IClientCredentialsGrantHandler, IClientStore
-from ccserver.model import CLIENT_CREDENTIALS, GrantAuthorization, GrantRequest, IssuedToken
+from ccserver.model import (
+    CLIENT_CREDENTIALS,
+    GrantAuthorization,
+    GrantRequest,
+    IssuedToken,
+    is_resource_uri,
+    is_scope_token,
+)
 from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, ClientAuthenticator
 from ccserver.oauth.dpop import DPoPVerifier
-from ccserver.oauth.registration import SCOPE_TOKEN, is_resource_uri
 from ccserver.oauth.tokens import TokenMinter
 
 #: Form parameters that are about authentication, not the grant.
@@ -34,7 +40,7 @@ def requested_scope(form: Mapping[str, str]) -> frozenset[str] | None:
     if scope is None or not scope.strip(" "):
         return None
     values = scope.split(" ")
-    if not all(SCOPE_TOKEN.fullmatch(v) for v in values if v):
+    if not all(is_scope_token(v) for v in values if v):
         raise OAuthError("invalid_scope", "scope: malformed; scope values are separated by spaces")
     return frozenset(v for v in values if v)
 

@@ -12,7 +12,6 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
 
 from attrs import frozen
 
@@ -20,7 +19,15 @@ from ccserver import credentials
 from ccserver.errors import ClientExists, OAuthError, invalid_client_metadata, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.keys import KeyEncryptor
-from ccserver.model import CLIENT_CREDENTIALS, Client, scope_values
+from ccserver.model import (
+    CLIENT_CREDENTIALS,
+    Client,
+    is_lifetime,
+    is_resource_uri,
+    is_scope_token,
+    scope_values,
+    split_uri,
+)
 
 #: The grant types this server issues tokens for.
 GRANT_TYPES = (CLIENT_CREDENTIALS,)
@@ -42,24 +49,11 @@ PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
 #: The most keys a registered JWK set may hold.
 MAX_JWKS_KEYS = 20
 
-# RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
-SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
-
 _URI_FIELDS = ("client_uri", "logo_uri", "tos_uri", "policy_uri", "jwks_uri")
 _STRING_FIELDS = ("client_name", "software_id", "software_version")
 # RFC 7591 §2.2: human-readable fields may carry a language tag, "client_name#fr".
 _LOCALIZABLE = ("client_name", "client_uri", "logo_uri", "tos_uri", "policy_uri")
 _LANGUAGE_TAG = re.compile(r"^[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*$")
-
-#: Fields the server sets; a client cannot choose them.
-SERVER_FIELDS = (
-    "client_id",
-    "client_secret",
-    "client_id_issued_at",
-    "client_secret_expires_at",
-    "registration_access_token",
-    "registration_client_uri",
-)
 
 #: Metadata that carries privilege: what the client's tokens grant (C{scope},
 #: C{audience}, C{access_token_lifetime}), which tokens it may introspect
@@ -151,40 +145,12 @@ def _string_list(name: str, value: object) -> list[str]:
     return list(value)
 
 
-def split_uri(uri: str) -> SplitResult | None:
-    """
-    The parts of C{uri}, or None when it cannot be split: the one place a
-    URI from the outside is parsed, because C{urlsplit} raises
-    C{ValueError} for some inputs (an unclosed IPv6 bracket, C{http://[x};
-    a host that changes under NFKC normalisation) instead of answering.
-    Every check of a client's URI goes through here, so none of them can
-    turn such a URI into a 500.
-    """
-    try:
-        return urlsplit(uri)
-    except ValueError:
-        return None
-
-
 def _absolute_uri(name: str, value: object) -> str:
     uri = _string(name, value)
     parts = split_uri(uri)
     if parts is None or parts.scheme not in ("https", "http") or not parts.netloc:
         raise invalid_client_metadata(f"{name}: {uri!r} is not an absolute http(s) URI")
     return uri
-
-
-def is_resource_uri(uri: str) -> bool:
-    """
-    RFC 8707 §2: a resource indicator is an absolute URI with no fragment.
-    """
-    parts = split_uri(uri)
-    return (
-        parts is not None
-        and bool(parts.scheme)
-        and bool(parts.netloc or parts.path)
-        and "#" not in uri
-    )
 
 
 def _resource_uris(name: str, value: object) -> list[str]:
@@ -197,7 +163,7 @@ def _resource_uris(name: str, value: object) -> list[str]:
 
 def check_scope(name: str, scope: str) -> str:
     values = scope.split(" ")
-    if not scope or not all(SCOPE_TOKEN.fullmatch(v) for v in values):
+    if not scope or not all(is_scope_token(v) for v in values):
         raise invalid_client_metadata(
             f"{name}: must be scope values separated by single spaces (RFC 6749 §3.3)"
         )
@@ -261,7 +227,7 @@ def validate_metadata(body: object) -> dict[str, Any]:
         )
     if "access_token_lifetime" in body:
         lifetime = body["access_token_lifetime"]
-        if isinstance(lifetime, bool) or not isinstance(lifetime, int) or lifetime <= 0:
+        if not is_lifetime(lifetime):
             raise invalid_client_metadata("access_token_lifetime: must be a positive integer")
         metadata["access_token_lifetime"] = lifetime
 
@@ -336,7 +302,8 @@ def _check_jwks_uri(value: object) -> None:
     http to a loopback address.
     """
     uri = _absolute_uri("jwks_uri", value)
-    parts = urlsplit(uri)
+    parts = split_uri(uri)
+    assert parts is not None  # _absolute_uri has split it
     if parts.scheme == "https":
         return
     host = parts.hostname or ""

@@ -40,12 +40,13 @@ def sign_inline(key: SigningKey, claims: dict[str, Any]) -> str:
 def rsa_in_threads(reactor: Any) -> Signer:
     """
     A signer that signs with RSA keys in the reactor's thread pool and with
-    the others inline.  An RSA signature costs about ten times an EC or
-    EdDSA one, and C{cryptography} releases the GIL while it signs: in a
+    the others inline.  An RSA signature costs many times an EC or EdDSA
+    one, and C{cryptography} releases the GIL while it signs: in a
     thread it runs on another core while the reactor thread serves the next
     requests, which raises RS256 throughput while a core is idle.  EC and
     EdDSA signatures cost less than the hand-off to a thread, so they stay
-    inline.
+    inline (the figures: bench/README.md, "Measurements behind design
+    choices").
     """
     pool = reactor.getThreadPool()
 

@@ -50,13 +50,12 @@ always} (or C{everysec}, losing up to a second of registrations at a crash).
 Redis Sentinel is not offered (no C{redis+sentinel://} URL).  txredisapi 1.6
 has C{Sentinel.master_for}, which asks the sentinels for the master before
 every connection attempt, checks the server's C{ROLE}, and drops its
-connections when the master changes.  Tried here against a real master, a
-replica and a sentinel, with the master SIGKILLed, the same handler did reach
-the promoted replica by itself (in 2 s in one run, 13 s in another).  But
-its C{SentinelRedisProtocol} sends C{AUTH} without waiting for the answer,
-it inherits the give-up-for-good on a failed C{SELECT} that L{_Protocol}
-works around here, its discovery timer uses the global reactor, and in both
-runs a key written before the kill was missing on the new master
+connections when the master changes, and it does reach a promoted replica
+by itself (the failover experiment: bench/README.md, "Measurements behind
+design choices").  But its C{SentinelRedisProtocol} sends C{AUTH} without
+waiting for the answer, it inherits the give-up-for-good on a failed
+C{SELECT} that L{_Protocol} works around here, its discovery timer uses the
+global reactor, and an acknowledged write can be lost at a failover
 (replication is asynchronous).  It can be offered once a failover test in
 C{tests/servers.py} shows that no acknowledged registration is lost (with
 C{WAIT} or C{min-replicas-to-write}).  Until then, point C{redis://} at an
