@@ -226,6 +226,12 @@ class IssuedToken:
     expires_in: int
     scope: frozenset[str]
     token_type: str = "Bearer"
+    #: What the metrics count it by (not part of the answer): its format,
+    #: the algorithm that signed it ("none" for an opaque token), and how
+    #: its client authenticated.
+    token_format: str = "jwt"
+    alg: str = "none"
+    auth_method: str = "client_secret_basic"
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,7 @@ from ccserver.config import Config, StoreConfig, TokenConfig
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor
+from ccserver.metrics import NO_METRICS, NoMetrics
 from ccserver.oauth.tokens import sign_inline
 from ccserver.stores.memory import MemoryStore
 from ccserver.tap import make_site
@@ -74,6 +75,9 @@ class ServerTestCase(SynchronousTestCase):
     def make_handler(self) -> IClientCredentialsGrantHandler:
         return RegisteredScopeHandler()
 
+    def make_metrics(self) -> NoMetrics:
+        return NO_METRICS
+
     def make_config(self, **tokens: Any) -> Config:
         return Config(
             issuer=ISSUER,
@@ -95,6 +99,7 @@ class ServerTestCase(SynchronousTestCase):
             credentials.digest(MASTER_TOKEN),
             self.encryptor,
             sign_inline,
+            self.make_metrics(),
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))
         self.treq = StubTreq(self.site.resource)

@@ -128,6 +128,7 @@ class TokenMinter:
         jti = secrets.token_urlsafe(16)
         if token_format == OPAQUE:
             access_token = credentials.new_secret()
+            alg = "none"
             await self.tokens.add_token(
                 TokenRecord(
                     token_digest=credentials.digest(access_token),
@@ -151,8 +152,17 @@ class TokenMinter:
                 scope=authorization.scope,
                 extra=authorization.claims,
             )
-            signed = self.sign(self.keyring.current, claims)
+            key = self.keyring.current
+            alg = key.alg
+            signed = self.sign(key, claims)
             access_token = signed if isinstance(signed, str) else await signed
         else:
             raise ValueError(f"unknown token format {token_format!r}")
-        return IssuedToken(access_token=access_token, expires_in=lifetime, scope=authorization.scope)
+        return IssuedToken(
+            access_token=access_token,
+            expires_in=lifetime,
+            scope=authorization.scope,
+            token_format=token_format,
+            alg=alg,
+            auth_method=client.token_endpoint_auth_method,
+        )
