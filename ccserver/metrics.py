@@ -37,6 +37,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web.iweb import IRequest
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 
 from ccserver.model import GrantAuthorization, GrantRequest, IssuedToken
@@ -332,6 +333,11 @@ def metrics_root(registry: CollectorRegistry) -> Resource:
     """
     The metrics listener's resources: C{/metrics}, and nothing else.
     """
-    root = Resource()
+    root = _MetricsRoot()
     root.putChild(b"metrics", MetricsResource(registry))
     return root
+
+
+class _MetricsRoot(Resource):
+    def getChild(self, path: bytes, request: IRequest) -> Any:
+        return notFound()
