@@ -154,6 +154,13 @@ class DPoPConfig:
     nonce_lifetime: int = 300
 
 
+@frozen
+class MetricsConfig:
+    #: The endpoint string of the listener that serves Prometheus metrics
+    #: at /metrics, and nothing else; None: no metrics.
+    listen: str | None = field(default=None, metadata={EMPTY_IS_DEFAULT: True})
+
+
 def _default_issuer(config: Config) -> str:
     """
     http://localhost and the port of the first endpoint listened on.
@@ -191,6 +198,8 @@ class Config:
     access_log: bool = True
     #: Limits and deadlines of each HTTP request ([http]).
     http: HTTPLimits = HTTPLimits()
+    #: The Prometheus metrics listener ([metrics]).
+    metrics: MetricsConfig = MetricsConfig()
 
 
 #: Where the environment and the command line reach into the file's layout.
@@ -202,6 +211,7 @@ _COMMAND_LINE: dict[str, tuple[str, ...]] = {
     "master_token": ("master_token",),
     "grant_handler": ("grant_handler", "name"),
     "workers": ("workers",),
+    "metrics": ("metrics", "listen"),
 }
 
 _TYPE_NAMES = {
@@ -304,7 +314,8 @@ def load_config(
 
     @param command_line: the options given on the command line, L{None}
         or absent where not given: C{config}, C{listen} (a list),
-        C{issuer}, C{store}, C{master_token}, C{grant_handler}, C{workers}.
+        C{issuer}, C{store}, C{master_token}, C{grant_handler}, C{workers},
+        C{metrics}.
     """
     file = read_toml(command_line["config"]) if command_line.get("config") else {}
     _check_types(file, _SCHEMA, "")

@@ -286,6 +286,12 @@ class IssuedToken:
     token_type: str = "Bearer"
     #: RFC 9449 §8.2: the DPoP nonce to send with the answer, if any.
     dpop_nonce: str | None = None
+    #: What the metrics count it by (not part of the answer): its format,
+    #: the algorithm that signed it ("none" for an opaque token), and how
+    #: its client authenticated.
+    token_format: str = "jwt"
+    alg: str = "none"
+    auth_method: str = "client_secret_basic"
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
@@ -24,13 +25,25 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from ccserver import firststart
 from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
 from ccserver.handlers import available, make_handler
+from ccserver.health import Readiness
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor, Keyring
+from ccserver.metrics import (
+    NO_METRICS,
+    Metrics,
+    MultiprocessDirectory,
+    NoMetrics,
+    install,
+    metrics_root,
+    scrape_registry,
+    use_multiprocess_directory,
+)
 from ccserver.oauth.assertions import AssertionVerifier, HTTPGetter, JWKSFetcher
 from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.oauth.discovery import metadata
@@ -51,7 +64,7 @@ from ccserver.services import (
 )
 from ccserver.stores import store_from_url
 from ccserver.stores.cache import CachingClientStore
-from ccserver.web import CCServerApp, CCServerSite
+from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template
 from ccserver.workers import WorkerPool, inherited_endpoint, listen_addresses
 
 #: How often, at most, each process reloads the signing keys to follow
@@ -92,6 +105,13 @@ class Options(usage.Options):
             "command line (ps, /proc): prefer $CCSERVER_MASTER_TOKEN or that file.",
         ],
         ["grant-handler", None, None, "The grant handler plugin [default: registered-scope]."],
+        [
+            "metrics",
+            None,
+            None,
+            "An endpoint string for a listener of its own serving Prometheus metrics at "
+            "/metrics, e.g. tcp:9108:interface=127.0.0.1 [default: none].",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -147,6 +167,7 @@ class Options(usage.Options):
             "master_token": self["master-token"],
             "grant_handler": self["grant-handler"],
             "workers": self.get("workers"),
+            "metrics": self["metrics"],
         }
         try:
             self.config = load_config(command_line, os.environ)
@@ -165,6 +186,7 @@ def make_site(
     encryptor: KeyEncryptor,
     sign: Signer,
     jwks_fetcher: JWKSFetcher,
+    metrics: NoMetrics = NO_METRICS,
 ) -> tuple[CCServerSite, Keyring]:
     """
     The web site over the protocol objects, and the keyring they sign with.
@@ -229,8 +251,11 @@ def make_site(
         issuer=config.issuer,
         discovery_json=_discovery_json(config),
         jwks_max_age=config.keys.activation_delay // 2,
+        readiness=Readiness(store, keyring, reactor, config.store.timeout),
+        metrics=metrics,
     )
-    return CCServerSite(app.resource(), reactor, config.access_log, config.http), keyring
+    site = CCServerSite(app.resource(), reactor, config.access_log, config.http, metrics)
+    return site, keyring
 
 
 def make_jwks_fetcher(
@@ -331,6 +356,14 @@ def makeService(
         inherited = options["inherit-fd"]
         shared = config.workers > 1 and not inherited
         addresses = listen_addresses(config.listen) if config.workers > 1 else []
+        metrics_endpoint = None
+        if config.metrics.listen is not None and not inherited:
+            try:
+                metrics_endpoint = serverFromString(reactor, config.metrics.listen)
+            except (ValueError, TypeError, KeyError) as e:
+                raise ConfigError(
+                    f"metrics: {config.metrics.listen!r} is not an endpoint string: {e}"
+                ) from None
         first = firststart.prepare(config)
     except ConfigError as e:
         raise _fail(str(e)) from None
@@ -344,6 +377,19 @@ def makeService(
         )
     on_fatal = exit_on_fatal(reactor)
     jwks_fetcher = make_jwks_fetcher(reactor, config)
+    handler_as_service = handler_service(handler)
+    metrics: NoMetrics = NO_METRICS
+    multiprocess_directory = None
+    if config.metrics.listen is not None:
+        if shared:
+            # Before any metric is made, and before the workers start: they
+            # inherit the directory through the environment.
+            multiprocess_directory = MultiprocessDirectory(use_multiprocess_directory())
+        registry = CollectorRegistry()
+        metrics = Metrics(registry, route_template, ROUTES)
+        install(metrics)
+        if config.grant_handler == "webhook":
+            handler = metrics.observe_handler(handler)
     site, keyring = make_site(
         reactor,
         config,
@@ -353,12 +399,23 @@ def makeService(
         first.encryptor,
         sign if sign is not None else rsa_in_threads(reactor),
         jwks_fetcher,
+        metrics,
     )
     root = MultiService()
     store_service = StoreService(store, keyring, on_fatal, first.master_token_file)
     store_service.setServiceParent(root)
+    if multiprocess_directory is not None:
+        # First, so that it stops last, once the workers have ended.
+        multiprocess_directory.setServiceParent(store_service)
+    if metrics_endpoint is not None and isinstance(metrics, Metrics):
+        # Only the main process serves metrics (the workers' are summed in).
+        metrics_site = Site(metrics_root(scrape_registry(metrics.registry)), reactor=reactor)
+        metrics_site.displayTracebacks = False
+        metrics_site.noisy = False
+        ListenerService(
+            f"{config.metrics.listen} (metrics)", _given(metrics_endpoint), metrics_site
+        ).setServiceParent(root)
 
-    handler_as_service = handler_service(handler)
     if handler_as_service is not None:
         handler_as_service.setServiceParent(store_service)
     # Stops after the last request, as the handler does.
@@ -378,7 +435,13 @@ def makeService(
     if inherited:
         listeners = [(f"fd:{fd}", _inherited(reactor, fd)) for fd in inherited]
     elif shared:
-        pool = WorkerPool(reactor, sys.argv[1:], addresses, config.workers)
+        pool = WorkerPool(
+            reactor,
+            sys.argv[1:],
+            addresses,
+            config.workers,
+            on_exit=None if multiprocess_directory is None else multiprocess_directory.worker_ended,
+        )
         listeners = [(d, _shared(pool, i)) for i, d in enumerate(config.listen)]
     else:
         listeners = [(d, _given(e)) for d, e in zip(config.listen, endpoints, strict=True)]

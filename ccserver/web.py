@@ -9,7 +9,9 @@ nowhere else.
 from __future__ import annotations
 
 import json
+import re
 from io import BytesIO
+from time import perf_counter
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
@@ -32,8 +34,10 @@ from ccserver.errors import (
     invalid_request,
     temporarily_unavailable,
 )
+from ccserver.health import Readiness
 from ccserver.httpchannel import CCServerChannel, HTTPLimits
 from ccserver.keys import Keyring
+from ccserver.metrics import NO_METRICS, NoMetrics
 from ccserver.model import IssuedToken
 from ccserver.oauth.clientauth import split_authorization
 from ccserver.oauth.grants import ClientCredentialsGrant
@@ -108,6 +112,7 @@ class CCServerSite(server.Site):
         reactor: Any = None,
         access_log: bool = True,
         limits: HTTPLimits | None = None,
+        metrics: NoMetrics = NO_METRICS,
     ) -> None:
         super().__init__(
             resource,
@@ -120,6 +125,7 @@ class CCServerSite(server.Site):
         self.access_log = access_log
         self._idle_waiters: list[Deferred[None]] = []
         self.limits = limits or HTTPLimits()
+        self.metrics = metrics
 
     def log(self, request: http.Request) -> None:
         if self.access_log:
@@ -127,11 +133,12 @@ class CCServerSite(server.Site):
 
     def getResourceFor(self, request: server.Request) -> Any:
         self.in_flight += 1
-        request.notifyFinish().addBoth(self._finished)
+        request.notifyFinish().addBoth(self._finished, request, perf_counter())
         return super().getResourceFor(request)
 
-    def _finished(self, _: object) -> None:
+    def _finished(self, _: object, request: server.Request, started: float) -> None:
         self.in_flight -= 1
+        self.metrics.request_finished(request.path, request.code, perf_counter() - started)
         if self.in_flight == 0 and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
@@ -269,6 +276,9 @@ class CCServerApp:
     #: How long resource servers may cache the JWK set: less than the delay
     #: between publishing a key and signing with it.
     jwks_max_age: int = 300
+    #: Whether the store answers and a key is loaded (C{/health/ready}).
+    readiness: Readiness | None = None
+    metrics: NoMetrics = NO_METRICS
 
     app = Klein()
     # werkzeug would answer /client-reg//x with a 308 to /client-reg/x (and
@@ -283,7 +293,20 @@ class CCServerApp:
         The whole HTTP surface: L{TokenResource} at C{/token}, the Klein
         routes everywhere else.
         """
-        return RootResource(TokenResource(self.grant), self.app.resource())
+        return RootResource(TokenResource(self.grant, self.metrics), self.app.resource())
+
+    @app.route("/health/live", methods=None)
+    def live(self, request: IRequest) -> bytes:
+        _allow(request, b"GET", b"HEAD")
+        return _json(request, 200, {"status": "ok"})
+
+    @app.route("/health/ready", methods=None)
+    async def ready(self, request: IRequest) -> bytes:
+        _allow(request, b"GET", b"HEAD")
+        reason = None if self.readiness is None else await self.readiness.check()
+        if reason is not None:
+            return _json(request, 503, {"status": "unavailable", "reason": reason})
+        return _json(request, 200, {"status": "ok"})
 
     @app.route("/token/introspect", methods=None)
     async def introspect(self, request: IRequest) -> bytes:
@@ -325,6 +348,7 @@ class CCServerApp:
             document["client_secret"] = registration.client_secret
         document["registration_access_token"] = registration.registration_access_token
         request.setHeader(b"Location", document["registration_client_uri"].encode())
+        self.metrics.registration("create")
         self._log.info(
             "Registered client {client_id} ({client_name})",
             client_id=registration.client.client_id,
@@ -338,18 +362,23 @@ class CCServerApp:
         token = bearer_token(request)
         if request.method == b"GET":
             client = await self.registry.read(client_id, token)
+            self.metrics.registration("read")
         elif request.method == b"PUT":
             client = await self.registry.replace(client_id, token, lambda: parse_json(request))
             self._log.info("Updated client {client_id}", client_id=client_id)
+            self.metrics.registration("update")
         else:
             await self.registry.delete(client_id, token)
             self._log.info("Deleted client {client_id}", client_id=client_id)
+            self.metrics.registration("delete")
             _no_store(request, 204)
             return b""
         return _json(request, 200, client_information(client, self.issuer))
 
     @app.handle_errors(Exception)
     def error(self, request: IRequest, failure: Failure) -> bytes:
+        if failure.check(StoreUnavailable):
+            self.metrics.store_error()
         return render_failure(request, failure)
 
 
@@ -405,6 +434,18 @@ def _token_answer(request: IRequest, token: IssuedToken) -> bytes:
     return _json(request, 200, token.as_json())
 
 
+def error_code(failure: Failure) -> str:
+    """
+    The RFC 6749 §5.2 error code a failure is answered with (for the
+    metrics, whose labels must be a small set).
+    """
+    if isinstance(failure.value, OAuthError):
+        return failure.value.error
+    if isinstance(failure.value, StoreUnavailable):
+        return "temporarily_unavailable"
+    return "server_error"
+
+
 class TokenResource(Resource):
     """
     C{/token}, the hot path, as a plain twisted.web resource: one request
@@ -416,9 +457,10 @@ class TokenResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, grant: ClientCredentialsGrant) -> None:
+    def __init__(self, grant: ClientCredentialsGrant, metrics: NoMetrics = NO_METRICS) -> None:
         super().__init__()
         self._grant = grant
+        self._metrics = metrics
 
     def render(self, request: IRequest) -> int:
         try:
@@ -435,8 +477,7 @@ class TokenResource(Resource):
         except Exception:
             issued = fail()
         answered: Deferred[bytes] = issued.addCallbacks(
-            lambda token: _token_answer(request, token),
-            lambda failure: render_failure(request, failure),
+            self._issued, self._failed, callbackArgs=(request,), errbackArgs=(request,)
         )
         # The public way to learn that the client went away: notifyFinish
         # fails when the connection is lost before the request finished.
@@ -444,6 +485,16 @@ class TokenResource(Resource):
         cast(http.Request, request).notifyFinish().addErrback(lambda _: gone.append(True))
         answered.addCallback(self._write, request, gone)
         return NOT_DONE_YET
+
+    def _issued(self, token: IssuedToken, request: IRequest) -> bytes:
+        self._metrics.token_issued(token)
+        return _token_answer(request, token)
+
+    def _failed(self, failure: Failure, request: IRequest) -> bytes:
+        self._metrics.token_failed(error_code(failure))
+        if failure.check(StoreUnavailable):
+            self._metrics.store_error()
+        return render_failure(request, failure)
 
     @staticmethod
     def _write(body: bytes, request: IRequest, gone: list[bool]) -> None:
@@ -515,3 +566,36 @@ class RootResource(Resource):
         # Hand Klein the whole path, as if it were the root.
         request.postpath.insert(0, request.prepath.pop())
         return self._app
+
+
+def _template(rule: str) -> str:
+    """
+    A werkzeug rule (C{/client-reg/<client_id>}) as an OpenAPI path
+    template (C{/client-reg/{client_id}}).
+    """
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
+
+
+#: Every route template the site serves: the metrics' route labels.
+ROUTES: tuple[str, ...] = (
+    "/token",
+    *sorted({_template(rule.rule) for rule in CCServerApp.app.url_map.iter_rules()}),
+)
+_STATIC_ROUTES = {route.encode(): route for route in ROUTES if "{" not in route}
+_ROUTE_MATCHER = CCServerApp.app.url_map.bind("localhost")
+
+
+def route_template(path: bytes) -> str | None:
+    """
+    The route template that serves C{path} (C{/client-reg/{client_id}}),
+    or L{None} when none does: a bounded label for the metrics, never the
+    path itself.
+    """
+    route = _STATIC_ROUTES.get(path)
+    if route is not None:
+        return route
+    try:
+        rule, _ = _ROUTE_MATCHER.match(path.decode("utf-8"), return_rule=True)
+    except (HTTPException, UnicodeDecodeError):
+        return None
+    return _template(rule.rule)

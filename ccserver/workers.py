@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import define
@@ -139,6 +139,7 @@ class _Worker(ProcessProtocol):
         self.pool = pool
         self.index = index
         self.ended: Deferred[None] = Deferred()
+        self.pid: int | None = None
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
@@ -158,13 +159,20 @@ class WorkerPool(Service):
     @param argv: the command line of C{twist} after its name, which every
         worker runs again with C{--inherit-fd} options added.
     @param count: how many processes serve, this one included.
+    @param on_exit: called with the pid of each worker that ended.
     """
 
     _log = Logger()
 
     def __init__(
-        self, reactor: Any, argv: Sequence[str], addresses: Sequence[ListenAddress], count: int
+        self,
+        reactor: Any,
+        argv: Sequence[str],
+        addresses: Sequence[ListenAddress],
+        count: int,
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
+        self.on_exit = on_exit
         self.reactor = reactor
         self.argv = list(argv)
         self.addresses = list(addresses)
@@ -214,11 +222,14 @@ class WorkerPool(Service):
         process = self.reactor.spawnProcess(
             worker, sys.executable, argv, env=os.environ, childFDs=child_fds
         )
+        worker.pid = process.pid
         self._log.info("Started worker {n} (pid {pid})", n=index + 1, pid=process.pid)
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
         if self._workers.get(worker.index) is worker:
             del self._workers[worker.index]
+        if self.on_exit is not None and worker.pid is not None:
+            self.on_exit(worker.pid)
         if not self._stopping:
             self._log.warn(
                 "Worker {n} ended ({reason}); starting it again",

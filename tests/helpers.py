@@ -27,6 +27,7 @@ from ccserver.config import Config, StoreConfig, TokenConfig
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor
+from ccserver.metrics import NO_METRICS, NoMetrics
 from ccserver.oauth.tokens import sign_inline
 from ccserver.stores.memory import MemoryStore
 from ccserver.tap import make_jwks_fetcher, make_site
@@ -75,6 +76,9 @@ class ServerTestCase(SynchronousTestCase):
     def make_handler(self) -> IClientCredentialsGrantHandler:
         return RegisteredScopeHandler()
 
+    def make_metrics(self) -> NoMetrics:
+        return NO_METRICS
+
     def make_config(self, **tokens: Any) -> Config:
         return Config(
             issuer=ISSUER,
@@ -104,6 +108,7 @@ class ServerTestCase(SynchronousTestCase):
             self.encryptor,
             sign_inline,
             make_jwks_fetcher(self.clock, self.config, self.make_jwks_http()),
+            self.make_metrics(),
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))
         self.treq = StubTreq(self.site.resource)

@@ -37,11 +37,15 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "web": (4, ("ccserver.web", "ccserver.httpchannel")),
     # The protocol's endpoints.
     "oauth": (3, ("ccserver.oauth",)),
+    # Readiness: the store answers and a signing key is loaded.
+    "health": (3, ("ccserver.health",)),
     # Grant handlers, and the plugin package that finds them.
     "handlers": (2, ("ccserver.handlers", "ccserver.plugins")),
     "tokens": (2, ("ccserver.oauth.tokens",)),
     "keys": (1, ("ccserver.keys", "ccserver.jose")),
     "credentials": (1, ("ccserver.credentials",)),
+    # What the metrics count; the web layer and the daemon report to it.
+    "metrics": (1, ("ccserver.metrics",)),
     # Beside keys; the layers above reach a store through ccserver.interfaces.
     "stores": (1, ("ccserver.stores",)),
     # The domain and its rules, the errors, the interfaces.

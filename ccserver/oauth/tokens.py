@@ -139,6 +139,7 @@ class TokenMinter:
         jti = secrets.token_urlsafe(16)
         if token_format == OPAQUE:
             access_token = credentials.new_secret()
+            alg = "none"
             await self.tokens.add_token(
                 TokenRecord(
                     token_digest=credentials.digest(access_token),
@@ -164,7 +165,9 @@ class TokenMinter:
                 extra=authorization.claims,
                 jkt=jkt,
             )
-            signed = self.sign(self.keyring.current, claims)
+            key = self.keyring.current
+            alg = key.alg
+            signed = self.sign(key, claims)
             access_token = signed if isinstance(signed, str) else await signed
         else:
             raise ValueError(f"unknown token format {token_format!r}")
@@ -173,4 +176,7 @@ class TokenMinter:
             expires_in=lifetime,
             scope=authorization.scope,
             token_type="Bearer" if jkt is None else "DPoP",
+            token_format=token_format,
+            alg=alg,
+            auth_method=client.token_endpoint_auth_method,
         )
