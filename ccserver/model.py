@@ -250,6 +250,8 @@ class TokenRecord:
     @ivar expires_at: when it expires; the store may forget it after then.
     @ivar jti: its unique identifier.
     @ivar claims: the grant handler's extra claims.
+    @ivar x5t_s256: the thumbprint of the TLS client certificate it is
+        bound to (RFC 8705 §3.1), or None for a bearer token.
     """
 
     token_digest: str
@@ -260,6 +262,7 @@ class TokenRecord:
     expires_at: int
     jti: str
     claims: Mapping[str, Any] = field(factory=dict, converter=_readonly)
+    x5t_s256: str | None = None
 
 
 @frozen

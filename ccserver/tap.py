@@ -47,6 +47,15 @@ from ccserver.services import (
 )
 from ccserver.stores import store_from_url
 from ccserver.stores.cache import CachingClientStore
+from ccserver.tls import (
+    ChainVerifier,
+    ClientCertificateReader,
+    ClientCertificateRequesting,
+    load_pem_certificates,
+    parse_networks,
+    server_context,
+    tls_factory,
+)
 from ccserver.web import CCServerApp, CCServerSite
 from ccserver.workers import WorkerPool, inherited_endpoint, listen_addresses
 
@@ -160,6 +169,7 @@ def make_site(
     master_token_digest: str,
     encryptor: KeyEncryptor,
     sign: Signer,
+    certificates: ClientCertificateReader | None = None,
 ) -> tuple[CCServerSite, Keyring]:
     """
     The web site over the protocol objects, and the keyring they sign with.
@@ -203,14 +213,43 @@ def make_site(
         issuer=config.issuer,
         discovery_json=_discovery_json(config),
         jwks_max_age=config.keys.activation_delay // 2,
+        certificates=certificates,
     )
     return CCServerSite(app.resource(), reactor, config.access_log, config.http), keyring
 
 
 def _discovery_json(config: Config) -> bytes:
     return json.dumps(
-        metadata(config.issuer, config.tokens.signing_alg), separators=(",", ":")
+        metadata(
+            config.issuer,
+            config.tokens.signing_alg,
+            mtls=config.mtls_enabled,
+            mtls_base_url=config.tls.base_url,
+        ),
+        separators=(",", ":"),
     ).encode()
+
+
+def certificate_reader(reactor: Any, config: Config) -> ClientCertificateReader | None:
+    """
+    Where requests' client certificates come from (RFC 8705), or None when
+    no listener or proxy can bring one.
+
+    @raise ConfigError: for an unreadable C{[tls] client_ca}.
+    """
+    if not config.mtls_enabled:
+        return None
+    chains = None
+    if config.tls.client_ca:
+        roots = load_pem_certificates("client_ca", config.tls.client_ca)
+        chains = ChainVerifier(roots, reactor.seconds)
+    header = config.mtls.proxy_header
+    return ClientCertificateReader(
+        now=reactor.seconds,
+        chains=chains,
+        proxy_header=header.lower().encode("ascii") if header else None,
+        trusted_proxies=parse_networks(config.mtls.trusted_proxies),
+    )
 
 
 def exit_on_fatal(reactor: Any) -> Callable[[Failure], None]:
@@ -251,7 +290,13 @@ def makeService(
         handler = make_handler(config.grant_handler, config.grant_handler_config, reactor)
         store = store_from_url(config.store.url, reactor, timeout=config.store.timeout)
         endpoints = []
-        for description in config.listen:
+        tls_context: ClientCertificateRequesting | None = None
+        if config.tls.listen:
+            assert config.tls.certificate and config.tls.private_key  # checked by config
+            tls_context = server_context(config.tls.certificate, config.tls.private_key)
+        certificates = certificate_reader(reactor, config)
+        all_listen = (*config.listen, *config.tls.listen)
+        for description in all_listen:
             try:
                 endpoints.append(serverFromString(reactor, description))
             except (ValueError, TypeError, KeyError) as e:
@@ -260,7 +305,7 @@ def makeService(
                 ) from None
         inherited = options["inherit-fd"]
         shared = config.workers > 1 and not inherited
-        addresses = listen_addresses(config.listen) if config.workers > 1 else []
+        addresses = listen_addresses(all_listen) if config.workers > 1 else []
         first = firststart.prepare(config)
     except ConfigError as e:
         raise _fail(str(e)) from None
@@ -281,6 +326,7 @@ def makeService(
         first.master_token_digest,
         first.encryptor,
         sign if sign is not None else rsa_in_threads(reactor),
+        certificates,
     )
     root = MultiService()
     store_service = StoreService(store, keyring, on_fatal, first.master_token_file)
@@ -302,14 +348,20 @@ def makeService(
     requests.setServiceParent(store_service)
     listeners: list[tuple[str, Callable[[], IStreamServerEndpoint]]]
     if inherited:
+        # The main process hands down the plain listeners' sockets, then the
+        # TLS ones, in the order of the (same) configuration.
         listeners = [(f"fd:{fd}", _inherited(reactor, fd)) for fd in inherited]
     elif shared:
         pool = WorkerPool(reactor, sys.argv[1:], addresses, config.workers)
-        listeners = [(d, _shared(pool, i)) for i, d in enumerate(config.listen)]
+        listeners = [(d, _shared(pool, i)) for i, d in enumerate(all_listen)]
     else:
-        listeners = [(d, _given(e)) for d, e in zip(config.listen, endpoints, strict=True)]
-    for description, endpoint in listeners:
-        ListenerService(description, endpoint, site).setServiceParent(requests)
+        listeners = [(d, _given(e)) for d, e in zip(all_listen, endpoints, strict=True)]
+    for index, (description, endpoint) in enumerate(listeners):
+        factory: Any = site
+        if tls_context is not None and index >= len(config.listen):
+            factory = tls_factory(tls_context, site)
+            description = f"{description} (TLS)"
+        ListenerService(description, endpoint, factory).setServiceParent(requests)
     if shared:
         # Last, so that it stops first: the workers end before this process
         # stops listening.

@@ -16,6 +16,7 @@ from ccserver.errors import OAuthError, invalid_request
 from ccserver.interfaces import IClientCredentialsGrantHandler, IClientStore
 from ccserver.model import CLIENT_CREDENTIALS, GrantAuthorization, GrantRequest, IssuedToken
 from ccserver.oauth.clientauth import authenticate, presented_credentials
+from ccserver.oauth.mtls import BOUND_TOKENS, PresentedCertificate, bound_thumbprint
 from ccserver.oauth.registration import SCOPE_TOKEN, is_resource_uri
 from ccserver.oauth.tokens import TokenMinter
 
@@ -72,11 +73,13 @@ class ClientCredentialsGrant:
         form: Mapping[str, str],
         authorization: str | None,
         resources: Sequence[str] = (),
+        certificate: PresentedCertificate | None = None,
     ) -> IssuedToken:
         """
         @param form: the request's form parameters, each given once.
         @param authorization: its C{Authorization} header, if any.
         @param resources: its RFC 8707 C{resource} parameters (repeatable).
+        @param certificate: its TLS client certificate, if any (RFC 8705).
         """
         grant_type = form.get("grant_type")
         if grant_type is None:
@@ -85,7 +88,17 @@ class ClientCredentialsGrant:
             raise OAuthError(
                 "unsupported_grant_type", f"grant_type: {grant_type!r} is not supported here"
             )
-        client = await authenticate(self._clients, presented_credentials(authorization, form))
+        client = await authenticate(
+            self._clients, presented_credentials(authorization, form), certificate
+        )
+        x5t_s256 = bound_thumbprint(client.metadata, certificate)
+        if x5t_s256 is None and client.metadata.get(BOUND_TOKENS) is True:
+            # RFC 8705 §3.4: the client said it wants bound tokens; a bearer
+            # token issued instead would quietly weaken it.
+            raise invalid_request(
+                f"this client's tokens are bound to its TLS certificate ({BOUND_TOKENS}); "
+                "present one"
+            )
         if CLIENT_CREDENTIALS not in client.grant_types:
             raise OAuthError(
                 "unauthorized_client", "this client is not registered for client_credentials"
@@ -104,4 +117,4 @@ class ClientCredentialsGrant:
         decision = await maybeDeferred(self._handler.authorize, grant)
         if not isinstance(decision, GrantAuthorization):
             raise TypeError(f"grant handler {self._handler!r} returned {decision!r}")
-        return await self._minter.mint(client, decision)
+        return await self._minter.mint(client, decision, x5t_s256=x5t_s256)

@@ -19,11 +19,12 @@ from ccserver import credentials
 from ccserver.errors import ClientExists, OAuthError, invalid_client_metadata, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.model import CLIENT_CREDENTIALS, Client, scope_values
+from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
 
 #: The grant types this server issues tokens for.
 GRANT_TYPES = (CLIENT_CREDENTIALS,)
 #: How clients may authenticate at the token endpoint.
-AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", *MTLS_METHODS)
 
 # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5B\x5D-\x7E]+")
@@ -61,6 +62,10 @@ PRIVILEGED_FIELDS: tuple[str, ...] = (
     "access_token_lifetime",
     "grant_types",
     "token_endpoint_auth_method",
+    # RFC 8705: which certificate authenticates the client, and whether its
+    # tokens are bound to one.
+    BOUND_TOKENS,
+    *SUBJECT_FIELDS,
 )
 
 #: What a privileged field's absence means to the rest of the server (see
@@ -71,6 +76,7 @@ _WHEN_ABSENT: dict[str, Any] = {
     "resource_server_uris": [],
     "grant_types": [],
     "token_endpoint_auth_method": "client_secret_basic",
+    BOUND_TOKENS: False,
 }
 
 
@@ -253,6 +259,7 @@ def validate_metadata(body: object) -> dict[str, Any]:
         metadata["jwks"] = jwks
     if "jwks" in body and "jwks_uri" in body:
         raise invalid_client_metadata("jwks_uri: must not be given together with jwks")
+    metadata.update(validate_mtls_metadata(body, method))
 
     for key, value in body.items():
         field, _, tag = key.partition("#")

@@ -24,6 +24,7 @@ from ccserver.model import (
     IssuedToken,
     TokenRecord,
 )
+from ccserver.oauth.mtls import confirmed
 
 JWT = "jwt"
 OPAQUE = "opaque"
@@ -120,7 +121,17 @@ class TokenMinter:
     now: Callable[[], float]
     sign: Signer = sign_inline
 
-    async def mint(self, client: Client, authorization: GrantAuthorization) -> IssuedToken:
+    async def mint(
+        self,
+        client: Client,
+        authorization: GrantAuthorization,
+        *,
+        x5t_s256: str | None = None,
+    ) -> IssuedToken:
+        """
+        @param x5t_s256: the thumbprint of the TLS client certificate the
+            token is bound to (RFC 8705 §3.1), if any: its C{cnf}.
+        """
         issued_at = int(self.now())
         lifetime = min(authorization.lifetime or self.lifetime, self.max_lifetime)
         audience = authorization.audience or self.audience or (self.issuer,)
@@ -138,6 +149,7 @@ class TokenMinter:
                     expires_at=issued_at + lifetime,
                     jti=jti,
                     claims=authorization.claims,
+                    x5t_s256=x5t_s256,
                 )
             )
         elif token_format == JWT:
@@ -151,7 +163,7 @@ class TokenMinter:
                 scope=authorization.scope,
                 extra=authorization.claims,
             )
-            signed = self.sign(self.keyring.current, claims)
+            signed = self.sign(self.keyring.current, confirmed(claims, x5t_s256))
             access_token = signed if isinstance(signed, str) else await signed
         else:
             raise ValueError(f"unknown token format {token_format!r}")

@@ -22,7 +22,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._clients: dict[str, Client] = {}
         self._keys: dict[str, StoredKey] = {}
-        self._tokens: dict[str, tuple[str, str, tuple[str, ...], int, int, str, str]] = {}
+        self._tokens: dict[str, tuple[str, str, tuple[str, ...], int, int, str, str, str | None]] = {}
         self._revoked: dict[str, int] = {}
         #: client_id -> (issued_before, mark_expires_at)
         self._revoked_clients: dict[str, tuple[int, int]] = {}
@@ -74,6 +74,7 @@ class MemoryStore:
             token.expires_at,
             token.jti,
             json.dumps(dict(token.claims)),
+            token.x5t_s256,
         )
         return succeed(None)
 
@@ -81,7 +82,7 @@ class MemoryStore:
         kept = self._tokens.get(token_digest)
         if kept is None:
             return succeed(None)
-        client_id, scope, audience, issued_at, expires_at, jti, claims = kept
+        client_id, scope, audience, issued_at, expires_at, jti, claims, x5t_s256 = kept
         mark = self._revoked_clients.get(client_id)
         if mark is not None and issued_at <= mark[0]:
             return succeed(None)
@@ -95,6 +96,7 @@ class MemoryStore:
                 expires_at=expires_at,
                 jti=jti,
                 claims=json.loads(claims),
+                x5t_s256=x5t_s256,
             )
         )
 

@@ -206,6 +206,7 @@ def _token_json(token: TokenRecord) -> str:
             "expires_at": token.expires_at,
             "jti": token.jti,
             "claims": dict(token.claims),
+            **({"x5t_s256": token.x5t_s256} if token.x5t_s256 is not None else {}),
         },
         ensure_ascii=False,
         separators=(",", ":"),
@@ -224,6 +225,7 @@ def _token_from_json(text: str) -> TokenRecord:
         expires_at=int(record["expires_at"]),
         jti=str(record["jti"]),
         claims=record["claims"],
+        x5t_s256=record.get("x5t_s256"),
     )
 
 

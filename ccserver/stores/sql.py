@@ -303,7 +303,9 @@ _CLIENT_COLUMNS = (
     " registration_access_token_digest"
 )
 _KEY_COLUMNS = "kid, alg, encrypted_private_key, created_at, active_from, retired_at"
-_TOKEN_COLUMNS = "token_digest, client_id, scope, audience, issued_at, expires_at, jti, claims"
+_TOKEN_COLUMNS = (
+    "token_digest, client_id, scope, audience, issued_at, expires_at, jti, claims, x5t_s256"
+)
 
 
 def _client_row(client: Client) -> tuple[Any, ...]:
@@ -347,6 +349,7 @@ def _token_row(token: TokenRecord) -> tuple[Any, ...]:
         token.expires_at,
         token.jti,
         _to_json(token.claims),
+        token.x5t_s256,
     )
 
 
@@ -360,6 +363,7 @@ def _token_from_row(row: Sequence[Any]) -> TokenRecord:
         expires_at=int(row[5]),
         jti=str(row[6]),
         claims=json.loads(row[7]),
+        x5t_s256=None if row[8] is None else str(row[8]),
     )
 
 
@@ -452,11 +456,11 @@ class SQLStore:
             "delete_key": t("DELETE FROM signing_keys WHERE kid = ?"),
             # A digest stored already is replaced, as MemoryStore does.
             "add_token": t(
-                f"INSERT INTO access_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO access_tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (token_digest) DO UPDATE SET client_id = excluded.client_id,"
                 " scope = excluded.scope, audience = excluded.audience,"
                 " issued_at = excluded.issued_at, expires_at = excluded.expires_at,"
-                " jti = excluded.jti, claims = excluded.claims"
+                " jti = excluded.jti, claims = excluded.claims, x5t_s256 = excluded.x5t_s256"
             ),
             # A token its client's revocation mark covers is not answered.
             "get_token": t(
