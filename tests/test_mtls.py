@@ -8,6 +8,7 @@ tests/test_mtls_process.py.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import time
 from typing import Any
@@ -474,3 +475,39 @@ class RegistrationTests(ServerTestCase):
             )
             self.assertEqual(response.code, 400, change)
             self.assertIn("only the master token", response.json()["error_description"])
+
+
+class ChainVerifierTests(SynchronousTestCase):
+    def test_chains_to_client_ca(self) -> None:
+        from twisted.internet.task import Clock
+
+        from ccserver.tls import ChainVerifier
+
+        clock = Clock()
+        clock.advance(time.time())
+        verifier = ChainVerifier([CA.certificate], clock.seconds)
+        self.assertTrue(verifier.verify(CLIENT.certificate, []))
+        self.assertFalse(verifier.verify(issue(OTHER_CA, "client-one").certificate, []))
+        self.assertFalse(verifier.verify(SELF_SIGNED.certificate, []))
+        self.assertFalse(verifier.verify(expired(CA, "client-one").certificate, []))
+
+    def test_verdict_kept_a_while(self) -> None:
+        """
+        A chain is verified again once its verdict is older than
+        CACHE_SECONDS (here: the client certificate has expired by then).
+        """
+        from twisted.internet.task import Clock
+
+        from ccserver.tls import ChainVerifier
+
+        clock = Clock()
+        clock.advance(time.time())
+        verifier = ChainVerifier([CA.certificate], clock.seconds)
+        ending = issue(
+            CA, "client-one", not_after=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=10)
+        )
+        self.assertTrue(verifier.verify(ending.certificate, []))
+        clock.advance(30)
+        self.assertTrue(verifier.verify(ending.certificate, []))
+        clock.advance(verifier.CACHE_SECONDS)
+        self.assertFalse(verifier.verify(ending.certificate, []))

@@ -186,7 +186,13 @@ class DirectTLSTests(SynchronousTestCase):
             token_endpoint_auth_method="tls_client_auth", tls_client_auth_subject_dn=DN
         )
         body = urlencode({"grant_type": "client_credentials", "client_id": client["client_id"]})
-        for certificate, status in [(CLIENT, 200), (None, 401), (issue(CA, "client-two"), 401)]:
+        for certificate, status in [
+            (CLIENT, 200),
+            (None, 401),
+            (issue(CA, "client-two"), 401),
+            # client_ca is set: checked here too, whatever the proxy let through
+            (issue(None, "client-one"), 401),
+        ]:
             connection = http.client.HTTPConnection(
                 "127.0.0.1", self.server.port, timeout=10, source_address=("127.0.0.2", 0)
             )
