@@ -16,6 +16,8 @@ is wrong with it.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -161,6 +163,38 @@ class MetricsConfig:
     listen: str | None = field(default=None, metadata={EMPTY_IS_DEFAULT: True})
 
 
+@frozen
+class TLSConfig:
+    """
+    C{[tls]}: listeners served with TLS, which ask clients for certificates
+    (RFC 8705).
+    """
+
+    #: Endpoint strings (tcp:/tcp6:) served with TLS.
+    listen: tuple[str, ...] = ()
+    #: The server's certificate chain, PEM, leaf first.
+    certificate: str | None = None
+    #: The server's private key, PEM; refused if its group or others may read it.
+    private_key: str | None = None
+    #: CAs (PEM) whose certificates tls_client_auth accepts on these listeners.
+    client_ca: str | None = None
+    #: The https address of these listeners, for mtls_endpoint_aliases.
+    base_url: str | None = None
+
+
+@frozen
+class MTLSConfig:
+    """
+    C{[mtls]}: client certificates forwarded by a TLS-terminating proxy.
+    """
+
+    #: The header holding the client's certificate (URL-encoded PEM, or
+    #: Envoy's x-forwarded-client-cert); None to believe no header.
+    proxy_header: str | None = None
+    #: Addresses or networks whose header is believed.
+    trusted_proxies: tuple[str, ...] = ()
+
+
 def _default_issuer(config: Config) -> str:
     """
     http://localhost and the port of the first endpoint listened on.
@@ -200,6 +234,16 @@ class Config:
     http: HTTPLimits = HTTPLimits()
     #: The Prometheus metrics listener ([metrics]).
     metrics: MetricsConfig = MetricsConfig()
+    #: TLS listeners ([tls]) and client certificates from a proxy ([mtls]).
+    tls: TLSConfig = TLSConfig()
+    mtls: MTLSConfig = MTLSConfig()
+
+    @property
+    def mtls_enabled(self) -> bool:
+        """
+        Whether a request can come with a client certificate.
+        """
+        return bool(self.tls.listen or self.mtls.proxy_header or self.tls.base_url)
 
 
 #: Where the environment and the command line reach into the file's layout.
@@ -418,7 +462,44 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
         raise ConfigError("[grant_handler] name: must be a string")
     _check_workers(config.workers, config.store.url)
     _check_http(config.http)
+    _check_tls(config.tls)
+    _check_mtls(config.mtls)
+    if config.tls.base_url is not None:
+        config = evolve(config, tls=evolve(config.tls, base_url=_check_base_url(config.tls.base_url)))
     return config
+
+
+def _check_tls(tls: TLSConfig) -> None:
+    for endpoint in tls.listen:
+        if not isinstance(endpoint, str) or endpoint.split(":", 1)[0] not in ("tcp", "tcp6"):
+            raise ConfigError(f"[tls] listen: {endpoint!r} is not a tcp: or tcp6: endpoint string")
+    if tls.listen and not (tls.certificate and tls.private_key):
+        raise ConfigError("[tls] listen: needs certificate and private_key")
+
+
+def _check_base_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.netloc or parts.query or parts.fragment:
+        raise ConfigError(f"[tls] base_url: {url!r} is not an https URL without query")
+    return url.rstrip("/")
+
+
+def _check_mtls(mtls: MTLSConfig) -> None:
+    if mtls.proxy_header is None:
+        return
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", mtls.proxy_header):
+        raise ConfigError(f"[mtls] proxy_header: {mtls.proxy_header!r} is not a header name")
+    if not mtls.trusted_proxies:
+        raise ConfigError(
+            "[mtls] proxy_header: needs trusted_proxies, the addresses whose header is believed"
+        )
+    for value in mtls.trusted_proxies:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"[mtls] trusted_proxies: {value!r} is not an IP address or network"
+            ) from None
 
 
 def _check_store(store: StoreConfig, on_command_line: bool) -> None:

@@ -318,6 +318,8 @@ class TokenRecord:
     @ivar claims: the grant handler's extra claims.
     @ivar jkt: the RFC 7638 thumbprint of the DPoP key the token is bound
         to (RFC 9449 §6), or None for a bearer token.
+    @ivar x5t_s256: the thumbprint of the TLS client certificate it is
+        bound to (RFC 8705 §3.1), or None for a bearer token.
     """
 
     token_digest: str
@@ -329,6 +331,7 @@ class TokenRecord:
     jti: str
     claims: Mapping[str, Any] = field(factory=dict, converter=_readonly)
     jkt: str | None = None
+    x5t_s256: str | None = None
 
 
 @frozen

@@ -64,6 +64,15 @@ from ccserver.services import (
 )
 from ccserver.stores import store_from_url
 from ccserver.stores.cache import CachingClientStore
+from ccserver.tls import (
+    ChainVerifier,
+    ClientCertificateReader,
+    ClientCertificateRequesting,
+    load_pem_certificates,
+    parse_networks,
+    server_context,
+    tls_factory,
+)
 from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template
 from ccserver.workers import WorkerPool, inherited_endpoint, listen_addresses
 
@@ -187,6 +196,7 @@ def make_site(
     sign: Signer,
     jwks_fetcher: JWKSFetcher,
     metrics: NoMetrics = NO_METRICS,
+    certificates: ClientCertificateReader | None = None,
 ) -> tuple[CCServerSite, Keyring]:
     """
     The web site over the protocol objects, and the keyring they sign with.
@@ -253,6 +263,7 @@ def make_site(
         jwks_max_age=config.keys.activation_delay // 2,
         readiness=Readiness(store, keyring, reactor, config.store.timeout),
         metrics=metrics,
+        certificates=certificates,
     )
     site = CCServerSite(app.resource(), reactor, config.access_log, config.http, metrics)
     return site, keyring
@@ -302,10 +313,36 @@ def _dpop_verifier(
 def _discovery_json(config: Config) -> bytes:
     return json.dumps(
         metadata(
-            config.issuer, config.tokens.signing_alg, dpop_signing_algs=config.dpop.signing_algs
+            config.issuer,
+            config.tokens.signing_alg,
+            dpop_signing_algs=config.dpop.signing_algs,
+            mtls=config.mtls_enabled,
+            mtls_base_url=config.tls.base_url,
         ),
         separators=(",", ":"),
     ).encode()
+
+
+def certificate_reader(reactor: Any, config: Config) -> ClientCertificateReader | None:
+    """
+    Where requests' client certificates come from (RFC 8705), or None when
+    no listener or proxy can bring one.
+
+    @raise ConfigError: for an unreadable C{[tls] client_ca}.
+    """
+    if not config.mtls_enabled:
+        return None
+    chains = None
+    if config.tls.client_ca:
+        roots = load_pem_certificates("client_ca", config.tls.client_ca)
+        chains = ChainVerifier(roots, reactor.seconds)
+    header = config.mtls.proxy_header
+    return ClientCertificateReader(
+        now=reactor.seconds,
+        chains=chains,
+        proxy_header=header.lower().encode("ascii") if header else None,
+        trusted_proxies=parse_networks(config.mtls.trusted_proxies),
+    )
 
 
 def exit_on_fatal(reactor: Any) -> Callable[[Failure], None]:
@@ -346,7 +383,13 @@ def makeService(
         handler = make_handler(config.grant_handler, config.grant_handler_config, reactor)
         store = store_from_url(config.store.url, reactor, timeout=config.store.timeout)
         endpoints = []
-        for description in config.listen:
+        tls_context: ClientCertificateRequesting | None = None
+        if config.tls.listen:
+            assert config.tls.certificate and config.tls.private_key  # checked by config
+            tls_context = server_context(config.tls.certificate, config.tls.private_key)
+        certificates = certificate_reader(reactor, config)
+        all_listen = (*config.listen, *config.tls.listen)
+        for description in all_listen:
             try:
                 endpoints.append(serverFromString(reactor, description))
             except (ValueError, TypeError, KeyError) as e:
@@ -355,7 +398,7 @@ def makeService(
                 ) from None
         inherited = options["inherit-fd"]
         shared = config.workers > 1 and not inherited
-        addresses = listen_addresses(config.listen) if config.workers > 1 else []
+        addresses = listen_addresses(all_listen) if config.workers > 1 else []
         metrics_endpoint = None
         if config.metrics.listen is not None and not inherited:
             try:
@@ -400,6 +443,7 @@ def makeService(
         sign if sign is not None else rsa_in_threads(reactor),
         jwks_fetcher,
         metrics,
+        certificates,
     )
     root = MultiService()
     store_service = StoreService(store, keyring, on_fatal, first.master_token_file)
@@ -433,6 +477,8 @@ def makeService(
     requests.setServiceParent(store_service)
     listeners: list[tuple[str, Callable[[], IStreamServerEndpoint]]]
     if inherited:
+        # The main process hands down the plain listeners' sockets, then the
+        # TLS ones, in the order of the (same) configuration.
         listeners = [(f"fd:{fd}", _inherited(reactor, fd)) for fd in inherited]
     elif shared:
         pool = WorkerPool(
@@ -442,11 +488,15 @@ def makeService(
             config.workers,
             on_exit=None if multiprocess_directory is None else multiprocess_directory.worker_ended,
         )
-        listeners = [(d, _shared(pool, i)) for i, d in enumerate(config.listen)]
+        listeners = [(d, _shared(pool, i)) for i, d in enumerate(all_listen)]
     else:
-        listeners = [(d, _given(e)) for d, e in zip(config.listen, endpoints, strict=True)]
-    for description, endpoint in listeners:
-        ListenerService(description, endpoint, site).setServiceParent(requests)
+        listeners = [(d, _given(e)) for d, e in zip(all_listen, endpoints, strict=True)]
+    for index, (description, endpoint) in enumerate(listeners):
+        factory: Any = site
+        if tls_context is not None and index >= len(config.listen):
+            factory = tls_factory(tls_context, site)
+            description = f"{description} (TLS)"
+        ListenerService(description, endpoint, factory).setServiceParent(requests)
     if shared:
         # Last, so that it stops first: the workers end before this process
         # stops listening.

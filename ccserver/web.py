@@ -42,7 +42,9 @@ from ccserver.model import IssuedToken
 from ccserver.oauth.clientauth import split_authorization
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
+from ccserver.oauth.mtls import PresentedCertificate
 from ccserver.oauth.registration import ClientRegistry, client_information
+from ccserver.tls import ClientCertificateReader
 
 #: The largest request body accepted, in bytes; larger ones get 413.
 MAX_BODY = 64 * 1024
@@ -251,6 +253,16 @@ def bearer_token(request: IRequest) -> str | None:
     return parts[1].strip()
 
 
+def client_certificate(
+    certificates: ClientCertificateReader | None, request: IRequest
+) -> PresentedCertificate | None:
+    """
+    The TLS client certificate the request came with (RFC 8705), read only
+    where a request can have one.
+    """
+    return None if certificates is None else certificates.read(request)
+
+
 def _allow(request: IRequest, *methods: bytes) -> None:
     if request.method not in methods:
         raise OAuthError(
@@ -279,6 +291,9 @@ class CCServerApp:
     #: Whether the store answers and a key is loaded (C{/health/ready}).
     readiness: Readiness | None = None
     metrics: NoMetrics = NO_METRICS
+    #: Where a request's TLS client certificate comes from (RFC 8705); None
+    #: when no request can have one.
+    certificates: ClientCertificateReader | None = None
 
     app = Klein()
     # werkzeug would answer /client-reg//x with a 308 to /client-reg/x (and
@@ -293,7 +308,7 @@ class CCServerApp:
         The whole HTTP surface: L{TokenResource} at C{/token}, the Klein
         routes everywhere else.
         """
-        return RootResource(TokenResource(self.grant, self.metrics), self.app.resource())
+        return RootResource(TokenResource(self.grant, self.metrics, self.certificates), self.app.resource())
 
     @app.route("/health/live", methods=None)
     def live(self, request: IRequest) -> bytes:
@@ -312,14 +327,18 @@ class CCServerApp:
     async def introspect(self, request: IRequest) -> bytes:
         _allow(request, b"POST")
         form, _ = parse_form(request)
-        answer = await self.introspection.introspect(form, _authorization(request))
+        answer = await self.introspection.introspect(
+            form, _authorization(request), client_certificate(self.certificates, request)
+        )
         return _json(request, 200, answer)
 
     @app.route("/token/revoke", methods=None)
     async def revoke(self, request: IRequest) -> bytes:
         _allow(request, b"POST")
         form, _ = parse_form(request)
-        await self.introspection.revoke(form, _authorization(request))
+        await self.introspection.revoke(
+            form, _authorization(request), client_certificate(self.certificates, request)
+        )
         return _json(request, 200, {})
 
     @app.route("/.well-known/openid-configuration", methods=None)
@@ -457,10 +476,16 @@ class TokenResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, grant: ClientCredentialsGrant, metrics: NoMetrics = NO_METRICS) -> None:
+    def __init__(
+        self,
+        grant: ClientCredentialsGrant,
+        metrics: NoMetrics = NO_METRICS,
+        certificates: ClientCertificateReader | None = None,
+    ) -> None:
         super().__init__()
         self._grant = grant
         self._metrics = metrics
+        self._certificates = certificates
 
     def render(self, request: IRequest) -> int:
         try:
@@ -472,6 +497,7 @@ class TokenResource(Resource):
                     _authorization(request),
                     repeated.get("resource", ()),
                     dpop_headers(request),
+                    client_certificate(self._certificates, request),
                 )
             )
         except Exception:

@@ -86,6 +86,13 @@ class ServerTestCase(SynchronousTestCase):
             tokens=TokenConfig(signing_alg=self.signing_alg, **tokens),
         )
 
+    def make_certificates(self) -> Any:
+        """
+        Where requests' TLS client certificates come from: by default
+        nowhere (no TLS listener, no trusted proxy).
+        """
+        return None
+
     def make_jwks_http(self) -> Any:
         """
         The HTTP client that fetches clients' jwks_uri: by default one that
@@ -109,6 +116,7 @@ class ServerTestCase(SynchronousTestCase):
             sign_inline,
             make_jwks_fetcher(self.clock, self.config, self.make_jwks_http()),
             self.make_metrics(),
+            self.make_certificates(),
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))
         self.treq = StubTreq(self.site.resource)

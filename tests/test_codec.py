@@ -51,6 +51,7 @@ LEGACY_TOKEN_ROW = (
     "jti-1",
     '{"tenant":"Zoë 🐍","nested":{"a":[1,2.5,null,true]},"n":1}',
     None,  # jkt: schema version 5 added the column, NULL in every earlier row
+    None,  # x5t_s256: version 6, likewise
 )
 LEGACY_TOKEN_JSON = (
     '{"token_digest":"' + "f" * 64 + '","client_id":"client-ü",'
@@ -115,7 +116,7 @@ def current_json(legacy: str) -> str:
     since (null where they do not apply), which a legacy reader ignores.
     """
     if legacy.startswith('{"token_digest"'):
-        return legacy[:-1] + ',"jkt":null}'
+        return legacy[:-1] + ',"jkt":null,"x5t_s256":null}'
     if legacy.startswith('{"client_id"'):
         return legacy[:-1] + ',"encrypted_secret":null}'
     return legacy
@@ -248,6 +249,7 @@ class LegacyFormatTests(SynchronousTestCase):
                 "jti",
                 "claims",
                 "jkt",
+                "x5t_s256",
             ),
         )
         self.assertEqual(

@@ -171,7 +171,7 @@ class RegistrationTests(ServerTestCase):
             self.assert_metadata_error(self.post({"scope": scope}), "scope")
 
     def test_unknown_auth_method(self) -> None:
-        for method in ("none", "tls_client_auth", "self_signed_tls_client_auth"):
+        for method in ("none", "tls_client_auth_san_dns", "client_secret"):
             self.assert_metadata_error(
                 self.post({"token_endpoint_auth_method": method}), "token_endpoint_auth_method"
             )
@@ -410,9 +410,11 @@ class PrivilegeTests(ServerTestCase):
         self.assertIn("master token", description)
 
     def test_privileged_fields(self) -> None:
+        from ccserver.oauth.mtls import BOUND_TOKENS, SUBJECT_FIELDS
         from ccserver.oauth.registration import PRIVILEGED_FIELDS
 
-        self.assertEqual(set(PRIVILEGED_FIELDS), set(PRIVILEGED))
+        # The RFC 8705 fields: tests/test_mtls.py.
+        self.assertEqual(set(PRIVILEGED_FIELDS), {*PRIVILEGED, BOUND_TOKENS, *SUBJECT_FIELDS})
 
     def test_the_attack(self) -> None:
         """

@@ -395,6 +395,14 @@ class StoreContractMixin(_TestCase):
         self.assertIsNone(await self.tokens.add_token(token))
         self.assertEqual(await self.tokens.get_token(token.token_digest), token)
 
+    async def test_token_bound_to_a_certificate(self) -> None:
+        """
+        RFC 8705 §3: an opaque token keeps its certificate binding.
+        """
+        token = make_token(x5t_s256="bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2")
+        await self.tokens.add_token(token)
+        self.assertEqual(await self.tokens.get_token(token.token_digest), token)
+
     async def test_token_without_scope_or_audience(self) -> None:
         token = make_token(scope=frozenset(), audience=(), claims={})
         await self.tokens.add_token(token)

@@ -3,11 +3,12 @@ Client authentication at the token endpoint (RFC 6749 §2.3): who is calling.
 
 Exactly one method per request: C{client_secret_basic} (the HTTP Basic
 scheme), C{client_secret_post} (C{client_id} and C{client_secret} in the
-form body), or a JWT assertion (C{client_assertion_type} and
+form body), a JWT assertion (C{client_assertion_type} and
 C{client_assertion}, RFC 7521 §4.2, RFC 7523 §2.2) for C{private_key_jwt}
-and C{client_secret_jwt}, checked in L{ccserver.oauth.assertions}.  Every
-secret failure is the same C{invalid_client} error, so that an unknown
-client cannot be told from a wrong secret.
+and C{client_secret_jwt}, checked in L{ccserver.oauth.assertions}, or, with
+C{client_id} alone in the body, the TLS client certificate (RFC 8705 §2:
+L{ccserver.oauth.mtls}).  Every secret failure is the same C{invalid_client}
+error, so that an unknown client cannot be told from a wrong secret.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ccserver import credentials
 from ccserver.errors import invalid_client, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.model import Client
+from ccserver.oauth import mtls
 
 if TYPE_CHECKING:
     from ccserver.oauth.assertions import AssertionVerifier
@@ -176,10 +178,17 @@ def presented_credentials(
         if "client_id" not in form:
             raise invalid_request("client_secret was given without client_id")
         return ClientCredentials("client_secret_post", form["client_id"], form["client_secret"])
+    if "client_id" in form:
+        # RFC 8705 §2: the certificate authenticates; the registration says how.
+        return ClientCredentials(mtls.CERTIFICATE, form["client_id"], "")
     raise invalid_client("no client authentication was included")
 
 
-async def authenticate(store: IClientStore, presented: ClientCredentials) -> Client:
+async def authenticate(
+    store: IClientStore,
+    presented: ClientCredentials,
+    certificate: mtls.PresentedCertificate | None = None,
+) -> Client:
     """
     The registered client these credentials authenticate.
 
@@ -187,7 +196,12 @@ async def authenticate(store: IClientStore, presented: ClientCredentials) -> Cli
     the client is unknown.  A client that used a method other than its
     registered one fails like a wrong secret, but is told the right method
     once its secret has proven it is who it says.
+
+    A request with C{client_id} alone authenticates with C{certificate}, its
+    TLS client certificate, if the client registered an RFC 8705 method.
     """
+    if presented.method == mtls.CERTIFICATE:
+        return await _authenticate_certificate(store, presented.client_id, certificate)
     client = await store.get_client(presented.client_id) if presented.client_id else None
     expected = client.client_secret_digest if client else None
     if not credentials.check(presented.client_secret, expected) or client is None:
@@ -215,10 +229,32 @@ class ClientAuthenticator:
         self._clients = clients
         self._assertions = assertions
 
-    async def authenticate(self, authorization: str | None, form: Mapping[str, str]) -> Client:
+    async def authenticate(
+        self,
+        authorization: str | None,
+        form: Mapping[str, str],
+        certificate: mtls.PresentedCertificate | None = None,
+    ) -> Client:
+        """
+        @param certificate: the request's TLS client certificate, if any
+            (RFC 8705): it authenticates a request with C{client_id} alone.
+        """
         presented = presented_credentials(authorization, form)
         if isinstance(presented, ClientAssertion):
             if self._assertions is None:
                 raise invalid_client("client assertions are not accepted here")
             return await self._assertions.authenticate(self._clients, presented)
-        return await authenticate(self._clients, presented)
+        return await authenticate(self._clients, presented, certificate)
+
+
+async def _authenticate_certificate(
+    store: IClientStore, client_id: str, certificate: mtls.PresentedCertificate | None
+) -> Client:
+    client = await store.get_client(client_id)
+    if client is None or client.token_endpoint_auth_method not in mtls.MTLS_METHODS:
+        raise invalid_client("no client authentication was included")
+    try:
+        mtls.check_certificate(client.metadata, certificate)
+    except mtls.CertificateRefused as e:
+        raise invalid_client(str(e)) from None
+    return client

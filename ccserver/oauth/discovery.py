@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS
 from ccserver.oauth.registration import ASSERTION_ALGORITHMS, AUTH_METHODS, GRANT_TYPES
 
 #: RFC 8414 §2: the JWS algorithms of client assertions (private_key_jwt
@@ -21,20 +22,31 @@ def metadata(
     signing_alg: str,
     scopes: Iterable[str] = (),
     dpop_signing_algs: Iterable[str] = (),
+    *,
+    mtls: bool = False,
+    mtls_base_url: str | None = None,
 ) -> dict[str, Any]:
+    """
+    @param mtls: whether clients can present certificates (a TLS listener,
+        or a trusted proxy's header): RFC 8705 §2 and §3.3 are then
+        advertised.
+    @param mtls_base_url: the https address of the TLS listener (C{[tls]
+        base_url}), for RFC 8705 §5 C{mtls_endpoint_aliases}.
+    """
+    methods = [m for m in AUTH_METHODS if mtls or m not in MTLS_METHODS]
     document: dict[str, Any] = {
         "issuer": issuer,
         "token_endpoint": f"{issuer}/token",
         "registration_endpoint": f"{issuer}/client-reg",
         "jwks_uri": f"{issuer}/jwks.json",
         "introspection_endpoint": f"{issuer}/token/introspect",
-        "introspection_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "introspection_endpoint_auth_methods_supported": methods,
         "introspection_endpoint_auth_signing_alg_values_supported": AUTH_SIGNING_ALGS,
         "revocation_endpoint": f"{issuer}/token/revoke",
-        "revocation_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "revocation_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_signing_alg_values_supported": AUTH_SIGNING_ALGS,
         "grant_types_supported": list(GRANT_TYPES),
-        "token_endpoint_auth_methods_supported": list(AUTH_METHODS),
+        "token_endpoint_auth_methods_supported": methods,
         "token_endpoint_auth_signing_alg_values_supported": AUTH_SIGNING_ALGS,
         # This server has no authorization endpoint; OpenID Discovery makes
         # response_types_supported required, so it is present and empty.
@@ -46,6 +58,14 @@ def metadata(
         # RFC 9449 §5.1
         "dpop_signing_alg_values_supported": list(dpop_signing_algs),
     }
+    if mtls:
+        document[BOUND_TOKENS] = True
+    if mtls_base_url:
+        document["mtls_endpoint_aliases"] = {
+            "token_endpoint": f"{mtls_base_url}/token",
+            "introspection_endpoint": f"{mtls_base_url}/token/introspect",
+            "revocation_endpoint": f"{mtls_base_url}/token/revoke",
+        }
     scopes = sorted(set(scopes))
     if scopes:
         document["scopes_supported"] = scopes

@@ -25,6 +25,7 @@ from ccserver.model import (
 )
 from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, ClientAuthenticator
 from ccserver.oauth.dpop import DPoPVerifier
+from ccserver.oauth.mtls import BOUND_TOKENS, PresentedCertificate, bound_thumbprint
 from ccserver.oauth.tokens import TokenMinter
 
 #: Form parameters that are about authentication, not the grant.
@@ -93,12 +94,14 @@ class ClientCredentialsGrant:
         authorization: str | None,
         resources: Sequence[str] = (),
         dpop: Sequence[str] = (),
+        certificate: PresentedCertificate | None = None,
     ) -> IssuedToken:
         """
         @param form: the request's form parameters, each given once.
         @param authorization: its C{Authorization} header, if any.
         @param resources: its RFC 8707 C{resource} parameters (repeatable).
         @param dpop: its C{DPoP} header values (RFC 9449), each one given.
+        @param certificate: its TLS client certificate, if any (RFC 8705).
         """
         grant_type = form.get("grant_type")
         if grant_type is None:
@@ -107,7 +110,15 @@ class ClientCredentialsGrant:
             raise OAuthError(
                 "unsupported_grant_type", f"grant_type: {grant_type!r} is not supported here"
             )
-        client = await self._authenticator.authenticate(authorization, form)
+        client = await self._authenticator.authenticate(authorization, form, certificate)
+        x5t_s256 = bound_thumbprint(client.metadata, certificate)
+        if x5t_s256 is None and client.metadata.get(BOUND_TOKENS) is True:
+            # RFC 8705 §3.4: the client said it wants bound tokens; a bearer
+            # token issued instead would quietly weaken it.
+            raise invalid_request(
+                f"this client's tokens are bound to its TLS certificate ({BOUND_TOKENS}); "
+                "present one"
+            )
         if CLIENT_CREDENTIALS not in client.grant_types:
             raise OAuthError(
                 "unauthorized_client", "this client is not registered for client_credentials"
@@ -137,7 +148,9 @@ class ClientCredentialsGrant:
         decision = await maybeDeferred(self._handler.authorize, grant)
         if not isinstance(decision, GrantAuthorization):
             raise TypeError(f"grant handler {self._handler!r} returned {decision!r}")
-        issued = await self._minter.mint(client, decision, None if proof is None else proof.jkt)
+        issued = await self._minter.mint(
+            client, decision, None if proof is None else proof.jkt, x5t_s256=x5t_s256
+        )
         if proof is None:
             return issued
         return evolve(issued, dpop_nonce=self._dpop.fresh_nonce())

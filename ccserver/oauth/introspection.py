@@ -28,6 +28,7 @@ from ccserver.interfaces import IClientStore, ITokenStore
 from ccserver.keys import ACCESS_TOKEN_TYP, SIGNING_ALGORITHMS, Keyring
 from ccserver.model import Client
 from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, ClientAuthenticator, split_authorization
+from ccserver.oauth.mtls import PresentedCertificate
 from ccserver.oauth.registration import bearer_error
 from ccserver.oauth.tokens import access_token_claims
 
@@ -99,8 +100,13 @@ class TokenIntrospection:
         self._master_token_digest = master_token_digest
         self._authenticator = authenticator or ClientAuthenticator(clients)
 
-    async def _caller(self, form: Mapping[str, str], authorization: str | None) -> Client:
-        return await self._authenticator.authenticate(authorization, form)
+    async def _caller(
+        self,
+        form: Mapping[str, str],
+        authorization: str | None,
+        certificate: PresentedCertificate | None,
+    ) -> Client:
+        return await self._authenticator.authenticate(authorization, form, certificate)
 
     @staticmethod
     def _token(form: Mapping[str, str]) -> str:
@@ -130,6 +136,7 @@ class TokenIntrospection:
             scope=record.scope,
             extra=record.claims,
             jkt=record.jkt,
+            x5t_s256=record.x5t_s256,
         )
         return TokenInfo(claims, None, record.token_digest)
 
@@ -178,7 +185,10 @@ class TokenIntrospection:
         return not names.isdisjoint(info.audience)
 
     async def introspect(
-        self, form: Mapping[str, str], authorization: str | None
+        self,
+        form: Mapping[str, str],
+        authorization: str | None,
+        certificate: PresentedCertificate | None = None,
     ) -> dict[str, Any]:
         """
         RFC 7662 §2: the token's claims with C{active: true}, or exactly
@@ -188,7 +198,7 @@ class TokenIntrospection:
         The server's own members go last, so that no claim in the token can
         stand in for them (a handler's C{"active": false} once did).
         """
-        caller = await self._caller(form, authorization)
+        caller = await self._caller(form, authorization, certificate)
         info = await self.lookup(self._token(form))
         if info is None or not self._may_see(caller, info):
             return dict(INACTIVE)
@@ -216,7 +226,12 @@ class TokenIntrospection:
             raise bearer_error("the bearer token is not the master token")
         return True
 
-    async def revoke(self, form: Mapping[str, str], authorization: str | None) -> None:
+    async def revoke(
+        self,
+        form: Mapping[str, str],
+        authorization: str | None,
+        certificate: PresentedCertificate | None = None,
+    ) -> None:
         """
         RFC 7009 §2: revoke the caller's own token, or with the master token
         as a bearer token, any token.  An unknown token, or another client's,
@@ -231,7 +246,7 @@ class TokenIntrospection:
             if info is not None:
                 await self._revoke(info)
             return
-        caller = await self._caller(form, authorization)
+        caller = await self._caller(form, authorization, certificate)
         info = await self.lookup(self._token(form))
         if info is None or info.client_id != caller.client_id:
             return

@@ -28,11 +28,18 @@ from ccserver.model import (
     scope_values,
     split_uri,
 )
+from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
 
 #: The grant types this server issues tokens for.
 GRANT_TYPES = (CLIENT_CREDENTIALS,)
 #: How clients may authenticate at the token endpoint.
-AUTH_METHODS = ("client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt")
+AUTH_METHODS = (
+    "client_secret_basic",
+    "client_secret_post",
+    "client_secret_jwt",
+    "private_key_jwt",
+    *MTLS_METHODS,
+)
 #: The JWS algorithms of a client assertion, per method (RFC 7523 §2.2,
 #: OpenID Connect Core §9): asymmetric for private_key_jwt, HMAC for
 #: client_secret_jwt; never C{none}.
@@ -79,6 +86,10 @@ PRIVILEGED_FIELDS: tuple[str, ...] = (
     "grant_types",
     "token_endpoint_auth_method",
     "dpop_bound_access_tokens",
+    # RFC 8705: which certificate authenticates the client, and whether its
+    # tokens are bound to one.
+    BOUND_TOKENS,
+    *SUBJECT_FIELDS,
 )
 
 #: What a privileged field's absence means to the rest of the server (see
@@ -91,6 +102,7 @@ _WHEN_ABSENT: dict[str, Any] = {
     "token_endpoint_auth_method": "client_secret_basic",
     # RFC 9449 §5.2: "If omitted, the default value is false."
     "dpop_bound_access_tokens": False,
+    BOUND_TOKENS: False,
 }
 
 
@@ -251,6 +263,7 @@ def validate_metadata(body: object) -> dict[str, Any]:
     if "jwks_uri" in body:
         _check_jwks_uri(body["jwks_uri"])
     _check_assertion_metadata(body, method, metadata)
+    metadata.update(validate_mtls_metadata(body, method))
 
     for key, value in body.items():
         field, _, tag = key.partition("#")

@@ -69,13 +69,16 @@ def access_token_claims(
     scope: Iterable[str],
     extra: Mapping[str, Any],
     jkt: str | None = None,
+    x5t_s256: str | None = None,
 ) -> dict[str, Any]:
     """
     RFC 9068 §2.2: C{iss}, C{exp}, C{aud}, C{sub}, C{client_id}, C{iat},
     C{jti}, and C{scope} when any was granted; a grant handler's extra
     claims beside them.  The claims of a JWT, and what introspection says of
     an opaque token.  A DPoP-bound token carries C{cnf: {"jkt": ...}}
-    (RFC 9449 §6.1), which only the server sets (C{cnf} is reserved).
+    (RFC 9449 §6.1), a certificate-bound one C{cnf: {"x5t#S256": ...}}
+    (RFC 8705 §3.1), a token bound both ways both members (RFC 7800 §3.1
+    lets C{cnf} hold several); only the server sets C{cnf} (it is reserved).
 
     L{GrantAuthorization} already refuses reserved claims; any that reached
     here anyway (an opaque token stored before a name was reserved) are
@@ -96,8 +99,13 @@ def access_token_claims(
     scope = sorted(scope)
     if scope:
         claims["scope"] = " ".join(scope)
+    confirmation = {}
     if jkt is not None:
-        claims["cnf"] = {"jkt": jkt}
+        confirmation["jkt"] = jkt
+    if x5t_s256 is not None:
+        confirmation["x5t#S256"] = x5t_s256
+    if confirmation:
+        claims["cnf"] = confirmation
     return claims
 
 
@@ -126,11 +134,18 @@ class TokenMinter:
     sign: Signer = sign_inline
 
     async def mint(
-        self, client: Client, authorization: GrantAuthorization, jkt: str | None = None
+        self,
+        client: Client,
+        authorization: GrantAuthorization,
+        jkt: str | None = None,
+        *,
+        x5t_s256: str | None = None,
     ) -> IssuedToken:
         """
         @param jkt: the thumbprint of the DPoP key to bind the token to
-            (RFC 9449 §5), or None for a bearer token.
+            (RFC 9449 §5), or None.
+        @param x5t_s256: the thumbprint of the TLS client certificate to
+            bind the token to (RFC 8705 §3.1), or None.
         """
         issued_at = int(self.now())
         lifetime = min(authorization.lifetime or self.lifetime, self.max_lifetime)
@@ -151,6 +166,7 @@ class TokenMinter:
                     jti=jti,
                     claims=authorization.claims,
                     jkt=jkt,
+                    x5t_s256=x5t_s256,
                 )
             )
         elif token_format == JWT:
@@ -164,6 +180,7 @@ class TokenMinter:
                 scope=authorization.scope,
                 extra=authorization.claims,
                 jkt=jkt,
+                x5t_s256=x5t_s256,
             )
             key = self.keyring.current
             alg = key.alg

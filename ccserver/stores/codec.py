@@ -277,6 +277,8 @@ TOKENS: Codec[TokenRecord] = Codec(
         Field("claims", OBJECT),
         # the DPoP key a token is bound to, RFC 9449 §6 (schema version 5)
         Field("jkt", OPTIONAL_TEXT, missing=None),
+        # the TLS client certificate it is bound to, RFC 8705 §3 (version 6)
+        Field("x5t_s256", OPTIONAL_TEXT, missing=None),
     ],
 )
 

@@ -1,0 +1,507 @@
+"""
+Mutual TLS (RFC 8705), in memory: matching certificates to registrations,
+registration rules, and the whole app with certificates from a trusted
+proxy's header (StubTreq's peer is 127.0.0.1).  Real TLS connections:
+tests/test_mtls_process.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import time
+from typing import Any
+
+from attrs import evolve
+from twisted.trial.unittest import SynchronousTestCase
+
+from ccserver import credentials
+from ccserver.config import MTLSConfig, TLSConfig
+from ccserver.oauth import mtls
+from ccserver.oauth.discovery import metadata
+from ccserver.oauth.mtls import (
+    BOUND_TOKENS,
+    CertificateRefused,
+    PresentedCertificate,
+    check_certificate,
+    same_dn,
+)
+from ccserver.oauth.tokens import access_token_claims
+from ccserver.tap import certificate_reader
+from tests.certs import Issued, expired, issue, make_ca, not_yet_valid
+from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, basic
+
+CA = make_ca()
+OTHER_CA = make_ca("Other CA")
+CLIENT = issue(
+    CA,
+    "client-one",
+    dns=("client.example.com",),
+    uris=("spiffe://example.com/client-one",),
+    ips=("10.1.2.3",),
+    emails=("ops@example.com",),
+)
+SELF_SIGNED = issue(None, "self-signed-client")
+DN = "CN=client-one,O=Example,C=GB"
+
+
+def presented(issued: Issued, chain_verified: bool = True) -> PresentedCertificate:
+    return PresentedCertificate(issued.der, chain_verified, time.time())
+
+
+def thumbprint(issued: Issued) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(issued.der).digest()).rstrip(b"=").decode()
+
+
+class DistinguishedNameTests(SynchronousTestCase):
+    def test_normalized(self) -> None:
+        subject = CLIENT.certificate.subject
+        for dn in (DN, "cn=Client-One, o=EXAMPLE,  c=gb", "CN=client-one,O=Example,C=GB"):
+            self.assertTrue(same_dn(dn, subject), dn)
+
+    def test_different(self) -> None:
+        subject = CLIENT.certificate.subject
+        for dn in ("CN=client-two,O=Example,C=GB", "O=Example,CN=client-one,C=GB", "CN=client-one", "not a dn"):
+            self.assertFalse(same_dn(dn, subject), dn)
+
+
+class CheckCertificateTests(SynchronousTestCase):
+    def refused(self, metadata: dict[str, Any], certificate: PresentedCertificate | None) -> str:
+        with self.assertRaises(CertificateRefused) as caught:
+            check_certificate(metadata, certificate)
+        return str(caught.exception)
+
+    def test_each_subject_field(self) -> None:
+        for field, value in [
+            ("tls_client_auth_subject_dn", DN),
+            ("tls_client_auth_san_dns", "CLIENT.example.com"),
+            ("tls_client_auth_san_uri", "spiffe://example.com/client-one"),
+            ("tls_client_auth_san_ip", "10.1.2.3"),
+            ("tls_client_auth_san_email", "ops@example.com"),
+        ]:
+            check_certificate(
+                {"token_endpoint_auth_method": "tls_client_auth", field: value}, presented(CLIENT)
+            )
+
+    def test_each_subject_field_mismatch(self) -> None:
+        for field, value in [
+            ("tls_client_auth_subject_dn", "CN=client-two,O=Example,C=GB"),
+            ("tls_client_auth_san_dns", "other.example.com"),
+            ("tls_client_auth_san_uri", "spiffe://example.com/client-two"),
+            ("tls_client_auth_san_ip", "10.1.2.4"),
+            ("tls_client_auth_san_email", "dev@example.com"),
+        ]:
+            message = self.refused(
+                {"token_endpoint_auth_method": "tls_client_auth", field: value}, presented(CLIENT)
+            )
+            self.assertIn(field, message)
+
+    def test_chain_not_verified(self) -> None:
+        message = self.refused(
+            {"token_endpoint_auth_method": "tls_client_auth", "tls_client_auth_subject_dn": DN},
+            presented(CLIENT, chain_verified=False),
+        )
+        self.assertIn("trusted CA", message)
+
+    def test_none_presented(self) -> None:
+        self.assertIn(
+            "none was presented",
+            self.refused({"token_endpoint_auth_method": "tls_client_auth"}, None),
+        )
+
+    def test_expired_and_not_yet_valid(self) -> None:
+        for certificate in (expired(CA, "client-one"), not_yet_valid(CA, "client-one")):
+            self.assertIn(
+                "expired or is not yet valid",
+                self.refused(
+                    {
+                        "token_endpoint_auth_method": "tls_client_auth",
+                        "tls_client_auth_subject_dn": DN,
+                    },
+                    presented(certificate),
+                ),
+            )
+        for certificate in (expired(None, "s"), not_yet_valid(None, "s")):
+            registered = {
+                "token_endpoint_auth_method": "self_signed_tls_client_auth",
+                "jwks": {"keys": [{"kty": "EC", "x5c": [certificate.x5c]}]},
+            }
+            self.assertIn("expired", self.refused(registered, presented(certificate, False)))
+
+    def test_self_signed(self) -> None:
+        registered = {
+            "token_endpoint_auth_method": "self_signed_tls_client_auth",
+            "jwks": {"keys": [{"kty": "EC"}, {"kty": "EC", "x5c": [SELF_SIGNED.x5c]}]},
+        }
+        check_certificate(registered, presented(SELF_SIGNED, chain_verified=False))
+        self.assertIn("not one this client registered", self.refused(registered, presented(CLIENT)))
+
+    def test_bound_thumbprint(self) -> None:
+        certificate = presented(CLIENT)
+        self.assertEqual(certificate.thumbprint, thumbprint(CLIENT))
+        for registered, expected in [
+            ({"token_endpoint_auth_method": "client_secret_basic"}, None),
+            ({"token_endpoint_auth_method": "client_secret_basic", BOUND_TOKENS: True}, certificate.thumbprint),
+            ({"token_endpoint_auth_method": "tls_client_auth"}, certificate.thumbprint),
+            ({"token_endpoint_auth_method": "self_signed_tls_client_auth"}, certificate.thumbprint),
+        ]:
+            self.assertEqual(mtls.bound_thumbprint(registered, certificate), expected)
+            self.assertIsNone(mtls.bound_thumbprint(registered, None))
+
+    def test_confirmation_beside_dpop(self) -> None:
+        """
+        RFC 7800 §3.1: cnf may carry a DPoP jkt and an x5t#S256 together.
+        """
+        claims = dict(
+            issuer=ISSUER,
+            client_id="c",
+            audience=[ISSUER],
+            issued_at=0,
+            expires_at=1,
+            jti="j",
+            scope=(),
+            extra={},
+        )
+        both = access_token_claims(**claims, jkt="abc", x5t_s256="xyz")  # type: ignore[arg-type]
+        self.assertEqual(both["cnf"], {"jkt": "abc", "x5t#S256": "xyz"})
+        self.assertEqual(access_token_claims(**claims, x5t_s256="xyz")["cnf"], {"x5t#S256": "xyz"})  # type: ignore[arg-type]
+        self.assertNotIn("cnf", access_token_claims(**claims))  # type: ignore[arg-type]
+
+
+class DiscoveryTests(SynchronousTestCase):
+    def test_not_advertised_without_mtls(self) -> None:
+        document = metadata(ISSUER, "RS256")
+        self.assertNotIn("tls_client_auth", document["token_endpoint_auth_methods_supported"])
+        self.assertNotIn(BOUND_TOKENS, document)
+        self.assertNotIn("mtls_endpoint_aliases", document)
+
+    def test_advertised(self) -> None:
+        document = metadata(ISSUER, "RS256", mtls=True, mtls_base_url="https://mtls.example")
+        for name in ("token", "introspection", "revocation"):
+            self.assertIn("tls_client_auth", document[f"{name}_endpoint_auth_methods_supported"])
+            self.assertIn(
+                "self_signed_tls_client_auth", document[f"{name}_endpoint_auth_methods_supported"]
+            )
+        self.assertIs(document[BOUND_TOKENS], True)
+        self.assertEqual(
+            document["mtls_endpoint_aliases"],
+            {
+                "token_endpoint": "https://mtls.example/token",
+                "introspection_endpoint": "https://mtls.example/token/introspect",
+                "revocation_endpoint": "https://mtls.example/token/revoke",
+            },
+        )
+
+
+class _MTLSApp(ServerTestCase):
+    """
+    The whole app, with client certificates from a proxy's header.
+    """
+
+    header = "X-Client-Cert"
+    trusted = ("127.0.0.1",)
+    token_format = "jwt"
+
+    def make_config(self, **tokens: Any) -> Any:
+        config = super().make_config(format=self.token_format, **tokens)
+        return evolve(
+            config,
+            tls=TLSConfig(base_url="https://mtls.example"),
+            mtls=MTLSConfig(proxy_header=self.header, trusted_proxies=self.trusted),
+        )
+
+    def make_certificates(self) -> Any:
+        # the certificate reader the daemon makes
+        return certificate_reader(self.clock, self.config)
+
+    def with_cert(
+        self, path: str, form: dict[str, str], certificate: Issued | None, **headers: str
+    ) -> Any:
+        from urllib.parse import urlencode
+
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **headers}
+        if certificate is not None:
+            headers[self.header] = certificate.escaped
+        return self.request("POST", path, headers=headers, data=urlencode(form).encode())
+
+    def tls_client(self) -> dict[str, Any]:
+        return self.register(
+            scope="read",
+            token_endpoint_auth_method="tls_client_auth",
+            tls_client_auth_subject_dn=DN,
+        )
+
+
+
+class MTLSAppTests(_MTLSApp):
+    """
+    The whole app, with client certificates from a trusted proxy's header.
+    """
+
+    def test_tls_client_auth(self) -> None:
+        client = self.tls_client()
+        response = self.with_cert(
+            "/token", {"grant_type": "client_credentials", "client_id": client["client_id"]}, CLIENT
+        )
+        self.assertEqual(response.code, 200, response.body)
+        claims = self.verify(response.json()["access_token"])
+        self.assertEqual(claims["cnf"], {"x5t#S256": thumbprint(CLIENT)})
+        self.assertEqual(claims["client_id"], client["client_id"])
+
+    def test_refusals(self) -> None:
+        client = self.tls_client()
+        form = {"grant_type": "client_credentials", "client_id": client["client_id"]}
+        for certificate in (
+            None,
+            issue(CA, "client-two"),
+            expired(CA, "client-one"),
+            not_yet_valid(CA, "client-one"),
+        ):
+            response = self.with_cert("/token", form, certificate)
+            self.assertEqual(response.code, 401, certificate)
+            self.assertEqual(response.json()["error"], "invalid_client")
+
+    def test_client_id_alone_for_a_secret_client(self) -> None:
+        client = self.register(scope="read")
+        response = self.with_cert(
+            "/token", {"grant_type": "client_credentials", "client_id": client["client_id"]}, CLIENT
+        )
+        self.assertEqual(response.code, 401)
+        self.assertEqual(response.json()["error"], "invalid_client")
+
+    def test_secret_does_not_authenticate_an_mtls_client(self) -> None:
+        client = self.tls_client()
+        response = self.with_cert(
+            "/token",
+            {"grant_type": "client_credentials"},
+            CLIENT,
+            Authorization=basic(client["client_id"], client["client_secret"]),
+        )
+        self.assertEqual(response.code, 401)
+        self.assertIn("tls_client_auth", response.json()["error_description"])
+
+    def test_self_signed(self) -> None:
+        client = self.register(
+            token_endpoint_auth_method="self_signed_tls_client_auth",
+            jwks={"keys": [SELF_SIGNED.jwk]},
+        )
+        form = {"grant_type": "client_credentials", "client_id": client["client_id"]}
+        response = self.with_cert("/token", form, SELF_SIGNED)
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(
+            self.verify(response.json()["access_token"])["cnf"], {"x5t#S256": thumbprint(SELF_SIGNED)}
+        )
+        self.assertEqual(self.with_cert("/token", form, issue(None, "impostor")).code, 401)
+
+    def test_bound_tokens_for_a_secret_client(self) -> None:
+        client = self.register(**{BOUND_TOKENS: True})
+        auth = basic(client["client_id"], client["client_secret"])
+        form = {"grant_type": "client_credentials"}
+        response = self.with_cert("/token", form, CLIENT, Authorization=auth)
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(
+            self.verify(response.json()["access_token"])["cnf"], {"x5t#S256": thumbprint(CLIENT)}
+        )
+        # Without a certificate: refused, not a bearer token in its place.
+        response = self.with_cert("/token", form, None, Authorization=auth)
+        self.assertEqual(response.code, 400)
+        self.assertIn(BOUND_TOKENS, response.json()["error_description"])
+
+    def test_unbound_for_a_plain_client(self) -> None:
+        client = self.register()
+        response = self.with_cert(
+            "/token",
+            {"grant_type": "client_credentials"},
+            CLIENT,
+            Authorization=basic(client["client_id"], client["client_secret"]),
+        )
+        self.assertNotIn("cnf", self.verify(response.json()["access_token"]))
+
+    def test_introspection_and_revocation(self) -> None:
+        client = self.tls_client()
+        me = {"client_id": client["client_id"]}
+        token = self.with_cert(
+            "/token", {"grant_type": "client_credentials", **me}, CLIENT
+        ).json()["access_token"]
+        answer = self.with_cert("/token/introspect", {"token": token, **me}, CLIENT)
+        self.assertEqual(answer.code, 200, answer.body)
+        self.assertEqual(answer.json()["cnf"], {"x5t#S256": thumbprint(CLIENT)})
+        self.assertTrue(answer.json()["active"])
+        for path in ("/token/introspect", "/token/revoke"):
+            for certificate in (None, issue(CA, "client-two")):
+                refused = self.with_cert(path, {"token": token, **me}, certificate)
+                self.assertEqual(refused.code, 401, path)
+                self.assertEqual(refused.json()["error"], "invalid_client")
+        self.assertEqual(self.with_cert("/token/revoke", {"token": token, **me}, CLIENT).code, 200)
+        answer = self.with_cert("/token/introspect", {"token": token, **me}, CLIENT)
+        self.assertEqual(answer.json(), {"active": False})
+
+    def test_discovery(self) -> None:
+        document = self.request("GET", "/.well-known/oauth-authorization-server").json()
+        self.assertIs(document[BOUND_TOKENS], True)
+        self.assertIn("tls_client_auth", document["token_endpoint_auth_methods_supported"])
+        self.assertEqual(
+            document["mtls_endpoint_aliases"]["token_endpoint"], "https://mtls.example/token"
+        )
+
+
+class OpaqueMTLSAppTests(MTLSAppTests):
+    """
+    The same with opaque tokens: the binding is stored, and introspection
+    returns it.
+    """
+
+    token_format = "opaque"
+
+    def verify(self, access_token: str, audience: str = ISSUER) -> dict[str, Any]:
+        record = self.successResultOf(self.store.get_token(credentials.digest(access_token)))
+        assert record is not None
+        claims: dict[str, Any] = {"client_id": record.client_id}
+        if record.x5t_s256 is not None:
+            claims["cnf"] = {"x5t#S256": record.x5t_s256}
+        return claims
+
+
+class UntrustedProxyTests(_MTLSApp):
+    """
+    The header from an address not in trusted_proxies is ignored: a forged
+    header authenticates nobody.
+    """
+
+    trusted = ("127.0.0.2",)
+
+    def test_tls_client_auth(self) -> None:
+        client = self.tls_client()
+        response = self.with_cert(
+            "/token", {"grant_type": "client_credentials", "client_id": client["client_id"]}, CLIENT
+        )
+        self.assertEqual(response.code, 401)
+        self.assertIn("none was presented", response.json()["error_description"])
+
+
+class RegistrationTests(ServerTestCase):
+    def refused(self, field: str, **metadata: Any) -> None:
+        response = self.request(
+            "POST",
+            "/client-reg",
+            headers={"Authorization": f"Bearer {MASTER_TOKEN}"},
+            json_body=metadata,
+        )
+        self.assertEqual(response.code, 400, metadata)
+        self.assertEqual(response.json()["error"], "invalid_client_metadata")
+        self.assertTrue(response.json()["error_description"].startswith(field), response.body)
+
+    def test_tls_client_auth_needs_exactly_one_subject(self) -> None:
+        method = {"token_endpoint_auth_method": "tls_client_auth"}
+        self.refused("tls_client_auth_subject_dn", **method)
+        self.refused(
+            "tls_client_auth_subject_dn",
+            **method,
+            tls_client_auth_subject_dn=DN,
+            tls_client_auth_san_dns="client.example.com",
+        )
+
+    def test_malformed_subjects(self) -> None:
+        method = {"token_endpoint_auth_method": "tls_client_auth"}
+        for field, value in [
+            ("tls_client_auth_subject_dn", "no equals sign"),
+            ("tls_client_auth_subject_dn", 7),
+            ("tls_client_auth_san_ip", "10.1.2"),
+            ("tls_client_auth_san_email", "nobody"),
+            ("tls_client_auth_san_uri", "relative"),
+            ("tls_client_auth_san_dns", ""),
+        ]:
+            self.refused(field, **method, **{field: value})
+
+    def test_subject_only_with_tls_client_auth(self) -> None:
+        self.refused("tls_client_auth_san_dns", tls_client_auth_san_dns="client.example.com")
+
+    def test_self_signed_needs_x5c(self) -> None:
+        method = {"token_endpoint_auth_method": "self_signed_tls_client_auth"}
+        self.refused("jwks", **method)
+        self.refused("jwks", **method, jwks={"keys": [{"kty": "EC"}]})
+        self.refused("jwks", **method, jwks={"keys": [{"kty": "EC", "x5c": ["bm90IGEgY2VydA=="]}]})
+        self.refused("jwks", **method, jwks={"keys": [{"kty": "EC", "x5c": "x"}]})
+        self.refused("jwks_uri", **method, jwks_uri="https://client.example/jwks")
+
+    def test_bound_tokens_is_a_boolean(self) -> None:
+        self.refused(BOUND_TOKENS, **{BOUND_TOKENS: "yes"})
+
+    def test_registered(self) -> None:
+        client = self.register(
+            token_endpoint_auth_method="tls_client_auth",
+            tls_client_auth_san_uri="spiffe://example.com/client-one",
+            **{BOUND_TOKENS: True},
+        )
+        self.assertEqual(client["tls_client_auth_san_uri"], "spiffe://example.com/client-one")
+        self.assertIs(client[BOUND_TOKENS], True)
+
+    def test_privileged(self) -> None:
+        """
+        A client's own registration access token cannot change how it
+        authenticates by certificate, nor whether its tokens are bound.
+        """
+        client = self.register(
+            token_endpoint_auth_method="tls_client_auth", tls_client_auth_subject_dn=DN
+        )
+        for change in [
+            {"tls_client_auth_subject_dn": "CN=attacker,O=Example,C=GB"},
+            {
+                "token_endpoint_auth_method": "self_signed_tls_client_auth",
+                "tls_client_auth_subject_dn": None,
+                "jwks": {"keys": [SELF_SIGNED.jwk]},
+            },
+            {BOUND_TOKENS: True},
+        ]:
+            body = {
+                "client_id": client["client_id"],
+                "token_endpoint_auth_method": "tls_client_auth",
+                "tls_client_auth_subject_dn": DN,
+                **change,
+            }
+            body = {k: v for k, v in body.items() if v is not None}
+            response = self.request(
+                "PUT",
+                f"/client-reg/{client['client_id']}",
+                headers={"Authorization": f"Bearer {client['registration_access_token']}"},
+                json_body=body,
+            )
+            self.assertEqual(response.code, 400, change)
+            self.assertIn("only the master token", response.json()["error_description"])
+
+
+class ChainVerifierTests(SynchronousTestCase):
+    def test_chains_to_client_ca(self) -> None:
+        from twisted.internet.task import Clock
+
+        from ccserver.tls import ChainVerifier
+
+        clock = Clock()
+        clock.advance(time.time())
+        verifier = ChainVerifier([CA.certificate], clock.seconds)
+        self.assertTrue(verifier.verify(CLIENT.certificate, []))
+        self.assertFalse(verifier.verify(issue(OTHER_CA, "client-one").certificate, []))
+        self.assertFalse(verifier.verify(SELF_SIGNED.certificate, []))
+        self.assertFalse(verifier.verify(expired(CA, "client-one").certificate, []))
+
+    def test_verdict_kept_a_while(self) -> None:
+        """
+        A chain is verified again once its verdict is older than
+        CACHE_SECONDS (here: the client certificate has expired by then).
+        """
+        from twisted.internet.task import Clock
+
+        from ccserver.tls import ChainVerifier
+
+        clock = Clock()
+        clock.advance(time.time())
+        verifier = ChainVerifier([CA.certificate], clock.seconds)
+        ending = issue(
+            CA, "client-one", not_after=datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=10)
+        )
+        self.assertTrue(verifier.verify(ending.certificate, []))
+        clock.advance(30)
+        self.assertTrue(verifier.verify(ending.certificate, []))
+        clock.advance(verifier.CACHE_SECONDS)
+        self.assertFalse(verifier.verify(ending.certificate, []))
