@@ -16,6 +16,7 @@ is wrong with it.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -104,6 +105,25 @@ class StoreConfig:
     client_cache_seconds: float = 5.0
 
 
+@frozen
+class LimitsConfig:
+    """
+    The brute-force limits (L{ccserver.oauth.limits}).
+    """
+
+    #: Failed authentication attempts a source may make in a minute (per
+    #: client at the token endpoints; master and registration tokens per
+    #: source) before it gets 429 until the minute is over; 0 turns the
+    #: limit off.
+    failed_auth_per_minute: int = 10
+    #: Addresses or CIDR networks of the proxies whose X-Forwarded-For names
+    #: a request's source (the rightmost hop that is not one of them).
+    trusted_proxies: tuple[str, ...] = ()
+    #: Tokens one client may be issued a second, in each process; None for
+    #: no limit.
+    tokens_per_client_per_second: float | None = None
+
+
 def _default_issuer(config: Config) -> str:
     """
     http://localhost and the port of the first endpoint listened on.
@@ -139,6 +159,8 @@ class Config:
     access_log: bool = True
     #: Limits and deadlines of each HTTP request ([http]).
     http: HTTPLimits = HTTPLimits()
+    #: Brute-force and issuance limits ([limits]).
+    limits: LimitsConfig = LimitsConfig()
 
 
 #: Where the environment and the command line reach into the file's layout.
@@ -353,7 +375,30 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
         raise ConfigError("[grant_handler] name: must be a string")
     _check_workers(config.workers, config.store.url)
     _check_http(config.http)
+    _check_limits(config.limits)
     return config
+
+
+def _check_limits(limits: LimitsConfig) -> None:
+    if limits.failed_auth_per_minute < 0:
+        raise ConfigError(
+            "[limits] failed_auth_per_minute: must be 0 (no limit) or more, "
+            f"not {limits.failed_auth_per_minute!r}"
+        )
+    rate = limits.tokens_per_client_per_second
+    if rate is not None and not rate > 0:
+        raise ConfigError(
+            f"[limits] tokens_per_client_per_second: must be greater than 0, not {rate!r}"
+        )
+    for proxy in limits.trusted_proxies:
+        if not isinstance(proxy, str):
+            raise ConfigError(f"[limits] trusted_proxies: {proxy!r} is not a string")
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"[limits] trusted_proxies: {proxy!r} is not an IP address or network"
+            ) from None
 
 
 def _check_store(store: StoreConfig, on_command_line: bool) -> None:

@@ -34,6 +34,7 @@ from ccserver.keys import KeyEncryptor, Keyring
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
+from ccserver.oauth.limits import AuthLimits, IssuanceLimit
 from ccserver.oauth.registration import ClientRegistry
 from ccserver.oauth.tokens import Signer, TokenMinter, rsa_in_threads
 from ccserver.services import (
@@ -47,7 +48,7 @@ from ccserver.services import (
 )
 from ccserver.stores import store_from_url
 from ccserver.stores.cache import CachingClientStore
-from ccserver.web import CCServerApp, CCServerSite
+from ccserver.web import CCServerApp, CCServerSite, trusted_networks
 from ccserver.workers import WorkerPool, inherited_endpoint, listen_addresses
 
 #: How often, at most, each process reloads the signing keys to follow
@@ -169,6 +170,14 @@ def make_site(
     now = reactor.seconds
     keyring = Keyring(store, encryptor, config.tokens.signing_alg, config.tokens.max_lifetime, now)
     clients = CachingClientStore(store, now, config.store.client_cache_seconds)
+    # metrics: the one call site for ccserver_rate_limited_total{what}; wire
+    # ccserver.metrics.rate_limited here when it exists.
+    on_limited = None
+    budget = config.limits.failed_auth_per_minute
+    limits = AuthLimits(store if budget else None, now, budget, 60.0, on_limited)
+    rate = config.limits.tokens_per_client_per_second
+    issuance = None if rate is None else IssuanceLimit(rate, now, on_limited)
+    trusted_proxies = trusted_networks(config.limits.trusted_proxies)
     minter = TokenMinter(
         keyring=keyring,
         tokens=store,
@@ -181,7 +190,9 @@ def make_site(
         sign=sign,
     )
     app = CCServerApp(
-        grant=ClientCredentialsGrant(clients, handler, minter, config.issuer),
+        grant=ClientCredentialsGrant(
+            clients, handler, minter, config.issuer, limits=limits, issuance=issuance
+        ),
         introspection=TokenIntrospection(
             clients,
             store,
@@ -190,6 +201,7 @@ def make_site(
             config.tokens.introspection,
             now,
             master_token_digest=master_token_digest,
+            limits=limits,
         ),
         registry=ClientRegistry(
             clients,
@@ -198,13 +210,18 @@ def make_site(
             token_max_lifetime=config.tokens.max_lifetime,
             client_cache_seconds=config.store.client_cache_seconds,
             authoritative=store,
+            limits=limits,
         ),
         keyring=keyring,
         issuer=config.issuer,
         discovery_json=_discovery_json(config),
         jwks_max_age=config.keys.activation_delay // 2,
+        trusted_proxies=trusted_proxies,
     )
-    return CCServerSite(app.resource(), reactor, config.access_log, config.http), keyring
+    site = CCServerSite(
+        app.resource(), reactor, config.access_log, config.http, trusted_proxies
+    )
+    return site, keyring
 
 
 def _discovery_json(config: Config) -> bytes:

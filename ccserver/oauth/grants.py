@@ -15,7 +15,8 @@ from twisted.internet.defer import maybeDeferred
 from ccserver.errors import OAuthError, invalid_request
 from ccserver.interfaces import IClientCredentialsGrantHandler, IClientStore
 from ccserver.model import CLIENT_CREDENTIALS, GrantAuthorization, GrantRequest, IssuedToken
-from ccserver.oauth.clientauth import authenticate, presented_credentials
+from ccserver.oauth.clientauth import presented_credentials
+from ccserver.oauth.limits import AuthLimits, IssuanceLimit, authenticated
 from ccserver.oauth.registration import SCOPE_TOKEN, is_resource_uri
 from ccserver.oauth.tokens import TokenMinter
 
@@ -61,22 +62,34 @@ class ClientCredentialsGrant:
         handler: IClientCredentialsGrantHandler,
         minter: TokenMinter,
         issuer: str,
+        *,
+        limits: AuthLimits | None = None,
+        issuance: IssuanceLimit | None = None,
     ) -> None:
+        """
+        @param limits: the brute-force limits on client authentication.
+        @param issuance: the per-client issuance limit, if any (C{[limits]
+            tokens_per_client_per_second}).
+        """
         self._clients = clients
         self._handler = handler
         self._minter = minter
         self._issuer = issuer
+        self._limits = limits
+        self._issuance = issuance
 
     async def token(
         self,
         form: Mapping[str, str],
         authorization: str | None,
         resources: Sequence[str] = (),
+        source: str = "",
     ) -> IssuedToken:
         """
         @param form: the request's form parameters, each given once.
         @param authorization: its C{Authorization} header, if any.
         @param resources: its RFC 8707 C{resource} parameters (repeatable).
+        @param source: the caller's address, which the limits count by.
         """
         grant_type = form.get("grant_type")
         if grant_type is None:
@@ -85,7 +98,11 @@ class ClientCredentialsGrant:
             raise OAuthError(
                 "unsupported_grant_type", f"grant_type: {grant_type!r} is not supported here"
             )
-        client = await authenticate(self._clients, presented_credentials(authorization, form))
+        client = await authenticated(
+            self._clients, presented_credentials(authorization, form), self._limits, source
+        )
+        if self._issuance is not None:
+            self._issuance.take(client.client_id)
         if CLIENT_CREDENTIALS not in client.grant_types:
             raise OAuthError(
                 "unauthorized_client", "this client is not registered for client_credentials"

@@ -27,7 +27,8 @@ from ccserver.errors import invalid_request
 from ccserver.interfaces import IClientStore, ITokenStore
 from ccserver.keys import ACCESS_TOKEN_TYP, SIGNING_ALGORITHMS, Keyring
 from ccserver.model import Client
-from ccserver.oauth.clientauth import authenticate, presented_credentials, split_authorization
+from ccserver.oauth.clientauth import presented_credentials, split_authorization
+from ccserver.oauth.limits import AuthLimits, authenticated
 from ccserver.oauth.registration import bearer_error
 from ccserver.oauth.tokens import access_token_claims
 
@@ -84,6 +85,7 @@ class TokenIntrospection:
         now: Callable[[], float],
         *,
         master_token_digest: str,
+        limits: AuthLimits | None = None,
     ) -> None:
         self._clients = clients
         self._tokens = tokens
@@ -92,9 +94,14 @@ class TokenIntrospection:
         self._rule = rule
         self._now = now
         self._master_token_digest = master_token_digest
+        self._limits = limits or AuthLimits(None, now)
 
-    async def _caller(self, form: Mapping[str, str], authorization: str | None) -> Client:
-        return await authenticate(self._clients, presented_credentials(authorization, form))
+    async def _caller(
+        self, form: Mapping[str, str], authorization: str | None, source: str
+    ) -> Client:
+        return await authenticated(
+            self._clients, presented_credentials(authorization, form), self._limits, source
+        )
 
     @staticmethod
     def _token(form: Mapping[str, str]) -> str:
@@ -171,7 +178,7 @@ class TokenIntrospection:
         return not names.isdisjoint(info.audience)
 
     async def introspect(
-        self, form: Mapping[str, str], authorization: str | None
+        self, form: Mapping[str, str], authorization: str | None, source: str = ""
     ) -> dict[str, Any]:
         """
         RFC 7662 §2: the token's claims with C{active: true}, or exactly
@@ -181,13 +188,13 @@ class TokenIntrospection:
         The server's own members go last, so that no claim in the token can
         stand in for them (a handler's C{"active": false} once did).
         """
-        caller = await self._caller(form, authorization)
+        caller = await self._caller(form, authorization, source)
         info = await self.lookup(self._token(form))
         if info is None or not self._may_see(caller, info):
             return dict(INACTIVE)
         return {**info.claims, "active": True, "token_type": "Bearer"}
 
-    def _is_master(self, authorization: str | None) -> bool:
+    async def _is_master(self, authorization: str | None, source: str) -> bool:
         """
         Whether the request presents a bearer token, which must then be the
         master token (checked as the registration endpoints do: its digest,
@@ -201,18 +208,25 @@ class TokenIntrospection:
         parts = split_authorization(authorization)
         if parts is None or parts[0].lower() != "bearer":
             return False
-        token = parts[1]
-        if not credentials.check(token.strip(), self._master_token_digest):
-            raise bearer_error("the bearer token is not the master token")
-        return True
+        token = parts[1].strip()
+        digest = self._master_token_digest
 
-    async def revoke(self, form: Mapping[str, str], authorization: str | None) -> None:
+        async def check() -> bool:
+            if not credentials.check(token, digest):
+                raise bearer_error("the bearer token is not the master token")
+            return True
+
+        return await self._limits.bearer(source, check)
+
+    async def revoke(
+        self, form: Mapping[str, str], authorization: str | None, source: str = ""
+    ) -> None:
         """
         RFC 7009 §2: revoke the caller's own token, or with the master token
         as a bearer token, any token.  An unknown token, or another client's,
         is answered the same way, and nothing is revoked.
         """
-        if self._is_master(authorization):
+        if await self._is_master(authorization, source):
             if "client_id" in form or "client_secret" in form:
                 raise invalid_request(
                     "the master token and client credentials were both presented"
@@ -221,7 +235,7 @@ class TokenIntrospection:
             if info is not None:
                 await self._revoke(info)
             return
-        caller = await self._caller(form, authorization)
+        caller = await self._caller(form, authorization, source)
         info = await self.lookup(self._token(form))
         if info is None or info.client_id != caller.client_id:
             return
