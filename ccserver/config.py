@@ -195,6 +195,25 @@ class MTLSConfig:
     trusted_proxies: tuple[str, ...] = ()
 
 
+@frozen
+class LimitsConfig:
+    """
+    The brute-force limits (L{ccserver.oauth.limits}).
+    """
+
+    #: Failed authentication attempts a source may make in a minute (per
+    #: client at the token endpoints; master and registration tokens per
+    #: source) before it gets 429 until the minute is over; 0 turns the
+    #: limit off.
+    failed_auth_per_minute: int = 10
+    #: Addresses or CIDR networks of the proxies whose X-Forwarded-For names
+    #: a request's source (the rightmost hop that is not one of them).
+    trusted_proxies: tuple[str, ...] = ()
+    #: Tokens one client may be issued a second, in each process; None for
+    #: no limit.
+    tokens_per_client_per_second: float | None = None
+
+
 def _default_issuer(config: Config) -> str:
     """
     http://localhost and the port of the first endpoint listened on.
@@ -244,6 +263,8 @@ class Config:
         Whether a request can come with a client certificate.
         """
         return bool(self.tls.listen or self.mtls.proxy_header or self.tls.base_url)
+    #: Brute-force and issuance limits ([limits]).
+    limits: LimitsConfig = LimitsConfig()
 
 
 #: Where the environment and the command line reach into the file's layout.
@@ -466,6 +487,7 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
     _check_mtls(config.mtls)
     if config.tls.base_url is not None:
         config = evolve(config, tls=evolve(config.tls, base_url=_check_base_url(config.tls.base_url)))
+    _check_limits(config.limits)
     return config
 
 
@@ -499,6 +521,28 @@ def _check_mtls(mtls: MTLSConfig) -> None:
         except (TypeError, ValueError):
             raise ConfigError(
                 f"[mtls] trusted_proxies: {value!r} is not an IP address or network"
+            ) from None
+
+
+def _check_limits(limits: LimitsConfig) -> None:
+    if limits.failed_auth_per_minute < 0:
+        raise ConfigError(
+            "[limits] failed_auth_per_minute: must be 0 (no limit) or more, "
+            f"not {limits.failed_auth_per_minute!r}"
+        )
+    rate = limits.tokens_per_client_per_second
+    if rate is not None and not rate > 0:
+        raise ConfigError(
+            f"[limits] tokens_per_client_per_second: must be greater than 0, not {rate!r}"
+        )
+    for proxy in limits.trusted_proxies:
+        if not isinstance(proxy, str):
+            raise ConfigError(f"[limits] trusted_proxies: {proxy!r} is not a string")
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"[limits] trusted_proxies: {proxy!r} is not an IP address or network"
             ) from None
 
 

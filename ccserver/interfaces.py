@@ -162,10 +162,31 @@ class ITokenStore(Interface):
         """
 
 
-class IStore(IClientStore, IKeyStore, ITokenStore):
+class IAuthFailureStore(Interface):
     """
-    A store chosen by URL: it keeps clients, keys and token records, and has
-    a lifetime.
+    Where failed authentication attempts are counted, so that every
+    instance and worker sharing the store counts them together (see
+    L{ccserver.oauth.limits}).  Only failures write here; a success never
+    costs a round trip.
+    """
+
+    def count_failure(key: str, now: float, window: float) -> Deferred[tuple[int, float]]:
+        """
+        Count one failure under C{key} (an opaque digest, never a secret),
+        atomically, and fire with the failures counted in its window and
+        when the window ends (seconds since the epoch).
+
+        A window opens at the first failure after the last one ended and
+        lasts C{window} seconds; failures within it add to its count.  An
+        ended window may be forgotten: Redis lets it expire, the other
+        stores drop it in L{ITokenStore.purge_expired}.
+        """
+
+
+class IStore(IClientStore, IKeyStore, ITokenStore, IAuthFailureStore):
+    """
+    A store chosen by URL: it keeps clients, keys, token records and the
+    counts of failed authentication, and has a lifetime.
     """
 
     url = Attribute("The store's URL, with any password masked.")

@@ -50,6 +50,7 @@ from ccserver.oauth.discovery import metadata
 from ccserver.oauth.dpop import DPOP_NONCE_KEY_PURPOSE, DPoPVerifier, NonceIssuer
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
+from ccserver.oauth.limits import AuthLimits, IssuanceLimit
 from ccserver.oauth.registration import ClientRegistry
 from ccserver.oauth.tokens import Signer, TokenMinter, rsa_in_threads
 from ccserver.services import (
@@ -73,7 +74,7 @@ from ccserver.tls import (
     server_context,
     tls_factory,
 )
-from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template
+from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template, trusted_networks
 from ccserver.workers import WorkerPool, inherited_endpoint, listen_addresses
 
 #: How often, at most, each process reloads the signing keys to follow
@@ -206,6 +207,13 @@ def make_site(
     now = reactor.seconds
     keyring = Keyring(store, encryptor, config.tokens.signing_alg, config.tokens.max_lifetime, now)
     clients = CachingClientStore(store, now, config.store.client_cache_seconds)
+    # every refusal by a limit is counted: ccserver_rate_limited_total{what}
+    on_limited = metrics.rate_limited
+    budget = config.limits.failed_auth_per_minute
+    limits = AuthLimits(store if budget else None, now, budget, 60.0, on_limited)
+    rate = config.limits.tokens_per_client_per_second
+    issuance = None if rate is None else IssuanceLimit(rate, now, on_limited)
+    trusted_proxies = trusted_networks(config.limits.trusted_proxies)
     minter = TokenMinter(
         keyring=keyring,
         tokens=store,
@@ -228,6 +236,7 @@ def make_site(
             jwks_fetcher=jwks_fetcher,
             secret_encryptor=encryptor,
         ),
+        limits,
     )
     app = CCServerApp(
         grant=ClientCredentialsGrant(
@@ -237,6 +246,7 @@ def make_site(
             config.issuer,
             dpop=_dpop_verifier(config, store, encryptor, now),
             authenticator=authenticator,
+            issuance=issuance,
         ),
         introspection=TokenIntrospection(
             clients,
@@ -247,6 +257,7 @@ def make_site(
             now,
             master_token_digest=master_token_digest,
             authenticator=authenticator,
+            limits=limits,
         ),
         registry=ClientRegistry(
             clients,
@@ -256,6 +267,7 @@ def make_site(
             client_cache_seconds=config.store.client_cache_seconds,
             authoritative=store,
             secret_encryptor=encryptor,
+            limits=limits,
         ),
         keyring=keyring,
         issuer=config.issuer,
@@ -264,8 +276,11 @@ def make_site(
         readiness=Readiness(store, keyring, reactor, config.store.timeout),
         metrics=metrics,
         certificates=certificates,
+        trusted_proxies=trusted_proxies,
     )
-    site = CCServerSite(app.resource(), reactor, config.access_log, config.http, metrics)
+    site = CCServerSite(
+        app.resource(), reactor, config.access_log, config.http, metrics, trusted_proxies
+    )
     return site, keyring
 
 

@@ -8,8 +8,10 @@ nowhere else.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
+from collections.abc import Sequence
 from io import BytesIO
 from time import perf_counter
 from typing import Any, cast
@@ -82,14 +84,91 @@ class BoundedRequest(server.Request):
             self.content.write(data)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def trusted_networks(proxies: Sequence[str]) -> tuple[Network, ...]:
+    """
+    C{[limits] trusted_proxies} (addresses or CIDR networks) as networks.
+
+    @raise ValueError: naming the entry that is neither.
+    """
+    networks = []
+    for proxy in proxies:
+        try:
+            networks.append(ipaddress.ip_network(proxy, strict=False))
+        except ValueError:
+            raise ValueError(f"{proxy!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
+def _hop_address(hop: str) -> Address | None:
+    """
+    One C{X-Forwarded-For} entry as an address: C{192.0.2.1},
+    C{2001:db8::1}, or with a port as some proxies write them
+    (C{192.0.2.1:4711}, C{[2001:db8::1]:4711}); None when it is none.
+    """
+    hop = hop.strip()
+    if hop.startswith("["):
+        hop = hop[1:].partition("]")[0]
+    elif hop.count(":") == 1:
+        hop = hop.partition(":")[0]
+    try:
+        address = ipaddress.ip_address(hop)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def _is_trusted(address: Address, trusted: Sequence[Network]) -> bool:
+    return any(address in network for network in trusted)
+
+
+def source_address(request: IRequest, trusted: Sequence[Network] = ()) -> str:
+    """
+    The address a request comes from, as the limits count it and the access
+    log writes it: the peer's, unless the peer is a trusted proxy; then the
+    rightmost C{X-Forwarded-For} hop that is not a trusted proxy (every
+    entry left of it was written by the client, and may be made up).  Hops
+    are walked from the right while they are trusted; a hop that is not an
+    address stops the walk at the last one that was.  No one else's
+    C{X-Forwarded-For} is believed.
+    """
+    peer = getattr(request.getClientAddress(), "host", None)
+    if not isinstance(peer, str):
+        return "-"  # a UNIX socket: no address
+    if not trusted:
+        return peer
+    peer_address = _hop_address(peer)
+    if peer_address is None or not _is_trusted(peer_address, trusted):
+        return peer
+    source: Address = peer_address
+    headers = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
+    hops = [hop for header in headers for hop in header.decode("latin-1").split(",")]
+    for hop in reversed(hops):
+        address = _hop_address(hop)
+        if address is None:
+            break
+        source = address
+        if not _is_trusted(address, trusted):
+            break
+    return str(source)
+
+
 def _access_log(timestamp: str, request: server.Request) -> str:
     """
     The combined log format, without the query string: a client that put
-    its secret in the URL must not have it written to the log.
+    its secret in the URL must not have it written to the log.  The address
+    is the request's source (L{source_address}), the client's behind a
+    trusted proxy.
     """
     path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")
     agent = (request.getHeader(b"user-agent") or b"-").decode("ascii", "replace").replace('"', "'")
-    ip = getattr(request.getClientAddress(), "host", "-")
+    site = getattr(request, "site", None)
+    ip = source_address(request, getattr(site, "trusted_proxies", ()))
     method = request.method.decode("ascii", "replace")
     proto = request.clientproto.decode("ascii", "replace")
     length = request.sentLength or "-"
@@ -115,6 +194,7 @@ class CCServerSite(server.Site):
         access_log: bool = True,
         limits: HTTPLimits | None = None,
         metrics: NoMetrics = NO_METRICS,
+        trusted_proxies: Sequence[Network] = (),
     ) -> None:
         super().__init__(
             resource,
@@ -128,6 +208,8 @@ class CCServerSite(server.Site):
         self._idle_waiters: list[Deferred[None]] = []
         self.limits = limits or HTTPLimits()
         self.metrics = metrics
+        #: whose X-Forwarded-For names a request's source (the access log's)
+        self.trusted_proxies = tuple(trusted_proxies)
 
     def log(self, request: http.Request) -> None:
         if self.access_log:
@@ -294,6 +376,8 @@ class CCServerApp:
     #: Where a request's TLS client certificate comes from (RFC 8705); None
     #: when no request can have one.
     certificates: ClientCertificateReader | None = None
+    #: Whose X-Forwarded-For names a request's source ([limits] trusted_proxies).
+    trusted_proxies: tuple[Network, ...] = ()
 
     app = Klein()
     # werkzeug would answer /client-reg//x with a 308 to /client-reg/x (and
@@ -308,7 +392,13 @@ class CCServerApp:
         The whole HTTP surface: L{TokenResource} at C{/token}, the Klein
         routes everywhere else.
         """
-        return RootResource(TokenResource(self.grant, self.metrics, self.certificates), self.app.resource())
+        return RootResource(
+            TokenResource(self.grant, self.metrics, self.certificates, self.trusted_proxies),
+            self.app.resource(),
+        )
+
+    def _source(self, request: IRequest) -> str:
+        return source_address(request, self.trusted_proxies)
 
     @app.route("/health/live", methods=None)
     def live(self, request: IRequest) -> bytes:
@@ -328,7 +418,10 @@ class CCServerApp:
         _allow(request, b"POST")
         form, _ = parse_form(request)
         answer = await self.introspection.introspect(
-            form, _authorization(request), client_certificate(self.certificates, request)
+            form,
+            _authorization(request),
+            client_certificate(self.certificates, request),
+            self._source(request),
         )
         return _json(request, 200, answer)
 
@@ -337,7 +430,10 @@ class CCServerApp:
         _allow(request, b"POST")
         form, _ = parse_form(request)
         await self.introspection.revoke(
-            form, _authorization(request), client_certificate(self.certificates, request)
+            form,
+            _authorization(request),
+            client_certificate(self.certificates, request),
+            self._source(request),
         )
         return _json(request, 200, {})
 
@@ -360,7 +456,7 @@ class CCServerApp:
     async def register(self, request: IRequest) -> bytes:
         _allow(request, b"POST")
         registration = await self.registry.register(
-            bearer_token(request), lambda: parse_json(request)
+            bearer_token(request), lambda: parse_json(request), self._source(request)
         )
         document = client_information(registration.client, self.issuer)
         if registration.client_secret is not None:
@@ -379,15 +475,18 @@ class CCServerApp:
     async def configuration(self, request: IRequest, client_id: str) -> bytes:
         _allow(request, b"GET", b"PUT", b"DELETE")
         token = bearer_token(request)
+        source = self._source(request)
         if request.method == b"GET":
-            client = await self.registry.read(client_id, token)
+            client = await self.registry.read(client_id, token, source)
             self.metrics.registration("read")
         elif request.method == b"PUT":
-            client = await self.registry.replace(client_id, token, lambda: parse_json(request))
+            client = await self.registry.replace(
+                client_id, token, lambda: parse_json(request), source
+            )
             self._log.info("Updated client {client_id}", client_id=client_id)
             self.metrics.registration("update")
         else:
-            await self.registry.delete(client_id, token)
+            await self.registry.delete(client_id, token, source)
             self._log.info("Deleted client {client_id}", client_id=client_id)
             self.metrics.registration("delete")
             _no_store(request, 204)
@@ -481,11 +580,13 @@ class TokenResource(Resource):
         grant: ClientCredentialsGrant,
         metrics: NoMetrics = NO_METRICS,
         certificates: ClientCertificateReader | None = None,
+        trusted_proxies: Sequence[Network] = (),
     ) -> None:
         super().__init__()
         self._grant = grant
         self._metrics = metrics
         self._certificates = certificates
+        self._trusted_proxies = tuple(trusted_proxies)
 
     def render(self, request: IRequest) -> int:
         try:
@@ -498,6 +599,7 @@ class TokenResource(Resource):
                     repeated.get("resource", ()),
                     dpop_headers(request),
                     client_certificate(self._certificates, request),
+                    source_address(request, self._trusted_proxies),
                 )
             )
         except Exception:

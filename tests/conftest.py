@@ -68,8 +68,19 @@ def ccserver_process(
     A real C{twist ccserver} over C{store_url}, for the module.
     """
     folder = tmp_path_factory.mktemp("ccserver")
+    # The modules on this server send hundreds of deliberately wrong
+    # credentials from one address: a budget they never reach, so that the
+    # counting runs on every store without refusing them (the limits have
+    # their own tests, tests/test_limits.py).
+    config = folder / "limits.toml"
+    config.write_text("[limits]\nfailed_auth_per_minute = 1000000\n")
     process = CCServerProcess(
-        folder, "--master-token", secrets.token_urlsafe(32), store=store_url
+        folder,
+        "--master-token",
+        secrets.token_urlsafe(32),
+        "--config",
+        str(config),
+        store=store_url,
     )
     process.start()
     yield process

@@ -290,6 +290,28 @@ class InstancesMixin:
         self.assertEqual(len(kids), 2, kids)  # type: ignore[attr-defined]
 
 
+    def test_failed_auth_counted_across_instances(self) -> None:
+        """
+        Failures on one instance count on the other (the store keeps the
+        count): six on A and four on B reach the budget of ten; B, which
+        saw the tenth, refuses at once, and A at its next failure.  Another
+        client from the same address is not affected on either.
+        """
+        client = self.a.register(scope="read")
+        other = self.a.register(scope="read")
+        wrong = {**client, "client_secret": "wrong"}
+        for server, times in ((self.a, 6), (self.b, 4)):
+            for _ in range(times):
+                self.assertEqual(self.token(server, wrong).status_code, 401)
+        refused = self.token(self.b, client)
+        self.assertEqual(refused.status_code, 429, refused.text)
+        self.assertTrue(refused.headers["Retry-After"].isdigit())
+        self.assertEqual(self.token(self.a, wrong).status_code, 429)
+        self.assertEqual(self.token(self.a, client).status_code, 429)
+        for server in (self.a, self.b):
+            self.assertEqual(self.token(server, other).status_code, 200)
+
+
 class SQLiteInstances(InstancesMixin, unittest.TestCase):
     def store_url(self) -> str:
         return f"sqlite:///{self.tmp}/ccserver.db"

@@ -22,7 +22,7 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from ccserver.errors import ClientExists, StoreUnavailable
-from ccserver.interfaces import IStore, ITokenStore
+from ccserver.interfaces import IAuthFailureStore, IStore, ITokenStore
 from ccserver.model import Client, StoredKey, TokenRecord
 from ccserver.stores.memory import MemoryStore
 from ccserver.stores.redis import RedisStore
@@ -635,6 +635,69 @@ class StoreContractMixin(_TestCase):
         self.assertEqual(await self.store.get_client("x" * 64), make_client("x" * 64))
 
     # lifetime
+
+    # failed authentication counts (IAuthFailureStore)
+
+    def test_provides_auth_failure_interface(self) -> None:
+        self.assertTrue(verifyObject(IAuthFailureStore, self.store))
+
+    async def test_count_failures(self) -> None:
+        """
+        Each failure adds one; the window is set by the first and kept.
+        """
+        now = time.time()
+        first = await self.store.count_failure("k" * 64, now, 60)
+        self.assertEqual(first[0], 1)
+        self.assertLess(abs(first[1] - (now + 60)), 1)
+        second = await self.store.count_failure("k" * 64, time.time(), 60)
+        self.assertEqual(second[0], 2)
+        self.assertLess(abs(second[1] - first[1]), 1)
+
+    async def test_failure_keys_apart(self) -> None:
+        now = time.time()
+        await self.store.count_failure("a" * 64, now, 60)
+        await self.store.count_failure("a" * 64, now, 60)
+        self.assertEqual((await self.store.count_failure("b" * 64, now, 60))[0], 1)
+        self.assertEqual((await self.store.count_failure("a" * 64, now, 60))[0], 3)
+
+    async def test_failure_window_ends(self) -> None:
+        """
+        After its window a key counts from 1 again, in a new window (real
+        time: Redis keeps the window as its own expiry).
+        """
+        key = "w" * 64
+        await self.store.count_failure(key, time.time(), 0.3)
+        await self.store.count_failure(key, time.time(), 0.3)
+        await deferLater(reactor, 0.5, lambda: None)
+        now = time.time()
+        count, until = await self.store.count_failure(key, now, 0.3)
+        self.assertEqual(count, 1)
+        self.assertGreater(until, now)
+
+    async def test_concurrent_failures_all_counted(self) -> None:
+        """
+        Failures counted at once (as by several instances) are each
+        counted once: the counts are 1 to n, none lost, none repeated.
+        """
+        now = time.time()
+        results = await gatherResults(
+            [self.store.count_failure("c" * 64, now, 60) for _ in range(20)]
+        )
+        self.assertEqual(sorted(count for count, _ in results), list(range(1, 21)))
+
+    async def test_failure_counts_shared_and_durable(self) -> None:
+        now = time.time()
+        await self.store.count_failure("d" * 64, now, 60)
+        store = await self.reopened()
+        self.assertEqual((await store.count_failure("d" * 64, now, 60))[0], 2)
+
+    async def test_purge_expired_failure_counts(self) -> None:
+        now = int(time.time())
+        await self.store.count_failure("e" * 64, now - 100, 10)
+        await self.store.count_failure("f" * 64, now, 3600)
+        purged = await self.tokens.purge_expired(now)
+        self.assertEqual(purged, 1 if self.purges else 0)
+        self.assertEqual((await self.store.count_failure("f" * 64, now, 3600))[0], 2)
 
     async def test_data_outlives_the_store(self) -> None:
         """

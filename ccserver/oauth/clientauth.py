@@ -30,6 +30,7 @@ from ccserver.oauth import mtls
 
 if TYPE_CHECKING:
     from ccserver.oauth.assertions import AssertionVerifier
+    from ccserver.oauth.limits import AuthLimits
 
 #: RFC 7523 §2.2: the C{client_assertion_type} of a JWT client assertion.
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -216,30 +217,52 @@ async def authenticate(
 class ClientAuthenticator:
     """
     Who is calling, by whichever one method the request used: the secret
-    methods here, assertions through an L{AssertionVerifier}.
+    methods here, assertions through an L{AssertionVerifier}, certificates
+    through L{ccserver.oauth.mtls}; within the brute-force limits, counted
+    here, the one place every client authentication passes (the token,
+    introspection and revocation endpoints alike).
     """
 
     def __init__(
-        self, clients: IClientStore, assertions: AssertionVerifier | None = None
+        self,
+        clients: IClientStore,
+        assertions: AssertionVerifier | None = None,
+        limits: AuthLimits | None = None,
     ) -> None:
         """
         @param assertions: checks JWT assertions; without one they are
             refused.
+        @param limits: counts failures per (client, source address) and
+            refuses a pair past its budget; None for no limits.
         """
         self._clients = clients
         self._assertions = assertions
+        self._limits = limits
 
     async def authenticate(
         self,
         authorization: str | None,
         form: Mapping[str, str],
         certificate: mtls.PresentedCertificate | None = None,
+        source: str = "",
     ) -> Client:
         """
         @param certificate: the request's TLS client certificate, if any
             (RFC 8705): it authenticates a request with C{client_id} alone.
+        @param source: the caller's address, which the limits count by.
         """
         presented = presented_credentials(authorization, form)
+        if self._limits is None:
+            return await self._authenticate(presented, certificate)
+        return await self._limits.client(
+            presented.client_id or "", source, lambda: self._authenticate(presented, certificate)
+        )
+
+    async def _authenticate(
+        self,
+        presented: ClientCredentials | ClientAssertion,
+        certificate: mtls.PresentedCertificate | None,
+    ) -> Client:
         if isinstance(presented, ClientAssertion):
             if self._assertions is None:
                 raise invalid_client("client assertions are not accepted here")

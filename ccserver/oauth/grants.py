@@ -25,6 +25,7 @@ from ccserver.model import (
 )
 from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, ClientAuthenticator
 from ccserver.oauth.dpop import DPoPVerifier
+from ccserver.oauth.limits import IssuanceLimit
 from ccserver.oauth.mtls import BOUND_TOKENS, PresentedCertificate, bound_thumbprint
 from ccserver.oauth.tokens import TokenMinter
 
@@ -72,10 +73,13 @@ class ClientCredentialsGrant:
         issuer: str,
         dpop: DPoPVerifier,
         authenticator: ClientAuthenticator | None = None,
+        issuance: IssuanceLimit | None = None,
     ) -> None:
         """
-        @param authenticator: who is calling; by default, the secret
-            methods only (over C{clients}).
+        @param authenticator: who is calling (within the brute-force
+            limits); by default, the secret methods only (over C{clients}).
+        @param issuance: the per-client issuance limit, if any (C{[limits]
+            tokens_per_client_per_second}).
         """
         self._dpop = dpop
         #: RFC 9449 §4.3 9.: the htu of a proof is the token endpoint's URL
@@ -87,6 +91,7 @@ class ClientCredentialsGrant:
         self._handler = handler
         self._minter = minter
         self._issuer = issuer
+        self._issuance = issuance
 
     async def token(
         self,
@@ -95,6 +100,7 @@ class ClientCredentialsGrant:
         resources: Sequence[str] = (),
         dpop: Sequence[str] = (),
         certificate: PresentedCertificate | None = None,
+        source: str = "",
     ) -> IssuedToken:
         """
         @param form: the request's form parameters, each given once.
@@ -102,6 +108,7 @@ class ClientCredentialsGrant:
         @param resources: its RFC 8707 C{resource} parameters (repeatable).
         @param dpop: its C{DPoP} header values (RFC 9449), each one given.
         @param certificate: its TLS client certificate, if any (RFC 8705).
+        @param source: the caller's address, which the limits count by.
         """
         grant_type = form.get("grant_type")
         if grant_type is None:
@@ -110,7 +117,9 @@ class ClientCredentialsGrant:
             raise OAuthError(
                 "unsupported_grant_type", f"grant_type: {grant_type!r} is not supported here"
             )
-        client = await self._authenticator.authenticate(authorization, form, certificate)
+        client = await self._authenticator.authenticate(authorization, form, certificate, source)
+        if self._issuance is not None:
+            self._issuance.take(client.client_id)
         x5t_s256 = bound_thumbprint(client.metadata, certificate)
         if x5t_s256 is None and client.metadata.get(BOUND_TOKENS) is True:
             # RFC 8705 §3.4: the client said it wants bound tokens; a bearer

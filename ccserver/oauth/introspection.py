@@ -28,6 +28,7 @@ from ccserver.interfaces import IClientStore, ITokenStore
 from ccserver.keys import ACCESS_TOKEN_TYP, SIGNING_ALGORITHMS, Keyring
 from ccserver.model import Client
 from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, ClientAuthenticator, split_authorization
+from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import PresentedCertificate
 from ccserver.oauth.registration import bearer_error
 from ccserver.oauth.tokens import access_token_claims
@@ -86,6 +87,7 @@ class TokenIntrospection:
         *,
         master_token_digest: str,
         authenticator: ClientAuthenticator | None = None,
+        limits: AuthLimits | None = None,
     ) -> None:
         """
         @param authenticator: who is calling (the same methods as at the
@@ -99,14 +101,16 @@ class TokenIntrospection:
         self._now = now
         self._master_token_digest = master_token_digest
         self._authenticator = authenticator or ClientAuthenticator(clients)
+        self._limits = limits or AuthLimits(None, now)
 
     async def _caller(
         self,
         form: Mapping[str, str],
         authorization: str | None,
         certificate: PresentedCertificate | None,
+        source: str,
     ) -> Client:
-        return await self._authenticator.authenticate(authorization, form, certificate)
+        return await self._authenticator.authenticate(authorization, form, certificate, source)
 
     @staticmethod
     def _token(form: Mapping[str, str]) -> str:
@@ -189,6 +193,7 @@ class TokenIntrospection:
         form: Mapping[str, str],
         authorization: str | None,
         certificate: PresentedCertificate | None = None,
+        source: str = "",
     ) -> dict[str, Any]:
         """
         RFC 7662 §2: the token's claims with C{active: true}, or exactly
@@ -198,7 +203,7 @@ class TokenIntrospection:
         The server's own members go last, so that no claim in the token can
         stand in for them (a handler's C{"active": false} once did).
         """
-        caller = await self._caller(form, authorization, certificate)
+        caller = await self._caller(form, authorization, certificate, source)
         info = await self.lookup(self._token(form))
         if info is None or not self._may_see(caller, info):
             return dict(INACTIVE)
@@ -207,7 +212,7 @@ class TokenIntrospection:
         bound = isinstance(info.claims.get("cnf"), Mapping) and "jkt" in info.claims["cnf"]
         return {**info.claims, "active": True, "token_type": "DPoP" if bound else "Bearer"}
 
-    def _is_master(self, authorization: str | None) -> bool:
+    async def _is_master(self, authorization: str | None, source: str) -> bool:
         """
         Whether the request presents a bearer token, which must then be the
         master token (checked as the registration endpoints do: its digest,
@@ -221,23 +226,29 @@ class TokenIntrospection:
         parts = split_authorization(authorization)
         if parts is None or parts[0].lower() != "bearer":
             return False
-        token = parts[1]
-        if not credentials.check(token.strip(), self._master_token_digest):
-            raise bearer_error("the bearer token is not the master token")
-        return True
+        token = parts[1].strip()
+        digest = self._master_token_digest
+
+        async def check() -> bool:
+            if not credentials.check(token, digest):
+                raise bearer_error("the bearer token is not the master token")
+            return True
+
+        return await self._limits.bearer(source, check)
 
     async def revoke(
         self,
         form: Mapping[str, str],
         authorization: str | None,
         certificate: PresentedCertificate | None = None,
+        source: str = "",
     ) -> None:
         """
         RFC 7009 §2: revoke the caller's own token, or with the master token
         as a bearer token, any token.  An unknown token, or another client's,
         is answered the same way, and nothing is revoked.
         """
-        if self._is_master(authorization):
+        if await self._is_master(authorization, source):
             if CREDENTIAL_PARAMS.intersection(form):
                 raise invalid_request(
                     "the master token and client credentials were both presented"
@@ -246,7 +257,7 @@ class TokenIntrospection:
             if info is not None:
                 await self._revoke(info)
             return
-        caller = await self._caller(form, authorization, certificate)
+        caller = await self._caller(form, authorization, certificate, source)
         info = await self.lookup(self._token(form))
         if info is None or info.client_id != caller.client_id:
             return

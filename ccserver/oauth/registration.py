@@ -28,6 +28,7 @@ from ccserver.model import (
     scope_values,
     split_uri,
 )
+from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
 
 #: The grant types this server issues tokens for.
@@ -438,6 +439,7 @@ class ClientRegistry:
         client_cache_seconds: float,
         authoritative: IClientStore | None = None,
         secret_encryptor: KeyEncryptor | None = None,
+        limits: AuthLimits | None = None,
     ) -> None:
         """
         @param token_max_lifetime: no token lives longer (C{[tokens]
@@ -453,6 +455,8 @@ class ClientRegistry:
         @param secret_encryptor: encrypts the secrets of C{client_secret_jwt}
             clients for the store (the key-encryption key); without one,
             such clients cannot be registered.
+        @param limits: the brute-force limits: a wrong master token or
+            registration access token is counted per source address.
         """
         self._store = store
         self._master_token_digest = master_token_digest
@@ -461,14 +465,30 @@ class ClientRegistry:
         self._client_cache_seconds = client_cache_seconds
         self._authoritative = authoritative
         self._secret_encryptor = secret_encryptor
+        self._limits = limits or AuthLimits(None, now)
 
-    def check_master_token(self, token: str | None) -> None:
+    async def check_master_token(self, token: str | None, source: str = "") -> None:
+        """
+        @raise OAuthError: C{invalid_token} unless C{token} is the master
+            token; 429 once C{source} has made too many wrong attempts.
+        """
         if token is None:
             raise bearer_error("registration needs the master token as a bearer token")
-        if not credentials.check(token, self._master_token_digest):
-            raise bearer_error("the bearer token is not valid for registration")
+        digest = self._master_token_digest
 
-    async def register(self, token: str | None, read_body: Callable[[], object]) -> Registration:
+        async def check() -> None:
+            if not credentials.check(token, digest):
+                raise bearer_error("the bearer token is not valid for registration")
+
+        if not token:
+            # a malformed Authorization header: no token was tried, nothing
+            # to count
+            await check()
+        await self._limits.bearer(source, check)
+
+    async def register(
+        self, token: str | None, read_body: Callable[[], object], source: str = ""
+    ) -> Registration:
         """
         RFC 7591 §3: register a new client.
 
@@ -476,7 +496,7 @@ class ClientRegistry:
             the caller is authorised, so that a stranger learns nothing
             from the errors of a bad body.
         """
-        self.check_master_token(token)
+        await self.check_master_token(token, source)
         metadata = validate_metadata(read_body())
         method = metadata["token_endpoint_auth_method"]
         client_secret: str | None = None
@@ -509,15 +529,24 @@ class ClientRegistry:
             )
         return self._secret_encryptor
 
-    async def _authorized(self, client_id: str, token: str | None) -> tuple[Client, bool]:
+    async def _authorized(
+        self, client_id: str, token: str | None, source: str
+    ) -> tuple[Client, bool]:
         """
         RFC 7592 §2: the client whose configuration endpoint this is, if
         C{token} is its registration access token or the master token, and
         whether it was the master token (the operator, who manages any
         client).  An unknown client gets the same answer as a wrong token.
+        A wrong token counts against C{source}'s budget.
         """
         if token is None:
             raise bearer_error("this endpoint needs the client's registration access token")
+        if not token:
+            # a malformed Authorization header: no token was tried
+            return await self._check_token(client_id, token)
+        return await self._limits.bearer(source, lambda: self._check_token(client_id, token))
+
+    async def _check_token(self, client_id: str, token: str) -> tuple[Client, bool]:
         client = await self._store.get_client(client_id)
         expected = client.registration_access_token_digest if client else None
         # Both digests are always compared, in constant time: which one
@@ -528,12 +557,16 @@ class ClientRegistry:
             return client, is_master
         raise bearer_error("the registration access token is not valid for this client")
 
-    async def read(self, client_id: str, token: str | None) -> Client:
-        client, _ = await self._authorized(client_id, token)
+    async def read(self, client_id: str, token: str | None, source: str = "") -> Client:
+        client, _ = await self._authorized(client_id, token, source)
         return client
 
     async def replace(
-        self, client_id: str, token: str | None, read_body: Callable[[], object]
+        self,
+        client_id: str,
+        token: str | None,
+        read_body: Callable[[], object],
+        source: str = "",
     ) -> Client:
         """
         RFC 7592 §2.2: replace the client's metadata with the request's.
@@ -552,7 +585,7 @@ class ClientRegistry:
         repeats it (GET gives it) to keep it.  Kept fields are stored as the
         operator wrote them.
         """
-        client, is_master = await self._authorized(client_id, token)
+        client, is_master = await self._authorized(client_id, token, source)
         if not is_master and self._authoritative is not None:
             stored = await self._authoritative.get_client(client_id)
             if stored is None:
@@ -603,7 +636,7 @@ class ClientRegistry:
             raise bearer_error("the registration access token is not valid for this client")
         return new
 
-    async def delete(self, client_id: str, token: str | None) -> None:
+    async def delete(self, client_id: str, token: str | None, source: str = "") -> None:
         """
         RFC 7592 §2.3: deregister the client; its credentials and
         registration access token stop working, and so do its tokens: the
@@ -616,7 +649,7 @@ class ClientRegistry:
         so no later client with the same id can be hit by it.  The mark is
         kept until the last token it covers has expired.
         """
-        await self._authorized(client_id, token)
+        await self._authorized(client_id, token, source)
         issued_before = math.ceil(self._now() + self._client_cache_seconds) + 1
         await self._store.delete_client(
             client_id, issued_before, issued_before + self._token_max_lifetime

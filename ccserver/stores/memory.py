@@ -35,6 +35,8 @@ class MemoryStore:
         self._revoked: dict[str, int] = {}
         #: client_id -> (issued_before, mark_expires_at)
         self._revoked_clients: dict[str, tuple[int, int]] = {}
+        #: failure key -> (failures, window ends at)
+        self._failures: dict[str, tuple[int, float]] = {}
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -120,9 +122,20 @@ class MemoryStore:
             del self._revoked[jti]
         for client_id in expired_marks:
             del self._revoked_clients[client_id]
+        expired_failures = [k for k, (_, until) in self._failures.items() if until < now]
+        for key in expired_failures:
+            del self._failures[key]
         return succeed(
             len(expired_tokens) + len(expired_jtis) + len(expired_marks) + len(expired_used)
+            + len(expired_failures)
         )
+
+    def count_failure(self, key: str, now: float, window: float) -> Deferred[tuple[int, float]]:
+        failures, until = self._failures.get(key, (0, now))
+        if until <= now:
+            failures, until = 0, now + window
+        self._failures[key] = (failures + 1, until)
+        return succeed((failures + 1, until))
 
     def list_keys(self) -> Deferred[list[StoredKey]]:
         return succeed(sorted(self._keys.values(), key=lambda k: (k.created_at, k.kid)))

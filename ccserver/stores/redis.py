@@ -31,6 +31,10 @@ shared with other data):
   - C{ccserver:once:<key>}: a one-time record (C{use_once}), C{SET NX
     EXAT}, gone at its expiry; a client's record (above) may carry
     C{encrypted_secret}, for C{client_secret_jwt} clients only;
+  - C{ccserver:auth_failures:<key>}: the count of failed authentication
+    attempts under a key (a digest), C{INCR}ed and given its expiry (the
+    window) by one script, in one round trip; Redis forgets it when the
+    window ends;
   - C{ccserver:schema_version}: the layout's version (1), so that a later
     ccserver can tell what it opens.
 
@@ -121,6 +125,18 @@ end
 return 1
 """
 
+#: INCR, and a new counter gets the window as its expiry: one round trip,
+#: atomic.  Returns the count and the milliseconds left in the window.
+_COUNT_FAILURE_SCRIPT = """
+local failures = redis.call('INCR', KEYS[1])
+local left = redis.call('PTTL', KEYS[1])
+if left < 0 then
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+    left = tonumber(ARGV[1])
+end
+return {failures, left}
+"""
+
 _ADD_TOKEN_SCRIPT = """
 redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
@@ -201,6 +217,10 @@ def client_tokens_key(client_id: str) -> str:
 
 def revoked_client_key(client_id: str) -> str:
     return f"{PREFIX}revoked_client:{client_id}"
+
+
+def auth_failures_key(key: str) -> str:
+    return f"{PREFIX}auth_failures:{key}"
 
 
 def _redis_version(info: str) -> tuple[int, ...]:
@@ -567,3 +587,19 @@ class RedisStore:
 
     def purge_expired(self, now: int) -> Deferred[int]:
         return succeed(0)
+
+    # IAuthFailureStore
+
+    def count_failure(self, key: str, now: float, window: float) -> Deferred[tuple[int, float]]:
+        """
+        The window is Redis' own expiry (C{PEXPIRE}, set by the first
+        failure): its end is C{now} plus what Redis says is left.
+        """
+        d = self._call(
+            "eval",
+            _COUNT_FAILURE_SCRIPT,
+            [auth_failures_key(key)],
+            [str(max(1, int(window * 1000)))],
+        )
+        d.addCallback(lambda reply: (int(reply[0]), now + int(reply[1]) / 1000))
+        return d

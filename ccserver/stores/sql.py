@@ -17,12 +17,13 @@ Durability and concurrency:
     the same file wait up to the timeout (C{busy_timeout}); every write
     starts with C{BEGIN IMMEDIATE} so that it takes the write lock first and
     never fails half-way on a lock upgrade.
-  - Every write is one transaction: one statement, or three in
+  - Every write is one transaction: one statement, or several in
     C{purge_expired} and in C{delete_client} (the client's revocation mark,
     its opaque tokens, the client), so none is ever half-done.
 
 Tables: C{clients}, C{signing_keys}, and for L{ITokenStore} C{access_tokens}
-(by digest, never the token), C{revoked_jtis} and C{revoked_clients};
+(by digest, never the token), C{revoked_jtis} and C{revoked_clients}; for
+L{IAuthFailureStore} C{auth_failures};
 metadata, audiences and claims are JSON text, so that the same SQL serves
 both databases.  The columns, and the rows read and written, are those of
 L{ccserver.stores.codec}.
@@ -387,6 +388,18 @@ class SQLStore:
             ),
             "purge_revoked_clients": t("DELETE FROM revoked_clients WHERE expires_at < ?"),
             "list_keys": t(f"SELECT {_columns(KEYS)} FROM signing_keys ORDER BY created_at, kid"),
+            # A window that has ended starts again at 1; both SET
+            # expressions read the row as it was.
+            "count_failure": t(
+                "INSERT INTO auth_failures (failure_key, failures, expires_at_ms) VALUES (?, 1, ?)"
+                " ON CONFLICT (failure_key) DO UPDATE SET"
+                " failures = CASE WHEN auth_failures.expires_at_ms <= ? THEN 1"
+                " ELSE auth_failures.failures + 1 END,"
+                " expires_at_ms = CASE WHEN auth_failures.expires_at_ms <= ?"
+                " THEN excluded.expires_at_ms ELSE auth_failures.expires_at_ms END"
+                " RETURNING failures, expires_at_ms"
+            ),
+            "purge_auth_failures": t("DELETE FROM auth_failures WHERE expires_at_ms < ?"),
             # A kid taken already is replaced, as MemoryStore does.
             "add_key": t(_upsert("signing_keys", KEYS)),
             "replace_key": t(_update("signing_keys", KEYS)),
@@ -731,7 +744,7 @@ class SQLStore:
         The deletions in one transaction; fires with how many rows went.
         """
         statements = [
-            self._sql[name]
+            (self._sql[name], now)
             for name in (
                 "purge_tokens",
                 "purge_revoked",
@@ -739,15 +752,36 @@ class SQLStore:
                 "purge_used_once",
             )
         ]
+        statements.append((self._sql["purge_auth_failures"], now * 1000))
 
         def purge(cursor: Any) -> int:
             count = 0
-            for statement in statements:
-                cursor.execute(statement, (now,))
+            for statement, before in statements:
+                cursor.execute(statement, (before,))
                 count += int(cursor.rowcount)
             return count
 
         return self._guard(self._run(purge, write=True))
+
+
+    # IAuthFailureStore
+
+    def count_failure(self, key: str, now: float, window: float) -> Deferred[tuple[int, float]]:
+        """
+        One upsert: the count and the window's end come back from the same
+        statement (C{RETURNING}), so concurrent failures on several
+        instances never lose a count.
+        """
+        now_ms = int(now * 1000)
+        statement = self._sql["count_failure"]
+        params = (key, now_ms + int(window * 1000), now_ms, now_ms)
+
+        def count(cursor: Any) -> tuple[int, float]:
+            cursor.execute(statement, params)
+            failures, expires_at_ms = cursor.fetchone()
+            return int(failures), int(expires_at_ms) / 1000
+
+        return self._guard(self._run(count, write=True))
 
 
 def _prepare_sqlite(connection: sqlite3.Connection, *, busy_seconds: float) -> None:
