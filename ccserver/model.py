@@ -90,6 +90,11 @@ class Client:
         the secret itself.
     @ivar registration_access_token_digest: the SHA-256 digest of its
         registration access token (hex).
+    @ivar previous_secret_digest: after a secret rotation, the digest of
+        the secret it replaced, which still authenticates until
+        C{previous_secret_expires_at} (the grace period); None otherwise.
+    @ivar previous_secret_expires_at: when the previous secret stops
+        working (seconds since the epoch), or None.
     """
 
     client_id: str
@@ -97,6 +102,18 @@ class Client:
     metadata: Mapping[str, Any] = field(converter=_readonly)
     client_secret_digest: str = field(repr=False)
     registration_access_token_digest: str = field(repr=False)
+    previous_secret_digest: str | None = field(default=None, repr=False)
+    previous_secret_expires_at: int | None = None
+
+    def previous_secret_digest_at(self, now: float) -> str | None:
+        """
+        The previous secret's digest while its grace period lasts (until
+        C{previous_secret_expires_at}, exclusive), else None.
+        """
+        expires_at = self.previous_secret_expires_at
+        if self.previous_secret_digest is None or expires_at is None or now >= expires_at:
+            return None
+        return self.previous_secret_digest
 
     @property
     def scope(self) -> frozenset[str]:

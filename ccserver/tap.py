@@ -198,6 +198,7 @@ def make_site(
             token_max_lifetime=config.tokens.max_lifetime,
             client_cache_seconds=config.store.client_cache_seconds,
             authoritative=store,
+            secret_rotation_grace=config.clients.secret_rotation_grace,
         ),
         keyring=keyring,
         issuer=config.issuer,
@@ -283,7 +284,14 @@ def makeService(
         sign if sign is not None else rsa_in_threads(reactor),
     )
     root = MultiService()
-    store_service = StoreService(store, keyring, on_fatal, first.master_token_file)
+    store_service = StoreService(
+        store,
+        keyring,
+        on_fatal,
+        first.master_token_file,
+        fresh_key_file=first.fresh_key_file,
+        key_mismatch=lambda: firststart.key_mismatch(config, store.url, first.fresh_key_file),
+    )
     store_service.setServiceParent(root)
 
     handler_as_service = handler_service(handler)

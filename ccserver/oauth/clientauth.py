@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import unquote_plus
 
 from attrs import frozen
@@ -138,18 +138,27 @@ def presented_credentials(
     raise invalid_client("no client authentication was included")
 
 
-async def authenticate(store: IClientStore, presented: ClientCredentials) -> Client:
+async def authenticate(
+    store: IClientStore, presented: ClientCredentials, *, now: Callable[[], float]
+) -> Client:
     """
     The registered client these credentials authenticate.
 
     The secret is checked in constant time, against a stand-in digest when
-    the client is unknown.  A client that used a method other than its
-    registered one fails like a wrong secret, but is told the right method
-    once its secret has proven it is who it says.
+    the client is unknown.  After a secret rotation the previous secret
+    works too until its grace period ends (C{now} tells when that is): both
+    digests are compared on every request, so that the time taken shows
+    neither whether the client has a previous secret nor which one matched.
+    A client that used a method other than its registered one fails like a
+    wrong secret, but is told the right method once its secret has proven
+    it is who it says.
     """
     client = await store.get_client(presented.client_id) if presented.client_id else None
     expected = client.client_secret_digest if client else None
-    if not credentials.check(presented.client_secret, expected) or client is None:
+    previous = client.previous_secret_digest_at(now()) if client else None
+    matches_current = credentials.check(presented.client_secret, expected)
+    matches_previous = credentials.check(presented.client_secret, previous)
+    if not (matches_current or matches_previous) or client is None:
         raise invalid_client()
     if presented.method != client.token_endpoint_auth_method:
         raise invalid_client(

@@ -85,7 +85,9 @@ class ClientCredentialsGrant:
             raise OAuthError(
                 "unsupported_grant_type", f"grant_type: {grant_type!r} is not supported here"
             )
-        client = await authenticate(self._clients, presented_credentials(authorization, form))
+        client = await authenticate(
+            self._clients, presented_credentials(authorization, form), now=self._minter.now
+        )
         if CLIENT_CREDENTIALS not in client.grant_types:
             raise OAuthError(
                 "unauthorized_client", "this client is not registered for client_credentials"

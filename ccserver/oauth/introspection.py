@@ -94,7 +94,9 @@ class TokenIntrospection:
         self._master_token_digest = master_token_digest
 
     async def _caller(self, form: Mapping[str, str], authorization: str | None) -> Client:
-        return await authenticate(self._clients, presented_credentials(authorization, form))
+        return await authenticate(
+            self._clients, presented_credentials(authorization, form), now=self._now
+        )
 
     @staticmethod
     def _token(form: Mapping[str, str]) -> str:

@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from ccserver import credentials
+from ccserver.clients import SecretRotation, rotate_secret
 from ccserver.errors import ClientExists, OAuthError, invalid_client_metadata, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.model import CLIENT_CREDENTIALS, Client, scope_values
@@ -292,6 +293,43 @@ def client_information(client: Client, issuer: str) -> dict[str, Any]:
     return info
 
 
+def registration_response(registration: Registration, issuer: str) -> dict[str, Any]:
+    """
+    RFC 7591 §3.2.1: the answer to a registration, with the secrets the
+    caller sees this once; the same for C{POST /client-reg} and C{ccserver
+    clients create}.
+    """
+    document = client_information(registration.client, issuer)
+    document["client_secret"] = registration.client_secret
+    document["registration_access_token"] = registration.registration_access_token
+    return document
+
+
+async def register_client(
+    store: IClientStore, metadata: Mapping[str, Any], now: Callable[[], float]
+) -> Registration:
+    """
+    Store a new client of validated C{metadata}, with a new identifier,
+    secret and registration access token: the registration itself, for the
+    endpoint (once the master token is proven) and the operator's command.
+    """
+    client_secret = credentials.new_secret()
+    registration_access_token = credentials.new_secret()
+    while True:
+        client = Client(
+            client_id=credentials.new_client_id(),
+            client_id_issued_at=int(now()),
+            metadata=metadata,
+            client_secret_digest=credentials.digest(client_secret),
+            registration_access_token_digest=credentials.digest(registration_access_token),
+        )
+        try:
+            await store.add_client(client)
+        except ClientExists:
+            continue  # 128 random bits: never in practice, but never an error
+        return Registration(client, client_secret, registration_access_token)
+
+
 def registration_client_uri(issuer: str, client_id: str) -> str:
     return f"{issuer}/client-reg/{client_id}"
 
@@ -310,6 +348,7 @@ class ClientRegistry:
         token_max_lifetime: int,
         client_cache_seconds: float,
         authoritative: IClientStore | None = None,
+        secret_rotation_grace: int = 1800,
     ) -> None:
         """
         @param token_max_lifetime: no token lives longer (C{[tokens]
@@ -322,6 +361,8 @@ class ClientRegistry:
             record read from it, not one cached for up to C{[store]
             client_cache_seconds}: else, on another instance, a client
             could write back privileges the operator has just taken away.
+        @param secret_rotation_grace: how long a rotated-out secret still
+            works (C{[clients] secret_rotation_grace}).
         """
         self._store = store
         self._master_token_digest = master_token_digest
@@ -329,6 +370,7 @@ class ClientRegistry:
         self._token_max_lifetime = token_max_lifetime
         self._client_cache_seconds = client_cache_seconds
         self._authoritative = authoritative
+        self._secret_rotation_grace = secret_rotation_grace
 
     def check_master_token(self, token: str | None) -> None:
         if token is None:
@@ -345,22 +387,7 @@ class ClientRegistry:
             from the errors of a bad body.
         """
         self.check_master_token(token)
-        metadata = validate_metadata(read_body())
-        client_secret = credentials.new_secret()
-        registration_access_token = credentials.new_secret()
-        while True:
-            client = Client(
-                client_id=credentials.new_client_id(),
-                client_id_issued_at=int(self._now()),
-                metadata=metadata,
-                client_secret_digest=credentials.digest(client_secret),
-                registration_access_token_digest=credentials.digest(registration_access_token),
-            )
-            try:
-                await self._store.add_client(client)
-            except ClientExists:
-                continue  # 128 random bits: never in practice, but never an error
-            return Registration(client, client_secret, registration_access_token)
+        return await register_client(self._store, validate_metadata(read_body()), self._now)
 
     async def _authorized(self, client_id: str, token: str | None) -> tuple[Client, bool]:
         """
@@ -443,13 +470,8 @@ class ClientRegistry:
                     metadata[name] = client.metadata[name]
                 else:
                     metadata.pop(name, None)
-        new = Client(
-            client_id=client.client_id,
-            client_id_issued_at=client.client_id_issued_at,
-            metadata=metadata,
-            client_secret_digest=client.client_secret_digest,
-            registration_access_token_digest=client.registration_access_token_digest,
-        )
+        # evolve: the secrets' digests (and a rotation's grace) are kept
+        new = evolve(client, metadata=metadata)
         if not await self._store.replace_client(new):
             raise bearer_error("the registration access token is not valid for this client")
         return new
@@ -468,8 +490,43 @@ class ClientRegistry:
         kept until the last token it covers has expired.
         """
         await self._authorized(client_id, token)
+        await self.remove(client_id)
+
+    async def remove(self, client_id: str) -> bool:
+        """
+        Delete a client as L{delete} does, without asking for a token: the
+        operator's C{ccserver clients delete}, already trusted.  Fires with
+        C{False} if there was no such client (the mark is written anyway).
+        """
         issued_before = math.ceil(self._now() + self._client_cache_seconds) + 1
-        await self._store.delete_client(
+        return await self._store.delete_client(
             client_id, issued_before, issued_before + self._token_max_lifetime
         )
+
+    async def rotate_secret(self, client_id: str, token: str | None) -> SecretRotation:
+        """
+        Give the client a new secret, for the holder of the master token
+        only (the operator; a client's own registration access token cannot:
+        a leaked one must not let its holder lock the client out).  The old
+        secret keeps working for C{[clients] secret_rotation_grace} seconds.
+        An unknown client gets the same answer as a wrong token.
+        """
+        if token is None:
+            raise bearer_error("rotating a secret needs the master token as a bearer token")
+        # Always both comparisons' cost, whatever the client (see _authorized).
+        client = await self._store.get_client(client_id)
+        if not credentials.check(token, self._master_token_digest):
+            raise bearer_error("the bearer token is not valid for rotating secrets")
+        rotation = None
+        if client is not None:
+            rotation = await rotate_secret(
+                self._authoritative or self._store,
+                client_id,
+                self._secret_rotation_grace,
+                self._now,
+                writer=self._store,
+            )
+        if rotation is None:
+            raise bearer_error("the bearer token is not valid for this client")
+        return rotation
 

@@ -300,7 +300,7 @@ def _to_json(value: Any) -> str:
 
 _CLIENT_COLUMNS = (
     "client_id, client_id_issued_at, metadata, client_secret_digest,"
-    " registration_access_token_digest"
+    " registration_access_token_digest, previous_secret_digest, previous_secret_expires_at"
 )
 _KEY_COLUMNS = "kid, alg, encrypted_private_key, created_at, active_from, retired_at"
 _TOKEN_COLUMNS = "token_digest, client_id, scope, audience, issued_at, expires_at, jti, claims"
@@ -313,6 +313,8 @@ def _client_row(client: Client) -> tuple[Any, ...]:
         _to_json(client.metadata),
         client.client_secret_digest,
         client.registration_access_token_digest,
+        client.previous_secret_digest,
+        client.previous_secret_expires_at,
     )
 
 
@@ -323,6 +325,8 @@ def _client_from_row(row: Sequence[Any]) -> Client:
         metadata=json.loads(row[2]),
         client_secret_digest=str(row[3]),
         registration_access_token_digest=str(row[4]),
+        previous_secret_digest=None if row[5] is None else str(row[5]),
+        previous_secret_expires_at=None if row[6] is None else int(row[6]),
     )
 
 
@@ -414,12 +418,20 @@ class SQLStore:
         self._pool: _ConnectionPool | None = None
         t = dialect.translate
         self._sql = {
-            "add_client": t(f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?)"),
+            "add_client": t(
+                f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+            ),
             "get_client": t(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = ?"),
             "replace_client": t(
                 "UPDATE clients SET client_id_issued_at = ?, metadata = ?,"
-                " client_secret_digest = ?, registration_access_token_digest = ?"
+                " client_secret_digest = ?, registration_access_token_digest = ?,"
+                " previous_secret_digest = ?, previous_secret_expires_at = ?"
                 " WHERE client_id = ?"
+            ),
+            # Keyset paging: an index walk from the cursor, whatever the table's size.
+            "list_clients": t(
+                f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id > ?"
+                " ORDER BY client_id LIMIT ?"
             ),
             "delete_client": t("DELETE FROM clients WHERE client_id = ?"),
             # A mark already there is kept with the later of each time.
@@ -702,6 +714,20 @@ class SQLStore:
         row = _client_row(client)
         d = self._execute("replace_client", (*row[1:], row[0]), write=True)
         d.addCallback(lambda count: count == 1)
+        return d
+
+    def list_clients(self, cursor: str, count: int) -> Deferred[tuple[list[Client], str]]:
+        """
+        Keyset paging: the cursor is the last client_id of the page before.
+        """
+        count = max(1, count)
+        d = self._execute("list_clients", (cursor, count))
+
+        def page(rows: list[Sequence[Any]]) -> tuple[list[Client], str]:
+            clients = [_client_from_row(row) for row in rows]
+            return clients, clients[-1].client_id if len(clients) == count else ""
+
+        d.addCallback(page)
         return d
 
     def delete_client(
