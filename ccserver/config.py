@@ -42,6 +42,7 @@ DPOP_SIGNING_ALGORITHMS = ("ES256", "EdDSA", "RS256", "PS256")
 TOKEN_FORMATS = ("jwt", "opaque")
 INTROSPECTION_RULES = ("audience", "any")
 MASTER_TOKEN_ENV = "CCSERVER_MASTER_TOKEN"
+KEY_ENCRYPTION_KEY_ENV = "CCSERVER_KEY_ENCRYPTION_KEY"
 
 # Field metadata.  The TOML layout of a file is derived from the classes
 # below: a field is a key of that type, a field holding a config class is a
@@ -94,6 +95,9 @@ class KeysConfig:
     #: Where the key-encryption key is kept; None for the default, beside
     #: the database.
     encryption_key_file: str | None = None
+    #: The key-encryption key itself, from $CCSERVER_KEY_ENCRYPTION_KEY
+    #: (for containers); it wins over the file, and is never in a file.
+    encryption_key: str | None = field(default=None, repr=False, metadata={NOT_IN_FILE: True})
     #: Seconds between publishing a new signing key and signing with it, so
     #: that resource servers' caches of the JWK set have it first.
     activation_delay: int = 600
@@ -214,6 +218,13 @@ class LimitsConfig:
     tokens_per_client_per_second: float | None = None
 
 
+@frozen
+class ClientsConfig:
+    #: Seconds a client's previous secret still works after a rotation
+    #: (ccserver clients rotate-secret); 0 ends it at once.
+    secret_rotation_grace: int = 1800
+
+
 def _default_issuer(config: Config) -> str:
     """
     http://localhost and the port of the first endpoint listened on.
@@ -239,6 +250,7 @@ class Config:
     keys: KeysConfig = KeysConfig()
     client_auth: ClientAuthConfig = ClientAuthConfig()
     dpop: DPoPConfig = DPoPConfig()
+    clients: ClientsConfig = ClientsConfig()
     #: The grant handler plugin's name: in a file, the C{name} of the
     #: C{[grant_handler]} table, whose other keys are the handler's own.
     grant_handler: str = field(
@@ -268,7 +280,10 @@ class Config:
 
 
 #: Where the environment and the command line reach into the file's layout.
-_ENVIRONMENT: dict[str, tuple[str, ...]] = {MASTER_TOKEN_ENV: ("master_token",)}
+_ENVIRONMENT: dict[str, tuple[str, ...]] = {
+    MASTER_TOKEN_ENV: ("master_token",),
+    KEY_ENCRYPTION_KEY_ENV: ("keys", "encryption_key"),
+}
 _COMMAND_LINE: dict[str, tuple[str, ...]] = {
     "listen": ("listen",),
     "issuer": ("issuer",),
@@ -474,6 +489,8 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
     _check_tokens(config.tokens)
     if config.keys.activation_delay < 0:
         raise ConfigError("[keys] activation_delay: must be 0 or more")
+    if config.clients.secret_rotation_grace < 0:
+        raise ConfigError("[clients] secret_rotation_grace: must be 0 or more")
     _check_signing_alg(config.tokens.signing_alg)
     _check_client_auth(config.client_auth)
     _check_dpop(config.dpop)

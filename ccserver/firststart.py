@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet
 from twisted.logger import Logger
 
 from ccserver import credentials
-from ccserver.config import Config, resolve
+from ccserver.config import KEY_ENCRYPTION_KEY_ENV, Config, resolve
 from ccserver.errors import ConfigError
 from ccserver.keys import KeyEncryptor
 from ccserver.stores import data_dir, sqlite_path
@@ -35,11 +35,14 @@ class FirstStart:
     @ivar master_token_digest: the digest of the master token.
     @ivar master_token_file: the file it came from (None if configured).
     @ivar encryptor: encrypts private signing keys at rest.
+    @ivar fresh_key_file: the key-encryption key file if it was made now
+        (removed again if the store's keys turn out to need another key).
     """
 
     master_token_digest: str
     master_token_file: Path | None
     encryptor: KeyEncryptor
+    fresh_key_file: Path | None = None
 
 
 def prepare(config: Config) -> FirstStart:
@@ -51,7 +54,8 @@ def prepare(config: Config) -> FirstStart:
     """
     private_sqlite_file(config.store.url)
     digest, path = master_token(config)
-    return FirstStart(digest, path, key_encryptor(config))
+    encryptor, fresh = key_encryption(config)
+    return FirstStart(digest, path, encryptor, fresh)
 
 
 def private_sqlite_file(url: str) -> None:
@@ -129,16 +133,62 @@ def key_encryption_key_path(config: Config) -> Path | None:
 
 def key_encryptor(config: Config) -> KeyEncryptor:
     """
-    The encryptor of the configured key-encryption key file (made if
-    missing); an ephemeral one for a memory store with no file configured.
+    The encryptor of the configured key-encryption key (see
+    L{key_encryption}).
     """
+    return key_encryption(config)[0]
+
+
+def key_encryption(config: Config) -> tuple[KeyEncryptor, Path | None]:
+    """
+    The encryptor of the key-encryption key: C{$CCSERVER_KEY_ENCRYPTION_KEY}
+    if set (containers, where a file of its own would die with the
+    container), else the configured file (made if missing); an ephemeral
+    one for a memory store with neither.
+
+    @return: the encryptor, and the file if it was made now (which the
+        caller removes again if the store's keys need another key: see
+        L{key_mismatch}).
+    """
+    if config.keys.encryption_key is not None:
+        try:
+            return KeyEncryptor.from_key(config.keys.encryption_key.strip().encode()), None
+        except ValueError:
+            # never the value itself: it is a secret
+            raise ConfigError(
+                f"{KEY_ENCRYPTION_KEY_ENV}: is not a Fernet key (32 bytes, URL-safe base64)"
+            ) from None
     path = key_encryption_key_path(config)
     if path is None:
-        return KeyEncryptor.ephemeral()
+        return KeyEncryptor.ephemeral(), None
     try:
-        return encryptor_from_file(path)[0]
+        encryptor, made = encryptor_from_file(path)
     except ValueError:
         raise ConfigError(f"[keys] encryption_key_file: {str(path)!r} holds no Fernet key") from None
+    return encryptor, path if made else None
+
+
+def key_mismatch(config: Config, store_url: str, fresh_key_file: Path | None) -> ConfigError:
+    """
+    The one line for a server whose key-encryption key cannot decrypt the
+    signing keys already in its store: a second instance started against a
+    shared store with a key of its own.  A key file made by this start is
+    removed first, so that the next start, once the right key is in place,
+    does not meet it.
+    """
+    if fresh_key_file is not None:
+        try:
+            fresh_key_file.unlink()
+        except FileNotFoundError:
+            pass
+    path = key_encryption_key_path(config)
+    where = f"{str(path)!r}" if path is not None else "[keys] encryption_key_file"
+    given = "the key in " + KEY_ENCRYPTION_KEY_ENV if config.keys.encryption_key else where
+    return ConfigError(
+        f"the signing keys in {store_url} were encrypted with another key-encryption key "
+        f"than {given}: copy the key file from an instance that uses this store to {where}, "
+        f"or set {KEY_ENCRYPTION_KEY_ENV} to its content"
+    )
 
 
 def loose_mode(path: Path) -> int | None:
@@ -182,7 +232,7 @@ def private_files(config: Config, master_token_file: Path | None) -> list[tuple[
     if config.store.url.startswith("sqlite:"):
         files.append(("database", sqlite_path(config.store.url)))
     key_file = key_encryption_key_path(config)
-    if key_file is not None:
+    if key_file is not None and config.keys.encryption_key is None:
         files.append(("key-encryption key", key_file))
     if master_token_file is not None:
         files.append(("master-token file", master_token_file))

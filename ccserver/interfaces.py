@@ -43,6 +43,17 @@ class IClientStore(Interface):
         Fires with C{False} (and stores nothing) if there is none.
         """
 
+    def list_clients(cursor: str, count: int) -> Deferred[tuple[list[Client], str]]:
+        """
+        One page of the registered clients, for the operator's listing:
+        start with the cursor C{""}, then pass the cursor each page gives,
+        until it is C{""} again.  A page holds about C{count} clients (Redis
+        may give a few more, or none while the cursor is not done), so that
+        100,000 clients are never read in one reply or held at once.  Every
+        client stored for the whole walk is given at least once; Redis'
+        C{SCAN} may give one twice, which the caller drops.
+        """
+
     def delete_client(client_id: str, issued_before: int, mark_expires_at: int) -> Deferred[bool]:
         """
         Delete a client and end its tokens, in one atomic write where the

@@ -147,6 +147,11 @@ class Client:
         every other client, which keeps only the digest.  An empty
         C{client_secret_digest} means the client has no secret at all
         (C{private_key_jwt}).
+    @ivar previous_secret_digest: after a secret rotation, the digest of
+        the secret it replaced, which still authenticates until
+        C{previous_secret_expires_at} (the grace period); None otherwise.
+    @ivar previous_secret_expires_at: when the previous secret stops
+        working (seconds since the epoch), or None.
     """
 
     client_id: str
@@ -155,6 +160,18 @@ class Client:
     client_secret_digest: str = field(repr=False)
     registration_access_token_digest: str = field(repr=False)
     encrypted_secret: str | None = field(default=None, repr=False)
+    previous_secret_digest: str | None = field(default=None, repr=False)
+    previous_secret_expires_at: int | None = None
+
+    def previous_secret_digest_at(self, now: float) -> str | None:
+        """
+        The previous secret's digest while its grace period lasts (until
+        C{previous_secret_expires_at}, exclusive), else None.
+        """
+        expires_at = self.previous_secret_expires_at
+        if self.previous_secret_digest is None or expires_at is None or now >= expires_at:
+            return None
+        return self.previous_secret_digest
 
     @property
     def scope(self) -> frozenset[str]:

@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ccserver.interfaces import IStore
-from ccserver.keys import Keyring
+from ccserver.keys import KeyDecryptionError, Keyring
 from ccserver.web import CCServerSite
 
 #: What is told when the service cannot start: the failure.
@@ -65,12 +65,25 @@ class StoreService(MultiService):
         keyring: Keyring,
         on_fatal: OnFatal,
         master_token_file: Path | None = None,
+        *,
+        fresh_key_file: Path | None = None,
+        key_mismatch: Callable[[], Exception] | None = None,
     ) -> None:
+        """
+        @param fresh_key_file: the key-encryption key file this start made,
+            if any: removed again when the start fails before the store's
+            keys are known to decrypt with it, so that it cannot stand in
+            the way of the right key at the next start.
+        @param key_mismatch: the error to stop with when the store's
+            signing keys were encrypted with another key-encryption key.
+        """
         super().__init__()
         self.store = store
         self.keyring = keyring
         self.on_fatal = on_fatal
         self.master_token_file = master_token_file
+        self.fresh_key_file = fresh_key_file
+        self.key_mismatch = key_mismatch
 
     def startService(self) -> None:
         Service.startService(self)
@@ -78,8 +91,16 @@ class StoreService(MultiService):
 
     async def _start(self) -> None:
         self._log.info("Opening store {url}", url=self.store.url)
-        await self.store.open()
-        if await self.keyring.ensure_signing_key():
+        try:
+            await self.store.open()
+            made = await self.keyring.ensure_signing_key()
+        except BaseException as e:
+            if self.fresh_key_file is not None:
+                self.fresh_key_file.unlink(missing_ok=True)
+            if isinstance(e, KeyDecryptionError) and self.key_mismatch is not None:
+                raise self.key_mismatch() from None
+            raise
+        if made:
             self._log.info(
                 "Made a new {alg} signing key {kid}",
                 alg=self.keyring.alg,

@@ -237,6 +237,7 @@ def make_site(
             secret_encryptor=encryptor,
         ),
         limits,
+        now=now,
     )
     app = CCServerApp(
         grant=ClientCredentialsGrant(
@@ -268,6 +269,7 @@ def make_site(
             authoritative=store,
             secret_encryptor=encryptor,
             limits=limits,
+            secret_rotation_grace=config.clients.secret_rotation_grace,
         ),
         keyring=keyring,
         issuer=config.issuer,
@@ -461,7 +463,14 @@ def makeService(
         certificates,
     )
     root = MultiService()
-    store_service = StoreService(store, keyring, on_fatal, first.master_token_file)
+    store_service = StoreService(
+        store,
+        keyring,
+        on_fatal,
+        first.master_token_file,
+        fresh_key_file=first.fresh_key_file,
+        key_mismatch=lambda: firststart.key_mismatch(config, store.url, first.fresh_key_file),
+    )
     store_service.setServiceParent(root)
     if multiprocess_directory is not None:
         # First, so that it stops last, once the workers have ended.

@@ -45,7 +45,11 @@ from ccserver.oauth.clientauth import split_authorization
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.mtls import PresentedCertificate
-from ccserver.oauth.registration import ClientRegistry, client_information
+from ccserver.oauth.registration import (
+    ClientRegistry,
+    client_information,
+    registration_response,
+)
 from ccserver.tls import ClientCertificateReader
 
 #: The largest request body accepted, in bytes; larger ones get 413.
@@ -458,10 +462,7 @@ class CCServerApp:
         registration = await self.registry.register(
             bearer_token(request), lambda: parse_json(request), self._source(request)
         )
-        document = client_information(registration.client, self.issuer)
-        if registration.client_secret is not None:
-            document["client_secret"] = registration.client_secret
-        document["registration_access_token"] = registration.registration_access_token
+        document = registration_response(registration, self.issuer)
         request.setHeader(b"Location", document["registration_client_uri"].encode())
         self.metrics.registration("create")
         self._log.info(
@@ -492,6 +493,19 @@ class CCServerApp:
             _no_store(request, 204)
             return b""
         return _json(request, 200, client_information(client, self.issuer))
+
+    @app.route("/client-reg/<client_id>/rotate-secret", methods=None)
+    async def rotate_secret(self, request: IRequest, client_id: str) -> bytes:
+        """
+        A new secret for the client, for the master token's holder; the old
+        one works until the grace period ends ([clients] secret_rotation_grace).
+        """
+        _allow(request, b"POST")
+        rotation = await self.registry.rotate_secret(
+            client_id, bearer_token(request), self._source(request)
+        )
+        self._log.info("Rotated the secret of client {client_id}", client_id=client_id)
+        return _json(request, 200, rotation.as_json())
 
     @app.handle_errors(Exception)
     def error(self, request: IRequest, failure: Failure) -> bytes:

@@ -78,7 +78,10 @@ _METADATA_JSON = (
     '"grant_types":["client_credentials"],"jwks":{"keys":[{"kty":"EC"}]}}'
 )
 # encrypted_secret: schema version 4 added the column, NULL in earlier rows
-LEGACY_CLIENT_ROW = ("client-ü", 1700000000, _METADATA_JSON, "a" * 64, "b" * 64, None)
+# previous_secret_digest, _expires_at: version 8 added them, likewise
+LEGACY_CLIENT_ROW = (
+    "client-ü", 1700000000, _METADATA_JSON, "a" * 64, "b" * 64, None, None, None
+)
 LEGACY_CLIENT_JSON = (
     '{"client_id":"client-ü","client_id_issued_at":1700000000,"metadata":'
     + _METADATA_JSON
@@ -118,7 +121,10 @@ def current_json(legacy: str) -> str:
     if legacy.startswith('{"token_digest"'):
         return legacy[:-1] + ',"jkt":null,"x5t_s256":null}'
     if legacy.startswith('{"client_id"'):
-        return legacy[:-1] + ',"encrypted_secret":null}'
+        return legacy[:-1] + (
+            ',"encrypted_secret":null,"previous_secret_digest":null,'
+            '"previous_secret_expires_at":null}'
+        )
     return legacy
 
 
@@ -261,6 +267,8 @@ class LegacyFormatTests(SynchronousTestCase):
                 "client_secret_digest",
                 "registration_access_token_digest",
                 "encrypted_secret",
+                "previous_secret_digest",
+                "previous_secret_expires_at",
             ),
         )
         self.assertEqual(

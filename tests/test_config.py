@@ -15,7 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from ccserver.config import (
     ANY_TABLE,
     FILE_TYPES,
+    KEY_ENCRYPTION_KEY_ENV,
     NOT_IN_FILE,
+    ClientsConfig,
     Config,
     ConfigError,
     KeysConfig,
@@ -242,8 +244,16 @@ class SchemaTests(SynchronousTestCase):
                 self.assertNotIn(attribute.name, schema)
             else:
                 self.assertIn(attribute.name, schema)
-        for section, cls in (("store", StoreConfig), ("tokens", TokenConfig), ("keys", KeysConfig)):
-            self.assertEqual(sorted(schema[section]), sorted(a.name for a in fields(cls)))
+        for section, cls in (
+            ("store", StoreConfig),
+            ("tokens", TokenConfig),
+            ("keys", KeysConfig),
+            ("clients", ClientsConfig),
+        ):
+            self.assertEqual(
+                sorted(schema[section]),
+                sorted(a.name for a in fields(cls) if not a.metadata.get(NOT_IN_FILE)),
+            )
         self.assertIs(schema["grant_handler"], ANY_TABLE)
 
     def test_the_schema_checks_files(self) -> None:
@@ -264,3 +274,30 @@ class SchemaTests(SynchronousTestCase):
         self.assertEqual(Config().issuer, "http://localhost:8080")
         self.assertEqual(Config(listen=("tcp:9000",)).issuer, "http://localhost:9000")
         self.assertEqual(Config(listen=("unix:/run/ccserver.sock",)).issuer, "http://localhost")
+
+
+class ClientsAndKeyConfigTests(SynchronousTestCase):
+    def test_secret_rotation_grace(self) -> None:
+        """
+        [clients] secret_rotation_grace: 1800 s by default, from the file,
+        never negative.
+        """
+        self.assertEqual(load_config({}, {}).clients.secret_rotation_grace, 1800)
+        tmp = temp_dir(self)
+        config = load_config({"config": write(tmp, "[clients]\nsecret_rotation_grace = 60\n")}, {})
+        self.assertEqual(config.clients.secret_rotation_grace, 60)
+        with self.assertRaises(ConfigError) as caught:
+            load_config({"config": write(tmp, "[clients]\nsecret_rotation_grace = -1\n")}, {})
+        self.assertIn("[clients] secret_rotation_grace", str(caught.exception))
+
+    def test_key_encryption_key_from_the_environment_only(self) -> None:
+        """
+        CCSERVER_KEY_ENCRYPTION_KEY sets the key; a file cannot (it is no
+        key of the schema), and the key is in no repr.
+        """
+        config = load_config({}, {KEY_ENCRYPTION_KEY_ENV: "the-key"})
+        self.assertEqual(config.keys.encryption_key, "the-key")
+        self.assertNotIn("the-key", repr(config))
+        self.assertNotIn("encryption_key", toml_schema()["keys"])
+        with self.assertRaises(ConfigError):
+            load_config({"config": write(temp_dir(self), '[keys]\nencryption_key = "x"\n')}, {})

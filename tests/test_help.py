@@ -57,6 +57,7 @@ class AdminHelpTests(SynchronousTestCase):
             seen.append(command)
             pending.extend((*command, sub) for sub in subcommands(text))
         self.assertIn(("keys", "rotate"), seen)
+        self.assertIn(("clients", "rotate-secret"), seen)
         self.assertGreaterEqual(len(seen), 5)
 
     def test_description(self) -> None:

@@ -44,6 +44,9 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "tokens": (2, ("ccserver.oauth.tokens",)),
     "keys": (1, ("ccserver.keys", "ccserver.jose")),
     "credentials": (1, ("ccserver.credentials",)),
+    # What the operator's command and the registry share: secret rotation,
+    # the public view of a client, paging through all of them.
+    "clients": (2, ("ccserver.clients",)),
     # What the metrics count; the web layer and the daemon report to it.
     "metrics": (1, ("ccserver.metrics",)),
     # Beside keys; the layers above reach a store through ccserver.interfaces.

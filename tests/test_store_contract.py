@@ -204,6 +204,64 @@ class StoreContractMixin(_TestCase):
         self.assertIs(await self.store.replace_client(changed), True)
         self.assertEqual(await self.store.get_client("client-1"), changed)
 
+    async def test_previous_secret_kept(self) -> None:
+        """
+        A rotation's previous secret digest and its expiry are stored with
+        the client, written by add and replace, and read back; and a client
+        without them reads back with None.
+        """
+        plain = make_client()
+        await self.store.add_client(plain)
+        rotated = evolve(
+            plain,
+            client_secret_digest="f" * 64,
+            previous_secret_digest="a" * 64,
+            previous_secret_expires_at=1_700_001_800,
+        )
+        self.assertIs(await self.store.replace_client(rotated), True)
+        store = await self.reopened()
+        self.assertEqual(await store.get_client("client-1"), rotated)
+        self.assertIs(await store.replace_client(plain), True)
+        self.assertEqual(await store.get_client("client-1"), plain)
+        await store.add_client(evolve(rotated, client_id="client-2"))
+        self.assertEqual(
+            await store.get_client("client-2"), evolve(rotated, client_id="client-2")
+        )
+
+    async def list_all(self, page_size: int) -> tuple[list[Client], int]:
+        """
+        Every client, walking the pages; and how many pages it took.
+        """
+        found: dict[str, Client] = {}
+        cursor, pages = "", 0
+        while True:
+            page, cursor = await self.store.list_clients(cursor, page_size)
+            pages += 1
+            self.assertLessEqual(len(page), page_size * 3, "a page far over its size")
+            for client in page:
+                found[client.client_id] = client
+            if not cursor:
+                return sorted(found.values(), key=lambda c: c.client_id), pages
+            self.assertLess(pages, 1000, "the walk does not end")
+
+    async def test_list_clients_empty(self) -> None:
+        self.assertEqual(await self.list_all(10), ([], 1))
+
+    async def test_list_clients_pages(self) -> None:
+        """
+        Walking the cursor gives every client (ids of any characters,
+        numeric-looking ones too), in several pages, and no deleted one.
+        """
+        ids = [f"client-{i:03}" for i in range(45)] + ["12345", "-dash", "ü"]
+        for client_id in ids:
+            await self.store.add_client(make_client(client_id))
+        await self.store.delete_client("client-007", *MARK)
+        clients, pages = await self.list_all(10)
+        expected = sorted(set(ids) - {"client-007"})
+        self.assertEqual([c.client_id for c in clients], expected)
+        self.assertGreater(pages, 1)
+        self.assertEqual(clients[0], make_client(expected[0]))
+
     async def test_replace_missing_stores_nothing(self) -> None:
         self.assertIs(await self.store.replace_client(make_client()), False)
         self.assertIsNone(await self.store.get_client("client-1"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
@@ -189,14 +189,20 @@ async def authenticate(
     store: IClientStore,
     presented: ClientCredentials,
     certificate: mtls.PresentedCertificate | None = None,
+    *,
+    now: Callable[[], float],
 ) -> Client:
     """
     The registered client these credentials authenticate.
 
     The secret is checked in constant time, against a stand-in digest when
-    the client is unknown.  A client that used a method other than its
-    registered one fails like a wrong secret, but is told the right method
-    once its secret has proven it is who it says.
+    the client is unknown.  After a secret rotation the previous secret
+    works too until its grace period ends (C{now} tells when that is): both
+    digests are compared on every request, so that the time taken shows
+    neither whether the client has a previous secret nor which one matched.
+    A client that used a method other than its registered one fails like a
+    wrong secret, but is told the right method once its secret has proven
+    it is who it says.
 
     A request with C{client_id} alone authenticates with C{certificate}, its
     TLS client certificate, if the client registered an RFC 8705 method.
@@ -205,7 +211,10 @@ async def authenticate(
         return await _authenticate_certificate(store, presented.client_id, certificate)
     client = await store.get_client(presented.client_id) if presented.client_id else None
     expected = client.client_secret_digest if client else None
-    if not credentials.check(presented.client_secret, expected) or client is None:
+    previous = client.previous_secret_digest_at(now()) if client else None
+    matches_current = credentials.check(presented.client_secret, expected)
+    matches_previous = credentials.check(presented.client_secret, previous)
+    if not (matches_current or matches_previous) or client is None:
         raise invalid_client()
     if presented.method != client.token_endpoint_auth_method:
         raise invalid_client(
@@ -228,16 +237,20 @@ class ClientAuthenticator:
         clients: IClientStore,
         assertions: AssertionVerifier | None = None,
         limits: AuthLimits | None = None,
+        *,
+        now: Callable[[], float],
     ) -> None:
         """
         @param assertions: checks JWT assertions; without one they are
             refused.
         @param limits: counts failures per (client, source address) and
             refuses a pair past its budget; None for no limits.
+        @param now: the clock that ends a rotated-out secret's grace.
         """
         self._clients = clients
         self._assertions = assertions
         self._limits = limits
+        self._now = now
 
     async def authenticate(
         self,
@@ -267,7 +280,7 @@ class ClientAuthenticator:
             if self._assertions is None:
                 raise invalid_client("client assertions are not accepted here")
             return await self._assertions.authenticate(self._clients, presented)
-        return await authenticate(self._clients, presented, certificate)
+        return await authenticate(self._clients, presented, certificate, now=self._now)
 
 
 async def _authenticate_certificate(

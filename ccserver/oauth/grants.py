@@ -87,7 +87,7 @@ class ClientCredentialsGrant:
         #: in front rewrote.
         self._token_endpoint = f"{issuer}/token"
         self._clients = clients
-        self._authenticator = authenticator or ClientAuthenticator(clients)
+        self._authenticator = authenticator or ClientAuthenticator(clients, now=minter.now)
         self._handler = handler
         self._minter = minter
         self._issuer = issuer

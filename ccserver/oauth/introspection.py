@@ -100,7 +100,7 @@ class TokenIntrospection:
         self._rule = rule
         self._now = now
         self._master_token_digest = master_token_digest
-        self._authenticator = authenticator or ClientAuthenticator(clients)
+        self._authenticator = authenticator or ClientAuthenticator(clients, now=now)
         self._limits = limits or AuthLimits(None, now)
 
     async def _caller(

@@ -13,9 +13,10 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from ccserver import credentials
+from ccserver.clients import SecretRotation, rotate_secret
 from ccserver.errors import ClientExists, OAuthError, invalid_client_metadata, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.keys import KeyEncryptor
@@ -420,6 +421,68 @@ def client_information(client: Client, issuer: str) -> dict[str, Any]:
     return info
 
 
+def registration_response(registration: Registration, issuer: str) -> dict[str, Any]:
+    """
+    RFC 7591 §3.2.1: the answer to a registration, with the secrets the
+    caller sees this once; the same for C{POST /client-reg} and C{ccserver
+    clients create}.
+    """
+    document = client_information(registration.client, issuer)
+    if registration.client_secret is not None:
+        # a private_key_jwt client has none
+        document["client_secret"] = registration.client_secret
+    document["registration_access_token"] = registration.registration_access_token
+    return document
+
+
+async def register_client(
+    store: IClientStore,
+    metadata: Mapping[str, Any],
+    now: Callable[[], float],
+    secret_encryptor: KeyEncryptor | None = None,
+) -> Registration:
+    """
+    Store a new client of validated C{metadata}, with a new identifier,
+    secret and registration access token: the registration itself, for the
+    endpoint (once the master token is proven) and the operator's command.
+
+    A C{private_key_jwt} client gets no secret (it proves itself with its
+    keys); a C{client_secret_jwt} client's secret is long enough for HS512
+    and kept encrypted with C{secret_encryptor} too, since checking an HMAC
+    needs the secret itself.
+
+    @raise OAuthError: C{invalid_client_metadata} for C{client_secret_jwt}
+        without an encryptor.
+    """
+    method = metadata["token_endpoint_auth_method"]
+    client_secret: str | None = None
+    encrypted_secret = None
+    if method == "client_secret_jwt":
+        if secret_encryptor is None:
+            raise invalid_client_metadata(
+                "token_endpoint_auth_method: client_secret_jwt is not available on this server"
+            )
+        client_secret = credentials.new_secret(JWT_SECRET_BYTES)
+        encrypted_secret = secret_encryptor.encrypt_secret(client_secret)
+    elif method != "private_key_jwt":
+        client_secret = credentials.new_secret()
+    registration_access_token = credentials.new_secret()
+    while True:
+        client = Client(
+            client_id=credentials.new_client_id(),
+            client_id_issued_at=int(now()),
+            metadata=metadata,
+            client_secret_digest=credentials.digest(client_secret) if client_secret else "",
+            registration_access_token_digest=credentials.digest(registration_access_token),
+            encrypted_secret=encrypted_secret,
+        )
+        try:
+            await store.add_client(client)
+        except ClientExists:
+            continue  # 128 random bits: never in practice, but never an error
+        return Registration(client, client_secret, registration_access_token)
+
+
 def registration_client_uri(issuer: str, client_id: str) -> str:
     return f"{issuer}/client-reg/{client_id}"
 
@@ -440,6 +503,7 @@ class ClientRegistry:
         authoritative: IClientStore | None = None,
         secret_encryptor: KeyEncryptor | None = None,
         limits: AuthLimits | None = None,
+        secret_rotation_grace: int = 1800,
     ) -> None:
         """
         @param token_max_lifetime: no token lives longer (C{[tokens]
@@ -457,6 +521,8 @@ class ClientRegistry:
             such clients cannot be registered.
         @param limits: the brute-force limits: a wrong master token or
             registration access token is counted per source address.
+        @param secret_rotation_grace: how long a rotated-out secret still
+            works (C{[clients] secret_rotation_grace}).
         """
         self._store = store
         self._master_token_digest = master_token_digest
@@ -466,6 +532,7 @@ class ClientRegistry:
         self._authoritative = authoritative
         self._secret_encryptor = secret_encryptor
         self._limits = limits or AuthLimits(None, now)
+        self._secret_rotation_grace = secret_rotation_grace
 
     async def check_master_token(self, token: str | None, source: str = "") -> None:
         """
@@ -497,37 +564,9 @@ class ClientRegistry:
             from the errors of a bad body.
         """
         await self.check_master_token(token, source)
-        metadata = validate_metadata(read_body())
-        method = metadata["token_endpoint_auth_method"]
-        client_secret: str | None = None
-        encrypted_secret = None
-        if method == "client_secret_jwt":
-            client_secret = credentials.new_secret(JWT_SECRET_BYTES)
-            encrypted_secret = self._encryptor().encrypt_secret(client_secret)
-        elif method != "private_key_jwt":
-            client_secret = credentials.new_secret()
-        registration_access_token = credentials.new_secret()
-        while True:
-            client = Client(
-                client_id=credentials.new_client_id(),
-                client_id_issued_at=int(self._now()),
-                metadata=metadata,
-                client_secret_digest=credentials.digest(client_secret) if client_secret else "",
-                registration_access_token_digest=credentials.digest(registration_access_token),
-                encrypted_secret=encrypted_secret,
-            )
-            try:
-                await self._store.add_client(client)
-            except ClientExists:
-                continue  # 128 random bits: never in practice, but never an error
-            return Registration(client, client_secret, registration_access_token)
-
-    def _encryptor(self) -> KeyEncryptor:
-        if self._secret_encryptor is None:
-            raise invalid_client_metadata(
-                "token_endpoint_auth_method: client_secret_jwt is not available on this server"
-            )
-        return self._secret_encryptor
+        return await register_client(
+            self._store, validate_metadata(read_body()), self._now, self._secret_encryptor
+        )
 
     async def _authorized(
         self, client_id: str, token: str | None, source: str
@@ -624,12 +663,11 @@ class ClientRegistry:
                 else:
                     metadata.pop(name, None)
         digest, encrypted_secret = _secrets_for(client, metadata["token_endpoint_auth_method"])
-        new = Client(
-            client_id=client.client_id,
-            client_id_issued_at=client.client_id_issued_at,
+        # evolve: a rotation's previous secret and its grace are kept
+        new = evolve(
+            client,
             metadata=metadata,
             client_secret_digest=digest,
-            registration_access_token_digest=client.registration_access_token_digest,
             encrypted_secret=encrypted_secret,
         )
         if not await self._store.replace_client(new):
@@ -650,8 +688,41 @@ class ClientRegistry:
         kept until the last token it covers has expired.
         """
         await self._authorized(client_id, token, source)
+        await self.remove(client_id)
+
+    async def remove(self, client_id: str) -> bool:
+        """
+        Delete a client as L{delete} does, without asking for a token: the
+        operator's C{ccserver clients delete}, already trusted.  Fires with
+        C{False} if there was no such client (the mark is written anyway).
+        """
         issued_before = math.ceil(self._now() + self._client_cache_seconds) + 1
-        await self._store.delete_client(
+        return await self._store.delete_client(
             client_id, issued_before, issued_before + self._token_max_lifetime
         )
+
+    async def rotate_secret(
+        self, client_id: str, token: str | None, source: str = ""
+    ) -> SecretRotation:
+        """
+        Give the client a new secret, for the holder of the master token
+        only (the operator; a client's own registration access token cannot:
+        a leaked one must not let its holder lock the client out).  The old
+        secret keeps working for C{[clients] secret_rotation_grace} seconds.
+        An unknown client gets the same answer as a wrong token.
+        """
+        await self.check_master_token(token, source)
+        client = await self._store.get_client(client_id)
+        rotation = None
+        if client is not None:
+            rotation = await rotate_secret(
+                self._authoritative or self._store,
+                client_id,
+                self._secret_rotation_grace,
+                self._now,
+                writer=self._store,
+            )
+        if rotation is None:
+            raise bearer_error("the bearer token is not valid for this client")
+        return rotation
 

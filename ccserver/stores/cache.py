@@ -71,6 +71,10 @@ class CachingClientStore:
         d.addBoth(self._forget_after, client.client_id)
         return d
 
+    def list_clients(self, cursor: str, count: int) -> Deferred[tuple[list[Client], str]]:
+        # A listing is for the operator: always from the store, never cached.
+        return self._store.list_clients(cursor, count)
+
     def delete_client(
         self, client_id: str, issued_before: int, mark_expires_at: int
     ) -> Deferred[bool]:

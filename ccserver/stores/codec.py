@@ -261,6 +261,9 @@ CLIENTS: Codec[Client] = Codec(
         Field("registration_access_token_digest", TEXT),
         # client_secret_jwt clients only (schema version 4)
         Field("encrypted_secret", OPTIONAL_TEXT, missing=None),
+        # after a secret rotation, until its grace ends (schema version 8)
+        Field("previous_secret_digest", OPTIONAL_TEXT, missing=None),
+        Field("previous_secret_expires_at", OPTIONAL_INT, missing=None),
     ],
 )
 

@@ -59,6 +59,12 @@ class MemoryStore:
         self._clients[client.client_id] = client
         return succeed(True)
 
+    def list_clients(self, cursor: str, count: int) -> Deferred[tuple[list[Client], str]]:
+        # Keyset paging by client_id, as the SQL store does.
+        ids = sorted(i for i in self._clients if i > cursor)[: max(1, count)]
+        page = [self._clients[i] for i in ids]
+        return succeed((page, ids[-1] if len(ids) == max(1, count) else ""))
+
     def delete_client(
         self, client_id: str, issued_before: int, mark_expires_at: int
     ) -> Deferred[bool]:

@@ -479,6 +479,25 @@ class RedisStore:
         d.addCallback(lambda reply: reply is not None)
         return d
 
+    @inlineCallbacks
+    def list_clients(
+        self, cursor: str, count: int
+    ) -> Generator[Deferred[Any], Any, tuple[list[Client], str]]:
+        """
+        C{SCAN} over the client keys (the cursor is SCAN's; it never blocks
+        Redis as C{KEYS} would), then one C{MGET} for the page's records.
+        A client deleted between the two is left out.
+        """
+        reply = yield self._call(
+            "scan", int(cursor or "0"), pattern=client_key("*"), count=max(1, count)
+        )
+        next_cursor, keys = str(reply[0]), list(reply[1])
+        clients: list[Client] = []
+        if keys:
+            texts = yield self._call("mget", keys)
+            clients = [CLIENTS.from_json(text) for text in texts if text is not None]
+        return clients, "" if next_cursor == "0" else next_cursor
+
     def delete_client(
         self, client_id: str, issued_before: int, mark_expires_at: int
     ) -> Deferred[bool]:

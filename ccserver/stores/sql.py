@@ -372,6 +372,11 @@ class SQLStore:
             "add_client": t(_insert("clients", CLIENTS)),
             "get_client": t(f"SELECT {_columns(CLIENTS)} FROM clients WHERE client_id = ?"),
             "replace_client": t(_update("clients", CLIENTS)),
+            # Keyset paging: an index walk from the cursor, whatever the table's size.
+            "list_clients": t(
+                f"SELECT {_columns(CLIENTS)} FROM clients WHERE client_id > ?"
+                " ORDER BY client_id LIMIT ?"
+            ),
             "delete_client": t("DELETE FROM clients WHERE client_id = ?"),
             # A mark already there is kept with the later of each time.
             "revoke_client": t(
@@ -655,6 +660,20 @@ class SQLStore:
     def replace_client(self, client: Client) -> Deferred[bool]:
         d = self._execute("replace_client", _key_last(CLIENTS.to_row(client)), write=True)
         d.addCallback(lambda count: count == 1)
+        return d
+
+    def list_clients(self, cursor: str, count: int) -> Deferred[tuple[list[Client], str]]:
+        """
+        Keyset paging: the cursor is the last client_id of the page before.
+        """
+        count = max(1, count)
+        d = self._execute("list_clients", (cursor, count))
+
+        def page(rows: list[Sequence[Any]]) -> tuple[list[Client], str]:
+            clients = [CLIENTS.from_row(row) for row in rows]
+            return clients, clients[-1].client_id if len(clients) == count else ""
+
+        d.addCallback(page)
         return d
 
     def delete_client(
