@@ -238,6 +238,7 @@ def make_site(
         ),
         limits,
         now=now,
+        jwks_fetcher=jwks_fetcher,
     )
     app = CCServerApp(
         grant=ClientCredentialsGrant(

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from attrs import evolve
+from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
 from ccserver import credentials
@@ -31,6 +32,7 @@ from ccserver.oauth.tokens import access_token_claims
 from ccserver.tap import certificate_reader
 from tests.certs import Issued, expired, issue, make_ca, not_yet_valid
 from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, basic
+from tests.test_client_auth_jwt import JWKS_URI, JWKSResource
 
 CA = make_ca()
 OTHER_CA = make_ca("Other CA")
@@ -380,6 +382,94 @@ class UntrustedProxyTests(_MTLSApp):
         self.assertIn("none was presented", response.json()["error_description"])
 
 
+class SelfSignedJWKSURITests(_MTLSApp):
+    """
+    RFC 8705 §2.2.2: a self_signed_tls_client_auth client whose certificate
+    is behind its jwks_uri (a twisted.web resource reached through StubTreq).
+    """
+
+    def make_jwks_http(self) -> Any:
+        self.jwks_server = JWKSResource()
+        self.jwks_server.jwks = {"keys": [SELF_SIGNED.jwk]}
+        return StubTreq(self.jwks_server)
+
+    def setUp(self) -> None:
+        super().setUp()
+        client = self.register(
+            token_endpoint_auth_method="self_signed_tls_client_auth", jwks_uri=JWKS_URI
+        )
+        self.assertEqual(client["jwks_uri"], JWKS_URI)
+        self.form = {"grant_type": "client_credentials", "client_id": client["client_id"]}
+
+    def refused(self, certificate: Issued | None) -> str:
+        response = self.with_cert("/token", self.form, certificate)
+        self.assertEqual(response.code, 401, response.body)
+        self.assertEqual(response.json()["error"], "invalid_client")
+        return str(response.json()["error_description"])
+
+    def test_accepted_and_cached(self) -> None:
+        for _ in range(2):
+            response = self.with_cert("/token", self.form, SELF_SIGNED)
+            self.assertEqual(response.code, 200, response.body)
+            self.assertEqual(
+                self.verify(response.json()["access_token"])["cnf"],
+                {"x5t#S256": thumbprint(SELF_SIGNED)},
+            )
+        self.assertEqual(self.jwks_server.fetches, 1)
+
+    def test_not_in_the_set(self) -> None:
+        impostor = issue(None, "impostor")
+        self.assertIn("not one this client registered", self.refused(impostor))
+        # fetched, then fetched again in case the client rotated; no more
+        # within jwks_uri_refetch_seconds, however many impostors come
+        self.assertEqual(self.jwks_server.fetches, 2)
+        self.refused(impostor)
+        self.assertEqual(self.jwks_server.fetches, 2)
+
+    def test_no_certificate_fetches_nothing(self) -> None:
+        self.assertIn("none was presented", self.refused(None))
+        self.assertEqual(self.jwks_server.fetches, 0)
+
+    def test_rotation_accepted_at_once(self) -> None:
+        self.assertEqual(self.with_cert("/token", self.form, SELF_SIGNED).code, 200)
+        rotated = issue(None, "self-signed-client")
+        self.jwks_server.jwks = {"keys": [SELF_SIGNED.jwk, rotated.jwk]}
+        response = self.with_cert("/token", self.form, rotated)
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(
+            self.verify(response.json()["access_token"])["cnf"], {"x5t#S256": thumbprint(rotated)}
+        )
+        self.assertEqual(self.jwks_server.fetches, 2)
+
+    def test_unreachable(self) -> None:
+        self.jwks_server.code = 500
+        self.assertIn("jwks_uri could not be fetched", self.refused(SELF_SIGNED))
+
+    def test_not_a_jwk_set(self) -> None:
+        self.jwks_server.body = b"<html>"
+        self.assertIn("jwks_uri could not be fetched", self.refused(SELF_SIGNED))
+
+    def test_hang_times_out(self) -> None:
+        from urllib.parse import urlencode
+
+        self.jwks_server.hang = True
+        pending = self.treq.post(
+            ISSUER + "/token",
+            data=urlencode(self.form).encode(),
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                self.header: SELF_SIGNED.escaped,
+            },
+        )
+        self.assertNoResult(pending)
+        self.clock.advance(5.1)
+        self.treq.flush()
+        response = self.successResultOf(pending)
+        self.assertEqual(response.code, 401)
+        body = self.successResultOf(response.json())
+        self.assertIn("jwks_uri could not be fetched", body["error_description"])
+
+
 class RegistrationTests(ServerTestCase):
     def refused(self, field: str, **metadata: Any) -> None:
         response = self.request(
@@ -423,7 +513,13 @@ class RegistrationTests(ServerTestCase):
         self.refused("jwks", **method, jwks={"keys": [{"kty": "EC"}]})
         self.refused("jwks", **method, jwks={"keys": [{"kty": "EC", "x5c": ["bm90IGEgY2VydA=="]}]})
         self.refused("jwks", **method, jwks={"keys": [{"kty": "EC", "x5c": "x"}]})
-        self.refused("jwks_uri", **method, jwks_uri="https://client.example/jwks")
+
+    def test_self_signed_jwks_uri(self) -> None:
+        method = {"token_endpoint_auth_method": "self_signed_tls_client_auth"}
+        self.refused("jwks_uri", **method, jwks_uri="http://client.example/jwks")
+        self.refused("jwks_uri", **method, jwks_uri="https://client.example/jwks", jwks={"keys": []})
+        for uri in ("https://client.example/jwks", "http://127.0.0.1:8080/jwks"):
+            self.assertEqual(self.register(**method, jwks_uri=uri)["jwks_uri"], uri)
 
     def test_bound_tokens_is_a_boolean(self) -> None:
         self.refused(BOUND_TOKENS, **{BOUND_TOKENS: "yes"})

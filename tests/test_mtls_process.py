@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.certs import Issued, expired, issue, make_ca, not_yet_valid
 from tests.helpers import temp_dir
 from tests.process import CCServerProcess, free_port, run_ccserver
+from tests.test_client_auth_jwt_process import JWKSServer
 from tests.test_mtls import DN, thumbprint
 
 CA = make_ca()
@@ -129,6 +130,36 @@ class DirectTLSTests(SynchronousTestCase):
         form = {"grant_type": "client_credentials", "client_id": client["client_id"]}
         response = self.post("/token", form, SELF_SIGNED)
         self.assertEqual(response.status_code, 200, response.text)
+
+    def test_self_signed_jwks_uri_rotated_while_running(self) -> None:
+        """
+        RFC 8705 §2.2.2: the certificate behind a jwks_uri (on 127.0.0.1);
+        a certificate the client adds there is accepted at once.
+        """
+        jwks_server = JWKSServer()
+        self.addCleanup(jwks_server.close)
+        jwks_server.jwks = {"keys": [SELF_SIGNED.jwk]}
+        client = self.register(
+            token_endpoint_auth_method="self_signed_tls_client_auth", jwks_uri=jwks_server.url
+        )
+        form = {"grant_type": "client_credentials", "client_id": client["client_id"]}
+        response = self.post("/token", form, SELF_SIGNED)
+        self.assertEqual(response.status_code, 200, response.text)
+        rotated = issue(None, "self-signed-client")
+        jwks_server.jwks = {"keys": [SELF_SIGNED.jwk, rotated.jwk]}
+        response = self.post("/token", form, rotated)
+        self.assertEqual(response.status_code, 200, response.text)
+
+    def test_self_signed_jwks_uri_unreachable(self) -> None:
+        client = self.register(
+            token_endpoint_auth_method="self_signed_tls_client_auth",
+            jwks_uri=f"http://127.0.0.1:{free_port()}/jwks.json",
+        )
+        form = {"grant_type": "client_credentials", "client_id": client["client_id"]}
+        refused = self.post("/token", form, SELF_SIGNED)
+        self.assertEqual(refused.status_code, 401, refused.text)
+        self.assertEqual(refused.json()["error"], "invalid_client")
+        self.assertIn("jwks_uri could not be fetched", refused.json()["error_description"])
 
     def test_refusals(self) -> None:
         """

@@ -52,6 +52,7 @@ from ccserver.errors import invalid_client
 from ccserver.interfaces import IClientStore, ITokenStore
 from ccserver.keys import KeyDecryptionError, KeyEncryptor
 from ccserver.model import Client
+from ccserver.oauth import mtls
 from ccserver.oauth.clientauth import ClientAssertion
 from ccserver.oauth.registration import ASSERTION_ALGORITHMS, PRIVATE_JWK_MEMBERS
 
@@ -166,8 +167,20 @@ def cache_seconds(cache_control: str | None, default: int, low: int, high: int) 
 
 
 @frozen
-class _Cached:
+class FetchedJWKS:
+    """
+    What a client's C{jwks_uri} answered: its usable signing keys (for
+    C{private_key_jwt}), and the certificates its keys carry (the first of
+    each C{x5c}: for C{self_signed_tls_client_auth}, RFC 8705 §2.2.2).
+    """
+
     keys: tuple[ClientKey, ...]
+    certificates: tuple[bytes, ...]
+
+
+@frozen
+class _Cached:
+    fetched: FetchedJWKS
     expires_at: float
 
 
@@ -209,7 +222,7 @@ class JWKSFetcher:
         self._refetch_interval = refetch_interval
         self._close = close
         self._cache: dict[str, _Cached] = {}
-        self._in_flight: dict[str, list[Deferred[tuple[ClientKey, ...]]]] = {}
+        self._in_flight: dict[str, list[Deferred[FetchedJWKS]]] = {}
         #: client_id -> when its jwks_uri was last fetched because of an unknown kid
         self._refetched: dict[str, float] = {}
 
@@ -224,14 +237,36 @@ class JWKSFetcher:
             C{refetch_interval} seconds ago.
         @raise JWKSUnavailable: it could not be fetched (and is not cached).
         """
+        return (await self.fetched(client_id, uri, refresh=refresh)).keys
+
+    async def certificates(
+        self, client_id: str, uri: str, *, refresh: bool = False
+    ) -> tuple[bytes, ...]:
+        """
+        The DER certificates of the client's keys (RFC 8705 §2.2.2), from
+        the same cache as L{keys}.
+
+        @param refresh: the client presented a certificate the cached set
+            does not have: fetch again, within the same limit as an
+            unknown C{kid}.
+        @raise JWKSUnavailable: it could not be fetched (and is not cached).
+        """
+        return (await self.fetched(client_id, uri, refresh=refresh)).certificates
+
+    async def fetched(
+        self, client_id: str, uri: str, *, refresh: bool = False
+    ) -> FetchedJWKS:
+        """
+        The client's JWK set, parsed; see L{keys}.
+        """
         now = self._clock.seconds()
         cached = self._cache.get(uri)
         if cached is not None and cached.expires_at > now:
             if not refresh:
-                return cached.keys
+                return cached.fetched
             last = self._refetched.get(client_id)
             if last is not None and now - last < self._refetch_interval:
-                return cached.keys
+                return cached.fetched
         if refresh:
             self._refetched[client_id] = now
         try:
@@ -239,11 +274,11 @@ class JWKSFetcher:
         except JWKSUnavailable:
             if cached is not None and refresh:
                 # a refetch that failed leaves the fresh set as it was
-                return cached.keys
+                return cached.fetched
             raise
 
-    def _shared_fetch(self, uri: str) -> Deferred[tuple[ClientKey, ...]]:
-        waiter: Deferred[tuple[ClientKey, ...]] = Deferred()
+    def _shared_fetch(self, uri: str) -> Deferred[FetchedJWKS]:
+        waiter: Deferred[FetchedJWKS] = Deferred()
         waiters = self._in_flight.get(uri)
         if waiters is not None:
             waiters.append(waiter)
@@ -263,7 +298,7 @@ class JWKSFetcher:
         fetch.addCallbacks(done, lambda failure: done(failure.value))
         return waiter
 
-    async def _fetch(self, uri: str) -> tuple[ClientKey, ...]:
+    async def _fetch(self, uri: str) -> FetchedJWKS:
         from ccserver.handlers.webhook import read_body
 
         response: IResponse = await self._http.get(
@@ -283,7 +318,9 @@ class JWKSFetcher:
             raise JWKSUnavailable("the answer is not JSON") from None
         if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
             raise JWKSUnavailable("the answer is not a JWK set")
-        keys = parse_jwks(document)
+        fetched = FetchedJWKS(
+            parse_jwks(document), tuple(mtls.jwks_certificates(document))
+        )
         control = response.headers.getRawHeaders(b"cache-control")
         seconds = cache_seconds(
             b", ".join(control).decode("latin-1") if control else None,
@@ -291,8 +328,8 @@ class JWKSFetcher:
             self._min_cache,
             self._max_cache,
         )
-        self._cache[uri] = _Cached(keys, self._clock.seconds() + seconds)
-        return keys
+        self._cache[uri] = _Cached(fetched, self._clock.seconds() + seconds)
+        return fetched
 
     def _unavailable(self, failure: Any, uri: str) -> None:
         # the HTTP client wraps the cancellation (ResponseNeverReceived)
@@ -304,8 +341,8 @@ class JWKSFetcher:
         else:
             reason = failure.getErrorMessage() or type(failure.value).__name__
         self._log.warn(
-            "Could not fetch the JWK set at {uri}, so client assertions checked against it "
-            "fail: {reason}",
+            "Could not fetch the JWK set at {uri}, so clients authenticating with its keys "
+            "or certificates fail: {reason}",
             uri=uri,
             reason=reason,
         )

@@ -29,7 +29,7 @@ from ccserver.model import Client
 from ccserver.oauth import mtls
 
 if TYPE_CHECKING:
-    from ccserver.oauth.assertions import AssertionVerifier
+    from ccserver.oauth.assertions import AssertionVerifier, JWKSFetcher
     from ccserver.oauth.limits import AuthLimits
 
 #: RFC 7523 §2.2: the C{client_assertion_type} of a JWT client assertion.
@@ -191,6 +191,7 @@ async def authenticate(
     certificate: mtls.PresentedCertificate | None = None,
     *,
     now: Callable[[], float],
+    jwks_fetcher: JWKSFetcher | None = None,
 ) -> Client:
     """
     The registered client these credentials authenticate.
@@ -205,10 +206,14 @@ async def authenticate(
     it is who it says.
 
     A request with C{client_id} alone authenticates with C{certificate}, its
-    TLS client certificate, if the client registered an RFC 8705 method.
+    TLS client certificate, if the client registered an RFC 8705 method;
+    C{jwks_fetcher} fetches the certificates of a client registered with a
+    C{jwks_uri} (without one, such a client cannot authenticate).
     """
     if presented.method == mtls.CERTIFICATE:
-        return await _authenticate_certificate(store, presented.client_id, certificate)
+        return await _authenticate_certificate(
+            store, presented.client_id, certificate, jwks_fetcher
+        )
     client = await store.get_client(presented.client_id) if presented.client_id else None
     expected = client.client_secret_digest if client else None
     previous = client.previous_secret_digest_at(now()) if client else None
@@ -239,10 +244,15 @@ class ClientAuthenticator:
         limits: AuthLimits | None = None,
         *,
         now: Callable[[], float],
+        jwks_fetcher: JWKSFetcher | None = None,
     ) -> None:
         """
         @param assertions: checks JWT assertions; without one they are
             refused.
+        @param jwks_fetcher: fetches the C{jwks_uri} of
+            C{self_signed_tls_client_auth} clients (the assertions' own,
+            so that both share one cache); without one, such clients
+            cannot authenticate.
         @param limits: counts failures per (client, source address) and
             refuses a pair past its budget; None for no limits.
         @param now: the clock that ends a rotated-out secret's grace.
@@ -251,6 +261,7 @@ class ClientAuthenticator:
         self._assertions = assertions
         self._limits = limits
         self._now = now
+        self._jwks_fetcher = jwks_fetcher
 
     async def authenticate(
         self,
@@ -280,17 +291,60 @@ class ClientAuthenticator:
             if self._assertions is None:
                 raise invalid_client("client assertions are not accepted here")
             return await self._assertions.authenticate(self._clients, presented)
-        return await authenticate(self._clients, presented, certificate, now=self._now)
+        return await authenticate(
+            self._clients, presented, certificate, now=self._now, jwks_fetcher=self._jwks_fetcher
+        )
 
 
 async def _authenticate_certificate(
-    store: IClientStore, client_id: str, certificate: mtls.PresentedCertificate | None
+    store: IClientStore,
+    client_id: str,
+    certificate: mtls.PresentedCertificate | None,
+    jwks_fetcher: JWKSFetcher | None,
 ) -> Client:
     client = await store.get_client(client_id)
     if client is None or client.token_endpoint_auth_method not in mtls.MTLS_METHODS:
         raise invalid_client("no client authentication was included")
+    registered = None
+    uri = client.metadata.get("jwks_uri")
+    if (
+        certificate is not None
+        and client.token_endpoint_auth_method == mtls.SELF_SIGNED_TLS_CLIENT_AUTH
+        and "jwks" not in client.metadata
+        and isinstance(uri, str)
+    ):
+        registered = await _fetched_certificates(client_id, uri, certificate, jwks_fetcher)
     try:
-        mtls.check_certificate(client.metadata, certificate)
+        mtls.check_certificate(client.metadata, certificate, registered)
     except mtls.CertificateRefused as e:
         raise invalid_client(str(e)) from None
     return client
+
+
+async def _fetched_certificates(
+    client_id: str,
+    uri: str,
+    certificate: mtls.PresentedCertificate,
+    jwks_fetcher: JWKSFetcher | None,
+) -> tuple[bytes, ...]:
+    """
+    RFC 8705 §2.2.2: the certificates the client serves at its
+    C{jwks_uri}.  One not in the cached set fetches it again (at most once
+    per C{[client_auth] jwks_uri_refetch_seconds} per client, as an unknown
+    C{kid} does), so that a client rotating its certificate is accepted at
+    once.
+    """
+    from ccserver.oauth.assertions import JWKSUnavailable
+
+    if jwks_fetcher is None:
+        raise invalid_client("this server does not fetch jwks_uri; the client cannot authenticate")
+    try:
+        registered = await jwks_fetcher.certificates(client_id, uri)
+        if certificate.der not in registered:
+            registered = await jwks_fetcher.certificates(client_id, uri, refresh=True)
+    except JWKSUnavailable:
+        raise invalid_client(
+            "the client's jwks_uri could not be fetched, so its certificate cannot be "
+            "checked; try again shortly"
+        ) from None
+    return registered

@@ -9,7 +9,8 @@ finds the certificate and hands over a L{PresentedCertificate}.
     or one subject alternative name equals the one value the client
     registered (§2.1.2).
   - C{self_signed_tls_client_auth} (§2.2): the certificate is one the client
-    registered in its C{jwks} (the first of a key's C{x5c}).
+    registered in its C{jwks}, or serves from its C{jwks_uri} (the first of
+    a key's C{x5c}).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import binascii
 import hashlib
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -161,10 +162,20 @@ def _san_matches(field: str, registered: str, certificate: x509.Certificate) -> 
 def registered_certificates(metadata: Mapping[str, Any]) -> list[bytes]:
     """
     RFC 8705 §2.2.2: the DER certificates a C{self_signed_tls_client_auth}
-    client registered: the first C{x5c} entry of each key of its C{jwks}.
+    client registered in its C{jwks} (one behind C{jwks_uri} is fetched:
+    L{ccserver.oauth.assertions.JWKSFetcher.certificates}).
     """
+    return jwks_certificates(metadata.get("jwks"))
+
+
+def jwks_certificates(jwks: object) -> list[bytes]:
+    """
+    The DER certificates of a JWK set: the first C{x5c} entry of each key
+    (RFC 7517 §4.7: the one holding the key); unreadable ones left out.
+    """
+    keys = jwks.get("keys") if isinstance(jwks, dict) else None
     found = []
-    for key in metadata.get("jwks", {}).get("keys", []):
+    for key in keys if isinstance(keys, list) else ():
         chain = key.get("x5c") if isinstance(key, dict) else None
         if isinstance(chain, list) and chain and isinstance(chain[0], str):
             try:
@@ -180,12 +191,17 @@ def _within_validity(certificate: x509.Certificate, at: float) -> bool:
 
 
 def check_certificate(
-    metadata: Mapping[str, Any], presented: PresentedCertificate | None
+    metadata: Mapping[str, Any],
+    presented: PresentedCertificate | None,
+    served: Sequence[bytes] | None = None,
 ) -> None:
     """
     Whether C{presented} authenticates a client registered with C{metadata}
     (whose C{token_endpoint_auth_method} is one of L{MTLS_METHODS}).
 
+    @param served: for C{self_signed_tls_client_auth}, the certificates
+        fetched from the client's C{jwks_uri}; None to take those of its
+        C{jwks}.
     @raise CertificateRefused: saying why not.
     """
     method = metadata.get("token_endpoint_auth_method")
@@ -198,7 +214,9 @@ def check_certificate(
     if not _within_validity(certificate, presented.presented_at):
         raise CertificateRefused("the client certificate has expired or is not yet valid")
     if method == SELF_SIGNED_TLS_CLIENT_AUTH:
-        if presented.der not in registered_certificates(metadata):
+        if served is None:
+            served = registered_certificates(metadata)
+        if presented.der not in served:
             raise CertificateRefused("the client certificate is not one this client registered")
         return
     if method != TLS_CLIENT_AUTH:
@@ -295,15 +313,14 @@ def validate_mtls_metadata(body: Mapping[str, Any], method: str) -> dict[str, An
         )
     if method == SELF_SIGNED_TLS_CLIENT_AUTH:
         jwks = body.get("jwks")
+        # RFC 8705 §2.2.2: in jwks, or behind jwks_uri (checked like any
+        # jwks_uri by registration; what it serves is read at authentication)
         if "jwks_uri" in body and jwks is None:
-            raise invalid_client_metadata(
-                "jwks_uri: self_signed_tls_client_auth needs the certificate in jwks (x5c); "
-                "this server does not fetch jwks_uri for it"
-            )
+            return found
         if not isinstance(jwks, dict) or not _x5c_certificates(jwks):
             raise invalid_client_metadata(
                 "jwks: self_signed_tls_client_auth needs a key with the client's "
-                "certificate in x5c"
+                "certificate in x5c, or a jwks_uri that serves one"
             )
     elif isinstance(body.get("jwks"), dict):
         _x5c_certificates(body["jwks"])
