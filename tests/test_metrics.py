@@ -29,7 +29,7 @@ from ccserver.model import Client, GrantAuthorization
 from ccserver.stores.memory import MemoryStore
 from ccserver.tap import Options
 from ccserver.web import ROUTES, route_template
-from tests.helpers import ServerTestCase, basic
+from tests.helpers import ServerTestCase, basic, temp_dir
 
 
 def new_metrics() -> Metrics:
@@ -265,7 +265,7 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(options.config.metrics.listen, "tcp:9108")
 
     def test_file(self) -> None:
-        path = self.mktemp()
+        path = str(temp_dir(self) / "ccserver.toml")
         with open(path, "w") as f:
             f.write('[metrics]\nlisten = "tcp:9109:interface=127.0.0.1"\n')
         config = load_config({"config": path}, {})
