@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import profiling
+from bench import auth, profiling
 from bench.cases import CASES, SMALL_POPULATION, STORES
 from bench.cpu import busiest_processes, loadavg, machine_busy
 from bench.install import ensure_python_dependencies, ensure_wrk, install_peer, run_quiet
@@ -93,6 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also compare with [store] client_cache_seconds = 0 [on]")
     parser.add_argument("--no-population", action="store_true",
                         help="skip the registration and population section")
+    parser.add_argument("--auth-cases", type=listing(auth.AUTH_CASES), default=[],
+                        help="client authentication section (issue 11), comma-separated: "
+                        "basic,private_key_jwt,dpop (basic is always the baseline) [off]")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="also run py-spy on ccserver (first case) and write its raw profile here")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON here")
@@ -164,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.stores()
         bench.workers()
         bench.population()
+        auth.run_section(bench)
         say(f"\nResults (medians over {args.rounds} rounds; ratio = median of the per-round ratios; "
             f"load average now {loadavg()}; {(time.monotonic() - started) / 60:.1f} min)")
         print_table(bench.rows)
