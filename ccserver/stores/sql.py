@@ -19,7 +19,10 @@ Durability and concurrency:
     never fails half-way on a lock upgrade.
   - Every write is one transaction: one statement, or three in
     C{purge_expired} and in C{delete_client} (the client's revocation mark,
-    its opaque tokens, the client), so none is ever half-done.
+    its opaque tokens, the client), so none is ever half-done.  Opaque
+    tokens are the exception that proves it: those that arrive while one
+    commit is under way share the next transaction (L{GroupCommit}); each
+    C{add_token} still fires only once its own row is committed.
 
 Tables: C{clients}, C{signing_keys}, and for L{ITokenStore} C{access_tokens}
 (by digest, never the token), C{revoked_jtis} and C{revoked_clients};
@@ -69,6 +72,7 @@ from ccserver.interfaces import IStore
 from ccserver.model import Client, StoredKey, TokenRecord
 from ccserver.stores import sqlite_path
 from ccserver.stores.codec import CLIENTS, KEYS, TOKENS, Codec
+from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
 
 T = TypeVar("T")
@@ -366,6 +370,10 @@ class SQLStore:
             secrets=url_secrets(url),
         )
         self._pool: _ConnectionPool | None = None
+        #: opaque tokens, one transaction and one sync for a few ms of them
+        self._tokens: GroupCommit[tuple[Any, ...]] = GroupCommit(
+            self._add_tokens, concurrency=dialect.pool_size
+        )
         t = dialect.translate
         self._sql = {
             "add_client": t(_insert("clients", CLIENTS)),
@@ -687,9 +695,18 @@ class SQLStore:
     # ITokenStore
 
     def add_token(self, token: TokenRecord) -> Deferred[None]:
-        d = self._execute("add_token", TOKENS.to_row(token), write=True)
-        d.addCallback(lambda _: None)
-        return d
+        return self._tokens.add(tuple(TOKENS.to_row(token)))
+
+    def _add_tokens(self, rows: list[tuple[Any, ...]]) -> Deferred[None]:
+        """
+        The rows of L{add_token}'s batch, in one transaction.
+        """
+        statement = self._sql["add_token"]
+
+        def body(cursor: Any) -> None:
+            cursor.executemany(statement, rows)
+
+        return self._guard(self._run(body, write=True))
 
     def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
         d = self._execute("get_token", (token_digest,))
