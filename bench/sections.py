@@ -174,7 +174,7 @@ class Bench:
             say(f"\n== {section}: {store}  (load {loadavg()})")
             support: list[Any] = []
             try:
-                servers = []
+                servers: list[Server] = []
                 for label, case in ((row.ours_label, CASES["opaque"]), (row.theirs_label, CASES["es256"])):
                     url = self.store_url(store, support)
                     server = self.ccserver(f"ccserver {label}", self.workdir(f"durable-{label}"), case, url,

@@ -499,6 +499,9 @@ class TokenResource(Resource):
     @staticmethod
     def _write(body: bytes, request: IRequest, gone: list[bool]) -> None:
         if not cast(http.Request, request).finished and not gone:
+            # With its length known, twisted.web writes the head and the
+            # body in one go, not as chunks with a last one at finish.
+            request.setHeader(b"Content-Length", b"%d" % len(body))
             request.write(body)
             request.finish()
 
