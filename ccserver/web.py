@@ -482,7 +482,7 @@ class TokenResource(Resource):
         # The public way to learn that the client went away: notifyFinish
         # fails when the connection is lost before the request finished.
         gone: list[bool] = []
-        cast(http.Request, request).notifyFinish().addErrback(lambda _: gone.append(True))
+        cast("http.Request", request).notifyFinish().addErrback(lambda _: gone.append(True))
         answered.addCallback(self._write, request, gone)
         return NOT_DONE_YET
 
@@ -498,7 +498,7 @@ class TokenResource(Resource):
 
     @staticmethod
     def _write(body: bytes, request: IRequest, gone: list[bool]) -> None:
-        if not cast(http.Request, request).finished and not gone:
+        if not cast("http.Request", request).finished and not gone:
             # With its length known, twisted.web writes the head and the
             # body in one go, not as chunks with a last one at finish.
             request.setHeader(b"Content-Length", b"%d" % len(body))
