@@ -36,6 +36,9 @@ class Round:
     store_cores: float = 0.0
     #: CPU seconds (user + system) of the server's processes during the round
     cpu_seconds: float = 0.0
+    #: the resident set size (MiB) of the server's largest process at the
+    #: end of the round (a worker: each serves its share of the tokens)
+    rss_mb: float = 0.0
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property
@@ -74,7 +77,9 @@ class Runner:
         result = run_quiet(argv, timeout=seconds + 60)
         busy1, total1 = cpu.cpu_ticks()
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        ours1 = {s.label: cpu.group_ticks(s.pgid) for s in everyone if s.alive()}
+        processes = cpu.read_processes()
+        ours1 = {s.label: cpu.group_total(processes, s.pgid) for s in everyone if s.alive()}
+        rss = cpu.group_rss(processes, server.pgid) if server.alive() else []
         stores1 = cpu.tree_ticks(set(self.store_groups.values()))
         raw = wrk.result(result.stdout.splitlines())
         if result.returncode != 0 or raw is None:
@@ -108,6 +113,7 @@ class Runner:
             other_cores=max(0.0, other),
             store_cores=store_ticks / max(1, elapsed),
             cpu_seconds=server_ticks / cpu.CLK_TCK,
+            rss_mb=max(rss, default=0) / 1024,
             raw=raw,
         )
 
@@ -134,7 +140,7 @@ class Runner:
                     f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms"
                     f"  server cpu {r.cpu_cores:4.2f} ({r.per_core:,.0f}/cpu-s)"
                     + (f"  store cpu {r.store_cores:4.2f}" if self.store_groups else "")
-                    + f"  other load {r.other_cores:4.2f} cores"
+                    + f"  other load {r.other_cores:4.2f} cores  rss {r.rss_mb:,.0f} MiB"
                 )
         return results
 

@@ -123,6 +123,11 @@ class CPUTests(SynchronousTestCase):
         }
         return {pid: cpu.process_ticks(line) for pid, line in lines.items()}
 
+    def test_rss(self) -> None:
+        status = "Name:\tpython3\nVmPeak:\t  99999 kB\nVmRSS:\t   51234 kB\nThreads:\t3\n"
+        self.assertEqual(cpu.rss_kib(status), 51234)
+        self.assertEqual(cpu.rss_kib("Name:\tzombie\n"), 0)
+
     def test_group_total(self) -> None:
         self.assertEqual(cpu.group_total(self.processes(), 10), 165)
         self.assertEqual(cpu.group_total(self.processes(), 20), 10)

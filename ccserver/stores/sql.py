@@ -82,6 +82,10 @@ T = TypeVar("T")
 #: large table is slow, but not forever.
 MIGRATION_TIMEOUT = 600.0
 
+#: Opaque tokens written in one statement at most: 100 rows of 9 values
+#: stay under SQLite's oldest limit of 999 variables a statement.
+TOKEN_BATCH = 100
+
 #: The key of PostgreSQL's advisory lock that serialises migrations ("ccsv").
 MIGRATION_LOCK_KEY = 0x63637376
 
@@ -319,6 +323,22 @@ def _upsert(table: str, codec: Codec[Any]) -> str:
     )
 
 
+def _upsert_many(table: str, codec: Codec[Any], count: int) -> str:
+    """
+    L{_upsert} of C{count} rows in one statement (their values one after
+    the other).  The rows of one batch have distinct keys (random tokens'
+    digests): PostgreSQL refuses to update one row twice in a statement.
+    """
+    key, *rest = codec.names
+    row = "(" + ", ".join("?" for _ in codec.names) + ")"
+    return (
+        f"INSERT INTO {table} ({_columns(codec)}) VALUES "
+        + ", ".join(row for _ in range(count))
+        + f" ON CONFLICT ({key}) DO UPDATE SET "
+        + ", ".join(f"{name} = excluded.{name}" for name in rest)
+    )
+
+
 def _update(table: str, codec: Codec[Any]) -> str:
     """
     C{UPDATE} of every column but the key, whose value comes last: the
@@ -372,7 +392,7 @@ class SQLStore:
         self._pool: _ConnectionPool | None = None
         #: opaque tokens, one transaction and one sync for a few ms of them
         self._tokens: GroupCommit[tuple[Any, ...]] = GroupCommit(
-            self._add_tokens, concurrency=dialect.pool_size
+            self._add_tokens, concurrency=dialect.pool_size, max_batch=TOKEN_BATCH
         )
         t = dialect.translate
         self._sql = {
@@ -699,12 +719,17 @@ class SQLStore:
 
     def _add_tokens(self, rows: list[tuple[Any, ...]]) -> Deferred[None]:
         """
-        The rows of L{add_token}'s batch, in one transaction.
+        The rows of L{add_token}'s batch, in one transaction and one
+        statement: C{executemany} would be a statement per row, each a
+        round of the driver's Python code (and for PostgreSQL a message).
         """
-        statement = self._sql["add_token"]
+        # the last of a digest given twice wins, as with one add at a time
+        rows = list({row[0]: row for row in rows}.values())
+        statement = self._dialect.translate(_upsert_many("access_tokens", TOKENS, len(rows)))
+        params = tuple(value for row in rows for value in row)
 
         def body(cursor: Any) -> None:
-            cursor.executemany(statement, rows)
+            cursor.execute(statement, params)
 
         return self._guard(self._run(body, write=True))
 
