@@ -43,6 +43,7 @@ from ccserver.oauth.clientauth import split_authorization
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.registration import ClientRegistry, client_information
+from ccserver.tokenjson import token_answer_json
 
 #: The largest request body accepted, in bytes; larger ones get 413.
 MAX_BODY = 64 * 1024
@@ -431,7 +432,9 @@ def _token_answer(request: IRequest, token: IssuedToken) -> bytes:
     if token.dpop_nonce is not None:
         # RFC 9449 §8.2: the next nonce, with the 200 (no-store, as ever).
         request.setHeader(b"DPoP-Nonce", token.dpop_nonce.encode("ascii"))
-    return _json(request, 200, token.as_json())
+    _no_store(request, 200)
+    request.setHeader(b"Content-Type", b"application/json")
+    return token_answer_json(token)
 
 
 def error_code(failure: Failure) -> str:

@@ -5,9 +5,14 @@ work (issue 14) changed must not change what a client sees.
 
 from __future__ import annotations
 
+import json
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
 
+from ccserver.model import IssuedToken
+from ccserver.tokenjson import token_answer_json
 from tests.helpers import ServerTestCase, basic
 
 
@@ -78,3 +83,29 @@ class TokenOnTheWireTests(ServerTestCase):
             self.channel.dataReceived(self.raw)
         self.assertEqual(self.transport.value().count(b"HTTP/1.1 200 OK"), 3)
         self.assertEqual(self.transport.host_asked, 1)
+
+
+class TokenAnswerJSONTests(SynchronousTestCase):
+    def test_same_bytes_as_json_dumps(self) -> None:
+        """
+        The hand-written answer is exactly what the general encoder writes,
+        whatever the strings hold.
+        """
+        for access_token, scope, token_type, expires_in in (
+            ("eyJ.a-b_c.d", frozenset({"read", "write"}), "Bearer", 3600),
+            ("opaque-Abc_123", frozenset(), "DPoP", 1),
+            ('odd "quoted" \\ token\n', frozenset({"zoë", "b"}), "Bearer", 86400),
+        ):
+            token = IssuedToken(
+                access_token=access_token,
+                expires_in=expires_in,
+                scope=scope,
+                token_type=token_type,
+                token_format="jwt",
+                alg="ES256",
+                auth_method="client_secret_basic",
+            )
+            self.assertEqual(
+                token_answer_json(token),
+                json.dumps(token.as_json(), separators=(",", ":")).encode(),
+            )
