@@ -390,9 +390,13 @@ class SQLStore:
             secrets=url_secrets(url),
         )
         self._pool: _ConnectionPool | None = None
-        #: opaque tokens, one transaction and one sync for a few ms of them
+        #: opaque tokens, one transaction and one sync for a few ms of them;
+        #: one batch at a time, also on PostgreSQL's several connections:
+        #: the batches are larger and the thread hand-offs fewer (with up
+        #: to 4 at once, an opaque token cost twice the CPU of a JWT there;
+        #: with 1, about 1.2 times: bench/README.md)
         self._tokens: GroupCommit[tuple[Any, ...]] = GroupCommit(
-            self._add_tokens, concurrency=dialect.pool_size, max_batch=TOKEN_BATCH
+            self._add_tokens, concurrency=1, max_batch=TOKEN_BATCH
         )
         t = dialect.translate
         self._sql = {
