@@ -1,5 +1,5 @@
 """
-What is measured, and the targets of issue 6 a measurement is held to.
+What is measured, and the targets (issues 6 and 14) a measurement is held to.
 """
 
 from dataclasses import dataclass
@@ -11,16 +11,21 @@ class Case:
     label: str
     alg: str
     format: str
-    #: ccserver's tokens/s over node-oidc-provider's, at least
+    #: ccserver over node-oidc-provider, at least: tokens per CPU-second
+    #: (one process each), and tokens/s with every core used (JWTs)
     target: float
 
 
 CASES = {
     "es256": Case("es256", "ES256 JWT", "ES256", "jwt", 1.25),
     "eddsa": Case("eddsa", "EdDSA JWT", "EdDSA", "jwt", 1.25),
-    "rs256": Case("rs256", "RS256 JWT", "RS256", "jwt", 1.0),
-    "opaque": Case("opaque", "opaque", "ES256", "opaque", 1.25),
+    "rs256": Case("rs256", "RS256 JWT", "RS256", "jwt", 1.05),
+    "opaque": Case("opaque", "opaque", "ES256", "opaque", 1.1),
 }
+#: The durable section: opaque tokens on a store, at least this share of
+#: JWT ES256 tokens/s on the same store and workers.
+DURABLE_TARGET = 0.80
+DURABLE_STORES = ("sqlite", "postgresql", "redis")
 STORES = ("memory", "sqlite", "redis", "postgresql")
 #: Store tokens/s within 10% of the memory store.
 STORE_TARGET = 0.90

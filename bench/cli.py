@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import auth, profiling
-from bench.cases import CASES, SMALL_POPULATION, STORES
+from bench.cases import CASES, DURABLE_STORES, SMALL_POPULATION, STORES
 from bench.cpu import busiest_processes, loadavg, machine_busy
 from bench.install import ensure_python_dependencies, ensure_wrk, install_peer, run_quiet
 from bench.output import say
@@ -81,7 +81,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=counts, default=[1, 2],
                         help="worker counts compared (1 alone: none) [1,2]")
     parser.add_argument("--workers-store", choices=("sqlite", "redis", "postgresql"), default="sqlite",
-                        help="the store of the workers comparison (memory:// cannot be shared) [sqlite]")
+                        help="the store of the workers and machine comparisons (memory:// cannot be "
+                        "shared) [sqlite]")
+    parser.add_argument("--machine-workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="ccserver --workers N against a node:cluster of N, for the JWT cases "
+                        "(1: no machine comparison) [the cores]")
+    parser.add_argument("--durable-stores", type=listing(DURABLE_STORES), default=list(DURABLE_STORES),
+                        help="stores of the opaque vs JWT ES256 comparison (empty: none) "
+                        "[sqlite,postgresql,redis]")
+    parser.add_argument("--durable-workers", type=int, default=2, metavar="N",
+                        help="ccserver workers in the opaque vs JWT comparison [2]")
     parser.add_argument("--population", type=int, default=100_000, metavar="N",
                         help="registered clients of the large population [100000]")
     parser.add_argument("--population-stores", type=listing(STORES), default=list(STORES),
@@ -109,6 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0 or args.warmup <= 0:
         parser.error("--rounds, --seconds and --warmup must be positive")
+    if args.machine_workers < 1 or args.durable_workers < 1:
+        parser.error("--machine-workers and --durable-workers must be positive")
     if args.population <= SMALL_POPULATION:
         parser.error(f"--population must be more than {SMALL_POPULATION}")
     if args.population_budget <= 0:
@@ -164,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(wrk, args.seconds, args.warmup)
         bench = Bench(args, runner, tmp, peer_dir)
         bench.cases()
+        bench.machine()
+        bench.durable()
         bench.stores()
         bench.workers()
         bench.population()

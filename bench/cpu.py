@@ -76,6 +76,32 @@ def tree_total(processes: dict[int, ProcessTicks], roots: set[int]) -> int:
     return total
 
 
+def rss_kib(status: str) -> int:
+    """
+    The resident set size, in KiB, from the text of C{/proc/<pid>/status}
+    ("VmRSS:    123456 kB"); 0 for a process without one (a zombie).
+    """
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def group_rss(processes: dict[int, ProcessTicks], group: int) -> list[int]:
+    """
+    The RSS (KiB) of each live process of process group C{group}: one per
+    worker.
+    """
+    sizes = []
+    for pid, process in processes.items():
+        if process.group == group:
+            try:
+                sizes.append(rss_kib(Path(f"/proc/{pid}/status").read_text()))
+            except OSError:
+                continue
+    return sizes
+
+
 def read_processes() -> dict[int, ProcessTicks]:
     """
     Every live process, by pid (those that exit while /proc is read are left out).

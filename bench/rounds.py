@@ -34,7 +34,22 @@ class Round:
     other_cores: float
     #: the throwaway Redis and PostgreSQL servers (all of them: the others idle)
     store_cores: float = 0.0
+    #: CPU seconds (user + system) of the server's processes during the round
+    cpu_seconds: float = 0.0
+    #: the resident set size (MiB) of the server's largest process at the
+    #: end of the round (a worker: each serves its share of the tokens)
+    rss_mb: float = 0.0
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def per_core(self) -> float:
+        """
+        Tokens per CPU-second of the server's processes (all of them: a
+        node cluster's primary and workers, ccserver's workers): what a
+        token costs, whatever the cores it was spread over and whatever
+        else the machine ran meanwhile.  0 when no CPU time was counted.
+        """
+        return self.requests / self.cpu_seconds if self.cpu_seconds > 0 else 0.0
 
 
 class Runner:
@@ -62,7 +77,9 @@ class Runner:
         result = run_quiet(argv, timeout=seconds + 60)
         busy1, total1 = cpu.cpu_ticks()
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        ours1 = {s.label: cpu.group_ticks(s.pgid) for s in everyone if s.alive()}
+        processes = cpu.read_processes()
+        ours1 = {s.label: cpu.group_total(processes, s.pgid) for s in everyone if s.alive()}
+        rss = cpu.group_rss(processes, server.pgid) if server.alive() else []
         stores1 = cpu.tree_ticks(set(self.store_groups.values()))
         raw = wrk.result(result.stdout.splitlines())
         if result.returncode != 0 or raw is None:
@@ -77,7 +94,8 @@ class Runner:
         if problems:
             raise BenchError(f"{server.label}: " + "; ".join(problems))
         elapsed = (total1 - total0) / (os.cpu_count() or 1)  # jiffies of wall time
-        server_cpu = (ours1.get(server.label, 0) - ours0.get(server.label, 0)) / max(1, elapsed)
+        server_ticks = ours1.get(server.label, 0) - ours0.get(server.label, 0)
+        server_cpu = server_ticks / max(1, elapsed)
         wrk_ticks = (
             children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime
         ) * cpu.CLK_TCK
@@ -94,6 +112,8 @@ class Runner:
             cpu_cores=server_cpu,
             other_cores=max(0.0, other),
             store_cores=store_ticks / max(1, elapsed),
+            cpu_seconds=server_ticks / cpu.CLK_TCK,
+            rss_mb=max(rss, default=0) / 1024,
             raw=raw,
         )
 
@@ -118,9 +138,9 @@ class Runner:
                 say(
                     f"  round {n}/{rounds}  {server.label:<34} {r.tokens_per_s:>8,.0f} {unit}"
                     f"  p50 {r.p50_ms:6.2f} ms  p99 {r.p99_ms:6.2f} ms"
-                    f"  server cpu {r.cpu_cores:4.2f}"
+                    f"  server cpu {r.cpu_cores:4.2f} ({r.per_core:,.0f}/cpu-s)"
                     + (f"  store cpu {r.store_cores:4.2f}" if self.store_groups else "")
-                    + f"  other load {r.other_cores:4.2f} cores"
+                    + f"  other load {r.other_cores:4.2f} cores  rss {r.rss_mb:,.0f} MiB"
                 )
         return results
 

@@ -18,6 +18,7 @@ from typing import Any
 from bench import stores
 from bench.cases import (
     CASES,
+    DURABLE_TARGET,
     POPULATION_TARGET,
     ROTATED_CLIENTS,
     SMALL_POPULATION,
@@ -103,7 +104,8 @@ class Bench:
     def cases(self) -> None:
         for name in self.args.cases:
             case = CASES[name]
-            row = Row("ccserver vs node-oidc-provider, memory store, 1 process each", case.label, target=case.target)
+            row = Row("ccserver vs node-oidc-provider, memory store, 1 process each", case.label,
+                      target=case.target, judge="per core")
             self.rows.append(row)
             say(f"\n== {case.label}: ccserver vs node-oidc-provider  (load {loadavg()})")
             ours = self.ccserver(f"ccserver {case.label}", self.workdir(f"cc-{name}"), case, "memory://")
@@ -122,6 +124,73 @@ class Bench:
                 self.error(row, e)
             finally:
                 self.stop_all()
+
+    # ccserver --workers N against a node:cluster of N, one JWT case at a time
+    def machine(self) -> None:
+        count = self.args.machine_workers
+        names = [n for n in self.args.cases if CASES[n].format == "jwt"]
+        if count < 2 or not names:
+            return
+        store = self.args.workers_store
+        section = (f"machine: ccserver --workers {count} ({store} store) vs node:cluster of {count}, "
+                   "every core used")
+        for name in names:
+            case = CASES[name]
+            row = Row(section, case.label, ours_label=f"ccserver {case.label} x{count}",
+                      theirs_label=f"node cluster {case.label} x{count}", target=case.target)
+            self.rows.append(row)
+            say(f"\n== {section}: {case.label}  (load {loadavg()})")
+            support: list[Any] = []
+            try:
+                url = self.store_url(store, support)
+                ours = self.ccserver(row.ours_label, self.workdir(f"machine-cc-{name}"), case, url,
+                                     workers=count)
+                theirs = Peer(row.theirs_label, self.workdir(f"machine-peer-{name}"), self.peer_dir,
+                              case, workers=count)
+                try:
+                    self.start(ours, case)
+                except NotAvailable as e:
+                    row.status, row.note = "not available", f"ccserver refused to start: {e}"
+                    say(f"  not available: {e}")
+                    continue
+                self.start(theirs, case)
+                results = self.runner.measure([ours, theirs], self.args.rounds)
+                row.ours, row.theirs = results[ours.label], results[theirs.label]
+            except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+                self.error(row, e)
+            finally:
+                self.stop_all()
+                self.remove_support(support)
+
+    # opaque tokens on a durable store against JWT ES256 on the same store
+    def durable(self) -> None:
+        count = self.args.durable_workers
+        section = (f"durable: ccserver --workers {count}, opaque vs JWT ES256 on the same store "
+                   "(opaque answered only once committed)")
+        for store in self.args.durable_stores:
+            row = Row(section, store, ours_label=f"{store} opaque", theirs_label=f"{store} ES256 JWT",
+                      ours_column="opaque", theirs_column="jwt", target=DURABLE_TARGET, check_p99=False)
+            self.rows.append(row)
+            say(f"\n== {section}: {store}  (load {loadavg()})")
+            support: list[Any] = []
+            try:
+                servers: list[Server] = []
+                for label, case in ((row.ours_label, CASES["opaque"]), (row.theirs_label, CASES["es256"])):
+                    url = self.store_url(store, support)
+                    server = self.ccserver(f"ccserver {label}", self.workdir(f"durable-{label}"), case, url,
+                                           workers=count)
+                    self.start(server, case)
+                    servers.append(server)
+                results = self.runner.measure(servers, self.args.rounds)
+                row.ours, row.theirs = results[servers[0].label], results[servers[1].label]
+            except NotAvailable as e:
+                row.status, row.note = "not available", str(e)
+                say(f"  {store}: not available: {e}")
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                self.error(row, e)
+            finally:
+                self.stop_all()
+                self.remove_support(support)
 
     # ccserver with each store, against ccserver with memory://
     def stores(self) -> None:

@@ -283,10 +283,12 @@ class CCServer(Server):
 class Peer(Server):
     kind = "node-oidc-provider"
 
-    def __init__(self, label: str, workdir: Path, peer_dir: Path, case: Case) -> None:
+    def __init__(self, label: str, workdir: Path, peer_dir: Path, case: Case, workers: int = 1) -> None:
         super().__init__(label, workdir)
         self.peer_dir = peer_dir
         self.case = case
+        #: more than 1: a node:cluster of this many workers on one port
+        self.workers = workers
         self.client_id = "bench-" + secrets.token_hex(4)
         self.client_secret = secrets.token_urlsafe(32)
         self.basic = basic(self.client_id, self.client_secret)
@@ -306,10 +308,21 @@ class Peer(Server):
             # parseArgs would take for an option
             f"--client-id={self.client_id}",
             f"--client-secret={self.client_secret}",
+            f"--workers={self.workers}",
         ]
         return argv, env, self.peer_dir
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         super().start()
+        # a cluster answers as soon as its first worker listens: wait for
+        # the primary's "ready", once all of them do
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.log_path.read_text(errors="replace").startswith("ready"):
+            if not self.alive():
+                raise BenchError(f"{self.label} exited after starting; see {self.err_path}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise BenchError(f"{self.label}: not every worker listened within {START_TIMEOUT} s")
+            time.sleep(0.05)
 

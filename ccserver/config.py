@@ -40,6 +40,10 @@ DEFAULT_STORE = "sqlite:///ccserver.db"
 #: The DPoP proof algorithms: asymmetric, and all of them by default.
 DPOP_SIGNING_ALGORITHMS = ("ES256", "EdDSA", "RS256", "PS256")
 TOKEN_FORMATS = ("jwt", "opaque")
+#: Where RSA signatures are computed ([tokens] rsa_signing): "threads" (the
+#: reactor's pool, on another core), "inline", or "auto" (threads only while
+#: the workers leave a core idle).
+RSA_SIGNING = ("auto", "threads", "inline")
 INTROSPECTION_RULES = ("audience", "any")
 MASTER_TOKEN_ENV = "CCSERVER_MASTER_TOKEN"
 KEY_ENCRYPTION_KEY_ENV = "CCSERVER_KEY_ENCRYPTION_KEY"
@@ -88,6 +92,8 @@ class TokenConfig:
     #: and the resource servers its audience names) or "any" (any
     #: authenticated client).
     introspection: str = "audience"
+    #: Where RSA signatures are computed: one of L{RSA_SIGNING}.
+    rsa_signing: str = "auto"
 
 
 @frozen
@@ -583,6 +589,10 @@ def _check_tokens(tokens: TokenConfig) -> None:
     if tokens.format not in TOKEN_FORMATS:
         raise ConfigError(
             f"[tokens] format: {tokens.format!r} is not one of " + ", ".join(TOKEN_FORMATS)
+        )
+    if tokens.rsa_signing not in RSA_SIGNING:
+        raise ConfigError(
+            f"[tokens] rsa_signing: {tokens.rsa_signing!r} is not one of " + ", ".join(RSA_SIGNING)
         )
     for name in ("lifetime", "max_lifetime"):
         value = getattr(tokens, name)

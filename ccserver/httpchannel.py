@@ -101,6 +101,19 @@ class CCServerChannel(http.HTTPChannel):
     #: counters are private).
     _head_lines = 0
     _head_size = 0
+    #: The connection's local address, asked of the socket once.
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        """
+        twisted.web asks every request for it (C{Request.__init__}), and
+        each time the transport calls C{getsockname()}: a system call per
+        request for an address that never changes while the connection
+        lives.
+        """
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def connectionMade(self) -> None:
         self.limits = getattr(self.site, "limits", self.limits)

@@ -52,7 +52,13 @@ from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.limits import AuthLimits, IssuanceLimit
 from ccserver.oauth.registration import ClientRegistry
-from ccserver.oauth.tokens import Signer, TokenMinter, rsa_in_threads
+from ccserver.oauth.tokens import (
+    Signer,
+    TokenMinter,
+    rsa_in_threads,
+    rsa_signing_in_threads,
+    sign_inline,
+)
 from ccserver.services import (
     CloseOnStop,
     ListenerService,
@@ -383,6 +389,17 @@ def exit_on_fatal(reactor: Any) -> Callable[[Failure], None]:
     return fatal
 
 
+def default_signer(reactor: Any, config: Config) -> Signer:
+    """
+    Where signatures are computed, by C{[tokens] rsa_signing}
+    (L{rsa_signing_in_threads}): each worker decides the same, from the
+    same configuration.
+    """
+    if rsa_signing_in_threads(config.tokens.rsa_signing, config.workers, os.cpu_count()):
+        return rsa_in_threads(reactor)
+    return sign_inline
+
+
 def makeService(
     options: Options, reactor: Any = None, sign: Signer | None = None
 ) -> MultiService:
@@ -391,8 +408,9 @@ def makeService(
 
     @param reactor: the reactor [default: the global one; only here, the
         daemon's composition root, is it imported].
-    @param sign: how tokens are signed [default: RSA in the reactor's
-        thread pool, the others inline (L{rsa_in_threads})].
+    @param sign: how tokens are signed [default: by C{[tokens]
+        rsa_signing}: RSA in the reactor's thread pool while the workers
+        leave a core idle (L{rsa_in_threads}), else everything inline].
     """
     if reactor is None:
         from twisted.internet import reactor
@@ -458,7 +476,7 @@ def makeService(
         handler,
         first.master_token_digest,
         first.encryptor,
-        sign if sign is not None else rsa_in_threads(reactor),
+        sign if sign is not None else default_signer(reactor, config),
         jwks_fetcher,
         metrics,
         certificates,

@@ -51,6 +51,7 @@ from ccserver.oauth.registration import (
     registration_response,
 )
 from ccserver.tls import ClientCertificateReader
+from ccserver.tokenjson import token_answer_json
 
 #: The largest request body accepted, in bytes; larger ones get 413.
 MAX_BODY = 64 * 1024
@@ -563,7 +564,9 @@ def _token_answer(request: IRequest, token: IssuedToken) -> bytes:
     if token.dpop_nonce is not None:
         # RFC 9449 §8.2: the next nonce, with the 200 (no-store, as ever).
         request.setHeader(b"DPoP-Nonce", token.dpop_nonce.encode("ascii"))
-    return _json(request, 200, token.as_json())
+    _no_store(request, 200)
+    request.setHeader(b"Content-Type", b"application/json")
+    return token_answer_json(token)
 
 
 def error_code(failure: Failure) -> str:
@@ -624,7 +627,7 @@ class TokenResource(Resource):
         # The public way to learn that the client went away: notifyFinish
         # fails when the connection is lost before the request finished.
         gone: list[bool] = []
-        cast(http.Request, request).notifyFinish().addErrback(lambda _: gone.append(True))
+        cast("http.Request", request).notifyFinish().addErrback(lambda _: gone.append(True))
         answered.addCallback(self._write, request, gone)
         return NOT_DONE_YET
 
@@ -640,7 +643,10 @@ class TokenResource(Resource):
 
     @staticmethod
     def _write(body: bytes, request: IRequest, gone: list[bool]) -> None:
-        if not cast(http.Request, request).finished and not gone:
+        if not cast("http.Request", request).finished and not gone:
+            # With its length known, twisted.web writes the head and the
+            # body in one go, not as chunks with a last one at finish.
+            request.setHeader(b"Content-Length", b"%d" % len(body))
             request.write(body)
             request.finish()
 

@@ -7,6 +7,7 @@ result line says, the medians, verdicts and table.
 from __future__ import annotations
 
 import io
+import os
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -41,6 +42,9 @@ class ParseArgsTests(SynchronousTestCase):
         self.assertTrue(args.population_cache_off)
         self.assertFalse(args.no_population or args.access_log or args.keep)
         self.assertIsNone(args.profile)
+        self.assertEqual(args.machine_workers, os.cpu_count())
+        self.assertEqual(args.durable_stores, ["sqlite", "postgresql", "redis"])
+        self.assertEqual(args.durable_workers, 2)
 
     def test_lists(self) -> None:
         """
@@ -72,6 +76,9 @@ class ParseArgsTests(SynchronousTestCase):
         self.assertIn("must be positive", self.fails("--seconds", "0"))
         self.assertIn("--population must be more than 100", self.fails("--population", "100"))
         self.assertIn("--population-budget must be positive", self.fails("--population-budget", "0"))
+        self.assertIn("must be positive", self.fails("--machine-workers", "0"))
+        self.assertIn("must be positive", self.fails("--durable-workers", "0"))
+        self.assertIn("'memory': one of sqlite", self.fails("--durable-stores", "memory"))
 
 
 #: /proc/stat's first line: user nice system idle iowait irq softirq steal guest guest_nice
@@ -115,6 +122,11 @@ class CPUTests(SynchronousTestCase):
             30: stat_line(30, "other", 1, 30, 999, 999),
         }
         return {pid: cpu.process_ticks(line) for pid, line in lines.items()}
+
+    def test_rss(self) -> None:
+        status = "Name:\tpython3\nVmPeak:\t  99999 kB\nVmRSS:\t   51234 kB\nThreads:\t3\n"
+        self.assertEqual(cpu.rss_kib(status), 51234)
+        self.assertEqual(cpu.rss_kib("Name:\tzombie\n"), 0)
 
     def test_group_total(self) -> None:
         self.assertEqual(cpu.group_total(self.processes(), 10), 165)
@@ -189,13 +201,24 @@ class WrkTests(SynchronousTestCase):
         )
 
 
-def rounds(label: str, *figures: tuple[float, float, float]) -> list[Round]:
+def rounds(label: str, *figures: tuple[float, float, float], cpu: float = 1.0) -> list[Round]:
     """
     Rounds of (tokens/s, p50 ms, p99 ms).
     """
     return [
-        Round(label, rate, p50, p99, requests=int(rate), cpu_cores=1.0, other_cores=0.05)
+        Round(label, rate, p50, p99, requests=int(rate), cpu_cores=1.0, other_cores=0.05, cpu_seconds=cpu)
         for rate, p50, p99 in figures
+    ]
+
+
+def busy(label: str, *figures: tuple[float, float]) -> list[Round]:
+    """
+    Rounds of (tokens/s, CPU seconds) over 1 s: tokens per CPU-second differ
+    from tokens/s as soon as the server used more or less than a core.
+    """
+    return [
+        Round(label, rate, 1, 1, requests=int(rate), cpu_cores=cpu, other_cores=0.0, cpu_seconds=cpu)
+        for rate, cpu in figures
     ]
 
 
@@ -231,6 +254,41 @@ class ReportTests(SynchronousTestCase):
         )
         self.assertEqual(Row("s", "c", status="not available").verdict(), "not available")
 
+    def test_per_core(self) -> None:
+        """
+        Tokens per CPU-second: requests over the CPU seconds of the
+        server's processes; none counted is 0, not a division by zero.
+        """
+        self.assertEqual(busy("a", (3000, 1.5))[0].per_core, 2000)
+        self.assertEqual(busy("a", (3000, 0.0))[0].per_core, 0.0)
+
+    def test_per_core_ratio_is_median_of_round_ratios(self) -> None:
+        """
+        A peer that uses 1.35 cores for 8,000 tokens/s costs more per token
+        than a server using 1.0 core for 7,000: the rate ratio and the per
+        core ratio tell different stories, and the row has both.
+        """
+        row = Row("s", "c", ours=busy("a", (7000, 1.0), (7000, 1.0), (6000, 1.0)),
+                  theirs=busy("b", (8000, 1.35), (8000, 1.6), (8000, 1.35)))
+        self.assertAlmostEqual(row.ratio() or 0, 0.875)
+        self.assertAlmostEqual(row.per_core_ratio() or 0, 7000 / (8000 / 1.35))
+        self.assertIsNone(Row("s", "c", ours=row.ours).per_core_ratio())
+        unmeasured = Row("s", "c", ours=busy("a", (7000, 0.0)), theirs=busy("b", (8000, 1.0)))
+        self.assertIsNone(unmeasured.per_core_ratio())
+
+    def test_judge(self) -> None:
+        """
+        The target is held to the ratio the row names: per core for one
+        process each, the rate for every core used.
+        """
+        ours, theirs = busy("a", (7000, 1.0)), busy("b", (8000, 1.6))
+        self.assertEqual(Row("s", "c", ours=ours, theirs=theirs, target=1.25, judge="per core",
+                             check_p99=False).verdict(), "PASS")
+        self.assertEqual(Row("s", "c", ours=ours, theirs=theirs, target=1.25,
+                             check_p99=False).verdict(), "FAIL (ratio)")
+        self.assertEqual(Row("s", "c", ours=ours, theirs=theirs, target=1.25, judge="per core",
+                             check_p99=False).as_json()["per_core_ratio"], 1.4)
+
     def test_as_json(self) -> None:
         row = Row("s", "c", ours=rounds("a", (150, 1, 5)), theirs=rounds("b", (100, 1, 6)), target=1.25)
         document = row.as_json()
@@ -241,10 +299,10 @@ class ReportTests(SynchronousTestCase):
 
     def test_table(self) -> None:
         rows = [
-            Row("cases", "ES256 JWT", ours=rounds("a", (7772.4, 3.96, 6.1)),
-                theirs=rounds("b", (3806.0, 8.2, 12.0)), target=1.25),
+            Row("cases", "ES256 JWT", ours=rounds("a", (7772.4, 3.96, 6.1), cpu=2.0),
+                theirs=rounds("b", (3806.0, 8.2, 12.0)), target=1.25, judge="per core"),
             Row("cases", "EdDSA JWT", status="not available", note="ccserver refused to start: no"),
-            Row("registration", "sqlite", ours=rounds("a", (2400, 10, 30)), single=True,
+            Row("registration", "sqlite", ours=rounds("a", (2400, 10, 30), cpu=2.0), single=True,
                 ours_column="store", theirs_column="memory", unit="reg/s", note="2,401 clients"),
             Row("registration", "redis", status="ERROR", note="wrk failed"),
         ]
@@ -252,29 +310,29 @@ class ReportTests(SynchronousTestCase):
         with redirect_stdout(out):
             print_table(rows)
         lines = out.getvalue().splitlines()
-        self.assertEqual(lines[0], "=" * 118)
+        self.assertEqual(lines[0], "=" * 150)
         self.assertEqual(lines[1], "[cases]")
         self.assertEqual(
             lines[2],
-            "case                    ccserver tok/s      peer tok/s  ratio  ccserver p50/p99"
-            "      peer p50/p99 other  target  result",
+            "case                    ccserver tok/s      peer tok/s  ratio ccserver /cpu-s  peer /cpu-s"
+            "  /core  ccserver p50/p99      peer p50/p99 other         target  result",
         )
         self.assertEqual(
             lines[3],
-            "ES256 JWT                        7,772           3,806   2.04        4.0/6.1 ms"
-            "       8.2/12.0 ms  0.05  >=1.25  PASS",
+            "ES256 JWT                        7,772           3,806   2.04           3,886        3,806"
+            "   1.02        4.0/6.1 ms       8.2/12.0 ms  0.05 per core >=1.25  FAIL (ratio)",
         )
         self.assertEqual(lines[4], "EdDSA JWT              not available: ccserver refused to start: no")
-        self.assertEqual(lines[5], "-" * 118)
+        self.assertEqual(lines[5], "-" * 150)
         self.assertEqual(lines[6], "[registration]")
         self.assertEqual(
             lines[8],
-            "sqlite                           2,400               -      -      10.0/30.0 ms"
-            "                 -  0.05       -  info",
+            "sqlite                           2,400               -      -           1,200            -"
+            "      -      10.0/30.0 ms                 -  0.05              -  info",
         )
         self.assertEqual(lines[9], f"{'':<22} (2,401 clients)")
         self.assertEqual(lines[10], "redis                  ERROR: wrk failed")
-        self.assertEqual(lines[11], "=" * 118)
+        self.assertEqual(lines[11], "=" * 150)
         self.assertTrue(lines[12].startswith("tok/s (reg/s) and p50/p99: medians over the rounds"))
 
 

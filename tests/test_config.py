@@ -58,6 +58,7 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertEqual(config.tokens.format, "jwt")
         self.assertEqual(config.tokens.lifetime, 3600)
         self.assertEqual(config.tokens.signing_alg, "RS256")
+        self.assertEqual(config.tokens.rsa_signing, "auto")
         self.assertEqual(config.grant_handler, "registered-scope")
         self.assertIsNone(config.master_token)
 
@@ -119,6 +120,10 @@ class LoadConfigTests(SynchronousTestCase):
         self.assert_error("[tokens] lifetime: must be greater than 0", "[tokens]\nlifetime = 0\n")
         self.assert_error("[tokens] signing_alg: 'HS256' is not one of", '[tokens]\nsigning_alg = "HS256"\n')
         self.assert_error("[tokens] format: 'paper'", '[tokens]\nformat = "paper"\n')
+        self.assert_error(
+            "[tokens] rsa_signing: 'gpu' is not one of auto, threads, inline",
+            '[tokens]\nrsa_signing = "gpu"\n',
+        )
         self.assert_error("store: must be a table", 'store = "memory://"\n')
         self.assert_error("store.timeout: must be a number", '[store]\ntimeout = "soon"\n')
         self.assert_error("[store] url: unknown scheme", '[store]\nurl = "mysql://x"\n')

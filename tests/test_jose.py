@@ -267,3 +267,23 @@ class SignerTests(SynchronousTestCase):
         self.assertEqual(first.split(".")[0], second.split(".")[0])
         self.assertEqual(first.split(".")[0].encode(), signer.header_segment)
         self.assertNotIn("k" * 32, repr(signer))
+
+
+class ES256SignatureTests(SynchronousTestCase):
+    def test_raw_signature_is_padded(self) -> None:
+        """
+        RFC 7518 §3.4: R and S are 32 bytes each, whatever their value: a
+        small one is padded with leading zeros (a DER integer is not).
+        """
+        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+        from ccserver.jose import _ecdsa_p256
+
+        class Key:
+            def sign(self, data: bytes, algorithm: object) -> bytes:
+                return encode_dss_signature(1, 2**255 + 7)
+
+        self.assertEqual(
+            _ecdsa_p256(b"x", Key()),
+            b"\0" * 31 + b"\1" + (2**255 + 7).to_bytes(32, "big"),
+        )

@@ -152,6 +152,40 @@ class _Reactor:
 
 
 class SignerTests(ServerTestCase):
+    def test_rsa_signing_choice(self) -> None:
+        """
+        "auto" hands RSA signatures to threads only while the workers
+        leave a core idle; "threads" and "inline" are what they say.
+        """
+        from ccserver.oauth.tokens import rsa_signing_in_threads
+
+        self.assertTrue(rsa_signing_in_threads("auto", 1, 2))
+        self.assertFalse(rsa_signing_in_threads("auto", 2, 2))
+        self.assertFalse(rsa_signing_in_threads("auto", 4, 2))
+        self.assertFalse(rsa_signing_in_threads("auto", 1, None))
+        self.assertTrue(rsa_signing_in_threads("threads", 8, 2))
+        self.assertFalse(rsa_signing_in_threads("inline", 1, 8))
+
+    def test_default_signer(self) -> None:
+        """
+        The composition root picks the signer from the configuration.
+        """
+        from unittest import mock
+
+        from ccserver.config import Config, TokenConfig
+        from ccserver.oauth.tokens import sign_inline
+        from ccserver.tap import default_signer
+
+        reactor = _Reactor()
+        with mock.patch("os.cpu_count", return_value=2):
+            self.assertIs(default_signer(reactor, Config(workers=2)), sign_inline)
+            threaded = default_signer(reactor, Config(workers=1))
+            self.assertIsNot(threaded, sign_inline)
+            self.assertIs(
+                default_signer(reactor, Config(workers=1, tokens=TokenConfig(rsa_signing="inline"))),
+                sign_inline,
+            )
+
     def test_rsa_in_threads_ec_inline(self) -> None:
         from ccserver.keys import SigningKey, generate_private_key
         from ccserver.model import StoredKey

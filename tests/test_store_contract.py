@@ -478,6 +478,19 @@ class StoreContractMixin(_TestCase):
     async def test_delete_missing_token(self) -> None:
         self.assertIs(await self.tokens.delete_token("0" * 64), False)
 
+    async def test_many_tokens_at_once(self) -> None:
+        """
+        Tokens added together (on SQL stores, one group commit for those
+        that arrive during a commit, in batches of at most TOKEN_BATCH) are
+        each stored, a digest given twice in one batch as its last.
+        """
+        tokens = [make_token(f"{i:064x}", jti=f"jti-{i}") for i in range(250)]
+        twice = make_token(tokens[5].token_digest, jti="jti-again")
+        await gatherResults([self.tokens.add_token(t) for t in [*tokens, twice]])
+        for token in tokens[:5] + tokens[6:]:
+            self.assertEqual(await self.tokens.get_token(token.token_digest), token)
+        self.assertEqual(await self.tokens.get_token(twice.token_digest), twice)
+
     async def test_revoke(self) -> None:
         future = int(time.time()) + 3600
         self.assertIs(await self.tokens.is_revoked("jti-1"), False)

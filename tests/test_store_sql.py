@@ -42,7 +42,7 @@ from tests.test_codec import (
     RETIRED_KEY,
     RETIRED_KEY_ROW,
 )
-from tests.test_store_contract import TIMEOUT, make_client, make_key
+from tests.test_store_contract import TIMEOUT, make_client, make_key, make_token
 
 if TYPE_CHECKING:
     _TestCase = TestCase
@@ -517,6 +517,32 @@ class SQLiteTests(TestCase):
         other.execute("ROLLBACK")
         await store.add_client(make_client("after"))
         self.assertEqual(await store.get_client("after"), make_client("after"))
+
+    async def test_tokens_wait_for_the_write_lock(self) -> None:
+        """
+        A token batch whose write lock another process holds waits for it
+        (polling, not SQLite's backing-off sleeps) and is written once it
+        is released; it fails with StoreUnavailable if it never is.
+        """
+        store = await self.open(timeout=5)
+        other = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        token = make_token()
+        written = store.add_token(token)
+        released = time.monotonic()
+        reactor.callLater(0.3, other.execute, "ROLLBACK")
+        await written
+        self.assertLess(time.monotonic() - released, 0.3 + 1.0)
+        self.assertEqual(await store.get_token(token.token_digest), token)
+
+        short = await self.open(timeout=0.3)
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with self.assertRaises(StoreUnavailable):
+            await short.add_token(make_token("e" * 64))
+        self.assertLess(time.monotonic() - started, 0.3 + 1.5)
+        other.execute("ROLLBACK")
 
     async def test_two_stores_one_file(self) -> None:
         """

@@ -2,7 +2,13 @@
 // version 9) set up for the client credentials grant the way ccserver is.
 //
 //   node provider.mjs --port 18081 --alg ES256 --format jwt \
-//        --client-id ID --client-secret SECRET
+//        --client-id ID --client-secret SECRET [--workers N]
+//
+// With --workers N (N > 1) it is a node:cluster: the primary makes the keys
+// and forks N workers that share the port (the way node-oidc-provider is
+// deployed on N cores); it prints "ready" once every worker listens.  The
+// workers' Map adapters are not shared, so opaque tokens issued by one are
+// unknown to the others: the bench uses a cluster for JWTs only.
 //
 // bench/run copies this file into the temporary folder where it installed
 // oidc-provider (an ES module finds its imports from its own folder) and
@@ -23,6 +29,7 @@
 //   memory:// store (the built-in development adapter is an LRU of 1,000
 //   entries and prints a warning; this one keeps every live token).
 
+import cluster from 'node:cluster';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 
@@ -36,6 +43,7 @@ const { values: opts } = parseArgs({
     'client-id': { type: 'string' },
     'client-secret': { type: 'string' },
     lifetime: { type: 'string', default: '3600' },
+    workers: { type: 'string', default: '1' },
   },
 });
 
@@ -45,11 +53,13 @@ const format = opts.format ?? process.env.PEER_FORMAT;
 const clientId = opts['client-id'] ?? process.env.PEER_CLIENT_ID;
 const clientSecret = opts['client-secret'] ?? process.env.PEER_CLIENT_SECRET;
 const lifetime = Number(opts.lifetime);
+const workers = Number(opts.workers);
 
 if (!Number.isInteger(port) || port <= 0) throw new Error('--port is required');
 if (!['RS256', 'ES256', 'EdDSA'].includes(alg)) throw new Error(`--alg ${alg}: RS256, ES256 or EdDSA`);
 if (!['jwt', 'opaque'].includes(format)) throw new Error(`--format ${format}: jwt or opaque`);
 if (!clientId || !clientSecret) throw new Error('--client-id and --client-secret are required');
+if (!Number.isInteger(workers) || workers < 1) throw new Error('--workers: 1 or more');
 
 const issuer = `http://127.0.0.1:${port}`;
 // The resource server every token is for (the audience).
@@ -60,13 +70,47 @@ function signingKey(type, options, keyAlg, kid) {
   return { ...privateKey.export({ format: 'jwk' }), alg: keyAlg, use: 'sig', kid };
 }
 
-const jwks = {
-  keys: [
-    signingKey('rsa', { modulusLength: 2048 }, 'RS256', 'rs256'),
-    signingKey('ec', { namedCurve: 'P-256' }, 'ES256', 'es256'),
-    signingKey('ed25519', {}, 'EdDSA', 'eddsa'),
-  ],
-};
+function makeJwks() {
+  return {
+    keys: [
+      signingKey('rsa', { modulusLength: 2048 }, 'RS256', 'rs256'),
+      signingKey('ec', { namedCurve: 'P-256' }, 'ES256', 'es256'),
+      signingKey('ed25519', {}, 'EdDSA', 'eddsa'),
+    ],
+  };
+}
+
+if (workers > 1 && cluster.isPrimary) {
+  // The primary: one set of keys for every worker, which it only forks.
+  const env = { PEER_JWKS: JSON.stringify(makeJwks()), PEER_COOKIE_KEY: randomBytes(32).toString('base64url') };
+  let listening = 0;
+  for (let i = 0; i < workers; i += 1) cluster.fork(env);
+  cluster.on('listening', () => {
+    listening += 1;
+    if (listening === workers) console.log(`ready ${issuer} (${workers} workers)`);
+  });
+  cluster.on('exit', (worker, code, signal) => {
+    if (!stopping) {
+      console.error(`peer worker ${worker.process.pid} exited (${signal ?? code})`);
+      process.exit(1);
+    }
+  });
+  let stopping = false;
+  const stopAll = () => {
+    stopping = true;
+    for (const worker of Object.values(cluster.workers)) worker.process.kill('SIGTERM');
+    setTimeout(() => process.exit(0), 2000).unref();
+    cluster.on('exit', () => {
+      if (Object.keys(cluster.workers).length === 0) process.exit(0);
+    });
+  };
+  process.on('SIGTERM', stopAll);
+  process.on('SIGINT', stopAll);
+} else {
+  serve(process.env.PEER_JWKS ? JSON.parse(process.env.PEER_JWKS) : makeJwks());
+}
+
+function serve(jwks) {
 
 // A production-shaped in-memory adapter: every artifact kept until it
 // expires, swept every 10 s.
@@ -131,7 +175,7 @@ setInterval(() => {
 const configuration = {
   adapter: MapAdapter,
   jwks,
-  cookies: { keys: [randomBytes(32).toString('base64url')] },
+  cookies: { keys: [process.env.PEER_COOKIE_KEY ?? randomBytes(32).toString('base64url')] },
   clients: [
     {
       client_id: clientId,
@@ -188,3 +232,4 @@ function stop() {
 }
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
+}

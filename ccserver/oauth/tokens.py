@@ -58,6 +58,25 @@ def rsa_in_threads(reactor: Any) -> Signer:
     return sign
 
 
+def rsa_signing_in_threads(mode: str, workers: int, cores: int | None) -> bool:
+    """
+    Whether RSA signatures go to threads (L{rsa_in_threads}) or stay inline
+    (L{sign_inline}), for C{[tokens] rsa_signing} = C{mode}.
+
+    A thread only adds throughput while a core is idle: with one process per
+    core (C{workers >= cores}) every core is busy serving already, and the
+    hand-off (about 100 µs of CPU per token, half an RSA-2048 signature)
+    is pure cost, so "auto" signs inline then (the figures: bench/README.md,
+    "Measurements behind design choices").  An unknown core count counts
+    as one.
+    """
+    if mode == "threads":
+        return True
+    if mode == "inline":
+        return False
+    return workers < (cores or 1)
+
+
 def access_token_claims(
     *,
     issuer: str,

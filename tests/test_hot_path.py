@@ -1,0 +1,111 @@
+"""
+The /token hot path's answers, as bytes on the wire: what the performance
+work (issue 14) changed must not change what a client sees.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from ccserver.model import IssuedToken
+from ccserver.tokenjson import token_answer_json
+from tests.helpers import ServerTestCase, basic
+
+
+class CountingTransport(StringTransport):
+    def __init__(self) -> None:
+        super().__init__(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 50000),
+        )
+        self.writes = 0
+        self.host_asked = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:  # type: ignore[override]
+        self.writes += 1
+        super().writeSequence(data)
+
+    def getHost(self) -> IPv4Address:
+        self.host_asked += 1
+        return super().getHost()  # type: ignore[no-any-return]
+
+
+class TokenOnTheWireTests(ServerTestCase):
+    signing_alg = "ES256"
+
+    def setUp(self) -> None:
+        super().setUp()
+        client = self.register(scope="read")
+        form = b"grant_type=client_credentials&scope=read"
+        self.raw = (
+            b"POST /token HTTP/1.1\r\nHost: localhost\r\nAuthorization: "
+            + basic(client["client_id"], client["client_secret"]).encode()
+            + b"\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(form)
+            + form
+        )
+        self.transport = CountingTransport()
+        self.channel = self.site.buildProtocol(self.transport.getPeer())
+        self.channel.makeConnection(self.transport)
+
+    def tearDown(self) -> None:
+        self.channel.connectionLost(None)
+
+    def test_content_length_not_chunked(self) -> None:
+        """
+        The answer has a Content-Length and is not chunked: no last chunk
+        written at finish, so the head and the body are all (two transport
+        calls, one send on a real socket).
+        """
+        self.channel.dataReceived(self.raw)
+        answer = self.transport.value()
+        head, body = answer.split(b"\r\n\r\n", 1)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 OK"), head)
+        self.assertIn(b"\r\nContent-Length: %d" % len(body), head)
+        self.assertNotIn(b"chunked", head.lower())
+        self.assertTrue(body.startswith(b'{"access_token":"ey') and body.endswith(b"}"), body)
+        self.assertEqual(self.transport.writes, 2)
+
+    def test_local_address_asked_once(self) -> None:
+        """
+        Keep-alive requests on one connection ask the socket for its local
+        address once (a getsockname() system call each time otherwise).
+        """
+        for _ in range(3):
+            self.channel.dataReceived(self.raw)
+        self.assertEqual(self.transport.value().count(b"HTTP/1.1 200 OK"), 3)
+        self.assertEqual(self.transport.host_asked, 1)
+
+
+class TokenAnswerJSONTests(SynchronousTestCase):
+    def test_same_bytes_as_json_dumps(self) -> None:
+        """
+        The hand-written answer is exactly what the general encoder writes,
+        whatever the strings hold.
+        """
+        for access_token, scope, token_type, expires_in in (
+            ("eyJ.a-b_c.d", frozenset({"read", "write"}), "Bearer", 3600),
+            ("opaque-Abc_123", frozenset(), "DPoP", 1),
+            ('odd "quoted" \\ token\n', frozenset({"zoë", "b"}), "Bearer", 86400),
+        ):
+            token = IssuedToken(
+                access_token=access_token,
+                expires_in=expires_in,
+                scope=scope,
+                token_type=token_type,
+                token_format="jwt",
+                alg="ES256",
+                auth_method="client_secret_basic",
+            )
+            self.assertEqual(
+                token_answer_json(token),
+                json.dumps(token.as_json(), separators=(",", ":")).encode(),
+            )
