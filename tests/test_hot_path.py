@@ -109,3 +109,42 @@ class TokenAnswerJSONTests(SynchronousTestCase):
                 token_answer_json(token),
                 json.dumps(token.as_json(), separators=(",", ":")).encode(),
             )
+
+
+class ClientGoneTests(ServerTestCase):
+    """
+    A client that goes away while its token is being made gets nothing
+    written, and nothing fails: the answer is dropped.
+    """
+
+    def test_connection_lost_before_the_answer(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        client = self.register(scope="read")
+        form = b"grant_type=client_credentials"
+        raw = (
+            b"POST /token HTTP/1.1\r\nHost: localhost\r\nAuthorization: "
+            + basic(client["client_id"], client["client_secret"]).encode()
+            + b"\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+            + b"Content-Length: %d\r\n\r\n" % len(form)
+            + form
+        )
+        # the client lookup waits until the test lets it go on
+        waiting: list[Deferred[object]] = []
+        real_get = self.store.get_client
+        self.store.get_client = lambda client_id: (  # type: ignore[method-assign]
+            waiting.append(Deferred()) or waiting[-1].addCallback(lambda _: real_get(client_id))
+        )
+        transport = CountingTransport()
+        channel = self.site.buildProtocol(transport.getPeer())
+        channel.makeConnection(transport)
+        channel.dataReceived(raw)
+        self.assertEqual(len(waiting), 1)
+        from twisted.internet.error import ConnectionDone
+        from twisted.python.failure import Failure
+
+        channel.connectionLost(Failure(ConnectionDone()))
+        written = transport.value()
+        waiting[0].callback(None)
+        self.assertEqual(transport.value(), written)
+        self.assertEqual(self.flushLoggedErrors(), [])
