@@ -59,6 +59,7 @@ from ccserver.oauth.tokens import (
     rsa_signing_in_threads,
     sign_inline,
 )
+from ccserver.proxies import trusted_networks
 from ccserver.services import (
     CloseOnStop,
     ListenerService,
@@ -76,11 +77,10 @@ from ccserver.tls import (
     ClientCertificateReader,
     ClientCertificateRequesting,
     load_pem_certificates,
-    parse_networks,
     server_context,
     tls_factory,
 )
-from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template, trusted_networks
+from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template
 from ccserver.workers import WorkerPool, inherited_endpoint, listen_addresses
 
 #: How often, at most, each process reloads the signing keys to follow
@@ -365,7 +365,7 @@ def certificate_reader(reactor: Any, config: Config) -> ClientCertificateReader 
         now=reactor.seconds,
         chains=chains,
         proxy_header=header.lower().encode("ascii") if header else None,
-        trusted_proxies=parse_networks(config.mtls.trusted_proxies),
+        trusted_proxies=trusted_networks(config.mtls.trusted_proxies),
     )
 
 

@@ -11,7 +11,6 @@ the trusted proxy that forwarded them).
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import stat
@@ -39,8 +38,7 @@ from zope.interface import implementer
 
 from ccserver.errors import ConfigError
 from ccserver.oauth.mtls import PresentedCertificate
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from ccserver.proxies import Network, peer_is_trusted
 
 #: The C{Cert} of Envoy's C{x-forwarded-client-cert} (URL-encoded PEM, in
 #: quotes): with C{forward_client_cert_details: SANITIZE_SET} the header
@@ -209,23 +207,6 @@ class ChainVerifier:
         return True
 
 
-def parse_networks(values: Sequence[str]) -> tuple[IPNetwork, ...]:
-    """
-    C{[mtls] trusted_proxies}: addresses or networks.
-
-    @raise ConfigError: naming the value that is neither.
-    """
-    networks = []
-    for value in values:
-        try:
-            networks.append(ipaddress.ip_network(value, strict=False))
-        except ValueError:
-            raise ConfigError(
-                f"[mtls] trusted_proxies: {value!r} is not an IP address or network"
-            ) from None
-    return tuple(networks)
-
-
 @frozen
 class ClientCertificateReader:
     """
@@ -245,17 +226,11 @@ class ClientCertificateReader:
     now: Callable[[], float]
     chains: ChainVerifier | None
     proxy_header: bytes | None
-    trusted_proxies: tuple[IPNetwork, ...]
+    trusted_proxies: tuple[Network, ...]
 
     def _trusted(self, request: IRequest) -> bool:
         host = getattr(request.getClientAddress(), "host", None)
-        if not isinstance(host, str):
-            return False
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted_proxies)
+        return peer_is_trusted(host, self.trusted_proxies)
 
     def read(self, request: IRequest) -> PresentedCertificate | None:
         if self.proxy_header is not None and self._trusted(request):

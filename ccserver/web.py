@@ -8,7 +8,6 @@ nowhere else.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Sequence
@@ -50,6 +49,7 @@ from ccserver.oauth.registration import (
     client_information,
     registration_response,
 )
+from ccserver.proxies import Address, Network, hop_address, is_trusted
 from ccserver.tls import ClientCertificateReader
 from ccserver.tokenjson import token_answer_json
 
@@ -89,49 +89,6 @@ class BoundedRequest(server.Request):
             self.content.write(data)
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def trusted_networks(proxies: Sequence[str]) -> tuple[Network, ...]:
-    """
-    C{[limits] trusted_proxies} (addresses or CIDR networks) as networks.
-
-    @raise ValueError: naming the entry that is neither.
-    """
-    networks = []
-    for proxy in proxies:
-        try:
-            networks.append(ipaddress.ip_network(proxy, strict=False))
-        except ValueError:
-            raise ValueError(f"{proxy!r} is not an IP address or network") from None
-    return tuple(networks)
-
-
-def _hop_address(hop: str) -> Address | None:
-    """
-    One C{X-Forwarded-For} entry as an address: C{192.0.2.1},
-    C{2001:db8::1}, or with a port as some proxies write them
-    (C{192.0.2.1:4711}, C{[2001:db8::1]:4711}); None when it is none.
-    """
-    hop = hop.strip()
-    if hop.startswith("["):
-        hop = hop[1:].partition("]")[0]
-    elif hop.count(":") == 1:
-        hop = hop.partition(":")[0]
-    try:
-        address = ipaddress.ip_address(hop)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
-def _is_trusted(address: Address, trusted: Sequence[Network]) -> bool:
-    return any(address in network for network in trusted)
-
-
 def source_address(request: IRequest, trusted: Sequence[Network] = ()) -> str:
     """
     The address a request comes from, as the limits count it and the access
@@ -147,18 +104,18 @@ def source_address(request: IRequest, trusted: Sequence[Network] = ()) -> str:
         return "-"  # a UNIX socket: no address
     if not trusted:
         return peer
-    peer_address = _hop_address(peer)
-    if peer_address is None or not _is_trusted(peer_address, trusted):
+    peer_address = hop_address(peer)
+    if peer_address is None or not is_trusted(peer_address, trusted):
         return peer
     source: Address = peer_address
     headers = request.requestHeaders.getRawHeaders(b"x-forwarded-for") or []
     hops = [hop for header in headers for hop in header.decode("latin-1").split(",")]
     for hop in reversed(hops):
-        address = _hop_address(hop)
+        address = hop_address(hop)
         if address is None:
             break
         source = address
-        if not _is_trusted(address, trusted):
+        if not is_trusted(address, trusted):
             break
     return str(source)
 

@@ -18,8 +18,9 @@ from twisted.web.test.requesthelper import DummyRequest
 
 from ccserver.config import Config, LimitsConfig
 from ccserver.interfaces import IStore
+from ccserver.proxies import trusted_networks
 from ccserver.stores.memory import MemoryStore
-from ccserver.web import source_address, trusted_networks
+from ccserver.web import source_address
 from tests.helpers import MASTER_TOKEN, Response, ServerTestCase, basic
 
 ATTACKER = "203.0.113.7"
