@@ -111,19 +111,27 @@ class Bench:
             ours = self.ccserver(f"ccserver {case.label}", self.workdir(f"cc-{name}"), case, "memory://")
             theirs = Peer(f"node-oidc-provider {case.label}", self.workdir(f"peer-{name}"), self.peer_dir, case)
             try:
-                try:
-                    self.start(ours, case)
-                except NotAvailable as e:
-                    row.status, row.note = "not available", f"ccserver refused to start: {e}"
-                    say(f"  not available: {e}")
-                    continue
-                self.start(theirs, case)
-                results = self.runner.measure([ours, theirs], self.args.rounds)
-                row.ours, row.theirs = results[ours.label], results[theirs.label]
+                self.head_to_head(row, ours, theirs, case)
             except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
                 self.error(row, e)
             finally:
                 self.stop_all()
+
+    def head_to_head(self, row: Row, ours: CCServer, theirs: Peer, case: Case) -> None:
+        """
+        Start ccserver, then its peer, and measure them in alternating
+        rounds into C{row}; a ccserver that refuses to start (its store or
+        a dependency missing) marks the row not available.
+        """
+        try:
+            self.start(ours, case)
+        except NotAvailable as e:
+            row.status, row.note = "not available", f"ccserver refused to start: {e}"
+            say(f"  not available: {e}")
+            return
+        self.start(theirs, case)
+        results = self.runner.measure([ours, theirs], self.args.rounds)
+        row.ours, row.theirs = results[ours.label], results[theirs.label]
 
     # ccserver --workers N against a node:cluster of N, one JWT case at a time
     def machine(self) -> None:
@@ -147,15 +155,7 @@ class Bench:
                                      workers=count)
                 theirs = Peer(row.theirs_label, self.workdir(f"machine-peer-{name}"), self.peer_dir,
                               case, workers=count)
-                try:
-                    self.start(ours, case)
-                except NotAvailable as e:
-                    row.status, row.note = "not available", f"ccserver refused to start: {e}"
-                    say(f"  not available: {e}")
-                    continue
-                self.start(theirs, case)
-                results = self.runner.measure([ours, theirs], self.args.rounds)
-                row.ours, row.theirs = results[ours.label], results[theirs.label]
+                self.head_to_head(row, ours, theirs, case)
             except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
                 self.error(row, e)
             finally:
