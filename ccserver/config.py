@@ -42,7 +42,7 @@ DPOP_SIGNING_ALGORITHMS = ("ES256", "EdDSA", "RS256", "PS256")
 TOKEN_FORMATS = ("jwt", "opaque")
 #: Where RSA signatures are computed ([tokens] rsa_signing): "threads" (the
 #: reactor's pool, on another core), "inline", or "auto" (threads only while
-#: the workers leave a core idle).
+#: the workers leave two cores idle).
 RSA_SIGNING = ("auto", "threads", "inline")
 INTROSPECTION_RULES = ("audience", "any")
 MASTER_TOKEN_ENV = "CCSERVER_MASTER_TOKEN"

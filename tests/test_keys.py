@@ -155,11 +155,15 @@ class SignerTests(ServerTestCase):
     def test_rsa_signing_choice(self) -> None:
         """
         "auto" hands RSA signatures to threads only while the workers
-        leave a core idle; "threads" and "inline" are what they say.
+        leave two cores idle (one process on two cores signs inline: it
+        measured faster); "threads" and "inline" are what they say.
         """
         from ccserver.oauth.tokens import rsa_signing_in_threads
 
-        self.assertTrue(rsa_signing_in_threads("auto", 1, 2))
+        self.assertFalse(rsa_signing_in_threads("auto", 1, 2))
+        self.assertTrue(rsa_signing_in_threads("auto", 1, 3))
+        self.assertTrue(rsa_signing_in_threads("auto", 2, 4))
+        self.assertFalse(rsa_signing_in_threads("auto", 3, 4))
         self.assertFalse(rsa_signing_in_threads("auto", 2, 2))
         self.assertFalse(rsa_signing_in_threads("auto", 4, 2))
         self.assertFalse(rsa_signing_in_threads("auto", 1, None))
