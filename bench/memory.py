@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,11 +159,11 @@ def run_section(bench: Bench) -> list[MemoryRow]:
         return bench.ccserver(f"ccserver {case.label} x{WORKERS}", bench.workdir(f"memory-{name}"), case, url,
                               workers=WORKERS)
 
-    def measure(row: MemoryRow, server: Server, case: Case) -> None:
+    def measure(row: MemoryRow, server: Server, case: Case, prepare: Callable[[], Load] | None = None) -> None:
         rows.append(row)
         try:
             bench.start(server, case)
-            issue(bench.runner, server, token_load(server), total, row)
+            issue(bench.runner, server, prepare() if prepare else token_load(server), total, row)
         except NotAvailable as e:
             row.status = f"not available: {e}"
             say(f"  not available: {e}")
@@ -179,38 +180,28 @@ def run_section(bench: Bench) -> list[MemoryRow]:
                 workers=WORKERS)
     measure(MemoryRow(f"node {es256.label}", f"1 client, memory adapter; the primary only forks {WORKERS} workers"),
             peer, es256)
-    rows.append(population(bench, ccserver(es256, "population"), total))
+    many = ccserver(es256, "population")
+    row = MemoryRow(f"ccserver {bench.args.population:,} clients")
+    measure(row, many, es256, lambda: populate(bench, many, row))
     return rows
 
 
-def population(bench: Bench, server: CCServer, total: int) -> MemoryRow:
+def populate(bench: Bench, server: CCServer, row: MemoryRow) -> Load:
     """
-    ccserver with --population clients, registered through HTTP (the
-    fill of the population section, every new client kept), then tokens
-    round-robin over all of them.
+    Bring C{server}'s store to --population clients through HTTP (the
+    fill of the population section, every new client kept): a load of
+    tokens round-robin over all of them.
     """
     target: int = bench.args.population
-    case = CASES["es256"]
-    row = MemoryRow(f"ccserver {target:,} clients")
-    try:
-        bench.start(server, case)
-        registering = register_load(server, 1.0, server.workdir / "kept-clients.tsv")
-        say(f"  filling: {target - 1:,} registrations with wrk (budget {bench.args.population_budget} s)")
-        made, seconds, why = bench.runner.fill(server, target - 1, bench.args.population_budget, registering)
-        clients = [server.basic] + [basic(*pair) for pair in kept_clients(server.workdir / "kept-clients.tsv")]
-        say(f"    {made:,} clients in {seconds:.1f} s ({made / seconds:,.0f} registrations/s): {why}")
-        row.note = (f"{made + 1:,} registered clients, tokens round-robin over {len(clients):,} of them; "
-                    f"registered in {seconds:.0f} s")
-        load = clients_load(server.workdir / "clients.txt", clients)
-        issue(bench.runner, server, load, total, row)
-    except NotAvailable as e:
-        row.status = f"not available: {e}"
-        say(f"  not available: {e}")
-    except (BenchError, subprocess.TimeoutExpired) as e:
-        failed(bench, row, e)
-    finally:
-        bench.stop_all()
-    return row
+    kept = server.workdir / "kept-clients.tsv"
+    say(f"  filling: {target - 1:,} registrations with wrk (budget {bench.args.population_budget} s)")
+    made, seconds, why = bench.runner.fill(server, target - 1, bench.args.population_budget,
+                                           register_load(server, 1.0, kept))
+    clients = [server.basic] + [basic(*pair) for pair in kept_clients(kept)]
+    say(f"    {made:,} clients in {seconds:.1f} s ({made / seconds:,.0f} registrations/s): {why}")
+    row.note = (f"{made + 1:,} registered clients, tokens round-robin over {len(clients):,} of them; "
+                f"registered in {seconds:.0f} s")
+    return clients_load(server.workdir / "clients.txt", clients)
 
 
 def failed(bench: Bench, row: MemoryRow, e: Exception) -> None:
