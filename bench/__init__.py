@@ -17,5 +17,7 @@ listed before it:
     report.py     the rows, the table, the JSON
     sections.py   the sections: cases, stores, workers, population
     profiling.py  py-spy on ccserver, and its summary
+    auth.py       --auth-cases: basic vs private_key_jwt vs DPoP
+    memory.py     --memory: RSS per process after N tokens, and with many clients
     cli.py        the options and main()
 """

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import auth, profiling
+from bench import auth, memory, profiling
 from bench.cases import CASES, DURABLE_STORES, SMALL_POPULATION, STORES
 from bench.cpu import busiest_processes, loadavg, machine_busy
 from bench.install import ensure_python_dependencies, ensure_wrk, install_peer, run_quiet
@@ -105,6 +105,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--auth-cases", type=listing(auth.AUTH_CASES), default=[],
                         help="client authentication section (issue 11), comma-separated: "
                         "basic,private_key_jwt,dpop (basic is always the baseline) [off]")
+    parser.add_argument("--memory", action="store_true",
+                        help="memory section: RSS per process after --memory-tokens tokens (ccserver --workers 2 "
+                        "on sqlite, JWT and opaque; node:cluster of 2; ccserver with --population clients) [off]")
+    parser.add_argument("--memory-tokens", type=int, default=1_000_000, metavar="N",
+                        help="tokens per server of the memory section; RSS read at N/4, N/2 and N [1000000]")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="also run py-spy on ccserver (first case) and write its raw profile here")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON here")
@@ -124,6 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--population must be more than {SMALL_POPULATION}")
     if args.population_budget <= 0:
         parser.error("--population-budget must be positive")
+    if args.memory_tokens <= 0:
+        parser.error("--memory-tokens must be positive")
     return args
 
 
@@ -181,9 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         bench.workers()
         bench.population()
         auth.run_section(bench)
+        memory_rows = memory.run_section(bench)
         say(f"\nResults (medians over {args.rounds} rounds; ratio = median of the per-round ratios; "
             f"load average now {loadavg()}; {(time.monotonic() - started) / 60:.1f} min)")
-        print_table(bench.rows)
+        if bench.rows:
+            print_table(bench.rows)
+        memory.print_memory_table(memory_rows)
         if args.profile:
             profiling.profile(bench, args.profile)
         if args.json:
@@ -192,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 "revision": git_revision(),
                 "peer": f"oidc-provider {peer_version}",
                 "rows": [row.as_json() for row in bench.rows],
+                "memory": [row.as_json() for row in memory_rows],
                 "errors": runner.errors,
             }, indent=1))
         if runner.errors:

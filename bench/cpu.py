@@ -87,16 +87,16 @@ def rss_kib(status: str) -> int:
     return 0
 
 
-def group_rss(processes: dict[int, ProcessTicks], group: int) -> list[int]:
+def group_rss(processes: dict[int, ProcessTicks], group: int) -> dict[int, int]:
     """
-    The RSS (KiB) of each live process of process group C{group}: one per
-    worker.
+    The RSS (KiB) of each live process of process group C{group}, by pid:
+    its leader and, say, its workers.
     """
-    sizes = []
+    sizes = {}
     for pid, process in processes.items():
         if process.group == group:
             try:
-                sizes.append(rss_kib(Path(f"/proc/{pid}/status").read_text()))
+                sizes[pid] = rss_kib(Path(f"/proc/{pid}/status").read_text())
             except OSError:
                 continue
     return sizes

@@ -79,7 +79,7 @@ class Runner:
         children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         processes = cpu.read_processes()
         ours1 = {s.label: cpu.group_total(processes, s.pgid) for s in everyone if s.alive()}
-        rss = cpu.group_rss(processes, server.pgid) if server.alive() else []
+        rss = cpu.group_rss(processes, server.pgid) if server.alive() else {}
         stores1 = cpu.tree_ticks(set(self.store_groups.values()))
         raw = wrk.result(result.stdout.splitlines())
         if result.returncode != 0 or raw is None:
@@ -113,7 +113,7 @@ class Runner:
             other_cores=max(0.0, other),
             store_cores=store_ticks / max(1, elapsed),
             cpu_seconds=server_ticks / cpu.CLK_TCK,
-            rss_mb=max(rss, default=0) / 1024,
+            rss_mb=max(rss.values(), default=0) / 1024,
             raw=raw,
         )
 

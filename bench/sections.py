@@ -28,11 +28,10 @@ from bench.cases import (
 from bench.cpu import loadavg
 from bench.errors import BenchError, NotAvailable
 from bench.output import loud, say
-from bench.paths import LUA, REGISTER_LUA
 from bench.report import Row
 from bench.rounds import Runner
 from bench.servers import CCServer, Peer, Server, basic
-from bench.wrk import Load
+from bench.wrk import Load, clients_load, kept_clients, register_load
 
 
 def cache_default() -> str:
@@ -352,10 +351,7 @@ class Bench:
                     continue
                 kept = server.workdir / "kept-clients.tsv"
                 probability = keep_probability if store != "memory" else 0.0
-                loads[server.label] = Load(
-                    REGISTER_LUA, "/client-reg",
-                    [server.master_token, f"{probability:.6g}", str(kept)], "registrations/s",
-                )
+                loads[server.label] = register_load(server, probability, kept)
                 large[store] = server
                 rows[server.label] = row
             if large:
@@ -437,26 +433,24 @@ class Bench:
                 say(f"    {made:,} clients in {seconds:.1f} s ({made / seconds:,.0f} registrations/s): {why}")
                 fill_note = f"; the last {made:,} registered in {seconds:.0f} s ({made / seconds:,.0f}/s)"
             # clients of known secret, sampled all along the registrations
-            kept_path = Path(registering.args[2])
-            text = kept_path.read_text() if kept_path.exists() else ""
-            kept = [line.split("\t") for line in text.splitlines() if "\t" in line]
+            kept = kept_clients(Path(registering.args[2]))
             picked = random.sample(kept, min(len(kept), ROTATED_CLIENTS))
             late = ROTATED_CLIENTS - len(picked)
             for _ in range(late):
-                picked.append(list(large.register_client()))
+                picked.append(large.register_client())
                 population += 1
             large_clients = [basic(client_id, secret) for client_id, secret in picked]
             say(f"  {store}: {population:,} clients in the large store ({len(kept)} sampled, "
                 f"{ROTATED_CLIENTS} rotated), {SMALL_POPULATION} in the small one")
-            files = {}
-            for name, clients in (("small", small_clients), ("large", large_clients)):
-                files[name] = large.workdir.parent / f"population-{store}-{name}-clients.txt"
-                files[name].write_text("\n".join(clients) + "\n")
+            files = {
+                name: clients_load(large.workdir.parent / f"population-{store}-{name}-clients.txt", clients)
+                for name, clients in (("small", small_clients), ("large", large_clients))
+            }
             loads: dict[str, Load] = {}
             servers: list[Server] = []
             for few, many in pairs:
-                loads[few.label] = Load(LUA, "/token", ["@" + str(files["small"])])
-                loads[many.label] = Load(LUA, "/token", ["@" + str(files["large"])])
+                loads[few.label] = files["small"]
+                loads[many.label] = files["large"]
                 servers += [few, many]
             results = self.runner.measure(servers, self.args.rounds, loads)
             for row, (few, many) in zip(rows, pairs, strict=True):

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.paths import LUA
-from bench.servers import Server
+from bench.paths import LUA, REGISTER_LUA
+from bench.servers import CCServer, Server
 
 CONNECTIONS = 32
 THREADS = 1
@@ -39,6 +39,34 @@ class Load:
 
 def token_load(server: Server) -> Load:
     return Load(LUA, "/token", [server.basic])
+
+
+def clients_load(path: Path, clients: list[str]) -> Load:
+    """
+    token.lua round-robin over C{clients} (Basic credentials), written to
+    C{path}, one a line.
+    """
+    path.write_text("\n".join(clients) + "\n")
+    return Load(LUA, "/token", ["@" + str(path)])
+
+
+def register_load(server: CCServer, keep_probability: float, kept: Path) -> Load:
+    """
+    register.lua against C{server}: each new client's id and secret kept
+    in C{kept} with C{keep_probability} (read them with L{kept_clients}).
+    """
+    return Load(REGISTER_LUA, "/client-reg", [server.master_token, f"{keep_probability:.6g}", str(kept)],
+                "registrations/s")
+
+
+def kept_clients(kept: Path) -> list[tuple[str, str]]:
+    """
+    The (client id, secret) pairs register.lua kept in C{kept}, one
+    C{id<TAB>secret} a line; none if it kept none (no file).
+    """
+    text = kept.read_text() if kept.exists() else ""
+    pairs = [line.split("\t") for line in text.splitlines()]
+    return [(pair[0], pair[1]) for pair in pairs if len(pair) == 2]
 
 
 def wrk_argv(wrk: str, base: str, seconds: int, load: Load) -> list[str]:

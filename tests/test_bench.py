@@ -13,11 +13,13 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench import cpu, stores, wrk
+from bench import cpu, memory, stores, wrk
+from bench.cases import CASES
 from bench.cli import parse_args
 from bench.profiling import profile_area
 from bench.report import Row, med, print_table
 from bench.rounds import Round
+from bench.servers import CCServer
 
 
 class ParseArgsTests(SynchronousTestCase):
@@ -63,6 +65,17 @@ class ParseArgsTests(SynchronousTestCase):
         self.assertEqual((args.json, args.profile), (Path("out.json"), Path("p.txt")))
         self.assertFalse(args.population_cache_off)
         self.assertTrue(args.access_log)
+
+    def test_memory(self) -> None:
+        """
+        The memory section is off unless asked; its tokens are 1,000,000
+        by default, and positive.
+        """
+        self.assertFalse(parse_args([]).memory)
+        args = parse_args(["--memory", "--memory-tokens", "4000"])
+        self.assertEqual((args.memory, args.memory_tokens), (True, 4000))
+        self.assertEqual(parse_args([]).memory_tokens, 1_000_000)
+        self.assertIn("--memory-tokens must be positive", self.fails("--memory-tokens", "0"))
 
     def test_unknown_case(self) -> None:
         self.assertIn("'hs256': one of es256, eddsa, rs256, opaque", self.fails("--cases", "es256,hs256"))
@@ -127,6 +140,15 @@ class CPUTests(SynchronousTestCase):
         status = "Name:\tpython3\nVmPeak:\t  99999 kB\nVmRSS:\t   51234 kB\nThreads:\t3\n"
         self.assertEqual(cpu.rss_kib(status), 51234)
         self.assertEqual(cpu.rss_kib("Name:\tzombie\n"), 0)
+
+    def test_group_rss(self) -> None:
+        """
+        The RSS of each process of a group, by pid: this test's own group
+        holds this process.
+        """
+        sizes = cpu.group_rss(cpu.read_processes(), os.getpgrp())
+        self.assertGreater(sizes[os.getpid()], 0)
+        self.assertEqual(cpu.group_rss({}, os.getpgrp()), {})
 
     def test_group_total(self) -> None:
         self.assertEqual(cpu.group_total(self.processes(), 10), 165)
@@ -199,6 +221,81 @@ class WrkTests(SynchronousTestCase):
                 "the server died; see err.log",
             ],
         )
+
+
+class CredentialFileTests(SynchronousTestCase):
+    def test_kept_clients(self) -> None:
+        """
+        register.lua's kept clients: id TAB secret a line; a line cut
+        short (wrk stopped mid-write) is left out, no file is none.
+        """
+        kept = Path(self.mktemp())
+        self.assertEqual(wrk.kept_clients(kept), [])
+        kept.write_text("c1\ts1\nc2\ts-2\nc3\n")
+        self.assertEqual(wrk.kept_clients(kept), [("c1", "s1"), ("c2", "s-2")])
+
+    def test_clients_load(self) -> None:
+        path = Path(self.mktemp())
+        load = wrk.clients_load(path, ["YTpi", "Yzpk"])
+        self.assertEqual(path.read_text(), "YTpi\nYzpk\n")
+        self.assertEqual((load.path, load.args), ("/token", ["@" + str(path)]))
+
+    def test_register_load(self) -> None:
+        server = CCServer("cc", Path("w"), CASES["es256"], "memory://")
+        load = wrk.register_load(server, 0.003, Path("kept.tsv"))
+        self.assertEqual(load.args, [server.master_token, "0.003", "kept.tsv"])
+        self.assertEqual((load.path, load.unit), ("/client-reg", "registrations/s"))
+
+
+class MemoryTests(SynchronousTestCase):
+    def test_counts(self) -> None:
+        self.assertEqual(memory.counts(1_000_000), [250_000, 500_000, 1_000_000])
+        self.assertEqual(memory.counts(2), [1, 2])
+
+    def test_chunk_seconds(self) -> None:
+        """
+        Enough whole seconds for what remains at the last rate, 1 at least
+        (also before any rate is known), the cap at most.
+        """
+        self.assertEqual(memory.chunk_seconds(25_000, 10_000.0), 3)
+        self.assertEqual(memory.chunk_seconds(10, 10_000.0), 1)
+        self.assertEqual(memory.chunk_seconds(10_000_000, 10_000.0), memory.CHUNK_CAP)
+        self.assertEqual(memory.chunk_seconds(500, 0.0), 1)
+
+    def test_split_rss(self) -> None:
+        self.assertEqual(memory.split_rss({12: 300, 10: 100, 11: 200}, 10), (100, (200, 300)))
+        self.assertEqual(memory.split_rss({11: 200}, 10), (0, (200,)))
+        point = memory.Point(0, 5, 1.0, 100, ())
+        self.assertEqual(point.max_kib, 100)
+        self.assertEqual(memory.Point(0, 5, 1.0, 100, (300, 200)).max_kib, 300)
+
+    def test_table(self) -> None:
+        rows = [
+            memory.MemoryRow("ccserver ES256 JWT", "1 client", [
+                memory.Point(0, 20_000, 10_000.0, 64_512, (64_000,)),
+                memory.Point(250_000, 251_000, 9_500.4, 65_536, (66_560,)),
+            ]),
+            memory.MemoryRow("node ES256 JWT", status="ERROR: wrk failed"),
+        ]
+        out = io.StringIO()
+        with redirect_stdout(out):
+            memory.print_memory_table(rows)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(lines[0], "=" * 150)
+        self.assertEqual(lines[1], f"[{memory.SECTION}]")
+        self.assertEqual(lines[3].split(), ["ccserver", "ES256", "JWT", "warm-up", "20,000", "10,000", "63.0",
+                                            "62.5", "63.0"])
+        self.assertEqual(lines[4].split(), ["250,000", "251,000", "9,500", "64.0", "65.0", "65.0"])
+        self.assertEqual(lines[5].strip(), "(1 client)")
+        self.assertEqual(lines[6].split(), ["node", "ES256", "JWT", "ERROR:", "wrk", "failed"])
+        self.assertEqual(lines[7], "=" * 150)
+        self.assertEqual(memory.MemoryRow("x", points=rows[0].points).as_json()["points"][1]["max_kib"], 66_560)
+
+    def test_no_rows(self) -> None:
+        out = io.StringIO()
+        with redirect_stdout(out):
+            memory.print_memory_table([])
+        self.assertEqual(out.getvalue(), "")
 
 
 def rounds(label: str, *figures: tuple[float, float, float], cpu: float = 1.0) -> list[Round]:
