@@ -183,8 +183,13 @@ class SignerTests(ServerTestCase):
         reactor = _Reactor()
         with mock.patch("os.cpu_count", return_value=2):
             self.assertIs(default_signer(reactor, Config(workers=2)), sign_inline)
-            threaded = default_signer(reactor, Config(workers=1))
+            self.assertIs(default_signer(reactor, Config(workers=1)), sign_inline)
+            threaded = default_signer(
+                reactor, Config(workers=1, tokens=TokenConfig(rsa_signing="threads"))
+            )
             self.assertIsNot(threaded, sign_inline)
+        with mock.patch("os.cpu_count", return_value=4):
+            self.assertIsNot(default_signer(reactor, Config(workers=2)), sign_inline)
             self.assertIs(
                 default_signer(reactor, Config(workers=1, tokens=TokenConfig(rsa_signing="inline"))),
                 sign_inline,
