@@ -544,6 +544,27 @@ class SQLiteTests(TestCase):
         self.assertLess(time.monotonic() - started, 0.3 + 1.5)
         other.execute("ROLLBACK")
 
+    async def test_tokens_do_not_hold_up_other_operations(self) -> None:
+        """
+        Token batches have a connection and thread of their own: while one
+        waits for a write lock that another process holds, clients are
+        still read and written (within the busy timeout) at once.
+        """
+        store = await self.open(timeout=5)
+        await store.add_client(make_client())
+        other = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        token = make_token()
+        written = store.add_token(token)
+        started = time.monotonic()
+        self.assertEqual(await store.get_client("client-1"), make_client())
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertFalse(written.called)
+        other.execute("ROLLBACK")
+        await written
+        self.assertEqual(await store.get_token(token.token_digest), token)
+
     async def test_two_stores_one_file(self) -> None:
         """
         Two stores on one file (two processes on one machine) write at
@@ -589,6 +610,11 @@ class PostgreSQLRestartTests(TestCase):
         await store.add_client(make_client())
         # every pooled connection used at least once
         await gatherResults([store.get_client("client-1") for _ in range(8)])
+        await store.add_token(make_token())
         server.restart()
         results = await gatherResults([store.get_client("client-1") for _ in range(8)])
         self.assertEqual(results, [make_client()] * 8)
+        # the token writer's own connection is made anew too
+        token = make_token("f" * 64)
+        await store.add_token(token)
+        self.assertEqual(await store.get_token(token.token_digest), token)

@@ -12,17 +12,22 @@ Durability and concurrency:
 
   - SQLite runs in WAL mode with C{synchronous=FULL}: a commit is on disk
     before the Deferred fires, so neither a SIGKILL nor a power cut loses a
-    registered client.  One connection, in one pool thread: adbapi's several
-    threads would otherwise meet "database is locked".  Other processes on
-    the same file wait up to the timeout (C{busy_timeout}); every write
-    starts with C{BEGIN IMMEDIATE} so that it takes the write lock first and
-    never fails half-way on a lock upgrade.
+    registered client.  One connection, in one pool thread, for every
+    operation but opaque tokens' writes: adbapi's several threads would
+    otherwise meet "database is locked".  Other processes on the same file
+    wait up to the timeout (C{busy_timeout}); every write starts with
+    C{BEGIN IMMEDIATE} so that it takes the write lock first and never
+    fails half-way on a lock upgrade.  Opaque tokens are written by a
+    connection and thread of their own (the token writer), one statement
+    per batch in autocommit, polling for the write lock.
   - Every write is one transaction: one statement, or several in
     C{purge_expired} and in C{delete_client} (the client's revocation mark,
     its opaque tokens, the client), so none is ever half-done.  Opaque
     tokens are the exception that proves it: those that arrive while one
-    commit is under way share the next transaction (L{GroupCommit}); each
-    C{add_token} still fires only once its own row is committed.
+    commit is under way share the next transaction (L{GroupCommit}), one
+    statement run by the token writer (on PostgreSQL too, in autocommit:
+    one round trip); each C{add_token} still fires only once its own row is
+    committed.
 
 Tables: C{clients}, C{signing_keys}, and for L{ITokenStore} C{access_tokens}
 (by digest, never the token), C{revoked_jtis} and C{revoked_clients}; for
@@ -159,6 +164,11 @@ class _Dialect:
     #: whether a pooled connection is known to be dead before it is used
     is_stale: Callable[[Any], bool]
     pool_size: int
+    #: sets up the token writer's connection (L{SQLStore._add_tokens})
+    prepare_token_connection: Callable[[Any], None]
+    #: runs a batch of tokens' statement on that connection: one statement
+    #: in autocommit, its own transaction
+    write_tokens: Callable[[Any, str, tuple[Any, ...], float], None]
 
     def translate(self, statement: str) -> str:
         """
@@ -180,6 +190,51 @@ def _sqlite_migration_lock(cursor: Any, timeout: float) -> None:
 def _postgresql_migration_lock(cursor: Any, timeout: float) -> None:
     cursor.execute(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
     cursor.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def _sqlite_token_connection(connection: Any) -> None:
+    # the writer polls for the lock itself (L{_sqlite_write_tokens})
+    connection.execute("PRAGMA busy_timeout = 0")
+
+
+def _sqlite_write_tokens(connection: Any, statement: str, params: tuple[Any, ...], timeout: float) -> None:
+    """
+    Run the batch's statement in autocommit, trying again every
+    L{WRITE_LOCK_POLL} seconds for up to C{timeout} while another process
+    (or this one's other connection) holds the write lock.
+
+    SQLite's own busy handler backs off to sleeps of 10 to 100 ms: with two
+    workers writing token batches of a few milliseconds each, a batch that
+    found the lock taken once slept far longer than the other's commit, and
+    opaque tokens got a p99 of 350 ms to 1 s (bench/README.md).  Polling
+    here (in the writer's thread, never the reactor's) takes the lock within
+    half a millisecond of its release.
+    """
+    deadline: float | None = None
+    while True:
+        try:
+            connection.execute(statement, params)
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e):
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + timeout
+            elif now > deadline:
+                raise
+        time.sleep(WRITE_LOCK_POLL)
+
+
+def _postgresql_token_connection(connection: Any) -> None:
+    connection.autocommit = True
+
+
+def _postgresql_write_tokens(
+    connection: Any, statement: str, params: tuple[Any, ...], timeout: float
+) -> None:
+    # in autocommit: one round trip, where BEGIN, INSERT and COMMIT were three
+    connection.execute(statement, params)
 
 
 def _never_stale(connection: Any) -> bool:
@@ -223,6 +278,8 @@ def _sqlite_dialect() -> _Dialect:
         is_stale=_never_stale,
         # One connection: see the module's docstring.
         pool_size=1,
+        prepare_token_connection=_sqlite_token_connection,
+        write_tokens=_sqlite_write_tokens,
     )
 
 
@@ -248,6 +305,8 @@ def _postgresql_dialect() -> _Dialect:
         migration_lock=_postgresql_migration_lock,
         is_stale=_socket_stale,
         pool_size=4,
+        prepare_token_connection=_postgresql_token_connection,
+        write_tokens=_postgresql_write_tokens,
     )
 
 
@@ -391,11 +450,13 @@ class SQLStore:
             secrets=url_secrets(url),
         )
         self._pool: _ConnectionPool | None = None
+        #: the token writer: its own connection and thread (L{_add_tokens})
+        self._token_pool: _ConnectionPool | None = None
         #: opaque tokens, one transaction and one sync for a few ms of them;
-        #: one batch at a time, also on PostgreSQL's several connections:
-        #: the batches are larger and the thread hand-offs fewer (with up
-        #: to 4 at once, an opaque token cost twice the CPU of a JWT there;
-        #: with 1, about 1.2 times: bench/README.md)
+        #: one batch at a time, on the token writer's one connection: the
+        #: batches are larger and the thread hand-offs fewer (with up to 4
+        #: at once on PostgreSQL, an opaque token cost twice the CPU of a
+        #: JWT there; with 1, about 1.2 times: bench/README.md)
         self._tokens: GroupCommit[tuple[Any, ...]] = GroupCommit(
             self._add_tokens, concurrency=1, max_batch=TOKEN_BATCH
         )
@@ -560,6 +621,13 @@ class SQLStore:
             if self._open_connection is not None:
                 kwargs["cp_openfun"] = self._open_connection
             self._pool = _ConnectionPool(self._dialect, *self._connect_args, **kwargs)
+            kwargs.update(
+                cp_min=1,
+                cp_max=1,
+                cp_name=f"ccserver-tokens-{self._dialect.name}",
+                cp_openfun=self._open_token_connection,
+            )
+            self._token_pool = _ConnectionPool(self._dialect, *self._connect_args, **kwargs)
         return Deferred.fromCoroutine(self._migrate())
 
     async def _migrate(self) -> None:
@@ -578,6 +646,11 @@ class SQLStore:
             self._log.info(
                 "Applied schema migration {version} to {url}", version=current, url=self.url
             )
+
+    def _open_token_connection(self, connection: Any) -> None:
+        if self._open_connection is not None:
+            self._open_connection(connection)
+        self._dialect.prepare_token_connection(connection)
 
     def _check_version(self, current: int, latest: int) -> None:
         if current > latest:
@@ -624,9 +697,10 @@ class SQLStore:
         """
         Stop the pool's threads and close its connections.
         """
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
+        for pool in (self._pool, self._token_pool):
+            if pool is not None:
+                pool.close()
+        self._pool = self._token_pool = None
         return succeed(None)
 
     # running statements
@@ -755,27 +829,35 @@ class SQLStore:
 
     def _add_tokens(self, rows: list[tuple[Any, ...]]) -> Deferred[None]:
         """
-        The rows of L{add_token}'s batch, in one transaction and one
-        statement: C{executemany} would be a statement per row, each a
-        round of the driver's Python code (and for PostgreSQL a message).
+        The rows of L{add_token}'s batch, in one statement, which is its own
+        transaction (autocommit): C{executemany} would be a statement per
+        row, each a round of the driver's Python code (and for PostgreSQL a
+        message).
+
+        The batch goes to the token writer, a connection and thread of its
+        own, so that tokens never queue behind other operations, and its
+        thread does as little as it can: the statement is made here, and
+        the thread runs it once.  Every call the thread makes into the
+        driver lets go of the GIL and must take it back from a busy
+        reactor thread; with C{BEGIN}, the statement, C{COMMIT} and (on
+        SQLite) the busy timeout set and reset around them, a batch took 2
+        to 5 ms to commit under load, and the reactor sat idle meanwhile
+        (bench/README.md).
         """
+        pool = self._token_pool
+        if pool is None:
+            return fail(StoreUnavailable(f"{self.url}: not open"))
         # the last of a digest given twice wins, as with one add at a time
         rows = list({row[0]: row for row in rows}.values())
         statement = self._dialect.translate(_upsert_many("access_tokens", TOKENS, len(rows)))
         params = tuple(value for row in rows for value in row)
-        if self._dialect.name != "sqlite":
+        write, timeout = self._dialect.write_tokens, self.timeout
 
-            def body(cursor: Any) -> None:
-                cursor.execute(statement, params)
+        def body(connection: Any) -> None:
+            write(connection, statement, params, timeout)
 
-            return self._guard(self._run(body, write=True))
-        timeout = self.timeout
-
-        def sqlite_body(cursor: Any) -> None:
-            _begin_immediate_soon(cursor, timeout)
-            cursor.execute(statement, params)
-
-        return self._guard(self._run(sqlite_body))
+        result: Deferred[None] = pool.runWithConnection(body)
+        return self._guard(result)
 
     def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
         d = self._execute("get_token", (token_digest,))
@@ -856,35 +938,9 @@ class SQLStore:
         return self._guard(self._run(count, write=True))
 
 
-#: How long a write waits between two tries for SQLite's write lock (L{_begin_immediate_soon}).
+#: How long the token writer waits between two tries for SQLite's write
+#: lock (L{_sqlite_write_tokens}).
 WRITE_LOCK_POLL = 0.0005
-
-
-def _begin_immediate_soon(cursor: Any, timeout: float) -> None:
-    """
-    C{BEGIN IMMEDIATE}, trying again every L{WRITE_LOCK_POLL} seconds for
-    up to C{timeout} while another process holds the write lock.
-
-    SQLite's own busy handler backs off to sleeps of 10 to 100 ms: with two
-    workers writing token batches of a few milliseconds each, a batch that
-    found the lock taken once slept far longer than the other's commit, and
-    opaque tokens got a p99 of 350 ms to 1 s (bench/README.md).  Polling
-    here (in the store's thread, never the reactor's) takes the lock within
-    half a millisecond of its release.
-    """
-    cursor.execute("PRAGMA busy_timeout = 0")
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                cursor.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or time.monotonic() > deadline:
-                    raise
-            time.sleep(WRITE_LOCK_POLL)
-    finally:
-        cursor.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
 
 
 def _prepare_sqlite(connection: sqlite3.Connection, *, busy_seconds: float) -> None:
