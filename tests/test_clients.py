@@ -262,6 +262,38 @@ class PublicViewTests(SynchronousTestCase):
 
         self.assertEqual(self.successResultOf(ensureDeferred(collect())), [client])
 
+    def test_cache_drops_expired_records(self) -> None:
+        """
+        Records past their time are dropped as new ones are cached, so the
+        cache holds about the clients seen within C{seconds}, not every
+        client ever seen (1.9 KiB each; 100,000 clients cost ~180 MiB a
+        process when they stayed).
+        """
+        from twisted.internet.task import Clock
+
+        from ccserver.model import Client
+
+        store = MemoryStore()
+        clock = Clock()
+        cache = CachingClientStore(store, clock.seconds, 5)
+        for i in range(100):
+            client = Client(
+                client_id=f"c{i}",
+                client_id_issued_at=0,
+                metadata={},
+                client_secret_digest=None,
+                registration_access_token_digest="x",
+            )
+            self.successResultOf(store.add_client(client))
+        for i in range(100):
+            self.successResultOf(cache.get_client(f"c{i}"))
+            clock.advance(0.5)
+        # seen in the last 5 s: the last 10, and a few not yet swept
+        self.assertLessEqual(len(cache), 13)
+        self.assertGreaterEqual(len(cache), 10)
+        # still served from the cache while fresh
+        self.assertEqual(self.successResultOf(cache.get_client("c99")).client_id, "c99")
+
     def test_cache_lists_from_the_store(self) -> None:
         store = MemoryStore()
         self.successResultOf(ensureDeferred(_register(store)))
