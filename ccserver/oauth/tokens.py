@@ -66,12 +66,11 @@ def rsa_signing_in_threads(mode: str, workers: int, cores: int | None) -> bool:
     A thread only adds throughput while a core would otherwise be idle, and
     the hand-off costs about 100 µs of CPU per token (half an RSA-2048
     signature).  With one process per core every core is busy serving
-    already; and one process on two cores measured faster inline too
-    (2,316 against 2,193 tokens/s, 1.16 against 0.82 of node-oidc-provider
-    per CPU-second: the other core goes to the kernel's network work and
-    the clients).  So "auto" uses threads only while at least two cores
-    are left over by the workers (the figures: bench/README.md).  An
-    unknown core count counts as one.
+    already; and one process on two cores measured faster inline too (the
+    other core goes to the kernel's network work and the clients).  So
+    "auto" uses threads only while at least two cores are left over by the
+    workers (the figures: bench/README.md, "Measurements behind design
+    choices").  An unknown core count counts as one.
     """
     if mode == "threads":
         return True

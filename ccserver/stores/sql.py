@@ -53,6 +53,7 @@ migration.
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 import select
@@ -80,6 +81,7 @@ from ccserver.stores import sqlite_path
 from ccserver.stores.codec import CLIENTS, KEYS, TOKENS, Codec
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
+from ccserver.stores.writer import ConnectionThread
 
 T = TypeVar("T")
 
@@ -451,7 +453,7 @@ class SQLStore:
         )
         self._pool: _ConnectionPool | None = None
         #: the token writer: its own connection and thread (L{_add_tokens})
-        self._token_pool: _ConnectionPool | None = None
+        self._token_writer: ConnectionThread[Any] | None = None
         #: opaque tokens, one transaction and one sync for a few ms of them;
         #: one batch at a time, on the token writer's one connection: the
         #: batches are larger and the thread hand-offs fewer (with up to 4
@@ -621,13 +623,13 @@ class SQLStore:
             if self._open_connection is not None:
                 kwargs["cp_openfun"] = self._open_connection
             self._pool = _ConnectionPool(self._dialect, *self._connect_args, **kwargs)
-            kwargs.update(
-                cp_min=1,
-                cp_max=1,
-                cp_name=f"ccserver-tokens-{self._dialect.name}",
-                cp_openfun=self._open_token_connection,
+            self._token_writer = ConnectionThread(
+                cast(IReactorThreads, self._reactor),
+                self._connect_token_writer,
+                name=f"ccserver-tokens-{self._dialect.name}",
+                is_stale=self._dialect.is_stale,
+                lost_errors=self._dialect.unavailable_errors,
             )
-            self._token_pool = _ConnectionPool(self._dialect, *self._connect_args, **kwargs)
         return Deferred.fromCoroutine(self._migrate())
 
     async def _migrate(self) -> None:
@@ -647,10 +649,22 @@ class SQLStore:
                 "Applied schema migration {version} to {url}", version=current, url=self.url
             )
 
-    def _open_token_connection(self, connection: Any) -> None:
-        if self._open_connection is not None:
-            self._open_connection(connection)
-        self._dialect.prepare_token_connection(connection)
+    def _connect_token_writer(self) -> Any:
+        """
+        The token writer's connection (in its thread): as the pool's, and
+        then as the dialect sets up a token writer's.
+        """
+        connection = importlib.import_module(self._dialect.module).connect(
+            *self._connect_args, **self._connect_kwargs
+        )
+        try:
+            if self._open_connection is not None:
+                self._open_connection(connection)
+            self._dialect.prepare_token_connection(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
 
     def _check_version(self, current: int, latest: int) -> None:
         if current > latest:
@@ -697,10 +711,12 @@ class SQLStore:
         """
         Stop the pool's threads and close its connections.
         """
-        for pool in (self._pool, self._token_pool):
-            if pool is not None:
-                pool.close()
-        self._pool = self._token_pool = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+        writer, self._token_writer = self._token_writer, None
+        if writer is not None:
+            writer.close(self.timeout)
         return succeed(None)
 
     # running statements
@@ -834,18 +850,18 @@ class SQLStore:
         row, each a round of the driver's Python code (and for PostgreSQL a
         message).
 
-        The batch goes to the token writer, a connection and thread of its
-        own, so that tokens never queue behind other operations, and its
-        thread does as little as it can: the statement is made here, and
-        the thread runs it once.  Every call the thread makes into the
-        driver lets go of the GIL and must take it back from a busy
-        reactor thread; with C{BEGIN}, the statement, C{COMMIT} and (on
-        SQLite) the busy timeout set and reset around them, a batch took 2
-        to 5 ms to commit under load, and the reactor sat idle meanwhile
-        (bench/README.md).
+        The batch goes to the token writer (L{ConnectionThread}), a
+        connection and thread of its own, so that tokens never queue behind
+        other operations, and its thread does as little as it can: the
+        statement is made here, and the thread runs it once.  Every call
+        the thread makes into the driver lets go of the GIL and must take
+        it back from a busy reactor thread; with C{BEGIN}, the statement,
+        C{COMMIT} and (on SQLite) the busy timeout set and reset around
+        them, batches took several times as long to commit, and the
+        reactor sat idle meanwhile (bench/README.md).
         """
-        pool = self._token_pool
-        if pool is None:
+        writer = self._token_writer
+        if writer is None:
             return fail(StoreUnavailable(f"{self.url}: not open"))
         # the last of a digest given twice wins, as with one add at a time
         rows = list({row[0]: row for row in rows}.values())
@@ -856,8 +872,7 @@ class SQLStore:
         def body(connection: Any) -> None:
             write(connection, statement, params, timeout)
 
-        result: Deferred[None] = pool.runWithConnection(body)
-        return self._guard(result)
+        return self._guard(writer.run(body))
 
     def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
         d = self._execute("get_token", (token_digest,))
