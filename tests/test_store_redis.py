@@ -9,13 +9,18 @@ import json
 import time
 from typing import Any
 
+import txredisapi
 from attrs import evolve
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ccserver.errors import ConfigError, StoreUnavailable
-from ccserver.stores.redis import LAYOUT_VERSION, RedisStore
+from ccserver.model import TokenRecord
+from ccserver.stores.codec import TOKENS
+from ccserver.stores.redis import LAYOUT_VERSION, TOKEN_BATCH, RedisStore
 from tests.servers import redis_server
 from tests.test_codec import (
     LEGACY_CLIENT,
@@ -165,6 +170,240 @@ class LayoutTests(TestCase):
                 '"expires_at":1700003600', f'"expires_at":{expires_at}'
             ),
         )
+
+
+def script_calls(info: str) -> int:
+    """
+    The EVAL and EVALSHA calls counted in an C{INFO commandstats} answer.
+    """
+    calls = 0
+    for line in info.splitlines():
+        name, _, stats = line.partition(":")
+        if name in ("cmdstat_eval", "cmdstat_evalsha"):
+            calls += int(dict(f.split("=") for f in stats.split(","))["calls"])
+    return calls
+
+
+class TokenBatchTests(TestCase):
+    """
+    Opaque tokens issued while a write is under way go to Redis together,
+    in one script call, and each is answered only once that call is.
+    """
+
+    timeout = 60
+
+    async def setUp(self) -> None:
+        self.server = redis_server()
+        self.server.flushall()
+        self.store = RedisStore.from_url(self.server.url_for(3), reactor, timeout=TIMEOUT)
+        self.addCleanup(self.store.close)
+        await self.store.open()
+
+    async def raw(self, *command: str) -> Any:
+        return await self.store._call("execute_command", *command)
+
+    async def script_calls(self) -> int:
+        return script_calls(await self.store._call("execute_command", "INFO", "commandstats"))
+
+    async def add_together(self, tokens: list[TokenRecord]) -> None:
+        """
+        Add C{tokens} at once, after a first token that takes the idle
+        store's first write: they all wait for it, then go in one batch.
+        """
+        first = make_token("0" * 64, client_id="warm-up")
+        writes = [self.store.add_token(first), *(self.store.add_token(t) for t in tokens)]
+        await gatherResults(writes)
+
+    async def test_two_clients_in_one_script_call(self) -> None:
+        """
+        A batch of tokens of two clients is one script call, and leaves
+        what one token at a time did: each record as JSON with its expiry,
+        each client's set with its digests scored by expiry, expiring with
+        the last of them.
+        """
+        now = int(time.time())
+        mine = [make_token(f"{i:064x}", now + 600 + i) for i in range(1, 4)]
+        theirs = [make_token(f"{i:064x}", now + 300, client_id="client-2") for i in range(4, 6)]
+        mixed = [mine[0], theirs[0], mine[1], theirs[1], mine[2]]
+        await self.raw("CONFIG", "RESETSTAT")
+        await self.add_together(mixed)
+        # the first token's call, then one for all five
+        self.assertEqual(await self.script_calls(), 2)
+        for token in mixed:
+            key = f"ccserver:token:{token.token_digest}"
+            self.assertEqual(await self.store._call("get", key), TOKENS.to_json(token))
+            self.assertEqual(int(await self.raw("EXPIRETIME", key)), token.expires_at)
+            self.assertEqual(await self.store.get_token(token.token_digest), token)
+        for client_id, own in (("client-1", mine), ("client-2", theirs)):
+            key = f"ccserver:client_tokens:{client_id}"
+            members = await self.store._call("zrange", key, 0, -1, withscores=True)
+            self.assertEqual(
+                [(digest, int(float(score))) for digest, score in members],
+                [(t.token_digest, t.expires_at) for t in own],
+            )
+            self.assertEqual(int(await self.raw("EXPIRETIME", key)), own[-1].expires_at)
+
+    async def test_trimmed_per_client(self) -> None:
+        """
+        In a batch, each client's set is trimmed of its tokens that expired
+        before the earliest of its tokens in the batch was issued, and
+        keeps its later expiry if it had one: clients do not mix.
+        """
+        now = int(time.time())
+        old_1 = make_token("a" * 64, now - 50, issued_at=now - 100)
+        old_2 = make_token("b" * 64, now - 50, issued_at=now - 100, client_id="client-2")
+        later_1 = make_token("c" * 64, now + 5000, issued_at=now - 100)
+        later_2 = make_token("9" * 64, now + 200, issued_at=now - 100, client_id="client-2")
+        # the live ones first, or the sets would expire with the old ones
+        for token in (later_1, later_2, old_1, old_2):
+            await self.store.add_token(token)
+        self.assertEqual(int(await self.raw("ZCARD", "ccserver:client_tokens:client-2")), 2)
+        batch = [
+            # client-1's earliest token of the batch was issued before
+            # old_1 expired: old_1 stays
+            make_token("d" * 64, now + 600, issued_at=now),
+            make_token("e" * 64, now + 600, issued_at=now - 60),
+            # client-2's only one after old_2 expired: old_2 goes
+            make_token("f" * 64, now + 300, issued_at=now - 40, client_id="client-2"),
+        ]
+        await self.add_together(batch)
+
+        async def digests(client_id: str) -> list[str]:
+            key = f"ccserver:client_tokens:{client_id}"
+            return list(await self.store._call("zrange", key, 0, -1))
+
+        self.assertEqual(await digests("client-1"), ["a" * 64, "d" * 64, "e" * 64, "c" * 64])
+        self.assertEqual(await digests("client-2"), ["9" * 64, "f" * 64])
+        self.assertEqual(
+            int(await self.raw("EXPIRETIME", "ccserver:client_tokens:client-1")), now + 5000
+        )
+        self.assertEqual(
+            int(await self.raw("EXPIRETIME", "ccserver:client_tokens:client-2")), now + 300
+        )
+        # and deleting a client deletes its tokens of the batch, only its own
+        await self.store.delete_client("client-1", now + 1, now + 3600)
+        for token in batch[:2]:
+            self.assertIs(await self.store.delete_token(token.token_digest), False)
+        self.assertIs(await self.store.delete_token("f" * 64), True)
+
+    async def test_full_batch(self) -> None:
+        """
+        More tokens than a batch holds go in several, each whole.
+        """
+        now = int(time.time())
+        tokens = [
+            make_token(f"{i:064x}", now + 600, client_id=f"client-{i % 3}")
+            for i in range(1, TOKEN_BATCH + 11)
+        ]
+        await self.raw("CONFIG", "RESETSTAT")
+        await self.add_together(tokens)
+        self.assertEqual(await self.script_calls(), 3)
+        for token in tokens:
+            self.assertEqual(await self.store.get_token(token.token_digest), token)
+        own = [t for t in tokens if t.client_id == "client-0"]
+        self.assertEqual(int(await self.raw("ZCARD", "ccserver:client_tokens:client-0")), len(own))
+
+
+class FakeConnection:
+    """
+    txredisapi's connection pool, as the store calls it for tokens: each
+    C{eval} is kept, and answered by the test.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[str], Deferred[Any]]] = []
+
+    def eval(self, script: str, keys: list[str], args: list[str]) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.calls.append((keys, args, d))
+        return d
+
+
+class TokenBatchFailureTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = RedisStore.from_url("redis://127.0.0.1:1/0", self.clock, timeout=5)
+        self.redis = self.store._redis = FakeConnection()
+
+    def test_answered_only_once_written(self) -> None:
+        """
+        No token's Deferred fires before the script call of its batch has
+        answered.
+        """
+        first = self.store.add_token(make_token("a" * 64))
+        later = [
+            self.store.add_token(make_token("b" * 64)),
+            self.store.add_token(make_token("c" * 64, client_id="client-2")),
+        ]
+        self.assertEqual(len(self.redis.calls), 1)
+        self.assertNoResult(first)
+        self.redis.calls[0][2].callback(1)
+        self.assertIsNone(self.successResultOf(first))
+        self.assertEqual(len(self.redis.calls), 2)
+        keys, _, answer = self.redis.calls[1]
+        self.assertEqual(
+            keys,
+            [
+                "ccserver:token:" + "b" * 64,
+                "ccserver:token:" + "c" * 64,
+                "ccserver:client_tokens:client-1",
+                "ccserver:client_tokens:client-2",
+            ],
+        )
+        for d in later:
+            self.assertNoResult(d)
+        answer.callback(2)
+        for d in later:
+            self.assertIsNone(self.successResultOf(d))
+
+    def test_failed_batch_fails_every_token(self) -> None:
+        """
+        A batch whose call fails fails each of its tokens, as an
+        unavailable store (L{StoreUnavailable}) or with Redis' error; the
+        next batch is written all the same.
+        """
+        first = self.store.add_token(make_token("a" * 64))
+        batch = [self.store.add_token(make_token(f"{i:064x}")) for i in range(1, 4)]
+        self.redis.calls[0][2].errback(txredisapi.ConnectionError("Not connected"))
+        self.failureResultOf(first, StoreUnavailable)
+        batch_answer = self.redis.calls[1][2]
+        after = self.store.add_token(make_token("f" * 64))
+        batch_answer.errback(txredisapi.ResponseError("ERR something"))
+        for d in batch:
+            self.failureResultOf(d, txredisapi.ResponseError)
+        self.redis.calls[2][2].callback(1)
+        self.assertIsNone(self.successResultOf(after))
+
+    def test_batch_in_time(self) -> None:
+        """
+        A batch whose call does not answer fails its tokens with
+        L{StoreUnavailable} within the store's timeout.
+        """
+        first = self.store.add_token(make_token("a" * 64))
+        self.clock.advance(5)
+        self.failureResultOf(first, StoreUnavailable)
+
+    def test_closed_store(self) -> None:
+        self.store._redis = None
+        self.failureResultOf(self.store.add_token(make_token()), StoreUnavailable)
+
+    def test_unencodable_token_fails_alone(self) -> None:
+        """
+        A token that cannot be written as JSON fails at once (as it did
+        before batches), and does not take its batch with it.
+        """
+        first = self.store.add_token(make_token("a" * 64))
+        other = self.store.add_token(make_token("b" * 64))
+        with self.assertRaises(TypeError):
+            self.store.add_token(make_token("c" * 64, claims={"bad": object()}))
+        self.redis.calls[0][2].callback(1)
+        self.assertEqual(
+            self.redis.calls[1][0],
+            ["ccserver:token:" + "b" * 64, "ccserver:client_tokens:client-1"],
+        )
+        self.redis.calls[1][2].callback(1)
+        self.successResultOf(first)
+        self.successResultOf(other)
 
 
 class PasswordTests(TestCase):
