@@ -7,6 +7,7 @@ once its own batch is committed.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from ccserver.stores.groupcommit import GroupCommit
@@ -126,3 +127,105 @@ class GroupCommitTests(SynchronousTestCase):
     def test_bounds(self) -> None:
         with self.assertRaises(ValueError):
             GroupCommit(FakeDatabase().write, concurrency=0)
+
+
+class HoldTests(SynchronousTestCase):
+    """
+    Under load, a commit waits up to C{hold} for its batch to fill.
+    """
+
+    def loaded(self) -> tuple[FakeDatabase, GroupCommit[int], Clock]:
+        """
+        A group whose last batch held 5 items, just committed.
+        """
+        db, clock = FakeDatabase(), Clock()
+        group = GroupCommit(db.write, clock=clock, hold=0.002)
+        group.add(0)
+        for i in range(1, 6):
+            group.add(i)
+        db.commits[0].callback(None)
+        db.commits[1].callback(None)
+        self.assertEqual(db.batches, [[0], [1, 2, 3, 4, 5]])
+        return db, group, clock
+
+    def test_waits_for_as_many_as_the_last_batch(self) -> None:
+        """
+        After a batch of 5, the next commit waits until 5 are waiting, and
+        goes at once then.
+        """
+        db, group, clock = self.loaded()
+        ds = [group.add(i) for i in range(10, 14)]
+        self.assertEqual(len(db.batches), 2)
+        ds.append(group.add(14))
+        self.assertEqual(db.batches[2], [10, 11, 12, 13, 14])
+        db.commits[2].callback(None)
+        for d in ds:
+            self.assertIsNone(self.successResultOf(d))
+        # and waits again for the next: one timer, no more
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+
+    def test_waits_no_longer_than_hold(self) -> None:
+        """
+        Fewer than that: the commit goes when the hold is over.
+        """
+        db, group, clock = self.loaded()
+        d = group.add(10)
+        clock.advance(0.0019)
+        self.assertEqual(len(db.batches), 2)
+        clock.advance(0.0001)
+        self.assertEqual(db.batches[2], [10])
+        db.commits[2].callback(None)
+        self.assertIsNone(self.successResultOf(d))
+
+    def test_nothing_comes(self) -> None:
+        """
+        If nothing comes during the hold, the next write goes at once.
+        """
+        db, group, clock = self.loaded()
+        clock.advance(0.002)
+        group.add(10)
+        self.assertEqual(db.batches[2], [10])
+
+    def test_light_load_never_waits(self) -> None:
+        """
+        After batches of fewer than HOLD_AFTER items, nothing waits.
+        """
+        db, clock = FakeDatabase(), Clock()
+        group = GroupCommit(db.write, clock=clock, hold=0.002)
+        group.add(0)
+        group.add(1)
+        group.add(2)
+        db.commits[0].callback(None)
+        db.commits[1].callback(None)
+        group.add(3)
+        self.assertEqual(db.batches, [[0], [1, 2], [3]])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_not_after_a_failure(self) -> None:
+        """
+        A failed batch frees the store for the next at once.
+        """
+        db, clock = FakeDatabase(), Clock()
+        group = GroupCommit(db.write, clock=clock, hold=0.002)
+        group.add(0)
+        failed = [group.add(i) for i in range(1, 6)]
+        db.commits[0].callback(None)
+        db.commits[1].errback(RuntimeError("down"))
+        for d in failed:
+            self.failureResultOf(d, RuntimeError)
+        group.add(10)
+        self.assertEqual(db.batches[2], [10])
+
+    def test_stop_ends_the_wait(self) -> None:
+        """
+        stop() ends a wait at once: what waited goes, and no timer is left.
+        """
+        db, group, clock = self.loaded()
+        group.add(10)
+        group.stop()
+        self.assertEqual(db.batches[2], [10])
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_hold_needs_a_clock(self) -> None:
+        with self.assertRaises(ValueError):
+            GroupCommit(FakeDatabase().write, hold=0.002)

@@ -90,6 +90,12 @@ T = TypeVar("T")
 #: large table is slow, but not forever.
 MIGRATION_TIMEOUT = 600.0
 
+#: How long a batch of opaque tokens may wait to fill under load
+#: (L{GroupCommit}'s C{hold}): each commit is a round trip and a sync (which
+#: the processes on one SQLite file take in turn), so fewer, fuller commits
+#: give more tokens a second (bench/README.md).
+TOKEN_HOLD = 0.002
+
 #: Opaque tokens written in one statement at most: 100 rows of 9 values
 #: stay under SQLite's oldest limit of 999 variables a statement.
 TOKEN_BATCH = 100
@@ -210,7 +216,7 @@ def _sqlite_write_tokens(connection: Any, statement: str, params: tuple[Any, ...
     found the lock taken once slept far longer than the other's commit, and
     opaque tokens got a p99 of 350 ms to 1 s (bench/README.md).  Polling
     here (in the writer's thread, never the reactor's) takes the lock within
-    half a millisecond of its release.
+    a tenth of a millisecond of its release.
     """
     deadline: float | None = None
     while True:
@@ -460,7 +466,11 @@ class SQLStore:
         #: at once on PostgreSQL, an opaque token cost twice the CPU of a
         #: JWT there; with 1, about 1.2 times: bench/README.md)
         self._tokens: GroupCommit[tuple[Any, ...]] = GroupCommit(
-            self._add_tokens, concurrency=1, max_batch=TOKEN_BATCH
+            self._add_tokens,
+            concurrency=1,
+            max_batch=TOKEN_BATCH,
+            clock=cast(IReactorTime, reactor),
+            hold=TOKEN_HOLD,
         )
         t = dialect.translate
         self._sql = {
@@ -711,6 +721,7 @@ class SQLStore:
         """
         Stop the pool's threads and close its connections.
         """
+        self._tokens.stop()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
@@ -955,7 +966,7 @@ class SQLStore:
 
 #: How long the token writer waits between two tries for SQLite's write
 #: lock (L{_sqlite_write_tokens}).
-WRITE_LOCK_POLL = 0.0005
+WRITE_LOCK_POLL = 0.0001
 
 
 def _prepare_sqlite(connection: sqlite3.Connection, *, busy_seconds: float) -> None:
