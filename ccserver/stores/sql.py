@@ -94,7 +94,7 @@ MIGRATION_TIMEOUT = 600.0
 #: (L{GroupCommit}'s C{hold}): each commit is a round trip and a sync (which
 #: the processes on one SQLite file take in turn), so fewer, fuller commits
 #: give more tokens a second (bench/README.md).
-TOKEN_HOLD = 0.002
+TOKEN_HOLD = 0.004
 
 #: Opaque tokens written in one statement at most: 100 rows of 9 values
 #: stay under SQLite's oldest limit of 999 variables a statement.
