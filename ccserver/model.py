@@ -325,7 +325,9 @@ class TokenRecord:
     What the store keeps of an issued opaque access token: its digest, never
     the token, and its grant.
 
-    @ivar token_digest: the SHA-256 digest (hex) of the token.
+    @ivar token_digest: the key the token is stored under: the SHA-256
+        digest (hex) of the token, after the time it was made
+        (L{ccserver.credentials.opaque_token_key}).
     @ivar client_id: the client it was issued to (also its C{sub}).
     @ivar scope: the scope values granted.
     @ivar audience: its audience.

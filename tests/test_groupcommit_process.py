@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 from twisted.trial.unittest import SynchronousTestCase
 
-from ccserver.credentials import digest
+from ccserver.credentials import opaque_token_key
 from tests.helpers import basic, temp_dir
 from tests.process import CCServerProcess
 
@@ -54,5 +54,5 @@ class AnsweredTokensSurviveSIGKILL(SynchronousTestCase):
         connection = sqlite3.connect(db)
         self.addCleanup(connection.close)
         stored = {row[0] for row in connection.execute("SELECT token_digest FROM access_tokens")}
-        missing = [t for t in answered if digest(t) not in stored]
+        missing = [t for t in answered if opaque_token_key(t) not in stored]
         self.assertEqual(missing, [])

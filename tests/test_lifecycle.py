@@ -196,6 +196,53 @@ class OpaqueLifecycleTests(LifecycleMixin, ServerTestCase):
         with self.assertRaises(jwt.DecodeError):
             jwt.get_unverified_header(token)
 
+    def test_token_made_before_the_time_was_added(self) -> None:
+        """
+        A token of 256 random bits alone, stored under its digest (as
+        before opaque tokens carried their time), is still found, revoked
+        and deleted with its client.
+        """
+        from ccserver import credentials
+        from ccserver.model import TokenRecord
+
+        old = credentials.new_secret()
+        now = int(self.clock.seconds())
+        record = TokenRecord(
+            token_digest=credentials.digest(old),
+            client_id=self.alice["client_id"],
+            scope=("read",),
+            audience=(ISSUER,),
+            issued_at=now,
+            expires_at=now + 3600,
+            jti="old-jti",
+            claims={},
+        )
+        self.successResultOf(self.store.add_token(record))
+        info = self.introspect(old, self.alice)
+        self.assertIs(info["active"], True)
+        self.assertEqual(info["client_id"], self.alice["client_id"])
+        self.revoke(old, self.alice)
+        self.assertEqual(self.introspect(old, self.alice), {"active": False})
+
+    def test_tokens_keyed_in_time_order(self) -> None:
+        """
+        Opaque tokens are stored under keys that sort by when they were
+        made (the time in front of the token), so that a store's index
+        takes them at its end; the token itself is never stored.
+        """
+        from ccserver import credentials
+
+        first = self.issue(self.alice)
+        self.clock.advance(0.002)
+        second = self.issue(self.alice)
+        keys = sorted(self.store._tokens)  # type: ignore[attr-defined]
+        self.assertEqual(
+            keys, [credentials.opaque_token_key(first), credentials.opaque_token_key(second)]
+        )
+        self.assertEqual(keys[0][:12], f"{int((self.clock.seconds() - 0.002) * 1000):012x}")
+        self.assertEqual(len(first), 51)
+        self.assertNotIn(first, repr(self.store._tokens))  # type: ignore[attr-defined]
+
     def test_stored_only_as_digest(self) -> None:
         token = self.issue(self.alice)
         self.assertNotIn(token, repr(self.store._tokens))  # type: ignore[attr-defined]

@@ -127,7 +127,7 @@ class TokenIntrospection:
         if token.count(".") == 2:
             return await self._jwt(token)
         # the store leaves out a record its client's revocation mark covers
-        record = await self._tokens.get_token(credentials.digest(token))
+        record = await self._tokens.get_token(credentials.opaque_token_key(token))
         if record is None or record.expires_at <= self._now():
             return None
         claims = access_token_claims(

@@ -1,7 +1,8 @@
 """
 Minting access tokens: JWTs per RFC 9068, signed with the current key, or
-opaque tokens of 256 random bits kept in the store as digests; and where a
-JWT's signature is computed (inline, or RSA in threads).
+opaque tokens of 256 random bits (after the time they were made) kept in
+the store as digests; and where a JWT's signature is computed (inline, or
+RSA in threads).
 """
 
 from __future__ import annotations
@@ -174,11 +175,11 @@ class TokenMinter:
         token_format = authorization.token_format or self.token_format
         jti = secrets.token_urlsafe(16)
         if token_format == OPAQUE:
-            access_token = credentials.new_secret()
+            access_token = credentials.new_opaque_token(self.now())
             alg = "none"
             await self.tokens.add_token(
                 TokenRecord(
-                    token_digest=credentials.digest(access_token),
+                    token_digest=credentials.opaque_token_key(access_token),
                     client_id=client.client_id,
                     scope=authorization.scope,
                     audience=audience,
