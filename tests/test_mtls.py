@@ -357,7 +357,7 @@ class OpaqueMTLSAppTests(MTLSAppTests):
     token_format = "opaque"
 
     def verify(self, access_token: str, audience: str = ISSUER) -> dict[str, Any]:
-        record = self.successResultOf(self.store.get_token(credentials.digest(access_token)))
+        record = self.successResultOf(self.store.get_token(credentials.opaque_token_key(access_token)))
         assert record is not None
         claims: dict[str, Any] = {"client_id": record.client_id}
         if record.x5t_s256 is not None:
