@@ -24,7 +24,8 @@ the first few to come would otherwise take a whole commit (and a sync,
 which all the processes on one SQLite file take in turn) while the answers
 just sent bring their clients back with the next requests.  The wait ends
 as soon as as many are waiting as the last batch held, and never lasts
-longer than C{hold}; a store that commits one item at a time never waits.
+longer than C{hold}; a lightly loaded store, whose batches hold fewer
+than L{HOLD_AFTER} items, never waits.
 """
 
 from __future__ import annotations
