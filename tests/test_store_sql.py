@@ -455,6 +455,16 @@ class SQLiteTests(TestCase):
         await store.open()
         return store
 
+    def hold_write_lock(self) -> sqlite3.Connection:
+        """
+        Another connection to the file, holding its write lock (until its
+        C{ROLLBACK}), as another process would.
+        """
+        other = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")
+        return other
+
     async def test_wal_and_full_sync(self) -> None:
         """
         The file is in WAL mode, and the store's connection syncs every
@@ -506,9 +516,7 @@ class SQLiteTests(TestCase):
         """
         store = await self.open(timeout=0.5)
         await store.add_client(make_client())
-        other = sqlite3.connect(self.path, isolation_level=None)
-        self.addCleanup(other.close)
-        other.execute("BEGIN IMMEDIATE")
+        other = self.hold_write_lock()
         started = time.monotonic()
         with self.assertRaises(StoreUnavailable):
             await store.add_client(make_client("blocked"))
@@ -525,9 +533,7 @@ class SQLiteTests(TestCase):
         is released; it fails with StoreUnavailable if it never is.
         """
         store = await self.open(timeout=5)
-        other = sqlite3.connect(self.path, isolation_level=None)
-        self.addCleanup(other.close)
-        other.execute("BEGIN IMMEDIATE")
+        other = self.hold_write_lock()
         token = make_token()
         written = store.add_token(token)
         released = time.monotonic()
@@ -552,9 +558,7 @@ class SQLiteTests(TestCase):
         """
         store = await self.open(timeout=5)
         await store.add_client(make_client())
-        other = sqlite3.connect(self.path, isolation_level=None)
-        self.addCleanup(other.close)
-        other.execute("BEGIN IMMEDIATE")
+        other = self.hold_write_lock()
         token = make_token()
         written = store.add_token(token)
         started = time.monotonic()

@@ -218,20 +218,23 @@ def _sqlite_write_tokens(connection: Any, statement: str, params: tuple[Any, ...
     here (in the writer's thread, never the reactor's) takes the lock within
     a tenth of a millisecond of its release.
     """
-    deadline: float | None = None
+    _while_locked(partial(connection.execute, statement, params), timeout, WRITE_LOCK_POLL)
+
+
+def _while_locked(attempt: Callable[[], T], timeout: float, pause: float) -> T:
+    """
+    C{attempt()}, tried again every C{pause} seconds for up to C{timeout}
+    while SQLite answers "database is locked" at once (without waiting in
+    its busy handler).
+    """
+    deadline = time.monotonic() + timeout
     while True:
         try:
-            connection.execute(statement, params)
-            return
+            return attempt()
         except sqlite3.OperationalError as e:
-            if "locked" not in str(e):
+            if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
-            now = time.monotonic()
-            if deadline is None:
-                deadline = now + timeout
-            elif now > deadline:
-                raise
-        time.sleep(WRITE_LOCK_POLL)
+        time.sleep(pause)
 
 
 def _postgresql_token_connection(connection: Any) -> None:
@@ -460,6 +463,8 @@ class SQLStore:
         self._pool: _ConnectionPool | None = None
         #: the token writer: its own connection and thread (L{_add_tokens})
         self._token_writer: ConnectionThread[Any] | None = None
+        #: the token batches' statements, by batch size
+        self._token_upserts: dict[int, str] = {}
         #: opaque tokens, one transaction and one sync for a few ms of them;
         #: one batch at a time, on the token writer's one connection: the
         #: batches are larger and the thread hand-offs fewer (with up to 4
@@ -876,7 +881,11 @@ class SQLStore:
             return fail(StoreUnavailable(f"{self.url}: not open"))
         # the last of a digest given twice wins, as with one add at a time
         rows = list({row[0]: row for row in rows}.values())
-        statement = self._dialect.translate(_upsert_many("access_tokens", TOKENS, len(rows)))
+        statement = self._token_upserts.get(len(rows))
+        if statement is None:
+            # made once for each batch size (at most TOKEN_BATCH of them)
+            statement = self._dialect.translate(_upsert_many("access_tokens", TOKENS, len(rows)))
+            self._token_upserts[len(rows)] = statement
         params = tuple(value for row in rows for value in row)
         write, timeout = self._dialect.write_tokens, self.timeout
 
@@ -982,15 +991,9 @@ def _prepare_sqlite(connection: sqlite3.Connection, *, busy_seconds: float) -> N
     when another connection opens the new file at the same moment: several
     instances starting together.  Hence the retries.
     """
-    deadline = time.monotonic() + busy_seconds
-    while True:
-        try:
-            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            break
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
+    mode = _while_locked(
+        lambda: connection.execute("PRAGMA journal_mode = WAL").fetchone()[0], busy_seconds, 0.01
+    )
     if str(mode).lower() != "wal":
         SQLStore._log.warn(
             "SQLite refused WAL mode (journal_mode is {mode}): is the file on a network "
