@@ -25,6 +25,9 @@
 -- run ends: the server makes those clients too, and nobody reads the answer.
 -- (requests and latencies include the few discovery GETs after STOP_AFTER.)
 
+-- the BENCH_RESULT line and the first unexpected answer: result.lua, beside this
+local result = dofile(string.match(debug.getinfo(1, "S").source, "^@(.-)[^/]*$") .. "result.lua")
+
 local threads = {}
 
 function setup(thread)
@@ -76,10 +79,7 @@ end
 
 local function bad(status, body)
    unexpected = unexpected + 1
-   if first_status == 0 then
-      first_status = status
-      first_body = string.sub(body or "", 1, 300)
-   end
+   result.keep_first(status, body)
 end
 
 function response(status, headers, body)
@@ -110,35 +110,12 @@ function response(status, headers, body)
    end
 end
 
-local function json_string(s)
-   s = string.gsub(s, '[%c"\\]', function(c)
-      return string.format("\\u%04x", string.byte(c))
-   end)
-   return '"' .. s .. '"'
-end
-
 function done(summary, latency, requests)
-   local made, posted, kept_total, wrong, status, body = 0, 0, 0, 0, 0, ""
-   for _, thread in ipairs(threads) do
-      made = made + (thread:get("created") or 0)
-      posted = posted + (thread:get("sent") or 0)
-      kept_total = kept_total + (thread:get("kept") or 0)
-      wrong = wrong + (thread:get("unexpected") or 0)
-      local s = thread:get("first_status") or 0
-      if status == 0 and s ~= 0 then
-         status = s
-         body = thread:get("first_body") or ""
-      end
-   end
-   local e = summary.errors
-   io.write(string.format(
-      'BENCH_RESULT {"requests":%d,"duration_us":%d,"bytes":%d,"created":%d,"sent":%d,"kept":%d,' ..
-      '"unexpected":%d,"expected":201,"first_bad_status":%d,"first_bad_body":%s,' ..
-      '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-      '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
-      summary.requests, summary.duration, summary.bytes, made, posted, kept_total,
-      wrong, status, json_string(body),
-      e.connect, e.read, e.write, e.status, e.timeout,
-      latency:percentile(50), latency:percentile(90), latency:percentile(99),
-      latency.max, latency.mean))
+   result.write(summary, latency, threads, {
+      { "created", result.sum(threads, "created") },
+      { "sent", result.sum(threads, "sent") },
+      { "kept", result.sum(threads, "kept") },
+      { "unexpected", result.sum(threads, "unexpected") },
+      { "expected", 201 },
+   })
 end

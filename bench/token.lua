@@ -12,6 +12,9 @@
 -- body are kept), and done() prints one machine-readable line:
 --   BENCH_RESULT {"requests":..,"duration_us":..,"non200":..,"clients":..,...,"p50_us":..,"p99_us":..}
 
+-- the BENCH_RESULT line and the first unexpected answer: result.lua, beside this
+local result = dofile(string.match(debug.getinfo(1, "S").source, "^@(.-)[^/]*$") .. "result.lua")
+
 local threads = {}
 
 function setup(thread)
@@ -61,40 +64,17 @@ end
 function response(status, headers, body)
    if status ~= 200 then
       non200 = non200 + 1
-      if first_status == 0 then
-         first_status = status
-         first_body = string.sub(body or "", 1, 300)
-      end
+      result.keep_first(status, body)
    end
-end
-
-local function json_string(s)
-   s = string.gsub(s, '[%c"\\]', function(c)
-      return string.format("\\u%04x", string.byte(c))
-   end)
-   return '"' .. s .. '"'
 end
 
 function done(summary, latency, requests)
-   local bad, status, body, count = 0, 0, "", 0
+   local count = 0
    for _, thread in ipairs(threads) do
-      bad = bad + (thread:get("non200") or 0)
       count = math.max(count, thread:get("clients") or 0)
-      local s = thread:get("first_status") or 0
-      if status == 0 and s ~= 0 then
-         status = s
-         body = thread:get("first_body") or ""
-      end
    end
-   local e = summary.errors
-   io.write(string.format(
-      'BENCH_RESULT {"requests":%d,"duration_us":%d,"bytes":%d,"non200":%d,"clients":%d,' ..
-      '"first_bad_status":%d,"first_bad_body":%s,' ..
-      '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-      '"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}\n',
-      summary.requests, summary.duration, summary.bytes, bad, count,
-      status, json_string(body),
-      e.connect, e.read, e.write, e.status, e.timeout,
-      latency:percentile(50), latency:percentile(90), latency:percentile(99),
-      latency.max, latency.mean))
+   result.write(summary, latency, threads, {
+      { "non200", result.sum(threads, "non200") },
+      { "clients", count },
+   })
 end
