@@ -27,7 +27,6 @@ import multiprocessing
 import os
 import secrets
 import statistics
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 
 from bench.cases import CASES, REGISTRATION
 from bench.cpu import loadavg
-from bench.errors import BenchError, NotAvailable
+from bench.errors import MEASUREMENT_ERRORS, BenchError, NotAvailable
 from bench.output import say
 from bench.paths import BENCH
 from bench.report import Row
@@ -318,7 +317,7 @@ def run_section(bench: Any) -> None:
                 row.note = f"server {per_token:.0f} cpu-us/token" + (
                     "" if kind == "basic" else f", {per_token - basic_cpu:+.0f} over basic"
                 )
-        except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+        except MEASUREMENT_ERRORS as e:
             for row in rows.values():
                 if row.status != "ERROR":
                     bench.error(row, e)

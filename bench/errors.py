@@ -2,6 +2,8 @@
 The two ways a measurement does not happen.
 """
 
+import subprocess
+
 
 class NotAvailable(Exception):
     """
@@ -14,3 +16,8 @@ class BenchError(Exception):
     """
     Something went wrong during a measurement: loudly reported.
     """
+
+
+#: What ends one measurement (a row, a section) and not the run: reported,
+#: and the run goes on.
+MEASUREMENT_ERRORS = (BenchError, NotAvailable, subprocess.TimeoutExpired)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.cases import CASES
-from bench.errors import BenchError, NotAvailable
+from bench.errors import MEASUREMENT_ERRORS
 from bench.install import run_quiet
 from bench.output import loud, say
 from bench.sections import Bench
@@ -52,7 +52,7 @@ def profile(bench: Bench, out: Path) -> None:
             say(f"  py-spy failed: {spy_output[-800:]}")
             return
         summarise_profile(out)
-    except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+    except MEASUREMENT_ERRORS as e:
         loud(f"profile: {e}")
     finally:
         bench.stop_all()

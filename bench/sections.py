@@ -26,7 +26,7 @@ from bench.cases import (
     Case,
 )
 from bench.cpu import loadavg
-from bench.errors import BenchError, NotAvailable
+from bench.errors import MEASUREMENT_ERRORS, BenchError, NotAvailable
 from bench.output import loud, say
 from bench.report import Row
 from bench.rounds import Runner
@@ -111,7 +111,7 @@ class Bench:
             theirs = Peer(f"node-oidc-provider {case.label}", self.workdir(f"peer-{name}"), self.peer_dir, case)
             try:
                 self.head_to_head(row, ours, theirs, case)
-            except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+            except MEASUREMENT_ERRORS as e:
                 self.error(row, e)
             finally:
                 self.stop_all()
@@ -155,7 +155,7 @@ class Bench:
                 theirs = Peer(row.theirs_label, self.workdir(f"machine-peer-{name}"), self.peer_dir,
                               case, workers=count)
                 self.head_to_head(row, ours, theirs, case)
-            except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+            except MEASUREMENT_ERRORS as e:
                 self.error(row, e)
             finally:
                 self.stop_all()
@@ -225,7 +225,7 @@ class Bench:
                 results = self.runner.measure(servers, self.args.rounds)
                 for label, row in rows.items():
                     row.ours, row.theirs = results[label], results[baseline.label]
-        except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+        except MEASUREMENT_ERRORS as e:
             self.section_error(section, e)
         finally:
             self.stop_all()
@@ -306,7 +306,7 @@ class Bench:
                             a.tokens_per_s / b.tokens_per_s for a, b in zip(results[label], results[first], strict=True)
                         )
                         row.note = f"x{scale:.2f} the tokens/s of {first.removeprefix('ccserver ')}"
-        except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+        except MEASUREMENT_ERRORS as e:
             self.section_error(section, e)
         finally:
             self.stop_all()
@@ -360,7 +360,7 @@ class Bench:
                 for label, row in rows.items():
                     row.ours, row.theirs, row.single = results[label], memory, memory is None
                     row.note = f"{loads[label].sent + 1:,} clients registered by the end"
-        except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+        except MEASUREMENT_ERRORS as e:
             self.section_error(registration, e)
             # the population comparison builds on these stores: none of it
             self.stop_some(list(large.values()))
@@ -460,7 +460,7 @@ class Bench:
                     row.note += f"; {late} of the rotated clients registered after the fill"
                 if population < target:
                     row.caveat = f"(at {population:,} clients only)"
-        except (BenchError, NotAvailable, subprocess.TimeoutExpired) as e:
+        except MEASUREMENT_ERRORS as e:
             for row in rows:
                 self.error(row, e)
         finally:
