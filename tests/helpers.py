@@ -184,6 +184,32 @@ class ServerTestCase(SynchronousTestCase):
         return claims
 
 
+class TokenLifecycle:
+    """
+    A L{ServerTestCase} mixin: issue a client's tokens, and introspect them
+    as another client (RFC 7662), each answer checked.
+    """
+
+    def auth(self, client: dict[str, Any]) -> str:
+        return basic(client["client_id"], client["client_secret"])
+
+    def issue(self, client: dict[str, Any], **form: str) -> str:
+        response = self.token({"grant_type": "client_credentials", **form}, self.auth(client))  # type: ignore[attr-defined]
+        self.assertEqual(response.code, 200, response.body)  # type: ignore[attr-defined]
+        return str(response.json()["access_token"])
+
+    def introspect(self, token: str, caller: dict[str, Any]) -> dict[str, Any]:
+        response = self.request(  # type: ignore[attr-defined]
+            "POST",
+            "/token/introspect",
+            headers={"Authorization": self.auth(caller), "Content-Type": "application/x-www-form-urlencoded"},
+            data=f"token={token}".encode(),
+        )
+        self.assertEqual(response.code, 200, response.body)  # type: ignore[attr-defined]
+        self.assertEqual(response.headers["cache-control"], "no-store")  # type: ignore[attr-defined]
+        return response.json()  # type: ignore[no-any-return]
+
+
 def assert_not_echoed(test: SynchronousTestCase, response: Response, *secrets: str) -> None:
     """
     No secret, nor its base64, appears anywhere in a response.

@@ -15,14 +15,14 @@ from ccserver import credentials
 from ccserver.config import Config
 from ccserver.oauth.tokens import sign_inline
 from ccserver.tap import make_jwks_fetcher, make_site
-from tests.helpers import MASTER_TOKEN, ServerTestCase, basic
+from tests.helpers import MASTER_TOKEN, ServerTestCase, TokenLifecycle
 
 API = "https://api.example.com"
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
-class DeletionMixin:
+class DeletionMixin(TokenLifecycle):
     """
     A resource server (C{api}) introspects the tokens of a client (C{alice})
     whose audience it is; alice is then deleted.
@@ -37,24 +37,6 @@ class DeletionMixin:
         super().setUp()  # type: ignore[misc]
         self.api = self.register(client_name="api", resource_server_uris=[API])  # type: ignore[attr-defined]
         self.alice = self.register(client_name="alice", scope="read", audience=[API])  # type: ignore[attr-defined]
-
-    def auth(self, client: dict[str, Any]) -> str:
-        return basic(client["client_id"], client["client_secret"])
-
-    def issue(self, client: dict[str, Any]) -> str:
-        response = self.token({"grant_type": "client_credentials"}, self.auth(client))  # type: ignore[attr-defined]
-        self.assertEqual(response.code, 200, response.body)  # type: ignore[attr-defined]
-        return str(response.json()["access_token"])
-
-    def introspect(self, token: str, caller: dict[str, Any]) -> dict[str, Any]:
-        response = self.request(  # type: ignore[attr-defined]
-            "POST",
-            "/token/introspect",
-            headers={"Authorization": self.auth(caller), **FORM},
-            data=f"token={token}".encode(),
-        )
-        self.assertEqual(response.code, 200, response.body)  # type: ignore[attr-defined]
-        return response.json()  # type: ignore[no-any-return]
 
     def delete(self, client: dict[str, Any], token: str | None = None) -> None:
         response = self.request(  # type: ignore[attr-defined]

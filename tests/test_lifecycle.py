@@ -14,13 +14,13 @@ from zope.interface import implementer
 from ccserver.config import Config
 from ccserver.interfaces import IClientCredentialsGrantHandler
 from ccserver.model import GrantAuthorization, GrantRequest
-from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, basic
+from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, TokenLifecycle, basic
 
 API = "https://api.example.com"
 BILLING = "https://billing.example.com"
 
 
-class LifecycleMixin:
+class LifecycleMixin(TokenLifecycle):
     """
     Introspection and revocation behave the same for both token formats.
     """
@@ -34,25 +34,6 @@ class LifecycleMixin:
         super().setUp()  # type: ignore[misc]
         self.alice = self.register(client_name="alice", scope="read write")  # type: ignore[attr-defined]
         self.bob = self.register(client_name="bob", scope="read")  # type: ignore[attr-defined]
-
-    def auth(self, client: dict[str, Any]) -> str:
-        return basic(client["client_id"], client["client_secret"])
-
-    def issue(self, client: dict[str, Any], **form: str) -> str:
-        response = self.token({"grant_type": "client_credentials", **form}, self.auth(client))  # type: ignore[attr-defined]
-        self.assertEqual(response.code, 200, response.body)  # type: ignore[attr-defined]
-        return str(response.json()["access_token"])
-
-    def introspect(self, token: str, caller: dict[str, Any]) -> dict[str, Any]:
-        response = self.request(  # type: ignore[attr-defined]
-            "POST",
-            "/token/introspect",
-            headers={"Authorization": self.auth(caller), "Content-Type": "application/x-www-form-urlencoded"},
-            data=f"token={token}".encode(),
-        )
-        self.assertEqual(response.code, 200, response.body)  # type: ignore[attr-defined]
-        self.assertEqual(response.headers["cache-control"], "no-store")  # type: ignore[attr-defined]
-        return response.json()  # type: ignore[no-any-return]
 
     def revoke(self, token: str, caller: dict[str, Any]) -> Any:
         return self.request(  # type: ignore[attr-defined]
