@@ -34,7 +34,7 @@ from ccserver.services import RequestsService, StoreService
 from ccserver.stores.memory import MemoryStore
 from ccserver.tap import DaemonStartUp, Options, Process, makeService
 from ccserver.web import CCServerSite
-from tests.helpers import MASTER_TOKEN
+from tests.helpers import MASTER_TOKEN, temp_dir
 
 
 def options(*args: str) -> Options:
@@ -159,6 +159,37 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(raised.exception.code, 2)
         self.assertEqual(err.getvalue().count("\n"), 1, err.getvalue())
         self.assertIn("listen: 'tcp:notaport' is not an endpoint string", err.getvalue())
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_command_line_only(self) -> None:
+        """
+        Parsing reads no file and no environment: a configuration file
+        that is not there is found missing by makeService, in one line.
+        """
+        folder = temp_dir(self)
+        parsed = Options()
+        parsed.parseOptions(["--config", str(folder / "missing.toml"), "--store", "memory://"])
+        self.assertEqual(parsed.command_line()["config"], str(folder / "missing.toml"))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as raised:
+            makeService(parsed, in_memory(MemoryReactorClock()))
+        self.assertEqual(raised.exception.code, 2)
+        missing = str(folder / "missing.toml")
+        self.assertEqual(
+            err.getvalue(), f"ccserver: --config: cannot read {missing!r}: No such file or directory\n"
+        )
+
+    def test_usage_error_one_line(self) -> None:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as raised:
+            Options().parseOptions(["--workers", "two"])
+        self.assertEqual(raised.exception.code, 2)
+        self.assertEqual(
+            err.getvalue(),
+            "ccserver: --workers: 'two' is not a whole number; "
+            "twist ccserver --help lists the options\n",
+        )
 
 
 class AssembleTests(SynchronousTestCase):
