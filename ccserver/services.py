@@ -33,6 +33,7 @@ from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring
 from ccserver.tls import tls_factory
 from ccserver.web import CCServerSite
+from ccserver.workers import WorkerPool
 
 #: How often, at most, each process reloads the signing keys to follow
 #: rotations made elsewhere (more often when the activation delay is short).
@@ -129,7 +130,7 @@ def _timers(server: Server, reactor: Any) -> list[TimerService]:
 
 
 def _requests_service(
-    server: Server, reactor: Any, pool: Any, startup: StartUp
+    server: Server, reactor: Any, pool: WorkerPool | None, startup: StartUp
 ) -> RequestsService:
     site, listening = server.site, server.prepared.listening
     requests = RequestsService(
