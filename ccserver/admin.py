@@ -7,7 +7,7 @@ server's store while it runs.
     ccserver [--config FILE] [--store URL] keys retire [KID]
     ccserver [--config FILE] [--store URL] clients list [--json]
     ccserver [--config FILE] [--store URL] clients show CLIENT_ID
-    ccserver [--config FILE] [--store URL] clients create --name NAME --scope "a b"
+    ccserver [--config FILE] [--store URL] clients create --name NAME --scope "a b" [--grant-type G]
     ccserver [--config FILE] [--store URL] clients delete CLIENT_ID
     ccserver [--config FILE] [--store URL] clients rotate-secret CLIENT_ID [--grace SECONDS]
 
@@ -33,6 +33,7 @@ from ccserver.clients import all_clients, public_view, rotate_secret
 from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError, OAuthError, StoreUnavailable
 from ccserver.firststart import key_encryption, key_mismatch
+from ccserver.grants import find_grant_types
 from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring
 from ccserver.oauth.registration import (
@@ -42,6 +43,7 @@ from ccserver.oauth.registration import (
     registration_response,
     validate_metadata,
 )
+from ccserver.pluginloader import scan_plugins
 from ccserver.stores import store_from_url
 
 #: What C{ccserver --help} says it is: plain text, for people (argparse
@@ -112,6 +114,15 @@ def _clients_parser(commands: Any) -> None:
         default=None,
         help="a resource server (absolute URI) its tokens are for; repeatable",
     )
+    create.add_argument(
+        "--grant-type",
+        action="append",
+        default=None,
+        metavar="GRANT",
+        help="a grant type it may use (client_credentials, "
+        "urn:ietf:params:oauth:grant-type:token-exchange, or a plugin's); repeatable "
+        "[default: client_credentials]",
+    )
     delete = clients.add_parser(
         "delete", help="deregister a client and end its tokens, as DELETE /client-reg does"
     )
@@ -132,6 +143,14 @@ class CommandError(Exception):
     """
     A command that cannot be done as asked: one line for the operator.
     """
+
+
+def grant_types() -> tuple[str, ...]:
+    """
+    The grant types of the plugins a server started here would load (its
+    grant handler may still leave token exchange out).
+    """
+    return tuple(find_grant_types(scan_plugins()).plugins)
 
 
 def _print_json(document: Any) -> None:
@@ -171,6 +190,8 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
             }
             if arguments.audience:
                 body["audience"] = arguments.audience
+            if arguments.grant_type:
+                body["grant_types"] = arguments.grant_type
             encryptor = (
                 # the secret is kept encrypted: the HMAC needs it itself
                 firststart.key_encryptor(config)
@@ -178,7 +199,7 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
                 else None
             )
             registration = await register_client(
-                store, validate_metadata(body), reactor.seconds, encryptor
+                store, validate_metadata(body, grant_types()), reactor.seconds, encryptor
             )
             _print_json(registration_response(registration, config.issuer))
         elif action == "delete":

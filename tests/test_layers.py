@@ -41,8 +41,12 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "oauth": (3, ("ccserver.oauth",)),
     # Readiness: the store answers and a signing key is loaded.
     "health": (3, ("ccserver.health",)),
-    # Grant handlers, and the plugin package that finds them.
-    "handlers": (2, ("ccserver.handlers", "ccserver.plugins")),
+    # The plugins: grant handlers and grant types, the plugin package, and
+    # the loader that finds them.
+    "plugins": (
+        2,
+        ("ccserver.handlers", "ccserver.grants", "ccserver.plugins", "ccserver.pluginloader"),
+    ),
     "tokens": (2, ("ccserver.oauth.tokens",)),
     "keys": (1, ("ccserver.keys", "ccserver.jose")),
     "credentials": (1, ("ccserver.credentials",)),
@@ -199,9 +203,9 @@ class LayersTests(SynchronousTestCase):
         self.assertEqual(
             violations("ccserver.handlers.webhook", source, known),
             [
-                "ccserver.handlers.webhook:1 (handlers) imports "
+                "ccserver.handlers.webhook:1 (plugins) imports "
                 "ccserver.oauth.clientauth (oauth): upward",
-                "ccserver.handlers.webhook:2 (handlers) imports "
+                "ccserver.handlers.webhook:2 (plugins) imports "
                 "ccserver.oauth.tokens (tokens): sideways",
             ],
         )

@@ -274,6 +274,7 @@ class RequestTests(WebhookTestCase):
         self.assertEqual(
             request.json(),
             {
+                "grant_type": "client_credentials",
                 "client_id": "client-1",
                 "client": {
                     "client_name": "My House App",

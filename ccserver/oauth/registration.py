@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from attrs import evolve, frozen
@@ -32,7 +32,8 @@ from ccserver.model import (
 from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
 
-#: The grant types this server issues tokens for.
+#: The grant types a client registers for by default, and the ones a
+#: registry accepts when it is not told which are loaded.
 GRANT_TYPES = (CLIENT_CREDENTIALS,)
 #: How clients may authenticate at the token endpoint.
 AUTH_METHODS = (
@@ -184,12 +185,14 @@ def check_scope(name: str, scope: str) -> str:
     return " ".join(dict.fromkeys(values))
 
 
-def validate_metadata(body: object) -> dict[str, Any]:
+def validate_metadata(body: object, grant_types: Sequence[str] = GRANT_TYPES) -> dict[str, Any]:
     """
     Check a registration request's metadata and fill in the defaults.
 
     Metadata this server does not understand is ignored (RFC 7591 §2).
 
+    @param grant_types: the grant types the server offers (its grant type
+        plugins loaded): C{grant_types} may name only those.
     @raise OAuthError: C{invalid_client_metadata}, naming the field.
     """
     if not isinstance(body, dict):
@@ -209,14 +212,14 @@ def validate_metadata(body: object) -> dict[str, Any]:
         )
     metadata["token_endpoint_auth_method"] = method
 
-    grant_types = _string_list("grant_types", body.get("grant_types", list(GRANT_TYPES)))
-    for grant_type in grant_types:
-        if grant_type not in GRANT_TYPES:
+    requested = _string_list("grant_types", body.get("grant_types", list(GRANT_TYPES)))
+    for grant_type in requested:
+        if grant_type not in grant_types:
             raise invalid_client_metadata(
                 f"grant_types: this server does not issue {grant_type!r}; it issues "
-                + ", ".join(GRANT_TYPES)
+                + ", ".join(grant_types)
             )
-    metadata["grant_types"] = list(dict.fromkeys(grant_types))
+    metadata["grant_types"] = list(dict.fromkeys(requested))
 
     response_types = _string_list("response_types", body.get("response_types", []))
     if response_types:
@@ -504,6 +507,7 @@ class ClientRegistry:
         secret_encryptor: KeyEncryptor | None = None,
         limits: AuthLimits | None = None,
         secret_rotation_grace: int = 1800,
+        grant_types: Sequence[str] = GRANT_TYPES,
     ) -> None:
         """
         @param token_max_lifetime: no token lives longer (C{[tokens]
@@ -523,6 +527,8 @@ class ClientRegistry:
             registration access token is counted per source address.
         @param secret_rotation_grace: how long a rotated-out secret still
             works (C{[clients] secret_rotation_grace}).
+        @param grant_types: the grant types the server offers, which a
+            client's C{grant_types} may name.
         """
         self._store = store
         self._master_token_digest = master_token_digest
@@ -533,6 +539,7 @@ class ClientRegistry:
         self._secret_encryptor = secret_encryptor
         self._limits = limits or AuthLimits(None, now)
         self._secret_rotation_grace = secret_rotation_grace
+        self._grant_types = tuple(grant_types)
 
     async def check_master_token(self, token: str | None, source: str = "") -> None:
         """
@@ -565,7 +572,10 @@ class ClientRegistry:
         """
         await self.check_master_token(token, source)
         return await register_client(
-            self._store, validate_metadata(read_body()), self._now, self._secret_encryptor
+            self._store,
+            validate_metadata(read_body(), self._grant_types),
+            self._now,
+            self._secret_encryptor,
         )
 
     async def _authorized(
@@ -643,7 +653,8 @@ class ClientRegistry:
         for name in ("client_id_issued_at", "client_secret_expires_at"):
             if name in body and body[name] != current.get(name):
                 raise invalid_request(f"{name}: is set by the server and cannot be changed")
-        metadata = validate_metadata(body)
+        # a grant type the server stopped offering may stay registered
+        metadata = validate_metadata(body, (*self._grant_types, *client.grant_types))
         if not is_master:
             changed = privileged_changes(client.metadata, metadata)
             if changed:
