@@ -8,7 +8,6 @@ C{twist ccserver}: L{tests.test_grant_plugins_process}.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.testing import MemoryReactorClock

@@ -210,6 +210,22 @@ class LayersTests(SynchronousTestCase):
             ],
         )
 
+    def test_grants_import_no_oauth(self) -> None:
+        """
+        A grant type (built-in or a third party's) takes its steps through
+        the endpoint it is given (ITokenEndpoint), never by reaching into
+        the endpoints' modules.
+        """
+        known = set(module_names())
+        source = "from ccserver.oauth.grants import TokenEndpoint\n"
+        self.assertEqual(
+            violations("ccserver.grants.token_exchange", source, known),
+            [
+                "ccserver.grants.token_exchange:1 (plugins) imports "
+                "ccserver.oauth.grants (oauth): upward",
+            ],
+        )
+
     def test_stores_only_from_the_daemon(self) -> None:
         """
         A store is reached through ccserver.interfaces: the endpoints may

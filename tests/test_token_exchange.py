@@ -27,7 +27,6 @@ from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
 from ccserver.config import Config
-from ccserver.errors import OAuthError
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.interfaces import IClientCredentialsGrantHandler, ITokenExchangeHandler
 from ccserver.model import (

@@ -38,12 +38,13 @@ from ccserver.interfaces import IClientStore, ISubjectTokenValidator, ITokenStor
 from ccserver.keys import ACCESS_TOKEN_TYP, SIGNING_ALGORITHMS, Keyring
 from ccserver.model import (
     ACCESS_TOKEN_TYPE,
+    CREDENTIAL_PARAMS,
     EXCHANGED_FROM,
     Client,
     TokenRef,
     VerifiedToken,
 )
-from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, ClientAuthenticator, split_authorization
+from ccserver.oauth.clientauth import ClientAuthenticator, split_authorization
 from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import PresentedCertificate
 from ccserver.oauth.registration import bearer_error
