@@ -31,6 +31,7 @@ from ccserver.errors import ConfigError
 from ccserver.httpchannel import HTTPLimits
 from ccserver.keys import SIGNING_ALGORITHMS
 from ccserver.model import is_lifetime
+from ccserver.outbound import AddressPolicy
 from ccserver.stores import check_url
 
 _C = TypeVar("_C", bound=AttrsInstance)
@@ -125,8 +126,9 @@ class ClientAuthConfig:
     assertion may claim, and how a client's C{jwks_uri} is fetched.
     """
 
-    #: Seconds an assertion's C{exp} may lie ahead of now: a longer-lived
-    #: assertion is a bearer credential in all but name.
+    #: Seconds an assertion is accepted after its C{iat}, whatever its
+    #: C{exp}; without C{iat}, how far its C{exp} may lie ahead.  Its
+    #: C{jti} is remembered as long (and the leeway), no longer.
     max_assertion_lifetime: int = 300
     #: Seconds of clock skew allowed for C{exp}, C{nbf} and C{iat}.
     leeway: int = 30
@@ -142,6 +144,19 @@ class ClientAuthConfig:
     #: C{jwks_uri} again (key rotation), at most once per this many seconds
     #: per client.
     jwks_uri_refetch_seconds: int = 30
+    #: Networks (CIDR, or single addresses) that a client's C{jwks_uri}
+    #: may reach although they are not public (loopback, private,
+    #: link-local...), over https or plain http: for private deployments
+    #: and tests.  Empty: public addresses only, over https.
+    jwks_uri_private_networks: tuple[str, ...] = ()
+
+    @property
+    def jwks_uri_policy(self) -> AddressPolicy:
+        """
+        Where clients' C{jwks_uri} may point: public addresses over https,
+        and the L{jwks_uri_private_networks}.
+        """
+        return AddressPolicy.public(self.jwks_uri_private_networks)
 
 
 @frozen
@@ -627,6 +642,14 @@ def _check_client_auth(client_auth: ClientAuthConfig) -> None:
         raise ConfigError(
             "[client_auth] jwks_uri_min_cache_seconds: is more than jwks_uri_max_cache_seconds"
         )
+    for network in client_auth.jwks_uri_private_networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"[client_auth] jwks_uri_private_networks: {network!r} is not a CIDR network "
+                "or an IP address"
+            ) from None
 
 
 def _check_signing_alg(alg: str) -> None:
