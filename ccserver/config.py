@@ -553,13 +553,21 @@ def _check_mtls(mtls: MTLSConfig) -> None:
         raise ConfigError(
             "[mtls] proxy_header: needs trusted_proxies, the addresses whose header is believed"
         )
-    for value in mtls.trusted_proxies:
+    _check_networks("[mtls] trusted_proxies", mtls.trusted_proxies)
+
+
+def _check_networks(setting: str, values: tuple[str, ...]) -> None:
+    """
+    Every one of C{values} is an IP address or a CIDR network (host bits
+    may be set: C{10.1.2.3/8} is C{10.0.0.0/8}).
+    """
+    for value in values:
+        if not isinstance(value, str):
+            raise ConfigError(f"{setting}: {value!r} is not a string")
         try:
             ipaddress.ip_network(value, strict=False)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"[mtls] trusted_proxies: {value!r} is not an IP address or network"
-            ) from None
+        except ValueError:
+            raise ConfigError(f"{setting}: {value!r} is not an IP address or network") from None
 
 
 def _check_limits(limits: LimitsConfig) -> None:
@@ -573,15 +581,7 @@ def _check_limits(limits: LimitsConfig) -> None:
         raise ConfigError(
             f"[limits] tokens_per_client_per_second: must be greater than 0, not {rate!r}"
         )
-    for proxy in limits.trusted_proxies:
-        if not isinstance(proxy, str):
-            raise ConfigError(f"[limits] trusted_proxies: {proxy!r} is not a string")
-        try:
-            ipaddress.ip_network(proxy, strict=False)
-        except ValueError:
-            raise ConfigError(
-                f"[limits] trusted_proxies: {proxy!r} is not an IP address or network"
-            ) from None
+    _check_networks("[limits] trusted_proxies", limits.trusted_proxies)
 
 
 def _check_store(store: StoreConfig, on_command_line: bool) -> None:
@@ -642,14 +642,7 @@ def _check_client_auth(client_auth: ClientAuthConfig) -> None:
         raise ConfigError(
             "[client_auth] jwks_uri_min_cache_seconds: is more than jwks_uri_max_cache_seconds"
         )
-    for network in client_auth.jwks_uri_private_networks:
-        try:
-            ipaddress.ip_network(network, strict=False)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"[client_auth] jwks_uri_private_networks: {network!r} is not a CIDR network "
-                "or an IP address"
-            ) from None
+    _check_networks("[client_auth] jwks_uri_private_networks", client_auth.jwks_uri_private_networks)
 
 
 def _check_signing_alg(alg: str) -> None:

@@ -69,7 +69,7 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertEqual(policy.check_url("http://127.0.0.1:8080/j"), "http://127.0.0.1:8080/j")
         self.assertEqual(self.load().client_auth.jwks_uri_policy.private_networks, ())
         self.assert_error(
-            "[client_auth] jwks_uri_private_networks: 'intranet' is not a CIDR network",
+            "[client_auth] jwks_uri_private_networks: 'intranet' is not an IP address or network",
             '[client_auth]\njwks_uri_private_networks = ["intranet"]\n',
         )
         self.assert_error(
