@@ -475,13 +475,16 @@ class _CheckedEndpointFactory:
         self._reactor = reactor
         self._policy = policy
         self._connect_timeout = connect_timeout
-        self._resolver = resolver if resolver is not None else reactor.nameResolver
+        self._resolver = resolver
         self._tls = BrowserLikePolicyForHTTPS()
 
     def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
         scheme = uri.scheme.decode("ascii")
+        # the reactor's resolver, looked up when it is needed: a test may
+        # build the object graph with a bare Clock and never connect
+        underlying = self._resolver if self._resolver is not None else self._reactor.nameResolver
         resolver = _CheckingResolver(
-            self._resolver, lambda address: self._policy.refusal(address, scheme)
+            underlying, lambda address: self._policy.refusal(address, scheme)
         )
         endpoint: IStreamClientEndpoint = _CheckedEndpoint(
             HostnameEndpoint(
