@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import tempfile
 import threading
 import time
@@ -49,15 +50,26 @@ def pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 class JWKSServer:
     """
-    A client's jwks_uri on 127.0.0.1: serves whatever C{jwks} holds now.
+    A client's jwks_uri: serves whatever C{jwks} holds now, at any path, on
+    C{address} (127.0.0.1), over https when given an SSL C{context}; records
+    the paths asked for in C{hits}.  A path under C{/redirect/} answers 302
+    to the same path under C{/target/}.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = "127.0.0.1", context: ssl.SSLContext | None = None) -> None:
         self.jwks: dict[str, Any] = {"keys": []}
+        self.hits: list[str] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                outer.hits.append(self.path)
+                if self.path.startswith("/redirect/"):
+                    self.send_response(302)
+                    self.send_header("Location", self.path.replace("/redirect/", "/target/", 1))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = json.dumps(outer.jwks).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/jwk-set+json")
@@ -69,9 +81,15 @@ class JWKSServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((address, 0), Handler)
+        if context is not None:
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    def seen(self, path: str) -> int:
+        return self.hits.count(path)
 
     @property
     def url(self) -> str:

@@ -16,18 +16,14 @@ certificate checked against the host name) and plain http.
 from __future__ import annotations
 
 import ipaddress
-import json
 import shutil
 import socket
 import ssl
 import tempfile
-import threading
 import time
 import unittest
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import jwt
 import requests
@@ -36,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ccserver.jose import public_jwk
 from tests.certs import issue, make_ca
 from tests.process import CCServerProcess, wait_until
+from tests.test_client_auth_jwt_process import JWKSServer
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -56,51 +53,6 @@ def own_address() -> tuple[str, str]:
     return name, str(address)
 
 
-class KeySetServer:
-    """
-    Serves the key set at any path, over https (C{context} given) or http,
-    and records the paths asked for; C{/redirect/...} answers 302 to
-    C{/target/...}.
-    """
-
-    def __init__(self, address: str, context: ssl.SSLContext | None = None) -> None:
-        self.hits: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.hits.append(self.path)
-                if self.path.startswith("/redirect/"):
-                    self.send_response(302)
-                    self.send_header("Location", self.path.replace("/redirect/", "/target/"))
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body = json.dumps({"keys": [dict(public_jwk(KEY), kid="k1")]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/jwk-set+json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer((address, 0), Handler)
-        if context is not None:
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def seen(self, path: str) -> int:
-        return sum(1 for hit in self.hits if hit == path)
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 class JWKSURIProcessTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
@@ -113,8 +65,10 @@ class JWKSURIProcessTests(unittest.TestCase):
         ).write(cls.tmp, "keys")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(certificate, key)
-        cls.https = KeySetServer(cls.address, context)
-        cls.http = KeySetServer("127.0.0.1")
+        cls.https = JWKSServer(cls.address, context)
+        cls.http = JWKSServer("127.0.0.1")
+        for server in (cls.https, cls.http):
+            server.jwks = {"keys": [dict(public_jwk(KEY), kid="k1")]}
         trust = {"SSL_CERT_FILE": str(cls.tmp / "ca.pem")}
         cls.strict = cls._server(cls.tmp / "strict", "", trust)
         cls.allowing = cls._server(
