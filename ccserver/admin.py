@@ -40,7 +40,6 @@ from ccserver.oauth.registration import (
     ClientRegistry,
     register_client,
     registration_response,
-    validate_metadata,
 )
 from ccserver.stores import store_from_url
 
@@ -177,9 +176,7 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
                 if arguments.auth_method == "client_secret_jwt"
                 else None
             )
-            registration = await register_client(
-                store, validate_metadata(body), reactor.seconds, encryptor
-            )
+            registration = await register_client(store, body, reactor.seconds, encryptor)
             _print_json(registration_response(registration, config.issuer))
         elif action == "delete":
             if not await registry.remove(arguments.client_id):
