@@ -30,7 +30,8 @@ from attrs import AttrsInstance, Factory, evolve, field, fields, frozen, has
 from ccserver.errors import ConfigError
 from ccserver.httpchannel import HTTPLimits
 from ccserver.keys import SIGNING_ALGORITHMS
-from ccserver.model import is_lifetime
+from ccserver.model import is_lifetime, is_scope_token
+from ccserver.outbound import AddressPolicy
 from ccserver.stores import check_url
 
 _C = TypeVar("_C", bound=AttrsInstance)
@@ -125,8 +126,9 @@ class ClientAuthConfig:
     assertion may claim, and how a client's C{jwks_uri} is fetched.
     """
 
-    #: Seconds an assertion's C{exp} may lie ahead of now: a longer-lived
-    #: assertion is a bearer credential in all but name.
+    #: Seconds an assertion is accepted after its C{iat}, whatever its
+    #: C{exp}; without C{iat}, how far its C{exp} may lie ahead.  Its
+    #: C{jti} is remembered as long (and the leeway), no longer.
     max_assertion_lifetime: int = 300
     #: Seconds of clock skew allowed for C{exp}, C{nbf} and C{iat}.
     leeway: int = 30
@@ -142,6 +144,19 @@ class ClientAuthConfig:
     #: C{jwks_uri} again (key rotation), at most once per this many seconds
     #: per client.
     jwks_uri_refetch_seconds: int = 30
+    #: Networks (CIDR, or single addresses) that a client's C{jwks_uri}
+    #: may reach although they are not public (loopback, private,
+    #: link-local...), over https or plain http: for private deployments
+    #: and tests.  Empty: public addresses only, over https.
+    jwks_uri_private_networks: tuple[str, ...] = ()
+
+    @property
+    def jwks_uri_policy(self) -> AddressPolicy:
+        """
+        Where clients' C{jwks_uri} may point: public addresses over https,
+        and the L{jwks_uri_private_networks}.
+        """
+        return AddressPolicy.public(self.jwks_uri_private_networks)
 
 
 @frozen
@@ -231,6 +246,15 @@ class ClientsConfig:
     secret_rotation_grace: int = 1800
 
 
+@frozen
+class DiscoveryConfig:
+    #: The scope values the metadata document lists as scopes_supported
+    #: (RFC 8414 §2, recommended); none (the default) leaves it out.  It
+    #: advertises, and refuses nothing: which scope a client may have is its
+    #: registration's and the grant handler's to say.
+    scopes_supported: tuple[str, ...] = ()
+
+
 def _default_issuer(config: Config) -> str:
     """
     http://localhost and the port of the first endpoint listened on.
@@ -257,6 +281,8 @@ class Config:
     client_auth: ClientAuthConfig = ClientAuthConfig()
     dpop: DPoPConfig = DPoPConfig()
     clients: ClientsConfig = ClientsConfig()
+    #: What the metadata document says beyond what the server knows ([discovery]).
+    discovery: DiscoveryConfig = DiscoveryConfig()
     #: The grant handler plugin's name: in a file, the C{name} of the
     #: C{[grant_handler]} table, whose other keys are the handler's own.
     grant_handler: str = field(
@@ -500,6 +526,7 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
     _check_signing_alg(config.tokens.signing_alg)
     _check_client_auth(config.client_auth)
     _check_dpop(config.dpop)
+    _check_discovery(config.discovery)
     if config.master_token is not None and len(config.master_token) < 16:
         raise ConfigError("master_token: must be at least 16 characters long")
     if not isinstance(config.grant_handler, str):
@@ -538,13 +565,21 @@ def _check_mtls(mtls: MTLSConfig) -> None:
         raise ConfigError(
             "[mtls] proxy_header: needs trusted_proxies, the addresses whose header is believed"
         )
-    for value in mtls.trusted_proxies:
+    _check_networks("[mtls] trusted_proxies", mtls.trusted_proxies)
+
+
+def _check_networks(setting: str, values: tuple[str, ...]) -> None:
+    """
+    Every one of C{values} is an IP address or a CIDR network (host bits
+    may be set: C{10.1.2.3/8} is C{10.0.0.0/8}).
+    """
+    for value in values:
+        if not isinstance(value, str):
+            raise ConfigError(f"{setting}: {value!r} is not a string")
         try:
             ipaddress.ip_network(value, strict=False)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"[mtls] trusted_proxies: {value!r} is not an IP address or network"
-            ) from None
+        except ValueError:
+            raise ConfigError(f"{setting}: {value!r} is not an IP address or network") from None
 
 
 def _check_limits(limits: LimitsConfig) -> None:
@@ -558,15 +593,7 @@ def _check_limits(limits: LimitsConfig) -> None:
         raise ConfigError(
             f"[limits] tokens_per_client_per_second: must be greater than 0, not {rate!r}"
         )
-    for proxy in limits.trusted_proxies:
-        if not isinstance(proxy, str):
-            raise ConfigError(f"[limits] trusted_proxies: {proxy!r} is not a string")
-        try:
-            ipaddress.ip_network(proxy, strict=False)
-        except ValueError:
-            raise ConfigError(
-                f"[limits] trusted_proxies: {proxy!r} is not an IP address or network"
-            ) from None
+    _check_networks("[limits] trusted_proxies", limits.trusted_proxies)
 
 
 def _check_store(store: StoreConfig, on_command_line: bool) -> None:
@@ -627,6 +654,7 @@ def _check_client_auth(client_auth: ClientAuthConfig) -> None:
         raise ConfigError(
             "[client_auth] jwks_uri_min_cache_seconds: is more than jwks_uri_max_cache_seconds"
         )
+    _check_networks("[client_auth] jwks_uri_private_networks", client_auth.jwks_uri_private_networks)
 
 
 def _check_signing_alg(alg: str) -> None:
@@ -648,6 +676,15 @@ def _check_dpop(dpop: DPoPConfig) -> None:
             raise ConfigError(f"[dpop] {name}: must be greater than 0, not {value!r}")
     if dpop.leeway < 0:
         raise ConfigError(f"[dpop] leeway: must be 0 or more, not {dpop.leeway!r}")
+
+
+def _check_discovery(discovery: DiscoveryConfig) -> None:
+    for scope in discovery.scopes_supported:
+        if not is_scope_token(scope):
+            raise ConfigError(
+                f"[discovery] scopes_supported: {scope!r} is not a scope value "
+                "(RFC 6749 §3.3: visible ASCII but space, \" and \\)"
+            )
 
 
 def _check_workers(workers: object, store_url: str) -> None:

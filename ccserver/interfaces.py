@@ -384,6 +384,7 @@ class ITokenEndpoint(Interface):
         """
 
     def mint(
+        request: TokenRequest,
         client: Client,
         decision: GrantAuthorization,
         binding: Binding | None,

@@ -80,7 +80,7 @@ class BreakGlassGrant:
                 grant_type=BREAK_GLASS,
             )
         )
-        return await self.endpoint.mint(client, decision, binding)
+        return await self.endpoint.mint(request, client, decision, binding)
 
 
 break_glass = BreakGlass()

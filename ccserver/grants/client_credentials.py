@@ -53,4 +53,4 @@ class ClientCredentialsGrant:
             resource=requested_resources(request.resource),
         )
         decision = await endpoint.decide(grant)
-        return await endpoint.mint(client, decision, binding)
+        return await endpoint.mint(request, client, decision, binding)

@@ -143,7 +143,7 @@ class TokenExchangeGrant:
             exchanged_from=subject.lineage,
             expires_at_most=subject.expires_at,
         )
-        issued = await endpoint.mint(client, decision, binding, delegation)
+        issued = await endpoint.mint(request, client, decision, binding, delegation)
         return evolve(issued, issued_token_type=requested_type)
 
     async def _verified(self, name: str, token: str, token_type: str) -> VerifiedToken:

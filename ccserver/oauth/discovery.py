@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ccserver.oauth.assertions import ASSERTION_ALGORITHMS
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS
-from ccserver.oauth.registration import ASSERTION_ALGORITHMS, AUTH_METHODS, GRANT_TYPES
+from ccserver.oauth.registration import AUTH_METHODS, GRANT_TYPES
 
 #: RFC 8414 §2: the JWS algorithms of client assertions (private_key_jwt
 #: and client_secret_jwt), the same at every client-authenticating endpoint.
@@ -28,6 +29,11 @@ def metadata(
     grant_types: Iterable[str] = GRANT_TYPES,
 ) -> dict[str, Any]:
     """
+    @param scopes: the scope values to list as C{scopes_supported} (RFC 8414
+        §2, recommended): the operator's C{[discovery] scopes_supported}.
+        Not the union of the registered scopes: that would tell any caller
+        every client's scopes, and grow with every registration.  Left out
+        when there are none.
     @param grant_types: the grant types offered: those of the grant type
         plugins loaded.
     @param mtls: whether clients can present certificates (a TLS listener,

@@ -214,14 +214,20 @@ class TokenEndpoint:
 
     def mint(
         self,
+        request: TokenRequest,
         client: Client,
         decision: GrantAuthorization,
         binding: Binding | None,
         delegation: Delegation | None = None,
     ) -> Awaitable[IssuedToken]:
+        # a client that named no method may post its secret: the metrics
+        # count the method it used, not the one it was registered with
+        auth_method = "client_secret_post" if "client_secret" in request.form else None
         # the minter's coroutine itself: no frame of its own here
         if binding is None:
-            return self._minter.mint(client, decision, delegation=delegation)
+            return self._minter.mint(
+                client, decision, delegation=delegation, auth_method=auth_method
+            )
         return self._minter.mint(
             client,
             decision,
@@ -229,6 +235,7 @@ class TokenEndpoint:
             x5t_s256=binding.x5t_s256,
             dpop_nonce=binding.dpop_nonce,
             delegation=delegation,
+            auth_method=auth_method,
         )
 
 

@@ -7,7 +7,6 @@ delete a registration.  Nothing here knows of HTTP.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -15,13 +14,15 @@ from typing import Any
 
 from attrs import evolve, frozen
 
-from ccserver import credentials
+from ccserver import credentials, jose
 from ccserver.clients import SecretRotation, rotate_secret
 from ccserver.errors import ClientExists, OAuthError, invalid_client_metadata, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.keys import KeyEncryptor
 from ccserver.model import (
     CLIENT_CREDENTIALS,
+    DEFAULT_AUTH_METHOD,
+    SECRET_METHODS,
     Client,
     is_lifetime,
     is_resource_uri,
@@ -29,35 +30,34 @@ from ccserver.model import (
     scope_values,
     split_uri,
 )
+from ccserver.oauth.assertions import (
+    ASSERTION_ALGORITHMS,
+    MAX_CLIENT_KEYS,
+    unselectable,
+)
 from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
+from ccserver.outbound import AddressPolicy, RefusedURL
 
 #: The grant types a client registers for by default, and the ones a
 #: registry accepts when it is not told which are loaded.
 GRANT_TYPES = (CLIENT_CREDENTIALS,)
 #: How clients may authenticate at the token endpoint.
 AUTH_METHODS = (
-    "client_secret_basic",
-    "client_secret_post",
+    *SECRET_METHODS,
     "client_secret_jwt",
     "private_key_jwt",
     *MTLS_METHODS,
 )
-#: The JWS algorithms of a client assertion, per method (RFC 7523 §2.2,
-#: OpenID Connect Core §9): asymmetric for private_key_jwt, HMAC for
-#: client_secret_jwt; never C{none}.
-ASSERTION_ALGORITHMS: Mapping[str, tuple[str, ...]] = {
-    "private_key_jwt": ("RS256", "PS256", "ES256", "EdDSA"),
-    "client_secret_jwt": ("HS256", "HS384", "HS512"),
-}
+#: The methods whose client gets a client secret: the two that present it
+#: (L{SECRET_METHODS}), and client_secret_jwt, whose assertions it signs.
+SECRET_BEARING_METHODS = (*SECRET_METHODS, "client_secret_jwt")
 #: Random bytes in a client_secret_jwt client's secret: 512 bits, so that
 #: it is long enough an HMAC key for HS512 too (RFC 7518 §3.2).
 JWT_SECRET_BYTES = 64
-#: RFC 7517 §4, RFC 7518 §6: the members of a JWK that only a private or
-#: symmetric key has.
-PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
-#: The most keys a registered JWK set may hold.
-MAX_JWKS_KEYS = 20
+#: Where a client's C{jwks_uri} may point when the caller names no policy:
+#: public addresses, over https.
+STRICT = AddressPolicy.public()
 
 _URI_FIELDS = ("client_uri", "logo_uri", "tos_uri", "policy_uri", "jwks_uri")
 _STRING_FIELDS = ("client_name", "software_id", "software_version")
@@ -102,7 +102,7 @@ _WHEN_ABSENT: dict[str, Any] = {
     "audience": [],
     "resource_server_uris": [],
     "grant_types": [],
-    "token_endpoint_auth_method": "client_secret_basic",
+    "token_endpoint_auth_method": DEFAULT_AUTH_METHOD,
     # RFC 9449 §5.2: "If omitted, the default value is false."
     "dpop_bound_access_tokens": False,
     BOUND_TOKENS: False,
@@ -185,12 +185,29 @@ def check_scope(name: str, scope: str) -> str:
     return " ".join(dict.fromkeys(values))
 
 
-def validate_metadata(body: object, grant_types: Sequence[str] = GRANT_TYPES) -> dict[str, Any]:
+def names_auth_method(body: object) -> bool:
+    """
+    Whether a registration request names its C{token_endpoint_auth_method}.
+    A client whose request did not is registered with RFC 7591 §2's
+    default, C{client_secret_basic}, and may use C{client_secret_post} too
+    (L{Client.token_endpoint_auth_methods}): the libraries that post the
+    secret by default then work with it as registered.
+    """
+    return isinstance(body, dict) and "token_endpoint_auth_method" in body
+
+
+def validate_metadata(
+    body: object,
+    jwks_uri_policy: AddressPolicy = STRICT,
+    grant_types: Sequence[str] = GRANT_TYPES,
+) -> dict[str, Any]:
     """
     Check a registration request's metadata and fill in the defaults.
 
     Metadata this server does not understand is ignored (RFC 7591 §2).
 
+    @param jwks_uri_policy: where a C{jwks_uri} may point (C{[client_auth]
+        jwks_uri_private_networks}).
     @param grant_types: the grant types the server offers (its grant type
         plugins loaded): C{grant_types} may name only those.
     @raise OAuthError: C{invalid_client_metadata}, naming the field.
@@ -203,7 +220,7 @@ def validate_metadata(body: object, grant_types: Sequence[str] = GRANT_TYPES) ->
         )
     metadata: dict[str, Any] = {}
 
-    method = body.get("token_endpoint_auth_method", "client_secret_basic")
+    method = body.get("token_endpoint_auth_method", DEFAULT_AUTH_METHOD)
     method = _string("token_endpoint_auth_method", method)
     if method not in AUTH_METHODS:
         raise invalid_client_metadata(
@@ -266,7 +283,7 @@ def validate_metadata(body: object, grant_types: Sequence[str] = GRANT_TYPES) ->
     if "jwks" in body and "jwks_uri" in body:
         raise invalid_client_metadata("jwks_uri: must not be given together with jwks")
     if "jwks_uri" in body:
-        _check_jwks_uri(body["jwks_uri"])
+        _check_jwks_uri(body["jwks_uri"], jwks_uri_policy)
     _check_assertion_metadata(body, method, metadata)
     metadata.update(validate_mtls_metadata(body, method))
 
@@ -283,56 +300,46 @@ def validate_metadata(body: object, grant_types: Sequence[str] = GRANT_TYPES) ->
 
 def _public_jwks(jwks: object) -> dict[str, Any]:
     """
-    A client's JWK set (RFC 7517 §5): public keys only, of a type a client
-    assertion may be signed with.  A private member means the client has
-    just published its private key: refused, and never echoed.
+    A client's JWK set (RFC 7517 §5): at most L{MAX_CLIENT_KEYS} public
+    keys, each one a client assertion may be signed with (and that
+    L{jose.import_jwk} accepts: no RSA exponent but 65537, no RSA key over
+    8192 bits, no EC point off its curve), each of which an assertion can
+    choose (L{unselectable}).  A private member means the client has just
+    published its private key: refused, and never echoed.
     """
-    from ccserver.oauth.assertions import jwk_public_key
-
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
         raise invalid_client_metadata("jwks: must be a JWK set, an object with 'keys'")
-    if len(jwks["keys"]) > MAX_JWKS_KEYS:
-        raise invalid_client_metadata(f"jwks: holds more than {MAX_JWKS_KEYS} keys")
+    if len(jwks["keys"]) > MAX_CLIENT_KEYS:
+        raise invalid_client_metadata(f"jwks: holds more than {MAX_CLIENT_KEYS} keys")
+    keys = []
     for index, jwk in enumerate(jwks["keys"]):
-        where = f"jwks: key {index}"
-        if not isinstance(jwk, dict):
-            raise invalid_client_metadata(f"{where} is not a JSON object")
-        private = [name for name in PRIVATE_JWK_MEMBERS if name in jwk]
-        if jwk.get("kty") == "oct" or "k" in jwk:
-            raise invalid_client_metadata(
-                f"{where} is a symmetric (oct) key; a JWK set holds public keys only"
-            )
-        if private:
-            raise invalid_client_metadata(
-                f"{where} holds private members ({', '.join(private)}): publish the "
-                "public key only, and make a new key pair, as this one is no longer private"
-            )
         try:
-            jwk_public_key(jwk)
-        except ValueError as e:
-            raise invalid_client_metadata(f"{where}: {e}") from None
+            key = jose.import_jwk(jwk)
+        except jose.UnusableKey as e:
+            raise invalid_client_metadata(f"jwks: key {index} {e}") from None
+        if not any(jose.key_fits(alg, key.key) for alg in ASSERTION_ALGORITHMS["private_key_jwt"]):
+            raise invalid_client_metadata(
+                f"jwks: key {index} cannot sign a client assertion: RSA keys need 2048 bits "
+                "or more, EC keys the P-256 curve"
+            )
+        keys.append(key)
+    problem = unselectable(keys, ASSERTION_ALGORITHMS["private_key_jwt"])
+    if problem is not None:
+        raise invalid_client_metadata(f"jwks: {problem}")
     return jwks
 
 
-def _check_jwks_uri(value: object) -> None:
+def _check_jwks_uri(value: object, policy: AddressPolicy) -> None:
     """
-    The server fetches a client's C{jwks_uri}: https, or for development
-    http to a loopback address.
+    The server fetches a client's C{jwks_uri}: public addresses over https,
+    unless the operator allows more (L{AddressPolicy.check_url}); where a
+    host name leads is checked again when it is fetched.
     """
-    uri = _absolute_uri("jwks_uri", value)
-    parts = split_uri(uri)
-    assert parts is not None  # _absolute_uri has split it
-    if parts.scheme == "https":
-        return
-    host = parts.hostname or ""
+    uri = _string("jwks_uri", value)
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise invalid_client_metadata(
-            "jwks_uri: must be https (http only to a loopback address, for development)"
-        )
+        policy.check_url(uri)
+    except RefusedURL as e:
+        raise invalid_client_metadata(f"jwks_uri: {e}") from None
 
 
 def _check_assertion_metadata(
@@ -361,10 +368,8 @@ def _check_assertion_metadata(
             + ", ".join(allowed)
         )
     if "jwks" in metadata and method == "private_key_jwt":
-        from ccserver.jose import key_fits
-        from ccserver.oauth.assertions import jwk_public_key
-
-        if not any(key_fits(alg, jwk_public_key(jwk)) for jwk in metadata["jwks"]["keys"]):
+        keys = [jose.import_jwk(jwk).key for jwk in metadata["jwks"]["keys"]]
+        if not any(jose.key_fits(alg, key) for key in keys):
             raise invalid_client_metadata(f"jwks: holds no key that signs {alg}")
     metadata["token_endpoint_auth_signing_alg"] = alg
 
@@ -372,12 +377,13 @@ def _check_assertion_metadata(
 def _secrets_for(client: Client, method: str) -> tuple[str, str | None]:
     """
     What a client keeps of its secret once (the operator) changed its
-    method to C{method}: nothing for C{private_key_jwt}; the digest and the
+    method to C{method}: nothing for a method without a secret
+    (C{private_key_jwt} and the certificate methods); the digest and the
     encrypted secret for C{client_secret_jwt}; else the digest only.  A
     secret the server no longer has (only a digest, or none) cannot be
     brought back, so a change needing one is refused.
     """
-    if method == "private_key_jwt":
+    if method not in SECRET_BEARING_METHODS:
         return "", None
     if method == "client_secret_jwt":
         if client.encrypted_secret is None:
@@ -398,8 +404,8 @@ def _secrets_for(client: Client, method: str) -> tuple[str, str | None]:
 class Registration:
     """
     A new client as the registration endpoint returns it: the client, and
-    the secrets the caller sees this once (no client secret for a
-    C{private_key_jwt} client, which proves itself with its keys).
+    the secrets the caller sees this once (no client secret for a client
+    that proves itself with its keys or its certificate).
     """
 
     client: Client
@@ -432,7 +438,7 @@ def registration_response(registration: Registration, issuer: str) -> dict[str, 
     """
     document = client_information(registration.client, issuer)
     if registration.client_secret is not None:
-        # a private_key_jwt client has none
+        # a private_key_jwt or certificate client has none
         document["client_secret"] = registration.client_secret
     document["registration_access_token"] = registration.registration_access_token
     return document
@@ -440,23 +446,33 @@ def registration_response(registration: Registration, issuer: str) -> dict[str, 
 
 async def register_client(
     store: IClientStore,
-    metadata: Mapping[str, Any],
+    body: object,
     now: Callable[[], float],
     secret_encryptor: KeyEncryptor | None = None,
+    jwks_uri_policy: AddressPolicy = STRICT,
+    grant_types: Sequence[str] = GRANT_TYPES,
 ) -> Registration:
     """
-    Store a new client of validated C{metadata}, with a new identifier,
-    secret and registration access token: the registration itself, for the
-    endpoint (once the master token is proven) and the operator's command.
+    Check a registration request's metadata (L{validate_metadata}, with
+    C{jwks_uri_policy} for where its C{jwks_uri} may point, and the
+    C{grant_types} the server offers) and store
+    a new client of it, with a new identifier, secret and registration
+    access token: the registration itself, the one path for the endpoint
+    (once the master token is proven) and the operator's command.
 
-    A C{private_key_jwt} client gets no secret (it proves itself with its
-    keys); a C{client_secret_jwt} client's secret is long enough for HS512
+    Only the methods that present a secret (L{SECRET_BEARING_METHODS}) get
+    one: a C{private_key_jwt} client proves itself with its keys, a
+    C{tls_client_auth} or C{self_signed_tls_client_auth} client with its
+    certificate, and a secret they could never use is one more thing to
+    leak.  A C{client_secret_jwt} client's secret is long enough for HS512
     and kept encrypted with C{secret_encryptor} too, since checking an HMAC
-    needs the secret itself.
+    needs the secret itself.  Whether C{body} named its method is recorded
+    (L{Client.auth_method_named}).
 
-    @raise OAuthError: C{invalid_client_metadata} for C{client_secret_jwt}
-        without an encryptor.
+    @raise OAuthError: C{invalid_client_metadata} for bad metadata, or for
+        C{client_secret_jwt} without an encryptor.
     """
+    metadata = validate_metadata(body, jwks_uri_policy, grant_types)
     method = metadata["token_endpoint_auth_method"]
     client_secret: str | None = None
     encrypted_secret = None
@@ -467,7 +483,7 @@ async def register_client(
             )
         client_secret = credentials.new_secret(JWT_SECRET_BYTES)
         encrypted_secret = secret_encryptor.encrypt_secret(client_secret)
-    elif method != "private_key_jwt":
+    elif method in SECRET_BEARING_METHODS:
         client_secret = credentials.new_secret()
     registration_access_token = credentials.new_secret()
     while True:
@@ -478,6 +494,7 @@ async def register_client(
             client_secret_digest=credentials.digest(client_secret) if client_secret else "",
             registration_access_token_digest=credentials.digest(registration_access_token),
             encrypted_secret=encrypted_secret,
+            auth_method_named=names_auth_method(body),
         )
         try:
             await store.add_client(client)
@@ -507,6 +524,7 @@ class ClientRegistry:
         secret_encryptor: KeyEncryptor | None = None,
         limits: AuthLimits | None = None,
         secret_rotation_grace: int = 1800,
+        jwks_uri_policy: AddressPolicy = STRICT,
         grant_types: Sequence[str] = GRANT_TYPES,
     ) -> None:
         """
@@ -527,6 +545,8 @@ class ClientRegistry:
             registration access token is counted per source address.
         @param secret_rotation_grace: how long a rotated-out secret still
             works (C{[clients] secret_rotation_grace}).
+        @param jwks_uri_policy: where a client's C{jwks_uri} may point
+            (C{[client_auth] jwks_uri_private_networks}).
         @param grant_types: the grant types the server offers, which a
             client's C{grant_types} may name.
         """
@@ -539,6 +559,7 @@ class ClientRegistry:
         self._secret_encryptor = secret_encryptor
         self._limits = limits or AuthLimits(None, now)
         self._secret_rotation_grace = secret_rotation_grace
+        self._jwks_uri_policy = jwks_uri_policy
         self._grant_types = tuple(grant_types)
 
     async def check_master_token(self, token: str | None, source: str = "") -> None:
@@ -573,9 +594,11 @@ class ClientRegistry:
         await self.check_master_token(token, source)
         return await register_client(
             self._store,
-            validate_metadata(read_body(), self._grant_types),
+            read_body(),
             self._now,
             self._secret_encryptor,
+            self._jwks_uri_policy,
+            self._grant_types,
         )
 
     async def _authorized(
@@ -654,7 +677,9 @@ class ClientRegistry:
             if name in body and body[name] != current.get(name):
                 raise invalid_request(f"{name}: is set by the server and cannot be changed")
         # a grant type the server stopped offering may stay registered
-        metadata = validate_metadata(body, (*self._grant_types, *client.grant_types))
+        metadata = validate_metadata(
+            body, self._jwks_uri_policy, (*self._grant_types, *client.grant_types)
+        )
         if not is_master:
             changed = privileged_changes(client.metadata, metadata)
             if changed:
@@ -674,12 +699,15 @@ class ClientRegistry:
                 else:
                     metadata.pop(name, None)
         digest, encrypted_secret = _secrets_for(client, metadata["token_endpoint_auth_method"])
-        # evolve: a rotation's previous secret and its grace are kept
+        # evolve: a rotation's previous secret and its grace are kept.  The
+        # operator's request says again whether the method is named; the
+        # client's own keeps what was (it is privileged, as the method is).
         new = evolve(
             client,
             metadata=metadata,
             client_secret_digest=digest,
             encrypted_secret=encrypted_secret,
+            auth_method_named=names_auth_method(body) if is_master else client.auth_method_named,
         )
         if not await self._store.replace_client(new):
             raise bearer_error("the registration access token is not valid for this client")

@@ -175,6 +175,7 @@ class TokenMinter:
         x5t_s256: str | None = None,
         dpop_nonce: str | None = None,
         delegation: Delegation | None = None,
+        auth_method: str | None = None,
     ) -> IssuedToken:
         """
         @param jkt: the thumbprint of the DPoP key to bind the token to
@@ -184,6 +185,8 @@ class TokenMinter:
         @param dpop_nonce: the DPoP nonce to send with the answer, if any.
         @param delegation: for a token made by exchange (RFC 8693): its
             C{sub}, C{act}, what it dies with, and the latest it may end.
+        @param auth_method: how the client authenticated, for the metrics,
+            when not its registered method.
         """
         issued_at = int(self.now())
         lifetime = min(authorization.lifetime or self.lifetime, self.max_lifetime)
@@ -248,5 +251,5 @@ class TokenMinter:
             dpop_nonce=dpop_nonce,
             token_format=token_format,
             alg=alg,
-            auth_method=client.token_endpoint_auth_method,
+            auth_method=auth_method or client.token_endpoint_auth_method,
         )
