@@ -74,7 +74,7 @@ def server(store_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 def credentials(client: dict[str, Any]) -> dict[str, str]:
     """
-    client_secret_post, as the clients here are registered.
+    client_secret_post (the clients here named no method: either works).
     """
     return {"client_id": client["client_id"], "client_secret": client["client_secret"]}
 
@@ -86,16 +86,17 @@ class Services:
 
     def __init__(self, server: CCServerProcess) -> None:
         self.server = server
-        # the libraries post the secret by default (client_secret_post)
-        post = {"token_endpoint_auth_method": "client_secret_post"}
-        self.a = server.register(client_name="A", scope="orders:read orders:write", audience=[B_API], **post)
+        # registered without a method, so that the libraries' default
+        # (they post the secret) works as registered
+        self.a = server.register(
+            client_name="A", scope="orders:read orders:write", audience=[B_API]
+        )
         self.b = server.register(
             client_name="B",
             scope="orders:read",
             grant_types=[TOKEN_EXCHANGE],
             resource_server_uris=[B_API],
             audience=[C_API],
-            **post,
         )
         self.c = server.register(
             client_name="C",
@@ -103,7 +104,6 @@ class Services:
             grant_types=[TOKEN_EXCHANGE],
             resource_server_uris=[C_API],
             audience=[D_API],
-            **post,
         )
 
     def library(self, client: dict[str, Any]) -> OAuth2Client:
@@ -184,11 +184,8 @@ def test_chain_jwt_with_authlib(services: Services) -> None:
     published keys; then C exchanges it in turn for D: act nests B in C.
     """
     a_token = services.a_token()
-    session = OAuth2Session(
-        services.b["client_id"],
-        services.b["client_secret"],
-        token_endpoint_auth_method="client_secret_post",
-    )
+    # Authlib's default: client_secret_basic
+    session = OAuth2Session(services.b["client_id"], services.b["client_secret"])
     answer = session.fetch_token(
         services.server.url + "/token",
         grant_type=TOKEN_EXCHANGE,
@@ -256,12 +253,7 @@ def test_revoked_and_expired_subject_tokens(services: Services) -> None:
         services.b, subject_token=a_token, subject_token_type=ACCESS_TOKEN_TYPE
     )
     assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
-    short = services.server.register(
-        scope="orders:read",
-        audience=[B_API],
-        access_token_lifetime=1,
-        token_endpoint_auth_method="client_secret_post",
-    )
+    short = services.server.register(scope="orders:read", audience=[B_API], access_token_lifetime=1)
     short_token = str(services.library(short).client_credentials())
 
     def refused() -> bool:
@@ -316,9 +308,7 @@ def test_derived_tokens_die_with_the_subject(services: Services) -> None:
 
 
 def test_derived_tokens_die_with_the_subjects_client(services: Services) -> None:
-    a = services.server.register(
-        scope="orders:read", audience=[B_API], token_endpoint_auth_method="client_secret_post"
-    )
+    a = services.server.register(scope="orders:read", audience=[B_API])
     a_token = str(services.library(a).client_credentials())
     tokens = exchanged_at_once(services, a_token)
     response = requests.delete(
