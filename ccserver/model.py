@@ -585,13 +585,17 @@ class GrantAuthorization:
         factory=dict, converter=_readonly, validator=_check_claims
     )
     token_format: str | None = None
-    may_act: Mapping[str, str] | None = field(default=None, converter=_optional_may_act)
+    may_act: Mapping[str, str] | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.lifetime is not None and not is_lifetime(self.lifetime):
             raise ValueError(
                 f"GrantAuthorization.lifetime must be a positive int, not {self.lifetime!r}"
             )
+        if self.may_act is not None:
+            # checked here rather than by a converter, which would be
+            # called for every decision, most without a may_act
+            object.__setattr__(self, "may_act", _optional_may_act(self.may_act))
 
 
 @frozen
