@@ -37,7 +37,7 @@ from ccserver.model import (
     GrantRequest,
     TokenExchangeRequest,
 )
-from tests.helpers import ISSUER, MASTER_TOKEN, Response, ServerTestCase, basic
+from tests.helpers import ISSUER, MASTER_TOKEN, Response, ServerTestCase, TokenLifecycle, basic
 from tests.test_dpop import Key
 
 B_API = "https://b.example/api"
@@ -45,7 +45,7 @@ C_API = "https://c.example/api"
 D_API = "https://d.example/api"
 
 
-class ExchangeTestCase(ServerTestCase):
+class ExchangeTestCase(TokenLifecycle, ServerTestCase):
     """
     A, B, C and D registered; A's token for B in hand.
     """
@@ -79,9 +79,6 @@ class ExchangeTestCase(ServerTestCase):
             client_name="D", scope="orders:read", grant_types=[TOKEN_EXCHANGE], audience=[C_API]
         )
         self.a_token = self.client_token(self.a)
-
-    def auth(self, client: dict[str, Any]) -> str:
-        return basic(client["client_id"], client["client_secret"])
 
     def client_token(self, client: dict[str, Any], **form: str) -> str:
         response = self.token({"grant_type": "client_credentials", **form}, self.auth(client))
@@ -120,24 +117,39 @@ class ExchangeTestCase(ServerTestCase):
         self.assertEqual(response.code, 200, response.body)
         return str(response.json()["access_token"])
 
+    def reregister(self, client: dict[str, Any], **metadata: Any) -> dict[str, Any]:
+        """
+        Replace a client's registration with the master token (the
+        operator), and wait out the client cache.
+        """
+        response = self.request(
+            "PUT",
+            f"/client-reg/{client['client_id']}",
+            headers={"Authorization": f"Bearer {MASTER_TOKEN}"},
+            json_body={"client_id": client["client_id"], **metadata},
+        )
+        self.assertEqual(response.code, 200, response.body)
+        self.clock.advance(6)  # past the client cache
+        return client
+
+    def b_cc(self) -> dict[str, Any]:
+        """
+        B, also registered for client credentials (for its own tokens).
+        """
+        return self.reregister(
+            self.b,
+            client_name="B",
+            scope="orders:read inventory:read",
+            grant_types=[TOKEN_EXCHANGE, "client_credentials"],
+            resource_server_uris=[B_API],
+            audience=[C_API, D_API],
+        )
+
     def refused(self, response: Response, error: str, status: int = 400) -> str:
         self.assertEqual(response.code, status, response.body)
         self.assertEqual(response.json()["error"], error, response.body)
         self.assertEqual(response.headers["cache-control"], "no-store")
         return str(response.json()["error_description"])
-
-    def introspect(self, token: str, caller: dict[str, Any]) -> dict[str, Any]:
-        response = self.request(
-            "POST",
-            "/token/introspect",
-            headers={
-                "Authorization": self.auth(caller),
-                "Content-Type": "application/x-www-form-urlencoded",
-            },
-            data=urlencode({"token": token}).encode(),
-        )
-        self.assertEqual(response.code, 200, response.body)
-        return response.json()  # type: ignore[no-any-return]
 
     def revoke(self, token: str, caller: dict[str, Any]) -> None:
         response = self.request(
@@ -340,14 +352,8 @@ class RequestTests(ExchangeTestCase):
         self.refused(self.exchange(self.b, self.a_token, resource=["not a uri#x"]), "invalid_target")
 
     def test_repeated_parameter(self) -> None:
-        response = self.request(
-            "POST",
-            "/token",
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Authorization": self.auth(self.b),
-            },
-            data=urlencode(
+        response = self.token(
+            urlencode(
                 [
                     ("grant_type", TOKEN_EXCHANGE),
                     ("subject_token", self.a_token),
@@ -355,29 +361,10 @@ class RequestTests(ExchangeTestCase):
                     ("subject_token_type", ACCESS_TOKEN_TYPE),
                 ]
             ).encode(),
+            self.auth(self.b),
         )
         self.assertEqual(self.refused(response, "invalid_request"), "subject_token: given more than once")
 
-    def b_cc(self) -> dict[str, Any]:
-        """
-        B, also registered for client credentials (for its own tokens).
-        """
-        response = self.request(
-            "PUT",
-            f"/client-reg/{self.b['client_id']}",
-            headers={"Authorization": f"Bearer {MASTER_TOKEN}"},
-            json_body={
-                "client_id": self.b["client_id"],
-                "client_name": "B",
-                "scope": "orders:read inventory:read",
-                "grant_types": [TOKEN_EXCHANGE, "client_credentials"],
-                "resource_server_uris": [B_API],
-                "audience": [C_API, D_API],
-            },
-        )
-        self.assertEqual(response.code, 200, response.body)
-        self.clock.advance(6)  # past the client cache
-        return self.b
 
 
 class SubjectTokenTests(ExchangeTestCase):
@@ -524,33 +511,17 @@ class DerivedTokenTests(ExchangeTestCase):
         self.assertIn("exchanged at most 8 times", self.refused(response, "invalid_request"))
 
     def register_ring(self) -> None:
-        response = self.request(
-            "PUT",
-            f"/client-reg/{self.c['client_id']}",
-            headers={"Authorization": f"Bearer {MASTER_TOKEN}"},
-            json_body={
-                "client_id": self.c["client_id"],
-                "scope": "orders:read",
-                "grant_types": [TOKEN_EXCHANGE],
-                "resource_server_uris": [C_API],
-                "audience": [B_API],
-            },
-        )
-        self.assertEqual(response.code, 200, response.body)
-        response = self.request(
-            "PUT",
-            f"/client-reg/{self.b['client_id']}",
-            headers={"Authorization": f"Bearer {MASTER_TOKEN}"},
-            json_body={
-                "client_id": self.b["client_id"],
-                "scope": "orders:read",
-                "grant_types": [TOKEN_EXCHANGE],
-                "resource_server_uris": [B_API],
-                "audience": [C_API],
-            },
-        )
-        self.assertEqual(response.code, 200, response.body)
-        self.clock.advance(6)
+        """
+        B may exchange for C's API, and C for B's.
+        """
+        for client, api, other in ((self.c, C_API, B_API), (self.b, B_API, C_API)):
+            self.reregister(
+                client,
+                scope="orders:read",
+                grant_types=[TOKEN_EXCHANGE],
+                resource_server_uris=[api],
+                audience=[other],
+            )
 
 
 class OpaqueDerivedTokenTests(DerivedTokenTests):
@@ -603,20 +574,13 @@ class ScopeTests(ExchangeTestCase):
         self.assertNotIn("scope", self.verify(answer["access_token"], audience=C_API))
 
     def register_c_for_write(self) -> None:
-        response = self.request(
-            "PUT",
-            f"/client-reg/{self.c['client_id']}",
-            headers={"Authorization": f"Bearer {MASTER_TOKEN}"},
-            json_body={
-                "client_id": self.c["client_id"],
-                "scope": "orders:read orders:write",
-                "grant_types": [TOKEN_EXCHANGE],
-                "resource_server_uris": [C_API],
-                "audience": [D_API],
-            },
+        self.reregister(
+            self.c,
+            scope="orders:read orders:write",
+            grant_types=[TOKEN_EXCHANGE],
+            resource_server_uris=[C_API],
+            audience=[D_API],
         )
-        self.assertEqual(response.code, 200, response.body)
-        self.clock.advance(6)  # past the client cache
 
 
 class TargetTests(ExchangeTestCase):
@@ -689,7 +653,7 @@ class ActorTokenTests(ExchangeTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        RequestTests.b_cc(self)  # type: ignore[arg-type]
+        self.b_cc()
 
     def test_own_token(self) -> None:
         actor = self.client_token(self.b)
@@ -1025,14 +989,8 @@ class ClientCredentialsAudienceTests(ExchangeTestCase):
         self.assertEqual(self.grants[-1].grant_type, "client_credentials")
 
     def test_twice(self) -> None:
-        response = self.request(
-            "POST",
-            "/token",
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Authorization": self.auth(self.a),
-            },
-            data=b"grant_type=client_credentials&audience=x&audience=y",
+        response = self.token(
+            b"grant_type=client_credentials&audience=x&audience=y", self.auth(self.a)
         )
         self.assertEqual(self.refused(response, "invalid_request"), "audience: given more than once")
 

@@ -35,6 +35,7 @@ from tests.test_webhook import (
     WebhookTestCase,
     logged,
     make_client,
+    stubbed_handler,
 )
 
 SUBJECT = VerifiedToken(
@@ -174,18 +175,10 @@ class ExchangeEndpointTests(ExchangeTestCase):
 
     def make_handler(self) -> IClientCredentialsGrantHandler:
         self.policy = PolicyResource()
-        return WebhookHandler(
-            parse_config({"url": SERVICE, "token": WEBHOOK_TOKEN}),
-            StubTreq(self.policy),  # type: ignore[arg-type]
-            self.clock,
-        )
-
-    def setUp(self) -> None:
-        # A's token, as the service grants it: what A registered, for B
-        self.answers: list[Any] = []
-        super().setUp()
+        return stubbed_handler(self.policy, self.clock)
 
     def client_token(self, client: dict[str, Any], **form: str) -> str:
+        # A's token, as the service grants it: what A registered, for B
         self.policy.answer = (
             200,
             {"scope": ["orders:read", "orders:write"], "access_token": {"audience": [B_API]}},

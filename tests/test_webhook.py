@@ -654,6 +654,17 @@ class FailingHTTP:
         return fail(self.error())
 
 
+def stubbed_handler(policy: PolicyResource, clock: Clock) -> WebhookHandler:
+    """
+    The webhook handler over the stubbed service C{policy}.
+    """
+    return WebhookHandler(
+        parse_config({"url": SERVICE, "token": WEBHOOK_TOKEN}),
+        StubTreq(policy),  # type: ignore[arg-type]
+        clock,
+    )
+
+
 class TokenEndpointTests(ServerTestCase):
     """
     The whole token endpoint in memory, over a stubbed service: what the
@@ -662,11 +673,7 @@ class TokenEndpointTests(ServerTestCase):
 
     def make_handler(self) -> IClientCredentialsGrantHandler:
         self.policy = PolicyResource()
-        return WebhookHandler(
-            parse_config({"url": SERVICE, "token": WEBHOOK_TOKEN}),
-            StubTreq(self.policy),  # type: ignore[arg-type]
-            self.clock,
-        )
+        return stubbed_handler(self.policy, self.clock)
 
     def setUp(self) -> None:
         super().setUp()

@@ -2,7 +2,9 @@
 The C{webhook} grant handler: an external web service decides each grant.
 
 For every token request the handler POSTs a JSON document to the configured
-URL and turns the answer into a L{GrantAuthorization} or an OAuth error:
+URL (L{request_document}; for a token exchange, L{exchange_document}, with
+the verified claims of the subject and actor tokens) and turns the answer
+into a L{GrantAuthorization} or an OAuth error:
 
   - C{200} with C{{"scope": [...], "access_token": {...}}}: a token with
     that scope (the service is authoritative: it may grant values the client
