@@ -72,6 +72,7 @@ from ccserver.services import (
 )
 from ccserver.stores import store_from_url
 from ccserver.stores.cache import CachingClientStore
+from ccserver.stores.memory import MemoryStore
 from ccserver.tls import (
     ChainVerifier,
     ClientCertificateReader,
@@ -216,7 +217,17 @@ def make_site(
     # every refusal by a limit is counted: ccserver_rate_limited_total{what}
     on_limited = metrics.rate_limited
     budget = config.limits.failed_auth_per_minute
-    limits = AuthLimits(store if budget else None, now, budget, 60.0, on_limited)
+    limits = AuthLimits(
+        store if budget else None,
+        now,
+        budget,
+        60.0,
+        on_limited,
+        cap=config.limits.failed_auth_per_client_per_minute,
+        known_for=config.limits.known_source_seconds,
+        # while the store is unreachable, each process counts on its own
+        fallback=MemoryStore(),
+    )
     rate = config.limits.tokens_per_client_per_second
     issuance = None if rate is None else IssuanceLimit(rate, now, on_limited)
     trusted_proxies = trusted_networks(config.limits.trusted_proxies)
