@@ -20,6 +20,7 @@ from attrs import evolve
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -36,7 +37,7 @@ from ccserver.oauth.limits import (
 )
 from ccserver.proxies import trusted_networks
 from ccserver.stores.memory import MemoryStore
-from ccserver.web import source_address
+from ccserver.web import RequestSources, source_address
 from tests.helpers import MASTER_TOKEN, Response, ServerTestCase, basic
 
 ATTACKER = "203.0.113.7"
@@ -926,3 +927,74 @@ class CapOverHTTPTests(LimitsTestCase):
         )
         self.assertRefused(response)
         self.assertEqual(self.register(scope="read")["scope"], "read")
+
+
+class ForwardedWarningTests(ServerTestCase):
+    """
+    A proxy nobody trusts sends X-Forwarded-For or Forwarded: one warning
+    per process names the setting.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def warnings(self) -> list[str]:
+        return [
+            formatEvent(event)
+            for event in self.events
+            if event.get("log_level") == LogLevel.warn and "trusted_proxies" in formatEvent(event)
+        ]
+
+    def post(self, path: str, header: str, value: str) -> int:
+        response = self.request(
+            "POST",
+            path,
+            headers={"Content-Type": "application/x-www-form-urlencoded", header: value},
+            data=b"grant_type=client_credentials",
+        )
+        return response.code
+
+    def test_warned_once(self) -> None:
+        for path in ("/token", "/token/introspect", "/token", "/client-reg"):
+            self.post(path, "X-Forwarded-For", "192.0.2.1")
+            self.post(path, "Forwarded", "for=192.0.2.1")
+        warnings = self.warnings()
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("A request from 127.0.0.1 carries X-Forwarded-For or Forwarded", warnings[0])
+        self.assertIn("add its address to [limits] trusted_proxies", warnings[0])
+
+    def test_forwarded_warns(self) -> None:
+        self.post("/client-reg", "Forwarded", "for=192.0.2.1;proto=https")
+        self.assertEqual(len(self.warnings()), 1)
+
+    def test_no_header_no_warning(self) -> None:
+        self.post("/token", "X-Other", "1")
+        self.assertEqual(self.warnings(), [])
+
+
+class TrustedProxyNoWarningTests(LimitsTestCase):
+    def test_trusted_proxy_not_warned_about(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.assertEqual(self.attempt(self.client, right=True).code, 200)
+        self.assertEqual([e for e in events if "trusted_proxies" in formatEvent(e)], [])
+
+    def test_other_untrusted_peer_warned_about(self) -> None:
+        """
+        With trusted proxies set, another peer's header is warned about.
+        """
+        sources = RequestSources(trusted_networks(["10.0.0.0/8"]))
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.assertEqual(sources(_request("10.0.0.1", ["192.0.2.1"])), "192.0.2.1")
+        self.assertEqual([e for e in events if "trusted_proxies" in formatEvent(e)], [])
+        self.assertEqual(sources(_request("192.0.2.9", ["192.0.2.1"])), "192.0.2.9")
+        self.assertEqual(sources(_request("192.0.2.9", ["192.0.2.1"])), "192.0.2.9")
+        warned = [e for e in events if "trusted_proxies" in formatEvent(e)]
+        self.assertEqual(len(warned), 1)
+        self.assertIn("192.0.2.9", formatEvent(warned[0]))
