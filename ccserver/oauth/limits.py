@@ -86,6 +86,7 @@ from ccserver.interfaces import IAuthAttemptStore
 from ccserver.model import AttemptKeys, AttemptRelease, Reservation
 
 T = TypeVar("T")
+K = TypeVar("K")
 V = TypeVar("V")
 
 #: What was limited, as C{ccserver_rate_limited_total{what}} names it.
@@ -188,7 +189,7 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _bounded(table: dict[str, V], now: float, until: Callable[[V], float]) -> None:
+def _bounded(table: dict[K, V], now: float, until: Callable[[V], float]) -> None:
     """
     Keep a per-process table under L{MAX_ENTRIES}: drop what has ended
     (C{until} of an entry tells when it does), then, if still full, the
@@ -215,12 +216,15 @@ class _Refusal:
 
 class _Share:
     """
-    This process's slots of one counter.
+    This process's slots of one counter (a credential from one source),
+    and the counter's store keys, made once.
     """
 
-    __slots__ = ("ends", "leased", "free", "busy", "reserving", "waiters")
+    __slots__ = ("name", "keys", "ends", "leased", "free", "busy", "reserving", "waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, name: tuple[str, str, str], keys: AttemptKeys) -> None:
+        self.name = name
+        self.keys = keys
         #: the end of the window the kept slots are counted in
         self.ends = 0.0
         #: slots kept between checks, and those of them not in use
@@ -237,19 +241,27 @@ class _Share:
         return not (self.leased or self.busy or self.reserving or self.waiters)
 
 
-@frozen
 class _Slot:
     """
-    A slot a check runs in: one this process keeps (C{reservation} None)
+    A slot a check runs in: one this process keeps (C{reservation} None),
     or one just reserved in C{store}.
     """
 
-    credential: Credential
-    keys: AttemptKeys
-    share: _Share
-    ends: float
-    store: IAuthAttemptStore
-    reservation: Reservation | None = None
+    __slots__ = ("credential", "share", "ends", "store", "reservation")
+
+    def __init__(
+        self,
+        credential: Credential,
+        share: _Share,
+        ends: float,
+        store: IAuthAttemptStore,
+        reservation: Reservation | None = None,
+    ) -> None:
+        self.credential = credential
+        self.share = share
+        self.ends = ends
+        self.store = store
+        self.reservation = reservation
 
 
 class AuthLimits:
@@ -293,10 +305,10 @@ class AuthLimits:
         self._fallback = fallback
         #: the most slots of one counter this process holds at once
         self._per_process = max(1, budget // 2)
-        #: counter key -> this process's slots of it
-        self._shares: dict[str, _Share] = {}
-        #: counter key -> a refusal remembered, and until when
-        self._refusals: dict[str, tuple[_Refusal, float]] = {}
+        #: (credential, identity, source) -> this process's slots of its counter
+        self._shares: dict[tuple[str, str, str], _Share] = {}
+        #: (credential, identity, source) -> a refusal remembered, and until when
+        self._refusals: dict[tuple[str, str, str], tuple[_Refusal, float]] = {}
         #: known-source key -> until when this process has recorded it
         self._known: dict[str, float] = {}
         #: until when the store is taken as unreachable
@@ -341,9 +353,9 @@ class AuthLimits:
         """
         if self._store is None:
             return await attempt(True, True)
-        own = await self._acquire(REGISTRATION_ACCESS_TOKEN, client_id, source)
+        own = await self._slot(REGISTRATION_ACCESS_TOKEN, client_id, source)
         try:
-            master = await self._acquire(MASTER_TOKEN_AT_CLIENT, "", source)
+            master = await self._slot(MASTER_TOKEN_AT_CLIENT, "", source)
         except BaseException:
             if isinstance(own, _Slot):
                 await self._give_back(own)
@@ -369,7 +381,10 @@ class AuthLimits:
                 await self._give_back(slot)
             raise
         for slot in slots:
-            await self._succeeded(slot, known=(slot.credential is MASTER_TOKEN_AT_CLIENT) == is_master)
+            matched = (slot.credential is MASTER_TOKEN_AT_CLIENT) == is_master
+            recording = self._succeeded(slot, known=matched)
+            if recording is not None:
+                await recording
         return result, is_master
 
     async def _guarded(
@@ -381,9 +396,14 @@ class AuthLimits:
     ) -> T:
         if self._store is None:
             return await attempt()
-        slot = await self._acquire(credential, identity, source)
-        if isinstance(slot, _Refusal):
-            raise self._limited(slot)
+        share = self._share(credential, identity, source)
+        # the hot path: a slot this process keeps, taken without a wait
+        slot = self._kept_slot(credential, share, self._now())
+        if slot is None:
+            got = await self._acquire(credential, share)
+            if isinstance(got, _Refusal):
+                raise self._limited(got)
+            slot = got
         try:
             result = await attempt()
         except OAuthError as error:
@@ -395,8 +415,16 @@ class AuthLimits:
         except BaseException:
             await self._give_back(slot)
             raise
-        await self._succeeded(slot, known=True)
+        recording = self._succeeded(slot, known=True)
+        if recording is not None:
+            await recording
         return result
+
+    async def _slot(self, credential: Credential, identity: str, source: str) -> _Slot | _Refusal:
+        share = self._share(credential, identity, source)
+        return self._kept_slot(credential, share, self._now()) or await self._acquire(
+            credential, share
+        )
 
     def _limited(self, refusal: _Refusal) -> OAuthError:
         if self._on_limited is not None:
@@ -420,29 +448,41 @@ class AuthLimits:
             known=_digest("known", credential.cap_name, identity, source),
         )
 
-    def _share(self, counter: str) -> _Share:
-        share = self._shares.get(counter)
+    def _share(self, credential: Credential, identity: str, source: str) -> _Share:
+        name = (credential.name, identity, source)
+        share = self._shares.get(name)
         if share is None:
             if len(self._shares) >= MAX_ENTRIES:
                 self._forget_shares()
-            share = self._shares[counter] = _Share()
+            share = self._shares[name] = _Share(name, self.keys(credential, identity, source))
         return share
 
     def _forget_shares(self) -> None:
         """
-        Make room in the table: forget the counters nothing here uses,
-        those whose kept slots have ended first.  Slots kept by a counter
+        Make room in the table: forget counters nothing here uses, those
+        whose kept slots have ended first.  Slots kept by a counter
         forgotten stay counted in the store until their window ends.
         """
         now = self._now()
-        idle = [k for k, s in self._shares.items() if not (s.busy or s.reserving or s.waiters)]
-        idle.sort(key=lambda k: self._shares[k].ends > now)
-        for key in idle[: max(1, len(idle) // 2)]:
-            del self._shares[key]
+        idle = [s for s in self._shares.values() if not (s.busy or s.reserving or s.waiters)]
+        idle.sort(key=lambda share: share.ends > now)
+        for share in idle[: max(1, len(idle) // 2)]:
+            del self._shares[share.name]
 
-    async def _acquire(
-        self, credential: Credential, identity: str, source: str
-    ) -> _Slot | _Refusal:
+    def _kept_slot(self, credential: Credential, share: _Share, now: float) -> _Slot | None:
+        """
+        A slot this process keeps and nobody here uses, if any.
+        """
+        if share.leased and now >= share.ends - LEASE_MARGIN:
+            # their window is ending: the kept slots are left to it
+            share.leased = share.free = 0
+        if not share.free:
+            return None
+        share.free -= 1
+        share.busy += 1
+        return _Slot(credential, share, share.ends, self._store_for(now))
+
+    async def _acquire(self, credential: Credential, share: _Share) -> _Slot | _Refusal:
         """
         A slot for one check: one this process keeps, or one reserved in
         the store (or a refusal).  One reservation per counter is under way
@@ -450,52 +490,50 @@ class AuthLimits:
         slots of a counter at once; a request that can have neither waits
         until a slot is given back, or a check fails, and tries again.
         """
-        keys = self.keys(credential, identity, source)
-        share = self._share(keys.counter)
         while True:
             now = self._now()
-            if share.leased and now >= share.ends - LEASE_MARGIN:
-                # their window is ending: the kept slots are left to it
-                share.leased = share.free = 0
-            if share.free:
-                share.free -= 1
-                share.busy += 1
-                return _Slot(credential, keys, share, share.ends, self._store_for(now))
-            remembered = self._refusals.get(keys.counter)
+            kept = self._kept_slot(credential, share, now)
+            if kept is not None:
+                return kept
+            remembered = self._refusals.get(share.name)
             if remembered is not None:
                 if remembered[1] > now:
                     return remembered[0]
-                del self._refusals[keys.counter]
+                del self._refusals[share.name]
             if not share.reserving and share.busy < self._per_process:
-                reserved = await self._reserve(share, keys, now)
+                reserved, store = await self._reserve(share, now)
                 if reserved.granted:
                     share.busy += 1
                     self._wake(share)
-                    return _Slot(
-                        credential, keys, share, reserved.ends, self._store_for(now), reserved
-                    )
+                    return _Slot(credential, share, reserved.ends, store, reserved)
                 if not share.busy:
                     ends = reserved.cap_ends if reserved.capped else None
                     refusal = _Refusal(credential, reserved.capped, ends or reserved.ends)
                     _bounded(self._refusals, now, lambda entry: entry[1])
-                    self._refusals[keys.counter] = (
+                    self._refusals[share.name] = (
                         refusal,
                         min(refusal.retry_at, now + RECHECK_SECONDS),
                     )
                     self._wake(share)
-                    self._forget_if_idle(keys.counter, share)
+                    self._forget_if_idle(share)
                     return refusal
                 # a check under way here may give its slot back: wait for it
             waiter: Deferred[None] = Deferred()
             share.waiters.append(waiter)
             await waiter
 
-    async def _reserve(self, share: _Share, keys: AttemptKeys, now: float) -> Reservation:
+    async def _reserve(
+        self, share: _Share, now: float
+    ) -> tuple[Reservation, IAuthAttemptStore]:
+        """
+        A reservation in the store, or in the fallback while the store
+        cannot be reached; and which of the two it is in.
+        """
         share.reserving = True
         try:
             store = self._store_for(now)
             try:
-                return await store.reserve_attempt(keys, now, self._window)
+                return await store.reserve_attempt(share.keys, now, self._window), store
             except StoreUnavailable:
                 if self._fallback is None or store is self._fallback:
                     raise
@@ -505,7 +543,10 @@ class AuthLimits:
                     "the store did not answer",
                     seconds=STORE_RETRY_SECONDS,
                 )
-                return await self._fallback.reserve_attempt(keys, self._now(), self._window)
+                reserved = await self._fallback.reserve_attempt(
+                    share.keys, self._now(), self._window
+                )
+                return reserved, self._fallback
         except BaseException as error:
             share.reserving = False
             self._wake(share, error)
@@ -523,6 +564,8 @@ class AuthLimits:
         """
         Let every waiting request look again (or fail with C{error}).
         """
+        if not share.waiters:
+            return
         waiters, share.waiters = share.waiters, deque()
         for waiter in waiters:
             if error is None:
@@ -539,14 +582,15 @@ class AuthLimits:
         if slot.reservation is None and share.leased and slot.ends == share.ends:
             share.leased -= 1
         self._wake(share)
-        self._forget_if_idle(slot.keys.counter, share)
+        self._forget_if_idle(share)
 
-    async def _succeeded(self, slot: _Slot, known: bool) -> None:
+    def _succeeded(self, slot: _Slot, known: bool) -> Awaitable[None] | None:
         """
         A successful check: its slot is kept here for the next, or given
         back to the store; its cap slot is given back; the source is
         recorded as known for the credential (unless it is already, for
-        more than half of C{known_for}).
+        more than half of C{known_for}).  What must be written to the
+        store (nothing, on the hot path) is returned, to be awaited.
         """
         share, reserved, now = slot.share, slot.reservation, self._now()
         share.busy -= 1
@@ -566,20 +610,24 @@ class AuthLimits:
                 share.leased += 1
                 share.free += 1
             else:
-                slots.append((slot.keys.counter, reserved.ends))
-            if reserved.cap_ends is not None and slot.keys.cap is not None:
-                slots.append((slot.keys.cap, reserved.cap_ends))
+                slots.append((share.keys.counter, reserved.ends))
+            if reserved.cap_ends is not None and share.keys.cap is not None:
+                slots.append((share.keys.cap, reserved.cap_ends))
         self._wake(share)
-        self._forget_if_idle(slot.keys.counter, share)
-        remember = known and self._known.get(slot.keys.known, 0.0) < now + self._known_for / 2
+        self._forget_if_idle(share)
+        known_key = share.keys.known
+        remember = known and self._known.get(known_key, 0.0) < now + self._known_for / 2
         if not (slots or remember):
-            return
-        release = AttemptRelease(
-            tuple(slots), slot.keys.known if remember else None, self._known_for
-        )
-        if await self._release(slot.store, release, now) and remember:
+            return None
+        release = AttemptRelease(tuple(slots), known_key if remember else None, self._known_for)
+        return self._record_success(slot.store, release, now)
+
+    async def _record_success(
+        self, store: IAuthAttemptStore, release: AttemptRelease, now: float
+    ) -> None:
+        if await self._release(store, release, now) and release.known is not None:
             _bounded(self._known, now, float)
-            self._known[slot.keys.known] = now + self._known_for
+            self._known[release.known] = now + self._known_for
 
     async def _give_back(self, slot: _Slot) -> None:
         """
@@ -593,11 +641,11 @@ class AuthLimits:
                 share.free += 1
             self._wake(share)
             return
-        slots = [(slot.keys.counter, reserved.ends)]
-        if reserved.cap_ends is not None and slot.keys.cap is not None:
-            slots.append((slot.keys.cap, reserved.cap_ends))
+        slots = [(share.keys.counter, reserved.ends)]
+        if reserved.cap_ends is not None and share.keys.cap is not None:
+            slots.append((share.keys.cap, reserved.cap_ends))
         self._wake(share)
-        self._forget_if_idle(slot.keys.counter, share)
+        self._forget_if_idle(share)
         await self._release(slot.store, AttemptRelease(tuple(slots)), self._now())
 
     async def _release(
@@ -614,9 +662,9 @@ class AuthLimits:
             return False
         return True
 
-    def _forget_if_idle(self, counter: str, share: _Share) -> None:
-        if share.idle() and self._shares.get(counter) is share:
-            del self._shares[counter]
+    def _forget_if_idle(self, share: _Share) -> None:
+        if share.idle() and self._shares.get(share.name) is share:
+            del self._shares[share.name]
 
 
 class IssuanceLimit:
