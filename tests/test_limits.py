@@ -12,9 +12,12 @@ every store are in tests/test_store_contract.py, real processes with
 
 from __future__ import annotations
 
+import base64
+import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from attrs import evolve
 from twisted.internet.address import IPv4Address
@@ -28,7 +31,9 @@ from ccserver.config import Config, LimitsConfig
 from ccserver.errors import OAuthError, StoreUnavailable, invalid_client, invalid_request
 from ccserver.interfaces import IStore
 from ccserver.model import AttemptKeys, Reservation
+from ccserver.oauth.clientauth import JWT_BEARER
 from ccserver.oauth.limits import (
+    CLIENT,
     LEASE_MARGIN,
     RECHECK_SECONDS,
     REGISTRATION_ACCESS_TOKEN,
@@ -172,6 +177,40 @@ class ClientAuthLimitTests(LimitsTestCase):
         nobody = {"client_id": "nobody", "client_secret": "x"}
         self.fail_auth(nobody, 10)
         self.assertRefused(self.attempt(nobody))
+
+    def test_assertion_counted_for_the_client_it_names(self) -> None:
+        """
+        An assertion sent without client_id is counted for the client its
+        sub names, as the verifier looks that client up: not under one
+        budget shared by every such request.
+        """
+        def junk(sub: str) -> bytes:
+            segments = [
+                base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=")
+                for part in ({"alg": "ES256"}, {"iss": sub, "sub": sub})
+            ]
+            assertion = b".".join([*segments, b"AAAA"]).decode()
+            return urlencode(
+                {
+                    "grant_type": "client_credentials",
+                    "client_assertion_type": JWT_BEARER,
+                    "client_assertion": assertion,
+                }
+            ).encode()
+
+        for _ in range(10):
+            response = self.request(
+                "POST",
+                "/token",
+                headers={
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "X-Forwarded-For": ATTACKER,
+                },
+                data=junk(self.client["client_id"]),
+            )
+            self.assertEqual(response.code, 401, response.body)
+        self.assertRefused(self.attempt(self.client, right=True))
+        self.assertEqual(self.attempt(self.other_client, right=True).code, 200)
 
     def test_introspection_and_revocation_count_with_the_token_endpoint(self) -> None:
         self.fail_auth(self.client, 8)
@@ -751,6 +790,23 @@ class ReservationTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(answer), 200)
         self.assertEqual(down.reservations, 2)
 
+    def test_known_address_recorded_once_the_store_is_back(self) -> None:
+        """
+        An address that authenticated while the store was out is known
+        in the store at its first success once the store is back.
+        """
+        flaky = UnavailableStore()
+        limits = AuthLimits(flaky, self.clock.seconds, budget=10, fallback=MemoryStore())
+        answer = status(limits.client("c", ATTACKER, self.checks.check(True)))
+        self.checks.settle()
+        self.assertEqual(self.successResultOf(answer), 200)
+        flaky.down = False
+        self.clock.advance(60)
+        answer = status(limits.client("c", ATTACKER, self.checks.check(True)))
+        self.checks.settle()
+        self.assertEqual(self.successResultOf(answer), 200)
+        self.assertIn(limits.keys(CLIENT, "c", ATTACKER).known, flaky._known)
+
     def test_store_unavailable_without_fallback(self) -> None:
         limits = AuthLimits(UnavailableStore(), self.clock.seconds, budget=10)
         answer = status(limits.client("c", ATTACKER, self.checks.check(True)))
@@ -794,9 +850,12 @@ class UnavailableStore(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.reservations = 0
+        self.down = True
 
     def reserve_attempt(self, keys: AttemptKeys, now: float, window: float) -> Deferred[Reservation]:
         self.reservations += 1
+        if not self.down:
+            return super().reserve_attempt(keys, now, window)
         return fail(StoreUnavailable("redis://store: no answer within 5 s"))
 
 

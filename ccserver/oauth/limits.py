@@ -625,7 +625,13 @@ class AuthLimits:
     async def _record_success(
         self, store: IAuthAttemptStore, release: AttemptRelease, now: float
     ) -> None:
-        if await self._release(store, release, now) and release.known is not None:
+        """
+        Write a success's release; a known address recorded in the shared
+        store is not recorded again for half of C{known_for} (one recorded
+        only in the fallback, during an outage, is, at its next success).
+        """
+        taken = await self._release(store, release, now)
+        if taken and release.known is not None and store is self._store:
             _bounded(self._known, now, float)
             self._known[release.known] = now + self._known_for
 
