@@ -790,6 +790,31 @@ class ReservationTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(answer), 200)
         self.assertEqual(down.reservations, 2)
 
+    def test_one_reservation_at_a_time_tries_the_store_again(self) -> None:
+        """
+        After an outage, one reservation tries the store again (which may
+        hang until its timeout) while the others count in the process.
+        """
+        hung = HungStore()
+        limits = AuthLimits(hung, self.clock.seconds, budget=10, fallback=MemoryStore())
+        first = status(limits.client("a", ATTACKER, self.checks.check(True)))
+        hung.pending.pop().errback(StoreUnavailable("no answer within 5 s"))
+        self.checks.settle()
+        self.assertEqual(self.successResultOf(first), 200)
+        self.clock.advance(STORE_RETRY_SECONDS)
+        answers = [
+            status(limits.client(name, ATTACKER, self.checks.check(True))) for name in "bcdef"
+        ]
+        self.assertEqual(len(hung.pending), 1)
+        self.checks.settle()
+        self.assertEqual([self.successResultOf(a) for a in answers[1:]], [200] * 4)
+        hung.pending.pop().callback(Reservation(True, 1, self.clock.seconds() + 60))
+        self.checks.settle()
+        self.assertEqual(self.successResultOf(answers[0]), 200)
+        # the store answered: everyone uses it again
+        status(limits.client("g", ATTACKER, self.checks.check(True)))
+        self.assertEqual(len(hung.pending), 1)
+
     def test_known_address_recorded_once_the_store_is_back(self) -> None:
         """
         An address that authenticated while the store was out is known
@@ -857,6 +882,21 @@ class UnavailableStore(MemoryStore):
         if not self.down:
             return super().reserve_attempt(keys, now, window)
         return fail(StoreUnavailable("redis://store: no answer within 5 s"))
+
+
+class HungStore(MemoryStore):
+    """
+    A store whose reservations answer only when the test says.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[Deferred[Reservation]] = []
+
+    def reserve_attempt(self, keys: AttemptKeys, now: float, window: float) -> Deferred[Reservation]:
+        answer: Deferred[Reservation] = Deferred()
+        self.pending.append(answer)
+        return answer
 
 
 class CapTests(SynchronousTestCase):

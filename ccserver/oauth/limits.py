@@ -311,8 +311,10 @@ class AuthLimits:
         self._refusals: dict[tuple[str, str, str], tuple[_Refusal, float]] = {}
         #: known-source key -> until when this process has recorded it
         self._known: dict[str, float] = {}
-        #: until when the store is taken as unreachable
+        #: until when the store is taken as unreachable (0: it answers)
         self._store_down_until = 0.0
+        #: whether a reservation is trying the store again after an outage
+        self._probing = False
 
     # the credentials
 
@@ -532,8 +534,11 @@ class AuthLimits:
         share.reserving = True
         try:
             store = self._store_for(now)
+            # after an outage, one reservation at a time tries the store
+            probe = store is self._store and self._store_down_until > 0
+            self._probing = self._probing or probe
             try:
-                return await store.reserve_attempt(share.keys, now, self._window), store
+                reserved = await store.reserve_attempt(share.keys, now, self._window)
             except StoreUnavailable:
                 if self._fallback is None or store is self._fallback:
                     raise
@@ -547,6 +552,12 @@ class AuthLimits:
                     share.keys, self._now(), self._window
                 )
                 return reserved, self._fallback
+            finally:
+                if probe:
+                    self._probing = False
+            if probe:
+                self._store_down_until = 0.0
+            return reserved, store
         except BaseException as error:
             share.reserving = False
             self._wake(share, error)
@@ -556,7 +567,7 @@ class AuthLimits:
 
     def _store_for(self, now: float) -> IAuthAttemptStore:
         assert self._store is not None
-        if self._fallback is not None and now < self._store_down_until:
+        if self._fallback is not None and (now < self._store_down_until or self._probing):
             return self._fallback
         return self._store
 
