@@ -30,7 +30,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from ccserver.config import Config, LimitsConfig
 from ccserver.errors import OAuthError, StoreUnavailable, invalid_client, invalid_request
 from ccserver.interfaces import IStore
-from ccserver.model import AttemptKeys, Reservation
+from ccserver.model import AttemptKeys, AttemptRelease, Reservation
 from ccserver.oauth.clientauth import JWT_BEARER
 from ccserver.oauth.limits import (
     CLIENT,
@@ -771,6 +771,23 @@ class ReservationTests(SynchronousTestCase):
         self.assertEqual(Counter(self.successResultOf(a) for a in answers), {200: 50})
         self.assertEqual(self.store.calls.count("reserve_attempt"), 5)
 
+    def test_known_address_recorded_once_under_a_burst(self) -> None:
+        """
+        The successes of a burst that come while the write recording the
+        address as known is under way do not write it again.
+        """
+        slow = SlowReleaseStore()
+        limits = AuthLimits(slow, self.clock.seconds, budget=10, cap=30)
+        answers = [status(limits.client("c", ATTACKER, self.checks.check(True))) for _ in range(50)]
+        self.checks.settle()
+        # five reservations (half the budget) took a cap slot each, which go
+        # back; the address is recorded by the first release only
+        self.assertEqual(len(slow.releases), 5)
+        self.assertEqual([r.known is not None for r, _ in slow.releases], [True] + [False] * 4)
+        for _, answer in slow.releases:
+            answer.callback(None)
+        self.assertEqual(Counter(self.successResultOf(a) for a in answers), {200: 50})
+
     def test_store_unavailable_counts_in_the_process(self) -> None:
         """
         When the store does not answer, the process counts on its own
@@ -882,6 +899,22 @@ class UnavailableStore(MemoryStore):
         if not self.down:
             return super().reserve_attempt(keys, now, window)
         return fail(StoreUnavailable("redis://store: no answer within 5 s"))
+
+
+class SlowReleaseStore(MemoryStore):
+    """
+    A store whose releases answer only when the test says.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.releases: list[tuple[AttemptRelease, Deferred[None]]] = []
+
+    def release_attempt(self, release: AttemptRelease, now: float) -> Deferred[None]:
+        super().release_attempt(release, now)
+        answer: Deferred[None] = Deferred()
+        self.releases.append((release, answer))
+        return answer
 
 
 class HungStore(MemoryStore):

@@ -630,6 +630,11 @@ class AuthLimits:
         remember = known and self._known.get(known_key, 0.0) < now + self._known_for / 2
         if not (slots or remember):
             return None
+        if remember:
+            # taken as recorded at once: the successes that come while the
+            # write is under way do not write it again
+            _bounded(self._known, now, float)
+            self._known[known_key] = now + self._known_for
         release = AttemptRelease(tuple(slots), known_key if remember else None, self._known_for)
         return self._record_success(slot.store, release, now)
 
@@ -637,14 +642,13 @@ class AuthLimits:
         self, store: IAuthAttemptStore, release: AttemptRelease, now: float
     ) -> None:
         """
-        Write a success's release; a known address recorded in the shared
-        store is not recorded again for half of C{known_for} (one recorded
-        only in the fallback, during an outage, is, at its next success).
+        Write a success's release.  A known address is recorded again only
+        after half of C{known_for}, unless this write fails or goes only to
+        the fallback (during an outage): then at its next success.
         """
         taken = await self._release(store, release, now)
-        if taken and release.known is not None and store is self._store:
-            _bounded(self._known, now, float)
-            self._known[release.known] = now + self._known_for
+        if release.known is not None and not (taken and store is self._store):
+            self._known.pop(release.known, None)
 
     async def _give_back(self, slot: _Slot) -> None:
         """
