@@ -81,19 +81,20 @@ class LimitsTestCase(ServerTestCase):
         self.client = self.register(scope="read")
         self.other_client = self.register(scope="read")
 
+    def post_form(
+        self, path: str, data: bytes, authorization: str | None = None, source: str = ATTACKER
+    ) -> Response:
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": source}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        return self.request("POST", path, headers=headers, data=data)
+
     def attempt(
         self, client: dict[str, Any], *, right: bool = False, source: str = ATTACKER
     ) -> Response:
         secret = client["client_secret"] if right else "wrong-" + client["client_secret"]
-        return self.request(
-            "POST",
-            "/token",
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Authorization": basic(client["client_id"], secret),
-                "X-Forwarded-For": source,
-            },
-            data=b"grant_type=client_credentials",
+        return self.post_form(
+            "/token", b"grant_type=client_credentials", basic(client["client_id"], secret), source
         )
 
     def fail_auth(self, client: dict[str, Any], times: int, source: str = ATTACKER) -> None:
@@ -199,15 +200,7 @@ class ClientAuthLimitTests(LimitsTestCase):
             ).encode()
 
         for _ in range(10):
-            response = self.request(
-                "POST",
-                "/token",
-                headers={
-                    "Content-Type": "application/x-www-form-urlencoded",
-                    "X-Forwarded-For": ATTACKER,
-                },
-                data=junk(self.client["client_id"]),
-            )
+            response = self.post_form("/token", junk(self.client["client_id"]))
             self.assertEqual(response.code, 401, response.body)
         self.assertRefused(self.attempt(self.client, right=True))
         self.assertEqual(self.attempt(self.other_client, right=True).code, 200)
@@ -215,16 +208,7 @@ class ClientAuthLimitTests(LimitsTestCase):
     def test_introspection_and_revocation_count_with_the_token_endpoint(self) -> None:
         self.fail_auth(self.client, 8)
         for path in ("/token/introspect", "/token/revoke"):
-            response = self.request(
-                "POST",
-                path,
-                headers={
-                    "Content-Type": "application/x-www-form-urlencoded",
-                    "Authorization": basic(self.client["client_id"], "wrong"),
-                    "X-Forwarded-For": ATTACKER,
-                },
-                data=b"token=x",
-            )
+            response = self.post_form(path, b"token=x", basic(self.client["client_id"], "wrong"))
             self.assertEqual(response.code, 401)
         self.assertRefused(self.attempt(self.client, right=True))
 
@@ -234,15 +218,8 @@ class ClientAuthLimitTests(LimitsTestCase):
         (here, an unsupported grant type) do not use its budget.
         """
         for _ in range(20):
-            response = self.request(
-                "POST",
-                "/token",
-                headers={
-                    "Content-Type": "application/x-www-form-urlencoded",
-                    "Authorization": basic(self.client["client_id"], "wrong"),
-                    "X-Forwarded-For": ATTACKER,
-                },
-                data=b"grant_type=password",
+            response = self.post_form(
+                "/token", b"grant_type=password", basic(self.client["client_id"], "wrong")
             )
             self.assertEqual(response.code, 400)
         self.assertEqual(self.attempt(self.client, right=True).code, 200)
@@ -274,16 +251,7 @@ class BearerLimitTests(LimitsTestCase):
         )
 
     def revoke_with(self, token: str, source: str = ATTACKER) -> Response:
-        return self.request(
-            "POST",
-            "/token/revoke",
-            headers={
-                "Authorization": f"Bearer {token}",
-                "X-Forwarded-For": source,
-                "Content-Type": "application/x-www-form-urlencoded",
-            },
-            data=b"token=x",
-        )
+        return self.post_form("/token/revoke", b"token=x", f"Bearer {token}", source)
 
     def test_master_token_counts_at_every_endpoint(self) -> None:
         """
@@ -654,11 +622,14 @@ def status(attempt: Awaitable[object]) -> Deferred[int]:
     return ensureDeferred(answer())
 
 
-class ReservationTests(SynchronousTestCase):
+class LimiterTestCase(SynchronousTestCase):
     """
-    L{AuthLimits} over a memory store, on a Clock: a slot is reserved
-    before each check, however many arrive at once.
+    L{AuthLimits} over a memory store, on a Clock, with checks that the
+    test settles (L{HeldChecks}).
     """
+
+    #: the limits' cap across addresses (0: none)
+    cap = 0
 
     def setUp(self) -> None:
         self.clock = Clock()
@@ -667,8 +638,17 @@ class ReservationTests(SynchronousTestCase):
         self.checks = HeldChecks()
         self.limits = self.make_limits()
 
-    def make_limits(self, **kwargs: Any) -> AuthLimits:
-        return AuthLimits(self.store, self.clock.seconds, budget=10, **kwargs)
+    def make_limits(self) -> AuthLimits:
+        """
+        Limits over this test's store: another call makes another process.
+        """
+        return AuthLimits(self.store, self.clock.seconds, budget=10, cap=self.cap, known_for=3600)
+
+
+class ReservationTests(LimiterTestCase):
+    """
+    A slot is reserved before each check, however many arrive at once.
+    """
 
     def burst(
         self, count: int, right_at: int | None = None, limiters: list[AuthLimits] | None = None
@@ -932,21 +912,20 @@ class HungStore(MemoryStore):
         return answer
 
 
-class CapTests(SynchronousTestCase):
+class CapTests(LimiterTestCase):
     """
     The cap across sources: distributed guessing is bounded, and cannot
     lock a client out of the addresses it authenticates from.
     """
 
-    def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1_700_000_000)
-        self.store = MemoryStore()
-        self.checks = HeldChecks()
-        self.limits = self.make_limits()
+    cap = 30
 
-    def make_limits(self) -> AuthLimits:
-        return AuthLimits(self.store, self.clock.seconds, budget=10, cap=30, known_for=3600)
+    def use_the_cap(self) -> None:
+        """
+        Strangers' failed checks, one from each of 30 addresses: the cap.
+        """
+        for n in range(30):
+            self.assertEqual(self.attempt(f"198.51.100.{n}"), 401)
 
     def attempt(self, source: str, right: bool = False, limits: AuthLimits | None = None) -> int:
         answer = status((limits or self.limits).client("c", source, self.checks.check(right)))
@@ -955,8 +934,7 @@ class CapTests(SynchronousTestCase):
 
     def test_cap_refuses_strangers_unchecked(self) -> None:
         self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
-        for n in range(30):
-            self.assertEqual(self.attempt(f"198.51.100.{n}"), 401)
+        self.use_the_cap()
         checked = self.checks.count
         self.assertEqual(self.attempt("198.51.100.200", right=True), 429)
         self.assertEqual(self.attempt("198.51.100.0"), 429)
@@ -967,8 +945,7 @@ class CapTests(SynchronousTestCase):
         self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
 
     def test_cap_refusal_says_so(self) -> None:
-        for n in range(30):
-            self.attempt(f"198.51.100.{n}")
+        self.use_the_cap()
         answer = self.limits.client("c", "203.0.113.1", self.checks.check(True))
         error = self.failureResultOf(ensureDeferred(answer), OAuthError).value
         self.assertEqual(error.status, 429)
@@ -978,16 +955,14 @@ class CapTests(SynchronousTestCase):
     def test_known_source_shared_between_processes(self) -> None:
         other = self.make_limits()
         self.assertEqual(self.attempt("192.0.2.1", right=True, limits=other), 200)
-        for n in range(30):
-            self.attempt(f"198.51.100.{n}")
+        self.use_the_cap()
         self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
         self.assertEqual(self.attempt("192.0.2.2", right=True, limits=other), 429)
 
     def test_known_source_expires(self) -> None:
         self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
         self.clock.advance(3600)
-        for n in range(30):
-            self.attempt(f"198.51.100.{n}")
+        self.use_the_cap()
         self.assertEqual(self.attempt("192.0.2.1", right=True), 429)
 
     def test_known_source_kept_by_use(self) -> None:
@@ -998,13 +973,11 @@ class CapTests(SynchronousTestCase):
         for _ in range(4):
             self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
             self.clock.advance(1900)
-        for n in range(30):
-            self.attempt(f"198.51.100.{n}")
+        self.use_the_cap()
         self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
 
     def test_cap_window_ends(self) -> None:
-        for n in range(30):
-            self.attempt(f"198.51.100.{n}")
+        self.use_the_cap()
         self.assertEqual(self.attempt("203.0.113.1", right=True), 429)
         self.clock.advance(60)
         self.assertEqual(self.attempt("203.0.113.1", right=True), 200)
@@ -1015,8 +988,7 @@ class CapTests(SynchronousTestCase):
         self.assertEqual(self.attempt("203.0.113.1"), 401)
 
     def test_cap_per_client(self) -> None:
-        for n in range(30):
-            self.attempt(f"198.51.100.{n}")
+        self.use_the_cap()
         answer = status(self.limits.client("d", "203.0.113.1", self.checks.check(True)))
         self.checks.settle()
         self.assertEqual(self.successResultOf(answer), 200)
