@@ -109,6 +109,9 @@ class LimitsProcessMixin:
             store=url,
         )
         self.addCleanup(self.server.kill)  # type: ignore[attr-defined]
+        # run first: SIGTERM, so that the server stops its workers (a
+        # SIGKILLed server leaves them running)
+        self.addCleanup(self.server.stop)  # type: ignore[attr-defined]
         self.server.start()
         self.client: dict[str, Any] = self.server.register(scope="read")
 
