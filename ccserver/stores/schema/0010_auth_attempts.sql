@@ -1,4 +1,4 @@
--- ccserver schema, version 9: the brute-force limits reserve a slot before
+-- ccserver schema, version 10: the brute-force limits reserve a slot before
 -- each credential check instead of counting failures after it
 -- (ccserver.oauth.limits), so auth_failures gives way to two tables.  Their
 -- rows are counts kept for a minute and marks kept for a day: nothing in
