@@ -52,7 +52,7 @@ LEGACY_TOKEN_ROW = (
     '{"tenant":"Zoë 🐍","nested":{"a":[1,2.5,null,true]},"n":1}',
     None,  # jkt: schema version 5 added the column, NULL in every earlier row
     None,  # x5t_s256: version 6, likewise
-    None,  # delegation: version 10, likewise
+    None,  # delegation: version 11, likewise
 )
 LEGACY_TOKEN_JSON = (
     '{"token_digest":"' + "f" * 64 + '","client_id":"client-ü",'

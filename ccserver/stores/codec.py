@@ -316,7 +316,7 @@ TOKENS: Codec[TokenRecord] = Codec(
         # the TLS client certificate it is bound to, RFC 8705 §3 (version 6)
         Field("x5t_s256", OPTIONAL_TEXT, missing=None),
         # what a token exchange (RFC 8693) set: sub, act, may_act, the
-        # tokens it dies with (version 10)
+        # tokens it dies with (version 11)
         Field("delegation", OPTIONAL_OBJECT, missing=None),
     ],
 )
