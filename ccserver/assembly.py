@@ -207,7 +207,7 @@ def make_site(
         authenticator,
         _issuance_limit(config, now, metrics),
         # RFC 8693 subject and actor tokens, by type: this server's own
-        validators=[AccessTokenValidator(introspection)],
+        validators=[AccessTokenValidator(introspection, clients)],
         handler=handler,
     )
     grants = offered.grants

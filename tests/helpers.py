@@ -116,6 +116,11 @@ class ServerTestCase(SynchronousTestCase):
         self.encryptor = KeyEncryptor.ephemeral()
         handler = self.make_handler()
         found = self.make_grant_types()
+        #: the grant types offered, made over their endpoint (None: the
+        #: built-in ones, made by make_site)
+        self.offered = (
+            None if found is None else OfferedGrants.made(found, ISSUER, handler, self.clock)
+        )
         self.site, self.keyring = make_site(
             self.clock,
             self.config,
@@ -127,7 +132,7 @@ class ServerTestCase(SynchronousTestCase):
             make_jwks_fetcher(self.clock, self.config, self.make_jwks_http()),
             self.make_metrics(),
             self.make_certificates(),
-            None if found is None else OfferedGrants.made(found, ISSUER, handler, self.clock),
+            self.offered,
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))
         self.treq = StubTreq(self.site.resource)

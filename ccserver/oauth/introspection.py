@@ -372,8 +372,9 @@ class AccessTokenValidator:
 
     token_type = ACCESS_TOKEN_TYPE
 
-    def __init__(self, introspection: TokenIntrospection) -> None:
+    def __init__(self, introspection: TokenIntrospection, clients: IClientStore) -> None:
         self._introspection = introspection
+        self._clients = clients
 
     async def verify(self, token: str) -> VerifiedToken:
         info = await self._introspection.lookup(token)
@@ -384,3 +385,12 @@ class AccessTokenValidator:
             )
         refs = exchanged_from(info.claims) or ()
         return VerifiedToken(ACCESS_TOKEN_TYPE, info.claims, (info.ref, *refs))
+
+    async def client_for(self, token: VerifiedToken) -> Client | None:
+        """
+        The client the token was issued to (its C{client_id}).
+        """
+        client_id = token.claims.get("client_id")
+        if not isinstance(client_id, str):
+            return None
+        return await self._clients.get_client(client_id)
