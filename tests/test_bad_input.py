@@ -15,16 +15,25 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import jwt
 import pytest
 import requests
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from jwt.algorithms import ECAlgorithm
 
+from ccserver.keys import public_jwk
+from ccserver.oauth.clientauth import JWT_BEARER
+from ccserver.oauth.dpop import MAX_JTI
 from ccserver.strictjson import MAX_DEPTH
+from ccserver.text import MAX_IDENTIFIER
 from tests.helpers import basic
 from tests.process import CCServerProcess
 
@@ -341,21 +350,6 @@ def test_surrogate_in_a_form(server: Server, form: bytes) -> None:
     assert_error(response, "invalid_request", "UTF-8")
 
 
-@pytest.mark.parametrize(
-    ("form", "authorization"),
-    [
-        (b"grant_type=client_credentials&client_id=a%00b&client_secret=x", None),
-        (b"grant_type=client_credentials", basic("\x00", "x")),
-    ],
-)
-def test_nul_in_a_client_id(server: Server, form: bytes, authorization: str | None) -> None:
-    """
-    PostgreSQL refuses a string with NUL in it; no client has such an id.
-    """
-    response = server.token(form, authorization)
-    assert_error(response, "invalid_client", "", status=401)
-
-
 def test_surrogate_in_basic_credentials(server: Server) -> None:
     """
     RFC 6749 §2.3.1: the Basic credentials are percent-decoded; what is
@@ -433,3 +427,144 @@ def test_host_not_utf8(server: Server) -> None:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.0 400 "), answer
     assert json.loads(body)["error_description"].startswith("the Host header is not UTF-8")
+
+
+# strings that would become part of a store key: one rule (ccserver.text)
+
+#: What no store key may hold, on any store: NUL (PostgreSQL refuses it in
+#: a string), other C0 and C1 controls, a bidi override, a lone surrogate
+#: (no store can encode it as UTF-8), and one character too many.
+def unstorable(max_length: int) -> dict[str, str]:
+    return {
+        "nul": "a\x00b",
+        "escape": "a\x1b[2Jb",
+        "carriage-return": "a\rb",
+        "c1-csi": "a\x9bb",
+        "bidi-override": "a\u202eb",
+        "lone-surrogate": "a\ud800b",
+        "too-long": "a" * (max_length + 1),
+    }
+
+
+UNSTORABLE = unstorable(MAX_IDENTIFIER)
+#: Those a form can carry: it is strict UTF-8, so no lone surrogate.
+FORM_UNSTORABLE = {name: value for name, value in UNSTORABLE.items() if name != "lone-surrogate"}
+
+
+def dpop_proof(url: str, key: ec.EllipticCurvePrivateKey, jti: str) -> str:
+    return jwt.encode(
+        {"jti": jti, "htm": "POST", "htu": url + "/token", "iat": int(time.time())},
+        key,
+        algorithm="ES256",
+        headers={"typ": "dpop+jwt", "jwk": ECAlgorithm.to_jwk(key.public_key(), as_dict=True)},
+    )
+
+
+@pytest.mark.parametrize("jti", unstorable(MAX_JTI).values(), ids=unstorable(MAX_JTI))
+def test_dpop_jti_not_storable(server: Server, jti: str) -> None:
+    client = server.register(scope="read")
+    key = ec.generate_private_key(ec.SECP256R1())
+    response = server.request(
+        "POST",
+        "/token",
+        headers={
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Authorization": basic(client["client_id"], client["client_secret"]),
+            "DPoP": dpop_proof(server.url, key, jti),
+        },
+        data=b"grant_type=client_credentials",
+    )
+    assert_error(response, "invalid_dpop_proof", "jti")
+
+
+def private_key_jwt_client(server: Server) -> tuple[dict[str, Any], ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    client = server.register(
+        scope="read",
+        token_endpoint_auth_method="private_key_jwt",
+        jwks={"keys": [dict(public_jwk(key), kid="k1")]},
+    )
+    return client, key
+
+
+def assertion_form(
+    server: Server, key: ec.EllipticCurvePrivateKey, client_id: str, **changes: Any
+) -> bytes:
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": server.url + "/token",
+        "exp": int(time.time()) + 60,
+        "jti": str(uuid.uuid4()),
+    }
+    kid = changes.pop("kid", "k1")
+    claims.update(changes)
+    assertion = jwt.encode(claims, key, algorithm="ES256", headers={"kid": kid})
+    return urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_assertion_type": JWT_BEARER,
+            "client_assertion": assertion,
+        }
+    ).encode()
+
+
+@pytest.mark.parametrize("claim", ["jti", "sub", "kid"])
+@pytest.mark.parametrize("value", UNSTORABLE.values(), ids=UNSTORABLE)
+def test_assertion_value_not_storable(server: Server, claim: str, value: str) -> None:
+    client, key = private_key_jwt_client(server)
+    changes = {claim: value}
+    if claim == "sub":
+        changes["iss"] = value
+    response = server.token(assertion_form(server, key, client["client_id"], **changes))
+    assert_error(response, "invalid_client", claim, status=401)
+
+
+@pytest.mark.parametrize("client_id", FORM_UNSTORABLE.values(), ids=FORM_UNSTORABLE)
+@pytest.mark.parametrize("how", ["post", "basic", "certificate", "assertion"])
+def test_client_id_not_storable(server: Server, client_id: str, how: str) -> None:
+    form: dict[str, str] = {"grant_type": "client_credentials", "client_id": client_id}
+    authorization = None
+    if how == "post":
+        form["client_secret"] = "secret"
+    elif how == "basic":
+        del form["client_id"]
+        authorization = basic(client_id, "secret")
+    elif how == "assertion":
+        form.update(client_assertion_type=JWT_BEARER, client_assertion="a.b.c")
+    response = server.token(urlencode(form).encode(), authorization)
+    assert_error(response, "invalid_request", "client_id")
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+@pytest.mark.parametrize("client_id", FORM_UNSTORABLE.values(), ids=FORM_UNSTORABLE)
+def test_configuration_client_id_not_storable(server: Server, client_id: str, method: str) -> None:
+    response = server.request(
+        method,
+        "/client-reg/" + quote(client_id, safe=""),
+        headers=server.master(),
+        json_body={"client_id": client_id} if method == "PUT" else None,
+    )
+    assert_error(response, "invalid_request", "client_id")
+
+
+@pytest.mark.parametrize("path", ["/token/introspect", "/token/revoke"])
+@pytest.mark.parametrize("token", FORM_UNSTORABLE.values(), ids=FORM_UNSTORABLE)
+def test_token_value_not_storable(server: Server, token: str, path: str) -> None:
+    """
+    RFC 7662 §2.2 and RFC 7009 §2.2: a token that cannot be one of ours is
+    inactive, and revoking it succeeds (the in-process tests show that the
+    store is not asked: tests/test_identifiers.py).
+    """
+    client = server.register(scope="read")
+    response = server.request(
+        "POST",
+        path,
+        headers={
+            "Authorization": basic(client["client_id"], client["client_secret"]),
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+        data=urlencode({"token": token}).encode(),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == ({"active": False} if path == "/token/introspect" else {})

@@ -55,6 +55,7 @@ from ccserver.model import Client
 from ccserver.oauth import mtls
 from ccserver.oauth.clientauth import ClientAssertion
 from ccserver.oauth.registration import ASSERTION_ALGORITHMS, PRIVATE_JWK_MEMBERS
+from ccserver.text import identifier_problem
 
 #: The largest JWK set a C{jwks_uri} may answer with.
 MAX_JWKS_BYTES = 64 * 1024
@@ -401,9 +402,7 @@ class AssertionVerifier:
             header, claims = jose.unverified(assertion)
         except jose.JOSEError as e:
             raise invalid_client(f"client_assertion: {e}") from None
-        client_id = claims.get("sub")
-        if not isinstance(client_id, str) or not client_id:
-            raise invalid_client("client_assertion: the sub claim must be the client_id")
+        client_id = _identifier("the sub claim", claims.get("sub"))
         if presented.client_id is not None and presented.client_id != client_id:
             raise invalid_client("client_id differs from the sub claim of the client_assertion")
         client = await clients.get_client(client_id)
@@ -439,9 +438,7 @@ class AssertionVerifier:
                 raise invalid_client("client_assertion: the iat claim is not a NumericDate")
             if iat > now + self._leeway:
                 raise invalid_client("client_assertion: iat is in the future; check the clock")
-        jti = claims["jti"]
-        if not isinstance(jti, str) or not jti:
-            raise invalid_client("client_assertion: the jti claim must be a non-empty string")
+        jti = _identifier("the jti claim", claims["jti"])
         if not await self._tokens.use_once(f"assertion:{client_id}:{jti}", math.ceil(exp)):
             raise invalid_client(
                 "client_assertion: this assertion (its jti) was used already; "
@@ -487,8 +484,8 @@ class AssertionVerifier:
         """
         if method == "client_secret_jwt":
             return [self._secret(client)]
-        if kid is not None and not isinstance(kid, str):
-            raise invalid_client("client_assertion: the JWS kid is not a string")
+        if kid is not None:
+            kid = _identifier("the JWS kid", kid)
         keys = await self._public_keys(client, refresh=False)
         chosen = _choose(keys, alg, kid)
         if not chosen and kid is not None and "jwks_uri" in client.metadata:
@@ -531,6 +528,19 @@ class AssertionVerifier:
             raise invalid_client(
                 "the client's jwks_uri could not be fetched; try again shortly"
             ) from None
+
+
+def _identifier(name: str, value: object) -> str:
+    """
+    C{value}, a value of the assertion that a store is asked about (C{sub},
+    C{jti}) or keys are looked up by (C{kid}), if it keeps
+    L{identifier_problem}'s rule.
+    """
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise invalid_client(f"client_assertion: {name} {problem}")
+    assert isinstance(value, str)
+    return value
 
 
 def _choose(

@@ -27,6 +27,7 @@ from ccserver.errors import invalid_client, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.model import Client
 from ccserver.oauth import mtls
+from ccserver.text import identifier_problem
 
 if TYPE_CHECKING:
     from ccserver.oauth.assertions import AssertionVerifier, JWKSFetcher
@@ -160,9 +161,33 @@ def presented_credentials(
     The credentials of a token request, from its C{Authorization} header
     and form.
 
-    @raise OAuthError: C{invalid_request} when more than one method is used,
-        C{invalid_client} when none is, or the header is malformed.
+    @raise OAuthError: C{invalid_request} when more than one method is used
+        or the client id could be no client's (L{identifier_problem}: the
+        store is never asked about it), C{invalid_client} when none is, or
+        the header is malformed.
     """
+    presented = _presented(authorization, form)
+    if presented.client_id:
+        check_client_id(presented.client_id)
+    return presented
+
+
+def check_client_id(client_id: str) -> None:
+    """
+    A client id from a request (its form, Basic credentials, a client
+    configuration URL), before the store is asked about it.
+
+    @raise OAuthError: C{invalid_request} when it could be no client's
+        (L{identifier_problem}): no store is asked, none can fail on it.
+    """
+    problem = identifier_problem(client_id)
+    if problem is not None:
+        raise invalid_request(f"client_id {problem}")
+
+
+def _presented(
+    authorization: str | None, form: Mapping[str, str]
+) -> ClientCredentials | ClientAssertion:
     if "client_assertion" in form or "client_assertion_type" in form:
         return _assertion(authorization, form)
     if authorization is not None:

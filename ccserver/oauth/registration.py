@@ -29,6 +29,7 @@ from ccserver.model import (
     scope_values,
     split_uri,
 )
+from ccserver.oauth.clientauth import check_client_id
 from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
 
@@ -578,6 +579,7 @@ class ClientRegistry:
         client).  An unknown client gets the same answer as a wrong token.
         A wrong token counts against C{source}'s budget.
         """
+        check_client_id(client_id)
         if token is None:
             raise bearer_error("this endpoint needs the client's registration access token")
         if not token:
@@ -711,6 +713,7 @@ class ClientRegistry:
         secret keeps working for C{[clients] secret_rotation_grace} seconds.
         An unknown client gets the same answer as a wrong token.
         """
+        check_client_id(client_id)
         await self.check_master_token(token, source)
         client = await self._store.get_client(client_id)
         rotation = None
