@@ -51,10 +51,6 @@ _FAILED = "client authentication failed"
 # RFC 7230 §3.5 lets a recipient do between the request line's words; any
 # other character after the scheme makes the header malformed.
 _CREDENTIALS = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:[ \t]+(.*))?", re.DOTALL)
-#: The longest scheme an error description names (IANA's longest registered
-#: one, AWS4-HMAC-SHA256, has 16 characters); anything longer may be a
-#: credential sent without a scheme, and is never repeated.
-_NAMED_SCHEME_LENGTH = 20
 
 
 @frozen
@@ -91,24 +87,13 @@ def split_authorization(header: str) -> tuple[str, str] | None:
     return match.group(1), match.group(2) or ""
 
 
-def _scheme_named(scheme: str, rest: str) -> str:
-    """
-    The scheme for an error description.  A header's text is repeated only
-    when it is plainly a scheme: a short token with credentials after it.
-    A lone word, or a long one, may be a credential sent without a scheme
-    (a tab once made the whole header the "scheme"), and is never echoed.
-    """
-    if rest and len(scheme) <= _NAMED_SCHEME_LENGTH:
-        return f"the {scheme!r} authentication scheme"
-    return "that authentication scheme"
-
-
 def _basic(authorization: str) -> ClientCredentials:
     """
     RFC 6749 §2.3.1: the client identifier and secret are form-urlencoded
     before they are joined with a colon and base64-encoded.
 
-    No error description repeats the header's credentials.
+    No error description repeats any part of the header, not even a word
+    that looks like a scheme: it may be a credential sent without one.
     """
     parts = split_authorization(authorization)
     if parts is None:
@@ -117,7 +102,7 @@ def _basic(authorization: str) -> ClientCredentials:
         )
     scheme, encoded = parts
     if scheme.lower() != "basic":
-        raise invalid_client(f"{_scheme_named(scheme, encoded)} is not supported here; use Basic")
+        raise invalid_client("that authentication scheme is not supported here; use Basic")
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):
