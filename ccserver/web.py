@@ -50,6 +50,7 @@ from ccserver.oauth.registration import (
     registration_response,
 )
 from ccserver.proxies import Address, Network, hop_address, is_trusted
+from ccserver.text import escape
 from ccserver.tls import ClientCertificateReader
 from ccserver.tokenjson import token_answer_json
 
@@ -125,10 +126,13 @@ def _access_log(timestamp: str, request: server.Request) -> str:
     The combined log format, without the query string: a client that put
     its secret in the URL must not have it written to the log.  The address
     is the request's source (L{source_address}), the client's behind a
-    trusted proxy.
+    trusted proxy.  The path and the C{User-Agent} are the client's text:
+    escaped (L{escape}), so that no control character reaches a terminal.
     """
-    path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")
-    agent = (request.getHeader(b"user-agent") or b"-").decode("ascii", "replace").replace('"', "'")
+    path = escape(request.uri.split(b"?", 1)[0].decode("ascii", "replace"))
+    agent = escape(
+        (request.getHeader(b"user-agent") or b"-").decode("ascii", "replace").replace('"', "'")
+    )
     site = getattr(request, "site", None)
     ip = source_address(request, getattr(site, "trusted_proxies", ()))
     method = request.method.decode("ascii", "replace")
@@ -426,7 +430,7 @@ class CCServerApp:
         self._log.info(
             "Registered client {client_id} ({client_name})",
             client_id=registration.client.client_id,
-            client_name=registration.client.metadata.get("client_name", ""),
+            client_name=escape(str(registration.client.metadata.get("client_name", ""))),
         )
         return _json(request, 201, document)
 

@@ -55,7 +55,7 @@ from ccserver.model import Client
 from ccserver.oauth import mtls
 from ccserver.oauth.clientauth import ClientAssertion
 from ccserver.oauth.registration import ASSERTION_ALGORITHMS, PRIVATE_JWK_MEMBERS
-from ccserver.text import identifier_problem
+from ccserver.text import escape, identifier_problem
 
 #: The largest JWK set a C{jwks_uri} may answer with.
 MAX_JWKS_BYTES = 64 * 1024
@@ -344,8 +344,9 @@ class JWKSFetcher:
         self._log.warn(
             "Could not fetch the JWK set at {uri}, so clients authenticating with its keys "
             "or certificates fail: {reason}",
-            uri=uri,
-            reason=reason,
+            # a client's text, and what its server answered: escaped
+            uri=escape(uri),
+            reason=escape(reason),
         )
         raise JWKSUnavailable(reason)
 
