@@ -19,8 +19,8 @@ from typing import Any
 import requests
 
 from tests.process import REPO, CCServerProcess, run_ccserver
-from tests.test_escaping import HOSTILE, raw_characters
 from tests.servers import clean_store_url, redis_server
+from tests.test_escaping import HOSTILE, raw_characters
 
 
 def ccserver(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
