@@ -632,9 +632,10 @@ class ErrorResource(Resource):
 def undecodable_url_part(request: IRequest) -> str | None:
     """
     The part of the request's URL that is not UTF-8 once percent-decoded
-    (C{GET /%FF}), if any: the path, or the host of the C{Host} header.
+    (C{GET /%FF}), if any: the path.  (The host of the C{Host} header is
+    ASCII: the channel refuses any other, L{ccserver.httpchannel}.)
 
-    Klein decodes both as UTF-8 and, when it cannot, answers a text/html 400
+    Klein decodes it as UTF-8 and, when it cannot, answers a text/html 400
     and logs a critical traceback: a client's mistake written as our bug, in
     kilobytes of log per request.  L{RootResource} asks this first.
     """
@@ -643,10 +644,6 @@ def undecodable_url_part(request: IRequest) -> str | None:
         path.decode("utf-8")
     except UnicodeDecodeError:
         return "the URL path"
-    try:
-        request.getRequestHostname().decode("utf-8")
-    except UnicodeDecodeError:
-        return "the Host header"
     return None
 
 
