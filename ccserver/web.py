@@ -374,9 +374,10 @@ class CCServerApp:
     @app.route("/health/ready", methods=None)
     async def ready(self, request: IRequest) -> bytes:
         _allow(request, b"GET", b"HEAD")
-        reason = None if self.readiness is None else await self.readiness.check()
-        if reason is not None:
-            return _json(request, 503, {"status": "unavailable", "reason": reason})
+        not_ready = None if self.readiness is None else await self.readiness.check()
+        if not_ready is not None:
+            # the reason alone: the detail (the store's address) is logged
+            return _json(request, 503, {"status": "unavailable", "reason": not_ready.reason})
         return _json(request, 200, {"status": "ok"})
 
     @app.route("/token/introspect", methods=None)
