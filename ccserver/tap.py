@@ -72,6 +72,7 @@ from ccserver.services import (
 )
 from ccserver.stores import store_from_url
 from ccserver.stores.cache import CachingClientStore
+from ccserver.text import escape
 from ccserver.tls import (
     ChainVerifier,
     ClientCertificateReader,
@@ -95,7 +96,7 @@ _log = Logger()
 
 
 def _fail(message: str) -> SystemExit:
-    sys.stderr.write(f"ccserver: {message}\n")
+    sys.stderr.write(f"ccserver: {escape(message)}\n")
     sys.stderr.flush()
     return SystemExit(2)
 
@@ -376,7 +377,9 @@ def exit_on_fatal(reactor: Any) -> Callable[[Failure], None]:
     """
 
     def fatal(failure: Failure) -> None:
-        reason = failure.getErrorMessage()
+        # a store's or a certificate's message: no control character reaches
+        # the operator's terminal or the log
+        reason = escape(failure.getErrorMessage())
         _log.critical("ccserver could not start: {reason}", reason=reason)
         # twist sends sys.stderr to the log once it runs: write to the real one.
         os.write(2, f"ccserver: could not start: {reason}\n".encode())
