@@ -209,11 +209,11 @@ class CCServerChannel(http.HTTPChannel):
         if self._head_lines == 1:
             self._request_version = line.rpartition(b" ")[2]
             return
-        name, _, value = line.partition(b":")
-        name = name.lower()
-        if name == b"host":
-            self._hosts += (value.strip(b" \t"),)
-        elif name == b"transfer-encoding":
+        # the name's length first: lower-casing every name costs more
+        colon = line.find(b":")
+        if colon == 4 and line[:4].lower() == b"host":
+            self._hosts += (line[5:].strip(b" \t"),)
+        elif colon == 17 and line[:17].lower() == b"transfer-encoding":
             self._transfer_encoding = True
 
     def _framing_problem(self) -> str | None:
