@@ -27,7 +27,6 @@ import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jwt.algorithms import ECAlgorithm
 
 from ccserver.keys import public_jwk
 from ccserver.oauth.clientauth import JWT_BEARER
@@ -36,6 +35,8 @@ from ccserver.strictjson import MAX_DEPTH
 from ccserver.text import MAX_IDENTIFIER
 from tests.helpers import basic
 from tests.process import CCServerProcess
+from tests.test_dpop import Key
+from tests.test_identifiers import unstorable
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -96,8 +97,10 @@ class Server:
         assert response.status_code == 201, response.text
         return response.json()  # type: ignore[no-any-return]
 
-    def token(self, form: bytes, authorization: str | None = None) -> requests.Response:
-        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    def token(
+        self, form: bytes, authorization: str | None = None, **more: str
+    ) -> requests.Response:
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **more}
         if authorization is not None:
             headers["Authorization"] = authorization
         return self.request("POST", "/token", headers=headers, data=form)
@@ -432,48 +435,18 @@ def test_host_not_utf8(server: Server) -> None:
 
 # strings that would become part of a store key: one rule (ccserver.text)
 
-#: What no store key may hold, on any store: NUL (PostgreSQL refuses it in
-#: a string), other C0 and C1 controls, a bidi override, a lone surrogate
-#: (no store can encode it as UTF-8), and one character too many.
-def unstorable(max_length: int) -> dict[str, str]:
-    return {
-        "nul": "a\x00b",
-        "escape": "a\x1b[2Jb",
-        "carriage-return": "a\rb",
-        "c1-csi": "a\x9bb",
-        "bidi-override": "a\u202eb",
-        "lone-surrogate": "a\ud800b",
-        "too-long": "a" * (max_length + 1),
-    }
-
-
 UNSTORABLE = unstorable(MAX_IDENTIFIER)
 #: Those a form can carry: it is strict UTF-8, so no lone surrogate.
-FORM_UNSTORABLE = {name: value for name, value in UNSTORABLE.items() if name != "lone-surrogate"}
-
-
-def dpop_proof(url: str, key: ec.EllipticCurvePrivateKey, jti: str) -> str:
-    return jwt.encode(
-        {"jti": jti, "htm": "POST", "htu": url + "/token", "iat": int(time.time())},
-        key,
-        algorithm="ES256",
-        headers={"typ": "dpop+jwt", "jwk": ECAlgorithm.to_jwk(key.public_key(), as_dict=True)},
-    )
+FORM_UNSTORABLE = {name: value for name, value in UNSTORABLE.items() if name != "lone surrogate"}
 
 
 @pytest.mark.parametrize("jti", unstorable(MAX_JTI).values(), ids=unstorable(MAX_JTI))
 def test_dpop_jti_not_storable(server: Server, jti: str) -> None:
     client = server.register(scope="read")
-    key = ec.generate_private_key(ec.SECP256R1())
-    response = server.request(
-        "POST",
-        "/token",
-        headers={
-            "Content-Type": "application/x-www-form-urlencoded",
-            "Authorization": basic(client["client_id"], client["client_secret"]),
-            "DPoP": dpop_proof(server.url, key, jti),
-        },
-        data=b"grant_type=client_credentials",
+    response = server.token(
+        b"grant_type=client_credentials",
+        basic(client["client_id"], client["client_secret"]),
+        DPoP=Key().proof(time.time(), jti=jti, htu=server.url + "/token"),
     )
     assert_error(response, "invalid_dpop_proof", "jti")
 
