@@ -19,8 +19,8 @@ from twisted.logger import formatEventAsClassicLogText, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.pages import notFound
 
+from ccserver.assembly import make_jwks_fetcher
 from ccserver.oauth.assertions import JWKSUnavailable
-from ccserver.tap import make_jwks_fetcher
 from ccserver.text import escape
 from tests.helpers import ServerTestCase
 
