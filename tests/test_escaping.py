@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.pages import notFound
 
 from ccserver.assembly import make_jwks_fetcher
-from ccserver.oauth.assertions import JWKSUnavailable
+from ccserver.keysets import KeySetUnavailable
 from ccserver.text import escape
 from tests.helpers import ServerTestCase
 
@@ -105,6 +105,8 @@ class LogLineTests(ServerTestCase):
     def test_jwks_uri_that_cannot_be_fetched(self) -> None:
         fetcher = make_jwks_fetcher(self.clock, self.config, StubTreq(notFound()))
         uri = "https://client.example/\x1b[2J\u202ekeys.json"
-        fetched = ensureDeferred(fetcher.keys("client-1", uri))
-        self.failureResultOf(fetched, JWKSUnavailable)
+        fetched = ensureDeferred(fetcher.key_set(uri))
+        # every failure is answered when the timeout would have been
+        self.clock.advance(self.config.client_auth.jwks_uri_timeout)
+        self.failureResultOf(fetched, KeySetUnavailable)
         self.assertEscaped(self.text(), "https://client.example/\\u001b[2J\\u202ekeys.json")
