@@ -218,7 +218,7 @@ class AssertionVerifier:
             header, claims = jose.unverified(assertion)
         except jose.JOSEError as e:
             raise invalid_client(f"client_assertion: {e}") from None
-        client_id = _identifier("the sub claim", claims.get("sub"))
+        client_id = assertion_identifier("the sub claim", claims.get("sub"))
         if presented.client_id is not None and presented.client_id != client_id:
             raise invalid_client("client_id differs from the sub claim of the client_assertion")
         client = await clients.get_client(client_id)
@@ -244,7 +244,7 @@ class AssertionVerifier:
         until = acceptable_until(
             float(claims["exp"]), iat, self._now(), self._max_lifetime, self._leeway
         )
-        jti = _identifier("the jti claim", claims["jti"])
+        jti = assertion_identifier("the jti claim", claims["jti"])
         if not await self._tokens.use_once(f"assertion:{client_id}:{jti}", math.ceil(until)):
             raise invalid_client(
                 "client_assertion: this assertion (its jti) was used already; "
@@ -302,7 +302,7 @@ class AssertionVerifier:
         if method == "client_secret_jwt":
             return [self._secret(client)]
         if kid is not None:
-            kid = _identifier("the JWS kid", kid)
+            kid = assertion_identifier("the JWS kid", kid)
         chosen = choose(await self._public_keys(client), alg, kid)
         if not chosen and kid is not None and "jwks_uri" in client.metadata:
             # an unknown kid: the client may have rotated its keys
@@ -356,11 +356,13 @@ class AssertionVerifier:
         return tuple(key for key in key_set.keys if key.use in (None, "sig"))
 
 
-def _identifier(name: str, value: object) -> str:
+def assertion_identifier(name: str, value: object) -> str:
     """
     C{value}, a value of the assertion that a store is asked about (C{sub},
     C{jti}) or keys are looked up by (C{kid}), if it keeps
     L{identifier_problem}'s rule.
+
+    @raise OAuthError: C{invalid_client} (RFC 7523 §3.2) naming C{name}.
     """
     problem = identifier_problem(value)
     if problem is not None:

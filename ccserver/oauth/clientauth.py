@@ -27,7 +27,7 @@ from ccserver.interfaces import IClientStore
 from ccserver.keysets import KeySetSource, KeySetUnavailable
 from ccserver.model import Client
 from ccserver.oauth import mtls
-from ccserver.oauth.assertions import AssertionVerifier, ClientAssertion
+from ccserver.oauth.assertions import AssertionVerifier, ClientAssertion, assertion_identifier
 from ccserver.oauth.limits import AuthLimits
 from ccserver.text import identifier_problem
 
@@ -188,6 +188,10 @@ def claimed_client_id(presented: ClientCredentials | ClientAssertion) -> str:
     the check is made for.  An assertion sent without C{client_id} names
     its client in C{sub} (RFC 7523 §3), read here unverified, as the
     verifier reads it to find the client's keys; "" when nothing names one.
+
+    @raise OAuthError: C{invalid_client} for a C{sub} no client could have
+        (L{assertion_identifier}): refused before it is counted, so that
+        no store sees it.
     """
     if presented.client_id is not None:
         return presented.client_id
@@ -196,7 +200,9 @@ def claimed_client_id(presented: ClientCredentials | ClientAssertion) -> str:
     except jose.JOSEError:
         return ""
     sub = claims.get("sub")
-    return sub if isinstance(sub, str) else ""
+    if sub is None:
+        return ""
+    return assertion_identifier("the sub claim", sub)
 
 
 async def authenticate(
