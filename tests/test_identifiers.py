@@ -260,6 +260,7 @@ class IdentifierMixin(_TestCase):
             self.now,
             token_max_lifetime=3600,
             client_cache_seconds=5,
+            limits=AuthLimits(self.recording, self.now, budget=1000),  # type: ignore[arg-type]
         )
         for operation in (
             lambda client_id: registry.read(client_id, MASTER_TOKEN),
