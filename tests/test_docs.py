@@ -343,16 +343,12 @@ class ExampleConfigTests(SynchronousTestCase):
 
     def test_every_key_commented(self) -> None:
         """
-        Above each key, or the group of keys it belongs to, a comment
-        says what it is.
+        Right above each key, a comment says what it is.
         """
         lines = self.text.splitlines()
         for number, table, key in self.key_lines():
-            above = number - 1
-            while above >= 0 and re.match(r"#?\w+ = ", lines[above]):
-                above -= 1
             self.assertTrue(
-                lines[above].startswith("# "), f"[{table}] {key} has no comment above it"
+                lines[number - 1].startswith("# "), f"[{table}] {key} has no comment above it"
             )
 
     def test_no_key_that_does_not_exist(self) -> None:
