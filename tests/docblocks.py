@@ -8,18 +8,20 @@ block's info string is its language, then markers.
   - C{sh} and C{python} blocks run, in the order of the page, in one POSIX
     shell (C{sh}, with C{set -eu}) in a fresh folder of the page's own: a
     variable set or a file written by one block is there for the next.  A
-    C{python} block runs as C{python3 FILE} in that shell's folder and
-    environment.
+    C{python} block runs as C{python3 -} (its text on standard input) in
+    that shell's folder and environment: the folder comes first on
+    C{sys.path}, as for a snippet a reader saves there and runs.
   - C{server}: an C{sh} block that starts a server in the foreground, as a
     reader does in a terminal of its own.  It runs in the background until
     the end of the page (or the next C{server} block); the page goes on once
     the server answers C{/health/ready} on the port that stands for 8080.
     C{twist ccserver} without C{--listen} gets C{--listen} with that port
-    (C{tcp:8080}, the default, is what a reader's server listens on).
+    (C{tcp:8080}, the default, is what a reader's server listens on).  It
+    runs in the page's folder.
   - C{file=PATH}: the block is a file's content, written to PATH in the
     page's folder (not run): a plugin, a web service, a configuration.
-  - C{no-run}: shown only (an install command, a Kubernetes manifest, a
-    proxy's configuration).  Any language but those above needs it.
+  - C{no-run}: shown only (an install command, a proxy's configuration).
+    Any language but those named here needs it.
   - C{toml}, C{json} and C{yaml} blocks are parsed (tests/test_docs.py); a
     C{toml} one is loaded as a ccserver configuration, so it names only keys
     that exist.  A block without a language (or C{text}) is output, shown.
