@@ -126,6 +126,15 @@ class ConfigError(Exception):
     """
 
 
+class GrantUnavailable(Exception):
+    """
+    Raised by a grant type plugin's C{makeGrant} when the grant cannot be
+    offered with this server's configuration (its grant handler cannot
+    decide it, say): the server starts without it, and logs the message,
+    one line that says why and what would make it available.
+    """
+
+
 class StoreUnavailable(Exception):
     """
     The store could not be reached, or did not answer in time.

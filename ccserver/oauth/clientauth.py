@@ -37,10 +37,6 @@ JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: signature (RSA-4096 included) take a fraction of it; anything longer is
 #: refused before it is decoded.
 MAX_ASSERTION_BYTES = 8 * 1024
-#: Form parameters that are about authentication, not the grant.
-CREDENTIAL_PARAMS = frozenset(
-    {"client_id", "client_secret", "client_assertion", "client_assertion_type"}
-)
 
 _FAILED = "client authentication failed"
 

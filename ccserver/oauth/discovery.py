@@ -26,6 +26,7 @@ def metadata(
     *,
     mtls: bool = False,
     mtls_base_url: str | None = None,
+    grant_types: Iterable[str] = GRANT_TYPES,
 ) -> dict[str, Any]:
     """
     @param scopes: the scope values to list as C{scopes_supported} (RFC 8414
@@ -33,6 +34,8 @@ def metadata(
         Not the union of the registered scopes: that would tell any caller
         every client's scopes, and grow with every registration.  Left out
         when there are none.
+    @param grant_types: the grant types offered: those of the grant type
+        plugins loaded.
     @param mtls: whether clients can present certificates (a TLS listener,
         or a trusted proxy's header): RFC 8705 §2 and §3.3 are then
         advertised.
@@ -51,7 +54,7 @@ def metadata(
         "revocation_endpoint": f"{issuer}/token/revoke",
         "revocation_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_signing_alg_values_supported": AUTH_SIGNING_ALGS,
-        "grant_types_supported": list(GRANT_TYPES),
+        "grant_types_supported": list(grant_types),
         "token_endpoint_auth_methods_supported": methods,
         "token_endpoint_auth_signing_alg_values_supported": AUTH_SIGNING_ALGS,
         # This server has no authorization endpoint; OpenID Discovery makes

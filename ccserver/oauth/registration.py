@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from attrs import evolve, frozen
@@ -40,7 +40,8 @@ from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
 from ccserver.outbound import AddressPolicy, RefusedURL
 
-#: The grant types this server issues tokens for.
+#: The grant types a client registers for by default, and the ones a
+#: registry accepts when it is not told which are loaded.
 GRANT_TYPES = (CLIENT_CREDENTIALS,)
 #: How clients may authenticate at the token endpoint.
 AUTH_METHODS = (
@@ -196,7 +197,11 @@ def names_auth_method(body: object) -> bool:
     return isinstance(body, dict) and "token_endpoint_auth_method" in body
 
 
-def validate_metadata(body: object, jwks_uri_policy: AddressPolicy = STRICT) -> dict[str, Any]:
+def validate_metadata(
+    body: object,
+    jwks_uri_policy: AddressPolicy = STRICT,
+    grant_types: Sequence[str] = GRANT_TYPES,
+) -> dict[str, Any]:
     """
     Check a registration request's metadata and fill in the defaults.
 
@@ -204,6 +209,8 @@ def validate_metadata(body: object, jwks_uri_policy: AddressPolicy = STRICT) -> 
 
     @param jwks_uri_policy: where a C{jwks_uri} may point (C{[client_auth]
         jwks_uri_private_networks}).
+    @param grant_types: the grant types the server offers (its grant type
+        plugins loaded): C{grant_types} may name only those.
     @raise OAuthError: C{invalid_client_metadata}, naming the field.
     """
     if not isinstance(body, dict):
@@ -223,14 +230,14 @@ def validate_metadata(body: object, jwks_uri_policy: AddressPolicy = STRICT) -> 
         )
     metadata["token_endpoint_auth_method"] = method
 
-    grant_types = _string_list("grant_types", body.get("grant_types", list(GRANT_TYPES)))
-    for grant_type in grant_types:
-        if grant_type not in GRANT_TYPES:
+    requested = _string_list("grant_types", body.get("grant_types", list(GRANT_TYPES)))
+    for grant_type in requested:
+        if grant_type not in grant_types:
             raise invalid_client_metadata(
                 f"grant_types: this server does not issue {grant_type!r}; it issues "
-                + ", ".join(GRANT_TYPES)
+                + ", ".join(grant_types)
             )
-    metadata["grant_types"] = list(dict.fromkeys(grant_types))
+    metadata["grant_types"] = list(dict.fromkeys(requested))
 
     response_types = _string_list("response_types", body.get("response_types", []))
     if response_types:
@@ -444,10 +451,12 @@ async def register_client(
     now: Callable[[], float],
     secret_encryptor: KeyEncryptor | None = None,
     jwks_uri_policy: AddressPolicy = STRICT,
+    grant_types: Sequence[str] = GRANT_TYPES,
 ) -> Registration:
     """
     Check a registration request's metadata (L{validate_metadata}, with
-    C{jwks_uri_policy} for where its C{jwks_uri} may point) and store
+    C{jwks_uri_policy} for where its C{jwks_uri} may point, and the
+    C{grant_types} the server offers) and store
     a new client of it, with a new identifier, secret and registration
     access token: the registration itself, the one path for the endpoint
     (once the master token is proven) and the operator's command.
@@ -464,7 +473,7 @@ async def register_client(
     @raise OAuthError: C{invalid_client_metadata} for bad metadata, or for
         C{client_secret_jwt} without an encryptor.
     """
-    metadata = validate_metadata(body, jwks_uri_policy)
+    metadata = validate_metadata(body, jwks_uri_policy, grant_types)
     method = metadata["token_endpoint_auth_method"]
     client_secret: str | None = None
     encrypted_secret = None
@@ -517,6 +526,7 @@ class ClientRegistry:
         limits: AuthLimits | None = None,
         secret_rotation_grace: int = 1800,
         jwks_uri_policy: AddressPolicy = STRICT,
+        grant_types: Sequence[str] = GRANT_TYPES,
     ) -> None:
         """
         @param token_max_lifetime: no token lives longer (C{[tokens]
@@ -538,6 +548,8 @@ class ClientRegistry:
             works (C{[clients] secret_rotation_grace}).
         @param jwks_uri_policy: where a client's C{jwks_uri} may point
             (C{[client_auth] jwks_uri_private_networks}).
+        @param grant_types: the grant types the server offers, which a
+            client's C{grant_types} may name.
         """
         self._store = store
         self._master_token_digest = master_token_digest
@@ -549,6 +561,7 @@ class ClientRegistry:
         self._limits = limits or AuthLimits(None, now)
         self._secret_rotation_grace = secret_rotation_grace
         self._jwks_uri_policy = jwks_uri_policy
+        self._grant_types = tuple(grant_types)
 
     async def check_master_token(self, token: str | None, source: str = "") -> None:
         """
@@ -581,7 +594,12 @@ class ClientRegistry:
         """
         await self.check_master_token(token, source)
         return await register_client(
-            self._store, read_body(), self._now, self._secret_encryptor, self._jwks_uri_policy
+            self._store,
+            read_body(),
+            self._now,
+            self._secret_encryptor,
+            self._jwks_uri_policy,
+            self._grant_types,
         )
 
     async def _authorized(
@@ -672,7 +690,10 @@ class ClientRegistry:
         for name in ("client_id_issued_at", "client_secret_expires_at"):
             if name in body and body[name] != current.get(name):
                 raise invalid_request(f"{name}: is set by the server and cannot be changed")
-        metadata = validate_metadata(body, self._jwks_uri_policy)
+        # a grant type the server stopped offering may stay registered
+        metadata = validate_metadata(
+            body, self._jwks_uri_policy, (*self._grant_types, *client.grant_types)
+        )
         if not is_master:
             changed = privileged_changes(client.metadata, metadata)
             if changed:
