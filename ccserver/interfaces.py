@@ -29,7 +29,11 @@ class IClientStore(Interface):
     def add_client(client: Client) -> Deferred[None]:
         """
         Store a new client.  Fails with L{ccserver.errors.ClientExists} if
-        its C{client_id} is taken.
+        its C{client_id} is taken, and with L{ccserver.errors.BindingTaken}
+        (storing nothing) if one of its L{Client.federated_identities} (the
+        issuer, subject and conditions together) is another client's: the
+        check and the write are one atomic step, so that of two clients
+        registered at once with the same binding, one is refused.
         """
 
     def get_client(client_id: str) -> Deferred[Client | None]:
@@ -39,8 +43,19 @@ class IClientStore(Interface):
 
     def replace_client(client: Client) -> Deferred[bool]:
         """
-        Replace the stored client of the same C{client_id} with this one.
-        Fires with C{False} (and stores nothing) if there is none.
+        Replace the stored client of the same C{client_id} with this one,
+        and its federated identities with the new one's.  Fires with
+        C{False} (and stores nothing) if there is none; fails with
+        L{ccserver.errors.BindingTaken} (storing nothing) if one of its new
+        federated identities is another client's.
+        """
+
+    def clients_bound_to(issuer: str, subject: str) -> Deferred[list[str]]:
+        """
+        The ids of the clients with a federated identity of this issuer and
+        subject (whatever its conditions), in no particular order: one
+        lookup by L{ccserver.model.binding_key}, never a scan.  A deleted
+        client's bindings are gone with it.
         """
 
     def list_clients(cursor: str, count: int) -> Deferred[tuple[list[Client], str]]:
