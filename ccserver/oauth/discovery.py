@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ccserver.model import CLIENT_CREDENTIALS, FEDERATED_JWT, JWT_BEARER_GRANT
 from ccserver.oauth.assertions import ASSERTION_ALGORITHMS
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS
-from ccserver.oauth.registration import AUTH_METHODS, GRANT_TYPES
+from ccserver.oauth.registration import AUTH_METHODS
 
 #: RFC 8414 §2: the JWS algorithms of client assertions (private_key_jwt
 #: and client_secret_jwt), the same at every client-authenticating endpoint.
@@ -26,6 +27,7 @@ def metadata(
     *,
     mtls: bool = False,
     mtls_base_url: str | None = None,
+    federation: bool = False,
 ) -> dict[str, Any]:
     """
     @param scopes: the scope values to list as C{scopes_supported} (RFC 8414
@@ -38,8 +40,16 @@ def metadata(
         advertised.
     @param mtls_base_url: the https address of the TLS listener (C{[tls]
         base_url}), for RFC 8705 §5 C{mtls_endpoint_aliases}.
+    @param federation: whether the server trusts issuers of workload
+        tokens (C{[[trusted_issuers]]}): C{federated_jwt} and the JWT
+        bearer grant (RFC 7523 §2.1) are then advertised.
     """
-    methods = [m for m in AUTH_METHODS if mtls or m not in MTLS_METHODS]
+    methods = [
+        m
+        for m in AUTH_METHODS
+        if (mtls or m not in MTLS_METHODS) and (federation or m != FEDERATED_JWT)
+    ]
+    grant_types = [CLIENT_CREDENTIALS, *([JWT_BEARER_GRANT] if federation else [])]
     document: dict[str, Any] = {
         "issuer": issuer,
         "token_endpoint": f"{issuer}/token",
@@ -51,7 +61,7 @@ def metadata(
         "revocation_endpoint": f"{issuer}/token/revoke",
         "revocation_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_signing_alg_values_supported": AUTH_SIGNING_ALGS,
-        "grant_types_supported": list(GRANT_TYPES),
+        "grant_types_supported": grant_types,
         "token_endpoint_auth_methods_supported": methods,
         "token_endpoint_auth_signing_alg_values_supported": AUTH_SIGNING_ALGS,
         # This server has no authorization endpoint; OpenID Discovery makes

@@ -1,9 +1,15 @@
 """
-The token endpoint's grant (RFC 6749 §4.4): a token request, in form
-parameters, to an issued token.
+The token endpoint's grants: client credentials (RFC 6749 §4.4), and with
+trusted issuers the JWT bearer grant (RFC 7523 §2.1,
+L{ccserver.oauth.jwtbearer}); a token request, in form parameters, to an
+issued token.
 
-    form -> client authentication -> GrantRequest -> grant handler
-         -> GrantAuthorization -> token
+    form -> client authentication (by the grant's way) -> GrantRequest
+         -> grant handler -> GrantAuthorization -> token
+
+Both grants end the same way: the client must be registered for the grant
+type, and the same grant handler decides (for a workload, seeing its
+token's claims: L{GrantRequest.workload}).
 """
 
 from __future__ import annotations
@@ -17,20 +23,23 @@ from ccserver.errors import OAuthError, invalid_request
 from ccserver.interfaces import IClientCredentialsGrantHandler, IClientStore
 from ccserver.model import (
     CLIENT_CREDENTIALS,
+    JWT_BEARER_GRANT,
     GrantAuthorization,
     GrantRequest,
     IssuedToken,
     is_resource_uri,
     is_scope_token,
 )
-from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, ClientAuthenticator
+from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, Caller, ClientAuthenticator
 from ccserver.oauth.dpop import DPoPVerifier
+from ccserver.oauth.jwtbearer import JWTBearerGrant
 from ccserver.oauth.limits import IssuanceLimit
 from ccserver.oauth.mtls import BOUND_TOKENS, PresentedCertificate, bound_thumbprint
 from ccserver.oauth.tokens import TokenMinter
 
-#: Form parameters that are about authentication, not the grant.
-_CREDENTIAL_PARAMS = CREDENTIAL_PARAMS
+#: Form parameters that are about authentication, not the grant (the JWT
+#: bearer grant's assertion authenticates), and never reach the handler.
+_CREDENTIAL_PARAMS = CREDENTIAL_PARAMS | {"assertion"}
 
 
 def requested_scope(form: Mapping[str, str]) -> frozenset[str] | None:
@@ -78,6 +87,8 @@ class ClientCredentialsGrant:
         """
         @param authenticator: who is calling (within the brute-force
             limits); by default, the secret methods only (over C{clients}).
+            With trusted issuers (its C{federation}), the JWT bearer grant
+            is offered too.
         @param issuance: the per-client issuance limit, if any (C{[limits]
             tokens_per_client_per_second}).
         """
@@ -88,6 +99,9 @@ class ClientCredentialsGrant:
         self._token_endpoint = f"{issuer}/token"
         self._clients = clients
         self._authenticator = authenticator or ClientAuthenticator(clients, now=minter.now)
+        self._jwt_bearer = (
+            JWTBearerGrant(self._authenticator) if self._authenticator.federation else None
+        )
         self._handler = handler
         self._minter = minter
         self._issuer = issuer
@@ -110,14 +124,9 @@ class ClientCredentialsGrant:
         @param certificate: its TLS client certificate, if any (RFC 8705).
         @param source: the caller's address, which the limits count by.
         """
-        grant_type = form.get("grant_type")
-        if grant_type is None:
-            raise invalid_request("grant_type: missing")
-        if grant_type != CLIENT_CREDENTIALS:
-            raise OAuthError(
-                "unsupported_grant_type", f"grant_type: {grant_type!r} is not supported here"
-            )
-        client = await self._authenticator.authenticate(authorization, form, certificate, source)
+        caller = await self._caller(form, authorization, certificate, source)
+        client = caller.client
+        grant_type = form["grant_type"]
         if self._issuance is not None:
             self._issuance.take(client.client_id)
         x5t_s256 = bound_thumbprint(client.metadata, certificate)
@@ -128,9 +137,9 @@ class ClientCredentialsGrant:
                 f"this client's tokens are bound to its TLS certificate ({BOUND_TOKENS}); "
                 "present one"
             )
-        if CLIENT_CREDENTIALS not in client.grant_types:
+        if grant_type not in client.grant_types:
             raise OAuthError(
-                "unauthorized_client", "this client is not registered for client_credentials"
+                "unauthorized_client", f"this client is not registered for {grant_type}"
             )
         proof = await self._dpop.check(dpop, "POST", self._token_endpoint)
         if proof is None and client.metadata.get("dpop_bound_access_tokens") is True:
@@ -153,6 +162,7 @@ class ClientCredentialsGrant:
             },
             issuer=self._issuer,
             resource=requested_resources(resources),
+            workload=caller.workload,
         )
         decision = await maybeDeferred(self._handler.authorize, grant)
         if not isinstance(decision, GrantAuthorization):
@@ -167,3 +177,31 @@ class ClientCredentialsGrant:
         if proof is None:
             return issued
         return evolve(issued, dpop_nonce=self._dpop.fresh_nonce())
+
+    @property
+    def grant_types(self) -> tuple[str, ...]:
+        """
+        The grant types offered (discovery's C{grant_types_supported}).
+        """
+        return (CLIENT_CREDENTIALS,) + ((JWT_BEARER_GRANT,) if self._jwt_bearer else ())
+
+    async def _caller(
+        self,
+        form: Mapping[str, str],
+        authorization: str | None,
+        certificate: PresentedCertificate | None,
+        source: str,
+    ) -> Caller:
+        """
+        Who the request authenticates as, the way its grant type has it.
+        """
+        grant_type = form.get("grant_type")
+        if grant_type is None:
+            raise invalid_request("grant_type: missing")
+        if grant_type == CLIENT_CREDENTIALS:
+            return await self._authenticator.caller(authorization, form, certificate, source)
+        if grant_type == JWT_BEARER_GRANT and self._jwt_bearer is not None:
+            return await self._jwt_bearer.caller(form, authorization, source)
+        raise OAuthError(
+            "unsupported_grant_type", f"grant_type: {grant_type!r} is not supported here"
+        )
