@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from ccserver import credentials
-from ccserver.assembly import make_jwks_fetcher, make_site
+from ccserver.assembly import make_issuer_keys, make_jwks_fetcher, make_site
 from ccserver.config import Config, StoreConfig, TokenConfig
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
@@ -100,12 +100,24 @@ class ServerTestCase(SynchronousTestCase):
         """
         return StubTreq(Resource())
 
+    def make_issuer_http(self) -> Any:
+        """
+        The HTTP client that fetches trusted issuers' keys (when the
+        configuration has any): by default one that finds nothing (404).
+        """
+        return StubTreq(Resource())
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(int(time.time()))
         self.store = self.make_store()
         self.config = self.make_config()
         self.encryptor = KeyEncryptor.ephemeral()
+        issuer_keys = (
+            make_issuer_keys(self.clock, self.config, self.make_issuer_http())
+            if self.config.trusted_issuers
+            else None
+        )
         self.site, self.keyring = make_site(
             self.clock,
             self.config,
@@ -117,6 +129,7 @@ class ServerTestCase(SynchronousTestCase):
             make_jwks_fetcher(self.clock, self.config, self.make_jwks_http()),
             self.make_metrics(),
             self.make_certificates(),
+            issuer_keys,
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))
         self.treq = StubTreq(self.site.resource)

@@ -203,7 +203,7 @@ def request_document(
     """
     metadata = grant.client.metadata
     names = metadata.keys() if client_fields is None else client_fields
-    return {
+    document: dict[str, Any] = {
         "client_id": grant.client.client_id,
         "client": {
             name: metadata[name] for name in names if name in metadata and name not in NEVER_SENT
@@ -213,6 +213,15 @@ def request_document(
         "params": dict(grant.params),
         "issuer": grant.issuer,
     }
+    workload = grant.workload
+    if workload is not None:
+        # a federated_jwt client: its workload's token, verified
+        document["workload"] = {
+            "issuer": workload.issuer,
+            "subject": workload.subject,
+            "claims": dict(workload.claims),
+        }
+    return document
 
 
 class MalformedAnswer(Exception):
