@@ -36,6 +36,7 @@ from ccserver.clients import all_clients, public_view, rotate_secret
 from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError, OAuthError, StoreUnavailable
 from ccserver.firststart import key_encryption, key_mismatch
+from ccserver.grants import find_grant_types
 from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring
 from ccserver.oauth.registration import (
@@ -44,6 +45,7 @@ from ccserver.oauth.registration import (
     register_client,
     registration_response,
 )
+from ccserver.pluginloader import scan_plugins
 from ccserver.stores import store_from_url
 
 #: What C{ccserver --help} says it is: plain text, for people (argparse
@@ -312,7 +314,11 @@ CREATE_OPTIONS = (
         "access_token_lifetime", "int", "seconds its tokens live", metavar="SECONDS"
     ),
     MetadataOption(
-        "grant_types", "list", "a grant type (client_credentials); repeatable",
+        "grant_types",
+        "list",
+        "a grant type it may use: client_credentials (the default), "
+        "urn:ietf:params:oauth:grant-type:token-exchange, or a grant type plugin's; "
+        "repeatable",
         ("--grant-type",), "GRANT",
     ),
     MetadataOption("application_type", "text", "web or native", metavar="TYPE"),
@@ -324,6 +330,14 @@ CREATE_OPTIONS = (
     MetadataOption("software_id", "text", "its software's identifier", metavar="ID"),
     MetadataOption("software_version", "text", "its software's version", metavar="VERSION"),
 )
+
+
+def grant_types() -> tuple[str, ...]:
+    """
+    The grant types of the plugins a server started here would load (its
+    grant handler may still leave token exchange out).
+    """
+    return tuple(find_grant_types(scan_plugins()).plugins)
 
 
 def _read_json(option: str, path: str) -> Any:
@@ -417,6 +431,7 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
                 reactor.seconds,
                 encryptor,
                 config.client_auth.jwks_uri_policy,
+                grant_types(),
                 trusted_issuers,
             )
             _print_json(registration_response(registration, config.issuer))

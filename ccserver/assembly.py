@@ -24,6 +24,7 @@ from twisted.web.server import Site
 
 from ccserver.config import Config, TrustedIssuerConfig
 from ccserver.firststart import FirstStart
+from ccserver.grants import builtin_grant_types
 from ccserver.health import Readiness
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor, Keyring
@@ -49,9 +50,14 @@ from ccserver.oauth.assertions import MAX_CLIENT_KEYS, AssertionVerifier
 from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.dpop import DPOP_NONCE_KEY_PURPOSE, DPoPVerifier, NonceIssuer
-from ccserver.oauth.federation import MAX_ISSUER_KEYS, Federation, TrustedIssuer
-from ccserver.oauth.grants import ClientCredentialsGrant
-from ccserver.oauth.introspection import TokenIntrospection
+from ccserver.oauth.federation import (
+    MAX_ISSUER_KEYS,
+    Federation,
+    TrustedIssuer,
+    WorkloadTokenValidator,
+)
+from ccserver.oauth.grants import OfferedGrants
+from ccserver.oauth.introspection import AccessTokenValidator, TokenIntrospection
 from ccserver.oauth.limits import AuthLimits, IssuanceLimit
 from ccserver.oauth.registration import ClientRegistry
 from ccserver.oauth.tokens import (
@@ -79,6 +85,8 @@ class Prepared:
 
     @ivar store: made, not opened.
     @ivar handler: the grant handler, as its plugin made it.
+    @ivar grants: the grant types offered, made by their plugins over the
+        token endpoint, which L{assemble} connects.
     @ivar first: what the first-start files hold.
     @ivar listening: the endpoints, parsed and checked.
     @ivar client_ca: the certificates of C{[tls] client_ca}, if set.
@@ -92,6 +100,7 @@ class Prepared:
     listening: Listening
     client_ca: tuple[x509.Certificate, ...] | None = None
     metrics_directory: MultiprocessDirectory | None = None
+    grants: OfferedGrants | None = None
 
 
 @frozen
@@ -137,6 +146,7 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
         jwks_fetcher,
         metrics,
         certificate_reader(reactor, config, prepared.client_ca),
+        prepared.grants,
         issuer_keys,
     )
     return Server(
@@ -192,6 +202,7 @@ def make_site(
     jwks_fetcher: KeySetSource,
     metrics: NoMetrics = NO_METRICS,
     certificates: ClientCertificateReader | None = None,
+    offered: OfferedGrants | None = None,
     issuer_keys: KeySetSource | None = None,
 ) -> tuple[CCServerSite, Keyring]:
     """
@@ -199,6 +210,8 @@ def make_site(
     Nothing is opened or loaded here: the store is opened, and the keys
     loaded, by the services.
 
+    @param offered: the grant types to offer, made over their endpoint
+        [default: the built-in ones, made here].
     @param issuer_keys: fetches the trusted issuers' keys (by default, for
         a configuration with trusted issuers, a fetcher of its own).
     """
@@ -215,31 +228,50 @@ def make_site(
         config, clients, store, encryptor, limits, jwks_fetcher, now, federation
     )
     trusted_proxies = trusted_networks(config.limits.trusted_proxies)
+    introspection = TokenIntrospection(
+        clients,
+        store,
+        keyring,
+        config.issuer,
+        config.tokens.introspection,
+        now,
+        master_token_digest=master_token_digest,
+        authenticator=authenticator,
+        limits=limits,
+    )
+    if offered is None:
+        offered = OfferedGrants.made(
+            builtin_grant_types(), config.issuer, handler, reactor, federation is not None
+        )
+    access_tokens = AccessTokenValidator(introspection)
+    offered.endpoint.connect(
+        clients,
+        _minter(config, keyring, store, sign, now),
+        _dpop_verifier(config, store, encryptor, now),
+        authenticator,
+        _issuance_limit(config, now, metrics),
+        # RFC 8693 subject and actor tokens, by type: this server's own
+        # access tokens, and JWTs (this server's, and the trusted issuers')
+        validators=[
+            access_tokens,
+            *(
+                []
+                if federation is None
+                else [WorkloadTokenValidator(federation, access_tokens.verify, config.issuer)]
+            ),
+        ],
+        handler=handler,
+    )
+    grants = offered.grants
     app = CCServerApp(
-        grant=ClientCredentialsGrant(
-            clients,
-            handler,
-            _minter(config, keyring, store, sign, now),
-            config.issuer,
-            dpop=_dpop_verifier(config, store, encryptor, now),
-            authenticator=authenticator,
-            issuance=_issuance_limit(config, now, metrics),
+        grants=grants,
+        introspection=introspection,
+        registry=_registry(
+            config, clients, store, master_token_digest, encryptor, limits, now, grants.grant_types
         ),
-        introspection=TokenIntrospection(
-            clients,
-            store,
-            keyring,
-            config.issuer,
-            config.tokens.introspection,
-            now,
-            master_token_digest=master_token_digest,
-            authenticator=authenticator,
-            limits=limits,
-        ),
-        registry=_registry(config, clients, store, master_token_digest, encryptor, limits, now),
         keyring=keyring,
         issuer=config.issuer,
-        discovery_json=_discovery_json(config),
+        discovery_json=_discovery_json(config, grants.grant_types),
         jwks_max_age=config.keys.activation_delay // 2,
         readiness=Readiness(store, keyring, reactor, config.store.timeout),
         metrics=metrics,
@@ -325,6 +357,7 @@ def _registry(
     encryptor: KeyEncryptor,
     limits: AuthLimits,
     now: Callable[[], float],
+    grant_types: Sequence[str],
 ) -> ClientRegistry:
     return ClientRegistry(
         clients,
@@ -337,6 +370,7 @@ def _registry(
         limits=limits,
         secret_rotation_grace=config.clients.secret_rotation_grace,
         jwks_uri_policy=config.client_auth.jwks_uri_policy,
+        grant_types=grant_types,
         trusted_issuers=[trusted.issuer for trusted in config.trusted_issuers],
     )
 
@@ -469,7 +503,7 @@ def _dpop_verifier(
     return DPoPVerifier(store, dpop.signing_algs, dpop.max_age, dpop.leeway, now, nonces)
 
 
-def _discovery_json(config: Config) -> bytes:
+def _discovery_json(config: Config, grant_types: Sequence[str]) -> bytes:
     return json.dumps(
         metadata(
             config.issuer,
@@ -479,6 +513,7 @@ def _discovery_json(config: Config) -> bytes:
             mtls=config.mtls_enabled,
             mtls_base_url=config.tls.base_url,
             federation=bool(config.trusted_issuers),
+            grant_types=grant_types,
         ),
         separators=(",", ":"),
     ).encode()

@@ -134,6 +134,24 @@ class ConfigError(Exception):
     """
 
 
+class GrantUnavailable(Exception):
+    """
+    Raised by a grant type plugin's C{makeGrant} when the grant cannot be
+    offered with this server's configuration (its grant handler cannot
+    decide it, say): the server starts without it, and logs the message,
+    one line that says why and what would make it available.
+    """
+
+
+class GrantNotConfigured(GrantUnavailable):
+    """
+    A L{GrantUnavailable} for a grant whose feature the operator has not
+    configured (the JWT bearer grant without C{[[trusted_issuers]]}): the
+    normal case for most servers, so logged at the info level, not as a
+    warning.
+    """
+
+
 class StoreUnavailable(Exception):
     """
     The store could not be reached, or did not answer in time.

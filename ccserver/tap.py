@@ -41,11 +41,14 @@ from ccserver import firststart
 from ccserver.assembly import Prepared, assemble
 from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
-from ccserver.handlers import find_plugins, make_handler
+from ccserver.grants import descriptions, find_grant_types
+from ccserver.handlers import GRANT_HANDLERS, make_handler
 from ccserver.keysets import read_key_set_file
 from ccserver.listening import listening
 from ccserver.metrics import MultiprocessDirectory, use_multiprocess_directory
 from ccserver.oauth.federation import MAX_ISSUER_KEYS, signs_tokens
+from ccserver.oauth.grants import OfferedGrants
+from ccserver.pluginloader import PluginError, scan_plugins
 from ccserver.services import StartUp, service_tree
 from ccserver.stores import store_from_url
 from ccserver.tls import ClientCertificateRequesting, load_pem_certificates, server_context
@@ -119,16 +122,28 @@ class Options(usage.Options):
     longdesc = "An OAuth 2.0 authorization server for machine-to-machine clients."
 
     def getUsage(self, width: int | None = None) -> str:
-        # usage.Options word-wraps longdesc: the handler table goes after it.
-        found = find_plugins()
+        # usage.Options word-wraps longdesc: the plugin tables go after it.
+        scan = scan_plugins()
+        found = scan.find(GRANT_HANDLERS)
         handlers = "".join(
             f"\n  {name:20} {getattr(plugin.factory, 'description', '')}"
             for name, plugin in sorted(found.plugins.items())
         )
         problems = "".join(f"\n  not loaded: {problem}" for problem in found.problems)
+        try:
+            grant_types = descriptions(find_grant_types(scan))
+            broken = ""
+        except PluginError as e:
+            grant_types, broken = {}, f"\n  not loaded: {e}"
+        grants = "".join(
+            f"\n  {grant_type}\n      {description}"
+            for grant_type, description in sorted(grant_types.items())
+        )
         return (
             f"{super().getUsage(width)}\n"
             f"Grant handlers (--grant-handler, or [grant_handler] name):{handlers}{problems}\n"
+            f"Grant types (every one found; a client uses those its grant_types name):"
+            f"{grants}{broken}\n"
         )
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
@@ -220,11 +235,17 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
 
     @param inherited: the sockets handed down, if this process is a worker.
     @raise ConfigError: naming what is wrong (a plugin's errors are
-        L{ccserver.handlers.PluginError}s).
+        L{ccserver.pluginloader.PluginError}s).
     @raise OSError: for a file that cannot be read or made.
     """
-    handler = make_handler(config.grant_handler, config.grant_handler_config, reactor)
+    plugins = scan_plugins()
+    for problem in plugins.unimportable:
+        _log.warn("A plugin was not loaded: {problem}", problem=problem)
+    handler = make_handler(config.grant_handler, config.grant_handler_config, reactor, plugins)
     check_key_files(config)
+    grants = OfferedGrants.made(
+        find_grant_types(plugins), config.issuer, handler, reactor, bool(config.trusted_issuers)
+    )
     store = store_from_url(config.store.url, reactor, timeout=config.store.timeout)
     endpoints = listening(config, reactor, inherited, _tls_context(config))
     client_ca = None
@@ -236,7 +257,7 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
         # Before any metric is made, and before the workers start: they
         # inherit the directory through the environment.
         directory = MultiprocessDirectory(use_multiprocess_directory())
-    return Prepared(store, handler, first, endpoints, client_ca, directory)
+    return Prepared(store, handler, first, endpoints, client_ca, directory, grants)
 
 
 def check_key_files(config: Config) -> None:

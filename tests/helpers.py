@@ -29,6 +29,7 @@ from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor
 from ccserver.metrics import NO_METRICS, NoMetrics
+from ccserver.oauth.grants import OfferedGrants
 from ccserver.oauth.tokens import sign_inline
 from ccserver.stores.memory import MemoryStore
 
@@ -93,6 +94,13 @@ class ServerTestCase(SynchronousTestCase):
         """
         return None
 
+    def make_grant_types(self) -> Any:
+        """
+        The grant type plugins to offer (a L{ccserver.pluginloader.Found}):
+        by default None, the built-in ones.
+        """
+        return None
+
     def make_jwks_http(self) -> Any:
         """
         The HTTP client that fetches clients' jwks_uri: by default one that
@@ -113,6 +121,8 @@ class ServerTestCase(SynchronousTestCase):
         self.store = self.make_store()
         self.config = self.make_config()
         self.encryptor = KeyEncryptor.ephemeral()
+        handler = self.make_handler()
+        found = self.make_grant_types()
         issuer_keys = (
             make_issuer_keys(self.clock, self.config, self.make_issuer_http())
             if self.config.trusted_issuers
@@ -122,13 +132,18 @@ class ServerTestCase(SynchronousTestCase):
             self.clock,
             self.config,
             self.store,
-            self.make_handler(),
+            handler,
             credentials.digest(MASTER_TOKEN),
             self.encryptor,
             sign_inline,
             make_jwks_fetcher(self.clock, self.config, self.make_jwks_http()),
             self.make_metrics(),
             self.make_certificates(),
+            None
+            if found is None
+            else OfferedGrants.made(
+                found, ISSUER, handler, self.clock, bool(self.config.trusted_issuers)
+            ),
             issuer_keys,
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))

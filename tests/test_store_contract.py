@@ -763,6 +763,31 @@ class StoreContractMixin(_TestCase):
         await self.tokens.add_token(token)
         self.assertEqual(await self.tokens.get_token(token.token_digest), token)
 
+    async def test_token_made_by_exchange(self) -> None:
+        """
+        RFC 8693: a token made by a token exchange keeps its subject, its
+        nested actors, a may_act, and the tokens it dies with; many at once,
+        in one batch where the store groups them.
+        """
+        delegation = {
+            "sub": "client-a",
+            "act": {"sub": "client-c", "act": {"sub": "client-b"}},
+            "may_act": {"sub": "client-d"},
+            "exchanged_from": [
+                {"client_id": "client-b", "jti": "jti-b"},
+                {"client_id": "client-a", "jti": "jti-a"},
+            ],
+        }
+        tokens = [
+            make_token(f"{i:064x}", delegation=delegation if i % 2 else {}) for i in range(20)
+        ]
+        await gatherResults([self.tokens.add_token(token) for token in tokens])
+        for token in tokens:
+            stored = await self.tokens.get_token(token.token_digest)
+            self.assertEqual(stored, token)
+            assert stored is not None
+            self.assertEqual(dict(stored.delegation), delegation if stored.delegation else {})
+
     async def test_token_without_scope_or_audience(self) -> None:
         token = make_token(scope=frozenset(), audience=(), claims={})
         await self.tokens.add_token(token)

@@ -27,7 +27,7 @@ from ccserver import credentials, jose
 from ccserver.errors import invalid_client, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.keysets import KeySetSource, KeySetUnavailable
-from ccserver.model import Client, WorkloadIdentity
+from ccserver.model import Authenticated, Client
 from ccserver.oauth import mtls
 from ccserver.oauth.assertions import JWT_BEARER, AssertionVerifier, ClientAssertion
 from ccserver.oauth.federation import JWT_SPIFFE, Federation, Recognised
@@ -40,10 +40,6 @@ T = TypeVar("T")
 #: signature take well under 2 KiB (RSA-4096 included); anything far longer
 #: is refused before it is decoded.
 MAX_ASSERTION_BYTES = 8 * 1024
-#: Form parameters that are about authentication, not the grant.
-CREDENTIAL_PARAMS = frozenset(
-    {"client_id", "client_secret", "client_assertion", "client_assertion_type"}
-)
 
 _FAILED = "client authentication failed"
 
@@ -56,17 +52,6 @@ _CREDENTIALS = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:[ \t]+(.*))?", re.DO
 #: one, AWS4-HMAC-SHA256, has 16 characters); anything longer may be a
 #: credential sent without a scheme, and is never repeated.
 _NAMED_SCHEME_LENGTH = 20
-
-
-@frozen
-class Caller:
-    """
-    Who a request authenticated as: the client, and for a C{federated_jwt}
-    client the workload token it presented, verified.
-    """
-
-    client: Client
-    workload: WorkloadIdentity | None = None
 
 
 @frozen
@@ -323,7 +308,7 @@ class ClientAuthenticator:
         form: Mapping[str, str],
         certificate: mtls.PresentedCertificate | None = None,
         source: str = "",
-    ) -> Caller:
+    ) -> Authenticated:
         """
         L{authenticate}'s client, and the workload token it presented, if
         any.
@@ -340,7 +325,7 @@ class ClientAuthenticator:
             lambda: self._authenticate(presented, certificate),
         )
 
-    async def workload(self, recognised: Recognised, source: str) -> Caller:
+    async def workload(self, recognised: Recognised, source: str) -> Authenticated:
         """
         The client a workload token authenticates, within the limits, which
         count its failures by the workload identity it names
@@ -349,9 +334,9 @@ class ClientAuthenticator:
         federation = self._federation
         assert federation is not None  # only it recognises
 
-        async def attempt() -> Caller:
+        async def attempt() -> Authenticated:
             client, identity = await federation.authenticate(recognised)
-            return Caller(client, identity)
+            return Authenticated(client, identity)
 
         return await self._limited(recognised.limit_key, source, attempt)
 
@@ -366,12 +351,12 @@ class ClientAuthenticator:
         self,
         presented: ClientCredentials | ClientAssertion,
         certificate: mtls.PresentedCertificate | None,
-    ) -> Caller:
+    ) -> Authenticated:
         if isinstance(presented, ClientAssertion):
             if self._assertions is None:
                 raise invalid_client("client assertions are not accepted here")
-            return Caller(await self._assertions.authenticate(self._clients, presented))
-        return Caller(
+            return Authenticated(await self._assertions.authenticate(self._clients, presented))
+        return Authenticated(
             await authenticate(
                 self._clients, presented, certificate, now=self._now, key_sets=self._key_sets
             )

@@ -63,17 +63,24 @@ All JOSE is L{ccserver.jose}'s; keys come from L{ccserver.keysets}.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from attrs import frozen
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ccserver import jose
-from ccserver.errors import OAuthError, invalid_client, temporarily_unavailable
-from ccserver.interfaces import IClientStore
+from ccserver.errors import OAuthError, invalid_client, invalid_request, temporarily_unavailable
+from ccserver.interfaces import IClientStore, ISubjectTokenValidator
 from ccserver.keysets import KeySetUnavailable, TrustedKeys
-from ccserver.model import FEDERATED_JWT, Client, WorkloadIdentity
+from ccserver.model import (
+    FEDERATED_JWT,
+    JWT_TOKEN_TYPE,
+    Client,
+    VerifiedToken,
+    WorkloadIdentity,
+)
 from ccserver.oauth.assertions import MAX_CANDIDATES, ClientAssertion, choose
 
 #: draft-ietf-oauth-spiffe-client-auth: the C{client_assertion_type} of a
@@ -244,10 +251,16 @@ class Federation:
             raise invalid_client("client_assertion: its issuer is not trusted here")
         return None
 
-    async def verify(self, recognised: Recognised) -> WorkloadIdentity:
+    async def verify(
+        self, recognised: Recognised, *, for_this_server: bool = True
+    ) -> WorkloadIdentity:
         """
         The token, verified (checks 1 to 3 of the module docstring).
 
+        @param for_this_server: whether its audience must be this server
+            (it authenticates a client here); a token exchange's subject
+            token is for the exchanging client instead, which the exchange
+            checks.
         @raise OAuthError: C{invalid_client}; C{temporarily_unavailable}
             when the issuer's keys cannot be had.
         """
@@ -284,7 +297,8 @@ class Federation:
                 "client_assertion: the signature does not verify with its issuer's keys"
             )
         claims = verified.claims
-        self._check_audience(issuer, claims["aud"])
+        if for_this_server:
+            self._check_audience(issuer, claims["aud"])
         self._check_lifetime(issuer, claims, now)
         subject = claims["sub"]
         if not isinstance(subject, str) or not subject or len(subject) > MAX_SUBJECT_LENGTH:
@@ -422,3 +436,53 @@ def bound(client: Client, identity: WorkloadIdentity) -> bool:
         binding.admits(identity.issuer, identity.subject, identity.claims)
         for binding in client.federated_identities
     )
+
+
+@implementer(ISubjectTokenValidator)
+class WorkloadTokenValidator:
+    """
+    RFC 8693 C{urn:ietf:params:oauth:token-type:jwt}: a JWT presented in a
+    token exchange as a subject or actor token.  A trusted issuer's token
+    (a workload's) is checked as a workload token is (signature, issuer,
+    times, the lifetime cap), but for its audience: it is for the
+    exchanging client, not for this server, and the exchange checks that
+    its C{aud} names that client.  This server's own JWT access tokens go
+    to the validator of access tokens (C{own}).
+    """
+
+    token_type = JWT_TOKEN_TYPE
+
+    def __init__(
+        self,
+        federation: Federation,
+        own: Callable[[str], Awaitable[VerifiedToken]],
+        issuer: str,
+    ) -> None:
+        """
+        @param own: checks this server's own access tokens (the access
+            token validator's C{verify}).
+        @param issuer: this server's issuer identifier, their C{iss}.
+        """
+        self._federation = federation
+        self._own = own
+        self._issuer = issuer
+
+    async def verify(self, token: str) -> VerifiedToken:
+        try:
+            _, claims = jose.unverified(token)
+        except jose.JOSEError as e:
+            raise invalid_request(str(e)) from None
+        if claims.get("iss") == self._issuer:
+            own = await self._own(token)
+            return VerifiedToken(JWT_TOKEN_TYPE, own.claims, own.lineage)
+        try:
+            recognised = self._federation.recognise(ClientAssertion(None, token))
+            if recognised is None:
+                raise invalid_request("not a JWT of this server or of an issuer it trusts")
+            identity = await self._federation.verify(recognised, for_this_server=False)
+        except OAuthError as e:
+            if e.error != "invalid_client":
+                raise
+            description = e.description.removeprefix("client_assertion: ")
+            raise invalid_request(description) from None
+        return VerifiedToken(JWT_TOKEN_TYPE, identity.claims)

@@ -1,207 +1,292 @@
 """
-The token endpoint's grants: client credentials (RFC 6749 §4.4), and with
-trusted issuers the JWT bearer grant (RFC 7523 §2.1,
-L{ccserver.oauth.jwtbearer}); a token request, in form parameters, to an
-issued token.
+The token endpoint (RFC 6749 §3.2): a token request, in form parameters,
+to the grant its C{grant_type} selects (L{TokenGrants}), and the steps
+every grant takes (L{TokenEndpoint}):
 
-    form -> client authentication (by the grant's way) -> GrantRequest
-         -> grant handler -> GrantAuthorization -> token
+    form -> grant (by grant_type) -> authenticate -> bind -> grant handler
+         -> token
 
-Both grants end the same way: the client must be registered for the grant
-type, and the same grant handler decides (for a workload, seeing its
-token's claims: L{GrantRequest.workload}).
+The grants themselves are plugins (L{ccserver.grants}).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
-from attrs import evolve
+from attrs import frozen
 from twisted.internet.defer import maybeDeferred
+from zope.interface import implementer
 
 from ccserver.errors import OAuthError, invalid_request
-from ccserver.interfaces import IClientCredentialsGrantHandler, IClientStore
+from ccserver.grants import make_grants
+from ccserver.interfaces import (
+    IClientCredentialsGrantHandler,
+    IClientStore,
+    IGrantType,
+    ISubjectTokenValidator,
+    ITokenEndpoint,
+)
 from ccserver.model import (
-    CLIENT_CREDENTIALS,
-    JWT_BEARER_GRANT,
+    Authenticated,
+    Binding,
+    Client,
+    Delegation,
     GrantAuthorization,
     GrantRequest,
     IssuedToken,
-    is_resource_uri,
-    is_scope_token,
+    TokenExchangeRequest,
+    TokenRequest,
+    VerifiedToken,
 )
-from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, Caller, ClientAuthenticator
+from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.oauth.dpop import DPoPVerifier
-from ccserver.oauth.jwtbearer import JWTBearerGrant
+from ccserver.oauth.jwtbearer import assertion_caller
 from ccserver.oauth.limits import IssuanceLimit
-from ccserver.oauth.mtls import BOUND_TOKENS, PresentedCertificate, bound_thumbprint
+from ccserver.oauth.mtls import BOUND_TOKENS, bound_thumbprint
 from ccserver.oauth.tokens import TokenMinter
-
-#: Form parameters that are about authentication, not the grant (the JWT
-#: bearer grant's assertion authenticates), and never reach the handler.
-_CREDENTIAL_PARAMS = CREDENTIAL_PARAMS | {"assertion"}
+from ccserver.pluginloader import Found
 
 
-def requested_scope(form: Mapping[str, str]) -> frozenset[str] | None:
+class TokenGrants:
     """
-    RFC 6749 §3.3: the scope values of the request, or None when it named
-    none.
+    The grant types the token endpoint offers, by C{grant_type}.
     """
-    scope = form.get("scope")
-    if scope is None or not scope.strip(" "):
-        return None
-    values = scope.split(" ")
-    if not all(is_scope_token(v) for v in values if v):
-        raise OAuthError("invalid_scope", "scope: malformed; scope values are separated by spaces")
-    return frozenset(v for v in values if v)
 
+    def __init__(self, grants: Mapping[str, IGrantType]) -> None:
+        self._grants = dict(grants)
+        #: The grant types offered, in order: discovery's
+        #: C{grant_types_supported}, and what registration accepts.
+        self.grant_types: tuple[str, ...] = tuple(self._grants)
 
-def requested_resources(resources: Sequence[str]) -> tuple[str, ...]:
-    """
-    RFC 8707 §2: each C{resource} is an absolute URI without a fragment.
-    """
-    for resource in resources:
-        if not is_resource_uri(resource):
+    def grant_for(self, form: Mapping[str, str]) -> IGrantType:
+        """
+        The grant the request's C{grant_type} selects.
+
+        @raise OAuthError: C{invalid_request} without one,
+            C{unsupported_grant_type} for one this server does not offer.
+        """
+        grant_type = form.get("grant_type")
+        if grant_type is None:
+            raise invalid_request("grant_type: missing")
+        grant = self._grants.get(grant_type)
+        if grant is None:
             raise OAuthError(
-                "invalid_target", f"resource: {resource!r} is not an absolute URI without fragment"
+                "unsupported_grant_type", f"grant_type: {grant_type!r} is not supported here"
             )
-    return tuple(dict.fromkeys(resources))
+        return grant
 
 
-class ClientCredentialsGrant:
+@implementer(ITokenEndpoint)
+class TokenEndpoint:
     """
-    Issues access tokens to clients that authenticate with their own
-    credentials.
+    The steps of the token endpoint, as every grant takes them (see
+    L{ITokenEndpoint}).
+
+    It is made in two steps: first with what identifies it (the issuer,
+    the reactor, the grant handler), so that the grant type plugins are
+    made over it, and fail, before the server makes any file
+    (L{ccserver.tap.prepare}); then L{connect}ed to what its steps use,
+    with the rest of the object graph (L{ccserver.assembly}).
     """
+
+    _authenticator: ClientAuthenticator
+    _minter: TokenMinter
+    _dpop: DPoPVerifier
+    _issuance: IssuanceLimit | None
+    _validators: dict[str, ISubjectTokenValidator]
 
     def __init__(
         self,
-        clients: IClientStore,
-        handler: IClientCredentialsGrantHandler,
-        minter: TokenMinter,
         issuer: str,
-        dpop: DPoPVerifier,
-        authenticator: ClientAuthenticator | None = None,
-        issuance: IssuanceLimit | None = None,
+        handler: IClientCredentialsGrantHandler,
+        reactor: Any = None,
+        federated: bool = False,
     ) -> None:
         """
-        @param authenticator: who is calling (within the brute-force
-            limits); by default, the secret methods only (over C{clients}).
-            With trusted issuers (its C{federation}), the JWT bearer grant
-            is offered too.
-        @param issuance: the per-client issuance limit, if any (C{[limits]
-            tokens_per_client_per_second}).
+        @param federated: whether the server trusts issuers of workload
+            tokens (C{[[trusted_issuers]]}); its authenticator, once
+            connected, has their federation.
         """
-        self._dpop = dpop
+        self.issuer = issuer
+        self.reactor = reactor
+        self.handler = handler
+        self.federated = federated
         #: RFC 9449 §4.3 9.: the htu of a proof is the token endpoint's URL
         #: as clients know it (discovery's token_endpoint), whatever a proxy
         #: in front rewrote.
         self._token_endpoint = f"{issuer}/token"
-        self._clients = clients
-        self._authenticator = authenticator or ClientAuthenticator(clients, now=minter.now)
-        self._jwt_bearer = (
-            JWTBearerGrant(self._authenticator) if self._authenticator.federation else None
-        )
-        self._handler = handler
-        self._minter = minter
-        self._issuer = issuer
-        self._issuance = issuance
 
-    async def token(
+    def connect(
         self,
-        form: Mapping[str, str],
-        authorization: str | None,
-        resources: Sequence[str] = (),
-        dpop: Sequence[str] = (),
-        certificate: PresentedCertificate | None = None,
-        source: str = "",
-    ) -> IssuedToken:
+        clients: IClientStore,
+        minter: TokenMinter,
+        dpop: DPoPVerifier,
+        authenticator: ClientAuthenticator | None = None,
+        issuance: IssuanceLimit | None = None,
+        *,
+        validators: Iterable[ISubjectTokenValidator] = (),
+        handler: IClientCredentialsGrantHandler | None = None,
+    ) -> None:
         """
-        @param form: the request's form parameters, each given once.
-        @param authorization: its C{Authorization} header, if any.
-        @param resources: its RFC 8707 C{resource} parameters (repeatable).
-        @param dpop: its C{DPoP} header values (RFC 9449), each one given.
-        @param certificate: its TLS client certificate, if any (RFC 8705).
-        @param source: the caller's address, which the limits count by.
+        Give the steps what they use.
+
+        @param authenticator: who is calling (within the brute-force
+            limits); by default, the secret methods only (over C{clients}).
+        @param issuance: the per-client issuance limit, if any (C{[limits]
+            tokens_per_client_per_second}).
+        @param validators: the token types accepted as RFC 8693 subject and
+            actor tokens, one validator each.
+        @param handler: the grant handler as the steps ask it, if not the
+            one made with (the same, timed for the metrics).
         """
-        caller = await self._caller(form, authorization, certificate, source)
-        client = caller.client
-        grant_type = form["grant_type"]
+        self._dpop = dpop
+        self._authenticator = authenticator or ClientAuthenticator(clients, now=minter.now)
+        self._minter = minter
+        self._issuance = issuance
+        self._validators = {validator.token_type: validator for validator in validators}
+        if handler is not None:
+            self.handler = handler
+
+    @property
+    def token_types(self) -> tuple[str, ...]:
+        """
+        The token types accepted as subject and actor tokens.
+        """
+        return tuple(self._validators)
+
+    async def authenticate(self, request: TokenRequest) -> Client:
+        return (await self.authenticated(request)).client
+
+    async def authenticated(self, request: TokenRequest) -> Authenticated:
+        caller = await self._authenticator.caller(
+            request.authorization, request.form, request.certificate, request.source
+        )
+        self.admit(request, caller.client)
+        return caller
+
+    async def authenticate_assertion(self, request: TokenRequest) -> Authenticated:
+        caller = await assertion_caller(
+            self._authenticator, request.form, request.authorization, request.source
+        )
+        self.admit(request, caller.client)
+        return caller
+
+    def admit(self, request: TokenRequest, client: Client) -> None:
+        grant_type = request.form["grant_type"]
+        if grant_type not in client.metadata.get("grant_types", ()):
+            raise OAuthError(
+                "unauthorized_client", f"this client is not registered for {grant_type}"
+            )
+
+    async def bind(self, request: TokenRequest, client: Client) -> Binding | None:
         if self._issuance is not None:
             self._issuance.take(client.client_id)
-        x5t_s256 = bound_thumbprint(client.metadata, certificate)
-        if x5t_s256 is None and client.metadata.get(BOUND_TOKENS) is True:
+        metadata = client.metadata
+        x5t_s256 = bound_thumbprint(metadata, request.certificate)
+        if x5t_s256 is None and metadata.get(BOUND_TOKENS) is True:
             # RFC 8705 §3.4: the client said it wants bound tokens; a bearer
             # token issued instead would quietly weaken it.
             raise invalid_request(
                 f"this client's tokens are bound to its TLS certificate ({BOUND_TOKENS}); "
                 "present one"
             )
-        if grant_type not in client.grant_types:
-            raise OAuthError(
-                "unauthorized_client", f"this client is not registered for {grant_type}"
-            )
-        proof = await self._dpop.check(dpop, "POST", self._token_endpoint)
-        if proof is None and client.metadata.get("dpop_bound_access_tokens") is True:
-            # RFC 9449 §5.2: "the authorization server MUST reject token
-            # requests from the client that do not contain the DPoP header",
-            # naming no error code; invalid_dpop_proof is for a proof that
-            # is "invalid" (§5), and a request without one lacks a required
-            # parameter: RFC 6749 §5.2 invalid_request.
-            raise invalid_request(
-                "DPoP: this client is registered with dpop_bound_access_tokens; "
-                "send a DPoP proof"
-            )
-        grant = GrantRequest(
-            client=client,
-            scope=requested_scope(form),
-            params={
-                k: v
-                for k, v in form.items()
-                if k not in _CREDENTIAL_PARAMS and k not in ("grant_type", "scope")
-            },
-            issuer=self._issuer,
-            resource=requested_resources(resources),
-            workload=caller.workload,
+        # no coroutine for the request without a proof: the common case
+        proof = (
+            await self._dpop.check(request.dpop, "POST", self._token_endpoint)
+            if request.dpop
+            else None
         )
-        decision = await maybeDeferred(self._handler.authorize, grant)
-        if not isinstance(decision, GrantAuthorization):
-            raise TypeError(f"grant handler {self._handler!r} returned {decision!r}")
-        issued = await self._minter.mint(
-            client, decision, None if proof is None else proof.jkt, x5t_s256=x5t_s256
-        )
-        if "client_secret" in form and issued.auth_method != "client_secret_post":
-            # a client that named no method posted its secret: the metrics
-            # count the method it used, not the one it was registered with
-            issued = evolve(issued, auth_method="client_secret_post")
         if proof is None:
-            return issued
-        return evolve(issued, dpop_nonce=self._dpop.fresh_nonce())
+            if metadata.get("dpop_bound_access_tokens") is True:
+                # RFC 9449 §5.2: "the authorization server MUST reject token
+                # requests from the client that do not contain the DPoP
+                # header", naming no error code; invalid_dpop_proof is for a
+                # proof that is "invalid" (§5), and a request without one
+                # lacks a required parameter: RFC 6749 §5.2 invalid_request.
+                raise invalid_request(
+                    "DPoP: this client is registered with dpop_bound_access_tokens; "
+                    "send a DPoP proof"
+                )
+            return None if x5t_s256 is None else Binding(x5t_s256=x5t_s256)
+        return Binding(jkt=proof.jkt, x5t_s256=x5t_s256, dpop_nonce=self._dpop.fresh_nonce())
 
-    @property
-    def grant_types(self) -> tuple[str, ...]:
-        """
-        The grant types offered (discovery's C{grant_types_supported}).
-        """
-        return (CLIENT_CREDENTIALS,) + ((JWT_BEARER_GRANT,) if self._jwt_bearer else ())
+    async def verify_token(self, token: str, token_type: str) -> VerifiedToken:
+        validator = self._validators.get(token_type)
+        if validator is None:
+            raise invalid_request(
+                f"token type {token_type!r} is not accepted here; it accepts "
+                + ", ".join(self._validators)
+            )
+        verified = await maybeDeferred(validator.verify, token)
+        if not isinstance(verified, VerifiedToken):
+            raise TypeError(f"token validator {validator!r} returned {verified!r}")
+        return verified
 
-    async def _caller(
-        self,
-        form: Mapping[str, str],
-        authorization: str | None,
-        certificate: PresentedCertificate | None,
-        source: str,
-    ) -> Caller:
-        """
-        Who the request authenticates as, the way its grant type has it.
-        """
-        grant_type = form.get("grant_type")
-        if grant_type is None:
-            raise invalid_request("grant_type: missing")
-        if grant_type == CLIENT_CREDENTIALS:
-            return await self._authenticator.caller(authorization, form, certificate, source)
-        if grant_type == JWT_BEARER_GRANT and self._jwt_bearer is not None:
-            return await self._jwt_bearer.caller(form, authorization, source)
-        raise OAuthError(
-            "unsupported_grant_type", f"grant_type: {grant_type!r} is not supported here"
+    async def decide(self, grant: GrantRequest | TokenExchangeRequest) -> GrantAuthorization:
+        authorize: Callable[[Any], Any] = (
+            self.handler.authorize_exchange  # type: ignore[attr-defined]
+            if isinstance(grant, TokenExchangeRequest)
+            else self.handler.authorize
         )
+        decision = await maybeDeferred(authorize, grant)
+        if not isinstance(decision, GrantAuthorization):
+            raise TypeError(f"grant handler {self.handler!r} returned {decision!r}")
+        return decision
+
+    def mint(
+        self,
+        request: TokenRequest,
+        client: Client,
+        decision: GrantAuthorization,
+        binding: Binding | None,
+        delegation: Delegation | None = None,
+    ) -> Awaitable[IssuedToken]:
+        # a client that named no method may post its secret: the metrics
+        # count the method it used, not the one it was registered with
+        auth_method = "client_secret_post" if "client_secret" in request.form else None
+        # the minter's coroutine itself: no frame of its own here
+        if binding is None:
+            return self._minter.mint(
+                client, decision, delegation=delegation, auth_method=auth_method
+            )
+        return self._minter.mint(
+            client,
+            decision,
+            binding.jkt,
+            x5t_s256=binding.x5t_s256,
+            dpop_nonce=binding.dpop_nonce,
+            delegation=delegation,
+            auth_method=auth_method,
+        )
+
+
+
+@frozen
+class OfferedGrants:
+    """
+    The grant types a server offers, made over its token endpoint (not yet
+    connected).
+    """
+
+    endpoint: TokenEndpoint
+    grants: TokenGrants
+
+    @classmethod
+    def made(
+        cls,
+        found: Found,
+        issuer: str,
+        handler: IClientCredentialsGrantHandler,
+        reactor: Any,
+        federated: bool = False,
+    ) -> OfferedGrants:
+        """
+        Make the grants of the plugins found over a new endpoint.
+
+        @param federated: whether the server trusts issuers of workload
+            tokens (the JWT bearer grant is offered only then).
+        @raise ccserver.pluginloader.PluginError: a plugin failed.
+        """
+        endpoint = TokenEndpoint(issuer, handler, reactor, federated)
+        return cls(endpoint, TokenGrants(make_grants(found, endpoint)))

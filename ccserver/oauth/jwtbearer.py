@@ -25,63 +25,57 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ccserver.errors import OAuthError, invalid_grant, invalid_request
-from ccserver.model import JWT_BEARER_GRANT
+from ccserver.model import Authenticated
 from ccserver.oauth.assertions import JWT_BEARER, ClientAssertion
-from ccserver.oauth.clientauth import MAX_ASSERTION_BYTES, Caller, ClientAuthenticator
+from ccserver.oauth.clientauth import MAX_ASSERTION_BYTES, ClientAuthenticator
 
 #: Form parameters that would authenticate the client another way.
 _OTHER_CREDENTIALS = ("client_secret", "client_assertion", "client_assertion_type")
 
 
-class JWTBearerGrant:
+async def assertion_caller(
+    authenticator: ClientAuthenticator,
+    form: Mapping[str, str],
+    authorization: str | None,
+    source: str,
+) -> Authenticated:
     """
-    Who a JWT bearer grant's assertion authenticates; see the module
-    docstring.
+    The client the request's C{assertion} authenticates, and the workload
+    token it is, verified; see the module docstring.
+
+    @param authenticator: the one authenticator, whose federation checks
+        the assertion and whose limits count its failures.
+    @raise OAuthError: C{invalid_request} for a request without an
+        assertion or with other client credentials; C{invalid_grant} for an
+        assertion that is not valid; 429 past the limits; 503 when its
+        issuer's keys cannot be had.
     """
-
-    grant_type = JWT_BEARER_GRANT
-
-    def __init__(self, authenticator: ClientAuthenticator) -> None:
-        """
-        @param authenticator: the one authenticator, whose federation
-            checks the assertion and whose limits count its failures.
-        """
-        if authenticator.federation is None:
-            raise ValueError("the JWT bearer grant needs trusted issuers")
-        self._authenticator = authenticator
-        self._federation = authenticator.federation
-
-    async def caller(
-        self, form: Mapping[str, str], authorization: str | None, source: str
-    ) -> Caller:
-        """
-        @raise OAuthError: C{invalid_request} for a request without an
-            assertion or with other client credentials; C{invalid_grant}
-            for an assertion that is not valid; 429 past the limits.
-        """
-        given = [name for name in _OTHER_CREDENTIALS if name in form]
-        if authorization is not None or given:
-            raise invalid_request(
-                "the JWT bearer grant's assertion authenticates the client: send no other "
-                "client credentials (" + ", ".join(given or ["Authorization header"]) + "); "
-                "client_id may name the client"
-            )
-        assertion = form.get("assertion")
-        if assertion is None:
-            raise invalid_request("assertion: missing")
-        if len(assertion) > MAX_ASSERTION_BYTES:
-            raise invalid_grant(f"assertion: longer than {MAX_ASSERTION_BYTES} bytes")
-        try:
-            recognised = self._federation.recognise(
-                ClientAssertion(form.get("client_id"), assertion, JWT_BEARER)
-            )
-            if recognised is None:
-                raise invalid_grant("assertion: not a token of an issuer this server trusts")
-            return await self._authenticator.workload(recognised, source)
-        except OAuthError as error:
-            if error.error != "invalid_client":
-                raise
-            description = error.description
-            if description.startswith("client_assertion:"):
-                description = "assertion:" + description[len("client_assertion:") :]
-            raise invalid_grant(description) from None
+    federation = authenticator.federation
+    if federation is None:
+        raise invalid_grant("assertion: this server trusts no issuer of workload tokens")
+    given = [name for name in _OTHER_CREDENTIALS if name in form]
+    if authorization is not None or given:
+        raise invalid_request(
+            "the JWT bearer grant's assertion authenticates the client: send no other "
+            "client credentials (" + ", ".join(given or ["Authorization header"]) + "); "
+            "client_id may name the client"
+        )
+    assertion = form.get("assertion")
+    if assertion is None:
+        raise invalid_request("assertion: missing")
+    if len(assertion) > MAX_ASSERTION_BYTES:
+        raise invalid_grant(f"assertion: longer than {MAX_ASSERTION_BYTES} bytes")
+    try:
+        recognised = federation.recognise(
+            ClientAssertion(form.get("client_id"), assertion, JWT_BEARER)
+        )
+        if recognised is None:
+            raise invalid_grant("assertion: not a token of an issuer this server trusts")
+        return await authenticator.workload(recognised, source)
+    except OAuthError as error:
+        if error.error != "invalid_client":
+            raise
+        description = error.description
+        if description.startswith("client_assertion:"):
+            description = "assertion:" + description[len("client_assertion:") :]
+        raise invalid_grant(description) from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from attrs import evolve, frozen
@@ -51,9 +51,9 @@ from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
 from ccserver.outbound import AddressPolicy, RefusedURL
 
-#: The grant types this server issues tokens for: client credentials, and
-#: the JWT bearer grant (RFC 7523 §2.1) for clients bound to workloads.
-GRANT_TYPES = (CLIENT_CREDENTIALS, JWT_BEARER_GRANT)
+#: The grant types a client registers for by default, and the ones a
+#: registry accepts when it is not told which are loaded.
+GRANT_TYPES = (CLIENT_CREDENTIALS,)
 #: How clients may authenticate at the token endpoint.
 AUTH_METHODS = (
     *SECRET_METHODS,
@@ -226,6 +226,7 @@ def names_auth_method(body: object) -> bool:
 def validate_metadata(
     body: object,
     jwks_uri_policy: AddressPolicy = STRICT,
+    grant_types: Sequence[str] = GRANT_TYPES,
     trusted_issuers: Collection[str] = (),
 ) -> dict[str, Any]:
     """
@@ -235,6 +236,8 @@ def validate_metadata(
 
     @param jwks_uri_policy: where a C{jwks_uri} may point (C{[client_auth]
         jwks_uri_private_networks}).
+    @param grant_types: the grant types the server offers (its grant type
+        plugins loaded): C{grant_types} may name only those.
     @param trusted_issuers: the identifiers of the trusted issuers
         (C{[[trusted_issuers]]}), the only ones a C{federated_identities}
         binding may name.
@@ -260,22 +263,25 @@ def validate_metadata(
         )
     metadata["token_endpoint_auth_method"] = method
 
-    # a workload may present its token either way: as a client assertion
-    # with client_credentials, or as the JWT bearer grant's assertion
-    default_grants = list(GRANT_TYPES) if method == FEDERATED_JWT else [CLIENT_CREDENTIALS]
-    grant_types = _string_list("grant_types", body.get("grant_types", default_grants))
-    for grant_type in grant_types:
-        if grant_type not in GRANT_TYPES:
+    # a workload may present its token either way, as a client assertion
+    # with client_credentials or as the JWT bearer grant's assertion, where
+    # the server offers that grant
+    default_grants = [CLIENT_CREDENTIALS]
+    if method == FEDERATED_JWT and JWT_BEARER_GRANT in grant_types:
+        default_grants.append(JWT_BEARER_GRANT)
+    requested = _string_list("grant_types", body.get("grant_types", default_grants))
+    for grant_type in requested:
+        if grant_type not in grant_types:
             raise invalid_client_metadata(
                 f"grant_types: this server does not issue {grant_type!r}; it issues "
-                + ", ".join(GRANT_TYPES)
+                + ", ".join(grant_types)
             )
         if grant_type == JWT_BEARER_GRANT and method != FEDERATED_JWT:
             raise invalid_client_metadata(
                 f"grant_types: {JWT_BEARER_GRANT} is for federated_jwt clients: its "
                 "assertion is the token of a workload bound to the client"
             )
-    metadata["grant_types"] = list(dict.fromkeys(grant_types))
+    metadata["grant_types"] = list(dict.fromkeys(requested))
     _check_federation_metadata(body, method, trusted_issuers, metadata)
 
     response_types = _string_list("response_types", body.get("response_types", []))
@@ -608,11 +614,13 @@ async def register_client(
     now: Callable[[], float],
     secret_encryptor: KeyEncryptor | None = None,
     jwks_uri_policy: AddressPolicy = STRICT,
+    grant_types: Sequence[str] = GRANT_TYPES,
     trusted_issuers: Collection[str] = (),
 ) -> Registration:
     """
     Check a registration request's metadata (L{validate_metadata}, with
-    C{jwks_uri_policy} for where its C{jwks_uri} may point) and store
+    C{jwks_uri_policy} for where its C{jwks_uri} may point, and the
+    C{grant_types} the server offers) and store
     a new client of it, with a new identifier, secret and registration
     access token: the registration itself, the one path for the endpoint
     (once the master token is proven) and the operator's command.
@@ -634,7 +642,7 @@ async def register_client(
         binding another client has, or C{client_secret_jwt} without an
         encryptor.
     """
-    metadata = validate_metadata(body, jwks_uri_policy, trusted_issuers)
+    metadata = validate_metadata(body, jwks_uri_policy, grant_types, trusted_issuers)
     method = metadata["token_endpoint_auth_method"]
     client_secret: str | None = None
     encrypted_secret = None
@@ -689,6 +697,7 @@ class ClientRegistry:
         limits: AuthLimits | None = None,
         secret_rotation_grace: int = 1800,
         jwks_uri_policy: AddressPolicy = STRICT,
+        grant_types: Sequence[str] = GRANT_TYPES,
         trusted_issuers: Collection[str] = (),
     ) -> None:
         """
@@ -711,6 +720,8 @@ class ClientRegistry:
             works (C{[clients] secret_rotation_grace}).
         @param jwks_uri_policy: where a client's C{jwks_uri} may point
             (C{[client_auth] jwks_uri_private_networks}).
+        @param grant_types: the grant types the server offers, which a
+            client's C{grant_types} may name.
         @param trusted_issuers: the identifiers of the trusted issuers, the
             only ones a client may be bound to (C{federated_identities}).
         """
@@ -724,6 +735,7 @@ class ClientRegistry:
         self._limits = limits or AuthLimits(None, now)
         self._secret_rotation_grace = secret_rotation_grace
         self._jwks_uri_policy = jwks_uri_policy
+        self._grant_types = tuple(grant_types)
         self._trusted_issuers = tuple(trusted_issuers)
 
     async def check_master_token(self, token: str | None, source: str = "") -> None:
@@ -762,6 +774,7 @@ class ClientRegistry:
             self._now,
             self._secret_encryptor,
             self._jwks_uri_policy,
+            self._grant_types,
             self._trusted_issuers,
         )
 
@@ -852,7 +865,13 @@ class ClientRegistry:
         for name in ("client_id_issued_at", "client_secret_expires_at"):
             if name in body and body[name] != current.get(name):
                 raise invalid_request(f"{name}: is set by the server and cannot be changed")
-        metadata = validate_metadata(body, self._jwks_uri_policy, self._trusted_issuers)
+        # a grant type the server stopped offering may stay registered
+        metadata = validate_metadata(
+            body,
+            self._jwks_uri_policy,
+            (*self._grant_types, *client.grant_types),
+            self._trusted_issuers,
+        )
         if not is_master:
             changed = privileged_changes(client.metadata, metadata)
             if changed:

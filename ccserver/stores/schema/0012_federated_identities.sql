@@ -1,4 +1,4 @@
--- ccserver schema, version 11: the workload identities bound to clients
+-- ccserver schema, version 12: the workload identities bound to clients
 -- (federated_jwt clients' federated_identities), so that a workload's
 -- token finds its client with one lookup, never a scan.  The client's
 -- metadata holds each binding itself; this is their index, written in the
