@@ -929,6 +929,7 @@ class HandlerTests(FederationTestCase):
         self.assertEqual(first.workload.subject, ACCOUNT)
         self.assertEqual(first.workload.claims["kubernetes.io"]["serviceaccount"]["name"], "api")
         self.assertEqual(second.workload.subject, "system:serviceaccount:batch:api")
+        self.assertEqual((first.grant_type, second.grant_type), ("client_credentials", JWT_BEARER_GRANT))
         # credentials never reach the handler as parameters
         self.assertEqual(dict(second.params), {})
 
@@ -1374,3 +1375,112 @@ jwks_uri = "https://192.168.1.5:8443"
         self.assertEqual(first.max_token_lifetime, 86400)
         self.assertEqual(second.audiences, ("https://y-aud",))
 
+
+
+class TokenExchangeTests(FederationTestCase):
+    """
+    RFC 8693 with workload tokens: a trusted issuer's JWT is a subject
+    token of type urn:ietf:params:oauth:token-type:jwt (issue 22 item 2).
+    Service B, which a pod called with the pod's own token (its audience
+    B's API), exchanges it for a token for C in the pod's name.
+    """
+
+    B_API = "https://b.example/api"
+    C_API = "https://c.example/api"
+    JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+    TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.b = self.register(
+            client_name="B",
+            scope="orders:read",
+            grant_types=[self.TOKEN_EXCHANGE],
+            resource_server_uris=[self.B_API],
+            audience=[self.C_API],
+        )
+
+    def exchange(self, subject_token: str) -> Response:
+        form = {
+            "grant_type": self.TOKEN_EXCHANGE,
+            "subject_token": subject_token,
+            "subject_token_type": self.JWT_TOKEN_TYPE,
+            "resource": self.C_API,
+        }
+        return self.token(form, basic(self.b["client_id"], self.b["client_secret"]))
+
+    def test_workload_token_exchanged(self) -> None:
+        response = self.exchange(self.k8s(audience=self.B_API))
+        self.assertEqual(response.code, 200, response.body)
+        claims = self.verify(response.json()["access_token"], audience=self.C_API)
+        self.assertEqual(claims["sub"], ACCOUNT)
+        self.assertEqual(claims["act"], {"sub": self.b["client_id"]})
+        self.assertEqual(
+            response.json()["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token"
+        )
+
+    def test_the_exchanging_client_must_be_its_audience(self) -> None:
+        response = self.exchange(self.k8s())  # for this server, not for B
+        self.assertEqual(response.code, 400, response.body)
+        self.assertEqual(response.json()["error"], "invalid_request")
+        self.assertIn("subject_token: is not for this client", response.json()["error_description"])
+
+    def test_checked_as_a_workload_token(self) -> None:
+        for token, description in (
+            (self.k8s(audience=self.B_API, lifetime=90000), "subject_token: it is valid for 90000"),
+            (
+                self.cluster.signing.sign(
+                    {**self.cluster.claims(now=self.now), "iss": "https://x.example"}
+                ),
+                "subject_token: its issuer is not trusted here",
+            ),
+            ("not.a.jwt", "subject_token: malformed JWS"),
+            (
+                SigningKey(kubernetes_key().key, "RS256", self.cluster.signing.kid).sign(
+                    self.cluster.claims(now=self.now, audience=self.B_API)
+                ),
+                "subject_token: the signature does not verify",
+            ),
+        ):
+            response = self.exchange(token)
+            self.assertEqual(response.code, 400, response.body)
+            self.assertEqual(response.json()["error"], "invalid_request")
+            self.assertIn(description, response.json()["error_description"])
+
+    def test_this_servers_own_jwt(self) -> None:
+        """
+        This server's own JWT access token is a JWT too, checked as an
+        access token is.
+        """
+        a = self.register(scope="orders:read", audience=[self.B_API])
+        own = self.token(
+            {"grant_type": "client_credentials"}, basic(a["client_id"], a["client_secret"])
+        ).json()["access_token"]
+        response = self.exchange(own)
+        self.assertEqual(response.code, 200, response.body)
+        claims = self.verify(response.json()["access_token"], audience=self.C_API)
+        self.assertEqual(claims["sub"], a["client_id"])
+
+
+class GrantOfferedTests(SynchronousTestCase):
+    def test_not_offered_without_trusted_issuers_quietly(self) -> None:
+        """
+        A server without trusted issuers does not offer the JWT bearer
+        grant, and says so at the info level: the usual case is no warning.
+        """
+        from ccserver.grants import builtin_grant_types
+        from ccserver.handlers.registered_scope import RegisteredScopeHandler
+        from ccserver.oauth.grants import OfferedGrants
+
+        logged: list[Mapping[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        plain = OfferedGrants.made(builtin_grant_types(), ISSUER, RegisteredScopeHandler(), None)
+        self.assertNotIn(JWT_BEARER_GRANT, plain.grants.grant_types)
+        [event] = [e for e in logged if JWT_BEARER_GRANT in formatEvent(e)]
+        self.assertEqual(event["log_level"].name, "info")
+        self.assertIn("add [[trusted_issuers]]", formatEvent(event))
+        federated = OfferedGrants.made(
+            builtin_grant_types(), ISSUER, RegisteredScopeHandler(), None, True
+        )
+        self.assertIn(JWT_BEARER_GRANT, federated.grants.grant_types)
