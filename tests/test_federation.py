@@ -822,6 +822,34 @@ class EverythingElseTests(FederationTestCase):
         self.assertIn("jkt", self.verify(response.json()["access_token"])["cnf"])
 
 
+class MetricsTests(FederationTestCase):
+    def make_metrics(self) -> Any:
+        from prometheus_client import CollectorRegistry
+
+        from ccserver.metrics import Metrics
+        from ccserver.web import ROUTES, route_template
+
+        self.metrics = Metrics(CollectorRegistry(), route_template, ROUTES)
+        return self.metrics
+
+    def test_counted_by_method_and_error(self) -> None:
+        self.bind()
+        self.assertEqual(self.with_assertion(self.k8s()).code, 200)
+        self.assertEqual(self.with_grant(self.k8s()).code, 200)
+        self.with_grant(self.k8s(audience="https://other.example"))
+        self.with_assertion(self.k8s(audience="https://other.example"))
+        registry = self.metrics.registry
+        issued = registry.get_sample_value(
+            "ccserver_tokens_issued_total",
+            {"format": "jwt", "alg": "RS256", "auth_method": "federated_jwt"},
+        )
+        self.assertEqual(issued, 2)
+        for error in ("invalid_grant", "invalid_client"):
+            self.assertEqual(
+                registry.get_sample_value("ccserver_token_errors_total", {"error": error}), 1
+            )
+
+
 class IssuanceLimitTests(FederationTestCase):
     extra_config = """
 [limits]
