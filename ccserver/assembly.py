@@ -382,26 +382,8 @@ def make_jwks_fetcher(
     The fetcher of clients' C{jwks_uri}, over its own persistent connection
     pool (released by L{KeySetSource.close}) unless C{http} is given.
     """
-    auth = config.client_auth
-    policy = auth.jwks_uri_policy
-    close = None
-    getter: HTTPGetter
-    if http is None:
-        getter, pool = http_client(reactor, connect_timeout=auth.jwks_uri_timeout, policy=policy)
-        close = pool.closeCachedConnections
-    else:
-        getter = http
-    return KeySetSource(
-        getter,
-        reactor,
-        policy=policy,
-        timeout=auth.jwks_uri_timeout,
-        default_cache=auth.jwks_uri_cache_seconds,
-        min_cache=auth.jwks_uri_min_cache_seconds,
-        max_cache=auth.jwks_uri_max_cache_seconds,
-        refetch_interval=auth.jwks_uri_refetch_seconds,
-        max_keys=MAX_CLIENT_KEYS,
-        close=close,
+    return _key_set_source(
+        reactor, config, config.client_auth.jwks_uri_policy, MAX_CLIENT_KEYS, http
     )
 
 
@@ -417,8 +399,21 @@ def make_issuer_keys(
     token with an unknown C{kid} fetches its issuer's keys again at most
     once per C{jwks_uri_refetch_seconds} for each issuer.
     """
+    return _key_set_source(reactor, config, AddressPolicy.any_address(), MAX_ISSUER_KEYS, http)
+
+
+def _key_set_source(
+    reactor: Any,
+    config: Config,
+    policy: AddressPolicy,
+    max_keys: int,
+    http: HTTPGetter | None,
+) -> KeySetSource:
+    """
+    A key-set source with C{[client_auth]}'s timeout and caching, under
+    C{policy}, over a connection pool of its own unless C{http} is given.
+    """
     auth = config.client_auth
-    policy = AddressPolicy.any_address()
     close = None
     getter: HTTPGetter
     if http is None:
@@ -435,7 +430,7 @@ def make_issuer_keys(
         min_cache=auth.jwks_uri_min_cache_seconds,
         max_cache=auth.jwks_uri_max_cache_seconds,
         refetch_interval=auth.jwks_uri_refetch_seconds,
-        max_keys=MAX_ISSUER_KEYS,
+        max_keys=max_keys,
         close=close,
     )
 

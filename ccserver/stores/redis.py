@@ -280,9 +280,10 @@ return text
 
 #: Every binding of C{ARGV[first..]} (C{"<binding key>:<conditions key>"},
 #: both 64 hex digits) is free or the client's own (C{ARGV[2]}), else the
-#: script returns the negative index of the first taken one; then the
-#: client's current bindings (the set C{KEYS[2]}) are removed.  Shared by
-#: the add and replace scripts, whose C{ARGV[3]} is the bindings' key prefix.
+#: script returns the negative index of the first taken one; the client's
+#: current bindings (the set C{KEYS[2]}) removed; its new ones written.
+#: Shared by the scripts that set and delete a client, whose C{ARGV[2]} is
+#: its id and C{ARGV[3]} the bindings' key prefix.
 _REBIND_LUA = """
 local function taken(first)
     for i = first, #ARGV do
@@ -311,36 +312,26 @@ local function bind(first)
 end
 """
 
-#: A client with bindings: C{KEYS[1]} its record, C{KEYS[2]} the set of its
-#: bindings; C{ARGV[1]} its JSON, C{ARGV[2]} its id, C{ARGV[3]} the
-#: bindings' key prefix, C{ARGV[4..]} its bindings.  0: the id is taken;
-#: negative: a binding is; 1: stored.
-_ADD_BOUND_CLIENT_SCRIPT = _REBIND_LUA + """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+#: A client with bindings added, or any client replaced: C{KEYS[1]} its
+#: record, C{KEYS[2]} the set of its bindings; C{ARGV[1]} its JSON,
+#: C{ARGV[2]} its id, C{ARGV[3]} the bindings' key prefix, C{ARGV[4]}
+#: C{add} or C{replace}, C{ARGV[5..]} its bindings.  0: no such client to
+#: replace, or its id taken when adding; negative: a binding is taken; 1:
+#: stored, with its bindings in place of those it had.
+_SET_CLIENT_SCRIPT = _REBIND_LUA + """
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if exists ~= (ARGV[4] == 'replace') then
     return 0
 end
-local refused = taken(4)
+local refused = taken(5)
 if refused then
     return refused
 end
-redis.call('SET', KEYS[1], ARGV[1])
-bind(4)
-return 1
-"""
-
-#: The same arguments: 0, no such client; negative: a binding is taken;
-#: 1: replaced, with its bindings.
-_REPLACE_CLIENT_SCRIPT = _REBIND_LUA + """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-    return 0
+if exists then
+    unbind()
 end
-local refused = taken(4)
-if refused then
-    return refused
-end
-unbind()
 redis.call('SET', KEYS[1], ARGV[1])
-bind(4)
+bind(5)
 return 1
 """
 
@@ -681,38 +672,33 @@ class RedisStore:
     # IClientStore
 
     def add_client(self, client: Client) -> Deferred[None]:
+        """
+        C{SET NX}, one command; a client with bindings, L{_SET_CLIENT_SCRIPT}.
+        """
         bindings = _bindings(client)
         if bindings:
+            d = self._set_client(client, "add", bindings)
+        else:
             d = self._call(
-                "eval",
-                _ADD_BOUND_CLIENT_SCRIPT,
-                [client_key(client.client_id), client_bindings_key(client.client_id)],
-                [CLIENTS.to_json(client), client.client_id, BINDINGS_PREFIX, *bindings],
+                "set",
+                client_key(client.client_id),
+                CLIENTS.to_json(client),
+                only_if_not_exists=True,
             )
-            d.addCallback(self._bound, client)
+            d.addCallback(lambda reply: reply is not None)
 
-            def added(stored: bool) -> None:
-                if not stored:
-                    raise ClientExists(client.client_id)
-
-            d.addCallback(added)
-            return d
-        d = self._call(
-            "set", client_key(client.client_id), CLIENTS.to_json(client), only_if_not_exists=True
-        )
-
-        def stored(reply: str | None) -> None:
-            if reply is None:
+        def stored(done: bool) -> None:
+            if not done:
                 raise ClientExists(client.client_id)
 
-        d.addCallback(stored)
-        return d
+        added: Deferred[None] = d.addCallback(stored)
+        return added
 
     @staticmethod
     def _bound(reply: object, client: Client) -> bool:
         """
-        What the add and replace scripts answered: a taken id (0 when
-        adding), a taken binding (negative: its index from 1), or stored.
+        What L{_SET_CLIENT_SCRIPT} answered: nothing stored (0), a taken
+        binding (negative: its index from 1), or stored.
         """
         answer = int(str(reply))
         if answer < 0:
@@ -734,11 +720,17 @@ class RedisStore:
         One script: the client, and its bindings in place of those it had
         (C{SET XX} would leave the old ones in the index).
         """
+        return self._set_client(client, "replace", _bindings(client))
+
+    def _set_client(self, client: Client, mode: str, bindings: list[str]) -> Deferred[bool]:
+        """
+        L{_SET_CLIENT_SCRIPT}: fires with whether the client was stored.
+        """
         d = self._call(
             "eval",
-            _REPLACE_CLIENT_SCRIPT,
+            _SET_CLIENT_SCRIPT,
             [client_key(client.client_id), client_bindings_key(client.client_id)],
-            [CLIENTS.to_json(client), client.client_id, BINDINGS_PREFIX, *_bindings(client)],
+            [CLIENTS.to_json(client), client.client_id, BINDINGS_PREFIX, mode, *bindings],
         )
         d.addCallback(self._bound, client)
         return d
