@@ -1084,6 +1084,25 @@ class RegistrationTests(FederationTestCase):
             f"grant_types: {JWT_BEARER_GRANT} is for federated_jwt clients",
         )
 
+    def replace(self, client: dict[str, Any], token: str, **metadata: Any) -> Response:
+        """
+        PUT the client's configuration with this token (RFC 7592 §2.2).
+        """
+        return self.request(
+            "PUT",
+            f"/client-reg/{client['client_id']}",
+            headers={"Authorization": f"Bearer {token}"},
+            json_body={"client_id": client["client_id"], **metadata},
+        )
+
+    @staticmethod
+    def as_registered(client: dict[str, Any]) -> dict[str, Any]:
+        """
+        The client's metadata as registered, to send back unchanged.
+        """
+        server_set = ("registration_access_token", "registration_client_uri", "client_id_issued_at")
+        return {k: v for k, v in client.items() if k not in server_set}
+
     def test_not_with_the_clients_own_token(self) -> None:
         """
         A binding set with the client's own registration access token is
@@ -1091,16 +1110,12 @@ class RegistrationTests(FederationTestCase):
         workload could take that workload's identity.
         """
         client = self.register(scope="read")
-        response = self.request(
-            "PUT",
-            f"/client-reg/{client['client_id']}",
-            headers={"Authorization": f"Bearer {client['registration_access_token']}"},
-            json_body={
-                "client_id": client["client_id"],
-                "scope": "read",
-                "token_endpoint_auth_method": "federated_jwt",
-                "federated_identities": [{"issuer": CLUSTER, "subject": ACCOUNT}],
-            },
+        response = self.replace(
+            client,
+            client["registration_access_token"],
+            scope="read",
+            token_endpoint_auth_method="federated_jwt",
+            federated_identities=[{"issuer": CLUSTER, "subject": ACCOUNT}],
         )
         self.refused_metadata(
             response, "token_endpoint_auth_method", "federated_identities", "only the master token"
@@ -1109,55 +1124,33 @@ class RegistrationTests(FederationTestCase):
 
     def test_not_changed_with_the_clients_own_token(self) -> None:
         client = self.bind()
-        body = {
-            key: value
-            for key, value in client.items()
-            if key not in ("registration_access_token", "registration_client_uri",
-                           "client_id_issued_at")
-        }
-        headers = {"Authorization": f"Bearer {client['registration_access_token']}"}
-        path = f"/client-reg/{client['client_id']}"
-        same = self.request("PUT", path, headers=headers, json_body={**body, "client_name": "n"})
+        token = client["registration_access_token"]
+        body = self.as_registered(client)
+        same = self.replace(client, token, **{**body, "client_name": "n"})
         self.assertEqual(same.code, 200, same.body)
-        moved = {**body, "federated_identities": [{"issuer": CLUSTER, "subject": "x"}]}
         self.refused_metadata(
-            self.request("PUT", path, headers=headers, json_body=moved),
+            self.replace(
+                client, token, **{**body, "federated_identities": [{"issuer": CLUSTER, "subject": "x"}]}
+            ),
             "federated_identities: only the master token",
         )
         # in another order, the same bindings are no change
-        twice = self.bind(
-            {"issuer": CLUSTER, "subject": "a"}, {"issuer": CLUSTER, "subject": "b"}
-        )
-        body = {k: v for k, v in twice.items() if k not in ("registration_access_token", "registration_client_uri", "client_id_issued_at")}
+        twice = self.bind({"issuer": CLUSTER, "subject": "a"}, {"issuer": CLUSTER, "subject": "b"})
+        body = self.as_registered(twice)
         body["federated_identities"] = list(reversed(body["federated_identities"]))
-        response = self.request(
-            "PUT",
-            f"/client-reg/{twice['client_id']}",
-            headers={"Authorization": f"Bearer {twice['registration_access_token']}"},
-            json_body=body,
-        )
+        response = self.replace(twice, twice["registration_access_token"], **body)
         self.assertEqual(response.code, 200, response.body)
 
     def test_master_token_changes_them(self) -> None:
         client = self.bind()
         taken = self.bind({"issuer": CLUSTER, "subject": "system:serviceaccount:billing:taken"})
-        path = f"/client-reg/{client['client_id']}"
-        headers = {"Authorization": f"Bearer {MASTER_TOKEN}"}
-        body = {"client_id": client["client_id"], "scope": "read"}
-        moved = self.request(
-            "PUT",
-            path,
-            headers=headers,
-            json_body={**body, "federated_identities": [{"issuer": CLUSTER, "subject": "system:serviceaccount:billing:new"}]},
-        )
+        new = [{"issuer": CLUSTER, "subject": "system:serviceaccount:billing:new"}]
+        moved = self.replace(client, MASTER_TOKEN, scope="read", federated_identities=new)
         self.assertEqual(moved.code, 200, moved.body)
         self.refused(self.with_assertion(self.k8s()), "no client is bound")
         self.issued_to(self.with_assertion(self.k8s(account="new")), client)
-        conflict = self.request(
-            "PUT",
-            path,
-            headers=headers,
-            json_body={**body, "federated_identities": taken["federated_identities"]},
+        conflict = self.replace(
+            client, MASTER_TOKEN, scope="read", federated_identities=taken["federated_identities"]
         )
         self.refused_metadata(conflict, "bound to another client already")
         self.issued_to(self.with_assertion(self.k8s(account="new")), client)
