@@ -243,7 +243,7 @@ def make_site(
         offered = OfferedGrants.made(
             builtin_grant_types(), config.issuer, handler, reactor, federation is not None
         )
-    access_tokens = AccessTokenValidator(introspection)
+    access_tokens = AccessTokenValidator(introspection, clients)
     offered.endpoint.connect(
         clients,
         _minter(config, keyring, store, sign, now),
@@ -257,7 +257,7 @@ def make_site(
             *(
                 []
                 if federation is None
-                else [WorkloadTokenValidator(federation, access_tokens.verify, config.issuer)]
+                else [WorkloadTokenValidator(federation, access_tokens, config.issuer)]
             ),
         ],
         handler=handler,

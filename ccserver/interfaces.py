@@ -350,15 +350,28 @@ class ISubjectTokenValidator(Interface):
             must be, expired, revoked.
         """
 
+    def client_for(
+        token: VerifiedToken,
+    ) -> Deferred[Client | None] | Awaitable[Client | None]:
+        """
+        The registered client a token it verified speaks for, or None: for
+        a grant whose client presents no credentials of its own but such a
+        token (RFC 7523 §2.1, the JWT bearer grant; see
+        L{ITokenEndpoint.identify}).  This server's access tokens name
+        theirs by C{client_id}; a token from elsewhere would name it by the
+        client's binding to its issuer and subject.
+        """
+
 
 class ITokenEndpoint(Interface):
     """
     What the token endpoint offers a grant type (L{IGrantType}): the steps
-    every grant takes, in this order: who the client is (L{authenticate}, or
-    L{admit} for a grant that finds its client another way), what the token
-    will be bound to (L{bind}), what the grant handler decides
-    (L{decide}), and the token (L{mint}).  Every step raises
-    L{ccserver.errors.OAuthError} for a refusal.
+    every grant takes, in this order: who the client is (L{authenticate};
+    L{identify} for a grant whose client presents a token that speaks for
+    it, after L{verify_token}; L{admit} for a grant that finds its client
+    yet another way), what the token will be bound to (L{bind}), what the
+    grant handler decides (L{decide}), and the token (L{mint}).  Every step
+    raises L{ccserver.errors.OAuthError} for a refusal.
     """
 
     issuer = Attribute("This server's issuer identifier.")
@@ -411,6 +424,18 @@ class ITokenEndpoint(Interface):
         its registered C{grant_types}.
 
         @raise ccserver.errors.OAuthError: C{unauthorized_client}.
+        """
+
+    def identify(request: TokenRequest, token: VerifiedToken) -> Awaitable[Client]:
+        """
+        The client a verified token speaks for (the validator of its type
+        says which, L{ISubjectTokenValidator.client_for}), once L{admit}
+        has let it use the request's grant type: how a grant finds a client
+        that authenticates with an assertion instead of credentials (RFC
+        7523 §2.1), in place of L{authenticate}.
+
+        @raise ccserver.errors.OAuthError: C{invalid_grant} (RFC 7523 §3.1)
+            when it speaks for no registered client; C{unauthorized_client}.
         """
 
     def bind(request: TokenRequest, client: Client) -> Awaitable[Binding | None]:

@@ -59,6 +59,7 @@ from ccserver.outbound import (
     read_body,
     was_cancelled,
 )
+from ccserver.text import escape
 
 #: The largest JWK set (or OpenID configuration) read, in bytes.
 MAX_KEY_SET_BYTES = 64 * 1024
@@ -389,15 +390,19 @@ class KeySetSource:
             reason = describe_failure(failure)
             if reason is None:
                 self._log.failure(
-                    "Unexpected error fetching the {what} at {uri}", failure, uri=uri, what=what
+                    "Unexpected error fetching the {what} at {uri}",
+                    failure,
+                    uri=escape(uri),
+                    what=what,
                 )
                 reason = "an unexpected error (logged above)"
         self._log.warn(
             "Could not fetch the {what} at {uri}, so whoever authenticates with the keys "
             "or certificates it leads to fails: {reason}",
-            uri=uri,
+            # a client's text, and what its server answered: escaped
+            uri=escape(uri),
             what=what,
-            reason=reason,
+            reason=escape(reason),
         )
         return KeySetUnavailable(reason)
 

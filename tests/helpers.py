@@ -128,6 +128,15 @@ class ServerTestCase(SynchronousTestCase):
             if self.config.trusted_issuers
             else None
         )
+        #: the grant types offered, made over their endpoint (None: the
+        #: built-in ones, made by make_site)
+        self.offered = (
+            None
+            if found is None
+            else OfferedGrants.made(
+                found, ISSUER, handler, self.clock, bool(self.config.trusted_issuers)
+            )
+        )
         self.site, self.keyring = make_site(
             self.clock,
             self.config,
@@ -139,11 +148,7 @@ class ServerTestCase(SynchronousTestCase):
             make_jwks_fetcher(self.clock, self.config, self.make_jwks_http()),
             self.make_metrics(),
             self.make_certificates(),
-            None
-            if found is None
-            else OfferedGrants.made(
-                found, ISSUER, handler, self.clock, bool(self.config.trusted_issuers)
-            ),
+            self.offered,
             issuer_keys,
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))

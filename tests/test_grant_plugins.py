@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.plugin import IPlugin
@@ -17,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from ccserver.assembly import make_jwks_fetcher, make_site
-from ccserver.errors import ConfigError
+from ccserver.errors import ConfigError, OAuthError
 from ccserver.grants import builtin_grant_types, find_grant_types
 from ccserver.interfaces import IGrantTypeFactory
 from ccserver.model import CLIENT_CREDENTIALS, JWT_BEARER_GRANT, TOKEN_EXCHANGE, is_grant_type
@@ -242,6 +243,109 @@ class ThirdPartyGrantTests(ServerTestCase):
             self.token({"grant_type": CLIENT_CREDENTIALS}, auth).json()["error"],
             "unauthorized_client",
         )
+
+
+#: A grant whose client presents no credentials but a token that speaks
+#: for it, as RFC 7523 §2.1's JWT bearer grant does: the endpoint's
+#: verify_token and identify steps in place of authenticate.
+RENEW = "urn:example:params:oauth:grant-type:renew"
+RENEW_PLUGIN = f"""\
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from ccserver.errors import invalid_request
+from ccserver.interfaces import IGrantType, IGrantTypeFactory
+from ccserver.model import ACCESS_TOKEN_TYPE, GrantRequest
+
+
+@implementer(IPlugin, IGrantTypeFactory)
+class Renew:
+    grant_type = "{RENEW}"
+    description = "a token for the client an access token of its own speaks for"
+
+    def makeGrant(self, endpoint):
+        return RenewGrant(endpoint)
+
+
+@implementer(IGrantType)
+class RenewGrant:
+    def __init__(self, endpoint):
+        self.endpoint = endpoint
+
+    async def token(self, request):
+        assertion = request.form.get("assertion")
+        if assertion is None:
+            raise invalid_request("assertion: missing")
+        verified = await self.endpoint.verify_token(assertion, ACCESS_TOKEN_TYPE)
+        client = await self.endpoint.identify(request, verified)
+        binding = await self.endpoint.bind(request, client)
+        decision = await self.endpoint.decide(
+            GrantRequest(client=client, scope=None, issuer=self.endpoint.issuer, grant_type="{RENEW}")
+        )
+        return await self.endpoint.mint(request, client, decision, binding)
+
+
+renew = Renew()
+"""
+
+
+class ClientFromAssertionTests(ServerTestCase):
+    """
+    A grant that finds its client from a token rather than by client
+    authentication (the shape of RFC 7523's JWT bearer grant): the token
+    is verified by the validator of its type, which says which client it
+    speaks for; that client must be registered for the grant.
+    """
+
+    def setUp(self) -> None:
+        use_plugin_folder(self, write_plugins(temp_dir(self), {"renew.py": RENEW_PLUGIN}))
+        self.found = find_grant_types(scan_plugins())
+        super().setUp()
+
+    def make_grant_types(self) -> Any:
+        return self.found
+
+    def own_token(self, **metadata: Any) -> tuple[dict[str, Any], str]:
+        client = self.register(scope="read", **metadata)
+        response = self.token(
+            {"grant_type": CLIENT_CREDENTIALS}, basic(client["client_id"], client["client_secret"])
+        )
+        return client, response.json()["access_token"]
+
+    def test_identified(self) -> None:
+        client, token = self.own_token(grant_types=[CLIENT_CREDENTIALS, RENEW])
+        response = self.token({"grant_type": RENEW, "assertion": token})
+        self.assertEqual(response.code, 200, response.body)
+        claims = self.verify(response.json()["access_token"])
+        self.assertEqual(claims["client_id"], client["client_id"])
+
+    def test_not_registered_for_the_grant(self) -> None:
+        _, token = self.own_token()
+        response = self.token({"grant_type": RENEW, "assertion": token})
+        self.assertEqual(response.json()["error"], "unauthorized_client")
+
+    def test_invalid_token(self) -> None:
+        response = self.token({"grant_type": RENEW, "assertion": "forged"})
+        self.assertEqual(response.json()["error"], "invalid_request")
+
+    def test_speaks_for_no_client(self) -> None:
+        """
+        RFC 7523 §3.1: invalid_grant, for a token whose type has no
+        validator to name a client, or whose validator names none.
+        """
+        from ccserver.model import TokenRequest, VerifiedToken
+
+        offered = self.offered
+        request = TokenRequest({"grant_type": RENEW}, None)
+        for token in (
+            VerifiedToken("urn:example:token-type:unknown", {"sub": "x"}),
+            VerifiedToken("urn:ietf:params:oauth:token-type:access_token", {"client_id": "nobody"}),
+            VerifiedToken("urn:ietf:params:oauth:token-type:access_token", {}),
+        ):
+            failure = self.failureResultOf(
+                ensureDeferred(offered.endpoint.identify(request, token)), OAuthError
+            )
+            self.assertEqual(failure.value.error, "invalid_grant")
 
 
 class BrokenGrantTests(SynchronousTestCase):

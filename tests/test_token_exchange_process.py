@@ -347,6 +347,9 @@ def workers(
     try:
         process.start()
         yield process
+        # SIGTERM: the main process stops its workers (a SIGKILL would
+        # leave them running)
+        process.stop()
     finally:
         process.kill()
         for function, args in reversed(cleanups):

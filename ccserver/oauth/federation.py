@@ -63,8 +63,8 @@ All JOSE is L{ccserver.jose}'s; keys come from L{ccserver.keysets}.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 from attrs import frozen
 from twisted.logger import Logger
@@ -82,6 +82,7 @@ from ccserver.model import (
     WorkloadIdentity,
 )
 from ccserver.oauth.assertions import MAX_CANDIDATES, ClientAssertion, choose
+from ccserver.text import identifier_problem
 
 #: draft-ietf-oauth-spiffe-client-auth: the C{client_assertion_type} of a
 #: SPIFFE JWT-SVID.
@@ -230,13 +231,7 @@ class Federation:
             return None  # the client assertion's verifier says what is wrong
         iss, subject = claims.get("iss"), claims.get("sub")
         domain = spiffe_trust_domain(subject)
-        trusted = None
-        if not spiffe and isinstance(iss, str):
-            trusted = self._issuers.get(iss)
-            if trusted is not None and trusted.spiffe:
-                trusted = None
-        if trusted is None and domain is not None:
-            trusted = self._issuers.get(domain)
+        trusted = self._trusted(claims, spiffe_only=spiffe)
         if trusted is not None:
             return Recognised(presented.assertion, trusted, header, claims, presented.client_id)
         if spiffe:
@@ -250,6 +245,20 @@ class Federation:
             # a client's own assertion is issued by its client id, never a URL
             raise invalid_client("client_assertion: its issuer is not trusted here")
         return None
+
+    def _trusted(self, claims: Mapping[str, Any], *, spiffe_only: bool) -> TrustedIssuer | None:
+        """
+        The trusted issuer whose token these claims say they are: its
+        C{iss}'s (unless C{spiffe_only}: the SPIFFE draft's assertion type),
+        else the trust domain of its C{sub}'s.
+        """
+        iss = claims.get("iss")
+        if not spiffe_only and isinstance(iss, str):
+            trusted = self._issuers.get(iss)
+            if trusted is not None and not trusted.spiffe:
+                return trusted
+        domain = spiffe_trust_domain(claims.get("sub"))
+        return None if domain is None else self._issuers.get(domain)
 
     async def verify(
         self, recognised: Recognised, *, for_this_server: bool = True
@@ -301,11 +310,9 @@ class Federation:
             self._check_audience(issuer, claims["aud"])
         self._check_lifetime(issuer, claims, now)
         subject = claims["sub"]
-        if not isinstance(subject, str) or not subject or len(subject) > MAX_SUBJECT_LENGTH:
-            raise invalid_client(
-                f"client_assertion: the sub claim must be a string of 1 to "
-                f"{MAX_SUBJECT_LENGTH} characters"
-            )
+        problem = identifier_problem(subject, MAX_SUBJECT_LENGTH)
+        if problem is not None:
+            raise invalid_client(f"client_assertion: the sub claim {problem}")
         if issuer.spiffe and spiffe_trust_domain(subject) != issuer.identifier:
             raise invalid_client("client_assertion: the sub claim is not a SPIFFE ID of its trust domain")
         return WorkloadIdentity(issuer.identifier, subject, claims)
@@ -418,6 +425,25 @@ class Federation:
         )
         return invalid_client(f"client_assertion: {reason}")
 
+    async def client_for(self, claims: Mapping[str, Any]) -> Client | None:
+        """
+        The client a verified workload token speaks for (for a grant that
+        finds its client through L{ITokenEndpoint.identify}): the one
+        client bound to it, if the token is for this server (its audience);
+        else None.
+        """
+        trusted = self._trusted(claims, spiffe_only=False)
+        subject = claims.get("sub")
+        if trusted is None or not isinstance(subject, str):
+            return None
+        try:
+            self._check_audience(trusted, claims.get("aud"))
+            return await self.client(WorkloadIdentity(trusted.identifier, subject, claims), None)
+        except OAuthError as e:
+            if e.error != "invalid_client":
+                raise
+            return None
+
     async def authenticate(self, recognised: Recognised) -> tuple[Client, WorkloadIdentity]:
         """
         The client a recognised workload token authenticates, and the
@@ -438,6 +464,17 @@ def bound(client: Client, identity: WorkloadIdentity) -> bool:
     )
 
 
+class OwnTokens(Protocol):
+    """
+    What L{WorkloadTokenValidator} asks of the validator of this server's
+    own access tokens (L{ccserver.oauth.introspection.AccessTokenValidator}).
+    """
+
+    async def verify(self, token: str) -> VerifiedToken: ...
+
+    async def client_for(self, token: VerifiedToken) -> Client | None: ...
+
+
 @implementer(ISubjectTokenValidator)
 class WorkloadTokenValidator:
     """
@@ -452,15 +489,9 @@ class WorkloadTokenValidator:
 
     token_type = JWT_TOKEN_TYPE
 
-    def __init__(
-        self,
-        federation: Federation,
-        own: Callable[[str], Awaitable[VerifiedToken]],
-        issuer: str,
-    ) -> None:
+    def __init__(self, federation: Federation, own: OwnTokens, issuer: str) -> None:
         """
-        @param own: checks this server's own access tokens (the access
-            token validator's C{verify}).
+        @param own: checks this server's own access tokens.
         @param issuer: this server's issuer identifier, their C{iss}.
         """
         self._federation = federation
@@ -473,7 +504,7 @@ class WorkloadTokenValidator:
         except jose.JOSEError as e:
             raise invalid_request(str(e)) from None
         if claims.get("iss") == self._issuer:
-            own = await self._own(token)
+            own = await self._own.verify(token)
             return VerifiedToken(JWT_TOKEN_TYPE, own.claims, own.lineage)
         try:
             recognised = self._federation.recognise(ClientAssertion(None, token))
@@ -486,3 +517,13 @@ class WorkloadTokenValidator:
             description = e.description.removeprefix("client_assertion: ")
             raise invalid_request(description) from None
         return VerifiedToken(JWT_TOKEN_TYPE, identity.claims)
+
+    async def client_for(self, token: VerifiedToken) -> Client | None:
+        """
+        The client a JWT it verified speaks for: for this server's own, the
+        one it was issued to; for a workload's, the one client bound to it,
+        if the token is for this server (L{Federation.client_for}).
+        """
+        if token.claims.get("iss") == self._issuer:
+            return await self._own.client_for(token)
+        return await self._federation.client_for(token.claims)

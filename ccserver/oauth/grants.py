@@ -179,6 +179,17 @@ class TokenEndpoint:
                 "unauthorized_client", f"this client is not registered for {grant_type}"
             )
 
+    async def identify(self, request: TokenRequest, token: VerifiedToken) -> Client:
+        validator = self._validators.get(token.token_type)
+        client = None if validator is None else await maybeDeferred(validator.client_for, token)
+        if client is None:
+            # RFC 7523 §3.1: the assertion is not valid for this server
+            raise OAuthError("invalid_grant", "the token speaks for no registered client")
+        if not isinstance(client, Client):
+            raise TypeError(f"token validator {validator!r} returned {client!r}")
+        self.admit(request, client)
+        return client
+
     async def bind(self, request: TokenRequest, client: Client) -> Binding | None:
         if self._issuance is not None:
             self._issuance.take(client.client_id)

@@ -49,6 +49,7 @@ from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import PresentedCertificate
 from ccserver.oauth.registration import bearer_error
 from ccserver.oauth.tokens import access_token_claims
+from ccserver.text import is_printable
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -183,8 +184,12 @@ class TokenIntrospection:
         """
         The active token C{token} is, or None when it is unknown, malformed,
         expired or revoked, or was made by exchange from a token that is
-        revoked (L{exchanged_from}).
+        revoked (L{exchanged_from}).  A token that is not printable
+        (L{is_printable}) is none this server issued: the store is not asked
+        about it.  (Its length is bounded by the request body's.)
         """
+        if not is_printable(token):
+            return None
         info = await (self._jwt(token) if token.count(".") == 2 else self._opaque(token))
         if info is None or EXCHANGED_FROM not in info.claims:
             return info
@@ -372,8 +377,9 @@ class AccessTokenValidator:
 
     token_type = ACCESS_TOKEN_TYPE
 
-    def __init__(self, introspection: TokenIntrospection) -> None:
+    def __init__(self, introspection: TokenIntrospection, clients: IClientStore) -> None:
         self._introspection = introspection
+        self._clients = clients
 
     async def verify(self, token: str) -> VerifiedToken:
         info = await self._introspection.lookup(token)
@@ -384,3 +390,12 @@ class AccessTokenValidator:
             )
         refs = exchanged_from(info.claims) or ()
         return VerifiedToken(ACCESS_TOKEN_TYPE, info.claims, (info.ref, *refs))
+
+    async def client_for(self, token: VerifiedToken) -> Client | None:
+        """
+        The client the token was issued to (its C{client_id}).
+        """
+        client_id = token.claims.get("client_id")
+        if not isinstance(client_id, str):
+            return None
+        return await self._clients.get_client(client_id)

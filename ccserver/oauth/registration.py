@@ -46,10 +46,12 @@ from ccserver.oauth.assertions import (
     MAX_CLIENT_KEYS,
     unselectable,
 )
+from ccserver.oauth.clientauth import check_client_id
 from ccserver.oauth.federation import MAX_SUBJECT_LENGTH, spiffe_trust_domain
 from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
 from ccserver.outbound import AddressPolicy, RefusedURL
+from ccserver.text import identifier_problem
 
 #: The grant types a client registers for by default, and the ones a
 #: registry accepts when it is not told which are loaded.
@@ -468,15 +470,13 @@ def federated_identities(
 
 def _bounded_text(name: str, value: object, longest: int) -> str:
     """
-    A non-empty string of at most C{longest} characters, none of them a
-    control character.
+    A string of 1 to C{longest} printable characters (L{identifier_problem}:
+    what a store key and an operator's terminal can hold).
     """
-    if not isinstance(value, str) or not value:
-        raise invalid_client_metadata(f"{name}: must be a non-empty string")
-    if len(value) > longest:
-        raise invalid_client_metadata(f"{name}: longer than {longest} characters")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
-        raise invalid_client_metadata(f"{name}: must hold no control characters")
+    problem = identifier_problem(value, longest)
+    if problem is not None:
+        raise invalid_client_metadata(f"{name} {problem}")
+    assert isinstance(value, str)
     return value
 
 
@@ -791,6 +791,7 @@ class ClientRegistry:
         L{AuthLimits.registration}), never against the master token's own
         budget at C{/client-reg}.
         """
+        check_client_id(client_id)
         if token is None:
             raise bearer_error("this endpoint needs the client's registration access token")
         if not token:
@@ -946,6 +947,7 @@ class ClientRegistry:
         secret keeps working for C{[clients] secret_rotation_grace} seconds.
         An unknown client gets the same answer as a wrong token.
         """
+        check_client_id(client_id)
         await self.check_master_token(token, source)
         client = await self._store.get_client(client_id)
         rotation = None
