@@ -1554,3 +1554,47 @@ class IdentifyTests(FederationTestCase):
         ).json()["access_token"]
         found = self.successResultOf(self.identify(own))
         self.assertEqual(found.client_id, client["client_id"])
+
+
+class CertificateBindingTests(FederationTestCase):
+    """
+    RFC 8705 §3 for a federated client: registered with
+    tls_client_certificate_bound_access_tokens, its tokens are bound to the
+    TLS certificate it comes with (here from a trusted proxy's header),
+    and refused without one.
+    """
+
+    def make_config(self, **tokens: Any) -> Config:
+        from attrs import evolve
+
+        from ccserver.config import MTLSConfig, TLSConfig
+
+        return evolve(
+            super().make_config(),
+            tls=TLSConfig(base_url="https://mtls.example"),
+            mtls=MTLSConfig(proxy_header="X-Client-Cert", trusted_proxies=("127.0.0.1",)),
+        )
+
+    def make_certificates(self) -> Any:
+        from ccserver.assembly import certificate_reader
+
+        return certificate_reader(self.clock, self.config, client_ca=None)
+
+    def test_bound_to_the_certificate(self) -> None:
+        from tests.certs import make_ca
+
+        self.bind(tls_client_certificate_bound_access_tokens=True)
+        body = urlencode(
+            {"grant_type": JWT_BEARER_GRANT, "assertion": self.k8s()}
+        ).encode()
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        refused = self.request("POST", "/token", headers=headers, data=body)
+        self.assertEqual(refused.code, 400, refused.body)
+        self.assertIn("tls_client_certificate_bound_access_tokens", refused.json()["error_description"])
+        certificate = make_ca("workload")
+        response = self.request(
+            "POST", "/token", headers={**headers, "X-Client-Cert": certificate.escaped}, data=body
+        )
+        self.assertEqual(response.code, 200, response.body)
+        claims = self.verify(response.json()["access_token"])
+        self.assertIn("x5t#S256", claims["cnf"])

@@ -82,7 +82,7 @@ from ccserver.model import (
     WorkloadIdentity,
 )
 from ccserver.oauth.assertions import MAX_CANDIDATES, ClientAssertion, choose
-from ccserver.text import identifier_problem
+from ccserver.text import escape, identifier_problem
 
 #: draft-ietf-oauth-spiffe-client-auth: the C{client_assertion_type} of a
 #: SPIFFE JWT-SVID.
@@ -418,9 +418,10 @@ class Federation:
 
     def _refused(self, identity: WorkloadIdentity, reason: str) -> OAuthError:
         self._log.info(
-            "Refused a workload token of {issuer} for {subject!r}: {reason}",
+            "Refused a workload token of {issuer} for subject {subject}: {reason}",
             issuer=identity.issuer,
-            subject=identity.subject,
+            # the platform's text: escaped for the operator's terminal
+            subject=escape(identity.subject),
             reason=reason,
         )
         return invalid_client(f"client_assertion: {reason}")
