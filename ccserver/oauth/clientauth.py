@@ -43,8 +43,8 @@ __all__ = ["JWT_BEARER", "JWT_SPIFFE"]
 T = TypeVar("T")
 
 #: The longest C{client_assertion} accepted, in bytes: a few claims and a
-#: signature take well under 2 KiB (RSA-4096 included); anything far longer
-#: is refused before it is decoded.
+#: signature (RSA-4096 included) take a fraction of it; anything longer is
+#: refused before it is decoded.
 MAX_ASSERTION_BYTES = 8 * 1024
 
 _FAILED = "client authentication failed"

@@ -8,10 +8,10 @@ writes through other processes within C{seconds}.  The same holds for the
 clients bound to a workload identity (L{IClientStore.clients_bound_to}):
 a workload's token then costs no round trip either.
 
-Memory: each record cached costs about 1.9 KiB.  Expired records are
-dropped as new ones come in, so the cache holds about the clients seen in
-the last C{seconds}, and never more than C{max_entries} (bench/README.md,
-"RSS").
+Memory: expired records are dropped as new ones come in, so the cache
+holds about the clients seen in the last C{seconds}, and never more than
+C{max_entries} (what a record costs: bench/README.md, "Measurements behind
+design choices").
 """
 
 from __future__ import annotations
