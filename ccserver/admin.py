@@ -9,6 +9,7 @@ server's store while it runs.
     ccserver [--config FILE] [--store URL] clients list [--json]
     ccserver [--config FILE] [--store URL] clients show CLIENT_ID
     ccserver [--config FILE] [--store URL] clients create [--metadata FILE] [--name NAME] ...
+    ccserver [--config FILE] [--store URL] clients create --federated-identity ISS SUB ...
     ccserver [--config FILE] [--store URL] clients delete CLIENT_ID
     ccserver [--config FILE] [--store URL] clients rotate-secret CLIENT_ID [--grace SECONDS]
 
@@ -150,7 +151,7 @@ class MetadataOption:
     kind: str
     help: str
     flags: tuple[str, ...] = ()
-    metavar: str | None = None
+    metavar: str | tuple[str, ...] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -160,6 +161,11 @@ class MetadataOption:
         options: dict[str, Any] = {"dest": self.field, "help": self.help, "default": None}
         if self.kind == "list":
             options["action"] = "append"
+        elif self.kind == "binding":
+            options["action"] = _Binding
+            options["nargs"] = 2
+        elif self.kind == "condition":
+            options["action"] = _Condition
         elif self.kind == "int":
             options["type"] = int
         elif self.kind == "flag":
@@ -175,9 +181,43 @@ class MetadataOption:
         return given
 
 
+class _Binding(argparse.Action):
+    """
+    C{--federated-identity ISS SUB}: one more binding of the client to a
+    workload identity (C{federated_identities}).
+    """
+
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        bindings = getattr(namespace, self.dest) or []
+        issuer, subject = values
+        bindings.append({"issuer": issuer, "subject": subject})
+        setattr(namespace, self.dest, bindings)
+
+
+class _Condition(argparse.Action):
+    """
+    C{--federated-claim NAME=VALUE}: a claim the workload's token must
+    carry with exactly this value, a condition of the C{--federated-identity}
+    given before it.
+    """
+
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        bindings = getattr(namespace, self.dest)
+        name, equals, value = str(values).partition("=")
+        if not bindings:
+            parser.error(f"{option}: give it after the --federated-identity it is a condition of")
+        if not equals or not name:
+            parser.error(f"{option}: {values!r} is not NAME=VALUE")
+        bindings[-1].setdefault("claims", {})[name] = value
+
+
 #: Every registration field the server understands (RFC 7591 §2, RFC 8705
-#: §2.1.2, RFC 9449 §5.2 and this server's own), as options of C{clients
-#: create}, so that it can make every kind of client: what they mean, and
+#: §2.1.2, RFC 9449 §5.2 and this server's own, C{federated_identities}
+#: among them), as options of C{clients create}, so that it can make every kind of client: what they mean, and
 #: which values are allowed, is checked by the registration rules.
 CREATE_OPTIONS = (
     MetadataOption("client_name", "text", "the client's name", ("--name", "--client-name"), "NAME"),
@@ -189,6 +229,23 @@ CREATE_OPTIONS = (
         "client_secret_basic, and client_secret_post works too while none is named]",
         ("--auth-method", "--token-endpoint-auth-method"),
         "METHOD",
+    ),
+    MetadataOption(
+        "federated_identities",
+        "binding",
+        "bind it to a workload identity: the tokens of the trusted issuer ISS whose sub is "
+        "SUB authenticate it (federated_jwt, the default with this option); repeatable",
+        ("--federated-identity",),
+        ("ISS", "SUB"),
+    ),
+    MetadataOption(
+        "federated_identities",
+        "condition",
+        "a claim the token must also carry with exactly this value, e.g. "
+        "environment=production: a condition of the --federated-identity before it; "
+        "repeatable",
+        ("--federated-claim",),
+        "NAME=VALUE",
     ),
     MetadataOption(
         "token_endpoint_auth_signing_alg",
@@ -319,7 +376,7 @@ def registration_body(arguments: argparse.Namespace) -> dict[str, Any]:
         body.update(document)
     for option in CREATE_OPTIONS:
         given = getattr(arguments, option.field)
-        if given is not None:
+        if given is not None and option.kind != "condition":
             body[option.field] = option.value(given)
     return body
 
@@ -383,6 +440,7 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
             client_cache_seconds=config.store.client_cache_seconds,
             jwks_uri_policy=config.client_auth.jwks_uri_policy,
         )
+        trusted_issuers = [trusted.issuer for trusted in config.trusted_issuers]
         action = arguments.action
         if action == "list":
             await _list_clients(store, reactor.seconds(), arguments.json)
@@ -406,6 +464,7 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
                 encryptor,
                 config.client_auth.jwks_uri_policy,
                 grant_types(),
+                trusted_issuers,
             )
             _print_json(registration_response(registration, config.issuer))
         elif action == "delete":

@@ -19,15 +19,24 @@ from typing import Any
 from attrs import frozen
 from cryptography import x509
 from prometheus_client import CollectorRegistry
+from twisted.logger import Logger
 from twisted.web.server import Site
 
-from ccserver.config import Config
+from ccserver.config import Config, TrustedIssuerConfig
 from ccserver.firststart import FirstStart
 from ccserver.grants import builtin_grant_types
 from ccserver.health import Readiness
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor, Keyring
-from ccserver.keysets import HTTPGetter, KeySetSource
+from ccserver.keysets import (
+    DiscoveredKeys,
+    FetchedKeys,
+    FileKeys,
+    HTTPGetter,
+    KeySetFile,
+    KeySetSource,
+    TrustedKeys,
+)
 from ccserver.listening import Listening
 from ccserver.metrics import (
     NO_METRICS,
@@ -41,6 +50,12 @@ from ccserver.oauth.assertions import MAX_CLIENT_KEYS, AssertionVerifier
 from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.dpop import DPOP_NONCE_KEY_PURPOSE, DPoPVerifier, NonceIssuer
+from ccserver.oauth.federation import (
+    MAX_ISSUER_KEYS,
+    Federation,
+    TrustedIssuer,
+    WorkloadTokenValidator,
+)
 from ccserver.oauth.grants import OfferedGrants
 from ccserver.oauth.introspection import AccessTokenValidator, TokenIntrospection
 from ccserver.oauth.limits import AuthLimits, IssuanceLimit
@@ -52,12 +67,14 @@ from ccserver.oauth.tokens import (
     rsa_signing_in_threads,
     sign_inline,
 )
-from ccserver.outbound import http_client
+from ccserver.outbound import AddressPolicy, http_client, operator_url_warning
 from ccserver.proxies import trusted_networks
 from ccserver.stores.cache import CachingClientStore
 from ccserver.stores.memory import MemoryStore
 from ccserver.tls import ChainVerifier, ClientCertificateReader
 from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template
+
+_log = Logger()
 
 
 @frozen
@@ -94,6 +111,8 @@ class Server:
     @ivar prepared: what they were made from (the store, the grant handler
         as its plugin made it, the first-start files, the endpoints).
     @ivar metrics_site: the C{/metrics} site, when C{--metrics} is given.
+    @ivar issuer_keys: the fetcher of the trusted issuers' keys, when there
+        are trusted issuers.
     """
 
     config: Config
@@ -102,6 +121,7 @@ class Server:
     keyring: Keyring
     jwks_fetcher: KeySetSource
     metrics_site: Site | None
+    issuer_keys: KeySetSource | None = None
 
 
 def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | None) -> Server:
@@ -113,6 +133,8 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
     """
     metrics = make_metrics(config)
     jwks_fetcher = make_jwks_fetcher(reactor, config)
+    issuer_keys = make_issuer_keys(reactor, config) if config.trusted_issuers else None
+    warn_about_issuer_urls(config)
     site, keyring = make_site(
         reactor,
         config,
@@ -125,8 +147,17 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
         metrics,
         certificate_reader(reactor, config, prepared.client_ca),
         prepared.grants,
+        issuer_keys,
     )
-    return Server(config, prepared, site, keyring, jwks_fetcher, _metrics_site(metrics, reactor))
+    return Server(
+        config,
+        prepared,
+        site,
+        keyring,
+        jwks_fetcher,
+        _metrics_site(metrics, reactor),
+        issuer_keys,
+    )
 
 
 def make_metrics(config: Config) -> NoMetrics:
@@ -172,6 +203,7 @@ def make_site(
     metrics: NoMetrics = NO_METRICS,
     certificates: ClientCertificateReader | None = None,
     offered: OfferedGrants | None = None,
+    issuer_keys: KeySetSource | None = None,
 ) -> tuple[CCServerSite, Keyring]:
     """
     The web site over the protocol objects, and the keyring they sign with.
@@ -180,12 +212,21 @@ def make_site(
 
     @param offered: the grant types to offer, made over their endpoint
         [default: the built-in ones, made here].
+    @param issuer_keys: fetches the trusted issuers' keys (by default, for
+        a configuration with trusted issuers, a fetcher of its own).
     """
     now = reactor.seconds
     keyring = Keyring(store, encryptor, config.tokens.signing_alg, config.tokens.max_lifetime, now)
     clients = CachingClientStore(store, now, config.store.client_cache_seconds)
     limits = _auth_limits(config, store, now, metrics)
-    authenticator = _authenticator(config, clients, store, encryptor, limits, jwks_fetcher, now)
+    federation = None
+    if config.trusted_issuers:
+        federation = make_federation(
+            config, clients, issuer_keys or make_issuer_keys(reactor, config), now
+        )
+    authenticator = _authenticator(
+        config, clients, store, encryptor, limits, jwks_fetcher, now, federation
+    )
     trusted_proxies = trusted_networks(config.limits.trusted_proxies)
     introspection = TokenIntrospection(
         clients,
@@ -199,7 +240,10 @@ def make_site(
         limits=limits,
     )
     if offered is None:
-        offered = OfferedGrants.made(builtin_grant_types(), config.issuer, handler, reactor)
+        offered = OfferedGrants.made(
+            builtin_grant_types(), config.issuer, handler, reactor, federation is not None
+        )
+    access_tokens = AccessTokenValidator(introspection, clients)
     offered.endpoint.connect(
         clients,
         _minter(config, keyring, store, sign, now),
@@ -207,7 +251,15 @@ def make_site(
         authenticator,
         _issuance_limit(config, now, metrics),
         # RFC 8693 subject and actor tokens, by type: this server's own
-        validators=[AccessTokenValidator(introspection, clients)],
+        # access tokens, and JWTs (this server's, and the trusted issuers')
+        validators=[
+            access_tokens,
+            *(
+                []
+                if federation is None
+                else [WorkloadTokenValidator(federation, access_tokens, config.issuer)]
+            ),
+        ],
         handler=handler,
     )
     grants = offered.grants
@@ -281,6 +333,7 @@ def _authenticator(
     limits: AuthLimits,
     jwks_fetcher: KeySetSource,
     now: Callable[[], float],
+    federation: Federation | None,
 ) -> ClientAuthenticator:
     assertions = AssertionVerifier(
         tokens=store,
@@ -291,7 +344,9 @@ def _authenticator(
         key_sets=jwks_fetcher,
         secret_encryptor=encryptor,
     )
-    return ClientAuthenticator(clients, assertions, limits, now=now, key_sets=jwks_fetcher)
+    return ClientAuthenticator(
+        clients, assertions, limits, now=now, key_sets=jwks_fetcher, federation=federation
+    )
 
 
 def _registry(
@@ -316,6 +371,7 @@ def _registry(
         secret_rotation_grace=config.clients.secret_rotation_grace,
         jwks_uri_policy=config.client_auth.jwks_uri_policy,
         grant_types=grant_types,
+        trusted_issuers=[trusted.issuer for trusted in config.trusted_issuers],
     )
 
 
@@ -326,8 +382,38 @@ def make_jwks_fetcher(
     The fetcher of clients' C{jwks_uri}, over its own persistent connection
     pool (released by L{KeySetSource.close}) unless C{http} is given.
     """
+    return _key_set_source(
+        reactor, config, config.client_auth.jwks_uri_policy, MAX_CLIENT_KEYS, http
+    )
+
+
+def make_issuer_keys(
+    reactor: Any, config: Config, http: HTTPGetter | None = None
+) -> KeySetSource:
+    """
+    The fetcher of the trusted issuers' keys (their OpenID configuration,
+    C{jwks_uri} or SPIFFE bundle endpoint), over its own persistent
+    connection pool unless C{http} is given: URLs the operator wrote, so
+    any address may be reached, over http too.  Its timeouts and caching
+    are those of clients' C{jwks_uri} (C{[client_auth] jwks_uri_*}); a
+    token with an unknown C{kid} fetches its issuer's keys again at most
+    once per C{jwks_uri_refetch_seconds} for each issuer.
+    """
+    return _key_set_source(reactor, config, AddressPolicy.any_address(), MAX_ISSUER_KEYS, http)
+
+
+def _key_set_source(
+    reactor: Any,
+    config: Config,
+    policy: AddressPolicy,
+    max_keys: int,
+    http: HTTPGetter | None,
+) -> KeySetSource:
+    """
+    A key-set source with C{[client_auth]}'s timeout and caching, under
+    C{policy}, over a connection pool of its own unless C{http} is given.
+    """
     auth = config.client_auth
-    policy = auth.jwks_uri_policy
     close = None
     getter: HTTPGetter
     if http is None:
@@ -344,9 +430,60 @@ def make_jwks_fetcher(
         min_cache=auth.jwks_uri_min_cache_seconds,
         max_cache=auth.jwks_uri_max_cache_seconds,
         refetch_interval=auth.jwks_uri_refetch_seconds,
-        max_keys=MAX_CLIENT_KEYS,
+        max_keys=max_keys,
         close=close,
     )
+
+
+def make_federation(
+    config: Config, clients: CachingClientStore, issuer_keys: KeySetSource, now: Callable[[], float]
+) -> Federation:
+    """
+    The checker of workload tokens, over the C{[[trusted_issuers]]}.
+    """
+    return Federation(
+        [
+            TrustedIssuer(
+                trusted.issuer,
+                frozenset(trusted.audiences),
+                trusted.max_token_lifetime,
+                _trusted_keys(trusted, issuer_keys),
+            )
+            for trusted in config.trusted_issuers
+        ],
+        clients,
+        now=now,
+        leeway=config.client_auth.leeway,
+    )
+
+
+def _trusted_keys(trusted: TrustedIssuerConfig, issuer_keys: KeySetSource) -> TrustedKeys:
+    if trusted.jwks_file is not None:
+        return FileKeys(KeySetFile(trusted.jwks_file, MAX_ISSUER_KEYS))
+    if trusted.jwks_uri is not None:
+        return FetchedKeys(issuer_keys, trusted.jwks_uri, trusted.issuer)
+    return DiscoveredKeys(issuer_keys, trusted.issuer)
+
+
+def warn_about_issuer_urls(config: Config) -> None:
+    """
+    Log a warning for each trusted issuer's URL that is plain http or
+    names a private address, but for the loopback's: allowed, as the
+    operator wrote them, but worth a second look.
+    """
+    for trusted in config.trusted_issuers:
+        urls = [trusted.jwks_uri] if trusted.jwks_uri else []
+        if not trusted.spiffe and trusted.jwks_file is None:
+            urls.append(trusted.issuer)
+        for url in urls:
+            warning = operator_url_warning(url)
+            if warning is not None:
+                _log.warn(
+                    "Trusted issuer {issuer}: its keys are fetched from {url}: {warning}",
+                    issuer=trusted.issuer,
+                    url=url,
+                    warning=warning,
+                )
 
 
 def _dpop_verifier(
@@ -370,6 +507,7 @@ def _discovery_json(config: Config, grant_types: Sequence[str]) -> bytes:
             dpop_signing_algs=config.dpop.signing_algs,
             mtls=config.mtls_enabled,
             mtls_base_url=config.tls.base_url,
+            federation=bool(config.trusted_issuers),
             grant_types=grant_types,
         ),
         separators=(",", ":"),

@@ -18,6 +18,7 @@ from zope.interface import Attribute, Interface
 from ccserver.model import (
     AttemptKeys,
     AttemptRelease,
+    Authenticated,
     Binding,
     Client,
     Delegation,
@@ -46,7 +47,11 @@ class IClientStore(Interface):
     def add_client(client: Client) -> Deferred[None]:
         """
         Store a new client.  Fails with L{ccserver.errors.ClientExists} if
-        its C{client_id} is taken.
+        its C{client_id} is taken, and with L{ccserver.errors.BindingTaken}
+        (storing nothing) if one of its L{Client.federated_identities} (the
+        issuer, subject and conditions together) is another client's: the
+        check and the write are one atomic step, so that of two clients
+        registered at once with the same binding, one is refused.
         """
 
     def get_client(client_id: str) -> Deferred[Client | None]:
@@ -56,8 +61,19 @@ class IClientStore(Interface):
 
     def replace_client(client: Client) -> Deferred[bool]:
         """
-        Replace the stored client of the same C{client_id} with this one.
-        Fires with C{False} (and stores nothing) if there is none.
+        Replace the stored client of the same C{client_id} with this one,
+        and its federated identities with the new one's.  Fires with
+        C{False} (and stores nothing) if there is none; fails with
+        L{ccserver.errors.BindingTaken} (storing nothing) if one of its new
+        federated identities is another client's.
+        """
+
+    def clients_bound_to(issuer: str, subject: str) -> Deferred[list[str]]:
+        """
+        The ids of the clients with a federated identity of this issuer and
+        subject (whatever its conditions), in no particular order: one
+        lookup by L{ccserver.model.binding_key}, never a scan.  A deleted
+        client's bindings are gone with it.
         """
 
     def list_clients(cursor: str, count: int) -> Deferred[tuple[list[Client], str]]:
@@ -360,6 +376,10 @@ class ITokenEndpoint(Interface):
 
     issuer = Attribute("This server's issuer identifier.")
     reactor = Attribute("The reactor, for any timer or connection a grant needs.")
+    federated = Attribute(
+        "Whether the server trusts issuers of workload tokens ([[trusted_issuers]]): "
+        "only then can authenticate_assertion find a client."
+    )
     handler = Attribute(
         "The grant handler; it may provide ITokenExchangeHandler as well as "
         "IClientCredentialsGrantHandler."
@@ -373,6 +393,29 @@ class ITokenEndpoint(Interface):
 
         @raise ccserver.errors.OAuthError: C{invalid_client},
             C{unauthorized_client}, ...
+        """
+
+    def authenticated(request: TokenRequest) -> Awaitable[Authenticated]:
+        """
+        L{authenticate}'s client, and for a client that authenticated with
+        its workload's token (C{federated_jwt}) that token, verified: what
+        a grant passes on to the grant handler (L{GrantRequest.workload}).
+        """
+
+    def authenticate_assertion(request: TokenRequest) -> Awaitable[Authenticated]:
+        """
+        For a grant whose assertion authenticates the client (RFC 7521
+        §4.1, the JWT bearer grant of RFC 7523 §2.1): the client the
+        request's C{assertion} parameter, a workload's token from a trusted
+        issuer, is bound to, and that token, verified; within the
+        brute-force limits, counted by the workload identity it names; once
+        L{admit} has let the client use the request's grant type.  The
+        request may name the client with C{client_id}, and carry no other
+        client credentials.
+
+        @raise ccserver.errors.OAuthError: C{invalid_grant} for an assertion
+            that is not valid (RFC 7521 §4.1.1), C{invalid_request} without
+            one, C{unauthorized_client}, ...
         """
 
     def admit(request: TokenRequest, client: Client) -> None:

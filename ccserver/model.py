@@ -12,6 +12,8 @@ grant handler may not set (L{check_claims}).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -63,6 +65,17 @@ RESERVED_CLAIMS = frozenset(
 )
 
 CLIENT_CREDENTIALS = "client_credentials"
+#: RFC 7523 §2.1: the grant type of the JWT bearer grant, whose assertion
+#: is a workload's token (workload identity federation).
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: The C{token_endpoint_auth_method} of a client that authenticates with the
+#: token its workload's platform gave it (a Kubernetes service-account
+#: token, a SPIFFE JWT-SVID, a CI job's OIDC token), bound to it by its
+#: C{federated_identities}.
+FEDERATED_JWT = "federated_jwt"
+#: The claims a binding's conditions may not name: those the server checks
+#: on their own (the issuer, the subject, the audience, the times, the id).
+CHECKED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti"})
 #: RFC 8693 §2.1: the grant type of a token exchange.
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 #: RFC 8693 §3: the token type of an OAuth 2.0 access token (of any format).
@@ -183,6 +196,98 @@ def _readonly(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
 
+def _conditions(claims: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    pairs = claims.items() if isinstance(claims, Mapping) else claims
+    return tuple(sorted((str(name), str(value)) for name, value in pairs))
+
+
+def _digest(*parts: str) -> str:
+    text = "\x00".join(parts)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def binding_key(issuer: str, subject: str) -> str:
+    """
+    The key the stores index federated identities by: a digest of the
+    issuer and the subject, so that a subject of any length or character
+    costs a store 64 bytes, and one lookup finds every client bound to it.
+    """
+    return _digest(issuer, subject)
+
+
+@frozen
+class FederatedIdentity:
+    """
+    A binding of a client to a workload identity (its C{federated_identities}
+    metadata): the tokens of C{issuer} whose C{sub} is C{subject}, and whose
+    claims are each exactly the string the C{claims} conditions name,
+    authenticate the client.
+
+    @ivar issuer: the trusted issuer's identifier: its C{iss}, or
+        C{spiffe://<trust domain>} for a SPIFFE trust domain.
+    @ivar claims: the conditions, as (name, value) pairs sorted by name.
+    """
+
+    issuer: str
+    subject: str
+    claims: tuple[tuple[str, str], ...] = field(default=(), converter=_conditions)
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> FederatedIdentity:
+        """
+        One element of validated C{federated_identities} metadata.
+        """
+        return cls(value["issuer"], value["subject"], value.get("claims") or {})
+
+    def as_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"issuer": self.issuer, "subject": self.subject}
+        if self.claims:
+            document["claims"] = dict(self.claims)
+        return document
+
+    @property
+    def key(self) -> str:
+        """
+        What the stores find it by (L{binding_key}).
+        """
+        return binding_key(self.issuer, self.subject)
+
+    @property
+    def conditions_key(self) -> str:
+        """
+        A digest of its conditions: with L{key}, what makes it unique among
+        every client's bindings.
+        """
+        return _digest(json.dumps(dict(self.claims), sort_keys=True, separators=(",", ":")))
+
+    def admits(self, issuer: str, subject: str, claims: Mapping[str, Any]) -> bool:
+        """
+        Whether a verified token of C{issuer} for C{subject} with these
+        C{claims} is this workload: each condition is a claim of exactly
+        that string value.
+        """
+        return (
+            issuer == self.issuer
+            and subject == self.subject
+            and all(claims.get(name) == value for name, value in self.claims)
+        )
+
+
+@frozen
+class WorkloadIdentity:
+    """
+    A workload's token, verified: signed by a trusted issuer's key, for
+    this server, in its lifetime.
+
+    @ivar issuer: the trusted issuer's identifier (for a SPIFFE JWT-SVID,
+        which may carry no C{iss}, C{spiffe://<trust domain>}).
+    @ivar subject: its C{sub}.
+    @ivar claims: every claim of the token, as verified.
+    """
+
+    issuer: str
+    subject: str
+    claims: Mapping[str, Any] = field(factory=dict, converter=_readonly)
 def _readonly_or_empty(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping)) if mapping else EMPTY
 
@@ -259,6 +364,17 @@ class Client:
     @property
     def token_endpoint_auth_method(self) -> str:
         return str(self.metadata.get("token_endpoint_auth_method", DEFAULT_AUTH_METHOD))
+
+    @property
+    def federated_identities(self) -> tuple[FederatedIdentity, ...]:
+        """
+        The workload identities bound to it (C{federated_identities}), for
+        a C{federated_jwt} client; none for every other.
+        """
+        return tuple(
+            FederatedIdentity.from_json(value)
+            for value in self.metadata.get("federated_identities", ())
+        )
 
     @property
     def token_endpoint_auth_methods(self) -> tuple[str, ...]:
@@ -343,6 +459,18 @@ def _check_claims(instance: object, attribute: object, claims: Mapping[str, Any]
 
 
 @frozen
+class Authenticated:
+    """
+    Who a token request authenticated as: the client, and for a client
+    that authenticated with its workload's token (C{federated_jwt}, or the
+    assertion of the JWT bearer grant) that token, verified.
+    """
+
+    client: Client
+    workload: WorkloadIdentity | None = None
+
+
+@frozen
 class GrantRequest:
     """
     A client's request for an access token, as a grant handler sees it.
@@ -365,6 +493,11 @@ class GrantRequest:
     #: the order given; empty when it named none.
     resource: tuple[str, ...] = field(default=(), converter=_strings)
     grant_type: str = CLIENT_CREDENTIALS
+    #: The workload token the client authenticated with (C{federated_jwt},
+    #: or the assertion of the JWT bearer grant), verified: its issuer,
+    #: subject and every claim, for a handler to decide on; None for every
+    #: other client.
+    workload: WorkloadIdentity | None = None
 
 
 class TokenRequest(NamedTuple):

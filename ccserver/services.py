@@ -88,6 +88,7 @@ def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: Sta
         IService(prepared.handler, None),
         # after the last request, as the handler
         CloseOnStop(server.jwks_fetcher.close),
+        None if server.issuer_keys is None else CloseOnStop(server.issuer_keys.close),
         *_timers(server, reactor),
         _requests_service(server, reactor, pool, startup),
         pool,

@@ -43,8 +43,10 @@ from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
 from ccserver.grants import descriptions, find_grant_types
 from ccserver.handlers import GRANT_HANDLERS, make_handler
+from ccserver.keysets import read_key_set_file
 from ccserver.listening import listening
 from ccserver.metrics import MultiprocessDirectory, use_multiprocess_directory
+from ccserver.oauth.federation import MAX_ISSUER_KEYS, signs_tokens
 from ccserver.oauth.grants import OfferedGrants
 from ccserver.pluginloader import PluginError, scan_plugins
 from ccserver.services import StartUp, service_tree
@@ -241,7 +243,10 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
     for problem in plugins.unimportable:
         _log.warn("A plugin was not loaded: {problem}", problem=problem)
     handler = make_handler(config.grant_handler, config.grant_handler_config, reactor, plugins)
-    grants = OfferedGrants.made(find_grant_types(plugins), config.issuer, handler, reactor)
+    check_key_files(config)
+    grants = OfferedGrants.made(
+        find_grant_types(plugins), config.issuer, handler, reactor, bool(config.trusted_issuers)
+    )
     store = store_from_url(config.store.url, reactor, timeout=config.store.timeout)
     endpoints = listening(config, reactor, inherited, _tls_context(config))
     client_ca = None
@@ -254,6 +259,32 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
         # inherit the directory through the environment.
         directory = MultiprocessDirectory(use_multiprocess_directory())
     return Prepared(store, handler, first, endpoints, client_ca, directory, grants)
+
+
+def check_key_files(config: Config) -> None:
+    """
+    Each trusted issuer's C{jwks_file} can be read now and holds a JWK set
+    with a key its tokens can be checked with: a mistake there is one line
+    at start, not a refusal of every workload later.  (Later changes to the
+    file are read as they come; one that breaks it leaves the last good
+    keys in use.)
+
+    @raise ConfigError: it does not.
+    @raise OSError: it cannot be read.
+    """
+    for trusted in config.trusted_issuers:
+        if trusted.jwks_file is None:
+            continue
+        where = f"[[trusted_issuers]] {trusted.issuer!r}: jwks_file"
+        try:
+            key_set = read_key_set_file(trusted.jwks_file, MAX_ISSUER_KEYS)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {trusted.jwks_file} is not a JWK set: {e}") from None
+        if not any(signs_tokens(key, spiffe=trusted.spiffe) for key in key_set.keys):
+            raise ConfigError(
+                f"{where}: {trusted.jwks_file} holds no public key that signs "
+                + ("JWT-SVIDs (use: jwt-svid)" if trusted.spiffe else "tokens")
+            )
 
 
 def _tls_context(config: Config) -> ClientCertificateRequesting | None:

@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from ccserver import credentials
-from ccserver.assembly import make_jwks_fetcher, make_site
+from ccserver.assembly import make_issuer_keys, make_jwks_fetcher, make_site
 from ccserver.config import Config, StoreConfig, TokenConfig
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
@@ -108,6 +108,13 @@ class ServerTestCase(SynchronousTestCase):
         """
         return StubTreq(Resource())
 
+    def make_issuer_http(self) -> Any:
+        """
+        The HTTP client that fetches trusted issuers' keys (when the
+        configuration has any): by default one that finds nothing (404).
+        """
+        return StubTreq(Resource())
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(int(time.time()))
@@ -116,10 +123,19 @@ class ServerTestCase(SynchronousTestCase):
         self.encryptor = KeyEncryptor.ephemeral()
         handler = self.make_handler()
         found = self.make_grant_types()
+        issuer_keys = (
+            make_issuer_keys(self.clock, self.config, self.make_issuer_http())
+            if self.config.trusted_issuers
+            else None
+        )
         #: the grant types offered, made over their endpoint (None: the
         #: built-in ones, made by make_site)
         self.offered = (
-            None if found is None else OfferedGrants.made(found, ISSUER, handler, self.clock)
+            None
+            if found is None
+            else OfferedGrants.made(
+                found, ISSUER, handler, self.clock, bool(self.config.trusted_issuers)
+            )
         )
         self.site, self.keyring = make_site(
             self.clock,
@@ -133,6 +149,7 @@ class ServerTestCase(SynchronousTestCase):
             self.make_metrics(),
             self.make_certificates(),
             self.offered,
+            issuer_keys,
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))
         self.treq = StubTreq(self.site.resource)

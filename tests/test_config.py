@@ -212,7 +212,11 @@ class ExampleConfigTests(SynchronousTestCase):
         """
         text = self.example.read_text()
         for key, value in toml_schema().items():
-            if isinstance(value, dict) or value is ANY_TABLE:
+            if isinstance(value, list):
+                self.assertIn(f"[[{key}]]", text)
+                for sub in value[0]:
+                    self.assertRegex(text, rf"(?m)^#?{sub} = ", f"[[{key}]] {sub}")
+            elif isinstance(value, dict) or value is ANY_TABLE:
                 self.assertIn(f"[{key}]", text)
                 for sub in value or ():
                     self.assertRegex(text, rf"(?m)^#?{sub} = ", f"[{key}] {sub}")

@@ -21,7 +21,7 @@ from ccserver.assembly import make_jwks_fetcher, make_site
 from ccserver.errors import ConfigError, OAuthError
 from ccserver.grants import builtin_grant_types, find_grant_types
 from ccserver.interfaces import IGrantTypeFactory
-from ccserver.model import CLIENT_CREDENTIALS, TOKEN_EXCHANGE, is_grant_type
+from ccserver.model import CLIENT_CREDENTIALS, JWT_BEARER_GRANT, TOKEN_EXCHANGE, is_grant_type
 from ccserver.oauth.grants import OfferedGrants
 from ccserver.oauth.tokens import sign_inline
 from ccserver.pluginloader import PluginError, scan_plugins
@@ -30,7 +30,7 @@ from tests.helpers import ServerTestCase, basic, temp_dir
 from tests.process import REPO
 from tests.test_handlers import use_plugin_folder, write_plugins
 
-BUILT_IN = (CLIENT_CREDENTIALS, TOKEN_EXCHANGE)
+BUILT_IN = (CLIENT_CREDENTIALS, TOKEN_EXCHANGE, JWT_BEARER_GRANT)
 
 #: The example grant type plugin of docs/grant-handlers.md, as a third
 #: party writes it.

@@ -98,11 +98,45 @@ class LayoutTests(TestCase):
         self.assertEqual(self.raw("HLEN", "ccserver:keys"), b":2")
 
     async def test_layout_version(self) -> None:
-        self.assertEqual(self.raw("GET", "ccserver:schema_version"), b"$1")
-        self.assertEqual(LAYOUT_VERSION, 1)
+        # INCRBY 0 answers the value itself (GET answers its length first)
+        self.assertEqual(self.raw("INCRBY", "ccserver:schema_version", "0"), b":2")
+        self.assertEqual(LAYOUT_VERSION, 2)
+
+    async def test_layout_1_brought_to_2(self) -> None:
+        """
+        A store written by a ccserver before federated identities (layout
+        1) holds no bindings: it is brought to layout 2 as it is, its
+        clients kept.
+        """
+        await self.store.add_client(make_client("old"))
+        self.raw("SET", "ccserver:schema_version", "1")
+        store = RedisStore.from_url(self.server.url_for(0), reactor, timeout=TIMEOUT)
+        self.addCleanup(store.close)
+        await store.open()
+        self.assertEqual(self.raw("INCRBY", "ccserver:schema_version", "0"), b":2")
+        self.assertEqual(await store.get_client("old"), make_client("old"))
+
+    async def test_bindings_layout(self) -> None:
+        """
+        A client's bindings: one hash per issuer and subject, one set per
+        client; both gone with the client.
+        """
+        identities = [{"issuer": "https://i.example", "subject": "s"}]
+        client = make_client(
+            "bound",
+            metadata={"token_endpoint_auth_method": "federated_jwt",
+                      "federated_identities": identities},
+        )
+        await self.store.add_client(client)
+        (identity,) = client.federated_identities
+        self.assertEqual(self.raw("HLEN", f"ccserver:bindings:{identity.key}"), b":1")
+        self.assertEqual(self.raw("SCARD", "ccserver:client_bindings:bound"), b":1")
+        await self.store.delete_client("bound", 1, 2)
+        self.assertEqual(self.raw("EXISTS", f"ccserver:bindings:{identity.key}"), b":0")
+        self.assertEqual(self.raw("EXISTS", "ccserver:client_bindings:bound"), b":0")
 
     async def test_newer_layout_refused(self) -> None:
-        self.raw("SET", "ccserver:schema_version", "2")
+        self.raw("SET", "ccserver:schema_version", str(LAYOUT_VERSION + 1))
         store = RedisStore.from_url(self.server.url_for(0), reactor, timeout=TIMEOUT)
         self.addCleanup(store.close)
         with self.assertRaises(ConfigError):

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from twisted.logger import Logger
 
-from ccserver.errors import GrantUnavailable
+from ccserver.errors import GrantNotConfigured, GrantUnavailable
 from ccserver.interfaces import IGrantType, IGrantTypeFactory, ITokenEndpoint
 from ccserver.model import CLIENT_CREDENTIALS, is_grant_type
 from ccserver.pluginloader import Found, PluginError, PluginKind, PluginScan, scan_plugins
@@ -89,7 +89,9 @@ def make_grants(found: Found, endpoint: ITokenEndpoint) -> dict[str, IGrantType]
         try:
             grants[grant_type] = plugin.make(endpoint)
         except GrantUnavailable as e:
-            _log.warn(
+            # one not configured is the usual case, no cause for a warning
+            log = _log.info if isinstance(e, GrantNotConfigured) else _log.warn
+            log(
                 "The grant type {grant_type} is not offered: {reason}",
                 grant_type=grant_type,
                 reason=" ".join(str(e).split()),

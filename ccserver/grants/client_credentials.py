@@ -10,16 +10,25 @@ need.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from zope.interface import implementer
 
 from ccserver.errors import invalid_request
 from ccserver.grants.parameters import requested_resources, requested_scope
 from ccserver.interfaces import IGrantType, ITokenEndpoint
-from ccserver.model import CREDENTIAL_PARAMS, GrantRequest, IssuedToken, TokenRequest
+from ccserver.model import (
+    CREDENTIAL_PARAMS,
+    Authenticated,
+    GrantRequest,
+    IssuedToken,
+    TokenRequest,
+)
 
 #: Form parameters a handler is not shown in C{params}: how the client
-#: authenticated, and what the grant reads itself.
-_NOT_PARAMS = CREDENTIAL_PARAMS | {"grant_type", "scope"}
+#: authenticated (the JWT bearer grant's assertion among them), and what the
+#: grant reads itself.
+_NOT_PARAMS = CREDENTIAL_PARAMS | {"grant_type", "scope", "assertion"}
 
 
 @implementer(IGrantType)
@@ -33,9 +42,17 @@ class ClientCredentialsGrant:
         self._endpoint = endpoint
         self._issuer: str = endpoint.issuer
 
+    def authenticated(self, request: TokenRequest) -> Awaitable[Authenticated]:
+        """
+        Who the request authenticates as: by the client's own credentials
+        (or its workload's token, C{federated_jwt}).
+        """
+        return self._endpoint.authenticated(request)
+
     async def token(self, request: TokenRequest) -> IssuedToken:
         endpoint = self._endpoint
-        client = await endpoint.authenticate(request)
+        caller = await self.authenticated(request)
+        client = caller.client
         binding = await endpoint.bind(request, client)
         form = request.form
         params = {k: v for k, v in form.items() if k not in _NOT_PARAMS}
@@ -51,6 +68,8 @@ class ClientCredentialsGrant:
             params=params,
             issuer=self._issuer,
             resource=requested_resources(request.resource),
+            grant_type=request.grant_type,
+            workload=caller.workload,
         )
         decision = await endpoint.decide(grant)
         return await endpoint.mint(request, client, decision, binding)

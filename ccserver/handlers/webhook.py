@@ -214,7 +214,7 @@ def request_document(
     @param client_fields: the client metadata fields to send, or L{None}
         for all.  Secrets and registration tokens are never sent.
     """
-    return {
+    document: dict[str, Any] = {
         "grant_type": grant.grant_type,
         "client_id": grant.client.client_id,
         "client": _client_fields(grant.client, client_fields),
@@ -223,6 +223,15 @@ def request_document(
         "params": dict(grant.params),
         "issuer": grant.issuer,
     }
+    workload = grant.workload
+    if workload is not None:
+        # a federated_jwt client: its workload's token, verified
+        document["workload"] = {
+            "issuer": workload.issuer,
+            "subject": workload.subject,
+            "claims": dict(workload.claims),
+        }
+    return document
 
 
 def _token_document(token: VerifiedToken | None) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ccserver.model import FEDERATED_JWT
 from ccserver.oauth.assertions import ASSERTION_ALGORITHMS
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS
 from ccserver.oauth.registration import AUTH_METHODS, GRANT_TYPES
@@ -26,6 +27,7 @@ def metadata(
     *,
     mtls: bool = False,
     mtls_base_url: str | None = None,
+    federation: bool = False,
     grant_types: Iterable[str] = GRANT_TYPES,
 ) -> dict[str, Any]:
     """
@@ -41,8 +43,16 @@ def metadata(
         advertised.
     @param mtls_base_url: the https address of the TLS listener (C{[tls]
         base_url}), for RFC 8705 §5 C{mtls_endpoint_aliases}.
+    @param federation: whether the server trusts issuers of workload
+        tokens (C{[[trusted_issuers]]}): C{federated_jwt} is then
+        advertised (and the JWT bearer grant, RFC 7523 §2.1, among the
+        C{grant_types}, whose plugin is offered only then).
     """
-    methods = [m for m in AUTH_METHODS if mtls or m not in MTLS_METHODS]
+    methods = [
+        m
+        for m in AUTH_METHODS
+        if (mtls or m not in MTLS_METHODS) and (federation or m != FEDERATED_JWT)
+    ]
     document: dict[str, Any] = {
         "issuer": issuer,
         "token_endpoint": f"{issuer}/token",

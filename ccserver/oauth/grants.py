@@ -28,6 +28,7 @@ from ccserver.interfaces import (
     ITokenEndpoint,
 )
 from ccserver.model import (
+    Authenticated,
     Binding,
     Client,
     Delegation,
@@ -40,6 +41,7 @@ from ccserver.model import (
 )
 from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.oauth.dpop import DPoPVerifier
+from ccserver.oauth.jwtbearer import assertion_caller
 from ccserver.oauth.limits import IssuanceLimit
 from ccserver.oauth.mtls import BOUND_TOKENS, bound_thumbprint
 from ccserver.oauth.tokens import TokenMinter
@@ -95,11 +97,21 @@ class TokenEndpoint:
     _validators: dict[str, ISubjectTokenValidator]
 
     def __init__(
-        self, issuer: str, handler: IClientCredentialsGrantHandler, reactor: Any = None
+        self,
+        issuer: str,
+        handler: IClientCredentialsGrantHandler,
+        reactor: Any = None,
+        federated: bool = False,
     ) -> None:
+        """
+        @param federated: whether the server trusts issuers of workload
+            tokens (C{[[trusted_issuers]]}); its authenticator, once
+            connected, has their federation.
+        """
         self.issuer = issuer
         self.reactor = reactor
         self.handler = handler
+        self.federated = federated
         #: RFC 9449 §4.3 9.: the htu of a proof is the token endpoint's URL
         #: as clients know it (discovery's token_endpoint), whatever a proxy
         #: in front rewrote.
@@ -144,11 +156,21 @@ class TokenEndpoint:
         return tuple(self._validators)
 
     async def authenticate(self, request: TokenRequest) -> Client:
-        client = await self._authenticator.authenticate(
+        return (await self.authenticated(request)).client
+
+    async def authenticated(self, request: TokenRequest) -> Authenticated:
+        caller = await self._authenticator.caller(
             request.authorization, request.form, request.certificate, request.source
         )
-        self.admit(request, client)
-        return client
+        self.admit(request, caller.client)
+        return caller
+
+    async def authenticate_assertion(self, request: TokenRequest) -> Authenticated:
+        caller = await assertion_caller(
+            self._authenticator, request.form, request.authorization, request.source
+        )
+        self.admit(request, caller.client)
+        return caller
 
     def admit(self, request: TokenRequest, client: Client) -> None:
         grant_type = request.form["grant_type"]
@@ -268,11 +290,14 @@ class OfferedGrants:
         issuer: str,
         handler: IClientCredentialsGrantHandler,
         reactor: Any,
+        federated: bool = False,
     ) -> OfferedGrants:
         """
         Make the grants of the plugins found over a new endpoint.
 
+        @param federated: whether the server trusts issuers of workload
+            tokens (the JWT bearer grant is offered only then).
         @raise ccserver.pluginloader.PluginError: a plugin failed.
         """
-        endpoint = TokenEndpoint(issuer, handler, reactor)
+        endpoint = TokenEndpoint(issuer, handler, reactor, federated)
         return cls(endpoint, TokenGrants(make_grants(found, endpoint)))

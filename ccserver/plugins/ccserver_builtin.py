@@ -11,7 +11,7 @@ from typing import Any
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
-from ccserver.errors import GrantUnavailable
+from ccserver.errors import GrantNotConfigured, GrantUnavailable
 from ccserver.interfaces import (
     IClientCredentialsGrantHandler,
     IGrantHandlerFactory,
@@ -20,7 +20,7 @@ from ccserver.interfaces import (
     ITokenEndpoint,
     ITokenExchangeHandler,
 )
-from ccserver.model import CLIENT_CREDENTIALS, TOKEN_EXCHANGE
+from ccserver.model import CLIENT_CREDENTIALS, JWT_BEARER_GRANT, TOKEN_EXCHANGE
 
 
 @implementer(IPlugin, IGrantHandlerFactory)
@@ -93,3 +93,25 @@ class _TokenExchange:
 
 
 token_exchange = _TokenExchange()
+
+
+@implementer(IPlugin, IGrantTypeFactory)
+class _JWTBearer:
+    grant_type = JWT_BEARER_GRANT
+    description = (
+        "a workload trades the token its platform gave it (Kubernetes, SPIFFE, CI) "
+        "for its bound client's token (RFC 7523 §2.1; [[trusted_issuers]])"
+    )
+
+    def makeGrant(self, endpoint: ITokenEndpoint) -> IGrantType:
+        from ccserver.grants.jwt_bearer import JWTBearerGrant
+
+        if not endpoint.federated:
+            raise GrantNotConfigured(
+                "this server trusts no issuer of workload tokens: add [[trusted_issuers]] "
+                "to offer it (docs/workload-identity.md)"
+            )
+        return JWTBearerGrant(endpoint)
+
+
+jwt_bearer = _JWTBearer()

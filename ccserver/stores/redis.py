@@ -41,8 +41,18 @@ shared with other data):
     by one script per reservation and one per release; Redis forgets it a
     second after its window ends.  C{ccserver:known_source:<key>}: a source
     known for a credential (exempt from the cap), gone at its expiry;
-  - C{ccserver:schema_version}: the layout's version (1), so that a later
-    ccserver can tell what it opens.
+  - C{ccserver:bindings:<binding key>}: the federated identities of one
+    issuer and subject (L{ccserver.model.binding_key}): a hash of each
+    binding's conditions key to its client, so that a workload's token
+    finds its client with one C{HVALS}; and
+    C{ccserver:client_bindings:<client_id>}, the set of a client's
+    bindings (C{"<binding key>:<conditions key>"}), so that replacing or
+    deleting the client removes them.  A client with bindings is added and
+    replaced by a script that checks every binding is free (or its own)
+    and writes the client and its bindings together, atomically;
+  - C{ccserver:schema_version}: the layout's version (2, since federated
+    identities; a store of version 1 is brought up to it on open, as it
+    holds none), so that a later ccserver can tell what it opens.
 
 The JSON of a client, a key and a token is L{ccserver.stores.codec}'s.
 
@@ -92,9 +102,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ccserver.errors import ClientExists, ConfigError, StoreUnavailable
+from ccserver.errors import BindingTaken, ClientExists, ConfigError, StoreUnavailable
 from ccserver.interfaces import IStore
-from ccserver.model import AttemptKeys, AttemptRelease, Client, Reservation, StoredKey, TokenRecord
+from ccserver.model import (
+    AttemptKeys,
+    AttemptRelease,
+    Client,
+    Reservation,
+    StoredKey,
+    TokenRecord,
+    binding_key,
+)
 from ccserver.stores.codec import CLIENTS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
@@ -111,7 +129,7 @@ RECONNECT_MAX_DELAY = 2.0
 MINIMUM_REDIS = (6, 2)
 
 #: The version of the key layout described above.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 PREFIX = "ccserver:"
 SCHEMA_VERSION_KEY = PREFIX + "schema_version"
@@ -260,9 +278,70 @@ end
 return text
 """
 
-_DELETE_CLIENT_SCRIPT = """
-local before, expires = tonumber(ARGV[1]), tonumber(ARGV[2])
-local current = redis.call('GET', KEYS[2])
+#: Every binding of C{ARGV[first..]} (C{"<binding key>:<conditions key>"},
+#: both 64 hex digits) is free or the client's own (C{ARGV[2]}), else the
+#: script returns the negative index of the first taken one; the client's
+#: current bindings (the set C{KEYS[2]}) removed; its new ones written.
+#: Shared by the scripts that set and delete a client, whose C{ARGV[2]} is
+#: its id and C{ARGV[3]} the bindings' key prefix.
+_REBIND_LUA = """
+local function taken(first)
+    for i = first, #ARGV do
+        local owner = redis.call('HGET', ARGV[3] .. string.sub(ARGV[i], 1, 64), string.sub(ARGV[i], 66))
+        if owner and owner ~= ARGV[2] then
+            return -(i - first + 1)
+        end
+    end
+    return nil
+end
+local function unbind()
+    local old = redis.call('SMEMBERS', KEYS[2])
+    for i = 1, #old do
+        local key, field = ARGV[3] .. string.sub(old[i], 1, 64), string.sub(old[i], 66)
+        if redis.call('HGET', key, field) == ARGV[2] then
+            redis.call('HDEL', key, field)
+        end
+    end
+    redis.call('DEL', KEYS[2])
+end
+local function bind(first)
+    for i = first, #ARGV do
+        redis.call('HSET', ARGV[3] .. string.sub(ARGV[i], 1, 64), string.sub(ARGV[i], 66), ARGV[2])
+        redis.call('SADD', KEYS[2], ARGV[i])
+    end
+end
+"""
+
+#: A client with bindings added, or any client replaced: C{KEYS[1]} its
+#: record, C{KEYS[2]} the set of its bindings; C{ARGV[1]} its JSON,
+#: C{ARGV[2]} its id, C{ARGV[3]} the bindings' key prefix, C{ARGV[4]}
+#: C{add} or C{replace}, C{ARGV[5..]} its bindings.  0: no such client to
+#: replace, or its id taken when adding; negative: a binding is taken; 1:
+#: stored, with its bindings in place of those it had.
+_SET_CLIENT_SCRIPT = _REBIND_LUA + """
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if exists ~= (ARGV[4] == 'replace') then
+    return 0
+end
+local refused = taken(5)
+if refused then
+    return refused
+end
+if exists then
+    unbind()
+end
+redis.call('SET', KEYS[1], ARGV[1])
+bind(5)
+return 1
+"""
+
+#: C{KEYS}: the client's record, the set of its bindings, its opaque tokens'
+#: digests, its revocation mark; C{ARGV}: the mark's C{issued_before}, the
+#: client's id, the bindings' key prefix (as L{_REBIND_LUA} wants them), the
+#: mark's expiry, the token keys' prefix.
+_DELETE_CLIENT_SCRIPT = _REBIND_LUA + """
+local before, expires = tonumber(ARGV[1]), tonumber(ARGV[4])
+local current = redis.call('GET', KEYS[4])
 if current then
     local b, e = string.match(current, '^(%d+) (%d+)$')
     if b then
@@ -270,12 +349,13 @@ if current then
         expires = math.max(expires, tonumber(e))
     end
 end
-redis.call('SET', KEYS[2], string.format('%d %d', before, expires), 'EXAT', expires)
+redis.call('SET', KEYS[4], string.format('%d %d', before, expires), 'EXAT', expires)
 local digests = redis.call('ZRANGE', KEYS[3], 0, -1)
 for i = 1, #digests do
-    redis.call('DEL', ARGV[3] .. digests[i])
+    redis.call('DEL', ARGV[5] .. digests[i])
 end
 redis.call('DEL', KEYS[3])
+unbind()
 return redis.call('DEL', KEYS[1])
 """
 
@@ -331,6 +411,21 @@ def auth_attempts_key(key: str) -> str:
 
 def known_source_key(key: str) -> str:
     return f"{PREFIX}known_source:{key}"
+
+
+#: The prefix of the hash of one issuer and subject's bindings.
+BINDINGS_PREFIX = f"{PREFIX}bindings:"
+
+
+def client_bindings_key(client_id: str) -> str:
+    return f"{PREFIX}client_bindings:{client_id}"
+
+
+def _bindings(client: Client) -> list[str]:
+    """
+    The client's bindings as the scripts take them.
+    """
+    return [f"{i.key}:{i.conditions_key}" for i in client.federated_identities]
 
 
 def _redis_version(info: str) -> tuple[int, ...]:
@@ -535,6 +630,12 @@ class RedisStore:
                 f"[store] url: {self.url} holds ccserver data of layout version {layout}, "
                 f"newer than this ccserver knows ({LAYOUT_VERSION}): upgrade ccserver"
             )
+        if int(layout) < LAYOUT_VERSION:
+            # version 1 has no bindings: its (empty) index is up to date
+            await self._call("set", SCHEMA_VERSION_KEY, str(LAYOUT_VERSION))
+            self._log.info(
+                "Brought {url} to layout version {version}", url=self.url, version=LAYOUT_VERSION
+            )
 
     def close(self) -> Deferred[None]:
         """
@@ -571,15 +672,42 @@ class RedisStore:
     # IClientStore
 
     def add_client(self, client: Client) -> Deferred[None]:
-        d = self._call(
-            "set", client_key(client.client_id), CLIENTS.to_json(client), only_if_not_exists=True
-        )
+        """
+        C{SET NX}, one command; a client with bindings, L{_SET_CLIENT_SCRIPT}.
+        """
+        bindings = _bindings(client)
+        if bindings:
+            d = self._set_client(client, "add", bindings)
+        else:
+            d = self._call(
+                "set",
+                client_key(client.client_id),
+                CLIENTS.to_json(client),
+                only_if_not_exists=True,
+            )
+            d.addCallback(lambda reply: reply is not None)
 
-        def stored(reply: str | None) -> None:
-            if reply is None:
+        def stored(done: bool) -> None:
+            if not done:
                 raise ClientExists(client.client_id)
 
-        d.addCallback(stored)
+        added: Deferred[None] = d.addCallback(stored)
+        return added
+
+    @staticmethod
+    def _bound(reply: object, client: Client) -> bool:
+        """
+        What L{_SET_CLIENT_SCRIPT} answered: nothing stored (0), a taken
+        binding (negative: its index from 1), or stored.
+        """
+        answer = int(str(reply))
+        if answer < 0:
+            raise BindingTaken(client.federated_identities[-answer - 1])
+        return answer == 1
+
+    def clients_bound_to(self, issuer: str, subject: str) -> Deferred[list[str]]:
+        d = self._call("hvals", BINDINGS_PREFIX + binding_key(issuer, subject))
+        d.addCallback(lambda ids: [str(i) for i in ids])
         return d
 
     def get_client(self, client_id: str) -> Deferred[Client | None]:
@@ -588,10 +716,23 @@ class RedisStore:
         return d
 
     def replace_client(self, client: Client) -> Deferred[bool]:
+        """
+        One script: the client, and its bindings in place of those it had
+        (C{SET XX} would leave the old ones in the index).
+        """
+        return self._set_client(client, "replace", _bindings(client))
+
+    def _set_client(self, client: Client, mode: str, bindings: list[str]) -> Deferred[bool]:
+        """
+        L{_SET_CLIENT_SCRIPT}: fires with whether the client was stored.
+        """
         d = self._call(
-            "set", client_key(client.client_id), CLIENTS.to_json(client), only_if_exists=True
+            "eval",
+            _SET_CLIENT_SCRIPT,
+            [client_key(client.client_id), client_bindings_key(client.client_id)],
+            [CLIENTS.to_json(client), client.client_id, BINDINGS_PREFIX, mode, *bindings],
         )
-        d.addCallback(lambda reply: reply is not None)
+        d.addCallback(self._bound, client)
         return d
 
     @inlineCallbacks
@@ -619,8 +760,19 @@ class RedisStore:
         d = self._call(
             "eval",
             _DELETE_CLIENT_SCRIPT,
-            [client_key(client_id), revoked_client_key(client_id), client_tokens_key(client_id)],
-            [str(issued_before), str(mark_expires_at), token_key("")],
+            [
+                client_key(client_id),
+                client_bindings_key(client_id),
+                client_tokens_key(client_id),
+                revoked_client_key(client_id),
+            ],
+            [
+                str(issued_before),
+                client_id,
+                BINDINGS_PREFIX,
+                str(mark_expires_at),
+                token_key(""),
+            ],
         )
         d.addCallback(lambda count: int(count) > 0)
         return d

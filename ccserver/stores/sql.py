@@ -21,15 +21,18 @@ Durability and concurrency:
     connection and thread of their own (the token writer), one statement
     per batch in autocommit, polling for the write lock.
   - Every write is one transaction: one statement, or several in
-    C{purge_expired} and in C{delete_client} (the client's revocation mark,
-    its opaque tokens, the client), so none is ever half-done.  Opaque
+    C{purge_expired}, in C{add_client} and C{replace_client} (the client
+    and the index of its federated identities) and in C{delete_client} (the
+    client's revocation mark, its opaque tokens, its bindings, the client),
+    so none is ever half-done.  Opaque
     tokens are the exception that proves it: those that arrive while one
     commit is under way share the next transaction (L{GroupCommit}), one
     statement run by the token writer (on PostgreSQL too, in autocommit:
     one round trip); each C{add_token} still fires only once its own row is
     committed.
 
-Tables: C{clients}, C{signing_keys}, and for L{ITokenStore} C{access_tokens}
+Tables: C{clients} (and C{federated_identities}, the index of their
+bindings to workload identities, written with them), C{signing_keys}, and for L{ITokenStore} C{access_tokens}
 (by digest, never the token), C{revoked_jtis} and C{revoked_clients}; for
 L{IAuthAttemptStore} C{auth_attempts} and C{auth_known_sources};
 metadata, audiences and claims are JSON text, so that the same SQL serves
@@ -74,9 +77,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ccserver.errors import ClientExists, ConfigError, StoreUnavailable
+from ccserver.errors import BindingTaken, ClientExists, ConfigError, StoreUnavailable
 from ccserver.interfaces import IStore
-from ccserver.model import AttemptKeys, AttemptRelease, Client, Reservation, StoredKey, TokenRecord
+from ccserver.model import (
+    AttemptKeys,
+    AttemptRelease,
+    Client,
+    Reservation,
+    StoredKey,
+    TokenRecord,
+    binding_key,
+)
 from ccserver.stores.codec import CLIENTS, KEYS, TOKENS, Codec
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
@@ -489,6 +500,15 @@ class SQLStore:
                 " ORDER BY client_id LIMIT ?"
             ),
             "delete_client": t("DELETE FROM clients WHERE client_id = ?"),
+            # a client's bindings to workload identities: their index
+            "bind": t(
+                "INSERT INTO federated_identities (binding_key, conditions_key, client_id)"
+                " VALUES (?, ?, ?)"
+            ),
+            "unbind": t("DELETE FROM federated_identities WHERE client_id = ?"),
+            "clients_bound_to": t(
+                "SELECT client_id FROM federated_identities WHERE binding_key = ?"
+            ),
             # A mark already there is kept with the later of each time.
             "revoke_client": t(
                 "INSERT INTO revoked_clients (client_id, issued_before, expires_at)"
@@ -793,14 +813,40 @@ class SQLStore:
     # IClientStore
 
     def add_client(self, client: Client) -> Deferred[None]:
-        d = self._execute("add_client", CLIENTS.to_row(client), write=True)
+        """
+        The client and the index of its federated identities, in one
+        transaction: a taken id or a taken binding stores nothing.
+        """
+        statement = self._sql["add_client"]
+        row = CLIENTS.to_row(client)
+        integrity = self._dialect.integrity_errors
 
-        def exists(failure: Failure) -> Failure:
-            if isinstance(failure.value, self._dialect.integrity_errors):
+        def add(cursor: Any) -> None:
+            try:
+                cursor.execute(statement, row)
+            except integrity:
                 raise ClientExists(client.client_id) from None
-            return failure
+            self._bind(cursor, client)
 
-        d.addCallbacks(lambda _: None, exists)
+        return self._guard(self._run(add, write=True))
+
+    def _bind(self, cursor: Any, client: Client) -> None:
+        """
+        Index the client's federated identities (in its transaction): the
+        primary key refuses one bound to another client already.
+        """
+        statement = self._sql["bind"]
+        for identity in client.federated_identities:
+            try:
+                cursor.execute(
+                    statement, (identity.key, identity.conditions_key, client.client_id)
+                )
+            except self._dialect.integrity_errors:
+                raise BindingTaken(identity) from None
+
+    def clients_bound_to(self, issuer: str, subject: str) -> Deferred[list[str]]:
+        d = self._execute("clients_bound_to", (binding_key(issuer, subject),))
+        d.addCallback(lambda rows: [str(row[0]) for row in rows])
         return d
 
     def get_client(self, client_id: str) -> Deferred[Client | None]:
@@ -814,9 +860,23 @@ class SQLStore:
         return d
 
     def replace_client(self, client: Client) -> Deferred[bool]:
-        d = self._execute("replace_client", _key_last(CLIENTS.to_row(client)), write=True)
-        d.addCallback(lambda count: count == 1)
-        return d
+        """
+        The client and its index of federated identities, in one
+        transaction: its old bindings go, its new ones come (a taken one
+        stores nothing).
+        """
+        sql = self._sql
+        params = _key_last(CLIENTS.to_row(client))
+
+        def replace(cursor: Any) -> bool:
+            cursor.execute(sql["replace_client"], params)
+            if cursor.rowcount != 1:
+                return False
+            cursor.execute(sql["unbind"], (client.client_id,))
+            self._bind(cursor, client)
+            return True
+
+        return self._guard(self._run(replace, write=True))
 
     def list_clients(self, cursor: str, count: int) -> Deferred[tuple[list[Client], str]]:
         """
@@ -845,6 +905,7 @@ class SQLStore:
         def delete(cursor: Any) -> bool:
             cursor.execute(sql["revoke_client"], (client_id, issued_before, mark_expires_at))
             cursor.execute(sql["delete_client_tokens"], (client_id,))
+            cursor.execute(sql["unbind"], (client_id,))
             cursor.execute(sql["delete_client"], (client_id,))
             return int(cursor.rowcount) > 0
 
