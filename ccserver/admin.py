@@ -144,7 +144,13 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
     token is asked for.  Nothing here caches a client, and running servers
     follow every change within their C{[store] client_cache_seconds}.
     """
-    store = store_from_url(config.store.url, reactor, timeout=config.store.timeout)
+    store = store_from_url(
+        config.store.url,
+        reactor,
+        timeout=config.store.timeout,
+        redis_wait_replicas=config.store.redis_wait_replicas,
+        redis_wait_timeout=config.store.redis_wait_timeout,
+    )
     await store.open()
     try:
         registry = ClientRegistry(
@@ -234,7 +240,13 @@ async def run(reactor: Any, config: Config, arguments: argparse.Namespace) -> No
     if arguments.command == "clients":
         await run_clients(reactor, config, arguments)
         return
-    store = store_from_url(config.store.url, reactor, timeout=config.store.timeout)
+    store = store_from_url(
+        config.store.url,
+        reactor,
+        timeout=config.store.timeout,
+        redis_wait_replicas=config.store.redis_wait_replicas,
+        redis_wait_timeout=config.store.redis_wait_timeout,
+    )
     encryptor, fresh_key_file = key_encryption(config)
     try:
         await store.open()

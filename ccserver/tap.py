@@ -417,7 +417,13 @@ def makeService(
     config: Config = options.config
     try:
         handler = make_handler(config.grant_handler, config.grant_handler_config, reactor)
-        store = store_from_url(config.store.url, reactor, timeout=config.store.timeout)
+        store = store_from_url(
+            config.store.url,
+            reactor,
+            timeout=config.store.timeout,
+            redis_wait_replicas=config.store.redis_wait_replicas,
+            redis_wait_timeout=config.store.redis_wait_timeout,
+        )
         endpoints = []
         tls_context: ClientCertificateRequesting | None = None
         if config.tls.listen:

@@ -39,21 +39,23 @@ from tests.test_store_contract import TIMEOUT, make_client, make_key, make_token
 class URLTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         store = RedisStore.from_url("redis://cache.example", reactor, timeout=1)
-        self.assertEqual((store._host, store._port, store._dbid), ("cache.example", 6379, 0))
-        self.assertIsNone(store._password)
+        address = store.address
+        self.assertEqual((address.host, address.port, address.dbid), ("cache.example", 6379, 0))
+        self.assertIsNone(address.password)
         self.assertEqual(store.url, "redis://cache.example")
 
     def test_password_and_database(self) -> None:
         store = RedisStore.from_url("redis://:s%40cret@10.0.0.5:6380/7", reactor, timeout=1)
-        self.assertEqual((store._host, store._port, store._dbid), ("10.0.0.5", 6380, 7))
-        self.assertEqual(store._password, "s@cret")
-        self.assertIsNone(store._username)
+        address = store.address
+        self.assertEqual((address.host, address.port, address.dbid), ("10.0.0.5", 6380, 7))
+        self.assertEqual(address.password, "s@cret")
+        self.assertIsNone(address.username)
         self.assertEqual(store.url, "redis://:***@10.0.0.5:6380/7")
         self.assertNotIn("cret", repr(store))
 
     def test_username(self) -> None:
         store = RedisStore.from_url("redis://ccserver:pw@h:1/0", reactor, timeout=1)
-        self.assertEqual((store._username, store._password), ("ccserver", "pw"))
+        self.assertEqual((store.address.username, store.address.password), ("ccserver", "pw"))
         self.assertEqual(store.url, "redis://ccserver:***@h:1/0")
 
     def test_bad_database(self) -> None:

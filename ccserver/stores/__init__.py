@@ -5,6 +5,9 @@ Stores, chosen by URL:
   - C{sqlite:///relative/path.db}, C{sqlite:////absolute/path.db}: embedded,
     durable, the default;
   - C{redis://[:password@]host:port/db}: Redis, for several instances;
+  - C{redis+sentinel://[:password@]host:port[,host:port...]/service[?db=N]}:
+    the same, its primary found (and followed through a failover) by Redis
+    Sentinel;
   - C{postgresql://user:password@host:port/dbname}: PostgreSQL, likewise.
 """
 
@@ -17,8 +20,9 @@ from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorT
 
 from ccserver.errors import ConfigError
 from ccserver.interfaces import IStore
+from ccserver.stores.guard import mask_password
 
-SCHEMES = ("memory", "sqlite", "redis", "postgresql")
+SCHEMES = ("memory", "sqlite", "redis", "redis+sentinel", "postgresql")
 
 
 def sqlite_path(url: str) -> Path:
@@ -52,9 +56,13 @@ def check_url(url: str) -> None:
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
         raise ConfigError(
-            f"[store] url: unknown scheme in {url!r}; use one of "
+            f"[store] url: unknown scheme in {mask_password(url)!r}; use one of "
             + ", ".join(f"{s}://" for s in SCHEMES)
         )
+    if scheme.startswith("redis"):
+        from ccserver.stores.redisconnection import parse_url
+
+        parse_url(url)
     if scheme == "sqlite":
         folder = sqlite_path(url).parent
         if not folder.is_dir():
@@ -62,13 +70,21 @@ def check_url(url: str) -> None:
 
 
 def store_from_url(
-    url: str, reactor: IReactorCore | IReactorTime | IReactorThreads, *, timeout: float = 5.0
+    url: str,
+    reactor: IReactorCore | IReactorTime | IReactorThreads,
+    *,
+    timeout: float = 5.0,
+    redis_wait_replicas: int | None = None,
+    redis_wait_timeout: float | None = None,
 ) -> IStore:
     """
     Make (but do not open) the store that C{url} names.
 
     @param timeout: how long, in seconds, a store operation may take before
         it fails with L{ccserver.errors.StoreUnavailable}.
+    @param redis_wait_replicas: Redis only: how many replicas must have a
+        write before it is answered (L{ccserver.stores.redis.RedisStore}).
+    @param redis_wait_timeout: Redis only: how long a write waits for them.
     """
     check_url(url)
     scheme = urlsplit(url).scheme
@@ -76,10 +92,16 @@ def store_from_url(
         from ccserver.stores.memory import MemoryStore
 
         return MemoryStore()
-    if scheme == "redis":
+    if scheme in ("redis", "redis+sentinel"):
         from ccserver.stores.redis import RedisStore
 
-        return RedisStore.from_url(url, reactor, timeout=timeout)
+        return RedisStore.from_url(
+            url,
+            reactor,
+            timeout=timeout,
+            wait_replicas=redis_wait_replicas,
+            wait_timeout=redis_wait_timeout,
+        )
     from ccserver.stores.sql import SQLStore
 
     return SQLStore.from_url(url, reactor, timeout=timeout)
