@@ -777,11 +777,13 @@ class RedisSentinelGroup:
         """
         for server in self.servers:
             server.start()
-        for replica in self.servers[1:]:
-            _poll(
-                lambda: "master_link_status:up" in replica.query("INFO", "replication"),
-                "the replica in sync",
-            )
+        _poll(
+            lambda: all(
+                "master_link_status:up" in replica.query("INFO", "replication")
+                for replica in self.servers[1:]
+            ),
+            "the replicas in sync",
+        )
         for sentinel in self.sentinels:
             sentinel.start()
         replicas = str(len(self.servers) - 1)
