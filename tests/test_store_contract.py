@@ -35,8 +35,8 @@ from tests.servers import (
     clean_store_url,
     find_binary,
     postgres_server,
-    redis_server,
     redis_sentinel_group,
+    redis_server,
 )
 
 T = TypeVar("T")
