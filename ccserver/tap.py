@@ -81,7 +81,7 @@ from ccserver.tls import (
     tls_factory,
 )
 from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template
-from ccserver.workers import WorkerPool, inherited_endpoint, listen_addresses
+from ccserver.workers import ParentWatch, WorkerPool, inherited_endpoint, listen_addresses
 
 #: How often, at most, each process reloads the signing keys to follow
 #: rotations made elsewhere (more often when the activation delay is short).
@@ -529,6 +529,8 @@ def makeService(
         # The main process hands down the plain listeners' sockets, then the
         # TLS ones, in the order of the (same) configuration.
         listeners = [(f"fd:{fd}", _inherited(reactor, fd)) for fd in inherited]
+        # A worker ends with the main process, even one killed outright.
+        ParentWatch(reactor).setServiceParent(root)
     elif shared:
         pool = WorkerPool(
             reactor,
