@@ -114,6 +114,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if RUN_MARK_ENV not in os.environ:
         os.environ[RUN_MARK_ENV] = secrets.token_hex(8)
         folder = tempfile.mkdtemp(prefix=f"ccserver-run-{os.environ[RUN_MARK_ENV]}-")
+        # PostgreSQL runs as its own user (tests/servers.py): it must reach
+        # its folder in here
+        os.chmod(folder, 0o711)
         os.environ["TMPDIR"] = folder
         os.environ[FIGURES_ENV] = str(Path(folder, "figures.txt"))
     tempfile.tempdir = os.environ["TMPDIR"]
