@@ -7,9 +7,9 @@ C{redis://} URL, or wherever the sentinels say the primary is now.
 A failover is followed three ways, whichever comes first:
 
   - a lost connection is made again (L{ccserver.stores.redisprotocol}):
-    with Sentinel, at once and then every
-    L{ccserver.stores.redisprotocol.SENTINEL_RECONNECT_MAX_DELAY} at most,
-    each attempt asking the sentinels anew;
+    with Sentinel at once, each attempt asking the sentinels anew, and
+    waiting for their announcement of a new primary while none can be
+    reached (L{ccserver.stores.sentinel.SentinelEndpoint});
   - a sentinel's C{+switch-master} announcement drops every connection to
     another server than the new primary;
   - a C{READONLY} error reply (the server was demoted under a live

@@ -29,9 +29,9 @@ from ccserver.errors import StoreUnavailable
 #: back from a restart is used again within this.
 RECONNECT_MAX_DELAY = 2.0
 
-#: The same with Sentinel: each attempt asks the sentinels where the
-#: primary is, so that a promoted replica is reached within this of the
-#: sentinels' naming it, however long the failover took.
+#: The same with Sentinel, where an attempt lasts until a primary is
+#: reached or the store's timeout (L{ccserver.stores.sentinel.SentinelEndpoint}):
+#: the next one goes soon.
 SENTINEL_RECONNECT_MAX_DELAY = 0.5
 
 F = TypeVar("F", bound=Callable[..., Any])

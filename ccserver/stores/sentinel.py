@@ -40,6 +40,7 @@ import txredisapi
 from attrs import define, field
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import (
     IProtocol,
     IProtocolFactory,
@@ -55,6 +56,10 @@ from ccserver.stores.redisprotocol import RedisFactory, RedisProtocol, make_pool
 #: The announcement of a new primary, on each sentinel's Pub/Sub:
 #: C{<service> <old ip> <old port> <new ip> <new port>}.
 SWITCH_CHANNEL = "+switch-master"
+
+#: Seconds between two questions to the sentinels while no primary can be
+#: reached and none is announced.
+ASK_AGAIN = 0.25
 
 #: Seconds a connection to the primary may take to be made: a LAN or a
 #: region answers far sooner, and an address that does not answer at all
@@ -90,6 +95,8 @@ class Sentinels:
     _watchers: list[RedisFactory] = field(factory=list, init=False)
     #: why no primary was found last, logged once until one is
     _no_primary: str | None = field(default=None, init=False)
+    #: L{announcement}s waited for
+    _waiting: list[Deferred[None]] = field(factory=list, init=False)
 
     _log = Logger()
 
@@ -170,9 +177,30 @@ class Sentinels:
             self._log.warn("Sentinel: {reason}", reason=reason)
         return failure
 
+    def announcement(self, within: float) -> Deferred[None]:
+        """
+        A Deferred that fires at the sentinels' next announcement of a new
+        primary, or after C{within} seconds, whichever comes first.
+        """
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        timer = self.reactor.callLater(within, _fire, d)
+
+        def done(result: object) -> object:
+            if timer.active():
+                timer.cancel()
+            if d in self._waiting:
+                self._waiting.remove(d)
+            return result
+
+        return d.addBoth(done)
+
     def _announced(self, message: str) -> None:
         fields = str(message).split()
         if len(fields) == 5 and fields[0] == self.service and fields[4].isdigit():
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                _fire(d)
             self.on_switch((fields[3], int(fields[4])))
 
     def close(self) -> Deferred[None]:
@@ -187,29 +215,45 @@ class SentinelEndpoint:
     """
     Connects to the primary the sentinels name at the moment of each
     attempt.
+
+    While there is none to reach (the sentinels name none, or one that does
+    not accept connections: the dead primary, before they agree that it
+    is), an attempt asks again at the sentinels' next announcement of a new
+    primary, or L{ASK_AGAIN} seconds later, for up to the store's timeout
+    before it fails: the promoted replica is reached within milliseconds of
+    the announcement, not at the pool's next backoff.
     """
 
     reactor: Any
     sentinels: Sentinels
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
-        d = self.sentinels.primary()
+        return Deferred.fromCoroutine(self._connect(protocolFactory))
 
-        def connect(address: tuple[str, int]) -> Deferred[IProtocol]:
-            host, port = address
-            endpoint = HostnameEndpoint(
-                self.reactor,
-                host,
-                port,
-                timeout=min(self.sentinels.timeout, PRIMARY_CONNECT_TIMEOUT),
-            )
-            connected: Deferred[IProtocol] = endpoint.connect(protocolFactory)
-            return connected
-
-        return d.addCallback(connect)
+    async def _connect(self, protocolFactory: IProtocolFactory) -> IProtocol:
+        sentinels = self.sentinels
+        deadline = self.reactor.seconds() + sentinels.timeout
+        while True:
+            try:
+                host, port = await sentinels.primary()
+                endpoint = HostnameEndpoint(
+                    self.reactor, host, port, timeout=min(sentinels.timeout, PRIMARY_CONNECT_TIMEOUT)
+                )
+                protocol: IProtocol = await endpoint.connect(protocolFactory)
+                return protocol
+            except (NoPrimary, ConnectError, DNSLookupError):
+                left = deadline - self.reactor.seconds()
+                if left <= 0:
+                    raise
+            await sentinels.announcement(min(left, ASK_AGAIN))
 
     def __str__(self) -> str:
         return f"sentinel:{self.sentinels.service}"
+
+
+def _fire(d: Deferred[None]) -> None:
+    if not d.called:
+        d.callback(None)
 
 
 class _SwitchWatcher(RedisProtocol, txredisapi.SubscriberProtocol):  # type: ignore[misc]
