@@ -110,7 +110,8 @@ class Options(usage.Options):
             None,
             None,
             "The store URL: memory://, sqlite:///relative.db, sqlite:////absolute.db, "
-            "redis://host:port/db, postgresql://user@host/db [default: sqlite:///ccserver.db].",
+            "redis://host:port/db, redis+sentinel://host:port,host:port/service?db=N, "
+            "postgresql://user@host/db [default: sqlite:///ccserver.db].",
         ],
         [
             "master-token",
