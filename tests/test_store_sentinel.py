@@ -16,9 +16,11 @@ from typing import Any
 
 import txredisapi
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -27,6 +29,7 @@ from ccserver.errors import ConfigError, StoreUnavailable
 from ccserver.stores import check_url
 from ccserver.stores.redis import RedisStore, client_key
 from ccserver.stores.redisconnection import parse_url
+from ccserver.stores.sentinel import ASK_AGAIN, NoPrimary, SentinelEndpoint, Sentinels
 from tests.process import DEADLINE
 from tests.servers import RedisSentinelGroup, RedisServer, redis_sentinel_group
 from tests.test_store_contract import TIMEOUT, make_client, make_token
@@ -109,6 +112,96 @@ class ReadOnlyTests(SynchronousTestCase):
         other = Failure(txredisapi.ResponseError("ERR wrong number of arguments"))
         self.assertIs(store._transient_reply(other), other)
         self.assertEqual(connections.demoted_count, 1)
+
+
+class AnnouncementTests(SynchronousTestCase):
+    """
+    L{Sentinels.announcement}: fires at the sentinels' announcement of a new
+    primary of the service, or after its time.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.switched: list[tuple[str, int]] = []
+        self.sentinels = Sentinels(
+            self.clock, (("127.0.0.1", 1),), "svc", 5.0, None, on_switch=self.switched.append
+        )
+
+    def test_announced(self) -> None:
+        waiting = [self.sentinels.announcement(0.25), self.sentinels.announcement(0.25)]
+        self.sentinels._announced("other 10.0.0.1 6379 10.0.0.2 6379")
+        for d in waiting:
+            self.assertNoResult(d)
+        self.sentinels._announced("svc 10.0.0.1 6379 10.0.0.2 6380")
+        for d in waiting:
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.switched, [("10.0.0.2", 6380)])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_not_announced(self) -> None:
+        d = self.sentinels.announcement(0.25)
+        self.clock.advance(0.2)
+        self.assertNoResult(d)
+        self.clock.advance(0.05)
+        self.assertIsNone(self.successResultOf(d))
+        self.sentinels._announced("svc 10.0.0.1 6379 10.0.0.2 6380")
+        self.assertEqual(self.switched, [("10.0.0.2", 6380)])
+
+
+class _FakeSentinels:
+    """
+    The sentinels as L{SentinelEndpoint} asks them: each C{primary()} is
+    the next of C{answers}; each C{announcement} is waited for on C{clock}.
+    """
+
+    def __init__(self, clock: MemoryReactorClock, answers: list[Any]) -> None:
+        self.clock = clock
+        self.answers = answers
+        self.timeout = 1.0
+        self.waited: list[float] = []
+
+    def primary(self) -> Deferred[tuple[str, int]]:
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        return fail(answer) if isinstance(answer, Exception) else succeed(answer)
+
+    def announcement(self, within: float) -> Deferred[None]:
+        self.waited.append(within)
+        return deferLater(self.clock, within, lambda: None)
+
+
+class SentinelEndpointTests(SynchronousTestCase):
+    def test_asks_again_until_a_primary(self) -> None:
+        """
+        While the sentinels name no primary, or one that refuses, the
+        attempt waits (for an announcement, or L{ASK_AGAIN}) and asks again;
+        then it connects where they say.
+        """
+        clock = MemoryReactorClock()
+        refused = ConnectionRefusedError()
+        sentinels = _FakeSentinels(clock, [NoPrimary("none"), refused, ("127.0.0.1", 6380)])
+        endpoint = SentinelEndpoint(clock, sentinels)  # type: ignore[arg-type]
+        attempt = endpoint.connect(Factory.forProtocol(Protocol))
+        self.assertEqual(sentinels.waited, [ASK_AGAIN])
+        clock.advance(ASK_AGAIN)
+        self.assertEqual(sentinels.waited, [ASK_AGAIN] * 2)
+        clock.advance(ASK_AGAIN)
+        [(host, port, *_)] = clock.tcpClients
+        self.assertEqual((host, port), ("127.0.0.1", 6380))
+        self.assertNoResult(attempt)
+        attempt.cancel()
+        self.failureResultOf(attempt)
+
+    def test_gives_up_at_the_timeout(self) -> None:
+        clock = MemoryReactorClock()
+        sentinels = _FakeSentinels(clock, [NoPrimary("none")])
+        attempt = SentinelEndpoint(clock, sentinels).connect(  # type: ignore[arg-type]
+            Factory.forProtocol(Protocol)
+        )
+        clock.pump([ASK_AGAIN] * 3)
+        self.assertNoResult(attempt)
+        clock.advance(ASK_AGAIN)
+        self.failureResultOf(attempt, NoPrimary)
+        self.assertEqual(clock.tcpClients, [])
 
 
 async def eventually_written(store: RedisStore, client_id: str) -> float:
