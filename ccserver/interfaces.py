@@ -252,5 +252,9 @@ class IGrantHandlerFactory(Interface):
         @param reactor: the reactor, for the handler's timers and
             connections; a handler never imports the global one.
         @raise ccserver.errors.ConfigError: when the configuration is wrong;
-            the message names the key.
+            the message names the key.  Any other exception, a signature
+            other than C{(config, reactor)}, or a result that does not
+            provide L{IClientCredentialsGrantHandler} stops the start with
+            one line naming the plugin and what to change
+            (L{ccserver.handlers.PluginError}).
         """

@@ -3,7 +3,7 @@ Prometheus metrics: what the server counts, and the C{/metrics} resource
 that a separate listener (C{--metrics ENDPOINT}, C{[metrics] listen}) serves.
 
 The web layer reports to a L{Metrics} object handed in by the composition
-root (L{ccserver.tap.makeService}); without C{--metrics} it gets
+root (L{ccserver.assembly.assemble}); without C{--metrics} it gets
 L{NO_METRICS}, whose methods do nothing, so an unmonitored server pays
 nothing.  Label values are bounded: routes are route templates (an unknown
 path is C{"other"}), errors are RFC 6749 error codes.
@@ -141,23 +141,6 @@ class NoMetrics:
 
 
 NO_METRICS = NoMetrics()
-
-#: The metrics the process reports to, for the few places that cannot be
-#: handed an observer (L{rate_limited}); set by L{install}.
-_installed: NoMetrics = NO_METRICS
-
-
-def install(metrics: NoMetrics) -> None:
-    global _installed
-    _installed = metrics
-
-
-def rate_limited(what: str) -> None:
-    """
-    Count one request refused by a limit: C{what} names the limit (a small
-    fixed set, e.g. C{"client_auth"}, C{"master_token"}, C{"tokens"}).
-    """
-    _installed.rate_limited(what)
 
 
 class Metrics(NoMetrics):

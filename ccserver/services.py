@@ -1,31 +1,16 @@
 """
-The Twisted services the daemon is made of; L{ccserver.tap.makeService}
-puts them together.
-
-The tree::
-
-    StoreService          opens the store, makes the first signing key, then
-    |                     starts its children; stops them (last first, one
-    |                     after another), then closes the store
-    +- the grant handler  if it provides IService (the webhook's connection pool)
-    +- TimerService       reloads the signing keys
-    +- TimerService       purges expired token records
-    +- RequestsService    on stop: stops listening, then waits for the
-    |  |                  requests in flight
-    |  +- ListenerService one per --listen (or inherited socket)
-    +- WorkerPool         --workers N: stopped first, as it was started last
-
-Listeners start only once the store is open and the signing key exists,
-because they are children of the store's service.
+The Twisted services the daemon is made of, and L{service_tree}, which puts
+the parts L{ccserver.assembly.assemble} made into them.  The tree is drawn
+in docs/architecture.md ("The service tree").
 """
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import (
     CancelledError,
@@ -42,12 +27,130 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ccserver import firststart
+from ccserver.assembly import Server
 from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring
+from ccserver.tls import tls_factory
 from ccserver.web import CCServerSite
+from ccserver.workers import ParentWatch, WorkerPool
+
+#: How often, at most, each process reloads the signing keys to follow
+#: rotations made elsewhere (more often when the activation delay is short).
+KEY_REFRESH_SECONDS = 60.0
+#: How often expired opaque tokens and deny-list entries are dropped.
+PURGE_SECONDS = 300.0
+#: How long a stop waits for requests in flight.
+STOP_GRACE_SECONDS = 30.0
 
 #: What is told when the service cannot start: the failure.
 OnFatal = Callable[[Failure], None]
+
+
+class StartUp(Protocol):
+    """
+    What happens when the tree has started, or cannot: the daemon's own
+    steps (L{ccserver.tap.DaemonStartUp}); a test gives its own.
+    """
+
+    def ready(self) -> None:
+        """
+        Every listener listens.
+        """
+
+    def failed(self, failure: Failure) -> None:
+        """
+        The store could not be opened, or a listener could not listen.
+        """
+
+
+def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: StartUp) -> MultiService:
+    """
+    The services that run C{server}: the tree of docs/architecture.md.
+
+    The store's service starts its children once the store is open and a
+    signing key exists, and stops them last first: so the metrics directory
+    comes first (it goes once the workers have ended), the worker pool last
+    (the workers end before this process stops listening).
+
+    @param argv: the command line of C{twist} after its name, which the
+        workers run again.
+    """
+    prepared = server.prepared
+    root = MultiService()
+    store_service = _store_service(server, startup)
+    store_service.setServiceParent(root)
+    directory = prepared.metrics_directory
+    on_worker_exit = None if directory is None else directory.worker_ended
+    pool = prepared.listening.worker_pool(reactor, argv, on_worker_exit)
+    for child in (
+        directory,
+        IService(prepared.handler, None),
+        # after the last request, as the handler
+        CloseOnStop(server.jwks_fetcher.close),
+        *_timers(server, reactor),
+        _requests_service(server, reactor, pool, startup),
+        pool,
+    ):
+        if child is not None:
+            child.setServiceParent(store_service)
+    if prepared.listening.metrics is not None and server.metrics_site is not None:
+        description, endpoint = prepared.listening.metrics
+        ListenerService(description, lambda: endpoint, server.metrics_site).setServiceParent(root)
+    if prepared.listening.inherited:
+        # A worker ends with the main process, even one killed outright.
+        ParentWatch(reactor).setServiceParent(root)
+    return root
+
+
+def _store_service(server: Server, startup: StartUp) -> StoreService:
+    config, first, store = server.config, server.prepared.first, server.prepared.store
+    return StoreService(
+        store,
+        server.keyring,
+        startup.failed,
+        first.master_token_file,
+        fresh_key_file=first.fresh_key_file,
+        key_mismatch=lambda: firststart.key_mismatch(config, store.url, first.fresh_key_file),
+    )
+
+
+def _timers(server: Server, reactor: Any) -> list[TimerService]:
+    """
+    Reload the signing keys (to follow rotations made elsewhere) and purge
+    expired token records, every so often.
+    """
+    refresh_every = min(KEY_REFRESH_SECONDS, max(1.0, server.config.keys.activation_delay / 4))
+    timers = []
+    for interval, work, args in [
+        (refresh_every, refresh_keys, (server.keyring,)),
+        (PURGE_SECONDS, purge_expired, (server.prepared.store, reactor.seconds)),
+    ]:
+        timer = TimerService(interval, run_async, work, *args)
+        timer.clock = reactor
+        timers.append(timer)
+    return timers
+
+
+def _requests_service(
+    server: Server, reactor: Any, pool: WorkerPool | None, startup: StartUp
+) -> RequestsService:
+    site, listening = server.site, server.prepared.listening
+    requests = RequestsService(
+        site,
+        reactor,
+        STOP_GRACE_SECONDS,
+        startup.failed,
+        server.config.issuer,
+        on_ready=startup.ready,
+    )
+    for listener in listening.listeners(reactor, pool):
+        factory: Any = site
+        if listener.tls:
+            assert listening.tls_context is not None  # a TLS listener has one
+            factory = tls_factory(listening.tls_context, site)
+        ListenerService(listener.description, listener.endpoint, factory).setServiceParent(requests)
+    return requests
 
 
 class StoreService(MultiService):
@@ -217,13 +320,25 @@ class RequestsService(MultiService):
     _log = Logger()
 
     def __init__(
-        self, site: CCServerSite, reactor: Any, grace: float, on_fatal: OnFatal, issuer: str
+        self,
+        site: CCServerSite,
+        reactor: Any,
+        grace: float,
+        on_fatal: OnFatal,
+        issuer: str,
+        *,
+        on_ready: Callable[[], None] = lambda: None,
     ) -> None:
+        """
+        @param on_fatal: told when a listener cannot listen.
+        @param on_ready: called once every listener listens.
+        """
         super().__init__()
         self.site = site
         self.reactor = reactor
         self.grace = grace
         self.on_fatal = on_fatal
+        self.on_ready = on_ready
         self.issuer = issuer
 
     def startService(self) -> None:
@@ -232,10 +347,8 @@ class RequestsService(MultiService):
         gatherResults(listening, consumeErrors=True).addCallbacks(self._ready, self._failed)
 
     def _ready(self, _: object) -> None:
-        # What start-up made lives as long as the process: keep it out of the
-        # garbage collector's way.
-        gc.freeze()
         self._log.info("ccserver is ready; issuer {issuer}", issuer=self.issuer)
+        self.on_ready()
 
     def _failed(self, failure: Failure) -> None:
         if isinstance(failure.value, FirstError):
@@ -273,11 +386,3 @@ class CloseOnStop(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return self._close()
-
-
-def handler_service(handler: object) -> IService | None:
-    """
-    The grant handler as a service, if it is one (it then starts before the
-    server listens and stops after its last request).
-    """
-    return IService(handler, None)

@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from ccserver import credentials
+from ccserver.assembly import make_jwks_fetcher, make_site
 from ccserver.config import Config, StoreConfig, TokenConfig
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
@@ -30,7 +31,6 @@ from ccserver.keys import KeyEncryptor
 from ccserver.metrics import NO_METRICS, NoMetrics
 from ccserver.oauth.tokens import sign_inline
 from ccserver.stores.memory import MemoryStore
-from ccserver.tap import make_jwks_fetcher, make_site
 
 ISSUER = "https://as.example.com"
 MASTER_TOKEN = "master-token-for-tests-0123456789"

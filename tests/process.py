@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -214,12 +214,17 @@ class CCServerProcess:
         self.kill()
 
 
-def run_ccserver(*args: str, cwd: Path, timeout: float = DEADLINE) -> subprocess.CompletedProcess[str]:
+def run_ccserver(
+    *args: str, cwd: Path, timeout: float = DEADLINE, pythonpath: Sequence[Path] = ()
+) -> subprocess.CompletedProcess[str]:
     """
     Run C{twist ccserver} with these arguments and return how it ended
     (for start-up errors, which end the process before it listens).
+
+    @param pythonpath: folders to put on C{sys.path} after the worktree's
+        (third-party plugins).
     """
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, [REPO, *pythonpath])))
     env.pop("CCSERVER_MASTER_TOKEN", None)
     return subprocess.run(
         [sys.executable, "-m", "twisted", "ccserver", *args],

@@ -12,9 +12,9 @@ from treq.testing import StubTreq
 from twisted.internet.defer import ensureDeferred
 
 from ccserver import credentials
+from ccserver.assembly import make_jwks_fetcher, make_site
 from ccserver.config import Config
 from ccserver.oauth.tokens import sign_inline
-from ccserver.tap import make_jwks_fetcher, make_site
 from tests.helpers import MASTER_TOKEN, ServerTestCase, TokenLifecycle
 
 API = "https://api.example.com"

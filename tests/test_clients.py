@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from ccserver import credentials
+from ccserver.assembly import make_jwks_fetcher, make_site
 from ccserver.clients import all_clients, public_view, rotate_secret
 from ccserver.config import Config, StoreConfig, TokenConfig
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
@@ -25,7 +26,6 @@ from ccserver.oauth.clientauth import ClientCredentials, authenticate
 from ccserver.oauth.tokens import sign_inline
 from ccserver.stores.cache import CachingClientStore
 from ccserver.stores.memory import MemoryStore
-from ccserver.tap import make_jwks_fetcher, make_site
 from tests.helpers import MASTER_TOKEN, Response, ServerTestCase, basic
 
 GRANT = {"grant_type": "client_credentials"}

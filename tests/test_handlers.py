@@ -16,6 +16,7 @@ import attrs
 import jwt
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, deferLater
+from twisted.logger import globalLogPublisher
 from twisted.plugin import IPlugin, pluginPackagePaths
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -23,7 +24,7 @@ from zope.interface.verify import verifyObject
 
 import ccserver.plugins
 from ccserver.errors import ConfigError, OAuthError
-from ccserver.handlers import available, make_handler
+from ccserver.handlers import PluginError, available, make_handler
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IGrantHandlerFactory
 from ccserver.model import (
@@ -33,6 +34,7 @@ from ccserver.model import (
     GrantRequest,
     check_claims,
 )
+from ccserver.tap import Options
 from tests.helpers import ISSUER, Response, ServerTestCase, basic, temp_dir
 from tests.process import REPO
 
@@ -153,31 +155,42 @@ class BuiltInTests(SynchronousTestCase):
             )
 
 
+def use_plugin_folder(test: SynchronousTestCase, root: Path) -> None:
+    """
+    Put C{root} (which holds C{ccserver/plugins/}) on C{sys.path} for the
+    test, as C{PYTHONPATH} would for a process.  C{ccserver.plugins}
+    extends its C{__path__} with L{pluginPackagePaths} when it is imported;
+    this process imported it long ago, so the path is extended the same
+    way here, and everything is restored after.
+    """
+    saved_sys_path = sys.path[:]
+    saved_package_path = list(ccserver.plugins.__path__)
+    saved_modules = set(sys.modules)
+
+    def restore() -> None:
+        sys.path[:] = saved_sys_path
+        ccserver.plugins.__path__[:] = saved_package_path
+        for name in set(sys.modules) - saved_modules:
+            if name.startswith("ccserver.plugins."):
+                del sys.modules[name]
+
+    test.addCleanup(restore)
+    sys.path.insert(0, str(root))
+    ccserver.plugins.__path__.extend(
+        path
+        for path in pluginPackagePaths(ccserver.plugins.__name__)
+        if path not in ccserver.plugins.__path__
+    )
+
+
 class ThirdPartyPluginTests(SynchronousTestCase):
     """
     A module in a C{ccserver/plugins/} folder anywhere on C{sys.path} is a
-    plugin: C{ccserver.plugins} extends its C{__path__} with
-    L{pluginPackagePaths} when it is imported.  This process imported it
-    long ago, so the test extends it the same way, and restores it after.
+    plugin.
     """
 
     def setUp(self) -> None:
-        root = write_plugin(temp_dir(self))
-        saved_sys_path = sys.path[:]
-        saved_package_path = list(ccserver.plugins.__path__)
-
-        def restore() -> None:
-            sys.path[:] = saved_sys_path
-            ccserver.plugins.__path__[:] = saved_package_path
-            sys.modules.pop(f"ccserver.plugins.{PLUGIN_MODULE}", None)
-
-        self.addCleanup(restore)
-        sys.path.insert(0, str(root))
-        ccserver.plugins.__path__.extend(
-            path
-            for path in pluginPackagePaths(ccserver.plugins.__name__)
-            if path not in ccserver.plugins.__path__
-        )
+        use_plugin_folder(self, write_plugin(temp_dir(self)))
 
     def test_found(self) -> None:
         factories = available()
@@ -194,6 +207,333 @@ class ThirdPartyPluginTests(SynchronousTestCase):
         with self.assertRaises(OAuthError) as raised:
             handler.authorize(make_grant(frozenset({"write"})))
         self.assertEqual(raised.exception.error, "invalid_scope")
+
+
+#: What the broken plugins below are made of: a handler, and a factory whose
+#: class declares C{{interfaces}} and has C{{body}}.
+_POLICY = """\
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from ccserver.errors import ConfigError
+from ccserver.interfaces import IClientCredentialsGrantHandler, IGrantHandlerFactory
+from ccserver.model import GrantAuthorization
+
+
+@implementer(IClientCredentialsGrantHandler)
+class Handler:
+    def authorize(self, grant):
+        return GrantAuthorization(scope={{"read"}})
+
+
+@implementer({interfaces})
+class Policy:
+{body}
+
+
+policy = Policy()
+"""
+
+_NAMED = '    name = "policy"\n    description = "a policy"\n'
+
+
+def policy_module(body: str, interfaces: str = "IPlugin, IGrantHandlerFactory") -> str:
+    """
+    A plugin module whose factory class has C{body} (indented by four).
+    """
+    return _POLICY.format(interfaces=interfaces, body=body)
+
+
+def _make(returns: str, signature: str = "self, config, reactor") -> str:
+    return f"{_NAMED}\n    def makeHandler({signature}):\n        {returns}\n"
+
+
+#: Plugins that fail at start, one for each way, as a third party might
+#: write them: the modules to drop into C{ccserver/plugins/}, the name to
+#: select, and what the one line that stops the start must say.
+BROKEN_PLUGINS: dict[str, tuple[dict[str, str], str, tuple[str, ...]]] = {
+    "earlier signature": (
+        {"policy.py": policy_module(_make("return Handler()", "self, config"))},
+        "policy",
+        (
+            "grant handler plugin 'policy' (",
+            "/ccserver/plugins/policy.py)",
+            "its makeHandler(config) takes no reactor: ccserver calls makeHandler(config, reactor); "
+            "define def makeHandler(self, config, reactor)",
+        ),
+    ),
+    "other signature": (
+        {"policy.py": policy_module(_make("return Handler()", "self, config, reactor, pool"))},
+        "policy",
+        (
+            "grant handler plugin 'policy' (",
+            "its makeHandler(config, reactor, pool) cannot be called as makeHandler(config, reactor)",
+        ),
+    ),
+    "no makeHandler": (
+        {"policy.py": policy_module(_NAMED)},
+        "policy",
+        ("grant handler plugin 'policy' (", "has no makeHandler method; define def makeHandler"),
+    ),
+    "exception": (
+        {"policy.py": policy_module(_make('raise RuntimeError("no policy file")'))},
+        "policy",
+        (
+            "grant handler plugin 'policy' (",
+            "makeHandler failed: RuntimeError: no policy file (line 21); fix the plugin, "
+            "or have it raise ccserver.errors.ConfigError(",
+        ),
+    ),
+    "not a handler": (
+        {"policy.py": policy_module(_make('return {"scope": "read"}'))},
+        "policy",
+        (
+            "grant handler plugin 'policy' (",
+            "makeHandler returned {'scope': 'read'}, which does not provide "
+            "IClientCredentialsGrantHandler: return an object whose class is declared "
+            "@implementer(IClientCredentialsGrantHandler)",
+        ),
+    ),
+    "no authorize": (
+        {
+            "policy.py": policy_module(_make("return Handler()")).replace(
+                "    def authorize(self, grant):", "    def authorise(self, grant):"
+            )
+        },
+        "policy",
+        ("grant handler plugin 'policy' (", "which has no authorize method"),
+    ),
+    "no name": (
+        {"policy.py": policy_module(_make("return Handler()").replace('name = "policy"', "pass"))},
+        "policy",
+        (
+            "[grant_handler] name: no grant handler called 'policy'; available: "
+            "registered-scope, webhook; ",
+            "/ccserver/plugins/policy.py: Policy has no name: give its class a name attribute",
+        ),
+    ),
+    "not IPlugin": (
+        {"policy.py": policy_module(_make("return Handler()"), "IGrantHandlerFactory")},
+        "policy",
+        (
+            "no grant handler called 'policy'",
+            "/ccserver/plugins/policy.py: Policy provides IGrantHandlerFactory but not "
+            "twisted.plugin.IPlugin: declare both, @implementer(IPlugin, IGrantHandlerFactory)",
+        ),
+    ),
+    "import error": (
+        {
+            "policy.py": policy_module(_make("return Handler()")).replace(
+                "IGrantHandlerFactory\n", "IGrantHandlerFactory, IGrantHandlerFactoryV2\n", 1
+            )
+        },
+        "policy",
+        (
+            "no grant handler called 'policy'",
+            "/ccserver/plugins/policy.py could not be imported: ImportError: cannot import "
+            "name 'IGrantHandlerFactoryV2' from 'ccserver.interfaces'",
+            "(line 5); fix or remove it",
+        ),
+    ),
+    "two of a name": (
+        {
+            "policy.py": policy_module(_make("return Handler()")),
+            "policy_copy.py": policy_module(_make("return Handler()")),
+        },
+        "policy",
+        ("2 grant handler plugins are called 'policy' (", "policy_copy.py): rename all but one"),
+    ),
+    "unknown name": (
+        {"policy.py": policy_module(_make("return Handler()"))},
+        "polisy",
+        (
+            "[grant_handler] name: no grant handler called 'polisy'; "
+            "available: policy, registered-scope, webhook",
+        ),
+    ),
+    "configuration refused": (
+        {
+            "policy.py": policy_module(
+                _make('raise ConfigError("[grant_handler] tier: must be gold or free")')
+            )
+        },
+        "policy",
+        ("[grant_handler] tier: must be gold or free",),
+    ),
+}
+
+
+#: A handler that holds something to release, as a service: it records its
+#: start and stop in the file its configuration names.  Not called
+#: "webhook": any handler that provides IService is started and stopped
+#: with the server.
+RECORDER_PLUGIN = """\
+from twisted.application.service import Service
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from ccserver.interfaces import IClientCredentialsGrantHandler, IGrantHandlerFactory
+from ccserver.model import GrantAuthorization
+
+
+@implementer(IClientCredentialsGrantHandler)
+class Recorder(Service):
+    def __init__(self, path):
+        self.path = path
+
+    def record(self, what):
+        with open(self.path, "a") as f:
+            f.write(what + "\\n")
+
+    def startService(self):
+        super().startService()
+        self.record("started")
+
+    def stopService(self):
+        super().stopService()
+        self.record("stopped")
+
+    def authorize(self, grant):
+        return GrantAuthorization(scope={"read"})
+
+
+@implementer(IPlugin, IGrantHandlerFactory)
+class Recording:
+    name = "recording"
+    description = "grants read, and records when it starts and stops"
+
+    def makeHandler(self, config, reactor):
+        return Recorder(config["record"])
+
+
+recording = Recording()
+"""
+
+
+def write_plugins(root: Path, modules: dict[str, str]) -> Path:
+    """
+    Drop C{modules} (file name -> source) into C{root/ccserver/plugins/}.
+    """
+    folder = root / "ccserver" / "plugins"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in modules.items():
+        (folder / name).write_text(source)
+    return root
+
+
+class BrokenPluginTests(SynchronousTestCase):
+    """
+    Every way a plugin can fail at start is one L{ConfigError} (a
+    L{PluginError} unless the plugin itself refused its configuration),
+    whose message names the plugin and says what to change; the process
+    tests (L{tests.test_handlers_process}) see it as the one line that ends
+    C{twist ccserver}.
+    """
+
+    def assert_refused(self, case: str) -> None:
+        modules, name, expected = BROKEN_PLUGINS[case]
+        use_plugin_folder(self, write_plugins(temp_dir(self), modules))
+        with self.assertRaises(ConfigError) as raised:
+            make_handler(name, {}, Clock())
+        message = str(raised.exception)
+        self.assertNotIn("\n", message)
+        for fragment in expected:
+            self.assertIn(fragment, message)
+        plugin_error = case != "configuration refused"
+        self.assertEqual(isinstance(raised.exception, PluginError), plugin_error)
+
+    def test_earlier_signature(self) -> None:
+        """
+        A plugin written for C{makeHandler(config)}, before the reactor was
+        passed: told exactly what to change, and never called without the
+        reactor it should use (no release of ccserver called it so).
+        """
+        self.assert_refused("earlier signature")
+
+    def test_other_signature(self) -> None:
+        self.assert_refused("other signature")
+
+    def test_no_make_handler(self) -> None:
+        self.assert_refused("no makeHandler")
+
+    def test_exception(self) -> None:
+        self.assert_refused("exception")
+
+    def test_not_a_handler(self) -> None:
+        self.assert_refused("not a handler")
+
+    def test_no_authorize(self) -> None:
+        self.assert_refused("no authorize")
+
+    def test_no_name(self) -> None:
+        self.assert_refused("no name")
+
+    def test_not_iplugin(self) -> None:
+        self.assert_refused("not IPlugin")
+
+    def test_import_error(self) -> None:
+        self.assert_refused("import error")
+
+    def test_two_of_a_name(self) -> None:
+        self.assert_refused("two of a name")
+
+    def test_unknown_name(self) -> None:
+        self.assert_refused("unknown name")
+
+    def test_configuration_refused(self) -> None:
+        self.assert_refused("configuration refused")
+
+    def test_broken_module_beside_the_chosen_one(self) -> None:
+        """
+        A module that does not import keeps no other plugin from being
+        chosen; what is wrong with it is logged in one line.
+        """
+        modules = {
+            "policy.py": policy_module(_make("return Handler()")),
+            "broken.py": "from ccserver.interfaces import IGrantHandlerFactoryV2\n",
+        }
+        use_plugin_folder(self, write_plugins(temp_dir(self), modules))
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        handler = make_handler("policy", {}, Clock())
+        self.assertTrue(IClientCredentialsGrantHandler.providedBy(handler))
+        [problem] = [e["problem"] for e in events if "problem" in e]
+        self.assertIn("/ccserver/plugins/broken.py could not be imported: ImportError", problem)
+        self.assertNotIn("log_failure", {key for e in events for key in e})
+
+    def test_help_lists_what_was_not_loaded(self) -> None:
+        use_plugin_folder(
+            self, write_plugins(temp_dir(self), {"broken.py": "raise ValueError('half-written')\n"})
+        )
+        usage = Options().getUsage()
+        self.assertIn("registered-scope", usage)
+        self.assertIn("\n  not loaded: ", usage)
+        self.assertIn("broken.py could not be imported: ValueError: half-written (line 1)", usage)
+
+
+class ServiceHandlerTests(SynchronousTestCase):
+    def test_started_and_stopped_with_the_tree(self) -> None:
+        """
+        A third-party handler that provides IService is started before
+        the server listens and stopped with it, whatever its name.
+        """
+        from twisted.internet.testing import MemoryReactorClock
+
+        from ccserver.tap import makeService
+        from tests.test_service import in_memory, options
+
+        folder = temp_dir(self)
+        use_plugin_folder(self, write_plugins(folder, {"recording.py": RECORDER_PLUGIN}))
+        record = folder / "record"
+        config = folder / "ccserver.toml"
+        config.write_text(f'[grant_handler]\nname = "recording"\nrecord = "{record}"\n')
+        reactor = MemoryReactorClock()
+        service = makeService(options("--config", str(config), "--listen", "tcp:8080"), in_memory(reactor))
+        service.startService()
+        self.assertEqual(record.read_text(), "started\n")
+        self.successResultOf(service.stopService())
+        self.assertEqual(record.read_text(), "started\nstopped\n")
 
 
 class ModelTests(SynchronousTestCase):

@@ -8,6 +8,7 @@ used.  The unit tests are in L{tests.test_handlers}.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +21,14 @@ import requests
 
 from ccserver.handlers import available
 from tests.process import REPO, CCServerProcess, run_ccserver
-from tests.test_handlers import write_plugin
+from tests.test_handlers import (
+    BROKEN_PLUGINS,
+    RECORDER_PLUGIN,
+    _make,
+    policy_module,
+    write_plugin,
+    write_plugins,
+)
 
 
 def test_help_lists_handlers(tmp_path: Path) -> None:
@@ -33,9 +41,80 @@ def test_help_lists_handlers(tmp_path: Path) -> None:
 
 def test_unknown_handler_stops_start(tmp_path: Path) -> None:
     result = run_ccserver("--grant-handler", "nope", "--store", "memory://", cwd=tmp_path)
-    assert result.returncode != 0
-    [line] = [line for line in result.stderr.splitlines() if "nope" in line]
-    assert "available: registered-scope, webhook" in line
+    assert result.returncode == 2
+    assert result.stderr == (
+        "ccserver: [grant_handler] name: no grant handler called 'nope'; "
+        "available: registered-scope, webhook\n"
+    )
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_PLUGINS))
+def test_broken_plugin_stops_start_with_one_line(tmp_path: Path, case: str) -> None:
+    """
+    A plugin dropped into a ccserver/plugins/ folder that fails at start,
+    in any way (tests.test_handlers.BROKEN_PLUGINS), ends twist ccserver
+    with one line naming it and what to change, status 2, no traceback,
+    before anything is made or listens.
+    """
+    modules, name, expected = BROKEN_PLUGINS[case]
+    site = write_plugins(tmp_path / "site", modules)
+    run = tmp_path / "run"
+    run.mkdir()
+    result = run_ccserver(
+        "--grant-handler", name, "--store", "sqlite:///ccserver.db", cwd=run, pythonpath=[site]
+    )
+    assert result.returncode == 2, result
+    [line] = result.stderr.splitlines()
+    assert line.startswith("ccserver: "), line
+    for fragment in expected:
+        assert fragment in line
+    assert "Traceback" not in result.stdout + result.stderr
+    assert list(run.iterdir()) == []
+
+
+def test_broken_module_beside_the_chosen_plugin(tmp_path: Path) -> None:
+    """
+    A module that fails to import does not keep another plugin from
+    serving: no traceback, one line in the log.
+    """
+    site = write_plugins(
+        tmp_path / "site",
+        {
+            "policy.py": policy_module(_make("return Handler()")),
+            "broken.py": "from ccserver.interfaces import IGrantHandlerFactoryV2\n",
+        },
+    )
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(site)])}
+    server = CCServerProcess(tmp_path / "run", "--grant-handler", "policy", store="memory://", env=env)
+    with server:
+        client = server.register(client_name="My House App", scope="read write")
+        response = token_request(server, client)
+        assert (response.status_code, response.json()["scope"]) == (200, "read")
+        assert server.stop() == -signal.SIGTERM  # twist ends by the signal
+    assert server.process is not None and server.process.stderr is not None
+    assert server.process.stderr.read() == b""
+    log = server.read_log()
+    assert "Traceback" not in log
+    [line] = [line for line in log.splitlines() if "was not loaded" in line]
+    assert "broken.py could not be imported: ImportError: cannot import name" in line
+
+
+def test_service_handler_stopped_with_the_server(tmp_path: Path) -> None:
+    """
+    A third-party handler that provides IService (here one called
+    "recording") starts before the server listens and stops on SIGTERM,
+    after the last request.
+    """
+    site = write_plugins(tmp_path / "site", {"recording.py": RECORDER_PLUGIN})
+    record = tmp_path / "record"
+    config = tmp_path / "ccserver.toml"
+    config.write_text(f'[grant_handler]\nname = "recording"\nrecord = "{record}"\n')
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(site)])}
+    server = CCServerProcess(tmp_path / "run", "--config", str(config), store="memory://", env=env)
+    with server:
+        assert record.read_text() == "started\n"
+        assert server.stop() == -signal.SIGTERM  # twist ends by the signal
+    assert record.read_text() == "started\nstopped\n"
 
 
 def test_handler_config_error_stops_start(tmp_path: Path) -> None:

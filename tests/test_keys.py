@@ -172,28 +172,21 @@ class SignerTests(ServerTestCase):
 
     def test_default_signer(self) -> None:
         """
-        The composition root picks the signer from the configuration.
+        The composition root picks the signer from the configuration and
+        the machine's cores, which it is given.
         """
-        from unittest import mock
-
+        from ccserver.assembly import default_signer
         from ccserver.config import Config, TokenConfig
         from ccserver.oauth.tokens import sign_inline
-        from ccserver.tap import default_signer
 
         reactor = _Reactor()
-        with mock.patch("os.cpu_count", return_value=2):
-            self.assertIs(default_signer(reactor, Config(workers=2)), sign_inline)
-            self.assertIs(default_signer(reactor, Config(workers=1)), sign_inline)
-            threaded = default_signer(
-                reactor, Config(workers=1, tokens=TokenConfig(rsa_signing="threads"))
-            )
-            self.assertIsNot(threaded, sign_inline)
-        with mock.patch("os.cpu_count", return_value=4):
-            self.assertIsNot(default_signer(reactor, Config(workers=2)), sign_inline)
-            self.assertIs(
-                default_signer(reactor, Config(workers=1, tokens=TokenConfig(rsa_signing="inline"))),
-                sign_inline,
-            )
+        self.assertIs(default_signer(reactor, Config(workers=2), 2), sign_inline)
+        self.assertIs(default_signer(reactor, Config(workers=1), 2), sign_inline)
+        threads = Config(workers=1, tokens=TokenConfig(rsa_signing="threads"))
+        self.assertIsNot(default_signer(reactor, threads, 2), sign_inline)
+        self.assertIsNot(default_signer(reactor, Config(workers=2), 4), sign_inline)
+        inline = Config(workers=1, tokens=TokenConfig(rsa_signing="inline"))
+        self.assertIs(default_signer(reactor, inline, 4), sign_inline)
 
     def test_rsa_in_threads_ec_inline(self) -> None:
         from ccserver.keys import SigningKey, generate_private_key

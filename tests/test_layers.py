@@ -26,7 +26,9 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
         5,
         (
             "ccserver.tap",
+            "ccserver.assembly",
             "ccserver.services",
+            "ccserver.listening",
             "ccserver.workers",
             "ccserver.admin",
             "ccserver.firststart",

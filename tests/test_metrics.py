@@ -12,17 +12,13 @@ from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, fail
 from twisted.trial.unittest import SynchronousTestCase
 
-from ccserver import metrics as metrics_module
 from ccserver.config import Config, load_config
 from ccserver.errors import OAuthError, StoreUnavailable
 from ccserver.interfaces import IStore
 from ccserver.metrics import (
-    NO_METRICS,
     Metrics,
     NoMetrics,
-    install,
     metrics_root,
-    rate_limited,
     scrape_registry,
 )
 from ccserver.model import Client, GrantAuthorization
@@ -184,21 +180,18 @@ class RouteTemplateTests(SynchronousTestCase):
         self.assertNotIn("other", ROUTES)
 
 
-class RateLimitedTests(SynchronousTestCase):
-    def test_counts_in_installed(self) -> None:
-        metrics = new_metrics()
-        install(metrics)
-        self.addCleanup(install, NO_METRICS)
-        rate_limited("client_auth")
-        rate_limited("client_auth")
-        value = metrics.registry.get_sample_value(
-            "ccserver_rate_limited_total", {"what": "client_auth"}
-        )
-        self.assertEqual(value, 2)
-
-    def test_nothing_installed(self) -> None:
-        self.assertIs(metrics_module._installed, NO_METRICS)
-        rate_limited("client_auth")
+class RateLimitedTests(MetricsTestCase):
+    def test_refusals_counted(self) -> None:
+        """
+        Each request a limit refuses (429) is counted under the limit's
+        name, through the metrics the site was made with (no global).
+        """
+        client = self.register(scope="read")
+        wrong = basic(client["client_id"], "not-the-secret")
+        budget = self.config.limits.failed_auth_per_minute
+        codes = [self.token({"grant_type": "client_credentials"}, wrong).code for _ in range(budget + 2)]
+        self.assertEqual(codes, [401] * budget + [429, 429])
+        self.assertEqual(self.value("ccserver_rate_limited_total", what="client_auth"), 2)
 
 
 class WebhookTimingTests(SynchronousTestCase):
@@ -262,7 +255,7 @@ class ConfigTests(SynchronousTestCase):
     def test_command_line(self) -> None:
         options = Options()
         options.parseOptions(["--store", "memory://", "--metrics", "tcp:9108"])
-        self.assertEqual(options.config.metrics.listen, "tcp:9108")
+        self.assertEqual(load_config(options.command_line(), {}).metrics.listen, "tcp:9108")
 
     def test_file(self) -> None:
         path = str(temp_dir(self) / "ccserver.toml")

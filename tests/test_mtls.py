@@ -18,6 +18,7 @@ from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
 from ccserver import credentials
+from ccserver.assembly import certificate_reader
 from ccserver.config import MTLSConfig, TLSConfig
 from ccserver.oauth import mtls
 from ccserver.oauth.discovery import metadata
@@ -29,7 +30,6 @@ from ccserver.oauth.mtls import (
     same_dn,
 )
 from ccserver.oauth.tokens import access_token_claims
-from ccserver.tap import certificate_reader
 from tests.certs import Issued, expired, issue, make_ca, not_yet_valid
 from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, basic
 from tests.test_client_auth_jwt import JWKS_URI, JWKSResource
@@ -215,7 +215,7 @@ class _MTLSApp(ServerTestCase):
 
     def make_certificates(self) -> Any:
         # the certificate reader the daemon makes
-        return certificate_reader(self.clock, self.config)
+        return certificate_reader(self.clock, self.config, client_ca=None)
 
     def with_cert(
         self, path: str, form: dict[str, str], certificate: Issued | None, **headers: str

@@ -1,33 +1,71 @@
 """
 The service tree L{ccserver.tap.makeService} builds: start-up order and a
-clean stop, on a L{MemoryReactorClock}.
+clean stop, on a L{MemoryReactorClock}; the object graph made without I/O;
+the daemon's own start-up steps.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import io
+import os
 from typing import Any
 
+from treq.testing import StubTreq
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from ccserver import credentials
+from ccserver.assembly import Prepared, assemble
+from ccserver.config import Config, StoreConfig
+from ccserver.firststart import FirstStart
+from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.keys import KeyEncryptor, Keyring
-from ccserver.oauth.tokens import sign_inline
+from ccserver.listening import listening
 from ccserver.services import RequestsService, StoreService
 from ccserver.stores.memory import MemoryStore
-from ccserver.tap import Options, makeService
+from ccserver.tap import DaemonStartUp, Options, Process, makeService
 from ccserver.web import CCServerSite
-from tests.helpers import MASTER_TOKEN
+from tests.helpers import MASTER_TOKEN, temp_dir
 
 
 def options(*args: str) -> Options:
     parsed = Options()
     parsed.parseOptions(["--store", "memory://", "--master-token", MASTER_TOKEN, *args])
     return parsed
+
+
+class RecordingStartUp:
+    """
+    A test's start-up steps: it records what happened, and neither freezes
+    the collector nor ends the process as the daemon's do.
+    """
+
+    def __init__(self) -> None:
+        self.ready_count = 0
+        self.failures: list[Failure] = []
+
+    def ready(self) -> None:
+        self.ready_count += 1
+
+    def failed(self, failure: Failure) -> None:
+        self.failures.append(failure)
+
+
+def in_memory(reactor: Any, startup: RecordingStartUp | None = None, **environ: str) -> Process:
+    """
+    A process of the test's own: no argv, the given environment, one core
+    (so RSA signs inline, not in a thread pool the reactor lacks).
+    """
+    return Process(reactor, [], environ, 1, startup or RecordingStartUp())
 
 
 def http_get(factory: Any, path: bytes) -> bytes:
@@ -42,20 +80,172 @@ class MakeServiceTests(SynchronousTestCase):
     def test_serves_after_start_and_stops(self) -> None:
         """
         The tree listens on each --listen endpoint once started, serves
-        the JWK set with a key in it, and stops listening on stop.
+        the JWK set with a key in it, tells its start-up steps it is
+        ready, and stops listening on stop.
         """
         reactor = MemoryReactorClock()
-        service = makeService(options("--listen", "tcp:8080", "--listen", "tcp:8081"), reactor, sign_inline)
+        startup = RecordingStartUp()
+        service = makeService(
+            options("--listen", "tcp:8080", "--listen", "tcp:8081"), in_memory(reactor, startup)
+        )
         self.assertEqual(reactor.tcpServers, [])
         service.startService()
         self.assertEqual([port for port, *_ in reactor.tcpServers], [8080, 8081])
+        self.assertEqual((startup.ready_count, startup.failures), (1, []))
         factory = reactor.tcpServers[0][1]
         self.assertIn(b'"kid"', http_get(factory, b"/jwks.json"))
         self.successResultOf(service.stopService())
 
+    def test_in_process_start_leaves_the_collector_alone(self) -> None:
+        """
+        Freezing the garbage collector is the daemon's start-up step, not
+        the service tree's: a test that starts the tree in its own process
+        (the test runner's) does not freeze the runner's collector.
+        """
+        frozen = gc.get_freeze_count()
+        service = makeService(options("--listen", "tcp:8080"), in_memory(MemoryReactorClock()))
+        service.startService()
+        self.assertEqual(gc.get_freeze_count(), frozen)
+        self.successResultOf(service.stopService())
+
+    def test_environment_given(self) -> None:
+        """
+        The environment is the process's, given: CCSERVER_MASTER_TOKEN from
+        it authorises registration.
+        """
+        reactor = MemoryReactorClock()
+        parsed = Options()
+        parsed.parseOptions(["--store", "memory://", "--listen", "tcp:8080"])
+        token = "a-master-token-from-the-environment"
+        service = makeService(parsed, in_memory(reactor, CCSERVER_MASTER_TOKEN=token))
+        service.startService()
+        site = reactor.tcpServers[0][1]
+        protocol = site.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        body = b'{"client_name": "x"}'
+        protocol.dataReceived(
+            b"POST /client-reg HTTP/1.1\r\nHost: as.example.com\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 201 "), transport.value())
+        self.successResultOf(service.stopService())
+
+    def test_busy_port_told_to_start_up(self) -> None:
+        """
+        A listener that cannot listen is a failure to start, told to the
+        start-up steps (which, in the daemon, end the process).
+        """
+        reactor = MemoryReactorClock()
+        startup = RecordingStartUp()
+
+        def busy(port: int, *args: Any, **kwargs: Any) -> Any:
+            raise CannotListenError("", port, OSError("busy"))
+
+        reactor.listenTCP = busy  # type: ignore[method-assign]
+        service = makeService(options("--listen", "tcp:8080"), in_memory(reactor, startup))
+        service.startService()
+        [failure] = startup.failures
+        self.assertTrue(failure.check(CannotListenError))
+        self.assertEqual(startup.ready_count, 0)
+        self.successResultOf(service.stopService())
+
     def test_bad_endpoint_refused_before_start(self) -> None:
-        with self.assertRaises(SystemExit):
-            makeService(options("--listen", "tcp:notaport"), MemoryReactorClock(), sign_inline)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as raised:
+            makeService(options("--listen", "tcp:notaport"), in_memory(MemoryReactorClock()))
+        self.assertEqual(raised.exception.code, 2)
+        self.assertEqual(err.getvalue().count("\n"), 1, err.getvalue())
+        self.assertIn("listen: 'tcp:notaport' is not an endpoint string", err.getvalue())
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_command_line_only(self) -> None:
+        """
+        Parsing reads no file and no environment: a configuration file
+        that is not there is found missing by makeService, in one line.
+        """
+        folder = temp_dir(self)
+        parsed = Options()
+        parsed.parseOptions(["--config", str(folder / "missing.toml"), "--store", "memory://"])
+        self.assertEqual(parsed.command_line()["config"], str(folder / "missing.toml"))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as raised:
+            makeService(parsed, in_memory(MemoryReactorClock()))
+        self.assertEqual(raised.exception.code, 2)
+        missing = str(folder / "missing.toml")
+        self.assertEqual(
+            err.getvalue(), f"ccserver: --config: cannot read {missing!r}: No such file or directory\n"
+        )
+
+    def test_usage_error_one_line(self) -> None:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as raised:
+            Options().parseOptions(["--workers", "two"])
+        self.assertEqual(raised.exception.code, 2)
+        self.assertEqual(
+            err.getvalue(),
+            "ccserver: --workers: 'two' is not a whole number; "
+            "twist ccserver --help lists the options\n",
+        )
+
+
+class AssembleTests(SynchronousTestCase):
+    """
+    The object graph is made without I/O and without a running reactor:
+    from a checked configuration and what was prepared for it.
+    """
+
+    def test_pure(self) -> None:
+        clock = Clock()
+        config = Config(issuer="https://as.example.com", store=StoreConfig(url="memory://"))
+        store = MemoryStore()
+        prepared = Prepared(
+            store=store,
+            handler=RegisteredScopeHandler(),
+            first=FirstStart(credentials.digest(MASTER_TOKEN), None, KeyEncryptor.ephemeral()),
+            listening=listening(config, clock, (), None),
+        )
+        server = assemble(config, prepared, clock, cpu_count=1)
+        self.assertIs(server.prepared.store, store)
+        self.assertIsNone(server.metrics_site)
+        # nothing was opened, nothing scheduled
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(self.successResultOf(store.list_keys()), [])
+        self.successResultOf(ensureDeferred(server.keyring.ensure_signing_key()))
+        treq = StubTreq(server.site.resource)
+        response = self.successResultOf(treq.get("https://as.example.com/jwks.json"))
+        self.assertEqual(response.code, 200)
+
+
+class DaemonStartUpTests(SynchronousTestCase):
+    def test_failure_before_the_reactor_runs(self) -> None:
+        """
+        A failure found before the reactor runs (a memory store opens at
+        once, so a busy port is found inside startService) stops the
+        reactor once it runs, and the process then ends with status 1;
+        stopping it before it runs would be refused, and the process would
+        run on, listening on nothing.
+        """
+        reactor = MemoryReactor()
+        startup = DaemonStartUp(reactor)
+        startup.failed(Failure(CannotListenError("127.0.0.1", 8080, OSError("busy"))))
+        self.assertFalse(reactor.hasStopped)
+        self.assertEqual(reactor.triggers["after"]["shutdown"], [(os._exit, (1,), {})])
+        reactor.run()  # runs the hooks, then stops as MemoryReactor does
+        [(hook, _, _)] = reactor.whenRunningHooks
+        self.assertEqual(hook.__name__, "_stop")
+
+    def test_failure_while_running(self) -> None:
+        reactor = MemoryReactor()
+        reactor.running = True
+        startup = DaemonStartUp(reactor)
+        startup.failed(Failure(OSError("no store")))
+        startup.failed(Failure(OSError("and then the listener")))  # told once
+        self.assertTrue(reactor.hasStopped)
+        self.assertEqual(len(reactor.triggers["after"]["shutdown"]), 1)
 
 
 class Child(Service):

@@ -1,0 +1,371 @@
+"""
+The object graph of one configuration: the protocol objects over the store
+and the grant handler, the web site over them, and the metrics.
+
+Nothing here reads a file, opens a connection, listens, or looks at the
+process (its arguments, environment, CPU count): what comes from outside is
+passed in, already read and checked (L{ccserver.tap.prepare}), so a test
+builds the whole server with a L{twisted.internet.testing.MemoryReactorClock}
+or a L{twisted.internet.task.Clock}.  L{ccserver.services.service_tree}
+then puts the result into services.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from attrs import frozen
+from cryptography import x509
+from prometheus_client import CollectorRegistry
+from twisted.web.server import Site
+
+from ccserver.config import Config
+from ccserver.firststart import FirstStart
+from ccserver.health import Readiness
+from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
+from ccserver.keys import KeyEncryptor, Keyring
+from ccserver.listening import Listening
+from ccserver.metrics import (
+    NO_METRICS,
+    Metrics,
+    MultiprocessDirectory,
+    NoMetrics,
+    metrics_root,
+    scrape_registry,
+)
+from ccserver.oauth.assertions import AssertionVerifier, HTTPGetter, JWKSFetcher
+from ccserver.oauth.clientauth import ClientAuthenticator
+from ccserver.oauth.discovery import metadata
+from ccserver.oauth.dpop import DPOP_NONCE_KEY_PURPOSE, DPoPVerifier, NonceIssuer
+from ccserver.oauth.grants import ClientCredentialsGrant
+from ccserver.oauth.introspection import TokenIntrospection
+from ccserver.oauth.limits import AuthLimits, IssuanceLimit
+from ccserver.oauth.registration import ClientRegistry
+from ccserver.oauth.tokens import (
+    Signer,
+    TokenMinter,
+    rsa_in_threads,
+    rsa_signing_in_threads,
+    sign_inline,
+)
+from ccserver.proxies import trusted_networks
+from ccserver.stores.cache import CachingClientStore
+from ccserver.tls import ChainVerifier, ClientCertificateReader
+from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template
+
+
+@frozen
+class Prepared:
+    """
+    What a configuration needs from outside the process's memory, read or
+    made by L{ccserver.tap.prepare} once the configuration is checked.
+
+    @ivar store: made, not opened.
+    @ivar handler: the grant handler, as its plugin made it.
+    @ivar first: what the first-start files hold.
+    @ivar listening: the endpoints, parsed and checked.
+    @ivar client_ca: the certificates of C{[tls] client_ca}, if set.
+    @ivar metrics_directory: the main process's multiprocess metrics
+        directory, with C{--metrics} and C{--workers N}.
+    """
+
+    store: IStore
+    handler: IClientCredentialsGrantHandler
+    first: FirstStart
+    listening: Listening
+    client_ca: tuple[x509.Certificate, ...] | None = None
+    metrics_directory: MultiprocessDirectory | None = None
+
+
+@frozen
+class Server:
+    """
+    What the services run: the parts one configuration makes.
+
+    @ivar prepared: what they were made from (the store, the grant handler
+        as its plugin made it, the first-start files, the endpoints).
+    @ivar metrics_site: the C{/metrics} site, when C{--metrics} is given.
+    """
+
+    config: Config
+    prepared: Prepared
+    site: CCServerSite
+    keyring: Keyring
+    jwks_fetcher: JWKSFetcher
+    metrics_site: Site | None
+
+
+def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | None) -> Server:
+    """
+    Make every part of the server from a checked configuration and what
+    was prepared for it.
+
+    @param cpu_count: the machine's cores, for C{[tokens] rsa_signing}.
+    """
+    metrics = make_metrics(config)
+    jwks_fetcher = make_jwks_fetcher(reactor, config)
+    site, keyring = make_site(
+        reactor,
+        config,
+        prepared.store,
+        _observed(prepared.handler, config, metrics),
+        prepared.first.master_token_digest,
+        prepared.first.encryptor,
+        default_signer(reactor, config, cpu_count),
+        jwks_fetcher,
+        metrics,
+        certificate_reader(reactor, config, prepared.client_ca),
+    )
+    return Server(config, prepared, site, keyring, jwks_fetcher, _metrics_site(metrics, reactor))
+
+
+def make_metrics(config: Config) -> NoMetrics:
+    """
+    The Prometheus metrics with C{--metrics}, else the observer that drops
+    every report.  In a process whose workers share metrics, the
+    multiprocess directory must be chosen first (L{ccserver.tap.prepare}).
+    """
+    if config.metrics.listen is None:
+        return NO_METRICS
+    return Metrics(CollectorRegistry(), route_template, ROUTES)
+
+
+def _observed(
+    handler: IClientCredentialsGrantHandler, config: Config, metrics: NoMetrics
+) -> IClientCredentialsGrantHandler:
+    # ccserver_webhook_request_duration_seconds times the webhook's decision,
+    # which is its HTTP request: no other handler's.
+    if config.grant_handler == "webhook":
+        observed: IClientCredentialsGrantHandler = metrics.observe_handler(handler)
+        return observed
+    return handler
+
+
+def _metrics_site(metrics: NoMetrics, reactor: Any) -> Site | None:
+    if not isinstance(metrics, Metrics):
+        return None
+    site = Site(metrics_root(scrape_registry(metrics.registry)), reactor=reactor)
+    site.displayTracebacks = False
+    site.noisy = False
+    return site
+
+
+def make_site(
+    reactor: Any,
+    config: Config,
+    store: IStore,
+    handler: IClientCredentialsGrantHandler,
+    master_token_digest: str,
+    encryptor: KeyEncryptor,
+    sign: Signer,
+    jwks_fetcher: JWKSFetcher,
+    metrics: NoMetrics = NO_METRICS,
+    certificates: ClientCertificateReader | None = None,
+) -> tuple[CCServerSite, Keyring]:
+    """
+    The web site over the protocol objects, and the keyring they sign with.
+    Nothing is opened or loaded here: the store is opened, and the keys
+    loaded, by the services.
+    """
+    now = reactor.seconds
+    keyring = Keyring(store, encryptor, config.tokens.signing_alg, config.tokens.max_lifetime, now)
+    clients = CachingClientStore(store, now, config.store.client_cache_seconds)
+    limits = _auth_limits(config, store, now, metrics)
+    authenticator = _authenticator(config, clients, store, encryptor, limits, jwks_fetcher, now)
+    trusted_proxies = trusted_networks(config.limits.trusted_proxies)
+    app = CCServerApp(
+        grant=ClientCredentialsGrant(
+            clients,
+            handler,
+            _minter(config, keyring, store, sign, now),
+            config.issuer,
+            dpop=_dpop_verifier(config, store, encryptor, now),
+            authenticator=authenticator,
+            issuance=_issuance_limit(config, now, metrics),
+        ),
+        introspection=TokenIntrospection(
+            clients,
+            store,
+            keyring,
+            config.issuer,
+            config.tokens.introspection,
+            now,
+            master_token_digest=master_token_digest,
+            authenticator=authenticator,
+            limits=limits,
+        ),
+        registry=_registry(config, clients, store, master_token_digest, encryptor, limits, now),
+        keyring=keyring,
+        issuer=config.issuer,
+        discovery_json=_discovery_json(config),
+        jwks_max_age=config.keys.activation_delay // 2,
+        readiness=Readiness(store, keyring, reactor, config.store.timeout),
+        metrics=metrics,
+        certificates=certificates,
+        trusted_proxies=trusted_proxies,
+    )
+    site = CCServerSite(
+        app.resource(), reactor, config.access_log, config.http, metrics, trusted_proxies
+    )
+    return site, keyring
+
+
+def _auth_limits(
+    config: Config, store: IStore, now: Callable[[], float], metrics: NoMetrics
+) -> AuthLimits:
+    # every refusal by a limit is counted: ccserver_rate_limited_total{what}
+    budget = config.limits.failed_auth_per_minute
+    return AuthLimits(store if budget else None, now, budget, 60.0, metrics.rate_limited)
+
+
+def _issuance_limit(
+    config: Config, now: Callable[[], float], metrics: NoMetrics
+) -> IssuanceLimit | None:
+    rate = config.limits.tokens_per_client_per_second
+    return None if rate is None else IssuanceLimit(rate, now, metrics.rate_limited)
+
+
+def _minter(
+    config: Config, keyring: Keyring, store: IStore, sign: Signer, now: Callable[[], float]
+) -> TokenMinter:
+    return TokenMinter(
+        keyring=keyring,
+        tokens=store,
+        issuer=config.issuer,
+        lifetime=config.tokens.lifetime,
+        max_lifetime=config.tokens.max_lifetime,
+        audience=config.tokens.audience,
+        token_format=config.tokens.format,
+        now=now,
+        sign=sign,
+    )
+
+
+def _authenticator(
+    config: Config,
+    clients: CachingClientStore,
+    store: IStore,
+    encryptor: KeyEncryptor,
+    limits: AuthLimits,
+    jwks_fetcher: JWKSFetcher,
+    now: Callable[[], float],
+) -> ClientAuthenticator:
+    assertions = AssertionVerifier(
+        tokens=store,
+        issuer=config.issuer,
+        now=now,
+        max_lifetime=config.client_auth.max_assertion_lifetime,
+        leeway=config.client_auth.leeway,
+        jwks_fetcher=jwks_fetcher,
+        secret_encryptor=encryptor,
+    )
+    return ClientAuthenticator(clients, assertions, limits, now=now, jwks_fetcher=jwks_fetcher)
+
+
+def _registry(
+    config: Config,
+    clients: CachingClientStore,
+    store: IStore,
+    master_token_digest: str,
+    encryptor: KeyEncryptor,
+    limits: AuthLimits,
+    now: Callable[[], float],
+) -> ClientRegistry:
+    return ClientRegistry(
+        clients,
+        master_token_digest,
+        now,
+        token_max_lifetime=config.tokens.max_lifetime,
+        client_cache_seconds=config.store.client_cache_seconds,
+        authoritative=store,
+        secret_encryptor=encryptor,
+        limits=limits,
+        secret_rotation_grace=config.clients.secret_rotation_grace,
+    )
+
+
+def make_jwks_fetcher(
+    reactor: Any, config: Config, http: HTTPGetter | None = None
+) -> JWKSFetcher:
+    """
+    The fetcher of clients' C{jwks_uri}, over its own persistent connection
+    pool (released by L{JWKSFetcher.close}) unless C{http} is given.
+    """
+    from ccserver.handlers.webhook import pooled_http_client
+
+    close = None
+    getter: HTTPGetter
+    if http is None:
+        getter, pool = pooled_http_client(reactor, config.client_auth.jwks_uri_timeout)
+        close = pool.closeCachedConnections
+    else:
+        getter = http
+    auth = config.client_auth
+    return JWKSFetcher(
+        getter,
+        reactor,
+        timeout=auth.jwks_uri_timeout,
+        default_cache=auth.jwks_uri_cache_seconds,
+        min_cache=auth.jwks_uri_min_cache_seconds,
+        max_cache=auth.jwks_uri_max_cache_seconds,
+        refetch_interval=auth.jwks_uri_refetch_seconds,
+        close=close,
+    )
+
+
+def _dpop_verifier(
+    config: Config, store: IStore, encryptor: KeyEncryptor, now: Callable[[], float]
+) -> DPoPVerifier:
+    dpop = config.dpop
+    nonces = (
+        NonceIssuer(encryptor.derive(DPOP_NONCE_KEY_PURPOSE), dpop.nonce_lifetime, now)
+        if dpop.require_nonce
+        else None
+    )
+    return DPoPVerifier(store, dpop.signing_algs, dpop.max_age, dpop.leeway, now, nonces)
+
+
+def _discovery_json(config: Config) -> bytes:
+    return json.dumps(
+        metadata(
+            config.issuer,
+            config.tokens.signing_alg,
+            dpop_signing_algs=config.dpop.signing_algs,
+            mtls=config.mtls_enabled,
+            mtls_base_url=config.tls.base_url,
+        ),
+        separators=(",", ":"),
+    ).encode()
+
+
+def certificate_reader(
+    reactor: Any, config: Config, client_ca: Sequence[x509.Certificate] | None
+) -> ClientCertificateReader | None:
+    """
+    Where requests' client certificates come from (RFC 8705), or None when
+    no listener or proxy can bring one.
+
+    @param client_ca: the certificates of C{[tls] client_ca}, if it is set.
+    """
+    if not config.mtls_enabled:
+        return None
+    header = config.mtls.proxy_header
+    return ClientCertificateReader(
+        now=reactor.seconds,
+        chains=ChainVerifier(client_ca, reactor.seconds) if client_ca else None,
+        proxy_header=header.lower().encode("ascii") if header else None,
+        trusted_proxies=trusted_networks(config.mtls.trusted_proxies),
+    )
+
+
+def default_signer(reactor: Any, config: Config, cpu_count: int | None) -> Signer:
+    """
+    Where signatures are computed, by C{[tokens] rsa_signing}
+    (L{rsa_signing_in_threads}): each worker decides the same, from the
+    same configuration and machine.
+    """
+    if rsa_signing_in_threads(config.tokens.rsa_signing, config.workers, cpu_count):
+        return rsa_in_threads(reactor)
+    return sign_inline
