@@ -42,7 +42,7 @@ from ccserver.oauth.registration import (
     registration_response,
     validate_metadata,
 )
-from ccserver.stores import store_from_url
+from ccserver.stores import store_from_settings
 
 #: What C{ccserver --help} says it is: plain text, for people (argparse
 #: prints it as written, so no epytext markup here or in any help string).
@@ -144,13 +144,7 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
     token is asked for.  Nothing here caches a client, and running servers
     follow every change within their C{[store] client_cache_seconds}.
     """
-    store = store_from_url(
-        config.store.url,
-        reactor,
-        timeout=config.store.timeout,
-        redis_wait_replicas=config.store.redis_wait_replicas,
-        redis_wait_timeout=config.store.redis_wait_timeout,
-    )
+    store = store_from_settings(config.store, reactor)
     await store.open()
     try:
         registry = ClientRegistry(
@@ -240,13 +234,7 @@ async def run(reactor: Any, config: Config, arguments: argparse.Namespace) -> No
     if arguments.command == "clients":
         await run_clients(reactor, config, arguments)
         return
-    store = store_from_url(
-        config.store.url,
-        reactor,
-        timeout=config.store.timeout,
-        redis_wait_replicas=config.store.redis_wait_replicas,
-        redis_wait_timeout=config.store.redis_wait_timeout,
-    )
+    store = store_from_settings(config.store, reactor)
     encryptor, fresh_key_file = key_encryption(config)
     try:
         await store.open()

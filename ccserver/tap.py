@@ -45,7 +45,7 @@ from ccserver.handlers import find_plugins, make_handler
 from ccserver.listening import listening
 from ccserver.metrics import MultiprocessDirectory, use_multiprocess_directory
 from ccserver.services import StartUp, service_tree
-from ccserver.stores import store_from_url
+from ccserver.stores import store_from_settings
 from ccserver.tls import ClientCertificateRequesting, load_pem_certificates, server_context
 
 _log = Logger()
@@ -223,13 +223,7 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
     @raise OSError: for a file that cannot be read or made.
     """
     handler = make_handler(config.grant_handler, config.grant_handler_config, reactor)
-    store = store_from_url(
-        config.store.url,
-        reactor,
-        timeout=config.store.timeout,
-        redis_wait_replicas=config.store.redis_wait_replicas,
-        redis_wait_timeout=config.store.redis_wait_timeout,
-    )
+    store = store_from_settings(config.store, reactor)
     endpoints = listening(config, reactor, inherited, _tls_context(config))
     client_ca = None
     if config.mtls_enabled and config.tls.client_ca:

@@ -231,7 +231,7 @@ class FailoverMixin:
         """
         raise NotImplementedError
 
-    def stored(self, load: Load) -> Stored:
+    def stored(self) -> Stored:
         raise NotImplementedError
 
     def setUp(self) -> None:
@@ -282,7 +282,7 @@ class FailoverMixin:
             load.finish()
         answers = list(load.answers)
         self.check_answers(answers, killing)
-        self.check_stored(answers, self.stored(load))
+        self.check_stored(answers, self.stored())
         for server in self.servers:
             self.assertNotIn("Traceback", server.read_log())  # type: ignore[attr-defined]
         first = min(
@@ -398,7 +398,7 @@ class RedisFailoverMixin(FailoverMixin):
             killed,
         )
 
-    def stored(self, load: Load) -> Stored:
+    def stored(self) -> Stored:
         def keys(pattern: str) -> set[str]:
             found: set[str] = set()
             cursor = "0"
@@ -466,7 +466,7 @@ class PostgreSQLFailoverMixin(FailoverMixin):
             promoted,
         )
 
-    def stored(self, load: Load) -> Stored:
+    def stored(self) -> Stored:
         def column(statement: str) -> set[str]:
             return {row[0] for row in self.pair.standby.query(statement, self.pair.database)}
 

@@ -24,7 +24,7 @@ from ccserver.errors import StoreUnavailable
 from ccserver.stores.sql import SQLStore, _socket_stale
 from tests.process import DEADLINE
 from tests.servers import PostgresStandbyPair
-from tests.test_store_contract import MARK, TIMEOUT, make_client, make_token
+from tests.test_store_contract import MARK, TIMEOUT, eventually, make_client, make_token
 
 
 class PostgreSQLFailoverTests(TestCase):
@@ -65,14 +65,7 @@ class PostgreSQLFailoverTests(TestCase):
             with self.assertRaises(StoreUnavailable):
                 await operation()
         self.pair.standby.promote()
-        deadline = time.monotonic() + DEADLINE
-        while True:
-            try:
-                await store.add_client(make_client("after"))
-                break
-            except StoreUnavailable:
-                self.assertLess(time.monotonic(), deadline, "a write after the promotion")
-            await deferLater(reactor, 0.05, lambda: None)
+        await eventually(lambda: store.add_client(make_client("after")), within=DEADLINE)
         await store.add_token(make_token("f" * 64))
         self.assertEqual(
             sorted(row[0] for row in self.rows("SELECT client_id FROM clients")),
@@ -127,11 +120,4 @@ class PostgreSQLFailoverTests(TestCase):
         self.assertTrue(_socket_stale(fenced))
         primary.execute("ALTER SYSTEM RESET default_transaction_read_only")
         primary.execute("SELECT pg_reload_conf()")
-        deadline = time.monotonic() + DEADLINE
-        while True:
-            try:
-                await store.add_client(make_client("unfenced"))
-                break
-            except StoreUnavailable:
-                self.assertLess(time.monotonic(), deadline, "a write after the fence")
-            await deferLater(reactor, 0.05, lambda: None)
+        await eventually(lambda: store.add_client(make_client("unfenced")), within=DEADLINE)

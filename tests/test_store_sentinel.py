@@ -32,7 +32,7 @@ from ccserver.stores.redisconnection import parse_url
 from ccserver.stores.sentinel import ASK_AGAIN, NoPrimary, SentinelEndpoint, Sentinels
 from tests.process import DEADLINE
 from tests.servers import RedisSentinelGroup, RedisServer, redis_sentinel_group
-from tests.test_store_contract import TIMEOUT, make_client, make_token
+from tests.test_store_contract import TIMEOUT, eventually, make_client, make_token
 
 
 class URLTests(SynchronousTestCase):
@@ -204,21 +204,6 @@ class SentinelEndpointTests(SynchronousTestCase):
         self.assertEqual(clock.tcpClients, [])
 
 
-async def eventually_written(store: RedisStore, client_id: str) -> float:
-    """
-    Add a client until it is answered, within L{DEADLINE}; return when.
-    """
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        try:
-            await store.add_client(make_client(client_id))
-            return time.monotonic()
-        except StoreUnavailable:
-            if time.monotonic() > deadline:
-                raise
-        await deferLater(reactor, 0.05, lambda: None)
-
-
 class SentinelFailoverTests(TestCase):
     """
     A real failover: a primary, two replicas and three sentinels of their
@@ -247,7 +232,7 @@ class SentinelFailoverTests(TestCase):
         await gatherResults([store.add_client(make_client(f"before-{i}")) for i in range(20)])
         old = self.group.primary
         old.kill()
-        await eventually_written(store, "after")
+        await eventually(lambda: store.add_client(make_client("after")), within=DEADLINE)
         new = self.group.wait_for_failover(old)
         for client_id in ["after", *(f"before-{i}" for i in range(20))]:
             self.assertEqual(await store.get_client(client_id), make_client(client_id))

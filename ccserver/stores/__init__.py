@@ -14,6 +14,7 @@ Stores, chosen by URL:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
@@ -67,6 +68,39 @@ def check_url(url: str) -> None:
         folder = sqlite_path(url).parent
         if not folder.is_dir():
             raise ConfigError(f"[store] url: the folder {str(folder)!r} does not exist")
+
+
+class StoreSettings(Protocol):
+    """
+    What makes a store: the C{[store]} settings (L{ccserver.config.StoreConfig}).
+    """
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def redis_wait_replicas(self) -> int | None: ...
+
+    @property
+    def redis_wait_timeout(self) -> float | None: ...
+
+
+def store_from_settings(
+    settings: StoreSettings, reactor: IReactorCore | IReactorTime | IReactorThreads
+) -> IStore:
+    """
+    Make (but do not open) the store that C{settings} name.
+    """
+    return store_from_url(
+        settings.url,
+        reactor,
+        timeout=settings.timeout,
+        redis_wait_replicas=settings.redis_wait_replicas,
+        redis_wait_timeout=settings.redis_wait_timeout,
+    )
 
 
 def store_from_url(
