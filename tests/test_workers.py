@@ -191,6 +191,8 @@ class WorkersTests(unittest.TestCase):
         server = self.start()
         assert server.process is not None
         [worker] = children(server.process.pid)
+        # serving, not still starting (it would end at its start all the same)
+        wait_until(lambda: server.read_log().count("ccserver is ready") >= 2, what="the worker ready")
         os.kill(server.process.pid, signal.SIGKILL)
         killed = time.monotonic()
         server.process.wait()

@@ -264,8 +264,15 @@ class _SwitchWatcher(RedisProtocol, txredisapi.SubscriberProtocol):  # type: ign
     @inlineCallbacks
     def connectionMade(self) -> Generator[Deferred[Any], Any, None]:
         yield super().connectionMade()
-        if self.connected and self._ready:
+        if not (self.connected and self._ready):
+            return
+        try:
             yield self.subscribe(SWITCH_CHANNEL)
+        except txredisapi.ConnectionError:
+            pass  # lost meanwhile: made again, and subscribed then
+        except Exception as e:
+            self.factory.set_up_failed(f"SUBSCRIBE {SWITCH_CHANNEL}: {e}")
+            self.transport.abortConnection()
 
     def messageReceived(self, pattern: Any, channel: Any, message: Any) -> None:
         on_message = self.factory.on_message
