@@ -154,6 +154,7 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
             reactor.seconds,
             token_max_lifetime=config.tokens.max_lifetime,
             client_cache_seconds=config.store.client_cache_seconds,
+            jwks_uri_policy=config.client_auth.jwks_uri_policy,
         )
         action = arguments.action
         if action == "list":
@@ -178,7 +179,10 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
                 else None
             )
             registration = await register_client(
-                store, validate_metadata(body), reactor.seconds, encryptor
+                store,
+                validate_metadata(body, config.client_auth.jwks_uri_policy),
+                reactor.seconds,
+                encryptor,
             )
             _print_json(registration_response(registration, config.issuer))
         elif action == "delete":

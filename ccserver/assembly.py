@@ -26,6 +26,7 @@ from ccserver.firststart import FirstStart
 from ccserver.health import Readiness
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor, Keyring
+from ccserver.keysets import HTTPGetter, KeySetSource
 from ccserver.listening import Listening
 from ccserver.metrics import (
     NO_METRICS,
@@ -35,7 +36,7 @@ from ccserver.metrics import (
     metrics_root,
     scrape_registry,
 )
-from ccserver.oauth.assertions import AssertionVerifier, HTTPGetter, JWKSFetcher
+from ccserver.oauth.assertions import MAX_CLIENT_KEYS, AssertionVerifier
 from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.dpop import DPOP_NONCE_KEY_PURPOSE, DPoPVerifier, NonceIssuer
@@ -50,6 +51,7 @@ from ccserver.oauth.tokens import (
     rsa_signing_in_threads,
     sign_inline,
 )
+from ccserver.outbound import http_client
 from ccserver.proxies import trusted_networks
 from ccserver.stores.cache import CachingClientStore
 from ccserver.tls import ChainVerifier, ClientCertificateReader
@@ -93,7 +95,7 @@ class Server:
     prepared: Prepared
     site: CCServerSite
     keyring: Keyring
-    jwks_fetcher: JWKSFetcher
+    jwks_fetcher: KeySetSource
     metrics_site: Site | None
 
 
@@ -160,7 +162,7 @@ def make_site(
     master_token_digest: str,
     encryptor: KeyEncryptor,
     sign: Signer,
-    jwks_fetcher: JWKSFetcher,
+    jwks_fetcher: KeySetSource,
     metrics: NoMetrics = NO_METRICS,
     certificates: ClientCertificateReader | None = None,
 ) -> tuple[CCServerSite, Keyring]:
@@ -249,7 +251,7 @@ def _authenticator(
     store: IStore,
     encryptor: KeyEncryptor,
     limits: AuthLimits,
-    jwks_fetcher: JWKSFetcher,
+    jwks_fetcher: KeySetSource,
     now: Callable[[], float],
 ) -> ClientAuthenticator:
     assertions = AssertionVerifier(
@@ -258,10 +260,10 @@ def _authenticator(
         now=now,
         max_lifetime=config.client_auth.max_assertion_lifetime,
         leeway=config.client_auth.leeway,
-        jwks_fetcher=jwks_fetcher,
+        key_sets=jwks_fetcher,
         secret_encryptor=encryptor,
     )
-    return ClientAuthenticator(clients, assertions, limits, now=now, jwks_fetcher=jwks_fetcher)
+    return ClientAuthenticator(clients, assertions, limits, now=now, key_sets=jwks_fetcher)
 
 
 def _registry(
@@ -283,34 +285,36 @@ def _registry(
         secret_encryptor=encryptor,
         limits=limits,
         secret_rotation_grace=config.clients.secret_rotation_grace,
+        jwks_uri_policy=config.client_auth.jwks_uri_policy,
     )
 
 
 def make_jwks_fetcher(
     reactor: Any, config: Config, http: HTTPGetter | None = None
-) -> JWKSFetcher:
+) -> KeySetSource:
     """
     The fetcher of clients' C{jwks_uri}, over its own persistent connection
-    pool (released by L{JWKSFetcher.close}) unless C{http} is given.
+    pool (released by L{KeySetSource.close}) unless C{http} is given.
     """
-    from ccserver.handlers.webhook import pooled_http_client
-
+    auth = config.client_auth
+    policy = auth.jwks_uri_policy
     close = None
     getter: HTTPGetter
     if http is None:
-        getter, pool = pooled_http_client(reactor, config.client_auth.jwks_uri_timeout)
+        getter, pool = http_client(reactor, connect_timeout=auth.jwks_uri_timeout, policy=policy)
         close = pool.closeCachedConnections
     else:
         getter = http
-    auth = config.client_auth
-    return JWKSFetcher(
+    return KeySetSource(
         getter,
         reactor,
+        policy=policy,
         timeout=auth.jwks_uri_timeout,
         default_cache=auth.jwks_uri_cache_seconds,
         min_cache=auth.jwks_uri_min_cache_seconds,
         max_cache=auth.jwks_uri_max_cache_seconds,
         refetch_interval=auth.jwks_uri_refetch_seconds,
+        max_keys=MAX_CLIENT_KEYS,
         close=close,
     )
 

@@ -31,6 +31,7 @@ from ccserver.errors import ConfigError
 from ccserver.httpchannel import HTTPLimits
 from ccserver.keys import SIGNING_ALGORITHMS
 from ccserver.model import is_lifetime
+from ccserver.outbound import AddressPolicy
 from ccserver.stores import check_url
 
 _C = TypeVar("_C", bound=AttrsInstance)
@@ -133,8 +134,9 @@ class ClientAuthConfig:
     assertion may claim, and how a client's C{jwks_uri} is fetched.
     """
 
-    #: Seconds an assertion's C{exp} may lie ahead of now: a longer-lived
-    #: assertion is a bearer credential in all but name.
+    #: Seconds an assertion is accepted after its C{iat}, whatever its
+    #: C{exp}; without C{iat}, how far its C{exp} may lie ahead.  Its
+    #: C{jti} is remembered as long (and the leeway), no longer.
     max_assertion_lifetime: int = 300
     #: Seconds of clock skew allowed for C{exp}, C{nbf} and C{iat}.
     leeway: int = 30
@@ -150,6 +152,19 @@ class ClientAuthConfig:
     #: C{jwks_uri} again (key rotation), at most once per this many seconds
     #: per client.
     jwks_uri_refetch_seconds: int = 30
+    #: Networks (CIDR, or single addresses) that a client's C{jwks_uri}
+    #: may reach although they are not public (loopback, private,
+    #: link-local...), over https or plain http: for private deployments
+    #: and tests.  Empty: public addresses only, over https.
+    jwks_uri_private_networks: tuple[str, ...] = ()
+
+    @property
+    def jwks_uri_policy(self) -> AddressPolicy:
+        """
+        Where clients' C{jwks_uri} may point: public addresses over https,
+        and the L{jwks_uri_private_networks}.
+        """
+        return AddressPolicy.public(self.jwks_uri_private_networks)
 
 
 @frozen
@@ -546,13 +561,21 @@ def _check_mtls(mtls: MTLSConfig) -> None:
         raise ConfigError(
             "[mtls] proxy_header: needs trusted_proxies, the addresses whose header is believed"
         )
-    for value in mtls.trusted_proxies:
+    _check_networks("[mtls] trusted_proxies", mtls.trusted_proxies)
+
+
+def _check_networks(setting: str, values: tuple[str, ...]) -> None:
+    """
+    Every one of C{values} is an IP address or a CIDR network (host bits
+    may be set: C{10.1.2.3/8} is C{10.0.0.0/8}).
+    """
+    for value in values:
+        if not isinstance(value, str):
+            raise ConfigError(f"{setting}: {value!r} is not a string")
         try:
             ipaddress.ip_network(value, strict=False)
-        except (TypeError, ValueError):
-            raise ConfigError(
-                f"[mtls] trusted_proxies: {value!r} is not an IP address or network"
-            ) from None
+        except ValueError:
+            raise ConfigError(f"{setting}: {value!r} is not an IP address or network") from None
 
 
 def _check_limits(limits: LimitsConfig) -> None:
@@ -566,15 +589,7 @@ def _check_limits(limits: LimitsConfig) -> None:
         raise ConfigError(
             f"[limits] tokens_per_client_per_second: must be greater than 0, not {rate!r}"
         )
-    for proxy in limits.trusted_proxies:
-        if not isinstance(proxy, str):
-            raise ConfigError(f"[limits] trusted_proxies: {proxy!r} is not a string")
-        try:
-            ipaddress.ip_network(proxy, strict=False)
-        except ValueError:
-            raise ConfigError(
-                f"[limits] trusted_proxies: {proxy!r} is not an IP address or network"
-            ) from None
+    _check_networks("[limits] trusted_proxies", limits.trusted_proxies)
 
 
 def _check_store(store: StoreConfig, on_command_line: bool) -> None:
@@ -645,6 +660,7 @@ def _check_client_auth(client_auth: ClientAuthConfig) -> None:
         raise ConfigError(
             "[client_auth] jwks_uri_min_cache_seconds: is more than jwks_uri_max_cache_seconds"
         )
+    _check_networks("[client_auth] jwks_uri_private_networks", client_auth.jwks_uri_private_networks)
 
 
 def _check_signing_alg(alg: str) -> None:

@@ -11,6 +11,12 @@ C{jwk} header of a DPoP proof), the expected C{typ} (RFC 8725 §3.11), and
 the claims required.  C{alg: none} is never accepted, whatever the caller
 allows.  The signature math is PyJWT's algorithm objects, for both ways.
 
+JWKs (RFC 7517) are read and written here too, once for every caller (a
+client's registered or fetched key set, a DPoP proof's C{jwk} header, the
+server's own published keys), and so is the rule for which public keys are
+accepted at all (L{check_public_key}): whatever a key is, the work of one
+signature check with it stays small.
+
 A leaf module: PyJWT, cryptography, attrs and the standard library only.
 """
 
@@ -24,10 +30,17 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from attrs import field, frozen
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from jwt.algorithms import Algorithm, get_default_algorithms
+from jwt.algorithms import (
+    Algorithm,
+    ECAlgorithm,
+    OKPAlgorithm,
+    RSAAlgorithm,
+    get_default_algorithms,
+)
 
 PrivateKey = (
     rsa.RSAPrivateKey
@@ -52,11 +65,46 @@ _PYJWT = get_default_algorithms()
 ALGORITHMS: Mapping[str, Algorithm] = {
     name: _PYJWT[name] for name in ("RS256", "PS256", "ES256", "EdDSA", "HS256", "HS384", "HS512")
 }
-_EC_CURVES = {"ES256": ec.SECP256R1}
+_ALG_CURVES = {"ES256": ec.SECP256R1}
 #: RFC 7518 §3.2: an HMAC key at least as long as the hash output.
 _HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 #: RFC 7518 §3.3, §3.5: RSA keys of 2048 bits or more.
 _RSA_MIN_BITS = 2048
+#: The largest RSA modulus accepted from outside: checking a signature
+#: costs about the square of the modulus length, so this bounds it at 16
+#: times that of a 2048-bit key.
+_RSA_MAX_BITS = 8192
+#: The one RSA public exponent accepted from outside.  Checking a signature
+#: costs about the exponent's length in bits: a 3,070-bit exponent made one
+#: check cost as much as a thousand.  Every common key generator (OpenSSL,
+#: cryptography, Go, Java, .NET, cloud KMSs and HSMs) uses 65537 (RFC 7518
+#: §6.3.1.2 encodes it C{AQAB}), and small ones such as 3 have a history of
+#: attacks on careless padding; so exactly this one, rather than a range.
+RSA_PUBLIC_EXPONENT = 65537
+#: The named curves of the EC keys accepted from outside: those of JOSE
+#: (RFC 7518 §3.4) and TLS 1.3 (RFC 8446 §4.2.3).  Which curve signs
+#: with which C{alg} is L{key_fits}'s to say (ES256: P-256 only).
+EC_CURVES: tuple[type[ec.EllipticCurve], ...] = (ec.SECP256R1, ec.SECP384R1, ec.SECP521R1)
+#: RFC 7517 §4, RFC 7518 §6.2.2, §6.3.2, §6.4: the members of a JWK that
+#: only a private or a symmetric key has.
+PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+_JWK_READERS: Mapping[str, Callable[[Any], Any]] = {
+    "RSA": RSAAlgorithm.from_jwk,
+    "EC": ECAlgorithm.from_jwk,
+    "OKP": OKPAlgorithm.from_jwk,
+}
+_PRIVATE_KEY_TYPES = (
+    rsa.RSAPrivateKey,
+    ec.EllipticCurvePrivateKey,
+    ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey,
+)
+_PUBLIC_KEY_TYPES = (
+    rsa.RSAPublicKey,
+    ec.EllipticCurvePublicKey,
+    ed25519.Ed25519PublicKey,
+    ed448.Ed448PublicKey,
+)
 _BASE64URL = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
@@ -106,6 +154,192 @@ def thumbprint(jwk: Mapping[str, Any]) -> str:
     return b64encode(hashlib.sha256(canonical).digest()).decode("ascii")
 
 
+class UnusableKey(ValueError):
+    """
+    A JWK or a certificate's key that is refused: malformed, private, of a
+    kind or size this server does not accept.  The message completes
+    "the key ..." and names no member's value.
+    """
+
+
+@frozen
+class JWK:
+    """
+    A public key read from a JWK, with the members that say what it is for.
+
+    @ivar kid: its C{kid} (RFC 7517 §4.5), or None.
+    @ivar use: its C{use} (§4.2), or None.
+    @ivar certificate: the DER of the first certificate of its C{x5c}
+        (§4.7: the one holding the key), or None.
+    """
+
+    key: PublicKey = field(repr=False)
+    kid: str | None = None
+    use: str | None = None
+    certificate: bytes | None = field(default=None, repr=False)
+
+
+def check_public_key(key: object) -> PublicKey:
+    """
+    C{key}, if it is a public key this server accepts from outside: RSA
+    with the public exponent L{RSA_PUBLIC_EXPONENT} and a modulus of 2048
+    to 8192 bits; EC on one of the L{EC_CURVES} (the point is checked to
+    be on its curve when the key is loaded, by C{cryptography}); Ed25519
+    or Ed448.
+
+    @raise UnusableKey: it is not.
+    """
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.public_numbers().e != RSA_PUBLIC_EXPONENT:
+            raise UnusableKey(
+                f"is an RSA key whose public exponent is not {RSA_PUBLIC_EXPONENT}"
+            )
+        if not _RSA_MIN_BITS <= key.key_size <= _RSA_MAX_BITS:
+            raise UnusableKey(
+                f"is an RSA key of {key.key_size} bits; "
+                f"RSA keys need {_RSA_MIN_BITS} to {_RSA_MAX_BITS} bits"
+            )
+        return key
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, EC_CURVES):
+            raise UnusableKey("is an EC key on a curve other than P-256, P-384 or P-521")
+        return key
+    if isinstance(key, (ed25519.Ed25519PublicKey, ed448.Ed448PublicKey)):
+        return key
+    raise UnusableKey("is not an RSA, EC, Ed25519 or Ed448 public key")
+
+
+def import_jwk(jwk: object) -> JWK:
+    """
+    Read one JWK (RFC 7517) holding a public key that L{check_public_key}
+    accepts, and its first C{x5c} certificate, if any (L{x5c_certificate}).
+
+    @raise UnusableKey: it is not one; a private or symmetric key is
+        refused before anything is read from it.
+    """
+    if not isinstance(jwk, Mapping):
+        raise UnusableKey("is not a JSON object")
+    kty = jwk.get("kty")
+    if kty == "oct" or "k" in jwk:
+        raise UnusableKey("is a symmetric (oct) key; only public keys are accepted")
+    private = [name for name in PRIVATE_JWK_MEMBERS if name in jwk]
+    if private:
+        raise UnusableKey(
+            f"holds private members ({', '.join(private)}): publish the public key only, "
+            "and make a new key pair, as this one is no longer private"
+        )
+    if not isinstance(kty, str) or kty not in _JWK_READERS:
+        raise UnusableKey("has no kty RSA, EC or OKP")
+    for name in ("kid", "use"):
+        if name in jwk and not isinstance(jwk[name], str):
+            raise UnusableKey(f"has a {name} that is not a string")
+    try:
+        key = _JWK_READERS[kty](dict(jwk))
+    except Exception:
+        raise UnusableKey(f"is not a valid {kty} public key") from None
+    if not isinstance(key, _PUBLIC_KEY_TYPES):
+        raise UnusableKey("is not a public key")
+    return JWK(check_public_key(key), jwk.get("kid"), jwk.get("use"), x5c_certificate(jwk))
+
+
+def import_jwk_set(document: object, max_keys: int) -> tuple[JWK, ...]:
+    """
+    The keys of a JWK set (RFC 7517 §5) that L{import_jwk} accepts; the
+    others are left out (§5: "ignore JWKs ... that it does not understand").
+
+    @param max_keys: more keys than this, usable or not, and the whole set
+        is refused, before any is read.
+    @raise ValueError: it is not a JWK set, or holds too many keys.
+    """
+    keys = document.get("keys") if isinstance(document, Mapping) else None
+    if not isinstance(keys, list):
+        raise ValueError("not a JWK set (an object with a list of keys)")
+    if len(keys) > max_keys:
+        raise ValueError(f"holds more than {max_keys} keys")
+    found = []
+    for jwk in keys:
+        try:
+            found.append(import_jwk(jwk))
+        except UnusableKey:
+            continue
+    return tuple(found)
+
+
+def x5c_certificate(jwk: Mapping[str, Any]) -> bytes | None:
+    """
+    The DER of the first certificate of a JWK's C{x5c} (RFC 7517 §4.7: the
+    one holding the key; standard base64, not base64url), whose key
+    L{check_public_key} accepts; None when the JWK has no C{x5c}.
+
+    @raise UnusableKey: the C{x5c} is malformed, or its certificate's key
+        is refused.
+    """
+    chain = jwk.get("x5c")
+    if chain is None:
+        return None
+    if not isinstance(chain, list) or not chain or not isinstance(chain[0], str):
+        raise UnusableKey("has an x5c that is not a list of certificates")
+    try:
+        der = base64.b64decode(chain[0], validate=True)
+        certificate = x509.load_der_x509_certificate(der)
+    except ValueError:
+        raise UnusableKey("has an x5c entry that is not a base64 DER certificate") from None
+    check_certificate_key(certificate)
+    return der
+
+
+def check_certificate_key(certificate: x509.Certificate) -> None:
+    """
+    A certificate's public key is one L{check_public_key} accepts.
+
+    @raise UnusableKey: it is not (the message starts "has a certificate
+        whose key ...").
+    """
+    try:
+        key = certificate.public_key()
+        check_public_key(key)
+    except UnusableKey as e:
+        raise UnusableKey(f"has a certificate whose key {e}") from None
+    except ValueError:
+        raise UnusableKey("has a certificate whose key cannot be read") from None
+
+
+def public_jwk(key: PrivateKey | PublicKey) -> dict[str, Any]:
+    """
+    The public half of a key as a JWK (RFC 7517), without C{kid}.
+
+    PyJWT adds C{key_ops: ["verify"]} to RSA keys; it is left out, because
+    the JWK set says C{use: "sig"} and RFC 7517 §4.3 says the two SHOULD
+    NOT be used together.
+    """
+    public = key.public_key() if isinstance(key, _PRIVATE_KEY_TYPES) else key
+    writer: Any
+    if isinstance(public, rsa.RSAPublicKey):
+        writer = RSAAlgorithm
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        writer = ECAlgorithm
+    else:
+        writer = OKPAlgorithm
+    jwk: dict[str, Any] = writer.to_jwk(public, as_dict=True)
+    jwk.pop("key_ops", None)
+    return jwk
+
+
+def numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
+    """
+    The claim C{name} as a NumericDate (RFC 7519 §2: a JSON number of
+    seconds, finite; never a boolean), or None when it is absent.
+
+    @raise JOSEError: it is present and not one.
+    """
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise JOSEError(f"the {name} claim is not a NumericDate")
+    return float(value)
+
+
 def _b64decode(segment: bytes, name: str) -> bytes:
     """
     Decode one segment: the base64url alphabet, in its canonical encoding.
@@ -148,10 +382,10 @@ def key_fits(alg: str, key: SigningKeyMaterial | VerificationKey) -> bool:
         return (
             isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)) and key.key_size >= _RSA_MIN_BITS
         )
-    if alg in _EC_CURVES:
+    if alg in _ALG_CURVES:
         return isinstance(
             key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)
-        ) and isinstance(key.curve, _EC_CURVES[alg])
+        ) and isinstance(key.curve, _ALG_CURVES[alg])
     if alg == "EdDSA":
         return isinstance(
             key,
@@ -251,15 +485,6 @@ def _typ_matches(typ: object, expected: str) -> bool:
     return media_type == expected.lower()
 
 
-def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise JOSEError(f"the {name} claim is not a NumericDate")
-    return float(value)
-
-
 def _check_claims(
     claims: Mapping[str, Any],
     issuer: str | None,
@@ -281,10 +506,10 @@ def _check_claims(
         if not any(isinstance(name, str) and name in audience for name in named):
             raise JOSEError("the aud claim does not name this recipient")
     if now is not None:
-        exp = _numeric_date(claims, "exp")
+        exp = numeric_date(claims, "exp")
         if exp is not None and exp <= now - leeway:
             raise JOSEError("the JWT has expired")
-        nbf = _numeric_date(claims, "nbf")
+        nbf = numeric_date(claims, "nbf")
         if nbf is not None and nbf > now + leeway:
             raise JOSEError("the JWT is not valid yet")
 

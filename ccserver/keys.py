@@ -23,8 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ccserver.interfaces import IKeyStore
-from ccserver.jose import ALGORITHMS as _ALGORITHMS
-from ccserver.jose import JWSSigner, PublicKey, thumbprint
+from ccserver.jose import JWSSigner, PublicKey, public_jwk, thumbprint
 from ccserver.model import StoredKey
 
 #: The algorithms a signing key can be made for.
@@ -49,26 +48,6 @@ def generate_private_key(alg: str) -> PrivateKey:
     if alg == "EdDSA":
         return ed25519.Ed25519PrivateKey.generate()
     raise ValueError(f"no key type for {alg!r}")
-
-
-def public_jwk(private_key: PrivateKey) -> dict[str, Any]:
-    """
-    The public half of a key as a JWK (RFC 7517), without C{kid}.
-
-    PyJWT adds C{key_ops: ["verify"]} to RSA keys; it is left out, because
-    the JWK set says C{use: "sig"} and RFC 7517 §4.3 says the two SHOULD
-    NOT be used together.
-    """
-    public = private_key.public_key()
-    if isinstance(public, rsa.RSAPublicKey):
-        algorithm = _ALGORITHMS["RS256"]
-    elif isinstance(public, ec.EllipticCurvePublicKey):
-        algorithm = _ALGORITHMS["ES256"]
-    else:
-        algorithm = _ALGORITHMS["EdDSA"]
-    jwk: dict[str, Any] = algorithm.to_jwk(public, as_dict=True)
-    jwk.pop("key_ops", None)
-    return jwk
 
 
 @frozen

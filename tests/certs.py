@@ -128,11 +128,13 @@ def issue(
     server: bool = False,
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
+    curve: ec.EllipticCurve | None = None,
 ) -> Issued:
     """
-    A certificate issued by C{ca}, or self-signed when C{ca} is None.
+    A certificate issued by C{ca}, or self-signed when C{ca} is None, for
+    a key on C{curve} (P-256 by default).
     """
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = ec.generate_private_key(curve or ec.SECP256R1())
     subject = _name(common_name)
     builder = (
         x509.CertificateBuilder()

@@ -17,11 +17,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from treq.testing import StubTreq
 from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from ccserver.errors import OAuthError
 from ccserver.keys import public_jwk
-from ccserver.oauth.assertions import cache_seconds
+from ccserver.keysets import cache_seconds
+from ccserver.oauth.assertions import acceptable_until
 from ccserver.oauth.clientauth import JWT_BEARER
 from tests.helpers import ISSUER, MASTER_TOKEN, Response, ServerTestCase, basic
 
@@ -132,6 +135,17 @@ class JWTClientAuthTestCase(ServerTestCase):
         self.assertEqual(response.code, 200, response.body)
         return self.verify(response.json()["access_token"])
 
+    def assert_refused(self, response: Response, *words: str) -> None:
+        """
+        Refused as an unknown client is: C{client authentication failed},
+        nothing more; the log (info) has the reason, with C{words} in it.
+        """
+        self.assertEqual(self.assert_invalid_client(response), "client authentication failed")
+        reasons = [e["reason"] for e in self.logged if "Refused a client assertion" in e.get("log_format", "")]
+        self.assertTrue(reasons, "no reason logged")
+        for word in words:
+            self.assertIn(word, reasons[-1])
+
 
 class RegistrationTests(JWTClientAuthTestCase):
     def post(self, **metadata: Any) -> Response:
@@ -160,15 +174,56 @@ class RegistrationTests(JWTClientAuthTestCase):
         self.assertIsNone(stored.encrypted_secret)
 
     def test_private_key_jwt_with_jwks_uri(self) -> None:
-        for uri in (JWKS_URI, "http://127.0.0.1:8000/jwks", "http://[::1]/jwks", "http://localhost/j"):
+        for uri in (JWKS_URI, "https://[2606:4700::1111]:8443/jwks", "https://8.8.8.8/j"):
             response = self.post(token_endpoint_auth_method="private_key_jwt", jwks_uri=uri)
             self.assertEqual(response.code, 201, response.body)
 
-    def test_jwks_uri_http_elsewhere_refused(self) -> None:
-        self.assert_metadata_error(
-            self.post(token_endpoint_auth_method="private_key_jwt", jwks_uri="http://c.example/j"),
-            "jwks_uri",
-        )
+    def test_jwks_uri_http_refused(self) -> None:
+        for uri in ("http://c.example/j", "http://8.8.8.8/j"):
+            response = self.post(token_endpoint_auth_method="private_key_jwt", jwks_uri=uri)
+            self.assert_metadata_error(response, "jwks_uri")
+            self.assertIn("https", response.json()["error_description"])
+
+    def test_jwks_uri_inward_refused(self) -> None:
+        """
+        A literal address (or localhost) in a range that is not public is
+        refused at registration, and so is one written so as to hide it,
+        and a URI with a space or a control character.
+        """
+        for uri in (
+            "https://169.254.169.254/latest/meta-data/",
+            "https://10.0.0.1:6379/",
+            "http://127.0.0.1:5432/",
+            "https://127.0.0.1:8443/jwks",
+            "https://localhost:5432/",
+            "https://LocalHost./j",
+            "https://api.localhost/j",
+            "https://[::1]/jwks",
+            "https://[::ffff:127.0.0.1]/jwks",
+            "https://[::ffff:a9fe:a9fe]/jwks",
+            "https://[64:ff9b::a00:1]/jwks",
+            "https://[2002:a9fe:a9fe::]/jwks",
+            "https://[fe80::1]/jwks",
+            "https://[fd00:ec2::254]/jwks",
+            "https://100.64.0.1/jwks",
+            "https://100.100.100.200/jwks",
+            "https://192.0.0.192/jwks",
+            "https://0.0.0.0/jwks",
+            "https://[::]/jwks",
+            "https://224.0.0.1/jwks",
+            "https://240.0.0.1/jwks",
+            "https://127.1/jwks",
+            "https://2130706433/jwks",
+            "https://0x7f000001/jwks",
+            "https://client.example/ jwks",
+            "https://client.example/\tjwks",
+            "https://client.example/\x00",
+            "https://user:pw@client.example/jwks",
+            "https://client.example\\@127.0.0.1/jwks",
+        ):
+            self.assert_metadata_error(
+                self.post(token_endpoint_auth_method="private_key_jwt", jwks_uri=uri), "jwks_uri"
+            )
 
     def test_private_key_jwt_without_keys(self) -> None:
         self.assert_metadata_error(self.post(token_endpoint_auth_method="private_key_jwt"), "jwks")
@@ -205,7 +260,11 @@ class RegistrationTests(JWTClientAuthTestCase):
         self.assertIn("symmetric", response.json()["error_description"])
 
     def test_unusable_keys_refused(self) -> None:
-        for key in (rsa.generate_private_key(65537, 1024), ec.generate_private_key(ec.SECP384R1())):
+        for key in (
+            rsa.generate_private_key(65537, 1024),
+            ec.generate_private_key(ec.SECP384R1()),
+            ec.generate_private_key(ec.SECP256K1()),
+        ):
             self.assert_metadata_error(
                 self.post(
                     token_endpoint_auth_method="private_key_jwt",
@@ -379,13 +438,39 @@ class PrivateKeyJWTTests(JWTClientAuthTestCase):
             self.with_assertion(self.assertion(self.client_id, exp=None)), "exp claim is missing"
         )
 
-    def test_exp_too_far_ahead(self) -> None:
+    def test_exp_far_ahead_with_a_recent_iat(self) -> None:
+        """
+        An assertion whose exp lies far ahead is accepted when its iat is
+        recent (Authlib's are made for an hour); without iat, exp may lie no
+        more than max_assertion_lifetime (and the leeway) ahead.
+        """
+        now = int(self.clock.seconds())
+        self.assert_token(self.with_assertion(self.assertion(self.client_id, exp=now + 3600)))
+        self.assert_token(
+            self.with_assertion(self.assertion(self.client_id, exp=now + 86400, iat=now - 200))
+        )
+        self.assert_invalid_client(
+            self.with_assertion(self.assertion(self.client_id, exp=now + 3600, iat=None)),
+            "more than 300 seconds ahead and there is no iat",
+        )
+        self.assert_token(
+            self.with_assertion(self.assertion(self.client_id, exp=now + 330, iat=None))
+        )
+
+    def test_iat_too_old(self) -> None:
         now = int(self.clock.seconds())
         self.assert_invalid_client(
-            self.with_assertion(self.assertion(self.client_id, exp=now + 3600)),
-            "more than 300 seconds ahead",
+            self.with_assertion(self.assertion(self.client_id, exp=now + 3600, iat=now - 331)),
+            "iat is more than 300 seconds ago",
         )
-        self.assert_token(self.with_assertion(self.assertion(self.client_id, exp=now + 300)))
+        # even when exp is near: with an iat, the iat bounds the assertion
+        self.assert_invalid_client(
+            self.with_assertion(self.assertion(self.client_id, exp=now + 10, iat=now - 400)),
+            "iat is more than 300 seconds ago",
+        )
+        self.assert_token(
+            self.with_assertion(self.assertion(self.client_id, exp=now + 3600, iat=now - 329))
+        )
 
     def test_future_iat(self) -> None:
         now = int(self.clock.seconds())
@@ -449,16 +534,14 @@ class PrivateKeyJWTTests(JWTClientAuthTestCase):
             (rsa_key, "r1"), token_endpoint_auth_signing_alg="PS256"
         )
         self.assert_token(self.with_assertion(self.assertion(client_id, rsa_key, "PS256", "r1")))
-        description = self.assert_invalid_client(
+        self.assert_refused(
             self.with_assertion(self.assertion(client_id, rsa_key, "RS256", "r1")),
-            "alg is not allowed",
-            "PS256",
+            "alg is not one of PS256",
         )
-        self.assertNotIn("RS256", description)
 
     def test_none(self) -> None:
         unsigned = jwt.encode(self.claims(self.client_id), None, algorithm="none")
-        self.assert_invalid_client(self.with_assertion(unsigned), "alg is not allowed")
+        self.assert_refused(self.with_assertion(unsigned), "alg")
 
     def test_hs_with_the_public_key(self) -> None:
         """
@@ -468,12 +551,10 @@ class PrivateKeyJWTTests(JWTClientAuthTestCase):
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         forged = _hmac_jws(self.claims(self.client_id), public_pem, "k1")
-        self.assert_invalid_client(self.with_assertion(forged), "alg is not allowed")
+        self.assert_refused(self.with_assertion(forged), "alg")
 
     def test_unknown_kid(self) -> None:
-        self.assert_invalid_client(
-            self.with_assertion(self.assertion(self.client_id, kid="k9")), "kid"
-        )
+        self.assert_refused(self.with_assertion(self.assertion(self.client_id, kid="k9")), "kid")
 
     def test_without_kid_tries_each_key(self) -> None:
         old, new = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
@@ -481,7 +562,7 @@ class PrivateKeyJWTTests(JWTClientAuthTestCase):
         self.assert_token(self.with_assertion(self.assertion(client_id, new, kid=None)))
         self.assert_token(self.with_assertion(self.assertion(client_id, old, kid=None)))
         stranger = ec.generate_private_key(ec.SECP256R1())
-        self.assert_invalid_client(
+        self.assert_refused(
             self.with_assertion(self.assertion(client_id, stranger, kid=None)), "signature"
         )
 
@@ -492,7 +573,7 @@ class PrivateKeyJWTTests(JWTClientAuthTestCase):
             self.assert_token(self.with_assertion(self.assertion(client_id, rsa_key, alg, "r")))
         self.assert_token(self.with_assertion(self.assertion(client_id, ed_key, "EdDSA", "e")))
         # a key is used only with its own kind of algorithm
-        self.assert_invalid_client(
+        self.assert_refused(
             self.with_assertion(self.assertion(client_id, ed_key, "EdDSA", "r")), "kid"
         )
 
@@ -502,18 +583,17 @@ class PrivateKeyJWTTests(JWTClientAuthTestCase):
         claims["sub"] = claims["iss"] = self.client_id
         claims["exp"] += 100
         forged_payload = jwt.utils.base64url_encode(json.dumps(claims).encode()).decode()
-        self.assert_invalid_client(
+        self.assert_refused(
             self.with_assertion(f"{header}.{forged_payload}.{signature}"), "signature"
         )
         flipped = signature[:-2] + ("AA" if signature[-2:] != "AA" else "BA")
-        self.assert_invalid_client(self.with_assertion(f"{header}.{payload}.{flipped}"))
+        self.assert_refused(self.with_assertion(f"{header}.{payload}.{flipped}"), "signature")
 
     def test_signed_by_another_key(self) -> None:
         stranger = ec.generate_private_key(ec.SECP256R1())
-        description = self.assert_invalid_client(
+        self.assert_refused(
             self.with_assertion(self.assertion(self.client_id, stranger)), "signature"
         )
-        self.assertNotIn("x", description.split("signature")[0][-3:])
 
     def test_oversized(self) -> None:
         big = self.assertion(self.client_id, padding="x" * 9000)
@@ -554,9 +634,9 @@ class PrivateKeyJWTTests(JWTClientAuthTestCase):
 
     def test_method_not_registered(self) -> None:
         secret_client = self.register(scope="read")
-        self.assert_invalid_client(
+        self.assert_refused(
             self.with_assertion(self.assertion(secret_client["client_id"])),
-            "not registered to authenticate with a client assertion",
+            "it authenticates with client_secret_basic",
         )
         # and a key client cannot use a secret (it has none)
         self.assert_invalid_client(
@@ -616,16 +696,15 @@ class ClientSecretJWTTests(JWTClientAuthTestCase):
             )
 
     def test_wrong_secret(self) -> None:
-        self.assert_invalid_client(
+        self.assert_refused(
             self.with_assertion(self.assertion(self.client_id, b"x" * 64, "HS256", None)),
-            "signature does not verify with the client's registered secret",
+            "signature does not verify",
         )
 
     def test_asymmetric_alg_refused(self) -> None:
-        self.assert_invalid_client(
+        self.assert_refused(
             self.with_assertion(self.assertion(self.client_id, self.ec_key, "ES256", None)),
-            "alg is not allowed",
-            "HS256",
+            "alg is not one of HS256, HS384, HS512",
         )
 
     def test_replay(self) -> None:
@@ -688,33 +767,119 @@ class JWKSURITests(JWTClientAuthTestCase):
     def test_unknown_kid_refetch_rate_limited(self) -> None:
         self.assert_token(self.with_assertion(self.assertion(self.client_id)))
         for _ in range(3):
-            self.assert_invalid_client(
+            self.assert_refused(
                 self.with_assertion(self.assertion(self.client_id, kid="nope")), "kid"
             )
         self.assertEqual(self.jwks_server.fetches, 2)
         self.clock.advance(31)
-        self.assert_invalid_client(self.with_assertion(self.assertion(self.client_id, kid="nope")))
+        self.assert_refused(self.with_assertion(self.assertion(self.client_id, kid="nope")), "kid")
         self.assertEqual(self.jwks_server.fetches, 3)
+
+    def pending(self, assertion: str) -> Any:
+        """
+        A token request with this assertion, sent and not yet answered.
+        """
+        body = urlencode(
+            {
+                "grant_type": "client_credentials",
+                "client_assertion_type": JWT_BEARER,
+                "client_assertion": assertion,
+            }
+        ).encode()
+        return self.treq.post(
+            TOKEN_ENDPOINT,
+            data=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+
+    def answer(self, pending: Any) -> Response:
+        self.treq.flush()
+        response = self.successResultOf(pending)
+        headers = {
+            k.decode().lower(): b", ".join(v).decode()
+            for k, v in response.headers.getAllRawHeaders()
+        }
+        return Response(response.code, headers, self.successResultOf(response.content()))
+
+    def assert_unavailable_after_timeout(self) -> None:
+        """
+        A token request whose jwks_uri fetch fails: answered once the fetch
+        timeout (5 s) has passed since the fetch began, not before, with
+        the one description of every cause.
+        """
+        pending = self.pending(self.assertion(self.client_id))
+        self.clock.advance(4.9)
+        self.treq.flush()
+        self.assertNoResult(pending)
+        self.clock.advance(0.1)
+        self.assert_invalid_client(self.answer(pending), "jwks_uri could not be fetched")
+
+    def fetch_failures(self) -> list[str]:
+        return [
+            e["reason"] for e in self.logged if "Could not fetch the JWK set" in e.get("log_format", "")
+        ]
 
     def test_unreachable(self) -> None:
         self.jwks_server.code = 500
-        self.assert_invalid_client(
-            self.with_assertion(self.assertion(self.client_id)), "jwks_uri could not be fetched"
-        )
-        lines = [e for e in self.logged if "Could not fetch the JWK set" in e.get("log_format", "")]
-        self.assertEqual(len(lines), 1)
-        self.assertEqual(lines[0]["reason"], "it answered 500")
+        self.assert_unavailable_after_timeout()
+        self.assertEqual(self.fetch_failures(), ["it answered 500"])
+
+    def test_failure_cached(self) -> None:
+        """
+        A failed fetch is kept like a fetched set (the minimum, 60 s): the
+        requests after it are refused at once, without a fetch; one request
+        then fetches again.  Requests sent while a fetch is under way wait
+        for it: a burst makes one fetch.
+        """
+        self.jwks_server.code = 500
+        burst = [self.pending(self.assertion(self.client_id)) for _ in range(5)]
+        self.clock.advance(5)
+        for pending in burst:
+            self.assert_invalid_client(self.answer(pending), "jwks_uri could not be fetched")
+        self.assertEqual(self.jwks_server.fetches, 1)
+        for _ in range(3):
+            self.assert_invalid_client(
+                self.with_assertion(self.assertion(self.client_id)), "jwks_uri could not be fetched"
+            )
+        self.assertEqual(self.jwks_server.fetches, 1)
+        self.clock.advance(56)
+        self.jwks_server.code = 200
+        self.assert_token(self.with_assertion(self.assertion(self.client_id)))
+        self.assertEqual(self.jwks_server.fetches, 2)
 
     def test_not_a_jwk_set(self) -> None:
-        for body in (b"<html>", b"[]", b'{"keys": 1}'):
+        for body in (b"<html>", b"[]", b'{"keys": 1}', b'{"keys": [], "keys": []}'):
             self.jwks_server.body = body
-            self.assert_invalid_client(
-                self.with_assertion(self.assertion(self.client_id)), "jwks_uri"
-            )
+            self.assert_unavailable_after_timeout()
+            self.clock.advance(60)  # past the failure's minimum cache time
+        self.assertEqual(len(self.fetch_failures()), 4)
 
     def test_too_large(self) -> None:
         self.jwks_server.body = b'{"keys": [], "pad": "' + b"x" * 70_000 + b'"}'
-        self.assert_invalid_client(self.with_assertion(self.assertion(self.client_id)), "jwks_uri")
+        self.assert_unavailable_after_timeout()
+        self.assertIn("longer than 65536 bytes", self.fetch_failures()[0])
+
+    def test_too_many_keys(self) -> None:
+        """
+        A fetched set of more than 20 keys is refused whole, before any of
+        its keys is read.
+        """
+        self.jwks_server.jwks = {"keys": [jwk_of(self.ec_key, "k1")] * 21}
+        self.assert_unavailable_after_timeout()
+        self.assertIn("holds more than 20 keys", self.fetch_failures()[0])
+
+    def test_unusable_keys_left_out(self) -> None:
+        """
+        Keys that would not be accepted at registration are left out of a
+        fetched set: an RSA key with another public exponent, a point off
+        its curve.
+        """
+        numbers = rsa.generate_private_key(65537, 2048).public_key().public_numbers()
+        odd_exponent = {"kty": "RSA", "kid": "e3", "n": _b64uint(numbers.n), "e": _b64uint(3)}
+        off_curve = dict(jwk_of(self.ec_key, "k1"))
+        off_curve["y"] = off_curve["x"]
+        self.jwks_server.jwks = {"keys": [odd_exponent, off_curve]}
+        self.assert_refused(self.with_assertion(self.assertion(self.client_id)), "kid")
 
     def test_hang_times_out(self) -> None:
         self.jwks_server.hang = True
@@ -741,6 +906,14 @@ class JWKSURITests(JWTClientAuthTestCase):
         self.assertEqual(lines[0]["reason"], "no answer within 5s")
 
 
+def _b64uint(value: int) -> str:
+    """
+    RFC 7518 §2: a Base64urlUInt.
+    """
+    raw = value.to_bytes((value.bit_length() + 7) // 8 or 1, "big")
+    return jwt.utils.base64url_encode(raw).decode()
+
+
 class CacheSecondsTests(ServerTestCase):
     def test_cache_seconds(self) -> None:
         cases = [
@@ -755,3 +928,303 @@ class CacheSecondsTests(ServerTestCase):
         ]
         for header, expected in cases:
             self.assertEqual(cache_seconds(header, 300, 60, 86400), expected, header)
+
+
+def fake_rsa_jwk(kid: str | None, bits: int = 2048, e: int = 65537) -> dict[str, Any]:
+    """
+    An RSA public JWK of C{bits} bits: no key pair is made (a modulus need
+    not be a product of two primes to be read, nor to cost its check).
+    """
+    n = int.from_bytes(uuid.uuid4().bytes * (bits // 128 + 1), "big") >> (
+        128 * (bits // 128 + 1) - bits
+    )
+    jwk = {"kty": "RSA", "n": _b64uint(n | (1 << (bits - 1)) | 1), "e": _b64uint(e)}
+    if kid is not None:
+        jwk["kid"] = kid
+    return jwk
+
+
+class KeyRulesTests(JWTClientAuthTestCase):
+    """
+    Which keys a client may register: whatever it registers, one signature
+    check with one of its keys stays cheap.
+    """
+
+    def refused(self, *keys: dict[str, Any]) -> str:
+        response = self.request(
+            "POST",
+            "/client-reg",
+            headers={"Authorization": f"Bearer {MASTER_TOKEN}"},
+            json_body={"token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": list(keys)}},
+        )
+        self.assertEqual(response.code, 400, response.body)
+        self.assertEqual(response.json()["error"], "invalid_client_metadata")
+        description = str(response.json()["error_description"])
+        self.assertTrue(description.startswith("jwks: "), description)
+        return description
+
+    def test_rsa_public_exponent_must_be_65537(self) -> None:
+        """
+        A 3,070-bit exponent made one check cost 168 ms; 3 is refused too.
+        """
+        for e in (3, 17, 65539, (1 << 3069) + 1):
+            self.assertIn(
+                "public exponent is not 65537", self.refused(fake_rsa_jwk("r", 3072, e))
+            )
+        self.register_keys(jwks={"keys": [fake_rsa_jwk("r", 3072)]})
+
+    def test_rsa_modulus_2048_to_8192_bits(self) -> None:
+        for bits in (1024, 2047, 8193, 16384):
+            self.assertIn("RSA keys need 2048 to 8192 bits", self.refused(fake_rsa_jwk("r", bits)))
+        for bits in (2048, 8192):
+            self.register_keys(jwks={"keys": [fake_rsa_jwk("r", bits)]})
+
+    def test_ec_point_must_be_on_its_curve(self) -> None:
+        off_curve = jwk_of(self.ec_key, "k")
+        off_curve["y"] = off_curve["x"]
+        self.assertIn("not a valid EC public key", self.refused(off_curve))
+
+    def test_ec_curve_must_be_supported(self) -> None:
+        self.assertIn("cannot sign", self.refused(jwk_of(ec.generate_private_key(ec.SECP384R1()), "k")))
+        secp256k1 = jwk_of(ec.generate_private_key(ec.SECP256K1()), "k")
+        self.assertIn("on a curve other than P-256, P-384 or P-521", self.refused(secp256k1))
+
+    def test_at_most_20_keys(self) -> None:
+        keys = [jwk_of(ec.generate_private_key(ec.SECP256R1()), f"k{i}") for i in range(21)]
+        self.assertIn("more than 20 keys", self.refused(*keys))
+        self.register_keys(jwks={"keys": keys[:20]})
+
+    def test_every_key_can_be_chosen(self) -> None:
+        """
+        An assertion is checked against two keys at most: a set where some
+        key could only be found among three (no kid, or one kid on three
+        keys of a type) could never be used, and is refused.
+        """
+        keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+        self.assertIn("give each key its own kid", self.refused(*(jwk_of(k, None) for k in keys)))
+        self.assertIn("share one kid", self.refused(*(jwk_of(k, "same") for k in keys)))
+        self.assertIn(
+            "give each key its own kid",
+            self.refused(jwk_of(keys[0], "a"), jwk_of(keys[1], "b"), jwk_of(keys[2], None)),
+        )
+        self.register_keys((keys[0], None), (keys[1], None))
+        self.register_keys((keys[0], "a"), (keys[1], "b"), (keys[2], "c"))
+        # keys of different types are chosen apart
+        rsa_key = fake_rsa_jwk(None)
+        self.register_keys(
+            jwks={"keys": [jwk_of(keys[0], None), jwk_of(keys[1], None), rsa_key]}
+        )
+
+
+class VerificationCountTests(JWTClientAuthTestCase):
+    """
+    No assertion, however junk, costs more than two signature checks: the
+    checks are counted (the algorithms' verify, wrapped), not timed.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        from ccserver import jose
+
+        self.verifications = 0
+        for alg in ("RS256", "PS256", "ES256", "EdDSA"):
+            algorithm = jose.ALGORITHMS[alg]
+            self.patch(algorithm, "verify", self.counting(algorithm.verify))
+        self.stranger = rsa.generate_private_key(65537, 2048)
+
+    def counting(self, verify: Any) -> Any:
+        def counted(*args: Any) -> Any:
+            self.verifications += 1
+            return verify(*args)
+
+        return counted
+
+    def junk(self, client_id: str, kid: str | None) -> Response:
+        self.verifications = 0
+        return self.with_assertion(self.assertion(client_id, self.stranger, "RS256", kid))
+
+    def test_twenty_keys(self) -> None:
+        keys = [fake_rsa_jwk(f"r{i}", 3072) for i in range(20)]
+        client_id = self.register_keys(jwks={"keys": keys})
+        self.assert_refused(self.junk(client_id, None), "20 of its keys fit RS256")
+        self.assertEqual(self.verifications, 0)
+        self.assert_refused(self.junk(client_id, "r7"), "signature")
+        self.assertEqual(self.verifications, 1)
+        self.assert_refused(self.junk(client_id, "r99"), "kid")
+        self.assertEqual(self.verifications, 0)
+
+    def test_twenty_keys_without_kid_stored_before(self) -> None:
+        """
+        A set registered before the rule (written to the store directly):
+        still no more than two checks.
+        """
+        from ccserver.model import Client
+
+        client = Client(
+            client_id="old-client",
+            client_id_issued_at=int(self.clock.seconds()),
+            metadata={
+                "token_endpoint_auth_method": "private_key_jwt",
+                "grant_types": ["client_credentials"],
+                "jwks": {"keys": [fake_rsa_jwk(None) for _ in range(20)]},
+            },
+            client_secret_digest="",
+            registration_access_token_digest="00" * 32,
+        )
+        self.successResultOf(self.store.add_client(client))
+        self.assert_refused(self.junk("old-client", None), "20 of its keys fit RS256")
+        self.assertEqual(self.verifications, 0)
+
+    def test_two_keys_without_kid(self) -> None:
+        client_id = self.register_keys(jwks={"keys": [fake_rsa_jwk(None), fake_rsa_jwk(None)]})
+        self.assert_refused(self.junk(client_id, None), "signature")
+        self.assertEqual(self.verifications, 2)
+
+    def test_rotated_jwks_uri(self) -> None:
+        """
+        An unknown kid fetches the set again: still one check.
+        """
+        self.jwks_server.jwks = {"keys": [fake_rsa_jwk(f"r{i}") for i in range(20)]}
+        client_id = str(
+            self.register(token_endpoint_auth_method="private_key_jwt", jwks_uri=JWKS_URI)[
+                "client_id"
+            ]
+        )
+        self.assert_refused(self.junk(client_id, None), "20 of its keys fit RS256")
+        self.assertEqual(self.verifications, 0)
+        self.jwks_server.jwks["keys"].append(fake_rsa_jwk("new"))
+        self.jwks_server.jwks["keys"].pop(0)
+        self.assert_refused(self.junk(client_id, "new"), "signature")
+        self.assertEqual((self.verifications, self.jwks_server.fetches), (1, 2))
+
+
+class ClientExistenceTests(JWTClientAuthTestCase):
+    """
+    Until an assertion's signature is found good, nothing in the answer
+    tells whether its client exists, how it authenticates, or which keys
+    it has.
+    """
+
+    def test_one_answer_before_the_signature(self) -> None:
+        keyed = self.register_keys((self.ec_key, "k1"), token_endpoint_auth_signing_alg="ES256")
+        secret = self.register(scope="read")["client_id"]
+        hmac_client = self.register(token_endpoint_auth_method="client_secret_jwt")["client_id"]
+        stranger = ec.generate_private_key(ec.SECP256R1())
+        answers = [
+            self.with_assertion(self.assertion("no-such-client", stranger)),
+            self.with_assertion(self.assertion(secret, stranger)),
+            self.with_assertion(self.assertion(hmac_client, stranger)),
+            self.with_assertion(self.assertion(keyed, stranger, kid="k9")),
+            self.with_assertion(self.assertion(keyed, stranger, kid="k1")),
+            self.with_assertion(self.assertion(keyed, rsa.generate_private_key(65537, 2048), "RS256")),
+            self.with_assertion(jwt.encode(self.claims(keyed), None, algorithm="none")),
+        ]
+        first = answers[0]
+        self.assertEqual(first.json(), {"error": "invalid_client", "error_description": "client authentication failed"})
+        for answer in answers[1:]:
+            self.assertEqual((answer.code, answer.body), (first.code, first.body))
+            self.assertEqual(answer.headers["www-authenticate"], first.headers["www-authenticate"])
+
+
+class ClientLibraryDefaultsTests(JWTClientAuthTestCase):
+    """
+    Assertions as client libraries make them by default: Authlib's own
+    classes (an hour between iat and exp), and the claims of
+    requests-oauth2client (60 s), openid-client and oauth4webapi (60 s, with
+    nbf) and Nimbus (5 minutes).
+    """
+
+    def authlib(self, method: Any, client_id: str, secret: Any) -> Response:
+        from authlib.oauth2.auth import ClientAuth
+
+        auth = ClientAuth(client_id, secret, method)
+        _, headers, body = auth.prepare(
+            "POST",
+            TOKEN_ENDPOINT,
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            "grant_type=client_credentials",
+        )
+        return self.request("POST", "/token", headers=dict(headers), data=body.encode())
+
+    def test_authlib_private_key_jwt(self) -> None:
+        from authlib.oauth2.rfc7523 import PrivateKeyJWT
+
+        key = rsa.generate_private_key(65537, 2048)
+        client_id = self.register_keys((key, None))
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        for _ in range(2):
+            self.assert_token(self.authlib(PrivateKeyJWT(TOKEN_ENDPOINT), client_id, pem))
+
+    def test_authlib_client_secret_jwt(self) -> None:
+        from authlib.oauth2.rfc7523 import ClientSecretJWT
+
+        registered = self.register(token_endpoint_auth_method="client_secret_jwt", scope="read")
+        for _ in range(2):
+            self.assert_token(
+                self.authlib(ClientSecretJWT(TOKEN_ENDPOINT), registered["client_id"], registered["client_secret"])
+            )
+
+    def test_other_libraries_claims(self) -> None:
+        client_id = self.register_keys((self.ec_key, "k1"))
+        now = int(self.clock.seconds())
+        for claims in (
+            {"iat": now, "exp": now + 60},  # requests-oauth2client
+            {"iat": now, "nbf": now, "exp": now + 60},  # openid-client 6, oauth4webapi
+            {"iat": now, "exp": now + 300},  # Nimbus
+            {"iat": now, "exp": now + 3600},  # Authlib
+        ):
+            self.assert_token(self.with_assertion(self.assertion(client_id, **claims)))
+
+    def test_jti_kept_only_while_acceptable(self) -> None:
+        """
+        Authlib's assertion (exp an hour ahead) is remembered until iat +
+        300 s + the 30 s leeway, not until its exp: a replay before then
+        is refused as one, after then as too old; the record is purged.
+        """
+        client_id = self.register_keys((self.ec_key, "k1"))
+        now = int(self.clock.seconds())
+        assertion = self.assertion(client_id, iat=now, exp=now + 3600)
+        self.assert_token(self.with_assertion(assertion))
+        self.clock.advance(329)
+        self.assert_invalid_client(self.with_assertion(assertion), "used already")
+        self.clock.advance(2)
+        self.assert_invalid_client(self.with_assertion(assertion), "iat is more than 300 seconds ago")
+        # the record is purged by then, though exp is 55 minutes ahead
+        self.successResultOf(self.store.purge_expired(int(self.clock.seconds())))
+        jti = jwt.decode(assertion, options={"verify_signature": False})["jti"]
+        self.assertTrue(
+            self.successResultOf(
+                self.store.use_once(f"assertion:{client_id}:{jti}", now + 3600)
+            )
+        )
+
+
+class AcceptableUntilTests(SynchronousTestCase):
+    """
+    The replay store's bound: whatever an accepted assertion claims, its
+    jti is remembered for at most window + 2 * leeway seconds, and it is
+    never acceptable again once that time has passed.
+    """
+
+    def test_bound(self) -> None:
+        now, window, leeway = 1_000_000.0, 300, 30
+        longest = 0.0
+        for iat in [None, *range(-400, 60, 10)]:
+            for exp in range(-60, 100_000, 97):
+                issued = None if iat is None else now + iat
+                try:
+                    until = acceptable_until(now + exp, issued, now, window, leeway)
+                except OAuthError:
+                    continue
+                longest = max(longest, until - now)
+                for later in (until, until + 1, until + 10_000):
+                    with self.assertRaises(OAuthError):
+                        acceptable_until(now + exp, issued, later, window, leeway)
+                        if now + exp <= later - leeway:  # jose refuses it as expired
+                            raise OAuthError("invalid_client", "expired")
+        self.assertLessEqual(longest, window + 2 * leeway)
+        self.assertEqual(longest, window + 2 * leeway)

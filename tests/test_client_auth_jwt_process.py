@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import ssl
 import tempfile
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import Any
 import jwt
 import requests
 from authlib.integrations.requests_client import OAuth2Session
+from authlib.oauth2.auth import ClientAuth
 from authlib.oauth2.rfc7523 import ClientSecretJWT, PrivateKeyJWT
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,12 +32,13 @@ from ccserver.keys import public_jwk
 from tests.process import CCServerProcess
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-#: Authlib signs assertions that expire in an hour (and offers no setting
-#: for it): the server must allow that much, or refuse them.
+#: The clients' jwks_uri are served on the loopback here.  (Authlib signs
+#: assertions that expire in an hour, and offers no setting for it: the
+#: default max_assertion_lifetime accepts them for their recent iat.)
 CONFIG = """
 [client_auth]
-max_assertion_lifetime = 3600
 jwks_uri_refetch_seconds = 0
+jwks_uri_private_networks = ["127.0.0.0/8"]
 """
 
 
@@ -47,15 +50,26 @@ def pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 class JWKSServer:
     """
-    A client's jwks_uri on 127.0.0.1: serves whatever C{jwks} holds now.
+    A client's jwks_uri: serves whatever C{jwks} holds now, at any path, on
+    C{address} (127.0.0.1), over https when given an SSL C{context}; records
+    the paths asked for in C{hits}.  A path under C{/redirect/} answers 302
+    to the same path under C{/target/}.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, address: str = "127.0.0.1", context: ssl.SSLContext | None = None) -> None:
         self.jwks: dict[str, Any] = {"keys": []}
+        self.hits: list[str] = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                outer.hits.append(self.path)
+                if self.path.startswith("/redirect/"):
+                    self.send_response(302)
+                    self.send_header("Location", self.path.replace("/redirect/", "/target/", 1))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = json.dumps(outer.jwks).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/jwk-set+json")
@@ -67,9 +81,15 @@ class JWKSServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer((address, 0), Handler)
+        if context is not None:
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    def seen(self, path: str) -> int:
+        return self.hits.count(path)
 
     @property
     def url(self) -> str:
@@ -172,7 +192,12 @@ class JWTClientAuthProcessTests(unittest.TestCase):
         # the old key is gone from the set: refused
         self.assertEqual(token(old, "old").status_code, 401)
 
-    def test_default_lifetime_refuses_authlib_hour_long_assertions(self) -> None:
+    def test_default_config_accepts_authlib_hour_long_assertions(self) -> None:
+        """
+        Authlib makes every assertion with exp an hour after iat (and no
+        setting changes it): a server with no configuration accepts it,
+        for its recent iat, and refuses it replayed.
+        """
         folder = self.tmp / "default"
         server = CCServerProcess(folder, store="memory://")
         self.addCleanup(server.kill)
@@ -182,13 +207,26 @@ class JWTClientAuthProcessTests(unittest.TestCase):
             token_endpoint_auth_method="private_key_jwt", jwks={"keys": [public_jwk(key)]}
         )
         endpoint = server.url + "/token"
+        auth = PrivateKeyJWT(endpoint, alg="ES256")
         session = OAuth2Session(
             client["client_id"],
             # Authlib reads a PEM as an RSA key; an EC key goes in as a JWK object
             ECKey.import_key(pem(key)),
             token_endpoint_auth_method="private_key_jwt",
         )
-        session.register_client_auth_method(PrivateKeyJWT(endpoint, alg="ES256"))
-        with self.assertRaises(Exception) as raised:
-            session.fetch_token(endpoint, grant_type="client_credentials")
-        self.assertIn("300 seconds ahead", str(raised.exception))
+        session.register_client_auth_method(auth)
+        for _ in range(2):
+            token = session.fetch_token(endpoint, grant_type="client_credentials")
+            self.assertIn("access_token", token)
+        assertion = auth.sign(ClientAuth(client["client_id"], ECKey.import_key(pem(key))), endpoint)
+        claims = jwt.decode(assertion, options={"verify_signature": False})
+        self.assertEqual(claims["exp"] - claims["iat"], 3600)
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": JWT_BEARER,
+            "client_assertion": assertion,
+        }
+        self.assertEqual(requests.post(endpoint, data=form, timeout=10).status_code, 200)
+        replayed = requests.post(endpoint, data=form, timeout=10)
+        self.assertEqual(replayed.status_code, 401)
+        self.assertIn("used already", replayed.json()["error_description"])

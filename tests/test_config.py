@@ -62,6 +62,21 @@ class LoadConfigTests(SynchronousTestCase):
         self.assertEqual(config.grant_handler, "registered-scope")
         self.assertIsNone(config.master_token)
 
+    def test_jwks_uri_private_networks(self) -> None:
+        config = self.load('[client_auth]\njwks_uri_private_networks = ["127.0.0.0/8", "10.1.2.3"]\n')
+        self.assertEqual(config.client_auth.jwks_uri_private_networks, ("127.0.0.0/8", "10.1.2.3"))
+        policy = config.client_auth.jwks_uri_policy
+        self.assertEqual(policy.check_url("http://127.0.0.1:8080/j"), "http://127.0.0.1:8080/j")
+        self.assertEqual(self.load().client_auth.jwks_uri_policy.private_networks, ())
+        self.assert_error(
+            "[client_auth] jwks_uri_private_networks: 'intranet' is not an IP address or network",
+            '[client_auth]\njwks_uri_private_networks = ["intranet"]\n',
+        )
+        self.assert_error(
+            "client_auth.jwks_uri_private_networks: must be a list",
+            '[client_auth]\njwks_uri_private_networks = "127.0.0.0/8"\n',
+        )
+
     def test_issuer_follows_port(self) -> None:
         self.assertEqual(self.load(listen=["tcp:9000"]).issuer, "http://localhost:9000")
         self.assertEqual(

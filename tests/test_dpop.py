@@ -190,6 +190,27 @@ class ProofCheckTests(DPoPTestCase):
         proof = self.key.proof(self.now(), header={"jwk": private_jwk})
         self.assertIn("public key only", self.assert_refused(self.dpop_token(proof)))
 
+    def test_jwk_key_rules(self) -> None:
+        """
+        The jwk header is held to the rules of every key from outside: a
+        proof signed with an RSA key whose public exponent is 3 (which would
+        verify) is refused, as are an RSA modulus over 8192 bits and an EC
+        point off its curve, before any signature is checked.
+        """
+        key = Key("RS256")
+        key.private = rsa.generate_private_key(public_exponent=3, key_size=2048)
+        key.jwk = RSAAlgorithm.to_jwk(key.private.public_key(), as_dict=True)
+        self.assertIn(
+            "public exponent is not 65537",
+            self.assert_refused(self.dpop_token(key.proof(self.now()))),
+        )
+        big = {"kty": "RSA", "e": "AQAB", "n": b64(b"\xff" * 1025)}
+        proof = Key("RS256").proof(self.now(), header={"jwk": big})
+        self.assertIn("2048 to 8192 bits", self.assert_refused(self.dpop_token(proof)))
+        off_curve = dict(self.key.jwk, y=self.key.jwk["x"])
+        proof = self.key.proof(self.now(), header={"jwk": off_curve})
+        self.assertIn("not a valid EC public key", self.assert_refused(self.dpop_token(proof)))
+
     def test_jwk_missing_or_not_a_key(self) -> None:
         for jwk in (None, "key", {"kty": "EC"}, {"kty": "RSA", "n": "AQAB", "e": "AQAB"}):
             proof = self.key.proof(self.now(), header={"jwk": jwk})

@@ -287,3 +287,88 @@ class ES256SignatureTests(SynchronousTestCase):
             _ecdsa_p256(b"x", Key()),
             b"\0" * 31 + b"\1" + (2**255 + 7).to_bytes(32, "big"),
         )
+
+
+class JWKTests(SynchronousTestCase):
+    """
+    JWKs read and written once (L{jose.import_jwk}, L{jose.public_jwk}),
+    and the rule for which public keys are accepted from outside.
+    """
+
+    def test_round_trip(self) -> None:
+        for alg in ("RS256", "ES256", "EdDSA"):
+            private = _KEYS[alg]
+            jwk = dict(jose.public_jwk(private), kid="k", use="sig")
+            self.assertEqual(jose.public_jwk(private.public_key()), jose.public_jwk(private))
+            self.assertNotIn("key_ops", jwk)
+            imported = jose.import_jwk(jwk)
+            self.assertEqual((imported.kid, imported.use, imported.certificate), ("k", "sig", None))
+            self.assertEqual(jose.public_jwk(imported.key), jose.public_jwk(private))
+
+    def test_private_and_symmetric_refused(self) -> None:
+        private = jwt.algorithms.ECAlgorithm.to_jwk(_KEYS["ES256"], as_dict=True)
+        with self.assertRaises(jose.UnusableKey) as refused:
+            jose.import_jwk(private)
+        self.assertIn("private members (d)", str(refused.exception))
+        self.assertNotIn(private["d"], str(refused.exception))
+        with self.assertRaises(jose.UnusableKey) as refused:
+            jose.import_jwk({"kty": "oct", "k": "c2VjcmV0"})
+        self.assertIn("symmetric", str(refused.exception))
+
+    def test_rsa_rules(self) -> None:
+        def rsa_jwk(n_bits: int, e: int) -> dict[str, Any]:
+            n = (1 << (n_bits - 1)) | 1
+            return {"kty": "RSA", "n": _uint(n), "e": _uint(e)}
+
+        jose.import_jwk(rsa_jwk(2048, 65537))
+        jose.import_jwk(rsa_jwk(8192, 65537))
+        for bits, e, words in (
+            (2048, 3, "public exponent is not 65537"),
+            (4096, (1 << 3069) + 1, "public exponent is not 65537"),
+            (2047, 65537, "2048 to 8192 bits"),
+            (8193, 65537, "2048 to 8192 bits"),
+        ):
+            with self.assertRaises(jose.UnusableKey) as refused:
+                jose.import_jwk(rsa_jwk(bits, e))
+            self.assertIn(words, str(refused.exception))
+
+    def test_ec_rules(self) -> None:
+        for curve in (ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1()):
+            jose.import_jwk(jose.public_jwk(ec.generate_private_key(curve)))
+        with self.assertRaises(jose.UnusableKey):
+            jose.import_jwk(jose.public_jwk(ec.generate_private_key(ec.SECP256K1())))
+        off_curve = jose.public_jwk(_KEYS["ES256"])
+        off_curve["y"] = off_curve["x"]
+        with self.assertRaises(jose.UnusableKey):
+            jose.import_jwk(off_curve)
+
+    def test_certificate_key_rules(self) -> None:
+        from tests.certs import issue
+
+        issued = issue(None, "client")
+        self.assertEqual(jose.import_jwk(issued.jwk).certificate, issued.der)
+        odd = issue(None, "odd", curve=ec.SECP256K1())
+        with self.assertRaises(jose.UnusableKey) as refused:
+            jose.import_jwk({**issued.jwk, "x5c": [odd.x5c]})
+        self.assertIn("has a certificate whose key", str(refused.exception))
+        for x5c in ("x", [], ["not base64!"], [base64.b64encode(b"not a certificate").decode()]):
+            self.assertRaises(jose.UnusableKey, jose.import_jwk, {**issued.jwk, "x5c": x5c})
+
+    def test_jwk_set(self) -> None:
+        good = dict(jose.public_jwk(_KEYS["ES256"]), kid="a")
+        keys = jose.import_jwk_set({"keys": [good, {"kty": "oct", "k": "eA"}, "x", good]}, 4)
+        self.assertEqual([k.kid for k in keys], ["a", "a"])
+        for document in ({"keys": [good] * 5}, {"keys": {}}, [], None):
+            self.assertRaises(ValueError, jose.import_jwk_set, document, 4)
+
+    def test_numeric_date(self) -> None:
+        self.assertEqual(jose.numeric_date({"exp": 5}, "exp"), 5.0)
+        self.assertIsNone(jose.numeric_date({}, "exp"))
+        for value in (True, "5", float("inf"), float("nan"), [5]):
+            with self.assertRaises(jose.JOSEError):
+                jose.numeric_date({"iat": value}, "iat")
+
+
+def _uint(value: int) -> str:
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()

@@ -2,13 +2,14 @@
 Dependencies point one way, down (docs/architecture.md): every import
 between ccserver's modules is read from the source (with L{ast}, so
 imports inside functions and under C{TYPE_CHECKING} count too) and checked
-against L{LAYERS}.
+against L{LAYERS}; and no modules import each other in a circle, not even
+within one part.
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -44,7 +45,11 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     # Grant handlers, and the plugin package that finds them.
     "handlers": (2, ("ccserver.handlers", "ccserver.plugins")),
     "tokens": (2, ("ccserver.oauth.tokens",)),
+    # JWK sets fetched from elsewhere (a client's jwks_uri; trusted issuers').
+    "keysets": (2, ("ccserver.keysets",)),
     "keys": (1, ("ccserver.keys", "ccserver.jose")),
+    # Outbound HTTP: the pooled client, bounded bodies, where it may connect.
+    "outbound": (1, ("ccserver.outbound",)),
     "credentials": (1, ("ccserver.credentials",)),
     # What the operator's command and the registry share: secret rotation,
     # the public view of a client, paging through all of them.
@@ -155,6 +160,63 @@ def violations(module: str, source: str, known: set[str]) -> list[str]:
     return found
 
 
+def import_graph(sources: Mapping[str, str]) -> dict[str, set[str]]:
+    """
+    Which of the modules in C{sources} (name -> text) each one imports.
+    """
+    known = set(sources)
+    return {
+        name: {target for _, target in imports(name, source, known) if target in known} - {name}
+        for name, source in sources.items()
+    }
+
+
+def cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
+    """
+    The circles of C{graph}: its strongly connected components of more than
+    one module (Tarjan's algorithm, iterative), each sorted, in order.
+    """
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work: list[tuple[str, Iterator[str]]] = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            for target in edges:
+                if target not in index:
+                    index[target] = low[target] = len(index)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, iter(sorted(graph[target]))))
+                    break
+                if target in on_stack:
+                    low[node] = min(low[node], index[target])
+            else:
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.append(sorted(component))
+    return sorted(found)
+
+
 class LayersTests(SynchronousTestCase):
     def test_every_import_points_down(self) -> None:
         """
@@ -169,6 +231,33 @@ class LayersTests(SynchronousTestCase):
             for violation in violations(name, path.read_text("utf-8"), known)
         ]
         self.assertEqual(found, [])
+
+    def test_no_import_circles(self) -> None:
+        """
+        No two modules of the package import each other, directly or through
+        others, however the imports are written (inside a function, under
+        C{TYPE_CHECKING}): a circle hidden that way is a circle still.
+        """
+        sources = {name: path.read_text("utf-8") for name, path in module_names().items()}
+        self.assertEqual(cycles(import_graph(sources)), [])
+
+    def test_circles_found(self) -> None:
+        """
+        The circle check finds a circle of three modules, one import of
+        which is inside a function, and leaves a chain alone.
+        """
+        sources = {
+            "ccserver.oauth.a": "from ccserver.oauth import b\n",
+            "ccserver.oauth.b": "def f():\n    from ccserver.oauth.c import x\n",
+            "ccserver.oauth.c": "import ccserver.oauth.a\n",
+            "ccserver.oauth.d": "from ccserver.oauth import a\n",
+        }
+        self.assertEqual(
+            cycles(import_graph(sources)),
+            [["ccserver.oauth.a", "ccserver.oauth.b", "ccserver.oauth.c"]],
+        )
+        del sources["ccserver.oauth.c"]
+        self.assertEqual(cycles(import_graph(sources)), [])
 
     def test_every_module_has_a_layer(self) -> None:
         """

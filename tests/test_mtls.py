@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from attrs import evolve
+from cryptography.hazmat.primitives.asymmetric import ec
 from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -441,18 +442,13 @@ class SelfSignedJWKSURITests(_MTLSApp):
         )
         self.assertEqual(self.jwks_server.fetches, 2)
 
-    def test_unreachable(self) -> None:
-        self.jwks_server.code = 500
-        self.assertIn("jwks_uri could not be fetched", self.refused(SELF_SIGNED))
-
-    def test_not_a_jwk_set(self) -> None:
-        self.jwks_server.body = b"<html>"
-        self.assertIn("jwks_uri could not be fetched", self.refused(SELF_SIGNED))
-
-    def test_hang_times_out(self) -> None:
+    def refused_after_timeout(self) -> str:
+        """
+        Refused once the jwks_uri fetch timeout (5 s) has passed, not
+        before: every failed fetch answers alike.
+        """
         from urllib.parse import urlencode
 
-        self.jwks_server.hang = True
         pending = self.treq.post(
             ISSUER + "/token",
             data=urlencode(self.form).encode(),
@@ -461,13 +457,38 @@ class SelfSignedJWKSURITests(_MTLSApp):
                 self.header: SELF_SIGNED.escaped,
             },
         )
+        self.clock.advance(4.9)
+        self.treq.flush()
         self.assertNoResult(pending)
-        self.clock.advance(5.1)
+        self.clock.advance(0.2)
         self.treq.flush()
         response = self.successResultOf(pending)
         self.assertEqual(response.code, 401)
         body = self.successResultOf(response.json())
-        self.assertIn("jwks_uri could not be fetched", body["error_description"])
+        self.assertEqual(body["error"], "invalid_client")
+        return str(body["error_description"])
+
+    def test_unreachable(self) -> None:
+        self.jwks_server.code = 500
+        self.assertIn("jwks_uri could not be fetched", self.refused_after_timeout())
+
+    def test_not_a_jwk_set(self) -> None:
+        self.jwks_server.body = b"<html>"
+        self.assertIn("jwks_uri could not be fetched", self.refused_after_timeout())
+
+    def test_certificate_key_refused(self) -> None:
+        """
+        A served certificate whose key would be refused at registration
+        (here on secp256k1) is left out of the set.
+        """
+        odd = issue(None, "odd-curve", curve=ec.SECP256K1())
+        self.jwks_server.jwks = {"keys": [SELF_SIGNED.jwk, {**SELF_SIGNED.jwk, "x5c": [odd.x5c]}]}
+        self.assertIn("not one this client registered", self.refused(odd))
+        self.assertEqual(self.with_cert("/token", self.form, SELF_SIGNED).code, 200)
+
+    def test_hang_times_out(self) -> None:
+        self.jwks_server.hang = True
+        self.assertIn("jwks_uri could not be fetched", self.refused_after_timeout())
 
 
 class RegistrationTests(ServerTestCase):
@@ -517,9 +538,20 @@ class RegistrationTests(ServerTestCase):
     def test_self_signed_jwks_uri(self) -> None:
         method = {"token_endpoint_auth_method": "self_signed_tls_client_auth"}
         self.refused("jwks_uri", **method, jwks_uri="http://client.example/jwks")
+        self.refused("jwks_uri", **method, jwks_uri="http://127.0.0.1:8080/jwks")
         self.refused("jwks_uri", **method, jwks_uri="https://client.example/jwks", jwks={"keys": []})
-        for uri in ("https://client.example/jwks", "http://127.0.0.1:8080/jwks"):
-            self.assertEqual(self.register(**method, jwks_uri=uri)["jwks_uri"], uri)
+        uri = "https://client.example/jwks"
+        self.assertEqual(self.register(**method, jwks_uri=uri)["jwks_uri"], uri)
+
+    def test_certificate_key_rules(self) -> None:
+        """
+        A registered certificate's key is held to the rules of any key:
+        no curve but P-256, P-384, P-521.
+        """
+        method = {"token_endpoint_auth_method": "self_signed_tls_client_auth"}
+        odd = issue(None, "odd-curve", curve=ec.SECP256K1())
+        self.refused("jwks", **method, jwks={"keys": [{**SELF_SIGNED.jwk, "x5c": [odd.x5c]}]})
+        self.register(**method, jwks={"keys": [SELF_SIGNED.jwk]})
 
     def test_bound_tokens_is_a_boolean(self) -> None:
         self.refused(BOUND_TOKENS, **{BOUND_TOKENS: "yes"})

@@ -42,6 +42,12 @@ def write_config(folder: Path, tls_port: int, *, trusted: str, extra: str = "") 
 [tokens]
 format = "opaque"
 
+[client_auth]
+# the clients' jwks_uri are served on the loopback here
+jwks_uri_private_networks = ["127.0.0.0/8"]
+# a failed fetch answers after this long
+jwks_uri_timeout = 1
+
 [tls]
 listen = ["tcp:{tls_port}:interface=127.0.0.1"]
 certificate = "{cert}"

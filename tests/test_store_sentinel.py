@@ -28,8 +28,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from ccserver.errors import ConfigError, StoreUnavailable
 from ccserver.stores import check_url
 from ccserver.stores.redis import RedisStore, client_key
-from ccserver.stores.redisconnection import parse_url
 from ccserver.stores.sentinel import ASK_AGAIN, NoPrimary, SentinelEndpoint, Sentinels
+from ccserver.stores.urls import redis_address
 from tests.process import DEADLINE
 from tests.servers import RedisSentinelGroup, RedisServer, redis_sentinel_group
 from tests.test_store_contract import TIMEOUT, eventually, make_client, make_token
@@ -37,7 +37,7 @@ from tests.test_store_contract import TIMEOUT, eventually, make_client, make_tok
 
 class URLTests(SynchronousTestCase):
     def test_sentinels_and_service(self) -> None:
-        address = parse_url("redis+sentinel://10.0.0.1:26380,10.0.0.2,[::1]:26381/cache?db=4")
+        address = redis_address("redis+sentinel://10.0.0.1:26380,10.0.0.2,[::1]:26381/cache?db=4")
         self.assertEqual(
             address.sentinels, (("10.0.0.1", 26380), ("10.0.0.2", 26379), ("::1", 26381))
         )
@@ -47,7 +47,7 @@ class URLTests(SynchronousTestCase):
 
     def test_passwords_masked(self) -> None:
         url = "redis+sentinel://app:s%40cret@h1:1,h2:2/svc?db=1&sentinel_password=other%2F1"
-        address = parse_url(url)
+        address = redis_address(url)
         self.assertEqual((address.username, address.password), ("app", "s@cret"))
         self.assertEqual(address.sentinel_password, "other/1")
         self.assertEqual(

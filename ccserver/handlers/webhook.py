@@ -33,37 +33,17 @@ from typing import Any, NoReturn, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from attrs import field, frozen
-from treq.client import HTTPClient
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol as StreamProtocol
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-
-# Twisted fails a request with RequestNotSent when a pooled connection was
-# closed by the server before the request went out (safe to retry), yet
-# exports the class from no public module: twisted.web.client imports it
-# without listing it in __all__.  This is the one place that reaches for
-# it; tests/test_webhook.py checks that it is still what Twisted raises.
-from twisted.web.client import (  # type: ignore[attr-defined]
-    Agent,
-    HTTPConnectionPool,
-    RequestNotSent,
-    RequestTransmissionFailed,
-    ResponseDone,
-    ResponseFailed,
-    ResponseNeverReceived,
-)
-from twisted.web.http import PotentialDataLoss
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
-from ccserver import __version__, strictjson
+from ccserver import strictjson
 from ccserver.errors import ConfigError, OAuthError, invalid_client, temporarily_unavailable
 from ccserver.interfaces import IClientCredentialsGrantHandler
 from ccserver.model import (
@@ -72,6 +52,14 @@ from ccserver.model import (
     check_claims,
     is_lifetime,
     is_scope_token,
+)
+from ccserver.outbound import (
+    NOT_ANSWERED,
+    USER_AGENT,
+    BodyTooLarge,
+    describe_failure,
+    read_body,
+    was_cancelled,
 )
 
 #: Seconds the whole exchange may take when the configuration names none.
@@ -98,10 +86,6 @@ _HEADER_TOKEN = re.compile(r"[\x21-\x7E]+")
 _UNAVAILABLE = "the authorization policy service is unavailable; try again shortly"
 _ANSWER_KEYS = frozenset({"scope", "access_token"})
 _ACCESS_TOKEN_KEYS = frozenset({"lifetime", "audience", "claims"})
-#: Connection failures after which a request that may not have reached the
-#: service is sent once more (a kept-alive connection the service had just
-#: closed), time permitting.
-_RETRIED = (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)
 
 
 class HTTPPoster(Protocol):
@@ -341,82 +325,12 @@ def denial_from_answer(document: Any) -> OAuthError:
     return OAuthError(error, description)
 
 
-class _BoundedBody(StreamProtocol):
-    """
-    Collects a response body of at most C{limit} bytes.
-    """
-
-    def __init__(self, limit: int, finished: Deferred[bytes]) -> None:
-        self.limit = limit
-        self.finished = finished
-        self.received = 0
-        self.chunks: list[bytes] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.finished.called:
-            return
-        self.received += len(data)
-        if self.received > self.limit:
-            self.finished.errback(MalformedAnswer(f"the answer is longer than {self.limit} bytes"))
-            self.stop()
-            return
-        self.chunks.append(data)
-
-    def stop(self) -> None:
-        # The body's transport is a producer (IResponse.deliverBody); stopping
-        # it drops the connection, which then never goes back to the pool.
-        producer: Any = self.transport
-        if producer is not None:
-            producer.stopProducing()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.finished.called:
-            return
-        # An answer without a length ends when the service closes the
-        # connection (PotentialDataLoss); a cut-off one then fails as JSON.
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.finished.callback(b"".join(self.chunks))
-        else:
-            self.finished.errback(reason)
-
-
-def read_body(response: IResponse, limit: int = MAX_ANSWER) -> Deferred[bytes]:
-    """
-    The body of C{response}, up to C{limit} bytes.  Cancelling the result
-    drops the connection.
-
-    @raise MalformedAnswer: (in the Deferred) the body is longer than that.
-    """
-    if response.length == 0:
-        return succeed(b"")
-    reader: _BoundedBody
-
-    def cancel(_: Deferred[bytes]) -> None:
-        reader.stop()
-
-    finished: Deferred[bytes] = Deferred(cancel)
-    reader = _BoundedBody(limit, finished)
-    response.deliverBody(reader)
-    return finished
-
-
 def _display_url(url: str) -> str:
     """
     The URL as logged: no query string, which might hold a secret.
     """
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-
-def _reasons(failure: Failure) -> str:
-    nested = getattr(failure.value, "reasons", None)
-    if nested:
-        return "; ".join(reason.getErrorMessage() for reason in nested)
-    return failure.getErrorMessage()
-
-
-def _was_cancelled(error: BaseException | None) -> bool:
-    return any(reason.check(CancelledError) for reason in getattr(error, "reasons", ()))
 
 
 @implementer(IClientCredentialsGrantHandler)
@@ -451,7 +365,7 @@ class WebhookHandler(Service):
             {
                 "Content-Type": ["application/json"],
                 "Accept": ["application/json"],
-                "User-Agent": [f"ccserver/{__version__}"],
+                "User-Agent": [USER_AGENT],
             }
         )
         if config.token is not None:
@@ -486,16 +400,16 @@ class WebhookHandler(Service):
         deadline = self._clock.seconds() + self.config.timeout
         try:
             response = await self._post(body)
-        except _RETRIED as e:
-            if _was_cancelled(e) or self._clock.seconds() >= deadline:
+        except NOT_ANSWERED as e:
+            if was_cancelled(e) or self._clock.seconds() >= deadline:
                 raise
             self._log.info(
                 "Asking {url} again: the connection failed before an answer ({reason})",
                 url=self._url,
-                reason=_reasons(Failure()),
+                reason=describe_failure(Failure()),
             )
             response = await self._post(body)
-        answer = await read_body(response)
+        answer = await read_body(response, MAX_ANSWER)
         code = response.code
         if code == 200:
             return authorization_from_answer(load_answer(answer))
@@ -535,17 +449,16 @@ class WebhookHandler(Service):
         # went away) is not the service's fault.
         if failure.check(OAuthError, CancelledError):
             return failure
-        if _was_cancelled(failure.value):
+        if was_cancelled(failure.value):
             return Failure(CancelledError())
+        reason: str | None
         if failure.check(WebhookTimeout, ServiceFailed):
             reason = failure.getErrorMessage()
-        elif failure.check(MalformedAnswer):
+        elif failure.check(MalformedAnswer, BodyTooLarge):
             reason = f"malformed answer: {failure.getErrorMessage()}"
-        elif failure.check(ConnectError, ConnectTimeout, DNSLookupError, OSError):
-            reason = f"could not connect: {_reasons(failure)}"
-        elif failure.check(ResponseFailed, RequestNotSent, RequestTransmissionFailed):
-            reason = f"the exchange failed: {_reasons(failure)}"
         else:
+            reason = describe_failure(failure)
+        if reason is None:
             self._log.failure(
                 "Unexpected error asking {url} about a grant for {client_id}",
                 failure,
@@ -561,19 +474,3 @@ class WebhookHandler(Service):
             reason=reason,
         )
         raise temporarily_unavailable(_UNAVAILABLE)
-
-
-def pooled_http_client(
-    reactor: Any, connect_timeout: float
-) -> tuple[HTTPClient, HTTPConnectionPool]:
-    """
-    A treq L{HTTPClient} that keeps connections to the service open between
-    requests, and its pool (which L{WebhookHandler.stopService} closes).
-
-    @param reactor: the reactor; the caller (the plugin) provides it.
-    """
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 16
-    pool.cachedConnectionTimeout = 120
-    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
-    return HTTPClient(agent), pool

@@ -17,20 +17,18 @@ import base64
 import binascii
 import re
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
 
-from attrs import field, frozen
+from attrs import frozen
 
 from ccserver import credentials
 from ccserver.errors import invalid_client, invalid_request
 from ccserver.interfaces import IClientStore
+from ccserver.keysets import KeySetSource, KeySetUnavailable
 from ccserver.model import Client
 from ccserver.oauth import mtls
-
-if TYPE_CHECKING:
-    from ccserver.oauth.assertions import AssertionVerifier, JWKSFetcher
-    from ccserver.oauth.limits import AuthLimits
+from ccserver.oauth.assertions import AssertionVerifier, ClientAssertion
+from ccserver.oauth.limits import AuthLimits
 
 #: RFC 7523 §2.2: the C{client_assertion_type} of a JWT client assertion.
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -65,17 +63,6 @@ class ClientCredentials:
     method: str
     client_id: str
     client_secret: str
-
-
-@frozen
-class ClientAssertion:
-    """
-    A JWT client assertion (RFC 7523 §2.2), and the form's C{client_id}
-    if it had one.
-    """
-
-    client_id: str | None
-    assertion: str = field(repr=False)
 
 
 def split_authorization(header: str) -> tuple[str, str] | None:
@@ -191,7 +178,7 @@ async def authenticate(
     certificate: mtls.PresentedCertificate | None = None,
     *,
     now: Callable[[], float],
-    jwks_fetcher: JWKSFetcher | None = None,
+    key_sets: KeySetSource | None = None,
 ) -> Client:
     """
     The registered client these credentials authenticate.
@@ -207,12 +194,12 @@ async def authenticate(
 
     A request with C{client_id} alone authenticates with C{certificate}, its
     TLS client certificate, if the client registered an RFC 8705 method;
-    C{jwks_fetcher} fetches the certificates of a client registered with a
+    C{key_sets} fetches the certificates of a client registered with a
     C{jwks_uri} (without one, such a client cannot authenticate).
     """
     if presented.method == mtls.CERTIFICATE:
         return await _authenticate_certificate(
-            store, presented.client_id, certificate, jwks_fetcher
+            store, presented.client_id, certificate, key_sets
         )
     client = await store.get_client(presented.client_id) if presented.client_id else None
     expected = client.client_secret_digest if client else None
@@ -244,12 +231,12 @@ class ClientAuthenticator:
         limits: AuthLimits | None = None,
         *,
         now: Callable[[], float],
-        jwks_fetcher: JWKSFetcher | None = None,
+        key_sets: KeySetSource | None = None,
     ) -> None:
         """
         @param assertions: checks JWT assertions; without one they are
             refused.
-        @param jwks_fetcher: fetches the C{jwks_uri} of
+        @param key_sets: fetches the C{jwks_uri} of
             C{self_signed_tls_client_auth} clients (the assertions' own,
             so that both share one cache); without one, such clients
             cannot authenticate.
@@ -261,7 +248,7 @@ class ClientAuthenticator:
         self._assertions = assertions
         self._limits = limits
         self._now = now
-        self._jwks_fetcher = jwks_fetcher
+        self._key_sets = key_sets
 
     async def authenticate(
         self,
@@ -292,7 +279,7 @@ class ClientAuthenticator:
                 raise invalid_client("client assertions are not accepted here")
             return await self._assertions.authenticate(self._clients, presented)
         return await authenticate(
-            self._clients, presented, certificate, now=self._now, jwks_fetcher=self._jwks_fetcher
+            self._clients, presented, certificate, now=self._now, key_sets=self._key_sets
         )
 
 
@@ -300,7 +287,7 @@ async def _authenticate_certificate(
     store: IClientStore,
     client_id: str,
     certificate: mtls.PresentedCertificate | None,
-    jwks_fetcher: JWKSFetcher | None,
+    key_sets: KeySetSource | None,
 ) -> Client:
     client = await store.get_client(client_id)
     if client is None or client.token_endpoint_auth_method not in mtls.MTLS_METHODS:
@@ -313,7 +300,7 @@ async def _authenticate_certificate(
         and "jwks" not in client.metadata
         and isinstance(uri, str)
     ):
-        registered = await _fetched_certificates(client_id, uri, certificate, jwks_fetcher)
+        registered = await _fetched_certificates(client_id, uri, certificate, key_sets)
     try:
         mtls.check_certificate(client.metadata, certificate, registered)
     except mtls.CertificateRefused as e:
@@ -325,7 +312,7 @@ async def _fetched_certificates(
     client_id: str,
     uri: str,
     certificate: mtls.PresentedCertificate,
-    jwks_fetcher: JWKSFetcher | None,
+    key_sets: KeySetSource | None,
 ) -> tuple[bytes, ...]:
     """
     RFC 8705 §2.2.2: the certificates the client serves at its
@@ -334,15 +321,13 @@ async def _fetched_certificates(
     C{kid} does), so that a client rotating its certificate is accepted at
     once.
     """
-    from ccserver.oauth.assertions import JWKSUnavailable
-
-    if jwks_fetcher is None:
+    if key_sets is None:
         raise invalid_client("this server does not fetch jwks_uri; the client cannot authenticate")
     try:
-        registered = await jwks_fetcher.certificates(client_id, uri)
+        registered = (await key_sets.key_set(uri)).certificates
         if certificate.der not in registered:
-            registered = await jwks_fetcher.certificates(client_id, uri, refresh=True)
-    except JWKSUnavailable:
+            registered = (await key_sets.key_set(uri, refetch_for=client_id)).certificates
+    except KeySetUnavailable:
         raise invalid_client(
             "the client's jwks_uri could not be fetched, so its certificate cannot be "
             "checked; try again shortly"

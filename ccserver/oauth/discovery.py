@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from ccserver.oauth.assertions import ASSERTION_ALGORITHMS
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS
-from ccserver.oauth.registration import ASSERTION_ALGORITHMS, AUTH_METHODS, GRANT_TYPES
+from ccserver.oauth.registration import AUTH_METHODS, GRANT_TYPES
 
 #: RFC 8414 §2: the JWS algorithms of client assertions (private_key_jwt
 #: and client_secret_jwt), the same at every client-authenticating endpoint.

@@ -16,7 +16,6 @@ finds the certificate and hands over a L{PresentedCertificate}.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import ipaddress
 import re
@@ -27,6 +26,7 @@ from typing import Any
 from attrs import frozen
 from cryptography import x509
 
+from ccserver import jose
 from ccserver.errors import invalid_client_metadata
 
 TLS_CLIENT_AUTH = "tls_client_auth"
@@ -162,26 +162,21 @@ def _san_matches(field: str, registered: str, certificate: x509.Certificate) -> 
 def registered_certificates(metadata: Mapping[str, Any]) -> list[bytes]:
     """
     RFC 8705 §2.2.2: the DER certificates a C{self_signed_tls_client_auth}
-    client registered in its C{jwks} (one behind C{jwks_uri} is fetched:
-    L{ccserver.oauth.assertions.JWKSFetcher.certificates}).
+    client registered in its C{jwks}: the first C{x5c} entry of each key
+    (RFC 7517 §4.7: the one holding the key); unreadable ones, and those
+    whose key L{jose.check_public_key} refuses, left out.  One behind a
+    C{jwks_uri} is fetched: L{ccserver.keysets.KeySet.certificates}.
     """
-    return jwks_certificates(metadata.get("jwks"))
-
-
-def jwks_certificates(jwks: object) -> list[bytes]:
-    """
-    The DER certificates of a JWK set: the first C{x5c} entry of each key
-    (RFC 7517 §4.7: the one holding the key); unreadable ones left out.
-    """
+    jwks = metadata.get("jwks")
     keys = jwks.get("keys") if isinstance(jwks, dict) else None
     found = []
     for key in keys if isinstance(keys, list) else ():
-        chain = key.get("x5c") if isinstance(key, dict) else None
-        if isinstance(chain, list) and chain and isinstance(chain[0], str):
-            try:
-                found.append(base64.b64decode(chain[0], validate=True))
-            except (binascii.Error, ValueError):
-                continue
+        try:
+            certificate = jose.x5c_certificate(key) if isinstance(key, dict) else None
+        except jose.UnusableKey:
+            continue
+        if certificate is not None:
+            found.append(certificate)
     return found
 
 
@@ -278,6 +273,10 @@ def _x5c_certificates(jwks: Mapping[str, Any]) -> int:
                 raise invalid_client_metadata(
                     "jwks: an x5c entry is not a DER certificate"
                 ) from None
+        try:
+            jose.x5c_certificate(key)
+        except jose.UnusableKey as e:
+            raise invalid_client_metadata(f"jwks: a key {e}") from None
         count += 1
     return count
 

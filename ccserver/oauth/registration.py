@@ -7,7 +7,6 @@ delete a registration.  Nothing here knows of HTTP.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -15,7 +14,7 @@ from typing import Any
 
 from attrs import evolve, frozen
 
-from ccserver import credentials
+from ccserver import credentials, jose
 from ccserver.clients import SecretRotation, rotate_secret
 from ccserver.errors import ClientExists, OAuthError, invalid_client_metadata, invalid_request
 from ccserver.interfaces import IClientStore
@@ -29,8 +28,14 @@ from ccserver.model import (
     scope_values,
     split_uri,
 )
+from ccserver.oauth.assertions import (
+    ASSERTION_ALGORITHMS,
+    MAX_CLIENT_KEYS,
+    unselectable,
+)
 from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
+from ccserver.outbound import AddressPolicy, RefusedURL
 
 #: The grant types this server issues tokens for.
 GRANT_TYPES = (CLIENT_CREDENTIALS,)
@@ -42,21 +47,12 @@ AUTH_METHODS = (
     "private_key_jwt",
     *MTLS_METHODS,
 )
-#: The JWS algorithms of a client assertion, per method (RFC 7523 §2.2,
-#: OpenID Connect Core §9): asymmetric for private_key_jwt, HMAC for
-#: client_secret_jwt; never C{none}.
-ASSERTION_ALGORITHMS: Mapping[str, tuple[str, ...]] = {
-    "private_key_jwt": ("RS256", "PS256", "ES256", "EdDSA"),
-    "client_secret_jwt": ("HS256", "HS384", "HS512"),
-}
 #: Random bytes in a client_secret_jwt client's secret: 512 bits, so that
 #: it is long enough an HMAC key for HS512 too (RFC 7518 §3.2).
 JWT_SECRET_BYTES = 64
-#: RFC 7517 §4, RFC 7518 §6: the members of a JWK that only a private or
-#: symmetric key has.
-PRIVATE_JWK_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
-#: The most keys a registered JWK set may hold.
-MAX_JWKS_KEYS = 20
+#: Where a client's C{jwks_uri} may point when the caller names no policy:
+#: public addresses, over https.
+STRICT = AddressPolicy.public()
 
 _URI_FIELDS = ("client_uri", "logo_uri", "tos_uri", "policy_uri", "jwks_uri")
 _STRING_FIELDS = ("client_name", "software_id", "software_version")
@@ -184,12 +180,14 @@ def check_scope(name: str, scope: str) -> str:
     return " ".join(dict.fromkeys(values))
 
 
-def validate_metadata(body: object) -> dict[str, Any]:
+def validate_metadata(body: object, jwks_uri_policy: AddressPolicy = STRICT) -> dict[str, Any]:
     """
     Check a registration request's metadata and fill in the defaults.
 
     Metadata this server does not understand is ignored (RFC 7591 §2).
 
+    @param jwks_uri_policy: where a C{jwks_uri} may point (C{[client_auth]
+        jwks_uri_private_networks}).
     @raise OAuthError: C{invalid_client_metadata}, naming the field.
     """
     if not isinstance(body, dict):
@@ -263,7 +261,7 @@ def validate_metadata(body: object) -> dict[str, Any]:
     if "jwks" in body and "jwks_uri" in body:
         raise invalid_client_metadata("jwks_uri: must not be given together with jwks")
     if "jwks_uri" in body:
-        _check_jwks_uri(body["jwks_uri"])
+        _check_jwks_uri(body["jwks_uri"], jwks_uri_policy)
     _check_assertion_metadata(body, method, metadata)
     metadata.update(validate_mtls_metadata(body, method))
 
@@ -280,56 +278,46 @@ def validate_metadata(body: object) -> dict[str, Any]:
 
 def _public_jwks(jwks: object) -> dict[str, Any]:
     """
-    A client's JWK set (RFC 7517 §5): public keys only, of a type a client
-    assertion may be signed with.  A private member means the client has
-    just published its private key: refused, and never echoed.
+    A client's JWK set (RFC 7517 §5): at most L{MAX_CLIENT_KEYS} public
+    keys, each one a client assertion may be signed with (and that
+    L{jose.import_jwk} accepts: no RSA exponent but 65537, no RSA key over
+    8192 bits, no EC point off its curve), each of which an assertion can
+    choose (L{unselectable}).  A private member means the client has just
+    published its private key: refused, and never echoed.
     """
-    from ccserver.oauth.assertions import jwk_public_key
-
     if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
         raise invalid_client_metadata("jwks: must be a JWK set, an object with 'keys'")
-    if len(jwks["keys"]) > MAX_JWKS_KEYS:
-        raise invalid_client_metadata(f"jwks: holds more than {MAX_JWKS_KEYS} keys")
+    if len(jwks["keys"]) > MAX_CLIENT_KEYS:
+        raise invalid_client_metadata(f"jwks: holds more than {MAX_CLIENT_KEYS} keys")
+    keys = []
     for index, jwk in enumerate(jwks["keys"]):
-        where = f"jwks: key {index}"
-        if not isinstance(jwk, dict):
-            raise invalid_client_metadata(f"{where} is not a JSON object")
-        private = [name for name in PRIVATE_JWK_MEMBERS if name in jwk]
-        if jwk.get("kty") == "oct" or "k" in jwk:
-            raise invalid_client_metadata(
-                f"{where} is a symmetric (oct) key; a JWK set holds public keys only"
-            )
-        if private:
-            raise invalid_client_metadata(
-                f"{where} holds private members ({', '.join(private)}): publish the "
-                "public key only, and make a new key pair, as this one is no longer private"
-            )
         try:
-            jwk_public_key(jwk)
-        except ValueError as e:
-            raise invalid_client_metadata(f"{where}: {e}") from None
+            key = jose.import_jwk(jwk)
+        except jose.UnusableKey as e:
+            raise invalid_client_metadata(f"jwks: key {index} {e}") from None
+        if not any(jose.key_fits(alg, key.key) for alg in ASSERTION_ALGORITHMS["private_key_jwt"]):
+            raise invalid_client_metadata(
+                f"jwks: key {index} cannot sign a client assertion: RSA keys need 2048 bits "
+                "or more, EC keys the P-256 curve"
+            )
+        keys.append(key)
+    problem = unselectable(keys, ASSERTION_ALGORITHMS["private_key_jwt"])
+    if problem is not None:
+        raise invalid_client_metadata(f"jwks: {problem}")
     return jwks
 
 
-def _check_jwks_uri(value: object) -> None:
+def _check_jwks_uri(value: object, policy: AddressPolicy) -> None:
     """
-    The server fetches a client's C{jwks_uri}: https, or for development
-    http to a loopback address.
+    The server fetches a client's C{jwks_uri}: public addresses over https,
+    unless the operator allows more (L{AddressPolicy.check_url}); where a
+    host name leads is checked again when it is fetched.
     """
-    uri = _absolute_uri("jwks_uri", value)
-    parts = split_uri(uri)
-    assert parts is not None  # _absolute_uri has split it
-    if parts.scheme == "https":
-        return
-    host = parts.hostname or ""
+    uri = _string("jwks_uri", value)
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        raise invalid_client_metadata(
-            "jwks_uri: must be https (http only to a loopback address, for development)"
-        )
+        policy.check_url(uri)
+    except RefusedURL as e:
+        raise invalid_client_metadata(f"jwks_uri: {e}") from None
 
 
 def _check_assertion_metadata(
@@ -358,10 +346,8 @@ def _check_assertion_metadata(
             + ", ".join(allowed)
         )
     if "jwks" in metadata and method == "private_key_jwt":
-        from ccserver.jose import key_fits
-        from ccserver.oauth.assertions import jwk_public_key
-
-        if not any(key_fits(alg, jwk_public_key(jwk)) for jwk in metadata["jwks"]["keys"]):
+        keys = [jose.import_jwk(jwk).key for jwk in metadata["jwks"]["keys"]]
+        if not any(jose.key_fits(alg, key) for key in keys):
             raise invalid_client_metadata(f"jwks: holds no key that signs {alg}")
     metadata["token_endpoint_auth_signing_alg"] = alg
 
@@ -504,6 +490,7 @@ class ClientRegistry:
         secret_encryptor: KeyEncryptor | None = None,
         limits: AuthLimits | None = None,
         secret_rotation_grace: int = 1800,
+        jwks_uri_policy: AddressPolicy = STRICT,
     ) -> None:
         """
         @param token_max_lifetime: no token lives longer (C{[tokens]
@@ -523,6 +510,8 @@ class ClientRegistry:
             registration access token is counted per source address.
         @param secret_rotation_grace: how long a rotated-out secret still
             works (C{[clients] secret_rotation_grace}).
+        @param jwks_uri_policy: where a client's C{jwks_uri} may point
+            (C{[client_auth] jwks_uri_private_networks}).
         """
         self._store = store
         self._master_token_digest = master_token_digest
@@ -533,6 +522,7 @@ class ClientRegistry:
         self._secret_encryptor = secret_encryptor
         self._limits = limits or AuthLimits(None, now)
         self._secret_rotation_grace = secret_rotation_grace
+        self._jwks_uri_policy = jwks_uri_policy
 
     async def check_master_token(self, token: str | None, source: str = "") -> None:
         """
@@ -565,7 +555,10 @@ class ClientRegistry:
         """
         await self.check_master_token(token, source)
         return await register_client(
-            self._store, validate_metadata(read_body()), self._now, self._secret_encryptor
+            self._store,
+            validate_metadata(read_body(), self._jwks_uri_policy),
+            self._now,
+            self._secret_encryptor,
         )
 
     async def _authorized(
@@ -643,7 +636,7 @@ class ClientRegistry:
         for name in ("client_id_issued_at", "client_secret_expires_at"):
             if name in body and body[name] != current.get(name):
                 raise invalid_request(f"{name}: is set by the server and cannot be changed")
-        metadata = validate_metadata(body)
+        metadata = validate_metadata(body, self._jwks_uri_policy)
         if not is_master:
             changed = privileged_changes(client.metadata, metadata)
             if changed:

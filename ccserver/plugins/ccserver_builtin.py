@@ -33,10 +33,15 @@ class _Webhook:
     description = "asks an external web service ([grant_handler] url) for each grant"
 
     def makeHandler(self, config: Mapping[str, Any], reactor: Any) -> IClientCredentialsGrantHandler:
-        from ccserver.handlers.webhook import WebhookHandler, parse_config, pooled_http_client
+        from ccserver.handlers.webhook import WebhookHandler, parse_config
+        from ccserver.outbound import AddressPolicy, http_client
 
         settings = parse_config(config)
-        http, pool = pooled_http_client(reactor, settings.timeout)
+        # the operator wrote the URL: it may point anywhere, a private
+        # network included
+        http, pool = http_client(
+            reactor, connect_timeout=settings.timeout, policy=AddressPolicy.any_address()
+        )
         return WebhookHandler(settings, http, reactor, pool)
 
 

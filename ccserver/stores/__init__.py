@@ -13,62 +13,23 @@ Stores, chosen by URL:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 
-from ccserver.errors import ConfigError
 from ccserver.interfaces import IStore
-from ccserver.stores.guard import mask_password
+from ccserver.stores.urls import SCHEMES, check_url, data_dir, sqlite_path
 
-SCHEMES = ("memory", "sqlite", "redis", "redis+sentinel", "postgresql")
-
-
-def sqlite_path(url: str) -> Path:
-    """
-    The file of a C{sqlite:///...} URL: three slashes and a relative path,
-    or four and an absolute one.
-    """
-    rest = url[len("sqlite://") :]
-    if not rest.startswith("/") or rest == "/":
-        raise ConfigError(
-            f"[store] url: {url!r} is not sqlite:///relative.db or sqlite:////absolute.db"
-        )
-    return Path(rest[1:])
-
-
-def data_dir(url: str) -> Path:
-    """
-    The folder for the files the server makes beside its database (the
-    generated master token, the key-encryption key): the SQLite file's
-    folder, otherwise the working folder.
-    """
-    if url.startswith("sqlite:"):
-        return sqlite_path(url).parent
-    return Path(".")
-
-
-def check_url(url: str) -> None:
-    """
-    Raise L{ConfigError} unless C{url} names a store this server can open.
-    """
-    scheme = urlsplit(url).scheme
-    if scheme not in SCHEMES:
-        raise ConfigError(
-            f"[store] url: unknown scheme in {mask_password(url)!r}; use one of "
-            + ", ".join(f"{s}://" for s in SCHEMES)
-        )
-    if scheme.startswith("redis"):
-        from ccserver.stores.redisconnection import parse_url
-
-        parse_url(url)
-    if scheme == "sqlite":
-        folder = sqlite_path(url).parent
-        if not folder.is_dir():
-            raise ConfigError(f"[store] url: the folder {str(folder)!r} does not exist")
-
+__all__ = [
+    "SCHEMES",
+    "StoreSettings",
+    "check_url",
+    "data_dir",
+    "sqlite_path",
+    "store_from_settings",
+    "store_from_url",
+]
 
 class StoreSettings(Protocol):
     """

@@ -94,8 +94,9 @@ from ccserver.model import Client, StoredKey, TokenRecord
 from ccserver.stores.codec import CLIENTS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, url_secrets
-from ccserver.stores.redisconnection import PrimaryConnections, RedisAddress, parse_url
+from ccserver.stores.redisconnection import PrimaryConnections
 from ccserver.stores.sentinel import NoPrimary
+from ccserver.stores.urls import RedisAddress, redis_address
 
 #: Connections in the pool.  Commands that need no connection to themselves
 #: are pipelined on any of them, so a few suffice.
@@ -308,7 +309,7 @@ class RedisStore:
         @param wait_timeout: seconds a write waits for them; by default
             half of C{timeout}.
         """
-        self.address: RedisAddress = parse_url(url)
+        self.address: RedisAddress = redis_address(url)
         self.url = self.address.url
         self.timeout = timeout
         self.wait_replicas = (

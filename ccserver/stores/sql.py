@@ -100,10 +100,10 @@ from zope.interface import implementer
 from ccserver.errors import ClientExists, ConfigError, StoreUnavailable
 from ccserver.interfaces import IStore
 from ccserver.model import Client, StoredKey, TokenRecord
-from ccserver.stores import sqlite_path
 from ccserver.stores.codec import CLIENTS, KEYS, TOKENS, Codec
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
+from ccserver.stores.urls import sqlite_path
 from ccserver.stores.writer import ConnectionThread
 
 T = TypeVar("T")
