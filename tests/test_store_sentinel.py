@@ -16,7 +16,7 @@ from typing import Any
 
 import txredisapi
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, gatherResults, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock, deferLater
@@ -148,6 +148,71 @@ class AnnouncementTests(SynchronousTestCase):
         self.assertEqual(self.switched, [("10.0.0.2", 6380)])
 
 
+class _Asker:
+    """
+    A connection to one sentinel, as L{Sentinels.primary} asks it: each
+    question is kept, for the test to answer.
+    """
+
+    def __init__(self) -> None:
+        self.handler = self
+        self.questions: list[Deferred[Any]] = []
+
+    def execute_command(self, *command: str) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.questions.append(d)
+        return d
+
+    def disconnect(self) -> Deferred[None]:
+        return succeed(None)
+
+
+class PrimaryQuestionTests(SynchronousTestCase):
+    """
+    L{Sentinels.primary}: the first answer wins, and no question outlives
+    the answer, a cancelled attempt or the store.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.sentinels = Sentinels(
+            self.clock, (("10.0.0.1", 1), ("10.0.0.2", 2)), "svc", 5.0, None, on_switch=print
+        )
+        self.askers = [_Asker(), _Asker()]
+        self.sentinels._askers = self.askers  # type: ignore[assignment]
+
+    def test_first_answer(self) -> None:
+        d = self.sentinels.primary()
+        self.askers[1].questions[0].callback(["10.0.0.9", "6380"])
+        self.assertEqual(self.successResultOf(d), ("10.0.0.9", 6380))
+        self.assertTrue(self.askers[0].questions[0].called)  # withdrawn
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_no_primary(self) -> None:
+        d = self.sentinels.primary()
+        self.askers[0].questions[0].callback(None)
+        self.assertNoResult(d)
+        self.clock.advance(1.0)
+        failure = self.failureResultOf(d, NoPrimary)
+        self.assertIn("10.0.0.1:1 knows no service 'svc'", str(failure.value))
+        self.assertIn("10.0.0.2:2 did not answer", str(failure.value))
+
+    def test_cancelled(self) -> None:
+        d = self.sentinels.primary()
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        for asker in self.askers:
+            self.assertTrue(asker.questions[0].called)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_closed(self) -> None:
+        d = self.sentinels.primary()
+        self.sentinels.close()
+        self.failureResultOf(d, NoPrimary)
+        self.assertTrue(self.sentinels.closed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class _FakeSentinels:
     """
     The sentinels as L{SentinelEndpoint} asks them: each C{primary()} is
@@ -159,6 +224,7 @@ class _FakeSentinels:
         self.answers = answers
         self.timeout = 1.0
         self.waited: list[float] = []
+        self.closed = False
 
     def primary(self) -> Deferred[tuple[str, int]]:
         answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]

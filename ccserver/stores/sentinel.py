@@ -38,7 +38,13 @@ from typing import Any, cast
 
 import txredisapi
 from attrs import define, field
-from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    gatherResults,
+    inlineCallbacks,
+)
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import (
@@ -97,6 +103,9 @@ class Sentinels:
     _no_primary: str | None = field(default=None, init=False)
     #: L{announcement}s waited for
     _waiting: list[Deferred[None]] = field(factory=list, init=False)
+    #: what withdraws the questions of each L{primary} under way
+    _questions: list[Callable[[], None]] = field(factory=list, init=False)
+    closed: bool = field(default=False, init=False)
 
     _log = Logger()
 
@@ -125,7 +134,24 @@ class Sentinels:
         it; fails with L{NoPrimary} once every sentinel has answered
         without one, or none has within the timeout.
         """
-        result: Deferred[tuple[str, int]] = Deferred()
+        questions: list[Deferred[Any]] = []
+
+        def withdraw(_: object = None) -> None:
+            # the questions still unanswered once it is decided (or the
+            # attempt given up), so that none outlives it
+            for question in questions:
+                if not question.called:
+                    question.cancel()
+
+        cancelled = False
+
+        def cancel(_: object) -> None:
+            nonlocal cancelled
+            cancelled = True
+            withdraw()
+
+        # cancelled, it fails with CancelledError, not NoPrimary
+        result: Deferred[tuple[str, int]] = Deferred(cancel)
         waiting = len(self._askers)
         reasons: list[str] = []
 
@@ -141,22 +167,29 @@ class Sentinels:
             nonlocal waiting
             waiting -= 1
             reasons.append(f"{address[0]}:{address[1]} {reason}")
-            if waiting == 0 and not result.called:
+            if waiting == 0 and not (result.called or cancelled):
                 result.errback(NoPrimary("no primary from the sentinels: " + "; ".join(reasons)))
 
         def error(failure: Failure, address: tuple[str, int]) -> None:
-            if isinstance(failure.value, Exception) and not failure.check(
-                txredisapi.ConnectionError
-            ):
-                reason = f"{type(failure.value).__name__}: {failure.value}".rstrip(": ")
-            else:
+            if failure.check(txredisapi.ConnectionError, TimeoutError, CancelledError):
                 reason = "did not answer"
+            else:
+                reason = f"{type(failure.value).__name__}: {failure.value}".rstrip(": ")
             failed(reason, address)
 
         for asker, address in zip(self._askers, self.addresses, strict=True):
             d = asker.handler.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
             d.addTimeout(min(self.timeout, PRIMARY_CONNECT_TIMEOUT), self.reactor)
             d.addCallbacks(answered, error, callbackArgs=(address,), errbackArgs=(address,))
+            questions.append(d)
+        self._questions.append(withdraw)
+
+        def settled(outcome: object) -> object:
+            self._questions.remove(withdraw)
+            withdraw()
+            return outcome
+
+        result.addBoth(settled)
         return result.addCallbacks(self._found, self._not_found)
 
     def _found(self, primary: tuple[str, int]) -> tuple[str, int]:
@@ -204,6 +237,9 @@ class Sentinels:
             self.on_switch((fields[3], int(fields[4])))
 
     def close(self) -> Deferred[None]:
+        self.closed = True
+        for withdraw in list(self._questions):
+            withdraw()
         pools, self._askers, self._watchers = [*self._askers, *self._watchers], [], []
         d: Deferred[Any] = gatherResults([p.disconnect() for p in pools], consumeErrors=True)
         return d.addBoth(lambda _: None)
@@ -243,7 +279,7 @@ class SentinelEndpoint:
                 return protocol
             except (NoPrimary, ConnectError, DNSLookupError):
                 left = deadline - self.reactor.seconds()
-                if left <= 0:
+                if left <= 0 or sentinels.closed:
                     raise
             await sentinels.announcement(min(left, ASK_AGAIN))
 
