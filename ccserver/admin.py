@@ -2,12 +2,13 @@
 C{ccserver}: the administration command, for what an operator does to a
 server's store while it runs.
 
+    ccserver --version
     ccserver [--config FILE] [--store URL] keys list
     ccserver [--config FILE] [--store URL] keys rotate [--delay SECONDS]
     ccserver [--config FILE] [--store URL] keys retire [KID]
     ccserver [--config FILE] [--store URL] clients list [--json]
     ccserver [--config FILE] [--store URL] clients show CLIENT_ID
-    ccserver [--config FILE] [--store URL] clients create --name NAME --scope "a b"
+    ccserver [--config FILE] [--store URL] clients create [--metadata FILE] [--name NAME] ...
     ccserver [--config FILE] [--store URL] clients delete CLIENT_ID
     ccserver [--config FILE] [--store URL] clients rotate-secret CLIENT_ID [--grace SECONDS]
 
@@ -25,10 +26,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from attrs import frozen
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
 
-from ccserver import firststart
+from ccserver import __version__, firststart, strictjson
 from ccserver.clients import all_clients, public_view, rotate_secret
 from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError, OAuthError, StoreUnavailable
@@ -40,7 +42,6 @@ from ccserver.oauth.registration import (
     ClientRegistry,
     register_client,
     registration_response,
-    validate_metadata,
 )
 from ccserver.stores import store_from_settings
 
@@ -54,6 +55,7 @@ DESCRIPTION = (
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccserver", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"ccserver {__version__}")
     parser.add_argument("--config", "-c", help="the TOML configuration file of the server")
     parser.add_argument("--store", help="the store URL (overrides the configuration)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -92,25 +94,26 @@ def _clients_parser(commands: Any) -> None:
     show.add_argument("client_id")
     create = clients.add_parser(
         "create",
-        help="register a client; prints its registration with the secret, this once",
-    )
-    create.add_argument("--name", required=True, help="the client's client_name")
-    create.add_argument("--scope", required=True, help='its scope values, e.g. "read write"')
-    create.add_argument(
-        "--auth-method",
-        choices=AUTH_METHODS,
-        default=AUTH_METHODS[0],
-        # a metavar, not argparse's {a,b}: the help names the choices in words
-        metavar="METHOD",
-        help="how it authenticates at the token endpoint: "
-        + " or ".join(AUTH_METHODS)
-        + " [default: %(default)s]",
+        help="register a client, as POST /client-reg does; prints its registration "
+        "with the secret, this once",
+        description="Register a client of any kind the server supports, with the same "
+        "rules as POST /client-reg: each registration field from an option, or any of "
+        "them from a JSON file (--metadata), the options winning. Prints what "
+        "POST /client-reg answers, secrets included, this once.",
     )
     create.add_argument(
-        "--audience",
-        action="append",
-        default=None,
-        help="a resource server (absolute URI) its tokens are for; repeatable",
+        "--metadata",
+        metavar="FILE",
+        help="a JSON object of registration metadata (RFC 7591), as POST /client-reg "
+        "takes it; - reads it from standard input",
+    )
+    for option in CREATE_OPTIONS:
+        option.add_to(create)
+    create.add_argument(
+        "--json",
+        action="store_true",
+        help="print the registration as JSON, exactly as POST /client-reg answers "
+        "(also what is printed without it)",
     )
     delete = clients.add_parser(
         "delete", help="deregister a client and end its tokens, as DELETE /client-reg does"
@@ -126,6 +129,184 @@ def _clients_parser(commands: Any) -> None:
         type=int,
         help="seconds the old secret still works [default: [clients] secret_rotation_grace]",
     )
+
+
+@frozen
+class MetadataOption:
+    """
+    A registration field as an option of C{clients create}.
+
+    @ivar field: the RFC 7591 (or this server's) metadata name.
+    @ivar kind: C{"text"}; C{"list"} (the option repeats, one value each);
+        C{"int"}; C{"flag"} (true when given); C{"json-file"} (a file
+        holding the field's JSON value).
+    @ivar flags: the option's names, the first C{--field-name} unless given.
+    """
+
+    field: str
+    kind: str
+    help: str
+    flags: tuple[str, ...] = ()
+    metavar: str | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.flags or ("--" + self.field.replace("_", "-"),)
+
+    def add_to(self, parser: argparse.ArgumentParser) -> None:
+        options: dict[str, Any] = {"dest": self.field, "help": self.help, "default": None}
+        if self.kind == "list":
+            options["action"] = "append"
+        elif self.kind == "int":
+            options["type"] = int
+        elif self.kind == "flag":
+            options["action"] = "store_const"
+            options["const"] = True
+        if self.metavar is not None:
+            options["metavar"] = self.metavar
+        parser.add_argument(*self.names, **options)
+
+    def value(self, given: Any) -> Any:
+        if self.kind == "json-file":
+            return _read_json(self.names[0], given)
+        return given
+
+
+#: Every registration field the server understands (RFC 7591 §2, RFC 8705
+#: §2.1.2, RFC 9449 §5.2 and this server's own), as options of C{clients
+#: create}, so that it can make every kind of client: what they mean, and
+#: which values are allowed, is checked by the registration rules.
+CREATE_OPTIONS = (
+    MetadataOption("client_name", "text", "the client's name", ("--name", "--client-name"), "NAME"),
+    MetadataOption("scope", "text", 'its scope values, e.g. "read write"'),
+    MetadataOption(
+        "token_endpoint_auth_method",
+        "text",
+        "how it authenticates: " + ", ".join(AUTH_METHODS) + " [default: "
+        "client_secret_basic, and client_secret_post works too while none is named]",
+        ("--auth-method", "--token-endpoint-auth-method"),
+        "METHOD",
+    ),
+    MetadataOption(
+        "token_endpoint_auth_signing_alg",
+        "text",
+        "the one algorithm its assertions may be signed with "
+        "(private_key_jwt, client_secret_jwt)",
+        metavar="ALG",
+    ),
+    MetadataOption(
+        "jwks",
+        "json-file",
+        "a file holding its public keys, a JWK set (private_key_jwt; "
+        "self_signed_tls_client_auth, with each certificate in x5c)",
+        metavar="FILE",
+    ),
+    MetadataOption(
+        "jwks_uri",
+        "text",
+        "where the server fetches its public keys instead (https)",
+        metavar="URL",
+    ),
+    MetadataOption(
+        "tls_client_auth_subject_dn",
+        "text",
+        "tls_client_auth: the subject DN of its certificate, e.g. "
+        '"CN=billing,O=Example,C=GB"',
+        metavar="DN",
+    ),
+    MetadataOption(
+        "tls_client_auth_san_dns", "text", "tls_client_auth: a DNS name of its certificate",
+        metavar="NAME",
+    ),
+    MetadataOption(
+        "tls_client_auth_san_uri", "text", "tls_client_auth: a URI of its certificate",
+        metavar="URI",
+    ),
+    MetadataOption(
+        "tls_client_auth_san_ip", "text", "tls_client_auth: an IP address of its certificate",
+        metavar="IP",
+    ),
+    MetadataOption(
+        "tls_client_auth_san_email", "text",
+        "tls_client_auth: an email address of its certificate", metavar="EMAIL",
+    ),
+    MetadataOption(
+        "tls_client_certificate_bound_access_tokens",
+        "flag",
+        "its tokens are bound to its TLS certificate (RFC 8705)",
+    ),
+    MetadataOption(
+        "dpop_bound_access_tokens", "flag", "it must send a DPoP proof (RFC 9449)"
+    ),
+    MetadataOption(
+        "audience",
+        "list",
+        "a resource server (absolute URI) its tokens are for; repeatable",
+        metavar="URI",
+    ),
+    MetadataOption(
+        "resource_server_uris",
+        "list",
+        "a resource server it acts as, whose tokens it may introspect; repeatable",
+        ("--resource-server-uri",),
+        "URI",
+    ),
+    MetadataOption(
+        "access_token_lifetime", "int", "seconds its tokens live", metavar="SECONDS"
+    ),
+    MetadataOption(
+        "grant_types", "list", "a grant type (client_credentials); repeatable",
+        ("--grant-type",), "GRANT",
+    ),
+    MetadataOption("application_type", "text", "web or native", metavar="TYPE"),
+    MetadataOption("contacts", "list", "a contact address; repeatable", ("--contact",), "EMAIL"),
+    MetadataOption("client_uri", "text", "its home page", metavar="URL"),
+    MetadataOption("logo_uri", "text", "its logo", metavar="URL"),
+    MetadataOption("tos_uri", "text", "its terms of service", metavar="URL"),
+    MetadataOption("policy_uri", "text", "its privacy policy", metavar="URL"),
+    MetadataOption("software_id", "text", "its software's identifier", metavar="ID"),
+    MetadataOption("software_version", "text", "its software's version", metavar="VERSION"),
+)
+
+
+def _read_json(option: str, path: str) -> Any:
+    """
+    The JSON in the file at C{path} (C{-}: standard input).
+
+    @raise CommandError: it cannot be read, or is not JSON.
+    """
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise CommandError(f"{option}: cannot read {path!r}: {e.strerror}") from None
+    try:
+        # the strict parser of POST /client-reg: no repeated names, no NaN
+        return strictjson.loads(data)
+    except ValueError as e:
+        raise CommandError(f"{option}: {path!r} is not JSON: {e}") from None
+
+
+def registration_body(arguments: argparse.Namespace) -> dict[str, Any]:
+    """
+    The registration request C{clients create} makes: the C{--metadata}
+    file's object, then each option given, which wins over it.  Nothing
+    is checked here: L{register_client} checks it as the endpoint does.
+    """
+    body: dict[str, Any] = {}
+    if arguments.metadata is not None:
+        document = _read_json("--metadata", arguments.metadata)
+        if not isinstance(document, dict):
+            raise CommandError("--metadata: must hold a JSON object of registration metadata")
+        body.update(document)
+    for option in CREATE_OPTIONS:
+        given = getattr(arguments, option.field)
+        if given is not None:
+            body[option.field] = option.value(given)
+    return body
 
 
 class CommandError(Exception):
@@ -165,24 +346,15 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
                 raise CommandError(f"no client {arguments.client_id!r}")
             _print_json(public_view(client, reactor.seconds()))
         elif action == "create":
-            body: dict[str, Any] = {
-                "client_name": arguments.name,
-                "scope": arguments.scope,
-                "token_endpoint_auth_method": arguments.auth_method,
-            }
-            if arguments.audience:
-                body["audience"] = arguments.audience
+            body = registration_body(arguments)
             encryptor = (
                 # the secret is kept encrypted: the HMAC needs it itself
                 firststart.key_encryptor(config)
-                if arguments.auth_method == "client_secret_jwt"
+                if body.get("token_endpoint_auth_method") == "client_secret_jwt"
                 else None
             )
             registration = await register_client(
-                store,
-                validate_metadata(body, config.client_auth.jwks_uri_policy),
-                reactor.seconds,
-                encryptor,
+                store, body, reactor.seconds, encryptor, config.client_auth.jwks_uri_policy
             )
             _print_json(registration_response(registration, config.issuer))
         elif action == "delete":

@@ -336,6 +336,7 @@ def _discovery_json(config: Config) -> bytes:
         metadata(
             config.issuer,
             config.tokens.signing_alg,
+            scopes=config.discovery.scopes_supported,
             dpop_signing_algs=config.dpop.signing_algs,
             mtls=config.mtls_enabled,
             mtls_base_url=config.tls.base_url,

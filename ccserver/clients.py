@@ -18,7 +18,7 @@ from attrs import evolve, field, frozen
 from ccserver import credentials
 from ccserver.errors import OAuthError
 from ccserver.interfaces import IClientStore
-from ccserver.model import Client
+from ccserver.model import SECRET_METHODS, Client
 
 #: Clients asked of the store per page when listing.
 LIST_PAGE_SIZE = 500
@@ -43,8 +43,27 @@ class SecretRotation:
         }
 
 
-#: The methods whose secret is kept only as a digest, and can be rotated.
-ROTATABLE_METHODS = ("client_secret_basic", "client_secret_post")
+
+
+def _not_rotatable(method: str) -> str:
+    """
+    Why a client of C{method} has no secret to rotate.  Only the secrets
+    kept as a digest (L{SECRET_METHODS}) are: a private_key_jwt or
+    certificate client has no secret at all (it rotates its keys or
+    certificates itself, in its registration); a client_secret_jwt secret
+    is kept encrypted, and its grace would need the old one kept readable
+    too.
+    """
+    if method == "client_secret_jwt":
+        return (
+            "this client authenticates with client_secret_jwt, whose secret cannot be "
+            "rotated: register a new client and delete this one"
+        )
+    proof = "its keys (jwks or jwks_uri)" if method == "private_key_jwt" else "its certificate"
+    return (
+        f"this client authenticates with {method} and has no client secret to rotate: "
+        f"it proves itself with {proof}, which its registration names"
+    )
 
 
 async def rotate_secret(
@@ -73,15 +92,8 @@ async def rotate_secret(
     if client is None:
         return None
     method = client.token_endpoint_auth_method
-    if method not in ROTATABLE_METHODS:
-        # private_key_jwt and mTLS clients have no shared secret (they
-        # rotate their keys or certificates themselves); a client_secret_jwt
-        # secret is kept encrypted, and its grace would need the old one
-        # kept readable too: register a new client instead.
-        raise OAuthError(
-            "invalid_request",
-            f"this client authenticates with {method}, which has no secret to rotate here",
-        )
+    if method not in SECRET_METHODS:
+        raise OAuthError("invalid_request", _not_rotatable(method))
     secret = credentials.new_secret()
     expires_at = int(now()) + grace if grace > 0 else None
     rotated = evolve(

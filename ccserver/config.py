@@ -30,7 +30,7 @@ from attrs import AttrsInstance, Factory, evolve, field, fields, frozen, has
 from ccserver.errors import ConfigError
 from ccserver.httpchannel import HTTPLimits
 from ccserver.keys import SIGNING_ALGORITHMS
-from ccserver.model import is_lifetime
+from ccserver.model import is_lifetime, is_scope_token
 from ccserver.outbound import AddressPolicy
 from ccserver.stores import check_url
 
@@ -254,6 +254,15 @@ class ClientsConfig:
     secret_rotation_grace: int = 1800
 
 
+@frozen
+class DiscoveryConfig:
+    #: The scope values the metadata document lists as scopes_supported
+    #: (RFC 8414 §2, recommended); none (the default) leaves it out.  It
+    #: advertises, and refuses nothing: which scope a client may have is its
+    #: registration's and the grant handler's to say.
+    scopes_supported: tuple[str, ...] = ()
+
+
 def _default_issuer(config: Config) -> str:
     """
     http://localhost and the port of the first endpoint listened on.
@@ -280,6 +289,8 @@ class Config:
     client_auth: ClientAuthConfig = ClientAuthConfig()
     dpop: DPoPConfig = DPoPConfig()
     clients: ClientsConfig = ClientsConfig()
+    #: What the metadata document says beyond what the server knows ([discovery]).
+    discovery: DiscoveryConfig = DiscoveryConfig()
     #: The grant handler plugin's name: in a file, the C{name} of the
     #: C{[grant_handler]} table, whose other keys are the handler's own.
     grant_handler: str = field(
@@ -523,6 +534,7 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
     _check_signing_alg(config.tokens.signing_alg)
     _check_client_auth(config.client_auth)
     _check_dpop(config.dpop)
+    _check_discovery(config.discovery)
     if config.master_token is not None and len(config.master_token) < 16:
         raise ConfigError("master_token: must be at least 16 characters long")
     if not isinstance(config.grant_handler, str):
@@ -682,6 +694,15 @@ def _check_dpop(dpop: DPoPConfig) -> None:
             raise ConfigError(f"[dpop] {name}: must be greater than 0, not {value!r}")
     if dpop.leeway < 0:
         raise ConfigError(f"[dpop] leeway: must be 0 or more, not {dpop.leeway!r}")
+
+
+def _check_discovery(discovery: DiscoveryConfig) -> None:
+    for scope in discovery.scopes_supported:
+        if not is_scope_token(scope):
+            raise ConfigError(
+                f"[discovery] scopes_supported: {scope!r} is not a scope value "
+                "(RFC 6749 §3.3: visible ASCII but space, \" and \\)"
+            )
 
 
 def _check_workers(workers: object, store_url: str) -> None:

@@ -12,6 +12,39 @@ from attrs import field, frozen
 #: The realm of the server's C{WWW-Authenticate} challenges.
 REALM = "ccserver"
 
+#: Every error code this server sends, the one list: the metrics label
+#: their counts by it (L{ccserver.metrics}), so that a code added anywhere
+#: must be added here (tests/test_error_codes.py finds every code the
+#: code can send and checks it is listed).  A grant handler may answer with
+#: a code of its own, passed on as it is; that one is not listed (it is
+#: counted as C{other}, so that labels stay a small set).
+ERROR_CODES = (
+    # RFC 6749 §5.2: the token endpoint's (invalid_grant is a grant
+    # handler's, as the webhook's answer may be)
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    # RFC 8707 §2: a resource indicator
+    "invalid_target",
+    # RFC 6749 §4.1.2.1: a store or grant handler that does not answer; a bug
+    "temporarily_unavailable",
+    "server_error",
+    # RFC 9449 §5, §8: DPoP proofs and server nonces
+    "invalid_dpop_proof",
+    "use_dpop_nonce",
+    # RFC 6750 §3.1: a bearer token (the master or a registration access
+    # token) that is missing or wrong
+    "invalid_token",
+    # RFC 7591 §3.2.2: registration
+    "invalid_client_metadata",
+    "invalid_software_statement",
+    # a path no route serves (404)
+    "not_found",
+)
+
 
 @frozen(eq=False)
 class OAuthError(Exception):

@@ -40,6 +40,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 
+from ccserver.errors import ERROR_CODES
 from ccserver.model import GrantAuthorization, GrantRequest, IssuedToken
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -47,21 +48,11 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The label of a request whose path no route serves.
 OTHER_ROUTE = "other"
 
-#: The error codes a token request may be refused with (RFC 6749 §5.2,
-#: RFC 8707 §2, RFC 6749 §4.1.2.1 for the last two): the label values of
-#: ccserver_token_errors_total.  A grant handler may answer with a code of
-#: its own: it is counted as "other", so that labels stay a small set.
-TOKEN_ERRORS = (
-    "invalid_request",
-    "invalid_client",
-    "invalid_grant",
-    "unauthorized_client",
-    "unsupported_grant_type",
-    "invalid_scope",
-    "invalid_target",
-    "temporarily_unavailable",
-    "server_error",
-)
+#: The label values of ccserver_token_errors_total: every error code the
+#: server sends (L{ERROR_CODES}, the one list).  A grant handler may answer
+#: with a code of its own: it is counted as "other", so that labels stay a
+#: small set.
+TOKEN_ERRORS = ERROR_CODES
 OTHER_ERROR = "other"
 
 #: Request durations: a token takes ~0.2 ms of CPU; a store round trip or

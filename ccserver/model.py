@@ -59,6 +59,13 @@ RESERVED_CLAIMS = frozenset(
 
 CLIENT_CREDENTIALS = "client_credentials"
 
+#: RFC 7591 §2: the C{token_endpoint_auth_method} of a client whose
+#: registration names none.
+DEFAULT_AUTH_METHOD = "client_secret_basic"
+#: The methods that present the client secret itself (RFC 6749 §2.3.1): in
+#: an HTTP Basic header, or in the form body.
+SECRET_METHODS = ("client_secret_basic", "client_secret_post")
+
 
 def scope_values(scope: str | None) -> frozenset[str]:
     """
@@ -152,6 +159,11 @@ class Client:
         C{previous_secret_expires_at} (the grace period); None otherwise.
     @ivar previous_secret_expires_at: when the previous secret stops
         working (seconds since the epoch), or None.
+    @ivar auth_method_named: whether its registration named its
+        C{token_endpoint_auth_method}.  One that did not has
+        C{client_secret_basic} (RFC 7591 §2's default) in its metadata, and
+        may present its secret either way (L{SECRET_METHODS}).  A client
+        stored before this was recorded counts as having named it.
     """
 
     client_id: str
@@ -162,6 +174,7 @@ class Client:
     encrypted_secret: str | None = field(default=None, repr=False)
     previous_secret_digest: str | None = field(default=None, repr=False)
     previous_secret_expires_at: int | None = None
+    auth_method_named: bool = True
 
     def previous_secret_digest_at(self, now: float) -> str | None:
         """
@@ -193,7 +206,20 @@ class Client:
 
     @property
     def token_endpoint_auth_method(self) -> str:
-        return str(self.metadata.get("token_endpoint_auth_method", "client_secret_basic"))
+        return str(self.metadata.get("token_endpoint_auth_method", DEFAULT_AUTH_METHOD))
+
+    @property
+    def token_endpoint_auth_methods(self) -> tuple[str, ...]:
+        """
+        The methods this client may authenticate with: the one it registered;
+        both secret methods when its registration named none, since both
+        carry the same secret (client libraries differ in which they use
+        by default: requests-oauth2client and openid-client post it).
+        """
+        method = self.token_endpoint_auth_method
+        if not self.auth_method_named and method == DEFAULT_AUTH_METHOD:
+            return SECRET_METHODS
+        return (method,)
 
 
 def _frozen_scope(values: Iterable[str]) -> frozenset[str]:

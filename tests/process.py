@@ -107,10 +107,16 @@ class CCServerProcess:
         store: str | None = None,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        issuer: str | None = None,
     ) -> None:
+        """
+        @param issuer: its issuer identifier; by default the plain
+            listener's URL (L{url}).
+        """
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.issuer = issuer or self.url
         self.args = list(args)
         if store is not None:
             self.args += ["--store", store]
@@ -137,7 +143,7 @@ class CCServerProcess:
             "--listen",
             f"tcp:{self.port}:interface=127.0.0.1",
             "--issuer",
-            self.url,
+            self.issuer,
             *self.args,
         ]
 
@@ -198,6 +204,8 @@ class CCServerProcess:
             self.log.close()
 
     def register(self, **metadata: Any) -> dict[str, Any]:
+        # the plain listener, whatever the issuer: the TLS one would ask
+        # the caller to trust its certificate
         response = requests.post(
             self.url + "/client-reg",
             json=metadata,

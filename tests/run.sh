@@ -1,7 +1,8 @@
 #!/bin/sh
-# Install everything the tests need (Debian packages, then Python packages)
-# and run them all: the store tests start their own throwaway redis-server
-# and PostgreSQL on loopback ports.
+# Install everything the tests need (Debian packages, then Python packages,
+# then the pinned node packages of tests/interop/node) and run them all: the
+# store tests start their own throwaway redis-server and PostgreSQL on
+# loopback ports.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,8 @@ if [ -n "$missing" ]; then
 fi
 
 python3 -m pip install -q -e '.[test]'
+# the node client libraries of the interoperability tests, as pinned
+(cd tests/interop/node && npm ci --no-audit --no-fund --silent)
 python3 -m ruff check ccserver tests twisted bench
 python3 -m mypy
 python3 -m pytest -n 2 "$@"

@@ -21,9 +21,12 @@ from tests.process import REPO, CCServerProcess, run_ccserver
 from tests.servers import clean_store_url, redis_server
 
 
-def ccserver(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def ccserver(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     """
-    Run the C{ccserver} command with these arguments.
+    Run the C{ccserver} command with these arguments (and C{stdin} as its
+    standard input).
     """
     environment = dict(os.environ, PYTHONPATH=str(REPO))
     environment.pop("CCSERVER_MASTER_TOKEN", None)
@@ -32,6 +35,7 @@ def ccserver(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpro
         [sys.executable, "-m", "ccserver.admin", *args],
         cwd=cwd,
         env=environment,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,

@@ -79,8 +79,9 @@ _METADATA_JSON = (
 )
 # encrypted_secret: schema version 4 added the column, NULL in earlier rows
 # previous_secret_digest, _expires_at: version 8 added them, likewise
+# auth_method_named: version 9 added it, 1 (its column default) in earlier rows
 LEGACY_CLIENT_ROW = (
-    "client-ü", 1700000000, _METADATA_JSON, "a" * 64, "b" * 64, None, None, None
+    "client-ü", 1700000000, _METADATA_JSON, "a" * 64, "b" * 64, None, None, None, 1
 )
 LEGACY_CLIENT_JSON = (
     '{"client_id":"client-ü","client_id_issued_at":1700000000,"metadata":'
@@ -123,7 +124,7 @@ def current_json(legacy: str) -> str:
     if legacy.startswith('{"client_id"'):
         return legacy[:-1] + (
             ',"encrypted_secret":null,"previous_secret_digest":null,'
-            '"previous_secret_expires_at":null}'
+            '"previous_secret_expires_at":null,"auth_method_named":true}'
         )
     return legacy
 
@@ -149,6 +150,7 @@ def edge_cases() -> list[Any]:
         evolve(LEGACY_CLIENT, metadata={}),
         evolve(LEGACY_CLIENT, metadata={"unicode": "日本語 🐍 \u2028", "n": -1, "x": None}),
         evolve(LEGACY_CLIENT, client_id="12345", metadata={"big": large_claims}),
+        evolve(LEGACY_CLIENT, auth_method_named=False),
         LEGACY_KEY,
         RETIRED_KEY,
         evolve(LEGACY_KEY, encrypted_private_key="g" * 10_000, retired_at=0),
@@ -269,6 +271,7 @@ class LegacyFormatTests(SynchronousTestCase):
                 "encrypted_secret",
                 "previous_secret_digest",
                 "previous_secret_expires_at",
+                "auth_method_named",
             ),
         )
         self.assertEqual(

@@ -157,6 +157,15 @@ class LoadConfigTests(SynchronousTestCase):
         self.assert_error("master_token: must be at least 16", 'master_token = ""\n')
         self.assert_error("[grant_handler] name: must be a string", "[grant_handler]\nname = []\n")
 
+    def test_scopes_supported(self) -> None:
+        self.assertEqual(self.load().discovery.scopes_supported, ())
+        config = self.load('[discovery]\nscopes_supported = ["read", "write"]\n')
+        self.assertEqual(config.discovery.scopes_supported, ("read", "write"))
+        self.assert_error(
+            "[discovery] scopes_supported: 'read write' is not a scope value",
+            '[discovery]\nscopes_supported = ["read write"]\n',
+        )
+
     def test_lifetime_errors(self) -> None:
         self.assert_error("[tokens] max_lifetime: must be greater than 0, not -5", "[tokens]\nmax_lifetime = -5\n")
         self.assert_error("[tokens] lifetime: 100000 is more than max_lifetime 86400", "[tokens]\nlifetime = 100000\n")

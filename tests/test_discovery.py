@@ -4,9 +4,13 @@ Discovery (RFC 8414, OpenID Connect Discovery) and the JWK set.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jwt
+from attrs import evolve
 from twisted.internet.defer import ensureDeferred
 
+from ccserver.config import Config, DiscoveryConfig
 from tests.helpers import ISSUER, ServerTestCase
 
 
@@ -40,8 +44,30 @@ class DiscoveryTests(ServerTestCase):
             )
         self.assertEqual(document["response_types_supported"], [])
 
+    def test_no_scopes_supported_by_default(self) -> None:
+        """
+        Left out unless the operator lists them: never the union of the
+        registered scopes, which would show every caller every client's.
+        """
+        self.register(scope="secret-project")
+        document = self.request("GET", "/.well-known/openid-configuration").json()
+        self.assertNotIn("scopes_supported", document)
+
     def test_post_not_allowed(self) -> None:
         self.assertEqual(self.request("POST", "/.well-known/openid-configuration").code, 405)
+
+
+class ScopesSupportedTests(ServerTestCase):
+    def make_config(self, **tokens: Any) -> Config:
+        config = super().make_config(**tokens)
+        return evolve(config, discovery=DiscoveryConfig(scopes_supported=("write", "read")))
+
+    def test_listed(self) -> None:
+        """
+        RFC 8414 §2: the operator's [discovery] scopes_supported, listed.
+        """
+        document = self.request("GET", "/.well-known/oauth-authorization-server").json()
+        self.assertEqual(document["scopes_supported"], ["read", "write"])
 
 
 class JWKSTests(ServerTestCase):

@@ -82,6 +82,40 @@ class CountedTests(MetricsTestCase):
         labels = {"format": "jwt", "alg": "ES256", "auth_method": "client_secret_post"}
         self.assertEqual(self.value("ccserver_tokens_issued_total", **labels), 1)
 
+    def test_auth_method_label_is_the_method_used(self) -> None:
+        """
+        A client that named no method and posts its secret is counted as
+        client_secret_post, the method it used.
+        """
+        client = self.register(scope="read")
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+        }
+        self.assertEqual(self.token(form).code, 200)
+        labels = {"format": "jwt", "alg": "ES256", "auth_method": "client_secret_post"}
+        self.assertEqual(self.value("ccserver_tokens_issued_total", **labels), 1)
+
+    def test_dpop_errors_have_their_own_labels(self) -> None:
+        """
+        A refused DPoP proof counts as invalid_dpop_proof, not as other.
+        """
+        client = self.register(scope="read")
+        response = self.request(
+            "POST",
+            "/token",
+            headers={
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Authorization": basic(client["client_id"], client["client_secret"]),
+                "DPoP": "not-a-jwt",
+            },
+            data=b"grant_type=client_credentials",
+        )
+        self.assertEqual(response.json()["error"], "invalid_dpop_proof")
+        self.assertEqual(self.value("ccserver_token_errors_total", error="invalid_dpop_proof"), 1)
+        self.assertEqual(self.value("ccserver_token_errors_total", error="other"), 0)
+
     def test_token_errors(self) -> None:
         client = self.register(scope="read")
         self.token({"grant_type": "client_credentials"}, basic(client["client_id"], "wrong"))

@@ -274,12 +274,21 @@ class MTLSAppTests(_MTLSApp):
         self.assertEqual(response.json()["error"], "invalid_client")
 
     def test_secret_does_not_authenticate_an_mtls_client(self) -> None:
+        """
+        A certificate client registered when such clients were still given
+        a secret: the secret does not authenticate it, and it is told why.
+        """
         client = self.tls_client()
+        secret = "an-old-secret"
+        stored = self.successResultOf(self.store.get_client(client["client_id"]))
+        self.successResultOf(
+            self.store.replace_client(evolve(stored, client_secret_digest=credentials.digest(secret)))
+        )
         response = self.with_cert(
             "/token",
             {"grant_type": "client_credentials"},
             CLIENT,
-            Authorization=basic(client["client_id"], client["client_secret"]),
+            Authorization=basic(client["client_id"], secret),
         )
         self.assertEqual(response.code, 401)
         self.assertIn("tls_client_auth", response.json()["error_description"])

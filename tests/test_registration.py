@@ -195,6 +195,136 @@ class RegistrationTests(ServerTestCase):
         self.assertEqual(response.code, 405)
 
 
+#: The registration of a client of each method that proves itself without
+#: a secret.
+KEY_AND_CERTIFICATE_CLIENTS = {
+    "private_key_jwt": {"jwks": {"keys": [EC_JWK]}},
+    "tls_client_auth": {"tls_client_auth_subject_dn": "CN=client-one,O=Example,C=GB"},
+    "self_signed_tls_client_auth": {"jwks_uri": "https://app.example.com/certs.json"},
+}
+
+
+class NoSecretTests(ServerTestCase):
+    """
+    A client that proves itself with its keys or its certificate gets no
+    client secret: none in its registration answer, none stored, none to
+    rotate.
+    """
+
+    def make_config(self, **tokens: Any) -> Any:
+        from ccserver.config import MTLSConfig, TLSConfig
+
+        config = super().make_config(**tokens)
+        return attrs.evolve(
+            config,
+            tls=TLSConfig(base_url="https://mtls.example"),
+            mtls=MTLSConfig(proxy_header="X-Client-Cert", trusted_proxies=("127.0.0.1",)),
+        )
+
+    def test_no_secret_given_or_stored(self) -> None:
+        for method, metadata in KEY_AND_CERTIFICATE_CLIENTS.items():
+            body = self.register(token_endpoint_auth_method=method, scope="read", **metadata)
+            self.assertNotIn("client_secret", body, method)
+            self.assertNotIn("client_secret_expires_at", body, method)
+            self.assertIn("registration_access_token", body)
+            client = self.successResultOf(self.store.get_client(body["client_id"]))
+            self.assertEqual(client.client_secret_digest, "", method)
+            self.assertIsNone(client.encrypted_secret, method)
+            read = self.request("GET", f"/client-reg/{body['client_id']}", headers=MASTER)
+            self.assertNotIn("client_secret_expires_at", read.json(), method)
+
+    def test_secret_methods_get_one(self) -> None:
+        for method in ("client_secret_basic", "client_secret_post", "client_secret_jwt"):
+            body = self.register(token_endpoint_auth_method=method)
+            self.assertTrue(body["client_secret"], method)
+            self.assertEqual(body["client_secret_expires_at"], 0, method)
+
+    def test_rotate_secret_refused(self) -> None:
+        for method, metadata in KEY_AND_CERTIFICATE_CLIENTS.items():
+            client_id = self.register(token_endpoint_auth_method=method, **metadata)["client_id"]
+            response = self.request("POST", f"/client-reg/{client_id}/rotate-secret", headers=MASTER)
+            self.assertEqual(response.code, 400, method)
+            self.assertEqual(response.json()["error"], "invalid_request")
+            self.assertIn(
+                f"authenticates with {method} and has no client secret to rotate",
+                response.json()["error_description"],
+            )
+            client = self.successResultOf(self.store.get_client(client_id))
+            self.assertEqual(client.client_secret_digest, "", method)
+
+    def test_operator_change_to_a_certificate_drops_the_secret(self) -> None:
+        """
+        A secret client the operator moves to tls_client_auth keeps no
+        secret: the old one would otherwise be a credential nobody uses.
+        """
+        client = self.register(scope="read")
+        response = self.request(
+            "PUT",
+            f"/client-reg/{client['client_id']}",
+            headers=MASTER,
+            json_body={
+                "client_id": client["client_id"],
+                "scope": "read",
+                "token_endpoint_auth_method": "tls_client_auth",
+                **KEY_AND_CERTIFICATE_CLIENTS["tls_client_auth"],
+            },
+        )
+        self.assertEqual(response.code, 200, response.body)
+        self.assertNotIn("client_secret_expires_at", response.json())
+        stored = self.successResultOf(self.store.get_client(client["client_id"]))
+        self.assertEqual(stored.client_secret_digest, "")
+
+
+class NamedMethodTests(ServerTestCase):
+    """
+    Whether a registration named its token_endpoint_auth_method: one that
+    did not may present its secret either way, one that did is held to
+    its method; an operator's replacement says again, a client's own keeps it.
+    """
+
+    def post_secret(self, client_id: str, secret: str) -> int:
+        form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
+        return int(self.token(form).code)
+
+    def put(self, client_id: str, headers: dict[str, str], **metadata: Any) -> None:
+        response = self.request(
+            "PUT",
+            f"/client-reg/{client_id}",
+            headers=headers,
+            json_body={"client_id": client_id, "scope": "read", **metadata},
+        )
+        self.assertEqual(response.code, 200, response.body)
+        self.assertEqual(response.json()["token_endpoint_auth_method"], "client_secret_basic")
+
+    def test_recorded(self) -> None:
+        unnamed = self.register(scope="read")
+        named = self.register(scope="read", token_endpoint_auth_method="client_secret_basic")
+        for body, expected in ((unnamed, False), (named, True)):
+            self.assertEqual(body["token_endpoint_auth_method"], "client_secret_basic")
+            stored = self.successResultOf(self.store.get_client(body["client_id"]))
+            self.assertIs(stored.auth_method_named, expected)
+        self.assertEqual(self.post_secret(unnamed["client_id"], unnamed["client_secret"]), 200)
+        self.assertEqual(self.post_secret(named["client_id"], named["client_secret"]), 401)
+
+    def test_operator_replacement_says_again(self) -> None:
+        client = self.register(scope="read")
+        client_id, secret = client["client_id"], client["client_secret"]
+        self.put(client_id, MASTER, token_endpoint_auth_method="client_secret_basic")
+        self.assertEqual(self.post_secret(client_id, secret), 401)
+        self.put(client_id, MASTER)
+        self.assertEqual(self.post_secret(client_id, secret), 200)
+
+    def test_clients_own_replacement_keeps_it(self) -> None:
+        for named in (False, True):
+            method = {"token_endpoint_auth_method": "client_secret_basic"} if named else {}
+            client = self.register(scope="read", **method)
+            client_id, secret = client["client_id"], client["client_secret"]
+            own = {"Authorization": f"Bearer {client['registration_access_token']}"}
+            # the opposite of what it registered, both ways
+            self.put(client_id, own, **({} if named else {"token_endpoint_auth_method": "client_secret_basic"}))
+            self.assertEqual(self.post_secret(client_id, secret), 401 if named else 200)
+
+
 class ConfigurationTests(ServerTestCase):
     """
     RFC 7592: reading, replacing and deleting a registration with its

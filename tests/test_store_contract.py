@@ -229,6 +229,24 @@ class StoreContractMixin(_TestCase):
             await store.get_client("client-2"), evolve(rotated, client_id="client-2")
         )
 
+    async def test_auth_method_named_kept(self) -> None:
+        """
+        Whether a client's registration named its method is stored, written
+        by add and replace, read back after a restart and by a listing: a
+        client that named none may use either secret method, one that did
+        is held to it.
+        """
+        unnamed = make_client(auth_method_named=False)
+        await self.store.add_client(unnamed)
+        store = await self.reopened()
+        self.assertIs((await store.get_client("client-1")).auth_method_named, False)
+        page, _ = await store.list_clients("", 10)
+        self.assertEqual(page, [unnamed])
+        self.assertIs(await store.replace_client(evolve(unnamed, auth_method_named=True)), True)
+        self.assertIs((await store.get_client("client-1")).auth_method_named, True)
+        self.assertIs(await store.replace_client(unnamed), True)
+        self.assertEqual(await store.get_client("client-1"), unnamed)
+
     async def list_all(self, page_size: int) -> tuple[list[Client], int]:
         """
         Every client, walking the pages; and how many pages it took.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import re
+from typing import Any
 
 import jwt
 from twisted.internet.defer import fail
@@ -127,19 +128,45 @@ class TokenTests(ServerTestCase):
         self.assertEqual(unknown.body, wrong_secret.body)
         self.assertEqual(unknown.headers["www-authenticate"], wrong_secret.headers["www-authenticate"])
 
-    def test_wrong_method(self) -> None:
-        """
-        A client registered for client_secret_basic that sends its secret in
-        the body is refused.
-        """
-        response = self.token(
+    def post_secret(self, client: dict[str, Any]) -> Any:
+        return self.token(
             {
                 "grant_type": "client_credentials",
-                "client_id": self.client["client_id"],
-                "client_secret": self.client["client_secret"],
+                "client_id": client["client_id"],
+                "client_secret": client["client_secret"],
             }
         )
+
+    def test_unnamed_method_takes_either_secret_method(self) -> None:
+        """
+        A client whose registration named no method is registered with
+        client_secret_basic (RFC 7591 §2's default) and may post its secret
+        too, as requests-oauth2client and openid-client do by default.
+        """
+        self.assertEqual(self.client["token_endpoint_auth_method"], "client_secret_basic")
+        self.assertEqual(self.post_secret(self.client).code, 200)
+        self.assertEqual(self.token({"grant_type": "client_credentials"}, self.auth).code, 200)
+
+    def test_wrong_method(self) -> None:
+        """
+        A client that named client_secret_basic and sends its secret in the
+        body is refused, and told its method once its secret proved it.
+        """
+        client = self.register(scope="read", token_endpoint_auth_method="client_secret_basic")
+        response = self.post_secret(client)
         self.assert_error(response, 401, "invalid_client")
+        self.assertEqual(
+            response.json()["error_description"],
+            "this client must authenticate with client_secret_basic",
+        )
+
+    def test_named_post_is_held_to_it(self) -> None:
+        client = self.register(scope="read", token_endpoint_auth_method="client_secret_post")
+        response = self.token(
+            {"grant_type": "client_credentials"}, basic(client["client_id"], client["client_secret"])
+        )
+        self.assert_error(response, 401, "invalid_client")
+        self.assertIn("client_secret_post", response.json()["error_description"])
 
     def test_two_methods(self) -> None:
         response = self.token(

@@ -190,7 +190,8 @@ async def authenticate(
     neither whether the client has a previous secret nor which one matched.
     A client that used a method other than its registered one fails like a
     wrong secret, but is told the right method once its secret has proven
-    it is who it says.
+    it is who it says.  A client whose registration named no method may use
+    either secret method (L{Client.token_endpoint_auth_methods}).
 
     A request with C{client_id} alone authenticates with C{certificate}, its
     TLS client certificate, if the client registered an RFC 8705 method;
@@ -208,10 +209,9 @@ async def authenticate(
     matches_previous = credentials.check(presented.client_secret, previous)
     if not (matches_current or matches_previous) or client is None:
         raise invalid_client()
-    if presented.method != client.token_endpoint_auth_method:
-        raise invalid_client(
-            f"this client must authenticate with {client.token_endpoint_auth_method}"
-        )
+    allowed = client.token_endpoint_auth_methods
+    if presented.method not in allowed:
+        raise invalid_client(f"this client must authenticate with {' or '.join(allowed)}")
     return client
 
 

@@ -28,6 +28,11 @@ def metadata(
     mtls_base_url: str | None = None,
 ) -> dict[str, Any]:
     """
+    @param scopes: the scope values to list as C{scopes_supported} (RFC 8414
+        §2, recommended): the operator's C{[discovery] scopes_supported}.
+        Not the union of the registered scopes: that would tell any caller
+        every client's scopes, and grow with every registration.  Left out
+        when there are none.
     @param mtls: whether clients can present certificates (a TLS listener,
         or a trusted proxy's header): RFC 8705 §2 and §3.3 are then
         advertised.

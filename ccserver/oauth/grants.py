@@ -160,6 +160,10 @@ class ClientCredentialsGrant:
         issued = await self._minter.mint(
             client, decision, None if proof is None else proof.jkt, x5t_s256=x5t_s256
         )
+        if "client_secret" in form and issued.auth_method != "client_secret_post":
+            # a client that named no method posted its secret: the metrics
+            # count the method it used, not the one it was registered with
+            issued = evolve(issued, auth_method="client_secret_post")
         if proof is None:
             return issued
         return evolve(issued, dpop_nonce=self._dpop.fresh_nonce())

@@ -21,6 +21,8 @@ from ccserver.interfaces import IClientStore
 from ccserver.keys import KeyEncryptor
 from ccserver.model import (
     CLIENT_CREDENTIALS,
+    DEFAULT_AUTH_METHOD,
+    SECRET_METHODS,
     Client,
     is_lifetime,
     is_resource_uri,
@@ -41,12 +43,14 @@ from ccserver.outbound import AddressPolicy, RefusedURL
 GRANT_TYPES = (CLIENT_CREDENTIALS,)
 #: How clients may authenticate at the token endpoint.
 AUTH_METHODS = (
-    "client_secret_basic",
-    "client_secret_post",
+    *SECRET_METHODS,
     "client_secret_jwt",
     "private_key_jwt",
     *MTLS_METHODS,
 )
+#: The methods whose client gets a client secret: the two that present it
+#: (L{SECRET_METHODS}), and client_secret_jwt, whose assertions it signs.
+SECRET_BEARING_METHODS = (*SECRET_METHODS, "client_secret_jwt")
 #: Random bytes in a client_secret_jwt client's secret: 512 bits, so that
 #: it is long enough an HMAC key for HS512 too (RFC 7518 §3.2).
 JWT_SECRET_BYTES = 64
@@ -97,7 +101,7 @@ _WHEN_ABSENT: dict[str, Any] = {
     "audience": [],
     "resource_server_uris": [],
     "grant_types": [],
-    "token_endpoint_auth_method": "client_secret_basic",
+    "token_endpoint_auth_method": DEFAULT_AUTH_METHOD,
     # RFC 9449 §5.2: "If omitted, the default value is false."
     "dpop_bound_access_tokens": False,
     BOUND_TOKENS: False,
@@ -180,6 +184,17 @@ def check_scope(name: str, scope: str) -> str:
     return " ".join(dict.fromkeys(values))
 
 
+def names_auth_method(body: object) -> bool:
+    """
+    Whether a registration request names its C{token_endpoint_auth_method}.
+    A client whose request did not is registered with RFC 7591 §2's
+    default, C{client_secret_basic}, and may use C{client_secret_post} too
+    (L{Client.token_endpoint_auth_methods}): the libraries that post the
+    secret by default then work with it as registered.
+    """
+    return isinstance(body, dict) and "token_endpoint_auth_method" in body
+
+
 def validate_metadata(body: object, jwks_uri_policy: AddressPolicy = STRICT) -> dict[str, Any]:
     """
     Check a registration request's metadata and fill in the defaults.
@@ -198,7 +213,7 @@ def validate_metadata(body: object, jwks_uri_policy: AddressPolicy = STRICT) -> 
         )
     metadata: dict[str, Any] = {}
 
-    method = body.get("token_endpoint_auth_method", "client_secret_basic")
+    method = body.get("token_endpoint_auth_method", DEFAULT_AUTH_METHOD)
     method = _string("token_endpoint_auth_method", method)
     if method not in AUTH_METHODS:
         raise invalid_client_metadata(
@@ -355,12 +370,13 @@ def _check_assertion_metadata(
 def _secrets_for(client: Client, method: str) -> tuple[str, str | None]:
     """
     What a client keeps of its secret once (the operator) changed its
-    method to C{method}: nothing for C{private_key_jwt}; the digest and the
+    method to C{method}: nothing for a method without a secret
+    (C{private_key_jwt} and the certificate methods); the digest and the
     encrypted secret for C{client_secret_jwt}; else the digest only.  A
     secret the server no longer has (only a digest, or none) cannot be
     brought back, so a change needing one is refused.
     """
-    if method == "private_key_jwt":
+    if method not in SECRET_BEARING_METHODS:
         return "", None
     if method == "client_secret_jwt":
         if client.encrypted_secret is None:
@@ -381,8 +397,8 @@ def _secrets_for(client: Client, method: str) -> tuple[str, str | None]:
 class Registration:
     """
     A new client as the registration endpoint returns it: the client, and
-    the secrets the caller sees this once (no client secret for a
-    C{private_key_jwt} client, which proves itself with its keys).
+    the secrets the caller sees this once (no client secret for a client
+    that proves itself with its keys or its certificate).
     """
 
     client: Client
@@ -415,7 +431,7 @@ def registration_response(registration: Registration, issuer: str) -> dict[str, 
     """
     document = client_information(registration.client, issuer)
     if registration.client_secret is not None:
-        # a private_key_jwt client has none
+        # a private_key_jwt or certificate client has none
         document["client_secret"] = registration.client_secret
     document["registration_access_token"] = registration.registration_access_token
     return document
@@ -423,23 +439,31 @@ def registration_response(registration: Registration, issuer: str) -> dict[str, 
 
 async def register_client(
     store: IClientStore,
-    metadata: Mapping[str, Any],
+    body: object,
     now: Callable[[], float],
     secret_encryptor: KeyEncryptor | None = None,
+    jwks_uri_policy: AddressPolicy = STRICT,
 ) -> Registration:
     """
-    Store a new client of validated C{metadata}, with a new identifier,
-    secret and registration access token: the registration itself, for the
-    endpoint (once the master token is proven) and the operator's command.
+    Check a registration request's metadata (L{validate_metadata}, with
+    C{jwks_uri_policy} for where its C{jwks_uri} may point) and store
+    a new client of it, with a new identifier, secret and registration
+    access token: the registration itself, the one path for the endpoint
+    (once the master token is proven) and the operator's command.
 
-    A C{private_key_jwt} client gets no secret (it proves itself with its
-    keys); a C{client_secret_jwt} client's secret is long enough for HS512
+    Only the methods that present a secret (L{SECRET_BEARING_METHODS}) get
+    one: a C{private_key_jwt} client proves itself with its keys, a
+    C{tls_client_auth} or C{self_signed_tls_client_auth} client with its
+    certificate, and a secret they could never use is one more thing to
+    leak.  A C{client_secret_jwt} client's secret is long enough for HS512
     and kept encrypted with C{secret_encryptor} too, since checking an HMAC
-    needs the secret itself.
+    needs the secret itself.  Whether C{body} named its method is recorded
+    (L{Client.auth_method_named}).
 
-    @raise OAuthError: C{invalid_client_metadata} for C{client_secret_jwt}
-        without an encryptor.
+    @raise OAuthError: C{invalid_client_metadata} for bad metadata, or for
+        C{client_secret_jwt} without an encryptor.
     """
+    metadata = validate_metadata(body, jwks_uri_policy)
     method = metadata["token_endpoint_auth_method"]
     client_secret: str | None = None
     encrypted_secret = None
@@ -450,7 +474,7 @@ async def register_client(
             )
         client_secret = credentials.new_secret(JWT_SECRET_BYTES)
         encrypted_secret = secret_encryptor.encrypt_secret(client_secret)
-    elif method != "private_key_jwt":
+    elif method in SECRET_BEARING_METHODS:
         client_secret = credentials.new_secret()
     registration_access_token = credentials.new_secret()
     while True:
@@ -461,6 +485,7 @@ async def register_client(
             client_secret_digest=credentials.digest(client_secret) if client_secret else "",
             registration_access_token_digest=credentials.digest(registration_access_token),
             encrypted_secret=encrypted_secret,
+            auth_method_named=names_auth_method(body),
         )
         try:
             await store.add_client(client)
@@ -555,10 +580,7 @@ class ClientRegistry:
         """
         await self.check_master_token(token, source)
         return await register_client(
-            self._store,
-            validate_metadata(read_body(), self._jwks_uri_policy),
-            self._now,
-            self._secret_encryptor,
+            self._store, read_body(), self._now, self._secret_encryptor, self._jwks_uri_policy
         )
 
     async def _authorized(
@@ -656,12 +678,15 @@ class ClientRegistry:
                 else:
                     metadata.pop(name, None)
         digest, encrypted_secret = _secrets_for(client, metadata["token_endpoint_auth_method"])
-        # evolve: a rotation's previous secret and its grace are kept
+        # evolve: a rotation's previous secret and its grace are kept.  The
+        # operator's request says again whether the method is named; the
+        # client's own keeps what was (it is privileged, as the method is).
         new = evolve(
             client,
             metadata=metadata,
             client_secret_digest=digest,
             encrypted_secret=encrypted_secret,
+            auth_method_named=names_auth_method(body) if is_master else client.auth_method_named,
         )
         if not await self._store.replace_client(new):
             raise bearer_error("the registration access token is not valid for this client")

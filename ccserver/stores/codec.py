@@ -119,6 +119,9 @@ INT = Kind("int", None, int, None, int, kept=True)
 OPTIONAL_INT = Kind("optional int", None, _optional_int, None, _optional_int, kept=True)
 #: A string or None (SQL NULL, JSON null).
 OPTIONAL_TEXT = Kind("optional text", None, _optional_text, None, _optional_text, kept=True)
+#: True or false: 1 or 0 in a row (SQLite has no boolean type; the column
+#: is an INTEGER in PostgreSQL too), a JSON boolean in a JSON object.
+BOOL = Kind("bool", int, bool, None, bool, kept=True)
 #: A set of scope values: space-separated text in a row (the model splits
 #: it), a sorted JSON array in a JSON object.
 SCOPE = Kind("scope", _scope_text, str, sorted, None, kept=False)
@@ -264,6 +267,9 @@ CLIENTS: Codec[Client] = Codec(
         # after a secret rotation, until its grace ends (schema version 8)
         Field("previous_secret_digest", OPTIONAL_TEXT, missing=None),
         Field("previous_secret_expires_at", OPTIONAL_INT, missing=None),
+        # whether the registration named its method (schema version 9); a
+        # client stored before is held to its method, as it was then
+        Field("auth_method_named", BOOL, missing=True),
     ],
 )
 
