@@ -54,6 +54,7 @@ from ccserver.oauth.tokens import (
 from ccserver.outbound import http_client
 from ccserver.proxies import trusted_networks
 from ccserver.stores.cache import CachingClientStore
+from ccserver.stores.memory import MemoryStore
 from ccserver.tls import ChainVerifier, ClientCertificateReader
 from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template
 
@@ -219,7 +220,17 @@ def _auth_limits(
 ) -> AuthLimits:
     # every refusal by a limit is counted: ccserver_rate_limited_total{what}
     budget = config.limits.failed_auth_per_minute
-    return AuthLimits(store if budget else None, now, budget, 60.0, metrics.rate_limited)
+    return AuthLimits(
+        store if budget else None,
+        now,
+        budget,
+        60.0,
+        metrics.rate_limited,
+        cap=config.limits.failed_auth_per_client_per_minute,
+        known_for=config.limits.known_source_seconds,
+        # while the store is unreachable, each process counts on its own
+        fallback=MemoryStore(),
+    )
 
 
 def _issuance_limit(

@@ -234,11 +234,18 @@ class LimitsConfig:
     The brute-force limits (L{ccserver.oauth.limits}).
     """
 
-    #: Failed authentication attempts a source may make in a minute (per
-    #: client at the token endpoints; master and registration tokens per
-    #: source) before it gets 429 until the minute is over; 0 turns the
-    #: limit off.
+    #: Credential checks a source may make in a minute, per credential (a
+    #: client's authentication, a client's registration access token, the
+    #: master token), counting failed ones and those under way; past it,
+    #: 429 until the minute is over.  0 turns every limit here off.
     failed_auth_per_minute: int = 10
+    #: The same across every source not known for the credential (one that
+    #: used it successfully within known_source_seconds): a cap on
+    #: distributed guessing.  0 turns the cap off.
+    failed_auth_per_client_per_minute: int = 30
+    #: How long a source that used a credential successfully stays known
+    #: for it, exempt from the cap.
+    known_source_seconds: int = 86400
     #: Addresses or CIDR networks of the proxies whose X-Forwarded-For names
     #: a request's source (the rightmost hop that is not one of them).
     trusted_proxies: tuple[str, ...] = ()
@@ -591,10 +598,14 @@ def _check_networks(setting: str, values: tuple[str, ...]) -> None:
 
 
 def _check_limits(limits: LimitsConfig) -> None:
-    if limits.failed_auth_per_minute < 0:
+    for name in ("failed_auth_per_minute", "failed_auth_per_client_per_minute"):
+        value = getattr(limits, name)
+        if value < 0:
+            raise ConfigError(f"[limits] {name}: must be 0 (no limit) or more, not {value!r}")
+    if limits.known_source_seconds < 60:
         raise ConfigError(
-            "[limits] failed_auth_per_minute: must be 0 (no limit) or more, "
-            f"not {limits.failed_auth_per_minute!r}"
+            "[limits] known_source_seconds: must be 60 or more (a minute, the limits' window), "
+            f"not {limits.known_source_seconds!r}"
         )
     rate = limits.tokens_per_client_per_second
     if rate is not None and not rate > 0:

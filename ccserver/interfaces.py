@@ -13,7 +13,16 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from ccserver.model import Client, GrantAuthorization, GrantRequest, StoredKey, TokenRecord
+from ccserver.model import (
+    AttemptKeys,
+    AttemptRelease,
+    Client,
+    GrantAuthorization,
+    GrantRequest,
+    Reservation,
+    StoredKey,
+    TokenRecord,
+)
 
 
 class IClientStore(Interface):
@@ -166,38 +175,51 @@ class ITokenStore(Interface):
 
     def purge_expired(now: int) -> Deferred[int]:
         """
-        Forget the tokens, deny-list entries, client revocation marks and
-        one-time records (L{use_once}) that expired before C{now}; fires
+        Forget the tokens, deny-list entries, client revocation marks,
+        one-time records (L{use_once}), and the brute-force limits' ended
+        windows and known sources (L{IAuthAttemptStore}), that expired
+        before C{now}; fires
         with how many were dropped (a store that expires them by itself may
         fire with 0).
         """
 
 
-class IAuthFailureStore(Interface):
+class IAuthAttemptStore(Interface):
     """
-    Where failed authentication attempts are counted, so that every
-    instance and worker sharing the store counts them together (see
-    L{ccserver.oauth.limits}).  Only failures write here; a success never
-    costs a round trip.
+    Where the brute-force limits reserve a slot before each credential
+    check, so that every instance and worker sharing the store counts
+    together (see L{ccserver.oauth.limits}).  Each method is one atomic
+    step: a script in Redis, a transaction in SQL.
     """
 
-    def count_failure(key: str, now: float, window: float) -> Deferred[tuple[int, float]]:
+    def reserve_attempt(keys: AttemptKeys, now: float, window: float) -> Deferred[Reservation]:
         """
-        Count one failure under C{key} (an opaque digest, never a secret),
-        atomically, and fire with the failures counted in its window and
-        when the window ends (seconds since the epoch).
+        Reserve one slot in C{keys.counter}, and in C{keys.cap} unless
+        C{keys.known} is recorded (or C{keys.cap} is None), all or nothing:
+        refused, without any change, when the counter holds
+        C{keys.budget} slots or the cap C{keys.cap_budget}.
 
-        A window opens at the first failure after the last one ended and
-        lasts C{window} seconds; failures within it add to its count.  An
-        ended window may be forgotten: Redis lets it expire, the other
-        stores drop it in L{ITokenStore.purge_expired}.
+        A counter's window opens at the first reservation after the last
+        one ended (C{now}, seconds since the epoch) and lasts C{window}
+        seconds; slots are never taken back by the store, only by
+        L{release_attempt} or the window's end.  An ended window may be
+        forgotten: Redis lets it expire, the other stores drop it in
+        L{ITokenStore.purge_expired}.
+        """
+
+    def release_attempt(release: AttemptRelease, now: float) -> Deferred[None]:
+        """
+        Give back the slots of a successful check, each only if its window
+        is still the one it was reserved in (never below 0), and record
+        C{release.known}, if given, for C{release.known_for} seconds from
+        C{now}.
         """
 
 
-class IStore(IClientStore, IKeyStore, ITokenStore, IAuthFailureStore):
+class IStore(IClientStore, IKeyStore, ITokenStore, IAuthAttemptStore):
     """
     A store chosen by URL: it keeps clients, keys, token records and the
-    counts of failed authentication, and has a lifetime.
+    brute-force limits' slots, and has a lifetime.
     """
 
     url = Attribute("The store's URL, with any password masked.")

@@ -399,3 +399,61 @@ class StoredKey:
     created_at: int
     active_from: int
     retired_at: int | None = None
+
+
+@frozen
+class AttemptKeys:
+    """
+    Where one credential check is counted (L{ccserver.oauth.limits}), as
+    L{ccserver.interfaces.IAuthAttemptStore} keeps it: every key an opaque
+    digest, never a secret.
+    """
+
+    #: the credential tried from one source: at most C{budget} slots in a
+    #: window (failed checks, checks under way, and slots a process keeps)
+    counter: str
+    budget: int
+    #: the credential tried from every source not known for it: at most
+    #: C{cap_budget} slots in a window; None for no such cap
+    cap: str | None
+    cap_budget: int
+    #: present while the source is known for the credential (it used it
+    #: successfully not long ago): the cap does not apply to it
+    known: str
+
+
+@frozen
+class Reservation:
+    """
+    A store's answer to a reservation: a slot, or a refusal, and the
+    windows it concerns.
+    """
+
+    #: whether a slot was reserved (in the counter, and in the cap unless
+    #: the source is known)
+    granted: bool
+    #: the counter's slots, this one included if granted
+    count: int
+    #: when the counter's window ends (seconds since the epoch); it also
+    #: names the window, for L{AttemptRelease}
+    ends: float
+    #: when the cap's window ends, if this reservation took a slot of it or
+    #: the cap refused it; None when the source is known or there is no cap
+    cap_ends: float | None = None
+    #: whether the cap refused it (the counter had room)
+    capped: bool = False
+
+
+@frozen
+class AttemptRelease:
+    """
+    What a successful check gives back, and records, in one write.
+    """
+
+    #: slots given back: (counter or cap key, the end of the window the
+    #: slot was reserved in); a window that has ended meanwhile is left alone
+    slots: tuple[tuple[str, float], ...] = ()
+    #: a known-source key to record, and for how many seconds from now (the
+    #: later of this and any expiry recorded already is kept)
+    known: str | None = None
+    known_for: float = 0.0

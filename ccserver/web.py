@@ -16,7 +16,7 @@ from time import perf_counter
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
-from attrs import define
+from attrs import Factory, define, field
 from klein import Klein
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
@@ -118,6 +118,52 @@ def source_address(request: IRequest, trusted: Sequence[Network] = ()) -> str:
         if not is_trusted(address, trusted):
             break
     return str(source)
+
+
+class RequestSources:
+    """
+    Requests' source addresses for the limits (L{source_address}), and a
+    warning, once per process, when a peer that is not a trusted proxy
+    sends C{X-Forwarded-For} or C{Forwarded} (RFC 7239).
+
+    Such a peer is most likely a proxy the operator has not named in
+    C{[limits] trusted_proxies}: every request it forwards then comes from
+    its address, and a few failed attempts through it lock every client
+    behind it out.  The header itself is ignored either way: believing it
+    from anyone would let a client choose its own source.
+    """
+
+    _log = Logger()
+
+    def __init__(self, trusted: Sequence[Network] = ()) -> None:
+        self.trusted = tuple(trusted)
+        self._warned = False
+
+    def __call__(self, request: IRequest) -> str:
+        source = source_address(request, self.trusted)
+        if not self._warned:
+            self._check_forwarding(request)
+        return source
+
+    def _check_forwarding(self, request: IRequest) -> None:
+        headers = request.requestHeaders
+        if not (headers.hasHeader(b"x-forwarded-for") or headers.hasHeader(b"forwarded")):
+            return
+        peer = getattr(request.getClientAddress(), "host", None)
+        if not isinstance(peer, str):
+            return
+        address = hop_address(peer)
+        if address is not None and is_trusted(address, self.trusted):
+            return
+        self._warned = True
+        self._log.warn(
+            "A request from {peer} carries X-Forwarded-For or Forwarded, but {peer} is not in "
+            "[limits] trusted_proxies: the brute-force limits count every request it forwards "
+            "as its own, so a few failed attempts through it lock out every client behind it. "
+            "If ccserver runs behind that proxy, add its address to [limits] trusted_proxies. "
+            "(Logged once.)",
+            peer=peer,
+        )
 
 
 def _access_log(timestamp: str, request: server.Request) -> str:
@@ -340,6 +386,11 @@ class CCServerApp:
     certificates: ClientCertificateReader | None = None
     #: Whose X-Forwarded-For names a request's source ([limits] trusted_proxies).
     trusted_proxies: tuple[Network, ...] = ()
+    #: Requests' sources, for every route (one warning per process).
+    sources: RequestSources = field(
+        default=Factory(lambda app: RequestSources(app.trusted_proxies), takes_self=True),
+        init=False,
+    )
 
     app = Klein()
     # werkzeug would answer /client-reg//x with a 308 to /client-reg/x (and
@@ -355,12 +406,12 @@ class CCServerApp:
         routes everywhere else.
         """
         return RootResource(
-            TokenResource(self.grant, self.metrics, self.certificates, self.trusted_proxies),
+            TokenResource(self.grant, self.metrics, self.certificates, self.sources),
             self.app.resource(),
         )
 
     def _source(self, request: IRequest) -> str:
-        return source_address(request, self.trusted_proxies)
+        return self.sources(request)
 
     @app.route("/health/live", methods=None)
     def live(self, request: IRequest) -> bytes:
@@ -554,13 +605,13 @@ class TokenResource(Resource):
         grant: ClientCredentialsGrant,
         metrics: NoMetrics = NO_METRICS,
         certificates: ClientCertificateReader | None = None,
-        trusted_proxies: Sequence[Network] = (),
+        sources: RequestSources | None = None,
     ) -> None:
         super().__init__()
         self._grant = grant
         self._metrics = metrics
         self._certificates = certificates
-        self._trusted_proxies = tuple(trusted_proxies)
+        self._sources = sources or RequestSources()
 
     def render(self, request: IRequest) -> int:
         try:
@@ -573,7 +624,7 @@ class TokenResource(Resource):
                     repeated.get("resource", ()),
                     dpop_headers(request),
                     client_certificate(self._certificates, request),
-                    source_address(request, self._trusted_proxies),
+                    self._sources(request),
                 )
             )
         except Exception:

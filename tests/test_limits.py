@@ -1,26 +1,48 @@
 """
-Brute-force limits (issue 13): failed authentication counted per client and
-source (per source for bearer tokens), 429 with Retry-After past the
-budget, the source from X-Forwarded-For only through trusted proxies, and
-the optional per-client issuance limit.  In memory, on a Clock; the shared
-counters have their contract tests (tests/test_store_contract.py) and a
-cross-instance test (tests/test_instances.py).
+Brute-force limits: a slot reserved before each credential check, per
+credential and source, within a budget; a cap across the sources not known
+for a credential; the master token and each client's registration access
+token apart; 429 with Retry-After past a budget; the source from
+X-Forwarded-For only through trusted proxies (and a warning when a proxy
+nobody trusts sends it); the optional per-client issuance limit.  In
+memory, on a Clock; the store primitive and a burst through the limits on
+every store are in tests/test_store_contract.py, real processes with
+--workers 2 in tests/test_limits_process.py.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 from attrs import evolve
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from ccserver.config import Config, LimitsConfig
+from ccserver.errors import OAuthError, StoreUnavailable, invalid_client, invalid_request
 from ccserver.interfaces import IStore
+from ccserver.model import AttemptKeys, AttemptRelease, Reservation
+from ccserver.oauth.clientauth import JWT_BEARER
+from ccserver.oauth.limits import (
+    CLIENT,
+    LEASE_MARGIN,
+    RECHECK_SECONDS,
+    REGISTRATION_ACCESS_TOKEN,
+    STORE_RETRY_SECONDS,
+    AuthLimits,
+)
 from ccserver.proxies import trusted_networks
 from ccserver.stores.memory import MemoryStore
-from ccserver.web import source_address
+from ccserver.web import RequestSources, source_address
 from tests.helpers import MASTER_TOKEN, Response, ServerTestCase, basic
 
 ATTACKER = "203.0.113.7"
@@ -59,22 +81,23 @@ class LimitsTestCase(ServerTestCase):
         self.client = self.register(scope="read")
         self.other_client = self.register(scope="read")
 
+    def post_form(
+        self, path: str, data: bytes, authorization: str | None = None, source: str = ATTACKER
+    ) -> Response:
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Forwarded-For": source}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        return self.request("POST", path, headers=headers, data=data)
+
     def attempt(
         self, client: dict[str, Any], *, right: bool = False, source: str = ATTACKER
     ) -> Response:
         secret = client["client_secret"] if right else "wrong-" + client["client_secret"]
-        return self.request(
-            "POST",
-            "/token",
-            headers={
-                "Content-Type": "application/x-www-form-urlencoded",
-                "Authorization": basic(client["client_id"], secret),
-                "X-Forwarded-For": source,
-            },
-            data=b"grant_type=client_credentials",
+        return self.post_form(
+            "/token", b"grant_type=client_credentials", basic(client["client_id"], secret), source
         )
 
-    def fail(self, client: dict[str, Any], times: int, source: str = ATTACKER) -> None:
+    def fail_auth(self, client: dict[str, Any], times: int, source: str = ATTACKER) -> None:
         for _ in range(times):
             self.assertEqual(self.attempt(client, source=source).code, 401)
 
@@ -93,53 +116,53 @@ class ClientAuthLimitTests(LimitsTestCase):
         source gets 429 with Retry-After, even with the right secret: the
         check comes before the credentials', so guessing on is useless.
         """
-        self.fail(self.client, 10)
+        self.fail_auth(self.client, 10)
         self.assertRefused(self.attempt(self.client))
         self.assertRefused(self.attempt(self.client, right=True))
 
     def test_retry_after_counts_down(self) -> None:
-        self.fail(self.client, 10)
+        self.fail_auth(self.client, 10)
         self.clock.advance(45)
         self.assertRefused(self.attempt(self.client, right=True), retry_after=15)
 
     def test_window_passes(self) -> None:
-        self.fail(self.client, 10)
+        self.fail_auth(self.client, 10)
         self.clock.advance(60)
         self.assertEqual(self.attempt(self.client, right=True).code, 200)
         # a new window: the budget again
-        self.fail(self.client, 10)
+        self.fail_auth(self.client, 10)
         self.assertRefused(self.attempt(self.client))
 
     def test_failures_spread_over_windows_are_not_refused(self) -> None:
         for _ in range(3):
-            self.fail(self.client, 9)
+            self.fail_auth(self.client, 9)
             self.clock.advance(61)
         self.assertEqual(self.attempt(self.client, right=True).code, 200)
 
     def test_other_source_unaffected(self) -> None:
-        self.fail(self.client, 10)
+        self.fail_auth(self.client, 10)
         self.assertEqual(self.attempt(self.client, right=True, source=OTHER).code, 200)
         self.assertEqual(self.attempt(self.client, source=OTHER).code, 401)
 
     def test_other_client_from_same_source_unaffected(self) -> None:
-        self.fail(self.client, 10)
+        self.fail_auth(self.client, 10)
         self.assertRefused(self.attempt(self.client))
         self.assertEqual(self.attempt(self.other_client, right=True).code, 200)
         self.assertEqual(self.attempt(self.other_client).code, 401)
 
     def test_success_does_not_reset_another_clients_count(self) -> None:
-        self.fail(self.client, 9)
+        self.fail_auth(self.client, 9)
         self.assertEqual(self.attempt(self.other_client, right=True).code, 200)
-        self.fail(self.client, 1)
+        self.fail_auth(self.client, 1)
         self.assertRefused(self.attempt(self.client))
 
     def test_success_does_not_reset_the_count(self) -> None:
         """
         A right guess in between does not buy an attacker a new budget.
         """
-        self.fail(self.client, 9)
+        self.fail_auth(self.client, 9)
         self.assertEqual(self.attempt(self.client, right=True).code, 200)
-        self.fail(self.client, 1)
+        self.fail_auth(self.client, 1)
         self.assertRefused(self.attempt(self.client))
 
     def test_spoofed_hops_left_of_the_proxy_ignored(self) -> None:
@@ -153,22 +176,39 @@ class ClientAuthLimitTests(LimitsTestCase):
 
     def test_unknown_client_counted(self) -> None:
         nobody = {"client_id": "nobody", "client_secret": "x"}
-        self.fail(nobody, 10)
+        self.fail_auth(nobody, 10)
         self.assertRefused(self.attempt(nobody))
 
+    def test_assertion_counted_for_the_client_it_names(self) -> None:
+        """
+        An assertion sent without client_id is counted for the client its
+        sub names, as the verifier looks that client up: not under one
+        budget shared by every such request.
+        """
+        def junk(sub: str) -> bytes:
+            segments = [
+                base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=")
+                for part in ({"alg": "ES256"}, {"iss": sub, "sub": sub})
+            ]
+            assertion = b".".join([*segments, b"AAAA"]).decode()
+            return urlencode(
+                {
+                    "grant_type": "client_credentials",
+                    "client_assertion_type": JWT_BEARER,
+                    "client_assertion": assertion,
+                }
+            ).encode()
+
+        for _ in range(10):
+            response = self.post_form("/token", junk(self.client["client_id"]))
+            self.assertEqual(response.code, 401, response.body)
+        self.assertRefused(self.attempt(self.client, right=True))
+        self.assertEqual(self.attempt(self.other_client, right=True).code, 200)
+
     def test_introspection_and_revocation_count_with_the_token_endpoint(self) -> None:
-        self.fail(self.client, 8)
+        self.fail_auth(self.client, 8)
         for path in ("/token/introspect", "/token/revoke"):
-            response = self.request(
-                "POST",
-                path,
-                headers={
-                    "Content-Type": "application/x-www-form-urlencoded",
-                    "Authorization": basic(self.client["client_id"], "wrong"),
-                    "X-Forwarded-For": ATTACKER,
-                },
-                data=b"token=x",
-            )
+            response = self.post_form(path, b"token=x", basic(self.client["client_id"], "wrong"))
             self.assertEqual(response.code, 401)
         self.assertRefused(self.attempt(self.client, right=True))
 
@@ -178,15 +218,8 @@ class ClientAuthLimitTests(LimitsTestCase):
         (here, an unsupported grant type) do not use its budget.
         """
         for _ in range(20):
-            response = self.request(
-                "POST",
-                "/token",
-                headers={
-                    "Content-Type": "application/x-www-form-urlencoded",
-                    "Authorization": basic(self.client["client_id"], "wrong"),
-                    "X-Forwarded-For": ATTACKER,
-                },
-                data=b"grant_type=password",
+            response = self.post_form(
+                "/token", b"grant_type=password", basic(self.client["client_id"], "wrong")
             )
             self.assertEqual(response.code, 400)
         self.assertEqual(self.attempt(self.client, right=True).code, 200)
@@ -210,31 +243,79 @@ class BearerLimitTests(LimitsTestCase):
         self.clock.advance(60)
         self.assertEqual(self.register_with(MASTER_TOKEN).code, 201)
 
-    def test_registration_tokens_and_revocation_count_per_source(self) -> None:
+    def read(self, client: dict[str, Any], token: str, source: str = ATTACKER) -> Response:
+        return self.request(
+            "GET",
+            f"/client-reg/{client['client_id']}",
+            headers={"Authorization": f"Bearer {token}", "X-Forwarded-For": source},
+        )
+
+    def revoke_with(self, token: str, source: str = ATTACKER) -> Response:
+        return self.post_form("/token/revoke", b"token=x", f"Bearer {token}", source)
+
+    def test_master_token_counts_at_every_endpoint(self) -> None:
         """
-        Wrong registration access tokens (for any client), and wrong master
-        tokens at the registration and revocation endpoints, all count
-        against the source.
+        Wrong master tokens at registration, rotation and revocation share
+        one budget per address.
         """
-        path = f"/client-reg/{self.client['client_id']}"
-        other_path = f"/client-reg/{self.other_client['client_id']}"
-        wrong = {"Authorization": "Bearer wrong", "X-Forwarded-For": ATTACKER}
-        for where in (path, other_path) * 3:
-            self.assertEqual(self.request("GET", where, headers=wrong).code, 401)
-        for _ in range(3):
+        for _ in range(4):
+            self.assertEqual(self.register_with("wrong-master-token-0123456789").code, 401)
+            self.assertEqual(self.revoke_with("wrong-master-token-0123456789").code, 401)
+        for _ in range(2):
             response = self.request(
                 "POST",
-                "/token/revoke",
-                headers={**wrong, "Content-Type": "application/x-www-form-urlencoded"},
-                data=b"token=x",
+                f"/client-reg/{self.client['client_id']}/rotate-secret",
+                headers={"Authorization": "Bearer wrong", "X-Forwarded-For": ATTACKER},
             )
-            self.assertEqual(response.code, 401)
-        self.assertEqual(self.register_with("wrong").code, 401)
-        rat = self.client["registration_access_token"]
-        right = {"Authorization": f"Bearer {rat}", "X-Forwarded-For": ATTACKER}
-        self.assertRefused(self.request("GET", path, headers=right))
-        # the token endpoint is another matter
+            self.assertEqual(response.code, 401, response.body)
+        self.assertRefused(self.register_with(MASTER_TOKEN))
+        self.assertRefused(self.revoke_with(MASTER_TOKEN))
+
+    def test_registration_token_guesses_leave_the_master_token_alone(self) -> None:
+        """
+        A client's registration access token has a budget of its own: past
+        it, that client's configuration endpoint refuses the address, and
+        nothing else does (the master token, other clients' tokens).
+        """
+        for _ in range(10):
+            self.assertEqual(self.read(self.client, "wrong").code, 401)
+        self.assertRefused(self.read(self.client, self.client["registration_access_token"]))
+        self.assertEqual(self.register_with(MASTER_TOKEN).code, 201)
+        self.assertEqual(self.revoke_with(MASTER_TOKEN).code, 200)
+        other = self.read(self.other_client, self.other_client["registration_access_token"])
+        self.assertEqual(other.code, 200, other.body)
         self.assertEqual(self.attempt(self.client, right=True).code, 200)
+
+    def test_master_token_guesses_leave_registration_tokens_alone(self) -> None:
+        for _ in range(10):
+            self.assertEqual(self.register_with("wrong-master-token-0123456789").code, 401)
+        self.assertRefused(self.register_with(MASTER_TOKEN))
+        own = self.read(self.client, self.client["registration_access_token"])
+        self.assertEqual(own.code, 200, own.body)
+        for _ in range(9):
+            self.assertEqual(self.read(self.client, "wrong").code, 401)
+        own = self.read(self.client, self.client["registration_access_token"])
+        self.assertEqual(own.code, 200, own.body)
+
+    def test_master_token_through_many_client_ids_bounded(self) -> None:
+        """
+        The master token is accepted at every client's configuration
+        endpoint too; tried there, it has one budget per address for all
+        of them, so that an attacker who knows many client ids gets no
+        more guesses.  Past it, a wrong token there is answered 429 (the
+        master token could not be tried), the client's own token still
+        works, and so does the master token at registration.
+        """
+        clients = [self.register(scope="read") for _ in range(11)]
+        for client in clients[:10]:
+            self.assertEqual(self.read(client, "wrong-master-token-0123456789").code, 401)
+        self.assertRefused(self.read(clients[10], "wrong-master-token-0123456789"))
+        self.assertRefused(self.read(clients[10], MASTER_TOKEN))
+        own = self.read(clients[10], clients[10]["registration_access_token"])
+        self.assertEqual(own.code, 200, own.body)
+        self.assertEqual(self.register_with(MASTER_TOKEN).code, 201)
+        self.clock.advance(60)
+        self.assertEqual(self.read(clients[10], MASTER_TOKEN).code, 200)
 
     def test_missing_token_not_counted(self) -> None:
         for _ in range(20):
@@ -343,34 +424,74 @@ class AccessLogSourceTests(LimitsTestCase):
 
 
 class NoRoundTripTests(LimitsTestCase):
+    """
+    What the limits cost in store round trips.
+    """
+
     def make_store(self) -> IStore:
         self.recording = RecordingStore()
         return self.recording
 
     def test_success_of_a_cached_client_costs_no_store_call(self) -> None:
-        self.assertEqual(self.attempt(self.client, right=True).code, 200)
+        """
+        The first success from an address reserves a slot and records the
+        address as known; the process keeps the slot, so that the next
+        successes of its window cost nothing.
+        """
         del self.recording.calls[:]
         self.assertEqual(self.attempt(self.client, right=True).code, 200)
+        self.assertEqual(self.recording.calls, ["reserve_attempt", "get_client", "release_attempt"])
+        del self.recording.calls[:]
+        for _ in range(100):
+            self.assertEqual(self.attempt(self.client, right=True).code, 200)
         self.assertEqual(self.recording.calls, [])
 
-    def test_refusal_costs_no_store_call(self) -> None:
-        self.fail(self.client, 10)
+    def test_kept_slot_ends_with_its_window(self) -> None:
+        self.assertEqual(self.attempt(self.client, right=True).code, 200)
+        self.clock.advance(60 - LEASE_MARGIN - 0.5)
+        del self.recording.calls[:]
+        self.assertEqual(self.attempt(self.client, right=True).code, 200)
+        self.assertEqual(self.limit_calls(), [])
+        self.clock.advance(0.5)
+        self.assertEqual(self.attempt(self.client, right=True).code, 200)
+        # the window's last seconds: a slot reserved in it is given back
+        self.assertEqual(self.limit_calls(), ["reserve_attempt", "release_attempt"])
+        self.clock.advance(LEASE_MARGIN)
+        del self.recording.calls[:]
+        for _ in range(3):
+            self.assertEqual(self.attempt(self.client, right=True).code, 200)
+        # a new window: one reservation, kept (the address is known already)
+        self.assertEqual(self.limit_calls(), ["reserve_attempt"])
+
+    def limit_calls(self) -> list[str]:
+        return [call for call in self.recording.calls if call.endswith("_attempt")]
+
+    def test_refusal_remembered(self) -> None:
+        """
+        A refused address is refused by the process itself for a second,
+        then the store is asked again.
+        """
+        self.fail_auth(self.client, 10)
+        self.assertRefused(self.attempt(self.client))
         del self.recording.calls[:]
         self.assertRefused(self.attempt(self.client))
+        self.assertRefused(self.attempt(self.client, right=True))
         self.assertEqual(self.recording.calls, [])
+        self.clock.advance(RECHECK_SECONDS)
+        self.assertRefused(self.attempt(self.client), retry_after=59)
+        self.assertEqual(self.recording.calls, ["reserve_attempt"])
 
-    def test_only_failures_write(self) -> None:
-        self.assertEqual(self.attempt(self.client, right=True).code, 200)
+    def test_failure_costs_one_reservation(self) -> None:
         del self.recording.calls[:]
-        self.fail(self.client, 1)
-        self.assertEqual(self.recording.calls, ["count_failure"])
+        self.fail_auth(self.client, 1)
+        self.assertEqual(self.limit_calls(), ["reserve_attempt"])
 
 
 class LimitOffTests(LimitsTestCase):
     limits = LimitsConfig(failed_auth_per_minute=0, trusted_proxies=("127.0.0.1",))
 
     def test_no_limit(self) -> None:
-        self.fail(self.client, 30)
+        self.fail_auth(self.client, 30)
         self.assertEqual(self.attempt(self.client, right=True).code, 200)
 
 
@@ -412,14 +533,35 @@ class LimitsConfigTests(SynchronousTestCase):
             "tokens_per_client_per_second = 50\n"
         )
         self.assertEqual(
-            config.limits, LimitsConfig(5, ("10.0.0.0/8", "::1"), 50.0)
+            config.limits,
+            LimitsConfig(
+                failed_auth_per_minute=5,
+                trusted_proxies=("10.0.0.0/8", "::1"),
+                tokens_per_client_per_second=50.0,
+            ),
         )
+        config = self.load(
+            "[limits]\nfailed_auth_per_client_per_minute = 100\nknown_source_seconds = 3600\n"
+        )
+        self.assertEqual(config.limits.failed_auth_per_client_per_minute, 100)
+        self.assertEqual(config.limits.known_source_seconds, 3600)
+
+    def test_defaults(self) -> None:
+        limits = Config().limits
+        self.assertEqual(limits.failed_auth_per_minute, 10)
+        self.assertEqual(limits.failed_auth_per_client_per_minute, 30)
+        self.assertEqual(limits.known_source_seconds, 86400)
 
     def test_mistakes_name_the_key(self) -> None:
         from ccserver.errors import ConfigError
 
         for text, key in [
             ("failed_auth_per_minute = -1", "[limits] failed_auth_per_minute"),
+            (
+                "failed_auth_per_client_per_minute = -1",
+                "[limits] failed_auth_per_client_per_minute",
+            ),
+            ("known_source_seconds = 59", "[limits] known_source_seconds"),
             ("trusted_proxies = ['10.0.0.0/33']", "[limits] trusted_proxies"),
             ("trusted_proxies = ['proxy.example.com']", "[limits] trusted_proxies"),
             ("trusted_proxies = [1]", "[limits] trusted_proxies"),
@@ -428,3 +570,535 @@ class LimitsConfigTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as caught:
                 self.load(f"[limits]\n{text}\n")
             self.assertTrue(str(caught.exception).startswith(key), str(caught.exception))
+
+
+class HeldChecks:
+    """
+    A fake credential check that counts the checks made and stays under
+    way until the test settles it, so that a burst's checks are in flight
+    together.  A check of the right credential succeeds; any other fails
+    with C{error}.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.under_way: list[Deferred[None]] = []
+
+    def check(self, right: bool, error: OAuthError | None = None) -> Callable[[], Awaitable[str]]:
+        async def check() -> str:
+            self.count += 1
+            held: Deferred[None] = Deferred()
+            self.under_way.append(held)
+            await held
+            if not right:
+                raise error or invalid_client()
+            return "client"
+
+        return check
+
+    def settle(self) -> None:
+        """
+        Let every check under way answer, and those they let start, until
+        none is left.
+        """
+        while self.under_way:
+            self.under_way.pop(0).callback(None)
+
+
+def status(attempt: Awaitable[object]) -> Deferred[int]:
+    """
+    The HTTP status an attempt is answered with, once it is.
+    """
+
+    async def answer() -> int:
+        try:
+            await attempt
+        except OAuthError as error:
+            return error.status
+        except StoreUnavailable:
+            return 503
+        return 200
+
+    return ensureDeferred(answer())
+
+
+class LimiterTestCase(SynchronousTestCase):
+    """
+    L{AuthLimits} over a memory store, on a Clock, with checks that the
+    test settles (L{HeldChecks}).
+    """
+
+    #: the limits' cap across addresses (0: none)
+    cap = 0
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.store = MemoryStore()
+        self.checks = HeldChecks()
+        self.limits = self.make_limits()
+
+    def make_limits(self) -> AuthLimits:
+        """
+        Limits over this test's store: another call makes another process.
+        """
+        return AuthLimits(self.store, self.clock.seconds, budget=10, cap=self.cap, known_for=3600)
+
+
+class ReservationTests(LimiterTestCase):
+    """
+    A slot is reserved before each check, however many arrive at once.
+    """
+
+    def burst(
+        self, count: int, right_at: int | None = None, limiters: list[AuthLimits] | None = None
+    ) -> Counter[int]:
+        """
+        C{count} attempts at once from one address (the right credential
+        at C{right_at}), spread over C{limiters} (processes); the answers'
+        statuses once every check is settled.
+        """
+        limiters = limiters or [self.limits]
+        answers = [
+            status(limiters[n % len(limiters)].client("c", ATTACKER, self.checks.check(n == right_at)))
+            for n in range(count)
+        ]
+        self.checks.settle()
+        return Counter(self.successResultOf(answer) for answer in answers)
+
+    def test_burst_checks_no_more_than_the_budget(self) -> None:
+        """
+        500 attempts at once, the right one last: exactly 10 checks; the
+        right one is refused without being checked.
+        """
+        self.assertEqual(self.burst(500, right_at=499), {401: 10, 429: 490})
+        self.assertEqual(self.checks.count, 10)
+
+    def test_burst_over_two_processes(self) -> None:
+        self.assertEqual(
+            self.burst(500, right_at=499, limiters=[self.limits, self.make_limits()]),
+            {401: 10, 429: 490},
+        )
+        self.assertEqual(self.checks.count, 10)
+
+    def test_checks_under_way_count(self) -> None:
+        """
+        A process has at most half the budget of checks of one counter
+        under way; the other requests wait, unchecked.  Two processes with
+        the budget under way refuse a third's request unchecked, and once
+        those checks fail, the waiting requests are refused, unchecked.
+        """
+        other = self.make_limits()
+        answers = [
+            status(limits.client("c", ATTACKER, self.checks.check(False)))
+            for limits in [self.limits] * 7 + [other] * 5
+        ]
+        self.assertEqual(self.checks.count, 10)
+        third = status(self.make_limits().client("c", ATTACKER, self.checks.check(True)))
+        self.assertEqual(self.successResultOf(third), 429)
+        self.checks.settle()
+        self.assertEqual(self.checks.count, 10)
+        self.assertEqual(Counter(self.successResultOf(a) for a in answers), {401: 10, 429: 2})
+
+    def test_right_credential_within_the_budget(self) -> None:
+        """
+        A success gives its slot back: the right credential among the
+        first ten leaves the budget of ten failures whole.
+        """
+        self.assertEqual(self.burst(500, right_at=0), {200: 1, 401: 10, 429: 489})
+        self.assertEqual(self.checks.count, 11)
+
+    def test_refused_unchecked_until_the_window_ends(self) -> None:
+        self.burst(10)
+        self.clock.advance(30)
+        self.assertEqual(self.burst(5, right_at=4), {429: 5})
+        self.clock.advance(30)
+        self.assertEqual(self.burst(1, right_at=0), {200: 1})
+        self.assertEqual(self.checks.count, 11)
+
+    def test_other_errors_give_the_slot_back(self) -> None:
+        """
+        A check that ends with an error other than a failed
+        authentication (a malformed request, a store outage) uses none of
+        the budget.
+        """
+        for error in [invalid_request("malformed"), None]:
+            check = self.checks.check(False, error) if error else self.failing_store_check()
+            for _ in range(20):
+                answer = status(self.limits.client("c", ATTACKER, check))
+                self.checks.settle()
+                self.assertIn(self.successResultOf(answer), (400, 503))
+        self.assertEqual(self.burst(20), {401: 10, 429: 10})
+
+    def failing_store_check(self) -> Callable[[], Awaitable[str]]:
+        async def check() -> str:
+            raise StoreUnavailable("down")
+
+        return check
+
+    def test_waiting_requests_share_kept_slots(self) -> None:
+        """
+        A client's own burst is not refused for being many: a process
+        reserves up to half the budget, the other requests wait for the
+        slots the successes keep, and take them in turn.
+        """
+        self.store = RecordingStore()
+        self.limits = self.make_limits()
+        answers = [
+            status(self.limits.client("c", ATTACKER, self.checks.check(True))) for _ in range(50)
+        ]
+        self.checks.settle()
+        self.assertEqual(Counter(self.successResultOf(a) for a in answers), {200: 50})
+        self.assertEqual(self.store.calls.count("reserve_attempt"), 5)
+
+    def test_known_address_recorded_once_under_a_burst(self) -> None:
+        """
+        The successes of a burst that come while the write recording the
+        address as known is under way do not write it again.
+        """
+        slow = SlowReleaseStore()
+        limits = AuthLimits(slow, self.clock.seconds, budget=10, cap=30)
+        answers = [status(limits.client("c", ATTACKER, self.checks.check(True))) for _ in range(50)]
+        self.checks.settle()
+        # five reservations (half the budget) took a cap slot each, which go
+        # back; the address is recorded by the first release only
+        self.assertEqual(len(slow.releases), 5)
+        self.assertEqual([r.known is not None for r, _ in slow.releases], [True] + [False] * 4)
+        for _, answer in slow.releases:
+            answer.callback(None)
+        self.assertEqual(Counter(self.successResultOf(a) for a in answers), {200: 50})
+
+    def test_store_unavailable_counts_in_the_process(self) -> None:
+        """
+        When the store does not answer, the process counts on its own
+        (the same budget), then tries the store again.
+        """
+        down = UnavailableStore()
+        limits = AuthLimits(down, self.clock.seconds, budget=10, fallback=MemoryStore())
+        answers = [status(limits.client("c", ATTACKER, self.checks.check(n == 0))) for n in range(30)]
+        self.checks.settle()
+        self.assertEqual(
+            Counter(self.successResultOf(a) for a in answers), {200: 1, 401: 10, 429: 19}
+        )
+        self.assertEqual(down.reservations, 1)
+        self.clock.advance(STORE_RETRY_SECONDS)
+        answer = status(limits.client("d", ATTACKER, self.checks.check(True)))
+        self.checks.settle()
+        self.assertEqual(self.successResultOf(answer), 200)
+        self.assertEqual(down.reservations, 2)
+
+    def test_one_reservation_at_a_time_tries_the_store_again(self) -> None:
+        """
+        After an outage, one reservation tries the store again (which may
+        hang until its timeout) while the others count in the process.
+        """
+        hung = HungStore()
+        limits = AuthLimits(hung, self.clock.seconds, budget=10, fallback=MemoryStore())
+        first = status(limits.client("a", ATTACKER, self.checks.check(True)))
+        hung.pending.pop().errback(StoreUnavailable("no answer within 5 s"))
+        self.checks.settle()
+        self.assertEqual(self.successResultOf(first), 200)
+        self.clock.advance(STORE_RETRY_SECONDS)
+        answers = [
+            status(limits.client(name, ATTACKER, self.checks.check(True))) for name in "bcdef"
+        ]
+        self.assertEqual(len(hung.pending), 1)
+        self.checks.settle()
+        self.assertEqual([self.successResultOf(a) for a in answers[1:]], [200] * 4)
+        hung.pending.pop().callback(Reservation(True, 1, self.clock.seconds() + 60))
+        self.checks.settle()
+        self.assertEqual(self.successResultOf(answers[0]), 200)
+        # the store answered: everyone uses it again
+        status(limits.client("g", ATTACKER, self.checks.check(True)))
+        self.assertEqual(len(hung.pending), 1)
+
+    def test_known_address_recorded_once_the_store_is_back(self) -> None:
+        """
+        An address that authenticated while the store was out is known
+        in the store at its first success once the store is back.
+        """
+        flaky = UnavailableStore()
+        limits = AuthLimits(flaky, self.clock.seconds, budget=10, fallback=MemoryStore())
+        answer = status(limits.client("c", ATTACKER, self.checks.check(True)))
+        self.checks.settle()
+        self.assertEqual(self.successResultOf(answer), 200)
+        flaky.down = False
+        self.clock.advance(60)
+        answer = status(limits.client("c", ATTACKER, self.checks.check(True)))
+        self.checks.settle()
+        self.assertEqual(self.successResultOf(answer), 200)
+        self.assertIn(limits.keys(CLIENT, "c", ATTACKER).known, flaky._known)
+
+    def test_store_unavailable_without_fallback(self) -> None:
+        limits = AuthLimits(UnavailableStore(), self.clock.seconds, budget=10)
+        answer = status(limits.client("c", ATTACKER, self.checks.check(True)))
+        self.assertEqual(self.successResultOf(answer), 503)
+        self.assertEqual(self.checks.count, 0)
+
+    def test_registration_token_refused_master_token_tried(self) -> None:
+        """
+        At a client's configuration endpoint, a token is tried as the
+        client's registration access token and as the master token, each
+        within its own budget: with one refused, the other is still tried,
+        and a failure is answered with the refusal (the refused one may
+        have been right).
+        """
+        keys = self.limits.keys(REGISTRATION_ACCESS_TOKEN, "X", ATTACKER)
+        for _ in range(10):
+            self.store.reserve_attempt(keys, self.clock.seconds(), 60)
+        tried: list[tuple[bool, bool]] = []
+
+        def attempt(is_master: bool | None) -> Callable[[bool, bool], Awaitable[tuple[str, bool]]]:
+            async def check(own: bool, master: bool) -> tuple[str, bool]:
+                tried.append((own, master))
+                if is_master is None:
+                    raise OAuthError("invalid_token", "wrong", status=401)
+                return "client", is_master
+
+            return check
+
+        answer = ensureDeferred(self.limits.registration("X", ATTACKER, attempt(True)))
+        self.assertEqual(self.successResultOf(answer), ("client", True))
+        refused = status(self.limits.registration("X", ATTACKER, attempt(None)))
+        self.assertEqual(self.successResultOf(refused), 429)
+        self.assertEqual(tried, [(False, True), (False, True)])
+
+
+class UnavailableStore(MemoryStore):
+    """
+    A store whose reservations fail as an unreachable store's do.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reservations = 0
+        self.down = True
+
+    def reserve_attempt(self, keys: AttemptKeys, now: float, window: float) -> Deferred[Reservation]:
+        self.reservations += 1
+        if not self.down:
+            return super().reserve_attempt(keys, now, window)
+        return fail(StoreUnavailable("redis://store: no answer within 5 s"))
+
+
+class SlowReleaseStore(MemoryStore):
+    """
+    A store whose releases answer only when the test says.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.releases: list[tuple[AttemptRelease, Deferred[None]]] = []
+
+    def release_attempt(self, release: AttemptRelease, now: float) -> Deferred[None]:
+        super().release_attempt(release, now)
+        answer: Deferred[None] = Deferred()
+        self.releases.append((release, answer))
+        return answer
+
+
+class HungStore(MemoryStore):
+    """
+    A store whose reservations answer only when the test says.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: list[Deferred[Reservation]] = []
+
+    def reserve_attempt(self, keys: AttemptKeys, now: float, window: float) -> Deferred[Reservation]:
+        answer: Deferred[Reservation] = Deferred()
+        self.pending.append(answer)
+        return answer
+
+
+class CapTests(LimiterTestCase):
+    """
+    The cap across sources: distributed guessing is bounded, and cannot
+    lock a client out of the addresses it authenticates from.
+    """
+
+    cap = 30
+
+    def use_the_cap(self) -> None:
+        """
+        Strangers' failed checks, one from each of 30 addresses: the cap.
+        """
+        for n in range(30):
+            self.assertEqual(self.attempt(f"198.51.100.{n}"), 401)
+
+    def attempt(self, source: str, right: bool = False, limits: AuthLimits | None = None) -> int:
+        answer = status((limits or self.limits).client("c", source, self.checks.check(right)))
+        self.checks.settle()
+        return self.successResultOf(answer)
+
+    def test_cap_refuses_strangers_unchecked(self) -> None:
+        self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
+        self.use_the_cap()
+        checked = self.checks.count
+        self.assertEqual(self.attempt("198.51.100.200", right=True), 429)
+        self.assertEqual(self.attempt("198.51.100.0"), 429)
+        self.assertEqual(self.checks.count, checked)
+        # the known address goes on, its failures counted in its own budget
+        self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
+        self.assertEqual(self.attempt("192.0.2.1"), 401)
+        self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
+
+    def test_cap_refusal_says_so(self) -> None:
+        self.use_the_cap()
+        answer = self.limits.client("c", "203.0.113.1", self.checks.check(True))
+        error = self.failureResultOf(ensureDeferred(answer), OAuthError).value
+        self.assertEqual(error.status, 429)
+        self.assertIn("from addresses it has not authenticated from recently", error.description)
+        self.assertEqual(error.headers["Retry-After"], "60")
+
+    def test_known_source_shared_between_processes(self) -> None:
+        other = self.make_limits()
+        self.assertEqual(self.attempt("192.0.2.1", right=True, limits=other), 200)
+        self.use_the_cap()
+        self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
+        self.assertEqual(self.attempt("192.0.2.2", right=True, limits=other), 429)
+
+    def test_known_source_expires(self) -> None:
+        self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
+        self.clock.advance(3600)
+        self.use_the_cap()
+        self.assertEqual(self.attempt("192.0.2.1", right=True), 429)
+
+    def test_known_source_kept_by_use(self) -> None:
+        """
+        A source in use stays known: its record is renewed once half of
+        it has passed.
+        """
+        for _ in range(4):
+            self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
+            self.clock.advance(1900)
+        self.use_the_cap()
+        self.assertEqual(self.attempt("192.0.2.1", right=True), 200)
+
+    def test_cap_window_ends(self) -> None:
+        self.use_the_cap()
+        self.assertEqual(self.attempt("203.0.113.1", right=True), 429)
+        self.clock.advance(60)
+        self.assertEqual(self.attempt("203.0.113.1", right=True), 200)
+
+    def test_success_gives_the_cap_slot_back(self) -> None:
+        for n in range(100):
+            self.assertEqual(self.attempt(f"198.51.100.{n}", right=True), 200)
+        self.assertEqual(self.attempt("203.0.113.1"), 401)
+
+    def test_cap_per_client(self) -> None:
+        self.use_the_cap()
+        answer = status(self.limits.client("d", "203.0.113.1", self.checks.check(True)))
+        self.checks.settle()
+        self.assertEqual(self.successResultOf(answer), 200)
+
+
+class CapOverHTTPTests(LimitsTestCase):
+    """
+    The cap as a client meets it, with its default of 30 a minute.
+    """
+
+    def test_distributed_guessing(self) -> None:
+        self.assertEqual(self.attempt(self.client, right=True, source=OTHER).code, 200)
+        for n in range(30):
+            self.assertEqual(self.attempt(self.client, source=f"192.0.2.{n}").code, 401)
+        response = self.attempt(self.client, right=True, source="192.0.2.200")
+        self.assertRefused(response)
+        self.assertIn("not authenticated from recently", response.json()["error_description"])
+        self.assertEqual(self.attempt(self.client, right=True, source=OTHER).code, 200)
+        self.assertEqual(self.attempt(self.other_client, right=True, source="192.0.2.200").code, 200)
+
+    def test_master_token_cap(self) -> None:
+        """
+        The master token has one cap, whatever the route; the addresses it
+        was used from keep working.
+        """
+        self.assertEqual(self.register(scope="read")["client_id"] != "", True)
+        for n in range(30):
+            response = self.request(
+                "POST",
+                "/client-reg",
+                headers={"Authorization": "Bearer wrong", "X-Forwarded-For": f"192.0.2.{n}"},
+                json_body={},
+            )
+            self.assertEqual(response.code, 401)
+        response = self.request(
+            "POST",
+            "/client-reg",
+            headers={"Authorization": f"Bearer {MASTER_TOKEN}", "X-Forwarded-For": OTHER},
+            json_body={},
+        )
+        self.assertRefused(response)
+        self.assertEqual(self.register(scope="read")["scope"], "read")
+
+
+class ForwardedWarningTests(ServerTestCase):
+    """
+    A proxy nobody trusts sends X-Forwarded-For or Forwarded: one warning
+    per process names the setting.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def warnings(self) -> list[str]:
+        return [
+            formatEvent(event)
+            for event in self.events
+            if event.get("log_level") == LogLevel.warn and "trusted_proxies" in formatEvent(event)
+        ]
+
+    def post(self, path: str, header: str, value: str) -> int:
+        response = self.request(
+            "POST",
+            path,
+            headers={"Content-Type": "application/x-www-form-urlencoded", header: value},
+            data=b"grant_type=client_credentials",
+        )
+        return response.code
+
+    def test_warned_once(self) -> None:
+        for path in ("/token", "/token/introspect", "/token", "/client-reg"):
+            self.post(path, "X-Forwarded-For", "192.0.2.1")
+            self.post(path, "Forwarded", "for=192.0.2.1")
+        warnings = self.warnings()
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertIn("A request from 127.0.0.1 carries X-Forwarded-For or Forwarded", warnings[0])
+        self.assertIn("add its address to [limits] trusted_proxies", warnings[0])
+
+    def test_forwarded_warns(self) -> None:
+        self.post("/client-reg", "Forwarded", "for=192.0.2.1;proto=https")
+        self.assertEqual(len(self.warnings()), 1)
+
+    def test_no_header_no_warning(self) -> None:
+        self.post("/token", "X-Other", "1")
+        self.assertEqual(self.warnings(), [])
+
+
+class TrustedProxyNoWarningTests(LimitsTestCase):
+    def test_trusted_proxy_not_warned_about(self) -> None:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.assertEqual(self.attempt(self.client, right=True).code, 200)
+        self.assertEqual([e for e in events if "trusted_proxies" in formatEvent(e)], [])
+
+    def test_other_untrusted_peer_warned_about(self) -> None:
+        """
+        With trusted proxies set, another peer's header is warned about.
+        """
+        sources = RequestSources(trusted_networks(["10.0.0.0/8"]))
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.assertEqual(sources(_request("10.0.0.1", ["192.0.2.1"])), "192.0.2.1")
+        self.assertEqual([e for e in events if "trusted_proxies" in formatEvent(e)], [])
+        self.assertEqual(sources(_request("192.0.2.9", ["192.0.2.1"])), "192.0.2.9")
+        self.assertEqual(sources(_request("192.0.2.9", ["192.0.2.1"])), "192.0.2.9")
+        warned = [e for e in events if "trusted_proxies" in formatEvent(e)]
+        self.assertEqual(len(warned), 1)
+        self.assertIn("192.0.2.9", formatEvent(warned[0]))

@@ -10,20 +10,22 @@ database, a flushed Redis.  The servers are started once per test process
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from attrs import evolve
 from twisted.internet import reactor
-from twisted.internet.defer import DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from ccserver.errors import ClientExists, StoreUnavailable
-from ccserver.interfaces import IAuthFailureStore, IStore, ITokenStore
-from ccserver.model import Client, StoredKey, TokenRecord
+from ccserver.errors import ClientExists, OAuthError, StoreUnavailable, invalid_client
+from ccserver.interfaces import IAuthAttemptStore, IClientStore, IStore, ITokenStore
+from ccserver.model import AttemptKeys, AttemptRelease, Client, Reservation, StoredKey, TokenRecord
+from ccserver.oauth.limits import AuthLimits
 from ccserver.stores.memory import MemoryStore
 from ccserver.stores.redis import RedisStore
 from ccserver.stores.sql import SQLStore
@@ -100,6 +102,59 @@ def make_token(
     return evolve(token, **changes)
 
 
+def attempt_keys(source: str, budget: int = 10, cap: int = 0) -> AttemptKeys:
+    """
+    The keys of one credential tried from C{source}, as the limits make
+    them (plain strings here: a store takes them as they come); with a
+    cap, one shared by every source.
+    """
+    return AttemptKeys(
+        counter=f"counter:{source}",
+        budget=budget,
+        cap="cap" if cap else None,
+        cap_budget=cap,
+        known=f"known:{source}",
+    )
+
+
+class CountingChecks:
+    """
+    A fake credential check that counts the checks made.  Each answers
+    after a store round trip (the lookup of a client that is not there), as
+    the check of an uncached client does, so that the checks of a burst
+    are under way together.
+    """
+
+    def __init__(self, store: IClientStore) -> None:
+        self.count = 0
+        self.store = store
+
+    def check(self, right: bool) -> Callable[[], Awaitable[str]]:
+        async def check() -> str:
+            self.count += 1
+            await self.store.get_client("nobody")
+            if not right:
+                raise invalid_client()
+            return "client-1"
+
+        return check
+
+    @staticmethod
+    def outcome(attempt: Awaitable[object]) -> Deferred[int]:
+        """
+        The HTTP status the attempt would be answered with.
+        """
+
+        async def status() -> int:
+            try:
+                await attempt
+            except OAuthError as error:
+                return error.status
+            return 200
+
+        return ensureDeferred(status())
+
+
 class StoreContractMixin(_TestCase):
     """
     The behaviour every L{IStore} shares.  A subclass (which is also a
@@ -141,6 +196,15 @@ class StoreContractMixin(_TestCase):
         if not self.durable:
             return self.store
         await self.store.close()
+        return await self.open_store()
+
+    async def second_store(self) -> IStore:
+        """
+        Another store on this test's database, as a second process opens
+        it (the same object for a store that lives in one process).
+        """
+        if not self.durable:
+            return self.store
         return await self.open_store()
 
     # the interface
@@ -726,68 +790,198 @@ class StoreContractMixin(_TestCase):
 
     # lifetime
 
-    # failed authentication counts (IAuthFailureStore)
+    # the brute-force limits' slots (IAuthAttemptStore)
 
-    def test_provides_auth_failure_interface(self) -> None:
-        self.assertTrue(verifyObject(IAuthFailureStore, self.store))
+    def test_provides_auth_attempt_interface(self) -> None:
+        self.assertTrue(verifyObject(IAuthAttemptStore, self.store))
 
-    async def test_count_failures(self) -> None:
+    async def test_reserve_within_budget(self) -> None:
         """
-        Each failure adds one; the window is set by the first and kept.
+        Each reservation takes one slot, in a window the first one opened
+        and the others keep; past the budget, a refusal that changes nothing.
         """
+        keys = attempt_keys("a", budget=3)
         now = time.time()
-        first = await self.store.count_failure("k" * 64, now, 60)
-        self.assertEqual(first[0], 1)
-        self.assertLess(abs(first[1] - (now + 60)), 1)
-        second = await self.store.count_failure("k" * 64, time.time(), 60)
-        self.assertEqual(second[0], 2)
-        self.assertLess(abs(second[1] - first[1]), 1)
+        granted = [await self.store.reserve_attempt(keys, now + n, 60) for n in range(3)]
+        self.assertEqual([r.count for r in granted], [1, 2, 3])
+        self.assertEqual({r.ends for r in granted}, {granted[0].ends})
+        self.assertLess(abs(granted[0].ends - (now + 60)), 0.01)
+        self.assertTrue(all(r.granted and r.cap_ends is None for r in granted))
+        refused = await self.store.reserve_attempt(keys, now + 3, 60)
+        self.assertEqual(refused, Reservation(False, 3, granted[0].ends))
+        self.assertEqual(await self.store.reserve_attempt(keys, now + 4, 60), refused)
 
-    async def test_failure_keys_apart(self) -> None:
+    async def test_reservation_window_ends(self) -> None:
+        """
+        A window ends C{window} seconds after it opened (by the callers'
+        clock, given as C{now}); the next reservation opens a new one.
+        """
+        keys = attempt_keys("w", budget=1)
         now = time.time()
-        await self.store.count_failure("a" * 64, now, 60)
-        await self.store.count_failure("a" * 64, now, 60)
-        self.assertEqual((await self.store.count_failure("b" * 64, now, 60))[0], 1)
-        self.assertEqual((await self.store.count_failure("a" * 64, now, 60))[0], 3)
+        first = await self.store.reserve_attempt(keys, now, 60)
+        self.assertFalse((await self.store.reserve_attempt(keys, now + 59.9, 60)).granted)
+        second = await self.store.reserve_attempt(keys, now + 60, 60)
+        self.assertTrue(second.granted)
+        self.assertEqual(second.count, 1)
+        self.assertLess(abs(second.ends - (first.ends + 60)), 0.01)
 
-    async def test_failure_window_ends(self) -> None:
-        """
-        After its window a key counts from 1 again, in a new window (real
-        time: Redis keeps the window as its own expiry).
-        """
-        key = "w" * 64
-        await self.store.count_failure(key, time.time(), 0.3)
-        await self.store.count_failure(key, time.time(), 0.3)
-        await deferLater(reactor, 0.5, lambda: None)
+    async def test_counters_apart(self) -> None:
         now = time.time()
-        count, until = await self.store.count_failure(key, now, 0.3)
-        self.assertEqual(count, 1)
-        self.assertGreater(until, now)
+        for _ in range(2):
+            await self.store.reserve_attempt(attempt_keys("a"), now, 60)
+        self.assertEqual((await self.store.reserve_attempt(attempt_keys("b"), now, 60)).count, 1)
+        self.assertEqual((await self.store.reserve_attempt(attempt_keys("a"), now, 60)).count, 3)
 
-    async def test_concurrent_failures_all_counted(self) -> None:
+    async def test_burst_of_reservations(self) -> None:
         """
-        Failures counted at once (as by several instances) are each
-        counted once: the counts are 1 to n, none lost, none repeated.
+        500 reservations at once, through two store objects on the same
+        database (two processes): exactly the budget is granted, with the
+        counts 1 to 10 each once.
         """
+        other = await self.second_store()
+        keys = attempt_keys("burst", budget=10)
         now = time.time()
         results = await gatherResults(
-            [self.store.count_failure("c" * 64, now, 60) for _ in range(20)]
+            [(self.store, other)[n % 2].reserve_attempt(keys, now, 60) for n in range(500)]
         )
-        self.assertEqual(sorted(count for count, _ in results), list(range(1, 21)))
+        granted = [r for r in results if r.granted]
+        self.assertEqual(sorted(r.count for r in granted), list(range(1, 11)))
+        self.assertEqual(len(results) - len(granted), 490)
 
-    async def test_failure_counts_shared_and_durable(self) -> None:
+    async def test_release(self) -> None:
+        """
+        A slot given back is free again; one given back to a window that
+        has ended meanwhile, or more than were taken, changes nothing.
+        """
+        keys = attempt_keys("r", budget=2)
         now = time.time()
-        await self.store.count_failure("d" * 64, now, 60)
-        store = await self.reopened()
-        self.assertEqual((await store.count_failure("d" * 64, now, 60))[0], 2)
+        first = await self.store.reserve_attempt(keys, now, 60)
+        await self.store.reserve_attempt(keys, now, 60)
+        await self.store.release_attempt(AttemptRelease(((keys.counter, first.ends),)), now)
+        self.assertEqual((await self.store.reserve_attempt(keys, now, 60)).count, 2)
+        # the window the slot came from is not this one: nothing given back
+        await self.store.release_attempt(AttemptRelease(((keys.counter, first.ends - 1),)), now)
+        self.assertFalse((await self.store.reserve_attempt(keys, now, 60)).granted)
+        later = await self.store.reserve_attempt(keys, now + 60, 60)
+        self.assertEqual(later.count, 1)
+        await self.store.release_attempt(AttemptRelease(((keys.counter, first.ends),)), now + 60)
+        self.assertEqual((await self.store.reserve_attempt(keys, now + 60, 60)).count, 2)
+        for _ in range(3):
+            await self.store.release_attempt(AttemptRelease(((keys.counter, later.ends),)), now)
+        self.assertEqual((await self.store.reserve_attempt(keys, now + 60, 60)).count, 1)
 
-    async def test_purge_expired_failure_counts(self) -> None:
+    async def test_cap(self) -> None:
+        """
+        Sources not known share the cap; past it they are refused (capped,
+        with the cap's window), even with room in their own counter.  A
+        known source is exempt, and takes no slot of it.
+        """
+        now = time.time()
+        for source in ("s1", "s2"):
+            reserved = await self.store.reserve_attempt(attempt_keys(source, cap=2), now, 60)
+            self.assertTrue(reserved.granted)
+            assert reserved.cap_ends is not None
+            self.assertLess(abs(reserved.cap_ends - (now + 60)), 0.01)
+        refused = await self.store.reserve_attempt(attempt_keys("s3", cap=2), now + 1, 60)
+        self.assertFalse(refused.granted)
+        self.assertTrue(refused.capped)
+        self.assertEqual(refused.count, 0)
+        self.assertEqual(refused.cap_ends, reserved.cap_ends)
+        known = attempt_keys("s3", cap=2)
+        await self.store.release_attempt(AttemptRelease(known=known.known, known_for=3600), now)
+        exempt = await self.store.reserve_attempt(known, now + 1, 60)
+        self.assertEqual((exempt.granted, exempt.cap_ends), (True, None))
+        # a cap slot given back lets one more stranger in
+        assert reserved.cap_ends is not None
+        await self.store.release_attempt(AttemptRelease((("cap", reserved.cap_ends),)), now)
+        self.assertTrue((await self.store.reserve_attempt(attempt_keys("s4", cap=2), now, 60)).granted)
+
+    async def test_known_source_expires(self) -> None:
+        now = time.time()
+        keys = attempt_keys("k", cap=1)
+        await self.store.reserve_attempt(attempt_keys("other", cap=1), now, 60)
+        await self.store.release_attempt(AttemptRelease(known=keys.known, known_for=0.5), now)
+        self.assertTrue((await self.store.reserve_attempt(keys, now, 60)).granted)
+        await deferLater(reactor, 0.7, lambda: None)
+        # real time: Redis keeps a known source as its own expiry
+        self.assertTrue((await self.store.reserve_attempt(keys, time.time(), 60)).capped)
+
+    async def test_known_source_keeps_the_later_expiry(self) -> None:
+        now = time.time()
+        keys = attempt_keys("k", cap=1)
+        await self.store.reserve_attempt(attempt_keys("other", cap=1), now, 60)
+        await self.store.release_attempt(AttemptRelease(known=keys.known, known_for=3600), now)
+        await self.store.release_attempt(AttemptRelease(known=keys.known, known_for=0.2), now)
+        await deferLater(reactor, 0.4, lambda: None)
+        self.assertTrue((await self.store.reserve_attempt(keys, time.time(), 60)).granted)
+
+    async def test_slots_and_known_sources_shared_and_durable(self) -> None:
+        now = time.time()
+        keys = attempt_keys("d", budget=2, cap=5)
+        await self.store.reserve_attempt(keys, now, 60)
+        await self.store.release_attempt(AttemptRelease(known="known-elsewhere", known_for=3600), now)
+        store = await self.reopened()
+        self.assertEqual((await store.reserve_attempt(keys, now, 60)).count, 2)
+        exempt = evolve(attempt_keys("e", cap=1), known="known-elsewhere")
+        self.assertTrue((await store.reserve_attempt(exempt, now, 60)).granted)
+
+    async def test_purge_expired_attempts(self) -> None:
         now = int(time.time())
-        await self.store.count_failure("e" * 64, now - 100, 10)
-        await self.store.count_failure("f" * 64, now, 3600)
+        await self.store.reserve_attempt(attempt_keys("e"), now - 100, 10)
+        await self.store.reserve_attempt(attempt_keys("f"), now, 3600)
+        await self.store.release_attempt(AttemptRelease(known="gone", known_for=10), now - 100)
+        await self.store.release_attempt(AttemptRelease(known="kept", known_for=3600), now)
         purged = await self.tokens.purge_expired(now)
-        self.assertEqual(purged, 1 if self.purges else 0)
-        self.assertEqual((await self.store.count_failure("f" * 64, now, 3600))[0], 2)
+        self.assertEqual(purged, 2 if self.purges else 0)
+        self.assertEqual((await self.store.reserve_attempt(attempt_keys("f"), now, 3600)).count, 2)
+
+    async def test_burst_of_checks_through_the_limits(self) -> None:
+        """
+        The brute-force limits over this store, in two processes (two
+        store objects on one database): 499 wrong secrets and the right
+        one last, all at once, from one address.  The credential checks
+        made (counted by a fake authenticator that answers only after a
+        store round trip, as a real one may) are exactly the budget, and
+        the right secret, beyond it, is refused unchecked.
+        """
+        other = await self.second_store()
+        checks = CountingChecks(self.store)
+        limiters = [AuthLimits(store, time.time, budget=10) for store in (self.store, other)]
+        outcomes = await gatherResults(
+            [
+                checks.outcome(limiters[n % 2].client("client-1", "203.0.113.7", checks.check(n == 499)))
+                for n in range(500)
+            ]
+        )
+        self.assertEqual(checks.count, 10)
+        self.assertEqual(Counter(outcomes), {401: 10, 429: 490})
+
+    async def test_cap_keeps_known_sources_through_the_limits(self) -> None:
+        """
+        The cap across sources, in two processes: a source that
+        authenticated through one is known to both; once strangers have
+        used the cap up, they are refused unchecked on both, while the
+        known source goes on authenticating on both.
+        """
+        other = await self.second_store()
+        checks = CountingChecks(self.store)
+        limiters = [
+            AuthLimits(store, time.time, budget=10, cap=20) for store in (self.store, other)
+        ]
+
+        def attempt(n: int, source: str, right: bool) -> Deferred[int]:
+            return checks.outcome(limiters[n % 2].client("client-1", source, checks.check(right)))
+
+        self.assertEqual(await attempt(0, "192.0.2.1", True), 200)
+        strangers = await gatherResults(
+            [attempt(n, f"198.51.100.{n}", False) for n in range(100)]
+        )
+        self.assertEqual(Counter(strangers), {401: 20, 429: 80})
+        self.assertEqual(checks.count, 21)
+        for n in range(4):
+            self.assertEqual(await attempt(n, "192.0.2.1", True), 200)
+        self.assertEqual(await attempt(1, "192.0.2.1", False), 401)
+        self.assertEqual(await attempt(1, "198.51.100.200", True), 429)
 
     async def test_data_outlives_the_store(self) -> None:
         """

@@ -21,7 +21,7 @@ from urllib.parse import unquote_plus
 
 from attrs import frozen
 
-from ccserver import credentials
+from ccserver import credentials, jose
 from ccserver.errors import invalid_client, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.keysets import KeySetSource, KeySetUnavailable
@@ -172,6 +172,23 @@ def presented_credentials(
     raise invalid_client("no client authentication was included")
 
 
+def claimed_client_id(presented: ClientCredentials | ClientAssertion) -> str:
+    """
+    The client a request claims to be, as the limits count it: the one
+    the check is made for.  An assertion sent without C{client_id} names
+    its client in C{sub} (RFC 7523 §3), read here unverified, as the
+    verifier reads it to find the client's keys; "" when nothing names one.
+    """
+    if presented.client_id is not None:
+        return presented.client_id
+    try:
+        _, claims = jose.unverified(presented.assertion)
+    except jose.JOSEError:
+        return ""
+    sub = claims.get("sub")
+    return sub if isinstance(sub, str) else ""
+
+
 async def authenticate(
     store: IClientStore,
     presented: ClientCredentials,
@@ -266,7 +283,7 @@ class ClientAuthenticator:
         if self._limits is None:
             return await self._authenticate(presented, certificate)
         return await self._limits.client(
-            presented.client_id or "", source, lambda: self._authenticate(presented, certificate)
+            claimed_client_id(presented), source, lambda: self._authenticate(presented, certificate)
         )
 
     async def _authenticate(

@@ -234,7 +234,7 @@ class TokenIntrospection:
                 raise bearer_error("the bearer token is not the master token")
             return True
 
-        return await self._limits.bearer(source, check)
+        return await self._limits.master(source, check)
 
     async def revoke(
         self,

@@ -1,34 +1,62 @@
 """
-Brute-force limits: failed authentication counted per source, and an
-optional per-client limit on token issuance.  Nothing here knows of HTTP:
-the source address arrives as a plain string (L{ccserver.web} finds it,
-believing C{X-Forwarded-For} only from C{[limits] trusted_proxies}).
+Brute-force limits: how many credential checks one credential may be put
+to, from one source and from everyone, and the optional per-client limit
+on token issuance.  Nothing here knows of HTTP: the source address arrives
+as a plain string (L{ccserver.web} finds it, believing C{X-Forwarded-For}
+only from C{[limits] trusted_proxies}).
 
-What is counted, and under which key:
+What is limited (a "credential" below):
 
-  - a failed client authentication (C{invalid_client}: a wrong secret, an
-    unknown client, the wrong method) per (C{client_id}, source): another
-    client behind the same address, or the same client elsewhere, is not
-    affected, and a success of one client resets nothing of another's;
-  - a failed master-token or registration-access-token attempt per source.
+  - a client's authentication (secret, assertion, certificate) at the
+    token, introspection and revocation endpoints, by C{client_id};
+  - a client's registration access token at C{/client-reg/{id}}, by
+    C{client_id}, apart from the master token, so that guessing one never
+    uses the other's budget;
+  - the master token (at C{/client-reg}, the rotation endpoint, and as a
+    bearer token at introspection and revocation).  It is also accepted at
+    C{/client-reg/{id}}: tried there, it has a counter per source of its
+    own and shares the master token's cap, so that the many client ids do
+    not multiply the guesses it can be put to.
 
-Past C{budget} failures in a window (C{[limits] failed_auth_per_minute}),
-that key is refused with 429 until the window ends, before its credentials
-are checked: a refused attacker learns nothing more, not even whether a
-guess was right.
+The rules, each kept in the store (L{IAuthAttemptStore}) so that every
+worker and instance sharing it keeps them together:
 
-Where the counts live, and what it costs:
+  1. Reserve, then check.  Each check first reserves a slot in the
+     counter of (credential, source): at most C{budget} slots in a window
+     (C{[limits] failed_auth_per_minute}, a minute).  Over budget, the
+     request is refused with 429 and its credentials are not checked: a
+     refused attacker learns nothing, not even whether a guess was right.
+     However many requests arrive at once, no more than C{budget} checks
+     happen in a window for one (credential, source).
+  2. A failed check keeps its slot; a successful one gives it back.
+  3. A cap across sources: each check from a source not known for the
+     credential also reserves a slot in the credential's cap (C{[limits]
+     failed_auth_per_client_per_minute}); past it, such sources are refused
+     until the window ends.  A source is known for C{known_for} seconds
+     (C{[limits] known_source_seconds}) after it used the credential
+     successfully, recorded in the store: distributed guessing cannot lock a
+     service out of its usual addresses.
 
-  - the count is the store's (L{IAuthFailureStore.count_failure}: Redis
-    C{INCR} with an expiry in one script, an upsert in SQL, a dict in
-    memory), so instances and workers sharing a store count together;
-  - only a failure writes.  The check before authenticating reads a
-    per-process "blocked until" table, filled when a failure's count
-    reaches the budget: a success costs a dict lookup, no round trip.
-  - The trade-off: a key blocked through instance A is blocked on B only
-    at B's next failure from it (which counts past the budget and is
-    refused).  An attacker spreading guesses over N processes gets at most
-    N - 1 guesses more than the budget per window, not N times the budget.
+What it costs (the hot path: a cached client's successful request):
+
+  - Slots a process has reserved and that succeeded are kept by it, up to
+    C{budget // 2} per counter, until their window ends (less
+    L{LEASE_MARGIN}): its next checks of that (credential, source) take one
+    of them, with no store round trip, and give it back to itself.  A
+    client authenticating from one address thus costs one reservation (and
+    one release, recording the known source) per process per minute.  The
+    slots it keeps count against the budget like checks under way: an
+    attacker at the same address as the client gets the rest.
+  - Within a process, one reservation per counter is under way at a time;
+    requests that find no free slot wait for one (a burst of a client's
+    own requests is not refused for being many), and fail with the
+    refusal once the store refuses and no check of theirs is under way.
+  - A refusal is remembered for L{RECHECK_SECONDS}, so that a refused
+    attacker's next requests cost no round trip.
+  - When the store cannot be reached, the process counts on its own
+    (C{fallback}, the same rules per process) for L{STORE_RETRY_SECONDS},
+    then tries the store again: clients keep authenticating through a store
+    outage, each process within its own budget.
 
 The 429 answer (RFC 6585 §4: "the user has sent too many requests in a
 given amount of time"; C{Retry-After} says how long to wait) carries the
@@ -45,13 +73,21 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ccserver.errors import OAuthError
-from ccserver.interfaces import IAuthFailureStore
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from ccserver.errors import OAuthError, StoreUnavailable
+from ccserver.interfaces import IAuthAttemptStore
+from ccserver.model import AttemptKeys, AttemptRelease, Reservation
 
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 #: What was limited, as C{ccserver_rate_limited_total{what}} names it.
 CLIENT_AUTH = "client_auth"
@@ -60,6 +96,17 @@ TOKEN_ISSUANCE = "token_issuance"
 
 #: The most entries a per-process table keeps (about 100 bytes each).
 MAX_ENTRIES = 100_000
+
+#: A process stops using the slots it keeps this many seconds before their
+#: window ends, so that instances whose clocks differ by less never use a
+#: slot of a window another has already begun anew.
+LEASE_MARGIN = 2.0
+
+#: How long a process remembers a refusal before it asks the store again.
+RECHECK_SECONDS = 1.0
+
+#: How long a process counts on its own after the store failed to answer.
+STORE_RETRY_SECONDS = 5.0
 
 
 def too_many_requests(description: str, retry_after: float) -> OAuthError:
@@ -76,119 +123,569 @@ def too_many_requests(description: str, retry_after: float) -> OAuthError:
     )
 
 
-def _failure_key(kind: str, *parts: str) -> str:
+@frozen
+class Credential:
     """
-    The store's key for a count: a digest, so that a client id of any
-    length or character, chosen by a stranger, costs the store 64 bytes.
+    A credential as the limits count it.
     """
-    text = "\x00".join((kind, *parts))
+
+    #: names its counters (one per source)
+    name: str
+    #: names its cap and known sources: the routes to one credential share them
+    cap_name: str
+    #: the C{OAuthError.error} of a failed check
+    counted_error: str
+    #: the C{what} of C{ccserver_rate_limited_total}
+    what: str
+    #: the 429's description when the counter refuses
+    this_address: str
+    #: the 429's description when the cap refuses
+    new_addresses: str
+
+
+CLIENT = Credential(
+    "client",
+    "client",
+    "invalid_client",
+    CLIENT_AUTH,
+    "too many failed authentication attempts for this client from this address",
+    "too many failed authentication attempts for this client from addresses "
+    "it has not authenticated from recently",
+)
+REGISTRATION_ACCESS_TOKEN = Credential(
+    "registration",
+    "registration",
+    "invalid_token",
+    BEARER_TOKEN,
+    "too many failed registration access token attempts for this client from this address",
+    "too many failed registration access token attempts for this client from addresses "
+    "it has not been used from recently",
+)
+MASTER_TOKEN = Credential(
+    "master",
+    "master",
+    "invalid_token",
+    BEARER_TOKEN,
+    "too many failed master token attempts from this address",
+    "too many failed master token attempts from addresses it has not been used from recently",
+)
+#: the master token tried at C{/client-reg/{id}}
+MASTER_TOKEN_AT_CLIENT = Credential(
+    "master at /client-reg/{id}",
+    "master",
+    "invalid_token",
+    BEARER_TOKEN,
+    "too many failed master token attempts from this address",
+    "too many failed master token attempts from addresses it has not been used from recently",
+)
+
+
+def _digest(*parts: str) -> str:
+    """
+    A store key: a digest, so that a client id of any length or character,
+    chosen by a stranger, costs the store 64 bytes.
+    """
+    text = "\x00".join(parts)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _bounded(table: dict[str, float], now: float) -> None:
+def _bounded(table: dict[K, V], now: float, until: Callable[[V], float]) -> None:
     """
-    Keep a per-process table under L{MAX_ENTRIES}: drop what has ended,
-    then, if still full, the oldest entries (insertion order is age order).
+    Keep a per-process table under L{MAX_ENTRIES}: drop what has ended
+    (C{until} of an entry tells when it does), then, if still full, the
+    oldest entries (insertion order is age order).
     """
     if len(table) < MAX_ENTRIES:
         return
-    for key in [k for k, until in table.items() if until <= now]:
+    for key in [k for k, value in table.items() if until(value) <= now]:
         del table[key]
     while len(table) >= MAX_ENTRIES:
         del table[next(iter(table))]
 
 
-class AuthLimits:
+@frozen
+class _Refusal:
     """
-    Counts failed authentication and refuses a key past its budget.
+    Why a counter or a cap refused, and until when.
+    """
 
-    @param store: where failures are counted, or None for no limits.
-    @param on_limited: called with L{CLIENT_AUTH} or L{BEARER_TOKEN} for
-        every refusal (the metrics' C{rate_limited(what)}).
+    credential: Credential
+    capped: bool
+    retry_at: float
+
+
+class _Share:
     """
+    This process's slots of one counter (a credential from one source),
+    and the counter's store keys, made once.
+    """
+
+    __slots__ = ("name", "keys", "ends", "leased", "free", "busy", "reserving", "waiters")
+
+    def __init__(self, name: tuple[str, str, str], keys: AttemptKeys) -> None:
+        self.name = name
+        self.keys = keys
+        #: the end of the window the kept slots are counted in
+        self.ends = 0.0
+        #: slots kept between checks, and those of them not in use
+        self.leased = 0
+        self.free = 0
+        #: slots in use by checks under way, kept ones or not
+        self.busy = 0
+        #: whether a reservation is under way
+        self.reserving = False
+        #: requests waiting for a slot
+        self.waiters: deque[Deferred[None]] = deque()
+
+    def idle(self) -> bool:
+        return not (self.leased or self.busy or self.reserving or self.waiters)
+
+
+class _Slot:
+    """
+    A slot a check runs in: one this process keeps (C{reservation} None),
+    or one just reserved in C{store}.
+    """
+
+    __slots__ = ("credential", "share", "ends", "store", "reservation")
 
     def __init__(
         self,
-        store: IAuthFailureStore | None,
+        credential: Credential,
+        share: _Share,
+        ends: float,
+        store: IAuthAttemptStore,
+        reservation: Reservation | None = None,
+    ) -> None:
+        self.credential = credential
+        self.share = share
+        self.ends = ends
+        self.store = store
+        self.reservation = reservation
+
+
+class AuthLimits:
+    """
+    Reserves a slot before each credential check, within the budgets.
+
+    @param store: where the slots are counted, or None for no limits.
+    @param budget: slots per (credential, source) in a window.
+    @param window: seconds.
+    @param cap: slots per credential from sources not known for it, in a
+        window; 0 for no cap.
+    @param known_for: seconds a source stays known after a success.
+    @param on_limited: called with L{CLIENT_AUTH} or L{BEARER_TOKEN} for
+        every refusal (the metrics' C{rate_limited(what)}).
+    @param fallback: where this process counts on its own while C{store}
+        cannot be reached (a L{ccserver.stores.memory.MemoryStore}); None
+        to fail such requests with the store's error instead.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        store: IAuthAttemptStore | None,
         now: Callable[[], float],
         budget: int = 10,
         window: float = 60.0,
         on_limited: Callable[[str], None] | None = None,
+        *,
+        cap: int = 0,
+        known_for: float = 86400.0,
+        fallback: IAuthAttemptStore | None = None,
     ) -> None:
         self._store = store
         self._now = now
         self._budget = budget
         self._window = window
+        self._cap = cap
+        self._known_for = known_for
         self._on_limited = on_limited
-        #: failure key -> when its block ends, in this process
-        self._blocked: dict[str, float] = {}
+        self._fallback = fallback
+        #: the most slots of one counter this process holds at once
+        self._per_process = max(1, budget // 2)
+        #: (credential, identity, source) -> this process's slots of its counter
+        self._shares: dict[tuple[str, str, str], _Share] = {}
+        #: (credential, identity, source) -> a refusal remembered, and until when
+        self._refusals: dict[tuple[str, str, str], tuple[_Refusal, float]] = {}
+        #: known-source key -> until when this process has recorded it
+        self._known: dict[str, float] = {}
+        #: until when the store is taken as unreachable (0: it answers)
+        self._store_down_until = 0.0
+        #: whether a reservation is trying the store again after an outage
+        self._probing = False
+
+    # the credentials
 
     async def client(
         self, client_id: str, source: str, attempt: Callable[[], Awaitable[T]]
     ) -> T:
         """
-        C{attempt}'s result (client authentication), unless C{client_id}
-        from C{source} is over its budget; an C{invalid_client} failure is
-        counted.
+        C{attempt}'s result (client authentication), within C{client_id}'s
+        budgets from C{source}; an C{invalid_client} failure keeps its slot.
         """
-        return await self._guarded(
-            _failure_key(CLIENT_AUTH, client_id, source),
-            CLIENT_AUTH,
-            "too many failed authentication attempts for this client from this address",
-            "invalid_client",
-            attempt,
-        )
+        return await self._guarded(CLIENT, client_id, source, attempt)
 
-    async def bearer(self, source: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    async def master(self, source: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """
-        C{attempt}'s result (a master-token or registration-access-token
-        check), unless C{source} is over its budget; an C{invalid_token}
-        failure is counted.
+        C{attempt}'s result (a master-token check), within the master
+        token's budgets from C{source}; an C{invalid_token} failure keeps
+        its slot.
         """
-        return await self._guarded(
-            _failure_key(BEARER_TOKEN, source),
-            BEARER_TOKEN,
-            "too many failed bearer token attempts from this address",
-            "invalid_token",
-            attempt,
-        )
+        return await self._guarded(MASTER_TOKEN, "", source, attempt)
+
+    async def registration(
+        self,
+        client_id: str,
+        source: str,
+        attempt: Callable[[bool, bool], Awaitable[tuple[T, bool]]],
+    ) -> tuple[T, bool]:
+        """
+        A check at C{/client-reg/{client_id}}, where the client's
+        registration access token and the master token are both accepted:
+        C{attempt(registration_access_token, master_token)} is told which
+        of the two may be tried (the other's budget may be spent), and
+        returns its result and whether the master token matched.
+
+        Refused only when neither may be tried.  A failure keeps both
+        slots; if one of the two could not be tried, the failure is
+        answered with that one's refusal (429), since its credential may
+        have been the right one.
+        """
+        if self._store is None:
+            return await attempt(True, True)
+        own = await self._slot(REGISTRATION_ACCESS_TOKEN, client_id, source)
+        try:
+            master = await self._slot(MASTER_TOKEN_AT_CLIENT, "", source)
+        except BaseException:
+            if isinstance(own, _Slot):
+                await self._give_back(own)
+            raise
+        slots = [slot for slot in (own, master) if isinstance(slot, _Slot)]
+        refusals = [refusal for refusal in (own, master) if isinstance(refusal, _Refusal)]
+        if not slots:
+            raise self._limited(refusals[0])
+        try:
+            result, is_master = await attempt(isinstance(own, _Slot), isinstance(master, _Slot))
+        except OAuthError as error:
+            if error.error != "invalid_token":
+                for slot in slots:
+                    await self._give_back(slot)
+                raise
+            for slot in slots:
+                self._failed(slot)
+            if refusals:
+                raise self._limited(refusals[0]) from None
+            raise
+        except BaseException:
+            for slot in slots:
+                await self._give_back(slot)
+            raise
+        for slot in slots:
+            matched = (slot.credential is MASTER_TOKEN_AT_CLIENT) == is_master
+            recording = self._succeeded(slot, known=matched)
+            if recording is not None:
+                await recording
+        return result, is_master
 
     async def _guarded(
         self,
-        key: str,
-        what: str,
-        description: str,
-        counted_error: str,
+        credential: Credential,
+        identity: str,
+        source: str,
         attempt: Callable[[], Awaitable[T]],
     ) -> T:
         if self._store is None:
             return await attempt()
-        until = self._blocked.get(key)
-        if until is not None:
-            left = until - self._now()
-            if left > 0:
-                raise self._refused(what, description, left)
-            del self._blocked[key]
+        share = self._share(credential, identity, source)
+        # the hot path: a slot this process keeps, taken without a wait
+        slot = self._kept_slot(credential, share, self._now())
+        if slot is None:
+            got = await self._acquire(credential, share)
+            if isinstance(got, _Refusal):
+                raise self._limited(got)
+            slot = got
         try:
-            return await attempt()
+            result = await attempt()
         except OAuthError as error:
-            if error.error != counted_error:
+            if error.error != credential.counted_error:
+                await self._give_back(slot)
                 raise
-            failures, until = await self._store.count_failure(key, self._now(), self._window)
-            if failures < self._budget:
-                raise
-            now = self._now()
-            _bounded(self._blocked, now)
-            self._blocked[key] = until
-            if failures == self._budget:
-                # the last failure the budget allows is answered as itself
-                raise
-            raise self._refused(what, description, until - now) from None
+            self._failed(slot)
+            raise
+        except BaseException:
+            await self._give_back(slot)
+            raise
+        recording = self._succeeded(slot, known=True)
+        if recording is not None:
+            await recording
+        return result
 
-    def _refused(self, what: str, description: str, left: float) -> OAuthError:
+    async def _slot(self, credential: Credential, identity: str, source: str) -> _Slot | _Refusal:
+        share = self._share(credential, identity, source)
+        return self._kept_slot(credential, share, self._now()) or await self._acquire(
+            credential, share
+        )
+
+    def _limited(self, refusal: _Refusal) -> OAuthError:
         if self._on_limited is not None:
-            self._on_limited(what)
-        return too_many_requests(description, left)
+            self._on_limited(refusal.credential.what)
+        credential = refusal.credential
+        description = credential.new_addresses if refusal.capped else credential.this_address
+        return too_many_requests(description, refusal.retry_at - self._now())
+
+    # slots
+
+    def keys(self, credential: Credential, identity: str, source: str) -> AttemptKeys:
+        """
+        The store keys of C{credential} (whose C{identity}) tried from
+        C{source}.
+        """
+        return AttemptKeys(
+            counter=_digest("counter", credential.name, identity, source),
+            budget=self._budget,
+            cap=_digest("cap", credential.cap_name, identity) if self._cap else None,
+            cap_budget=self._cap,
+            known=_digest("known", credential.cap_name, identity, source),
+        )
+
+    def _share(self, credential: Credential, identity: str, source: str) -> _Share:
+        name = (credential.name, identity, source)
+        share = self._shares.get(name)
+        if share is None:
+            if len(self._shares) >= MAX_ENTRIES:
+                self._forget_shares()
+            share = self._shares[name] = _Share(name, self.keys(credential, identity, source))
+        return share
+
+    def _forget_shares(self) -> None:
+        """
+        Make room in the table: forget counters nothing here uses, those
+        whose kept slots have ended first.  Slots kept by a counter
+        forgotten stay counted in the store until their window ends.
+        """
+        now = self._now()
+        idle = [s for s in self._shares.values() if not (s.busy or s.reserving or s.waiters)]
+        idle.sort(key=lambda share: share.ends > now)
+        for share in idle[: max(1, len(idle) // 2)]:
+            del self._shares[share.name]
+
+    def _kept_slot(self, credential: Credential, share: _Share, now: float) -> _Slot | None:
+        """
+        A slot this process keeps and nobody here uses, if any.
+        """
+        if share.leased and now >= share.ends - LEASE_MARGIN:
+            # their window is ending: the kept slots are left to it
+            share.leased = share.free = 0
+        if not share.free:
+            return None
+        share.free -= 1
+        share.busy += 1
+        return _Slot(credential, share, share.ends, self._store_for(now))
+
+    async def _acquire(self, credential: Credential, share: _Share) -> _Slot | _Refusal:
+        """
+        A slot for one check: one this process keeps, or one reserved in
+        the store (or a refusal).  One reservation per counter is under way
+        at a time in this process, and it holds at most C{budget // 2}
+        slots of a counter at once; a request that can have neither waits
+        until a slot is given back, or a check fails, and tries again.
+        """
+        while True:
+            now = self._now()
+            kept = self._kept_slot(credential, share, now)
+            if kept is not None:
+                return kept
+            remembered = self._refusals.get(share.name)
+            if remembered is not None:
+                if remembered[1] > now:
+                    return remembered[0]
+                del self._refusals[share.name]
+            if not share.reserving and share.busy < self._per_process:
+                reserved, store = await self._reserve(share, now)
+                if reserved.granted:
+                    share.busy += 1
+                    self._wake(share)
+                    return _Slot(credential, share, reserved.ends, store, reserved)
+                if not share.busy:
+                    ends = reserved.cap_ends if reserved.capped else None
+                    refusal = _Refusal(credential, reserved.capped, ends or reserved.ends)
+                    _bounded(self._refusals, now, lambda entry: entry[1])
+                    self._refusals[share.name] = (
+                        refusal,
+                        min(refusal.retry_at, now + RECHECK_SECONDS),
+                    )
+                    self._wake(share)
+                    self._forget_if_idle(share)
+                    return refusal
+                # a check under way here may give its slot back: wait for it
+            waiter: Deferred[None] = Deferred()
+            share.waiters.append(waiter)
+            await waiter
+
+    async def _reserve(
+        self, share: _Share, now: float
+    ) -> tuple[Reservation, IAuthAttemptStore]:
+        """
+        A reservation in the store, or in the fallback while the store
+        cannot be reached; and which of the two it is in.
+        """
+        share.reserving = True
+        try:
+            store = self._store_for(now)
+            # after an outage, one reservation at a time tries the store
+            probe = store is self._store and self._store_down_until > 0
+            self._probing = self._probing or probe
+            try:
+                reserved = await store.reserve_attempt(share.keys, now, self._window)
+            except StoreUnavailable:
+                if self._fallback is None or store is self._fallback:
+                    raise
+                self._store_down_until = self._now() + STORE_RETRY_SECONDS
+                self._log.warn(
+                    "The brute-force limits count in this process alone for {seconds:g} s: "
+                    "the store did not answer",
+                    seconds=STORE_RETRY_SECONDS,
+                )
+                reserved = await self._fallback.reserve_attempt(
+                    share.keys, self._now(), self._window
+                )
+                return reserved, self._fallback
+            finally:
+                if probe:
+                    self._probing = False
+            if probe:
+                self._store_down_until = 0.0
+            return reserved, store
+        except BaseException as error:
+            share.reserving = False
+            self._wake(share, error)
+            raise
+        finally:
+            share.reserving = False
+
+    def _store_for(self, now: float) -> IAuthAttemptStore:
+        assert self._store is not None
+        if self._fallback is not None and (now < self._store_down_until or self._probing):
+            return self._fallback
+        return self._store
+
+    def _wake(self, share: _Share, error: BaseException | None = None) -> None:
+        """
+        Let every waiting request look again (or fail with C{error}).
+        """
+        if not share.waiters:
+            return
+        waiters, share.waiters = share.waiters, deque()
+        for waiter in waiters:
+            if error is None:
+                waiter.callback(None)
+            else:
+                waiter.errback(error)
+
+    def _failed(self, slot: _Slot) -> None:
+        """
+        A failed check: its slot stays counted in the store.
+        """
+        share = slot.share
+        share.busy -= 1
+        if slot.reservation is None and share.leased and slot.ends == share.ends:
+            share.leased -= 1
+        self._wake(share)
+        self._forget_if_idle(share)
+
+    def _succeeded(self, slot: _Slot, known: bool) -> Awaitable[None] | None:
+        """
+        A successful check: its slot is kept here for the next, or given
+        back to the store; its cap slot is given back; the source is
+        recorded as known for the credential (unless it is already, for
+        more than half of C{known_for}).  What must be written to the
+        store (nothing, on the hot path) is returned, to be awaited.
+        """
+        share, reserved, now = slot.share, slot.reservation, self._now()
+        share.busy -= 1
+        slots: list[tuple[str, float]] = []
+        if reserved is None:
+            if share.leased and slot.ends == share.ends and now < share.ends - LEASE_MARGIN:
+                share.free += 1
+        else:
+            keep = (
+                slot.store is self._store
+                and now < reserved.ends - LEASE_MARGIN
+                and (not share.leased or share.ends == reserved.ends)
+                and (bool(share.waiters) or reserved.count <= self._per_process)
+            )
+            if keep:
+                share.ends = reserved.ends
+                share.leased += 1
+                share.free += 1
+            else:
+                slots.append((share.keys.counter, reserved.ends))
+            if reserved.cap_ends is not None and share.keys.cap is not None:
+                slots.append((share.keys.cap, reserved.cap_ends))
+        self._wake(share)
+        self._forget_if_idle(share)
+        known_key = share.keys.known
+        remember = known and self._known.get(known_key, 0.0) < now + self._known_for / 2
+        if not (slots or remember):
+            return None
+        if remember:
+            # taken as recorded at once: the successes that come while the
+            # write is under way do not write it again
+            _bounded(self._known, now, float)
+            self._known[known_key] = now + self._known_for
+        release = AttemptRelease(tuple(slots), known_key if remember else None, self._known_for)
+        return self._record_success(slot.store, release, now)
+
+    async def _record_success(
+        self, store: IAuthAttemptStore, release: AttemptRelease, now: float
+    ) -> None:
+        """
+        Write a success's release.  A known address is recorded again only
+        after half of C{known_for}, unless this write fails or goes only to
+        the fallback (during an outage): then at its next success.
+        """
+        taken = await self._release(store, release, now)
+        if release.known is not None and not (taken and store is self._store):
+            self._known.pop(release.known, None)
+
+    async def _give_back(self, slot: _Slot) -> None:
+        """
+        A check that neither failed nor succeeded (another error): its
+        slots go back where they came from.
+        """
+        share, reserved = slot.share, slot.reservation
+        share.busy -= 1
+        if reserved is None:
+            if share.leased and slot.ends == share.ends:
+                share.free += 1
+            self._wake(share)
+            return
+        slots = [(share.keys.counter, reserved.ends)]
+        if reserved.cap_ends is not None and share.keys.cap is not None:
+            slots.append((share.keys.cap, reserved.cap_ends))
+        self._wake(share)
+        self._forget_if_idle(share)
+        await self._release(slot.store, AttemptRelease(tuple(slots)), self._now())
+
+    async def _release(
+        self, store: IAuthAttemptStore, release: AttemptRelease, now: float
+    ) -> bool:
+        """
+        Whether the store took the release.  A store that cannot take it
+        keeps the slots counted until their window ends: the request has
+        been answered already, and is not failed for it.
+        """
+        try:
+            await store.release_attempt(release, now)
+        except StoreUnavailable:
+            return False
+        return True
+
+    def _forget_if_idle(self, share: _Share) -> None:
+        if share.idle() and self._shares.get(share.name) is share:
+            del self._shares[share.name]
 
 
 class IssuanceLimit:

@@ -531,8 +531,8 @@ class ClientRegistry:
         @param secret_encryptor: encrypts the secrets of C{client_secret_jwt}
             clients for the store (the key-encryption key); without one,
             such clients cannot be registered.
-        @param limits: the brute-force limits: a wrong master token or
-            registration access token is counted per source address.
+        @param limits: the brute-force limits: the master token, and each
+            client's registration access token, have budgets of their own.
         @param secret_rotation_grace: how long a rotated-out secret still
             works (C{[clients] secret_rotation_grace}).
         @param jwks_uri_policy: where a client's C{jwks_uri} may point
@@ -566,7 +566,7 @@ class ClientRegistry:
             # a malformed Authorization header: no token was tried, nothing
             # to count
             await check()
-        await self._limits.bearer(source, check)
+        await self._limits.master(source, check)
 
     async def register(
         self, token: str | None, read_body: Callable[[], object], source: str = ""
@@ -591,22 +591,34 @@ class ClientRegistry:
         C{token} is its registration access token or the master token, and
         whether it was the master token (the operator, who manages any
         client).  An unknown client gets the same answer as a wrong token.
-        A wrong token counts against C{source}'s budget.
+        A wrong token counts against the client's registration access token
+        from C{source}, and against the master token tried here (see
+        L{AuthLimits.registration}), never against the master token's own
+        budget at C{/client-reg}.
         """
         if token is None:
             raise bearer_error("this endpoint needs the client's registration access token")
         if not token:
             # a malformed Authorization header: no token was tried
-            return await self._check_token(client_id, token)
-        return await self._limits.bearer(source, lambda: self._check_token(client_id, token))
+            return await self._check_token(client_id, token, True, True)
+        return await self._limits.registration(
+            client_id, source, lambda own, master: self._check_token(client_id, token, own, master)
+        )
 
-    async def _check_token(self, client_id: str, token: str) -> tuple[Client, bool]:
+    async def _check_token(
+        self, client_id: str, token: str, own: bool, master: bool
+    ) -> tuple[Client, bool]:
+        """
+        @param own: whether the client's registration access token may be
+            tried (the limits may have refused it).
+        @param master: whether the master token may be tried.
+        """
         client = await self._store.get_client(client_id)
-        expected = client.registration_access_token_digest if client else None
+        expected = client.registration_access_token_digest if client and own else None
         # Both digests are always compared, in constant time: which one
         # matched must not show in the time taken.
         is_client = credentials.check(token, expected)
-        is_master = credentials.check(token, self._master_token_digest)
+        is_master = credentials.check(token, self._master_token_digest if master else None)
         if client is not None and (is_client or is_master):
             return client, is_master
         raise bearer_error("the registration access token is not valid for this client")

@@ -12,7 +12,7 @@ from zope.interface import implementer
 
 from ccserver.errors import ClientExists
 from ccserver.interfaces import IStore
-from ccserver.model import Client, StoredKey, TokenRecord
+from ccserver.model import AttemptKeys, AttemptRelease, Client, Reservation, StoredKey, TokenRecord
 from ccserver.stores.codec import TOKENS
 
 _CLIENT_ID = TOKENS.position("client_id")
@@ -35,8 +35,10 @@ class MemoryStore:
         self._revoked: dict[str, int] = {}
         #: client_id -> (issued_before, mark_expires_at)
         self._revoked_clients: dict[str, tuple[int, int]] = {}
-        #: failure key -> (failures, window ends at)
-        self._failures: dict[str, tuple[int, float]] = {}
+        #: counter or cap key -> (slots, window ends at)
+        self._attempts: dict[str, tuple[int, float]] = {}
+        #: known-source key -> until when
+        self._known: dict[str, float] = {}
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -128,20 +130,44 @@ class MemoryStore:
             del self._revoked[jti]
         for client_id in expired_marks:
             del self._revoked_clients[client_id]
-        expired_failures = [k for k, (_, until) in self._failures.items() if until < now]
-        for key in expired_failures:
-            del self._failures[key]
+        expired_attempts = [k for k, (_, until) in self._attempts.items() if until < now]
+        for key in expired_attempts:
+            del self._attempts[key]
+        expired_known = [k for k, until in self._known.items() if until < now]
+        for key in expired_known:
+            del self._known[key]
         return succeed(
             len(expired_tokens) + len(expired_jtis) + len(expired_marks) + len(expired_used)
-            + len(expired_failures)
+            + len(expired_attempts) + len(expired_known)
         )
 
-    def count_failure(self, key: str, now: float, window: float) -> Deferred[tuple[int, float]]:
-        failures, until = self._failures.get(key, (0, now))
-        if until <= now:
-            failures, until = 0, now + window
-        self._failures[key] = (failures + 1, until)
-        return succeed((failures + 1, until))
+    def _window(self, key: str, now: float, window: float) -> tuple[int, float]:
+        slots, ends = self._attempts.get(key, (0, now))
+        return (0, now + window) if ends <= now else (slots, ends)
+
+    def reserve_attempt(self, keys: AttemptKeys, now: float, window: float) -> Deferred[Reservation]:
+        # synchronous, hence atomic: nothing else runs in between
+        count, ends = self._window(keys.counter, now, window)
+        if count >= keys.budget:
+            return succeed(Reservation(False, count, ends))
+        cap_ends = None
+        if keys.cap is not None and self._known.get(keys.known, 0.0) <= now:
+            cap_count, cap_ends = self._window(keys.cap, now, window)
+            if cap_count >= keys.cap_budget:
+                return succeed(Reservation(False, count, ends, cap_ends, capped=True))
+            self._attempts[keys.cap] = (cap_count + 1, cap_ends)
+        self._attempts[keys.counter] = (count + 1, ends)
+        return succeed(Reservation(True, count + 1, ends, cap_ends))
+
+    def release_attempt(self, release: AttemptRelease, now: float) -> Deferred[None]:
+        for key, ends in release.slots:
+            count, current = self._attempts.get(key, (0, 0.0))
+            if current == ends and count > 0:
+                self._attempts[key] = (count - 1, ends)
+        if release.known is not None:
+            until = self._known.get(release.known, 0.0)
+            self._known[release.known] = max(until, now + release.known_for)
+        return succeed(None)
 
     def list_keys(self) -> Deferred[list[StoredKey]]:
         return succeed(sorted(self._keys.values(), key=lambda k: (k.created_at, k.kid)))

@@ -36,10 +36,11 @@ shared with other data):
   - C{ccserver:once:<key>}: a one-time record (C{use_once}), C{SET NX
     EXAT}, gone at its expiry; a client's record (above) may carry
     C{encrypted_secret}, for C{client_secret_jwt} clients only;
-  - C{ccserver:auth_failures:<key>}: the count of failed authentication
-    attempts under a key (a digest), C{INCR}ed and given its expiry (the
-    window) by one script, in one round trip; Redis forgets it when the
-    window ends;
+  - C{ccserver:auth_attempts:<key>}: a brute-force limit's counter or cap
+    (a digest names it), a hash of its slots and its window's end, written
+    by one script per reservation and one per release; Redis forgets it a
+    second after its window ends.  C{ccserver:known_source:<key>}: a source
+    known for a credential (exempt from the cap), gone at its expiry;
   - C{ccserver:schema_version}: the layout's version (1), so that a later
     ccserver can tell what it opens.
 
@@ -90,7 +91,7 @@ from zope.interface import implementer
 
 from ccserver.errors import ClientExists, ConfigError, StoreUnavailable
 from ccserver.interfaces import IStore
-from ccserver.model import Client, StoredKey, TokenRecord
+from ccserver.model import AttemptKeys, AttemptRelease, Client, Reservation, StoredKey, TokenRecord
 from ccserver.stores.codec import CLIENTS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, url_secrets
@@ -132,16 +133,67 @@ end
 return 1
 """
 
-#: INCR, and a new counter gets the window as its expiry: one round trip,
-#: atomic.  Returns the count and the milliseconds left in the window.
-_COUNT_FAILURE_SCRIPT = """
-local failures = redis.call('INCR', KEYS[1])
-local left = redis.call('PTTL', KEYS[1])
-if left < 0 then
-    redis.call('PEXPIRE', KEYS[1], ARGV[1])
-    left = tonumber(ARGV[1])
+#: L{RedisStore.reserve_attempt}, atomic as every script is.
+#:
+#:  - C{KEYS}: the counter, the cap (or the counter again, unused, when there
+#:    is no cap), the known-source key;
+#:  - C{ARGV}: now and the end of a window opened now (milliseconds since
+#:    the epoch, as the caller's clock says), the counter's budget, the
+#:    cap's (0: no cap).
+#:
+#: A counter is a hash: C{n} slots, its window ending at C{e}; an ended
+#: window counts as empty.  The key expires a second after C{e} (a
+#: relative expiry, so that Redis' clock does not matter).  A refusal
+#: writes nothing.  Returns granted (1/0), the counter's slots, its window's
+#: end, the cap's window's end (-1: not counted), capped (1/0).
+_RESERVE_ATTEMPT_SCRIPT = """
+local now = tonumber(ARGV[1])
+local function load(key)
+    local v = redis.call('HMGET', key, 'n', 'e')
+    local e = tonumber(v[2])
+    if (not e) or e <= now then
+        return 0, ARGV[2]
+    end
+    return tonumber(v[1]), v[2]
 end
-return {failures, left}
+local function take(key, n, e)
+    redis.call('HSET', key, 'n', n + 1, 'e', e)
+    redis.call('PEXPIRE', key, tonumber(e) - now + 1000)
+end
+local n, e = load(KEYS[1])
+if n >= tonumber(ARGV[3]) then
+    return {0, n, e, -1, 0}
+end
+local cap_e = -1
+if tonumber(ARGV[4]) > 0 and redis.call('EXISTS', KEYS[3]) == 0 then
+    local cn, ce = load(KEYS[2])
+    if cn >= tonumber(ARGV[4]) then
+        return {0, n, e, ce, 1}
+    end
+    take(KEYS[2], cn, ce)
+    cap_e = ce
+end
+take(KEYS[1], n, e)
+return {1, n + 1, e, cap_e, 0}
+"""
+
+#: L{RedisStore.release_attempt}: C{KEYS} the known-source key (or
+#: C{ccserver:none}, unused), then the slots' keys; C{ARGV} how many
+#: milliseconds the source stays known (0: not recorded), then each slot's
+#: window end.  A slot goes back only to the window it was taken in; a known
+#: source keeps the later of two expiries.
+_RELEASE_ATTEMPT_SCRIPT = """
+local keep = tonumber(ARGV[1])
+if keep > 0 and redis.call('PTTL', KEYS[1]) < keep then
+    redis.call('SET', KEYS[1], '1', 'PX', keep)
+end
+for i = 2, #KEYS do
+    local v = redis.call('HMGET', KEYS[i], 'n', 'e')
+    if v[2] == ARGV[i] and tonumber(v[1]) > 0 then
+        redis.call('HINCRBY', KEYS[i], 'n', -1)
+    end
+end
+return 1
 """
 
 #: Opaque tokens written by one script call at most.  A batch is the tokens
@@ -270,8 +322,12 @@ def revoked_client_key(client_id: str) -> str:
     return f"{PREFIX}revoked_client:{client_id}"
 
 
-def auth_failures_key(key: str) -> str:
-    return f"{PREFIX}auth_failures:{key}"
+def auth_attempts_key(key: str) -> str:
+    return f"{PREFIX}auth_attempts:{key}"
+
+
+def known_source_key(key: str) -> str:
+    return f"{PREFIX}known_source:{key}"
 
 
 def _redis_version(info: str) -> tuple[int, ...]:
@@ -610,18 +666,52 @@ class RedisStore:
     def purge_expired(self, now: int) -> Deferred[int]:
         return succeed(0)
 
-    # IAuthFailureStore
+    # IAuthAttemptStore
 
-    def count_failure(self, key: str, now: float, window: float) -> Deferred[tuple[int, float]]:
+    def reserve_attempt(self, keys: AttemptKeys, now: float, window: float) -> Deferred[Reservation]:
         """
-        The window is Redis' own expiry (C{PEXPIRE}, set by the first
-        failure): its end is C{now} plus what Redis says is left.
+        One script (L{_RESERVE_ATTEMPT_SCRIPT}), one round trip.
         """
+        now_ms = int(now * 1000)
         d = self._call(
             "eval",
-            _COUNT_FAILURE_SCRIPT,
-            [auth_failures_key(key)],
-            [str(max(1, int(window * 1000)))],
+            _RESERVE_ATTEMPT_SCRIPT,
+            [
+                auth_attempts_key(keys.counter),
+                auth_attempts_key(keys.cap or keys.counter),
+                known_source_key(keys.known),
+            ],
+            [
+                str(now_ms),
+                str(now_ms + max(1, int(window * 1000))),
+                str(keys.budget),
+                str(keys.cap_budget if keys.cap is not None else 0),
+            ],
         )
-        d.addCallback(lambda reply: (int(reply[0]), now + int(reply[1]) / 1000))
+
+        def reservation(reply: list[Any]) -> Reservation:
+            granted, count, ends, cap_ends, capped = (int(value) for value in reply)
+            return Reservation(
+                granted == 1,
+                count,
+                ends / 1000,
+                None if cap_ends < 0 else cap_ends / 1000,
+                capped == 1,
+            )
+
+        d.addCallback(reservation)
+        return d
+
+    def release_attempt(self, release: AttemptRelease, now: float) -> Deferred[None]:
+        """
+        One script (L{_RELEASE_ATTEMPT_SCRIPT}), one round trip.  The
+        window ends go as Redis keeps them, integer milliseconds.
+        """
+        known = release.known is not None
+        keys = [known_source_key(release.known) if release.known is not None else PREFIX + "none"]
+        args = [str(max(1, int(release.known_for * 1000)) if known else 0)]
+        keys += [auth_attempts_key(key) for key, _ in release.slots]
+        args += [str(round(ends * 1000)) for _, ends in release.slots]
+        d = self._call("eval", _RELEASE_ATTEMPT_SCRIPT, keys, args)
+        d.addCallback(lambda _: None)
         return d

@@ -31,7 +31,7 @@ Durability and concurrency:
 
 Tables: C{clients}, C{signing_keys}, and for L{ITokenStore} C{access_tokens}
 (by digest, never the token), C{revoked_jtis} and C{revoked_clients}; for
-L{IAuthFailureStore} C{auth_failures};
+L{IAuthAttemptStore} C{auth_attempts} and C{auth_known_sources};
 metadata, audiences and claims are JSON text, so that the same SQL serves
 both databases.  The columns, and the rows read and written, are those of
 L{ccserver.stores.codec}.
@@ -99,7 +99,7 @@ from zope.interface import implementer
 
 from ccserver.errors import ClientExists, ConfigError, StoreUnavailable
 from ccserver.interfaces import IStore
-from ccserver.model import Client, StoredKey, TokenRecord
+from ccserver.model import AttemptKeys, AttemptRelease, Client, Reservation, StoredKey, TokenRecord
 from ccserver.stores.codec import CLIENTS, KEYS, TOKENS, Codec
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
@@ -541,18 +541,35 @@ class SQLStore:
             ),
             "purge_revoked_clients": t("DELETE FROM revoked_clients WHERE expires_at < ?"),
             "list_keys": t(f"SELECT {_columns(KEYS)} FROM signing_keys ORDER BY created_at, kid"),
-            # A window that has ended starts again at 1; both SET
-            # expressions read the row as it was.
-            "count_failure": t(
-                "INSERT INTO auth_failures (failure_key, failures, expires_at_ms) VALUES (?, 1, ?)"
-                " ON CONFLICT (failure_key) DO UPDATE SET"
-                " failures = CASE WHEN auth_failures.expires_at_ms <= ? THEN 1"
-                " ELSE auth_failures.failures + 1 END,"
-                " expires_at_ms = CASE WHEN auth_failures.expires_at_ms <= ?"
-                " THEN excluded.expires_at_ms ELSE auth_failures.expires_at_ms END"
-                " RETURNING failures, expires_at_ms"
+            # One slot more in a counter's window; a window that has ended
+            # starts again at 1 (both SET expressions read the row as it
+            # was).  The row stays locked to the end of the transaction, so
+            # that a reservation over budget can be rolled back unseen.
+            "reserve_attempt": t(
+                "INSERT INTO auth_attempts (attempt_key, attempts, window_ends_ms) VALUES (?, 1, ?)"
+                " ON CONFLICT (attempt_key) DO UPDATE SET"
+                " attempts = CASE WHEN auth_attempts.window_ends_ms <= ? THEN 1"
+                " ELSE auth_attempts.attempts + 1 END,"
+                " window_ends_ms = CASE WHEN auth_attempts.window_ends_ms <= ?"
+                " THEN excluded.window_ends_ms ELSE auth_attempts.window_ends_ms END"
+                " RETURNING attempts, window_ends_ms"
             ),
-            "purge_auth_failures": t("DELETE FROM auth_failures WHERE expires_at_ms < ?"),
+            "is_known": t(
+                "SELECT 1 FROM auth_known_sources WHERE known_key = ? AND known_until_ms > ?"
+            ),
+            # given back only in the window it was taken in
+            "release_attempt": t(
+                "UPDATE auth_attempts SET attempts = attempts - 1"
+                " WHERE attempt_key = ? AND window_ends_ms = ? AND attempts > 0"
+            ),
+            "mark_known": t(
+                "INSERT INTO auth_known_sources (known_key, known_until_ms) VALUES (?, ?)"
+                " ON CONFLICT (known_key) DO UPDATE SET known_until_ms = CASE"
+                " WHEN excluded.known_until_ms > auth_known_sources.known_until_ms"
+                " THEN excluded.known_until_ms ELSE auth_known_sources.known_until_ms END"
+            ),
+            "purge_auth_attempts": t("DELETE FROM auth_attempts WHERE window_ends_ms < ?"),
+            "purge_known_sources": t("DELETE FROM auth_known_sources WHERE known_until_ms < ?"),
             # A kid taken already is replaced, as MemoryStore does.
             "add_key": t(_upsert("signing_keys", KEYS)),
             "replace_key": t(_update("signing_keys", KEYS)),
@@ -984,7 +1001,10 @@ class SQLStore:
                 "purge_used_once",
             )
         ]
-        statements.append((self._sql["purge_auth_failures"], now * 1000))
+        statements += [
+            (self._sql["purge_auth_attempts"], now * 1000),
+            (self._sql["purge_known_sources"], now * 1000),
+        ]
 
         def purge(cursor: Any) -> int:
             count = 0
@@ -995,24 +1015,76 @@ class SQLStore:
 
         return self._guard(self._run(purge, write=True))
 
-    # IAuthFailureStore
+    # IAuthAttemptStore
 
-    def count_failure(self, key: str, now: float, window: float) -> Deferred[tuple[int, float]]:
+    def reserve_attempt(self, keys: AttemptKeys, now: float, window: float) -> Deferred[Reservation]:
         """
-        One upsert: the count and the window's end come back from the same
-        statement (C{RETURNING}), so concurrent failures on several
-        instances never lose a count.
+        One transaction: the counter's upsert (C{RETURNING} its slots and
+        window) locks its row, then the known source is read and the cap
+        upserted the same way; a reservation over either budget is rolled
+        back, so a refusal changes nothing (and, on SQLite, syncs nothing).
+        Rows are locked in one order, counter then cap, so that concurrent
+        reservations on PostgreSQL wait for each other and never deadlock.
         """
         now_ms = int(now * 1000)
-        statement = self._sql["count_failure"]
-        params = (key, now_ms + int(window * 1000), now_ms, now_ms)
+        ends_ms = now_ms + max(1, int(window * 1000))
+        reserve, is_known = self._sql["reserve_attempt"], self._sql["is_known"]
 
-        def count(cursor: Any) -> tuple[int, float]:
-            cursor.execute(statement, params)
-            failures, expires_at_ms = cursor.fetchone()
-            return int(failures), int(expires_at_ms) / 1000
+        def take(cursor: Any, key: str) -> tuple[int, float]:
+            cursor.execute(reserve, (key, ends_ms, now_ms, now_ms))
+            slots, window_ends_ms = cursor.fetchone()
+            return int(slots), int(window_ends_ms) / 1000
 
-        return self._guard(self._run(count, write=True))
+        def body(cursor: Any) -> Reservation:
+            count, ends = take(cursor, keys.counter)
+            if count > keys.budget:
+                raise _Refused(Reservation(False, count - 1, ends))
+            cap_ends = None
+            if keys.cap is not None:
+                cursor.execute(is_known, (keys.known, now_ms))
+                if cursor.fetchone() is None:
+                    cap_count, cap_ends = take(cursor, keys.cap)
+                    if cap_count > keys.cap_budget:
+                        raise _Refused(Reservation(False, count - 1, ends, cap_ends, capped=True))
+            return Reservation(True, count, ends, cap_ends)
+
+        def refused(failure: Failure) -> Reservation:
+            failure.trap(_Refused)
+            return cast(_Refused, failure.value).reservation
+
+        d = self._guard(self._run(body, write=True))
+        d.addErrback(refused)
+        return d
+
+    def release_attempt(self, release: AttemptRelease, now: float) -> Deferred[None]:
+        """
+        One transaction: each slot given back if its window is still the
+        one it was taken in, then the known source recorded.
+        """
+        statements = [
+            (self._sql["release_attempt"], (key, round(ends * 1000))) for key, ends in release.slots
+        ]
+        if release.known is not None:
+            statements.append(
+                (self._sql["mark_known"], (release.known, int((now + release.known_for) * 1000)))
+            )
+
+        def body(cursor: Any) -> None:
+            for statement, params in statements:
+                cursor.execute(statement, params)
+
+        return self._guard(self._run(body, write=True))
+
+
+class _Refused(Exception):
+    """
+    Rolls a reservation over budget back (adbapi rolls back a transaction
+    whose body raises), carrying the refusal out.
+    """
+
+    def __init__(self, reservation: Reservation) -> None:
+        super().__init__()
+        self.reservation = reservation
 
 
 #: How long the token writer waits between two tries for SQLite's write
