@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ccserver.errors import ConfigError, StoreUnavailable
+from ccserver.model import AttemptKeys
 from ccserver.stores import check_url
 from ccserver.stores.redis import RedisStore, client_key
 from ccserver.stores.sentinel import ASK_AGAIN, NoPrimary, SentinelEndpoint, Sentinels
@@ -509,8 +510,10 @@ class WaitTests(TestCase):
         self.assertEqual(script_calls(self.primary), 2)
         self.assertIs(await store.delete_token(tokens[0].token_digest), True)
         self.assertEqual(wait_calls(self.primary), 3)
-        # failure counts do not wait
-        await store.count_failure("key", time.time(), 60)
+        # the brute-force limits' counts do not wait
+        keys = AttemptKeys("counter", 10, None, 0, "known")
+        reservation = await store.reserve_attempt(keys, time.time(), 60)
+        self.assertTrue(reservation.granted)
         self.assertEqual(wait_calls(self.primary), 3)
 
 

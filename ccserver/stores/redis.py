@@ -71,8 +71,9 @@ that must survive a failover (clients, keys, opaque tokens, revocations,
 one-time records) are answered only once C{wait_replicas} replicas have
 acknowledged them (C{WAIT}, on the connection that wrote), within
 C{wait_timeout} seconds, or fail with L{StoreUnavailable}; the opaque
-tokens' batch waits once for all its tokens.  Failure counts
-(C{count_failure}) do not wait: a failover may forget the last few.
+tokens' batch waits once for all its tokens.  The brute-force limits'
+counts (C{reserve_attempt}, C{release_attempt}) do not wait: they are on
+the path of every authentication, and a failover may forget the last few.
 """
 
 from __future__ import annotations
