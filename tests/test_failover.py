@@ -281,10 +281,13 @@ class FailoverMixin:
         finally:
             load.finish()
         answers = list(load.answers)
+        # first, so that a 500's traceback is what a failure shows
+        for server in self.servers:
+            log = server.read_log()
+            if "Traceback" in log:
+                self.fail(log[max(0, log.index("Traceback") - 2000) :][:6000])  # type: ignore[attr-defined]
         self.check_answers(answers, killing)
         self.check_stored(answers, self.stored())
-        for server in self.servers:
-            self.assertNotIn("Traceback", server.read_log())  # type: ignore[attr-defined]
         first = min(
             a.answered for a in answers if 200 <= a.status < 300 and a.sent > killed
         )

@@ -138,6 +138,22 @@ class RedisProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
         return d.addCallback(wait)
 
 
+class _ConnectionQueue(txredisapi.PeekableQueue):  # type: ignore[misc]
+    """
+    The pool's idle connections, into which a connection that died while a
+    command had it to itself is not put back.
+
+    txredisapi's queue hands it to every command waiting for a connection,
+    and each of them then removes it from the queue: all but the first
+    raised C{ValueError}, and when a server died under load some requests
+    got a 500 instead of a 503 (a C{WAIT} has its connection to itself).
+    """
+
+    def put(self, connection: Any) -> None:
+        if connection.connected:
+            super().put(connection)
+
+
 class NotPrimary(Exception):
     """
     A server reached through the sentinels is not (or no longer) the primary.
@@ -169,6 +185,27 @@ class RedisFactory(txredisapi.RedisFactory):  # type: ignore[misc]
             return 0.0
         delay: float = super().retryDelay(attempt)
         return delay
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.connectionQueue = _ConnectionQueue()
+
+    @inlineCallbacks
+    def getConnection(self, peek: bool = False) -> Generator[Deferred[Any], Any, Any]:
+        """
+        A live connection of the pool, as txredisapi's own, but a dead one
+        found in the queue is dropped only if it is still there (and
+        without a log line each time).
+        """
+        if not self.size and (self.stopped or not self.reconnect):
+            raise txredisapi.ConnectionError("Not connected")
+        queue = self.connectionQueue
+        while True:
+            connection = yield (queue.peek() if peek else queue.get())
+            if connection.connected:
+                return connection
+            if peek and connection in queue.pending:
+                queue.remove(connection)
 
     def set_up_failed(self, error: str) -> None:
         """
