@@ -35,6 +35,7 @@ from ccserver.oauth.assertions import (
     MAX_CLIENT_KEYS,
     unselectable,
 )
+from ccserver.oauth.clientauth import check_client_id
 from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
 from ccserver.outbound import AddressPolicy, RefusedURL
@@ -596,6 +597,7 @@ class ClientRegistry:
         L{AuthLimits.registration}), never against the master token's own
         budget at C{/client-reg}.
         """
+        check_client_id(client_id)
         if token is None:
             raise bearer_error("this endpoint needs the client's registration access token")
         if not token:
@@ -741,6 +743,7 @@ class ClientRegistry:
         secret keeps working for C{[clients] secret_rotation_grace} seconds.
         An unknown client gets the same answer as a wrong token.
         """
+        check_client_id(client_id)
         await self.check_master_token(token, source)
         client = await self._store.get_client(client_id)
         rotation = None
