@@ -46,7 +46,7 @@ from ccserver.oauth.registration import (
     registration_response,
 )
 from ccserver.pluginloader import scan_plugins
-from ccserver.stores import store_from_url
+from ccserver.stores import store_from_settings
 from ccserver.text import escape, identifier_problem
 
 #: What C{ccserver --help} says it is: plain text, for people (argparse
@@ -419,7 +419,7 @@ def _store(reactor: Any, config: Config) -> IStore:
     by its owner only first, as the server makes it.
     """
     firststart.private_sqlite_file(config.store.url)
-    return store_from_url(config.store.url, reactor, timeout=config.store.timeout)
+    return store_from_settings(config.store, reactor)
 
 
 async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespace) -> None:

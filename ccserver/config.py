@@ -117,6 +117,14 @@ class StoreConfig:
     timeout: float = 5.0
     #: Seconds a process may serve a client record from its own cache.
     client_cache_seconds: float = 5.0
+    #: Redis: how many replicas must have acknowledged a write (a client, a
+    #: key, an opaque token, a revocation) before it is answered (WAIT), so
+    #: that a failover cannot lose it; None: 1 with a redis+sentinel:// URL,
+    #: else 0.
+    redis_wait_replicas: int | None = None
+    #: Redis: seconds a write waits for those replicas before its request
+    #: gets a 503; None: half of timeout.
+    redis_wait_timeout: float | None = None
 
 
 @frozen
@@ -738,6 +746,16 @@ def _check_store(store: StoreConfig, on_command_line: bool) -> None:
         raise ConfigError(f"[store] timeout: must be greater than 0, not {store.timeout!r}")
     if store.client_cache_seconds < 0:
         raise ConfigError("[store] client_cache_seconds: must be 0 or more")
+    if store.redis_wait_replicas is not None and store.redis_wait_replicas < 0:
+        raise ConfigError(
+            f"[store] redis_wait_replicas: must be 0 or more, not {store.redis_wait_replicas!r}"
+        )
+    wait = store.redis_wait_timeout
+    if wait is not None and not 0 < wait < store.timeout:
+        raise ConfigError(
+            f"[store] redis_wait_timeout: must be greater than 0 and less than "
+            f"[store] timeout ({store.timeout:g}), not {wait!r}"
+        )
 
 
 def _check_tokens(tokens: TokenConfig) -> None:

@@ -33,7 +33,7 @@ from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring
 from ccserver.tls import tls_factory
 from ccserver.web import CCServerSite
-from ccserver.workers import WorkerPool
+from ccserver.workers import ParentWatch, WorkerPool
 
 #: How often, at most, each process reloads the signing keys to follow
 #: rotations made elsewhere (more often when the activation delay is short).
@@ -98,6 +98,9 @@ def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: Sta
     if prepared.listening.metrics is not None and server.metrics_site is not None:
         description, endpoint = prepared.listening.metrics
         ListenerService(description, lambda: endpoint, server.metrics_site).setServiceParent(root)
+    if prepared.listening.inherited:
+        # A worker ends with the main process, even one killed outright.
+        ParentWatch(reactor).setServiceParent(root)
     return root
 
 

@@ -50,7 +50,7 @@ from ccserver.oauth.federation import MAX_ISSUER_KEYS, signs_tokens
 from ccserver.oauth.grants import OfferedGrants
 from ccserver.pluginloader import PluginError, scan_plugins
 from ccserver.services import StartUp, service_tree
-from ccserver.stores import store_from_url
+from ccserver.stores import store_from_settings
 from ccserver.text import escape
 from ccserver.tls import ClientCertificateRequesting, load_pem_certificates, server_context
 
@@ -70,7 +70,8 @@ class Options(usage.Options):
             None,
             None,
             "The store URL: memory://, sqlite:///relative.db, sqlite:////absolute.db, "
-            "redis://host:port/db, postgresql://user@host/db [default: sqlite:///ccserver.db].",
+            "redis://host:port/db, redis+sentinel://host:port,host:port/service?db=N, "
+            "postgresql://user@host/db [default: sqlite:///ccserver.db].",
         ],
         [
             "master-token",
@@ -247,7 +248,7 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
     grants = OfferedGrants.made(
         find_grant_types(plugins), config.issuer, handler, reactor, bool(config.trusted_issuers)
     )
-    store = store_from_url(config.store.url, reactor, timeout=config.store.timeout)
+    store = store_from_settings(config.store, reactor)
     endpoints = listening(config, reactor, inherited, _tls_context(config))
     client_ca = None
     if config.mtls_enabled and config.tls.client_ca:

@@ -43,6 +43,7 @@ from tests.servers import (
     clean_store_url,
     find_binary,
     postgres_server,
+    redis_sentinel_group,
     redis_server,
 )
 
@@ -1302,6 +1303,28 @@ class RedisStoreTests(StoreContractMixin, TestCase):
 
     def new_store(self) -> IStore:
         return RedisStore.from_url(self.url, reactor, timeout=TIMEOUT)
+
+
+class SentinelRedisStoreTests(StoreContractMixin, TestCase):
+    """
+    The contract through Redis Sentinel: the primary found by the
+    sentinels, every write that must survive a failover waiting for a
+    replica (C{WAIT}, the default with a C{redis+sentinel://} URL).
+    """
+
+    timeout = 60
+    purges = False
+
+    async def setUp(self) -> None:
+        group = redis_sentinel_group()
+        group.primary.flushall()
+        self.url = group.url(3)
+        await super().setUp()
+
+    def new_store(self) -> IStore:
+        store = RedisStore.from_url(self.url, reactor, timeout=TIMEOUT)
+        self.assertEqual(store.wait_replicas, 1)  # type: ignore[attr-defined]
+        return store
 
 
 async def eventually(

@@ -21,6 +21,7 @@ from ccserver.errors import ConfigError, StoreUnavailable
 from ccserver.model import TokenRecord
 from ccserver.stores.codec import TOKENS
 from ccserver.stores.redis import LAYOUT_VERSION, TOKEN_BATCH, RedisStore
+from ccserver.stores.redisprotocol import RedisFactory
 from tests.servers import redis_server
 from tests.test_codec import (
     LEGACY_CLIENT,
@@ -39,21 +40,23 @@ from tests.test_store_contract import TIMEOUT, make_client, make_key, make_token
 class URLTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         store = RedisStore.from_url("redis://cache.example", reactor, timeout=1)
-        self.assertEqual((store._host, store._port, store._dbid), ("cache.example", 6379, 0))
-        self.assertIsNone(store._password)
+        address = store.address
+        self.assertEqual((address.host, address.port, address.dbid), ("cache.example", 6379, 0))
+        self.assertIsNone(address.password)
         self.assertEqual(store.url, "redis://cache.example")
 
     def test_password_and_database(self) -> None:
         store = RedisStore.from_url("redis://:s%40cret@10.0.0.5:6380/7", reactor, timeout=1)
-        self.assertEqual((store._host, store._port, store._dbid), ("10.0.0.5", 6380, 7))
-        self.assertEqual(store._password, "s@cret")
-        self.assertIsNone(store._username)
+        address = store.address
+        self.assertEqual((address.host, address.port, address.dbid), ("10.0.0.5", 6380, 7))
+        self.assertEqual(address.password, "s@cret")
+        self.assertIsNone(address.username)
         self.assertEqual(store.url, "redis://:***@10.0.0.5:6380/7")
         self.assertNotIn("cret", repr(store))
 
     def test_username(self) -> None:
         store = RedisStore.from_url("redis://ccserver:pw@h:1/0", reactor, timeout=1)
-        self.assertEqual((store._username, store._password), ("ccserver", "pw"))
+        self.assertEqual((store.address.username, store.address.password), ("ccserver", "pw"))
         self.assertEqual(store.url, "redis://ccserver:***@h:1/0")
 
     def test_bad_database(self) -> None:
@@ -438,6 +441,45 @@ class TokenBatchFailureTests(SynchronousTestCase):
         self.redis.calls[1][2].callback(1)
         self.successResultOf(first)
         self.successResultOf(other)
+
+
+class _Connection:
+    def __init__(self, connected: int) -> None:
+        self.connected = connected
+
+
+class DeadConnectionTests(SynchronousTestCase):
+    """
+    The pool's queue of idle connections when one dies: txredisapi's own
+    handed a connection given back dead to every command waiting, each
+    removed it, and all but the first raised ValueError (a 500 instead of
+    a 503, when a Redis died under load).
+    """
+
+    def setUp(self) -> None:
+        self.factory = RedisFactory("test", 0, 2, isLazy=True)
+        self.factory.size = 1  # a connection is there, as far as the pool knows
+
+    def test_given_back_dead(self) -> None:
+        waiting = [self.factory.getConnection(peek=True) for _ in range(3)]
+        dead, live = _Connection(0), _Connection(1)
+        self.factory.connectionQueue.put(dead)
+        for d in waiting:
+            self.assertNoResult(d)
+        self.assertEqual(self.factory.connectionQueue.pending, [])
+        self.factory.connectionQueue.put(live)
+        for d in waiting:
+            self.assertIs(self.successResultOf(d), live)
+
+    def test_died_in_the_queue(self) -> None:
+        dead, live = _Connection(1), _Connection(1)
+        self.factory.connectionQueue.put(dead)
+        dead.connected = 0
+        waiting = self.factory.getConnection(peek=True)
+        self.assertNoResult(waiting)
+        self.assertEqual(self.factory.connectionQueue.pending, [])
+        self.factory.connectionQueue.put(live)
+        self.assertIs(self.successResultOf(waiting), live)
 
 
 class PasswordTests(TestCase):

@@ -60,43 +60,41 @@ Scripts go as C{EVALSHA} once a connection has run them: txredisapi's
 C{eval} does so by itself, and sends the text again after a C{NOSCRIPT}
 (a restarted Redis, a C{SCRIPT FLUSH}).
 
-Connections: a lazy pool of L{POOL_SIZE} connections that reconnects by
-itself, with a backoff of at most L{RECONNECT_MAX_DELAY} seconds, and with
+Connections (L{ccserver.stores.redisconnection}): a lazy pool of
+L{POOL_SIZE} connections to the primary that reconnects by itself, with
 C{convertNumbers=False}: otherwise txredisapi turns every numeric-looking
 string into a number, and a client id "12345" would come back as an int.
 Every operation fires within C{timeout} seconds, with its result or with
 L{StoreUnavailable}; a reply that does not come within it also drops the
 connection (txredisapi's C{replyTimeout}), which is then made anew.
 
+Where the primary is: at the address of a C{redis://} URL, or, with a
+C{redis+sentinel://} URL, where Redis Sentinel says it is now
+(L{ccserver.stores.sentinel}); a failover is followed at the sentinels'
+C{+switch-master} announcement, a lost connection, or a C{READONLY} reply.
+
 Durability is Redis' own: run it with C{appendonly yes} and C{appendfsync
 always} (or C{everysec}, losing up to a second of registrations at a crash).
-
-Redis Sentinel is not offered (no C{redis+sentinel://} URL).  txredisapi 1.6
-has C{Sentinel.master_for}, which asks the sentinels for the master before
-every connection attempt, checks the server's C{ROLE}, and drops its
-connections when the master changes, and it does reach a promoted replica
-by itself (the failover experiment: bench/README.md, "Measurements behind
-design choices").  But its C{SentinelRedisProtocol} sends C{AUTH} without
-waiting for the answer, it inherits the give-up-for-good on a failed
-C{SELECT} that L{_Protocol} works around here, its discovery timer uses the
-global reactor, and an acknowledged write can be lost at a failover
-(replication is asynchronous).  It can be offered once a failover test in
-C{tests/servers.py} shows that no acknowledged registration is lost (with
-C{WAIT} or C{min-replicas-to-write}).  Until then, point C{redis://} at an
-address that follows the master (a virtual IP, or HAProxy with a role check).
+Replication is asynchronous, so a write the primary has answered can be
+lost when a replica that did not have it yet is promoted.  So the writes
+that must survive a failover (clients, keys, opaque tokens, revocations,
+one-time records) are answered only once C{wait_replicas} replicas have
+acknowledged them (C{WAIT}, on the connection that wrote), within
+C{wait_timeout} seconds, or fail with L{StoreUnavailable}; the opaque
+tokens' batch waits once for all its tokens.  The brute-force limits'
+counts (C{reserve_attempt}, C{release_attempt}) do not wait: they are on
+the path of every authentication, and a failover may forget the last few.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
 
 import txredisapi
 from attrs import frozen
 from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -115,15 +113,14 @@ from ccserver.model import (
 )
 from ccserver.stores.codec import CLIENTS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
-from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
+from ccserver.stores.guard import OperationGuard, url_secrets
+from ccserver.stores.redisconnection import PrimaryConnections
+from ccserver.stores.sentinel import NoPrimary
+from ccserver.stores.urls import RedisAddress, redis_address
 
 #: Connections in the pool.  Commands that need no connection to themselves
 #: are pipelined on any of them, so a few suffice.
 POOL_SIZE = 4
-
-#: The longest wait between two attempts to reconnect, in seconds: a Redis
-#: back from a restart is used again within this.
-RECONNECT_MAX_DELAY = 2.0
 
 #: The oldest Redis with C{SET ... EXAT}, which token records need.
 MINIMUM_REDIS = (6, 2)
@@ -361,6 +358,7 @@ return redis.call('DEL', KEYS[1])
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     txredisapi.ConnectionError,  # TimeoutError included
+    NoPrimary,
     internet_error.ConnectError,
     internet_error.ConnectionLost,
     internet_error.ConnectionDone,
@@ -438,74 +436,6 @@ def _redis_version(info: str) -> tuple[int, ...]:
     return (0,)
 
 
-def _transient_reply(failure: Failure) -> Failure:
-    """
-    Turn Redis' "not now" error replies into L{StoreUnavailable}.
-    """
-    if isinstance(failure.value, txredisapi.ResponseError) and str(failure.value).startswith(
-        _TRANSIENT_REPLIES
-    ):
-        raise StoreUnavailable(str(failure.value)) from None
-    return failure
-
-
-class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
-    """
-    txredisapi's protocol, but a connection whose AUTH or SELECT fails is
-    dropped and made again later, instead of stopping the pool for good.
-
-    txredisapi calls C{factory.stopTrying()} when either fails, for any
-    reason: a reply that comes late while Redis starts, a C{LOADING} reply
-    while it reads its append-only file.  The store would then never
-    recover from a restart.  So this protocol does both itself, with the
-    factory's password and database, and on failure aborts the connection,
-    which the pool's C{ClientService} makes anew after its backoff.
-    """
-
-    _log = Logger()
-
-    def __init__(
-        self, *args: Any, password: str | None = None, dbid: int | None = None, **kwargs: Any
-    ) -> None:
-        # Kept from the base class, whose connectionMade() then has neither
-        # to send.
-        super().__init__(*args, password=None, dbid=None, **kwargs)
-        self._setup_password = password
-        self._setup_dbid = dbid
-
-    @inlineCallbacks
-    def connectionMade(self) -> Generator[Deferred[Any], Any, None]:
-        try:
-            if self._setup_password is not None:
-                reply = yield self.auth(self._setup_password, self.username)
-                if isinstance(reply, Exception):
-                    raise reply
-            if self._setup_dbid is not None:
-                reply = yield self.select(self._setup_dbid)
-                if isinstance(reply, Exception):
-                    raise reply
-        except Exception as e:
-            # AUTH's error reply never repeats the password.  Logged once
-            # until it changes or a set-up succeeds: a wrong password would
-            # otherwise log a line per connection every few seconds.
-            error = str(e)
-            if self.factory.setup_error != error:
-                self.factory.setup_error = error
-                self._log.warn("Redis connection set-up failed, will retry: {error}", error=error)
-            self.transport.abortConnection()
-            return
-        self.factory.setup_error = None
-        yield super().connectionMade()
-
-
-class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
-    protocol = _Protocol
-    initialDelay = 0.1
-    maxDelay = RECONNECT_MAX_DELAY
-    #: the last connection set-up error logged
-    setup_error: str | None = None
-
-
 @implementer(IStore)
 class RedisStore:
     """
@@ -521,27 +451,33 @@ class RedisStore:
         url: str,
         reactor: IReactorCore | IReactorTime | IReactorThreads,
         *,
-        host: str,
-        port: int,
-        dbid: int,
-        username: str | None,
-        password: str | None,
         timeout: float,
+        wait_replicas: int | None = None,
+        wait_timeout: float | None = None,
     ) -> None:
-        self.url = mask_password(url)
+        """
+        @param wait_replicas: how many replicas must acknowledge a write
+            before it is answered; by default 1 with Sentinel, else 0.
+        @param wait_timeout: seconds a write waits for them; by default
+            half of C{timeout}.
+        """
+        self.address: RedisAddress = redis_address(url)
+        self.url = self.address.url
         self.timeout = timeout
+        self.wait_replicas = (
+            (1 if self.address.sentinel else 0) if wait_replicas is None else wait_replicas
+        )
+        self.wait_timeout = timeout / 2 if wait_timeout is None else wait_timeout
         self._reactor = reactor
-        self._host = host
-        self._port = port
-        self._dbid = dbid
-        self._username = username
-        self._password = password
         self._guard = OperationGuard(
             reactor=cast(IReactorTime, reactor),
             timeout=timeout,
             url=self.url,
             unavailable=_UNAVAILABLE,
             secrets=url_secrets(url),
+        )
+        self._connections = PrimaryConnections(
+            self.address, cast(IReactorTime, reactor), size=POOL_SIZE, timeout=timeout
         )
         self._redis: Any = None
         #: opaque tokens, one script call for those issued during the
@@ -557,32 +493,17 @@ class RedisStore:
         reactor: IReactorCore | IReactorTime | IReactorThreads,
         *,
         timeout: float,
+        wait_replicas: int | None = None,
+        wait_timeout: float | None = None,
     ) -> RedisStore:
         """
         Make (but do not connect) the store of a
-        C{redis://[[user]:password@]host[:port][/db]} URL.
+        C{redis://[[user]:password@]host[:port][/db]} or
+        C{redis+sentinel://[[user]:password@]host:port[,host:port...]/service[?db=N]}
+        URL.
         """
-        parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ConfigError(f"[store] url: {mask_password(url)!r} is not a redis:// URL")
-        try:
-            port = parts.port or 6379
-        except ValueError:
-            raise ConfigError(f"[store] url: bad port in {mask_password(url)!r}") from None
-        db_text = parts.path.lstrip("/") or "0"
-        if not db_text.isdigit():
-            raise ConfigError(
-                f"[store] url: the database of {mask_password(url)!r} must be a number"
-            )
         return cls(
-            url,
-            reactor,
-            host=parts.hostname or "localhost",
-            port=port,
-            dbid=int(db_text),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            timeout=timeout,
+            url, reactor, timeout=timeout, wait_replicas=wait_replicas, wait_timeout=wait_timeout
         )
 
     def __repr__(self) -> str:
@@ -595,24 +516,7 @@ class RedisStore:
         Start the connection pool, and check (or write) the layout version.
         """
         if self._redis is None:
-            factory = _Factory(
-                f"{self._host}:{self._port}",
-                self._dbid,
-                POOL_SIZE,
-                isLazy=True,
-                handler=txredisapi.ConnectionHandler,
-                charset="utf-8",
-                password=self._password,
-                # abort a connection on which a reply does not come: it is
-                # then made anew instead of holding up every later command
-                replyTimeout=self.timeout,
-                convertNumbers=False,
-                username=self._username,
-            )
-            factory.startConnecting(
-                HostnameEndpoint(self._reactor, self._host, self._port, timeout=self.timeout)
-            )
-            self._redis = factory.handler
+            self._redis = self._connections.open()
         return Deferred.fromCoroutine(self._check_layout())
 
     async def _check_layout(self) -> None:
@@ -641,20 +545,10 @@ class RedisStore:
         """
         Stop reconnecting and close the connections.
         """
-        redis, self._redis = self._redis, None
-        if redis is None:
+        if self._redis is None:
             return succeed(None)
-        d: Deferred[None] = redis.disconnect()
-        d.addTimeout(self.timeout, cast(IReactorTime, self._reactor))
-
-        def closed(result: object) -> None:
-            if isinstance(result, Failure):
-                self._log.warn(
-                    "Closing {url}: {reason}", url=self.url, reason=result.getErrorMessage()
-                )
-
-        d.addBoth(closed)
-        return d
+        self._redis = None
+        return self._connections.close()
 
     def _call(self, command: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
@@ -666,8 +560,37 @@ class RedisStore:
             # opened yet
             return fail(StoreUnavailable(f"{self.url}: not open"))
         d: Deferred[Any] = getattr(self._redis, command)(*args, **kwargs)
-        d.addErrback(_transient_reply)
+        d.addErrback(self._transient_reply)
         return self._guard(d)
+
+    def _write(self, command: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        L{_call} for a write that must survive a failover: answered only
+        once C{wait_replicas} replicas have acknowledged it.
+        """
+        if not self.wait_replicas:
+            return self._call(command, *args, **kwargs)
+        return self._call(
+            "replicated",
+            command,
+            *args,
+            replicas=self.wait_replicas,
+            timeout=self.wait_timeout,
+            **kwargs,
+        )
+
+    def _transient_reply(self, failure: Failure) -> Failure:
+        """
+        Turn Redis' "not now" error replies into L{StoreUnavailable}; at
+        C{READONLY} (the server is a replica now), reconnect to the primary.
+        """
+        if isinstance(failure.value, txredisapi.ResponseError) and str(failure.value).startswith(
+            _TRANSIENT_REPLIES
+        ):
+            if str(failure.value).startswith("READONLY"):
+                self._connections.demoted()
+            raise StoreUnavailable(str(failure.value)) from None
+        return failure
 
     # IClientStore
 
@@ -679,7 +602,7 @@ class RedisStore:
         if bindings:
             d = self._set_client(client, "add", bindings)
         else:
-            d = self._call(
+            d = self._write(
                 "set",
                 client_key(client.client_id),
                 CLIENTS.to_json(client),
@@ -726,7 +649,7 @@ class RedisStore:
         """
         L{_SET_CLIENT_SCRIPT}: fires with whether the client was stored.
         """
-        d = self._call(
+        d = self._write(
             "eval",
             _SET_CLIENT_SCRIPT,
             [client_key(client.client_id), client_bindings_key(client.client_id)],
@@ -757,7 +680,7 @@ class RedisStore:
     def delete_client(
         self, client_id: str, issued_before: int, mark_expires_at: int
     ) -> Deferred[bool]:
-        d = self._call(
+        d = self._write(
             "eval",
             _DELETE_CLIENT_SCRIPT,
             [
@@ -791,17 +714,17 @@ class RedisStore:
 
     def add_key(self, key: StoredKey) -> Deferred[None]:
         # A kid taken already is replaced, as MemoryStore does.
-        d = self._call("hset", KEYS_KEY, key.kid, KEYS.to_json(key))
+        d = self._write("hset", KEYS_KEY, key.kid, KEYS.to_json(key))
         d.addCallback(lambda _: None)
         return d
 
     def replace_key(self, key: StoredKey) -> Deferred[bool]:
-        d = self._call("eval", _REPLACE_KEY_SCRIPT, [KEYS_KEY], [key.kid, KEYS.to_json(key)])
+        d = self._write("eval", _REPLACE_KEY_SCRIPT, [KEYS_KEY], [key.kid, KEYS.to_json(key)])
         d.addCallback(lambda replaced: int(replaced) == 1)
         return d
 
     def delete_key(self, kid: str) -> Deferred[bool]:
-        d = self._call("hdel", KEYS_KEY, kid)
+        d = self._write("hdel", KEYS_KEY, kid)
         d.addCallback(lambda count: int(count) > 0)
         return d
 
@@ -843,7 +766,7 @@ class RedisStore:
             args += (str(min(t.issued_at for t in own)), str(len(own)))
             for t in own:
                 args += (t.expires_at, t.digest)
-        d = self._call("eval", _ADD_TOKENS_SCRIPT, keys, args)
+        d = self._write("eval", _ADD_TOKENS_SCRIPT, keys, args)
         d.addCallback(lambda _: None)
         return d
 
@@ -855,13 +778,13 @@ class RedisStore:
         return d
 
     def delete_token(self, token_digest: str) -> Deferred[bool]:
-        d = self._call("delete", token_key(token_digest))
+        d = self._write("delete", token_key(token_digest))
         d.addCallback(lambda count: int(count) > 0)
         return d
 
     def revoke_jti(self, jti: str, expires_at: int) -> Deferred[None]:
         # kept until the later of two expiries, atomically
-        d = self._call("eval", _REVOKE_SCRIPT, [revoked_key(jti)], [str(expires_at)])
+        d = self._write("eval", _REVOKE_SCRIPT, [revoked_key(jti)], [str(expires_at)])
         d.addCallback(lambda _: None)
         return d
 
@@ -881,7 +804,7 @@ class RedisStore:
         the record at its expiry (at once, if C{expires_at} is past:
         callers refuse an expired assertion before they ask).
         """
-        d = self._call(
+        d = self._write(
             "execute_command",
             "SET",
             used_once_key(key),

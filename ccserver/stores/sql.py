@@ -45,6 +45,29 @@ its thread: its outcome is unknown, as with any remote store.  A connection
 that the server closed (a restart) is noticed before it is used and made
 anew, so the same store recovers by itself once the server is back.
 
+Failover (PostgreSQL): a multi-host URL
+(C{postgresql://h1:5432,h2:5432/db?target_session_attrs=read-write}) makes
+libpq try each host in turn and keep the first that accepts writes, at
+every new connection.  When the primary dies, each pooled connection (and
+the token writer's) is found dead before its next use and made anew,
+reaching the promoted standby once there is one; until then the attempt
+fails at once (refused, or "session is read-only") and the request gets a
+503.  A connection to a server that turned read-only under it (a standby
+reached through a single-host URL or a virtual IP, a server fenced with
+C{default_transaction_read_only}) is made anew too, as the server reports
+it (C{in_hot_standby}, C{default_transaction_read_only}), and a write it
+refused is a 503.  A transaction cut off by the primary's death is rolled
+back by PostgreSQL, never half-applied; one cut off after its C{COMMIT} was
+sent has an unknown outcome, and its request got a 503.  Whether an
+answered write survives a failover is the servers' settings: with
+asynchronous replication a promoted standby may lack the last commits;
+with C{synchronous_commit = on} and the standby named in
+C{synchronous_standby_names}, a commit is answered only once the standby
+has it on disk (docs/failover.md).  C{tcp_user_timeout} bounds how long an
+operation can wait on a primary that vanished without closing its
+connections (a host that went away): libpq gives up within the store's
+timeout, and the pool's thread is free again.
+
 Schema: versioned migration files in C{ccserver/stores/schema/}
 (C{NNNN_name.sql}), applied in order by L{SQLStore.open}, each in its own
 transaction with its row in C{schema_version}.  Opening a database that is
@@ -266,9 +289,11 @@ def _never_stale(connection: Any) -> bool:
 
 def _socket_stale(connection: Any) -> bool:
     """
-    Whether an idle psycopg connection is dead: closed, or its socket is
-    readable (an idle connection is sent nothing, unless the server is
-    closing it, as at a restart).  Checking costs a poll(), no round trip.
+    Whether an idle psycopg connection is not to be used: closed, its
+    socket readable (an idle connection is sent nothing, unless the server
+    is closing it, as at a restart, or reports a changed setting), or the
+    server said it is read-only (L{_read_only}).  Checking costs a poll(),
+    no round trip.
     """
     import psycopg
 
@@ -277,9 +302,20 @@ def _socket_stale(connection: Any) -> bool:
     try:
         poller = select.poll()
         poller.register(connection.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
-        return bool(poller.poll(0))
+        return bool(poller.poll(0)) or _read_only(connection)
     except (OSError, ValueError, psycopg.Error):
         return True
+
+
+def _read_only(connection: Any) -> bool:
+    """
+    Whether the server said that this session cannot write: a hot standby
+    (C{in_hot_standby}), or fenced with C{default_transaction_read_only}.
+    PostgreSQL 14 and later report both to the client as they change, so
+    this asks nothing.
+    """
+    status = connection.info.parameter_status
+    return bool(status("in_hot_standby") == "on" or status("default_transaction_read_only") == "on")
 
 
 def _sqlite_dialect() -> _Dialect:
@@ -321,6 +357,8 @@ def _postgresql_dialect() -> _Dialect:
         unavailable_errors=(
             psycopg.OperationalError,
             psycopg.InterfaceError,
+            # a write on a standby, or on a server turned read-only
+            psycopg.errors.ReadOnlySqlTransaction,
             adbapi.ConnectionLost,
         ),
         begin_write=None,
@@ -648,6 +686,10 @@ class SQLStore:
                     "keepalives_idle": 30,
                     "keepalives_interval": 10,
                     "keepalives_count": 3,
+                    # a primary gone without closing its connections (its
+                    # host died): what was sent and not acknowledged fails
+                    # the connection within the timeout
+                    "tcp_user_timeout": max(1, int(timeout * 1000)),
                 },
                 timeout=timeout,
                 migrations=migrations,
