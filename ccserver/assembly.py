@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from ccserver.accesslog import AccessLog, Destination
 from ccserver.config import Config, TrustedIssuerConfig
 from ccserver.firststart import FirstStart
 from ccserver.grants import builtin_grant_types
@@ -92,6 +93,8 @@ class Prepared:
     @ivar client_ca: the certificates of C{[tls] client_ca}, if set.
     @ivar metrics_directory: the main process's multiprocess metrics
         directory, with C{--metrics} and C{--workers N}.
+    @ivar access_log: where the access log goes, opened; None when it is
+        off.
     """
 
     store: IStore
@@ -101,6 +104,7 @@ class Prepared:
     client_ca: tuple[x509.Certificate, ...] | None = None
     metrics_directory: MultiprocessDirectory | None = None
     grants: OfferedGrants | None = None
+    access_log: Destination | None = None
 
 
 @frozen
@@ -113,6 +117,8 @@ class Server:
     @ivar metrics_site: the C{/metrics} site, when C{--metrics} is given.
     @ivar issuer_keys: the fetcher of the trusted issuers' keys, when there
         are trusted issuers.
+    @ivar access_log: the access log's lines waiting to be written, when it
+        is on.
     """
 
     config: Config
@@ -122,6 +128,7 @@ class Server:
     jwks_fetcher: KeySetSource
     metrics_site: Site | None
     issuer_keys: KeySetSource | None = None
+    access_log: AccessLog | None = None
 
 
 def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | None) -> Server:
@@ -135,6 +142,7 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
     jwks_fetcher = make_jwks_fetcher(reactor, config)
     issuer_keys = make_issuer_keys(reactor, config) if config.trusted_issuers else None
     warn_about_issuer_urls(config)
+    access_log = None if prepared.access_log is None else AccessLog(prepared.access_log)
     site, keyring = make_site(
         reactor,
         config,
@@ -148,6 +156,7 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
         certificate_reader(reactor, config, prepared.client_ca),
         prepared.grants,
         issuer_keys,
+        access_log,
     )
     return Server(
         config,
@@ -157,6 +166,7 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
         jwks_fetcher,
         _metrics_site(metrics, reactor),
         issuer_keys,
+        access_log,
     )
 
 
@@ -204,6 +214,7 @@ def make_site(
     certificates: ClientCertificateReader | None = None,
     offered: OfferedGrants | None = None,
     issuer_keys: KeySetSource | None = None,
+    access_log: AccessLog | None = None,
 ) -> tuple[CCServerSite, Keyring]:
     """
     The web site over the protocol objects, and the keyring they sign with.
@@ -214,6 +225,8 @@ def make_site(
         [default: the built-in ones, made here].
     @param issuer_keys: fetches the trusted issuers' keys (by default, for
         a configuration with trusted issuers, a fetcher of its own).
+    @param access_log: where each request's line goes (None: nowhere; the
+        configuration's C{access_log} says whether the daemon makes one).
     """
     now = reactor.seconds
     keyring = Keyring(store, encryptor, config.tokens.signing_alg, config.tokens.max_lifetime, now)
@@ -279,7 +292,7 @@ def make_site(
         trusted_proxies=trusted_proxies,
     )
     site = CCServerSite(
-        app.resource(), reactor, config.access_log, config.http, metrics, trusted_proxies
+        app.resource(), reactor, access_log, config.http, metrics, trusted_proxies
     )
     return site, keyring
 

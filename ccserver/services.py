@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ccserver import firststart
+from ccserver.accesslog import AccessLogService
 from ccserver.assembly import Server
 from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring
@@ -85,6 +86,8 @@ def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: Sta
     pool = prepared.listening.worker_pool(reactor, argv, on_worker_exit)
     for child in (
         directory,
+        # stopped after the last request: its line is written
+        None if server.access_log is None else AccessLogService(server.access_log, reactor),
         IService(prepared.handler, None),
         # after the last request, as the handler
         CloseOnStop(server.jwks_fetcher.close),

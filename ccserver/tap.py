@@ -38,6 +38,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from ccserver import firststart
+from ccserver.accesslog import open_destination
 from ccserver.assembly import Prepared, assemble
 from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
@@ -254,12 +255,13 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
     if config.mtls_enabled and config.tls.client_ca:
         client_ca = tuple(load_pem_certificates("client_ca", config.tls.client_ca))
     first = firststart.prepare(config)
+    access_log = open_destination(config.access_log_file) if config.access_log else None
     directory = None
     if config.metrics.listen is not None and endpoints.shared:
         # Before any metric is made, and before the workers start: they
         # inherit the directory through the environment.
         directory = MultiprocessDirectory(use_multiprocess_directory())
-    return Prepared(store, handler, first, endpoints, client_ca, directory, grants)
+    return Prepared(store, handler, first, endpoints, client_ca, directory, grants, access_log)
 
 
 def check_key_files(config: Config) -> None:

@@ -86,7 +86,7 @@ class ChannelTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.resource = Echo()
-        self.site = CCServerSite(self.resource, self.clock, access_log=False, limits=self.limits)
+        self.site = CCServerSite(self.resource, self.clock, limits=self.limits)
 
     def connect(self) -> Connection:
         return Connection(self.site)
