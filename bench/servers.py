@@ -66,6 +66,8 @@ class Server:
     """
 
     kind = "?"
+    #: where it answers RFC 7662 introspection
+    introspection_path = "/token/introspect"
 
     def __init__(self, label: str, workdir: Path) -> None:
         self.label = label
@@ -201,7 +203,8 @@ class CCServer(Server):
         workers: int = 1,
         client_cache_seconds: float | None = None,
         encryption_key_file: Path | None = None,
-        access_log: bool = False,
+        access_log: bool = True,
+        store_settings: dict[str, str] | None = None,
     ) -> None:
         super().__init__(label, workdir)
         self.case = case
@@ -213,22 +216,27 @@ class CCServer(Server):
         #: server's folder; servers that share a store must share this file
         self.encryption_key_file = encryption_key_file
         self.master_token = secrets.token_urlsafe(32)
-        #: ccserver's own default is on; node-oidc-provider logs nothing
-        #: per request, so the comparison runs with it off (--access-log)
+        #: ccserver's own default is on, and so is the bench's headline;
+        #: node-oidc-provider logs nothing per request (--access-log)
         self.access_log = access_log
+        #: more [store] keys, as TOML values
+        self.store_settings = dict(store_settings or {})
 
     def command(self) -> tuple[list[str], dict[str, str], Path]:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        # node-oidc-provider logs nothing per request: neither does ccserver
-        # here, unless --access-log asks for its default.
+        # the access log goes to standard output, a file here, as it would
+        # go to a file or to journald in production
         toml = [f"access_log = {'true' if self.access_log else 'false'}"]
         if self.workers != 1:
             toml.append(f"workers = {self.workers}")
         toml += ["", "[tokens]", f'signing_alg = "{self.case.alg}"']
         if self.case.format != "jwt":
             toml.append(f'format = "{self.case.format}"')
+        store = dict(self.store_settings)
         if self.client_cache_seconds is not None:
-            toml += ["", "[store]", f"client_cache_seconds = {float(self.client_cache_seconds)!r}"]
+            store["client_cache_seconds"] = repr(float(self.client_cache_seconds))
+        if store:
+            toml += ["", "[store]", *(f"{key} = {value}" for key, value in store.items())]
         if self.encryption_key_file is not None:
             toml += ["", "[keys]", f"encryption_key_file = {json.dumps(str(self.encryption_key_file))}"]
         config = self.workdir / "ccserver.toml"
@@ -282,6 +290,7 @@ class CCServer(Server):
 
 class Peer(Server):
     kind = "node-oidc-provider"
+    introspection_path = "/token/introspection"
 
     def __init__(self, label: str, workdir: Path, peer_dir: Path, case: Case, workers: int = 1) -> None:
         super().__init__(label, workdir)

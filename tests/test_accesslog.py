@@ -125,7 +125,7 @@ class WriterTests(SynchronousTestCase):
     def test_written_at_once_past_flush_bytes(self) -> None:
         big = line(0)
         count = FLUSH_BYTES // len(big) + 1
-        for n in range(count):
+        for _ in range(count):
             self.log.append(big)
         self.assertEqual(len(self.destination.lines), count)
 
