@@ -47,10 +47,7 @@ def tree_packages() -> set[str]:
 def package_data() -> dict[str, list[str]]:
     parser = configparser.ConfigParser()
     parser.read(REPO / "setup.cfg")
-    return {
-        package: value.split()
-        for package, value in parser["options.package_data"].items()
-    }
+    return {package: value.split() for package, value in parser["options.package_data"].items()}
 
 
 class PackageListTests(SynchronousTestCase):
@@ -99,7 +96,17 @@ class InstalledCopyTests(SynchronousTestCase):
         folder = temp_dir(self)
         target = folder / "site"
         installed = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", target, "."],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                "--target",
+                target,
+                ".",
+            ],
             cwd=REPO,
             capture_output=True,
             text=True,
