@@ -32,9 +32,9 @@ from ccserver.errors import (
 from ccserver.interfaces import IAuthAttemptStore, IClientStore, IStore, ITokenStore
 from ccserver.model import AttemptKeys, AttemptRelease, Client, Reservation, StoredKey, TokenRecord
 from ccserver.oauth.limits import AuthLimits
+from ccserver.stores import sql
 from ccserver.stores.memory import MemoryStore
 from ccserver.stores.redis import RedisStore
-from ccserver.stores import sql
 from ccserver.stores.sql import SQLStore
 from tests.servers import (
     PostgresServer,
