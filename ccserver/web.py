@@ -607,17 +607,65 @@ def error_code(failure: Failure) -> str:
     return "server_error"
 
 
-class TokenResource(Resource):
+class FormResource(Resource):
     """
-    C{/token}, the hot path, as a plain twisted.web resource: one request
-    in, one call to the C{token} of the grant its C{grant_type} selects
-    (L{TokenGrants.grant_for}), its answer or error out, with no routing on
-    the way (Klein's routing and response handling are a large share of a
-    token request's cost: bench/README.md, "Measurements behind design
-    choices").
+    A POST endpoint with a form body as a plain twisted.web resource, with
+    no routing on the way (Klein's routing and response handling are a
+    large share of a hot request's cost: bench/README.md, "Measurements
+    behind design choices"): one call (L{_call}), its answer (L{_answer})
+    or its error (L{render_failure}) written once, with its length
+    (L{write_answer}).
     """
 
     isLeaf = True
+
+    def __init__(
+        self,
+        metrics: NoMetrics = NO_METRICS,
+        certificates: ClientCertificateReader | None = None,
+        sources: RequestSources | None = None,
+    ) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._certificates = certificates
+        self._sources = sources or RequestSources()
+
+    def render(self, request: IRequest) -> int:
+        try:
+            _allow(request, b"POST")
+            result = self._call(request)
+        except Exception:
+            result = fail()
+        answered: Deferred[bytes] = result.addCallbacks(
+            self._answer, self._failed, callbackArgs=(request,), errbackArgs=(request,)
+        )
+        answered.addCallback(write_answer, request)
+        return NOT_DONE_YET
+
+    def _call(self, request: IRequest) -> Deferred[Any]:
+        """
+        The endpoint's one call for C{request}.
+        """
+        raise NotImplementedError
+
+    def _answer(self, result: Any, request: IRequest) -> bytes:
+        """
+        The body of the answer to C{result}, with its headers set.
+        """
+        raise NotImplementedError
+
+    def _failed(self, failure: Failure, request: IRequest) -> bytes:
+        if failure.check(StoreUnavailable):
+            self._metrics.store_error()
+        return render_failure(request, failure)
+
+
+class TokenResource(FormResource):
+    """
+    C{/token}, the hot path: one request in, one call to the C{token} of
+    the grant its C{grant_type} selects (L{TokenGrants.grant_for}), its
+    answer or error out.
+    """
 
     def __init__(
         self,
@@ -626,63 +674,44 @@ class TokenResource(Resource):
         certificates: ClientCertificateReader | None = None,
         sources: RequestSources | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(metrics, certificates, sources)
         self._grants = grants
-        self._metrics = metrics
-        self._certificates = certificates
-        self._sources = sources or RequestSources()
 
-    def render(self, request: IRequest) -> int:
-        try:
-            _allow(request, b"POST")
-            form, repeated = parse_form(request)
-            grant = self._grants.grant_for(form)
-            issued = ensureDeferred(
-                grant.token(
-                    TokenRequest(
-                        form,
-                        _authorization(request),
-                        repeated.get("resource", ()),
-                        repeated.get("audience", ()),
-                        dpop_headers(request),
-                        client_certificate(self._certificates, request),
-                        self._sources(request),
-                    )
+    def _call(self, request: IRequest) -> Deferred[IssuedToken]:
+        form, repeated = parse_form(request)
+        grant = self._grants.grant_for(form)
+        return ensureDeferred(
+            grant.token(
+                TokenRequest(
+                    form,
+                    _authorization(request),
+                    repeated.get("resource", ()),
+                    repeated.get("audience", ()),
+                    dpop_headers(request),
+                    client_certificate(self._certificates, request),
+                    self._sources(request),
                 )
             )
-        except Exception:
-            issued = fail()
-        answered: Deferred[bytes] = issued.addCallbacks(
-            self._issued, self._failed, callbackArgs=(request,), errbackArgs=(request,)
         )
-        answered.addCallback(self._write, request)
-        return NOT_DONE_YET
 
-    def _issued(self, token: IssuedToken, request: IRequest) -> bytes:
+    def _answer(self, token: IssuedToken, request: IRequest) -> bytes:
         self._metrics.token_issued(token)
         return _token_answer(request, token)
 
     def _failed(self, failure: Failure, request: IRequest) -> bytes:
         self._metrics.token_failed(error_code(failure))
-        if failure.check(StoreUnavailable):
-            self._metrics.store_error()
-        return render_failure(request, failure)
-
-    _write = staticmethod(write_answer)
+        return super()._failed(failure, request)
 
 
-class IntrospectionResource(Resource):
+class IntrospectionResource(FormResource):
     """
     C{/token/introspect} (RFC 7662), the hot path of a deployment with
     opaque tokens (a resource server may introspect on every call it
-    serves), as a plain twisted.web resource like L{TokenResource}: one
-    call to L{TokenIntrospection.introspect}, its answer written as JSON
-    without the general encoder (L{introspection_json}), in one write with
-    its length.  What it answers is what the Klein route it replaced
-    answered, case by case (tests/test_introspection_fast_path.py).
+    serves): one call to L{TokenIntrospection.introspect}, its answer
+    written as JSON without the general encoder (L{introspection_json}).
+    What it answers is what the Klein route it replaced answered, case by
+    case (tests/test_introspection_fast_path.py).
     """
-
-    isLeaf = True
 
     def __init__(
         self,
@@ -691,42 +720,24 @@ class IntrospectionResource(Resource):
         certificates: ClientCertificateReader | None = None,
         sources: RequestSources | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(metrics, certificates, sources)
         self._introspection = introspection
-        self._metrics = metrics
-        self._certificates = certificates
-        self._sources = sources or RequestSources()
 
-    def render(self, request: IRequest) -> int:
-        try:
-            _allow(request, b"POST")
-            form, _ = parse_form(request)
-            answer = ensureDeferred(
-                self._introspection.introspect(
-                    form,
-                    _authorization(request),
-                    client_certificate(self._certificates, request),
-                    self._sources(request),
-                )
+    def _call(self, request: IRequest) -> Deferred[dict[str, Any]]:
+        form, _ = parse_form(request)
+        return ensureDeferred(
+            self._introspection.introspect(
+                form,
+                _authorization(request),
+                client_certificate(self._certificates, request),
+                self._sources(request),
             )
-        except Exception:
-            answer = fail()
-        answered: Deferred[bytes] = answer.addCallbacks(
-            self._answer, self._failed, callbackArgs=(request,), errbackArgs=(request,)
         )
-        answered.addCallback(write_answer, request)
-        return NOT_DONE_YET
 
-    @staticmethod
-    def _answer(answer: Mapping[str, Any], request: IRequest) -> bytes:
+    def _answer(self, answer: Mapping[str, Any], request: IRequest) -> bytes:
         _no_store(request, 200)
         request.setHeader(b"Content-Type", b"application/json")
         return introspection_json(answer)
-
-    def _failed(self, failure: Failure, request: IRequest) -> bytes:
-        if failure.check(StoreUnavailable):
-            self._metrics.store_error()
-        return render_failure(request, failure)
 
 
 class ErrorResource(Resource):
