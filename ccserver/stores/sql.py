@@ -188,6 +188,22 @@ def load_migrations(folder: Traversable | None = None) -> tuple[Migration, ...]:
     return tuple(found)
 
 
+def _purge_batch(dialect: str, table: str, key: str) -> str:
+    """
+    A batch of a purge: at most a given number of the rows of C{table}
+    that expired before a given time, the earliest first, found along the
+    expiry index and deleted by their primary key C{key}.
+
+    PostgreSQL is given the batch's keys as an array (one index walk, then
+    one probe of the primary key each): with C{IN (SELECT ...)} it plans a
+    hash join over the whole table, a full scan for every batch.
+    """
+    batch = f"SELECT {key} FROM {table} WHERE expires_at < ? ORDER BY expires_at LIMIT ?"
+    if dialect == "postgresql":
+        return f"DELETE FROM {table} WHERE {key} = ANY(ARRAY({batch}))"
+    return f"DELETE FROM {table} WHERE {key} IN ({batch})"
+
+
 @frozen
 class _Dialect:
     """
@@ -621,15 +637,8 @@ class SQLStore:
                 " ON CONFLICT (record_key) DO NOTHING"
             ),
             "purge_used_once": t("DELETE FROM used_once WHERE expires_at < ?"),
-            # a batch at a time, the earliest first, through the expiry index
-            "purge_tokens": t(
-                "DELETE FROM access_tokens WHERE token_digest IN (SELECT token_digest"
-                " FROM access_tokens WHERE expires_at < ? ORDER BY expires_at LIMIT ?)"
-            ),
-            "purge_revoked": t(
-                "DELETE FROM revoked_jtis WHERE jti IN (SELECT jti"
-                " FROM revoked_jtis WHERE expires_at < ? ORDER BY expires_at LIMIT ?)"
-            ),
+            "purge_tokens": t(_purge_batch(dialect.name, "access_tokens", "token_digest")),
+            "purge_revoked": t(_purge_batch(dialect.name, "revoked_jtis", "jti")),
             "create_schema_version": (
                 "CREATE TABLE IF NOT EXISTS schema_version"
                 " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
