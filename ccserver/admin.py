@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -32,11 +33,11 @@ from twisted.internet.task import react
 
 from ccserver import __version__, firststart, strictjson
 from ccserver.clients import all_clients, public_view, rotate_secret
-from ccserver.config import Config, load_config
+from ccserver.config import Config, format_duration, load_config
 from ccserver.errors import ConfigError, OAuthError, StoreUnavailable
 from ccserver.firststart import key_encryption, key_mismatch
 from ccserver.interfaces import IStore
-from ccserver.keys import KeyDecryptionError, Keyring
+from ccserver.keys import KeyDecryptionError, Keyring, RotationUnderWay
 from ccserver.oauth.registration import (
     AUTH_METHODS,
     ClientRegistry,
@@ -62,7 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="signing keys").add_subparsers(
         dest="action", required=True
     )
-    keys.add_parser("list", help="list the signing keys and their states")
+    keys.add_parser(
+        "list", help="list the signing keys and their states, and when the next rotation is due"
+    )
     rotate = keys.add_parser(
         "rotate",
         help="publish a new signing key now; sign with it after the activation delay",
@@ -429,7 +432,8 @@ async def run(reactor: Any, config: Config, arguments: argparse.Namespace) -> No
             delay = config.keys.activation_delay if arguments.delay is None else arguments.delay
             if delay < 0:
                 raise ConfigError("--delay: must be 0 or more")
-            new = await keyring.rotate(delay)
+            # under the rotation's lease: never at once with a scheduled one
+            new = await keyring.rotate_exclusively(delay, store, f"cli:{secrets.token_hex(8)}")
             print(f"published {new.kid} ({new.alg}); it signs from {_when(new.active_from)} UTC")
         elif arguments.action == "retire":
             for retired in await keyring.retire(arguments.kid):
@@ -444,8 +448,21 @@ async def run(reactor: Any, config: Config, arguments: argparse.Namespace) -> No
                 f"{_when(stored.created_at):19}  {_when(stored.active_from):19}  "
                 f"{_when(stored.retired_at)}"
             )
+        print(rotation_schedule(keyring, config.keys.rotate_every, reactor.seconds()))
     finally:
         await store.close()
+
+
+def rotation_schedule(keyring: Keyring, rotate_every: int | None, now: float) -> str:
+    """
+    The line of C{keys list} that says when the keys are next rotated on
+    their schedule ([keys] rotate_every), or that they are not.
+    """
+    if rotate_every is None:
+        return "scheduled rotation: off ([keys] rotate_every is not set)"
+    due = keyring.next_rotation(rotate_every)
+    when = "now (at the next check of a running server)" if due <= now else f"{_when(int(due))} UTC"
+    return f"scheduled rotation: every {format_duration(rotate_every)}; next {when}"
 
 
 #: The clients actions that take a client id.
@@ -504,7 +521,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 # the reader went away (ccserver clients list | head): done
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 raise SystemExit(0)
-            failure.trap(ConfigError, ValueError, StoreUnavailable, CommandError, OAuthError)
+            failure.trap(
+                ConfigError, ValueError, StoreUnavailable, CommandError, OAuthError, RotationUnderWay
+            )
             print(f"ccserver: {failure.getErrorMessage()}", file=sys.stderr)
             raise SystemExit(1)
 

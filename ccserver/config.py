@@ -97,6 +97,56 @@ class TokenConfig:
     rsa_signing: str = "auto"
 
 
+#: The units of a duration ([keys] rotate_every = "30d"): seconds each.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The longest duration: 100 years.
+MAX_DURATION = 100 * 365 * 86400
+_DURATION = re.compile(r"(?:[0-9]+[smhdw])+")
+_DURATION_PART = re.compile(r"([0-9]+)([smhdw])")
+
+
+def parse_duration(value: object, setting: str) -> int:
+    """
+    A duration in whole seconds: an integer of seconds, or a string of
+    one or more numbers each with its unit, C{s}, C{m}, C{h}, C{d} or C{w}
+    (C{"30d"}, C{"12h"}, C{"1h30m"}, C{"90s"}).  Greater than 0.
+
+    @raise ConfigError: naming C{setting}, when it is none of these.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and _DURATION.fullmatch(value.strip()):
+        seconds = sum(
+            int(number) * DURATION_UNITS[unit]
+            for number, unit in _DURATION_PART.findall(value.strip())
+        )
+    else:
+        raise ConfigError(
+            f"{setting}: {value!r} is not a duration: a number with its unit, "
+            'such as "30d", "12h", "90m" or "45s" (or whole seconds)'
+        )
+    if seconds <= 0:
+        raise ConfigError(f"{setting}: must be longer than 0, not {value!r}")
+    if seconds > MAX_DURATION:
+        raise ConfigError(f"{setting}: {value!r} is longer than 100 years")
+    return seconds
+
+
+def format_duration(seconds: int) -> str:
+    """
+    Seconds as L{parse_duration} reads them, in the largest unit that
+    divides them (C{30d}, C{12h}, C{90s}).
+    """
+    for unit, size in sorted(DURATION_UNITS.items(), key=lambda item: -item[1]):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _rotate_every(value: object) -> int | None:
+    return None if value is None else parse_duration(value, "[keys] rotate_every")
+
+
 @frozen
 class KeysConfig:
     #: Where the key-encryption key is kept; None for the default, beside
@@ -108,6 +158,12 @@ class KeysConfig:
     #: Seconds between publishing a new signing key and signing with it, so
     #: that resource servers' caches of the JWK set have it first.
     activation_delay: int = 600
+    #: Seconds between scheduled rotations of the signing key (a duration in
+    #: the file: "30d"), counted from the newest key's creation; None (the
+    #: default, so that an upgrade changes nothing) for rotation by hand only.
+    rotate_every: int | None = field(
+        default=None, converter=_rotate_every, metadata={FILE_TYPES: (str, int)}
+    )
 
 
 @frozen
@@ -526,8 +582,7 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
     config = evolve(config, issuer=check_issuer(config.issuer))
     _check_store(config.store, store_on_command_line)
     _check_tokens(config.tokens)
-    if config.keys.activation_delay < 0:
-        raise ConfigError("[keys] activation_delay: must be 0 or more")
+    _check_keys(config.keys)
     if config.clients.secret_rotation_grace < 0:
         raise ConfigError("[clients] secret_rotation_grace: must be 0 or more")
     _check_signing_alg(config.tokens.signing_alg)
@@ -546,6 +601,17 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
         config = evolve(config, tls=evolve(config.tls, base_url=_check_base_url(config.tls.base_url)))
     _check_limits(config.limits)
     return config
+
+
+def _check_keys(keys: KeysConfig) -> None:
+    if keys.activation_delay < 0:
+        raise ConfigError("[keys] activation_delay: must be 0 or more")
+    every = keys.rotate_every
+    if every is not None and every <= keys.activation_delay:
+        raise ConfigError(
+            f"[keys] rotate_every: {every} s is not longer than activation_delay "
+            f"({keys.activation_delay} s): each new key would be replaced before it signs"
+        )
 
 
 def _check_tls(tls: TLSConfig) -> None:

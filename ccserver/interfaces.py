@@ -109,6 +109,29 @@ class IKeyStore(Interface):
         """
 
 
+class ILeaseStore(Interface):
+    """
+    Leases: a name held by one holder at a time across every process and
+    instance sharing the store, until it is given up or its time ends
+    (so that a holder that died never keeps it), for work that exactly one
+    of them must do (the scheduled rotation of the signing keys).  Each
+    method is one atomic step.
+    """
+
+    def take_lease(name: str, holder: str, now: float, duration: float) -> Deferred[bool]:
+        """
+        Hold C{name} for C{holder} until C{now + duration} (seconds since
+        the epoch, by the caller's clock), if no one else holds it (nobody
+        took it, it was given up, or its time has ended); a holder taking
+        it again extends it.  Fires with whether C{holder} holds it now.
+        """
+
+    def end_lease(name: str, holder: str) -> Deferred[None]:
+        """
+        Give C{name} up, if C{holder} holds it; otherwise change nothing.
+        """
+
+
 class ITokenStore(Interface):
     """
     Where the token lifecycle keeps its records: opaque access tokens (by
@@ -216,10 +239,10 @@ class IAuthAttemptStore(Interface):
         """
 
 
-class IStore(IClientStore, IKeyStore, ITokenStore, IAuthAttemptStore):
+class IStore(IClientStore, IKeyStore, ITokenStore, IAuthAttemptStore, ILeaseStore):
     """
-    A store chosen by URL: it keeps clients, keys, token records and the
-    brute-force limits' slots, and has a lifetime.
+    A store chosen by URL: it keeps clients, keys, token records, the
+    brute-force limits' slots and leases, and has a lifetime.
     """
 
     url = Attribute("The store's URL, with any password masked.")

@@ -353,6 +353,37 @@ def client_certificate(
     return None if certificates is None else certificates.read(request)
 
 
+# RFC 9110 §8.8.3: entity-tag = [ weak ] opaque-tag; weak = %s"W/";
+# opaque-tag = DQUOTE *etagc DQUOTE; etagc = %x21 / %x23-7E / obs-text (a
+# comma among them: the list is read tag by tag, never split at commas).
+# Between list members, OWS and commas (§5.6.1: empty elements are ignored).
+_TAG = rb'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
+_ENTITY_TAG_LIST = re.compile(rb"[ \t,]*" + _TAG + rb"(?:[ \t]*,[ \t,]*" + _TAG + rb")*[ \t,]*")
+_OPAQUE_TAG = re.compile(rb'"[\x21\x23-\x7e\x80-\xff]*"')
+
+
+def none_match(headers: Sequence[bytes] | None, etag: str) -> bool:
+    """
+    Whether C{If-None-Match} (its field lines, if any) matches the current
+    representation, whose strong entity tag is C{etag}: then a GET or HEAD
+    is answered 304 (RFC 9110 §13.1.2).
+
+    C{*} matches any representation.  Otherwise the field is a list of
+    entity tags compared by the weak comparison (§8.8.3.2: the opaque tags
+    are equal, whether either is weak or not), which §13.1.2 asks for.  A
+    field that is neither is ignored (no match): the request is answered as
+    if it had none, with the whole set.
+    """
+    if not headers:
+        return False
+    value = b", ".join(headers)
+    if value.strip(b" \t") == b"*":
+        return True
+    if _ENTITY_TAG_LIST.fullmatch(value) is None:
+        return False
+    return etag.encode("ascii") in _OPAQUE_TAG.findall(value)
+
+
 def _allow(request: IRequest, *methods: bytes) -> None:
     if request.method not in methods:
         raise OAuthError(
@@ -460,10 +491,21 @@ class CCServerApp:
 
     @app.route("/jwks.json", methods=None)
     def jwks(self, request: IRequest) -> bytes:
+        """
+        The JWK set, with its entity tag: a cache that has it already asks
+        with C{If-None-Match} and gets 304 and no body while it is the same
+        (RFC 9110 §13.1.2, §15.4.5: the 304 carries the C{ETag} and
+        C{Cache-Control} the 200 would).
+        """
         _allow(request, b"GET", b"HEAD")
-        request.setHeader(b"Content-Type", b"application/jwk-set+json")
+        body, etag = self.keyring.jwks_json, self.keyring.jwks_etag
+        request.setHeader(b"ETag", etag.encode("ascii"))
         request.setHeader(b"Cache-Control", f"public, max-age={self.jwks_max_age}".encode())
-        return self.keyring.jwks_json
+        if none_match(request.requestHeaders.getRawHeaders(b"if-none-match"), etag):
+            request.setResponseCode(304)
+            return b""
+        request.setHeader(b"Content-Type", b"application/jwk-set+json")
+        return body
 
     @app.route("/client-reg", methods=None)
     async def register(self, request: IRequest) -> bytes:

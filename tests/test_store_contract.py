@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from ccserver.errors import ClientExists, OAuthError, StoreUnavailable, invalid_client
-from ccserver.interfaces import IAuthAttemptStore, IClientStore, IStore, ITokenStore
+from ccserver.interfaces import IAuthAttemptStore, IClientStore, ILeaseStore, IStore, ITokenStore
+from ccserver.keys import KeyEncryptor, Keyring
 from ccserver.model import AttemptKeys, AttemptRelease, Client, Reservation, StoredKey, TokenRecord
 from ccserver.oauth.limits import AuthLimits
 from ccserver.stores.memory import MemoryStore
@@ -981,6 +982,103 @@ class StoreContractMixin(_TestCase):
             self.assertEqual(await attempt(n, "192.0.2.1", True), 200)
         self.assertEqual(await attempt(1, "192.0.2.1", False), 401)
         self.assertEqual(await attempt(1, "198.51.100.200", True), 429)
+
+    # leases (ILeaseStore)
+
+    def test_provides_lease_interface(self) -> None:
+        self.assertTrue(verifyObject(ILeaseStore, self.store))
+
+    async def test_lease_held_by_one(self) -> None:
+        """
+        A lease is taken by one holder; another cannot take it while it
+        lasts; its holder may take it again (extending it); once given up,
+        another takes it.  Giving up a lease one does not hold changes
+        nothing.
+        """
+        now = time.time()
+        self.assertTrue(await self.store.take_lease("work", "a", now, 60))
+        self.assertFalse(await self.store.take_lease("work", "b", now + 1, 60))
+        self.assertTrue(await self.store.take_lease("work", "a", now + 1, 60))
+        self.assertTrue(await self.store.take_lease("other work", "b", now, 60))
+        await self.store.end_lease("work", "b")
+        self.assertFalse(await self.store.take_lease("work", "b", now + 2, 60))
+        await self.store.end_lease("work", "a")
+        self.assertTrue(await self.store.take_lease("work", "b", now + 2, 60))
+        await self.store.end_lease("never taken", "b")
+
+    async def test_lease_ends_with_its_time(self) -> None:
+        """
+        A lease whose holder never gave it up (a process that died) is free
+        once its time has passed.  Real time: Redis counts it itself.
+        """
+        self.assertTrue(await self.store.take_lease("work", "dead", time.time(), 0.3))
+        self.assertFalse(await self.store.take_lease("work", "alive", time.time(), 60))
+        await deferLater(reactor, 0.5, lambda: None)
+        self.assertTrue(await self.store.take_lease("work", "alive", time.time(), 60))
+
+    async def test_burst_of_lease_takers(self) -> None:
+        """
+        100 holders ask for one lease at once, through two store objects on
+        one database (two processes): exactly one gets it.
+        """
+        other = await self.second_store()
+        now = time.time()
+        taken = await gatherResults(
+            [
+                (self.store, other)[n % 2].take_lease("work", f"holder-{n}", now, 60)
+                for n in range(100)
+            ]
+        )
+        self.assertEqual(taken.count(True), 1)
+
+    async def test_lease_shared_and_durable(self) -> None:
+        await self.store.take_lease("work", "a", time.time(), 60)
+        store = await self.reopened()
+        self.assertFalse(await store.take_lease("work", "b", time.time(), 60))
+
+    async def test_scheduled_rotation_once_across_processes(self) -> None:
+        """
+        Two processes (two keyrings over two store objects on one
+        database) whose schedule is due at the same moment both try to
+        rotate at once: exactly one new key is made, and the old one is
+        retired once.
+        """
+        events: list[tuple[str, str]] = []
+        clock = Clock()
+        clock.advance(time.time())
+        encryptor = KeyEncryptor.ephemeral()
+        other = await self.second_store()
+        keyrings = [
+            Keyring(
+                store, encryptor, "ES256", 2 * 86400, clock.seconds,
+                lambda event, key: events.append((event, key.kid)),
+            )
+            for store in (self.store, other)
+        ]
+        first = await keyrings[0].add_key("ES256", active_from=int(clock.seconds()))
+        for keyring in keyrings:
+            await keyring.refresh()
+        clock.advance(86400)
+        made = await gatherResults(
+            [
+                ensureDeferred(keyring.rotate_on_schedule(86400, 60, store, f"process-{n}"))
+                for n, (keyring, store) in enumerate(zip(keyrings, (self.store, other), strict=True))
+            ]
+        )
+        new = [key for key in made if key is not None]
+        self.assertEqual(len(new), 1, made)
+        stored = await self.store.list_keys()
+        self.assertEqual([key.kid for key in stored], [first.kid, new[0].kid])
+        self.assertEqual(stored[0].retired_at, new[0].active_from)
+        self.assertEqual(
+            sorted(events), sorted([("created", first.kid), ("created", new[0].kid), ("retired", first.kid)])
+        )
+        # and neither rotates again within the period
+        await keyrings[1].refresh()
+        clock.advance(86399)
+        for n, (keyring, store) in enumerate(zip(keyrings, (self.store, other), strict=True)):
+            self.assertIsNone(await keyring.rotate_on_schedule(86400, 60, store, f"process-{n}"))
+        self.assertEqual(len(await self.store.list_keys()), 2)
 
     async def test_data_outlives_the_store(self) -> None:
         """

@@ -39,6 +39,8 @@ class MemoryStore:
         self._attempts: dict[str, tuple[int, float]] = {}
         #: known-source key -> until when
         self._known: dict[str, float] = {}
+        #: lease name -> (holder, until when)
+        self._leases: dict[str, tuple[str, float]] = {}
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -184,3 +186,15 @@ class MemoryStore:
 
     def delete_key(self, kid: str) -> Deferred[bool]:
         return succeed(self._keys.pop(kid, None) is not None)
+
+    def take_lease(self, name: str, holder: str, now: float, duration: float) -> Deferred[bool]:
+        current, until = self._leases.get(name, (holder, 0.0))
+        if current != holder and until > now:
+            return succeed(False)
+        self._leases[name] = (holder, now + duration)
+        return succeed(True)
+
+    def end_lease(self, name: str, holder: str) -> Deferred[None]:
+        if self._leases.get(name, ("", 0.0))[0] == holder:
+            del self._leases[name]
+        return succeed(None)

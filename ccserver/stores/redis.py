@@ -41,6 +41,8 @@ shared with other data):
     by one script per reservation and one per release; Redis forgets it a
     second after its window ends.  C{ccserver:known_source:<key>}: a source
     known for a credential (exempt from the cap), gone at its expiry;
+  - C{ccserver:lease:<name>}: a lease (L{ILeaseStore}), its holder,
+    expiring (C{PX}) when its time ends;
   - C{ccserver:schema_version}: the layout's version (1), so that a later
     ccserver can tell what it opens.
 
@@ -200,6 +202,26 @@ end
 return 1
 """
 
+#: L{RedisStore.take_lease}: C{KEYS} the lease, C{ARGV} the holder and the
+#: lease's duration in milliseconds.  Redis' own clock ends it (C{PX}):
+#: taken when nobody holds it, or by its holder again.
+_TAKE_LEASE_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+#: L{RedisStore.end_lease}: deleted only by its holder.
+_END_LEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+
 #: Opaque tokens written by one script call at most.  A batch is the tokens
 #: issued during the previous batch's round trip, far fewer than this under
 #: the bench's load; the bound keeps the script's C{unpack} well below Lua's
@@ -331,6 +353,10 @@ def auth_attempts_key(key: str) -> str:
 
 def known_source_key(key: str) -> str:
     return f"{PREFIX}known_source:{key}"
+
+
+def lease_key(name: str) -> str:
+    return f"{PREFIX}lease:{name}"
 
 
 def _redis_version(info: str) -> tuple[int, ...]:
@@ -791,5 +817,27 @@ class RedisStore:
         keys += [auth_attempts_key(key) for key, _ in release.slots]
         args += [str(round(ends * 1000)) for _, ends in release.slots]
         d = self._call("eval", _RELEASE_ATTEMPT_SCRIPT, keys, args)
+        d.addCallback(lambda _: None)
+        return d
+
+    # ILeaseStore
+
+    def take_lease(self, name: str, holder: str, now: float, duration: float) -> Deferred[bool]:
+        """
+        One script (L{_TAKE_LEASE_SCRIPT}).  The lease's time is counted by
+        Redis' clock from when the script runs, not from C{now}: the same
+        length, without a clock skew between this process and Redis.
+        """
+        d = self._call(
+            "eval",
+            _TAKE_LEASE_SCRIPT,
+            [lease_key(name)],
+            [holder, str(max(1, int(duration * 1000)))],
+        )
+        d.addCallback(lambda taken: int(taken) == 1)
+        return d
+
+    def end_lease(self, name: str, holder: str) -> Deferred[None]:
+        d = self._call("eval", _END_LEASE_SCRIPT, [lease_key(name)], [holder])
         d.addCallback(lambda _: None)
         return d

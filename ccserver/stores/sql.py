@@ -29,7 +29,8 @@ Durability and concurrency:
     one round trip); each C{add_token} still fires only once its own row is
     committed.
 
-Tables: C{clients}, C{signing_keys}, and for L{ITokenStore} C{access_tokens}
+Tables: C{clients}, C{signing_keys}, C{leases} (L{ILeaseStore}), and
+for L{ITokenStore} C{access_tokens}
 (by digest, never the token), C{revoked_jtis} and C{revoked_clients}; for
 L{IAuthAttemptStore} C{auth_attempts} and C{auth_known_sources};
 metadata, audiences and claims are JSON text, so that the same SQL serves
@@ -532,6 +533,15 @@ class SQLStore:
             ),
             "purge_auth_attempts": t("DELETE FROM auth_attempts WHERE window_ends_ms < ?"),
             "purge_known_sources": t("DELETE FROM auth_known_sources WHERE known_until_ms < ?"),
+            # Taken when nobody holds it, its time has ended, or the holder
+            # takes it again: one statement, so one row lock decides.
+            "take_lease": t(
+                "INSERT INTO leases (name, holder, expires_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " expires_ms = excluded.expires_ms"
+                " WHERE leases.expires_ms <= ? OR leases.holder = excluded.holder"
+            ),
+            "end_lease": t("DELETE FROM leases WHERE name = ? AND holder = ?"),
             # A kid taken already is replaced, as MemoryStore does.
             "add_key": t(_upsert("signing_keys", KEYS)),
             "replace_key": t(_update("signing_keys", KEYS)),
@@ -869,6 +879,27 @@ class SQLStore:
     def delete_key(self, kid: str) -> Deferred[bool]:
         d = self._execute("delete_key", (kid,), write=True)
         d.addCallback(lambda count: count > 0)
+        return d
+
+    # ILeaseStore
+
+    def take_lease(self, name: str, holder: str, now: float, duration: float) -> Deferred[bool]:
+        """
+        One upsert whose update is conditional: a row inserted or updated
+        (a row count of 1) is the lease taken.
+        """
+        now_ms = int(now * 1000)
+        d = self._execute(
+            "take_lease",
+            (name, holder, now_ms + max(1, int(duration * 1000)), now_ms),
+            write=True,
+        )
+        d.addCallback(lambda count: count == 1)
+        return d
+
+    def end_lease(self, name: str, holder: str) -> Deferred[None]:
+        d = self._execute("end_lease", (name, holder), write=True)
+        d.addCallback(lambda _: None)
         return d
 
     # ITokenStore
