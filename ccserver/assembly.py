@@ -21,6 +21,7 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry
 from twisted.web.server import Site
 
+from ccserver.auditlog import AuditWriter
 from ccserver.config import Config
 from ccserver.firststart import FirstStart
 from ccserver.health import Readiness
@@ -72,6 +73,8 @@ class Prepared:
     @ivar client_ca: the certificates of C{[tls] client_ca}, if set.
     @ivar metrics_directory: the main process's multiprocess metrics
         directory, with C{--metrics} and C{--workers N}.
+    @ivar audit: the writer of the audit trail, its destination open
+        (None only where a test builds a tree without one).
     """
 
     store: IStore
@@ -80,6 +83,7 @@ class Prepared:
     listening: Listening
     client_ca: tuple[x509.Certificate, ...] | None = None
     metrics_directory: MultiprocessDirectory | None = None
+    audit: AuditWriter | None = None
 
 
 @frozen

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from attrs import AttrsInstance, Factory, evolve, field, fields, frozen, has
 
+from ccserver.auditlog import FACILITIES, STDOUT, token_issued_rate
 from ccserver.errors import ConfigError
 from ccserver.httpchannel import HTTPLimits
 from ccserver.keys import SIGNING_ALGORITHMS
@@ -303,6 +304,28 @@ class LimitsConfig:
 
 
 @frozen
+class AuditConfig:
+    """
+    C{[audit]}: the audit trail (docs/audit.md), which cannot be turned off.
+    """
+
+    #: Where it goes: "-" (standard output), a file path (appended to;
+    #: relative to the working directory), or "syslog".
+    log: str = field(default=STDOUT, metadata={EMPTY_IS_DEFAULT: True})
+    #: How many token.issued events are written: "all", "off", or
+    #: "sampled:F" (a fraction F of them, e.g. "sampled:0.01").  Every other
+    #: event is always written.
+    token_issued: str = "all"
+    #: With log = "syslog": the facility, and the daemon's socket.
+    syslog_facility: str = "auth"
+    syslog_socket: str = "/dev/log"
+
+    @property
+    def token_issued_rate(self) -> float:
+        return token_issued_rate(self.token_issued)
+
+
+@frozen
 class ClientsConfig:
     #: Seconds a client's previous secret still works after a rotation
     #: (ccserver clients rotate-secret); 0 ends it at once.
@@ -372,6 +395,8 @@ class Config:
         return bool(self.tls.listen or self.mtls.proxy_header or self.tls.base_url)
     #: Brute-force and issuance limits ([limits]).
     limits: LimitsConfig = LimitsConfig()
+    #: The audit trail ([audit]).
+    audit: AuditConfig = AuditConfig()
 
 
 #: Where the environment and the command line reach into the file's layout.
@@ -600,6 +625,7 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
     if config.tls.base_url is not None:
         config = evolve(config, tls=evolve(config.tls, base_url=_check_base_url(config.tls.base_url)))
     _check_limits(config.limits)
+    _check_audit(config.audit)
     return config
 
 
@@ -612,6 +638,17 @@ def _check_keys(keys: KeysConfig) -> None:
             f"[keys] rotate_every: {every} s is not longer than activation_delay "
             f"({keys.activation_delay} s): each new key would be replaced before it signs"
         )
+
+
+def _check_audit(audit: AuditConfig) -> None:
+    token_issued_rate(audit.token_issued)
+    if audit.syslog_facility not in FACILITIES:
+        raise ConfigError(
+            f"[audit] syslog_facility: {audit.syslog_facility!r} is not one of "
+            + ", ".join(FACILITIES)
+        )
+    if not audit.syslog_socket:
+        raise ConfigError("[audit] syslog_socket: must be the path of the syslog socket")
 
 
 def _check_tls(tls: TLSConfig) -> None:

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 
 from ccserver import firststart
 from ccserver.assembly import Server
+from ccserver.auditlog import AuditTrailService
 from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring
 from ccserver.tls import tls_factory
@@ -82,7 +83,12 @@ def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: Sta
         workers run again.
     """
     prepared = server.prepared
-    root = MultiService()
+    # the audit trail's writer observes as long as anything under it runs
+    root = (
+        MultiService()
+        if prepared.audit is None
+        else AuditTrailService(prepared.audit, reactor)
+    )
     store_service = _store_service(server, startup)
     store_service.setServiceParent(root)
     directory = prepared.metrics_directory

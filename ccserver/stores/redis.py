@@ -43,6 +43,14 @@ shared with other data):
     known for a credential (exempt from the cap), gone at its expiry;
   - C{ccserver:lease:<name>}: a lease (L{ILeaseStore}), its holder,
     expiring (C{PX}) when its time ends;
+  - C{ccserver:iat:<digest>}: an initial access token as JSON (its
+    C{uses} and C{revoked_at} as written when it was made), with
+    C{ccserver:iat_uses:<digest>} its count of uses and
+    C{ccserver:iat_revoked:<digest>} its revocation's time, all three
+    expiring at its expiry; C{ccserver:iat_ids}, a hash of each token's id
+    to its digest (an id whose token has expired is dropped when the
+    tokens are listed).  A registration with one is one script: the checks,
+    the client's C{SET NX} and the use's C{INCR};
   - C{ccserver:schema_version}: the layout's version (1), so that a later
     ccserver can tell what it opens.
 
@@ -85,7 +93,7 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import txredisapi
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.endpoints import HostnameEndpoint
@@ -96,8 +104,16 @@ from zope.interface import implementer
 
 from ccserver.errors import ClientExists, ConfigError, StoreUnavailable
 from ccserver.interfaces import IStore
-from ccserver.model import AttemptKeys, AttemptRelease, Client, Reservation, StoredKey, TokenRecord
-from ccserver.stores.codec import CLIENTS, KEYS, TOKENS
+from ccserver.model import (
+    AttemptKeys,
+    AttemptRelease,
+    Client,
+    InitialAccessToken,
+    Reservation,
+    StoredKey,
+    TokenRecord,
+)
+from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
 
@@ -219,6 +235,57 @@ _END_LEASE_SCRIPT = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     redis.call('DEL', KEYS[1])
 end
+return 1
+"""
+
+#: L{RedisStore.add_initial_access_token}: C{KEYS} the record, its uses,
+#: the id index; C{ARGV} the record's JSON, its id, its digest, its expiry.
+_ADD_INITIAL_ACCESS_TOKEN_SCRIPT = """
+redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[4])
+redis.call('SET', KEYS[2], '0', 'EXAT', ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+return 1
+"""
+
+#: L{RedisStore.register_with_initial_access_token}: C{KEYS} the token's
+#: record, uses and revocation, the client's key; C{ARGV} now, the client's
+#: JSON.  Returns {0} (the token may not register), {-1} (the client id is
+#: taken), else the uses now counted and the token's record.
+_REGISTER_WITH_INITIAL_ACCESS_TOKEN_SCRIPT = """
+local text = redis.call('GET', KEYS[1])
+if (not text) or redis.call('EXISTS', KEYS[3]) == 1 then
+    return {0}
+end
+local record = cjson.decode(text)
+if tonumber(record['expires_at']) <= tonumber(ARGV[1]) then
+    return {0}
+end
+local uses = tonumber(redis.call('GET', KEYS[2]) or '0')
+if uses >= tonumber(record['max_uses']) then
+    return {0}
+end
+if not redis.call('SET', KEYS[4], ARGV[2], 'NX') then
+    return {-1}
+end
+return {redis.call('INCR', KEYS[2]), text}
+"""
+
+#: L{RedisStore.revoke_initial_access_token}: C{KEYS} the id index;
+#: C{ARGV} the token's id, the record and revocation keys' prefixes, now.
+#: The first revocation's time is kept (C{NX}).
+_REVOKE_INITIAL_ACCESS_TOKEN_SCRIPT = """
+local digest = redis.call('HGET', KEYS[1], ARGV[1])
+if not digest then
+    return 0
+end
+local text = redis.call('GET', ARGV[2] .. digest)
+if not text then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+    return 0
+end
+local record = cjson.decode(text)
+redis.call('SET', ARGV[3] .. digest, ARGV[4], 'NX', 'EXAT',
+    string.format('%d', record['expires_at']))
 return 1
 """
 
@@ -345,6 +412,21 @@ def client_tokens_key(client_id: str) -> str:
 
 def revoked_client_key(client_id: str) -> str:
     return f"{PREFIX}revoked_client:{client_id}"
+
+
+def initial_access_token_key(token_digest: str) -> str:
+    return f"{PREFIX}iat:{token_digest}"
+
+
+def initial_access_token_uses_key(token_digest: str) -> str:
+    return f"{PREFIX}iat_uses:{token_digest}"
+
+
+def initial_access_token_revoked_key(token_digest: str) -> str:
+    return f"{PREFIX}iat_revoked:{token_digest}"
+
+
+INITIAL_ACCESS_TOKEN_IDS_KEY = PREFIX + "iat_ids"
 
 
 def auth_attempts_key(key: str) -> str:
@@ -769,6 +851,130 @@ class RedisStore:
 
     def purge_expired(self, now: int) -> Deferred[int]:
         return succeed(0)
+
+    # IInitialAccessTokenStore
+
+    def add_initial_access_token(self, token: InitialAccessToken) -> Deferred[None]:
+        digest = token.token_digest
+        d = self._call(
+            "eval",
+            _ADD_INITIAL_ACCESS_TOKEN_SCRIPT,
+            [
+                initial_access_token_key(digest),
+                initial_access_token_uses_key(digest),
+                INITIAL_ACCESS_TOKEN_IDS_KEY,
+            ],
+            [
+                INITIAL_ACCESS_TOKENS.to_json(token),
+                token.token_id,
+                digest,
+                str(token.expires_at),
+            ],
+        )
+        d.addCallback(lambda _: None)
+        return d
+
+    @staticmethod
+    def _initial_access_token(
+        text: str | None, uses: str | None, revoked: str | None
+    ) -> InitialAccessToken | None:
+        if text is None:
+            return None
+        token = INITIAL_ACCESS_TOKENS.from_json(text)
+        return evolve(
+            token,
+            uses=int(uses or 0),
+            revoked_at=int(revoked) if revoked is not None else token.revoked_at,
+        )
+
+    def get_initial_access_token(self, token_digest: str) -> Deferred[InitialAccessToken | None]:
+        d = self._call(
+            "mget",
+            [
+                initial_access_token_key(token_digest),
+                initial_access_token_uses_key(token_digest),
+                initial_access_token_revoked_key(token_digest),
+            ],
+        )
+        d.addCallback(lambda reply: self._initial_access_token(*reply))
+        return d
+
+    @inlineCallbacks
+    def list_initial_access_tokens(
+        self,
+    ) -> Generator[Deferred[Any], Any, list[InitialAccessToken]]:
+        """
+        The id index, then one C{MGET} for every token's keys; the ids of
+        tokens that have expired are dropped from the index.
+        """
+        ids: Mapping[str, str] = yield self._call("hgetall", INITIAL_ACCESS_TOKEN_IDS_KEY)
+        if not ids:
+            return []
+        names = list(ids)
+        keys = []
+        for token_id in names:
+            digest = ids[token_id]
+            keys += [
+                initial_access_token_key(digest),
+                initial_access_token_uses_key(digest),
+                initial_access_token_revoked_key(digest),
+            ]
+        reply = yield self._call("mget", keys)
+        tokens, gone = [], []
+        for n, token_id in enumerate(names):
+            token = self._initial_access_token(*reply[3 * n : 3 * n + 3])
+            if token is None:
+                gone.append(token_id)
+            else:
+                tokens.append(token)
+        if gone:
+            yield self._call("hdel", INITIAL_ACCESS_TOKEN_IDS_KEY, gone)
+        return sorted(tokens, key=lambda t: (t.created_at, t.token_id))
+
+    def revoke_initial_access_token(self, token_id: str, now: int) -> Deferred[bool]:
+        d = self._call(
+            "eval",
+            _REVOKE_INITIAL_ACCESS_TOKEN_SCRIPT,
+            [INITIAL_ACCESS_TOKEN_IDS_KEY],
+            [
+                token_id,
+                initial_access_token_key(""),
+                initial_access_token_revoked_key(""),
+                str(now),
+            ],
+        )
+        d.addCallback(lambda done: int(done) == 1)
+        return d
+
+    def register_with_initial_access_token(
+        self, token_digest: str, client: Client, now: int
+    ) -> Deferred[InitialAccessToken | None]:
+        """
+        One script (L{_REGISTER_WITH_INITIAL_ACCESS_TOKEN_SCRIPT}), one
+        round trip.
+        """
+        d = self._call(
+            "eval",
+            _REGISTER_WITH_INITIAL_ACCESS_TOKEN_SCRIPT,
+            [
+                initial_access_token_key(token_digest),
+                initial_access_token_uses_key(token_digest),
+                initial_access_token_revoked_key(token_digest),
+                client_key(client.client_id),
+            ],
+            [str(now), CLIENTS.to_json(client)],
+        )
+
+        def registered(reply: list[Any]) -> InitialAccessToken | None:
+            uses = int(reply[0])
+            if uses == 0:
+                return None
+            if uses < 0:
+                raise ClientExists(client.client_id)
+            return self._initial_access_token(str(reply[1]), str(uses), None)
+
+        d.addCallback(registered)
+        return d
 
     # IAuthAttemptStore
 
