@@ -19,6 +19,7 @@ store; running servers follow its changes without a restart.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import secrets
@@ -31,13 +32,13 @@ from attrs import frozen
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
 
-from ccserver import __version__, firststart, strictjson
+from ccserver import __version__, audit, firststart, strictjson
 from ccserver.clients import all_clients, public_view, rotate_secret
 from ccserver.config import Config, format_duration, load_config
 from ccserver.errors import ConfigError, OAuthError, StoreUnavailable
 from ccserver.firststart import key_encryption, key_mismatch
 from ccserver.interfaces import IStore
-from ccserver.keys import KeyDecryptionError, Keyring, RotationUnderWay
+from ccserver.keys import KeyDecryptionError, Keyring, RotationUnderWay, audit_key_events
 from ccserver.oauth.registration import (
     AUTH_METHODS,
     ClientRegistry,
@@ -423,6 +424,7 @@ async def run(reactor: Any, config: Config, arguments: argparse.Namespace) -> No
             config.tokens.signing_alg,
             config.tokens.max_lifetime,
             reactor.seconds,
+            audit_key_events(cli_actor()),
         )
         try:
             await keyring.refresh()
@@ -451,6 +453,14 @@ async def run(reactor: Any, config: Config, arguments: argparse.Namespace) -> No
         print(rotation_schedule(keyring, config.keys.rotate_every, reactor.seconds()))
     finally:
         await store.close()
+
+
+def cli_actor() -> audit.Actor:
+    """
+    Who acts through this command, for the audit trail: the operating
+    system user who runs it, and through sudo, who ran sudo.
+    """
+    return audit.cli(getpass.getuser(), os.environ.get("SUDO_USER"))
 
 
 def rotation_schedule(keyring: Keyring, rotate_every: int | None, now: float) -> str:

@@ -21,12 +21,13 @@ from cryptography import x509
 from prometheus_client import CollectorRegistry
 from twisted.web.server import Site
 
+from ccserver import audit
 from ccserver.auditlog import AuditWriter
 from ccserver.config import Config
 from ccserver.firststart import FirstStart
 from ccserver.health import Readiness
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
-from ccserver.keys import KeyEncryptor, Keyring
+from ccserver.keys import KeyEncryptor, Keyring, audit_key_events
 from ccserver.keysets import HTTPGetter, KeySetSource
 from ccserver.listening import Listening
 from ccserver.metrics import (
@@ -177,7 +178,15 @@ def make_site(
     loaded, by the services.
     """
     now = reactor.seconds
-    keyring = Keyring(store, encryptor, config.tokens.signing_alg, config.tokens.max_lifetime, now)
+    keyring = Keyring(
+        store,
+        encryptor,
+        config.tokens.signing_alg,
+        config.tokens.max_lifetime,
+        now,
+        # the first key, scheduled rotations, activations: the server's own
+        audit_key_events(audit.SERVER),
+    )
     clients = CachingClientStore(store, now, config.store.client_cache_seconds)
     limits = _auth_limits(config, store, now, metrics)
     authenticator = _authenticator(config, clients, store, encryptor, limits, jwks_fetcher, now)

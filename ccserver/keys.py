@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ccserver import audit
 from ccserver.interfaces import IKeyStore, ILeaseStore, ITokenStore
 from ccserver.jose import JWSSigner, PublicKey, public_jwk, thumbprint
 from ccserver.model import StoredKey
@@ -68,6 +69,32 @@ class RotationUnderWay(Exception):
 
 def _no_events(event: str, key: StoredKey) -> None:
     pass
+
+
+def audit_key_events(actor: audit.Actor) -> KeyEvent:
+    """
+    A keyring's events as audit events (C{key.created}, C{key.activated},
+    C{key.retired}, C{key.deleted}), by C{actor}: the server (the first
+    key, a scheduled rotation) or the command's user.
+    """
+
+    def told(event: str, key: StoredKey) -> None:
+        fields: dict[str, object] = {"kid": key.kid, "alg": key.alg}
+        if event == "created":
+            fields["active_from"] = key.active_from
+        elif event == "retired":
+            fields["retired_at"] = key.retired_at
+        audit.emit(_KEY_EVENTS[event], actor, None, **fields)
+
+    return told
+
+
+_KEY_EVENTS = {
+    "created": audit.KEY_CREATED,
+    "activated": audit.KEY_ACTIVATED,
+    "retired": audit.KEY_RETIRED,
+    "deleted": audit.KEY_DELETED,
+}
 
 
 def entity_tag(representation: bytes) -> str:

@@ -442,36 +442,41 @@ class JWKSEntityTagTests(ServerTestCase):
 del evolve
 
 
+def start_tree(test: SynchronousTestCase, config: str) -> tuple[Any, Any, MemoryStore]:
+    """
+    The daemon's service tree on a memory store and a MemoryReactorClock,
+    started with this configuration: its reactor, its root, its store.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from ccserver.tap import Options, Process, makeService
+    from tests.helpers import MASTER_TOKEN
+    from tests.test_service import RecordingStartUp
+
+    path = Path(temp_dir(test)) / "ccserver.toml"
+    path.write_text(config)
+    reactor = MemoryReactorClock()
+    reactor.advance(1_800_000_000)
+    options = Options()
+    options.parseOptions(
+        ["--store", "memory://", "--master-token", MASTER_TOKEN, "--config", str(path),
+         "--listen", "tcp:8080"]
+    )
+    service = makeService(options, Process(reactor, [], {}, 1, RecordingStartUp()))
+    service.startService()
+    test.addCleanup(service.stopService)
+    store = next(child for child in service).store
+    return reactor, service, store
+
+
 class ScheduledServiceTests(SynchronousTestCase):
     """
     The daemon's tree runs the schedule: with [keys] rotate_every, a
     timer asks every so often, and rotates once it is due; without, none.
     """
 
-    def start(self, config: str) -> tuple[Any, Any, MemoryStore]:
-        from twisted.internet.testing import MemoryReactorClock
-
-        from ccserver.tap import Options, Process, makeService
-        from tests.helpers import MASTER_TOKEN
-        from tests.test_service import RecordingStartUp
-
-        path = Path(temp_dir(self)) / "ccserver.toml"
-        path.write_text(config)
-        reactor = MemoryReactorClock()
-        reactor.advance(1_800_000_000)
-        options = Options()
-        options.parseOptions(
-            ["--store", "memory://", "--master-token", MASTER_TOKEN, "--config", str(path),
-             "--listen", "tcp:8080"]
-        )
-        service = makeService(options, Process(reactor, [], {}, 1, RecordingStartUp()))
-        service.startService()
-        self.addCleanup(service.stopService)
-        store = next(child for child in service).store
-        return reactor, service, store
-
     def test_rotates_when_due(self) -> None:
-        reactor, _, store = self.start('[keys]\nrotate_every = "2h"\nactivation_delay = 60\n')
+        reactor, _, store = start_tree(self, '[keys]\nrotate_every = "2h"\nactivation_delay = 60\n')
         self.assertEqual(len(self.successResultOf(store.list_keys())), 1)
         for _ in range(2 * 360 - 1):
             reactor.advance(10)
@@ -482,7 +487,52 @@ class ScheduledServiceTests(SynchronousTestCase):
         self.assertEqual(keys[1].active_from, keys[1].created_at + 60)
 
     def test_off(self) -> None:
-        reactor, _, store = self.start("[keys]\nactivation_delay = 60\n")
+        reactor, _, store = start_tree(self, "[keys]\nactivation_delay = 60\n")
         for _ in range(100):
             reactor.advance(3600)
         self.assertEqual(len(self.successResultOf(store.list_keys())), 1)
+
+
+class KeyAuditTests(SynchronousTestCase):
+    """
+    The audit trail tells of every key the server makes, activates, retires
+    and deletes, as the server's own acts; the command's, as its user's.
+    """
+
+    def test_scheduled_rotation_audited(self) -> None:
+        from tests.helpers import AuditEvents
+
+        audit_events = AuditEvents(self)
+        reactor, _, store = start_tree(self, '[keys]\nrotate_every = "2h"\nactivation_delay = 60\n')
+        first = self.successResultOf(store.list_keys())[0]
+        for _ in range(2 * 60 + 3):
+            reactor.advance(60)
+        new = self.successResultOf(store.list_keys())[1]
+        server = {"type": "server"}
+        self.assertEqual(
+            [e for e in audit_events.events if e["type"].startswith("key.")],
+            [
+                {"type": "key.created", "actor": server, "kid": first.kid, "alg": "RS256",
+                 "active_from": first.active_from},
+                {"type": "key.activated", "actor": server, "kid": first.kid, "alg": "RS256"},
+                {"type": "key.retired", "actor": server, "kid": first.kid, "alg": "RS256",
+                 "retired_at": new.active_from},
+                {"type": "key.created", "actor": server, "kid": new.kid, "alg": "RS256",
+                 "active_from": new.active_from},
+                {"type": "key.activated", "actor": server, "kid": new.kid, "alg": "RS256"},
+            ],
+        )
+
+    def test_command_actor(self) -> None:
+        import getpass
+        import os
+        from unittest import mock
+
+        from ccserver.admin import cli_actor
+
+        with mock.patch.dict(os.environ, {"SUDO_USER": "alice"}):
+            self.assertEqual(
+                cli_actor().as_json(), {"type": "cli", "user": getpass.getuser(), "sudo_user": "alice"}
+            )
+        with mock.patch.dict(os.environ, {}, clear=True):
+            self.assertNotIn("sudo_user", cli_actor().as_json())
