@@ -11,6 +11,8 @@ server's store while it runs.
     ccserver [--config FILE] [--store URL] clients create [--metadata FILE] [--name NAME] ...
     ccserver [--config FILE] [--store URL] clients delete CLIENT_ID
     ccserver [--config FILE] [--store URL] clients rotate-secret CLIENT_ID [--grace SECONDS]
+    ccserver [--config FILE] [--store URL] clients set-rate-limit CLIENT_ID
+        (--token-rate-limit RATE[:BURST] | --off)
 
 It reads the same configuration as C{twist ccserver} and works on the same
 store; running servers follow its changes without a restart.
@@ -28,7 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
 
@@ -39,11 +41,13 @@ from ccserver.errors import ConfigError, OAuthError, StoreUnavailable
 from ccserver.firststart import key_encryption, key_mismatch
 from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring, RotationUnderWay, audit_key_events
+from ccserver.model import Client
 from ccserver.oauth.registration import (
     AUTH_METHODS,
     ClientRegistry,
     register_client,
     registration_response,
+    requested_token_rate_limit,
 )
 from ccserver.stores import store_from_url
 
@@ -133,6 +137,45 @@ def _clients_parser(commands: Any) -> None:
         type=int,
         help="seconds the old secret still works [default: [clients] secret_rotation_grace]",
     )
+    limit = clients.add_parser(
+        "set-rate-limit",
+        help="set how many tokens a client may be issued (its token_rate_limit), or --off "
+        "for the server's default ([limits] tokens_per_client_per_second)",
+    )
+    limit.add_argument("client_id")
+    chosen = limit.add_mutually_exclusive_group(required=True)
+    chosen.add_argument(
+        "--token-rate-limit",
+        metavar="RATE[:BURST]",
+        help="tokens a second, on average, and the most at once [default burst: a "
+        "second's worth], e.g. 50 or 50:200 or 0.5:5",
+    )
+    chosen.add_argument(
+        "--off", action="store_true", help="no limit of its own: the server's default applies"
+    )
+
+
+def rate_limit_option(text: str) -> dict[str, Any]:
+    """
+    C{--token-rate-limit RATE[:BURST]} as a C{token_rate_limit} object;
+    its values are checked by the registration rules.
+
+    @raise CommandError: it is not one or two numbers.
+    """
+    rate, _, burst = text.partition(":")
+    try:
+        value: dict[str, Any] = {"tokens_per_second": _number(rate)}
+        if burst:
+            value["burst"] = _number(burst)
+    except ValueError:
+        raise CommandError(
+            f"--token-rate-limit: {text!r} is not RATE or RATE:BURST (e.g. 50 or 50:200)"
+        ) from None
+    return value
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.strip().isdigit() else float(text)
 
 
 @frozen
@@ -143,7 +186,8 @@ class MetadataOption:
     @ivar field: the RFC 7591 (or this server's) metadata name.
     @ivar kind: C{"text"}; C{"list"} (the option repeats, one value each);
         C{"int"}; C{"flag"} (true when given); C{"json-file"} (a file
-        holding the field's JSON value).
+        holding the field's JSON value); C{"rate"} (RATE[:BURST], a
+        C{token_rate_limit}).
     @ivar flags: the option's names, the first C{--field-name} unless given.
     """
 
@@ -173,6 +217,8 @@ class MetadataOption:
     def value(self, given: Any) -> Any:
         if self.kind == "json-file":
             return _read_json(self.names[0], given)
+        if self.kind == "rate":
+            return rate_limit_option(given)
         return given
 
 
@@ -270,6 +316,13 @@ CREATE_OPTIONS = (
     MetadataOption("policy_uri", "text", "its privacy policy", metavar="URL"),
     MetadataOption("software_id", "text", "its software's identifier", metavar="ID"),
     MetadataOption("software_version", "text", "its software's version", metavar="VERSION"),
+    MetadataOption(
+        "token_rate_limit",
+        "rate",
+        "tokens it may be issued a second, and the most at once [default burst: a second's "
+        "worth], e.g. 50 or 50:200 (this server's own field, for the operator only)",
+        metavar="RATE[:BURST]",
+    ),
 )
 
 
@@ -377,8 +430,38 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
             if rotation is None:
                 raise CommandError(f"no client {arguments.client_id!r}")
             _print_json(rotation.as_json())
+        elif action == "set-rate-limit":
+            client = await set_rate_limit(store, arguments)
+            _print_json(public_view(client, reactor.seconds()))
     finally:
         await store.close()
+
+
+async def set_rate_limit(store: IStore, arguments: argparse.Namespace) -> Client:
+    """
+    C{clients set-rate-limit}: the client's own token rate limit, or none
+    (C{--off}); told to the audit trail as the command user's update.
+    """
+    value = None if arguments.off else rate_limit_option(arguments.token_rate_limit)
+    try:
+        limit = requested_token_rate_limit({"token_rate_limit": value})
+    except OAuthError as e:
+        raise CommandError(f"--token-rate-limit: {e.description.split(': ', 1)[1]}") from None
+    client = await store.get_client(arguments.client_id)
+    if client is None:
+        raise CommandError(f"no client {arguments.client_id!r}")
+    changed = evolve(client, token_rate_limit=limit)
+    if not await store.replace_client(changed):
+        raise CommandError(f"no client {arguments.client_id!r}")
+    if limit != client.token_rate_limit:
+        audit.emit(
+            audit.CLIENT_UPDATED,
+            cli_actor(),
+            None,
+            client_id=client.client_id,
+            changed_fields=["token_rate_limit"],
+        )
+    return changed
 
 
 async def _list_clients(store: IStore, now: float, as_json: bool) -> None:
@@ -476,12 +559,14 @@ def rotation_schedule(keyring: Keyring, rotate_every: int | None, now: float) ->
 
 
 #: The clients actions that take a client id.
-_ON_ONE_CLIENT = ("show", "delete", "rotate-secret")
+_ON_ONE_CLIENT = ("show", "delete", "rotate-secret", "set-rate-limit")
+#: Their options that take a value (the next argument, or after "=").
+_VALUE_OPTIONS = ("--grace", "--token-rate-limit")
 
 
 def protect_client_id(argv: Sequence[str]) -> list[str]:
     """
-    C{argv} with the client id of C{clients show|delete|rotate-secret} put
+    C{argv} with the client id of C{clients show|delete|rotate-secret|set-rate-limit} put
     after a C{--}: a client id is URL-safe base64 and one in sixty-four
     starts with C{-}, which argparse would take for an option.
     """
@@ -498,10 +583,14 @@ def protect_client_id(argv: Sequence[str]) -> list[str]:
         if arg == "--":
             options += rest[index:]
             break
-        if arg == "--grace" and index + 1 < len(rest):
+        if arg in _VALUE_OPTIONS and index + 1 < len(rest):
             options += rest[index : index + 2]
             index += 1
-        elif arg in ("-h", "--help") or arg.startswith("--grace=") or client_id is not None:
+        elif (
+            arg in ("-h", "--help", "--off")
+            or arg.startswith(tuple(f"{option}=" for option in _VALUE_OPTIONS))
+            or client_id is not None
+        ):
             options.append(arg)
         else:
             client_id = arg

@@ -38,13 +38,14 @@ from ccserver.metrics import (
     metrics_root,
     scrape_registry,
 )
+from ccserver.model import TokenRateLimit
 from ccserver.oauth.assertions import MAX_CLIENT_KEYS, AssertionVerifier
 from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.dpop import DPOP_NONCE_KEY_PURPOSE, DPoPVerifier, NonceIssuer
 from ccserver.oauth.grants import ClientCredentialsGrant
 from ccserver.oauth.introspection import TokenIntrospection
-from ccserver.oauth.limits import AuthLimits, IssuanceLimit
+from ccserver.oauth.limits import AuthLimits, IssuanceLimit, audit_rate_limited
 from ccserver.oauth.registration import ClientRegistry
 from ccserver.oauth.tokens import (
     Signer,
@@ -199,7 +200,7 @@ def make_site(
             config.issuer,
             dpop=_dpop_verifier(config, store, encryptor, now),
             authenticator=authenticator,
-            issuance=_issuance_limit(config, now, metrics),
+            issuance=_issuance_limit(config, store, now, metrics),
         ),
         introspection=TokenIntrospection(
             clients,
@@ -247,10 +248,25 @@ def _auth_limits(
 
 
 def _issuance_limit(
-    config: Config, now: Callable[[], float], metrics: NoMetrics
-) -> IssuanceLimit | None:
-    rate = config.limits.tokens_per_client_per_second
-    return None if rate is None else IssuanceLimit(rate, now, metrics.rate_limited)
+    config: Config, store: IStore, now: Callable[[], float], metrics: NoMetrics
+) -> IssuanceLimit:
+    """
+    The limits on each client's tokens: its own C{token_rate_limit}, else
+    C{[limits] tokens_per_client_per_second}; counted in the store, and
+    refusals counted in the metrics and told to the audit trail.
+    """
+    limits = config.limits
+    rate = limits.tokens_per_client_per_second
+    return IssuanceLimit(
+        store,
+        None if rate is None else TokenRateLimit.of(rate, limits.tokens_per_client_burst),
+        now,
+        on_limited=metrics.rate_limited,
+        on_client_limited=metrics.client_rate_limited,
+        on_blocked=audit_rate_limited,
+        # while the store is unreachable, each process counts on its own
+        fallback=MemoryStore(),
+    )
 
 
 def _minter(

@@ -263,6 +263,8 @@ _FIELDS = (
         "many from addresses not known for the credential)",
     ),
     Field("until", "integer", "when the block ends (seconds since the epoch)"),
+    Field("tokens_per_second", "number", "a token rate limit: tokens a second, on average"),
+    Field("burst", "integer", "a token rate limit: the most tokens at once"),
     Field("kid", "string", "the signing key's identifier"),
     Field("alg", "string", "the signing key's algorithm"),
     Field("active_from", "integer", "when the key signs from (seconds since the epoch)"),
@@ -310,6 +312,7 @@ REVOCATION_REFUSED = "revocation.refused"
 INTROSPECTION_REFUSED = "introspection.refused"
 BLOCK_STARTED = "limits.block_started"
 BLOCK_ENDED = "limits.block_ended"
+RATE_LIMITED = "limits.rate_limited"
 KEY_CREATED = "key.created"
 KEY_ACTIVATED = "key.activated"
 KEY_RETIRED = "key.retired"
@@ -404,6 +407,13 @@ _EVENTS = (
         ("client_id",),
     ),
     EventType(BLOCK_ENDED, "the window of a block has ended", _BLOCK, ("client_id",)),
+    EventType(
+        RATE_LIMITED,
+        "a client's token requests began to be refused (429) by its token rate limit (its "
+        "own `token_rate_limit`, or `[limits] tokens_per_client_per_second`); each process "
+        "tells it once when they begin, and again only after one of its requests got through",
+        ("client_id", "tokens_per_second", "burst", "until"),
+    ),
     EventType(
         KEY_CREATED,
         "a signing key was made and published",

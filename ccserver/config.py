@@ -31,7 +31,7 @@ from ccserver.auditlog import FACILITIES, STDOUT, token_issued_rate
 from ccserver.errors import ConfigError
 from ccserver.httpchannel import HTTPLimits
 from ccserver.keys import SIGNING_ALGORITHMS
-from ccserver.model import is_lifetime, is_scope_token
+from ccserver.model import MAX_TOKEN_RATE, is_lifetime, is_scope_token
 from ccserver.outbound import AddressPolicy
 from ccserver.stores import check_url
 
@@ -298,9 +298,13 @@ class LimitsConfig:
     #: Addresses or CIDR networks of the proxies whose X-Forwarded-For names
     #: a request's source (the rightmost hop that is not one of them).
     trusted_proxies: tuple[str, ...] = ()
-    #: Tokens one client may be issued a second, in each process; None for
-    #: no limit.
+    #: Tokens one client may be issued a second, on average, counted in the
+    #: store for every process and instance together, unless the client has
+    #: a token_rate_limit of its own; None for no limit.
     tokens_per_client_per_second: float | None = None
+    #: The most tokens one client may be issued at once under that limit;
+    #: None for a second's worth (at least one).
+    tokens_per_client_burst: int | None = None
 
 
 @frozen
@@ -703,9 +707,21 @@ def _check_limits(limits: LimitsConfig) -> None:
             f"not {limits.known_source_seconds!r}"
         )
     rate = limits.tokens_per_client_per_second
-    if rate is not None and not rate > 0:
+    if rate is not None and not 0 < rate <= MAX_TOKEN_RATE:
         raise ConfigError(
-            f"[limits] tokens_per_client_per_second: must be greater than 0, not {rate!r}"
+            "[limits] tokens_per_client_per_second: must be greater than 0, at most "
+            f"{MAX_TOKEN_RATE}, not {rate!r}"
+        )
+    burst = limits.tokens_per_client_burst
+    if burst is not None and not 1 <= burst <= MAX_TOKEN_RATE:
+        raise ConfigError(
+            f"[limits] tokens_per_client_burst: must be 1 or more, at most {MAX_TOKEN_RATE}, "
+            f"not {burst!r}"
+        )
+    if burst is not None and rate is None:
+        raise ConfigError(
+            "[limits] tokens_per_client_burst: needs tokens_per_client_per_second, the rate "
+            "it is the burst of"
         )
     _check_networks("[limits] trusted_proxies", limits.trusted_proxies)
 

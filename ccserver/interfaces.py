@@ -22,6 +22,7 @@ from ccserver.model import (
     InitialAccessToken,
     Reservation,
     StoredKey,
+    TokenGrant,
     TokenRecord,
 )
 
@@ -107,6 +108,30 @@ class IKeyStore(Interface):
     def delete_key(kid: str) -> Deferred[bool]:
         """
         Delete a key.  Fires with C{False} if there was none.
+        """
+
+
+class IRateLimitStore(Interface):
+    """
+    Token buckets, one per limited client, shared by every process and
+    instance (the per-client issuance limit, L{ccserver.oauth.limits}).
+    """
+
+    def take_tokens(
+        key: str, tokens_per_second: float, burst: int, wanted: int, now: float
+    ) -> Deferred[TokenGrant]:
+        """
+        In one atomic step: fill the bucket C{key} for the time since it was
+        last counted (C{tokens_per_second}, up to C{burst}; a bucket never
+        counted, or forgotten, is full), then take C{wanted} whole tokens
+        from it, or as many as it holds.  C{now} is the caller's clock
+        (seconds since the epoch); a clock behind the last count fills
+        nothing.  Fires with how many were taken and, when fewer than
+        C{wanted}, how long until it holds one more.
+
+        A bucket left alone is full again after C{burst /
+        tokens_per_second} seconds, and may be forgotten then: Redis lets it
+        expire, the other stores drop it in L{ITokenStore.purge_expired}.
         """
 
 
@@ -201,9 +226,9 @@ class ITokenStore(Interface):
         """
         Forget the tokens, deny-list entries, client revocation marks,
         one-time records (L{use_once}), the brute-force limits' ended
-        windows and known sources (L{IAuthAttemptStore}), and initial
-        access tokens (L{IInitialAccessTokenStore}), that expired before
-        C{now}; fires
+        windows and known sources (L{IAuthAttemptStore}), initial access
+        tokens (L{IInitialAccessTokenStore}), and token buckets full again
+        (L{IRateLimitStore}), that expired before C{now}; fires
         with how many were dropped (a store that expires them by itself may
         fire with 0).
         """
@@ -297,11 +322,12 @@ class IStore(
     IAuthAttemptStore,
     IInitialAccessTokenStore,
     ILeaseStore,
+    IRateLimitStore,
 ):
     """
     A store chosen by URL: it keeps clients, keys, token records, the
-    brute-force limits' slots, initial access tokens and leases, and has a
-    lifetime.
+    brute-force limits' slots, initial access tokens, leases and token
+    buckets, and has a lifetime.
     """
 
     url = Attribute("The store's URL, with any password masked.")

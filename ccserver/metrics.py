@@ -55,6 +55,15 @@ OTHER_ROUTE = "other"
 TOKEN_ERRORS = ERROR_CODES
 OTHER_ERROR = "other"
 
+#: The most clients ccserver_token_rate_limited_total names, in each
+#: process: the first ones refused; those refused after them are counted
+#: together as L{OTHER_CLIENT}.  Client ids are bounded by the clients the
+#: operator registered, not by what callers send (only an authenticated
+#: client is refused by its rate limit), but there may be 100,000 of them;
+#: a Prometheus series costs a few KB in the server and in every scrape.
+MAX_CLIENT_LABELS = 100
+OTHER_CLIENT = "other"
+
 #: Request durations: a token takes ~0.2 ms of CPU; a store round trip or
 #: a webhook a few ms; the store timeout 5 s.
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -125,6 +134,9 @@ class NoMetrics:
         pass
 
     def rate_limited(self, what: str) -> None:
+        pass
+
+    def client_rate_limited(self, client_id: str) -> None:
         pass
 
     def observe_handler(self, handler: Any) -> Any:
@@ -199,6 +211,15 @@ class Metrics(NoMetrics):
             ["what"],
             registry=registry,
         )
+        self.token_rate_limited = Counter(
+            "ccserver_token_rate_limited",
+            "Token requests refused (429) by the client's token rate limit, by client: the "
+            f"first {MAX_CLIENT_LABELS} clients refused in each process by their client_id, "
+            f"the others as {OTHER_CLIENT!r}.",
+            ["client_id"],
+            registry=registry,
+        )
+        self._limited_clients: dict[str, Any] = {}
         # Label children bound once: the hot path looks them up in a dict.
         self._issued: dict[tuple[str, str, str], Any] = {}
         self._errors = {error: self.token_errors.labels(error) for error in TOKEN_ERRORS}
@@ -240,6 +261,15 @@ class Metrics(NoMetrics):
 
     def rate_limited(self, what: str) -> None:
         self.rate_limited_total.labels(what).inc()
+
+    def client_rate_limited(self, client_id: str) -> None:
+        child = self._limited_clients.get(client_id)
+        if child is None:
+            label = client_id if len(self._limited_clients) < MAX_CLIENT_LABELS else OTHER_CLIENT
+            child = self.token_rate_limited.labels(label)
+            if label != OTHER_CLIENT:
+                self._limited_clients[client_id] = child
+        child.inc()
 
     def observe_handler(self, handler: Any) -> Any:
         """

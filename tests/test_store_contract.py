@@ -23,7 +23,14 @@ from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from ccserver.errors import ClientExists, OAuthError, StoreUnavailable, invalid_client
-from ccserver.interfaces import IAuthAttemptStore, IClientStore, ILeaseStore, IStore, ITokenStore
+from ccserver.interfaces import (
+    IAuthAttemptStore,
+    IClientStore,
+    ILeaseStore,
+    IRateLimitStore,
+    IStore,
+    ITokenStore,
+)
 from ccserver.keys import KeyEncryptor, Keyring
 from ccserver.model import (
     AttemptKeys,
@@ -32,9 +39,11 @@ from ccserver.model import (
     InitialAccessToken,
     Reservation,
     StoredKey,
+    TokenGrant,
+    TokenRateLimit,
     TokenRecord,
 )
-from ccserver.oauth.limits import AuthLimits
+from ccserver.oauth.limits import AuthLimits, IssuanceLimit
 from ccserver.stores.memory import MemoryStore
 from ccserver.stores.redis import RedisStore
 from ccserver.stores.sql import SQLStore
@@ -1009,6 +1018,116 @@ class StoreContractMixin(_TestCase):
             self.assertEqual(await attempt(n, "192.0.2.1", True), 200)
         self.assertEqual(await attempt(1, "192.0.2.1", False), 401)
         self.assertEqual(await attempt(1, "198.51.100.200", True), 429)
+
+    # token buckets (IRateLimitStore)
+
+    def test_provides_rate_limit_interface(self) -> None:
+        self.assertTrue(verifyObject(IRateLimitStore, self.store))
+
+    async def test_bucket_starts_full(self) -> None:
+        """
+        A new bucket holds its burst; tokens are taken as asked, then as
+        many as are left, with the time until one more.
+        """
+        now = time.time()
+        self.assertEqual(await self.store.take_tokens("b", 2.0, 5, 3, now), TokenGrant(3))
+        short = await self.store.take_tokens("b", 2.0, 5, 4, now)
+        self.assertEqual(short.taken, 2)
+        self.assertAlmostEqual(short.retry_after, 0.5, places=2)
+        empty = await self.store.take_tokens("b", 2.0, 5, 1, now)
+        self.assertEqual(empty.taken, 0)
+        self.assertAlmostEqual(empty.retry_after, 0.5, places=2)
+
+    async def test_bucket_fills(self) -> None:
+        """
+        It fills at its rate, never beyond its burst; a caller whose clock
+        is behind the last count fills nothing.
+        """
+        now = time.time()
+        await self.store.take_tokens("b", 4.0, 8, 8, now)
+        self.assertEqual((await self.store.take_tokens("b", 4.0, 8, 8, now + 0.5)).taken, 2)
+        behind = await self.store.take_tokens("b", 4.0, 8, 1, now)
+        self.assertEqual(behind.taken, 0)
+        self.assertAlmostEqual(behind.retry_after, 0.25, places=2)
+        self.assertEqual((await self.store.take_tokens("b", 4.0, 8, 100, now + 3600)).taken, 8)
+        # a fraction of a token carries over
+        await self.store.take_tokens("c", 4.0, 8, 8, now)
+        self.assertEqual((await self.store.take_tokens("c", 4.0, 8, 8, now + 0.125)).taken, 0)
+        self.assertEqual((await self.store.take_tokens("c", 4.0, 8, 8, now + 0.25)).taken, 1)
+
+    async def test_bucket_limit_changed(self) -> None:
+        """
+        The rate and burst come with each call: a lower burst holds fewer
+        at once from then on.
+        """
+        now = time.time()
+        self.assertEqual((await self.store.take_tokens("b", 1.0, 10, 1, now)).taken, 1)
+        self.assertEqual((await self.store.take_tokens("b", 1.0, 3, 10, now)).taken, 3)
+
+    async def test_buckets_apart(self) -> None:
+        now = time.time()
+        await self.store.take_tokens("a", 1.0, 2, 2, now)
+        self.assertEqual((await self.store.take_tokens("b", 1.0, 2, 2, now)).taken, 2)
+
+    async def test_burst_of_takers(self) -> None:
+        """
+        300 requests for a token at once, through two store objects on one
+        database (two processes): exactly the burst is taken, and the rest
+        each learn when to come back.
+        """
+        other = await self.second_store()
+        now = time.time()
+        grants = await gatherResults(
+            [
+                (self.store, other)[n % 2].take_tokens("burst", 0.5, 20, 1, now)
+                for n in range(300)
+            ]
+        )
+        self.assertEqual(sum(grant.taken for grant in grants), 20)
+        self.assertTrue(all(g.retry_after > 0 for g in grants if not g.taken))
+
+    async def test_bucket_shared_and_durable(self) -> None:
+        now = time.time()
+        await self.store.take_tokens("d", 1.0, 5, 4, now)
+        store = await self.reopened()
+        self.assertEqual((await store.take_tokens("d", 1.0, 5, 5, now)).taken, 1)
+
+    async def test_purge_full_buckets(self) -> None:
+        """
+        A bucket left alone until it is full again may be forgotten
+        (which leaves it full, as it was).
+        """
+        now = int(time.time())
+        await self.store.take_tokens("full-soon", 1.0, 2, 2, now - 10)
+        await self.store.take_tokens("empty", 0.001, 2, 2, now)
+        purged = await self.tokens.purge_expired(now)
+        self.assertEqual(purged, 1 if self.purges else 0)
+        self.assertEqual((await self.store.take_tokens("full-soon", 1.0, 2, 5, now)).taken, 2)
+        self.assertEqual((await self.store.take_tokens("empty", 0.001, 2, 5, now)).taken, 0)
+
+    async def test_burst_through_the_rate_limit(self) -> None:
+        """
+        A client's token rate limit over this store, in two processes (two
+        limits over two store objects on one database): 300 requests at
+        once, half through each; exactly the burst is let through (the
+        bucket fills by a hundredth of a token a second meanwhile), the rest
+        refused with 429.
+        """
+        other = await self.second_store()
+        client = evolve(make_client(), token_rate_limit=TokenRateLimit.of(0.01, 25))
+        limits = [IssuanceLimit(store, None, time.time) for store in (self.store, other)]
+
+        async def request(n: int) -> int:
+            try:
+                waiting = limits[n % 2].take(client)
+                if waiting is not None:
+                    await waiting
+            except OAuthError as error:
+                return error.status
+            return 200
+
+        codes = await gatherResults([ensureDeferred(request(n)) for n in range(300)])
+        self.assertEqual(Counter(codes), {200: 25, 429: 275})
 
     # leases (ILeaseStore)
 

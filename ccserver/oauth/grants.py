@@ -78,8 +78,8 @@ class ClientCredentialsGrant:
         """
         @param authenticator: who is calling (within the brute-force
             limits); by default, the secret methods only (over C{clients}).
-        @param issuance: the per-client issuance limit, if any (C{[limits]
-            tokens_per_client_per_second}).
+        @param issuance: the per-client issuance limits (each client's
+            C{token_rate_limit}, and C{[limits] tokens_per_client_per_second}).
         """
         self._dpop = dpop
         #: RFC 9449 §4.3 9.: the htu of a proof is the token endpoint's URL
@@ -119,7 +119,9 @@ class ClientCredentialsGrant:
             )
         client = await self._authenticator.authenticate(authorization, form, certificate, source)
         if self._issuance is not None:
-            self._issuance.take(client.client_id)
+            waiting = self._issuance.take(client)
+            if waiting is not None:
+                await waiting
         x5t_s256 = bound_thumbprint(client.metadata, certificate)
         if x5t_s256 is None and client.metadata.get(BOUND_TOKENS) is True:
             # RFC 8705 §3.4: the client said it wants bound tokens; a bearer

@@ -24,11 +24,14 @@ from ccserver.model import (
     DEFAULT_AUTH_METHOD,
     SECRET_METHODS,
     Client,
+    TokenRateLimit,
     is_lifetime,
     is_resource_uri,
     is_scope_token,
     scope_values,
     split_uri,
+    token_rate_limit,
+    token_rate_limit_problem,
 )
 from ccserver.oauth.assertions import (
     ASSERTION_ALGORITHMS,
@@ -132,6 +135,48 @@ def privileged_changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> li
         for name in PRIVILEGED_FIELDS
         if _privilege(current, name) != _privilege(new, name)
     ]
+
+
+#: The server's own fields of a client, which only the operator (the master
+#: token, the command) sets: not RFC 7591 metadata (kept apart from it, in
+#: L{Client}), but given and shown with it.  A client's own registration
+#: access token cannot change them (as L{PRIVILEGED_FIELDS}), and an
+#: initial access token cannot set them.
+OPERATOR_FIELDS: tuple[str, ...] = ("token_rate_limit",)
+
+
+def requested_token_rate_limit(body: Mapping[str, Any]) -> TokenRateLimit | None:
+    """
+    The C{token_rate_limit} a registration request gives (an object,
+    L{token_rate_limit_problem}; null or absent: none, the server's
+    default applies).
+
+    @raise OAuthError: C{invalid_client_metadata} naming the field.
+    """
+    value = body.get("token_rate_limit")
+    if value is None:
+        return None
+    problem = token_rate_limit_problem(value)
+    if problem is not None:
+        raise invalid_client_metadata(f"token_rate_limit: {problem}")
+    return token_rate_limit(value)
+
+
+def operator_only(names: list[str]) -> OAuthError:
+    """
+    The refusal of a change to L{PRIVILEGED_FIELDS} or L{OPERATOR_FIELDS}
+    by a caller that is not the operator.
+    """
+    one = len(names) == 1
+    return invalid_client_metadata(
+        ", ".join(names)
+        + ": only the master token (the operator) may change "
+        + ("this field" if one else "these fields")
+        + "; with the client's registration access token, send the "
+        + ("registered value" if one else "registered values")
+        + " to keep "
+        + ("it" if one else "them")
+    )
 
 
 def bearer_error(description: str) -> OAuthError:
@@ -420,6 +465,8 @@ def client_information(client: Client, issuer: str) -> dict[str, Any]:
         # RFC 7591 §3.2.1: required where a secret was issued
         info["client_secret_expires_at"] = 0
     info.update(client.metadata)
+    if client.token_rate_limit is not None:
+        info["token_rate_limit"] = client.token_rate_limit.as_json()
     return info
 
 
@@ -443,6 +490,8 @@ async def register_client(
     now: Callable[[], float],
     secret_encryptor: KeyEncryptor | None = None,
     jwks_uri_policy: AddressPolicy = STRICT,
+    *,
+    operator: bool = True,
 ) -> Registration:
     """
     Check a registration request's metadata (L{validate_metadata}, with
@@ -460,10 +509,23 @@ async def register_client(
     needs the secret itself.  Whether C{body} named its method is recorded
     (L{Client.auth_method_named}).
 
-    @raise OAuthError: C{invalid_client_metadata} for bad metadata, or for
-        C{client_secret_jwt} without an encryptor.
+    The operator's fields (L{OPERATOR_FIELDS}: C{token_rate_limit}) are
+    taken from C{body} too, if the caller is the operator (C{operator}:
+    the master token, the command); from anyone else, they are refused.
+
+    @raise OAuthError: C{invalid_client_metadata} for bad metadata, for
+        C{client_secret_jwt} without an encryptor, or for an operator's
+        field given by another.
     """
     metadata = validate_metadata(body, jwks_uri_policy)
+    assert isinstance(body, dict)  # validate_metadata refuses anything else
+    if not operator:
+        given = [name for name in OPERATOR_FIELDS if name in body]
+        if given:
+            raise invalid_client_metadata(
+                f"{given[0]}: only the master token (the operator) may set this field"
+            )
+    rate_limit = requested_token_rate_limit(body)
     method = metadata["token_endpoint_auth_method"]
     client_secret: str | None = None
     encrypted_secret = None
@@ -486,6 +548,7 @@ async def register_client(
             registration_access_token_digest=credentials.digest(registration_access_token),
             encrypted_secret=encrypted_secret,
             auth_method_named=names_auth_method(body),
+            token_rate_limit=rate_limit,
         )
         try:
             await store.add_client(client)
@@ -671,19 +734,13 @@ class ClientRegistry:
             if name in body and body[name] != current.get(name):
                 raise invalid_request(f"{name}: is set by the server and cannot be changed")
         metadata = validate_metadata(body, self._jwks_uri_policy)
+        rate_limit = requested_token_rate_limit(body)
         if not is_master:
             changed = privileged_changes(client.metadata, metadata)
+            if rate_limit != client.token_rate_limit:
+                changed.append("token_rate_limit")
             if changed:
-                one = len(changed) == 1
-                raise invalid_client_metadata(
-                    ", ".join(changed)
-                    + ": only the master token (the operator) may change "
-                    + ("this field" if one else "these fields")
-                    + "; with the client's registration access token, send the "
-                    + ("registered value" if one else "registered values")
-                    + " to keep "
-                    + ("it" if one else "them")
-                )
+                raise operator_only(changed)
             for name in PRIVILEGED_FIELDS:
                 if name in client.metadata:
                     metadata[name] = client.metadata[name]
@@ -699,6 +756,7 @@ class ClientRegistry:
             client_secret_digest=digest,
             encrypted_secret=encrypted_secret,
             auth_method_named=names_auth_method(body) if is_master else client.auth_method_named,
+            token_rate_limit=rate_limit,
         )
         if not await self._store.replace_client(new):
             raise bearer_error("the registration access token is not valid for this client")

@@ -44,7 +44,14 @@ from typing import Any, Generic, TypeVar
 import attrs
 from attrs import AttrsInstance, frozen
 
-from ccserver.model import Client, InitialAccessToken, StoredKey, TokenRecord
+from ccserver.model import (
+    Client,
+    InitialAccessToken,
+    StoredKey,
+    TokenRateLimit,
+    TokenRecord,
+    token_rate_limit,
+)
 
 T = TypeVar("T", bound=AttrsInstance)
 
@@ -148,6 +155,33 @@ OPTIONAL_STRINGS = Kind(
 )
 #: A JSON object (metadata, claims): its text in a row, itself in a JSON object.
 OBJECT = Kind("object", _object_text, _json_value, dict, None, kept=False)
+
+def _rate_limit_row(limit: TokenRateLimit | None) -> str | None:
+    return None if limit is None else _json_text(limit.as_json())
+
+
+def _rate_limit_of_row(text: str | None) -> TokenRateLimit | None:
+    return None if text is None else token_rate_limit(_json_value(text))
+
+
+def _rate_limit_json(limit: TokenRateLimit | None) -> dict[str, Any] | None:
+    return None if limit is None else limit.as_json()
+
+
+def _rate_limit_of_json(value: Mapping[str, Any] | None) -> TokenRateLimit | None:
+    return None if value is None else token_rate_limit(value)
+
+
+#: A client's token rate limit, or None: its JSON object's text in a row
+#: (NULL for none), the object in a JSON object, itself in the memory tuple.
+RATE_LIMIT = Kind(
+    "token rate limit",
+    _rate_limit_row,
+    _rate_limit_of_row,
+    _rate_limit_json,
+    _rate_limit_of_json,
+    kept=True,
+)
 
 _NO_VALUE = object()
 
@@ -288,6 +322,8 @@ CLIENTS: Codec[Client] = Codec(
         # whether the registration named its method (schema version 9); a
         # client stored before is held to its method, as it was then
         Field("auth_method_named", BOOL, missing=True),
+        # the operator's limit on its tokens (schema version 13)
+        Field("token_rate_limit", RATE_LIMIT, missing=None),
     ],
 )
 

@@ -20,8 +20,11 @@ from ccserver.model import (
     InitialAccessToken,
     Reservation,
     StoredKey,
+    TokenGrant,
     TokenRecord,
 )
+from ccserver.stores import buckets
+from ccserver.stores.buckets import Bucket
 from ccserver.stores.codec import TOKENS
 
 _CLIENT_ID = TOKENS.position("client_id")
@@ -50,6 +53,8 @@ class MemoryStore:
         self._known: dict[str, float] = {}
         #: lease name -> (holder, until when)
         self._leases: dict[str, tuple[str, float]] = {}
+        #: token bucket key -> the bucket
+        self._buckets: dict[str, Bucket] = {}
         #: token_digest -> initial access token
         self._initial_access_tokens: dict[str, InitialAccessToken] = {}
 
@@ -154,9 +159,13 @@ class MemoryStore:
         ]
         for digest in expired_iats:
             del self._initial_access_tokens[digest]
+        full_buckets = [k for k, bucket in self._buckets.items() if bucket.full_at < now]
+        for key in full_buckets:
+            del self._buckets[key]
         return succeed(
             len(expired_tokens) + len(expired_jtis) + len(expired_marks) + len(expired_used)
             + len(expired_attempts) + len(expired_known) + len(expired_iats)
+            + len(full_buckets)
         )
 
     def _window(self, key: str, now: float, window: float) -> tuple[int, float]:
@@ -250,3 +259,11 @@ class MemoryStore:
         if self._leases.get(name, ("", 0.0))[0] == holder:
             del self._leases[name]
         return succeed(None)
+
+    def take_tokens(
+        self, key: str, tokens_per_second: float, burst: int, wanted: int, now: float
+    ) -> Deferred[TokenGrant]:
+        # synchronous, hence atomic
+        bucket, grant = buckets.take(self._buckets.get(key), tokens_per_second, burst, wanted, now)
+        self._buckets[key] = bucket
+        return succeed(grant)

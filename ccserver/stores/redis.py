@@ -41,6 +41,9 @@ shared with other data):
     by one script per reservation and one per release; Redis forgets it a
     second after its window ends.  C{ccserver:known_source:<key>}: a source
     known for a credential (exempt from the cap), gone at its expiry;
+  - C{ccserver:token_bucket:<key>}: a limited client's token bucket (a
+    digest names it), a hash of its tokens and when they were counted,
+    expiring when it would be full again;
   - C{ccserver:lease:<name>}: a lease (L{ILeaseStore}), its holder,
     expiring (C{PX}) when its time ends;
   - C{ccserver:iat:<digest>}: an initial access token as JSON (its
@@ -111,6 +114,7 @@ from ccserver.model import (
     InitialAccessToken,
     Reservation,
     StoredKey,
+    TokenGrant,
     TokenRecord,
 )
 from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS
@@ -216,6 +220,38 @@ for i = 2, #KEYS do
     end
 end
 return 1
+"""
+
+#: L{RedisStore.take_tokens}, atomic as every script is: C{KEYS} the
+#: bucket; C{ARGV} tokens a second, the burst, the tokens wanted, now
+#: (milliseconds since the epoch, by the caller's clock).  The bucket is a
+#: hash: C{t} tokens (a fraction) counted at C{c}; a bucket that is not
+#: there is full.  It expires (Redis' clock) when it would be full again.
+#: Returns the tokens taken and, when fewer than wanted, the milliseconds
+#: until one more (as L{ccserver.stores.buckets.take} counts).
+_TAKE_TOKENS_SCRIPT = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local wanted, now = tonumber(ARGV[3]), tonumber(ARGV[4])
+local v = redis.call('HMGET', KEYS[1], 't', 'c')
+local tokens, counted = tonumber(v[1]), tonumber(v[2])
+if (not tokens) or (not counted) then
+    tokens, counted = burst, now
+elseif now > counted then
+    tokens = tokens + (now - counted) * rate / 1000
+    counted = now
+end
+if tokens > burst then
+    tokens = burst
+end
+local taken = math.min(wanted, math.floor(tokens + 1e-9))
+tokens = math.max(0, tokens - taken)
+redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'c', string.format('%d', counted))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / rate) + 1000)
+local retry = 0
+if taken < wanted then
+    retry = math.ceil(math.max(0, 1 - tokens) * 1000 / rate)
+end
+return {taken, retry}
 """
 
 #: L{RedisStore.take_lease}: C{KEYS} the lease, C{ARGV} the holder and the
@@ -435,6 +471,10 @@ def auth_attempts_key(key: str) -> str:
 
 def known_source_key(key: str) -> str:
     return f"{PREFIX}known_source:{key}"
+
+
+def bucket_key(key: str) -> str:
+    return f"{PREFIX}token_bucket:{key}"
 
 
 def lease_key(name: str) -> str:
@@ -1024,6 +1064,28 @@ class RedisStore:
         args += [str(round(ends * 1000)) for _, ends in release.slots]
         d = self._call("eval", _RELEASE_ATTEMPT_SCRIPT, keys, args)
         d.addCallback(lambda _: None)
+        return d
+
+    # IRateLimitStore
+
+    def take_tokens(
+        self, key: str, tokens_per_second: float, burst: int, wanted: int, now: float
+    ) -> Deferred[TokenGrant]:
+        """
+        One script (L{_TAKE_TOKENS_SCRIPT}), one round trip.
+        """
+        d = self._call(
+            "eval",
+            _TAKE_TOKENS_SCRIPT,
+            [bucket_key(key)],
+            [repr(float(tokens_per_second)), str(burst), str(wanted), str(int(now * 1000))],
+        )
+
+        def grant(reply: list[Any]) -> TokenGrant:
+            taken, retry_ms = (int(value) for value in reply)
+            return TokenGrant(taken, retry_ms / 1000)
+
+        d.addCallback(grant)
         return d
 
     # ILeaseStore

@@ -33,7 +33,8 @@ Tables: C{clients}, C{signing_keys}, C{leases} (L{ILeaseStore}), and
 for L{ITokenStore} C{access_tokens}
 (by digest, never the token), C{revoked_jtis} and C{revoked_clients}; for
 L{IAuthAttemptStore} C{auth_attempts} and C{auth_known_sources}; for
-L{IInitialAccessTokenStore} C{initial_access_tokens} (by digest);
+L{IInitialAccessTokenStore} C{initial_access_tokens} (by digest); for
+L{IRateLimitStore} C{token_buckets} (by digest);
 metadata, audiences and claims are JSON text, so that the same SQL serves
 both databases.  The columns, and the rows read and written, are those of
 L{ccserver.stores.codec}.
@@ -85,8 +86,11 @@ from ccserver.model import (
     InitialAccessToken,
     Reservation,
     StoredKey,
+    TokenGrant,
     TokenRecord,
 )
+from ccserver.stores import buckets
+from ccserver.stores.buckets import Bucket
 from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS, Codec
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
@@ -577,6 +581,19 @@ class SQLStore:
                 " WHERE leases.expires_ms <= ? OR leases.holder = excluded.holder"
             ),
             "end_lease": t("DELETE FROM leases WHERE name = ? AND holder = ?"),
+            # A new bucket is full; an existing one is left as it is, but
+            # its row is locked (PostgreSQL) until the transaction ends, and
+            # returned as it is now.
+            "load_bucket": t(
+                "INSERT INTO token_buckets (bucket_key, tokens, counted_ms, full_ms)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (bucket_key) DO UPDATE SET"
+                " bucket_key = excluded.bucket_key RETURNING tokens, counted_ms"
+            ),
+            "store_bucket": t(
+                "UPDATE token_buckets SET tokens = ?, counted_ms = ?, full_ms = ?"
+                " WHERE bucket_key = ?"
+            ),
+            "purge_buckets": t("DELETE FROM token_buckets WHERE full_ms < ?"),
             # A kid taken already is replaced, as MemoryStore does.
             "add_key": t(_upsert("signing_keys", KEYS)),
             "replace_key": t(_update("signing_keys", KEYS)),
@@ -916,6 +933,37 @@ class SQLStore:
         d.addCallback(lambda count: count > 0)
         return d
 
+    # IRateLimitStore
+
+    def take_tokens(
+        self, key: str, tokens_per_second: float, burst: int, wanted: int, now: float
+    ) -> Deferred[TokenGrant]:
+        """
+        One transaction: the bucket's row read (a full one inserted if
+        there is none) and locked, counted here (L{buckets.take}), and
+        written back.
+        """
+        now_ms = int(now * 1000)
+        load, store = self._sql["load_bucket"], self._sql["store_bucket"]
+
+        def body(cursor: Any) -> TokenGrant:
+            cursor.execute(load, (key, float(burst), now_ms, now_ms))
+            tokens, counted_ms = cursor.fetchone()
+            bucket, grant = buckets.take(
+                Bucket(float(tokens), int(counted_ms) / 1000, 0.0),
+                tokens_per_second,
+                burst,
+                wanted,
+                now_ms / 1000,
+            )
+            cursor.execute(
+                store,
+                (bucket.tokens, round(bucket.counted * 1000), math.ceil(bucket.full_at * 1000), key),
+            )
+            return grant
+
+        return self._guard(self._run(body, write=True))
+
     # ILeaseStore
 
     def take_lease(self, name: str, holder: str, now: float, duration: float) -> Deferred[bool]:
@@ -1029,6 +1077,7 @@ class SQLStore:
         statements += [
             (self._sql["purge_auth_attempts"], now * 1000),
             (self._sql["purge_known_sources"], now * 1000),
+            (self._sql["purge_buckets"], now * 1000),
         ]
 
         def purge(cursor: Any) -> int:
