@@ -752,6 +752,28 @@ def _check_http(limits: HTTPLimits) -> None:
             raise ConfigError(f"[http] {attribute.name}: must be greater than 0, not {value!r}")
 
 
+#: The units of L{parse_duration}, in seconds.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """
+    A duration in seconds: a whole number, alone (seconds) or followed by
+    one unit: C{s}, C{m}, C{h}, C{d} or C{w} (C{"7d"}, C{"12h"}, C{"90"}).
+
+    @raise ValueError: anything else, or a duration of 0; the message says
+        what is expected.
+    """
+    text = text.strip()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
+    if not number.isdigit() or not number.isascii() or int(number) == 0:
+        raise ValueError(
+            f"{text!r} is not a duration: a whole number greater than 0, then s, m, h, d or w "
+            "(e.g. 7d)"
+        )
+    return int(number) * DURATION_UNITS[unit]
+
+
 def resolve(path: str, base: Path) -> Path:
     """
     A path from the configuration, relative to C{base} unless absolute.

@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ccserver import firststart
+from ccserver import audit, firststart
 from ccserver.assembly import Server
 from ccserver.auditlog import AuditTrailService
 from ccserver.interfaces import IStore
@@ -207,10 +207,14 @@ class StoreService(MultiService):
                 raise self.key_mismatch() from None
             raise
         if made:
-            self._log.info(
-                "Made a new {alg} signing key {kid}",
-                alg=self.keyring.alg,
-                kid=self.keyring.current.kid,
+            current = self.keyring.current.stored
+            self._log.info("Made a new {alg} signing key {kid}", alg=current.alg, kid=current.kid)
+            audit.emit(
+                audit.KEY_CREATED,
+                audit.SERVER,
+                kid=current.kid,
+                alg=current.alg,
+                active_from=current.active_from,
             )
         if self.master_token_file is not None:
             self._log.info(

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Awaitable, Callable, Mapping
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from attrs import define, evolve, field, frozen
@@ -553,6 +554,57 @@ def check_initial_access_token_limits(
                 f"{name}: {', '.join(beyond)} beyond what this initial access token allows "
                 f"({allowed})"
             )
+
+
+#: Random bytes in an initial access token's identifier (after C{iat_}).
+INITIAL_ACCESS_TOKEN_ID_BYTES = 9
+
+
+def new_initial_access_token(
+    now: int,
+    *,
+    expires_in: int,
+    max_uses: int,
+    note: str = "",
+    scope_limit: Sequence[str] | None = None,
+    audience_limit: Sequence[str] | None = None,
+    auth_method_limit: Sequence[str] | None = None,
+    grant_type_limit: Sequence[str] | None = None,
+) -> tuple[str, InitialAccessToken]:
+    """
+    A new initial access token (RFC 7591 §3): the token, which its holder
+    sees once, and what the store keeps of it (its digest, never the
+    token).  Its limits are taken as given (the caller checks them).
+    """
+    token = credentials.new_secret()
+    record = InitialAccessToken(
+        token_id="iat_" + secrets.token_urlsafe(INITIAL_ACCESS_TOKEN_ID_BYTES),
+        token_digest=credentials.digest(token),
+        created_at=now,
+        expires_at=now + expires_in,
+        max_uses=max_uses,
+        note=note,
+        scope_limit=None if scope_limit is None else sorted(set(scope_limit)),
+        audience_limit=None if audience_limit is None else list(dict.fromkeys(audience_limit)),
+        auth_method_limit=(
+            None if auth_method_limit is None else list(dict.fromkeys(auth_method_limit))
+        ),
+        grant_type_limit=None if grant_type_limit is None else list(dict.fromkeys(grant_type_limit)),
+    )
+    return token, record
+
+
+def initial_access_token_limits(token: InitialAccessToken) -> dict[str, Any]:
+    """
+    An initial access token's limits, as the audit trail and the operator's
+    listing name them (None: no limit).
+    """
+    return {
+        "scope_limit": token.scope_limit,
+        "audience_limit": token.audience_limit,
+        "auth_method_limit": token.auth_method_limit,
+        "grant_type_limit": token.grant_type_limit,
+    }
 
 
 #: What the caller holding an initial access token is told when it no
