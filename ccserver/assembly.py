@@ -189,7 +189,7 @@ def make_site(
         audit_key_events(audit.SERVER),
     )
     clients = CachingClientStore(store, now, config.store.client_cache_seconds)
-    limits = _auth_limits(config, store, now, metrics)
+    limits = _auth_limits(config, store, reactor, metrics)
     authenticator = _authenticator(config, clients, store, encryptor, limits, jwks_fetcher, now)
     trusted_proxies = trusted_networks(config.limits.trusted_proxies)
     app = CCServerApp(
@@ -229,14 +229,12 @@ def make_site(
     return site, keyring
 
 
-def _auth_limits(
-    config: Config, store: IStore, now: Callable[[], float], metrics: NoMetrics
-) -> AuthLimits:
+def _auth_limits(config: Config, store: IStore, reactor: Any, metrics: NoMetrics) -> AuthLimits:
     # every refusal by a limit is counted: ccserver_rate_limited_total{what}
     budget = config.limits.failed_auth_per_minute
     return AuthLimits(
         store if budget else None,
-        now,
+        reactor.seconds,
         budget,
         60.0,
         metrics.rate_limited,
@@ -244,6 +242,8 @@ def _auth_limits(
         known_for=config.limits.known_source_seconds,
         # while the store is unreachable, each process counts on its own
         fallback=MemoryStore(),
+        # the audit trail's limits.block_ended
+        clock=reactor,
     )
 
 
@@ -326,6 +326,7 @@ def _registry(
         limits=limits,
         secret_rotation_grace=config.clients.secret_rotation_grace,
         jwks_uri_policy=config.client_auth.jwks_uri_policy,
+        initial_access_tokens=store,
     )
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from functools import lru_cache
 from time import time
 from types import MappingProxyType
 
@@ -117,9 +118,11 @@ UNAUTHENTICATED = Actor("unauthenticated")
 SERVER = Actor("server")
 
 
+@lru_cache(maxsize=10_000)
 def client(client_id: str) -> Actor:
     """
-    The client C{client_id}, authenticated.
+    The client C{client_id}, authenticated (made once per client, for as
+    long as it is among the last 10,000 named: every token names one).
     """
     return Actor("client", {"client_id": client_id})
 

@@ -344,6 +344,48 @@ class SyslogDestination:
             self._socket = None
 
 
+class Settings(Protocol):
+    """
+    C{[audit]}, as L{ccserver.config.AuditConfig} holds it.
+    """
+
+    @property
+    def log(self) -> str: ...
+
+    @property
+    def syslog_facility(self) -> str: ...
+
+    @property
+    def syslog_socket(self) -> str: ...
+
+    @property
+    def token_issued_rate(self) -> float: ...
+
+
+def open_writer(
+    settings: Settings, issuer: str, *, stdout: int = 1, write_through: bool = False
+) -> AuditWriter:
+    """
+    The writer of the audit trail to C{[audit] log}, its destination open
+    (L{open_destination}); for the daemon, buffered; for the command,
+    C{write_through}.
+
+    @raise OSError: the file or syslog socket cannot be opened.
+    """
+    destination = open_destination(
+        settings.log,
+        facility=settings.syslog_facility,
+        syslog_socket=settings.syslog_socket,
+        stdout=stdout,
+    )
+    return AuditWriter(
+        destination,
+        issuer,
+        token_issued_rate=settings.token_issued_rate,
+        write_through=write_through,
+    )
+
+
 def open_destination(
     log: str, *, facility: str = "auth", syslog_socket: str = "/dev/log", stdout: int = 1
 ) -> Destination:

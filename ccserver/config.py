@@ -98,38 +98,40 @@ class TokenConfig:
     rsa_signing: str = "auto"
 
 
-#: The units of a duration ([keys] rotate_every = "30d"): seconds each.
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+#: The units of a duration ([keys] rotate_every = "30d", registration-tokens
+#: create --expires 7d), in seconds.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 #: The longest duration: 100 years.
 MAX_DURATION = 100 * 365 * 86400
-_DURATION = re.compile(r"(?:[0-9]+[smhdw])+")
-_DURATION_PART = re.compile(r"([0-9]+)([smhdw])")
+_DURATION = re.compile(r"(?:[0-9]+[smhdw])+|[0-9]+")
+_DURATION_PART = re.compile(r"([0-9]+)([smhdw]?)")
 
 
-def parse_duration(value: object, setting: str) -> int:
+def parse_duration(value: object) -> int:
     """
-    A duration in whole seconds: an integer of seconds, or a string of
+    A duration in whole seconds: an integer (seconds), or a string of
     one or more numbers each with its unit, C{s}, C{m}, C{h}, C{d} or C{w}
-    (C{"30d"}, C{"12h"}, C{"1h30m"}, C{"90s"}).  Greater than 0.
+    (C{"30d"}, C{"12h"}, C{"1h30m"}), or of one number alone (seconds).
+    Greater than 0, at most L{MAX_DURATION}.
 
-    @raise ConfigError: naming C{setting}, when it is none of these.
+    @raise ValueError: anything else; the message says what is expected.
     """
     if isinstance(value, int) and not isinstance(value, bool):
         seconds = value
-    elif isinstance(value, str) and _DURATION.fullmatch(value.strip()):
+    elif isinstance(value, str) and value.isascii() and _DURATION.fullmatch(value.strip()):
         seconds = sum(
-            int(number) * DURATION_UNITS[unit]
+            int(number) * DURATION_UNITS[unit or "s"]
             for number, unit in _DURATION_PART.findall(value.strip())
         )
     else:
-        raise ConfigError(
-            f"{setting}: {value!r} is not a duration: a number with its unit, "
-            'such as "30d", "12h", "90m" or "45s" (or whole seconds)'
+        raise ValueError(
+            f"{value!r} is not a duration: a whole number with its unit, s, m, h, d or w "
+            '(e.g. "30d", "12h", "1h30m"), or whole seconds'
         )
     if seconds <= 0:
-        raise ConfigError(f"{setting}: must be longer than 0, not {value!r}")
+        raise ValueError(f"{value!r} is not a duration: it must be longer than 0")
     if seconds > MAX_DURATION:
-        raise ConfigError(f"{setting}: {value!r} is longer than 100 years")
+        raise ValueError(f"{value!r} is longer than 100 years")
     return seconds
 
 
@@ -145,7 +147,12 @@ def format_duration(seconds: int) -> str:
 
 
 def _rotate_every(value: object) -> int | None:
-    return None if value is None else parse_duration(value, "[keys] rotate_every")
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(f"[keys] rotate_every: {e}") from None
 
 
 @frozen

@@ -410,6 +410,13 @@ class IssuedToken:
     token_format: str = "jwt"
     alg: str = "none"
     auth_method: str = "client_secret_basic"
+    #: What the audit trail says of it (not part of the answer either): its
+    #: C{jti}, audience and expiry, and the thumbprints it is bound to.
+    token_id: str = ""
+    audience: tuple[str, ...] = ()
+    expires_at: int = 0
+    jkt: str | None = None
+    x5t_s256: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -225,11 +225,9 @@ class StoreService(MultiService):
                 raise self.key_mismatch() from None
             raise
         if made:
-            self._log.info(
-                "Made a new {alg} signing key {kid}",
-                alg=self.keyring.alg,
-                kid=self.keyring.current.kid,
-            )
+            # the keyring tells the audit trail (as the server's)
+            current = self.keyring.current.stored
+            self._log.info("Made a new {alg} signing key {kid}", alg=current.alg, kid=current.kid)
         if self.master_token_file is not None:
             self._log.info(
                 "The master token for registration is in {path}",

@@ -39,7 +39,7 @@ from twisted.python.failure import Failure
 
 from ccserver import firststart
 from ccserver.assembly import Prepared, assemble
-from ccserver.auditlog import AuditWriter, open_destination
+from ccserver.auditlog import open_writer
 from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
 from ccserver.handlers import find_plugins, make_handler
@@ -230,7 +230,7 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
         client_ca = tuple(load_pem_certificates("client_ca", config.tls.client_ca))
     # before the first-start files: a path that cannot be written to stops
     # the start, leaving at most an empty audit file behind
-    audit_writer = make_audit_writer(config)
+    audit_writer = open_writer(config.audit, config.issuer)
     first = firststart.prepare(config)
     directory = None
     if config.metrics.listen is not None and endpoints.shared:
@@ -238,28 +238,6 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
         # inherit the directory through the environment.
         directory = MultiprocessDirectory(use_multiprocess_directory())
     return Prepared(store, handler, first, endpoints, client_ca, directory, audit_writer)
-
-
-def make_audit_writer(config: Config, *, stdout: int = 1, write_through: bool = False) -> AuditWriter:
-    """
-    The writer of the audit trail to C{[audit] log}, opened.
-
-    @param stdout: the stream C{"-"} names.
-    @raise OSError: the file or syslog socket cannot be opened.
-    """
-    settings = config.audit
-    destination = open_destination(
-        settings.log,
-        facility=settings.syslog_facility,
-        syslog_socket=settings.syslog_socket,
-        stdout=stdout,
-    )
-    return AuditWriter(
-        destination,
-        config.issuer,
-        token_issued_rate=settings.token_issued_rate,
-        write_through=write_through,
-    )
 
 
 def _tls_context(config: Config) -> ClientCertificateRequesting | None:

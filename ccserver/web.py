@@ -31,6 +31,7 @@ from ccserver import strictjson
 from ccserver.errors import (
     OAuthError,
     StoreUnavailable,
+    answered_with,
     invalid_client_metadata,
     invalid_request,
     temporarily_unavailable,
@@ -624,11 +625,9 @@ def error_code(failure: Failure) -> str:
     The RFC 6749 §5.2 error code a failure is answered with (for the
     metrics, whose labels must be a small set).
     """
-    if isinstance(failure.value, OAuthError):
-        return failure.value.error
-    if isinstance(failure.value, StoreUnavailable):
-        return "temporarily_unavailable"
-    return "server_error"
+    error = failure.value
+    assert error is not None  # a failure has its exception
+    return answered_with(error)[0]
 
 
 class TokenResource(Resource):

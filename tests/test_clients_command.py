@@ -21,17 +21,28 @@ from tests.process import REPO, CCServerProcess, run_ccserver
 from tests.servers import clean_store_url, redis_server
 
 
+class Ran(subprocess.CompletedProcess[str]):
+    """
+    How a run of the command ended, and the audit events it wrote (on its
+    standard error: C{[audit] log = "-"}, the default), apart from the rest
+    of its standard error.
+    """
+
+    audit: list[dict[str, Any]]
+
+
 def ccserver(
     *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
+) -> Ran:
     """
     Run the C{ccserver} command with these arguments (and C{stdin} as its
-    standard input).
+    standard input).  Its audit events are taken out of its standard
+    error (L{audit_events}), which keeps everything else.
     """
     environment = dict(os.environ, PYTHONPATH=str(REPO))
     environment.pop("CCSERVER_MASTER_TOKEN", None)
     environment.update(env or {})
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "ccserver.admin", *args],
         cwd=cwd,
         env=environment,
@@ -40,6 +51,14 @@ def ccserver(
         text=True,
         timeout=60,
     )
+    ran = Ran(done.args, done.returncode, done.stdout, "")
+    ran.audit = []
+    for line in done.stderr.splitlines(keepends=True):
+        if line.startswith('{"audit_version":'):
+            ran.audit.append(json.loads(line))
+        else:
+            ran.stderr += line
+    return ran
 
 
 def token(server: CCServerProcess, client_id: str, secret: str) -> int:

@@ -192,6 +192,54 @@ class RegistrationTests(RateLimitTestCase):
         )
         self.assertEqual(refused.code, 400)
 
+    def test_not_with_an_initial_access_token(self) -> None:
+        """
+        A registration with an initial access token may not give a limit
+        (only the operator may), and uses none of the token's uses.
+        """
+        from ccserver.oauth.registration import new_initial_access_token
+
+        token, record = new_initial_access_token(
+            int(self.clock.seconds()), expires_in=3600, max_uses=1
+        )
+        self.successResultOf(self.store.add_initial_access_token(record))
+        for limit in ({"tokens_per_second": 10**5}, None):
+            response = self.request(
+                "POST",
+                "/client-reg",
+                headers={"Authorization": f"Bearer {token}"},
+                json_body={"scope": "read", "token_rate_limit": limit},
+            )
+            self.assertEqual(response.code, 400, response.body)
+            self.assertEqual(response.json()["error"], "invalid_client_metadata")
+            self.assertTrue(
+                response.json()["error_description"].startswith(
+                    "token_rate_limit: only the master token"
+                )
+            )
+        response = self.request(
+            "POST",
+            "/client-reg",
+            headers={"Authorization": f"Bearer {token}"},
+            json_body={"scope": "read"},
+        )
+        self.assertEqual(response.code, 201, response.body)
+        self.assertNotIn("token_rate_limit", response.json())
+
+    def test_audited(self) -> None:
+        """
+        The registration's audit event shows the limit with the privileged
+        fields; an update that changes only the limit names it.
+        """
+        events = AuditEvents(self)
+        client = self.register(scope="read", token_rate_limit={"tokens_per_second": 5})
+        registered = events.one("client.registered")
+        self.assertEqual(
+            registered["privileged"]["token_rate_limit"], {"tokens_per_second": 5, "burst": 5}
+        )
+        self.put(client, MASTER_TOKEN, token_rate_limit={"tokens_per_second": 6})
+        self.assertEqual(events.one("client.updated")["changed_fields"], ["token_rate_limit"])
+
     def test_not_from_anyone_else(self) -> None:
         """
         A registration that is not the operator's (an initial access

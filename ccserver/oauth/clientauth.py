@@ -21,8 +21,8 @@ from urllib.parse import unquote_plus
 
 from attrs import frozen
 
-from ccserver import credentials, jose
-from ccserver.errors import invalid_client, invalid_request
+from ccserver import audit, credentials, jose
+from ccserver.errors import OAuthError, answered_with, invalid_client, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.keysets import KeySetSource, KeySetUnavailable
 from ccserver.model import Client
@@ -187,6 +187,47 @@ def claimed_client_id(presented: ClientCredentials | ClientAssertion) -> str:
         return ""
     sub = claims.get("sub")
     return sub if isinstance(sub, str) else ""
+
+
+def claimed(authorization: str | None, form: Mapping[str, str]) -> str | None:
+    """
+    The client a request names, unproven (L{claimed_client_id}), for the
+    audit trail's refusals; None when it names none, or its credentials
+    cannot be read (then its C{client_id} parameter, if any).
+    """
+    try:
+        presented = presented_credentials(authorization, form)
+    except OAuthError:
+        return form.get("client_id")
+    return claimed_client_id(presented) or None
+
+
+def tell_refusal(
+    event_type: str,
+    error: BaseException,
+    client: Client | None,
+    authorization: str | None,
+    form: Mapping[str, str],
+    source: str,
+    **fields: object,
+) -> None:
+    """
+    Tell the audit trail that a request of an endpoint that authenticates
+    clients (token, introspection, revocation) was refused with C{error}:
+    by C{client} once it had authenticated, else by someone claiming to
+    be the client the request names.
+    """
+    code, status = answered_with(error)
+    audit.emit(
+        event_type,
+        audit.UNAUTHENTICATED if client is None else audit.client(client.client_id),
+        source or None,
+        error=code,
+        status=status,
+        client_id=None if client is None else client.client_id,
+        claimed_client_id=claimed(authorization, form) if client is None else None,
+        **fields,
+    )
 
 
 async def authenticate(

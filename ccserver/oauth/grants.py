@@ -13,17 +13,19 @@ from collections.abc import Mapping, Sequence
 from attrs import evolve
 from twisted.internet.defer import maybeDeferred
 
+from ccserver import audit
 from ccserver.errors import OAuthError, invalid_request
 from ccserver.interfaces import IClientCredentialsGrantHandler, IClientStore
 from ccserver.model import (
     CLIENT_CREDENTIALS,
+    Client,
     GrantAuthorization,
     GrantRequest,
     IssuedToken,
     is_resource_uri,
     is_scope_token,
 )
-from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, ClientAuthenticator
+from ccserver.oauth.clientauth import CREDENTIAL_PARAMS, ClientAuthenticator, tell_refusal
 from ccserver.oauth.dpop import DPoPVerifier
 from ccserver.oauth.limits import IssuanceLimit
 from ccserver.oauth.mtls import BOUND_TOKENS, PresentedCertificate, bound_thumbprint
@@ -57,6 +59,27 @@ def requested_resources(resources: Sequence[str]) -> tuple[str, ...]:
                 "invalid_target", f"resource: {resource!r} is not an absolute URI without fragment"
             )
     return tuple(dict.fromkeys(resources))
+
+
+def binding(token: IssuedToken) -> str:
+    """
+    What a token is bound to, as the audit trail says it: C{bearer}
+    (nothing), C{dpop} (RFC 9449), C{mtls} (RFC 8705), or C{dpop+mtls}.
+    """
+    kinds = [kind for kind, bound in (("dpop", token.jkt), ("mtls", token.x5t_s256)) if bound]
+    return "+".join(kinds) or "bearer"
+
+
+class _Attempt:
+    """
+    A token request under way, as its refusal is told: the client, once
+    it has authenticated.
+    """
+
+    __slots__ = ("client",)
+
+    def __init__(self) -> None:
+        self.client: Client | None = None
 
 
 class ClientCredentialsGrant:
@@ -110,6 +133,52 @@ class ClientCredentialsGrant:
         @param certificate: its TLS client certificate, if any (RFC 8705).
         @param source: the caller's address, which the limits count by.
         """
+        attempt = _Attempt()
+        try:
+            issued = await self._issue(
+                attempt, form, authorization, resources, dpop, certificate, source
+            )
+        except Exception as error:
+            tell_refusal(
+                audit.TOKEN_REFUSED,
+                error,
+                attempt.client,
+                authorization,
+                form,
+                source,
+                grant_type=form.get("grant_type"),
+            )
+            raise
+        assert attempt.client is not None  # it was issued a token
+        client_id = attempt.client.client_id
+        audit.emit(
+            audit.TOKEN_ISSUED,
+            audit.client(client_id),
+            source or None,
+            client_id=client_id,
+            grant_type=CLIENT_CREDENTIALS,
+            scope=issued.scope,
+            audience=issued.audience,
+            token_id=issued.token_id,
+            token_format=issued.token_format,
+            expires_at=issued.expires_at,
+            binding=binding(issued),
+            auth_method=issued.auth_method,
+            jkt=issued.jkt,
+            x5t_s256=issued.x5t_s256,
+        )
+        return issued
+
+    async def _issue(
+        self,
+        attempt: _Attempt,
+        form: Mapping[str, str],
+        authorization: str | None,
+        resources: Sequence[str],
+        dpop: Sequence[str],
+        certificate: PresentedCertificate | None,
+        source: str,
+    ) -> IssuedToken:
         grant_type = form.get("grant_type")
         if grant_type is None:
             raise invalid_request("grant_type: missing")
@@ -117,7 +186,9 @@ class ClientCredentialsGrant:
             raise OAuthError(
                 "unsupported_grant_type", f"grant_type: {grant_type!r} is not supported here"
             )
-        client = await self._authenticator.authenticate(authorization, form, certificate, source)
+        client = attempt.client = await self._authenticator.authenticate(
+            authorization, form, certificate, source
+        )
         if self._issuance is not None:
             waiting = self._issuance.take(client)
             if waiting is not None:

@@ -218,4 +218,9 @@ class TokenMinter:
             token_format=token_format,
             alg=alg,
             auth_method=client.token_endpoint_auth_method,
+            token_id=jti,
+            audience=tuple(audience),
+            expires_at=issued_at + lifetime,
+            jkt=jkt,
+            x5t_s256=x5t_s256,
         )
