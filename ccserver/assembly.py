@@ -59,6 +59,7 @@ from ccserver.proxies import trusted_networks
 from ccserver.stores.cache import CachingClientStore
 from ccserver.stores.memory import MemoryStore
 from ccserver.tls import ChainVerifier, ClientCertificateReader
+from ccserver.tracing import TracedStore, Tracing, traced_handler, traced_signer
 from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template
 
 
@@ -77,6 +78,7 @@ class Prepared:
         directory, with C{--metrics} and C{--workers N}.
     @ivar audit: the writer of the audit trail, its destination open
         (None only where a test builds a tree without one).
+    @ivar tracing: the spans' exporter, with C{[tracing] endpoint}.
     """
 
     store: IStore
@@ -86,6 +88,7 @@ class Prepared:
     client_ca: tuple[x509.Certificate, ...] | None = None
     metrics_directory: MultiprocessDirectory | None = None
     audit: AuditWriter | None = None
+    tracing: Tracing | None = None
 
 
 @frozen
@@ -126,6 +129,7 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
         jwks_fetcher,
         metrics,
         certificate_reader(reactor, config, prepared.client_ca),
+        prepared.tracing,
     )
     return Server(config, prepared, site, keyring, jwks_fetcher, _metrics_site(metrics, reactor))
 
@@ -172,15 +176,23 @@ def make_site(
     jwks_fetcher: KeySetSource,
     metrics: NoMetrics = NO_METRICS,
     certificates: ClientCertificateReader | None = None,
+    tracing: Tracing | None = None,
 ) -> tuple[CCServerSite, Keyring]:
     """
     The web site over the protocol objects, and the keyring they sign with.
     Nothing is opened or loaded here: the store is opened, and the keys
     loaded, by the services.
+
+    @param tracing: the spans' tracer, when C{[tracing]} is on: the parts
+        on a request's way are then made traced (L{_traced}); when it is
+        off, none of them knows of tracing.
     """
     now = reactor.seconds
+    keys_store = store
+    if tracing is not None:
+        store, handler, sign = _traced(tracing, store, handler, sign)
     keyring = Keyring(
-        store,
+        keys_store,
         encryptor,
         config.tokens.signing_alg,
         config.tokens.max_lifetime,
@@ -191,6 +203,8 @@ def make_site(
     clients = CachingClientStore(store, now, config.store.client_cache_seconds)
     limits = _auth_limits(config, store, reactor, metrics)
     authenticator = _authenticator(config, clients, store, encryptor, limits, jwks_fetcher, now)
+    if tracing is not None:
+        _trace_authentication(authenticator, tracing)
     trusted_proxies = trusted_networks(config.limits.trusted_proxies)
     app = CCServerApp(
         grant=ClientCredentialsGrant(
@@ -222,11 +236,49 @@ def make_site(
         metrics=metrics,
         certificates=certificates,
         trusted_proxies=trusted_proxies,
+        tracing=tracing,
     )
     site = CCServerSite(
-        app.resource(), reactor, config.access_log, config.http, metrics, trusted_proxies
+        app.resource(),
+        reactor,
+        config.access_log,
+        config.http,
+        metrics,
+        trusted_proxies,
     )
     return site, keyring
+
+
+#: The store's operations, each a span when tracing is on.
+STORE_OPERATIONS = frozenset(IStore.names(all=True)) - {"open", "close", "url"}
+
+
+def _traced(
+    tracing: Tracing, store: IStore, handler: IClientCredentialsGrantHandler, sign: Signer
+) -> tuple[IStore, IClientCredentialsGrantHandler, Signer]:
+    """
+    The store (under the client cache: a cached client costs no span), the
+    grant handler and the signer, each of whose operations is a span.  The
+    keyring keeps the plain store: its reloads, every minute, are no
+    request's.
+    """
+    traced_store: IStore = TracedStore(store, tracing, STORE_OPERATIONS)  # type: ignore[assignment]
+    return traced_store, traced_handler(handler, tracing), traced_signer(sign, tracing)
+
+
+def _trace_authentication(authenticator: ClientAuthenticator, tracing: Tracing) -> None:
+    """
+    Client authentication as a span (C{client authentication}) that says
+    which client it found.
+    """
+
+    def found(span: Any, client: Any) -> None:
+        span.set_attribute("oauth.client_id", client.client_id)
+
+    traced = tracing.coroutine("client authentication", authenticator.authenticate, found)
+    # the instance's method, replaced: the token and introspection
+    # endpoints, which share the authenticator, both see the traced one
+    setattr(authenticator, "authenticate", traced)  # noqa: B010
 
 
 def _auth_limits(config: Config, store: IStore, reactor: Any, metrics: NoMetrics) -> AuthLimits:

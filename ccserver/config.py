@@ -34,6 +34,7 @@ from ccserver.keys import SIGNING_ALGORITHMS
 from ccserver.model import MAX_TOKEN_RATE, is_lifetime, is_scope_token
 from ccserver.outbound import AddressPolicy
 from ccserver.stores import check_url
+from ccserver.tracing import INSTALL_HINT, available
 
 _C = TypeVar("_C", bound=AttrsInstance)
 
@@ -337,6 +338,31 @@ class AuditConfig:
 
 
 @frozen
+class TracingConfig:
+    """
+    C{[tracing]}: OpenTelemetry spans of each request, exported with OTLP
+    (C{pip install 'ccserver[otel]'}).  Off unless C{endpoint} is set.
+    """
+
+    #: The OTLP/HTTP traces endpoint of a collector
+    #: ("http://localhost:4318/v1/traces"); None: no tracing.
+    endpoint: str | None = field(default=None, metadata={EMPTY_IS_DEFAULT: True})
+    #: The service.name of the spans.
+    service_name: str = "ccserver"
+    #: The fraction of traces kept, 0 to 1.
+    sampling: float = 1.0
+    #: Whether a request's W3C traceparent (from a proxy or a client) makes
+    #: its span part of that trace, whose sampled flag then decides.
+    trust_incoming: bool = True
+    #: Seconds an export to the collector may take.
+    timeout: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.endpoint is not None
+
+
+@frozen
 class ClientsConfig:
     #: Seconds a client's previous secret still works after a rotation
     #: (ccserver clients rotate-secret); 0 ends it at once.
@@ -408,6 +434,8 @@ class Config:
     limits: LimitsConfig = LimitsConfig()
     #: The audit trail ([audit]).
     audit: AuditConfig = AuditConfig()
+    #: OpenTelemetry traces ([tracing]).
+    tracing: TracingConfig = TracingConfig()
 
 
 #: Where the environment and the command line reach into the file's layout.
@@ -637,6 +665,7 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
         config = evolve(config, tls=evolve(config.tls, base_url=_check_base_url(config.tls.base_url)))
     _check_limits(config.limits)
     _check_audit(config.audit)
+    _check_tracing(config.tracing)
     return config
 
 
@@ -649,6 +678,24 @@ def _check_keys(keys: KeysConfig) -> None:
             f"[keys] rotate_every: {every} s is not longer than activation_delay "
             f"({keys.activation_delay} s): each new key would be replaced before it signs"
         )
+
+
+def _check_tracing(tracing: TracingConfig) -> None:
+    if tracing.endpoint is not None:
+        parts = urlsplit(tracing.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"[tracing] endpoint: {tracing.endpoint!r} is not an http or https URL "
+                "(a collector's OTLP/HTTP traces endpoint, e.g. http://localhost:4318/v1/traces)"
+            )
+    if not 0 <= tracing.sampling <= 1:
+        raise ConfigError(f"[tracing] sampling: must be 0 to 1, not {tracing.sampling!r}")
+    if tracing.timeout <= 0:
+        raise ConfigError(f"[tracing] timeout: must be greater than 0, not {tracing.timeout!r}")
+    if not tracing.service_name:
+        raise ConfigError("[tracing] service_name: must not be empty")
+    if tracing.enabled and not available():
+        raise ConfigError(f"[tracing] endpoint: tracing needs the OpenTelemetry packages: {INSTALL_HINT}")
 
 
 def _check_audit(audit: AuditConfig) -> None:

@@ -26,6 +26,7 @@ from twisted.internet.defer import (
     TimeoutError as DeferredTimeout,
 )
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -35,6 +36,7 @@ from ccserver.auditlog import AuditTrailService
 from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring
 from ccserver.tls import tls_factory
+from ccserver.tracing import Tracing
 from ccserver.web import CCServerSite
 from ccserver.workers import WorkerPool
 
@@ -95,6 +97,8 @@ def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: Sta
     on_worker_exit = None if directory is None else directory.worker_ended
     pool = prepared.listening.worker_pool(reactor, argv, on_worker_exit)
     for child in (
+        # the spans' exporter ends last: the last requests' spans go too
+        None if prepared.tracing is None else _tracing_stop(prepared.tracing, reactor),
         directory,
         IService(prepared.handler, None),
         # after the last request, as the handler
@@ -109,6 +113,17 @@ def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: Sta
         description, endpoint = prepared.listening.metrics
         ListenerService(description, lambda: endpoint, server.metrics_site).setServiceParent(root)
     return root
+
+
+def _tracing_stop(tracing: Tracing, reactor: Any) -> CloseOnStop:
+    """
+    What exports the last spans and ends the exporter's thread at a stop:
+    in a thread, since it waits for the collector (at most [tracing]
+    timeout).
+    """
+    return CloseOnStop(
+        lambda: deferToThreadPool(reactor, reactor.getThreadPool(), tracing.shutdown)
+    )
 
 
 def _store_service(server: Server, startup: StartUp) -> StoreService:

@@ -37,7 +37,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from ccserver import firststart
+from ccserver import __version__, firststart
 from ccserver.assembly import Prepared, assemble
 from ccserver.auditlog import open_writer
 from ccserver.config import Config, load_config
@@ -48,6 +48,7 @@ from ccserver.metrics import MultiprocessDirectory, use_multiprocess_directory
 from ccserver.services import StartUp, service_tree
 from ccserver.stores import store_from_url
 from ccserver.tls import ClientCertificateRequesting, load_pem_certificates, server_context
+from ccserver.tracing import Tracing
 
 _log = Logger()
 
@@ -110,8 +111,6 @@ class Options(usage.Options):
 
     def opt_version(self) -> None:
         """Print the version and exit."""
-        from ccserver import __version__
-
         print(f"ccserver {__version__}")
         sys.exit(0)
 
@@ -237,7 +236,27 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
         # Before any metric is made, and before the workers start: they
         # inherit the directory through the environment.
         directory = MultiprocessDirectory(use_multiprocess_directory())
-    return Prepared(store, handler, first, endpoints, client_ca, directory, audit_writer)
+    return Prepared(
+        store, handler, first, endpoints, client_ca, directory, audit_writer, make_tracing(config)
+    )
+
+
+def make_tracing(config: Config) -> Tracing | None:
+    """
+    The spans' exporter to C{[tracing] endpoint} (its thread started), or
+    None when tracing is off.
+    """
+    settings = config.tracing
+    if settings.endpoint is None:
+        return None
+    return Tracing.exporting(
+        settings.endpoint,
+        service_name=settings.service_name,
+        service_version=__version__,
+        sampling=settings.sampling,
+        trust_incoming=settings.trust_incoming,
+        timeout=settings.timeout,
+    )
 
 
 def _tls_context(config: Config) -> ClientCertificateRequesting | None:

@@ -39,7 +39,7 @@ from ccserver.errors import (
 from ccserver.health import Readiness
 from ccserver.httpchannel import CCServerChannel, HTTPLimits
 from ccserver.keys import Keyring
-from ccserver.metrics import NO_METRICS, NoMetrics
+from ccserver.metrics import NO_METRICS, OTHER_ROUTE, NoMetrics
 from ccserver.model import IssuedToken
 from ccserver.oauth.clientauth import split_authorization
 from ccserver.oauth.grants import ClientCredentialsGrant
@@ -53,6 +53,7 @@ from ccserver.oauth.registration import (
 from ccserver.proxies import Address, Network, hop_address, is_trusted
 from ccserver.tls import ClientCertificateReader
 from ccserver.tokenjson import token_answer_json
+from ccserver.tracing import Tracing
 
 #: The largest request body accepted, in bytes; larger ones get 413.
 MAX_BODY = 64 * 1024
@@ -418,6 +419,8 @@ class CCServerApp:
     certificates: ClientCertificateReader | None = None
     #: Whose X-Forwarded-For names a request's source ([limits] trusted_proxies).
     trusted_proxies: tuple[Network, ...] = ()
+    #: With [tracing] on: each request a span (L{TracedRoot}).
+    tracing: Tracing | None = None
     #: Requests' sources, for every route (one warning per process).
     sources: RequestSources = field(
         default=Factory(lambda app: RequestSources(app.trusted_proxies), takes_self=True),
@@ -435,12 +438,14 @@ class CCServerApp:
     def resource(self) -> Resource:
         """
         The whole HTTP surface: L{TokenResource} at C{/token}, the Klein
-        routes everywhere else.
+        routes everywhere else; with tracing on, each request a span
+        (L{TracedRoot}).
         """
-        return RootResource(
+        root = RootResource(
             TokenResource(self.grant, self.metrics, self.certificates, self.sources),
             self.app.resource(),
         )
+        return root if self.tracing is None else TracedRoot(root, self.tracing, self.sources)
 
     def _source(self, request: IRequest) -> str:
         return self.sources(request)
@@ -764,6 +769,59 @@ class RootResource(Resource):
         # Hand Klein the whole path, as if it were the root.
         request.postpath.insert(0, request.prepath.pop())
         return self._app
+
+
+class TracedRoot(Resource):
+    """
+    The root of a site whose requests are traced ([tracing] on): every
+    resource the root finds is rendered in the request's span
+    (L{TracedResource}).  Only a traced site has one: a site without
+    tracing pays nothing for it.
+    """
+
+    def __init__(self, root: RootResource, tracing: Tracing, sources: RequestSources) -> None:
+        super().__init__()
+        self.root = root
+        self.leaves = root.leaves
+        self._tracing = tracing
+        self._sources = sources
+
+    def getChildWithDefault(self, name: bytes, request: IRequest) -> Resource:
+        return TracedResource(self.root.getChildWithDefault(name, request), self._tracing, self._sources)
+
+
+class TracedResource(Resource):
+    """
+    A resource rendered in its request's span: opened before it renders,
+    current while it runs (and in every coroutine it starts), ended when
+    the request is answered, with its status and source.
+    """
+
+    isLeaf = True
+
+    def __init__(self, resource: Resource, tracing: Tracing, sources: RequestSources) -> None:
+        super().__init__()
+        self._resource = resource
+        self._tracing = tracing
+        self._sources = sources
+
+    def render(self, request: IRequest) -> Any:
+        answerable = cast("server.Request", request)
+        path = answerable.path
+        span, leave = self._tracing.request_started(
+            request.method.decode("ascii", "replace"),
+            route_template(path) or OTHER_ROUTE,
+            path.decode("ascii", "replace"),
+            request.requestHeaders,
+        )
+        answerable.notifyFinish().addBoth(self._answered, answerable, span)
+        try:
+            return self._resource.render(request)
+        finally:
+            leave()
+
+    def _answered(self, _: object, request: server.Request, span: Any) -> None:
+        self._tracing.request_finished(span, request.code, self._sources(request))
 
 
 def _template(rule: str) -> str:

@@ -139,6 +139,12 @@ class ServerTestCase(SynchronousTestCase):
         """
         return None
 
+    def make_tracing(self) -> Any:
+        """
+        The spans' tracer ([tracing]): by default none, tracing off.
+        """
+        return None
+
     def make_jwks_http(self) -> Any:
         """
         The HTTP client that fetches clients' jwks_uri: by default one that
@@ -163,6 +169,7 @@ class ServerTestCase(SynchronousTestCase):
             make_jwks_fetcher(self.clock, self.config, self.make_jwks_http()),
             self.make_metrics(),
             self.make_certificates(),
+            self.make_tracing(),
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))
         self.treq = StubTreq(self.site.resource)

@@ -61,6 +61,9 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "stores": (1, ("ccserver.stores",)),
     # The audit trail's schema and emission: every layer says what happened.
     "audit": (0, ("ccserver.audit",)),
+    # OpenTelemetry spans: the traced parts and the outbound request's
+    # trace context; imports nothing else of ccserver.
+    "tracing": (0, ("ccserver.tracing",)),
     # The domain and its rules, the errors, the interfaces.
     "base": (
         0,
