@@ -395,9 +395,9 @@ class TracedStore:
             return value
         tracing = self._tracing
 
-        def operation(*args: Any) -> Any:
+        def operation(*args: Any, **kwargs: Any) -> Any:
             span = tracing.child(f"store {name}", {"db.operation.name": name})
-            return around(span, value, *args)
+            return around(span, lambda: value(*args, **kwargs))
 
         return operation
 
