@@ -82,6 +82,18 @@ class AuditEvents:
 MASTER_TOKEN = "master-token-for-tests-0123456789"
 
 
+def config_of(test: SynchronousTestCase, text: str) -> Config:
+    """
+    The configuration that a TOML file holding C{text} gives
+    (L{ccserver.config.load_config}, with no environment).
+    """
+    from ccserver.config import load_config
+
+    path = temp_dir(test) / "ccserver.toml"
+    path.write_text(text)
+    return load_config({"config": str(path)}, {})
+
+
 def temp_dir(test: SynchronousTestCase) -> Path:
     """
     A new folder, removed when the test ends.

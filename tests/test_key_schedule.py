@@ -38,7 +38,8 @@ from ccserver.keys import (
 from ccserver.model import StoredKey
 from ccserver.services import rotate_on_schedule, rotation_check_interval
 from ccserver.stores.memory import MemoryStore
-from tests.helpers import ServerTestCase, temp_dir
+from tests.helpers import ServerTestCase, config_of, temp_dir
+from tests.test_limits import RecordingStore
 
 DAY = 86400
 EVERY = 30 * DAY
@@ -48,27 +49,11 @@ MAX_LIFETIME = DAY
 REPO = Path(__file__).resolve().parent.parent
 
 
-class CountingStore(MemoryStore):
-    """
-    A memory store that counts the calls made to it, by name.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[str] = []
-
-    def __getattribute__(self, name: str) -> Any:
-        value = super().__getattribute__(name)
-        if callable(value) and not name.startswith("_") and name != "calls":
-            self.calls.append(name)
-        return value
-
-
 class ScheduleTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000)
-        self.store = CountingStore()
+        self.store = RecordingStore()
         self.encryptor = KeyEncryptor.ephemeral()
         self.events: list[tuple[str, str]] = []
         self.keyring = self.make_keyring()
@@ -194,7 +179,7 @@ class RotationScheduleTests(ScheduleTestCase):
         self.assertEqual(len(self.kids()), 2)
 
     def test_lease_given_up_when_the_rotation_fails(self) -> None:
-        class BrokenStore(CountingStore):
+        class BrokenStore(RecordingStore):
             def add_key(self, key: StoredKey) -> Deferred[None]:
                 raise RuntimeError("disk full")
 
@@ -225,7 +210,7 @@ class RotationScheduleTests(ScheduleTestCase):
         self.assertIn("try again", failure.getErrorMessage())
 
     def test_the_job_logs_a_failure(self) -> None:
-        class Unreachable(CountingStore):
+        class Unreachable(RecordingStore):
             def take_lease(self, *args: Any) -> Deferred[bool]:
                 raise ConnectionError("store down")
 
@@ -302,9 +287,7 @@ class ScheduleCommandTests(ScheduleTestCase):
 
 class RotateEveryConfigTests(SynchronousTestCase):
     def load(self, text: str) -> Config:
-        path = Path(temp_dir(self)) / "ccserver.toml"
-        path.write_text(text)
-        return load_config({"config": str(path)}, {})
+        return config_of(self, text)
 
     def test_off_by_default(self) -> None:
         self.assertIsNone(Config().keys.rotate_every)

@@ -13,7 +13,6 @@ tests/test_rate_limits_process.py.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from attrs import evolve
@@ -23,7 +22,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from ccserver.config import Config, LimitsConfig, load_config
+from ccserver.config import Config, LimitsConfig
 from ccserver.errors import ConfigError, OAuthError, StoreUnavailable
 from ccserver.interfaces import IStore
 from ccserver.metrics import MAX_CLIENT_LABELS, Metrics, NoMetrics
@@ -32,7 +31,14 @@ from ccserver.oauth.limits import SHARE_SECONDS, IssuanceLimit
 from ccserver.oauth.registration import register_client
 from ccserver.stores.memory import MemoryStore
 from ccserver.web import ROUTES, route_template
-from tests.helpers import MASTER_TOKEN, AuditEvents, Response, ServerTestCase, basic, temp_dir
+from tests.helpers import (
+    MASTER_TOKEN,
+    AuditEvents,
+    Response,
+    ServerTestCase,
+    basic,
+    config_of,
+)
 
 
 class CountingStore(MemoryStore):
@@ -469,9 +475,7 @@ class LimitTableTests(SynchronousTestCase):
 
 class DefaultConfigTests(SynchronousTestCase):
     def load(self, text: str) -> Config:
-        path = Path(temp_dir(self)) / "ccserver.toml"
-        path.write_text(text)
-        return load_config({"config": str(path)}, {})
+        return config_of(self, text)
 
     def test_burst(self) -> None:
         config = self.load("[limits]\ntokens_per_client_per_second = 10\ntokens_per_client_burst = 50\n")

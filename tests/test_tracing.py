@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 
 from ccserver import tracing
-from ccserver.config import Config, TracingConfig, load_config
+from ccserver.config import Config, TracingConfig
 from ccserver.errors import ConfigError
 from ccserver.handlers.webhook import WebhookHandler, parse_config
 from ccserver.interfaces import IClientCredentialsGrantHandler
@@ -31,7 +31,7 @@ from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.outbound import traced_request
 from ccserver.tracing import Tracing, display_url
 from ccserver.web import BoundedRequest, RootResource
-from tests.helpers import MASTER_TOKEN, ServerTestCase, basic, temp_dir
+from tests.helpers import MASTER_TOKEN, ServerTestCase, basic, config_of, temp_dir
 from tests.test_webhook import SERVICE, WEBHOOK_TOKEN, PolicyResource
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -334,9 +334,7 @@ class DisplayURLTests(SynchronousTestCase):
 
 class TracingConfigTests(SynchronousTestCase):
     def load(self, text: str) -> Config:
-        path = Path(temp_dir(self)) / "ccserver.toml"
-        path.write_text(text)
-        return load_config({"config": str(path)}, {})
+        return config_of(self, text)
 
     def test_off_by_default(self) -> None:
         self.assertEqual(Config().tracing, TracingConfig())
