@@ -13,6 +13,7 @@ import select
 import socket
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
@@ -520,3 +521,34 @@ class ConfigTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as caught:
                 self.load(text)
             self.assertIn(message, str(caught.exception))
+
+
+def schema_tables() -> str:
+    """
+    The schema's part of docs/audit.md, as the schema in ccserver/audit.py
+    says it: the envelope, the actors, each event type, each field.
+    """
+    out = ["#### The envelope\n", "| member | type | meaning |", "| --- | --- | --- |"]
+    out += [f"| `{f.name}` | {f.kind} | {f.description} |" for f in audit.ENVELOPE]
+    out += ["", "#### Actors\n", "| `actor.type` | who acted |", "| --- | --- |"]
+    out += [f"| `{name}` | {text} |" for name, text in audit.ACTOR_TYPES.items()]
+    out += ["", "#### Event types\n"]
+    for event in audit.EVENTS.values():
+        out += [f"`{event.name}`: {event.description}.", ""]
+        line = "Required: " + (", ".join(f"`{n}`" for n in event.required) or "none")
+        if event.optional:
+            line += "; optional: " + ", ".join(f"`{n}`" for n in event.optional)
+        out += [line + ".", ""]
+    out += ["#### Fields\n", "| field | type | meaning |", "| --- | --- | --- |"]
+    out += [f"| `{f.name}` | {f.kind} | {f.description} |" for f in audit.FIELDS.values()]
+    return "\n".join(out) + "\n"
+
+
+class DocsTests(SynchronousTestCase):
+    def test_schema_documented(self) -> None:
+        """
+        docs/audit.md holds the schema exactly as ccserver/audit.py says
+        it (regenerate the part with tests.test_audit.schema_tables()).
+        """
+        docs = (Path(__file__).parent.parent / "docs" / "audit.md").read_text()
+        self.assertIn(schema_tables(), docs)
