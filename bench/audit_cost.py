@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         return lambda: None
 
     def no_emission() -> Callable[[], None]:
-        audit.emit = lambda *args, **kwargs: None  # type: ignore[assignment]
+        audit.emit = lambda *args, **kwargs: None
 
         def stop() -> None:
             audit.emit = real_emit

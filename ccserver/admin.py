@@ -46,7 +46,7 @@ from ccserver.errors import ConfigError, OAuthError, StoreUnavailable
 from ccserver.firststart import key_encryption, key_mismatch
 from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring
-from ccserver.model import InitialAccessToken, is_resource_uri, is_scope_token
+from ccserver.model import InitialAccessToken, StoredKey, is_resource_uri, is_scope_token
 from ccserver.oauth.registration import (
     AUTH_METHODS,
     GRANT_TYPES,
@@ -706,24 +706,12 @@ async def run(
             for key in keyring.keys():
                 stored = key.stored
                 if stored.kid in signing and signing[stored.kid] != stored.retired_at:
-                    audit.emit(
-                        audit.KEY_RETIRED,
-                        actor,
-                        kid=stored.kid,
-                        alg=stored.alg,
-                        retired_at=stored.retired_at,
-                    )
+                    _key_retired(actor, stored)
             print(f"published {new.kid} ({new.alg}); it signs from {_when(new.active_from)} UTC")
         elif arguments.action == "retire":
             for retired in await keyring.retire(arguments.kid):
                 if arguments.kid:
-                    audit.emit(
-                        audit.KEY_RETIRED,
-                        actor,
-                        kid=retired.kid,
-                        alg=retired.alg,
-                        retired_at=retired.retired_at,
-                    )
+                    _key_retired(actor, retired)
                 else:
                     audit.emit(audit.KEY_DELETED, actor, kid=retired.kid, alg=retired.alg)
                 verb = "stopped signing with" if arguments.kid else "deleted"
@@ -739,6 +727,10 @@ async def run(
             )
     finally:
         await store.close()
+
+
+def _key_retired(actor: audit.Actor, key: StoredKey) -> None:
+    audit.emit(audit.KEY_RETIRED, actor, kid=key.kid, alg=key.alg, retired_at=key.retired_at)
 
 
 #: The clients actions that take a client id.
