@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import stat
 import subprocess
 import sys
 import unittest
@@ -20,6 +21,7 @@ import requests
 
 from tests.process import REPO, CCServerProcess, run_ccserver
 from tests.servers import clean_store_url, redis_server
+from tests.test_escaping import HOSTILE, raw_characters
 
 
 class Ran(subprocess.CompletedProcess[str]):
@@ -38,7 +40,7 @@ def ccserver(
     """
     Run the C{ccserver} command with these arguments (and C{stdin} as its
     standard input).  Its audit events are taken out of its standard
-    error (L{audit_events}), which keeps everything else.
+    error (L{Ran.audit}), which keeps everything else.
     """
     environment = dict(os.environ, PYTHONPATH=str(REPO))
     environment.pop("CCSERVER_MASTER_TOKEN", None)
@@ -144,6 +146,44 @@ class ClientsCommandMixin:
             done = ccserver("--store", self.url, "clients", action, "-nobody", cwd=self.tmp)
             t.assertEqual(done.returncode, 1, done.stderr)
             t.assertEqual(done.stderr, "ccserver: no client '-nobody'\n")
+
+    def test_hostile_name_escaped(self) -> None:
+        """
+        A client's name holds what its registrant chose: every output shows
+        its control and bidi characters escaped, and the JSON ones still
+        give the name itself.
+        """
+        t: Any = self
+        created = self.run_ok("create", "--name", HOSTILE, "--scope", "read")
+        client_id = json.loads(created)["client_id"]
+        outputs = {
+            "create": created,
+            "list": self.run_ok("list"),
+            "list --json": self.run_ok("list", "--json"),
+            "show": self.run_ok("show", client_id),
+        }
+        for action, output in outputs.items():
+            t.assertEqual(raw_characters(output.replace("\n", "")), set(), action)
+        t.assertIn("Billing\\u001b[2J\\u001b[31m\\u000dOK", outputs["list"])
+        t.assertIn("\\u009b2J\\u202egnillib", outputs["show"])
+        for action in ("create", "list --json", "show"):
+            document = json.loads(outputs[action])
+            name = (document[0] if isinstance(document, list) else document)["client_name"]
+            t.assertEqual(name, HOSTILE, action)
+
+    def test_unstorable_client_id_one_line(self) -> None:
+        """
+        A client id that could be no client's is refused before the store is
+        asked (a lone surrogate, from bytes that are not UTF-8, cannot even
+        be encoded for it), in one line that does not repeat it.
+        """
+        t: Any = self
+        actions = ("show", "delete", "rotate-secret")
+        for index, client_id in enumerate(("a\x1b[2Jb", "a\x9bb", "a\u202eb", "a\udcffb", "a" * 257)):
+            action = actions[index % len(actions)]
+            done = ccserver("--store", self.url, "clients", action, client_id, cwd=self.tmp)
+            t.assertEqual(done.returncode, 1, done.stderr)
+            t.assertRegex(done.stderr, r"^ccserver: client_id must be [^\n]*\n$", action)
 
     def test_bad_metadata_one_line(self) -> None:
         t: Any = self
@@ -362,6 +402,20 @@ class SQLiteClientsCommandTests(ClientsCommandMixin, unittest.TestCase):
             self.assertEqual(token(server, client_id, new), 200)  # in its grace
             self.run_ok("delete", client_id)
             self.assertEqual(token(server, client_id, newest), 401)
+
+
+    def test_new_database_private(self) -> None:
+        """
+        The command makes a new SQLite file readable by its owner only, as
+        the server does: it will hold digests and encrypted keys.
+        """
+        old = os.umask(0o022)
+        self.addCleanup(os.umask, old)
+        for command in ("clients", "keys"):
+            path = self.tmp / f"new-{command}.db"
+            done = ccserver("--store", f"sqlite:///{path}", command, "list", cwd=self.tmp)
+            self.assertEqual(done.returncode, 0, done.stderr)
+            self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600, command)
 
 
 class RedisClientsCommandTests(ClientsCommandMixin, unittest.TestCase):

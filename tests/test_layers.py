@@ -69,6 +69,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
             "ccserver.errors",
             "ccserver.interfaces",
             "ccserver.strictjson",
+            "ccserver.text",
         ),
     ),
 }
