@@ -62,6 +62,7 @@ from ccserver.oauth.registration import (
     requested_token_rate_limit,
 )
 from ccserver.stores import store_from_url
+from ccserver.text import escape, identifier_problem
 
 #: What C{ccserver --help} says it is: plain text, for people (argparse
 #: prints it as written, so no epytext markup here or in any help string).
@@ -451,8 +452,39 @@ class CommandError(Exception):
     """
 
 
+def _print(text: str, file: Any = None) -> None:
+    """
+    Print C{text}, every line escaped (L{escape}): the one way the command
+    writes to the operator's terminal, since what it prints (a client's
+    name, URIs, ids; an error naming them) may hold control or bidi
+    characters someone else chose.
+    """
+    print("\n".join(escape(line) for line in text.split("\n")), file=file or sys.stdout)
+
+
 def _print_json(document: Any) -> None:
-    print(json.dumps(document, indent=2, ensure_ascii=False))
+    # JSON escapes what it must; escape() the rest (C1 controls, bidi,
+    # lone surrogates) with JSON's own escapes, so it stays the same JSON.
+    _print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def _client_id(client_id: str) -> str:
+    """
+    A client id from the command line, if some client could have it.
+    """
+    problem = identifier_problem(client_id)
+    if problem is not None:
+        raise CommandError(f"client_id {problem}")
+    return client_id
+
+
+def _store(reactor: Any, config: Config) -> IStore:
+    """
+    The configured store, not yet open; a new SQLite file is made readable
+    by its owner only first, as the server makes it.
+    """
+    firststart.private_sqlite_file(config.store.url)
+    return store_from_url(config.store.url, reactor, timeout=config.store.timeout)
 
 
 async def run_clients(
@@ -463,7 +495,7 @@ async def run_clients(
     token is asked for.  Nothing here caches a client, and running servers
     follow every change within their C{[store] client_cache_seconds}.
     """
-    store = store_from_url(config.store.url, reactor, timeout=config.store.timeout)
+    store = _store(reactor, config)
     await store.open()
     try:
         registry = ClientRegistry(
@@ -479,7 +511,7 @@ async def run_clients(
         if action == "list":
             await _list_clients(store, reactor.seconds(), arguments.json)
         elif action == "show":
-            client = await store.get_client(arguments.client_id)
+            client = await store.get_client(_client_id(arguments.client_id))
             if client is None:
                 raise CommandError(f"no client {arguments.client_id!r}")
             audit.emit(audit.CLIENT_READ, actor, client_id=client.client_id)
@@ -498,10 +530,10 @@ async def run_clients(
             audit.emit(audit.CLIENT_REGISTERED, actor, **registered_fields(registration.client))
             _print_json(registration_response(registration, config.issuer))
         elif action == "delete":
-            if not await registry.remove(arguments.client_id):
+            if not await registry.remove(_client_id(arguments.client_id)):
                 raise CommandError(f"no client {arguments.client_id!r}")
             audit.emit(audit.CLIENT_DELETED, actor, client_id=arguments.client_id)
-            print(f"deleted {arguments.client_id}; its tokens are revoked")
+            _print(f"deleted {arguments.client_id}; its tokens are revoked")
         elif action == "rotate-secret":
             grace = (
                 config.clients.secret_rotation_grace
@@ -510,7 +542,9 @@ async def run_clients(
             )
             if grace < 0:
                 raise CommandError("--grace: must be 0 or more")
-            rotation = await rotate_secret(store, arguments.client_id, grace, reactor.seconds)
+            rotation = await rotate_secret(
+                store, _client_id(arguments.client_id), grace, reactor.seconds
+            )
             if rotation is None:
                 raise CommandError(f"no client {arguments.client_id!r}")
             audit.emit(
@@ -539,7 +573,7 @@ async def set_rate_limit(
         limit = requested_token_rate_limit({"token_rate_limit": value})
     except OAuthError as e:
         raise CommandError(f"--token-rate-limit: {e.description.split(': ', 1)[1]}") from None
-    client = await store.get_client(arguments.client_id)
+    client = await store.get_client(_client_id(arguments.client_id))
     if client is None:
         raise CommandError(f"no client {arguments.client_id!r}")
     changed = evolve(client, token_rate_limit=limit)
@@ -593,10 +627,13 @@ async def run_registration_tokens(
             tokens = await store.list_initial_access_tokens()
             _print_initial_access_tokens(tokens, now, arguments.json)
         elif arguments.action == "revoke":
+            problem = identifier_problem(arguments.id)
+            if problem is not None:
+                raise CommandError(f"id {problem}")
             if not await store.revoke_initial_access_token(arguments.id, now):
                 raise CommandError(f"no initial access token {arguments.id!r}")
             audit.emit(audit.INITIAL_ACCESS_TOKEN_REVOKED, actor, initial_access_token_id=arguments.id)
-            print(f"revoked {arguments.id}; it registers no more clients")
+            _print(f"revoked {arguments.id}; it registers no more clients")
     finally:
         await store.close()
 
@@ -672,8 +709,8 @@ def _print_created(token: str, record: InitialAccessToken, as_json: bool) -> Non
     if as_json:
         _print_json({"initial_access_token": token, **initial_access_token_view(record, 0)})
         return
-    print(token)
-    print(
+    _print(token)
+    _print(
         f"{record.token_id}: registers {record.max_uses} "
         f"client{'s' if record.max_uses != 1 else ''} until {_when(record.expires_at)} UTC "
         "(POST /client-reg, with it as a bearer token); the token above is shown this once",
@@ -701,10 +738,10 @@ def _print_initial_access_tokens(
     if as_json:
         _print_json([initial_access_token_view(token, now) for token in tokens])
         return
-    print(f"{'id':16} {'state':8} {'expires (UTC)':19}  {'uses':>11}  note / limits")
+    _print(f"{'id':16} {'state':8} {'expires (UTC)':19}  {'uses':>11}  note / limits")
     for token in tokens:
         uses = f"{token.uses}/{token.max_uses}"
-        print(
+        _print(
             f"{token.token_id:16} {token.unusable(now) or 'active':8} "
             f"{_when(token.expires_at):19}  {uses:>11}  {token.note or '-'} / {_limits_text(token)}"
         )
@@ -719,15 +756,17 @@ async def _list_clients(store: IStore, now: float, as_json: bool) -> None:
         sys.stdout.write("[")
         first = True
         async for client in all_clients(store):
-            sys.stdout.write(("\n" if first else ",\n") + json.dumps(public_view(client, now)))
+            # ensure_ascii: nothing left for escape() to do, but no harm
+            element = escape(json.dumps(public_view(client, now)))
+            sys.stdout.write(("\n" if first else ",\n") + element)
             first = False
         sys.stdout.write("\n]\n" if not first else "]\n")
         return
-    print(f"{'client_id':24} {'issued (UTC)':19}  {'auth method':19}  name / scope")
+    _print(f"{'client_id':24} {'issued (UTC)':19}  {'auth method':19}  name / scope")
     async for client in all_clients(store):
         name = str(client.metadata.get("client_name", ""))
         scope = str(client.metadata.get("scope", ""))
-        print(
+        _print(
             f"{client.client_id:24} {_when(client.client_id_issued_at):19}  "
             f"{client.token_endpoint_auth_method:19}  {name} / {scope}"
         )
@@ -766,7 +805,7 @@ async def run(
     if arguments.command == "registration-tokens":
         await run_registration_tokens(reactor, config, arguments, actor)
         return
-    store = store_from_url(config.store.url, reactor, timeout=config.store.timeout)
+    store = _store(reactor, config)
     encryptor, fresh_key_file = key_encryption(config)
     try:
         await store.open()
@@ -788,22 +827,22 @@ async def run(
                 raise ConfigError("--delay: must be 0 or more")
             # under the rotation's lease: never at once with a scheduled one
             new = await keyring.rotate_exclusively(delay, store, f"cli:{secrets.token_hex(8)}")
-            print(f"published {new.kid} ({new.alg}); it signs from {_when(new.active_from)} UTC")
+            _print(f"published {new.kid} ({new.alg}); it signs from {_when(new.active_from)} UTC")
         elif arguments.action == "retire":
             # the keyring tells the audit trail of each key it retires or deletes
             for retired in await keyring.retire(arguments.kid):
                 verb = "stopped signing with" if arguments.kid else "deleted"
-                print(f"{verb} {retired.kid}")
+                _print(f"{verb} {retired.kid}")
         await keyring.refresh()
-        print(f"{'kid':44} {'alg':6} {'state':9} {'created (UTC)':19}  {'signs from':19}  retired")
+        _print(f"{'kid':44} {'alg':6} {'state':9} {'created (UTC)':19}  {'signs from':19}  retired")
         for key in keyring.keys():
             stored = key.stored
-            print(
+            _print(
                 f"{stored.kid:44} {stored.alg:6} {keyring.state(stored):9} "
                 f"{_when(stored.created_at):19}  {_when(stored.active_from):19}  "
                 f"{_when(stored.retired_at)}"
             )
-        print(rotation_schedule(keyring, config.keys.rotate_every, reactor.seconds()))
+        _print(rotation_schedule(keyring, config.keys.rotate_every, reactor.seconds()))
     finally:
         await store.close()
 
@@ -876,7 +915,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             {"config": arguments.config, "store": arguments.store}, os.environ
         )
     except ConfigError as e:
-        sys.exit(f"ccserver: {e}")
+        _print(f"ccserver: {e}", file=sys.stderr)
+        sys.exit(1)
     if config.store.url.startswith("memory:"):
         sys.exit("ccserver: --store: a memory:// store lives inside its server; nothing to manage")
 
@@ -899,7 +939,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             failure.trap(
                 ConfigError, ValueError, StoreUnavailable, CommandError, OAuthError, RotationUnderWay
             )
-            print(f"ccserver: {failure.getErrorMessage()}", file=sys.stderr)
+            _print(f"ccserver: {failure.getErrorMessage()}", file=sys.stderr)
             raise SystemExit(1)
 
         return d.addErrback(failed)

@@ -16,6 +16,10 @@ the connection:
     L{HTTPLimits.max_headers} header fields, or a head over
     L{HTTPLimits.max_head_size} bytes: 431 (RFC 6585 §5);
   - obsolete line folding: 400 (RFC 9112 §5.2);
+  - C{Transfer-Encoding} in an HTTP/1.0 request: 400 (RFC 9112 §6.1: the
+    framing is faulty, whatever C{Content-Length} says);
+  - an HTTP/1.1 request without C{Host}, any request with more than one
+    C{Host} header or one that is not a host: 400 (RFC 9112 §3.2);
   - a head not complete within L{HTTPLimits.head_timeout} seconds, or a body
     not complete within L{HTTPLimits.body_timeout} seconds: 408 (RFC 9110
     §15.5.9);
@@ -24,17 +28,24 @@ the connection:
 
 These answers are written here, not by web.py's error renderer, because no
 request object exists yet (and none should: the head is not trusted).
+
+No answer carries a C{Server} header: twisted.web's names it and its
+version (C{TwistedWeb/26.10.0}), which tells a scanner which advisories to
+try and tells a client nothing it needs (RFC 9110 §10.2.4 makes the header
+optional).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from attrs import frozen
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.web import http
+from twisted.web.http_headers import Headers
 
 
 @frozen
@@ -65,6 +76,11 @@ _REASONS = {
     408: b"Request Timeout",
     431: b"Request Header Fields Too Large",
 }
+
+#: RFC 9110 §7.2: Host = uri-host [ ":" port ], uri-host (RFC 3986 §3.2.2)
+#: an IP-literal in brackets, an IPv4 address or a reg-name (which may be
+#: empty); nothing else, no userinfo.
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z._~!$&'()*+,;=:%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 
 # Where the connection is in the request it is reading.
 # Between requests only the idle timeout applies (also to the unfinished
@@ -103,6 +119,11 @@ class CCServerChannel(http.HTTPChannel):
     _head_size = 0
     #: The connection's local address, asked of the socket once.
     _host: Any = None
+    #: What the head being read says of its framing: the request line's
+    #: HTTP version, its Host values, whether it has Transfer-Encoding.
+    _request_version = b""
+    _hosts: tuple[bytes, ...] = ()
+    _transfer_encoding = False
 
     def getHost(self) -> Any:
         """
@@ -156,6 +177,7 @@ class CCServerChannel(http.HTTPChannel):
         self._head_size += len(line) + len(self.delimiter)
         if line:
             self._head_lines += 1
+            self._framing_line(line)
         if self._head_size > self.limits.max_head_size:
             self.refuse(
                 431, f"the request head is larger than {self.limits.max_head_size} bytes"
@@ -178,8 +200,50 @@ class CCServerChannel(http.HTTPChannel):
             431, f"a {what} is longer than {self.limits.max_line_length} bytes"
         )
 
+    def _framing_line(self, line: bytes) -> None:
+        """
+        Note what a line of the head says of the request's framing: the
+        request line's version, a C{Host} or C{Transfer-Encoding} field.
+        (No field is folded: folding is refused before this is asked.)
+        """
+        if self._head_lines == 1:
+            self._request_version = line.rpartition(b" ")[2]
+            return
+        # the name's length first: lower-casing every name costs more
+        colon = line.find(b":")
+        if colon == 4 and line[:4].lower() == b"host":
+            self._hosts += (line[5:].strip(b" \t"),)
+        elif colon == 17 and line[:17].lower() == b"transfer-encoding":
+            self._transfer_encoding = True
+
+    def _framing_problem(self) -> str | None:
+        """
+        Why the head just read cannot be answered (RFC 9112 §3.2, §6.1), or
+        None.
+        """
+        if self._transfer_encoding and self._request_version != b"HTTP/1.1":
+            # §6.1: "MUST treat the message as if the framing is faulty,
+            # even if a Content-Length is present, and close the connection"
+            return "Transfer-Encoding in an HTTP/1.0 request (RFC 9112 section 6.1)"
+        if len(self._hosts) > 1:
+            return "the request has more than one Host header (RFC 9112 section 3.2)"
+        if not self._hosts:
+            if self._request_version == b"HTTP/1.1":
+                return "an HTTP/1.1 request needs a Host header (RFC 9112 section 3.2)"
+            return None
+        if _HOST.fullmatch(self._hosts[0]) is None:
+            return "the Host header is not a host[:port] (RFC 9112 section 3.2)"
+        return None
+
     def allHeadersReceived(self) -> None:
+        problem = self._framing_problem()
         self._head_lines = self._head_size = 0
+        self._request_version, self._hosts, self._transfer_encoding = b"", (), False
+        if problem is not None:
+            # twisted.web's lineReceived calls allContentReceived next when
+            # there is no body: it finds the request refused.
+            self.refuse(400, problem)
+            return
         self._cancel_deadline()
         self._phase = _BODY
         super().allHeadersReceived()
@@ -189,6 +253,8 @@ class CCServerChannel(http.HTTPChannel):
             )
 
     def allContentReceived(self) -> None:
+        if self._refused:
+            return
         self._cancel_deadline()
         self._phase = _ANSWERING
         super().allContentReceived()
@@ -198,6 +264,15 @@ class CCServerChannel(http.HTTPChannel):
         # to dataReceived, which starts the next request's head deadline.
         self._phase = _IDLE
         super().requestDone(request)
+
+    def writeHeaders(self, version: bytes, code: bytes, reason: bytes, headers: Any) -> None:
+        """
+        Every answer's head, without the C{Server} header twisted.web sets
+        on every request (see the module docstring).
+        """
+        if isinstance(headers, Headers):
+            headers.removeHeader(b"server")
+        super().writeHeaders(version, code, reason, headers)
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_deadline()

@@ -51,6 +51,7 @@ from ccserver.outbound import (
     read_body,
     was_cancelled,
 )
+from ccserver.text import escape
 
 #: The largest JWK set read, in bytes.
 MAX_KEY_SET_BYTES = 64 * 1024
@@ -309,14 +310,15 @@ class KeySetSource:
             reason = describe_failure(failure)
             if reason is None:
                 self._log.failure(
-                    "Unexpected error fetching the JWK set at {uri}", failure, uri=uri
+                    "Unexpected error fetching the JWK set at {uri}", failure, uri=escape(uri)
                 )
                 reason = "an unexpected error (logged above)"
         self._log.warn(
             "Could not fetch the JWK set at {uri}, so whoever authenticates with its keys "
             "or certificates fails: {reason}",
-            uri=uri,
-            reason=reason,
+            # a client's text, and what its server answered: escaped
+            uri=escape(uri),
+            reason=escape(reason),
         )
         return KeySetUnavailable(reason)
 

@@ -47,6 +47,7 @@ from ccserver.listening import listening
 from ccserver.metrics import MultiprocessDirectory, use_multiprocess_directory
 from ccserver.services import StartUp, service_tree
 from ccserver.stores import store_from_url
+from ccserver.text import escape
 from ccserver.tls import ClientCertificateRequesting, load_pem_certificates, server_context
 from ccserver.tracing import Tracing
 
@@ -296,7 +297,8 @@ class DaemonStartUp:
         if self._failed:
             return
         self._failed = True
-        reason = " ".join(failure.getErrorMessage().split())
+        # a store's or a file's message: one line, nothing that does not print
+        reason = escape(" ".join(failure.getErrorMessage().split()))
         # twist sends sys.stderr to the log once it runs: write to the real one.
         os.write(2, f"ccserver: could not start: {reason}\n".encode())
         # twist has no way to set the exit status: after the reactor has
@@ -320,7 +322,7 @@ def one_line_exit(message: str, status: int) -> SystemExit:
     Write C{ccserver: <message>} on stderr, on one line, and return the
     L{SystemExit} that ends the process with C{status}.
     """
-    sys.stderr.write(f"ccserver: {' '.join(message.split())}\n")
+    sys.stderr.write(f"ccserver: {escape(' '.join(message.split()))}\n")
     sys.stderr.flush()
     return SystemExit(status)
 

@@ -51,6 +51,7 @@ from ccserver.oauth.registration import (
     registration_response,
 )
 from ccserver.proxies import Address, Network, hop_address, is_trusted
+from ccserver.text import escape
 from ccserver.tls import ClientCertificateReader
 from ccserver.tokenjson import token_answer_json
 from ccserver.tracing import Tracing
@@ -173,10 +174,13 @@ def _access_log(timestamp: str, request: server.Request) -> str:
     The combined log format, without the query string: a client that put
     its secret in the URL must not have it written to the log.  The address
     is the request's source (L{source_address}), the client's behind a
-    trusted proxy.
+    trusted proxy.  The path and the C{User-Agent} are the client's text:
+    escaped (L{escape}), so that no control character reaches a terminal.
     """
-    path = request.uri.split(b"?", 1)[0].decode("ascii", "replace")
-    agent = (request.getHeader(b"user-agent") or b"-").decode("ascii", "replace").replace('"', "'")
+    path = escape(request.uri.split(b"?", 1)[0].decode("ascii", "replace"))
+    agent = escape(
+        (request.getHeader(b"user-agent") or b"-").decode("ascii", "replace").replace('"', "'")
+    )
     site = getattr(request, "site", None)
     ip = source_address(request, getattr(site, "trusted_proxies", ()))
     method = request.method.decode("ascii", "replace")
@@ -458,9 +462,10 @@ class CCServerApp:
     @app.route("/health/ready", methods=None)
     async def ready(self, request: IRequest) -> bytes:
         _allow(request, b"GET", b"HEAD")
-        reason = None if self.readiness is None else await self.readiness.check()
-        if reason is not None:
-            return _json(request, 503, {"status": "unavailable", "reason": reason})
+        not_ready = None if self.readiness is None else await self.readiness.check()
+        if not_ready is not None:
+            # the reason alone: the detail (the store's address) is logged
+            return _json(request, 503, {"status": "unavailable", "reason": not_ready.reason})
         return _json(request, 200, {"status": "ok"})
 
     @app.route("/token/introspect", methods=None)
@@ -525,7 +530,7 @@ class CCServerApp:
         self._log.info(
             "Registered client {client_id} ({client_name})",
             client_id=registration.client.client_id,
-            client_name=registration.client.metadata.get("client_name", ""),
+            client_name=escape(str(registration.client.metadata.get("client_name", ""))),
         )
         return _json(request, 201, document)
 
@@ -725,9 +730,10 @@ class ErrorResource(Resource):
 def undecodable_url_part(request: IRequest) -> str | None:
     """
     The part of the request's URL that is not UTF-8 once percent-decoded
-    (C{GET /%FF}), if any: the path, or the host of the C{Host} header.
+    (C{GET /%FF}), if any: the path.  (The host of the C{Host} header is
+    ASCII: the channel refuses any other, L{ccserver.httpchannel}.)
 
-    Klein decodes both as UTF-8 and, when it cannot, answers a text/html 400
+    Klein decodes it as UTF-8 and, when it cannot, answers a text/html 400
     and logs a critical traceback: a client's mistake written as our bug, in
     kilobytes of log per request.  L{RootResource} asks this first.
     """
@@ -736,10 +742,6 @@ def undecodable_url_part(request: IRequest) -> str | None:
         path.decode("utf-8")
     except UnicodeDecodeError:
         return "the URL path"
-    try:
-        request.getRequestHostname().decode("utf-8")
-    except UnicodeDecodeError:
-        return "the Host header"
     return None
 
 

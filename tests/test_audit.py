@@ -7,17 +7,24 @@ thinned out for token.issued only, to standard output, a file or syslog.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import select
+import shutil
 import socket
+import tempfile
 import time
+import unittest
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -37,7 +44,9 @@ from ccserver.auditlog import (
 )
 from ccserver.config import load_config
 from ccserver.errors import ConfigError
-from tests.helpers import AuditEvents, temp_dir
+from ccserver.tap import Options, Process, makeService
+from tests.helpers import MASTER_TOKEN, AuditEvents, temp_dir
+from tests.process import CCServerProcess
 
 
 class MemoryDestination:
@@ -466,24 +475,22 @@ class DestinationTests(SynchronousTestCase):
             audit.emit(audit.CLIENT_READ, audit.SERVER, client_id=f"c{n}")
         writer.flush()
         self.assertGreater(writer.waiting, 0)
-        received = 0
-        while writer.waiting:
-            server.setblocking(False)
+        server.setblocking(False)
+
+        def drain() -> int:
+            received = 0
             try:
                 while True:
                     server.recv(65536)
                     received += 1
             except BlockingIOError:
-                pass
+                return received
+
+        received = 0
+        while writer.waiting:
+            received += drain()
             writer.flush()
-        server.setblocking(False)
-        try:
-            while True:
-                server.recv(65536)
-                received += 1
-        except BlockingIOError:
-            pass
-        self.assertEqual(received, 5000)
+        self.assertEqual(received + drain(), 5000)
 
     def test_syslog_unreachable(self) -> None:
         with self.assertRaises(OSError):
@@ -520,3 +527,132 @@ class ConfigTests(SynchronousTestCase):
             with self.assertRaises(ConfigError) as caught:
                 self.load(text)
             self.assertIn(message, str(caught.exception))
+
+
+def schema_tables() -> str:
+    """
+    The schema's part of docs/audit.md, as the schema in ccserver/audit.py
+    says it: the envelope, the actors, each event type, each field.
+    """
+    out = ["#### The envelope\n", "| member | type | meaning |", "| --- | --- | --- |"]
+    out += [f"| `{f.name}` | {f.kind} | {f.description} |" for f in audit.ENVELOPE]
+    out += ["", "#### Actors\n", "| `actor.type` | who acted |", "| --- | --- |"]
+    out += [f"| `{name}` | {text} |" for name, text in audit.ACTOR_TYPES.items()]
+    out += ["", "#### Event types\n"]
+    for event in audit.EVENTS.values():
+        out += [f"`{event.name}`: {event.description}.", ""]
+        line = "Required: " + (", ".join(f"`{n}`" for n in event.required) or "none")
+        if event.optional:
+            line += "; optional: " + ", ".join(f"`{n}`" for n in event.optional)
+        out += [line + ".", ""]
+    out += ["#### Fields\n", "| field | type | meaning |", "| --- | --- | --- |"]
+    out += [f"| `{f.name}` | {f.kind} | {f.description} |" for f in audit.FIELDS.values()]
+    return "\n".join(out) + "\n"
+
+
+class DocsTests(SynchronousTestCase):
+    def test_schema_documented(self) -> None:
+        """
+        docs/audit.md holds the schema exactly as ccserver/audit.py says
+        it (regenerate the part with tests.test_audit.schema_tables()).
+        """
+        docs = (Path(__file__).parent.parent / "docs" / "audit.md").read_text()
+        self.assertIn(schema_tables(), docs)
+
+
+class DaemonTests(SynchronousTestCase):
+    """
+    The daemon's audit trail: opened before the start (a path that cannot
+    be written to stops it in one line), observed while the tree runs,
+    written at its stop.
+    """
+
+    def config(self, text: str) -> str:
+        path = temp_dir(self) / "ccserver.toml"
+        path.write_text(text)
+        return str(path)
+
+    def test_unwritable_file_stops_the_start(self) -> None:
+        missing = temp_dir(self) / "missing" / "audit.log"
+        parsed = Options()
+        parsed.parseOptions(
+            ["--config", self.config(f'[audit]\nlog = "{missing}"\n'), "--store", "memory://"]
+        )
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), self.assertRaises(SystemExit) as raised:
+            makeService(parsed, Process(MemoryReactorClock(), [], {}, 1, _StartUp()))
+        self.assertEqual(raised.exception.code, 2)
+        self.assertEqual(err.getvalue(), f"ccserver: {missing}: No such file or directory\n")
+
+    def test_tree_writes_to_its_destination(self) -> None:
+        """
+        The tree's root observes the events while it runs (a registration,
+        written on the timer), and writes the rest when it stops.
+        """
+        log = temp_dir(self) / "audit.log"
+        reactor = MemoryReactorClock()
+        parsed = Options()
+        parsed.parseOptions(
+            [
+                "--config", self.config(f'[audit]\nlog = "{log}"\n'),
+                "--store", "memory://", "--master-token", MASTER_TOKEN, "--listen", "tcp:8080",
+            ]
+        )
+        service = makeService(parsed, Process(reactor, [], {}, 1, _StartUp()))
+        self.assertIsInstance(service, AuditTrailService)
+        service.startService()
+        site = reactor.tcpServers[0][1]
+        register(site)
+        self.assertEqual(log.read_text(), "")
+        reactor.advance(FLUSH_SECONDS)
+        lines = log.read_text().splitlines()
+        self.assertEqual(
+            [json.loads(line)["type"] for line in lines],
+            # the first key, its activation (told by the keys' reload at
+            # the start), the registration
+            ["key.created", "key.activated", "client.registered"],
+        )
+        register(site)
+        self.successResultOf(service.stopService())
+        self.assertEqual(len(log.read_text().splitlines()), 3)
+        # stopped: no longer observed
+        audit.emit(audit.CLIENT_READ, audit.SERVER, client_id="c1")
+        self.assertEqual(len(log.read_text().splitlines()), 3)
+
+
+class _StartUp:
+    def ready(self) -> None:
+        pass
+
+    def failed(self, failure: object) -> None:
+        raise AssertionError(failure)
+
+
+def register(site: Any) -> None:
+    protocol = site.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    body = b'{"client_name": "x"}'
+    protocol.dataReceived(
+        b"POST /client-reg HTTP/1.1\r\nHost: as.example.com\r\n"
+        b"Authorization: Bearer " + MASTER_TOKEN.encode() + b"\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    assert transport.value().startswith(b"HTTP/1.1 201 "), transport.value()
+
+
+class StandardOutputProcessTests(unittest.TestCase):
+    def test_default_is_standard_output(self) -> None:
+        """
+        By default a real server writes its events to standard output,
+        beside its own log, one JSON line each.
+        """
+        folder = Path(tempfile.mkdtemp(prefix="ccserver-audit-"))
+        self.addCleanup(shutil.rmtree, folder, True)
+        with CCServerProcess(folder, "--store", "memory://") as server:
+            client = server.register(client_name="stdout")
+            server.stop()
+        lines = [line for line in server.read_log().splitlines() if line.startswith("{")]
+        [registered] = [json.loads(line) for line in lines if '"client.registered"' in line]
+        self.assertEqual(registered["client_id"], client["client_id"])

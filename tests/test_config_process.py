@@ -28,6 +28,7 @@ class StartupErrorTests(SynchronousTestCase):
         port = free_port()
         result = run_ccserver("--listen", f"tcp:{port}:interface=127.0.0.1", *args, cwd=self.tmp)
         self.assertNotEqual(result.returncode, 0)
+        self.assertNotRegex(result.stderr, "[\x00-\x09\x0b-\x1f\x7f-\x9f]")
         lines = result.stderr.strip().splitlines()
         self.assertEqual(len(lines), 1, result.stderr)
         self.assertTrue(lines[0].startswith("ccserver: "), lines[0])
@@ -36,6 +37,15 @@ class StartupErrorTests(SynchronousTestCase):
 
     def test_unknown_toml_key(self) -> None:
         self.assert_refused("--config", write(self.tmp, "colour = 'blue'\n"), message="colour: unknown key")
+
+    def test_control_characters_escaped(self) -> None:
+        """
+        The one line shows what does not print escaped (ccserver.text), so
+        that a key in a configuration file, or a store's message, cannot
+        rewrite the operator's terminal.
+        """
+        config = write(self.tmp, '"col\\u001b[2J\\u009bour" = 1\n')
+        self.assert_refused("--config", config, message="col\\u001b[2J\\u009bour: unknown key")
 
     def test_missing_store_folder(self) -> None:
         self.assert_refused("--store", "sqlite:///missing/x.db", message="'missing' does not exist")

@@ -135,7 +135,7 @@ class HeadLimitTests(ChannelTestCase):
 
     def test_as_many_headers_as_allowed(self) -> None:
         c = self.connect()
-        answer = c.send(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 100 + b"\r\n")
+        answer = c.send(b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X: y\r\n" * 99 + b"\r\n")
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), answer[:200])
         self.assertTrue(answer.endswith(b"GET / 0"))
 
@@ -228,6 +228,76 @@ class MalformedHeadTests(ChannelTestCase):
         self.assert_refused(answer, 400, "not valid HTTP/1.1", c)
 
 
+class RequestFramingTests(ChannelTestCase):
+    """
+    RFC 9112 §6.1: C{Transfer-Encoding} in an HTTP/1.0 request means the
+    framing is faulty (a proxy in front may have read the body by
+    C{Content-Length}, or to the end of the connection): 400, then close.
+    RFC 9112 §3.2: an HTTP/1.1 request without C{Host}, any request with
+    more than one or with an invalid one: 400.
+    """
+
+    def test_chunked_in_http_1_0(self) -> None:
+        for head, words in (
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.0"),
+            (b"POST / HTTP/1.0\r\nHost: x\r\ntransfer-encoding: chunked\r\n\r\n", "HTTP/1.0"),
+            # twisted.web refuses these already, in any version
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", ""),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", ""),
+        ):
+            c = self.connect()
+            answer = c.send(head + b"3\r\nabc\r\n0\r\n\r\n")
+            self.assert_refused(answer, 400, words, c)
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), answer)
+            self.assertEqual(answer.count(b"\r\n\r\n"), 1, answer)
+        c = self.connect()
+        answer = c.send(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.assert_refused(answer, 400, "Transfer-Encoding in an HTTP/1.0 request", c)
+
+    def test_http_1_1_without_host(self) -> None:
+        c = self.connect()
+        answer = c.send(b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n")
+        self.assert_refused(answer, 400, "an HTTP/1.1 request needs a Host header", c)
+
+    def test_two_hosts(self) -> None:
+        for version in (b"HTTP/1.1", b"HTTP/1.0"):
+            for hosts in (b"Host: a\r\nHost: b\r\n", b"Host: a\r\nhost: a\r\n", b"HOST: a\r\nHost:\r\n"):
+                c = self.connect()
+                answer = c.send(b"GET / " + version + b"\r\n" + hosts + b"\r\n")
+                self.assert_refused(answer, 400, "more than one Host header", c)
+
+    def test_invalid_host(self) -> None:
+        for host in (b"a b", b"a@b", b"user:pw@a", b"a/b", b"a:b", b"a, b", b"[::1", b"\xff", b"a\x1b"):
+            c = self.connect()
+            answer = c.send(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            self.assert_refused(answer, 400, "the Host header is not a host", c)
+
+    def test_good_hosts(self) -> None:
+        for host in (b"x", b"as.example.com", b"AS.Example.COM:8443", b"127.0.0.1:80",
+                     b"[::1]:8080", b"[fe80::1%25eth0]", b"xn--bcher-kva.example", b""):
+            c = self.connect()
+            answer = c.send(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200 "), (host, answer))
+
+    def test_http_1_0_without_host(self) -> None:
+        c = self.connect()
+        answer = c.send(b"POST / HTTP/1.0\r\nContent-Length: 3\r\n\r\nabc")
+        self.assertTrue(answer.startswith(b"HTTP/1.0 200 "), answer)
+        self.assertTrue(answer.endswith(b"POST / 3"), answer)
+
+    def test_pipelined_request_without_host(self) -> None:
+        """
+        Each request of a connection is held to the rule: the first is
+        answered, the second refused and the connection closed.
+        """
+        c = self.connect()
+        answer = c.send(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\n\r\n")
+        self.assertIn(b"GET /one 0", answer)
+        self.assertIn(b"an HTTP/1.1 request needs a Host header", answer)
+        self.assertEqual(self.resource.seen, [b"/one"])
+        self.assertTrue(c.closing)
+
+
 class PrivateAPITests(ChannelTestCase):
     """
     The one private API of twisted.web that ccserver relies on:
@@ -253,7 +323,7 @@ class PrivateAPITests(ChannelTestCase):
 
     def test_broken_chunk(self) -> None:
         c = self.connect()
-        answer = c.send(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        answer = c.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
         self.assert_refused(answer, 400, "not valid HTTP/1.1", c)
 
 
@@ -297,7 +367,7 @@ class DeadlineTests(ChannelTestCase):
 
     def test_body_trickle(self) -> None:
         c = self.connect()
-        c.send(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n")
+        c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
         for _ in range(29):
             self.clock.advance(1)
             c.send(b"a")
@@ -310,7 +380,7 @@ class DeadlineTests(ChannelTestCase):
         The head's time does not count against the body's.
         """
         c = self.connect()
-        c.send(b"POST / HTTP/1.1\r\n")
+        c.send(b"POST / HTTP/1.1\r\nHost: x\r\n")
         self.clock.advance(9)
         c.send(b"Content-Length: 5\r\n\r\nhel")
         self.clock.advance(29)
@@ -320,7 +390,7 @@ class DeadlineTests(ChannelTestCase):
     def test_configured(self) -> None:
         self.site.limits = HTTPLimits(head_timeout=1, body_timeout=2)
         c = self.connect()
-        c.send(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+        c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
         self.clock.advance(1.9)
         self.assertEqual(c.transport.value(), b"")
         self.clock.advance(0.1)
@@ -332,7 +402,7 @@ class DeadlineTests(ChannelTestCase):
         a 408, however long it takes.
         """
         c = self.connect()
-        c.send(b"POST /slow HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+        c.send(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
         self.clock.advance(100)
         self.assertEqual(c.transport.value(), b"")
         [request] = self.resource.slow
@@ -343,7 +413,7 @@ class DeadlineTests(ChannelTestCase):
 
     def test_deadlines_cancelled_on_close(self) -> None:
         c = self.connect()
-        c.send(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+        c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
         c.protocol.connectionLost(None)
         self.assertEqual(
             [call for call in self.clock.getDelayedCalls() if call.func == c.protocol._timed_out],
@@ -376,7 +446,7 @@ class NormalRequestTests(ChannelTestCase):
         only when its turn comes.
         """
         c = self.connect()
-        c.send(b"GET /slow HTTP/1.1\r\n\r\nGET /next HTTP/1.1\r\n")
+        c.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\nGET /next HTTP/1.1\r\nHost: x\r\n")
         self.clock.advance(50)
         [request] = self.resource.slow
         request.finish()
@@ -391,9 +461,9 @@ class NormalRequestTests(ChannelTestCase):
         deadline starts at its first byte.
         """
         c = self.connect()
-        c.send(b"GET /one HTTP/1.1\r\n\r\n")
+        c.send(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
         self.clock.advance(50)
-        c.send(b"GET /two HTTP/1.1\r\n")
+        c.send(b"GET /two HTTP/1.1\r\nHost: x\r\n")
         self.clock.advance(9)
         answer = c.send(b"\r\n")
         self.assertEqual(answer.count(b"HTTP/1.1 200 "), 2, answer)
@@ -402,7 +472,7 @@ class NormalRequestTests(ChannelTestCase):
 
     def test_second_request_has_its_own_deadline(self) -> None:
         c = self.connect()
-        c.send(b"GET /one HTTP/1.1\r\n\r\nGET /two HTTP/1.1\r\n")
+        c.send(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\nGET /two HTTP/1.1\r\nHost: x\r\n")
         self.clock.advance(10)
         answer = c.transport.value()
         self.assertIn(b"GET /one 0", answer)
@@ -412,16 +482,33 @@ class NormalRequestTests(ChannelTestCase):
     def test_chunked_body(self) -> None:
         c = self.connect()
         answer = c.send(
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
         )
         self.assertTrue(answer.endswith(b"POST / 5"), answer)
+
+    def test_no_server_header(self) -> None:
+        """
+        No C{Server} header (twisted.web would announce C{TwistedWeb/}
+        and its version): not on an answer, not on an C{OPTIONS *}, not on
+        a refusal.
+        """
+        c = self.connect()
+        answer = c.send(
+            b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"GET /three HTTP/1.1\r\n\r\n"
+        )
+        self.assertEqual(answer.count(b"HTTP/1.1 200 "), 2, answer)
+        self.assertIn(b"HTTP/1.1 400 ", answer)
+        self.assertNotIn(b"server:", answer.lower())
+        self.assertNotIn(b"twisted", answer.lower())
 
     def test_the_empty_line_before_a_request(self) -> None:
         """
         The empty line some clients send after a body is still skipped.
         """
         c = self.connect()
-        answer = c.send(b"POST / HTTP/1.1\r\nContent-Length: 1\r\n\r\na\r\nGET / HTTP/1.1\r\n\r\n")
+        answer = c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertEqual(answer.count(b"HTTP/1.1 200 "), 2, answer)
 
 
@@ -528,6 +615,29 @@ class RealSocketTests(TestCase):
             b"Content-Type: application/x-www-form-urlencoded\r\n\r\ngrant",
         )
         self.assert_answer(answer, 408, "request body did not arrive within 1 seconds")
+
+    def test_chunked_in_http_1_0(self) -> None:
+        answer = self.exchange(
+            b"POST /token HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n\r\n"
+            b"1d\r\ngrant_type=client_credentials\r\n0\r\n\r\n"
+        )
+        self.assert_answer(answer, 400, "Transfer-Encoding in an HTTP/1.0 request")
+
+    def test_host_headers(self) -> None:
+        for head, words in (
+            (b"GET /jwks.json HTTP/1.1\r\n\r\n", "needs a Host header"),
+            (b"GET /jwks.json HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host"),
+            (b"GET /jwks.json HTTP/1.1\r\nHost: a b\r\n\r\n", "not a host"),
+        ):
+            self.assert_answer(self.exchange(head), 400, words)
+
+    def test_no_server_header(self) -> None:
+        answer = self.exchange(b"GET /jwks.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        head = answer.partition(b"\r\n\r\n")[0].lower()
+        self.assertTrue(head.startswith(b"http/1.1 200 "), answer[:200])
+        self.assertNotIn(b"\r\nserver:", head)
+        self.assertNotIn(b"twisted", head)
 
     def test_still_serving(self) -> None:
         self.exchange(b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 600 + b"\r\n")

@@ -72,6 +72,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
             "ccserver.errors",
             "ccserver.interfaces",
             "ccserver.strictjson",
+            "ccserver.text",
         ),
     ),
 }

@@ -69,6 +69,84 @@ class DistinguishedNameTests(SynchronousTestCase):
             self.assertFalse(same_dn(dn, subject), dn)
 
 
+class LookAlikeNameTests(SynchronousTestCase):
+    """
+    The matching rule (L{mtls.same_dn}): ASCII letters match in either case
+    and runs of spaces count as one, but no other character is folded or
+    normalised.  A look-alike a CA may issue to someone else (U+017F LATIN
+    SMALL LETTER LONG S, U+212A KELVIN SIGN, fullwidth forms, a ligature, a
+    no-break space) is another name, though RFC 4518's case folding and
+    NFKC would make it the same.
+    """
+
+    def subject(self, common_name: str) -> Any:
+        """
+        The subject of a certificate our CA issued: CN, O=Example, C=GB.
+        """
+        return issue(CA, common_name).certificate.subject
+
+    def test_look_alikes_are_other_names(self) -> None:
+        for presented, registered in [
+            ("order\u017f", "orders"),  # ſ, RFC 4518 folds it to s
+            ("orders", "order\u017f"),
+            ("\u212aelvin", "Kelvin"),  # KELVIN SIGN, NFKC and case folding make it K, k
+            ("\u212aelvin", "kelvin"),
+            ("Kelvin", "\u212aelvin"),
+            ("\uff4f\uff52\uff44\uff45\uff52\uff53", "orders"),  # fullwidth ｏｒｄｅｒｓ
+            ("\uff2f\uff32\uff24\uff25\uff32\uff33", "ORDERS"),  # fullwidth ＯＲＤＥＲＳ
+            ("of\ufb01ce", "office"),  # the ﬁ ligature
+            ("web\u00a0app", "web app"),  # a no-break space
+            ("web\u2003app", "web app"),  # an em space
+            ("orders\u200b", "orders"),  # a zero-width space
+            ("ZO\u00cb", "Zo\u00eb"),  # no case folding beyond ASCII
+            ("Zo\u0065\u0308", "Zo\u00eb"),  # nor normalisation: e + combining diaeresis
+        ]:
+            self.assertFalse(
+                same_dn(f"CN={registered},O=Example,C=GB", self.subject(presented)),
+                (presented, registered),
+            )
+
+    def test_ascii_case_and_spaces(self) -> None:
+        """
+        What an operator types may differ from the certificate in the case
+        of ASCII letters (attribute names and values) and in spaces around
+        and within values (RFC 4518 §2.6.1); the order of the RDNs may not.
+        """
+        for presented, registered in [
+            ("orders", "CN=orders,O=Example,C=GB"),
+            ("Orders", "cn=ORDERS,o=example,c=gb"),
+            ("ORDERS", "CN=orders,O=Example,C=GB"),
+            ("web app", "CN=web   app,O=Example,C=GB"),
+            ("  web  app ", "CN=web app,O=Example,C=GB"),
+            ("Zo\u00eb", "CN=zo\u00eb,O=Example,C=GB"),
+            ("Zo\u00eb", "CN=ZO\\C3\\AB,O=EXAMPLE,C=GB"),  # RFC 4514 hex escapes: UTF-8 of ë
+        ]:
+            self.assertTrue(same_dn(registered, self.subject(presented)), (presented, registered))
+        self.assertFalse(same_dn("CN=Zo\u00cb,O=Example,C=GB", self.subject("Zo\u00eb")))
+
+    def test_subject_alternative_names(self) -> None:
+        """
+        The same rule for a registered DNS name or email address: ASCII
+        case only.
+        """
+        certificate = issue(
+            CA, "client-one", dns=("kelvin.example",), emails=("ops@example.com",)
+        )
+        metadata = {"token_endpoint_auth_method": "tls_client_auth"}
+        for field, value in [
+            ("tls_client_auth_san_dns", "KELVIN.Example"),
+            ("tls_client_auth_san_email", "OPS@Example.COM"),
+        ]:
+            check_certificate({**metadata, field: value}, presented(certificate))
+        for field, value in [
+            ("tls_client_auth_san_dns", "\u212aelvin.example"),
+            ("tls_client_auth_san_dns", "kelvin.\uff45xample"),
+            ("tls_client_auth_san_email", "op\u017f@example.com"),
+        ]:
+            with self.assertRaises(CertificateRefused, msg=value):
+                check_certificate({**metadata, field: value}, presented(certificate))
+
+
 class CheckCertificateTests(SynchronousTestCase):
     def refused(self, metadata: dict[str, Any], certificate: PresentedCertificate | None) -> str:
         with self.assertRaises(CertificateRefused) as caught:
@@ -264,6 +342,24 @@ class MTLSAppTests(_MTLSApp):
             response = self.with_cert("/token", form, certificate)
             self.assertEqual(response.code, 401, certificate)
             self.assertEqual(response.json()["error"], "invalid_client")
+
+    def test_look_alike_subject_refused(self) -> None:
+        """
+        A CA-issued CN=orderſ (U+017F) is not the client registered with
+        CN=orders; CN=ORDERS, in other ASCII case, is.
+        """
+        client = self.register(
+            scope="read",
+            token_endpoint_auth_method="tls_client_auth",
+            tls_client_auth_subject_dn="CN=orders,O=Example,C=GB",
+        )
+        form = {"grant_type": "client_credentials", "client_id": client["client_id"]}
+        for common_name in ("order\u017f", "\uff4frders", "orders\u200b"):
+            response = self.with_cert("/token", form, issue(CA, common_name))
+            self.assertEqual(response.code, 401, common_name)
+            self.assertEqual(response.json()["error"], "invalid_client")
+        response = self.with_cert("/token", form, issue(CA, "ORDERS"))
+        self.assertEqual(response.code, 200, response.body)
 
     def test_client_id_alone_for_a_secret_client(self) -> None:
         client = self.register(scope="read")

@@ -59,6 +59,26 @@ class OutageMixin:
                 error = response.json().get("error") if response.status_code != 200 else None
                 answers[(response.status_code, error)] += 1
 
+    def assert_readiness_says_little(self) -> None:
+        """
+        The public readiness probe says the store is unavailable, and not
+        where it is; the log says that.
+        """
+
+        def unready() -> tuple[requests.Response] | None:
+            # a tuple: a 503 Response itself is false
+            response = requests.get(self.ccserver.url + "/health/ready", timeout=10)
+            return (response,) if response.status_code == 503 else None
+
+        (ready,) = wait_until(unready, what="a 503 from /health/ready")
+        t: Any = self
+        t.assertEqual(ready.json(), {"status": "unavailable", "reason": "store unavailable"})
+        t.assertNotIn(str(self.server.port), ready.text)
+        t.assertNotIn("127.0.0.1", ready.text)
+        log = self.ccserver.read_log()
+        t.assertIn("Not ready (store unavailable): the store did not answer", log)
+        t.assertIn(f"127.0.0.1:{self.server.port}", log)
+
     def test_killed_under_load(self) -> None:
         clients = [self.ccserver.register(scope="read") for _ in range(5)]
         answers: Counter[Any] = Counter()
@@ -80,6 +100,7 @@ class OutageMixin:
             )
             self.assertEqual(registration.status_code, 503)  # type: ignore[attr-defined]
             self.assertEqual(registration.json()["error"], "temporarily_unavailable")  # type: ignore[attr-defined]
+            self.assert_readiness_says_little()
             self.server.restart()
             issued = answers[ok]
             wait_until(lambda: answers[ok] >= issued + 4, what="tokens issued after the restart")

@@ -56,6 +56,7 @@ from ccserver.interfaces import IClientStore, ITokenStore
 from ccserver.keys import KeyDecryptionError, KeyEncryptor
 from ccserver.keysets import KeySetSource, KeySetUnavailable
 from ccserver.model import Client
+from ccserver.text import identifier_problem
 
 #: The JWS algorithms of a client assertion, per method (RFC 7523 §2.2,
 #: OpenID Connect Core §9): asymmetric for private_key_jwt, HMAC for
@@ -217,9 +218,7 @@ class AssertionVerifier:
             header, claims = jose.unverified(assertion)
         except jose.JOSEError as e:
             raise invalid_client(f"client_assertion: {e}") from None
-        client_id = claims.get("sub")
-        if not isinstance(client_id, str) or not client_id:
-            raise invalid_client("client_assertion: the sub claim must be the client_id")
+        client_id = assertion_identifier("the sub claim", claims.get("sub"))
         if presented.client_id is not None and presented.client_id != client_id:
             raise invalid_client("client_id differs from the sub claim of the client_assertion")
         client = await clients.get_client(client_id)
@@ -245,9 +244,7 @@ class AssertionVerifier:
         until = acceptable_until(
             float(claims["exp"]), iat, self._now(), self._max_lifetime, self._leeway
         )
-        jti = claims["jti"]
-        if not isinstance(jti, str) or not jti:
-            raise invalid_client("client_assertion: the jti claim must be a non-empty string")
+        jti = assertion_identifier("the jti claim", claims["jti"])
         if not await self._tokens.use_once(f"assertion:{client_id}:{jti}", math.ceil(until)):
             raise invalid_client(
                 "client_assertion: this assertion (its jti) was used already; "
@@ -304,8 +301,8 @@ class AssertionVerifier:
         """
         if method == "client_secret_jwt":
             return [self._secret(client)]
-        if kid is not None and not isinstance(kid, str):
-            raise invalid_client("client_assertion: the JWS kid is not a string")
+        if kid is not None:
+            kid = assertion_identifier("the JWS kid", kid)
         chosen = choose(await self._public_keys(client), alg, kid)
         if not chosen and kid is not None and "jwks_uri" in client.metadata:
             # an unknown kid: the client may have rotated its keys
@@ -357,3 +354,18 @@ class AssertionVerifier:
                 "the client's jwks_uri could not be fetched; try again shortly"
             ) from None
         return tuple(key for key in key_set.keys if key.use in (None, "sig"))
+
+
+def assertion_identifier(name: str, value: object) -> str:
+    """
+    C{value}, a value of the assertion that a store is asked about (C{sub},
+    C{jti}) or keys are looked up by (C{kid}), if it keeps
+    L{identifier_problem}'s rule.
+
+    @raise OAuthError: C{invalid_client} (RFC 7523 §3.2) naming C{name}.
+    """
+    problem = identifier_problem(value)
+    if problem is not None:
+        raise invalid_client(f"client_assertion: {name} {problem}")
+    assert isinstance(value, str)
+    return value

@@ -27,8 +27,9 @@ from ccserver.interfaces import IClientStore
 from ccserver.keysets import KeySetSource, KeySetUnavailable
 from ccserver.model import Client
 from ccserver.oauth import mtls
-from ccserver.oauth.assertions import AssertionVerifier, ClientAssertion
+from ccserver.oauth.assertions import AssertionVerifier, ClientAssertion, assertion_identifier
 from ccserver.oauth.limits import AuthLimits
+from ccserver.text import identifier_problem
 
 #: RFC 7523 §2.2: the C{client_assertion_type} of a JWT client assertion.
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -48,10 +49,6 @@ _FAILED = "client authentication failed"
 # RFC 7230 §3.5 lets a recipient do between the request line's words; any
 # other character after the scheme makes the header malformed.
 _CREDENTIALS = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:[ \t]+(.*))?", re.DOTALL)
-#: The longest scheme an error description names (IANA's longest registered
-#: one, AWS4-HMAC-SHA256, has 16 characters); anything longer may be a
-#: credential sent without a scheme, and is never repeated.
-_NAMED_SCHEME_LENGTH = 20
 
 
 @frozen
@@ -77,24 +74,13 @@ def split_authorization(header: str) -> tuple[str, str] | None:
     return match.group(1), match.group(2) or ""
 
 
-def _scheme_named(scheme: str, rest: str) -> str:
-    """
-    The scheme for an error description.  A header's text is repeated only
-    when it is plainly a scheme: a short token with credentials after it.
-    A lone word, or a long one, may be a credential sent without a scheme
-    (a tab once made the whole header the "scheme"), and is never echoed.
-    """
-    if rest and len(scheme) <= _NAMED_SCHEME_LENGTH:
-        return f"the {scheme!r} authentication scheme"
-    return "that authentication scheme"
-
-
 def _basic(authorization: str) -> ClientCredentials:
     """
     RFC 6749 §2.3.1: the client identifier and secret are form-urlencoded
     before they are joined with a colon and base64-encoded.
 
-    No error description repeats the header's credentials.
+    No error description repeats any part of the header, not even a word
+    that looks like a scheme: it may be a credential sent without one.
     """
     parts = split_authorization(authorization)
     if parts is None:
@@ -103,7 +89,7 @@ def _basic(authorization: str) -> ClientCredentials:
         )
     scheme, encoded = parts
     if scheme.lower() != "basic":
-        raise invalid_client(f"{_scheme_named(scheme, encoded)} is not supported here; use Basic")
+        raise invalid_client("that authentication scheme is not supported here; use Basic")
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError, ValueError):
@@ -147,9 +133,33 @@ def presented_credentials(
     The credentials of a token request, from its C{Authorization} header
     and form.
 
-    @raise OAuthError: C{invalid_request} when more than one method is used,
-        C{invalid_client} when none is, or the header is malformed.
+    @raise OAuthError: C{invalid_request} when more than one method is used
+        or the client id could be no client's (L{identifier_problem}: the
+        store is never asked about it), C{invalid_client} when none is, or
+        the header is malformed.
     """
+    presented = _presented(authorization, form)
+    if presented.client_id:
+        check_client_id(presented.client_id)
+    return presented
+
+
+def check_client_id(client_id: str) -> None:
+    """
+    A client id from a request (its form, Basic credentials, a client
+    configuration URL), before the store is asked about it.
+
+    @raise OAuthError: C{invalid_request} when it could be no client's
+        (L{identifier_problem}): no store is asked, none can fail on it.
+    """
+    problem = identifier_problem(client_id)
+    if problem is not None:
+        raise invalid_request(f"client_id {problem}")
+
+
+def _presented(
+    authorization: str | None, form: Mapping[str, str]
+) -> ClientCredentials | ClientAssertion:
     if "client_assertion" in form or "client_assertion_type" in form:
         return _assertion(authorization, form)
     if authorization is not None:
@@ -178,6 +188,10 @@ def claimed_client_id(presented: ClientCredentials | ClientAssertion) -> str:
     the check is made for.  An assertion sent without C{client_id} names
     its client in C{sub} (RFC 7523 §3), read here unverified, as the
     verifier reads it to find the client's keys; "" when nothing names one.
+
+    @raise OAuthError: C{invalid_client} for a C{sub} no client could have
+        (L{assertion_identifier}): refused before it is counted, so that
+        no store sees it.
     """
     if presented.client_id is not None:
         return presented.client_id
@@ -186,7 +200,9 @@ def claimed_client_id(presented: ClientCredentials | ClientAssertion) -> str:
     except jose.JOSEError:
         return ""
     sub = claims.get("sub")
-    return sub if isinstance(sub, str) else ""
+    if sub is None:
+        return ""
+    return assertion_identifier("the sub claim", sub)
 
 
 def claimed(authorization: str | None, form: Mapping[str, str]) -> str | None:

@@ -44,6 +44,7 @@ from attrs import frozen
 from ccserver import jose
 from ccserver.errors import invalid_dpop_proof, use_dpop_nonce
 from ccserver.interfaces import ITokenStore
+from ccserver.text import identifier_problem
 
 #: What the nonce key is derived for, from the key-encryption key.
 DPOP_NONCE_KEY_PURPOSE = b"ccserver dpop nonce key v1"
@@ -209,10 +210,9 @@ class DPoPVerifier:
             raise invalid_dpop_proof(f"DPoP proof: {e}") from None
         claims = verified.claims
         jti, htm, htu = claims["jti"], claims["htm"], claims["htu"]
-        if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI:
-            raise invalid_dpop_proof(
-                f"the DPoP proof's jti must be a string of 1 to {MAX_JTI} characters"
-            )
+        problem = identifier_problem(jti, MAX_JTI)
+        if problem is not None:
+            raise invalid_dpop_proof(f"the DPoP proof's jti {problem}")
         if htm != method:
             raise invalid_dpop_proof(f"the DPoP proof's htm is not {method}")
         if not isinstance(htu, str) or normalise_uri(htu) != normalise_uri(url):

@@ -37,6 +37,7 @@ from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import PresentedCertificate
 from ccserver.oauth.registration import bearer_error
 from ccserver.oauth.tokens import access_token_claims
+from ccserver.text import is_printable
 
 A = TypeVar("A")
 B = TypeVar("B")
@@ -127,8 +128,12 @@ class TokenIntrospection:
     async def lookup(self, token: str) -> TokenInfo | None:
         """
         The active token C{token} is, or None when it is unknown, malformed,
-        expired or revoked.
+        expired or revoked.  A token that is not printable (L{is_printable})
+        is none this server issued: the store is not asked about it.  (Its
+        length is bounded by the request body's.)
         """
+        if not is_printable(token):
+            return None
         if token.count(".") == 2:
             return await self._jwt(token)
         # the store leaves out a record its client's revocation mark covers

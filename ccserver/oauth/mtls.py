@@ -19,6 +19,7 @@ import base64
 import hashlib
 import ipaddress
 import re
+import string
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -81,12 +82,30 @@ class PresentedCertificate:
         return base64.urlsafe_b64encode(hashlib.sha256(self.der).digest()).rstrip(b"=").decode()
 
 
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
 def _text(value: str) -> str:
     """
-    RFC 4518-style matching, simplified: case-insensitive, with runs of
-    white space taken for one space and none at either end.
+    A name's value as it is compared: ASCII letters in lower case, runs of
+    U+0020 spaces taken for one and none at either end; every other
+    character as it is.
+
+    RFC 4517 §4.2.15 (distinguishedNameMatch) compares the values of most
+    attributes with caseIgnoreMatch, after RFC 4518's string preparation:
+    Unicode case folding and NFKC.  Those make look-alikes equal: U+017F
+    LATIN SMALL LETTER LONG S is "s", U+212A KELVIN SIGN is "k", fullwidth
+    "ｏｒｄｅｒｓ" is "orders", a no-break space a space.  A CA that checks
+    names for uniqueness by their characters may issue CN=orderſ to one
+    party and CN=orders to another, and under RFC 4518 the first would
+    authenticate as the client registered with the second.  So this
+    server folds only what every CA, directory and operator already takes
+    for the same name: the case of ASCII letters, and insignificant spaces
+    (RFC 4518 §2.6.1, for U+0020 alone).  A name with other characters
+    must be registered exactly as the certificate has it (RFC 4514 escapes,
+    such as C{\\C3\\AB} for "ë", are read as the characters they spell).
     """
-    return " ".join(value.split()).casefold()
+    return " ".join(part for part in value.split(" ") if part).translate(_ASCII_LOWER)
 
 
 def _name_key(name: x509.Name) -> tuple[tuple[tuple[str, str], ...], ...]:
@@ -121,9 +140,11 @@ def parse_dn(dn: str) -> x509.Name:
 def same_dn(registered: str, subject: x509.Name) -> bool:
     """
     RFC 8705 §2.1.2: the registered DN (an RFC 4514 string) and the
-    certificate's subject, compared attribute by attribute in a normalized
-    form: the same attribute types in the same order, values equal ignoring
-    case and white space, the order within a multi-valued RDN ignored.
+    certificate's subject, compared as RFC 4517 §4.2.15 says but for the
+    values' rule: the same attribute types in the same order, the order
+    within a multi-valued RDN ignored, and values equal but for the case
+    of ASCII letters and insignificant spaces (L{_text}: no Unicode case
+    folding or normalisation, which would make look-alikes the same name).
     """
     try:
         return _name_key(parse_dn(registered)) == _name_key(subject)
@@ -142,6 +163,8 @@ def _san_matches(field: str, registered: str, certificate: x509.Certificate) -> 
     sans = _sans(certificate)
     if sans is None:
         return False
+    # DNS names and email addresses as subject DN values are (L{_text}):
+    # ASCII case folded, no other character.
     if field == "tls_client_auth_san_dns":
         return _text(registered).rstrip(".") in {
             _text(v).rstrip(".") for v in sans.get_values_for_type(x509.DNSName)
@@ -149,8 +172,8 @@ def _san_matches(field: str, registered: str, certificate: x509.Certificate) -> 
     if field == "tls_client_auth_san_uri":
         return registered in sans.get_values_for_type(x509.UniformResourceIdentifier)
     if field == "tls_client_auth_san_email":
-        return registered.casefold() in {
-            v.casefold() for v in sans.get_values_for_type(x509.RFC822Name)
+        return _text(registered) in {
+            _text(v) for v in sans.get_values_for_type(x509.RFC822Name)
         }
     try:
         wanted = ipaddress.ip_address(registered)

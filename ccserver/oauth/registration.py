@@ -40,6 +40,7 @@ from ccserver.oauth.assertions import (
     MAX_CLIENT_KEYS,
     unselectable,
 )
+from ccserver.oauth.clientauth import check_client_id
 from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
 from ccserver.outbound import AddressPolicy, RefusedURL
@@ -905,6 +906,7 @@ class ClientRegistry:
         L{AuthLimits.registration}), never against the master token's own
         budget at C{/client-reg}.
         """
+        check_client_id(client_id)
         if token is None:
             raise bearer_error("this endpoint needs the client's registration access token")
         if not token:
@@ -1084,6 +1086,7 @@ class ClientRegistry:
     async def _rotate_secret(
         self, request: _Request, client_id: str, token: str | None
     ) -> SecretRotation:
+        check_client_id(client_id)
         await self.check_master_token(token, request.source or "")
         request.actor = audit.MASTER_TOKEN
         client = await self._store.get_client(client_id)

@@ -465,6 +465,17 @@ def initial_access_token_revoked_key(token_digest: str) -> str:
 INITIAL_ACCESS_TOKEN_IDS_KEY = PREFIX + "iat_ids"
 
 
+def _initial_access_token_keys(token_digest: str) -> list[str]:
+    """
+    An initial access token's record, uses and revocation keys.
+    """
+    return [
+        initial_access_token_key(token_digest),
+        initial_access_token_uses_key(token_digest),
+        initial_access_token_revoked_key(token_digest),
+    ]
+
+
 def auth_attempts_key(key: str) -> str:
     return f"{PREFIX}auth_attempts:{key}"
 
@@ -928,14 +939,7 @@ class RedisStore:
         )
 
     def get_initial_access_token(self, token_digest: str) -> Deferred[InitialAccessToken | None]:
-        d = self._call(
-            "mget",
-            [
-                initial_access_token_key(token_digest),
-                initial_access_token_uses_key(token_digest),
-                initial_access_token_revoked_key(token_digest),
-            ],
-        )
+        d = self._call("mget", _initial_access_token_keys(token_digest))
         d.addCallback(lambda reply: self._initial_access_token(*reply))
         return d
 
@@ -951,14 +955,7 @@ class RedisStore:
         if not ids:
             return []
         names = list(ids)
-        keys = []
-        for token_id in names:
-            digest = ids[token_id]
-            keys += [
-                initial_access_token_key(digest),
-                initial_access_token_uses_key(digest),
-                initial_access_token_revoked_key(digest),
-            ]
+        keys = [key for token_id in names for key in _initial_access_token_keys(ids[token_id])]
         reply = yield self._call("mget", keys)
         tokens, gone = [], []
         for n, token_id in enumerate(names):
@@ -996,12 +993,7 @@ class RedisStore:
         d = self._call(
             "eval",
             _REGISTER_WITH_INITIAL_ACCESS_TOKEN_SCRIPT,
-            [
-                initial_access_token_key(token_digest),
-                initial_access_token_uses_key(token_digest),
-                initial_access_token_revoked_key(token_digest),
-                client_key(client.client_id),
-            ],
+            [*_initial_access_token_keys(token_digest), client_key(client.client_id)],
             [str(now), CLIENTS.to_json(client)],
         )
 
