@@ -617,7 +617,7 @@ class DaemonTests(SynchronousTestCase):
         self.assertEqual(len(log.read_text().splitlines()), 4)
         # stopped: no longer observed
         audit.emit(audit.CLIENT_READ, audit.SERVER, client_id="c1")
-        self.assertEqual(len(log.read_text().splitlines()), 3)
+        self.assertEqual(len(log.read_text().splitlines()), 4)
 
 
 class _StartUp:
