@@ -382,12 +382,14 @@ class Keyring:
         await self.refresh()
         alg = alg or self._alg
         active_from = int(self._now()) + delay
-        for key in self.keys():
-            if key.alg == alg and key.stored.retired_at is None:
-                retired = evolve(key.stored, retired_at=active_from)
-                if await self._store.replace_key(retired):
-                    self._on_event("retired", retired)
+        signing = [k.stored for k in self.keys() if k.alg == alg and k.stored.retired_at is None]
+        # the new key first: a rotation cut short after it leaves two keys
+        # that may sign (the newer does), never none
         new = await self.add_key(alg, active_from=active_from)
+        for key in signing:
+            retired = evolve(key, retired_at=active_from)
+            if await self._store.replace_key(retired):
+                self._on_event("retired", retired)
         await self.refresh()
         return new
 

@@ -133,8 +133,8 @@ class RotationScheduleTests(ScheduleTestCase):
             self.events,
             [
                 ("created", self.first.kid),
-                ("retired", self.first.kid),
                 ("created", new.kid),
+                ("retired", self.first.kid),
                 ("deleted", self.first.kid),
             ],
         )
@@ -503,10 +503,10 @@ class KeyAuditTests(SynchronousTestCase):
                 {"type": "key.created", "actor": server, "kid": first.kid, "alg": "RS256",
                  "active_from": first.active_from},
                 {"type": "key.activated", "actor": server, "kid": first.kid, "alg": "RS256"},
-                {"type": "key.retired", "actor": server, "kid": first.kid, "alg": "RS256",
-                 "retired_at": new.active_from},
                 {"type": "key.created", "actor": server, "kid": new.kid, "alg": "RS256",
                  "active_from": new.active_from},
+                {"type": "key.retired", "actor": server, "kid": first.kid, "alg": "RS256",
+                 "retired_at": new.active_from},
                 {"type": "key.activated", "actor": server, "kid": new.kid, "alg": "RS256"},
             ],
         )
@@ -533,7 +533,7 @@ class KeyAuditTests(SynchronousTestCase):
             [(e["type"], e["actor"], e["kid"]) for e in audit_events.events],
             [
                 ("key.created", alice, first.kid),
-                ("key.retired", alice, first.kid),
                 ("key.created", alice, new.kid),
+                ("key.retired", alice, first.kid),
             ],
         )
