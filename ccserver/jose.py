@@ -75,8 +75,9 @@ _RSA_MIN_BITS = 2048
 #: times that of a 2048-bit key.
 _RSA_MAX_BITS = 8192
 #: The one RSA public exponent accepted from outside.  Checking a signature
-#: costs about the exponent's length in bits: a 3,070-bit exponent made one
-#: check cost as much as a thousand.  Every common key generator (OpenSSL,
+#: costs about the exponent's length in bits: a huge exponent makes one
+#: check cost as much as hundreds (bench/README.md, "Measurements behind
+#: design choices").  Every common key generator (OpenSSL,
 #: cryptography, Go, Java, .NET, cloud KMSs and HSMs) uses 65537 (RFC 7518
 #: §6.3.1.2 encodes it C{AQAB}), and small ones such as 3 have a history of
 #: attacks on careless padding; so exactly this one, rather than a range.
@@ -405,8 +406,9 @@ def _ecdsa_p256(data: bytes, key: Any) -> bytes:
     """
     An ES256 signature as RFC 7518 §3.4 has it: R and S, 32 bytes each,
     big-endian.  The same as PyJWT's C{ECAlgorithm.sign}, whose DER to
-    R || S conversion in Python (C{der_to_raw_signature}) costs about a
-    fifth of the signature: here the DER is read by C{cryptography}.
+    R || S conversion in Python (C{der_to_raw_signature}) costs a good share
+    of the signature (bench/README.md, "Measurements behind design
+    choices"): here the DER is read by C{cryptography}.
     """
     r, s = decode_dss_signature(key.sign(data, _ECDSA_SHA256))
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")

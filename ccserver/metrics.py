@@ -64,8 +64,9 @@ OTHER_ERROR = "other"
 MAX_CLIENT_LABELS = 100
 OTHER_CLIENT = "other"
 
-#: Request durations: a token takes ~0.2 ms of CPU; a store round trip or
-#: a webhook a few ms; the store timeout 5 s.
+#: Request durations: from a token's CPU alone (a fraction of a
+#: millisecond), through a store round trip or a webhook, to the store's
+#: default timeout.
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 

@@ -163,8 +163,9 @@ class ChainVerifier:
     usage.
     """
 
-    #: Seconds a chain's verdict is remembered: verifying costs ~0.6 ms, more
-    #: than the rest of a token request, and a client presents the same
+    #: Seconds a chain's verdict is remembered: verifying costs more than
+    #: the rest of a token request (bench/README.md, "Measurements behind
+    #: design choices"), and a client presents the same
     #: certificate on every request.  The leaf's own validity is checked on
     #: every request regardless (L{ccserver.oauth.mtls.check_certificate}).
     CACHE_SECONDS = 60.0

@@ -2,8 +2,9 @@
 The body of a successful token answer (RFC 6749 §5.1), as bytes: the hot
 path's one JSON document, written without the general encoder.
 
-C{json.dumps} sets up an encoder and walks a dict on every call (about 3 µs
-of a token's ~150 here); the answer always has the same four members, so
+C{json.dumps} sets up an encoder and walks a dict on every call, a share of
+a token's cost worth saving (bench/README.md, "Measurements behind design
+choices"); the answer always has the same four members, so
 only its strings need encoding, each with the C function C{json.dumps}
 itself uses.  The output is byte for byte C{json.dumps(token.as_json(),
 separators=(",", ":"))} (tests/test_hot_path.py compares them).

@@ -288,7 +288,7 @@ def documented_policy() -> str:
     The example service of docs/grant-handlers.md.
     """
     doc = (REPO / "docs" / "grant-handlers.md").read_text()
-    [source] = re.findall(r"```python\n(# policy\.py.*?)```", doc, re.DOTALL)
+    [source] = re.findall(r"```python[^\n]*\n(# policy\.py.*?)```", doc, re.DOTALL)
     return source
 
 

@@ -34,8 +34,8 @@ from ccserver.text import identifier_problem
 #: RFC 7523 §2.2: the C{client_assertion_type} of a JWT client assertion.
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: The longest C{client_assertion} accepted, in bytes: a few claims and a
-#: signature take well under 2 KiB (RSA-4096 included); anything far longer
-#: is refused before it is decoded.
+#: signature (RSA-4096 included) take a fraction of it; anything longer is
+#: refused before it is decoded.
 MAX_ASSERTION_BYTES = 8 * 1024
 #: Form parameters that are about authentication, not the grant.
 CREDENTIAL_PARAMS = frozenset(

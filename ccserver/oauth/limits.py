@@ -103,7 +103,7 @@ CLIENT_AUTH = "client_auth"
 BEARER_TOKEN = "bearer_token"
 TOKEN_ISSUANCE = "token_issuance"
 
-#: The most entries a per-process table keeps (about 100 bytes each).
+#: The most entries a per-process table keeps (each a key and a few numbers).
 MAX_ENTRIES = 100_000
 
 #: A process stops using the slots it keeps this many seconds before their

@@ -65,13 +65,13 @@ def rsa_signing_in_threads(mode: str, workers: int, cores: int | None) -> bool:
     (L{sign_inline}), for C{[tokens] rsa_signing} = C{mode}.
 
     A thread only adds throughput while a core would otherwise be idle, and
-    the hand-off costs about 100 µs of CPU per token (half an RSA-2048
-    signature).  With one process per core every core is busy serving
-    already; and one process on two cores measured faster inline too (the
-    other core goes to the kernel's network work and the clients).  So
-    "auto" uses threads only while at least two cores are left over by the
-    workers (the figures: bench/README.md, "Measurements behind design
-    choices").  An unknown core count counts as one.
+    the hand-off costs CPU of its own on every token.  With one process per
+    core every core is busy serving already; and one process on two cores
+    measured faster inline too (the other core goes to the kernel's network
+    work and the clients).  So "auto" uses threads only while at least two
+    cores are left over by the workers (the figures: bench/README.md,
+    "Measurements behind design choices").  An unknown core count counts as
+    one.
     """
     if mode == "threads":
         return True

@@ -6,10 +6,10 @@ A record (or the knowledge that there is none) is served for at most
 C{seconds}; writes through this process take effect here at once, and
 writes through other processes within C{seconds}.
 
-Memory: each record cached costs about 1.9 KiB.  Expired records are
-dropped as new ones come in, so the cache holds about the clients seen in
-the last C{seconds}, and never more than C{max_entries} (bench/README.md,
-"RSS").
+Memory: expired records are dropped as new ones come in, so the cache
+holds about the clients seen in the last C{seconds}, and never more than
+C{max_entries} (what a record costs: bench/README.md, "Measurements behind
+design choices").
 """
 
 from __future__ import annotations

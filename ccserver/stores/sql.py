@@ -225,12 +225,13 @@ def _sqlite_write_tokens(connection: Any, statement: str, params: tuple[Any, ...
     L{WRITE_LOCK_POLL} seconds for up to C{timeout} while another process
     (or this one's other connection) holds the write lock.
 
-    SQLite's own busy handler backs off to sleeps of 10 to 100 ms: with two
-    workers writing token batches of a few milliseconds each, a batch that
-    found the lock taken once slept far longer than the other's commit, and
-    opaque tokens got a p99 of 350 ms to 1 s (bench/README.md).  Polling
-    here (in the writer's thread, never the reactor's) takes the lock within
-    a tenth of a millisecond of its release.
+    SQLite's own busy handler backs off to sleeps of up to a tenth of a
+    second: with two workers writing token batches of a few milliseconds
+    each, a batch that found the lock taken once slept far longer than the
+    other's commit, and opaque tokens' latency suffered (bench/README.md,
+    "Measurements behind design choices").  Polling here (in the writer's
+    thread, never the reactor's) takes the lock within a tenth of a
+    millisecond of its release.
     """
     _while_locked(partial(connection.execute, statement, params), timeout, WRITE_LOCK_POLL)
 
@@ -481,9 +482,9 @@ class SQLStore:
         self._token_upserts: dict[int, str] = {}
         #: opaque tokens, one transaction and one sync for a few ms of them;
         #: one batch at a time, on the token writer's one connection: the
-        #: batches are larger and the thread hand-offs fewer (with up to 4
-        #: at once on PostgreSQL, an opaque token cost twice the CPU of a
-        #: JWT there; with 1, about 1.2 times: bench/README.md)
+        #: batches are larger and the thread hand-offs fewer (several at
+        #: once cost more CPU per token: bench/README.md, "Measurements
+        #: behind design choices")
         self._tokens: GroupCommit[tuple[Any, ...]] = GroupCommit(
             self._add_tokens,
             concurrency=1,
@@ -1004,8 +1005,8 @@ class SQLStore:
         the thread makes into the driver lets go of the GIL and must take
         it back from a busy reactor thread; with C{BEGIN}, the statement,
         C{COMMIT} and (on SQLite) the busy timeout set and reset around
-        them, batches took several times as long to commit, and the
-        reactor sat idle meanwhile (bench/README.md).
+        them, batches took longer to commit, and the reactor sat idle
+        meanwhile (bench/README.md, "Measurements behind design choices").
         """
         writer = self._token_writer
         if writer is None:
