@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from ccserver.auditlog import AuditWriter
 from ccserver.config import Config, TrustedIssuerConfig
 from ccserver.firststart import FirstStart
 from ccserver.grants import builtin_grant_types
@@ -92,6 +93,8 @@ class Prepared:
     @ivar client_ca: the certificates of C{[tls] client_ca}, if set.
     @ivar metrics_directory: the main process's multiprocess metrics
         directory, with C{--metrics} and C{--workers N}.
+    @ivar audit: the writer of the audit trail, its destination open
+        (None only where a test builds a tree without one).
     """
 
     store: IStore
@@ -101,6 +104,7 @@ class Prepared:
     client_ca: tuple[x509.Certificate, ...] | None = None
     metrics_directory: MultiprocessDirectory | None = None
     grants: OfferedGrants | None = None
+    audit: AuditWriter | None = None
 
 
 @frozen
@@ -218,7 +222,7 @@ def make_site(
     now = reactor.seconds
     keyring = Keyring(store, encryptor, config.tokens.signing_alg, config.tokens.max_lifetime, now)
     clients = CachingClientStore(store, now, config.store.client_cache_seconds)
-    limits = _auth_limits(config, store, now, metrics)
+    limits = _auth_limits(config, store, reactor, metrics)
     federation = None
     if config.trusted_issuers:
         federation = make_federation(
@@ -284,14 +288,12 @@ def make_site(
     return site, keyring
 
 
-def _auth_limits(
-    config: Config, store: IStore, now: Callable[[], float], metrics: NoMetrics
-) -> AuthLimits:
+def _auth_limits(config: Config, store: IStore, reactor: Any, metrics: NoMetrics) -> AuthLimits:
     # every refusal by a limit is counted: ccserver_rate_limited_total{what}
     budget = config.limits.failed_auth_per_minute
     return AuthLimits(
         store if budget else None,
-        now,
+        reactor.seconds,
         budget,
         60.0,
         metrics.rate_limited,
@@ -299,6 +301,8 @@ def _auth_limits(
         known_for=config.limits.known_source_seconds,
         # while the store is unreachable, each process counts on its own
         fallback=MemoryStore(),
+        # the audit trail's limits.block_ended
+        clock=reactor,
     )
 
 
@@ -372,6 +376,7 @@ def _registry(
         jwks_uri_policy=config.client_auth.jwks_uri_policy,
         grant_types=grant_types,
         trusted_issuers=[trusted.issuer for trusted in config.trusted_issuers],
+        initial_access_tokens=store,
     )
 
 

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from attrs import AttrsInstance, Factory, evolve, field, fields, frozen, has
 
+from ccserver.auditlog import FACILITIES, STDOUT, token_issued_rate
 from ccserver.errors import ConfigError
 from ccserver.httpchannel import HTTPLimits
 from ccserver.keys import SIGNING_ALGORITHMS
@@ -255,6 +256,28 @@ class LimitsConfig:
 
 
 @frozen
+class AuditConfig:
+    """
+    C{[audit]}: the audit trail (docs/audit.md), which cannot be turned off.
+    """
+
+    #: Where it goes: "-" (standard output), a file path (appended to;
+    #: relative to the working directory), or "syslog".
+    log: str = field(default=STDOUT, metadata={EMPTY_IS_DEFAULT: True})
+    #: How many token.issued events are written: "all", "off", or
+    #: "sampled:F" (a fraction F of them, e.g. "sampled:0.01").  Every other
+    #: event is always written.
+    token_issued: str = "all"
+    #: With log = "syslog": the facility, and the daemon's socket.
+    syslog_facility: str = "auth"
+    syslog_socket: str = "/dev/log"
+
+    @property
+    def token_issued_rate(self) -> float:
+        return token_issued_rate(self.token_issued)
+
+
+@frozen
 class ClientsConfig:
     #: Seconds a client's previous secret still works after a rotation
     #: (ccserver clients rotate-secret); 0 ends it at once.
@@ -368,6 +391,8 @@ class Config:
     #: The issuers of workload tokens ([[trusted_issuers]]): workload
     #: identity federation.
     trusted_issuers: tuple[TrustedIssuerConfig, ...] = ()
+    #: The audit trail ([audit]).
+    audit: AuditConfig = AuditConfig()
 
 
 #: Where the environment and the command line reach into the file's layout.
@@ -609,6 +634,7 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
     if config.tls.base_url is not None:
         config = evolve(config, tls=evolve(config.tls, base_url=_check_base_url(config.tls.base_url)))
     _check_limits(config.limits)
+    _check_audit(config.audit)
     return evolve(config, trusted_issuers=_check_trusted_issuers(config))
 
 
@@ -674,6 +700,17 @@ def _check_http_url(setting: str, url: str) -> None:
         raise ConfigError(f"{setting}: {url!r} is not an http or https URL")
     if parts.fragment or "#" in url or (parts.query and "issuer" in setting):
         raise ConfigError(f"{setting}: {url!r} must have no query or fragment")
+
+
+def _check_audit(audit: AuditConfig) -> None:
+    token_issued_rate(audit.token_issued)
+    if audit.syslog_facility not in FACILITIES:
+        raise ConfigError(
+            f"[audit] syslog_facility: {audit.syslog_facility!r} is not one of "
+            + ", ".join(FACILITIES)
+        )
+    if not audit.syslog_socket:
+        raise ConfigError("[audit] syslog_socket: must be the path of the syslog socket")
 
 
 def _check_tls(tls: TLSConfig) -> None:
@@ -851,6 +888,28 @@ def _check_http(limits: HTTPLimits) -> None:
         value = getattr(limits, attribute.name)
         if value <= 0:
             raise ConfigError(f"[http] {attribute.name}: must be greater than 0, not {value!r}")
+
+
+#: The units of L{parse_duration}, in seconds.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> int:
+    """
+    A duration in seconds: a whole number, alone (seconds) or followed by
+    one unit: C{s}, C{m}, C{h}, C{d} or C{w} (C{"7d"}, C{"12h"}, C{"90"}).
+
+    @raise ValueError: anything else, or a duration of 0; the message says
+        what is expected.
+    """
+    text = text.strip()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in DURATION_UNITS else (text, "s")
+    if not number.isdigit() or not number.isascii() or int(number) == 0:
+        raise ValueError(
+            f"{text!r} is not a duration: a whole number greater than 0, then s, m, h, d or w "
+            "(e.g. 7d)"
+        )
+    return int(number) * DURATION_UNITS[unit]
 
 
 def resolve(path: str, base: Path) -> Path:

@@ -24,6 +24,7 @@ from ccserver.model import (
     Delegation,
     GrantAuthorization,
     GrantRequest,
+    InitialAccessToken,
     IssuedToken,
     Reservation,
     StoredKey,
@@ -200,9 +201,10 @@ class ITokenStore(Interface):
     def purge_expired(now: int) -> Deferred[int]:
         """
         Forget the tokens, deny-list entries, client revocation marks,
-        one-time records (L{use_once}), and the brute-force limits' ended
-        windows and known sources (L{IAuthAttemptStore}), that expired
-        before C{now}; fires
+        one-time records (L{use_once}), the brute-force limits' ended
+        windows and known sources (L{IAuthAttemptStore}), and initial
+        access tokens (L{IInitialAccessTokenStore}), that expired before
+        C{now}; fires
         with how many were dropped (a store that expires them by itself may
         fire with 0).
         """
@@ -240,10 +242,62 @@ class IAuthAttemptStore(Interface):
         """
 
 
-class IStore(IClientStore, IKeyStore, ITokenStore, IAuthAttemptStore):
+class IInitialAccessTokenStore(Interface):
     """
-    A store chosen by URL: it keeps clients, keys, token records and the
-    brute-force limits' slots, and has a lifetime.
+    Where initial access tokens are kept (RFC 7591 §3), by digest, never in
+    clear: the operator makes, lists and revokes them, and each registers
+    clients until it expires, is used up or is revoked.  A token past its
+    C{expires_at} may be forgotten: Redis lets it expire, the other stores
+    drop it in L{ITokenStore.purge_expired}.
+    """
+
+    def add_initial_access_token(token: InitialAccessToken) -> Deferred[None]:
+        """
+        Store a new initial access token (its C{token_id} and
+        C{token_digest} are new: random).
+        """
+
+    def get_initial_access_token(token_digest: str) -> Deferred[InitialAccessToken | None]:
+        """
+        The initial access token with that digest, with its uses as now
+        counted, or L{None}.
+        """
+
+    def list_initial_access_tokens() -> Deferred[list[InitialAccessToken]]:
+        """
+        Every stored initial access token, oldest first (an operator makes
+        tens of them, not thousands: no paging).
+        """
+
+    def revoke_initial_access_token(token_id: str, now: int) -> Deferred[bool]:
+        """
+        Revoke the initial access token C{token_id} at C{now}: it registers
+        no client from then on (one revoked already keeps its first
+        C{revoked_at}).  Fires with C{False} if there is none.
+        """
+
+    def register_with_initial_access_token(
+        token_digest: str, client: Client, now: int
+    ) -> Deferred[InitialAccessToken | None]:
+        """
+        Store C{client} as registered with the initial access token of
+        C{token_digest}, in one atomic step: if that token exists, is not
+        revoked, has not expired at C{now} and has a use left, one use is
+        counted and the client stored, and it fires with the token as it
+        now is; otherwise nothing is stored, and it fires with L{None}.
+        However many registrations arrive at once, a token of N uses
+        registers N clients.  Fails with L{ccserver.errors.ClientExists},
+        nothing stored and no use counted, if the client's id is taken.
+        """
+
+
+class IStore(
+    IClientStore, IKeyStore, ITokenStore, IAuthAttemptStore, IInitialAccessTokenStore
+):
+    """
+    A store chosen by URL: it keeps clients, keys, token records, the
+    brute-force limits' slots and initial access tokens, and has a
+    lifetime.
     """
 
     url = Attribute("The store's URL, with any password masked.")

@@ -753,6 +753,15 @@ class IssuedToken:
     #: (L{ACCESS_TOKEN_TYPE} or L{JWT_TOKEN_TYPE}); None for other grants,
     #: whose answer has no such member.
     issued_token_type: str | None = None
+    #: What the audit trail says of it (not part of the answer either): the
+    #: client it was issued to, its C{jti}, audience and expiry, and the
+    #: thumbprints it is bound to.
+    client_id: str = ""
+    token_id: str = ""
+    audience: tuple[str, ...] = ()
+    expires_at: int = 0
+    jkt: str | None = None
+    x5t_s256: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         document = {
@@ -824,6 +833,63 @@ class StoredKey:
     created_at: int
     active_from: int
     retired_at: int | None = None
+
+
+def _optional_strings(values: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(values)
+
+
+@frozen
+class InitialAccessToken:
+    """
+    RFC 7591 §3: a bearer token the operator hands out so that a team can
+    register its own clients at C{POST /client-reg} without the master
+    token, within limits: what the clients it registers may have, how many
+    it may register, and until when.
+
+    @ivar token_id: its public identifier, which the audit trail and the
+        operator's listing name it by.
+    @ivar token_digest: the SHA-256 digest (hex) of the token; never the
+        token itself.
+    @ivar created_at: when it was made (seconds since the epoch).
+    @ivar expires_at: when it stops registering; the store may forget it
+        after then.
+    @ivar max_uses: how many clients it may register.
+    @ivar uses: how many it has registered.
+    @ivar note: the operator's note (who it is for).
+    @ivar scope_limit: the scope values its clients may have, or None for
+        any; likewise L{audience_limit} (their C{audience} and
+        C{resource_server_uris}), L{auth_method_limit} (their
+        C{token_endpoint_auth_method}) and L{grant_type_limit} (their
+        C{grant_types}).
+    @ivar revoked_at: when the operator revoked it, or None.
+    """
+
+    token_id: str
+    token_digest: str = field(repr=False)
+    created_at: int
+    expires_at: int
+    max_uses: int
+    uses: int = 0
+    note: str = ""
+    scope_limit: tuple[str, ...] | None = field(default=None, converter=_optional_strings)
+    audience_limit: tuple[str, ...] | None = field(default=None, converter=_optional_strings)
+    auth_method_limit: tuple[str, ...] | None = field(default=None, converter=_optional_strings)
+    grant_type_limit: tuple[str, ...] | None = field(default=None, converter=_optional_strings)
+    revoked_at: int | None = None
+
+    def unusable(self, now: float) -> str | None:
+        """
+        Why it cannot register a client at C{now}: C{"revoked"},
+        C{"expired"} or C{"used_up"}; None when it can.
+        """
+        if self.revoked_at is not None:
+            return "revoked"
+        if now >= self.expires_at:
+            return "expired"
+        if self.uses >= self.max_uses:
+            return "used_up"
+        return None
 
 
 @frozen

@@ -27,8 +27,9 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStrea
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ccserver import firststart
+from ccserver import audit, firststart
 from ccserver.assembly import Server
+from ccserver.auditlog import AuditTrailService
 from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring
 from ccserver.tls import tls_factory
@@ -77,7 +78,12 @@ def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: Sta
         workers run again.
     """
     prepared = server.prepared
-    root = MultiService()
+    # the audit trail's writer observes as long as anything under it runs
+    root = (
+        MultiService()
+        if prepared.audit is None
+        else AuditTrailService(prepared.audit, reactor)
+    )
     store_service = _store_service(server, startup)
     store_service.setServiceParent(root)
     directory = prepared.metrics_directory
@@ -205,10 +211,14 @@ class StoreService(MultiService):
                 raise self.key_mismatch() from None
             raise
         if made:
-            self._log.info(
-                "Made a new {alg} signing key {kid}",
-                alg=self.keyring.alg,
-                kid=self.keyring.current.kid,
+            current = self.keyring.current.stored
+            self._log.info("Made a new {alg} signing key {kid}", alg=current.alg, kid=current.kid)
+            audit.emit(
+                audit.KEY_CREATED,
+                audit.SERVER,
+                kid=current.kid,
+                alg=current.alg,
+                active_from=current.active_from,
             )
         if self.master_token_file is not None:
             self._log.info(

@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 
 from ccserver import firststart
 from ccserver.assembly import Prepared, assemble
+from ccserver.auditlog import open_writer
 from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
 from ccserver.grants import descriptions, find_grant_types
@@ -253,13 +254,18 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
     client_ca = None
     if config.mtls_enabled and config.tls.client_ca:
         client_ca = tuple(load_pem_certificates("client_ca", config.tls.client_ca))
+    # before the first-start files: a path that cannot be written to stops
+    # the start, leaving at most an empty audit file behind
+    audit_writer = open_writer(config.audit, config.issuer)
     first = firststart.prepare(config)
     directory = None
     if config.metrics.listen is not None and endpoints.shared:
         # Before any metric is made, and before the workers start: they
         # inherit the directory through the environment.
         directory = MultiprocessDirectory(use_multiprocess_directory())
-    return Prepared(store, handler, first, endpoints, client_ca, directory, grants)
+    return Prepared(
+        store, handler, first, endpoints, client_ca, directory, grants, audit_writer
+    )
 
 
 def check_key_files(config: Config) -> None:

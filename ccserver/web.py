@@ -31,6 +31,7 @@ from ccserver import strictjson
 from ccserver.errors import (
     OAuthError,
     StoreUnavailable,
+    answered_with,
     invalid_client_metadata,
     invalid_request,
     temporarily_unavailable,
@@ -587,18 +588,16 @@ def error_code(failure: Failure) -> str:
     The RFC 6749 §5.2 error code a failure is answered with (for the
     metrics, whose labels must be a small set).
     """
-    if isinstance(failure.value, OAuthError):
-        return failure.value.error
-    if isinstance(failure.value, StoreUnavailable):
-        return "temporarily_unavailable"
-    return "server_error"
+    error = failure.value
+    assert error is not None  # a failure has its exception
+    return answered_with(error)[0]
 
 
 class TokenResource(Resource):
     """
     C{/token}, the hot path, as a plain twisted.web resource: one request
     in, one call to the C{token} of the grant its C{grant_type} selects
-    (L{TokenGrants.grant_for}), its answer or error out, with no routing on
+    (L{TokenGrants.token}), its answer or error out, with no routing on
     the way (Klein's routing and response handling are a large share of a
     token request's cost: bench/README.md, "Measurements behind design
     choices").
@@ -623,9 +622,8 @@ class TokenResource(Resource):
         try:
             _allow(request, b"POST")
             form, repeated = parse_form(request)
-            grant = self._grants.grant_for(form)
             issued = ensureDeferred(
-                grant.token(
+                self._grants.token(
                     TokenRequest(
                         form,
                         _authorization(request),

@@ -16,7 +16,7 @@ import attrs
 from attrs import evolve
 from twisted.trial.unittest import SynchronousTestCase
 
-from ccserver.model import Client, StoredKey, TokenRecord
+from ccserver.model import Client, InitialAccessToken, StoredKey, TokenRecord
 from ccserver.stores.codec import (
     CLIENTS,
     CODECS,
@@ -309,7 +309,7 @@ class CoverageTests(SynchronousTestCase):
         order: adding a field to the model without one fails here (and at
         import).
         """
-        self.assertEqual(set(CODECS), {Client, TokenRecord, StoredKey})
+        self.assertEqual(set(CODECS), {Client, TokenRecord, StoredKey, InitialAccessToken})
         for model, codec in CODECS.items():
             self.assertIs(codec.model, model)
             self.assertEqual(codec.names, tuple(a.name for a in attrs.fields(model)))

@@ -30,7 +30,15 @@ from ccserver.errors import (
     invalid_client,
 )
 from ccserver.interfaces import IAuthAttemptStore, IClientStore, IStore, ITokenStore
-from ccserver.model import AttemptKeys, AttemptRelease, Client, Reservation, StoredKey, TokenRecord
+from ccserver.model import (
+    AttemptKeys,
+    AttemptRelease,
+    Client,
+    InitialAccessToken,
+    Reservation,
+    StoredKey,
+    TokenRecord,
+)
 from ccserver.oauth.limits import AuthLimits
 from ccserver.stores.memory import MemoryStore
 from ccserver.stores.redis import RedisStore
@@ -125,6 +133,25 @@ def make_token(
         expires_at=now + 3600 if expires_at is None else expires_at,
         jti="jti-" + digest[:8],
         claims={"tenant": "Zoë", "roles": ["a", "b"], "n": 1},
+    )
+    return evolve(token, **changes)
+
+
+def make_initial_access_token(
+    token_id: str = "iat-1", uses: int = 10, **changes: Any
+) -> InitialAccessToken:
+    now = int(time.time())
+    token = InitialAccessToken(
+        token_id=token_id,
+        token_digest=f"{token_id:x>64}",
+        created_at=now,
+        expires_at=now + 3600,
+        max_uses=uses,
+        note="payments team — Zoë",
+        scope_limit=("read", "write"),
+        audience_limit=("https://api.example",),
+        auth_method_limit=None,
+        grant_type_limit=(),
     )
     return evolve(token, **changes)
 
@@ -1227,6 +1254,142 @@ class StoreContractMixin(_TestCase):
             self.assertEqual(await attempt(n, "192.0.2.1", True), 200)
         self.assertEqual(await attempt(1, "192.0.2.1", False), 401)
         self.assertEqual(await attempt(1, "198.51.100.200", True), 429)
+
+    # initial access tokens
+
+    async def test_initial_access_token_round_trip(self) -> None:
+        """
+        Stored and read back whole: limits absent (None), empty, or lists;
+        a note in any script.
+        """
+        token = make_initial_access_token()
+        other = make_initial_access_token(
+            "iat-2", created_at=token.created_at + 1, scope_limit=None, note=""
+        )
+        await self.store.add_initial_access_token(other)
+        await self.store.add_initial_access_token(token)
+        self.assertEqual(await self.store.get_initial_access_token(token.token_digest), token)
+        self.assertIsNone(await self.store.get_initial_access_token("0" * 64))
+        self.assertEqual(await self.store.list_initial_access_tokens(), [token, other])
+
+    async def test_register_with_initial_access_token(self) -> None:
+        """
+        A registration counts one use and stores the client, in one step,
+        and answers the token as it now is.
+        """
+        token = make_initial_access_token(uses=2)
+        await self.store.add_initial_access_token(token)
+        now = int(time.time())
+        used = await self.store.register_with_initial_access_token(
+            token.token_digest, make_client("c1"), now
+        )
+        self.assertEqual(used, evolve(token, uses=1))
+        self.assertEqual(await self.store.get_client("c1"), make_client("c1"))
+        second = await self.store.register_with_initial_access_token(
+            token.token_digest, make_client("c2"), now
+        )
+        assert second is not None
+        self.assertEqual(second.uses, 2)
+        self.assertIsNone(
+            await self.store.register_with_initial_access_token(
+                token.token_digest, make_client("c3"), now
+            )
+        )
+        self.assertIsNone(await self.store.get_client("c3"))
+        stored = await self.store.get_initial_access_token(token.token_digest)
+        assert stored is not None
+        self.assertEqual(stored.uses, 2)
+
+    async def test_initial_access_token_that_may_not_register(self) -> None:
+        """
+        An unknown, expired or revoked token registers nothing; a client
+        id that is taken fails with ClientExists and counts no use.
+        """
+        now = int(time.time())
+        expiring = make_initial_access_token("iat-e", expires_at=now + 5)
+        revoked = make_initial_access_token("iat-r")
+        for token in (expiring, revoked):
+            await self.store.add_initial_access_token(token)
+        self.assertTrue(await self.store.revoke_initial_access_token("iat-r", now))
+        attempts = [
+            ("0" * 64, now),
+            (expiring.token_digest, now + 5),
+            (revoked.token_digest, now),
+        ]
+        for digest, when in attempts:
+            self.assertIsNone(
+                await self.store.register_with_initial_access_token(digest, make_client(), when)
+            )
+        self.assertIsNone(await self.store.get_client("client-1"))
+        await self.store.add_client(make_client())
+        with self.assertRaises(ClientExists):
+            await self.store.register_with_initial_access_token(
+                expiring.token_digest, make_client(client_secret_digest="c" * 64), now
+            )
+        self.assertEqual(await self.store.get_client("client-1"), make_client())
+        stored = await self.store.get_initial_access_token(expiring.token_digest)
+        assert stored is not None
+        self.assertEqual(stored.uses, 0)
+
+    async def test_revoke_initial_access_token(self) -> None:
+        now = int(time.time())
+        token = make_initial_access_token()
+        await self.store.add_initial_access_token(token)
+        self.assertTrue(await self.store.revoke_initial_access_token("iat-1", now))
+        self.assertTrue(await self.store.revoke_initial_access_token("iat-1", now + 10))
+        self.assertFalse(await self.store.revoke_initial_access_token("iat-0", now))
+        self.assertFalse(await self.store.revoke_initial_access_token("iat-\x00", now))
+        [listed] = await self.store.list_initial_access_tokens()
+        self.assertEqual(listed, evolve(token, revoked_at=now))
+        self.assertEqual(await self.store.get_initial_access_token(token.token_digest), listed)
+
+    async def test_burst_of_registrations_with_initial_access_token(self) -> None:
+        """
+        50 registrations at once with a token of 10 uses, through two
+        store objects on the same database (two processes): exactly 10
+        clients are stored, each use counted once.
+        """
+        other = await self.second_store()
+        token = make_initial_access_token(uses=10)
+        await self.store.add_initial_access_token(token)
+        now = int(time.time())
+        results = await gatherResults(
+            [
+                (self.store, other)[n % 2].register_with_initial_access_token(
+                    token.token_digest, make_client(f"c{n}"), now
+                )
+                for n in range(50)
+            ]
+        )
+        used = [(n, r) for n, r in enumerate(results) if r is not None]
+        self.assertEqual(sorted(r.uses for _, r in used), list(range(1, 11)))
+        stored = [await self.store.get_client(f"c{n}") for n in range(50)]
+        self.assertEqual(
+            [n for n, client in enumerate(stored) if client is not None], [n for n, _ in used]
+        )
+        final = await self.store.get_initial_access_token(token.token_digest)
+        assert final is not None
+        self.assertEqual(final.uses, 10)
+
+    async def test_initial_access_tokens_outlive_the_store(self) -> None:
+        token = make_initial_access_token()
+        await self.store.add_initial_access_token(token)
+        await self.store.register_with_initial_access_token(
+            token.token_digest, make_client(), int(time.time())
+        )
+        store = await self.reopened()
+        self.assertEqual(await store.list_initial_access_tokens(), [evolve(token, uses=1)])
+
+    async def test_purge_expired_initial_access_tokens(self) -> None:
+        now = int(time.time())
+        gone = make_initial_access_token("iat-gone", expires_at=now - 10)
+        kept = make_initial_access_token("iat-kept")
+        for token in (gone, kept):
+            await self.store.add_initial_access_token(token)
+        purged = await self.tokens.purge_expired(now)
+        self.assertEqual(purged, 1 if self.purges else 0)
+        self.assertIsNone(await self.store.get_initial_access_token(gone.token_digest))
+        self.assertEqual(await self.store.list_initial_access_tokens(), [kept])
 
     async def test_data_outlives_the_store(self) -> None:
         """

@@ -79,8 +79,10 @@ from typing import TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ccserver import audit
 from ccserver.errors import OAuthError, StoreUnavailable
 from ccserver.interfaces import IAuthAttemptStore
 from ccserver.model import AttemptKeys, AttemptRelease, Reservation
@@ -141,6 +143,8 @@ class Credential:
     this_address: str
     #: the 429's description when the cap refuses
     new_addresses: str
+    #: the audit trail's C{credential} of its blocks
+    audit_name: str
 
 
 CLIENT = Credential(
@@ -151,6 +155,7 @@ CLIENT = Credential(
     "too many failed authentication attempts for this client from this address",
     "too many failed authentication attempts for this client from addresses "
     "it has not authenticated from recently",
+    "client",
 )
 REGISTRATION_ACCESS_TOKEN = Credential(
     "registration",
@@ -160,6 +165,7 @@ REGISTRATION_ACCESS_TOKEN = Credential(
     "too many failed registration access token attempts for this client from this address",
     "too many failed registration access token attempts for this client from addresses "
     "it has not been used from recently",
+    "registration_access_token",
 )
 MASTER_TOKEN = Credential(
     "master",
@@ -168,6 +174,7 @@ MASTER_TOKEN = Credential(
     BEARER_TOKEN,
     "too many failed master token attempts from this address",
     "too many failed master token attempts from addresses it has not been used from recently",
+    "master_token",
 )
 #: the master token tried at C{/client-reg/{id}}
 MASTER_TOKEN_AT_CLIENT = Credential(
@@ -177,6 +184,20 @@ MASTER_TOKEN_AT_CLIENT = Credential(
     BEARER_TOKEN,
     "too many failed master token attempts from this address",
     "too many failed master token attempts from addresses it has not been used from recently",
+    "master_token",
+)
+#: initial access tokens (RFC 7591 §3), tried at C{POST /client-reg} with the
+#: master token: one counter per source for all of them (no identity is
+#: known before the token is found), and one cap
+INITIAL_ACCESS_TOKEN = Credential(
+    "initial access token",
+    "initial access token",
+    "invalid_token",
+    BEARER_TOKEN,
+    "too many failed initial access token attempts from this address",
+    "too many failed initial access token attempts from addresses none has been used "
+    "from recently",
+    "initial_access_token",
 )
 
 
@@ -264,6 +285,32 @@ class _Slot:
         self.reservation = reservation
 
 
+#: How the client credential's counters name a workload identity (a
+#: workload token's failures are counted by the identity it names, whichever
+#: client it aims at): this, its issuer and its subject, joined by NULs.
+_WORKLOAD = "federated"
+
+
+def workload_key(issuer: str, subject: str) -> str:
+    """
+    The identity the client credential's counters count a workload
+    token's failures by.
+    """
+    return f"{_WORKLOAD}\x00{issuer}\x00{subject}"
+
+
+def _identity_fields(identity: str) -> dict[str, object]:
+    """
+    What the audit trail says a block is about: the client, or the
+    workload identity (L{workload_key}).
+    """
+    kind, nul, rest = identity.partition("\x00")
+    if nul and kind == _WORKLOAD:
+        issuer, _, subject = rest.partition("\x00")
+        return {"workload": audit.workload(issuer, subject or None)}
+    return {"client_id": identity or None}
+
+
 class AuthLimits:
     """
     Reserves a slot before each credential check, within the budgets.
@@ -279,6 +326,13 @@ class AuthLimits:
     @param fallback: where this process counts on its own while C{store}
         cannot be reached (a L{ccserver.stores.memory.MemoryStore}); None
         to fail such requests with the store's error instead.
+    @param clock: tells the audit trail when a block ends (its
+        C{limits.block_ended}); without one, only its start is told.
+
+    The audit trail hears of each block once per process: the first
+    refusal of a counter (a credential from one source) or a cap in a
+    window is a C{limits.block_started}, and its window's end a
+    C{limits.block_ended}.
     """
 
     _log = Logger()
@@ -294,6 +348,7 @@ class AuthLimits:
         cap: int = 0,
         known_for: float = 86400.0,
         fallback: IAuthAttemptStore | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._store = store
         self._now = now
@@ -315,6 +370,9 @@ class AuthLimits:
         self._store_down_until = 0.0
         #: whether a reservation is trying the store again after an outage
         self._probing = False
+        self._clock = clock
+        #: the blocks this process has told the audit trail of -> until when
+        self._blocks: dict[tuple[str, ...], float] = {}
 
     # the credentials
 
@@ -353,21 +411,48 @@ class AuthLimits:
         answered with that one's refusal (429), since its credential may
         have been the right one.
         """
+        return await self._either(
+            REGISTRATION_ACCESS_TOKEN, client_id, MASTER_TOKEN_AT_CLIENT, source, attempt
+        )
+
+    async def initial_registration(
+        self,
+        source: str,
+        attempt: Callable[[bool, bool], Awaitable[tuple[T, bool]]],
+    ) -> tuple[T, bool]:
+        """
+        A check at C{POST /client-reg}, where an initial access token and
+        the master token are both accepted: as L{registration}, with
+        C{attempt(initial_access_token, master_token)}.  A wrong token
+        counts against both: the initial access tokens' counter from
+        C{source}, and the master token's own (the one its other routes
+        share).
+        """
+        return await self._either(INITIAL_ACCESS_TOKEN, "", MASTER_TOKEN, source, attempt)
+
+    async def _either(
+        self,
+        first: Credential,
+        identity: str,
+        master: Credential,
+        source: str,
+        attempt: Callable[[bool, bool], Awaitable[tuple[T, bool]]],
+    ) -> tuple[T, bool]:
         if self._store is None:
             return await attempt(True, True)
-        own = await self._slot(REGISTRATION_ACCESS_TOKEN, client_id, source)
+        own = await self._slot(first, identity, source)
         try:
-            master = await self._slot(MASTER_TOKEN_AT_CLIENT, "", source)
+            other = await self._slot(master, "", source)
         except BaseException:
             if isinstance(own, _Slot):
                 await self._give_back(own)
             raise
-        slots = [slot for slot in (own, master) if isinstance(slot, _Slot)]
-        refusals = [refusal for refusal in (own, master) if isinstance(refusal, _Refusal)]
+        slots = [slot for slot in (own, other) if isinstance(slot, _Slot)]
+        refusals = [refusal for refusal in (own, other) if isinstance(refusal, _Refusal)]
         if not slots:
             raise self._limited(refusals[0])
         try:
-            result, is_master = await attempt(isinstance(own, _Slot), isinstance(master, _Slot))
+            result, is_master = await attempt(isinstance(own, _Slot), isinstance(other, _Slot))
         except OAuthError as error:
             if error.error != "invalid_token":
                 for slot in slots:
@@ -383,7 +468,7 @@ class AuthLimits:
                 await self._give_back(slot)
             raise
         for slot in slots:
-            matched = (slot.credential is MASTER_TOKEN_AT_CLIENT) == is_master
+            matched = (slot.credential is master) == is_master
             recording = self._succeeded(slot, known=matched)
             if recording is not None:
                 await recording
@@ -511,6 +596,7 @@ class AuthLimits:
                 if not share.busy:
                     ends = reserved.cap_ends if reserved.capped else None
                     refusal = _Refusal(credential, reserved.capped, ends or reserved.ends)
+                    self._tell_block(share, refusal, now)
                     _bounded(self._refusals, now, lambda entry: entry[1])
                     self._refusals[share.name] = (
                         refusal,
@@ -564,6 +650,41 @@ class AuthLimits:
             raise
         finally:
             share.reserving = False
+
+    def _tell_block(self, share: _Share, refusal: _Refusal, now: float) -> None:
+        """
+        Tell the audit trail that a block began, unless this process has
+        told it of this one (the same counter, or cap, until the same end).
+        """
+        name, identity, source = share.name
+        credential = refusal.credential
+        if refusal.capped:
+            key: tuple[str, ...] = ("cap", credential.cap_name, identity)
+        else:
+            key = ("per_source", name, identity, source)
+        if self._blocks.get(key, 0.0) >= refusal.retry_at:
+            return
+        _bounded(self._blocks, now, float)
+        self._blocks[key] = refusal.retry_at
+        fields = {
+            "credential": credential.audit_name,
+            "limit": key[0],
+            "until": math.ceil(refusal.retry_at),
+            **_identity_fields(identity),
+        }
+        audit.emit(audit.BLOCK_STARTED, audit.UNAUTHENTICATED, source, **fields)
+        if self._clock is not None:
+            self._clock.callLater(
+                max(0.0, refusal.retry_at - now), self._block_ended, key, refusal.retry_at,
+                source, fields,
+            )
+
+    def _block_ended(
+        self, key: tuple[str, ...], until: float, source: str, fields: dict[str, object]
+    ) -> None:
+        if self._blocks.get(key) == until:
+            del self._blocks[key]
+        audit.emit(audit.BLOCK_ENDED, audit.SERVER, source, **fields)
 
     def _store_for(self, now: float) -> IAuthAttemptStore:
         assert self._store is not None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from attrs import evolve
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
@@ -16,6 +17,7 @@ from ccserver.model import (
     AttemptKeys,
     AttemptRelease,
     Client,
+    InitialAccessToken,
     Reservation,
     StoredKey,
     TokenRecord,
@@ -49,6 +51,8 @@ class MemoryStore:
         self._known: dict[str, float] = {}
         #: binding key -> conditions key -> client_id (federated identities)
         self._bindings: dict[str, dict[str, str]] = {}
+        #: token_digest -> initial access token
+        self._initial_access_tokens: dict[str, InitialAccessToken] = {}
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -183,9 +187,14 @@ class MemoryStore:
         expired_known = [k for k, until in self._known.items() if until < now]
         for key in expired_known:
             del self._known[key]
+        expired_iats = [
+            d for d, t in self._initial_access_tokens.items() if t.expires_at < now
+        ]
+        for digest in expired_iats:
+            del self._initial_access_tokens[digest]
         return succeed(
             len(expired_tokens) + len(expired_jtis) + len(expired_marks) + len(expired_used)
-            + len(expired_attempts) + len(expired_known)
+            + len(expired_attempts) + len(expired_known) + len(expired_iats)
         )
 
     def _window(self, key: str, now: float, window: float) -> tuple[int, float]:
@@ -215,6 +224,46 @@ class MemoryStore:
             until = self._known.get(release.known, 0.0)
             self._known[release.known] = max(until, now + release.known_for)
         return succeed(None)
+
+    # IInitialAccessTokenStore
+
+    def add_initial_access_token(self, token: InitialAccessToken) -> Deferred[None]:
+        self._initial_access_tokens[token.token_digest] = token
+        return succeed(None)
+
+    def get_initial_access_token(self, token_digest: str) -> Deferred[InitialAccessToken | None]:
+        return succeed(self._initial_access_tokens.get(token_digest))
+
+    def list_initial_access_tokens(self) -> Deferred[list[InitialAccessToken]]:
+        tokens = self._initial_access_tokens.values()
+        return succeed(sorted(tokens, key=lambda t: (t.created_at, t.token_id)))
+
+    def revoke_initial_access_token(self, token_id: str, now: int) -> Deferred[bool]:
+        for token in self._initial_access_tokens.values():
+            if token.token_id == token_id:
+                if token.revoked_at is None:
+                    revoked = evolve(token, revoked_at=now)
+                    self._initial_access_tokens[token.token_digest] = revoked
+                return succeed(True)
+        return succeed(False)
+
+    def register_with_initial_access_token(
+        self, token_digest: str, client: Client, now: int
+    ) -> Deferred[InitialAccessToken | None]:
+        # synchronous, hence atomic
+        token = self._initial_access_tokens.get(token_digest)
+        if token is None or token.unusable(now) is not None:
+            return succeed(None)
+        if client.client_id in self._clients:
+            return fail(ClientExists(client.client_id))
+        taken = self._taken_binding(client)
+        if taken is not None:
+            return fail(taken)
+        used = evolve(token, uses=token.uses + 1)
+        self._initial_access_tokens[token_digest] = used
+        self._clients[client.client_id] = client
+        self._bind(client)
+        return succeed(used)
 
     def list_keys(self) -> Deferred[list[StoredKey]]:
         return succeed(sorted(self._keys.values(), key=lambda k: (k.created_at, k.kid)))
