@@ -9,6 +9,7 @@ server's store while it runs.
     ccserver [--config FILE] [--store URL] clients list [--json]
     ccserver [--config FILE] [--store URL] clients show CLIENT_ID
     ccserver [--config FILE] [--store URL] clients create [--metadata FILE] [--name NAME] ...
+    ccserver [--config FILE] [--store URL] clients create --federated-identity ISS SUB ...
     ccserver [--config FILE] [--store URL] clients delete CLIENT_ID
     ccserver [--config FILE] [--store URL] clients rotate-secret CLIENT_ID [--grace SECONDS]
     ccserver [--config FILE] [--store URL] clients set-rate-limit CLIENT_ID
@@ -47,12 +48,12 @@ from ccserver.clients import all_clients, public_view, rotate_secret
 from ccserver.config import Config, format_duration, load_config, parse_duration
 from ccserver.errors import ConfigError, OAuthError, StoreUnavailable
 from ccserver.firststart import key_encryption, key_mismatch
+from ccserver.grants import find_grant_types
 from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring, RotationUnderWay, audit_key_events
 from ccserver.model import Client, InitialAccessToken, is_resource_uri, is_scope_token
 from ccserver.oauth.registration import (
     AUTH_METHODS,
-    GRANT_TYPES,
     ClientRegistry,
     initial_access_token_limits,
     new_initial_access_token,
@@ -61,7 +62,8 @@ from ccserver.oauth.registration import (
     registration_response,
     requested_token_rate_limit,
 )
-from ccserver.stores import store_from_url
+from ccserver.pluginloader import scan_plugins
+from ccserver.stores import store_from_settings
 from ccserver.text import escape, identifier_problem
 
 #: What C{ccserver --help} says it is: plain text, for people (argparse
@@ -157,7 +159,9 @@ def _registration_tokens_parser(commands: Any) -> None:
         "--grant-type-limit",
         action="append",
         metavar="GRANT",
-        help="a grant type its clients may register; repeatable [default: any]",
+        help="a grant type its clients may register (client_credentials, "
+        "urn:ietf:params:oauth:grant-type:token-exchange, or a grant type plugin's); "
+        "repeatable [default: any]",
     )
     create.add_argument("--json", action="store_true", help="print it as JSON")
     listing = tokens.add_parser(
@@ -275,7 +279,7 @@ class MetadataOption:
     kind: str
     help: str
     flags: tuple[str, ...] = ()
-    metavar: str | None = None
+    metavar: str | tuple[str, ...] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -285,6 +289,11 @@ class MetadataOption:
         options: dict[str, Any] = {"dest": self.field, "help": self.help, "default": None}
         if self.kind == "list":
             options["action"] = "append"
+        elif self.kind == "binding":
+            options["action"] = _Binding
+            options["nargs"] = 2
+        elif self.kind == "condition":
+            options["action"] = _Condition
         elif self.kind == "int":
             options["type"] = int
         elif self.kind == "flag":
@@ -302,9 +311,43 @@ class MetadataOption:
         return given
 
 
+class _Binding(argparse.Action):
+    """
+    C{--federated-identity ISS SUB}: one more binding of the client to a
+    workload identity (C{federated_identities}).
+    """
+
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        bindings = getattr(namespace, self.dest) or []
+        issuer, subject = values
+        bindings.append({"issuer": issuer, "subject": subject})
+        setattr(namespace, self.dest, bindings)
+
+
+class _Condition(argparse.Action):
+    """
+    C{--federated-claim NAME=VALUE}: a claim the workload's token must
+    carry with exactly this value, a condition of the C{--federated-identity}
+    given before it.
+    """
+
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        bindings = getattr(namespace, self.dest)
+        name, equals, value = str(values).partition("=")
+        if not bindings:
+            parser.error(f"{option}: give it after the --federated-identity it is a condition of")
+        if not equals or not name:
+            parser.error(f"{option}: {values!r} is not NAME=VALUE")
+        bindings[-1].setdefault("claims", {})[name] = value
+
+
 #: Every registration field the server understands (RFC 7591 §2, RFC 8705
-#: §2.1.2, RFC 9449 §5.2 and this server's own), as options of C{clients
-#: create}, so that it can make every kind of client: what they mean, and
+#: §2.1.2, RFC 9449 §5.2 and this server's own, C{federated_identities}
+#: among them), as options of C{clients create}, so that it can make every kind of client: what they mean, and
 #: which values are allowed, is checked by the registration rules.
 CREATE_OPTIONS = (
     MetadataOption("client_name", "text", "the client's name", ("--name", "--client-name"), "NAME"),
@@ -316,6 +359,23 @@ CREATE_OPTIONS = (
         "client_secret_basic, and client_secret_post works too while none is named]",
         ("--auth-method", "--token-endpoint-auth-method"),
         "METHOD",
+    ),
+    MetadataOption(
+        "federated_identities",
+        "binding",
+        "bind it to a workload identity: the tokens of the trusted issuer ISS whose sub is "
+        "SUB authenticate it (federated_jwt, the default with this option); repeatable",
+        ("--federated-identity",),
+        ("ISS", "SUB"),
+    ),
+    MetadataOption(
+        "federated_identities",
+        "condition",
+        "a claim the token must also carry with exactly this value, e.g. "
+        "environment=production: a condition of the --federated-identity before it; "
+        "repeatable",
+        ("--federated-claim",),
+        "NAME=VALUE",
     ),
     MetadataOption(
         "token_endpoint_auth_signing_alg",
@@ -385,7 +445,11 @@ CREATE_OPTIONS = (
         "access_token_lifetime", "int", "seconds its tokens live", metavar="SECONDS"
     ),
     MetadataOption(
-        "grant_types", "list", "a grant type (client_credentials); repeatable",
+        "grant_types",
+        "list",
+        "a grant type it may use: client_credentials (the default), "
+        "urn:ietf:params:oauth:grant-type:token-exchange, or a grant type plugin's; "
+        "repeatable",
         ("--grant-type",), "GRANT",
     ),
     MetadataOption("application_type", "text", "web or native", metavar="TYPE"),
@@ -404,6 +468,14 @@ CREATE_OPTIONS = (
         metavar="RATE[:BURST]",
     ),
 )
+
+
+def grant_types() -> tuple[str, ...]:
+    """
+    The grant types of the plugins a server started here would load (its
+    grant handler may still leave token exchange out).
+    """
+    return tuple(find_grant_types(scan_plugins()).plugins)
 
 
 def _read_json(option: str, path: str) -> Any:
@@ -441,7 +513,7 @@ def registration_body(arguments: argparse.Namespace) -> dict[str, Any]:
         body.update(document)
     for option in CREATE_OPTIONS:
         given = getattr(arguments, option.field)
-        if given is not None:
+        if given is not None and option.kind != "condition":
             body[option.field] = option.value(given)
     return body
 
@@ -484,7 +556,7 @@ def _store(reactor: Any, config: Config) -> IStore:
     by its owner only first, as the server makes it.
     """
     firststart.private_sqlite_file(config.store.url)
-    return store_from_url(config.store.url, reactor, timeout=config.store.timeout)
+    return store_from_settings(config.store, reactor)
 
 
 async def run_clients(
@@ -507,6 +579,7 @@ async def run_clients(
             client_cache_seconds=config.store.client_cache_seconds,
             jwks_uri_policy=config.client_auth.jwks_uri_policy,
         )
+        trusted_issuers = [trusted.issuer for trusted in config.trusted_issuers]
         action = arguments.action
         if action == "list":
             await _list_clients(store, reactor.seconds(), arguments.json)
@@ -525,7 +598,13 @@ async def run_clients(
                 else None
             )
             registration = await register_client(
-                store, body, reactor.seconds, encryptor, config.client_auth.jwks_uri_policy
+                store,
+                body,
+                reactor.seconds,
+                encryptor,
+                config.client_auth.jwks_uri_policy,
+                grant_types(),
+                trusted_issuers,
             )
             audit.emit(audit.CLIENT_REGISTERED, actor, **registered_fields(registration.client))
             _print_json(registration_response(registration, config.issuer))
@@ -606,7 +685,7 @@ async def run_registration_tokens(
     if arguments.action == "create":
         # checked before the store is opened: a mistake changes nothing
         limits = initial_access_token_options(arguments)
-    store = store_from_url(config.store.url, reactor, timeout=config.store.timeout)
+    store = _store(reactor, config)
     await store.open()
     try:
         now = int(reactor.seconds())
@@ -667,7 +746,7 @@ def initial_access_token_options(arguments: argparse.Namespace) -> dict[str, Any
             raise CommandError(f"--audience-limit: {uri!r} is not an absolute URI without fragment")
     for option, given, known in (
         ("--auth-method-limit", arguments.auth_method_limit, AUTH_METHODS),
-        ("--grant-type-limit", arguments.grant_type_limit, GRANT_TYPES),
+        ("--grant-type-limit", arguments.grant_type_limit, grant_types()),
     ):
         for value in given or ():
             if value not in known:

@@ -19,16 +19,26 @@ from typing import Any
 from attrs import frozen
 from cryptography import x509
 from prometheus_client import CollectorRegistry
+from twisted.logger import Logger
 from twisted.web.server import Site
 
 from ccserver import audit
 from ccserver.auditlog import AuditWriter
-from ccserver.config import Config
+from ccserver.config import Config, TrustedIssuerConfig
 from ccserver.firststart import FirstStart
+from ccserver.grants import builtin_grant_types
 from ccserver.health import Readiness
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor, Keyring, audit_key_events
-from ccserver.keysets import HTTPGetter, KeySetSource
+from ccserver.keysets import (
+    DiscoveredKeys,
+    FetchedKeys,
+    FileKeys,
+    HTTPGetter,
+    KeySetFile,
+    KeySetSource,
+    TrustedKeys,
+)
 from ccserver.listening import Listening
 from ccserver.metrics import (
     NO_METRICS,
@@ -43,8 +53,14 @@ from ccserver.oauth.assertions import MAX_CLIENT_KEYS, AssertionVerifier
 from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.oauth.discovery import metadata
 from ccserver.oauth.dpop import DPOP_NONCE_KEY_PURPOSE, DPoPVerifier, NonceIssuer
-from ccserver.oauth.grants import ClientCredentialsGrant
-from ccserver.oauth.introspection import TokenIntrospection
+from ccserver.oauth.federation import (
+    MAX_ISSUER_KEYS,
+    Federation,
+    TrustedIssuer,
+    WorkloadTokenValidator,
+)
+from ccserver.oauth.grants import OfferedGrants
+from ccserver.oauth.introspection import AccessTokenValidator, TokenIntrospection
 from ccserver.oauth.limits import AuthLimits, IssuanceLimit, audit_rate_limited
 from ccserver.oauth.registration import ClientRegistry
 from ccserver.oauth.tokens import (
@@ -54,13 +70,15 @@ from ccserver.oauth.tokens import (
     rsa_signing_in_threads,
     sign_inline,
 )
-from ccserver.outbound import http_client
+from ccserver.outbound import AddressPolicy, http_client, operator_url_warning
 from ccserver.proxies import trusted_networks
 from ccserver.stores.cache import CachingClientStore
 from ccserver.stores.memory import MemoryStore
 from ccserver.tls import ChainVerifier, ClientCertificateReader
 from ccserver.tracing import TracedStore, Tracing, traced_handler, traced_signer
 from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template
+
+_log = Logger()
 
 
 @frozen
@@ -71,6 +89,8 @@ class Prepared:
 
     @ivar store: made, not opened.
     @ivar handler: the grant handler, as its plugin made it.
+    @ivar grants: the grant types offered, made by their plugins over the
+        token endpoint, which L{assemble} connects.
     @ivar first: what the first-start files hold.
     @ivar listening: the endpoints, parsed and checked.
     @ivar client_ca: the certificates of C{[tls] client_ca}, if set.
@@ -87,6 +107,7 @@ class Prepared:
     listening: Listening
     client_ca: tuple[x509.Certificate, ...] | None = None
     metrics_directory: MultiprocessDirectory | None = None
+    grants: OfferedGrants | None = None
     audit: AuditWriter | None = None
     tracing: Tracing | None = None
 
@@ -99,6 +120,8 @@ class Server:
     @ivar prepared: what they were made from (the store, the grant handler
         as its plugin made it, the first-start files, the endpoints).
     @ivar metrics_site: the C{/metrics} site, when C{--metrics} is given.
+    @ivar issuer_keys: the fetcher of the trusted issuers' keys, when there
+        are trusted issuers.
     """
 
     config: Config
@@ -107,6 +130,7 @@ class Server:
     keyring: Keyring
     jwks_fetcher: KeySetSource
     metrics_site: Site | None
+    issuer_keys: KeySetSource | None = None
 
 
 def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | None) -> Server:
@@ -118,6 +142,8 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
     """
     metrics = make_metrics(config)
     jwks_fetcher = make_jwks_fetcher(reactor, config)
+    issuer_keys = make_issuer_keys(reactor, config) if config.trusted_issuers else None
+    warn_about_issuer_urls(config)
     site, keyring = make_site(
         reactor,
         config,
@@ -129,9 +155,19 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
         jwks_fetcher,
         metrics,
         certificate_reader(reactor, config, prepared.client_ca),
+        prepared.grants,
+        issuer_keys,
         prepared.tracing,
     )
-    return Server(config, prepared, site, keyring, jwks_fetcher, _metrics_site(metrics, reactor))
+    return Server(
+        config,
+        prepared,
+        site,
+        keyring,
+        jwks_fetcher,
+        _metrics_site(metrics, reactor),
+        issuer_keys,
+    )
 
 
 def make_metrics(config: Config) -> NoMetrics:
@@ -176,6 +212,8 @@ def make_site(
     jwks_fetcher: KeySetSource,
     metrics: NoMetrics = NO_METRICS,
     certificates: ClientCertificateReader | None = None,
+    offered: OfferedGrants | None = None,
+    issuer_keys: KeySetSource | None = None,
     tracing: Tracing | None = None,
 ) -> tuple[CCServerSite, Keyring]:
     """
@@ -183,6 +221,10 @@ def make_site(
     Nothing is opened or loaded here: the store is opened, and the keys
     loaded, by the services.
 
+    @param offered: the grant types to offer, made over their endpoint
+        [default: the built-in ones, made here].
+    @param issuer_keys: fetches the trusted issuers' keys (by default, for
+        a configuration with trusted issuers, a fetcher of its own).
     @param tracing: the spans' tracer, when C{[tracing]} is on: the parts
         on a request's way are then made traced (L{_traced}); when it is
         off, none of them knows of tracing.
@@ -202,35 +244,61 @@ def make_site(
     )
     clients = CachingClientStore(store, now, config.store.client_cache_seconds)
     limits = _auth_limits(config, store, reactor, metrics)
-    authenticator = _authenticator(config, clients, store, encryptor, limits, jwks_fetcher, now)
+    federation = None
+    if config.trusted_issuers:
+        federation = make_federation(
+            config, clients, issuer_keys or make_issuer_keys(reactor, config), now
+        )
+    authenticator = _authenticator(
+        config, clients, store, encryptor, limits, jwks_fetcher, now, federation
+    )
     if tracing is not None:
         _trace_authentication(authenticator, tracing)
     trusted_proxies = trusted_networks(config.limits.trusted_proxies)
+    introspection = TokenIntrospection(
+        clients,
+        store,
+        keyring,
+        config.issuer,
+        config.tokens.introspection,
+        now,
+        master_token_digest=master_token_digest,
+        authenticator=authenticator,
+        limits=limits,
+    )
+    if offered is None:
+        offered = OfferedGrants.made(
+            builtin_grant_types(), config.issuer, handler, reactor, federation is not None
+        )
+    access_tokens = AccessTokenValidator(introspection, clients)
+    offered.endpoint.connect(
+        clients,
+        _minter(config, keyring, store, sign, now),
+        _dpop_verifier(config, store, encryptor, now),
+        authenticator,
+        _issuance_limit(config, store, now, metrics),
+        # RFC 8693 subject and actor tokens, by type: this server's own
+        # access tokens, and JWTs (this server's, and the trusted issuers')
+        validators=[
+            access_tokens,
+            *(
+                []
+                if federation is None
+                else [WorkloadTokenValidator(federation, access_tokens, config.issuer)]
+            ),
+        ],
+        handler=handler,
+    )
+    grants = offered.grants
     app = CCServerApp(
-        grant=ClientCredentialsGrant(
-            clients,
-            handler,
-            _minter(config, keyring, store, sign, now),
-            config.issuer,
-            dpop=_dpop_verifier(config, store, encryptor, now),
-            authenticator=authenticator,
-            issuance=_issuance_limit(config, store, now, metrics),
+        grants=grants,
+        introspection=introspection,
+        registry=_registry(
+            config, clients, store, master_token_digest, encryptor, limits, now, grants.grant_types
         ),
-        introspection=TokenIntrospection(
-            clients,
-            store,
-            keyring,
-            config.issuer,
-            config.tokens.introspection,
-            now,
-            master_token_digest=master_token_digest,
-            authenticator=authenticator,
-            limits=limits,
-        ),
-        registry=_registry(config, clients, store, master_token_digest, encryptor, limits, now),
         keyring=keyring,
         issuer=config.issuer,
-        discovery_json=_discovery_json(config),
+        discovery_json=_discovery_json(config, grants.grant_types),
         jwks_max_age=config.keys.activation_delay // 2,
         readiness=Readiness(store, keyring, reactor, config.store.timeout),
         metrics=metrics,
@@ -269,16 +337,18 @@ def _traced(
 def _trace_authentication(authenticator: ClientAuthenticator, tracing: Tracing) -> None:
     """
     Client authentication as a span (C{client authentication}) that says
-    which client it found.
+    which client it found: the caller of a request (its credentials), and
+    a workload token's client (the JWT bearer grant).
     """
 
-    def found(span: Any, client: Any) -> None:
-        span.set_attribute("oauth.client_id", client.client_id)
+    def found(span: Any, caller: Any) -> None:
+        span.set_attribute("oauth.client_id", caller.client.client_id)
 
-    traced = tracing.coroutine("client authentication", authenticator.authenticate, found)
-    # the instance's method, replaced: the token and introspection
-    # endpoints, which share the authenticator, both see the traced one
-    setattr(authenticator, "authenticate", traced)  # noqa: B010
+    # the instance's methods, replaced: the token and introspection
+    # endpoints, which share the authenticator, all see the traced ones
+    for name in ("caller", "workload"):
+        traced = tracing.coroutine("client authentication", getattr(authenticator, name), found)
+        setattr(authenticator, name, traced)
 
 
 def _auth_limits(config: Config, store: IStore, reactor: Any, metrics: NoMetrics) -> AuthLimits:
@@ -345,6 +415,7 @@ def _authenticator(
     limits: AuthLimits,
     jwks_fetcher: KeySetSource,
     now: Callable[[], float],
+    federation: Federation | None,
 ) -> ClientAuthenticator:
     assertions = AssertionVerifier(
         tokens=store,
@@ -355,7 +426,9 @@ def _authenticator(
         key_sets=jwks_fetcher,
         secret_encryptor=encryptor,
     )
-    return ClientAuthenticator(clients, assertions, limits, now=now, key_sets=jwks_fetcher)
+    return ClientAuthenticator(
+        clients, assertions, limits, now=now, key_sets=jwks_fetcher, federation=federation
+    )
 
 
 def _registry(
@@ -366,6 +439,7 @@ def _registry(
     encryptor: KeyEncryptor,
     limits: AuthLimits,
     now: Callable[[], float],
+    grant_types: Sequence[str],
 ) -> ClientRegistry:
     return ClientRegistry(
         clients,
@@ -378,6 +452,8 @@ def _registry(
         limits=limits,
         secret_rotation_grace=config.clients.secret_rotation_grace,
         jwks_uri_policy=config.client_auth.jwks_uri_policy,
+        grant_types=grant_types,
+        trusted_issuers=[trusted.issuer for trusted in config.trusted_issuers],
         initial_access_tokens=store,
     )
 
@@ -389,8 +465,38 @@ def make_jwks_fetcher(
     The fetcher of clients' C{jwks_uri}, over its own persistent connection
     pool (released by L{KeySetSource.close}) unless C{http} is given.
     """
+    return _key_set_source(
+        reactor, config, config.client_auth.jwks_uri_policy, MAX_CLIENT_KEYS, http
+    )
+
+
+def make_issuer_keys(
+    reactor: Any, config: Config, http: HTTPGetter | None = None
+) -> KeySetSource:
+    """
+    The fetcher of the trusted issuers' keys (their OpenID configuration,
+    C{jwks_uri} or SPIFFE bundle endpoint), over its own persistent
+    connection pool unless C{http} is given: URLs the operator wrote, so
+    any address may be reached, over http too.  Its timeouts and caching
+    are those of clients' C{jwks_uri} (C{[client_auth] jwks_uri_*}); a
+    token with an unknown C{kid} fetches its issuer's keys again at most
+    once per C{jwks_uri_refetch_seconds} for each issuer.
+    """
+    return _key_set_source(reactor, config, AddressPolicy.any_address(), MAX_ISSUER_KEYS, http)
+
+
+def _key_set_source(
+    reactor: Any,
+    config: Config,
+    policy: AddressPolicy,
+    max_keys: int,
+    http: HTTPGetter | None,
+) -> KeySetSource:
+    """
+    A key-set source with C{[client_auth]}'s timeout and caching, under
+    C{policy}, over a connection pool of its own unless C{http} is given.
+    """
     auth = config.client_auth
-    policy = auth.jwks_uri_policy
     close = None
     getter: HTTPGetter
     if http is None:
@@ -407,9 +513,60 @@ def make_jwks_fetcher(
         min_cache=auth.jwks_uri_min_cache_seconds,
         max_cache=auth.jwks_uri_max_cache_seconds,
         refetch_interval=auth.jwks_uri_refetch_seconds,
-        max_keys=MAX_CLIENT_KEYS,
+        max_keys=max_keys,
         close=close,
     )
+
+
+def make_federation(
+    config: Config, clients: CachingClientStore, issuer_keys: KeySetSource, now: Callable[[], float]
+) -> Federation:
+    """
+    The checker of workload tokens, over the C{[[trusted_issuers]]}.
+    """
+    return Federation(
+        [
+            TrustedIssuer(
+                trusted.issuer,
+                frozenset(trusted.audiences),
+                trusted.max_token_lifetime,
+                _trusted_keys(trusted, issuer_keys),
+            )
+            for trusted in config.trusted_issuers
+        ],
+        clients,
+        now=now,
+        leeway=config.client_auth.leeway,
+    )
+
+
+def _trusted_keys(trusted: TrustedIssuerConfig, issuer_keys: KeySetSource) -> TrustedKeys:
+    if trusted.jwks_file is not None:
+        return FileKeys(KeySetFile(trusted.jwks_file, MAX_ISSUER_KEYS))
+    if trusted.jwks_uri is not None:
+        return FetchedKeys(issuer_keys, trusted.jwks_uri, trusted.issuer)
+    return DiscoveredKeys(issuer_keys, trusted.issuer)
+
+
+def warn_about_issuer_urls(config: Config) -> None:
+    """
+    Log a warning for each trusted issuer's URL that is plain http or
+    names a private address, but for the loopback's: allowed, as the
+    operator wrote them, but worth a second look.
+    """
+    for trusted in config.trusted_issuers:
+        urls = [trusted.jwks_uri] if trusted.jwks_uri else []
+        if not trusted.spiffe and trusted.jwks_file is None:
+            urls.append(trusted.issuer)
+        for url in urls:
+            warning = operator_url_warning(url)
+            if warning is not None:
+                _log.warn(
+                    "Trusted issuer {issuer}: its keys are fetched from {url}: {warning}",
+                    issuer=trusted.issuer,
+                    url=url,
+                    warning=warning,
+                )
 
 
 def _dpop_verifier(
@@ -424,7 +581,7 @@ def _dpop_verifier(
     return DPoPVerifier(store, dpop.signing_algs, dpop.max_age, dpop.leeway, now, nonces)
 
 
-def _discovery_json(config: Config) -> bytes:
+def _discovery_json(config: Config, grant_types: Sequence[str]) -> bytes:
     return json.dumps(
         metadata(
             config.issuer,
@@ -433,6 +590,8 @@ def _discovery_json(config: Config) -> bytes:
             dpop_signing_algs=config.dpop.signing_algs,
             mtls=config.mtls_enabled,
             mtls_base_url=config.tls.base_url,
+            federation=bool(config.trusted_issuers),
+            grant_types=grant_types,
         ),
         separators=(",", ":"),
     ).encode()

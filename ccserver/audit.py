@@ -146,6 +146,17 @@ def cli(user: str, sudo_user: str | None = None) -> Actor:
     return Actor("cli", names)
 
 
+def workload(issuer: str, subject: object) -> dict[str, str]:
+    """
+    A workload identity as the C{workload} and C{claimed_workload} fields
+    say it: its trusted issuer, and its subject if it names one.
+    """
+    named = {"issuer": issuer}
+    if isinstance(subject, str):
+        named["subject"] = subject
+    return named
+
+
 # the schema
 
 
@@ -238,6 +249,31 @@ _FIELDS = (
     Field("jkt", "string", "the thumbprint of the DPoP key the token is bound to"),
     Field("x5t_s256", "string", "the thumbprint of the TLS certificate the token is bound to"),
     Field("auth_method", "string", "how the client authenticated"),
+    Field(
+        "workload",
+        "object",
+        "the workload identity whose token authenticated the client (`federated_jwt`, or "
+        "the JWT bearer grant's assertion), verified: `issuer` (the trusted issuer) and "
+        "`subject` (the token's `sub`); never the token",
+    ),
+    Field(
+        "claimed_workload",
+        "object",
+        "the workload identity a refused request's workload token claimed, unverified: "
+        "`issuer` (a trusted issuer) and `subject` (its `sub`, at most 256 characters)",
+    ),
+    Field(
+        "subject_token",
+        "object",
+        "a token exchange's subject token (RFC 8693), once verified: `type` (its token "
+        "type URI), and those of `id` (its `jti`), `subject` (`sub`), `issuer` (`iss`) and "
+        "`client_id` (the client it was issued to) it has; never the token",
+    ),
+    Field(
+        "actor_token",
+        "object",
+        "a token exchange's actor token, once verified, named as `subject_token` is",
+    ),
     Field("error", "string", "the OAuth error code the request was answered with"),
     Field("status", "integer", "the HTTP status it was answered with"),
     Field(
@@ -362,7 +398,8 @@ _EVENTS = (
     ),
     EventType(
         TOKEN_ISSUED,
-        "an access token was issued (thinned out by `[audit] token_issued`)",
+        "an access token was issued, by any grant type (a plugin's included; thinned "
+        "out by `[audit] token_issued`)",
         (
             "client_id",
             "grant_type",
@@ -374,42 +411,54 @@ _EVENTS = (
             "binding",
             "auth_method",
         ),
-        ("jkt", "x5t_s256"),
+        ("jkt", "x5t_s256", "workload", "subject_token", "actor_token"),
         sampled=True,
     ),
     EventType(
         TOKEN_REFUSED,
         "a token request was refused (`client_id` once the client authenticated, else "
-        "`claimed_client_id` if it named one)",
+        "`claimed_client_id` if it named one, and `claimed_workload` for a workload's "
+        "token); any grant type, a plugin's included",
         ("error", "status"),
-        ("client_id", "claimed_client_id", "grant_type"),
+        (
+            "client_id",
+            "claimed_client_id",
+            "grant_type",
+            "workload",
+            "claimed_workload",
+            "subject_token",
+            "actor_token",
+        ),
     ),
     EventType(
         TOKEN_REVOKED,
         "an access token was revoked (by its client, or with the master token)",
         ("token_id", "client_id", "token_format"),
+        ("workload",),
     ),
     EventType(
         REVOCATION_REFUSED,
         "a revocation request was refused, or named another client's token",
         ("status",),
-        _REFUSAL[2:] + ("error", "token_id"),
+        _REFUSAL[2:] + ("error", "token_id", "workload", "claimed_workload"),
     ),
     EventType(
         INTROSPECTION_REFUSED,
         "an introspection request was refused, or asked about a token not the "
         "caller's to see (answered `active: false`)",
         ("status",),
-        _REFUSAL[2:] + ("error", "token_id", "token_client_id"),
+        _REFUSAL[2:] + ("error", "token_id", "token_client_id", "workload", "claimed_workload"),
     ),
     EventType(
         BLOCK_STARTED,
         "a brute-force limit began refusing a credential's checks (each process "
         "reports the blocks it refuses)",
         _BLOCK,
-        ("client_id",),
+        ("client_id", "workload"),
     ),
-    EventType(BLOCK_ENDED, "the window of a block has ended", _BLOCK, ("client_id",)),
+    EventType(
+        BLOCK_ENDED, "the window of a block has ended", _BLOCK, ("client_id", "workload")
+    ),
     EventType(
         RATE_LIMITED,
         "a client's token requests began to be refused (429) by its token rate limit (its "

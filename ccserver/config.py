@@ -182,6 +182,14 @@ class StoreConfig:
     timeout: float = 5.0
     #: Seconds a process may serve a client record from its own cache.
     client_cache_seconds: float = 5.0
+    #: Redis: how many replicas must have acknowledged a write (a client, a
+    #: key, an opaque token, a revocation) before it is answered (WAIT), so
+    #: that a failover cannot lose it; None: 1 with a redis+sentinel:// URL,
+    #: else 0.
+    redis_wait_replicas: int | None = None
+    #: Redis: seconds a write waits for those replicas before its request
+    #: gets a 503; None: half of timeout.
+    redis_wait_timeout: float | None = None
 
 
 @frozen
@@ -369,6 +377,47 @@ class ClientsConfig:
     secret_rotation_grace: int = 1800
 
 
+#: A SPIFFE trust domain's identifier: spiffe:// and the trust domain name
+#: (SPIFFE-ID §2.1: lowercase letters, digits, dots, dashes, underscores).
+SPIFFE_TRUST_DOMAIN = re.compile(r"spiffe://[a-z0-9._-]+")
+
+
+@frozen
+class TrustedIssuerConfig:
+    """
+    One C{[[trusted_issuers]]} table: an issuer of workload tokens (a
+    Kubernetes cluster, a CI service, a cloud, a SPIFFE trust domain) whose
+    tokens authenticate the clients bound to their subjects.
+    """
+
+    #: The tokens' C{iss}, exactly (an https URL; http for tests); or
+    #: C{spiffe://<trust domain>} for a SPIFFE trust domain, whose JWT-SVIDs
+    #: (which may carry no C{iss}) are told by the trust domain of their
+    #: C{sub}.
+    issuer: str = ""
+    #: Where its keys are fetched: a JWK set's URL (a trust domain's SPIFFE
+    #: bundle endpoint) ...
+    jwks_uri: str | None = None
+    #: ... or a file holding them (C{kubectl get --raw /openid/v1/jwks}; a
+    #: SPIFFE bundle), read again when it changes.  With neither, the
+    #: C{jwks_uri} of the issuer's OpenID configuration, at C{issuer} +
+    #: C{/.well-known/openid-configuration}.
+    jwks_file: str | None = None
+    #: The C{aud} values accepted: every value of a token's C{aud} must be
+    #: one of them.  Empty: this server's issuer and token endpoint.
+    audiences: tuple[str, ...] = field(default=(), metadata={FILE_TYPES: (str, list)})
+    #: Seconds a token may be valid for (C{exp} - C{iat}); a longer-lived one
+    #: is refused.
+    max_token_lifetime: int = 86400
+
+    @property
+    def spiffe(self) -> bool:
+        """
+        Whether this is a SPIFFE trust domain.
+        """
+        return self.issuer.startswith("spiffe://")
+
+
 @frozen
 class DiscoveryConfig:
     #: The scope values the metadata document lists as scopes_supported
@@ -432,6 +481,9 @@ class Config:
         return bool(self.tls.listen or self.mtls.proxy_header or self.tls.base_url)
     #: Brute-force and issuance limits ([limits]).
     limits: LimitsConfig = LimitsConfig()
+    #: The issuers of workload tokens ([[trusted_issuers]]): workload
+    #: identity federation.
+    trusted_issuers: tuple[TrustedIssuerConfig, ...] = ()
     #: The audit trail ([audit]).
     audit: AuditConfig = AuditConfig()
     #: OpenTelemetry traces ([tracing]).
@@ -474,6 +526,10 @@ def _file_types(annotation: Any) -> Any:
         (kind,) = [a for a in get_args(annotation) if a is not type(None)]
         return _file_types(kind)
     if origin is tuple:
+        (element, *_) = get_args(annotation)
+        if has(element):
+            # an array of tables: [[name]]
+            return [toml_schema(element)]
         return (list,)
     if annotation in _TYPE_NAMES:
         return (annotation,)
@@ -514,6 +570,12 @@ def _check_types(table: Mapping[str, Any], schema: Mapping[str, Any], prefix: st
             if not isinstance(value, dict):
                 raise ConfigError(f"{name}: must be a table")
             _check_types(value, expected, f"{name}.")
+            continue
+        if isinstance(expected, list):
+            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+                raise ConfigError(f"{name}: must be an array of tables ([[{name}]])")
+            for index, table in enumerate(value):
+                _check_types(table, expected[0], f"{name}[{index}].")
             continue
         accepted = expected + (int,) if float in expected else expected
         if isinstance(value, bool) != (bool in expected) or not isinstance(value, accepted):
@@ -628,6 +690,8 @@ def _build(cls: type[_C], table: Mapping[str, Any]) -> _C:
         value, kind = table[attribute.name], types[attribute.name]
         if has(kind):
             value = _build(kind, value)
+        elif get_origin(kind) is tuple and has(get_args(kind)[0]):
+            value = tuple(_build(get_args(kind)[0], table) for table in value)
         elif kind is float:
             value = float(value)
         elif get_origin(kind) is tuple:
@@ -666,7 +730,71 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
     _check_limits(config.limits)
     _check_audit(config.audit)
     _check_tracing(config.tracing)
-    return config
+    return evolve(config, trusted_issuers=_check_trusted_issuers(config))
+
+
+def _check_trusted_issuers(config: Config) -> tuple[TrustedIssuerConfig, ...]:
+    """
+    Each C{[[trusted_issuers]]} table, checked, with its default audiences
+    (this server's issuer and token endpoint) filled in.
+    """
+    checked = []
+    seen: set[str] = set()
+    for index, trusted in enumerate(config.trusted_issuers):
+        issuer = trusted.issuer
+        where = f"[[trusted_issuers]] {issuer!r}" if issuer else f"[[trusted_issuers]] {index + 1}"
+        if not issuer:
+            raise ConfigError(f"{where}: issuer: missing; give the tokens' iss")
+        if issuer in seen:
+            raise ConfigError(f"{where}: issuer: given twice")
+        seen.add(issuer)
+        if trusted.spiffe:
+            if not SPIFFE_TRUST_DOMAIN.fullmatch(issuer):
+                raise ConfigError(
+                    f"{where}: issuer: a SPIFFE trust domain is spiffe:// and its name "
+                    "(lowercase letters, digits, '.', '-', '_'), with no path"
+                )
+            if trusted.jwks_uri is None and trusted.jwks_file is None:
+                raise ConfigError(
+                    f"{where}: a SPIFFE trust domain needs its bundle: jwks_uri (its bundle "
+                    "endpoint) or jwks_file (e.g. from spire-server bundle show -format spiffe)"
+                )
+        else:
+            _check_http_url(f"{where}: issuer", issuer)
+        if trusted.jwks_uri is not None and trusted.jwks_file is not None:
+            raise ConfigError(f"{where}: jwks_uri and jwks_file: give one, not both")
+        if trusted.jwks_uri is not None:
+            _check_http_url(f"{where}: jwks_uri", trusted.jwks_uri)
+        if trusted.jwks_file is not None and not trusted.jwks_file:
+            raise ConfigError(f"{where}: jwks_file: must be a path")
+        for audience in trusted.audiences:
+            if not isinstance(audience, str) or not audience:
+                raise ConfigError(f"{where}: audiences: {audience!r} is not a non-empty string")
+        if not is_lifetime(trusted.max_token_lifetime):
+            raise ConfigError(
+                f"{where}: max_token_lifetime: must be greater than 0, "
+                f"not {trusted.max_token_lifetime!r}"
+            )
+        audiences = trusted.audiences or (config.issuer, f"{config.issuer}/token")
+        checked.append(evolve(trusted, audiences=tuple(dict.fromkeys(audiences))))
+    return tuple(checked)
+
+
+def _check_http_url(setting: str, url: str) -> None:
+    """
+    An absolute http(s) URL of visible ASCII with no query or fragment: an
+    issuer identifier (RFC 8414 §2, OpenID Connect Discovery §2) or where
+    its keys are.
+    """
+    parts = urlsplit(url)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or not re.fullmatch(r"[!-~]+", url)
+    ):
+        raise ConfigError(f"{setting}: {url!r} is not an http or https URL")
+    if parts.fragment or "#" in url or (parts.query and "issuer" in setting):
+        raise ConfigError(f"{setting}: {url!r} must have no query or fragment")
 
 
 def _check_keys(keys: KeysConfig) -> None:
@@ -791,6 +919,16 @@ def _check_store(store: StoreConfig, on_command_line: bool) -> None:
         raise ConfigError(f"[store] timeout: must be greater than 0, not {store.timeout!r}")
     if store.client_cache_seconds < 0:
         raise ConfigError("[store] client_cache_seconds: must be 0 or more")
+    if store.redis_wait_replicas is not None and store.redis_wait_replicas < 0:
+        raise ConfigError(
+            f"[store] redis_wait_replicas: must be 0 or more, not {store.redis_wait_replicas!r}"
+        )
+    wait = store.redis_wait_timeout
+    if wait is not None and not 0 < wait < store.timeout:
+        raise ConfigError(
+            f"[store] redis_wait_timeout: must be greater than 0 and less than "
+            f"[store] timeout ({store.timeout:g}), not {wait!r}"
+        )
 
 
 def _check_tokens(tokens: TokenConfig) -> None:

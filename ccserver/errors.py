@@ -109,6 +109,14 @@ def invalid_client(description: str = "client authentication failed") -> OAuthEr
     )
 
 
+def invalid_grant(description: str) -> OAuthError:
+    """
+    RFC 6749 §5.2: 400 C{invalid_grant}; for the JWT bearer grant, an
+    assertion that is not valid (RFC 7521 §4.1.1), whatever is wrong with it.
+    """
+    return OAuthError("invalid_grant", description)
+
+
 def temporarily_unavailable(description: str) -> OAuthError:
     """
     RFC 6749 §5.2: 503 C{temporarily_unavailable}, with C{Retry-After: 1}
@@ -126,6 +134,24 @@ class ConfigError(Exception):
     """
 
 
+class GrantUnavailable(Exception):
+    """
+    Raised by a grant type plugin's C{makeGrant} when the grant cannot be
+    offered with this server's configuration (its grant handler cannot
+    decide it, say): the server starts without it, and logs the message,
+    one line that says why and what would make it available.
+    """
+
+
+class GrantNotConfigured(GrantUnavailable):
+    """
+    A L{GrantUnavailable} for a grant whose feature the operator has not
+    configured (the JWT bearer grant without C{[[trusted_issuers]]}): the
+    normal case for most servers, so logged at the info level, not as a
+    warning.
+    """
+
+
 class StoreUnavailable(Exception):
     """
     The store could not be reached, or did not answer in time.
@@ -136,6 +162,19 @@ class ClientExists(Exception):
     """
     A client with that identifier is already registered.
     """
+
+
+class BindingTaken(Exception):
+    """
+    A federated identity (issuer, subject and conditions) is bound to
+    another client already.
+
+    @ivar identity: that identity (a L{ccserver.model.FederatedIdentity}).
+    """
+
+    def __init__(self, identity: object) -> None:
+        super().__init__(identity)
+        self.identity = identity
 
 
 def answered_with(error: BaseException) -> tuple[str, int]:

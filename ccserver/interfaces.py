@@ -1,13 +1,15 @@
 """
-The seams of ccserver: stores and grant handlers.
+The seams of ccserver: stores, grant handlers and grant types.
 
-Third parties code against L{IGrantHandlerFactory} and
-L{IClientCredentialsGrantHandler}; these names are stable.
+Third parties code against L{IGrantHandlerFactory},
+L{IClientCredentialsGrantHandler}, L{ITokenExchangeHandler},
+L{IGrantTypeFactory}, L{IGrantType} and L{ITokenEndpoint}; these names are
+stable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -16,14 +18,21 @@ from zope.interface import Attribute, Interface
 from ccserver.model import (
     AttemptKeys,
     AttemptRelease,
+    Authenticated,
+    Binding,
     Client,
+    Delegation,
     GrantAuthorization,
     GrantRequest,
     InitialAccessToken,
+    IssuedToken,
     Reservation,
     StoredKey,
+    TokenExchangeRequest,
     TokenGrant,
     TokenRecord,
+    TokenRequest,
+    VerifiedToken,
 )
 
 
@@ -40,7 +49,11 @@ class IClientStore(Interface):
     def add_client(client: Client) -> Deferred[None]:
         """
         Store a new client.  Fails with L{ccserver.errors.ClientExists} if
-        its C{client_id} is taken.
+        its C{client_id} is taken, and with L{ccserver.errors.BindingTaken}
+        (storing nothing) if one of its L{Client.federated_identities} (the
+        issuer, subject and conditions together) is another client's: the
+        check and the write are one atomic step, so that of two clients
+        registered at once with the same binding, one is refused.
         """
 
     def get_client(client_id: str) -> Deferred[Client | None]:
@@ -50,8 +63,19 @@ class IClientStore(Interface):
 
     def replace_client(client: Client) -> Deferred[bool]:
         """
-        Replace the stored client of the same C{client_id} with this one.
-        Fires with C{False} (and stores nothing) if there is none.
+        Replace the stored client of the same C{client_id} with this one,
+        and its federated identities with the new one's.  Fires with
+        C{False} (and stores nothing) if there is none; fails with
+        L{ccserver.errors.BindingTaken} (storing nothing) if one of its new
+        federated identities is another client's.
+        """
+
+    def clients_bound_to(issuer: str, subject: str) -> Deferred[list[str]]:
+        """
+        The ids of the clients with a federated identity of this issuer and
+        subject (whatever its conditions), in no particular order: one
+        lookup by L{ccserver.model.binding_key}, never a scan.  A deleted
+        client's bindings are gone with it.
         """
 
     def list_clients(cursor: str, count: int) -> Deferred[tuple[list[Client], str]]:
@@ -387,4 +411,224 @@ class IGrantHandlerFactory(Interface):
             provide L{IClientCredentialsGrantHandler} stops the start with
             one line naming the plugin and what to change
             (L{ccserver.handlers.PluginError}).
+        """
+
+
+class ITokenExchangeHandler(Interface):
+    """
+    Decides what a token exchange (RFC 8693) authorises, as
+    L{IClientCredentialsGrantHandler} decides a client credentials grant.
+    A grant handler provides both to decide both; one that provides only
+    L{IClientCredentialsGrantHandler} keeps working for client credentials,
+    and the server then offers no token exchange (docs/grant-handlers.md).
+    """
+
+    def authorize_exchange(
+        exchange: TokenExchangeRequest,
+    ) -> GrantAuthorization | Deferred[GrantAuthorization] | Awaitable[GrantAuthorization]:
+        """
+        Decide what the token made by this exchange carries: its scope,
+        lifetime, audience, extra claims, format, C{may_act}.
+
+        The server has already checked the subject and actor tokens and that
+        the client may present them; whatever is decided here, the new
+        token's C{sub} is the subject token's, its C{act} names the actor,
+        and it ends no later than the subject token.
+
+        @return: a L{GrantAuthorization}, or a L{Deferred} or awaitable of one.
+        @raise ccserver.errors.OAuthError: to refuse: C{invalid_scope},
+            C{invalid_target}, C{invalid_request} (RFC 8693 §2.2.2), ...
+        """
+
+
+class ISubjectTokenValidator(Interface):
+    """
+    Checks the tokens of one RFC 8693 token type presented in a token
+    exchange, as a subject or an actor token.
+    """
+
+    token_type = Attribute("The RFC 8693 §3 token type URI it checks.")
+
+    def verify(token: str) -> Deferred[VerifiedToken] | Awaitable[VerifiedToken]:
+        """
+        The token, verified.
+
+        @raise ccserver.errors.OAuthError: C{invalid_request} (RFC 8693
+            §2.2.2) when it is not valid: malformed, not signed by whom it
+            must be, expired, revoked.
+        """
+
+    def client_for(
+        token: VerifiedToken,
+    ) -> Deferred[Client | None] | Awaitable[Client | None]:
+        """
+        The registered client a token it verified speaks for, or None: for
+        a grant whose client presents no credentials of its own but such a
+        token (RFC 7523 §2.1, the JWT bearer grant; see
+        L{ITokenEndpoint.identify}).  This server's access tokens name
+        theirs by C{client_id}; a token from elsewhere would name it by the
+        client's binding to its issuer and subject.
+        """
+
+
+class ITokenEndpoint(Interface):
+    """
+    What the token endpoint offers a grant type (L{IGrantType}): the steps
+    every grant takes, in this order: who the client is (L{authenticate};
+    L{identify} for a grant whose client presents a token that speaks for
+    it, after L{verify_token}; L{admit} for a grant that finds its client
+    yet another way), what the token will be bound to (L{bind}), what the
+    grant handler decides (L{decide}), and the token (L{mint}).  Every step
+    raises L{ccserver.errors.OAuthError} for a refusal.
+    """
+
+    issuer = Attribute("This server's issuer identifier.")
+    reactor = Attribute("The reactor, for any timer or connection a grant needs.")
+    federated = Attribute(
+        "Whether the server trusts issuers of workload tokens ([[trusted_issuers]]): "
+        "only then can authenticate_assertion find a client."
+    )
+    handler = Attribute(
+        "The grant handler; it may provide ITokenExchangeHandler as well as "
+        "IClientCredentialsGrantHandler."
+    )
+
+    def authenticate(request: TokenRequest) -> Awaitable[Client]:
+        """
+        The client the request authenticates as (every method the server
+        has, within the brute-force limits), once L{admit} has let it use
+        the request's grant type.
+
+        @raise ccserver.errors.OAuthError: C{invalid_client},
+            C{unauthorized_client}, ...
+        """
+
+    def authenticated(request: TokenRequest) -> Awaitable[Authenticated]:
+        """
+        L{authenticate}'s client, and for a client that authenticated with
+        its workload's token (C{federated_jwt}) that token, verified: what
+        a grant passes on to the grant handler (L{GrantRequest.workload}).
+        """
+
+    def authenticate_assertion(request: TokenRequest) -> Awaitable[Authenticated]:
+        """
+        For a grant whose assertion authenticates the client (RFC 7521
+        §4.1, the JWT bearer grant of RFC 7523 §2.1): the client the
+        request's C{assertion} parameter, a workload's token from a trusted
+        issuer, is bound to, and that token, verified; within the
+        brute-force limits, counted by the workload identity it names; once
+        L{admit} has let the client use the request's grant type.  The
+        request may name the client with C{client_id}, and carry no other
+        client credentials.
+
+        @raise ccserver.errors.OAuthError: C{invalid_grant} for an assertion
+            that is not valid (RFC 7521 §4.1.1), C{invalid_request} without
+            one, C{unauthorized_client}, ...
+        """
+
+    def admit(request: TokenRequest, client: Client) -> None:
+        """
+        Let the client use the request's grant type: it must have it among
+        its registered C{grant_types}.
+
+        @raise ccserver.errors.OAuthError: C{unauthorized_client}.
+        """
+
+    def identify(request: TokenRequest, token: VerifiedToken) -> Awaitable[Client]:
+        """
+        The client a verified token speaks for (the validator of its type
+        says which, L{ISubjectTokenValidator.client_for}), once L{admit}
+        has let it use the request's grant type: how a grant finds a client
+        that authenticates with an assertion instead of credentials (RFC
+        7523 §2.1), in place of L{authenticate}.
+
+        @raise ccserver.errors.OAuthError: C{invalid_grant} (RFC 7523 §3.1)
+            when it speaks for no registered client; C{unauthorized_client}.
+        """
+
+    def bind(request: TokenRequest, client: Client) -> Awaitable[Binding | None]:
+        """
+        What a token issued to the client on this request is bound to (its
+        DPoP proof, its TLS certificate), or None for a bearer token; and
+        the per-client issuance limit.
+
+        @raise ccserver.errors.OAuthError: C{invalid_dpop_proof}, a bound
+            client without its proof or certificate (C{invalid_request}),
+            429 past the issuance limit.
+        """
+
+    def verify_token(token: str, token_type: str) -> Awaitable[VerifiedToken]:
+        """
+        A token presented in the request (an RFC 8693 subject or actor
+        token), checked by the validator of its type.
+
+        @raise ccserver.errors.OAuthError: C{invalid_request} for an unknown
+            type or a token that is not valid.
+        """
+
+    def decide(
+        grant: GrantRequest | TokenExchangeRequest,
+    ) -> Awaitable[GrantAuthorization]:
+        """
+        What the grant handler decides: C{authorize(grant)} for a
+        L{GrantRequest}, C{authorize_exchange(exchange)} for a
+        L{TokenExchangeRequest}.
+        """
+
+    def mint(
+        request: TokenRequest,
+        client: Client,
+        decision: GrantAuthorization,
+        binding: Binding | None,
+        delegation: Delegation | None = None,
+    ) -> Awaitable[IssuedToken]:
+        """
+        The access token: signed, or stored if opaque.
+
+        @param delegation: for a token made by exchange, whose it is, who
+            acts, what it dies with and when it ends at the latest.
+        """
+
+
+class IGrantType(Interface):
+    """
+    One grant type of the token endpoint: what C{grant_type} selects.
+    """
+
+    def token(
+        request: TokenRequest,
+    ) -> Deferred[IssuedToken] | Coroutine[Any, Any, IssuedToken]:
+        """
+        Read the grant's parameters from the request, take the endpoint's
+        steps (L{ITokenEndpoint}), and return the token: a coroutine (an
+        C{async def token}) or a L{Deferred}.
+
+        @raise ccserver.errors.OAuthError: to refuse, with the RFC 6749 §5.2
+            error code (or the grant's own RFC's).
+        """
+
+
+class IGrantTypeFactory(Interface):
+    """
+    A Twisted plugin (it also provides L{twisted.plugin.IPlugin}) that adds a
+    grant type to the token endpoint.  Every grant type plugin found is
+    loaded; discovery lists them (C{grant_types_supported}), and clients
+    registered for one (C{grant_types}, which the operator sets) may use it.
+    """
+
+    grant_type = Attribute(
+        "The grant_type value that selects it: a name, or an absolute URI "
+        "(RFC 6749 §4.5)."
+    )
+    description = Attribute("One line saying what the grant is.")
+
+    def makeGrant(endpoint: ITokenEndpoint) -> IGrantType:
+        """
+        Make the grant, over the endpoint's steps.
+
+        @raise ccserver.errors.GrantUnavailable: when the grant cannot be
+            offered with this server (its handler cannot decide it): the
+            server starts without it and logs the message.  Anything else
+            stops the start with one line naming the plugin
+            (L{ccserver.pluginloader.PluginError}).
         """

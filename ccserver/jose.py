@@ -63,9 +63,17 @@ KeyResolver = Callable[[Mapping[str, Any]], "VerificationKey | None"]
 _PYJWT = get_default_algorithms()
 #: The algorithms this module signs and verifies with.  Never C{none}.
 ALGORITHMS: Mapping[str, Algorithm] = {
-    name: _PYJWT[name] for name in ("RS256", "PS256", "ES256", "EdDSA", "HS256", "HS384", "HS512")
+    name: _PYJWT[name]
+    for name in (
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+        "ES256", "ES384", "ES512", "EdDSA",
+        "HS256", "HS384", "HS512",
+    )
 }
-_ALG_CURVES = {"ES256": ec.SECP256R1}
+#: RFC 7518 §3.4: each ECDSA algorithm's one curve.
+_ALG_CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
+#: RFC 7518 §3.3, §3.5: the RSA algorithms (PKCS #1 v1.5 and PSS).
+_RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 #: RFC 7518 §3.2: an HMAC key at least as long as the hash output.
 _HMAC_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 #: RFC 7518 §3.3, §3.5: RSA keys of 2048 bits or more.
@@ -379,7 +387,7 @@ def key_fits(alg: str, key: SigningKeyMaterial | VerificationKey) -> bool:
     is only ever used with its own kind of algorithm (RFC 8725 §3.1): an RSA
     public key is never an HMAC secret, a P-384 key never signs ES256.
     """
-    if alg in ("RS256", "PS256"):
+    if alg in _RSA_ALGORITHMS:
         return (
             isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)) and key.key_size >= _RSA_MIN_BITS
         )

@@ -39,9 +39,10 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web.iweb import IRequest
 from twisted.web.pages import notFound
 from twisted.web.resource import Resource
+from zope.interface import directlyProvides, providedBy
 
 from ccserver.errors import ERROR_CODES
-from ccserver.model import GrantAuthorization, GrantRequest, IssuedToken
+from ccserver.model import GrantAuthorization, GrantRequest, IssuedToken, TokenExchangeRequest
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -276,7 +277,11 @@ class Metrics(NoMetrics):
         """
         The webhook grant handler, timed: its decision is its HTTP request.
         """
-        return _TimedHandler(handler, self.webhook_duration)
+        timed = _TimedHandler(handler, self.webhook_duration)
+        # what it decides (client credentials, token exchanges) is what
+        # the handler it times decides
+        directlyProvides(timed, providedBy(handler))
+        return timed
 
 
 class _TimedHandler:
@@ -293,13 +298,19 @@ class _TimedHandler:
         return repr(self._handler)
 
     def authorize(self, grant: GrantRequest) -> Deferred[GrantAuthorization]:
+        return self._timed(self._handler.authorize, grant)
+
+    def authorize_exchange(self, exchange: TokenExchangeRequest) -> Deferred[GrantAuthorization]:
+        return self._timed(self._handler.authorize_exchange, exchange)
+
+    def _timed(self, decide: Callable[[Any], Any], request: Any) -> Deferred[GrantAuthorization]:
         started = perf_counter()
 
         def observed(result: Any) -> Any:
             self._histogram.observe(perf_counter() - started)
             return result
 
-        return maybeDeferred(self._handler.authorize, grant).addBoth(observed)
+        return maybeDeferred(decide, request).addBoth(observed)
 
 
 def scrape_registry(registry: CollectorRegistry) -> CollectorRegistry:

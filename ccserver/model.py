@@ -6,17 +6,19 @@ These are plain frozen attrs classes; nothing here knows of HTTP or of a store.
 The protocol's value rules live here too, each once, as functions the
 layers above call and raise their own errors from: scope syntax
 (L{is_scope_token}), resource URIs (L{is_resource_uri}), lifetimes
-(L{is_lifetime}) and the claims a grant handler may not set
-(L{check_claims}).
+(L{is_lifetime}), grant type names (L{is_grant_type}) and the claims a
+grant handler may not set (L{check_claims}).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, TypeGuard
+from typing import Any, NamedTuple, TypeGuard
 from urllib.parse import SplitResult, urlsplit
 
 from attrs import field, frozen
@@ -38,7 +40,10 @@ from attrs import field, frozen
 #:     L{GrantAuthorization.scope});
 #:   - RFC 8693 §4: C{act}, C{scope}, C{client_id}, C{may_act};
 #:   - RFC 7800 §3.1: C{cnf}, the proof-of-possession key a DPoP or mutual-TLS
-#:     bound token carries.
+#:     bound token carries;
+#:   - C{exchanged_from}, this server's own: the tokens a token made by a
+#:     token exchange was made from, which it dies with
+#:     (L{EXCHANGED_FROM}).
 #:
 #: Left to the handler on purpose: the RFC 9068 §2.2.3.1 authorization
 #: attributes C{roles}, C{groups} and C{entitlements}, and the §2.2.2
@@ -55,10 +60,38 @@ RESERVED_CLAIMS = frozenset(
         "act", "may_act",
         # RFC 7800 §3.1
         "cnf",
+        # this server's: the tokens an exchanged token dies with
+        "exchanged_from",
     }
 )
 
 CLIENT_CREDENTIALS = "client_credentials"
+#: RFC 7523 §2.1: the grant type of the JWT bearer grant, whose assertion
+#: is a workload's token (workload identity federation).
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+#: The C{token_endpoint_auth_method} of a client that authenticates with the
+#: token its workload's platform gave it (a Kubernetes service-account
+#: token, a SPIFFE JWT-SVID, a CI job's OIDC token), bound to it by its
+#: C{federated_identities}.
+FEDERATED_JWT = "federated_jwt"
+#: The claims a binding's conditions may not name: those the server checks
+#: on their own (the issuer, the subject, the audience, the times, the id).
+CHECKED_CLAIMS = frozenset({"iss", "sub", "aud", "exp", "nbf", "iat", "jti"})
+#: RFC 8693 §2.1: the grant type of a token exchange.
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+#: RFC 8693 §3: the token type of an OAuth 2.0 access token (of any format).
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+#: RFC 8693 §3: the token type of a JWT.
+JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
+#: The claim of a token made by a token exchange that names the tokens it
+#: was made from (a list of C{{"client_id": ..., "jti": ...}}, the nearest
+#: first): it is dead as soon as one of them is (revoked, or its client
+#: deleted).  This server's own claim, reserved.
+EXCHANGED_FROM = "exchanged_from"
+#: Form parameters that are about client authentication, not the grant.
+CREDENTIAL_PARAMS = frozenset(
+    {"client_id", "client_secret", "client_assertion", "client_assertion_type"}
+)
 
 #: RFC 7591 §2: the C{token_endpoint_auth_method} of a client whose
 #: registration names none.
@@ -121,6 +154,30 @@ def is_resource_uri(uri: str) -> bool:
     )
 
 
+# RFC 6749 Appendix A.10: grant-name = 1*name-char, name-char = "-" / "." /
+# "_" / DIGIT / ALPHA; an extension grant is an absolute URI (§4.5).
+_GRANT_NAME = re.compile(r"[-._0-9A-Za-z]+")
+
+
+def is_grant_type(value: object) -> bool:
+    """
+    Whether C{value} can be a C{grant_type} (RFC 6749 §4.5, Appendix
+    A.10): a name of letters, digits, C{-}, C{.} and C{_}, or an absolute
+    URI.  The one rule for a grant type plugin's C{grant_type}.
+    """
+    if not isinstance(value, str) or not value or value != value.strip():
+        return False
+    if _GRANT_NAME.fullmatch(value):
+        return True
+    parts = split_uri(value)
+    return (
+        parts is not None
+        and bool(parts.scheme)
+        and bool(parts.netloc or parts.path)
+        and all(0x21 <= ord(c) <= 0x7E for c in value)
+    )
+
+
 def is_lifetime(value: object) -> TypeGuard[int]:
     """
     Whether C{value} is a token lifetime: a whole number of seconds greater
@@ -130,6 +187,10 @@ def is_lifetime(value: object) -> TypeGuard[int]:
     caller raises its own error.
     """
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+#: The one empty read-only mapping, shared: most tokens have no delegation.
+EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 #: The largest C{token_rate_limit} a client may be given: a million tokens
@@ -203,6 +264,102 @@ def token_rate_limit(value: Mapping[str, Any]) -> TokenRateLimit:
 
 def _readonly(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
+
+
+def _conditions(claims: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    pairs = claims.items() if isinstance(claims, Mapping) else claims
+    return tuple(sorted((str(name), str(value)) for name, value in pairs))
+
+
+def _digest(*parts: str) -> str:
+    text = "\x00".join(parts)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def binding_key(issuer: str, subject: str) -> str:
+    """
+    The key the stores index federated identities by: a digest of the
+    issuer and the subject, so that a subject of any length or character
+    costs a store 64 bytes, and one lookup finds every client bound to it.
+    """
+    return _digest(issuer, subject)
+
+
+@frozen
+class FederatedIdentity:
+    """
+    A binding of a client to a workload identity (its C{federated_identities}
+    metadata): the tokens of C{issuer} whose C{sub} is C{subject}, and whose
+    claims are each exactly the string the C{claims} conditions name,
+    authenticate the client.
+
+    @ivar issuer: the trusted issuer's identifier: its C{iss}, or
+        C{spiffe://<trust domain>} for a SPIFFE trust domain.
+    @ivar claims: the conditions, as (name, value) pairs sorted by name.
+    """
+
+    issuer: str
+    subject: str
+    claims: tuple[tuple[str, str], ...] = field(default=(), converter=_conditions)
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> FederatedIdentity:
+        """
+        One element of validated C{federated_identities} metadata.
+        """
+        return cls(value["issuer"], value["subject"], value.get("claims") or {})
+
+    def as_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"issuer": self.issuer, "subject": self.subject}
+        if self.claims:
+            document["claims"] = dict(self.claims)
+        return document
+
+    @property
+    def key(self) -> str:
+        """
+        What the stores find it by (L{binding_key}).
+        """
+        return binding_key(self.issuer, self.subject)
+
+    @property
+    def conditions_key(self) -> str:
+        """
+        A digest of its conditions: with L{key}, what makes it unique among
+        every client's bindings.
+        """
+        return _digest(json.dumps(dict(self.claims), sort_keys=True, separators=(",", ":")))
+
+    def admits(self, issuer: str, subject: str, claims: Mapping[str, Any]) -> bool:
+        """
+        Whether a verified token of C{issuer} for C{subject} with these
+        C{claims} is this workload: each condition is a claim of exactly
+        that string value.
+        """
+        return (
+            issuer == self.issuer
+            and subject == self.subject
+            and all(claims.get(name) == value for name, value in self.claims)
+        )
+
+
+@frozen
+class WorkloadIdentity:
+    """
+    A workload's token, verified: signed by a trusted issuer's key, for
+    this server, in its lifetime.
+
+    @ivar issuer: the trusted issuer's identifier (for a SPIFFE JWT-SVID,
+        which may carry no C{iss}, C{spiffe://<trust domain>}).
+    @ivar subject: its C{sub}.
+    @ivar claims: every claim of the token, as verified.
+    """
+
+    issuer: str
+    subject: str
+    claims: Mapping[str, Any] = field(factory=dict, converter=_readonly)
+def _readonly_or_empty(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return MappingProxyType(dict(mapping)) if mapping else EMPTY
 
 
 @frozen
@@ -284,6 +441,17 @@ class Client:
         return str(self.metadata.get("token_endpoint_auth_method", DEFAULT_AUTH_METHOD))
 
     @property
+    def federated_identities(self) -> tuple[FederatedIdentity, ...]:
+        """
+        The workload identities bound to it (C{federated_identities}), for
+        a C{federated_jwt} client; none for every other.
+        """
+        return tuple(
+            FederatedIdentity.from_json(value)
+            for value in self.metadata.get("federated_identities", ())
+        )
+
+    @property
     def token_endpoint_auth_methods(self) -> tuple[str, ...]:
         """
         The methods this client may authenticate with: the one it registered;
@@ -332,11 +500,49 @@ def check_claims(claims: Mapping[str, Any]) -> None:
         raise ValueError("reserved claims are set by the server only: " + ", ".join(reserved))
 
 
+def may_act_problem(value: object) -> str | None:
+    """
+    What is wrong with an RFC 8693 §4.4 C{may_act} value, or None: it must
+    be a JSON object whose C{sub} is a non-empty string, every member a
+    string.  The one rule for handlers and the webhook's answers.
+    """
+    if not isinstance(value, Mapping):
+        return "must be an object"
+    sub = value.get("sub")
+    if not isinstance(sub, str) or not sub:
+        return "must have a sub, a non-empty string"
+    for name, member in value.items():
+        if not isinstance(name, str) or not isinstance(member, str):
+            return "must have strings for members"
+    return None
+
+
+def _optional_may_act(value: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    if value is None:
+        return None
+    problem = may_act_problem(value)
+    if problem is not None:
+        raise ValueError(f"GrantAuthorization.may_act: {problem}, not {value!r}")
+    return MappingProxyType(dict(value))
+
+
 def _check_claims(instance: object, attribute: object, claims: Mapping[str, Any]) -> None:
     try:
         check_claims(claims)
     except ValueError as e:
         raise ValueError(f"GrantAuthorization.claims: {e}") from None
+
+
+@frozen
+class Authenticated:
+    """
+    Who a token request authenticated as: the client, and for a client
+    that authenticated with its workload's token (C{federated_jwt}, or the
+    assertion of the JWT bearer grant) that token, verified.
+    """
+
+    client: Client
+    workload: WorkloadIdentity | None = None
 
 
 @frozen
@@ -350,6 +556,8 @@ class GrantRequest:
     @ivar params: the other form parameters of the token request (never the
         client's credentials).
     @ivar issuer: this server's issuer identifier.
+    @ivar grant_type: the request's C{grant_type}: C{client_credentials},
+        or that of a grant type plugin that asks the handler the same way.
     """
 
     client: Client
@@ -359,6 +567,202 @@ class GrantRequest:
     #: The RFC 8707 C{resource} values of the request (absolute URIs), in
     #: the order given; empty when it named none.
     resource: tuple[str, ...] = field(default=(), converter=_strings)
+    grant_type: str = CLIENT_CREDENTIALS
+    #: The workload token the client authenticated with (C{federated_jwt},
+    #: or the assertion of the JWT bearer grant), verified: its issuer,
+    #: subject and every claim, for a handler to decide on; None for every
+    #: other client.
+    workload: WorkloadIdentity | None = None
+
+
+class TokenRequest(NamedTuple):
+    """
+    A request to the token endpoint, as a grant type plugin gets it
+    (L{ccserver.interfaces.IGrantType}): its parameters, read once, and
+    what came with it.  It passes it back to the endpoint's steps
+    (L{ccserver.interfaces.ITokenEndpoint}), which read the rest.
+
+    A named tuple, not an attrs class: one is made for every token request,
+    and this is the cheapest immutable object Python has.
+    """
+
+    #: The form parameters, each given once (RFC 6749 §3.2), C{grant_type}
+    #: among them; those sent empty are left out.
+    form: Mapping[str, str]
+    #: The C{Authorization} header, if any.
+    authorization: str | None
+    #: The RFC 8707 C{resource} parameters, in order (repeatable).
+    resource: Sequence[str] = ()
+    #: The RFC 8693 C{audience} parameters, in order (repeatable).
+    audience: Sequence[str] = ()
+    #: Every C{DPoP} header value (RFC 9449).
+    dpop: Sequence[str] = ()
+    #: The TLS client certificate (RFC 8705), a
+    #: L{ccserver.oauth.mtls.PresentedCertificate}, or None.
+    certificate: Any = None
+    #: The caller's address, which the brute-force limits count by.
+    source: str = ""
+
+    @property
+    def grant_type(self) -> str:
+        return self.form["grant_type"]
+
+
+@frozen
+class Binding:
+    """
+    What a token about to be issued is bound to (L{ITokenEndpoint.bind}):
+    the DPoP key of the request's proof (RFC 9449 §6, C{cnf.jkt}), the TLS
+    client certificate (RFC 8705 §3, C{cnf.x5t#S256}), and the DPoP nonce
+    to send with the answer.  A bearer token has none (the endpoint gives
+    L{None} rather than an empty one).
+    """
+
+    jkt: str | None = None
+    x5t_s256: str | None = None
+    dpop_nonce: str | None = None
+
+
+@frozen
+class TokenRef:
+    """
+    A token a token made by exchange dies with: its client and its C{jti}.
+    """
+
+    client_id: str
+    jti: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"client_id": self.client_id, "jti": self.jti}
+
+
+def _refs(values: Iterable[TokenRef]) -> tuple[TokenRef, ...]:
+    return tuple(values)
+
+
+@frozen
+class VerifiedToken:
+    """
+    A token presented in a token exchange (RFC 8693 §2.1: a subject or an
+    actor token), once its validator has checked it: signature, issuer,
+    expiry, revocation.
+
+    @ivar token_type: its RFC 8693 §3 type URI, as presented.
+    @ivar claims: what it says: the claims of a JWT, or what introspection
+        says of an opaque token (without C{active} or C{token_type}).
+    @ivar lineage: for this server's own tokens, the token itself and the
+        tokens it was made from, nearest first: what a token made from it
+        dies with.  Empty for a token from elsewhere.
+    """
+
+    token_type: str
+    claims: Mapping[str, Any] = field(converter=_readonly)
+    lineage: tuple[TokenRef, ...] = field(default=(), converter=_refs)
+
+    @property
+    def subject(self) -> str | None:
+        """
+        Its C{sub}, if it has one that is a string.
+        """
+        sub = self.claims.get("sub")
+        return sub if isinstance(sub, str) else None
+
+    @property
+    def audience(self) -> tuple[str, ...]:
+        aud = self.claims.get("aud", ())
+        if isinstance(aud, str):
+            return (aud,)
+        return tuple(a for a in aud if isinstance(a, str)) if isinstance(aud, list) else ()
+
+    @property
+    def scope(self) -> frozenset[str]:
+        scope = self.claims.get("scope")
+        return scope_values(scope) if isinstance(scope, str) else frozenset()
+
+    @property
+    def expires_at(self) -> int | None:
+        exp = self.claims.get("exp")
+        return exp if isinstance(exp, int) and not isinstance(exp, bool) else None
+
+
+@frozen
+class TokenExchangeRequest:
+    """
+    A token exchange (RFC 8693 §2.1), as a grant handler sees it
+    (L{ccserver.interfaces.ITokenExchangeHandler}): the subject and actor
+    tokens, verified, and what the exchanging client asks for.
+
+    @ivar client: the exchanging client, authenticated.
+    @ivar subject: the subject token, verified: whose token the new one is
+        (its C{sub} becomes the new token's).
+    @ivar actor: the actor token, verified, or None: who acts (without one,
+        the exchanging client).
+    @ivar scope: the scope values requested, or None when the request named
+        none.
+    @ivar audience: the RFC 8693 C{audience} values requested, in order.
+    @ivar resource: the RFC 8707 C{resource} values requested, in order.
+    @ivar requested_token_type: the type asked for (L{ACCESS_TOKEN_TYPE} by
+        default, or L{JWT_TOKEN_TYPE}).
+    @ivar params: the request's other form parameters.
+    @ivar issuer: this server's issuer identifier.
+    """
+
+    client: Client
+    subject: VerifiedToken
+    actor: VerifiedToken | None
+    scope: frozenset[str] | None = field(converter=_optional_scope)
+    audience: tuple[str, ...] = field(default=(), converter=_strings)
+    resource: tuple[str, ...] = field(default=(), converter=_strings)
+    requested_token_type: str = ACCESS_TOKEN_TYPE
+    params: Mapping[str, str] = field(converter=_readonly, factory=dict)
+    issuer: str = ""
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """
+        Every audience and resource value requested, in order, once each.
+        """
+        return tuple(dict.fromkeys((*self.audience, *self.resource)))
+
+
+@frozen
+class Delegation:
+    """
+    What a token made by a token exchange says beyond a grant handler's
+    decision, set by the server only (RFC 8693 §4): whose it is and who
+    acts, which tokens it dies with, and when it must end at the latest.
+
+    @ivar subject: its C{sub}, the subject token's.
+    @ivar actor: its C{act} claim: the acting party, with the subject
+        token's own C{act} nested in it (RFC 8693 §4.1).
+    @ivar exchanged_from: the tokens it dies with (L{EXCHANGED_FROM}).
+    @ivar expires_at_most: its C{exp} is no later (the subject token's).
+    """
+
+    subject: str
+    actor: Mapping[str, Any] = field(converter=_readonly)
+    exchanged_from: tuple[TokenRef, ...] = field(default=(), converter=_refs)
+    expires_at_most: int | None = None
+
+    def claims(self) -> dict[str, Any]:
+        """
+        Its claims, as the token carries them.
+        """
+        claims: dict[str, Any] = {"sub": self.subject, "act": _plain(self.actor)}
+        if self.exchanged_from:
+            claims[EXCHANGED_FROM] = [ref.as_json() for ref in self.exchanged_from]
+        return claims
+
+
+def _plain(value: Any) -> Any:
+    """
+    A JSON value with read-only mappings made dicts again.
+    """
+    if isinstance(value, Mapping):
+        return {name: _plain(member) for name, member in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(member) for member in value]
+    return value
 
 
 @frozen
@@ -375,6 +779,11 @@ class GrantAuthorization:
         (L{RESERVED_CLAIMS}) raise L{ValueError}.
     @ivar token_format: C{"jwt"}, C{"opaque"}, or L{None} for the server's
         configured format.
+    @ivar may_act: RFC 8693 §4.4: who may exchange the token and act on
+        behalf of its subject although the token is not for them: an
+        object whose C{sub} (a string) is that party's, as its own tokens
+        say it (a client's C{client_id}); other members, strings, must
+        match too.  L{None}: only the token's audience may.
     """
 
     scope: frozenset[str] = field(converter=_frozen_scope)
@@ -384,12 +793,17 @@ class GrantAuthorization:
         factory=dict, converter=_readonly, validator=_check_claims
     )
     token_format: str | None = None
+    may_act: Mapping[str, str] | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.lifetime is not None and not is_lifetime(self.lifetime):
             raise ValueError(
                 f"GrantAuthorization.lifetime must be a positive int, not {self.lifetime!r}"
             )
+        if self.may_act is not None:
+            # checked here rather than by a converter, which would be
+            # called for every decision, most without a may_act
+            object.__setattr__(self, "may_act", _optional_may_act(self.may_act))
 
 
 @frozen
@@ -410,8 +824,14 @@ class IssuedToken:
     token_format: str = "jwt"
     alg: str = "none"
     auth_method: str = "client_secret_basic"
-    #: What the audit trail says of it (not part of the answer either): its
-    #: C{jti}, audience and expiry, and the thumbprints it is bound to.
+    #: RFC 8693 §2.2.1: the type of the token issued by a token exchange
+    #: (L{ACCESS_TOKEN_TYPE} or L{JWT_TOKEN_TYPE}); None for other grants,
+    #: whose answer has no such member.
+    issued_token_type: str | None = None
+    #: What the audit trail says of it (not part of the answer either): the
+    #: client it was issued to, its C{jti}, audience and expiry, and the
+    #: thumbprints it is bound to.
+    client_id: str = ""
     token_id: str = ""
     audience: tuple[str, ...] = ()
     expires_at: int = 0
@@ -419,12 +839,15 @@ class IssuedToken:
     x5t_s256: str | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        document = {
             "access_token": self.access_token,
             "token_type": self.token_type,
             "expires_in": self.expires_in,
             "scope": " ".join(sorted(self.scope)),
         }
+        if self.issued_token_type is not None:
+            document["issued_token_type"] = self.issued_token_type
+        return document
 
 
 @frozen
@@ -447,6 +870,9 @@ class TokenRecord:
         to (RFC 9449 §6), or None for a bearer token.
     @ivar x5t_s256: the thumbprint of the TLS client certificate it is
         bound to (RFC 8705 §3.1), or None for a bearer token.
+    @ivar delegation: the RFC 8693 claims the server set (L{Delegation}):
+        C{sub} when it is not the client's, C{act}, C{may_act}, and
+        L{EXCHANGED_FROM}; empty for most tokens.
     """
 
     token_digest: str
@@ -459,6 +885,7 @@ class TokenRecord:
     claims: Mapping[str, Any] = field(factory=dict, converter=_readonly)
     jkt: str | None = None
     x5t_s256: str | None = None
+    delegation: Mapping[str, Any] = field(default=EMPTY, converter=_readonly_or_empty)
 
 
 @frozen

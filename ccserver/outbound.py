@@ -336,6 +336,28 @@ class AddressPolicy:
         return url
 
 
+def operator_url_warning(url: str) -> str | None:
+    """
+    Why an operator's URL (a trusted issuer's, which may point anywhere)
+    deserves a warning in the log, or None: it is plain http, or names a
+    private (or otherwise special) address, and is not the loopback's.  A
+    host name is not resolved: only what the URL says is judged.
+    """
+    try:
+        scheme, host = _scheme_and_host(url)
+    except RefusedURL:
+        return None
+    address = parse_address(host)
+    if _LOCALHOST.fullmatch(host) or (address is not None and address.is_loopback):
+        return None
+    if scheme == "http":
+        return "it is plain http: anyone on the way can read and change what it answers"
+    reason = None if address is None else refused_range(address)
+    if reason is not None:
+        return f"{address} is {reason}"
+    return None
+
+
 def _scheme_and_host(url: str) -> tuple[str, str]:
     """
     The scheme and host of an absolute http(s) URL, as both the standard

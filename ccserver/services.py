@@ -38,7 +38,7 @@ from ccserver.keys import KeyDecryptionError, Keyring
 from ccserver.tls import tls_factory
 from ccserver.tracing import Tracing
 from ccserver.web import CCServerSite
-from ccserver.workers import WorkerPool
+from ccserver.workers import ParentWatch, WorkerPool
 
 #: How often, at most, each process reloads the signing keys to follow
 #: rotations made elsewhere (more often when the activation delay is short).
@@ -103,6 +103,7 @@ def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: Sta
         IService(prepared.handler, None),
         # after the last request, as the handler
         CloseOnStop(server.jwks_fetcher.close),
+        None if server.issuer_keys is None else CloseOnStop(server.issuer_keys.close),
         *_timers(server, reactor),
         _requests_service(server, reactor, pool, startup),
         pool,
@@ -112,6 +113,9 @@ def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: Sta
     if prepared.listening.metrics is not None and server.metrics_site is not None:
         description, endpoint = prepared.listening.metrics
         ListenerService(description, lambda: endpoint, server.metrics_site).setServiceParent(root)
+    if prepared.listening.inherited:
+        # A worker ends with the main process, even one killed outright.
+        ParentWatch(reactor).setServiceParent(root)
     return root
 
 

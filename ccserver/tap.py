@@ -42,11 +42,16 @@ from ccserver.assembly import Prepared, assemble
 from ccserver.auditlog import open_writer
 from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
-from ccserver.handlers import find_plugins, make_handler
+from ccserver.grants import descriptions, find_grant_types
+from ccserver.handlers import GRANT_HANDLERS, make_handler
+from ccserver.keysets import read_key_set_file
 from ccserver.listening import listening
 from ccserver.metrics import MultiprocessDirectory, use_multiprocess_directory
+from ccserver.oauth.federation import MAX_ISSUER_KEYS, signs_tokens
+from ccserver.oauth.grants import OfferedGrants
+from ccserver.pluginloader import PluginError, scan_plugins
 from ccserver.services import StartUp, service_tree
-from ccserver.stores import store_from_url
+from ccserver.stores import store_from_settings
 from ccserver.text import escape
 from ccserver.tls import ClientCertificateRequesting, load_pem_certificates, server_context
 from ccserver.tracing import Tracing
@@ -67,7 +72,8 @@ class Options(usage.Options):
             None,
             None,
             "The store URL: memory://, sqlite:///relative.db, sqlite:////absolute.db, "
-            "redis://host:port/db, postgresql://user@host/db [default: sqlite:///ccserver.db].",
+            "redis://host:port/db, redis+sentinel://host:port,host:port/service?db=N, "
+            "postgresql://user@host/db [default: sqlite:///ccserver.db].",
         ],
         [
             "master-token",
@@ -118,16 +124,28 @@ class Options(usage.Options):
     longdesc = "An OAuth 2.0 authorization server for machine-to-machine clients."
 
     def getUsage(self, width: int | None = None) -> str:
-        # usage.Options word-wraps longdesc: the handler table goes after it.
-        found = find_plugins()
+        # usage.Options word-wraps longdesc: the plugin tables go after it.
+        scan = scan_plugins()
+        found = scan.find(GRANT_HANDLERS)
         handlers = "".join(
             f"\n  {name:20} {getattr(plugin.factory, 'description', '')}"
             for name, plugin in sorted(found.plugins.items())
         )
         problems = "".join(f"\n  not loaded: {problem}" for problem in found.problems)
+        try:
+            grant_types = descriptions(find_grant_types(scan))
+            broken = ""
+        except PluginError as e:
+            grant_types, broken = {}, f"\n  not loaded: {e}"
+        grants = "".join(
+            f"\n  {grant_type}\n      {description}"
+            for grant_type, description in sorted(grant_types.items())
+        )
         return (
             f"{super().getUsage(width)}\n"
             f"Grant handlers (--grant-handler, or [grant_handler] name):{handlers}{problems}\n"
+            f"Grant types (every one found; a client uses those its grant_types name):"
+            f"{grants}{broken}\n"
         )
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
@@ -219,11 +237,18 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
 
     @param inherited: the sockets handed down, if this process is a worker.
     @raise ConfigError: naming what is wrong (a plugin's errors are
-        L{ccserver.handlers.PluginError}s).
+        L{ccserver.pluginloader.PluginError}s).
     @raise OSError: for a file that cannot be read or made.
     """
-    handler = make_handler(config.grant_handler, config.grant_handler_config, reactor)
-    store = store_from_url(config.store.url, reactor, timeout=config.store.timeout)
+    plugins = scan_plugins()
+    for problem in plugins.unimportable:
+        _log.warn("A plugin was not loaded: {problem}", problem=problem)
+    handler = make_handler(config.grant_handler, config.grant_handler_config, reactor, plugins)
+    check_key_files(config)
+    grants = OfferedGrants.made(
+        find_grant_types(plugins), config.issuer, handler, reactor, bool(config.trusted_issuers)
+    )
+    store = store_from_settings(config.store, reactor)
     endpoints = listening(config, reactor, inherited, _tls_context(config))
     client_ca = None
     if config.mtls_enabled and config.tls.client_ca:
@@ -238,8 +263,35 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
         # inherit the directory through the environment.
         directory = MultiprocessDirectory(use_multiprocess_directory())
     return Prepared(
-        store, handler, first, endpoints, client_ca, directory, audit_writer, make_tracing(config)
+        store, handler, first, endpoints, client_ca, directory, grants, audit_writer,
+        make_tracing(config),
     )
+
+
+def check_key_files(config: Config) -> None:
+    """
+    Each trusted issuer's C{jwks_file} can be read now and holds a JWK set
+    with a key its tokens can be checked with: a mistake there is one line
+    at start, not a refusal of every workload later.  (Later changes to the
+    file are read as they come; one that breaks it leaves the last good
+    keys in use.)
+
+    @raise ConfigError: it does not.
+    @raise OSError: it cannot be read.
+    """
+    for trusted in config.trusted_issuers:
+        if trusted.jwks_file is None:
+            continue
+        where = f"[[trusted_issuers]] {trusted.issuer!r}: jwks_file"
+        try:
+            key_set = read_key_set_file(trusted.jwks_file, MAX_ISSUER_KEYS)
+        except ValueError as e:
+            raise ConfigError(f"{where}: {trusted.jwks_file} is not a JWK set: {e}") from None
+        if not any(signs_tokens(key, spiffe=trusted.spiffe) for key in key_set.keys):
+            raise ConfigError(
+                f"{where}: {trusted.jwks_file} holds no public key that signs "
+                + ("JWT-SVIDs (use: jwt-svid)" if trusted.spiffe else "tokens")
+            )
 
 
 def make_tracing(config: Config) -> Tracing | None:

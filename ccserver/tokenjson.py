@@ -4,9 +4,9 @@ path's one JSON document, written without the general encoder.
 
 C{json.dumps} sets up an encoder and walks a dict on every call, a share of
 a token's cost worth saving (bench/README.md, "Measurements behind design
-choices"); the answer always has the same four members, so
-only its strings need encoding, each with the C function C{json.dumps}
-itself uses.  The output is byte for byte C{json.dumps(token.as_json(),
+choices"); the answer always has the same four members (a fifth after a
+token exchange), so only its strings need encoding, each with the C
+function C{json.dumps} itself uses.  The output is byte for byte C{json.dumps(token.as_json(),
 separators=(",", ":"))} (tests/test_hot_path.py compares them).
 """
 
@@ -19,7 +19,13 @@ from ccserver.model import IssuedToken
 
 def token_answer_json(token: IssuedToken) -> bytes:
     scope = " ".join(sorted(token.scope))
+    # RFC 8693 §2.2.1: a token exchange's answer says what was issued
+    end = (
+        "}"
+        if token.issued_token_type is None
+        else f',"issued_token_type":{_string(token.issued_token_type)}}}'
+    )
     return (
         f'{{"access_token":{_string(token.access_token)},"token_type":{_string(token.token_type)},'
-        f'"expires_in":{int(token.expires_in)},"scope":{_string(scope)}}}'
+        f'"expires_in":{int(token.expires_in)},"scope":{_string(scope)}{end}'
     ).encode("ascii")

@@ -404,16 +404,24 @@ class TracedStore:
 
 def traced_handler(handler: Any, tracing: Tracing) -> Any:
     """
-    A grant handler whose decisions are spans (C{grant handler}), current
-    while it is asked: the webhook's request is their child.
+    A grant handler whose decisions (C{authorize}, and C{authorize_exchange}
+    if it has one) are spans (C{grant handler}), current while it is asked:
+    the webhook's request is their child.  Everything else is the handler's.
     """
-    return _TracedHandler(handler, tracing.deferred("grant handler", handler.authorize))
+    return _TracedHandler(handler, tracing)
 
 
 class _TracedHandler:
-    def __init__(self, handler: Any, authorize: Callable[[Any], Deferred[Any]]) -> None:
+    def __init__(self, handler: Any, tracing: Tracing) -> None:
         self._handler = handler
-        self.authorize = authorize
+        self.authorize = tracing.deferred("grant handler", handler.authorize)
+        if hasattr(handler, "authorize_exchange"):
+            self.authorize_exchange = tracing.deferred(
+                "grant handler", handler.authorize_exchange, {"oauth.grant": "token_exchange"}
+            )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handler, name)
 
     def __repr__(self) -> str:
         return repr(self._handler)

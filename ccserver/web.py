@@ -40,9 +40,9 @@ from ccserver.health import Readiness
 from ccserver.httpchannel import CCServerChannel, HTTPLimits
 from ccserver.keys import Keyring
 from ccserver.metrics import NO_METRICS, OTHER_ROUTE, NoMetrics
-from ccserver.model import IssuedToken
+from ccserver.model import IssuedToken, TokenRequest
 from ccserver.oauth.clientauth import split_authorization
-from ccserver.oauth.grants import ClientCredentialsGrant
+from ccserver.oauth.grants import TokenGrants
 from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.mtls import PresentedCertificate
 from ccserver.oauth.registration import (
@@ -288,8 +288,8 @@ def _body(request: IRequest) -> bytes:
     return request.content.read()  # type: ignore[no-any-return]
 
 
-#: Parameters that may be given more than once (RFC 8707 §2).
-REPEATABLE = frozenset({"resource"})
+#: Parameters that may be given more than once (RFC 8707 §2, RFC 8693 §2.1).
+REPEATABLE = frozenset({"resource", "audience"})
 
 
 def _single(pairs: list[tuple[str, str]]) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -406,7 +406,7 @@ class CCServerApp:
     The routes.  Every collaborator comes in through the constructor.
     """
 
-    grant: ClientCredentialsGrant
+    grants: TokenGrants
     introspection: TokenIntrospection
     registry: ClientRegistry
     keyring: Keyring
@@ -446,7 +446,7 @@ class CCServerApp:
         (L{TracedRoot}).
         """
         root = RootResource(
-            TokenResource(self.grant, self.metrics, self.certificates, self.sources),
+            TokenResource(self.grants, self.metrics, self.certificates, self.sources),
             self.app.resource(),
         )
         return root if self.tracing is None else TracedRoot(root, self.tracing, self.sources)
@@ -643,23 +643,24 @@ def error_code(failure: Failure) -> str:
 class TokenResource(Resource):
     """
     C{/token}, the hot path, as a plain twisted.web resource: one request
-    in, one call to L{ClientCredentialsGrant.token}, its answer or error out,
-    with no routing on the way (Klein's routing and response handling are a
-    large share of a token request's cost: bench/README.md, "Measurements
-    behind design choices").
+    in, one call to the C{token} of the grant its C{grant_type} selects
+    (L{TokenGrants.token}), its answer or error out, with no routing on
+    the way (Klein's routing and response handling are a large share of a
+    token request's cost: bench/README.md, "Measurements behind design
+    choices").
     """
 
     isLeaf = True
 
     def __init__(
         self,
-        grant: ClientCredentialsGrant,
+        grants: TokenGrants,
         metrics: NoMetrics = NO_METRICS,
         certificates: ClientCertificateReader | None = None,
         sources: RequestSources | None = None,
     ) -> None:
         super().__init__()
-        self._grant = grant
+        self._grants = grants
         self._metrics = metrics
         self._certificates = certificates
         self._sources = sources or RequestSources()
@@ -669,13 +670,16 @@ class TokenResource(Resource):
             _allow(request, b"POST")
             form, repeated = parse_form(request)
             issued = ensureDeferred(
-                self._grant.token(
-                    form,
-                    _authorization(request),
-                    repeated.get("resource", ()),
-                    dpop_headers(request),
-                    client_certificate(self._certificates, request),
-                    self._sources(request),
+                self._grants.token(
+                    TokenRequest(
+                        form,
+                        _authorization(request),
+                        repeated.get("resource", ()),
+                        repeated.get("audience", ()),
+                        dpop_headers(request),
+                        client_certificate(self._certificates, request),
+                        self._sources(request),
+                    )
                 )
             )
         except Exception:

@@ -9,6 +9,16 @@ process has opened the store and made the signing key, so they find
 everything ready; a worker that dies is started again; SIGTERM to the main
 process stops the workers along with it.  Workers share clients and keys through the
 store, so C{memory://} cannot be used with them.
+
+A worker never outlives the main process, however that ends (a SIGKILL,
+the OOM killer, a supervisor's hard stop outside a cgroup): its standard
+input is a pipe whose other end only the main process holds, and the
+worker watches it (L{ParentWatch}).  At end-of-file it stops listening,
+gives its requests in flight L{ORPHAN_GRACE} seconds, and ends.  An orphan
+would otherwise keep serving on the port with whatever it had loaded, and
+share the port with a restarted server.  (Linux's C{PR_SET_PDEATHSIG}
+would be a second way; the pipe works everywhere, and has no race with a
+parent that dies before the child has asked for the signal.)
 """
 
 from __future__ import annotations
@@ -24,16 +34,25 @@ from attrs import define
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint
-from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.error import ConnectionDone, ConnectionLost, ProcessExitedAlready
+from twisted.internet.interfaces import IReadDescriptor, IStreamServerEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ccserver.errors import ConfigError
 
 #: Seconds before a worker that died is started again.
 RESTART_DELAY = 1.0
+
+#: Seconds a worker whose main process ended gives its requests in flight
+#: before it ends (and drops those still unanswered).
+ORPHAN_GRACE = 0.5
+
+#: The worker's file descriptor of the pipe from the main process: its
+#: standard input.
+PARENT_PIPE_FD = 0
 
 
 @define
@@ -134,6 +153,89 @@ def inherited_endpoint(reactor: Any, fd: int) -> IStreamServerEndpoint:
     return AdoptedStreamServerEndpoint(reactor, fd, family)
 
 
+@implementer(IReadDescriptor)
+class _PipeFromParent:
+    """
+    The read end of the pipe from the main process, which never writes to
+    it: what arrives is discarded; end-of-file means the main process has
+    ended.
+    """
+
+    def __init__(self, fd: int, on_end: Callable[[], None]) -> None:
+        self.fd = fd
+        self.on_end = on_end
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def doRead(self) -> Failure | None:
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            return Failure(ConnectionLost(str(e)))
+        return None if data else Failure(ConnectionDone())
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.on_end()
+
+    def logPrefix(self) -> str:
+        return "parent-pipe"
+
+
+class ParentWatch(Service):
+    """
+    In a worker: ends this process soon after the main process has ended,
+    however it ended.
+
+    @param fd: the pipe from the main process (L{PARENT_PIPE_FD}).
+    @param stop: stops this process cleanly (the reactor's C{stop}): it
+        stops listening and waits for the requests in flight.
+    @param exit: ends this process at once, C{grace} seconds later, if the
+        clean stop has not ended it by then.
+    """
+
+    _log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        fd: int = PARENT_PIPE_FD,
+        *,
+        grace: float = ORPHAN_GRACE,
+        stop: Callable[[], None] | None = None,
+        exit: Callable[[int], None] = os._exit,
+    ) -> None:
+        self.reactor = reactor
+        self.grace = grace
+        self._stop = reactor.stop if stop is None else stop
+        self._exit = exit
+        self._pipe = _PipeFromParent(fd, self.parent_ended)
+        self.ended = False
+
+    def startService(self) -> None:
+        super().startService()
+        os.set_blocking(self._pipe.fd, False)
+        self.reactor.addReader(self._pipe)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.reactor.removeReader(self._pipe)
+
+    def parent_ended(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self._log.warn(
+            "The main process has ended: this worker stops (its requests in flight "
+            "have {grace} s)",
+            grace=self.grace,
+        )
+        self.reactor.callLater(self.grace, self._exit, 1)
+        self._stop()
+
+
 class _Worker(ProcessProtocol):
     def __init__(self, pool: WorkerPool, index: int) -> None:
         self.pool = pool
@@ -212,7 +314,8 @@ class WorkerPool(Service):
         if self._stopping:
             return
         fds = [s.fileno() for s in self._sockets[index]]
-        child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
+        # stdin: a pipe whose write end only this process holds (ParentWatch)
+        child_fds: dict[int, int | str] = {PARENT_PIPE_FD: "w", 1: 1, 2: 2}
         argv = [sys.executable, "-m", "twisted", *self.argv]
         for child_fd, parent_fd in enumerate(fds, start=3):
             child_fds[child_fd] = parent_fd

@@ -23,12 +23,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from ccserver import audit, credentials
-from ccserver.assembly import make_jwks_fetcher, make_site
+from ccserver.assembly import make_issuer_keys, make_jwks_fetcher, make_site
 from ccserver.config import Config, StoreConfig, TokenConfig
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor
 from ccserver.metrics import NO_METRICS, NoMetrics
+from ccserver.oauth.grants import OfferedGrants
 from ccserver.oauth.tokens import sign_inline
 from ccserver.stores.memory import MemoryStore
 
@@ -157,10 +158,24 @@ class ServerTestCase(SynchronousTestCase):
         """
         return None
 
+    def make_grant_types(self) -> Any:
+        """
+        The grant type plugins to offer (a L{ccserver.pluginloader.Found}):
+        by default None, the built-in ones.
+        """
+        return None
+
     def make_jwks_http(self) -> Any:
         """
         The HTTP client that fetches clients' jwks_uri: by default one that
         finds nothing (404) and never leaves the process.
+        """
+        return StubTreq(Resource())
+
+    def make_issuer_http(self) -> Any:
+        """
+        The HTTP client that fetches trusted issuers' keys (when the
+        configuration has any): by default one that finds nothing (404).
         """
         return StubTreq(Resource())
 
@@ -170,17 +185,35 @@ class ServerTestCase(SynchronousTestCase):
         self.store = self.make_store()
         self.config = self.make_config()
         self.encryptor = KeyEncryptor.ephemeral()
+        handler = self.make_handler()
+        found = self.make_grant_types()
+        issuer_keys = (
+            make_issuer_keys(self.clock, self.config, self.make_issuer_http())
+            if self.config.trusted_issuers
+            else None
+        )
+        #: the grant types offered, made over their endpoint (None: the
+        #: built-in ones, made by make_site)
+        self.offered = (
+            None
+            if found is None
+            else OfferedGrants.made(
+                found, ISSUER, handler, self.clock, bool(self.config.trusted_issuers)
+            )
+        )
         self.site, self.keyring = make_site(
             self.clock,
             self.config,
             self.store,
-            self.make_handler(),
+            handler,
             credentials.digest(MASTER_TOKEN),
             self.encryptor,
             sign_inline,
             make_jwks_fetcher(self.clock, self.config, self.make_jwks_http()),
             self.make_metrics(),
             self.make_certificates(),
+            self.offered,
+            issuer_keys,
             self.make_tracing(),
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))

@@ -29,6 +29,23 @@ DEADLINE = 60.0
 T = TypeVar("T")
 
 
+#: The file that L{print_figure} adds its lines to, for the summary at the
+#: end of the run (tests/conftest.py); set by the run.
+FIGURES_ENV = "CCSERVER_TEST_FIGURES"
+
+
+def print_figure(line: str) -> None:
+    """
+    Print a figure a test measured (a failover's length), and keep it for
+    the summary that ends the run: measured, never asserted, as timings are.
+    """
+    print(line)
+    path = os.environ.get(FIGURES_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as figures:
+            figures.write(line + "\n")
+
+
 class NotYet(Exception):
     """
     Raised by a L{wait_until} predicate for "not yet, and here is why": the

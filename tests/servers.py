@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from itertools import count
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 #: How long a server may take to accept connections after it is started.
@@ -109,6 +109,44 @@ def _tail(path: Path, lines: int = 30) -> str:
         return f"(unreadable: {e})"
 
 
+class RedisReplyError(Exception):
+    """
+    An error reply of Redis, as L{RedisServer.query} returns it.
+    """
+
+
+def _encode_command(args: tuple[str, ...]) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(encoded), encoded) for encoded in (arg.encode() for arg in args)
+    )
+
+
+def _read_reply(replies: IO[bytes]) -> Any:
+    """
+    One RESP2 reply, read from C{replies}.
+    """
+    line = replies.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError(f"Redis closed the connection (read {line!r})")
+    kind, rest = line[:1], line[1:-2].decode()
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        return RedisReplyError(rest)
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        if int(rest) < 0:
+            return None
+        data = replies.read(int(rest) + 2)
+        return data[:-2].decode()
+    if kind == b"*":
+        if int(rest) < 0:
+            return None
+        return [_read_reply(replies) for _ in range(int(rest))]
+    raise ValueError(f"not a Redis reply: {line!r}")
+
+
 class RedisServer:
     """
     A C{redis-server} on 127.0.0.1.
@@ -119,9 +157,16 @@ class RedisServer:
         Otherwise it saves nothing, which is faster.
     """
 
-    def __init__(self, *, persistent: bool = False, password: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        persistent: bool = False,
+        password: str | None = None,
+        replica_of: RedisServer | None = None,
+    ) -> None:
         self.persistent = persistent
         self.password = password
+        self.replica_of = replica_of
         self.binary = find_binary("redis-server", package="redis-server")
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="ccserver-redis-"))
@@ -153,32 +198,46 @@ class RedisServer:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> None:
-        if self.running:
-            return
+    def arguments(self) -> list[str]:
+        """
+        Its command line.
+        """
         durability = (
             ["--appendonly", "yes", "--appendfsync", "always"]
             if self.persistent
             else ["--appendonly", "no"]
         )
+        # a replica's first sync at once, not after the default 5 s that a
+        # primary waits for more replicas to share it
+        replication = ["--repl-diskless-sync-delay", "0"]
+        if self.replica_of is not None:
+            replication += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
+            if self.replica_of.password is not None:
+                replication += ["--masterauth", self.replica_of.password]
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            *durability,
+            "--dir",
+            str(self.directory),
+            "--daemonize",
+            "no",
+            *(["--requirepass", self.password] if self.password is not None else []),
+            *replication,
+        ]
+
+    def start(self) -> None:
+        if self.running:
+            return
         # closed in _end(), when the server is stopped
         self._log = open(self.log_path, "ab")
         self._process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                *durability,
-                "--dir",
-                str(self.directory),
-                "--daemonize",
-                "no",
-                *(["--requirepass", self.password] if self.password is not None else []),
-            ],
+            self.arguments(),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -187,7 +246,7 @@ class RedisServer:
         _wait_until(
             lambda: self.command("PING") == b"+PONG",
             self._process,
-            f"redis-server on port {self.port}",
+            f"{Path(self.binary).name} on port {self.port}",
             self.log_path,
         )
 
@@ -206,6 +265,18 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def pause(self) -> None:
+        """
+        Stop it (SIGSTOP) without ending it: its connections stay open and
+        nothing it is sent is answered (or, for a replica, acknowledged).
+        """
+        assert self._process is not None
+        os.killpg(self._process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        os.killpg(self._process.pid, signal.SIGCONT)
 
     def _end(self, signum: signal.Signals) -> None:
         process, self._process = self._process, None
@@ -239,10 +310,7 @@ class RedisServer:
 
     @staticmethod
     def _send(connection: socket.socket, args: tuple[str, ...]) -> bytes:
-        payload = b"*%d\r\n" % len(args) + b"".join(
-            b"$%d\r\n%s\r\n" % (len(encoded), encoded) for encoded in (arg.encode() for arg in args)
-        )
-        connection.sendall(payload)
+        connection.sendall(_encode_command(args))
         reply = b""
         while not reply.endswith(b"\r\n"):
             chunk = connection.recv(4096)
@@ -250,6 +318,23 @@ class RedisServer:
                 break
             reply += chunk
         return reply.split(b"\r\n", 1)[0]
+
+    def query(self, *args: str, db: int | None = None) -> Any:
+        """
+        Send one command (after AUTH, if it has a password, and C{SELECT db})
+        and return its whole reply, decoded: strings, integers, lists,
+        None; an error reply as a L{RedisReplyError}.
+        """
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as connection:
+            replies = connection.makefile("rb")
+            if self.password is not None:
+                connection.sendall(_encode_command(("AUTH", self.password)))
+                _read_reply(replies)
+            if db is not None:
+                connection.sendall(_encode_command(("SELECT", str(db))))
+                _read_reply(replies)
+            connection.sendall(_encode_command(args))
+            return _read_reply(replies)
 
     def flushall(self) -> None:
         reply = self.command("FLUSHALL")
@@ -272,11 +357,15 @@ class PostgresServer:
     the kill tests rightly lose data.
     """
 
-    def __init__(self) -> None:
-        self.initdb = find_binary("initdb", package="postgresql-15", extra_dirs=POSTGRES_BIN_DIRS)
-        self.postgres = find_binary(
-            "postgres", package="postgresql-15", extra_dirs=POSTGRES_BIN_DIRS
-        )
+    def __init__(self, *, standby_of: PostgresServer | None = None) -> None:
+        """
+        @param standby_of: a running primary this server is a streaming
+            standby of: made with C{pg_basebackup} from it, instead of
+            C{initdb}, at the first start.
+        """
+        self.standby_of = standby_of
+        self.initdb = self._binary("initdb")
+        self.postgres = self._binary("postgres")
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="ccserver-pg-"))
         self.data = self.directory / "data"
@@ -289,6 +378,10 @@ class PostgresServer:
         self._log: IO[bytes] | None = None
         self._databases = count(1)
         self._initialised = False
+
+    @staticmethod
+    def _binary(name: str) -> str:
+        return find_binary(name, package="postgresql-15", extra_dirs=POSTGRES_BIN_DIRS)
 
     @staticmethod
     def _run_as() -> str | None:
@@ -332,8 +425,27 @@ class PostgresServer:
         return self._process is not None and self._process.poll() is None
 
     def _init(self) -> None:
-        result = subprocess.run(  # the status is checked below
-            [
+        if self.standby_of is not None:
+            # -R: standby.signal and primary_conninfo; a fast checkpoint, or
+            # the copy waits for the next scheduled one
+            self._run(
+                self._binary("pg_basebackup"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.standby_of.port),
+                "-U",
+                "postgres",
+                "-D",
+                str(self.data),
+                "-X",
+                "stream",
+                "-R",
+                "--checkpoint=fast",
+                "--no-sync",
+            )
+        else:
+            self._run(
                 self.initdb,
                 "-D",
                 str(self.data),
@@ -345,7 +457,15 @@ class PostgresServer:
                 "UTF8",
                 "--locale=C",
                 "--no-sync",
-            ],
+            )
+        self._initialised = True
+
+    def _run(self, *command: str) -> None:
+        """
+        Run one of PostgreSQL's programs as the cluster's owner; raise if it fails.
+        """
+        result = subprocess.run(  # the status is checked below
+            command,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -354,9 +474,25 @@ class PostgresServer:
         )
         if result.returncode != 0:
             raise RuntimeError(
-                f"initdb failed ({result.returncode}):\n" + result.stdout.decode(errors="replace")
+                f"{Path(command[0]).name} failed ({result.returncode}):\n"
+                + result.stdout.decode(errors="replace")
             )
-        self._initialised = True
+
+    def promote(self) -> None:
+        """
+        Make this standby the primary (C{pg_ctl promote}), and return once
+        it accepts writes.
+        """
+        self._run(self._binary("pg_ctl"), "promote", "-D", str(self.data), "-w", "-t", "60")
+
+    def query(self, statement: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+        """
+        The rows of one statement.
+        """
+        import psycopg
+
+        with psycopg.connect(self.url_for(dbname), autocommit=True, connect_timeout=5) as c:
+            return c.execute(statement.encode()).fetchall()
 
     def start(self) -> None:
         if self.running:
@@ -507,6 +643,276 @@ def _wait_for_exit(pids: list[int], timeout: float = 10.0) -> None:
             time.sleep(0.01)
 
 
+class RedisSentinel(RedisServer):
+    """
+    A Redis Sentinel (C{redis-server} in sentinel mode) on 127.0.0.1,
+    watching one primary under a service name.
+
+    Sentinel rewrites its configuration file as it learns (the replicas,
+    the other sentinels, a failover), so the file lives in its folder and
+    is written only before the first start.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        primary: RedisServer,
+        *,
+        quorum: int,
+        down_after_ms: int,
+        failover_timeout_ms: int,
+        password: str | None = None,
+    ) -> None:
+        super().__init__(password=password)
+        self.service = service
+        self.primary = primary
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
+        self.failover_timeout_ms = failover_timeout_ms
+        self.config_path = self.directory / "sentinel.conf"
+        #: its id, known in advance, so that the others can be told of it
+        self.myid = os.urandom(20).hex()
+        #: the other sentinels and the replicas it is told of at its first
+        #: start, instead of learning of them through the primary (its
+        #: hello messages every 2 s, its INFO every 10 s)
+        self.known: list[RedisServer] = []
+
+    def arguments(self) -> list[str]:
+        if not self.config_path.exists():
+            auth = ""
+            if self.primary.password is not None:
+                auth += f"sentinel auth-pass {self.service} {self.primary.password}\n"
+            if self.password is not None:
+                # its own password, which the other sentinels use too
+                auth += f"requirepass {self.password}\nsentinel sentinel-pass {self.password}\n"
+            self.config_path.write_text(
+                f"port {self.port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {self.directory}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} {self.quorum}\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} {self.failover_timeout_ms}\n"
+                f"sentinel parallel-syncs {self.service} 1\n"
+                f"sentinel myid {self.myid}\n" + auth + "".join(
+                    f"sentinel known-sentinel {self.service} 127.0.0.1 {known.port} {known.myid}\n"
+                    if isinstance(known, RedisSentinel)
+                    else f"sentinel known-replica {self.service} 127.0.0.1 {known.port}\n"
+                    for known in self.known
+                )
+            )
+        return [self.binary, str(self.config_path), "--sentinel"]
+
+    def primary_port(self) -> int | None:
+        """
+        The port of the primary this sentinel names now.
+        """
+        reply = self.query("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+        return int(reply[1]) if isinstance(reply, list) else None
+
+    def state(self) -> dict[str, str]:
+        """
+        What this sentinel knows of the primary (C{SENTINEL MASTER}).
+        """
+        reply = self.query("SENTINEL", "MASTER", self.service)
+        if not isinstance(reply, list):
+            return {}
+        return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+class RedisSentinelGroup:
+    """
+    A Redis primary, its replicas and three sentinels watching them (quorum
+    two): Redis Sentinel as production runs it, on loopback ports, with
+    short timings (C{down_after_ms}, C{failover_timeout_ms}) so that a
+    failover takes seconds.
+
+    Two replicas by default: a write waits for one replica (C{WAIT}), and
+    after a failover with one replica the new primary has none until the
+    old one is back.
+    """
+
+    service = "ccserver"
+
+    def __init__(
+        self,
+        *,
+        replicas: int = 2,
+        down_after_ms: int = 500,
+        failover_timeout_ms: int = 2000,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ) -> None:
+        """
+        @param password: the Redis servers' (C{requirepass}).
+        @param sentinel_password: the sentinels' own.
+        """
+        self.down_after_ms = down_after_ms
+        self.password = password
+        self.sentinel_password = sentinel_password
+        first = RedisServer(password=password)
+        self.servers = [first] + [
+            RedisServer(password=password, replica_of=first) for _ in range(replicas)
+        ]
+        self.sentinels = [
+            RedisSentinel(
+                self.service,
+                first,
+                quorum=2,
+                down_after_ms=down_after_ms,
+                failover_timeout_ms=failover_timeout_ms,
+                password=sentinel_password,
+            )
+            for _ in range(3)
+        ]
+        for sentinel in self.sentinels:
+            sentinel.known = [*self.servers[1:], *(s for s in self.sentinels if s is not sentinel)]
+        _groups.append(self)
+
+    def start(self) -> None:
+        """
+        Start every server, and return once the replica is in sync and
+        each sentinel knows the replica and the two other sentinels (which
+        they learn from each other through the primary, every two seconds):
+        only then can they agree on a failover.
+        """
+        for server in self.servers:
+            server.start()
+        _poll(
+            lambda: all(
+                "master_link_status:up" in replica.query("INFO", "replication")
+                for replica in self.servers[1:]
+            ),
+            "the replicas in sync",
+        )
+        for sentinel in self.sentinels:
+            sentinel.start()
+        replicas = str(len(self.servers) - 1)
+
+        def sentinels_ready() -> bool:
+            for sentinel in self.sentinels:
+                state = sentinel.state()
+                if state.get("num-slaves") != replicas or state.get("num-other-sentinels") != "2":
+                    return False
+            return True
+
+        _poll(sentinels_ready, "the sentinels knowing the replica and each other")
+
+    def url(self, db: int = 0) -> str:
+        """
+        The C{redis+sentinel://} URL of one of its databases.
+        """
+        auth = f":{quote(self.password, safe='')}@" if self.password is not None else ""
+        hosts = ",".join(f"127.0.0.1:{sentinel.port}" for sentinel in self.sentinels)
+        query = f"db={db}"
+        if self.sentinel_password is not None:
+            query += f"&sentinel_password={quote(self.sentinel_password, safe='')}"
+        return f"redis+sentinel://{auth}{hosts}/{self.service}?{query}"
+
+    @property
+    def primary(self) -> RedisServer:
+        """
+        The server that every running sentinel names as the primary.
+        """
+        ports = {s.primary_port() for s in self.sentinels if s.running}
+        [server] = [s for s in self.servers if s.port in ports and len(ports) == 1]
+        return server
+
+    def wait_for_failover(self, old: RedisServer) -> RedisServer:
+        """
+        Wait until every running sentinel names another server than C{old}
+        as the primary and that server says it is one; return it.
+        """
+
+        def promoted() -> RedisServer | None:
+            ports = {s.primary_port() for s in self.sentinels if s.running}
+            if len(ports) != 1 or old.port in ports:
+                return None
+            [server] = [s for s in self.servers if s.port in ports]
+            role = server.query("ROLE")
+            return server if role[0] == "master" else None
+
+        return _poll(promoted, "the sentinels' failover")
+
+    def remove(self) -> None:
+        for server in [*self.sentinels, *self.servers]:
+            server.remove()
+
+
+class PostgresStandbyPair:
+    """
+    A PostgreSQL primary and a streaming standby of it, made with
+    C{pg_basebackup}, with synchronous replication (C{synchronous_standby_names
+    = '*'}, C{synchronous_commit} on): a commit is answered once the
+    standby has it on disk.
+    """
+
+    def __init__(self) -> None:
+        self.primary = PostgresServer()
+        self.standby = PostgresServer(standby_of=self.primary)
+        self.database = ""
+        _groups.append(self)
+
+    def start(self) -> None:
+        """
+        Start the primary, make the database, copy it all to the standby,
+        start the standby, then make replication synchronous; return once
+        the standby is the synchronous one.
+        """
+        self.primary.start()
+        self.database = self.primary.create_database()
+        self.standby.start()
+        # Only now: with a synchronous standby named but none connected,
+        # every commit (CREATE DATABASE too) would wait for one.
+        self.primary.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+        self.primary.execute("SELECT pg_reload_conf()")
+        _poll(
+            lambda: self.primary.query(
+                "SELECT 1 FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = 'sync'"
+            ),
+            "the standby streaming synchronously",
+        )
+
+    @property
+    def url(self) -> str:
+        """
+        The multi-host URL of the database: libpq tries each host and keeps
+        the one that accepts writes.
+        """
+        return (
+            f"postgresql://postgres@127.0.0.1:{self.primary.port},127.0.0.1:{self.standby.port}"
+            f"/{self.database}?target_session_attrs=read-write"
+        )
+
+    def remove(self) -> None:
+        self.standby.remove()
+        self.primary.remove()
+
+
+T = TypeVar("T")
+
+
+def _poll(ready: Callable[[], T | None], what: str) -> T:
+    """
+    C{ready()}'s first true value, asked every 20 ms until L{START_TIMEOUT}.
+    """
+    deadline = time.monotonic() + START_TIMEOUT
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = ready()
+        except Exception as e:  # not up yet, in any of many ways
+            last_error = e
+        else:
+            if result:
+                return result
+        time.sleep(0.02)
+    raise RuntimeError(f"{what}: not within {START_TIMEOUT} s (last error: {last_error!r})")
+
+
+#: The failover groups made (and not yet removed), removed at exit too.
+_groups: list[RedisSentinelGroup | PostgresStandbyPair] = []
+
+
 class SilentServer:
     """
     A TCP port that accepts connections (the kernel completes the handshake
@@ -558,6 +964,22 @@ def postgres_server(name: str = "shared") -> PostgresServer:
     return server
 
 
+def redis_sentinel_group(name: str = "shared") -> RedisSentinelGroup:
+    """
+    This process' Redis Sentinel group of that name (a primary, two
+    replicas, three sentinels), started at first use.  The tests that kill
+    a primary make their own.
+    """
+    group = _shared_groups.get(name)
+    if group is None:
+        group = _shared_groups[name] = RedisSentinelGroup()
+        group.start()
+    return group
+
+
+_shared_groups: dict[str, RedisSentinelGroup] = {}
+
+
 #: Every kind of store: the tests that must hold for all of them (the store
 #: contract, the hostile input) run once for each.
 STORE_KINDS = ("memory", "sqlite", "postgresql", "redis")
@@ -605,6 +1027,9 @@ def stop_all() -> None:
     while _servers:
         _, server = _servers.popitem()
         server.remove()
+    _shared_groups.clear()
+    while _groups:
+        _groups.pop().remove()
 
 
 atexit.register(stop_all)

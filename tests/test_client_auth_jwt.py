@@ -16,7 +16,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from treq.testing import StubTreq
-from twisted.logger import globalLogPublisher
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
@@ -818,7 +818,7 @@ class JWKSURITests(JWTClientAuthTestCase):
 
     def fetch_failures(self) -> list[str]:
         return [
-            e["reason"] for e in self.logged if "Could not fetch the JWK set" in e.get("log_format", "")
+            e["reason"] for e in self.logged if "Could not fetch the JWK set" in formatEvent(e)
         ]
 
     def test_unreachable(self) -> None:
@@ -904,7 +904,7 @@ class JWKSURITests(JWTClientAuthTestCase):
         self.assertEqual(response.code, 401)
         body = json.loads(self.successResultOf(response.content()))
         self.assertIn("jwks_uri could not be fetched", body["error_description"])
-        lines = [e for e in self.logged if "Could not fetch the JWK set" in e.get("log_format", "")]
+        lines = [e for e in self.logged if "Could not fetch the JWK set" in formatEvent(e)]
         self.assertEqual(lines[0]["reason"], "no answer within 5s")
 
 

@@ -294,6 +294,45 @@ class PublicViewTests(SynchronousTestCase):
         # still served from the cache while fresh
         self.assertEqual(self.successResultOf(cache.get_client("c99")).client_id, "c99")
 
+    def test_cache_keeps_bindings_for_its_time(self) -> None:
+        """
+        The clients bound to a workload identity are served from the cache
+        for its time, as records are (no round trip per workload token);
+        a write through this process is seen at once, another process'
+        within the cache time.
+        """
+        from twisted.internet.task import Clock
+
+        from ccserver.model import Client
+
+        def bound(client_id: str, subject: str) -> Client:
+            return Client(
+                client_id=client_id,
+                client_id_issued_at=0,
+                metadata={
+                    "token_endpoint_auth_method": "federated_jwt",
+                    "federated_identities": [{"issuer": "https://i", "subject": subject}],
+                },
+                client_secret_digest="",
+                registration_access_token_digest="x",
+            )
+
+        store = MemoryStore()
+        clock = Clock()
+        cache = CachingClientStore(store, clock.seconds, 5)
+        self.successResultOf(store.add_client(bound("a", "s")))
+        self.assertEqual(self.successResultOf(cache.clients_bound_to("https://i", "s")), ["a"])
+        # another process binds "b" to the same subject: seen within 5 s
+        self.successResultOf(store.delete_client("a", 0, 1))
+        self.successResultOf(store.add_client(bound("b", "s")))
+        self.assertEqual(self.successResultOf(cache.clients_bound_to("https://i", "s")), ["a"])
+        clock.advance(5)
+        self.assertEqual(self.successResultOf(cache.clients_bound_to("https://i", "s")), ["b"])
+        # a write through this process: at once
+        self.successResultOf(cache.replace_client(bound("b", "t")))
+        self.assertEqual(self.successResultOf(cache.clients_bound_to("https://i", "s")), [])
+        self.assertEqual(self.successResultOf(cache.clients_bound_to("https://i", "t")), ["b"])
+
     def test_cache_lists_from_the_store(self) -> None:
         store = MemoryStore()
         self.successResultOf(ensureDeferred(_register(store)))

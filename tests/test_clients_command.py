@@ -147,6 +147,29 @@ class ClientsCommandMixin:
             t.assertEqual(done.returncode, 1, done.stderr)
             t.assertEqual(done.stderr, "ccserver: no client '-nobody'\n")
 
+    def test_grant_types(self) -> None:
+        """
+        The operator grants token exchange (a privileged grant) from the
+        command; a grant type no plugin offers is refused in one line.
+        """
+        t: Any = self
+        exchange = "urn:ietf:params:oauth:grant-type:token-exchange"
+        created = json.loads(
+            self.run_ok(
+                "create", "--name", "b", "--scope", "read",
+                "--grant-type", exchange, "--grant-type", "client_credentials",
+            )
+        )
+        t.assertEqual(created["grant_types"], [exchange, "client_credentials"])
+        t.assertEqual(json.loads(self.run_ok("create", "--name", "c", "--scope", "read"))["grant_types"], ["client_credentials"])
+        done = ccserver(
+            "--store", self.url, "clients", "create", "--name", "x", "--scope", "read",
+            "--grant-type", "password", cwd=self.tmp,
+        )
+        t.assertEqual(done.returncode, 1)
+        t.assertEqual(len(done.stderr.splitlines()), 1, done.stderr)
+        t.assertIn("invalid_client_metadata: grant_types: this server does not issue 'password'", done.stderr)
+
     def test_hostile_name_escaped(self) -> None:
         """
         A client's name holds what its registrant chose: every output shows

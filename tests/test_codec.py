@@ -52,6 +52,7 @@ LEGACY_TOKEN_ROW = (
     '{"tenant":"Zoë 🐍","nested":{"a":[1,2.5,null,true]},"n":1}',
     None,  # jkt: schema version 5 added the column, NULL in every earlier row
     None,  # x5t_s256: version 6, likewise
+    None,  # delegation: version 11, likewise
 )
 LEGACY_TOKEN_JSON = (
     '{"token_digest":"' + "f" * 64 + '","client_id":"client-ü",'
@@ -80,7 +81,7 @@ _METADATA_JSON = (
 # encrypted_secret: schema version 4 added the column, NULL in earlier rows
 # previous_secret_digest, _expires_at: version 8 added them, likewise
 # auth_method_named: version 9 added it, 1 (its column default) in earlier rows
-# token_rate_limit: version 13 added it, NULL in earlier rows
+# token_rate_limit: version 15 added it, NULL in earlier rows
 LEGACY_CLIENT_ROW = (
     "client-ü", 1700000000, _METADATA_JSON, "a" * 64, "b" * 64, None, None, None, 1, None
 )
@@ -121,7 +122,7 @@ def current_json(legacy: str) -> str:
     since (null where they do not apply), which a legacy reader ignores.
     """
     if legacy.startswith('{"token_digest"'):
-        return legacy[:-1] + ',"jkt":null,"x5t_s256":null}'
+        return legacy[:-1] + ',"jkt":null,"x5t_s256":null,"delegation":null}'
     if legacy.startswith('{"client_id"'):
         return legacy[:-1] + (
             ',"encrypted_secret":null,"previous_secret_digest":null,'
@@ -149,6 +150,15 @@ def edge_cases() -> list[Any]:
         evolve(LEGACY_TOKEN, scope="a", audience=("only",), claims={"s": "\u0000\n\"'\\"}),
         evolve(LEGACY_TOKEN, claims=large_claims),
         evolve(LEGACY_TOKEN, client_id="12345", jti="", issued_at=0, expires_at=2**53),
+        evolve(
+            LEGACY_TOKEN,
+            delegation={
+                "sub": "client-ü",
+                "act": {"sub": "b", "act": {"sub": "a"}},
+                "may_act": {"sub": "c"},
+                "exchanged_from": [{"client_id": "a", "jti": "j"}],
+            },
+        ),
         evolve(LEGACY_CLIENT, metadata={}),
         evolve(LEGACY_CLIENT, metadata={"unicode": "日本語 🐍 \u2028", "n": -1, "x": None}),
         evolve(LEGACY_CLIENT, client_id="12345", metadata={"big": large_claims}),
@@ -262,6 +272,7 @@ class LegacyFormatTests(SynchronousTestCase):
                 "claims",
                 "jkt",
                 "x5t_s256",
+                "delegation",
             ),
         )
         self.assertEqual(

@@ -172,6 +172,32 @@ class LoadConfigTests(SynchronousTestCase):
         self.assert_error("tokens.lifetime: must be an integer, not True", "[tokens]\nlifetime = true\n")
         self.assert_error("[store] timeout: must be greater than 0, not 0.0", "[store]\ntimeout = 0\n")
 
+    def test_redis_wait(self) -> None:
+        """
+        [store] redis_wait_replicas and redis_wait_timeout: the defaults
+        are the store's (1 replica with Sentinel, half the timeout), and a
+        wait as long as an operation may take is refused.
+        """
+        config = self.load("[store]\nredis_wait_replicas = 2\nredis_wait_timeout = 0.5\n")
+        self.assertEqual((config.store.redis_wait_replicas, config.store.redis_wait_timeout), (2, 0.5))
+        self.assertEqual((Config().store.redis_wait_replicas, Config().store.redis_wait_timeout), (None, None))
+        self.assert_error(
+            "[store] redis_wait_replicas: must be 0 or more, not -1",
+            "[store]\nredis_wait_replicas = -1\n",
+        )
+        self.assert_error(
+            "store.redis_wait_replicas: must be an integer",
+            "[store]\nredis_wait_replicas = 1.5\n",
+        )
+        self.assert_error(
+            "[store] redis_wait_timeout: must be greater than 0 and less than [store] timeout (2), not 2",
+            "[store]\ntimeout = 2\nredis_wait_timeout = 2\n",
+        )
+        self.assert_error(
+            "[store] redis_wait_timeout: must be greater than 0",
+            "[store]\nredis_wait_timeout = 0\n",
+        )
+
     def test_precedence(self) -> None:
         """
         Command line over environment over file, key by key; an empty option
@@ -212,7 +238,11 @@ class ExampleConfigTests(SynchronousTestCase):
         """
         text = self.example.read_text()
         for key, value in toml_schema().items():
-            if isinstance(value, dict) or value is ANY_TABLE:
+            if isinstance(value, list):
+                self.assertIn(f"[[{key}]]", text)
+                for sub in value[0]:
+                    self.assertRegex(text, rf"(?m)^#?{sub} = ", f"[[{key}]] {sub}")
+            elif isinstance(value, dict) or value is ANY_TABLE:
                 self.assertIn(f"[{key}]", text)
                 for sub in value or ():
                     self.assertRegex(text, rf"(?m)^#?{sub} = ", f"[{key}] {sub}")

@@ -28,7 +28,10 @@ class DiscoveryTests(ServerTestCase):
         self.assertEqual(document["token_endpoint"], f"{ISSUER}/token")
         self.assertEqual(document["registration_endpoint"], f"{ISSUER}/client-reg")
         self.assertEqual(document["jwks_uri"], f"{ISSUER}/jwks.json")
-        self.assertEqual(document["grant_types_supported"], ["client_credentials"])
+        self.assertEqual(
+            document["grant_types_supported"],
+            ["client_credentials", "urn:ietf:params:oauth:grant-type:token-exchange"],
+        )
         self.assertEqual(
             document["token_endpoint_auth_methods_supported"],
             ["client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt"],

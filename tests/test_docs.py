@@ -29,7 +29,7 @@ import tokenize
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 from attrs import NOTHING, Factory, fields, has
@@ -105,6 +105,13 @@ def toml_literal(value: Any) -> str:
 #: The default of a key made from other values (the issuer's, from the port).
 COMPUTED = object()
 
+#: The arrays of tables of the file ([[name]]), and the class of each table.
+ARRAYS_OF_TABLES = {
+    name: get_args(annotation)[0]
+    for name, annotation in get_type_hints(Config).items()
+    if get_origin(annotation) is tuple and has(get_args(annotation)[0])
+}
+
 
 def file_keys() -> dict[str | None, dict[str, Any]]:
     """
@@ -119,6 +126,13 @@ def file_keys() -> dict[str | None, dict[str, Any]]:
         default = attribute.default
         if attribute.name == "grant_handler":
             keys["grant_handler"] = {"name": default}
+        elif attribute.name in ARRAYS_OF_TABLES:
+            # [[name]], each table of its class; a key that must be given
+            # (an empty string by default) counts as unset
+            keys[attribute.name] = {
+                sub.name: (NOTHING if sub.default in (None, "") else sub.default)
+                for sub in fields(ARRAYS_OF_TABLES[attribute.name])
+            }
         elif has(type(default)):
             keys[attribute.name] = {
                 sub.name: (NOTHING if sub.default is None else sub.default)
@@ -187,7 +201,7 @@ class ConfigurationTableTests(SynchronousTestCase):
         file_part = self.page.split("\n## The file\n", 1)[1].split("\n## ", 1)[0]
         tables: dict[str | None, dict[str, str]] = {}
         for heading, text in sections(file_part, "###").items():
-            match = re.fullmatch(r"`\[(\w+)\]`", heading)
+            match = re.fullmatch(r"`\[\[?(\w+)\]\]?`", heading)
             table = match.group(1) if match else None
             if table is None:
                 self.assertEqual(heading, "Top-level keys")
@@ -333,9 +347,10 @@ class ExampleConfigTests(SynchronousTestCase):
         """
         table = None
         for number, line in enumerate(self.text.splitlines()):
-            heading = re.fullmatch(r"\[(\w+)\]", line)
+            # a table, or an array of tables (commented out: an example)
+            heading = re.fullmatch(r"\[(\w+)\]|#?\[\[(\w+)\]\]", line)
             if heading:
-                table = heading.group(1)
+                table = heading.group(1) or heading.group(2)
                 continue
             key = re.match(r"#?(\w+) = ", line)
             if key:

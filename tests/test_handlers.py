@@ -556,15 +556,18 @@ class ModelTests(SynchronousTestCase):
         """
         Every introspection member (RFC 7662 §2.2), every claim RFC 9068 has
         the server set (§2.2, §2.2.1, §2.2.3), the RFC 8693 §4 claims and
-        RFC 7800 C{cnf} are reserved; the RFC 9068 §2.2.3.1 authorization
-        attributes are the handler's to decide.
+        RFC 7800 C{cnf} are reserved, and C{exchanged_from}, the server's
+        own claim naming the tokens an exchanged token dies with; the RFC
+        9068 §2.2.3.1 authorization attributes are the handler's to decide.
         """
         rfc7662 = {"active", "scope", "client_id", "username", "token_type"}
         rfc7662 |= {"exp", "iat", "nbf", "sub", "aud", "iss", "jti"}
         rfc9068 = {"iss", "exp", "aud", "sub", "client_id", "iat", "jti"}
         rfc9068 |= {"auth_time", "acr", "amr", "scope"}
         rfc8693 = {"act", "scope", "client_id", "may_act"}
-        self.assertEqual(RESERVED_CLAIMS, rfc7662 | rfc9068 | rfc8693 | {"cnf"})
+        self.assertEqual(
+            RESERVED_CLAIMS, rfc7662 | rfc9068 | rfc8693 | {"cnf"} | {"exchanged_from"}
+        )
         decision = GrantAuthorization(
             scope={"read"},
             claims={"roles": ["reader"], "groups": ["ops"], "entitlements": ["x"], "tier": "gold"},

@@ -63,6 +63,16 @@ def test_broken_plugin_stops_start_with_one_line(tmp_path: Path, case: str) -> N
     result = run_ccserver(
         "--grant-handler", name, "--store", "sqlite:///ccserver.db", cwd=run, pythonpath=[site]
     )
+    assert_refused_in_one_line(result, run, expected)
+
+
+def assert_refused_in_one_line(
+    result: subprocess.CompletedProcess[str], run: Path, expected: tuple[str, ...]
+) -> None:
+    """
+    The start ended with status 2 and one line on stderr holding each of
+    C{expected}, no traceback, and nothing made in C{run}.
+    """
     assert result.returncode == 2, result
     [line] = result.stderr.splitlines()
     assert line.startswith("ccserver: "), line

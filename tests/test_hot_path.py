@@ -91,10 +91,14 @@ class TokenAnswerJSONTests(SynchronousTestCase):
         The hand-written answer is exactly what the general encoder writes,
         whatever the strings hold.
         """
-        for access_token, scope, token_type, expires_in in (
-            ("eyJ.a-b_c.d", frozenset({"read", "write"}), "Bearer", 3600),
-            ("opaque-Abc_123", frozenset(), "DPoP", 1),
-            ('odd "quoted" \\ token\n', frozenset({"zoë", "b"}), "Bearer", 86400),
+        exchanged = "urn:ietf:params:oauth:token-type:access_token"
+        for access_token, scope, token_type, expires_in, issued_token_type in (
+            ("eyJ.a-b_c.d", frozenset({"read", "write"}), "Bearer", 3600, None),
+            ("opaque-Abc_123", frozenset(), "DPoP", 1, None),
+            ('odd "quoted" \\ token\n', frozenset({"zoë", "b"}), "Bearer", 86400, None),
+            # a token exchange's answer (RFC 8693 §2.2.1)
+            ("eyJ.x.y", frozenset({"read"}), "DPoP", 60, exchanged),
+            ("opaque", frozenset(), "Bearer", 1, 'odd "type" \\ ü'),
         ):
             token = IssuedToken(
                 access_token=access_token,
@@ -104,6 +108,7 @@ class TokenAnswerJSONTests(SynchronousTestCase):
                 token_format="jwt",
                 alg="ES256",
                 auth_method="client_secret_basic",
+                issued_token_type=issued_token_type,
             )
             self.assertEqual(
                 token_answer_json(token),

@@ -24,8 +24,14 @@ CLAIMS = {"iss": "https://as.example", "sub": "c1", "aud": "https://rs.example",
 _RSA = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 _KEYS: dict[str, Any] = {
     "RS256": _RSA,
+    "RS384": _RSA,
+    "RS512": _RSA,
     "PS256": _RSA,
+    "PS384": _RSA,
+    "PS512": _RSA,
     "ES256": ec.generate_private_key(ec.SECP256R1()),
+    "ES384": ec.generate_private_key(ec.SECP384R1()),
+    "ES512": ec.generate_private_key(ec.SECP521R1()),
     "EdDSA": ed25519.Ed25519PrivateKey.generate(),
     "HS256": b"k" * 32,
     "HS384": b"k" * 48,
@@ -256,7 +262,10 @@ class SignerTests(SynchronousTestCase):
             ("HS256", b"k" * 31),
             ("HS512", b"k" * 63),
             ("HS256", _RSA),
-            ("RS512", _RSA),
+            ("ES384", _KEYS["ES256"]),
+            ("ES512", _KEYS["ES384"]),
+            ("PS512", _KEYS["ES512"]),
+            ("none", _RSA),
         ):
             with self.assertRaises(ValueError, msg=alg):
                 jose.JWSSigner.create(alg, key)

@@ -43,8 +43,12 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "oauth": (3, ("ccserver.oauth",)),
     # Readiness: the store answers and a signing key is loaded.
     "health": (3, ("ccserver.health",)),
-    # Grant handlers, and the plugin package that finds them.
-    "handlers": (2, ("ccserver.handlers", "ccserver.plugins")),
+    # The plugins: grant handlers and grant types, the plugin package, and
+    # the loader that finds them.
+    "plugins": (
+        2,
+        ("ccserver.handlers", "ccserver.grants", "ccserver.plugins", "ccserver.pluginloader"),
+    ),
     "tokens": (2, ("ccserver.oauth.tokens",)),
     # JWK sets fetched from elsewhere (a client's jwks_uri; trusted issuers').
     "keysets": (2, ("ccserver.keysets",)),
@@ -295,10 +299,26 @@ class LayersTests(SynchronousTestCase):
         self.assertEqual(
             violations("ccserver.handlers.webhook", source, known),
             [
-                "ccserver.handlers.webhook:1 (handlers) imports "
+                "ccserver.handlers.webhook:1 (plugins) imports "
                 "ccserver.oauth.clientauth (oauth): upward",
-                "ccserver.handlers.webhook:2 (handlers) imports "
+                "ccserver.handlers.webhook:2 (plugins) imports "
                 "ccserver.oauth.tokens (tokens): sideways",
+            ],
+        )
+
+    def test_grants_import_no_oauth(self) -> None:
+        """
+        A grant type (built-in or a third party's) takes its steps through
+        the endpoint it is given (ITokenEndpoint), never by reaching into
+        the endpoints' modules.
+        """
+        known = set(module_names())
+        source = "from ccserver.oauth.grants import TokenEndpoint\n"
+        self.assertEqual(
+            violations("ccserver.grants.token_exchange", source, known),
+            [
+                "ccserver.grants.token_exchange:1 (plugins) imports "
+                "ccserver.oauth.grants (oauth): upward",
             ],
         )
 

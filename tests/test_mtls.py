@@ -738,3 +738,39 @@ class ChainVerifierTests(SynchronousTestCase):
         self.assertTrue(verifier.verify(ending.certificate, []))
         clock.advance(verifier.CACHE_SECONDS)
         self.assertFalse(verifier.verify(ending.certificate, []))
+
+
+class TokenExchangeBindingTests(_MTLSApp):
+    """
+    RFC 8693 with RFC 8705: a token exchanging client that authenticates
+    with its certificate gets a token bound to it, as for any grant.
+    """
+
+    def test_exchanged_token_bound_to_the_certificate(self) -> None:
+        from ccserver.model import ACCESS_TOKEN_TYPE, TOKEN_EXCHANGE
+
+        api = "https://b.example/api"
+        a = self.register(scope="read", audience=[api])
+        a_token = self.token(
+            {"grant_type": "client_credentials"}, basic(a["client_id"], a["client_secret"])
+        ).json()["access_token"]
+        b = self.register(
+            scope="read",
+            token_endpoint_auth_method="tls_client_auth",
+            tls_client_auth_subject_dn=DN,
+            grant_types=[TOKEN_EXCHANGE],
+            resource_server_uris=[api],
+        )
+        form = {
+            "grant_type": TOKEN_EXCHANGE,
+            "client_id": b["client_id"],
+            "subject_token": a_token,
+            "subject_token_type": ACCESS_TOKEN_TYPE,
+        }
+        response = self.with_cert("/token", form, CLIENT)
+        self.assertEqual(response.code, 200, response.body)
+        claims = self.verify(response.json()["access_token"])
+        self.assertEqual(claims["cnf"], {"x5t#S256": thumbprint(CLIENT)})
+        self.assertEqual((claims["sub"], claims["act"]), (a["client_id"], {"sub": b["client_id"]}))
+        # without the certificate, the client cannot even authenticate
+        self.assertEqual(self.with_cert("/token", form, None).json()["error"], "invalid_client")

@@ -543,8 +543,12 @@ class PrivilegeTests(ServerTestCase):
         from ccserver.oauth.mtls import BOUND_TOKENS, SUBJECT_FIELDS
         from ccserver.oauth.registration import PRIVILEGED_FIELDS
 
-        # The RFC 8705 fields: tests/test_mtls.py.
-        self.assertEqual(set(PRIVILEGED_FIELDS), {*PRIVILEGED, BOUND_TOKENS, *SUBJECT_FIELDS})
+        # The RFC 8705 fields: tests/test_mtls.py; federated_identities:
+        # tests/test_federation.py.
+        self.assertEqual(
+            set(PRIVILEGED_FIELDS),
+            {*PRIVILEGED, BOUND_TOKENS, *SUBJECT_FIELDS, "federated_identities"},
+        )
 
     def test_the_attack(self) -> None:
         """

@@ -13,9 +13,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from ccserver.errors import OAuthError, StoreUnavailable, temporarily_unavailable
+from ccserver.grants.parameters import requested_resources, requested_scope
 from ccserver.handlers.webhook import MalformedAnswer, authorization_from_answer
 from ccserver.model import is_resource_uri, is_scope_token
-from ccserver.oauth.grants import requested_resources, requested_scope
 from ccserver.oauth.registration import validate_metadata
 from ccserver.web import render_failure
 

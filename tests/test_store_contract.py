@@ -22,7 +22,13 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from ccserver.errors import ClientExists, OAuthError, StoreUnavailable, invalid_client
+from ccserver.errors import (
+    BindingTaken,
+    ClientExists,
+    OAuthError,
+    StoreUnavailable,
+    invalid_client,
+)
 from ccserver.interfaces import (
     IAuthAttemptStore,
     IClientStore,
@@ -55,6 +61,7 @@ from tests.servers import (
     clean_store_url,
     find_binary,
     postgres_server,
+    redis_sentinel_group,
     redis_server,
 )
 
@@ -94,6 +101,27 @@ def make_key(kid: str = "key-1", created_at: int = 1_700_000_000, **changes: Any
         retired_at=None,
     )
     return evolve(key, **changes)
+
+
+#: A Kubernetes cluster's issuer, and the subject of a service account's token.
+CLUSTER = "https://oidc.cluster.example"
+ACCOUNT = "system:serviceaccount:billing:api"
+
+
+def bound_client(client_id: str, *identities: dict[str, Any]) -> Client:
+    """
+    A federated_jwt client bound to these workload identities (by default,
+    the service account L{ACCOUNT} of L{CLUSTER}).
+    """
+    return make_client(
+        client_id,
+        client_secret_digest="",
+        metadata={
+            "token_endpoint_auth_method": "federated_jwt",
+            "federated_identities": list(identities)
+            or [{"issuer": CLUSTER, "subject": ACCOUNT}],
+        },
+    )
 
 
 if TYPE_CHECKING:
@@ -494,6 +522,199 @@ class StoreContractMixin(_TestCase):
             self.assertEqual(stored, make_client(client_id))
         self.assertIsNone(await self.store.get_client("a"))
 
+    # federated identities (workload identity federation)
+
+    async def test_bound_clients_found_by_issuer_and_subject(self) -> None:
+        client = bound_client(
+            "bound",
+            {"issuer": CLUSTER, "subject": ACCOUNT},
+            {"issuer": "spiffe://example.org", "subject": "spiffe://example.org/api"},
+        )
+        await self.store.add_client(client)
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), ["bound"])
+        self.assertEqual(
+            await self.store.clients_bound_to("spiffe://example.org", "spiffe://example.org/api"),
+            ["bound"],
+        )
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT + "x"), [])
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER + "x", ACCOUNT), [])
+        self.assertEqual(await self.store.get_client("bound"), client)
+
+    async def test_unusual_subjects(self) -> None:
+        """
+        A subject is whatever the platform writes: long, non-ASCII,
+        numeric-looking, with the characters a store key would trip on.
+        """
+        subjects = ["12345", "repo:Zoë/ü:ref:refs/heads/*", "a b\n:*?[]\x00", "x" * 2048]
+        for index, subject in enumerate(subjects):
+            await self.store.add_client(
+                bound_client(f"c{index}", {"issuer": CLUSTER, "subject": subject})
+            )
+        for index, subject in enumerate(subjects):
+            self.assertEqual(await self.store.clients_bound_to(CLUSTER, subject), [f"c{index}"])
+
+    async def test_clients_without_bindings_are_not_found(self) -> None:
+        await self.store.add_client(make_client())
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), [])
+
+    async def test_one_subject_bound_with_other_conditions(self) -> None:
+        """
+        One workload identity with different claim conditions may be bound
+        to different clients: one lookup finds them all.
+        """
+        production = {"issuer": CLUSTER, "subject": ACCOUNT, "claims": {"environment": "prod"}}
+        staging = {"issuer": CLUSTER, "subject": ACCOUNT, "claims": {"environment": "staging"}}
+        await self.store.add_client(bound_client("prod", production))
+        await self.store.add_client(bound_client("staging", staging))
+        await self.store.add_client(bound_client("any"))
+        self.assertEqual(
+            sorted(await self.store.clients_bound_to(CLUSTER, ACCOUNT)), ["any", "prod", "staging"]
+        )
+
+    async def test_taken_binding_refused_and_nothing_stored(self) -> None:
+        await self.store.add_client(bound_client("first"))
+        with self.assertRaises(BindingTaken) as caught:
+            await self.store.add_client(
+                bound_client(
+                    "second",
+                    {"issuer": CLUSTER, "subject": "free"},
+                    {"issuer": CLUSTER, "subject": ACCOUNT},
+                )
+            )
+        self.assertEqual(caught.exception.identity, bound_client("x").federated_identities[0])
+        self.assertIsNone(await self.store.get_client("second"))
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, "free"), [])
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), ["first"])
+
+    async def test_conditions_compared_whole(self) -> None:
+        """
+        The same conditions in another order are the same binding.
+        """
+        await self.store.add_client(
+            bound_client("first", {"issuer": CLUSTER, "subject": ACCOUNT, "claims": {"a": "1", "b": "2"}})
+        )
+        with self.assertRaises(BindingTaken):
+            await self.store.add_client(
+                bound_client(
+                    "second", {"issuer": CLUSTER, "subject": ACCOUNT, "claims": {"b": "2", "a": "1"}}
+                )
+            )
+
+    async def test_taken_id_with_bindings_stores_no_bindings(self) -> None:
+        await self.store.add_client(make_client("taken"))
+        with self.assertRaises(ClientExists):
+            await self.store.add_client(bound_client("taken"))
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), [])
+
+    async def test_concurrent_adds_of_one_binding(self) -> None:
+        """
+        Of many clients registered at once with one binding, exactly one is
+        stored; the others are refused whole.
+        """
+        candidates = [bound_client(f"client-{i}") for i in range(10)]
+        results = await DeferredList(
+            [self.store.add_client(c) for c in candidates], consumeErrors=True
+        )
+        winners = [c for c, (ok, _) in zip(candidates, results, strict=True) if ok]
+        self.assertEqual(len(winners), 1)
+        for ok, outcome in results:
+            if not ok:
+                self.assertTrue(outcome.check(BindingTaken), outcome)
+        self.assertEqual(
+            await self.store.clients_bound_to(CLUSTER, ACCOUNT), [winners[0].client_id]
+        )
+        for candidate in candidates:
+            stored = await self.store.get_client(candidate.client_id)
+            self.assertEqual(stored, candidate if candidate in winners else None)
+
+    async def test_replace_moves_bindings(self) -> None:
+        await self.store.add_client(bound_client("client"))
+        moved = bound_client("client", {"issuer": CLUSTER, "subject": "system:serviceaccount:a:b"})
+        self.assertIs(await self.store.replace_client(moved), True)
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), [])
+        self.assertEqual(
+            await self.store.clients_bound_to(CLUSTER, "system:serviceaccount:a:b"), ["client"]
+        )
+        # the old binding is free for another client
+        await self.store.add_client(bound_client("other"))
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), ["other"])
+
+    async def test_replace_keeps_its_own_binding(self) -> None:
+        await self.store.add_client(bound_client("client"))
+        renamed = evolve(
+            bound_client("client"),
+            metadata={**bound_client("client").metadata, "client_name": "renamed"},
+        )
+        self.assertIs(await self.store.replace_client(renamed), True)
+        self.assertEqual(await self.store.get_client("client"), renamed)
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), ["client"])
+
+    async def test_replace_dropping_bindings(self) -> None:
+        await self.store.add_client(bound_client("client"))
+        self.assertIs(await self.store.replace_client(make_client("client")), True)
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), [])
+
+    async def test_replace_with_taken_binding_stores_nothing(self) -> None:
+        await self.store.add_client(bound_client("first"))
+        second = bound_client("second", {"issuer": CLUSTER, "subject": "mine"})
+        await self.store.add_client(second)
+        with self.assertRaises(BindingTaken):
+            await self.store.replace_client(
+                bound_client(
+                    "second",
+                    {"issuer": CLUSTER, "subject": "new"},
+                    {"issuer": CLUSTER, "subject": ACCOUNT},
+                )
+            )
+        self.assertEqual(await self.store.get_client("second"), second)
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, "mine"), ["second"])
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, "new"), [])
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), ["first"])
+
+    async def test_replace_missing_client_binds_nothing(self) -> None:
+        self.assertIs(await self.store.replace_client(bound_client("nobody")), False)
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), [])
+
+    async def test_concurrent_replaces_binding_one_identity(self) -> None:
+        """
+        Clients changed at once to one binding: one gets it, the others
+        keep what they had.
+        """
+        originals = [
+            bound_client(f"client-{i}", {"issuer": CLUSTER, "subject": f"own-{i}"})
+            for i in range(6)
+        ]
+        for client in originals:
+            await self.store.add_client(client)
+        results = await DeferredList(
+            [self.store.replace_client(bound_client(c.client_id)) for c in originals],
+            consumeErrors=True,
+        )
+        winners = [c.client_id for c, (ok, _) in zip(originals, results, strict=True) if ok]
+        self.assertEqual(len(winners), 1)
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), winners)
+        for index, client in enumerate(originals):
+            if client.client_id not in winners:
+                self.assertEqual(await self.store.get_client(client.client_id), client)
+                self.assertEqual(
+                    await self.store.clients_bound_to(CLUSTER, f"own-{index}"), [client.client_id]
+                )
+
+    async def test_delete_unbinds(self) -> None:
+        await self.store.add_client(bound_client("client"))
+        self.assertIs(await self.store.delete_client("client", *MARK), True)
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), [])
+        await self.store.add_client(bound_client("next"))
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), ["next"])
+
+    async def test_bindings_outlive_the_store(self) -> None:
+        await self.store.add_client(bound_client("client"))
+        store = await self.reopened()
+        self.assertEqual(await store.clients_bound_to(CLUSTER, ACCOUNT), ["client"])
+        with self.assertRaises(BindingTaken):
+            await store.add_client(bound_client("other"))
+        self.store = store
+
     # keys
 
     async def test_no_keys(self) -> None:
@@ -579,6 +800,31 @@ class StoreContractMixin(_TestCase):
         token = make_token(x5t_s256="bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2")
         await self.tokens.add_token(token)
         self.assertEqual(await self.tokens.get_token(token.token_digest), token)
+
+    async def test_token_made_by_exchange(self) -> None:
+        """
+        RFC 8693: a token made by a token exchange keeps its subject, its
+        nested actors, a may_act, and the tokens it dies with; many at once,
+        in one batch where the store groups them.
+        """
+        delegation = {
+            "sub": "client-a",
+            "act": {"sub": "client-c", "act": {"sub": "client-b"}},
+            "may_act": {"sub": "client-d"},
+            "exchanged_from": [
+                {"client_id": "client-b", "jti": "jti-b"},
+                {"client_id": "client-a", "jti": "jti-a"},
+            ],
+        }
+        tokens = [
+            make_token(f"{i:064x}", delegation=delegation if i % 2 else {}) for i in range(20)
+        ]
+        await gatherResults([self.tokens.add_token(token) for token in tokens])
+        for token in tokens:
+            stored = await self.tokens.get_token(token.token_digest)
+            self.assertEqual(stored, token)
+            assert stored is not None
+            self.assertEqual(dict(stored.delegation), delegation if stored.delegation else {})
 
     async def test_token_without_scope_or_audience(self) -> None:
         token = make_token(scope=frozenset(), audience=(), claims={})
@@ -1437,6 +1683,28 @@ class RedisStoreTests(StoreContractMixin, TestCase):
 
     def new_store(self) -> IStore:
         return RedisStore.from_url(self.url, reactor, timeout=TIMEOUT)
+
+
+class SentinelRedisStoreTests(StoreContractMixin, TestCase):
+    """
+    The contract through Redis Sentinel: the primary found by the
+    sentinels, every write that must survive a failover waiting for a
+    replica (C{WAIT}, the default with a C{redis+sentinel://} URL).
+    """
+
+    timeout = 60
+    purges = False
+
+    async def setUp(self) -> None:
+        group = redis_sentinel_group()
+        group.primary.flushall()
+        self.url = group.url(3)
+        await super().setUp()
+
+    def new_store(self) -> IStore:
+        store = RedisStore.from_url(self.url, reactor, timeout=TIMEOUT)
+        self.assertEqual(store.wait_replicas, 1)  # type: ignore[attr-defined]
+        return store
 
 
 async def eventually(

@@ -21,6 +21,7 @@ from ccserver.errors import ConfigError, StoreUnavailable
 from ccserver.model import TokenRecord
 from ccserver.stores.codec import TOKENS
 from ccserver.stores.redis import LAYOUT_VERSION, TOKEN_BATCH, RedisStore
+from ccserver.stores.redisprotocol import RedisFactory
 from tests.servers import redis_server
 from tests.test_codec import (
     LEGACY_CLIENT,
@@ -39,21 +40,23 @@ from tests.test_store_contract import TIMEOUT, make_client, make_key, make_token
 class URLTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         store = RedisStore.from_url("redis://cache.example", reactor, timeout=1)
-        self.assertEqual((store._host, store._port, store._dbid), ("cache.example", 6379, 0))
-        self.assertIsNone(store._password)
+        address = store.address
+        self.assertEqual((address.host, address.port, address.dbid), ("cache.example", 6379, 0))
+        self.assertIsNone(address.password)
         self.assertEqual(store.url, "redis://cache.example")
 
     def test_password_and_database(self) -> None:
         store = RedisStore.from_url("redis://:s%40cret@10.0.0.5:6380/7", reactor, timeout=1)
-        self.assertEqual((store._host, store._port, store._dbid), ("10.0.0.5", 6380, 7))
-        self.assertEqual(store._password, "s@cret")
-        self.assertIsNone(store._username)
+        address = store.address
+        self.assertEqual((address.host, address.port, address.dbid), ("10.0.0.5", 6380, 7))
+        self.assertEqual(address.password, "s@cret")
+        self.assertIsNone(address.username)
         self.assertEqual(store.url, "redis://:***@10.0.0.5:6380/7")
         self.assertNotIn("cret", repr(store))
 
     def test_username(self) -> None:
         store = RedisStore.from_url("redis://ccserver:pw@h:1/0", reactor, timeout=1)
-        self.assertEqual((store._username, store._password), ("ccserver", "pw"))
+        self.assertEqual((store.address.username, store.address.password), ("ccserver", "pw"))
         self.assertEqual(store.url, "redis://ccserver:***@h:1/0")
 
     def test_bad_database(self) -> None:
@@ -98,11 +101,45 @@ class LayoutTests(TestCase):
         self.assertEqual(self.raw("HLEN", "ccserver:keys"), b":2")
 
     async def test_layout_version(self) -> None:
-        self.assertEqual(self.raw("GET", "ccserver:schema_version"), b"$1")
-        self.assertEqual(LAYOUT_VERSION, 1)
+        # INCRBY 0 answers the value itself (GET answers its length first)
+        self.assertEqual(self.raw("INCRBY", "ccserver:schema_version", "0"), b":2")
+        self.assertEqual(LAYOUT_VERSION, 2)
+
+    async def test_layout_1_brought_to_2(self) -> None:
+        """
+        A store written by a ccserver before federated identities (layout
+        1) holds no bindings: it is brought to layout 2 as it is, its
+        clients kept.
+        """
+        await self.store.add_client(make_client("old"))
+        self.raw("SET", "ccserver:schema_version", "1")
+        store = RedisStore.from_url(self.server.url_for(0), reactor, timeout=TIMEOUT)
+        self.addCleanup(store.close)
+        await store.open()
+        self.assertEqual(self.raw("INCRBY", "ccserver:schema_version", "0"), b":2")
+        self.assertEqual(await store.get_client("old"), make_client("old"))
+
+    async def test_bindings_layout(self) -> None:
+        """
+        A client's bindings: one hash per issuer and subject, one set per
+        client; both gone with the client.
+        """
+        identities = [{"issuer": "https://i.example", "subject": "s"}]
+        client = make_client(
+            "bound",
+            metadata={"token_endpoint_auth_method": "federated_jwt",
+                      "federated_identities": identities},
+        )
+        await self.store.add_client(client)
+        (identity,) = client.federated_identities
+        self.assertEqual(self.raw("HLEN", f"ccserver:bindings:{identity.key}"), b":1")
+        self.assertEqual(self.raw("SCARD", "ccserver:client_bindings:bound"), b":1")
+        await self.store.delete_client("bound", 1, 2)
+        self.assertEqual(self.raw("EXISTS", f"ccserver:bindings:{identity.key}"), b":0")
+        self.assertEqual(self.raw("EXISTS", "ccserver:client_bindings:bound"), b":0")
 
     async def test_newer_layout_refused(self) -> None:
-        self.raw("SET", "ccserver:schema_version", "2")
+        self.raw("SET", "ccserver:schema_version", str(LAYOUT_VERSION + 1))
         store = RedisStore.from_url(self.server.url_for(0), reactor, timeout=TIMEOUT)
         self.addCleanup(store.close)
         with self.assertRaises(ConfigError):
@@ -404,6 +441,45 @@ class TokenBatchFailureTests(SynchronousTestCase):
         self.redis.calls[1][2].callback(1)
         self.successResultOf(first)
         self.successResultOf(other)
+
+
+class _Connection:
+    def __init__(self, connected: int) -> None:
+        self.connected = connected
+
+
+class DeadConnectionTests(SynchronousTestCase):
+    """
+    The pool's queue of idle connections when one dies: txredisapi's own
+    handed a connection given back dead to every command waiting, each
+    removed it, and all but the first raised ValueError (a 500 instead of
+    a 503, when a Redis died under load).
+    """
+
+    def setUp(self) -> None:
+        self.factory = RedisFactory("test", 0, 2, isLazy=True)
+        self.factory.size = 1  # a connection is there, as far as the pool knows
+
+    def test_given_back_dead(self) -> None:
+        waiting = [self.factory.getConnection(peek=True) for _ in range(3)]
+        dead, live = _Connection(0), _Connection(1)
+        self.factory.connectionQueue.put(dead)
+        for d in waiting:
+            self.assertNoResult(d)
+        self.assertEqual(self.factory.connectionQueue.pending, [])
+        self.factory.connectionQueue.put(live)
+        for d in waiting:
+            self.assertIs(self.successResultOf(d), live)
+
+    def test_died_in_the_queue(self) -> None:
+        dead, live = _Connection(1), _Connection(1)
+        self.factory.connectionQueue.put(dead)
+        dead.connected = 0
+        waiting = self.factory.getConnection(peek=True)
+        self.assertNoResult(waiting)
+        self.assertEqual(self.factory.connectionQueue.pending, [])
+        self.factory.connectionQueue.put(live)
+        self.assertIs(self.successResultOf(waiting), live)
 
 
 class PasswordTests(TestCase):

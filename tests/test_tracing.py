@@ -299,11 +299,11 @@ class TracingOffTests(ServerTestCase):
         self.assertIs(type(self.site.resource), RootResource)
         self.assertIs(self.site.requestFactory, BoundedRequest)
         token = self.site.resource.leaves[b"token"]
-        grant = token._grant
-        self.assertIs(type(grant._authenticator), ClientAuthenticator)
-        self.assertNotIn("authenticate", vars(grant._authenticator))
-        self.assertNotIn("Traced", type(grant._handler).__name__)
-        self.assertNotIn("Traced", type(grant._clients._store).__name__)
+        endpoint = token._grants._endpoint
+        self.assertIs(type(endpoint._authenticator), ClientAuthenticator)
+        self.assertNotIn("caller", vars(endpoint._authenticator))
+        self.assertNotIn("Traced", type(endpoint.handler).__name__)
+        self.assertNotIn("Traced", type(endpoint._minter.tokens).__name__)
 
     def test_no_traceparent_sent(self) -> None:
         headers = Headers()
@@ -321,6 +321,39 @@ class TracingOffTests(ServerTestCase):
 
         self.successResultOf(handler.authorize(make_grant()))
         self.assertFalse(policy.requests[0].headers.hasHeader(b"traceparent"))
+
+
+class TracedHandlerTests(SynchronousTestCase):
+    def test_exchange_and_the_rest(self) -> None:
+        """
+        A handler that decides token exchanges too has both decisions
+        traced; what else it has is its own.
+        """
+        from ccserver.tracing import traced_handler
+
+        class Handler:
+            name = "mine"
+
+            def authorize(self, grant: Any) -> str:
+                return "granted"
+
+            def authorize_exchange(self, exchange: Any) -> str:
+                return "exchanged"
+
+        exporter = InMemorySpanExporter()
+        traced = traced_handler(Handler(), Tracing.to(exporter, batch=False))
+        self.assertEqual(self.successResultOf(traced.authorize(None)), "granted")
+        self.assertEqual(self.successResultOf(traced.authorize_exchange(None)), "exchanged")
+        self.assertEqual(traced.name, "mine")
+        self.assertEqual(
+            [span.name for span in exporter.get_finished_spans()], ["grant handler"] * 2
+        )
+
+        class Plain:
+            def authorize(self, grant: Any) -> str:
+                return "granted"
+
+        self.assertFalse(hasattr(traced_handler(Plain(), Tracing.to(exporter)), "authorize_exchange"))
 
 
 class DisplayURLTests(SynchronousTestCase):

@@ -274,6 +274,7 @@ class RequestTests(WebhookTestCase):
         self.assertEqual(
             request.json(),
             {
+                "grant_type": "client_credentials",
                 "client_id": "client-1",
                 "client": {
                     "client_name": "My House App",
@@ -653,6 +654,17 @@ class FailingHTTP:
         return fail(self.error())
 
 
+def stubbed_handler(policy: PolicyResource, clock: Clock) -> WebhookHandler:
+    """
+    The webhook handler over the stubbed service C{policy}.
+    """
+    return WebhookHandler(
+        parse_config({"url": SERVICE, "token": WEBHOOK_TOKEN}),
+        StubTreq(policy),  # type: ignore[arg-type]
+        clock,
+    )
+
+
 class TokenEndpointTests(ServerTestCase):
     """
     The whole token endpoint in memory, over a stubbed service: what the
@@ -661,11 +673,7 @@ class TokenEndpointTests(ServerTestCase):
 
     def make_handler(self) -> IClientCredentialsGrantHandler:
         self.policy = PolicyResource()
-        return WebhookHandler(
-            parse_config({"url": SERVICE, "token": WEBHOOK_TOKEN}),
-            StubTreq(self.policy),  # type: ignore[arg-type]
-            self.clock,
-        )
+        return stubbed_handler(self.policy, self.clock)
 
     def setUp(self) -> None:
         super().setUp()

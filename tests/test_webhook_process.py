@@ -202,6 +202,7 @@ def test_e2e_decision_changes_without_restart(
     first_seen, second_seen = service.seen
     assert first_seen.headers["Authorization"] == f"Bearer {WEBHOOK_TOKEN}"
     assert first_seen.body == {
+        "grant_type": "client_credentials",
         "client_id": client["client_id"],
         "client": {
             key: client[key]

@@ -2,7 +2,9 @@
 The C{webhook} grant handler: an external web service decides each grant.
 
 For every token request the handler POSTs a JSON document to the configured
-URL and turns the answer into a L{GrantAuthorization} or an OAuth error:
+URL (L{request_document}; for a token exchange, L{exchange_document}, with
+the verified claims of the subject and actor tokens) and turns the answer
+into a L{GrantAuthorization} or an OAuth error:
 
   - C{200} with C{{"scope": [...], "access_token": {...}}}: a token with
     that scope (the service is authoritative: it may grant values the client
@@ -45,13 +47,18 @@ from zope.interface import implementer
 
 from ccserver import strictjson
 from ccserver.errors import ConfigError, OAuthError, invalid_client, temporarily_unavailable
-from ccserver.interfaces import IClientCredentialsGrantHandler
+from ccserver.interfaces import IClientCredentialsGrantHandler, ITokenExchangeHandler
 from ccserver.model import (
+    TOKEN_EXCHANGE,
+    Client,
     GrantAuthorization,
     GrantRequest,
+    TokenExchangeRequest,
+    VerifiedToken,
     check_claims,
     is_lifetime,
     is_scope_token,
+    may_act_problem,
 )
 from ccserver.outbound import (
     NOT_ANSWERED,
@@ -86,7 +93,7 @@ _HEADER_TOKEN = re.compile(r"[\x21-\x7E]+")
 #: What a client is told when the service could not decide (503).
 _UNAVAILABLE = "the authorization policy service is unavailable; try again shortly"
 _ANSWER_KEYS = frozenset({"scope", "access_token"})
-_ACCESS_TOKEN_KEYS = frozenset({"lifetime", "audience", "claims"})
+_ACCESS_TOKEN_KEYS = frozenset({"lifetime", "audience", "claims", "may_act"})
 
 
 class HTTPPoster(Protocol):
@@ -193,6 +200,12 @@ def parse_config(config: Mapping[str, Any]) -> WebhookConfig:
     )
 
 
+def _client_fields(client: Client, client_fields: tuple[str, ...] | None) -> dict[str, Any]:
+    metadata = client.metadata
+    names = metadata.keys() if client_fields is None else client_fields
+    return {name: metadata[name] for name in names if name in metadata and name not in NEVER_SENT}
+
+
 def request_document(
     grant: GrantRequest, client_fields: tuple[str, ...] | None = None
 ) -> dict[str, Any]:
@@ -202,17 +215,65 @@ def request_document(
     @param client_fields: the client metadata fields to send, or L{None}
         for all.  Secrets and registration tokens are never sent.
     """
-    metadata = grant.client.metadata
-    names = metadata.keys() if client_fields is None else client_fields
-    return {
+    document: dict[str, Any] = {
+        "grant_type": grant.grant_type,
         "client_id": grant.client.client_id,
-        "client": {
-            name: metadata[name] for name in names if name in metadata and name not in NEVER_SENT
-        },
+        "client": _client_fields(grant.client, client_fields),
         "scope": None if grant.scope is None else sorted(grant.scope),
         "resource": list(grant.resource),
         "params": dict(grant.params),
         "issuer": grant.issuer,
+    }
+    workload = grant.workload
+    if workload is not None:
+        # a federated_jwt client: its workload's token, verified
+        document["workload"] = {
+            "issuer": workload.issuer,
+            "subject": workload.subject,
+            "claims": dict(workload.claims),
+        }
+    return document
+
+
+def _token_document(token: VerifiedToken | None) -> dict[str, Any] | None:
+    """
+    A verified token as the service sees it: its type and claims, never
+    the token itself.
+    """
+    if token is None:
+        return None
+    return {"token_type": token.token_type, "claims": _plain(token.claims)}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {name: _plain(member) for name, member in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(member) for member in value]
+    return value
+
+
+def exchange_document(
+    exchange: TokenExchangeRequest, client_fields: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """
+    The JSON document POSTed to the service for a token exchange (RFC
+    8693): the client's, as for a grant, and the verified claims of the
+    subject and actor tokens (never the tokens), the C{audience} and
+    C{requested_token_type} asked for.
+    """
+    return {
+        "grant_type": TOKEN_EXCHANGE,
+        "client_id": exchange.client.client_id,
+        "client": _client_fields(exchange.client, client_fields),
+        "scope": None if exchange.scope is None else sorted(exchange.scope),
+        "resource": list(exchange.resource),
+        "audience": list(exchange.audience),
+        "requested_token_type": exchange.requested_token_type,
+        "subject_token": _token_document(exchange.subject),
+        "actor_token": _token_document(exchange.actor),
+        "params": dict(exchange.params),
+        "issuer": exchange.issuer,
     }
 
 
@@ -293,12 +354,18 @@ def authorization_from_answer(document: Any) -> GrantAuthorization:
         check_claims(claims)
     except ValueError as e:
         raise MalformedAnswer(f"access_token.claims: {e}") from None
+    may_act = token.get("may_act")
+    if may_act is not None:
+        problem = may_act_problem(may_act)
+        if problem is not None:
+            raise MalformedAnswer(f"access_token.may_act: {problem}")
     try:
         return GrantAuthorization(
             scope=scope,
             lifetime=lifetime,
             audience=audience or None,
             claims=claims,
+            may_act=may_act,
         )
     except (TypeError, ValueError) as e:
         raise MalformedAnswer(str(e)) from None
@@ -334,7 +401,7 @@ def _display_url(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
 
 
-@implementer(IClientCredentialsGrantHandler)
+@implementer(IClientCredentialsGrantHandler, ITokenExchangeHandler)
 class WebhookHandler(Service):
     """
     Asks a web service what each grant authorises.
@@ -389,15 +456,25 @@ class WebhookHandler(Service):
         """
         Ask the service; see the module docstring for what its answers mean.
         """
-        decision = Deferred.fromCoroutine(self._ask(grant))
+        return self._decide(request_document(grant, self.config.client_fields), grant.client)
+
+    def authorize_exchange(self, exchange: TokenExchangeRequest) -> Deferred[GrantAuthorization]:
+        """
+        Ask the service about a token exchange: the same exchange, with the
+        exchange's facts in the document (L{exchange_document}).
+        """
+        return self._decide(
+            exchange_document(exchange, self.config.client_fields), exchange.client
+        )
+
+    def _decide(self, document: dict[str, Any], client: Client) -> Deferred[GrantAuthorization]:
+        decision = Deferred.fromCoroutine(self._ask(document, client.client_id))
         decision.addTimeout(self.config.timeout, self._clock, onTimeoutCancel=self._timed_out)
-        decision.addErrback(self._unavailable, grant)
+        decision.addErrback(self._unavailable, client.client_id)
         return decision
 
-    async def _ask(self, grant: GrantRequest) -> GrantAuthorization:
-        body = json.dumps(
-            request_document(grant, self.config.client_fields), separators=(",", ":")
-        ).encode()
+    async def _ask(self, document: dict[str, Any], client_id: str) -> GrantAuthorization:
+        body = json.dumps(document, separators=(",", ":")).encode()
         deadline = self._clock.seconds() + self.config.timeout
         try:
             response = await self._post(body)
@@ -422,7 +499,7 @@ class WebhookHandler(Service):
             self._log.debug(
                 "{url} denied a token to {client_id}: {error}",
                 url=self._url,
-                client_id=grant.client.client_id,
+                client_id=client_id,
                 error=denial.error,
             )
             raise denial
@@ -449,7 +526,7 @@ class WebhookHandler(Service):
     def _timed_out(self, result: object, timeout: float) -> NoReturn:
         raise WebhookTimeout(f"no answer within {timeout:g}s")
 
-    def _unavailable(self, failure: Failure, grant: GrantRequest) -> Failure:
+    def _unavailable(self, failure: Failure, client_id: str) -> Failure:
         # A denial goes to the client as it is; a cancellation (the client
         # went away) is not the service's fault.
         if failure.check(OAuthError, CancelledError):
@@ -468,14 +545,14 @@ class WebhookHandler(Service):
                 "Unexpected error asking {url} about a grant for {client_id}",
                 failure,
                 url=self._url,
-                client_id=grant.client.client_id,
+                client_id=client_id,
             )
             raise temporarily_unavailable(_UNAVAILABLE)
         self._log.warn(
             "The grant webhook {url} could not decide for client {client_id}, "
             "so its token request gets 503: {reason}",
             url=self._url,
-            client_id=grant.client.client_id,
+            client_id=client_id,
             reason=reason,
         )
         raise temporarily_unavailable(_UNAVAILABLE)

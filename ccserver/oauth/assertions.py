@@ -58,6 +58,9 @@ from ccserver.keysets import KeySetSource, KeySetUnavailable
 from ccserver.model import Client
 from ccserver.text import identifier_problem
 
+#: RFC 7523 §2.2: the C{client_assertion_type} of a JWT client assertion.
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
 #: The JWS algorithms of a client assertion, per method (RFC 7523 §2.2,
 #: OpenID Connect Core §9): asymmetric for private_key_jwt, HMAC for
 #: client_secret_jwt; never C{none}.
@@ -81,12 +84,14 @@ _FAILED = "client authentication failed"
 @frozen
 class ClientAssertion:
     """
-    A JWT client assertion (RFC 7523 §2.2) as a request presented it, and
-    the form's C{client_id} if it had one.
+    A JWT client assertion (RFC 7523 §2.2) as a request presented it, the
+    form's C{client_id} if it had one, and its C{client_assertion_type}
+    (L{JWT_BEARER}, or for a SPIFFE JWT-SVID the SPIFFE draft's).
     """
 
     client_id: str | None
     assertion: str = field(repr=False)
+    assertion_type: str = JWT_BEARER
 
 
 def client_keys(jwks: object) -> tuple[jose.JWK, ...]:

@@ -5,9 +5,10 @@ Exactly one method per request: C{client_secret_basic} (the HTTP Basic
 scheme), C{client_secret_post} (C{client_id} and C{client_secret} in the
 form body), a JWT assertion (C{client_assertion_type} and
 C{client_assertion}, RFC 7521 §4.2, RFC 7523 §2.2) for C{private_key_jwt}
-and C{client_secret_jwt}, checked in L{ccserver.oauth.assertions}, or, with
-C{client_id} alone in the body, the TLS client certificate (RFC 8705 §2:
-L{ccserver.oauth.mtls}).  Every secret failure is the same C{invalid_client}
+and C{client_secret_jwt}, checked in L{ccserver.oauth.assertions}, or for
+C{federated_jwt}, a workload's token from a trusted issuer
+(L{ccserver.oauth.federation}), or, with C{client_id} alone in the body,
+the TLS client certificate (RFC 8705 §2: L{ccserver.oauth.mtls}).  Every secret failure is the same C{invalid_client}
 error, so that an unknown client cannot be told from a wrong secret.
 """
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 from urllib.parse import unquote_plus
 
 from attrs import frozen
@@ -25,22 +27,25 @@ from ccserver import audit, credentials, jose
 from ccserver.errors import OAuthError, answered_with, invalid_client, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.keysets import KeySetSource, KeySetUnavailable
-from ccserver.model import Client
+from ccserver.model import Authenticated, Client
 from ccserver.oauth import mtls
-from ccserver.oauth.assertions import AssertionVerifier, ClientAssertion, assertion_identifier
+from ccserver.oauth.assertions import (
+    JWT_BEARER,
+    AssertionVerifier,
+    ClientAssertion,
+    assertion_identifier,
+)
+from ccserver.oauth.federation import JWT_SPIFFE, Federation, Recognised
 from ccserver.oauth.limits import AuthLimits
 from ccserver.text import identifier_problem
 
-#: RFC 7523 §2.2: the C{client_assertion_type} of a JWT client assertion.
-JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+__all__ = ["JWT_BEARER", "JWT_SPIFFE"]
+T = TypeVar("T")
+
 #: The longest C{client_assertion} accepted, in bytes: a few claims and a
 #: signature (RSA-4096 included) take a fraction of it; anything longer is
 #: refused before it is decoded.
 MAX_ASSERTION_BYTES = 8 * 1024
-#: Form parameters that are about authentication, not the grant.
-CREDENTIAL_PARAMS = frozenset(
-    {"client_id", "client_secret", "client_assertion", "client_assertion_type"}
-)
 
 _FAILED = "client authentication failed"
 
@@ -102,7 +107,9 @@ def _basic(authorization: str) -> ClientCredentials:
     )
 
 
-def _assertion(authorization: str | None, form: Mapping[str, str]) -> ClientAssertion:
+def _assertion(
+    authorization: str | None, form: Mapping[str, str], assertion_types: tuple[str, ...]
+) -> ClientAssertion:
     """
     RFC 7521 §4.2: the assertion parameters, alone (one method per
     request, RFC 6749 §2.3); an unknown C{client_assertion_type} is
@@ -119,26 +126,31 @@ def _assertion(authorization: str | None, form: Mapping[str, str]) -> ClientAsse
         raise invalid_request("client_assertion_type: missing")
     if assertion is None:
         raise invalid_request("client_assertion: missing")
-    if assertion_type != JWT_BEARER:
-        raise invalid_client(f"client_assertion_type: only {JWT_BEARER} is supported")
+    if assertion_type not in assertion_types:
+        raise invalid_client(
+            "client_assertion_type: only " + " and ".join(assertion_types) + " supported"
+        )
     if len(assertion) > MAX_ASSERTION_BYTES:
         raise invalid_client(f"client_assertion: longer than {MAX_ASSERTION_BYTES} bytes")
-    return ClientAssertion(form.get("client_id"), assertion)
+    return ClientAssertion(form.get("client_id"), assertion, assertion_type)
 
 
 def presented_credentials(
-    authorization: str | None, form: Mapping[str, str]
+    authorization: str | None,
+    form: Mapping[str, str],
+    assertion_types: tuple[str, ...] = (JWT_BEARER,),
 ) -> ClientCredentials | ClientAssertion:
     """
     The credentials of a token request, from its C{Authorization} header
     and form.
 
+    @param assertion_types: the C{client_assertion_type}s accepted.
     @raise OAuthError: C{invalid_request} when more than one method is used
         or the client id could be no client's (L{identifier_problem}: the
         store is never asked about it), C{invalid_client} when none is, or
         the header is malformed.
     """
-    presented = _presented(authorization, form)
+    presented = _presented(authorization, form, assertion_types)
     if presented.client_id:
         check_client_id(presented.client_id)
     return presented
@@ -158,10 +170,10 @@ def check_client_id(client_id: str) -> None:
 
 
 def _presented(
-    authorization: str | None, form: Mapping[str, str]
+    authorization: str | None, form: Mapping[str, str], assertion_types: tuple[str, ...]
 ) -> ClientCredentials | ClientAssertion:
     if "client_assertion" in form or "client_assertion_type" in form:
-        return _assertion(authorization, form)
+        return _assertion(authorization, form, assertion_types)
     if authorization is not None:
         if "client_secret" in form:
             raise invalid_request(
@@ -205,45 +217,14 @@ def claimed_client_id(presented: ClientCredentials | ClientAssertion) -> str:
     return assertion_identifier("the sub claim", sub)
 
 
-def claimed(authorization: str | None, form: Mapping[str, str]) -> str | None:
+def workload_of(caller: Authenticated) -> dict[str, str] | None:
     """
-    The client a request names, unproven (L{claimed_client_id}), for the
-    audit trail's refusals; None when it names none, or its credentials
-    cannot be read (then its C{client_id} parameter, if any).
+    The workload identity whose token authenticated C{caller}, as the audit
+    trail's C{workload} says it; None when the client used a credential of
+    its own.
     """
-    try:
-        presented = presented_credentials(authorization, form)
-    except OAuthError:
-        return form.get("client_id")
-    return claimed_client_id(presented) or None
-
-
-def tell_refusal(
-    event_type: str,
-    error: BaseException,
-    client: Client | None,
-    authorization: str | None,
-    form: Mapping[str, str],
-    source: str,
-    **fields: object,
-) -> None:
-    """
-    Tell the audit trail that a request of an endpoint that authenticates
-    clients (token, introspection, revocation) was refused with C{error}:
-    by C{client} once it had authenticated, else by someone claiming to
-    be the client the request names.
-    """
-    code, status = answered_with(error)
-    audit.emit(
-        event_type,
-        audit.UNAUTHENTICATED if client is None else audit.client(client.client_id),
-        source or None,
-        error=code,
-        status=status,
-        client_id=None if client is None else client.client_id,
-        claimed_client_id=claimed(authorization, form) if client is None else None,
-        **fields,
-    )
+    workload = caller.workload
+    return None if workload is None else audit.workload(workload.issuer, workload.subject)
 
 
 async def authenticate(
@@ -292,10 +273,12 @@ async def authenticate(
 class ClientAuthenticator:
     """
     Who is calling, by whichever one method the request used: the secret
-    methods here, assertions through an L{AssertionVerifier}, certificates
-    through L{ccserver.oauth.mtls}; within the brute-force limits, counted
-    here, the one place every client authentication passes (the token,
-    introspection and revocation endpoints alike).
+    methods here, assertions through an L{AssertionVerifier}, workload
+    tokens through a L{Federation}, certificates through
+    L{ccserver.oauth.mtls}; within the brute-force limits, counted here,
+    the one place every client authentication passes (the token,
+    introspection and revocation endpoints alike, and the JWT bearer
+    grant's assertion).
     """
 
     def __init__(
@@ -306,6 +289,7 @@ class ClientAuthenticator:
         *,
         now: Callable[[], float],
         key_sets: KeySetSource | None = None,
+        federation: Federation | None = None,
     ) -> None:
         """
         @param assertions: checks JWT assertions; without one they are
@@ -317,12 +301,23 @@ class ClientAuthenticator:
         @param limits: counts failures per (client, source address) and
             refuses a pair past its budget; None for no limits.
         @param now: the clock that ends a rotated-out secret's grace.
+        @param federation: checks workload tokens (C{federated_jwt}), with
+            the trusted issuers; without one, none is accepted.
         """
         self._clients = clients
         self._assertions = assertions
         self._limits = limits
         self._now = now
         self._key_sets = key_sets
+        self._federation = federation
+        self._assertion_types = (JWT_BEARER, JWT_SPIFFE) if federation else (JWT_BEARER,)
+
+    @property
+    def federation(self) -> Federation | None:
+        """
+        The workload tokens' checker, if this server trusts any issuer.
+        """
+        return self._federation
 
     async def authenticate(
         self,
@@ -336,24 +331,144 @@ class ClientAuthenticator:
             (RFC 8705): it authenticates a request with C{client_id} alone.
         @param source: the caller's address, which the limits count by.
         """
-        presented = presented_credentials(authorization, form)
-        if self._limits is None:
-            return await self._authenticate(presented, certificate)
-        return await self._limits.client(
-            claimed_client_id(presented), source, lambda: self._authenticate(presented, certificate)
+        return (await self.caller(authorization, form, certificate, source)).client
+
+    async def caller(
+        self,
+        authorization: str | None,
+        form: Mapping[str, str],
+        certificate: mtls.PresentedCertificate | None = None,
+        source: str = "",
+    ) -> Authenticated:
+        """
+        L{authenticate}'s client, and the workload token it presented, if
+        any.
+        """
+        presented = presented_credentials(authorization, form, self._assertion_types)
+        recognised = None
+        if isinstance(presented, ClientAssertion) and self._federation is not None:
+            recognised = self._federation.recognise(presented)
+        if recognised is not None:
+            return await self.workload(recognised, source)
+        return await self._limited(
+            claimed_client_id(presented),
+            source,
+            lambda: self._authenticate(presented, certificate),
         )
+
+    async def workload(self, recognised: Recognised, source: str) -> Authenticated:
+        """
+        The client a workload token authenticates, within the limits, which
+        count its failures by the workload identity it names
+        (L{Recognised.limit_key}).
+        """
+        federation = self._federation
+        assert federation is not None  # only it recognises
+
+        async def attempt() -> Authenticated:
+            client, identity = await federation.authenticate(recognised)
+            return Authenticated(client, identity)
+
+        return await self._limited(recognised.limit_key, source, attempt)
+
+    def claimed(
+        self,
+        authorization: str | None,
+        form: Mapping[str, str],
+        assertion: str | None = None,
+    ) -> dict[str, Any]:
+        """
+        Who a refused request said it was, unproven, as the audit trail's
+        fields say it: the client it names (C{claimed_client_id}: its
+        C{client_id}, Basic user, or a client assertion's C{sub}), and for
+        a workload token, the trusted issuer and subject it claims
+        (C{claimed_workload}; then C{claimed_client_id} is only the
+        C{client_id} the request named, since a workload's C{sub} is no
+        client's).  Never raises: whatever cannot be read is left out.
+
+        @param assertion: the JWT bearer grant's C{assertion}, when that
+            was the request's credential.
+        """
+        try:
+            presented = (
+                presented_credentials(authorization, form, self._assertion_types)
+                if assertion is None
+                else ClientAssertion(form.get("client_id"), assertion, JWT_BEARER)
+            )
+        except OAuthError:
+            return {"claimed_client_id": form.get("client_id")}
+        if isinstance(presented, ClientAssertion) and (
+            self._federation is not None or assertion is not None
+        ):
+            try:
+                recognised = (
+                    None if self._federation is None else self._federation.recognise(presented)
+                )
+            except OAuthError:
+                # a workload's token of an issuer no one trusts
+                return {"claimed_client_id": presented.client_id}
+            if recognised is not None:
+                return {
+                    "claimed_client_id": presented.client_id,
+                    "claimed_workload": audit.workload(
+                        recognised.issuer.identifier, recognised.claims.get("sub")
+                    ),
+                }
+            if assertion is not None:
+                return {"claimed_client_id": presented.client_id}
+        try:
+            return {"claimed_client_id": claimed_client_id(presented) or None}
+        except OAuthError:
+            return {"claimed_client_id": presented.client_id}
+
+    def tell_refusal(
+        self,
+        event_type: str,
+        error: BaseException,
+        caller: Authenticated | None,
+        authorization: str | None,
+        form: Mapping[str, str],
+        source: str,
+        *,
+        assertion: str | None = None,
+        **fields: object,
+    ) -> None:
+        """
+        Tell the audit trail that a request of an endpoint that authenticates
+        clients (token, introspection, revocation) was refused with C{error}:
+        by C{caller} once it had authenticated (with the workload token
+        that authenticated it, if one did), else by someone claiming to be
+        what the request names (L{claimed}).
+        """
+        code, status = answered_with(error)
+        if caller is None:
+            actor = audit.UNAUTHENTICATED
+            fields.update(self.claimed(authorization, form, assertion))
+        else:
+            actor = audit.client(caller.client.client_id)
+            fields.update(client_id=caller.client.client_id, workload=workload_of(caller))
+        audit.emit(event_type, actor, source or None, error=code, status=status, **fields)
+
+    async def _limited(
+        self, key: str, source: str, attempt: Callable[[], Awaitable[T]]
+    ) -> T:
+        if self._limits is None:
+            return await attempt()
+        return await self._limits.client(key, source, attempt)
 
     async def _authenticate(
         self,
         presented: ClientCredentials | ClientAssertion,
         certificate: mtls.PresentedCertificate | None,
-    ) -> Client:
+    ) -> Authenticated:
         if isinstance(presented, ClientAssertion):
             if self._assertions is None:
                 raise invalid_client("client assertions are not accepted here")
-            return await self._assertions.authenticate(self._clients, presented)
-        return await authenticate(
-            self._clients, presented, certificate, now=self._now, key_sets=self._key_sets
+            return Authenticated(await self._assertions.authenticate(self._clients, presented))
+        return Authenticated(
+            await authenticate(
+                self._clients, presented, certificate, now=self._now, key_sets=self._key_sets
+            )
         )
 
 

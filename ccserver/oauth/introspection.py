@@ -12,6 +12,15 @@ token (RFC 6750 §2.1) at the revocation endpoint.
 A deleted client's tokens are dead: its opaque ones are deleted with it,
 and its JWTs, which cannot be, are covered by the revocation mark the store
 keeps for it (L{ITokenStore.client_revoked_before}).
+
+A token made by a token exchange dies with the tokens it was made from
+(L{ccserver.model.EXCHANGED_FROM}): once one of them is revoked, or its
+client deleted, introspection says it is inactive and it cannot be
+exchanged again.  So a revoked opaque token's C{jti} goes on the deny list
+too, where a token made from it looks.
+
+The same lookup checks the access tokens presented in a token exchange
+(L{AccessTokenValidator}).
 """
 
 from __future__ import annotations
@@ -21,18 +30,22 @@ from typing import Any, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
+from zope.interface import implementer
 
 from ccserver import audit, credentials, jose
 from ccserver.errors import invalid_request
-from ccserver.interfaces import IClientStore, ITokenStore
+from ccserver.interfaces import IClientStore, ISubjectTokenValidator, ITokenStore
 from ccserver.keys import ACCESS_TOKEN_TYP, SIGNING_ALGORITHMS, Keyring
-from ccserver.model import Client
-from ccserver.oauth.clientauth import (
+from ccserver.model import (
+    ACCESS_TOKEN_TYPE,
     CREDENTIAL_PARAMS,
-    ClientAuthenticator,
-    split_authorization,
-    tell_refusal,
+    EXCHANGED_FROM,
+    Authenticated,
+    Client,
+    TokenRef,
+    VerifiedToken,
 )
+from ccserver.oauth.clientauth import ClientAuthenticator, split_authorization, workload_of
 from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import PresentedCertificate
 from ccserver.oauth.registration import bearer_error
@@ -59,6 +72,45 @@ async def _both(first: Deferred[A], second: Deferred[B]) -> tuple[A, B]:
     return result, await second
 
 
+async def _every(pending: list[Deferred[A]]) -> list[A]:
+    """
+    The results of store requests already in flight, in order: one round
+    trip of latency for all.  When one fails, the failures of the others
+    (if any) are not left unhandled.
+    """
+    results = []
+    for index, request in enumerate(pending):
+        try:
+            results.append(await request)
+        except BaseException:
+            for rest in pending[index + 1 :]:
+                rest.addErrback(lambda _: None)
+            raise
+    return results
+
+
+def exchanged_from(claims: Mapping[str, Any]) -> tuple[TokenRef, ...] | None:
+    """
+    The tokens a token was made from by exchange (L{EXCHANGED_FROM}),
+    nearest first: empty for a token made otherwise, None when the claim is
+    not what this server writes (such a token counts as dead).
+    """
+    refs = claims.get(EXCHANGED_FROM)
+    if refs is None:
+        return ()
+    if not isinstance(refs, list):
+        return None
+    parsed = []
+    for ref in refs:
+        if not isinstance(ref, Mapping):
+            return None
+        client_id, jti = ref.get("client_id"), ref.get("jti")
+        if not isinstance(client_id, str) or not isinstance(jti, str):
+            return None
+        parsed.append(TokenRef(client_id, jti))
+    return tuple(parsed)
+
+
 @frozen
 class TokenInfo:
     """
@@ -79,6 +131,10 @@ class TokenInfo:
     def audience(self) -> tuple[str, ...]:
         aud = self.claims.get("aud", ())
         return (aud,) if isinstance(aud, str) else tuple(aud)
+
+    @property
+    def ref(self) -> TokenRef:
+        return TokenRef(self.client_id, str(self.claims["jti"]))
 
 
 class TokenIntrospection:
@@ -115,8 +171,8 @@ class TokenIntrospection:
         authorization: str | None,
         certificate: PresentedCertificate | None,
         source: str,
-    ) -> Client:
-        return await self._authenticator.authenticate(authorization, form, certificate, source)
+    ) -> Authenticated:
+        return await self._authenticator.caller(authorization, form, certificate, source)
 
     @staticmethod
     def _token(form: Mapping[str, str]) -> str:
@@ -128,14 +184,41 @@ class TokenIntrospection:
     async def lookup(self, token: str) -> TokenInfo | None:
         """
         The active token C{token} is, or None when it is unknown, malformed,
-        expired or revoked.  A token that is not printable (L{is_printable})
-        is none this server issued: the store is not asked about it.  (Its
-        length is bounded by the request body's.)
+        expired or revoked, or was made by exchange from a token that is
+        revoked (L{exchanged_from}).  A token that is not printable
+        (L{is_printable}) is none this server issued: the store is not asked
+        about it.  (Its length is bounded by the request body's.)
         """
         if not is_printable(token):
             return None
-        if token.count(".") == 2:
-            return await self._jwt(token)
+        info = await (self._jwt(token) if token.count(".") == 2 else self._opaque(token))
+        if info is None or EXCHANGED_FROM not in info.claims:
+            return info
+        return info if await self._lineage_alive(info.claims) else None
+
+    async def _lineage_alive(self, claims: Mapping[str, Any]) -> bool:
+        """
+        Whether every token a token was made from is alive: none revoked (a
+        revoked opaque token's C{jti} is on the deny list too), none of
+        their clients deleted since.  A client's mark that covers the
+        token's own C{iat} covers every token it was made from, each made
+        before it.
+        """
+        refs = exchanged_from(claims)
+        issued_at = claims.get("iat")
+        if refs is None or not isinstance(issued_at, int):
+            return False
+        pending: list[Deferred[Any]] = []
+        for ref in refs:
+            pending.append(self._tokens.is_revoked(ref.jti))
+            pending.append(self._tokens.client_revoked_before(ref.client_id))
+        answers = await _every(pending)
+        for revoked, revoked_before in zip(answers[::2], answers[1::2], strict=True):
+            if revoked or (revoked_before is not None and issued_at <= revoked_before):
+                return False
+        return True
+
+    async def _opaque(self, token: str) -> TokenInfo | None:
         # the store leaves out a record its client's revocation mark covers
         record = await self._tokens.get_token(credentials.opaque_token_key(token))
         if record is None or record.expires_at <= self._now():
@@ -151,6 +234,7 @@ class TokenIntrospection:
             extra=record.claims,
             jkt=record.jkt,
             x5t_s256=record.x5t_s256,
+            delegation=record.delegation,
         )
         return TokenInfo(claims, None, record.token_digest)
 
@@ -221,20 +305,22 @@ class TokenIntrospection:
             caller = await self._caller(form, authorization, certificate, source)
             info = await self.lookup(self._token(form))
         except Exception as error:
-            tell_refusal(
+            self._authenticator.tell_refusal(
                 audit.INTROSPECTION_REFUSED, error, caller, authorization, form, source
             )
             raise
         if info is None:
             return dict(INACTIVE)
-        if not self._may_see(caller, info):
+        client = caller.client
+        if not self._may_see(client, info):
             audit.emit(
                 audit.INTROSPECTION_REFUSED,
-                audit.client(caller.client_id),
+                audit.client(client.client_id),
                 source or None,
                 status=200,
                 reason="not_permitted",
-                client_id=caller.client_id,
+                client_id=client.client_id,
+                workload=workload_of(caller),
                 token_id=info.claims.get("jti"),
                 token_client_id=info.client_id,
             )
@@ -295,30 +381,43 @@ class TokenIntrospection:
                     await self._revoke(info, audit.MASTER_TOKEN, source)
                 return
             caller = await self._caller(form, authorization, certificate, source)
+            client_id = caller.client.client_id
             info = await self.lookup(self._token(form))
             if info is None:
                 return
-            if info.client_id != caller.client_id:
+            if info.client_id != client_id:
                 audit.emit(
                     audit.REVOCATION_REFUSED,
-                    audit.client(caller.client_id),
+                    audit.client(client_id),
                     source or None,
                     status=200,
                     reason="not_owner",
-                    client_id=caller.client_id,
+                    client_id=client_id,
+                    workload=workload_of(caller),
                     token_id=info.claims.get("jti"),
                 )
                 return
-            await self._revoke(info, audit.client(caller.client_id), source)
+            await self._revoke(info, audit.client(client_id), source, workload_of(caller))
         except Exception as error:
-            tell_refusal(audit.REVOCATION_REFUSED, error, caller, authorization, form, source)
+            self._authenticator.tell_refusal(
+                audit.REVOCATION_REFUSED, error, caller, authorization, form, source
+            )
             raise
 
-    async def _revoke(self, info: TokenInfo, actor: audit.Actor, source: str) -> None:
+    async def _revoke(
+        self,
+        info: TokenInfo,
+        actor: audit.Actor,
+        source: str,
+        workload: Mapping[str, str] | None = None,
+    ) -> None:
+        """
+        Delete an opaque token, and put its C{jti} on the deny list too,
+        where the tokens made from it by exchange look; deny-list a JWT's.
+        """
         if info.token_digest is not None:
             await self._tokens.delete_token(info.token_digest)
-        elif info.jti is not None:
-            await self._tokens.revoke_jti(info.jti, int(info.claims["exp"]))
+        await self._tokens.revoke_jti(str(info.claims["jti"]), int(info.claims["exp"]))
         audit.emit(
             audit.TOKEN_REVOKED,
             actor,
@@ -326,4 +425,40 @@ class TokenIntrospection:
             token_id=info.claims.get("jti"),
             client_id=info.client_id,
             token_format="opaque" if info.token_digest is not None else "jwt",
+            workload=workload,
         )
+
+
+@implementer(ISubjectTokenValidator)
+class AccessTokenValidator:
+    """
+    RFC 8693 C{urn:ietf:params:oauth:token-type:access_token}: an access
+    token this server issued, JWT or opaque, checked as introspection
+    checks it (signature, expiry, revocation, a deleted client, the tokens
+    it was made from).
+    """
+
+    token_type = ACCESS_TOKEN_TYPE
+
+    def __init__(self, introspection: TokenIntrospection, clients: IClientStore) -> None:
+        self._introspection = introspection
+        self._clients = clients
+
+    async def verify(self, token: str) -> VerifiedToken:
+        info = await self._introspection.lookup(token)
+        if info is None:
+            raise invalid_request(
+                "not an active access token of this server (unknown, malformed, expired "
+                "or revoked)"
+            )
+        refs = exchanged_from(info.claims) or ()
+        return VerifiedToken(ACCESS_TOKEN_TYPE, info.claims, (info.ref, *refs))
+
+    async def client_for(self, token: VerifiedToken) -> Client | None:
+        """
+        The client the token was issued to (its C{client_id}).
+        """
+        client_id = token.claims.get("client_id")
+        if not isinstance(client_id, str):
+            return None
+        return await self._clients.get_client(client_id)

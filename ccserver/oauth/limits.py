@@ -292,6 +292,32 @@ class _Slot:
         self.reservation = reservation
 
 
+#: How the client credential's counters name a workload identity (a
+#: workload token's failures are counted by the identity it names, whichever
+#: client it aims at): this, its issuer and its subject, joined by NULs.
+_WORKLOAD = "federated"
+
+
+def workload_key(issuer: str, subject: str) -> str:
+    """
+    The identity the client credential's counters count a workload
+    token's failures by.
+    """
+    return f"{_WORKLOAD}\x00{issuer}\x00{subject}"
+
+
+def _identity_fields(identity: str) -> dict[str, object]:
+    """
+    What the audit trail says a block is about: the client, or the
+    workload identity (L{workload_key}).
+    """
+    kind, nul, rest = identity.partition("\x00")
+    if nul and kind == _WORKLOAD:
+        issuer, _, subject = rest.partition("\x00")
+        return {"workload": audit.workload(issuer, subject or None)}
+    return {"client_id": identity or None}
+
+
 class AuthLimits:
     """
     Reserves a slot before each credential check, within the budgets.
@@ -651,7 +677,7 @@ class AuthLimits:
             "credential": credential.audit_name,
             "limit": key[0],
             "until": math.ceil(refusal.retry_at),
-            "client_id": identity or None,
+            **_identity_fields(identity),
         }
         audit.emit(audit.BLOCK_STARTED, audit.UNAUTHENTICATED, source, **fields)
         if self._clock is not None:

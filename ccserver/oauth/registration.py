@@ -7,24 +7,35 @@ delete a registration.  Nothing here knows of HTTP.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 from attrs import define, evolve, field, frozen
 
 from ccserver import audit, credentials, jose
 from ccserver.clients import SecretRotation, rotate_secret
-from ccserver.errors import ClientExists, OAuthError, invalid_client_metadata, invalid_request
+from ccserver.errors import (
+    BindingTaken,
+    ClientExists,
+    OAuthError,
+    invalid_client_metadata,
+    invalid_request,
+)
 from ccserver.interfaces import IClientStore, IInitialAccessTokenStore
 from ccserver.keys import KeyEncryptor
 from ccserver.model import (
+    CHECKED_CLAIMS,
     CLIENT_CREDENTIALS,
     DEFAULT_AUTH_METHOD,
+    FEDERATED_JWT,
+    JWT_BEARER_GRANT,
     SECRET_METHODS,
     Client,
+    FederatedIdentity,
     InitialAccessToken,
     TokenRateLimit,
     is_lifetime,
@@ -41,13 +52,16 @@ from ccserver.oauth.assertions import (
     unselectable,
 )
 from ccserver.oauth.clientauth import check_client_id
+from ccserver.oauth.federation import MAX_SUBJECT_LENGTH, spiffe_trust_domain
 from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
 from ccserver.outbound import AddressPolicy, RefusedURL
+from ccserver.text import identifier_problem
 
 T = TypeVar("T")
 
-#: The grant types this server issues tokens for.
+#: The grant types a client registers for by default, and the ones a
+#: registry accepts when it is not told which are loaded.
 GRANT_TYPES = (CLIENT_CREDENTIALS,)
 #: How clients may authenticate at the token endpoint.
 AUTH_METHODS = (
@@ -55,7 +69,16 @@ AUTH_METHODS = (
     "client_secret_jwt",
     "private_key_jwt",
     *MTLS_METHODS,
+    FEDERATED_JWT,
 )
+#: The most workload identities one client may be bound to, and the most
+#: claim conditions one binding may have.
+MAX_FEDERATED_IDENTITIES = 20
+MAX_CONDITIONS = 16
+#: The longest issuer, claim name and claim value of a binding.
+MAX_ISSUER_LENGTH = 1024
+MAX_CLAIM_NAME_LENGTH = 256
+MAX_CLAIM_VALUE_LENGTH = 1024
 #: The methods whose client gets a client secret: the two that present it
 #: (L{SECRET_METHODS}), and client_secret_jwt, whose assertions it signs.
 SECRET_BEARING_METHODS = (*SECRET_METHODS, "client_secret_jwt")
@@ -100,6 +123,9 @@ PRIVILEGED_FIELDS: tuple[str, ...] = (
     # tokens are bound to one.
     BOUND_TOKENS,
     *SUBJECT_FIELDS,
+    # which workloads' tokens authenticate it: a client that could bind
+    # itself to any workload could take that workload's identity
+    "federated_identities",
 )
 
 #: What a privileged field's absence means to the rest of the server (see
@@ -113,6 +139,7 @@ _WHEN_ABSENT: dict[str, Any] = {
     # RFC 9449 §5.2: "If omitted, the default value is false."
     "dpop_bound_access_tokens": False,
     BOUND_TOKENS: False,
+    "federated_identities": [],
 }
 
 
@@ -126,7 +153,9 @@ def _privilege(metadata: Mapping[str, Any], name: str) -> object:
     if name == "scope":
         return scope_values(value)
     if isinstance(value, list):
-        return frozenset(value)
+        return frozenset(
+            json.dumps(v, sort_keys=True) if isinstance(v, dict) else v for v in value
+        )
     return value
 
 
@@ -265,7 +294,12 @@ def names_auth_method(body: object) -> bool:
     return isinstance(body, dict) and "token_endpoint_auth_method" in body
 
 
-def validate_metadata(body: object, jwks_uri_policy: AddressPolicy = STRICT) -> dict[str, Any]:
+def validate_metadata(
+    body: object,
+    jwks_uri_policy: AddressPolicy = STRICT,
+    grant_types: Sequence[str] = GRANT_TYPES,
+    trusted_issuers: Collection[str] = (),
+) -> dict[str, Any]:
     """
     Check a registration request's metadata and fill in the defaults.
 
@@ -273,6 +307,11 @@ def validate_metadata(body: object, jwks_uri_policy: AddressPolicy = STRICT) -> 
 
     @param jwks_uri_policy: where a C{jwks_uri} may point (C{[client_auth]
         jwks_uri_private_networks}).
+    @param grant_types: the grant types the server offers (its grant type
+        plugins loaded): C{grant_types} may name only those.
+    @param trusted_issuers: the identifiers of the trusted issuers
+        (C{[[trusted_issuers]]}), the only ones a C{federated_identities}
+        binding may name.
     @raise OAuthError: C{invalid_client_metadata}, naming the field.
     """
     if not isinstance(body, dict):
@@ -283,7 +322,10 @@ def validate_metadata(body: object, jwks_uri_policy: AddressPolicy = STRICT) -> 
         )
     metadata: dict[str, Any] = {}
 
-    method = body.get("token_endpoint_auth_method", DEFAULT_AUTH_METHOD)
+    # a client bound to workloads authenticates with their tokens, unless
+    # its registration says otherwise (and is refused below)
+    default_method = FEDERATED_JWT if "federated_identities" in body else DEFAULT_AUTH_METHOD
+    method = body.get("token_endpoint_auth_method", default_method)
     method = _string("token_endpoint_auth_method", method)
     if method not in AUTH_METHODS:
         raise invalid_client_metadata(
@@ -292,14 +334,26 @@ def validate_metadata(body: object, jwks_uri_policy: AddressPolicy = STRICT) -> 
         )
     metadata["token_endpoint_auth_method"] = method
 
-    grant_types = _string_list("grant_types", body.get("grant_types", list(GRANT_TYPES)))
-    for grant_type in grant_types:
-        if grant_type not in GRANT_TYPES:
+    # a workload may present its token either way, as a client assertion
+    # with client_credentials or as the JWT bearer grant's assertion, where
+    # the server offers that grant
+    default_grants = [CLIENT_CREDENTIALS]
+    if method == FEDERATED_JWT and JWT_BEARER_GRANT in grant_types:
+        default_grants.append(JWT_BEARER_GRANT)
+    requested = _string_list("grant_types", body.get("grant_types", default_grants))
+    for grant_type in requested:
+        if grant_type not in grant_types:
             raise invalid_client_metadata(
                 f"grant_types: this server does not issue {grant_type!r}; it issues "
-                + ", ".join(GRANT_TYPES)
+                + ", ".join(grant_types)
             )
-    metadata["grant_types"] = list(dict.fromkeys(grant_types))
+        if grant_type == JWT_BEARER_GRANT and method != FEDERATED_JWT:
+            raise invalid_client_metadata(
+                f"grant_types: {JWT_BEARER_GRANT} is for federated_jwt clients: its "
+                "assertion is the token of a workload bound to the client"
+            )
+    metadata["grant_types"] = list(dict.fromkeys(requested))
+    _check_federation_metadata(body, method, trusted_issuers, metadata)
 
     response_types = _string_list("response_types", body.get("response_types", []))
     if response_types:
@@ -390,6 +444,122 @@ def _public_jwks(jwks: object) -> dict[str, Any]:
     if problem is not None:
         raise invalid_client_metadata(f"jwks: {problem}")
     return jwks
+
+
+def _check_federation_metadata(
+    body: Mapping[str, Any],
+    method: str,
+    trusted_issuers: Collection[str],
+    metadata: dict[str, Any],
+) -> None:
+    """
+    C{federated_jwt} needs C{federated_identities}, and they need it: at
+    least one binding, each to a trusted issuer.
+    """
+    if method != FEDERATED_JWT:
+        if "federated_identities" in body:
+            raise invalid_client_metadata(
+                "federated_identities: only for token_endpoint_auth_method federated_jwt"
+            )
+        return
+    if not trusted_issuers:
+        raise invalid_client_metadata(
+            "token_endpoint_auth_method: federated_jwt needs trusted issuers, and this "
+            "server has none ([[trusted_issuers]] in its configuration)"
+        )
+    if "federated_identities" not in body:
+        raise invalid_client_metadata(
+            "federated_identities: federated_jwt needs the workload identities whose tokens "
+            'authenticate the client: [{"issuer": ..., "subject": ...}]'
+        )
+    identities = federated_identities(body["federated_identities"], trusted_issuers)
+    metadata["federated_identities"] = [identity.as_json() for identity in identities]
+
+
+def federated_identities(
+    value: object, trusted_issuers: Collection[str]
+) -> tuple[FederatedIdentity, ...]:
+    """
+    A client's C{federated_identities}: 1 to L{MAX_FEDERATED_IDENTITIES}
+    bindings C{{"issuer": ISS, "subject": SUB, "claims": {NAME: VALUE}}},
+    each to a trusted issuer (for a SPIFFE trust domain, a SPIFFE ID of it
+    as the subject), with at most L{MAX_CONDITIONS} conditions on string
+    claims other than those checked on their own (L{CHECKED_CLAIMS}), and
+    none given twice.  A member the server does not know is refused, not
+    ignored: a misspelt C{claims} would drop the conditions it holds.
+    """
+    name = "federated_identities"
+    if not isinstance(value, list) or not value:
+        raise invalid_client_metadata(f"{name}: must be a non-empty array of bindings")
+    if len(value) > MAX_FEDERATED_IDENTITIES:
+        raise invalid_client_metadata(f"{name}: more than {MAX_FEDERATED_IDENTITIES} bindings")
+    found: list[FederatedIdentity] = []
+    for index, binding in enumerate(value):
+        where = f"{name}[{index}]"
+        if not isinstance(binding, dict):
+            raise invalid_client_metadata(f"{where}: must be an object with issuer and subject")
+        unknown = sorted(set(binding) - {"issuer", "subject", "claims"})
+        if unknown:
+            raise invalid_client_metadata(
+                f"{where}: unknown member {unknown[0]!r}; a binding has issuer, subject "
+                "and claims"
+            )
+        issuer = _bounded_text(f"{where}.issuer", binding.get("issuer"), MAX_ISSUER_LENGTH)
+        if issuer not in trusted_issuers:
+            raise invalid_client_metadata(
+                f"{where}.issuer: {issuer!r} is not a trusted issuer of this server; "
+                "trusted: " + ", ".join(trusted_issuers)
+            )
+        subject = _bounded_text(f"{where}.subject", binding.get("subject"), MAX_SUBJECT_LENGTH)
+        if issuer.startswith("spiffe://") and spiffe_trust_domain(subject) != issuer:
+            raise invalid_client_metadata(
+                f"{where}.subject: must be a SPIFFE ID of the trust domain {issuer} "
+                f"({issuer}/path)"
+            )
+        claims = binding.get("claims", {})
+        if not isinstance(claims, dict) or len(claims) > MAX_CONDITIONS:
+            raise invalid_client_metadata(
+                f"{where}.claims: must be an object of at most {MAX_CONDITIONS} claims, "
+                "each a string the token's claim must equal"
+            )
+        for claim, wanted in claims.items():
+            _bounded_text(f"{where}.claims", claim, MAX_CLAIM_NAME_LENGTH)
+            if claim in CHECKED_CLAIMS:
+                raise invalid_client_metadata(
+                    f"{where}.claims: {claim!r} is checked on its own, not as a condition "
+                    "(the issuer and subject are the binding's own)"
+                )
+            _bounded_text(f"{where}.claims.{claim}", wanted, MAX_CLAIM_VALUE_LENGTH)
+        identity = FederatedIdentity(issuer, subject, claims)
+        if identity in found:
+            raise invalid_client_metadata(f"{where}: the same binding is given twice")
+        found.append(identity)
+    return tuple(found)
+
+
+def _bounded_text(name: str, value: object, longest: int) -> str:
+    """
+    A string of 1 to C{longest} printable characters (L{identifier_problem}:
+    what a store key and an operator's terminal can hold).
+    """
+    problem = identifier_problem(value, longest)
+    if problem is not None:
+        raise invalid_client_metadata(f"{name} {problem}")
+    assert isinstance(value, str)
+    return value
+
+
+def binding_taken(error: BindingTaken) -> OAuthError:
+    """
+    A binding of the request that the store found another client's.
+    """
+    identity = error.identity
+    assert isinstance(identity, FederatedIdentity)
+    conditions = " with these claims" if identity.claims else ""
+    return invalid_client_metadata(
+        f"federated_identities: the workload identity {identity.subject!r} of "
+        f"{identity.issuer}{conditions} is bound to another client already"
+    )
 
 
 def _check_jwks_uri(value: object, policy: AddressPolicy) -> None:
@@ -518,12 +688,15 @@ async def register_client(
     now: Callable[[], float],
     secret_encryptor: KeyEncryptor | None = None,
     jwks_uri_policy: AddressPolicy = STRICT,
+    grant_types: Sequence[str] = GRANT_TYPES,
+    trusted_issuers: Collection[str] = (),
     *,
     operator: bool = True,
 ) -> Registration:
     """
     Check a registration request's metadata (L{validate_metadata}, with
-    C{jwks_uri_policy} for where its C{jwks_uri} may point) and store
+    C{jwks_uri_policy} for where its C{jwks_uri} may point, and the
+    C{grant_types} the server offers) and store
     a new client of it, with a new identifier, secret and registration
     access token: the registration itself, the one path for the endpoint
     (once the master token is proven) and the operator's command.
@@ -537,15 +710,19 @@ async def register_client(
     needs the secret itself.  Whether C{body} named its method is recorded
     (L{Client.auth_method_named}).
 
+    A C{federated_jwt} client's bindings (C{federated_identities}, to
+    C{trusted_issuers} only) are refused if another client has one of them
+    already: the store checks, in the same atomic step as it adds the client.
+
     The operator's fields (L{OPERATOR_FIELDS}: C{token_rate_limit}) are
     taken from C{body} too, if the caller is the operator (C{operator}:
     the master token, the command); from anyone else, they are refused.
 
-    @raise OAuthError: C{invalid_client_metadata} for bad metadata, for
-        C{client_secret_jwt} without an encryptor, or for an operator's
-        field given by another.
+    @raise OAuthError: C{invalid_client_metadata} for bad metadata, a
+        binding another client has, C{client_secret_jwt} without an
+        encryptor, or an operator's field given by another.
     """
-    metadata = validate_metadata(body, jwks_uri_policy)
+    metadata = validate_metadata(body, jwks_uri_policy, grant_types, trusted_issuers)
     rate_limit = operator_fields(body, operator)
     return await _stored(metadata, body, now, secret_encryptor, store.add_client, rate_limit)
 
@@ -591,6 +768,8 @@ async def _stored(
             await add(client)
         except ClientExists:
             continue  # 128 random bits: never in practice, but never an error
+        except BindingTaken as e:
+            raise binding_taken(e) from None
         return Registration(client, client_secret, registration_access_token)
 
 
@@ -604,9 +783,20 @@ def check_initial_access_token_limits(
     whose tokens it may introspect), authentication method and grant types
     are among the token's.
 
+    A client bound to workload identities (C{federated_identities}) is
+    registered with the master token only: no limit of the token says which
+    workloads its holder may speak for, and a binding, once made, is that
+    workload's (no other client may have it).
+
     @raise OAuthError: C{invalid_client_metadata} naming the first field
         beyond its limit, and what the limit allows.
     """
+    if "federated_identities" in metadata:
+        raise invalid_client_metadata(
+            "federated_identities: an initial access token does not bind clients to "
+            "workload identities; ask the operator (the master token, or ccserver "
+            "clients create --federated-identity)"
+        )
     checks: list[tuple[str, tuple[str, ...] | None, set[str]]] = [
         ("scope", token.scope_limit, set(scope_values(metadata.get("scope")))),
         ("audience", token.audience_limit, set(metadata.get("audience", ()))),
@@ -716,6 +906,8 @@ class ClientRegistry:
         limits: AuthLimits | None = None,
         secret_rotation_grace: int = 1800,
         jwks_uri_policy: AddressPolicy = STRICT,
+        grant_types: Sequence[str] = GRANT_TYPES,
+        trusted_issuers: Collection[str] = (),
         initial_access_tokens: IInitialAccessTokenStore | None = None,
     ) -> None:
         """
@@ -738,6 +930,10 @@ class ClientRegistry:
             works (C{[clients] secret_rotation_grace}).
         @param jwks_uri_policy: where a client's C{jwks_uri} may point
             (C{[client_auth] jwks_uri_private_networks}).
+        @param grant_types: the grant types the server offers, which a
+            client's C{grant_types} may name.
+        @param trusted_issuers: the identifiers of the trusted issuers, the
+            only ones a client may be bound to (C{federated_identities}).
         @param initial_access_tokens: where initial access tokens are kept
             (RFC 7591 §3); without it, only the master token registers.
         """
@@ -751,6 +947,8 @@ class ClientRegistry:
         self._limits = limits or AuthLimits(None, now)
         self._secret_rotation_grace = secret_rotation_grace
         self._jwks_uri_policy = jwks_uri_policy
+        self._grant_types = tuple(grant_types)
+        self._trusted_issuers = tuple(trusted_issuers)
         self._initial_access_tokens = initial_access_tokens
 
     async def check_master_token(self, token: str | None, source: str = "") -> None:
@@ -794,7 +992,13 @@ class ClientRegistry:
         body = read_body()
         if initial is None:
             registration = await register_client(
-                self._store, body, self._now, self._secret_encryptor, self._jwks_uri_policy
+                self._store,
+                body,
+                self._now,
+                self._secret_encryptor,
+                self._jwks_uri_policy,
+                self._grant_types,
+                self._trusted_issuers,
             )
         else:
             registration = await self._register_with(request, initial, body)
@@ -873,7 +1077,9 @@ class ClientRegistry:
         """
         tokens = self._initial_access_tokens
         assert tokens is not None  # it was found there
-        metadata = validate_metadata(body, self._jwks_uri_policy)
+        metadata = validate_metadata(
+            body, self._jwks_uri_policy, self._grant_types, self._trusted_issuers
+        )
         operator_fields(body, operator=False)
         check_initial_access_token_limits(token, metadata)
         used: list[InitialAccessToken] = []
@@ -1004,7 +1210,13 @@ class ClientRegistry:
         for name in ("client_id_issued_at", "client_secret_expires_at"):
             if name in body and body[name] != current.get(name):
                 raise invalid_request(f"{name}: is set by the server and cannot be changed")
-        metadata = validate_metadata(body, self._jwks_uri_policy)
+        # a grant type the server stopped offering may stay registered
+        metadata = validate_metadata(
+            body,
+            self._jwks_uri_policy,
+            (*self._grant_types, *client.grant_types),
+            self._trusted_issuers,
+        )
         rate_limit = requested_token_rate_limit(body)
         if not is_master:
             changed = privileged_changes(client.metadata, metadata)
@@ -1029,7 +1241,11 @@ class ClientRegistry:
             auth_method_named=names_auth_method(body) if is_master else client.auth_method_named,
             token_rate_limit=rate_limit,
         )
-        if not await self._store.replace_client(new):
+        try:
+            replaced = await self._store.replace_client(new)
+        except BindingTaken as e:
+            raise binding_taken(e) from None
+        if not replaced:
             raise bearer_error("the registration access token is not valid for this client")
         audit.emit(
             audit.CLIENT_UPDATED,

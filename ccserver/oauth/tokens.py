@@ -16,11 +16,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from ccserver import credentials
+from ccserver.errors import invalid_request
 from ccserver.interfaces import ITokenStore
 from ccserver.keys import Keyring, SigningKey
 from ccserver.model import (
+    EMPTY,
     RESERVED_CLAIMS,
     Client,
+    Delegation,
     GrantAuthorization,
     IssuedToken,
     TokenRecord,
@@ -92,6 +95,7 @@ def access_token_claims(
     extra: Mapping[str, Any],
     jkt: str | None = None,
     x5t_s256: str | None = None,
+    delegation: Mapping[str, Any] = EMPTY,
 ) -> dict[str, Any]:
     """
     RFC 9068 §2.2: C{iss}, C{exp}, C{aud}, C{sub}, C{client_id}, C{iat},
@@ -101,6 +105,11 @@ def access_token_claims(
     (RFC 9449 §6.1), a certificate-bound one C{cnf: {"x5t#S256": ...}}
     (RFC 8705 §3.1), a token bound both ways both members (RFC 7800 §3.1
     lets C{cnf} hold several); only the server sets C{cnf} (it is reserved).
+
+    C{delegation} holds the RFC 8693 claims the server set: a token made by
+    exchange has the subject token's C{sub} (not its client's), C{act} and
+    C{exchanged_from} (L{Delegation.claims}); a token a handler gave a
+    C{may_act} has that.
 
     L{GrantAuthorization} already refuses reserved claims; any that reached
     here anyway (an opaque token stored before a name was reserved) are
@@ -128,6 +137,8 @@ def access_token_claims(
         confirmation["x5t#S256"] = x5t_s256
     if confirmation:
         claims["cnf"] = confirmation
+    if delegation:
+        claims.update(delegation)
     return claims
 
 
@@ -162,15 +173,35 @@ class TokenMinter:
         jkt: str | None = None,
         *,
         x5t_s256: str | None = None,
+        dpop_nonce: str | None = None,
+        delegation: Delegation | None = None,
+        auth_method: str | None = None,
     ) -> IssuedToken:
         """
         @param jkt: the thumbprint of the DPoP key to bind the token to
             (RFC 9449 §5), or None.
         @param x5t_s256: the thumbprint of the TLS client certificate to
             bind the token to (RFC 8705 §3.1), or None.
+        @param dpop_nonce: the DPoP nonce to send with the answer, if any.
+        @param delegation: for a token made by exchange (RFC 8693): its
+            C{sub}, C{act}, what it dies with, and the latest it may end.
+        @param auth_method: how the client authenticated, for the metrics,
+            when not its registered method.
         """
         issued_at = int(self.now())
         lifetime = min(authorization.lifetime or self.lifetime, self.max_lifetime)
+        delegated: Mapping[str, Any] = EMPTY
+        if delegation is not None:
+            delegated = delegation.claims()
+            if delegation.expires_at_most is not None:
+                # RFC 8693 gives no rule; ending with the subject token is
+                # this server's: a token made from another outlives nothing
+                left = delegation.expires_at_most - issued_at
+                if left < 1:
+                    raise invalid_request("subject_token: expired while the exchange was decided")
+                lifetime = min(lifetime, left)
+        if authorization.may_act is not None:
+            delegated = {**delegated, "may_act": dict(authorization.may_act)}
         audience = authorization.audience or self.audience or (self.issuer,)
         token_format = authorization.token_format or self.token_format
         jti = secrets.token_urlsafe(16)
@@ -189,6 +220,7 @@ class TokenMinter:
                     claims=authorization.claims,
                     jkt=jkt,
                     x5t_s256=x5t_s256,
+                    delegation=delegated,
                 )
             )
         elif token_format == JWT:
@@ -203,6 +235,7 @@ class TokenMinter:
                 extra=authorization.claims,
                 jkt=jkt,
                 x5t_s256=x5t_s256,
+                delegation=delegated,
             )
             key = self.keyring.current
             alg = key.alg
@@ -215,9 +248,11 @@ class TokenMinter:
             expires_in=lifetime,
             scope=authorization.scope,
             token_type="Bearer" if jkt is None else "DPoP",
+            dpop_nonce=dpop_nonce,
             token_format=token_format,
             alg=alg,
-            auth_method=client.token_endpoint_auth_method,
+            auth_method=auth_method or client.token_endpoint_auth_method,
+            client_id=client.client_id,
             token_id=jti,
             audience=tuple(audience),
             expires_at=issued_at + lifetime,

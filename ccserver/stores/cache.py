@@ -4,7 +4,9 @@ client costs no store round trip per token.
 
 A record (or the knowledge that there is none) is served for at most
 C{seconds}; writes through this process take effect here at once, and
-writes through other processes within C{seconds}.
+writes through other processes within C{seconds}.  The same holds for the
+clients bound to a workload identity (L{IClientStore.clients_bound_to}):
+a workload's token then costs no round trip either.
 
 Memory: expired records are dropped as new ones come in, so the cache
 holds about the clients seen in the last C{seconds}, and never more than
@@ -15,6 +17,7 @@ design choices").
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
@@ -40,6 +43,8 @@ class CachingClientStore:
         # Counts writes through this process, so that a read which raced a
         # write does not cache what the write replaced.
         self._writes = 0
+        #: (issuer, subject) -> (until, the ids of the clients bound to it)
+        self._bound: dict[tuple[str, str], tuple[float, list[str]]] = {}
 
     def get_client(self, client_id: str) -> Deferred[Client | None]:
         entry = self._entries.get(client_id)
@@ -59,13 +64,20 @@ class CachingClientStore:
     def _remember(
         self, client: Client | None, client_id: str, until: float, writes: int
     ) -> Client | None:
-        if writes != self._writes:
-            return client
-        entries = self._entries
-        entries.pop(client_id, None)
-        # Insertion order is age order, and every record is kept as long,
-        # so the expired ones are at the front: drop a few of them with
-        # each new one (two keep up; a few more catch up after a burst).
+        if writes == self._writes:
+            self._keep(self._entries, client_id, (until, client))
+        return client
+
+    def _keep(
+        self, entries: dict[Any, tuple[float, Any]], key: Any, entry: tuple[float, Any]
+    ) -> None:
+        """
+        Keep C{entry} (until when, what) under C{key}.  Insertion order is
+        age order, and every entry is kept as long, so the expired ones are
+        at the front: drop a few of them with each new one (two keep up; a
+        few more catch up after a burst), and the oldest when full.
+        """
+        entries.pop(key, None)
         now = self._now()
         for _ in range(4):
             oldest = next(iter(entries), None)
@@ -74,12 +86,31 @@ class CachingClientStore:
             del entries[oldest]
         if len(entries) >= self._max_entries:
             del entries[next(iter(entries))]
-        entries[client_id] = (until, client)
-        return client
+        entries[key] = entry
+
+    def clients_bound_to(self, issuer: str, subject: str) -> Deferred[list[str]]:
+        key = (issuer, subject)
+        entry = self._bound.get(key)
+        if entry is not None and entry[0] > self._now():
+            return succeed(list(entry[1]))
+        d = self._store.clients_bound_to(issuer, subject)
+        if self._seconds > 0:
+            d.addCallback(self._remember_bound, key, self._now() + self._seconds, self._writes)
+        return d
+
+    def _remember_bound(
+        self, ids: list[str], key: tuple[str, str], until: float, writes: int
+    ) -> list[str]:
+        if writes == self._writes:
+            self._keep(self._bound, key, (until, list(ids)))
+        return ids
 
     def forget(self, client_id: str) -> None:
         self._writes += 1
         self._entries.pop(client_id, None)
+        # any client's write may change whose bindings are whose: rare
+        # enough to forget them all
+        self._bound.clear()
 
     def add_client(self, client: Client) -> Deferred[None]:
         self.forget(client.client_id)

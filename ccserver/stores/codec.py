@@ -45,6 +45,7 @@ import attrs
 from attrs import AttrsInstance, frozen
 
 from ccserver.model import (
+    EMPTY,
     Client,
     InitialAccessToken,
     StoredKey,
@@ -86,6 +87,24 @@ def _scope_text(scope: frozenset[str]) -> str:
 def _object_text(mapping: Mapping[str, Any]) -> str:
     # a dict first: through the encoder's default hook it costs more
     return _json_text(dict(mapping))
+
+
+def _object_or_null(mapping: Mapping[str, Any]) -> str | None:
+    # most records have none: NULL, not '{}', so a memory store of a
+    # million tokens holds no million strings
+    return _json_text(dict(mapping)) if mapping else None
+
+
+def _object_or_empty(value: Any) -> Any:
+    return EMPTY if value is None else _json_value(value)
+
+
+def _json_object_or_null(mapping: Mapping[str, Any]) -> dict[str, Any] | None:
+    return dict(mapping) if mapping else None
+
+
+def _object_from_json(value: Any) -> Any:
+    return EMPTY if value is None else value
 
 
 def _optional_int(value: Any) -> int | None:
@@ -155,6 +174,15 @@ OPTIONAL_STRINGS = Kind(
 )
 #: A JSON object (metadata, claims): its text in a row, itself in a JSON object.
 OBJECT = Kind("object", _object_text, _json_value, dict, None, kept=False)
+#: A JSON object that is mostly empty: NULL (JSON null) when it is.
+OPTIONAL_OBJECT = Kind(
+    "optional object",
+    _object_or_null,
+    _object_or_empty,
+    _json_object_or_null,
+    _object_from_json,
+    kept=False,
+)
 
 def _rate_limit_row(limit: TokenRateLimit | None) -> str | None:
     return None if limit is None else _json_text(limit.as_json())
@@ -322,7 +350,7 @@ CLIENTS: Codec[Client] = Codec(
         # whether the registration named its method (schema version 9); a
         # client stored before is held to its method, as it was then
         Field("auth_method_named", BOOL, missing=True),
-        # the operator's limit on its tokens (schema version 13)
+        # the operator's limit on its tokens (schema version 15)
         Field("token_rate_limit", RATE_LIMIT, missing=None),
     ],
 )
@@ -342,6 +370,9 @@ TOKENS: Codec[TokenRecord] = Codec(
         Field("jkt", OPTIONAL_TEXT, missing=None),
         # the TLS client certificate it is bound to, RFC 8705 §3 (version 6)
         Field("x5t_s256", OPTIONAL_TEXT, missing=None),
+        # what a token exchange (RFC 8693) set: sub, act, may_act, the
+        # tokens it dies with (version 11)
+        Field("delegation", OPTIONAL_OBJECT, missing=None),
     ],
 )
 

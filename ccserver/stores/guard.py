@@ -20,10 +20,15 @@ from ccserver.errors import StoreUnavailable
 T = TypeVar("T")
 
 
+#: The query parameters of a store URL that hold a password.
+PASSWORD_PARAMETERS = ("password", "sentinel_password")
+
+
 def mask_password(url: str) -> str:
     """
-    C{url} with its password, if any, replaced by C{***}: in the netloc
-    (C{scheme://user:password@host}) and in a C{password} query parameter.
+    C{url} with its passwords, if any, replaced by C{***}: in the netloc
+    (C{scheme://user:password@host}) and in the query parameters of
+    L{PASSWORD_PARAMETERS}.
 
     A store's C{url} attribute is this, so that it can be logged.
     """
@@ -35,9 +40,9 @@ def mask_password(url: str) -> str:
         masked = masked.replace(parts.netloc, f"{user}:***@{hostinfo}", 1)
     if parts.query:
         pairs = parse_qsl(parts.query, keep_blank_values=True)
-        if any(name == "password" for name, _ in pairs):
+        if any(name in PASSWORD_PARAMETERS for name, _ in pairs):
             query = urlencode(
-                [(name, "***" if name == "password" else value) for name, value in pairs],
+                [(name, "***" if name in PASSWORD_PARAMETERS else value) for name, value in pairs],
                 safe="*",
             )
             masked = masked.replace("?" + parts.query, "?" + query, 1)
@@ -52,7 +57,9 @@ def url_secrets(url: str) -> tuple[str, ...]:
     found: list[str] = []
     if parts.password:
         found += [parts.password, unquote(parts.password)]
-    found += [value for name, value in parse_qsl(parts.query) if name == "password" and value]
+    found += [
+        value for name, value in parse_qsl(parts.query) if name in PASSWORD_PARAMETERS and value
+    ]
     return tuple(sorted({s for s in found if s}, key=len, reverse=True))
 
 

@@ -11,7 +11,7 @@ from attrs import evolve
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
-from ccserver.errors import ClientExists
+from ccserver.errors import BindingTaken, ClientExists
 from ccserver.interfaces import IStore
 from ccserver.model import (
     AttemptKeys,
@@ -22,6 +22,7 @@ from ccserver.model import (
     StoredKey,
     TokenGrant,
     TokenRecord,
+    binding_key,
 )
 from ccserver.stores import buckets
 from ccserver.stores.buckets import Bucket
@@ -51,6 +52,8 @@ class MemoryStore:
         self._attempts: dict[str, tuple[int, float]] = {}
         #: known-source key -> until when
         self._known: dict[str, float] = {}
+        #: binding key -> conditions key -> client_id (federated identities)
+        self._bindings: dict[str, dict[str, str]] = {}
         #: lease name -> (holder, until when)
         self._leases: dict[str, tuple[str, float]] = {}
         #: token bucket key -> the bucket
@@ -67,16 +70,50 @@ class MemoryStore:
     def add_client(self, client: Client) -> Deferred[None]:
         if client.client_id in self._clients:
             return fail(ClientExists(client.client_id))
+        taken = self._taken_binding(client)
+        if taken is not None:
+            return fail(taken)
         self._clients[client.client_id] = client
+        self._bind(client)
         return succeed(None)
+
+    def _taken_binding(self, client: Client) -> BindingTaken | None:
+        for identity in client.federated_identities:
+            owner = self._bindings.get(identity.key, {}).get(identity.conditions_key)
+            if owner is not None and owner != client.client_id:
+                return BindingTaken(identity)
+        return None
+
+    def _bind(self, client: Client) -> None:
+        for identity in client.federated_identities:
+            self._bindings.setdefault(identity.key, {})[identity.conditions_key] = (
+                client.client_id
+            )
+
+    def _unbind(self, client: Client) -> None:
+        for identity in client.federated_identities:
+            bound = self._bindings.get(identity.key, {})
+            if bound.get(identity.conditions_key) == client.client_id:
+                del bound[identity.conditions_key]
+            if not bound:
+                self._bindings.pop(identity.key, None)
+
+    def clients_bound_to(self, issuer: str, subject: str) -> Deferred[list[str]]:
+        return succeed(list(self._bindings.get(binding_key(issuer, subject), {}).values()))
 
     def get_client(self, client_id: str) -> Deferred[Client | None]:
         return succeed(self._clients.get(client_id))
 
     def replace_client(self, client: Client) -> Deferred[bool]:
-        if client.client_id not in self._clients:
+        current = self._clients.get(client.client_id)
+        if current is None:
             return succeed(False)
+        taken = self._taken_binding(client)
+        if taken is not None:
+            return fail(taken)
+        self._unbind(current)
         self._clients[client.client_id] = client
+        self._bind(client)
         return succeed(True)
 
     def list_clients(self, cursor: str, count: int) -> Deferred[tuple[list[Client], str]]:
@@ -97,7 +134,10 @@ class MemoryStore:
         # cost every opaque token issued.
         for digest in [d for d, t in self._tokens.items() if t[_CLIENT_ID] == client_id]:
             del self._tokens[digest]
-        return succeed(self._clients.pop(client_id, None) is not None)
+        client = self._clients.pop(client_id, None)
+        if client is not None:
+            self._unbind(client)
+        return succeed(client is not None)
 
     def add_token(self, token: TokenRecord) -> Deferred[None]:
         # A tuple of strings and numbers, which the garbage collector
@@ -227,9 +267,13 @@ class MemoryStore:
             return succeed(None)
         if client.client_id in self._clients:
             return fail(ClientExists(client.client_id))
+        taken = self._taken_binding(client)
+        if taken is not None:
+            return fail(taken)
         used = evolve(token, uses=token.uses + 1)
         self._initial_access_tokens[token_digest] = used
         self._clients[client.client_id] = client
+        self._bind(client)
         return succeed(used)
 
     def list_keys(self) -> Deferred[list[StoredKey]]:

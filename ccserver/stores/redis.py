@@ -41,6 +41,15 @@ shared with other data):
     by one script per reservation and one per release; Redis forgets it a
     second after its window ends.  C{ccserver:known_source:<key>}: a source
     known for a credential (exempt from the cap), gone at its expiry;
+  - C{ccserver:bindings:<binding key>}: the federated identities of one
+    issuer and subject (L{ccserver.model.binding_key}): a hash of each
+    binding's conditions key to its client, so that a workload's token
+    finds its client with one C{HVALS}; and
+    C{ccserver:client_bindings:<client_id>}, the set of a client's
+    bindings (C{"<binding key>:<conditions key>"}), so that replacing or
+    deleting the client removes them.  A client with bindings is added and
+    replaced by a script that checks every binding is free (or its own)
+    and writes the client and its bindings together, atomically;
   - C{ccserver:token_bucket:<key>}: a limited client's token bucket (a
     digest names it), a hash of its tokens and when they were counted,
     expiring when it would be full again;
@@ -54,8 +63,9 @@ shared with other data):
     to its digest (an id whose token has expired is dropped when the
     tokens are listed).  A registration with one is one script: the checks,
     the client's C{SET NX} and the use's C{INCR};
-  - C{ccserver:schema_version}: the layout's version (1), so that a later
-    ccserver can tell what it opens.
+  - C{ccserver:schema_version}: the layout's version (2, since federated
+    identities; a store of version 1 is brought up to it on open, as it
+    holds none), so that a later ccserver can tell what it opens.
 
 The JSON of a client, a key and a token is L{ccserver.stores.codec}'s.
 
@@ -63,49 +73,47 @@ Scripts go as C{EVALSHA} once a connection has run them: txredisapi's
 C{eval} does so by itself, and sends the text again after a C{NOSCRIPT}
 (a restarted Redis, a C{SCRIPT FLUSH}).
 
-Connections: a lazy pool of L{POOL_SIZE} connections that reconnects by
-itself, with a backoff of at most L{RECONNECT_MAX_DELAY} seconds, and with
+Connections (L{ccserver.stores.redisconnection}): a lazy pool of
+L{POOL_SIZE} connections to the primary that reconnects by itself, with
 C{convertNumbers=False}: otherwise txredisapi turns every numeric-looking
 string into a number, and a client id "12345" would come back as an int.
 Every operation fires within C{timeout} seconds, with its result or with
 L{StoreUnavailable}; a reply that does not come within it also drops the
 connection (txredisapi's C{replyTimeout}), which is then made anew.
 
+Where the primary is: at the address of a C{redis://} URL, or, with a
+C{redis+sentinel://} URL, where Redis Sentinel says it is now
+(L{ccserver.stores.sentinel}); a failover is followed at the sentinels'
+C{+switch-master} announcement, a lost connection, or a C{READONLY} reply.
+
 Durability is Redis' own: run it with C{appendonly yes} and C{appendfsync
 always} (or C{everysec}, losing up to a second of registrations at a crash).
-
-Redis Sentinel is not offered (no C{redis+sentinel://} URL).  txredisapi 1.6
-has C{Sentinel.master_for}, which asks the sentinels for the master before
-every connection attempt, checks the server's C{ROLE}, and drops its
-connections when the master changes, and it does reach a promoted replica
-by itself (the failover experiment: bench/README.md, "Measurements behind
-design choices").  But its C{SentinelRedisProtocol} sends C{AUTH} without
-waiting for the answer, it inherits the give-up-for-good on a failed
-C{SELECT} that L{_Protocol} works around here, its discovery timer uses the
-global reactor, and an acknowledged write can be lost at a failover
-(replication is asynchronous).  It can be offered once a failover test in
-C{tests/servers.py} shows that no acknowledged registration is lost (with
-C{WAIT} or C{min-replicas-to-write}).  Until then, point C{redis://} at an
-address that follows the master (a virtual IP, or HAProxy with a role check).
+Replication is asynchronous, so a write the primary has answered can be
+lost when a replica that did not have it yet is promoted.  So the writes
+that must survive a failover (clients, keys, opaque tokens, revocations,
+one-time records) are answered only once C{wait_replicas} replicas have
+acknowledged them (C{WAIT}, on the connection that wrote), within
+C{wait_timeout} seconds, or fail with L{StoreUnavailable}; the opaque
+tokens' batch waits once for all its tokens.  The brute-force limits'
+counts (C{reserve_attempt}, C{release_attempt}) do not wait: they are on
+the path of every authentication, and a failover may forget the last few.
 """
 
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping
 from typing import Any, cast
-from urllib.parse import unquote, urlsplit
 
 import txredisapi
 from attrs import evolve, frozen
 from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ccserver.errors import ClientExists, ConfigError, StoreUnavailable
+from ccserver.errors import BindingTaken, ClientExists, ConfigError, StoreUnavailable
 from ccserver.interfaces import IStore
 from ccserver.model import (
     AttemptKeys,
@@ -116,24 +124,24 @@ from ccserver.model import (
     StoredKey,
     TokenGrant,
     TokenRecord,
+    binding_key,
 )
 from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
-from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
+from ccserver.stores.guard import OperationGuard, url_secrets
+from ccserver.stores.redisconnection import PrimaryConnections
+from ccserver.stores.sentinel import NoPrimary
+from ccserver.stores.urls import RedisAddress, redis_address
 
 #: Connections in the pool.  Commands that need no connection to themselves
 #: are pipelined on any of them, so a few suffice.
 POOL_SIZE = 4
 
-#: The longest wait between two attempts to reconnect, in seconds: a Redis
-#: back from a restart is used again within this.
-RECONNECT_MAX_DELAY = 2.0
-
 #: The oldest Redis with C{SET ... EXAT}, which token records need.
 MINIMUM_REDIS = (6, 2)
 
 #: The version of the key layout described above.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 PREFIX = "ccserver:"
 SCHEMA_VERSION_KEY = PREFIX + "schema_version"
@@ -283,29 +291,6 @@ redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 return 1
 """
 
-#: L{RedisStore.register_with_initial_access_token}: C{KEYS} the token's
-#: record, uses and revocation, the client's key; C{ARGV} now, the client's
-#: JSON.  Returns {0} (the token may not register), {-1} (the client id is
-#: taken), else the uses now counted and the token's record.
-_REGISTER_WITH_INITIAL_ACCESS_TOKEN_SCRIPT = """
-local text = redis.call('GET', KEYS[1])
-if (not text) or redis.call('EXISTS', KEYS[3]) == 1 then
-    return {0}
-end
-local record = cjson.decode(text)
-if tonumber(record['expires_at']) <= tonumber(ARGV[1]) then
-    return {0}
-end
-local uses = tonumber(redis.call('GET', KEYS[2]) or '0')
-if uses >= tonumber(record['max_uses']) then
-    return {0}
-end
-if not redis.call('SET', KEYS[4], ARGV[2], 'NX') then
-    return {-1}
-end
-return {redis.call('INCR', KEYS[2]), text}
-"""
-
 #: L{RedisStore.revoke_initial_access_token}: C{KEYS} the id index;
 #: C{ARGV} the token's id, the record and revocation keys' prefixes, now.
 #: The first revocation's time is kept (C{NX}).
@@ -385,9 +370,101 @@ end
 return text
 """
 
-_DELETE_CLIENT_SCRIPT = """
-local before, expires = tonumber(ARGV[1]), tonumber(ARGV[2])
-local current = redis.call('GET', KEYS[2])
+#: Every binding of C{ARGV[first..]} (C{"<binding key>:<conditions key>"},
+#: both 64 hex digits) is free or the client's own (C{ARGV[2]}), else the
+#: script returns the negative index of the first taken one; the client's
+#: current bindings (the set C{KEYS[2]}) removed; its new ones written.
+#: Shared by the scripts that set and delete a client, whose C{ARGV[2]} is
+#: its id and C{ARGV[3]} the bindings' key prefix.
+_REBIND_LUA = """
+local function taken(first)
+    for i = first, #ARGV do
+        local owner = redis.call('HGET', ARGV[3] .. string.sub(ARGV[i], 1, 64), string.sub(ARGV[i], 66))
+        if owner and owner ~= ARGV[2] then
+            return -(i - first + 1)
+        end
+    end
+    return nil
+end
+local function unbind()
+    local old = redis.call('SMEMBERS', KEYS[2])
+    for i = 1, #old do
+        local key, field = ARGV[3] .. string.sub(old[i], 1, 64), string.sub(old[i], 66)
+        if redis.call('HGET', key, field) == ARGV[2] then
+            redis.call('HDEL', key, field)
+        end
+    end
+    redis.call('DEL', KEYS[2])
+end
+local function bind(first)
+    for i = first, #ARGV do
+        redis.call('HSET', ARGV[3] .. string.sub(ARGV[i], 1, 64), string.sub(ARGV[i], 66), ARGV[2])
+        redis.call('SADD', KEYS[2], ARGV[i])
+    end
+end
+"""
+
+#: A client with bindings added, or any client replaced: C{KEYS[1]} its
+#: record, C{KEYS[2]} the set of its bindings; C{ARGV[1]} its JSON,
+#: C{ARGV[2]} its id, C{ARGV[3]} the bindings' key prefix, C{ARGV[4]}
+#: C{add} or C{replace}, C{ARGV[5..]} its bindings.  0: no such client to
+#: replace, or its id taken when adding; negative: a binding is taken; 1:
+#: stored, with its bindings in place of those it had.
+_SET_CLIENT_SCRIPT = _REBIND_LUA + """
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if exists ~= (ARGV[4] == 'replace') then
+    return 0
+end
+local refused = taken(5)
+if refused then
+    return refused
+end
+if exists then
+    unbind()
+end
+redis.call('SET', KEYS[1], ARGV[1])
+bind(5)
+return 1
+"""
+
+#: L{RedisStore.register_with_initial_access_token}: C{KEYS} the client's
+#: record and the set of its bindings (as L{_REBIND_LUA} wants them), the
+#: token's record, uses and revocation; C{ARGV} the client's JSON, its id,
+#: the bindings' key prefix, now, its bindings.  Returns {0} (the token may
+#: not register), {-1} (the client id is taken), {-2, i} (its binding i,
+#: from 1, is taken), else the uses now counted and the token's record.
+_REGISTER_WITH_INITIAL_ACCESS_TOKEN_SCRIPT = _REBIND_LUA + """
+local text = redis.call('GET', KEYS[3])
+if (not text) or redis.call('EXISTS', KEYS[5]) == 1 then
+    return {0}
+end
+local record = cjson.decode(text)
+if tonumber(record['expires_at']) <= tonumber(ARGV[4]) then
+    return {0}
+end
+local uses = tonumber(redis.call('GET', KEYS[4]) or '0')
+if uses >= tonumber(record['max_uses']) then
+    return {0}
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return {-1}
+end
+local refused = taken(5)
+if refused then
+    return {-2, -refused}
+end
+redis.call('SET', KEYS[1], ARGV[1])
+bind(5)
+return {redis.call('INCR', KEYS[4]), text}
+"""
+
+#: C{KEYS}: the client's record, the set of its bindings, its opaque tokens'
+#: digests, its revocation mark; C{ARGV}: the mark's C{issued_before}, the
+#: client's id, the bindings' key prefix (as L{_REBIND_LUA} wants them), the
+#: mark's expiry, the token keys' prefix.
+_DELETE_CLIENT_SCRIPT = _REBIND_LUA + """
+local before, expires = tonumber(ARGV[1]), tonumber(ARGV[4])
+local current = redis.call('GET', KEYS[4])
 if current then
     local b, e = string.match(current, '^(%d+) (%d+)$')
     if b then
@@ -395,17 +472,19 @@ if current then
         expires = math.max(expires, tonumber(e))
     end
 end
-redis.call('SET', KEYS[2], string.format('%d %d', before, expires), 'EXAT', expires)
+redis.call('SET', KEYS[4], string.format('%d %d', before, expires), 'EXAT', expires)
 local digests = redis.call('ZRANGE', KEYS[3], 0, -1)
 for i = 1, #digests do
-    redis.call('DEL', ARGV[3] .. digests[i])
+    redis.call('DEL', ARGV[5] .. digests[i])
 end
 redis.call('DEL', KEYS[3])
+unbind()
 return redis.call('DEL', KEYS[1])
 """
 
 _UNAVAILABLE: tuple[type[BaseException], ...] = (
     txredisapi.ConnectionError,  # TimeoutError included
+    NoPrimary,
     internet_error.ConnectError,
     internet_error.ConnectionLost,
     internet_error.ConnectionDone,
@@ -484,6 +563,21 @@ def known_source_key(key: str) -> str:
     return f"{PREFIX}known_source:{key}"
 
 
+#: The prefix of the hash of one issuer and subject's bindings.
+BINDINGS_PREFIX = f"{PREFIX}bindings:"
+
+
+def client_bindings_key(client_id: str) -> str:
+    return f"{PREFIX}client_bindings:{client_id}"
+
+
+def _bindings(client: Client) -> list[str]:
+    """
+    The client's bindings as the scripts take them.
+    """
+    return [f"{i.key}:{i.conditions_key}" for i in client.federated_identities]
+
+
 def bucket_key(key: str) -> str:
     return f"{PREFIX}token_bucket:{key}"
 
@@ -502,74 +596,6 @@ def _redis_version(info: str) -> tuple[int, ...]:
     return (0,)
 
 
-def _transient_reply(failure: Failure) -> Failure:
-    """
-    Turn Redis' "not now" error replies into L{StoreUnavailable}.
-    """
-    if isinstance(failure.value, txredisapi.ResponseError) and str(failure.value).startswith(
-        _TRANSIENT_REPLIES
-    ):
-        raise StoreUnavailable(str(failure.value)) from None
-    return failure
-
-
-class _Protocol(txredisapi.RedisProtocol):  # type: ignore[misc]
-    """
-    txredisapi's protocol, but a connection whose AUTH or SELECT fails is
-    dropped and made again later, instead of stopping the pool for good.
-
-    txredisapi calls C{factory.stopTrying()} when either fails, for any
-    reason: a reply that comes late while Redis starts, a C{LOADING} reply
-    while it reads its append-only file.  The store would then never
-    recover from a restart.  So this protocol does both itself, with the
-    factory's password and database, and on failure aborts the connection,
-    which the pool's C{ClientService} makes anew after its backoff.
-    """
-
-    _log = Logger()
-
-    def __init__(
-        self, *args: Any, password: str | None = None, dbid: int | None = None, **kwargs: Any
-    ) -> None:
-        # Kept from the base class, whose connectionMade() then has neither
-        # to send.
-        super().__init__(*args, password=None, dbid=None, **kwargs)
-        self._setup_password = password
-        self._setup_dbid = dbid
-
-    @inlineCallbacks
-    def connectionMade(self) -> Generator[Deferred[Any], Any, None]:
-        try:
-            if self._setup_password is not None:
-                reply = yield self.auth(self._setup_password, self.username)
-                if isinstance(reply, Exception):
-                    raise reply
-            if self._setup_dbid is not None:
-                reply = yield self.select(self._setup_dbid)
-                if isinstance(reply, Exception):
-                    raise reply
-        except Exception as e:
-            # AUTH's error reply never repeats the password.  Logged once
-            # until it changes or a set-up succeeds: a wrong password would
-            # otherwise log a line per connection every few seconds.
-            error = str(e)
-            if self.factory.setup_error != error:
-                self.factory.setup_error = error
-                self._log.warn("Redis connection set-up failed, will retry: {error}", error=error)
-            self.transport.abortConnection()
-            return
-        self.factory.setup_error = None
-        yield super().connectionMade()
-
-
-class _Factory(txredisapi.RedisFactory):  # type: ignore[misc]
-    protocol = _Protocol
-    initialDelay = 0.1
-    maxDelay = RECONNECT_MAX_DELAY
-    #: the last connection set-up error logged
-    setup_error: str | None = None
-
-
 @implementer(IStore)
 class RedisStore:
     """
@@ -585,27 +611,33 @@ class RedisStore:
         url: str,
         reactor: IReactorCore | IReactorTime | IReactorThreads,
         *,
-        host: str,
-        port: int,
-        dbid: int,
-        username: str | None,
-        password: str | None,
         timeout: float,
+        wait_replicas: int | None = None,
+        wait_timeout: float | None = None,
     ) -> None:
-        self.url = mask_password(url)
+        """
+        @param wait_replicas: how many replicas must acknowledge a write
+            before it is answered; by default 1 with Sentinel, else 0.
+        @param wait_timeout: seconds a write waits for them; by default
+            half of C{timeout}.
+        """
+        self.address: RedisAddress = redis_address(url)
+        self.url = self.address.url
         self.timeout = timeout
+        self.wait_replicas = (
+            (1 if self.address.sentinel else 0) if wait_replicas is None else wait_replicas
+        )
+        self.wait_timeout = timeout / 2 if wait_timeout is None else wait_timeout
         self._reactor = reactor
-        self._host = host
-        self._port = port
-        self._dbid = dbid
-        self._username = username
-        self._password = password
         self._guard = OperationGuard(
             reactor=cast(IReactorTime, reactor),
             timeout=timeout,
             url=self.url,
             unavailable=_UNAVAILABLE,
             secrets=url_secrets(url),
+        )
+        self._connections = PrimaryConnections(
+            self.address, cast(IReactorTime, reactor), size=POOL_SIZE, timeout=timeout
         )
         self._redis: Any = None
         #: opaque tokens, one script call for those issued during the
@@ -621,32 +653,17 @@ class RedisStore:
         reactor: IReactorCore | IReactorTime | IReactorThreads,
         *,
         timeout: float,
+        wait_replicas: int | None = None,
+        wait_timeout: float | None = None,
     ) -> RedisStore:
         """
         Make (but do not connect) the store of a
-        C{redis://[[user]:password@]host[:port][/db]} URL.
+        C{redis://[[user]:password@]host[:port][/db]} or
+        C{redis+sentinel://[[user]:password@]host:port[,host:port...]/service[?db=N]}
+        URL.
         """
-        parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ConfigError(f"[store] url: {mask_password(url)!r} is not a redis:// URL")
-        try:
-            port = parts.port or 6379
-        except ValueError:
-            raise ConfigError(f"[store] url: bad port in {mask_password(url)!r}") from None
-        db_text = parts.path.lstrip("/") or "0"
-        if not db_text.isdigit():
-            raise ConfigError(
-                f"[store] url: the database of {mask_password(url)!r} must be a number"
-            )
         return cls(
-            url,
-            reactor,
-            host=parts.hostname or "localhost",
-            port=port,
-            dbid=int(db_text),
-            username=unquote(parts.username) if parts.username else None,
-            password=unquote(parts.password) if parts.password is not None else None,
-            timeout=timeout,
+            url, reactor, timeout=timeout, wait_replicas=wait_replicas, wait_timeout=wait_timeout
         )
 
     def __repr__(self) -> str:
@@ -659,24 +676,7 @@ class RedisStore:
         Start the connection pool, and check (or write) the layout version.
         """
         if self._redis is None:
-            factory = _Factory(
-                f"{self._host}:{self._port}",
-                self._dbid,
-                POOL_SIZE,
-                isLazy=True,
-                handler=txredisapi.ConnectionHandler,
-                charset="utf-8",
-                password=self._password,
-                # abort a connection on which a reply does not come: it is
-                # then made anew instead of holding up every later command
-                replyTimeout=self.timeout,
-                convertNumbers=False,
-                username=self._username,
-            )
-            factory.startConnecting(
-                HostnameEndpoint(self._reactor, self._host, self._port, timeout=self.timeout)
-            )
-            self._redis = factory.handler
+            self._redis = self._connections.open()
         return Deferred.fromCoroutine(self._check_layout())
 
     async def _check_layout(self) -> None:
@@ -694,25 +694,21 @@ class RedisStore:
                 f"[store] url: {self.url} holds ccserver data of layout version {layout}, "
                 f"newer than this ccserver knows ({LAYOUT_VERSION}): upgrade ccserver"
             )
+        if int(layout) < LAYOUT_VERSION:
+            # version 1 has no bindings: its (empty) index is up to date
+            await self._call("set", SCHEMA_VERSION_KEY, str(LAYOUT_VERSION))
+            self._log.info(
+                "Brought {url} to layout version {version}", url=self.url, version=LAYOUT_VERSION
+            )
 
     def close(self) -> Deferred[None]:
         """
         Stop reconnecting and close the connections.
         """
-        redis, self._redis = self._redis, None
-        if redis is None:
+        if self._redis is None:
             return succeed(None)
-        d: Deferred[None] = redis.disconnect()
-        d.addTimeout(self.timeout, cast(IReactorTime, self._reactor))
-
-        def closed(result: object) -> None:
-            if isinstance(result, Failure):
-                self._log.warn(
-                    "Closing {url}: {reason}", url=self.url, reason=result.getErrorMessage()
-                )
-
-        d.addBoth(closed)
-        return d
+        self._redis = None
+        return self._connections.close()
 
     def _call(self, command: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
         """
@@ -724,21 +720,77 @@ class RedisStore:
             # opened yet
             return fail(StoreUnavailable(f"{self.url}: not open"))
         d: Deferred[Any] = getattr(self._redis, command)(*args, **kwargs)
-        d.addErrback(_transient_reply)
+        d.addErrback(self._transient_reply)
         return self._guard(d)
+
+    def _write(self, command: str, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        L{_call} for a write that must survive a failover: answered only
+        once C{wait_replicas} replicas have acknowledged it.
+        """
+        if not self.wait_replicas:
+            return self._call(command, *args, **kwargs)
+        return self._call(
+            "replicated",
+            command,
+            *args,
+            replicas=self.wait_replicas,
+            timeout=self.wait_timeout,
+            **kwargs,
+        )
+
+    def _transient_reply(self, failure: Failure) -> Failure:
+        """
+        Turn Redis' "not now" error replies into L{StoreUnavailable}; at
+        C{READONLY} (the server is a replica now), reconnect to the primary.
+        """
+        if isinstance(failure.value, txredisapi.ResponseError) and str(failure.value).startswith(
+            _TRANSIENT_REPLIES
+        ):
+            if str(failure.value).startswith("READONLY"):
+                self._connections.demoted()
+            raise StoreUnavailable(str(failure.value)) from None
+        return failure
 
     # IClientStore
 
     def add_client(self, client: Client) -> Deferred[None]:
-        d = self._call(
-            "set", client_key(client.client_id), CLIENTS.to_json(client), only_if_not_exists=True
-        )
+        """
+        C{SET NX}, one command; a client with bindings, L{_SET_CLIENT_SCRIPT}.
+        """
+        bindings = _bindings(client)
+        if bindings:
+            d = self._set_client(client, "add", bindings)
+        else:
+            d = self._write(
+                "set",
+                client_key(client.client_id),
+                CLIENTS.to_json(client),
+                only_if_not_exists=True,
+            )
+            d.addCallback(lambda reply: reply is not None)
 
-        def stored(reply: str | None) -> None:
-            if reply is None:
+        def stored(done: bool) -> None:
+            if not done:
                 raise ClientExists(client.client_id)
 
-        d.addCallback(stored)
+        added: Deferred[None] = d.addCallback(stored)
+        return added
+
+    @staticmethod
+    def _bound(reply: object, client: Client) -> bool:
+        """
+        What L{_SET_CLIENT_SCRIPT} answered: nothing stored (0), a taken
+        binding (negative: its index from 1), or stored.
+        """
+        answer = int(str(reply))
+        if answer < 0:
+            raise BindingTaken(client.federated_identities[-answer - 1])
+        return answer == 1
+
+    def clients_bound_to(self, issuer: str, subject: str) -> Deferred[list[str]]:
+        d = self._call("hvals", BINDINGS_PREFIX + binding_key(issuer, subject))
+        d.addCallback(lambda ids: [str(i) for i in ids])
         return d
 
     def get_client(self, client_id: str) -> Deferred[Client | None]:
@@ -747,10 +799,23 @@ class RedisStore:
         return d
 
     def replace_client(self, client: Client) -> Deferred[bool]:
-        d = self._call(
-            "set", client_key(client.client_id), CLIENTS.to_json(client), only_if_exists=True
+        """
+        One script: the client, and its bindings in place of those it had
+        (C{SET XX} would leave the old ones in the index).
+        """
+        return self._set_client(client, "replace", _bindings(client))
+
+    def _set_client(self, client: Client, mode: str, bindings: list[str]) -> Deferred[bool]:
+        """
+        L{_SET_CLIENT_SCRIPT}: fires with whether the client was stored.
+        """
+        d = self._write(
+            "eval",
+            _SET_CLIENT_SCRIPT,
+            [client_key(client.client_id), client_bindings_key(client.client_id)],
+            [CLIENTS.to_json(client), client.client_id, BINDINGS_PREFIX, mode, *bindings],
         )
-        d.addCallback(lambda reply: reply is not None)
+        d.addCallback(self._bound, client)
         return d
 
     @inlineCallbacks
@@ -775,11 +840,22 @@ class RedisStore:
     def delete_client(
         self, client_id: str, issued_before: int, mark_expires_at: int
     ) -> Deferred[bool]:
-        d = self._call(
+        d = self._write(
             "eval",
             _DELETE_CLIENT_SCRIPT,
-            [client_key(client_id), revoked_client_key(client_id), client_tokens_key(client_id)],
-            [str(issued_before), str(mark_expires_at), token_key("")],
+            [
+                client_key(client_id),
+                client_bindings_key(client_id),
+                client_tokens_key(client_id),
+                revoked_client_key(client_id),
+            ],
+            [
+                str(issued_before),
+                client_id,
+                BINDINGS_PREFIX,
+                str(mark_expires_at),
+                token_key(""),
+            ],
         )
         d.addCallback(lambda count: int(count) > 0)
         return d
@@ -798,17 +874,17 @@ class RedisStore:
 
     def add_key(self, key: StoredKey) -> Deferred[None]:
         # A kid taken already is replaced, as MemoryStore does.
-        d = self._call("hset", KEYS_KEY, key.kid, KEYS.to_json(key))
+        d = self._write("hset", KEYS_KEY, key.kid, KEYS.to_json(key))
         d.addCallback(lambda _: None)
         return d
 
     def replace_key(self, key: StoredKey) -> Deferred[bool]:
-        d = self._call("eval", _REPLACE_KEY_SCRIPT, [KEYS_KEY], [key.kid, KEYS.to_json(key)])
+        d = self._write("eval", _REPLACE_KEY_SCRIPT, [KEYS_KEY], [key.kid, KEYS.to_json(key)])
         d.addCallback(lambda replaced: int(replaced) == 1)
         return d
 
     def delete_key(self, kid: str) -> Deferred[bool]:
-        d = self._call("hdel", KEYS_KEY, kid)
+        d = self._write("hdel", KEYS_KEY, kid)
         d.addCallback(lambda count: int(count) > 0)
         return d
 
@@ -850,7 +926,7 @@ class RedisStore:
             args += (str(min(t.issued_at for t in own)), str(len(own)))
             for t in own:
                 args += (t.expires_at, t.digest)
-        d = self._call("eval", _ADD_TOKENS_SCRIPT, keys, args)
+        d = self._write("eval", _ADD_TOKENS_SCRIPT, keys, args)
         d.addCallback(lambda _: None)
         return d
 
@@ -862,13 +938,13 @@ class RedisStore:
         return d
 
     def delete_token(self, token_digest: str) -> Deferred[bool]:
-        d = self._call("delete", token_key(token_digest))
+        d = self._write("delete", token_key(token_digest))
         d.addCallback(lambda count: int(count) > 0)
         return d
 
     def revoke_jti(self, jti: str, expires_at: int) -> Deferred[None]:
         # kept until the later of two expiries, atomically
-        d = self._call("eval", _REVOKE_SCRIPT, [revoked_key(jti)], [str(expires_at)])
+        d = self._write("eval", _REVOKE_SCRIPT, [revoked_key(jti)], [str(expires_at)])
         d.addCallback(lambda _: None)
         return d
 
@@ -888,7 +964,7 @@ class RedisStore:
         the record at its expiry (at once, if C{expires_at} is past:
         callers refuse an expired assertion before they ask).
         """
-        d = self._call(
+        d = self._write(
             "execute_command",
             "SET",
             used_once_key(key),
@@ -907,7 +983,7 @@ class RedisStore:
 
     def add_initial_access_token(self, token: InitialAccessToken) -> Deferred[None]:
         digest = token.token_digest
-        d = self._call(
+        d = self._write(
             "eval",
             _ADD_INITIAL_ACCESS_TOKEN_SCRIPT,
             [
@@ -969,7 +1045,7 @@ class RedisStore:
         return sorted(tokens, key=lambda t: (t.created_at, t.token_id))
 
     def revoke_initial_access_token(self, token_id: str, now: int) -> Deferred[bool]:
-        d = self._call(
+        d = self._write(
             "eval",
             _REVOKE_INITIAL_ACCESS_TOKEN_SCRIPT,
             [INITIAL_ACCESS_TOKEN_IDS_KEY],
@@ -988,21 +1064,34 @@ class RedisStore:
     ) -> Deferred[InitialAccessToken | None]:
         """
         One script (L{_REGISTER_WITH_INITIAL_ACCESS_TOKEN_SCRIPT}), one
-        round trip.
+        round trip, answered once replicas have it: a use counted, and the
+        client stored, must survive a failover together.
         """
-        d = self._call(
+        d = self._write(
             "eval",
             _REGISTER_WITH_INITIAL_ACCESS_TOKEN_SCRIPT,
-            [*_initial_access_token_keys(token_digest), client_key(client.client_id)],
-            [str(now), CLIENTS.to_json(client)],
+            [
+                client_key(client.client_id),
+                client_bindings_key(client.client_id),
+                *_initial_access_token_keys(token_digest),
+            ],
+            [
+                CLIENTS.to_json(client),
+                client.client_id,
+                BINDINGS_PREFIX,
+                str(now),
+                *_bindings(client),
+            ],
         )
 
         def registered(reply: list[Any]) -> InitialAccessToken | None:
             uses = int(reply[0])
             if uses == 0:
                 return None
-            if uses < 0:
+            if uses == -1:
                 raise ClientExists(client.client_id)
+            if uses == -2:
+                raise BindingTaken(client.federated_identities[int(reply[1]) - 1])
             return self._initial_access_token(str(reply[1]), str(uses), None)
 
         d.addCallback(registered)

@@ -21,16 +21,19 @@ Durability and concurrency:
     connection and thread of their own (the token writer), one statement
     per batch in autocommit, polling for the write lock.
   - Every write is one transaction: one statement, or several in
-    C{purge_expired} and in C{delete_client} (the client's revocation mark,
-    its opaque tokens, the client), so none is ever half-done.  Opaque
+    C{purge_expired}, in C{add_client} and C{replace_client} (the client
+    and the index of its federated identities) and in C{delete_client} (the
+    client's revocation mark, its opaque tokens, its bindings, the client),
+    so none is ever half-done.  Opaque
     tokens are the exception that proves it: those that arrive while one
     commit is under way share the next transaction (L{GroupCommit}), one
     statement run by the token writer (on PostgreSQL too, in autocommit:
     one round trip); each C{add_token} still fires only once its own row is
     committed.
 
-Tables: C{clients}, C{signing_keys}, C{leases} (L{ILeaseStore}), and
-for L{ITokenStore} C{access_tokens}
+Tables: C{clients} (and C{federated_identities}, the index of their
+bindings to workload identities, written with them), C{signing_keys},
+C{leases} (L{ILeaseStore}), and for L{ITokenStore} C{access_tokens}
 (by digest, never the token), C{revoked_jtis} and C{revoked_clients}; for
 L{IAuthAttemptStore} C{auth_attempts} and C{auth_known_sources}; for
 L{IInitialAccessTokenStore} C{initial_access_tokens} (by digest); for
@@ -44,6 +47,29 @@ with L{StoreUnavailable}.  A write that times out may still complete later in
 its thread: its outcome is unknown, as with any remote store.  A connection
 that the server closed (a restart) is noticed before it is used and made
 anew, so the same store recovers by itself once the server is back.
+
+Failover (PostgreSQL): a multi-host URL
+(C{postgresql://h1:5432,h2:5432/db?target_session_attrs=read-write}) makes
+libpq try each host in turn and keep the first that accepts writes, at
+every new connection.  When the primary dies, each pooled connection (and
+the token writer's) is found dead before its next use and made anew,
+reaching the promoted standby once there is one; until then the attempt
+fails at once (refused, or "session is read-only") and the request gets a
+503.  A connection to a server that turned read-only under it (a standby
+reached through a single-host URL or a virtual IP, a server fenced with
+C{default_transaction_read_only}) is made anew too, as the server reports
+it (C{in_hot_standby}, C{default_transaction_read_only}), and a write it
+refused is a 503.  A transaction cut off by the primary's death is rolled
+back by PostgreSQL, never half-applied; one cut off after its C{COMMIT} was
+sent has an unknown outcome, and its request got a 503.  Whether an
+answered write survives a failover is the servers' settings: with
+asynchronous replication a promoted standby may lack the last commits;
+with C{synchronous_commit = on} and the standby named in
+C{synchronous_standby_names}, a commit is answered only once the standby
+has it on disk (docs/failover.md).  C{tcp_user_timeout} bounds how long an
+operation can wait on a primary that vanished without closing its
+connections (a host that went away): libpq gives up within the store's
+timeout, and the pool's thread is free again.
 
 Schema: versioned migration files in C{ccserver/stores/schema/}
 (C{NNNN_name.sql}), applied in order by L{SQLStore.open}, each in its own
@@ -77,7 +103,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ccserver.errors import ClientExists, ConfigError, StoreUnavailable
+from ccserver.errors import BindingTaken, ClientExists, ConfigError, StoreUnavailable
 from ccserver.interfaces import IStore
 from ccserver.model import (
     AttemptKeys,
@@ -88,6 +114,7 @@ from ccserver.model import (
     StoredKey,
     TokenGrant,
     TokenRecord,
+    binding_key,
 )
 from ccserver.stores import buckets
 from ccserver.stores.buckets import Bucket
@@ -269,9 +296,11 @@ def _never_stale(connection: Any) -> bool:
 
 def _socket_stale(connection: Any) -> bool:
     """
-    Whether an idle psycopg connection is dead: closed, or its socket is
-    readable (an idle connection is sent nothing, unless the server is
-    closing it, as at a restart).  Checking costs a poll(), no round trip.
+    Whether an idle psycopg connection is not to be used: closed, its
+    socket readable (an idle connection is sent nothing, unless the server
+    is closing it, as at a restart, or reports a changed setting), or the
+    server said it is read-only (L{_read_only}).  Checking costs a poll(),
+    no round trip.
     """
     import psycopg
 
@@ -280,9 +309,20 @@ def _socket_stale(connection: Any) -> bool:
     try:
         poller = select.poll()
         poller.register(connection.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
-        return bool(poller.poll(0))
+        return bool(poller.poll(0)) or _read_only(connection)
     except (OSError, ValueError, psycopg.Error):
         return True
+
+
+def _read_only(connection: Any) -> bool:
+    """
+    Whether the server said that this session cannot write: a hot standby
+    (C{in_hot_standby}), or fenced with C{default_transaction_read_only}.
+    PostgreSQL 14 and later report both to the client as they change, so
+    this asks nothing.
+    """
+    status = connection.info.parameter_status
+    return bool(status("in_hot_standby") == "on" or status("default_transaction_read_only") == "on")
 
 
 def _sqlite_dialect() -> _Dialect:
@@ -324,6 +364,8 @@ def _postgresql_dialect() -> _Dialect:
         unavailable_errors=(
             psycopg.OperationalError,
             psycopg.InterfaceError,
+            # a write on a standby, or on a server turned read-only
+            psycopg.errors.ReadOnlySqlTransaction,
             adbapi.ConnectionLost,
         ),
         begin_write=None,
@@ -503,6 +545,15 @@ class SQLStore:
                 " ORDER BY client_id LIMIT ?"
             ),
             "delete_client": t("DELETE FROM clients WHERE client_id = ?"),
+            # a client's bindings to workload identities: their index
+            "bind": t(
+                "INSERT INTO federated_identities (binding_key, conditions_key, client_id)"
+                " VALUES (?, ?, ?)"
+            ),
+            "unbind": t("DELETE FROM federated_identities WHERE client_id = ?"),
+            "clients_bound_to": t(
+                "SELECT client_id FROM federated_identities WHERE binding_key = ?"
+            ),
             # A mark already there is kept with the later of each time.
             "revoke_client": t(
                 "INSERT INTO revoked_clients (client_id, issued_before, expires_at)"
@@ -690,6 +741,10 @@ class SQLStore:
                     "keepalives_idle": 30,
                     "keepalives_interval": 10,
                     "keepalives_count": 3,
+                    # a primary gone without closing its connections (its
+                    # host died): what was sent and not acknowledged fails
+                    # the connection within the timeout
+                    "tcp_user_timeout": max(1, int(timeout * 1000)),
                 },
                 timeout=timeout,
                 migrations=migrations,
@@ -855,14 +910,40 @@ class SQLStore:
     # IClientStore
 
     def add_client(self, client: Client) -> Deferred[None]:
-        d = self._execute("add_client", CLIENTS.to_row(client), write=True)
+        """
+        The client and the index of its federated identities, in one
+        transaction: a taken id or a taken binding stores nothing.
+        """
+        statement = self._sql["add_client"]
+        row = CLIENTS.to_row(client)
+        integrity = self._dialect.integrity_errors
 
-        def exists(failure: Failure) -> Failure:
-            if isinstance(failure.value, self._dialect.integrity_errors):
+        def add(cursor: Any) -> None:
+            try:
+                cursor.execute(statement, row)
+            except integrity:
                 raise ClientExists(client.client_id) from None
-            return failure
+            self._bind(cursor, client)
 
-        d.addCallbacks(lambda _: None, exists)
+        return self._guard(self._run(add, write=True))
+
+    def _bind(self, cursor: Any, client: Client) -> None:
+        """
+        Index the client's federated identities (in its transaction): the
+        primary key refuses one bound to another client already.
+        """
+        statement = self._sql["bind"]
+        for identity in client.federated_identities:
+            try:
+                cursor.execute(
+                    statement, (identity.key, identity.conditions_key, client.client_id)
+                )
+            except self._dialect.integrity_errors:
+                raise BindingTaken(identity) from None
+
+    def clients_bound_to(self, issuer: str, subject: str) -> Deferred[list[str]]:
+        d = self._execute("clients_bound_to", (binding_key(issuer, subject),))
+        d.addCallback(lambda rows: [str(row[0]) for row in rows])
         return d
 
     def get_client(self, client_id: str) -> Deferred[Client | None]:
@@ -876,9 +957,23 @@ class SQLStore:
         return d
 
     def replace_client(self, client: Client) -> Deferred[bool]:
-        d = self._execute("replace_client", _key_last(CLIENTS.to_row(client)), write=True)
-        d.addCallback(lambda count: count == 1)
-        return d
+        """
+        The client and its index of federated identities, in one
+        transaction: its old bindings go, its new ones come (a taken one
+        stores nothing).
+        """
+        sql = self._sql
+        params = _key_last(CLIENTS.to_row(client))
+
+        def replace(cursor: Any) -> bool:
+            cursor.execute(sql["replace_client"], params)
+            if cursor.rowcount != 1:
+                return False
+            cursor.execute(sql["unbind"], (client.client_id,))
+            self._bind(cursor, client)
+            return True
+
+        return self._guard(self._run(replace, write=True))
 
     def list_clients(self, cursor: str, count: int) -> Deferred[tuple[list[Client], str]]:
         """
@@ -907,6 +1002,7 @@ class SQLStore:
         def delete(cursor: Any) -> bool:
             cursor.execute(sql["revoke_client"], (client_id, issued_before, mark_expires_at))
             cursor.execute(sql["delete_client_tokens"], (client_id,))
+            cursor.execute(sql["unbind"], (client_id,))
             cursor.execute(sql["delete_client"], (client_id,))
             return int(cursor.rowcount) > 0
 
@@ -1123,7 +1219,8 @@ class SQLStore:
         One transaction: the token's use counted by an C{UPDATE} whose
         condition is that it may register (which locks its row: concurrent
         registrations wait, and see the count it leaves), then the client
-        added; a taken client id rolls both back.
+        added with its bindings (as L{add_client}); a taken client id or
+        binding rolls it all back.
         """
         use, add = self._sql["use_initial_access_token"], self._sql["add_client"]
         row = CLIENTS.to_row(client)
@@ -1138,6 +1235,7 @@ class SQLStore:
                 cursor.execute(add, row)
             except integrity:
                 raise ClientExists(client.client_id) from None
+            self._bind(cursor, client)
             return INITIAL_ACCESS_TOKENS.from_row(used)
 
         return self._guard(self._run(body, write=True))

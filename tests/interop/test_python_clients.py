@@ -311,3 +311,42 @@ def test_requests_oauthlib(
         )
     assert token["token_type"] == "Bearer"
     check_introspection(introspect(trusted, credentials, token["access_token"]), credentials)
+
+
+# token exchange (RFC 8693)
+
+EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+
+
+@pytest.mark.parametrize("dpop", (False, True), ids=("bearer", "dpop"))
+def test_requests_oauth2client_token_exchange(trusted: InteropServer, dpop: bool) -> None:
+    """
+    requests-oauth2client's token_exchange, at its defaults, from the
+    discovery document: B exchanges the token A sent it for one for C
+    (bound to B's own DPoP key when it asks), and C sees sub = A, act.sub =
+    B.  An introspection by C and a revocation of A's token end it.
+    """
+    a = trusted.register(None, audience=["https://b.example/api"])
+    b = trusted.register(
+        None,
+        grant_types=[EXCHANGE],
+        resource_server_uris=["https://b.example/api"],
+        audience=["https://c.example/api"],
+    )
+    c = trusted.register(None, resource_server_uris=["https://c.example/api"])
+    a_token = oauth2client(trusted, a, None).client_credentials(scope="read")
+    exchanged = oauth2client(trusted, b, None).token_exchange(
+        subject_token=a_token,  # a BearerToken: its type is the library's guess
+        audience="https://c.example/api",
+        dpop=dpop,
+    )
+    assert exchanged.token_type.lower() == ("dpop" if dpop else "bearer")
+    assert exchanged.kwargs["issued_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
+    by_c = oauth2client(trusted, c, None)
+    seen = by_c.introspect_token(exchanged.access_token)
+    assert seen["active"] is True
+    assert (seen["sub"], seen["act"]) == (a.client_id, {"sub": b.client_id})
+    assert seen["aud"] == "https://c.example/api"
+    assert ("jkt" in seen.get("cnf", {})) is dpop
+    assert oauth2client(trusted, a, None).revoke_access_token(a_token.access_token) is True
+    assert by_c.introspect_token(exchanged.access_token) == {"active": False}

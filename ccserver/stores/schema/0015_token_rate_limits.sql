@@ -1,4 +1,4 @@
--- ccserver schema, version 13: per-client token rate limits.
+-- ccserver schema, version 15: per-client token rate limits.
 --
 -- A client's token_rate_limit, set by the operator: its JSON object
 -- ({"tokens_per_second": 50, "burst": 100}), or NULL for the server's

@@ -1,4 +1,4 @@
--- ccserver schema, version 11: initial access tokens (RFC 7591 §3), which
+-- ccserver schema, version 13: initial access tokens (RFC 7591 §3), which
 -- let a team register its own clients without the master token, within
 -- limits.  Kept by the SHA-256 digest of the token, never the token; its
 -- public identifier names it to the operator and in the audit trail.  The
