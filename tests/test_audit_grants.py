@@ -13,9 +13,12 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
+from twisted.internet.defer import Deferred
+
 from ccserver.grants import find_grant_types
-from ccserver.model import ACCESS_TOKEN_TYPE, JWT_BEARER_GRANT, TOKEN_EXCHANGE
+from ccserver.model import ACCESS_TOKEN_TYPE, JWT_BEARER_GRANT, TOKEN_EXCHANGE, Client
 from ccserver.pluginloader import scan_plugins
+from ccserver.stores.memory import MemoryStore
 from tests.helpers import ISSUER, AuditEvents, ServerTestCase, basic, temp_dir
 from tests.test_federation import ACCOUNT, CLUSTER, JWT_BEARER, FederationTestCase
 from tests.test_grant_plugins import (
@@ -490,4 +493,79 @@ class PluginGrantEventsTests(ServerTestCase):
                 "error": "unauthorized_client",
                 "grant_type": RENEW,
             },
+        )
+
+
+class HeldLookups(MemoryStore):
+    """
+    A memory store whose client lookups, once the test holds them, stay
+    under way until it lets them answer: token requests in flight together.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.held: list[tuple[str, Deferred[Client | None]]] = []
+
+    def get_client(self, client_id: str) -> Deferred[Client | None]:
+        if not self.hold:
+            return super().get_client(client_id)
+        answer: Deferred[Client | None] = Deferred()
+        self.held.append((client_id, answer))
+        return answer
+
+    def answer(self, client_id: str) -> None:
+        [found] = [held for held in self.held if held[0] == client_id]
+        self.held.remove(found)
+        super().get_client(client_id).chainDeferred(found[1])
+
+
+class InterleavedAttemptsTests(ServerTestCase):
+    """
+    Token requests in flight together: what each one's steps learn (its
+    client, once authenticated) is told with its own event, never another's
+    (each request's L{TokenAttempt} lives in its own context).
+    """
+
+    def make_store(self) -> HeldLookups:
+        return HeldLookups()
+
+    def test_each_refusal_names_its_own_client(self) -> None:
+        store = self.store
+        assert isinstance(store, HeldLookups)
+        audit_events = AuditEvents(self)
+        clients = [self.register(scope="read") for _ in range(3)]
+        # past the client cache: every authentication asks the store
+        self.clock.advance(self.config.store.client_cache_seconds + 1)
+        store.hold = True
+        audit_events.clear()
+        answers = []
+        for client in clients:
+            # a scope it was not registered for: refused once authenticated
+            answers.append(
+                self.treq.request(
+                    "POST",
+                    ISSUER + "/token",
+                    data=urlencode({"grant_type": "client_credentials", "scope": "admin"}).encode(),
+                    headers={
+                        "Content-Type": "application/x-www-form-urlencoded",
+                        "Authorization": basic(client["client_id"], client["client_secret"]),
+                    },
+                )
+            )
+        self.assertEqual(
+            sorted(held[0] for held in store.held), sorted(c["client_id"] for c in clients)
+        )
+        # answered in another order than asked
+        for client in (clients[1], clients[2], clients[0]):
+            store.answer(client["client_id"])
+        self.treq.flush()
+        self.assertEqual([self.successResultOf(a).code for a in answers], [400, 400, 400])
+        refused = audit_events.of("token.refused")
+        self.assertEqual(
+            [(e.get("client_id"), e["actor"], e["error"]) for e in refused],
+            [
+                (c["client_id"], {"type": "client", "client_id": c["client_id"]}, "invalid_scope")
+                for c in (clients[1], clients[2], clients[0])
+            ],
         )
