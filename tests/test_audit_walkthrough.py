@@ -3,8 +3,11 @@ A full walk-through of every action the audit trail hears of, on every
 store, with every event collected and searched for every secret the run
 made: the master token, initial access tokens, client secrets (rotated
 ones too), registration access tokens, access tokens (JWT, opaque, DPoP
-bound), client assertions and DPoP proofs, and private keys (the clients',
-the DPoP key's, the server's key-encryption key).
+bound, made by exchange), a token exchange's subject and actor tokens,
+client assertions, workload tokens (a Kubernetes cluster's, as a
+C{federated_jwt} assertion and as the JWT bearer grant's) and DPoP proofs,
+and private keys (the clients', the DPoP key's, the workload issuer's, the
+server's key-encryption key).
 
 On SQLite, Redis and PostgreSQL a real C{twist ccserver} writes the trail
 to a file, which the C{ccserver} command's events join, and is stopped
@@ -32,17 +35,29 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ccserver import audit
-from ccserver.config import Config, StoreConfig, TokenConfig
+from ccserver.config import Config, StoreConfig, TokenConfig, TrustedIssuerConfig
 from ccserver.keys import public_jwk
+from ccserver.model import ACCESS_TOKEN_TYPE, CLIENT_CREDENTIALS, JWT_BEARER_GRANT, TOKEN_EXCHANGE
 from ccserver.oauth.registration import new_initial_access_token
-from tests.helpers import ISSUER, MASTER_TOKEN, AuditEvents, ServerTestCase, basic
+from tests.helpers import ISSUER, MASTER_TOKEN, AuditEvents, ServerTestCase, basic, temp_dir
 from tests.process import CCServerProcess
 from tests.servers import clean_store_url
 from tests.test_clients_command import ccserver
 from tests.test_dpop import Key
+from tests.workloads import KubernetesCluster
 
 #: Answer: status and JSON body (or None).
 Call = Callable[[str, str, dict[str, str], bytes], tuple[int, Any]]
+
+#: The trusted issuer of the walk-through's workload tokens: a Kubernetes
+#: cluster whose keys the server reads from a file.
+CLUSTER = "https://cluster.example"
+#: The service account the workload runs as.
+ACCOUNT = "system:serviceaccount:billing:api"
+#: The resource servers of the token exchange: the gateway's API, which
+#: callers' tokens are for, and the orders API it calls on their behalf.
+GATEWAY_API = "https://gateway.example/api"
+ORDERS_API = "https://orders.example/api"
 
 #: Every event type a walk-through must produce; the rest need the clock
 #: to pass (limits.block_ended, tests/test_audit_events.py), a key to
@@ -76,11 +91,27 @@ class WalkThrough:
     sees.
     """
 
-    def __init__(self, call: Call, issuer: str, master_token: str) -> None:
+    def __init__(
+        self,
+        call: Call,
+        issuer: str,
+        master_token: str,
+        cluster: KubernetesCluster,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         self.call = call
         self.issuer = issuer
         self.master = master_token
+        self.cluster = cluster
+        self.now = now
         self.secrets: list[str] = [master_token]
+        self.keep(
+            cluster.signing.key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ).decode()
+        )
 
     def keep(self, *values: Any) -> None:
         for value in values:
@@ -115,6 +146,16 @@ class WalkThrough:
         assert status == 200, answer
         self.keep(answer["access_token"])
         return str(answer["access_token"])
+
+    def workload_token(self, **claims: Any) -> str:
+        """
+        A token of the cluster's service account L{ACCOUNT}, for this
+        server.
+        """
+        claims.setdefault("audience", self.issuer)
+        token = self.cluster.token(now=self.now(), **claims)
+        self.keep(token)
+        return token
 
     def assertion(self, client_id: str, key: Any, alg: str) -> str:
         now = int(time.time())
@@ -202,9 +243,79 @@ class WalkThrough:
         self.keep(rotation["client_secret"])
         self.json("DELETE", f"/client-reg/{hashed['client_id']}", self.master)
 
+        self.exchange()
+        self.workload()
+
         # a brute-force block
         for n in range(11):
             self.form("/token", {"grant_type": "client_credentials"}, basic(payments["client_id"], f"guess-{n}"))
+
+    def exchange(self) -> None:
+        """
+        RFC 8693: the gateway exchanges a caller's token (with an actor
+        token of its own) for one for the orders API; then one it may not.
+        """
+        caller = self.register(self.master, client_name="caller", scope="read", audience=[GATEWAY_API])
+        gateway = self.register(
+            self.master,
+            client_name="gateway",
+            scope="read",
+            grant_types=[CLIENT_CREDENTIALS, TOKEN_EXCHANGE],
+            resource_server_uris=[GATEWAY_API],
+            audience=[ORDERS_API],
+        )
+        gateway_auth = basic(gateway["client_id"], gateway["client_secret"])
+        subject = self.token({}, basic(caller["client_id"], caller["client_secret"]))
+        actor = self.token({}, gateway_auth)
+        exchange = {
+            "grant_type": TOKEN_EXCHANGE,
+            "subject_token": subject,
+            "subject_token_type": ACCESS_TOKEN_TYPE,
+            "audience": ORDERS_API,
+        }
+        status, answer = self.form(
+            "/token", {**exchange, "actor_token": actor, "actor_token_type": ACCESS_TOKEN_TYPE}, gateway_auth
+        )
+        assert status == 200, answer
+        self.keep(answer["access_token"])
+        # the orders API may not exchange a token that is not for it
+        orders = self.register(
+            self.master, scope="read", grant_types=[TOKEN_EXCHANGE], audience=[GATEWAY_API]
+        )
+        status, answer = self.form("/token", exchange, basic(orders["client_id"], orders["client_secret"]))
+        assert status == 400, answer
+
+    def workload(self) -> None:
+        """
+        A workload's token: as a C{federated_jwt} client assertion, as the
+        JWT bearer grant's assertion, and one the server refuses.
+        """
+        bound = self.register(
+            self.master,
+            client_name="billing workload",
+            scope="read",
+            federated_identities=[{"issuer": CLUSTER, "subject": ACCOUNT}],
+        )
+        assert bound["token_endpoint_auth_method"] == "federated_jwt", bound
+        self.token(
+            {
+                "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                "client_assertion": self.workload_token(),
+            }
+        )
+        status, answer = self.form(
+            "/token", {"grant_type": JWT_BEARER_GRANT, "assertion": self.workload_token()}
+        )
+        assert status == 200, answer
+        self.keep(answer["access_token"])
+        status, answer = self.form(
+            "/token",
+            {
+                "grant_type": JWT_BEARER_GRANT,
+                "assertion": self.workload_token(audience="https://elsewhere.example"),
+            },
+        )
+        assert status == 400, answer
 
 
 class Searched:
@@ -227,13 +338,48 @@ class Searched:
             t.assertLessEqual(set(kind.required), set(event), event)
             t.assertIn(event["actor"]["type"], audit.ACTOR_TYPES)
 
+    def assert_grants(self, events: list[dict[str, Any]]) -> None:
+        """
+        The exchange and the workload's tokens were told: every grant
+        type, the exchange's tokens named, the workload verified and
+        claimed.
+        """
+        t: Any = self
+        issued = [e for e in events if e["type"] == "token.issued"]
+        refused = [e for e in events if e["type"] == "token.refused"]
+        t.assertLessEqual(
+            {CLIENT_CREDENTIALS, TOKEN_EXCHANGE, JWT_BEARER_GRANT}, {e["grant_type"] for e in issued}
+        )
+        [exchanged] = [e for e in issued if e["grant_type"] == TOKEN_EXCHANGE]
+        t.assertEqual(exchanged["subject_token"]["type"], ACCESS_TOKEN_TYPE)
+        t.assertEqual(
+            set(exchanged["actor_token"]), {"type", "id", "subject", "issuer", "client_id"}
+        )
+        t.assertTrue(
+            any(e.get("grant_type") == TOKEN_EXCHANGE and "subject_token" in e for e in refused)
+        )
+        workload = {"issuer": CLUSTER, "subject": ACCOUNT}
+        t.assertEqual(
+            sorted((e["grant_type"], e["auth_method"]) for e in issued if e.get("workload") == workload),
+            [(CLIENT_CREDENTIALS, "federated_jwt"), (JWT_BEARER_GRANT, "federated_jwt")],
+        )
+        t.assertTrue(any(e.get("claimed_workload") == workload for e in refused))
+
 
 class MemoryWalkThroughTests(ServerTestCase, Searched):
     def make_config(self, **tokens: Any) -> Config:
+        self.cluster = KubernetesCluster(CLUSTER)
+        jwks = temp_dir(self) / "cluster-jwks.json"
+        jwks.write_text(json.dumps(self.cluster.jwks()))
         return Config(
             issuer=ISSUER,
             store=StoreConfig(url="memory://", client_cache_seconds=5),
             tokens=TokenConfig(signing_alg=self.signing_alg, format="opaque"),
+            trusted_issuers=(
+                TrustedIssuerConfig(
+                    issuer=CLUSTER, jwks_file=str(jwks), audiences=(ISSUER, f"{ISSUER}/token")
+                ),
+            ),
         )
 
     def test_walk_through(self) -> None:
@@ -247,7 +393,7 @@ class MemoryWalkThroughTests(ServerTestCase, Searched):
             int(self.clock.seconds()), expires_in=3600, max_uses=5, scope_limit=["read"]
         )
         self.successResultOf(self.store.add_initial_access_token(record))
-        walk = WalkThrough(call, ISSUER, MASTER_TOKEN)
+        walk = WalkThrough(call, ISSUER, MASTER_TOKEN, self.cluster, self.clock.seconds)
         walk.keep(
             self.encryptor._key.decode(),
             self.keyring.current.private_key.private_bytes(
@@ -259,6 +405,7 @@ class MemoryWalkThroughTests(ServerTestCase, Searched):
         walk.run(token)
         self.assertLessEqual(HTTP_EVENTS, {e["type"] for e in collected.events})
         self.assert_schema(collected.events)
+        self.assert_grants(collected.events)
         # the lines as the writer writes them
         from ccserver.auditlog import AuditWriter
 
@@ -296,10 +443,14 @@ class ProcessWalkThroughMixin(Searched):
         server = CCServerProcess(tmp, "--master-token", f"master-{uuid.uuid4()}", store=url)
         config = tmp / "ccserver.toml"
         key_file = tmp / "ccserver.key-encryption-key"
+        cluster = KubernetesCluster(CLUSTER)
+        jwks = tmp / "cluster-jwks.json"
+        jwks.write_text(json.dumps(cluster.jwks()))
         config.write_text(
             f'issuer = "{server.url}"\n[store]\nurl = "{url}"\n'
             f'[tokens]\nformat = "{self.token_format}"\n'
             f'[keys]\nencryption_key_file = "{key_file}"\n[audit]\nlog = "{log}"\n'
+            f'[[trusted_issuers]]\nissuer = "{CLUSTER}"\njwks_file = "{jwks}"\n'
         )
         server.args += ["--config", str(config)]
         t.addCleanup(server.kill)
@@ -321,7 +472,7 @@ class ProcessWalkThroughMixin(Searched):
             response = requests.request(method, server.url + path, headers=headers, data=body, timeout=10)
             return response.status_code, response.json() if response.content else None
 
-        walk = WalkThrough(call, server.url, server.master_token)
+        walk = WalkThrough(call, server.url, server.master_token, cluster)
         walk.run(created["initial_access_token"])
         made = json.loads(command("clients", "create", "--name", "by the operator").stdout)
         walk.keep(made["client_secret"], made["registration_access_token"])
@@ -339,6 +490,7 @@ class ProcessWalkThroughMixin(Searched):
         types = {e["type"] for e in events}
         t.assertLessEqual(HTTP_EVENTS | COMMAND_EVENTS, types, sorted(types))
         self.assert_schema(events)
+        self.assert_grants(events)
         self.assert_clean(lines, walk.secrets)
         t.assertEqual(
             (events[-1]["type"], events[-1].get("claimed_client_id")),

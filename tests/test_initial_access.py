@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ccserver import credentials
-from ccserver.model import InitialAccessToken
+from ccserver.model import TOKEN_EXCHANGE, InitialAccessToken
 from ccserver.oauth.registration import new_initial_access_token
 from tests.helpers import (
     MASTER_TOKEN,
@@ -22,6 +22,7 @@ from tests.helpers import (
     ServerTestCase,
     basic,
 )
+from tests.test_federation import ACCOUNT, CLUSTER, FederationTestCase
 from tests.test_store_contract import make_client
 
 API = "https://api.example/payments"
@@ -122,6 +123,23 @@ class InitialAccessTokenTests(ServerTestCase):
         self.assertEqual(response.code, 400, response.body)
         self.assertIn(
             "grant_types: client_credentials beyond what this initial access token allows (none)",
+            response.json()["error_description"],
+        )
+
+    def test_grant_type_plugins_within_limits(self) -> None:
+        """
+        The grant types of plugins (token exchange among the built-in
+        ones) are limited as client credentials is.
+        """
+        token, _ = self.make(grant_type_limit=[TOKEN_EXCHANGE])
+        response = self.register_with(token, grant_types=[TOKEN_EXCHANGE])
+        self.assertEqual(response.code, 201, response.body)
+        self.assertEqual(response.json()["grant_types"], [TOKEN_EXCHANGE])
+        response = self.register_with(token, grant_types=[TOKEN_EXCHANGE, "client_credentials"])
+        self.assertEqual(response.code, 400, response.body)
+        self.assertIn(
+            f"grant_types: client_credentials beyond what this initial access token allows "
+            f"({TOKEN_EXCHANGE})",
             response.json()["error_description"],
         )
 
@@ -297,3 +315,47 @@ class InitialAccessTokenLimitsTests(ServerTestCase):
         codes = [self.bearer(f"wrong-{n}", rotate) for n in range(budget + 1)]
         self.assertEqual(codes[-1], 429)
         self.assertEqual(self.bearer(self.token_value), 201)
+
+
+class WorkloadBindingTests(FederationTestCase):
+    """
+    On a server that trusts issuers of workload tokens: an initial access
+    token registers no client bound to a workload identity (no limit of it
+    says which workloads its holder may speak for, and a binding, once
+    made, is that workload's); the master token does.
+    """
+
+    def test_binding_refused(self) -> None:
+        token, record = new_initial_access_token(
+            int(self.clock.seconds()), expires_in=3600, max_uses=5
+        )
+        self.successResultOf(self.store.add_initial_access_token(record))
+        audit = AuditEvents(self)
+        identity = {"issuer": CLUSTER, "subject": ACCOUNT}
+        response = self.request(
+            "POST",
+            "/client-reg",
+            headers={"Authorization": f"Bearer {token}"},
+            json_body={"scope": "read", "federated_identities": [identity]},
+        )
+        self.assertEqual(response.code, 400, response.body)
+        self.assertEqual(response.json()["error"], "invalid_client_metadata")
+        self.assertIn(
+            "federated_identities: an initial access token does not bind clients to workload "
+            "identities",
+            response.json()["error_description"],
+        )
+        refused = audit.one("registration.refused")
+        self.assertEqual(
+            (refused["actor"], refused["error"]),
+            ({"type": "initial_access_token", "id": record.token_id}, "invalid_client_metadata"),
+        )
+        stored = self.successResultOf(self.store.get_initial_access_token(record.token_digest))
+        assert stored is not None
+        self.assertEqual(stored.uses, 0)
+        self.assertEqual(self.successResultOf(self.store.clients_bound_to(CLUSTER, ACCOUNT)), [])
+        # the workload is free for the operator to bind
+        client = self.bind(identity)
+        self.assertEqual(
+            self.successResultOf(self.store.clients_bound_to(CLUSTER, ACCOUNT)), [client["client_id"]]
+        )

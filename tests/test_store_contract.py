@@ -1548,6 +1548,30 @@ class StoreContractMixin(_TestCase):
         assert stored is not None
         self.assertEqual(stored.uses, 0)
 
+    async def test_register_bound_client_with_initial_access_token(self) -> None:
+        """
+        A client with bindings registered with an initial access token is
+        indexed as C{add_client} indexes it; a binding another client has
+        refuses the registration whole: no client, no use counted.
+        """
+        token = make_initial_access_token(uses=5)
+        await self.store.add_initial_access_token(token)
+        now = int(time.time())
+        bound = bound_client("bound")
+        await self.store.register_with_initial_access_token(token.token_digest, bound, now)
+        self.assertEqual(await self.store.get_client("bound"), bound)
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), ["bound"])
+        with self.assertRaises(BindingTaken) as caught:
+            await self.store.register_with_initial_access_token(
+                token.token_digest, bound_client("second"), now
+            )
+        self.assertEqual(caught.exception.identity, bound.federated_identities[0])
+        self.assertIsNone(await self.store.get_client("second"))
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), ["bound"])
+        stored = await self.store.get_initial_access_token(token.token_digest)
+        assert stored is not None
+        self.assertEqual(stored.uses, 1)
+
     async def test_revoke_initial_access_token(self) -> None:
         now = int(time.time())
         token = make_initial_access_token()
