@@ -458,13 +458,24 @@ class WaitTests(TestCase):
         self.primary.start()
         self.replica.start()
         deadline = time.monotonic() + DEADLINE
-        while "master_link_status:up" not in self.replica.query("INFO", "replication"):
+        while "master_link_status:up" not in self.replica.query(
+            "INFO", "replication"
+        ) or "state=online" not in self.primary.query("INFO", "replication"):
             self.assertLess(time.monotonic(), deadline, "the replica in sync")
             time.sleep(0.02)
+        # A replica's first acknowledgement after its sync can take up to a
+        # second (its periodic REPLCONF ACK); the waits measured here start
+        # once it has given one.
+        self.primary.query("SET", "warm-up", "1")
+        self.assertEqual(self.primary.query("WAIT", "1", str(int(DEADLINE * 1000))), 1)
 
-    async def opened(self, wait_replicas: int) -> RedisStore:
+    async def opened(self, wait_replicas: int, wait_timeout: float = 0.3) -> RedisStore:
         store = RedisStore.from_url(
-            self.primary.url, reactor, timeout=TIMEOUT, wait_replicas=wait_replicas, wait_timeout=0.3
+            self.primary.url,
+            reactor,
+            timeout=TIMEOUT,
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
         )
         self.addCleanup(store.close)
         await store.open()
@@ -475,10 +486,13 @@ class WaitTests(TestCase):
         With the replica stopped, a write fails with L{StoreUnavailable}
         after the wait, saying why; a read still works; once the replica is
         back, writes are answered again.  Without C{WAIT}, the same write
-        would have been answered.
+        would have been answered.  The writes the replica is there for wait
+        longer (a loaded machine's replica may take more than 0.3 s to
+        acknowledge).
         """
+        patient = await self.opened(wait_replicas=1, wait_timeout=TIMEOUT)
         store = await self.opened(wait_replicas=1)
-        await store.add_client(make_client("before"))
+        await patient.add_client(make_client("before"))
         self.replica.pause()
         try:
             with self.assertRaises(StoreUnavailable) as raised:
@@ -489,7 +503,7 @@ class WaitTests(TestCase):
             await unwaited.add_client(make_client("not waited for"))
         finally:
             self.replica.resume()
-        await store.add_client(make_client("after"))
+        await patient.add_client(make_client("after"))
 
     async def test_every_kind_of_write_waits(self) -> None:
         """
@@ -497,7 +511,7 @@ class WaitTests(TestCase):
         once per write (and once per batch of opaque tokens), initial
         access tokens' included.
         """
-        store = await self.opened(wait_replicas=1)
+        store = await self.opened(wait_replicas=1, wait_timeout=TIMEOUT)
         self.primary.query("CONFIG", "RESETSTAT")
         writes: list[Deferred[Any]] = [
             store.add_client(make_client("c")),
