@@ -24,7 +24,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -47,6 +47,7 @@ from ccserver.errors import ConfigError
 from ccserver.tap import Options, Process, makeService
 from tests.helpers import MASTER_TOKEN, AuditEvents, temp_dir
 from tests.process import CCServerProcess
+from tests.test_service import register_over
 
 
 class MemoryDestination:
@@ -602,7 +603,7 @@ class DaemonTests(SynchronousTestCase):
         self.assertIsInstance(service, AuditTrailService)
         service.startService()
         site = reactor.tcpServers[0][1]
-        register(site)
+        register_over(site)
         self.assertEqual(log.read_text(), "")
         reactor.advance(FLUSH_SECONDS)
         lines = log.read_text().splitlines()
@@ -612,7 +613,7 @@ class DaemonTests(SynchronousTestCase):
             # the start), the registration
             ["key.created", "key.activated", "client.registered"],
         )
-        register(site)
+        register_over(site)
         self.successResultOf(service.stopService())
         self.assertEqual(len(log.read_text().splitlines()), 4)
         # stopped: no longer observed
@@ -626,20 +627,6 @@ class _StartUp:
 
     def failed(self, failure: object) -> None:
         raise AssertionError(failure)
-
-
-def register(site: Any) -> None:
-    protocol = site.buildProtocol(None)
-    transport = StringTransport()
-    protocol.makeConnection(transport)
-    body = b'{"client_name": "x"}'
-    protocol.dataReceived(
-        b"POST /client-reg HTTP/1.1\r\nHost: as.example.com\r\n"
-        b"Authorization: Bearer " + MASTER_TOKEN.encode() + b"\r\n"
-        b"Content-Type: application/json\r\n"
-        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-    )
-    assert transport.value().startswith(b"HTTP/1.1 201 "), transport.value()
 
 
 class StandardOutputProcessTests(unittest.TestCase):

@@ -75,6 +75,7 @@ HTTP_EVENTS = {
     "revocation.refused",
     "introspection.refused",
     "limits.block_started",
+    "limits.rate_limited",
     "initial_access_token.used",
 }
 COMMAND_EVENTS = {
@@ -245,10 +246,24 @@ class WalkThrough:
 
         self.exchange()
         self.workload()
+        self.rate_limited()
 
         # a brute-force block
         for n in range(11):
             self.form("/token", {"grant_type": "client_credentials"}, basic(payments["client_id"], f"guess-{n}"))
+
+    def rate_limited(self) -> None:
+        """
+        A client the operator limited to one token (a burst of 1, refilled
+        in 1000 s): its second request is answered with 429.
+        """
+        limited = self.register(
+            self.master, scope="read", token_rate_limit={"tokens_per_second": 0.001, "burst": 1}
+        )
+        auth = basic(limited["client_id"], limited["client_secret"])
+        self.token({}, auth)
+        status, answer = self.form("/token", {"grant_type": "client_credentials"}, auth)
+        assert status == 429, answer
 
     def exchange(self) -> None:
         """
