@@ -85,6 +85,10 @@ SECRET_BEARING_METHODS = (*SECRET_METHODS, "client_secret_jwt")
 #: Random bytes in a client_secret_jwt client's secret: 512 bits, so that
 #: it is long enough an HMAC key for HS512 too (RFC 7518 §3.2).
 JWT_SECRET_BYTES = 64
+
+#: What the master token is told at a client's configuration endpoint
+#: when there is no such client (deleted, or never registered).
+NO_SUCH_CLIENT = "no client has this client_id: it was deleted, or never registered"
 #: Where a client's C{jwks_uri} may point when the caller names no policy:
 #: public addresses, over https.
 STRICT = AddressPolicy.public()
@@ -1148,6 +1152,10 @@ class ClientRegistry:
         is_master = credentials.check(token, self._master_token_digest if master else None)
         if client is not None and (is_client or is_master):
             return client, is_master
+        if is_master:
+            # The operator may know: RFC 7592 keeps 401 for a client that
+            # does not exist, but the master token was right.
+            raise bearer_error(NO_SUCH_CLIENT)
         raise bearer_error("the registration access token is not valid for this client")
 
     async def read(self, client_id: str, token: str | None, source: str = "") -> Client:
@@ -1246,7 +1254,11 @@ class ClientRegistry:
         except BindingTaken as e:
             raise binding_taken(e) from None
         if not replaced:
-            raise bearer_error("the registration access token is not valid for this client")
+            raise bearer_error(
+                NO_SUCH_CLIENT
+                if is_master
+                else "the registration access token is not valid for this client"
+            )
         audit.emit(
             audit.CLIENT_UPDATED,
             request.actor,
@@ -1316,7 +1328,7 @@ class ClientRegistry:
                 writer=self._store,
             )
         if rotation is None:
-            raise bearer_error("the bearer token is not valid for this client")
+            raise bearer_error(NO_SUCH_CLIENT)
         audit.emit(
             audit.CLIENT_SECRET_ROTATED,
             request.actor,
