@@ -205,8 +205,11 @@ class CCServer(Server):
         encryption_key_file: Path | None = None,
         access_log: bool = True,
         store_settings: dict[str, str] | None = None,
+        tracing_endpoint: str | None = None,
     ) -> None:
         super().__init__(label, workdir)
+        #: [tracing] endpoint (--tracing): every span exported there
+        self.tracing_endpoint = tracing_endpoint
         self.case = case
         self.store_url = store_url
         self.workers = workers
@@ -239,6 +242,8 @@ class CCServer(Server):
             toml += ["", "[store]", *(f"{key} = {value}" for key, value in store.items())]
         if self.encryption_key_file is not None:
             toml += ["", "[keys]", f"encryption_key_file = {json.dumps(str(self.encryption_key_file))}"]
+        if self.tracing_endpoint is not None:
+            toml += ["", "[tracing]", f"endpoint = {json.dumps(self.tracing_endpoint)}", "sampling = 1.0"]
         config = self.workdir / "ccserver.toml"
         config.write_text("\n".join(toml) + "\n")
         env = dict(os.environ)
