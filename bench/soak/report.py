@@ -180,6 +180,9 @@ def print_summary(run: SoakRun, warmup: float, window: float, say: Any) -> list[
     for observation in run.observations:
         warnings.update(observation.log.warnings)
     say("")
+    for name, chosen in (("first", run.observations[:1]), ("last", run.observations[-1:])):
+        for o in chosen:
+            say(f"Store at the end of the {name} interval ({describe(o.interval.end)}): {store_text(o)}")
     say(f"Purges: {purges} that dropped something, {purged:,} records in all"
         + (f"; warnings logged: {', '.join(f'{n} x {w!r}' for w, n in warnings.items())}" if warnings else ""))
     result = checks(run, totals, warmup, window)
@@ -188,6 +191,14 @@ def print_summary(run: SoakRun, warmup: float, window: float, say: Any) -> list[
     for check in result:
         say(check.line())
     return result
+
+
+def store_text(observation: Observation) -> str:
+    store = observation.store
+    if store is None:
+        return f"not read ({observation.store_error})"
+    return (f"{store.size / MIB:,.1f} MiB, {'?' if store.tokens is None else f'{store.tokens:,}'} token records "
+            f"for {observation.live_tokens:,} live tokens; " + ", ".join(f"{k} {v:,}" for k, v in store.detail.items()))
 
 
 def slice_text(observation: Observation) -> str:
