@@ -70,11 +70,13 @@ def interval_line(observation: Observation) -> str:
     keys /jwks.json listed, the load's registered clients; the cores the
     server, the store, the soak itself and everything else used, and the
     machine's load average (1 minute); and each server process's RSS and
-    open files.
+    open files.  Below it, a line for each unexpected answer (kind and
+    answer, how many).
     """
     interval = observation.interval
     latencies = interval.latencies()
-    wrong = sum(failures(interval.kinds, EXPECTED).values())
+    unexpected = failures(interval.kinds, EXPECTED)
+    wrong = sum(unexpected.values())
     store = observation.store
     stored = "-" if store is None or store.tokens is None else f"{store.tokens:,}"
     size = "-" if store is None else f"{store.size / MIB:,.1f}"
@@ -82,7 +84,8 @@ def interval_line(observation: Observation) -> str:
             f"{ms(percentile(latencies, 0.99)):>7} {interval.server_errors():>4} {wrong:>5}  "
             f"{observation.live_tokens:>9,} {stored:>9} {size:>9} {observation.log.purged:>7,} "
             f"{'-' if observation.jwks_keys is None else observation.jwks_keys:>4} {observation.dynamic_clients:>7}  "
-            f"{cpu_cell(observation.cpu):>24} {observation.load[0]:>5.2f}  {processes_cell(observation.processes)}")
+            f"{cpu_cell(observation.cpu):>24} {observation.load[0]:>5.2f}  {processes_cell(observation.processes)}"
+            + "".join(f"\n{'':>7} unexpected: {kind} x{n}" for kind, n in unexpected.most_common()))
 
 
 def cpu_cell(used: dict[str, float]) -> str:
