@@ -44,13 +44,19 @@ class Client:
     Requests to C{base} (C{http://host:port}), one at a time over one
     kept-alive connection (made again if the server closes it), each
     given C{timeout} seconds for its answer.
+
+    @param persistent: False for a client that sends less often than the
+        server's idle timeout (60 s): a connection kept that long may be
+        closed by the server just as the next request goes out, and a POST
+        is not sent again (no automatic retry here, so that nothing the
+        server does is hidden).  Each request then has a new connection.
     """
 
-    def __init__(self, reactor: Any, base: str, timeout: float) -> None:
+    def __init__(self, reactor: Any, base: str, timeout: float, persistent: bool = True) -> None:
         self._reactor = reactor
         self._base = base
         self._timeout = timeout
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool = HTTPConnectionPool(reactor, persistent=persistent)
         self._pool.maxPersistentPerHost = 1
         self._pool.retryAutomatically = False
 

@@ -200,7 +200,8 @@ class Soak:
         self._cpu = procs.read_cpu(self.leader, self.store_roots)
         self._started = time.monotonic()
         slots = [ensureDeferred(self._slot(self._client())) for _ in range(settings.concurrency)]
-        rotations = self._client()
+        # a request a minute or less often: a new connection each
+        rotations = self._client(persistent=False)
         timers = [
             self._every(min(SAMPLE_SECONDS, settings.interval / 4), self._sample, now=True),
             self._every(settings.secret_rotation, lambda: self._rotate_secret(rotations)),
@@ -232,13 +233,13 @@ class Soak:
                 await client.close()
         return self.result
 
-    def _client(self) -> Client:
+    def _client(self, persistent: bool = True) -> Client:
         """
         A client of its own for a slot: one connection, kept alive from its
         first request to the end, so that the server's open files do not
         change with the load's timing.
         """
-        client = Client(self.reactor, self.settings.base, REQUEST_TIMEOUT)
+        client = Client(self.reactor, self.settings.base, REQUEST_TIMEOUT, persistent)
         self.clients.append(client)
         return client
 
