@@ -216,8 +216,11 @@ class CCServer(Server):
         encryption_key_file: Path | None = None,
         access_log: bool = False,
         settings: dict[str, dict[str, Any]] | None = None,
+        tracing_endpoint: str | None = None,
     ) -> None:
         super().__init__(label, workdir)
+        #: [tracing] endpoint (--tracing): every span exported there
+        self.tracing_endpoint = tracing_endpoint
         self.case = case
         self.store_url = store_url
         self.workers = workers
@@ -255,6 +258,8 @@ class CCServer(Server):
             tables.setdefault("store", {})["client_cache_seconds"] = float(self.client_cache_seconds)
         if self.encryption_key_file is not None:
             tables.setdefault("keys", {})["encryption_key_file"] = str(self.encryption_key_file)
+        if self.tracing_endpoint is not None:
+            tables["tracing"] = {"endpoint": self.tracing_endpoint, "sampling": 1.0}
         for table, values in self.settings.items():
             tables.setdefault(table, {}).update(values)
         return toml_text(tables)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import stat
 import subprocess
 import sys
@@ -23,17 +24,28 @@ from tests.servers import clean_store_url, redis_server
 from tests.test_escaping import HOSTILE, raw_characters
 
 
+class Ran(subprocess.CompletedProcess[str]):
+    """
+    How a run of the command ended, and the audit events it wrote (on its
+    standard error: C{[audit] log = "-"}, the default), apart from the rest
+    of its standard error.
+    """
+
+    audit: list[dict[str, Any]]
+
+
 def ccserver(
     *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
+) -> Ran:
     """
     Run the C{ccserver} command with these arguments (and C{stdin} as its
-    standard input).
+    standard input).  Its audit events are taken out of its standard
+    error (L{Ran.audit}), which keeps everything else.
     """
     environment = dict(os.environ, PYTHONPATH=str(REPO))
     environment.pop("CCSERVER_MASTER_TOKEN", None)
     environment.update(env or {})
-    return subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "ccserver.admin", *args],
         cwd=cwd,
         env=environment,
@@ -42,6 +54,14 @@ def ccserver(
         text=True,
         timeout=60,
     )
+    ran = Ran(done.args, done.returncode, done.stdout, "")
+    ran.audit = []
+    for line in done.stderr.splitlines(keepends=True):
+        if line.startswith('{"audit_version":'):
+            ran.audit.append(json.loads(line))
+        else:
+            ran.stderr += line
+    return ran
 
 
 def token(server: CCServerProcess, client_id: str, secret: str) -> int:
@@ -196,6 +216,175 @@ class ClientsCommandMixin:
         t.assertEqual(done.returncode, 1)
         t.assertEqual(len(done.stderr.splitlines()), 1, done.stderr)
         t.assertIn("invalid_client_metadata: scope", done.stderr)
+        t.assertEqual(done.audit, [])
+
+    def run_audited(self, *args: str) -> tuple[str, list[dict[str, Any]]]:
+        options = list(args[:2]) if args[0] == "--config" else []
+        done = ccserver(*options, "--store", self.url, *args[len(options):], cwd=self.tmp)
+        self.assertEqual(done.returncode, 0, done.stderr)  # type: ignore[attr-defined]
+        self.assertEqual(done.stderr, "")  # type: ignore[attr-defined]
+        return done.stdout, done.audit
+
+    def test_actions_told_to_the_audit_trail(self) -> None:
+        """
+        Each action that reads or changes a client is one event on standard
+        error (with [audit] log = "-"), by the command's user; never a
+        secret.
+        """
+        t: Any = self
+        out, events = self.run_audited("clients", "create", "--name", "billing", "--scope", "read")
+        created = json.loads(out)
+        client_id = created["client_id"]
+        me = {"type": "cli", "user": pwd.getpwuid(os.geteuid()).pw_name}
+        [registered] = events
+        t.assertEqual(registered["type"], "client.registered")
+        t.assertEqual(registered["actor"], me)
+        t.assertNotIn("source", registered)
+        t.assertEqual(registered["client_id"], client_id)
+        t.assertEqual(registered["privileged"]["scope"], "read")
+        _, [read] = self.run_audited("clients", "show", client_id)
+        t.assertEqual((read["type"], read["client_id"]), ("client.read", client_id))
+        out, [rotated] = self.run_audited("clients", "rotate-secret", client_id, "--grace", "60")
+        t.assertEqual(rotated["type"], "client.secret_rotated")
+        t.assertEqual(rotated["previous_secret_expires_at"], json.loads(out)["previous_secret_expires_at"])
+        _, [deleted] = self.run_audited("clients", "delete", client_id)
+        t.assertEqual((deleted["type"], deleted["actor"]), ("client.deleted", me))
+        _, listed = self.run_audited("clients", "list")
+        t.assertEqual(listed, [])
+        secrets = [created["client_secret"], created["registration_access_token"], json.loads(out)["client_secret"]]
+        text = json.dumps([registered, read, rotated, deleted])
+        for secret in secrets:
+            t.assertNotIn(secret, text)
+
+    def test_sudo_user(self) -> None:
+        t: Any = self
+        done = ccserver(
+            "--store", self.url, "clients", "create", "--name", "x", cwd=self.tmp,
+            env={"SUDO_USER": "alice"},
+        )
+        t.assertEqual(done.audit[0]["actor"]["sudo_user"], "alice")
+
+    def test_keys_told_to_the_audit_trail(self) -> None:
+        t: Any = self
+        _, listed = self.run_audited("keys", "list")
+        t.assertEqual(listed, [])
+        _, [first] = self.run_audited("keys", "rotate", "--delay", "0")
+        t.assertEqual(first["type"], "key.created")
+        _, events = self.run_audited("keys", "rotate", "--delay", "0")
+        t.assertEqual([e["type"] for e in events], ["key.created", "key.retired"])
+        new, old = events
+        t.assertEqual(old["kid"], first["kid"])
+        t.assertEqual(new["active_from"], old["retired_at"])
+        t.assertEqual(new["actor"]["type"], "cli")
+        # a key of another algorithm than the configured one, retired now
+        config = self.tmp / "es256.toml"
+        config.write_text('[tokens]\nsigning_alg = "ES256"\n')
+        _, [other] = self.run_audited("--config", str(config), "keys", "rotate", "--delay", "0")
+        t.assertEqual(other["alg"], "ES256")
+        _, [retired] = self.run_audited("keys", "retire", other["kid"])
+        t.assertEqual((retired["type"], retired["kid"]), ("key.retired", other["kid"]))
+
+    def test_unwritable_audit_trail_does_nothing(self) -> None:
+        t: Any = self
+        config = self.tmp / "audit.toml"
+        config.write_text(f'[audit]\nlog = "{self.tmp / "missing" / "audit.log"}"\n')
+        done = ccserver(
+            "--config", str(config), "--store", self.url, "clients", "create", "--name", "x",
+            cwd=self.tmp,
+        )
+        t.assertEqual(done.returncode, 1)
+        t.assertEqual(len(done.stderr.splitlines()), 1, done.stderr)
+        t.assertIn("[audit] log: cannot write the audit trail", done.stderr)
+        t.assertEqual(json.loads(self.run_ok("list", "--json")), [])
+
+    def test_audit_trail_to_a_file(self) -> None:
+        t: Any = self
+        log = self.tmp / "audit.log"
+        config = self.tmp / "audit.toml"
+        config.write_text(f'[audit]\nlog = "{log}"\n')
+        done = ccserver(
+            "--config", str(config), "--store", self.url, "clients", "create", "--name", "x",
+            cwd=self.tmp,
+        )
+        t.assertEqual((done.returncode, done.stderr, done.audit), (0, "", []))
+        [line] = log.read_text().splitlines()
+        t.assertEqual(json.loads(line)["type"], "client.registered")
+
+    def test_registration_tokens(self) -> None:
+        """
+        create prints the token once (and its id, limits, expiry and
+        uses); list shows each without the token; revoke ends it; each
+        told to the audit trail.
+        """
+        t: Any = self
+        out, [created_event] = self.run_audited(
+            "registration-tokens", "create", "--scope-limit", "read write", "--expires", "7d",
+            "--uses", "10", "--note", "payments team", "--audience-limit", "https://api.example",
+            "--auth-method-limit", "private_key_jwt", "--grant-type-limit", "client_credentials",
+            "--json",
+        )
+        created = json.loads(out)
+        token_id = created["id"]
+        t.assertTrue(token_id.startswith("iat_"))
+        t.assertGreaterEqual(len(created["initial_access_token"]), 43)
+        t.assertEqual(
+            {k: created[k] for k in ("uses", "max_uses", "note", "state", "scope_limit",
+                                     "audience_limit", "auth_method_limit", "grant_type_limit")},
+            {
+                "uses": 0, "max_uses": 10, "note": "payments team", "state": "active",
+                "scope_limit": ["read", "write"], "audience_limit": ["https://api.example"],
+                "auth_method_limit": ["private_key_jwt"], "grant_type_limit": ["client_credentials"],
+            },
+        )
+        t.assertLess(abs(created["expires_at"] - created["created_at"] - 7 * 86400), 1)
+        t.assertEqual(created_event["type"], "initial_access_token.created")
+        t.assertEqual(created_event["initial_access_token_id"], token_id)
+        t.assertEqual(created_event["scope_limit"], ["read", "write"])
+        t.assertEqual(created_event["note"], "payments team")
+        t.assertNotIn(created["initial_access_token"], json.dumps(created_event))
+        _, [other_event] = self.run_audited("registration-tokens", "create", "--json")
+        out, events = self.run_audited("registration-tokens", "list", "--json")
+        t.assertEqual(events, [])
+        listed = json.loads(out)
+        t.assertEqual([entry["id"] for entry in listed], [token_id, other_event["initial_access_token_id"]])
+        t.assertEqual(listed[1]["max_uses"], 1)
+        t.assertLess(abs(listed[1]["expires_at"] - listed[1]["created_at"] - 86400), 1)
+        t.assertNotIn(created["initial_access_token"], out)
+        table, _ = self.run_audited("registration-tokens", "list")
+        t.assertIn(token_id, table)
+        t.assertIn("0/10", table)
+        t.assertIn("payments team / scope: read write; audience: https://api.example", table)
+        out, [revoked] = self.run_audited("registration-tokens", "revoke", token_id)
+        t.assertIn("revoked", out)
+        t.assertEqual(
+            (revoked["type"], revoked["initial_access_token_id"]),
+            ("initial_access_token.revoked", token_id),
+        )
+        listed = json.loads(self.run_audited("registration-tokens", "list", "--json")[0])
+        t.assertEqual(listed[0]["state"], "revoked")
+        t.assertIsInstance(listed[0]["revoked_at"], int)
+        plain = ccserver("--store", self.url, "registration-tokens", "create", cwd=self.tmp)
+        t.assertEqual(len(plain.stdout.splitlines()), 1)
+        t.assertIn("registers 1 client until", plain.stderr)
+
+    def test_registration_tokens_mistakes(self) -> None:
+        t: Any = self
+        for args, message in [
+            (("--expires", "soon"), "--expires: 'soon' is not a duration"),
+            (("--uses", "0"), "--uses: must be 1 to"),
+            (("--note", "a\x1b[2Jb"), "--note: must be printable"),
+            (("--scope-limit", 'a "b'), "--scope-limit: must be scope values"),
+            (("--audience-limit", "not a uri"), "--audience-limit: 'not a uri'"),
+            (("--auth-method-limit", "magic"), "--auth-method-limit: 'magic' is not one of"),
+            (("--grant-type-limit", "password"), "--grant-type-limit: 'password' is not one of"),
+        ]:
+            done = ccserver("--store", self.url, "registration-tokens", "create", *args, cwd=self.tmp)
+            t.assertEqual(done.returncode, 1, done.stderr)
+            t.assertEqual(len(done.stderr.splitlines()), 1, done.stderr)
+            t.assertIn(message, done.stderr)
+        done = ccserver("--store", self.url, "registration-tokens", "revoke", "iat_nope", cwd=self.tmp)
+        t.assertEqual((done.returncode, done.stderr), (1, "ccserver: no initial access token 'iat_nope'\n"))
+        t.assertEqual(json.loads(self.run_audited("registration-tokens", "list", "--json")[0]), [])
 
 
 class SQLiteClientsCommandTests(ClientsCommandMixin, unittest.TestCase):
