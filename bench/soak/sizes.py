@@ -22,7 +22,8 @@ from typing import Any
 from bench.errors import NotAvailable
 
 #: The SQL stores' tables whose rows are counted (ccserver/stores/schema/).
-TABLES = ("access_tokens", "clients", "used_once", "revoked_jtis", "revoked_clients")
+TABLES = ("access_tokens", "clients", "used_once", "revoked_jtis", "revoked_clients", "auth_attempts",
+          "auth_known_sources", "signing_keys")
 #: The Redis store's opaque-token keys (ccserver/stores/redis.py).
 REDIS_TOKEN_PATTERN = "ccserver:token:*"
 TIMEOUT = 30
