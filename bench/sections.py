@@ -274,7 +274,7 @@ class Bench:
         client_cache_seconds: float | None = None,
         encryption_key_file: Path | None = None,
         access_log: bool | None = None,
-        store_settings: dict[str, str] | None = None,
+        settings: dict[str, dict[str, Any]] | None = None,
     ) -> CCServer:
         """
         A ccserver with the run's --access-log choice (on, ccserver's
@@ -289,7 +289,7 @@ class Bench:
             client_cache_seconds=client_cache_seconds,
             encryption_key_file=encryption_key_file,
             access_log=self.args.access_log != "off" if access_log is None else access_log,
-            store_settings=store_settings,
+            settings=settings,
             tracing_endpoint=None if self.collector is None else self.collector.endpoint,
         )
 
