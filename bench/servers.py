@@ -79,6 +79,8 @@ class Server:
     """
 
     kind = "?"
+    #: where it answers RFC 7662 introspection
+    introspection_path = "/token/introspect"
 
     def __init__(self, label: str, workdir: Path) -> None:
         self.label = label
@@ -214,7 +216,7 @@ class CCServer(Server):
         workers: int = 1,
         client_cache_seconds: float | None = None,
         encryption_key_file: Path | None = None,
-        access_log: bool = False,
+        access_log: bool = True,
         settings: dict[str, dict[str, Any]] | None = None,
         tracing_endpoint: str | None = None,
     ) -> None:
@@ -230,8 +232,8 @@ class CCServer(Server):
         #: server's folder; servers that share a store must share this file
         self.encryption_key_file = encryption_key_file
         self.master_token = secrets.token_urlsafe(32)
-        #: ccserver's own default is on; node-oidc-provider logs nothing
-        #: per request, so the comparison runs with it off (--access-log)
+        #: ccserver's own default is on, and so is the bench's headline;
+        #: node-oidc-provider logs nothing per request (--access-log)
         self.access_log = access_log
         #: more configuration: table ("" for the top level) -> key -> value
         self.settings = settings or {}
@@ -244,8 +246,8 @@ class CCServer(Server):
         """
         The server's ccserver.toml.
         """
-        # node-oidc-provider logs nothing per request: neither does ccserver
-        # here, unless --access-log asks for its default.
+        # the access log goes to standard output, a file here, as it would
+        # go to a file or to journald in production (--access-log)
         tables: dict[str, dict[str, Any]] = {
             "": {"access_log": self.access_log},
             "tokens": {"signing_alg": self.case.alg},
@@ -317,6 +319,7 @@ class CCServer(Server):
 
 class Peer(Server):
     kind = "node-oidc-provider"
+    introspection_path = "/token/introspection"
 
     def __init__(self, label: str, workdir: Path, peer_dir: Path, case: Case, workers: int = 1) -> None:
         super().__init__(label, workdir)

@@ -97,7 +97,7 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -140,6 +140,8 @@ TOKEN_HOLD = 0.004
 #: Opaque tokens written in one statement at most: 100 rows of 9 values
 #: stay under SQLite's oldest limit of 999 variables a statement.
 TOKEN_BATCH = 100
+#: Expired rows a purge deletes a transaction (L{SQLStore.purge_expired}).
+PURGE_BATCH = 10_000
 
 #: The key of PostgreSQL's advisory lock that serialises migrations ("ccsv").
 MIGRATION_LOCK_KEY = 0x63637376
@@ -191,6 +193,22 @@ def load_migrations(folder: Traversable | None = None) -> tuple[Migration, ...]:
     if versions != list(range(1, len(found) + 1)):
         raise RuntimeError(f"schema migrations must be numbered 1, 2, 3, ...: {versions}")
     return tuple(found)
+
+
+def _purge_batch(dialect: str, table: str, key: str) -> str:
+    """
+    A batch of a purge: at most a given number of the rows of C{table}
+    that expired before a given time, the earliest first, found along the
+    expiry index and deleted by their primary key C{key}.
+
+    PostgreSQL is given the batch's keys as an array (one index walk, then
+    one probe of the primary key each): with C{IN (SELECT ...)} it plans a
+    hash join over the whole table, a full scan for every batch.
+    """
+    batch = f"SELECT {key} FROM {table} WHERE expires_at < ? ORDER BY expires_at LIMIT ?"
+    if dialect == "postgresql":
+        return f"DELETE FROM {table} WHERE {key} = ANY(ARRAY({batch}))"
+    return f"DELETE FROM {table} WHERE {key} IN ({batch})"
 
 
 @frozen
@@ -674,8 +692,8 @@ class SQLStore:
                 " ON CONFLICT (record_key) DO NOTHING"
             ),
             "purge_used_once": t("DELETE FROM used_once WHERE expires_at < ?"),
-            "purge_tokens": t("DELETE FROM access_tokens WHERE expires_at < ?"),
-            "purge_revoked": t("DELETE FROM revoked_jtis WHERE expires_at < ?"),
+            "purge_tokens": t(_purge_batch(dialect.name, "access_tokens", "token_digest")),
+            "purge_revoked": t(_purge_batch(dialect.name, "revoked_jtis", "jti")),
             "create_schema_version": (
                 "CREATE TABLE IF NOT EXISTS schema_version"
                 " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
@@ -1159,32 +1177,48 @@ class SQLStore:
 
     def purge_expired(self, now: int) -> Deferred[int]:
         """
-        The deletions in one transaction; fires with how many rows went.
+        Forget what expired before C{now}; fires with how many rows went.
+
+        Expired tokens and deny-list entries go L{PURGE_BATCH} rows a
+        transaction, the earliest first (along the expiry index), so that
+        a purge of millions of rows (every token of a busy hour expiring
+        together) never holds the write lock long: the requests' own
+        writes take turns with it.  The small tables go in one last
+        transaction.
         """
+        return self._guard(ensureDeferred(self._purge(now)))
+
+    async def _purge(self, now: int) -> int:
+        count = 0
+        for name in ("purge_tokens", "purge_revoked"):
+            statement = self._sql[name]
+
+            def batch(cursor: Any, statement: str = statement) -> int:
+                cursor.execute(statement, (now, PURGE_BATCH))
+                return int(cursor.rowcount)
+
+            while True:
+                deleted = await self._run(batch, write=True)
+                count += deleted
+                if deleted < PURGE_BATCH:
+                    break
         statements = [
-            (self._sql[name], now)
-            for name in (
-                "purge_tokens",
-                "purge_revoked",
-                "purge_revoked_clients",
-                "purge_used_once",
-                "purge_initial_access_tokens",
-            )
-        ]
-        statements += [
+            (self._sql["purge_revoked_clients"], now),
+            (self._sql["purge_used_once"], now),
+            (self._sql["purge_initial_access_tokens"], now),
             (self._sql["purge_auth_attempts"], now * 1000),
             (self._sql["purge_known_sources"], now * 1000),
             (self._sql["purge_buckets"], now * 1000),
         ]
 
-        def purge(cursor: Any) -> int:
-            count = 0
+        def rest(cursor: Any) -> int:
+            deleted = 0
             for statement, before in statements:
                 cursor.execute(statement, (before,))
-                count += int(cursor.rowcount)
-            return count
+                deleted += int(cursor.rowcount)
+            return deleted
 
-        return self._guard(self._run(purge, write=True))
+        return count + await self._run(rest, write=True)
 
     # IInitialAccessTokenStore
 
