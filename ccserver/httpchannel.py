@@ -106,7 +106,9 @@ class CCServerChannel(http.HTTPChannel):
     L{_respondToBadRequestAndDisconnect}.
     """
 
-    _log = Logger()
+    #: not C{_log}, which would replace twisted.web's own logger of the
+    #: channel (a private name), moving its messages to this namespace
+    _channel_log = Logger()
 
     site: Any
     limits: HTTPLimits = HTTPLimits()
@@ -337,7 +339,7 @@ class CCServerChannel(http.HTTPChannel):
     def _timed_out(self, part: str, seconds: float) -> None:
         self._deadline = None
         peer = self.transport.getPeer() if self.transport is not None else None
-        self._log.info(
+        self._channel_log.info(
             "Request {part} from {peer} not complete within {seconds}s: 408",
             part=part,
             peer=str(peer),

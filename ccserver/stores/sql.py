@@ -114,6 +114,7 @@ from ccserver.model import (
 from ccserver.stores.codec import CLIENTS, KEYS, TOKENS, Codec
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
+from ccserver.stores.sqlpool import ConnectionPool
 from ccserver.stores.urls import sqlite_path
 from ccserver.stores.writer import ConnectionThread
 
@@ -371,54 +372,6 @@ def _postgresql_dialect() -> _Dialect:
     )
 
 
-class _Connection(adbapi.Connection):
-    """
-    adbapi's connection wrapper, made to notice a dead connection before it
-    is used, and to drop one quietly when a rollback fails on it.
-
-    adbapi's own C{cp_reconnect} only finds out after a statement has failed
-    on it, and logs a traceback for each; after a database restart every
-    pooled connection would fail one operation that way.
-    """
-
-    _connection: Any
-
-    def __init__(self, pool: _ConnectionPool) -> None:
-        super().__init__(pool)
-        if pool.dialect.is_stale(self._connection):
-            self.reconnect()
-
-    def reconnect(self) -> None:
-        if self._connection is not None:
-            self._pool.disconnect(self._connection)
-            # if connecting anew fails, no later use may meet the old one
-            self._connection = None
-        self._connection = self._pool.connect()
-
-    def rollback(self) -> None:
-        try:
-            self._connection.rollback()
-        except self._pool.dialect.unavailable_errors:
-            # Nothing left to roll back on a dead connection; drop it, and
-            # the next operation on this thread connects anew.
-            self._pool.disconnect(self._connection)
-
-
-class _ConnectionPool(adbapi.ConnectionPool):
-    connectionFactory = _Connection
-
-    def __init__(self, dialect: _Dialect, *args: Any, **kwargs: Any) -> None:
-        self.dialect = dialect
-        super().__init__(dialect.module, *args, **kwargs)
-
-    def disconnect(self, conn: Any) -> None:
-        # the base class complains ("wrong connection for thread") when it
-        # has already forgotten this connection
-        thread = self.threadID()
-        if conn is not None and conn is self.connections.get(thread):
-            super().disconnect(conn)
-
-
 def _columns(codec: Codec[Any]) -> str:
     return ", ".join(codec.names)
 
@@ -510,7 +463,7 @@ class SQLStore:
             unavailable=dialect.unavailable_errors,
             secrets=url_secrets(url),
         )
-        self._pool: _ConnectionPool | None = None
+        self._pool: ConnectionPool | None = None
         #: the token writer: its own connection and thread (L{_add_tokens})
         self._token_writer: ConnectionThread[Any] | None = None
         #: the token batches' statements, by batch size
@@ -717,7 +670,7 @@ class SQLStore:
             )
             if self._open_connection is not None:
                 kwargs["cp_openfun"] = self._open_connection
-            self._pool = _ConnectionPool(self._dialect, *self._connect_args, **kwargs)
+            self._pool = ConnectionPool(self._dialect, *self._connect_args, **kwargs)
             self._token_writer = ConnectionThread(
                 cast(IReactorThreads, self._reactor),
                 self._connect_token_writer,
