@@ -10,38 +10,18 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 import unittest
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
-from tests.process import REPO, CCServerProcess, run_ccserver
-from tests.servers import clean_store_url, redis_server
+from ccserver.testing.servers import clean_store_url, redis_server
+from tests.process import REPO, CCServerProcess, run_admin, run_ccserver, run_python, wait_until
 from tests.test_escaping import HOSTILE, raw_characters
 
-
-def ccserver(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    """
-    Run the C{ccserver} command with these arguments (and C{stdin} as its
-    standard input).
-    """
-    environment = dict(os.environ, PYTHONPATH=str(REPO))
-    environment.pop("CCSERVER_MASTER_TOKEN", None)
-    environment.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "ccserver.admin", *args],
-        cwd=cwd,
-        env=environment,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+pytestmark = pytest.mark.process
 
 
 def token(server: CCServerProcess, client_id: str, secret: str) -> int:
@@ -72,7 +52,7 @@ class ClientsCommandMixin:
         self.url = clean_store_url(self.kind, self.addCleanup)  # type: ignore[attr-defined]
 
     def run_ok(self, *args: str) -> str:
-        done = ccserver("--store", self.url, "clients", *args, cwd=self.tmp)
+        done = run_admin("--store", self.url, "clients", *args, cwd=self.tmp)
         self.assertEqual(done.returncode, 0, done.stderr)  # type: ignore[attr-defined]
         self.assertEqual(done.stderr, "")  # type: ignore[attr-defined]
         return done.stdout
@@ -123,7 +103,7 @@ class ClientsCommandMixin:
         t: Any = self
         for action in ("show", "delete", "rotate-secret"):
             # a client id may start with "-": it is never taken for an option
-            done = ccserver("--store", self.url, "clients", action, "-nobody", cwd=self.tmp)
+            done = run_admin("--store", self.url, "clients", action, "-nobody", cwd=self.tmp)
             t.assertEqual(done.returncode, 1, done.stderr)
             t.assertEqual(done.stderr, "ccserver: no client '-nobody'\n")
 
@@ -142,7 +122,7 @@ class ClientsCommandMixin:
         )
         t.assertEqual(created["grant_types"], [exchange, "client_credentials"])
         t.assertEqual(json.loads(self.run_ok("create", "--name", "c", "--scope", "read"))["grant_types"], ["client_credentials"])
-        done = ccserver(
+        done = run_admin(
             "--store", self.url, "clients", "create", "--name", "x", "--scope", "read",
             "--grant-type", "password", cwd=self.tmp,
         )
@@ -184,13 +164,13 @@ class ClientsCommandMixin:
         actions = ("show", "delete", "rotate-secret")
         for index, client_id in enumerate(("a\x1b[2Jb", "a\x9bb", "a\u202eb", "a\udcffb", "a" * 257)):
             action = actions[index % len(actions)]
-            done = ccserver("--store", self.url, "clients", action, client_id, cwd=self.tmp)
+            done = run_admin("--store", self.url, "clients", action, client_id, cwd=self.tmp)
             t.assertEqual(done.returncode, 1, done.stderr)
             t.assertRegex(done.stderr, r"^ccserver: client_id must be [^\n]*\n$", action)
 
     def test_bad_metadata_one_line(self) -> None:
         t: Any = self
-        done = ccserver(
+        done = run_admin(
             "--store", self.url, "clients", "create", "--name", "x", "--scope", 'a "b', cwd=self.tmp
         )
         t.assertEqual(done.returncode, 1)
@@ -219,10 +199,12 @@ class SQLiteClientsCommandTests(ClientsCommandMixin, unittest.TestCase):
             new = rotation["client_secret"]
             self.assertEqual(token(server, client_id, new), 200)
             self.assertEqual(token(server, client_id, old), 200)
-            import time
-
-            time.sleep(max(0.0, rotation["previous_secret_expires_at"] - time.time()) + 0.1)
-            self.assertEqual(token(server, client_id, old), 401)
+            # the old secret works until its grace ends, then is refused
+            wait_until(
+                lambda: token(server, client_id, old) == 401,
+                interval=0.2,
+                what="the old secret refused once its grace ended",
+            )
             self.assertEqual(token(server, client_id, new), 200)
             # the same over HTTP, for the master token's holder
             response = requests.post(
@@ -247,7 +229,7 @@ class SQLiteClientsCommandTests(ClientsCommandMixin, unittest.TestCase):
         self.addCleanup(os.umask, old)
         for command in ("clients", "keys"):
             path = self.tmp / f"new-{command}.db"
-            done = ccserver("--store", f"sqlite:///{path}", command, "list", cwd=self.tmp)
+            done = run_admin("--store", f"sqlite:///{path}", command, "list", cwd=self.tmp)
             self.assertEqual(done.returncode, 0, done.stderr)
             self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600, command)
 
@@ -280,14 +262,7 @@ class PackagingTests(unittest.TestCase):
             blocked + f"from ccserver.tap import main; main(['--store', {url!r}])",
             blocked + f"from ccserver.admin import main; main(['--store', {url!r}, 'clients', 'list'])",
         ):
-            done = subprocess.run(
-                [sys.executable, "-c", code],
-                cwd=self.tmp,
-                env=dict(os.environ, PYTHONPATH=str(REPO)),
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            done = run_python("-c", code, cwd=self.tmp)
             self.assertNotEqual(done.returncode, 0)
             self.assertNotIn("Traceback", done.stderr)
             self.assertEqual(len(done.stderr.strip().splitlines()), 1, done.stderr)
@@ -336,7 +311,7 @@ class SharedKeyTests(unittest.TestCase):
         self.assertFalse((second_dir / "ccserver.key-encryption-key").exists())
 
         # the command refuses too, and leaves no file either
-        listed = ccserver("--store", self.url, "keys", "list", cwd=second_dir)
+        listed = run_admin("--store", self.url, "keys", "list", cwd=second_dir)
         self.assertEqual(listed.returncode, 1)
         self.assertIn("copy the key file", listed.stderr)
         self.assertFalse((second_dir / "ccserver.key-encryption-key").exists())
@@ -345,11 +320,11 @@ class SharedKeyTests(unittest.TestCase):
         with CCServerProcess(second_dir, "--master-token", "m" * 32, store=self.url, env=env) as second:
             self.assertEqual(requests.get(second.url + "/jwks.json", timeout=10).status_code, 200)
         self.assertFalse((second_dir / "ccserver.key-encryption-key").exists())
-        listed = ccserver("--store", self.url, "keys", "list", cwd=second_dir, env=env)
+        listed = run_admin("--store", self.url, "keys", "list", cwd=second_dir, env=env)
         self.assertEqual(listed.returncode, 0, listed.stderr)
 
     def test_bad_key_in_the_environment_not_echoed(self) -> None:
-        done = ccserver("--store", self.url, "keys", "list", cwd=self.tmp,
+        done = run_admin("--store", self.url, "keys", "list", cwd=self.tmp,
                         env={"CCSERVER_KEY_ENCRYPTION_KEY": "not-a-fernet-key"})
         self.assertEqual(done.returncode, 1)
         self.assertIn("CCSERVER_KEY_ENCRYPTION_KEY: is not a Fernet key", done.stderr)

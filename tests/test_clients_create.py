@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -25,8 +26,9 @@ from ccserver import __version__
 from ccserver.keys import public_jwk
 from ccserver.oauth.clientauth import JWT_BEARER
 from tests.certs import issue
-from tests.process import CCServerProcess
-from tests.test_clients_command import ccserver
+from tests.process import CCServerProcess, run_admin
+
+pytestmark = pytest.mark.process
 
 DN = "CN=billing,O=Example,C=GB"
 
@@ -56,7 +58,7 @@ class ClientsCreateTests(unittest.TestCase):
         shutil.rmtree(cls.folder, True)
 
     def run_create(self, *args: str, stdin: str | None = None) -> Any:
-        return ccserver(
+        return run_admin(
             "--config", str(self.config), "clients", "create", *args, cwd=self.folder, stdin=stdin
         )
 
@@ -80,7 +82,7 @@ class ClientsCreateTests(unittest.TestCase):
         )
 
     def test_version(self) -> None:
-        done = ccserver("--version", cwd=self.folder)
+        done = run_admin("--version", cwd=self.folder)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(done.stdout, f"ccserver {__version__}\n")
 
