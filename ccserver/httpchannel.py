@@ -312,8 +312,9 @@ class CCServerChannel(http.HTTPChannel):
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         """
-        The adapter to a private API of twisted.web (26.x), the one place
-        ccserver relies on one: L{http.HTTPChannel} calls this method for
+        The adapter to a private API of twisted.web (26.x), the channel's
+        one reach (the others are listed in docs/architecture.md, "Private
+        APIs"): L{http.HTTPChannel} calls this method for
         every malformed request it finds (bad request line, header without
         a colon, bad name, NUL/CR/LF in a value, bad or repeated
         C{Content-Length}, unknown C{Transfer-Encoding}, broken chunks) and

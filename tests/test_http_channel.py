@@ -301,7 +301,8 @@ class RequestFramingTests(ChannelTestCase):
 
 class PrivateAPITests(ChannelTestCase):
     """
-    The one private API of twisted.web that ccserver relies on:
+    The channel's one private API of twisted.web (every reach is listed
+    in tests/test_layers.py, C{PRIVATE_REACHES}):
     C{HTTPChannel._respondToBadRequestAndDisconnect}, which
     L{CCServerChannel} overrides to give twisted.web's malformed-request
     400 a JSON body.  These fail if twisted.web renames it or stops

@@ -45,8 +45,8 @@ def _own_connection(method: F) -> F:
     the other commands do not queue behind it (nor run between a write and
     its C{WAIT}).
 
-    The adapter to a private API of txredisapi (1.4), the one place the
-    Redis store reaches one: the mark is what txredisapi's private
+    The adapter to a private API of txredisapi (1.4), the Redis store's
+    one reach (docs/architecture.md, "Private APIs"): the mark is what txredisapi's private
     C{_blocking_command} decorator sets, used here as it is, so the mark
     stays whatever txredisapi calls it.  tests/test_store_redis.py
     (C{OwnConnectionTests}) fails if its handler stops honouring it.

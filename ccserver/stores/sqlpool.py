@@ -46,8 +46,8 @@ def held_connection(pool: adbapi.ConnectionPool) -> Any:
     """
     The DB-API connection C{pool} holds for the calling thread, or None.
 
-    The adapter to adbapi's private state (Twisted 24 to 26), the one place
-    the SQL stores reach it: L{adbapi.ConnectionPool} keeps each thread's
+    The adapter to adbapi's private state (Twisted 24 to 26), the SQL
+    stores' one reach (docs/architecture.md, "Private APIs"): L{adbapi.ConnectionPool} keeps each thread's
     connection in its undocumented C{connections} dictionary, by
     C{threadID()}, and offers no way to ask for it without making one
     (C{connect()} makes one when there is none).  tests/test_store_sql.py
