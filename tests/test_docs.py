@@ -530,6 +530,35 @@ class FrontDoorTests(SynchronousTestCase):
             self.assertIn(f"`{package}`", text)
 
 
+class GuaranteeTests(SynchronousTestCase):
+    """
+    What the README and docs/security.md say the brute-force limits
+    guarantee is what the defaults give: 60 x B guesses an hour from one
+    address, 60 x min(N x B, C) from N addresses together, with the
+    defaults they name.
+    """
+
+    def test_guesses_an_hour(self) -> None:
+        from ccserver.config import LimitsConfig
+
+        limits = LimitsConfig()
+        per_address = 60 * limits.failed_auth_per_minute
+        per_credential = 60 * limits.failed_auth_per_client_per_minute
+        readme = " ".join(prose(README).split())
+        self.assertIn(f"failed_auth_per_minute = {limits.failed_auth_per_minute}`", readme)
+        self.assertIn(
+            f"failed_auth_per_client_per_minute = {limits.failed_auth_per_client_per_minute}`",
+            readme,
+        )
+        self.assertIn(f"{per_address:,} guesses an hour at a credential from one", readme)
+        self.assertIn(f"{per_credential:,} an hour from any number of addresses", readme)
+        self.assertEqual(limits.known_source_seconds, 86400)
+        self.assertIn("in the last day keep working", readme)
+        security = " ".join((REPO / "docs" / "security.md").read_text().split())
+        self.assertIn(f"60 x B guesses an hour ({per_address:,} by default)", security)
+        self.assertIn(f"(min({per_address:,} N, {per_credential:,}) by default)", security)
+
+
 class NewsTests(SynchronousTestCase):
     """
     NEWS is release notes, built by towncrier from newsfragments/.

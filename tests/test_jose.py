@@ -5,6 +5,7 @@ Compact JWS signing and verification (ccserver.jose).
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
@@ -362,6 +363,37 @@ class JWKTests(SynchronousTestCase):
         self.assertIn("has a certificate whose key", str(refused.exception))
         for x5c in ("x", [], ["not base64!"], [base64.b64encode(b"not a certificate").decode()]):
             self.assertRaises(jose.UnusableKey, jose.import_jwk, {**issued.jwk, "x5c": x5c})
+
+    def test_certificate_rsa_key_rules(self) -> None:
+        """
+        A certificate's RSA key is held to the rules of an RSA JWK: a
+        public exponent other than 65537 is refused in C{x5c} as in C{e}.
+        """
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import NameOID
+
+        from tests.certs import issue
+
+        issued = issue(None, "client")
+        key = rsa.generate_private_key(public_exponent=3, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rsa-e3")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )
+        x5c = base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()
+        with self.assertRaises(jose.UnusableKey) as refused:
+            jose.import_jwk({**issued.jwk, "x5c": [x5c]})
+        self.assertIn("has a certificate whose key", str(refused.exception))
+        self.assertIn("65537", str(refused.exception))
 
     def test_jwk_set(self) -> None:
         good = dict(jose.public_jwk(_KEYS["ES256"]), kid="a")

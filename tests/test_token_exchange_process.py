@@ -243,9 +243,41 @@ def test_refusals(services: Services) -> None:
         b.token_exchange(
             subject_token=a_token, subject_token_type=ACCESS_TOKEN_TYPE, audience=D_API
         )
+    with pytest.raises(InvalidScope):  # more than the subject token has
+        write_only = str(services.library(services.a).client_credentials(scope="orders:write"))
+        b.token_exchange(
+            subject_token=write_only, subject_token_type=ACCESS_TOKEN_TYPE, scope="orders:read"
+        )
+    for actor_token in ("not-a-token", a_token[:-2] + "xx"):
+        with pytest.raises(InvalidRequest):
+            b.token_exchange(
+                subject_token=a_token,
+                subject_token_type=ACCESS_TOKEN_TYPE,
+                actor_token=actor_token,
+                actor_token_type=ACCESS_TOKEN_TYPE,
+            )
     for form in ({}, {"subject_token": a_token}, {"subject_token_type": ACCESS_TOKEN_TYPE}):
         response = services.exchange(services.b, **form)
         assert (response.status_code, response.json()["error"]) == (400, "invalid_request")
+
+
+def test_deleted_clients_subject_token(services: Services) -> None:
+    """
+    A subject token whose client has since been deleted is refused as
+    invalid (RFC 8693 §2.2.2), on every store.
+    """
+    gone = services.server.register(scope="orders:read", audience=[B_API])
+    token = str(services.library(gone).client_credentials())
+    deleted = requests.delete(
+        gone["registration_client_uri"],
+        headers={"Authorization": f"Bearer {gone['registration_access_token']}"},
+        timeout=30,
+    )
+    assert deleted.status_code == 204, deleted.text
+    with pytest.raises(InvalidRequest):
+        services.library(services.b).token_exchange(
+            subject_token=token, subject_token_type=ACCESS_TOKEN_TYPE
+        )
 
 
 def test_revoked_and_expired_subject_tokens(services: Services) -> None:
