@@ -52,19 +52,42 @@ REPO = Path(__file__).resolve().parent.parent
 #: process without it.
 MARKER = "process"
 
-#: "ccserver" as a command, a module (C{ccserver.admin}) or an import, not
-#: as part of a name (C{/tmp/ccserver-run-...}, C{ccserver_1_2}).
-_CCSERVER = re.compile(r"(?<![\w/.-])ccserver(?![\w-])")
+#: Python code that imports ccserver.
+_IMPORTS_CCSERVER = re.compile(r"\b(?:from|import)\s+ccserver\b")
+
+#: A shell command that runs ccserver.
+_SHELL_RUNS_CCSERVER = re.compile(
+    r"(?:^|[\s;&|(])(?:twist\s+ccserver\b|ccserver(?:\s|$)|-m\s+(?:twisted\s+ccserver|ccserver)\b)"
+)
 
 
 def runs_ccserver(argv: Sequence[object]) -> bool:
     """
     Whether a child process with this command line runs ccserver's code:
-    C{python -m twisted ccserver}, C{twist ccserver}, C{ccserver ...},
-    C{python -m ccserver.admin}, C{python -c "from ccserver..."}, or a
-    shell command that runs one of those.
+    C{twist ccserver}, C{python -m twisted ccserver}, the C{ccserver}
+    command, C{python -m ccserver.admin}, C{python -c "from ccserver..."},
+    or a shell command that runs one of those.
     """
-    return any(_CCSERVER.search(os.fsdecode(arg)) for arg in argv if isinstance(arg, (str, bytes)))
+    args = [os.fsdecode(arg) for arg in argv if isinstance(arg, (str, bytes))]
+    if not args:
+        return False
+    program, rest = Path(args[0]).name, args[1:]
+    if program == "ccserver":
+        return True
+    if program == "twist":
+        return "ccserver" in rest
+    if program.startswith("python"):
+        for option, value in zip(rest, rest[1:], strict=False):
+            if option == "-m":
+                if value == "twisted":
+                    return "ccserver" in rest
+                return value == "ccserver" or value.startswith("ccserver.")
+            if option == "-c":
+                return bool(_IMPORTS_CCSERVER.search(value))
+        return False
+    if program in ("sh", "bash", "dash"):
+        return any(_SHELL_RUNS_CCSERVER.search(arg) for arg in rest)
+    return False
 
 
 class UnmarkedProcessTest(Exception):

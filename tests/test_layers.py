@@ -413,6 +413,9 @@ class ProcessMarkerTests(SynchronousTestCase):
             ["curl", "-sS", "http://127.0.0.1:1/client-reg"],
             ["psql", "ccserver_12_3"],
             ["pgrep", "-P", "12"],
+            ["git", "ls-files", "ccserver"],
+            [sys.executable, "-m", "pip", "install", "--target", "/tmp/ccserver-x", "."],
+            [sys.executable, "-m", "towncrier", "build", "--draft"],
         ):
             self.assertFalse(runs_ccserver(argv), argv)
 
