@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
@@ -37,28 +37,46 @@ class NotYet(Exception):
 
 class Deadline:
     """
-    The bookkeeping both faces share: when the wait ends, and the last
-    reason it was not over yet.
+    The rule both faces share: what ends a wait, and when it has lasted
+    too long.
     """
 
-    def __init__(self, timeout: float, what: str) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        what: str,
+        tolerate: tuple[type[BaseException], ...],
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.timeout = timeout
         self.what = what
-        self.ends = time.monotonic() + timeout
+        self.now = now
+        self.ends = now() + timeout
+        self.not_yet: tuple[type[BaseException], ...] = (NotYet, *tolerate)
+        #: the last reason it was not over yet
         self.last: BaseException | None = None
 
-    def passed(self) -> bool:
-        return time.monotonic() >= self.ends
+    def done(self, outcome: object) -> bool:
+        """
+        Whether C{outcome} (a predicate's value, or the exception it
+        raised) ends the wait: a true value does; an exception of
+        C{not_yet} is kept as the reason to wait on; any other is raised.
 
-    def error(self) -> AssertionError:
+        @raise AssertionError: the wait is not over, and the deadline has
+            passed: naming C{what} and the last reason.
         """
-        The error to raise at the deadline, naming C{what} and the last
-        tolerated error.
-        """
-        return AssertionError(
-            f"{self.what} did not happen within {self.timeout:g} s"
-            + (f" (last: {self.last!r})" if self.last is not None else "")
-        )
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, self.not_yet):
+                raise outcome
+            self.last = outcome
+        elif outcome:
+            return True
+        if self.now() >= self.ends:
+            raise AssertionError(
+                f"{self.what} did not happen within {self.timeout:g} s"
+                + (f" (last: {self.last!r})" if self.last is not None else "")
+            )
+        return False
 
 
 def wait_until(
@@ -79,18 +97,15 @@ def wait_until(
     @raise AssertionError: at C{timeout} seconds, naming C{what} and the
         last tolerated error.
     """
-    deadline = Deadline(timeout, what)
-    not_yet: tuple[type[BaseException], ...] = (NotYet, *tolerate)
+    deadline = Deadline(timeout, what, tolerate)
     while True:
+        outcome: T | BaseException
         try:
-            result = predicate()
-        except not_yet as e:
-            deadline.last = e
-        else:
-            if result:
-                return result
-        if deadline.passed():
-            raise deadline.error()
+            outcome = predicate()
+        except BaseException as e:
+            outcome = e
+        if deadline.done(outcome):
+            return cast(T, outcome)
         time.sleep(interval)
 
 
@@ -106,20 +121,17 @@ async def eventually(
     """
     L{wait_until} for a test under the reactor: C{predicate} may return
     an awaitable (a store's Deferred), and the wait between two calls is
-    on C{clock}, so the reactor turns meanwhile.
+    on C{clock}, so the reactor turns meanwhile; so is the deadline.
     """
-    deadline = Deadline(timeout, what)
-    not_yet: tuple[type[BaseException], ...] = (NotYet, *tolerate)
+    deadline = Deadline(timeout, what, tolerate, clock.seconds)
     while True:
+        outcome: T | Awaitable[T] | BaseException
         try:
-            result = predicate()
-            if isinstance(result, Awaitable):
-                result = await result
-        except not_yet as e:
-            deadline.last = e
-        else:
-            if result:
-                return result
-        if deadline.passed():
-            raise deadline.error()
+            outcome = predicate()
+            if isinstance(outcome, Awaitable):
+                outcome = await outcome
+        except BaseException as e:
+            outcome = e
+        if deadline.done(outcome):
+            return cast(T, outcome)
         await deferLater(clock, interval, lambda: None)
