@@ -33,6 +33,7 @@ from ccserver.stores.sql import (
     url_secrets,
 )
 from ccserver.stores.sqlpool import ConnectionPool, PooledConnection, held_connection
+from ccserver.stores.urls import sqlite_path
 from ccserver.testing.servers import postgres_server
 from tests.process import REPO, run_python
 from tests.test_codec import (
@@ -133,9 +134,9 @@ class URLTests(SynchronousTestCase):
     def test_sqlite_urls(self) -> None:
         relative = SQLStore.from_url("sqlite:///data/ccserver.db", reactor, timeout=1)
         self.assertEqual(relative.url, "sqlite:///data/ccserver.db")
-        self.assertEqual(relative._connect_args, ("data/ccserver.db",))
+        self.assertEqual(sqlite_path(relative.url), Path("data/ccserver.db"))
         absolute = SQLStore.from_url("sqlite:////var/lib/cc.db", reactor, timeout=1)
-        self.assertEqual(absolute._connect_args, ("/var/lib/cc.db",))
+        self.assertEqual(sqlite_path(absolute.url), Path("/var/lib/cc.db"))
 
     def test_other_scheme(self) -> None:
         with self.assertRaises(ConfigError):
