@@ -68,7 +68,7 @@ def runs_ccserver(argv: Sequence[object]) -> bool:
     command, C{python -m ccserver.admin}, C{python -c "from ccserver..."},
     or a shell command that runs one of those.
     """
-    args = [os.fsdecode(arg) for arg in argv if isinstance(arg, (str, bytes))]
+    args = _strings(argv)
     if not args:
         return False
     program, rest = Path(args[0]).name, args[1:]
@@ -88,6 +88,10 @@ def runs_ccserver(argv: Sequence[object]) -> bool:
     if program in ("sh", "bash", "dash"):
         return any(_SHELL_RUNS_CCSERVER.search(arg) for arg in rest)
     return False
+
+
+def _strings(argv: Sequence[object]) -> list[str]:
+    return [os.fsdecode(arg) for arg in argv if isinstance(arg, (str, bytes, os.PathLike))]
 
 
 class UnmarkedProcessTest(Exception):
@@ -125,7 +129,8 @@ def audit(event: str, args: tuple[Any, ...]) -> None:
         return
     argv = args[1] if isinstance(args[1], (list, tuple)) else [args[1]]
     if runs_ccserver(argv):
-        require_marker(" ".join(os.fsdecode(a) for a in argv if isinstance(a, (str, bytes))))
+        require_marker(" ".join(_strings(argv)))
+
 
 #: The file that L{print_figure} adds its lines to, for the summary at the
 #: end of the run (tests/conftest.py); set by the run.
