@@ -120,6 +120,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run ccserver with its access log on (its default; off here by default, "
         "as node-oidc-provider logs nothing per request)",
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="run ccserver with [tracing] on, every span kept and exported with OTLP to a "
+        "collector the bench runs on loopback (which drops them) [off]",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.seconds <= 0 or args.warmup <= 0:
         parser.error("--rounds, --seconds and --warmup must be positive")
@@ -193,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             f"load average now {loadavg()}; {(time.monotonic() - started) / 60:.1f} min)")
         if bench.rows:
             print_table(bench.rows)
+        if bench.collector is not None:
+            say(f"--tracing: the collector received {bench.collector.exports} OTLP exports")
+            bench.collector.stop()
         memory.print_memory_table(memory_rows)
         if args.profile:
             profiling.profile(bench, args.profile)

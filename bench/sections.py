@@ -25,6 +25,7 @@ from bench.cases import (
     STORE_TARGET,
     Case,
 )
+from bench.collector import Collector
 from bench.cpu import loadavg
 from bench.errors import MEASUREMENT_ERRORS, BenchError, NotAvailable
 from bench.output import loud, say
@@ -55,6 +56,8 @@ class Bench:
         self.rows: list[Row] = []
         self.running: list[Server] = []
         self._serial = 0
+        #: with --tracing: the collector every ccserver exports its spans to
+        self.collector = Collector() if getattr(args, "tracing", False) else None
 
     def workdir(self, name: str) -> Path:
         self._serial += 1
@@ -253,6 +256,7 @@ class Bench:
             client_cache_seconds=client_cache_seconds,
             encryption_key_file=encryption_key_file,
             access_log=self.args.access_log,
+            tracing_endpoint=None if self.collector is None else self.collector.endpoint,
         )
 
     def remove_support(self, support: list[Any]) -> None:

@@ -202,8 +202,11 @@ class CCServer(Server):
         client_cache_seconds: float | None = None,
         encryption_key_file: Path | None = None,
         access_log: bool = False,
+        tracing_endpoint: str | None = None,
     ) -> None:
         super().__init__(label, workdir)
+        #: [tracing] endpoint (--tracing): every span exported there
+        self.tracing_endpoint = tracing_endpoint
         self.case = case
         self.store_url = store_url
         self.workers = workers
@@ -231,6 +234,8 @@ class CCServer(Server):
             toml += ["", "[store]", f"client_cache_seconds = {float(self.client_cache_seconds)!r}"]
         if self.encryption_key_file is not None:
             toml += ["", "[keys]", f"encryption_key_file = {json.dumps(str(self.encryption_key_file))}"]
+        if self.tracing_endpoint is not None:
+            toml += ["", "[tracing]", f"endpoint = {json.dumps(self.tracing_endpoint)}", "sampling = 1.0"]
         config = self.workdir / "ccserver.toml"
         config.write_text("\n".join(toml) + "\n")
         env = dict(os.environ)

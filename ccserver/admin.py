@@ -12,9 +12,18 @@ server's store while it runs.
     ccserver [--config FILE] [--store URL] clients create --federated-identity ISS SUB ...
     ccserver [--config FILE] [--store URL] clients delete CLIENT_ID
     ccserver [--config FILE] [--store URL] clients rotate-secret CLIENT_ID [--grace SECONDS]
+    ccserver [--config FILE] [--store URL] clients set-rate-limit CLIENT_ID
+        (--token-rate-limit RATE[:BURST] | --off)
+    ccserver [--config FILE] [--store URL] registration-tokens create [--expires 7d] [--uses N] ...
+    ccserver [--config FILE] [--store URL] registration-tokens list [--json]
+    ccserver [--config FILE] [--store URL] registration-tokens revoke ID
 
 It reads the same configuration as C{twist ccserver} and works on the same
-store; running servers follow its changes without a restart.
+store; running servers follow its changes without a restart.  Each action
+that changes or reads the store is told to the audit trail (C{[audit]
+log}; standard error when that is standard output, where the command
+writes what it prints), as done by the operating system user who ran it;
+a command that cannot write the audit trail does nothing.
 """
 
 from __future__ import annotations
@@ -22,28 +31,36 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
+import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import react
 
-from ccserver import __version__, firststart, strictjson
+from ccserver import __version__, audit, firststart, strictjson
+from ccserver.auditlog import AuditWriter, open_writer
 from ccserver.clients import all_clients, public_view, rotate_secret
-from ccserver.config import Config, load_config
+from ccserver.config import Config, format_duration, load_config, parse_duration
 from ccserver.errors import ConfigError, OAuthError, StoreUnavailable
 from ccserver.firststart import key_encryption, key_mismatch
 from ccserver.grants import find_grant_types
 from ccserver.interfaces import IStore
-from ccserver.keys import KeyDecryptionError, Keyring
+from ccserver.keys import KeyDecryptionError, Keyring, RotationUnderWay, audit_key_events
+from ccserver.model import Client, InitialAccessToken, is_resource_uri, is_scope_token
 from ccserver.oauth.registration import (
     AUTH_METHODS,
     ClientRegistry,
+    initial_access_token_limits,
+    new_initial_access_token,
     register_client,
+    registered_fields,
     registration_response,
+    requested_token_rate_limit,
 )
 from ccserver.pluginloader import scan_plugins
 from ccserver.stores import store_from_settings
@@ -66,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="signing keys").add_subparsers(
         dest="action", required=True
     )
-    keys.add_parser("list", help="list the signing keys and their states")
+    keys.add_parser(
+        "list", help="list the signing keys and their states, and when the next rotation is due"
+    )
     rotate = keys.add_parser(
         "rotate",
         help="publish a new signing key now; sign with it after the activation delay",
@@ -83,7 +102,76 @@ def _parser() -> argparse.ArgumentParser:
     )
     retire.add_argument("kid", nargs="?")
     _clients_parser(commands)
+    _registration_tokens_parser(commands)
     return parser
+
+
+def _registration_tokens_parser(commands: Any) -> None:
+    tokens = commands.add_parser(
+        "registration-tokens",
+        help="initial access tokens: let a team register its own clients at POST /client-reg, "
+        "within limits, without the master token",
+    ).add_subparsers(dest="action", required=True)
+    create = tokens.add_parser(
+        "create",
+        help="make an initial access token; prints it, this once",
+        description="Make an initial access token (RFC 7591 section 3): its holder registers "
+        "clients at POST /client-reg with it as a bearer token, until it expires or has "
+        "registered --uses clients, each within the limits given here (none given: no limit). "
+        "Prints the token this once; the server keeps only its digest.",
+    )
+    create.add_argument(
+        "--expires",
+        default=DEFAULT_INITIAL_ACCESS_TOKEN_EXPIRY,
+        metavar="DURATION",
+        help="how long it registers: a number and s, m, h, d or w, e.g. 7d [default: "
+        f"{DEFAULT_INITIAL_ACCESS_TOKEN_EXPIRY}]",
+    )
+    create.add_argument(
+        "--uses",
+        type=int,
+        default=1,
+        metavar="N",
+        help="how many clients it may register [default: 1]",
+    )
+    create.add_argument(
+        "--note", default="", help="who or what it is for, shown by list and in the audit trail"
+    )
+    create.add_argument(
+        "--scope-limit",
+        metavar="SCOPE",
+        help='the scope values its clients may register, e.g. "read write" [default: any]',
+    )
+    create.add_argument(
+        "--audience-limit",
+        action="append",
+        metavar="URI",
+        help="an audience (or resource server URI) its clients may register; repeatable "
+        "[default: any]",
+    )
+    create.add_argument(
+        "--auth-method-limit",
+        action="append",
+        metavar="METHOD",
+        help="an authentication method its clients may register; repeatable [default: any]",
+    )
+    create.add_argument(
+        "--grant-type-limit",
+        action="append",
+        metavar="GRANT",
+        help="a grant type its clients may register (client_credentials, "
+        "urn:ietf:params:oauth:grant-type:token-exchange, or a grant type plugin's); "
+        "repeatable [default: any]",
+    )
+    create.add_argument("--json", action="store_true", help="print it as JSON")
+    listing = tokens.add_parser(
+        "list", help="list the initial access tokens (never the tokens themselves)"
+    )
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    revoke = tokens.add_parser(
+        "revoke", help="revoke an initial access token: it registers no more clients"
+    )
+    revoke.add_argument("id", help="its identifier (iat_...), as create and list print it")
 
 
 def _clients_parser(commands: Any) -> None:
@@ -133,6 +221,45 @@ def _clients_parser(commands: Any) -> None:
         type=int,
         help="seconds the old secret still works [default: [clients] secret_rotation_grace]",
     )
+    limit = clients.add_parser(
+        "set-rate-limit",
+        help="set how many tokens a client may be issued (its token_rate_limit), or --off "
+        "for the server's default ([limits] tokens_per_client_per_second)",
+    )
+    limit.add_argument("client_id")
+    chosen = limit.add_mutually_exclusive_group(required=True)
+    chosen.add_argument(
+        "--token-rate-limit",
+        metavar="RATE[:BURST]",
+        help="tokens a second, on average, and the most at once [default burst: a "
+        "second's worth], e.g. 50 or 50:200 or 0.5:5",
+    )
+    chosen.add_argument(
+        "--off", action="store_true", help="no limit of its own: the server's default applies"
+    )
+
+
+def rate_limit_option(text: str) -> dict[str, Any]:
+    """
+    C{--token-rate-limit RATE[:BURST]} as a C{token_rate_limit} object;
+    its values are checked by the registration rules.
+
+    @raise CommandError: it is not one or two numbers.
+    """
+    rate, _, burst = text.partition(":")
+    try:
+        value: dict[str, Any] = {"tokens_per_second": _number(rate)}
+        if burst:
+            value["burst"] = _number(burst)
+    except ValueError:
+        raise CommandError(
+            f"--token-rate-limit: {text!r} is not RATE or RATE:BURST (e.g. 50 or 50:200)"
+        ) from None
+    return value
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.strip().isdigit() else float(text)
 
 
 @frozen
@@ -143,7 +270,8 @@ class MetadataOption:
     @ivar field: the RFC 7591 (or this server's) metadata name.
     @ivar kind: C{"text"}; C{"list"} (the option repeats, one value each);
         C{"int"}; C{"flag"} (true when given); C{"json-file"} (a file
-        holding the field's JSON value).
+        holding the field's JSON value); C{"rate"} (RATE[:BURST], a
+        C{token_rate_limit}).
     @ivar flags: the option's names, the first C{--field-name} unless given.
     """
 
@@ -178,6 +306,8 @@ class MetadataOption:
     def value(self, given: Any) -> Any:
         if self.kind == "json-file":
             return _read_json(self.names[0], given)
+        if self.kind == "rate":
+            return rate_limit_option(given)
         return given
 
 
@@ -330,6 +460,13 @@ CREATE_OPTIONS = (
     MetadataOption("policy_uri", "text", "its privacy policy", metavar="URL"),
     MetadataOption("software_id", "text", "its software's identifier", metavar="ID"),
     MetadataOption("software_version", "text", "its software's version", metavar="VERSION"),
+    MetadataOption(
+        "token_rate_limit",
+        "rate",
+        "tokens it may be issued a second, and the most at once [default burst: a second's "
+        "worth], e.g. 50 or 50:200 (this server's own field, for the operator only)",
+        metavar="RATE[:BURST]",
+    ),
 )
 
 
@@ -422,7 +559,9 @@ def _store(reactor: Any, config: Config) -> IStore:
     return store_from_settings(config.store, reactor)
 
 
-async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespace) -> None:
+async def run_clients(
+    reactor: Any, config: Config, arguments: argparse.Namespace, actor: audit.Actor
+) -> None:
     """
     C{ccserver clients ...}, on an open store.  The operator is trusted: no
     token is asked for.  Nothing here caches a client, and running servers
@@ -448,6 +587,7 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
             client = await store.get_client(_client_id(arguments.client_id))
             if client is None:
                 raise CommandError(f"no client {arguments.client_id!r}")
+            audit.emit(audit.CLIENT_READ, actor, client_id=client.client_id)
             _print_json(public_view(client, reactor.seconds()))
         elif action == "create":
             body = registration_body(arguments)
@@ -466,10 +606,12 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
                 grant_types(),
                 trusted_issuers,
             )
+            audit.emit(audit.CLIENT_REGISTERED, actor, **registered_fields(registration.client))
             _print_json(registration_response(registration, config.issuer))
         elif action == "delete":
             if not await registry.remove(_client_id(arguments.client_id)):
                 raise CommandError(f"no client {arguments.client_id!r}")
+            audit.emit(audit.CLIENT_DELETED, actor, client_id=arguments.client_id)
             _print(f"deleted {arguments.client_id}; its tokens are revoked")
         elif action == "rotate-secret":
             grace = (
@@ -484,9 +626,204 @@ async def run_clients(reactor: Any, config: Config, arguments: argparse.Namespac
             )
             if rotation is None:
                 raise CommandError(f"no client {arguments.client_id!r}")
+            audit.emit(
+                audit.CLIENT_SECRET_ROTATED,
+                actor,
+                client_id=rotation.client_id,
+                previous_secret_expires_at=rotation.previous_secret_expires_at,
+            )
             _print_json(rotation.as_json())
+        elif action == "set-rate-limit":
+            client = await set_rate_limit(store, arguments, actor)
+            _print_json(public_view(client, reactor.seconds()))
     finally:
         await store.close()
+
+
+async def set_rate_limit(
+    store: IStore, arguments: argparse.Namespace, actor: audit.Actor
+) -> Client:
+    """
+    C{clients set-rate-limit}: the client's own token rate limit, or none
+    (C{--off}); told to the audit trail as the command user's update.
+    """
+    value = None if arguments.off else rate_limit_option(arguments.token_rate_limit)
+    try:
+        limit = requested_token_rate_limit({"token_rate_limit": value})
+    except OAuthError as e:
+        raise CommandError(f"--token-rate-limit: {e.description.split(': ', 1)[1]}") from None
+    client = await store.get_client(_client_id(arguments.client_id))
+    if client is None:
+        raise CommandError(f"no client {arguments.client_id!r}")
+    changed = evolve(client, token_rate_limit=limit)
+    if not await store.replace_client(changed):
+        raise CommandError(f"no client {arguments.client_id!r}")
+    if limit != client.token_rate_limit:
+        audit.emit(
+            audit.CLIENT_UPDATED,
+            actor,
+            None,
+            client_id=client.client_id,
+            changed_fields=["token_rate_limit"],
+        )
+    return changed
+
+
+#: How long an initial access token registers unless --expires says.
+DEFAULT_INITIAL_ACCESS_TOKEN_EXPIRY = "1d"
+#: The longest --note.
+MAX_NOTE = 200
+
+
+async def run_registration_tokens(
+    reactor: Any, config: Config, arguments: argparse.Namespace, actor: audit.Actor
+) -> None:
+    """
+    C{ccserver registration-tokens ...}: make, list and revoke initial
+    access tokens (RFC 7591 §3), on an open store.
+    """
+    if arguments.action == "create":
+        # checked before the store is opened: a mistake changes nothing
+        limits = initial_access_token_options(arguments)
+    store = _store(reactor, config)
+    await store.open()
+    try:
+        now = int(reactor.seconds())
+        if arguments.action == "create":
+            token, record = new_initial_access_token(now, **limits)
+            await store.add_initial_access_token(record)
+            audit.emit(
+                audit.INITIAL_ACCESS_TOKEN_CREATED,
+                actor,
+                initial_access_token_id=record.token_id,
+                expires_at=record.expires_at,
+                max_uses=record.max_uses,
+                note=record.note or None,
+                **initial_access_token_limits(record),
+            )
+            _print_created(token, record, arguments.json)
+        elif arguments.action == "list":
+            tokens = await store.list_initial_access_tokens()
+            _print_initial_access_tokens(tokens, now, arguments.json)
+        elif arguments.action == "revoke":
+            problem = identifier_problem(arguments.id)
+            if problem is not None:
+                raise CommandError(f"id {problem}")
+            if not await store.revoke_initial_access_token(arguments.id, now):
+                raise CommandError(f"no initial access token {arguments.id!r}")
+            audit.emit(audit.INITIAL_ACCESS_TOKEN_REVOKED, actor, initial_access_token_id=arguments.id)
+            _print(f"revoked {arguments.id}; it registers no more clients")
+    finally:
+        await store.close()
+
+
+def initial_access_token_options(arguments: argparse.Namespace) -> dict[str, Any]:
+    """
+    The options of C{registration-tokens create}, checked, as
+    L{new_initial_access_token} takes them.
+
+    @raise CommandError: naming the option that is wrong.
+    """
+    try:
+        expires_in = parse_duration(arguments.expires)
+    except ValueError as e:
+        raise CommandError(f"--expires: {e}") from None
+    if not 1 <= arguments.uses <= MAX_INITIAL_ACCESS_TOKEN_USES:
+        raise CommandError(f"--uses: must be 1 to {MAX_INITIAL_ACCESS_TOKEN_USES}")
+    note = arguments.note
+    if len(note) > MAX_NOTE or not note.isprintable():
+        raise CommandError(f"--note: must be printable text of at most {MAX_NOTE} characters")
+    scope = None
+    if arguments.scope_limit is not None:
+        values = arguments.scope_limit.split()
+        if not all(is_scope_token(value) for value in values):
+            raise CommandError(
+                "--scope-limit: must be scope values separated by spaces (RFC 6749 §3.3)"
+            )
+        scope = values
+    for uri in arguments.audience_limit or ():
+        if not is_resource_uri(uri):
+            raise CommandError(f"--audience-limit: {uri!r} is not an absolute URI without fragment")
+    for option, given, known in (
+        ("--auth-method-limit", arguments.auth_method_limit, AUTH_METHODS),
+        ("--grant-type-limit", arguments.grant_type_limit, grant_types()),
+    ):
+        for value in given or ():
+            if value not in known:
+                raise CommandError(f"{option}: {value!r} is not one of " + ", ".join(known))
+    return {
+        "expires_in": expires_in,
+        "max_uses": arguments.uses,
+        "note": note,
+        "scope_limit": scope,
+        "audience_limit": arguments.audience_limit,
+        "auth_method_limit": arguments.auth_method_limit,
+        "grant_type_limit": arguments.grant_type_limit,
+    }
+
+
+#: The most clients one initial access token may register.
+MAX_INITIAL_ACCESS_TOKEN_USES = 1_000_000
+
+
+def initial_access_token_view(token: InitialAccessToken, now: float) -> dict[str, Any]:
+    """
+    What C{registration-tokens list --json} prints of one: never the token
+    or its digest.
+    """
+    return {
+        "id": token.token_id,
+        "state": token.unusable(now) or "active",
+        "created_at": token.created_at,
+        "expires_at": token.expires_at,
+        "uses": token.uses,
+        "max_uses": token.max_uses,
+        "note": token.note,
+        "revoked_at": token.revoked_at,
+        **initial_access_token_limits(token),
+    }
+
+
+def _print_created(token: str, record: InitialAccessToken, as_json: bool) -> None:
+    if as_json:
+        _print_json({"initial_access_token": token, **initial_access_token_view(record, 0)})
+        return
+    _print(token)
+    _print(
+        f"{record.token_id}: registers {record.max_uses} "
+        f"client{'s' if record.max_uses != 1 else ''} until {_when(record.expires_at)} UTC "
+        "(POST /client-reg, with it as a bearer token); the token above is shown this once",
+        file=sys.stderr,
+    )
+
+
+def _limits_text(token: InitialAccessToken) -> str:
+    named = [
+        f"{name}: {' '.join(value)}"
+        for name, value in (
+            ("scope", token.scope_limit),
+            ("audience", token.audience_limit),
+            ("auth", token.auth_method_limit),
+            ("grant", token.grant_type_limit),
+        )
+        if value is not None
+    ]
+    return "; ".join(named) or "-"
+
+
+def _print_initial_access_tokens(
+    tokens: list[InitialAccessToken], now: float, as_json: bool
+) -> None:
+    if as_json:
+        _print_json([initial_access_token_view(token, now) for token in tokens])
+        return
+    _print(f"{'id':16} {'state':8} {'expires (UTC)':19}  {'uses':>11}  note / limits")
+    for token in tokens:
+        uses = f"{token.uses}/{token.max_uses}"
+        _print(
+            f"{token.token_id:16} {token.unusable(now) or 'active':8} "
+            f"{_when(token.expires_at):19}  {uses:>11}  {token.note or '-'} / {_limits_text(token)}"
+        )
 
 
 async def _list_clients(store: IStore, now: float, as_json: bool) -> None:
@@ -520,9 +857,32 @@ def _when(seconds: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
 
 
-async def run(reactor: Any, config: Config, arguments: argparse.Namespace) -> None:
+def cli_actor(environ: Mapping[str, str]) -> audit.Actor:
+    """
+    The audit trail's actor for this command: the operating system user
+    running it (by its effective uid), and the one who ran it through sudo.
+    """
+    uid = os.geteuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    return audit.cli(user, environ.get("SUDO_USER"))
+
+
+async def run(
+    reactor: Any, config: Config, arguments: argparse.Namespace, actor: audit.Actor | None = None
+) -> None:
+    """
+    The command C{arguments} name, told to the audit trail as done by
+    C{actor} (by default L{cli_actor}).
+    """
+    actor = actor or cli_actor(os.environ)
     if arguments.command == "clients":
-        await run_clients(reactor, config, arguments)
+        await run_clients(reactor, config, arguments, actor)
+        return
+    if arguments.command == "registration-tokens":
+        await run_registration_tokens(reactor, config, arguments, actor)
         return
     store = _store(reactor, config)
     encryptor, fresh_key_file = key_encryption(config)
@@ -534,6 +894,7 @@ async def run(reactor: Any, config: Config, arguments: argparse.Namespace) -> No
             config.tokens.signing_alg,
             config.tokens.max_lifetime,
             reactor.seconds,
+            audit_key_events(actor),
         )
         try:
             await keyring.refresh()
@@ -543,9 +904,11 @@ async def run(reactor: Any, config: Config, arguments: argparse.Namespace) -> No
             delay = config.keys.activation_delay if arguments.delay is None else arguments.delay
             if delay < 0:
                 raise ConfigError("--delay: must be 0 or more")
-            new = await keyring.rotate(delay)
+            # under the rotation's lease: never at once with a scheduled one
+            new = await keyring.rotate_exclusively(delay, store, f"cli:{secrets.token_hex(8)}")
             _print(f"published {new.kid} ({new.alg}); it signs from {_when(new.active_from)} UTC")
         elif arguments.action == "retire":
+            # the keyring tells the audit trail of each key it retires or deletes
             for retired in await keyring.retire(arguments.kid):
                 verb = "stopped signing with" if arguments.kid else "deleted"
                 _print(f"{verb} {retired.kid}")
@@ -558,17 +921,32 @@ async def run(reactor: Any, config: Config, arguments: argparse.Namespace) -> No
                 f"{_when(stored.created_at):19}  {_when(stored.active_from):19}  "
                 f"{_when(stored.retired_at)}"
             )
+        _print(rotation_schedule(keyring, config.keys.rotate_every, reactor.seconds()))
     finally:
         await store.close()
 
 
+def rotation_schedule(keyring: Keyring, rotate_every: int | None, now: float) -> str:
+    """
+    The line of C{keys list} that says when the keys are next rotated on
+    their schedule ([keys] rotate_every), or that they are not.
+    """
+    if rotate_every is None:
+        return "scheduled rotation: off ([keys] rotate_every is not set)"
+    due = keyring.next_rotation(rotate_every)
+    when = "now (at the next check of a running server)" if due <= now else f"{_when(int(due))} UTC"
+    return f"scheduled rotation: every {format_duration(rotate_every)}; next {when}"
+
+
 #: The clients actions that take a client id.
-_ON_ONE_CLIENT = ("show", "delete", "rotate-secret")
+_ON_ONE_CLIENT = ("show", "delete", "rotate-secret", "set-rate-limit")
+#: Their options that take a value (the next argument, or after "=").
+_VALUE_OPTIONS = ("--grace", "--token-rate-limit")
 
 
 def protect_client_id(argv: Sequence[str]) -> list[str]:
     """
-    C{argv} with the client id of C{clients show|delete|rotate-secret} put
+    C{argv} with the client id of C{clients show|delete|rotate-secret|set-rate-limit} put
     after a C{--}: a client id is URL-safe base64 and one in sixty-four
     starts with C{-}, which argparse would take for an option.
     """
@@ -585,16 +963,26 @@ def protect_client_id(argv: Sequence[str]) -> list[str]:
         if arg == "--":
             options += rest[index:]
             break
-        if arg == "--grace" and index + 1 < len(rest):
+        if arg in _VALUE_OPTIONS and index + 1 < len(rest):
             options += rest[index : index + 2]
             index += 1
-        elif arg in ("-h", "--help") or arg.startswith("--grace=") or client_id is not None:
+        elif (
+            arg in ("-h", "--help", "--off")
+            or arg.startswith(tuple(f"{option}=" for option in _VALUE_OPTIONS))
+            or client_id is not None
+        ):
             options.append(arg)
         else:
             client_id = arg
         index += 1
     protected = args[: at + 1] + options
     return protected if client_id is None else [*protected, "--", client_id]
+
+
+def _closing(result: object, writer: AuditWriter) -> object:
+    audit.publisher.removeObserver(writer)
+    writer.close()
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -611,15 +999,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     if config.store.url.startswith("memory:"):
         sys.exit("ccserver: --store: a memory:// store lives inside its server; nothing to manage")
 
+    try:
+        # "-" is standard error here: standard output is what the command prints
+        writer = open_writer(config.audit, config.issuer, stdout=2, write_through=True)
+    except OSError as e:
+        sys.exit(f"ccserver: [audit] log: cannot write the audit trail: {e.strerror or e}")
+    audit.publisher.addObserver(writer)
+
     def start(reactor: Any) -> Any:
         d = ensureDeferred(run(reactor, config, arguments))
+        d.addBoth(_closing, writer)
 
         def failed(failure: Any) -> None:
             if failure.check(BrokenPipeError):
                 # the reader went away (ccserver clients list | head): done
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 raise SystemExit(0)
-            failure.trap(ConfigError, ValueError, StoreUnavailable, CommandError, OAuthError)
+            failure.trap(
+                ConfigError, ValueError, StoreUnavailable, CommandError, OAuthError, RotationUnderWay
+            )
             _print(f"ccserver: {failure.getErrorMessage()}", file=sys.stderr)
             raise SystemExit(1)
 

@@ -22,12 +22,14 @@ from prometheus_client import CollectorRegistry
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from ccserver import audit
+from ccserver.auditlog import AuditWriter
 from ccserver.config import Config, TrustedIssuerConfig
 from ccserver.firststart import FirstStart
 from ccserver.grants import builtin_grant_types
 from ccserver.health import Readiness
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
-from ccserver.keys import KeyEncryptor, Keyring
+from ccserver.keys import KeyEncryptor, Keyring, audit_key_events
 from ccserver.keysets import (
     DiscoveredKeys,
     FetchedKeys,
@@ -46,6 +48,7 @@ from ccserver.metrics import (
     metrics_root,
     scrape_registry,
 )
+from ccserver.model import TokenRateLimit
 from ccserver.oauth.assertions import MAX_CLIENT_KEYS, AssertionVerifier
 from ccserver.oauth.clientauth import ClientAuthenticator
 from ccserver.oauth.discovery import metadata
@@ -58,7 +61,7 @@ from ccserver.oauth.federation import (
 )
 from ccserver.oauth.grants import OfferedGrants
 from ccserver.oauth.introspection import AccessTokenValidator, TokenIntrospection
-from ccserver.oauth.limits import AuthLimits, IssuanceLimit
+from ccserver.oauth.limits import AuthLimits, IssuanceLimit, audit_rate_limited
 from ccserver.oauth.registration import ClientRegistry
 from ccserver.oauth.tokens import (
     Signer,
@@ -72,6 +75,7 @@ from ccserver.proxies import trusted_networks
 from ccserver.stores.cache import CachingClientStore
 from ccserver.stores.memory import MemoryStore
 from ccserver.tls import ChainVerifier, ClientCertificateReader
+from ccserver.tracing import TracedStore, Tracing, traced_handler, traced_signer
 from ccserver.web import ROUTES, CCServerApp, CCServerSite, route_template
 
 _log = Logger()
@@ -92,6 +96,9 @@ class Prepared:
     @ivar client_ca: the certificates of C{[tls] client_ca}, if set.
     @ivar metrics_directory: the main process's multiprocess metrics
         directory, with C{--metrics} and C{--workers N}.
+    @ivar audit: the writer of the audit trail, its destination open
+        (None only where a test builds a tree without one).
+    @ivar tracing: the spans' exporter, with C{[tracing] endpoint}.
     """
 
     store: IStore
@@ -101,6 +108,8 @@ class Prepared:
     client_ca: tuple[x509.Certificate, ...] | None = None
     metrics_directory: MultiprocessDirectory | None = None
     grants: OfferedGrants | None = None
+    audit: AuditWriter | None = None
+    tracing: Tracing | None = None
 
 
 @frozen
@@ -148,6 +157,7 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
         certificate_reader(reactor, config, prepared.client_ca),
         prepared.grants,
         issuer_keys,
+        prepared.tracing,
     )
     return Server(
         config,
@@ -204,6 +214,7 @@ def make_site(
     certificates: ClientCertificateReader | None = None,
     offered: OfferedGrants | None = None,
     issuer_keys: KeySetSource | None = None,
+    tracing: Tracing | None = None,
 ) -> tuple[CCServerSite, Keyring]:
     """
     The web site over the protocol objects, and the keyring they sign with.
@@ -214,11 +225,25 @@ def make_site(
         [default: the built-in ones, made here].
     @param issuer_keys: fetches the trusted issuers' keys (by default, for
         a configuration with trusted issuers, a fetcher of its own).
+    @param tracing: the spans' tracer, when C{[tracing]} is on: the parts
+        on a request's way are then made traced (L{_traced}); when it is
+        off, none of them knows of tracing.
     """
     now = reactor.seconds
-    keyring = Keyring(store, encryptor, config.tokens.signing_alg, config.tokens.max_lifetime, now)
+    keys_store = store
+    if tracing is not None:
+        store, handler, sign = _traced(tracing, store, handler, sign)
+    keyring = Keyring(
+        keys_store,
+        encryptor,
+        config.tokens.signing_alg,
+        config.tokens.max_lifetime,
+        now,
+        # the first key, scheduled rotations, activations: the server's own
+        audit_key_events(audit.SERVER),
+    )
     clients = CachingClientStore(store, now, config.store.client_cache_seconds)
-    limits = _auth_limits(config, store, now, metrics)
+    limits = _auth_limits(config, store, reactor, metrics)
     federation = None
     if config.trusted_issuers:
         federation = make_federation(
@@ -227,6 +252,8 @@ def make_site(
     authenticator = _authenticator(
         config, clients, store, encryptor, limits, jwks_fetcher, now, federation
     )
+    if tracing is not None:
+        _trace_authentication(authenticator, tracing)
     trusted_proxies = trusted_networks(config.limits.trusted_proxies)
     introspection = TokenIntrospection(
         clients,
@@ -249,7 +276,7 @@ def make_site(
         _minter(config, keyring, store, sign, now),
         _dpop_verifier(config, store, encryptor, now),
         authenticator,
-        _issuance_limit(config, now, metrics),
+        _issuance_limit(config, store, now, metrics),
         # RFC 8693 subject and actor tokens, by type: this server's own
         # access tokens, and JWTs (this server's, and the trusted issuers')
         validators=[
@@ -277,21 +304,59 @@ def make_site(
         metrics=metrics,
         certificates=certificates,
         trusted_proxies=trusted_proxies,
+        tracing=tracing,
     )
     site = CCServerSite(
-        app.resource(), reactor, config.access_log, config.http, metrics, trusted_proxies
+        app.resource(),
+        reactor,
+        config.access_log,
+        config.http,
+        metrics,
+        trusted_proxies,
     )
     return site, keyring
 
 
-def _auth_limits(
-    config: Config, store: IStore, now: Callable[[], float], metrics: NoMetrics
-) -> AuthLimits:
+#: The store's operations, each a span when tracing is on.
+STORE_OPERATIONS = frozenset(IStore.names(all=True)) - {"open", "close", "url"}
+
+
+def _traced(
+    tracing: Tracing, store: IStore, handler: IClientCredentialsGrantHandler, sign: Signer
+) -> tuple[IStore, IClientCredentialsGrantHandler, Signer]:
+    """
+    The store (under the client cache: a cached client costs no span), the
+    grant handler and the signer, each of whose operations is a span.  The
+    keyring keeps the plain store: its reloads, every minute, are no
+    request's.
+    """
+    traced_store: IStore = TracedStore(store, tracing, STORE_OPERATIONS)  # type: ignore[assignment]
+    return traced_store, traced_handler(handler, tracing), traced_signer(sign, tracing)
+
+
+def _trace_authentication(authenticator: ClientAuthenticator, tracing: Tracing) -> None:
+    """
+    Client authentication as a span (C{client authentication}) that says
+    which client it found: the caller of a request (its credentials), and
+    a workload token's client (the JWT bearer grant).
+    """
+
+    def found(span: Any, caller: Any) -> None:
+        span.set_attribute("oauth.client_id", caller.client.client_id)
+
+    # the instance's methods, replaced: the token and introspection
+    # endpoints, which share the authenticator, all see the traced ones
+    for name in ("caller", "workload"):
+        traced = tracing.coroutine("client authentication", getattr(authenticator, name), found)
+        setattr(authenticator, name, traced)
+
+
+def _auth_limits(config: Config, store: IStore, reactor: Any, metrics: NoMetrics) -> AuthLimits:
     # every refusal by a limit is counted: ccserver_rate_limited_total{what}
     budget = config.limits.failed_auth_per_minute
     return AuthLimits(
         store if budget else None,
-        now,
+        reactor.seconds,
         budget,
         60.0,
         metrics.rate_limited,
@@ -299,14 +364,31 @@ def _auth_limits(
         known_for=config.limits.known_source_seconds,
         # while the store is unreachable, each process counts on its own
         fallback=MemoryStore(),
+        # the audit trail's limits.block_ended
+        clock=reactor,
     )
 
 
 def _issuance_limit(
-    config: Config, now: Callable[[], float], metrics: NoMetrics
-) -> IssuanceLimit | None:
-    rate = config.limits.tokens_per_client_per_second
-    return None if rate is None else IssuanceLimit(rate, now, metrics.rate_limited)
+    config: Config, store: IStore, now: Callable[[], float], metrics: NoMetrics
+) -> IssuanceLimit:
+    """
+    The limits on each client's tokens: its own C{token_rate_limit}, else
+    C{[limits] tokens_per_client_per_second}; counted in the store, and
+    refusals counted in the metrics and told to the audit trail.
+    """
+    limits = config.limits
+    rate = limits.tokens_per_client_per_second
+    return IssuanceLimit(
+        store,
+        None if rate is None else TokenRateLimit.of(rate, limits.tokens_per_client_burst),
+        now,
+        on_limited=metrics.rate_limited,
+        on_client_limited=metrics.client_rate_limited,
+        on_blocked=audit_rate_limited,
+        # while the store is unreachable, each process counts on its own
+        fallback=MemoryStore(),
+    )
 
 
 def _minter(
@@ -372,6 +454,7 @@ def _registry(
         jwks_uri_policy=config.client_auth.jwks_uri_policy,
         grant_types=grant_types,
         trusted_issuers=[trusted.issuer for trusted in config.trusted_issuers],
+        initial_access_tokens=store,
     )
 
 

@@ -110,14 +110,16 @@ async def rotate_secret(
 def public_view(client: Client, now: float) -> dict[str, Any]:
     """
     What C{ccserver clients show} and C{list --json} print: the client's
-    identifier, registration time and metadata, and when a rotated-out
-    secret stops working; never a secret or a digest.
+    identifier, registration time and metadata, its token rate limit, and
+    when a rotated-out secret stops working; never a secret or a digest.
     """
     view: dict[str, Any] = {
         "client_id": client.client_id,
         "client_id_issued_at": client.client_id_issued_at,
     }
     view.update(client.metadata)
+    if client.token_rate_limit is not None:
+        view["token_rate_limit"] = client.token_rate_limit.as_json()
     if client.previous_secret_digest_at(now) is not None:
         view["previous_secret_expires_at"] = client.previous_secret_expires_at
     return view

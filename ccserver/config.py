@@ -27,12 +27,14 @@ from urllib.parse import urlsplit
 
 from attrs import AttrsInstance, Factory, evolve, field, fields, frozen, has
 
+from ccserver.auditlog import FACILITIES, STDOUT, token_issued_rate
 from ccserver.errors import ConfigError
 from ccserver.httpchannel import HTTPLimits
 from ccserver.keys import SIGNING_ALGORITHMS
-from ccserver.model import is_lifetime, is_scope_token
+from ccserver.model import MAX_TOKEN_RATE, is_lifetime, is_scope_token
 from ccserver.outbound import AddressPolicy
 from ccserver.stores import check_url
+from ccserver.tracing import INSTALL_HINT, available
 
 _C = TypeVar("_C", bound=AttrsInstance)
 
@@ -97,6 +99,63 @@ class TokenConfig:
     rsa_signing: str = "auto"
 
 
+#: The units of a duration ([keys] rotate_every = "30d", registration-tokens
+#: create --expires 7d), in seconds.
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: The longest duration: 100 years.
+MAX_DURATION = 100 * 365 * 86400
+_DURATION = re.compile(r"(?:[0-9]+[smhdw])+|[0-9]+")
+_DURATION_PART = re.compile(r"([0-9]+)([smhdw]?)")
+
+
+def parse_duration(value: object) -> int:
+    """
+    A duration in whole seconds: an integer (seconds), or a string of
+    one or more numbers each with its unit, C{s}, C{m}, C{h}, C{d} or C{w}
+    (C{"30d"}, C{"12h"}, C{"1h30m"}), or of one number alone (seconds).
+    Greater than 0, at most L{MAX_DURATION}.
+
+    @raise ValueError: anything else; the message says what is expected.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    elif isinstance(value, str) and value.isascii() and _DURATION.fullmatch(value.strip()):
+        seconds = sum(
+            int(number) * DURATION_UNITS[unit or "s"]
+            for number, unit in _DURATION_PART.findall(value.strip())
+        )
+    else:
+        raise ValueError(
+            f"{value!r} is not a duration: a whole number with its unit, s, m, h, d or w "
+            '(e.g. "30d", "12h", "1h30m"), or whole seconds'
+        )
+    if seconds <= 0:
+        raise ValueError(f"{value!r} is not a duration: it must be longer than 0")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{value!r} is longer than 100 years")
+    return seconds
+
+
+def format_duration(seconds: int) -> str:
+    """
+    Seconds as L{parse_duration} reads them, in the largest unit that
+    divides them (C{30d}, C{12h}, C{90s}).
+    """
+    for unit, size in sorted(DURATION_UNITS.items(), key=lambda item: -item[1]):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _rotate_every(value: object) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise ConfigError(f"[keys] rotate_every: {e}") from None
+
+
 @frozen
 class KeysConfig:
     #: Where the key-encryption key is kept; None for the default, beside
@@ -108,6 +167,12 @@ class KeysConfig:
     #: Seconds between publishing a new signing key and signing with it, so
     #: that resource servers' caches of the JWK set have it first.
     activation_delay: int = 600
+    #: Seconds between scheduled rotations of the signing key (a duration in
+    #: the file: "30d"), counted from the newest key's creation; None (the
+    #: default, so that an upgrade changes nothing) for rotation by hand only.
+    rotate_every: int | None = field(
+        default=None, converter=_rotate_every, metadata={FILE_TYPES: (str, int)}
+    )
 
 
 @frozen
@@ -249,9 +314,60 @@ class LimitsConfig:
     #: Addresses or CIDR networks of the proxies whose X-Forwarded-For names
     #: a request's source (the rightmost hop that is not one of them).
     trusted_proxies: tuple[str, ...] = ()
-    #: Tokens one client may be issued a second, in each process; None for
-    #: no limit.
+    #: Tokens one client may be issued a second, on average, counted in the
+    #: store for every process and instance together, unless the client has
+    #: a token_rate_limit of its own; None for no limit.
     tokens_per_client_per_second: float | None = None
+    #: The most tokens one client may be issued at once under that limit;
+    #: None for a second's worth (at least one).
+    tokens_per_client_burst: int | None = None
+
+
+@frozen
+class AuditConfig:
+    """
+    C{[audit]}: the audit trail (docs/audit.md), which cannot be turned off.
+    """
+
+    #: Where it goes: "-" (standard output), a file path (appended to;
+    #: relative to the working directory), or "syslog".
+    log: str = field(default=STDOUT, metadata={EMPTY_IS_DEFAULT: True})
+    #: How many token.issued events are written: "all", "off", or
+    #: "sampled:F" (a fraction F of them, e.g. "sampled:0.01").  Every other
+    #: event is always written.
+    token_issued: str = "all"
+    #: With log = "syslog": the facility, and the daemon's socket.
+    syslog_facility: str = "auth"
+    syslog_socket: str = "/dev/log"
+
+    @property
+    def token_issued_rate(self) -> float:
+        return token_issued_rate(self.token_issued)
+
+
+@frozen
+class TracingConfig:
+    """
+    C{[tracing]}: OpenTelemetry spans of each request, exported with OTLP
+    (C{pip install 'ccserver[otel]'}).  Off unless C{endpoint} is set.
+    """
+
+    #: The OTLP/HTTP traces endpoint of a collector
+    #: ("http://localhost:4318/v1/traces"); None: no tracing.
+    endpoint: str | None = field(default=None, metadata={EMPTY_IS_DEFAULT: True})
+    #: The service.name of the spans.
+    service_name: str = "ccserver"
+    #: The fraction of traces kept, 0 to 1.
+    sampling: float = 1.0
+    #: Whether a request's W3C traceparent (from a proxy or a client) makes
+    #: its span part of that trace, whose sampled flag then decides.
+    trust_incoming: bool = True
+    #: Seconds an export to the collector may take.
+    timeout: float = 10.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.endpoint is not None
 
 
 @frozen
@@ -368,6 +484,10 @@ class Config:
     #: The issuers of workload tokens ([[trusted_issuers]]): workload
     #: identity federation.
     trusted_issuers: tuple[TrustedIssuerConfig, ...] = ()
+    #: The audit trail ([audit]).
+    audit: AuditConfig = AuditConfig()
+    #: OpenTelemetry traces ([tracing]).
+    tracing: TracingConfig = TracingConfig()
 
 
 #: Where the environment and the command line reach into the file's layout.
@@ -590,8 +710,7 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
     config = evolve(config, issuer=check_issuer(config.issuer))
     _check_store(config.store, store_on_command_line)
     _check_tokens(config.tokens)
-    if config.keys.activation_delay < 0:
-        raise ConfigError("[keys] activation_delay: must be 0 or more")
+    _check_keys(config.keys)
     if config.clients.secret_rotation_grace < 0:
         raise ConfigError("[clients] secret_rotation_grace: must be 0 or more")
     _check_signing_alg(config.tokens.signing_alg)
@@ -609,6 +728,8 @@ def _checked(config: Config, store_on_command_line: bool) -> Config:
     if config.tls.base_url is not None:
         config = evolve(config, tls=evolve(config.tls, base_url=_check_base_url(config.tls.base_url)))
     _check_limits(config.limits)
+    _check_audit(config.audit)
+    _check_tracing(config.tracing)
     return evolve(config, trusted_issuers=_check_trusted_issuers(config))
 
 
@@ -676,6 +797,46 @@ def _check_http_url(setting: str, url: str) -> None:
         raise ConfigError(f"{setting}: {url!r} must have no query or fragment")
 
 
+def _check_keys(keys: KeysConfig) -> None:
+    if keys.activation_delay < 0:
+        raise ConfigError("[keys] activation_delay: must be 0 or more")
+    every = keys.rotate_every
+    if every is not None and every <= keys.activation_delay:
+        raise ConfigError(
+            f"[keys] rotate_every: {every} s is not longer than activation_delay "
+            f"({keys.activation_delay} s): each new key would be replaced before it signs"
+        )
+
+
+def _check_tracing(tracing: TracingConfig) -> None:
+    if tracing.endpoint is not None:
+        parts = urlsplit(tracing.endpoint)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"[tracing] endpoint: {tracing.endpoint!r} is not an http or https URL "
+                "(a collector's OTLP/HTTP traces endpoint, e.g. http://localhost:4318/v1/traces)"
+            )
+    if not 0 <= tracing.sampling <= 1:
+        raise ConfigError(f"[tracing] sampling: must be 0 to 1, not {tracing.sampling!r}")
+    if tracing.timeout <= 0:
+        raise ConfigError(f"[tracing] timeout: must be greater than 0, not {tracing.timeout!r}")
+    if not tracing.service_name:
+        raise ConfigError("[tracing] service_name: must not be empty")
+    if tracing.enabled and not available():
+        raise ConfigError(f"[tracing] endpoint: tracing needs the OpenTelemetry packages: {INSTALL_HINT}")
+
+
+def _check_audit(audit: AuditConfig) -> None:
+    token_issued_rate(audit.token_issued)
+    if audit.syslog_facility not in FACILITIES:
+        raise ConfigError(
+            f"[audit] syslog_facility: {audit.syslog_facility!r} is not one of "
+            + ", ".join(FACILITIES)
+        )
+    if not audit.syslog_socket:
+        raise ConfigError("[audit] syslog_socket: must be the path of the syslog socket")
+
+
 def _check_tls(tls: TLSConfig) -> None:
     for endpoint in tls.listen:
         if not isinstance(endpoint, str) or endpoint.split(":", 1)[0] not in ("tcp", "tcp6"):
@@ -728,9 +889,21 @@ def _check_limits(limits: LimitsConfig) -> None:
             f"not {limits.known_source_seconds!r}"
         )
     rate = limits.tokens_per_client_per_second
-    if rate is not None and not rate > 0:
+    if rate is not None and not 0 < rate <= MAX_TOKEN_RATE:
         raise ConfigError(
-            f"[limits] tokens_per_client_per_second: must be greater than 0, not {rate!r}"
+            "[limits] tokens_per_client_per_second: must be greater than 0, at most "
+            f"{MAX_TOKEN_RATE}, not {rate!r}"
+        )
+    burst = limits.tokens_per_client_burst
+    if burst is not None and not 1 <= burst <= MAX_TOKEN_RATE:
+        raise ConfigError(
+            f"[limits] tokens_per_client_burst: must be 1 or more, at most {MAX_TOKEN_RATE}, "
+            f"not {burst!r}"
+        )
+    if burst is not None and rate is None:
+        raise ConfigError(
+            "[limits] tokens_per_client_burst: needs tokens_per_client_per_second, the rate "
+            "it is the burst of"
         )
     _check_networks("[limits] trusted_proxies", limits.trusted_proxies)
 

@@ -175,3 +175,17 @@ class BindingTaken(Exception):
     def __init__(self, identity: object) -> None:
         super().__init__(identity)
         self.identity = identity
+
+
+def answered_with(error: BaseException) -> tuple[str, int]:
+    """
+    The error code (RFC 6749 §5.2) and HTTP status an error is answered
+    with (L{ccserver.web.render_failure}): an L{OAuthError} its own, an
+    unreachable store 503 C{temporarily_unavailable}, anything else 500
+    C{server_error}.  For the metrics' labels and the audit trail.
+    """
+    if isinstance(error, OAuthError):
+        return error.error, error.status
+    if isinstance(error, StoreUnavailable):
+        return "temporarily_unavailable", 503
+    return "server_error", 500

@@ -24,10 +24,12 @@ from ccserver.model import (
     Delegation,
     GrantAuthorization,
     GrantRequest,
+    InitialAccessToken,
     IssuedToken,
     Reservation,
     StoredKey,
     TokenExchangeRequest,
+    TokenGrant,
     TokenRecord,
     TokenRequest,
     VerifiedToken,
@@ -133,6 +135,53 @@ class IKeyStore(Interface):
         """
 
 
+class IRateLimitStore(Interface):
+    """
+    Token buckets, one per limited client, shared by every process and
+    instance (the per-client issuance limit, L{ccserver.oauth.limits}).
+    """
+
+    def take_tokens(
+        key: str, tokens_per_second: float, burst: int, wanted: int, now: float
+    ) -> Deferred[TokenGrant]:
+        """
+        In one atomic step: fill the bucket C{key} for the time since it was
+        last counted (C{tokens_per_second}, up to C{burst}; a bucket never
+        counted, or forgotten, is full), then take C{wanted} whole tokens
+        from it, or as many as it holds.  C{now} is the caller's clock
+        (seconds since the epoch); a clock behind the last count fills
+        nothing.  Fires with how many were taken and, when fewer than
+        C{wanted}, how long until it holds one more.
+
+        A bucket left alone is full again after C{burst /
+        tokens_per_second} seconds, and may be forgotten then: Redis lets it
+        expire, the other stores drop it in L{ITokenStore.purge_expired}.
+        """
+
+
+class ILeaseStore(Interface):
+    """
+    Leases: a name held by one holder at a time across every process and
+    instance sharing the store, until it is given up or its time ends
+    (so that a holder that died never keeps it), for work that exactly one
+    of them must do (the scheduled rotation of the signing keys).  Each
+    method is one atomic step.
+    """
+
+    def take_lease(name: str, holder: str, now: float, duration: float) -> Deferred[bool]:
+        """
+        Hold C{name} for C{holder} until C{now + duration} (seconds since
+        the epoch, by the caller's clock), if no one else holds it (nobody
+        took it, it was given up, or its time has ended); a holder taking
+        it again extends it.  Fires with whether C{holder} holds it now.
+        """
+
+    def end_lease(name: str, holder: str) -> Deferred[None]:
+        """
+        Give C{name} up, if C{holder} holds it; otherwise change nothing.
+        """
+
+
 class ITokenStore(Interface):
     """
     Where the token lifecycle keeps its records: opaque access tokens (by
@@ -200,9 +249,10 @@ class ITokenStore(Interface):
     def purge_expired(now: int) -> Deferred[int]:
         """
         Forget the tokens, deny-list entries, client revocation marks,
-        one-time records (L{use_once}), and the brute-force limits' ended
-        windows and known sources (L{IAuthAttemptStore}), that expired
-        before C{now}; fires
+        one-time records (L{use_once}), the brute-force limits' ended
+        windows and known sources (L{IAuthAttemptStore}), initial access
+        tokens (L{IInitialAccessTokenStore}), and token buckets full again
+        (L{IRateLimitStore}), that expired before C{now}; fires
         with how many were dropped (a store that expires them by itself may
         fire with 0).
         """
@@ -240,10 +290,68 @@ class IAuthAttemptStore(Interface):
         """
 
 
-class IStore(IClientStore, IKeyStore, ITokenStore, IAuthAttemptStore):
+class IInitialAccessTokenStore(Interface):
     """
-    A store chosen by URL: it keeps clients, keys, token records and the
-    brute-force limits' slots, and has a lifetime.
+    Where initial access tokens are kept (RFC 7591 §3), by digest, never in
+    clear: the operator makes, lists and revokes them, and each registers
+    clients until it expires, is used up or is revoked.  A token past its
+    C{expires_at} may be forgotten: Redis lets it expire, the other stores
+    drop it in L{ITokenStore.purge_expired}.
+    """
+
+    def add_initial_access_token(token: InitialAccessToken) -> Deferred[None]:
+        """
+        Store a new initial access token (its C{token_id} and
+        C{token_digest} are new: random).
+        """
+
+    def get_initial_access_token(token_digest: str) -> Deferred[InitialAccessToken | None]:
+        """
+        The initial access token with that digest, with its uses as now
+        counted, or L{None}.
+        """
+
+    def list_initial_access_tokens() -> Deferred[list[InitialAccessToken]]:
+        """
+        Every stored initial access token, oldest first (an operator makes
+        tens of them, not thousands: no paging).
+        """
+
+    def revoke_initial_access_token(token_id: str, now: int) -> Deferred[bool]:
+        """
+        Revoke the initial access token C{token_id} at C{now}: it registers
+        no client from then on (one revoked already keeps its first
+        C{revoked_at}).  Fires with C{False} if there is none.
+        """
+
+    def register_with_initial_access_token(
+        token_digest: str, client: Client, now: int
+    ) -> Deferred[InitialAccessToken | None]:
+        """
+        Store C{client} as registered with the initial access token of
+        C{token_digest}, in one atomic step: if that token exists, is not
+        revoked, has not expired at C{now} and has a use left, one use is
+        counted and the client stored, and it fires with the token as it
+        now is; otherwise nothing is stored, and it fires with L{None}.
+        However many registrations arrive at once, a token of N uses
+        registers N clients.  Fails with L{ccserver.errors.ClientExists},
+        nothing stored and no use counted, if the client's id is taken.
+        """
+
+
+class IStore(
+    IClientStore,
+    IKeyStore,
+    ITokenStore,
+    IAuthAttemptStore,
+    IInitialAccessTokenStore,
+    ILeaseStore,
+    IRateLimitStore,
+):
+    """
+    A store chosen by URL: it keeps clients, keys, token records, the
+    brute-force limits' slots, initial access tokens, leases and token
+    buckets, and has a lifetime.
     """
 
     url = Attribute("The store's URL, with any password masked.")

@@ -12,6 +12,8 @@ minter's.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ccserver.interfaces import IKeyStore
+from ccserver import audit
+from ccserver.interfaces import IKeyStore, ILeaseStore, ITokenStore
 from ccserver.jose import JWSSigner, PublicKey, public_jwk, thumbprint
 from ccserver.model import StoredKey
 
@@ -31,6 +34,24 @@ SIGNING_ALGORITHMS = ("RS256", "PS256", "ES256", "EdDSA")
 #: RFC 9068 §2.1: the C{typ} of a JWT access token.
 ACCESS_TOKEN_TYP = "at+jwt"
 
+#: The lease that lets one process of all those sharing the store rotate
+#: the keys at a time (L{ILeaseStore}).
+ROTATION_LEASE = "signing-key-rotation"
+#: How long a rotation may hold it: far longer than one takes (a key made
+#: and a few writes, each bounded by [store] timeout), so that it never
+#: runs out under one; short enough that a process that died while holding
+#: it delays the next rotation by little.
+ROTATION_LEASE_SECONDS = 120.0
+#: A key's activation is told (L{Keyring.announce_activations}) only within
+#: this long after it: a process that starts later does not tell of keys
+#: that became active long before.
+ANNOUNCE_WINDOW = 86400
+
+#: What a keyring tells of the keys it changes, or sees change: C{created},
+#: C{activated} (its C{active_from} has passed), C{retired} (it stops
+#: signing at its C{retired_at}), C{deleted} (no live token needs it).
+KeyEvent = Callable[[str, StoredKey], None]
+
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
@@ -38,6 +59,52 @@ class KeyDecryptionError(Exception):
     """
     A stored key cannot be decrypted with this server's key-encryption key.
     """
+
+
+class RotationUnderWay(Exception):
+    """
+    Another process holds the rotation's lease: it is rotating the keys.
+    """
+
+
+def _no_events(event: str, key: StoredKey) -> None:
+    pass
+
+
+def audit_key_events(actor: audit.Actor) -> KeyEvent:
+    """
+    A keyring's events as audit events (C{key.created}, C{key.activated},
+    C{key.retired}, C{key.deleted}), by C{actor}: the server (the first
+    key, a scheduled rotation) or the command's user.
+    """
+
+    def told(event: str, key: StoredKey) -> None:
+        fields: dict[str, object] = {"kid": key.kid, "alg": key.alg}
+        if event == "created":
+            fields["active_from"] = key.active_from
+        elif event == "retired":
+            fields["retired_at"] = key.retired_at
+        audit.emit(_KEY_EVENTS[event], actor, None, **fields)
+
+    return told
+
+
+_KEY_EVENTS = {
+    "created": audit.KEY_CREATED,
+    "activated": audit.KEY_ACTIVATED,
+    "retired": audit.KEY_RETIRED,
+    "deleted": audit.KEY_DELETED,
+}
+
+
+def entity_tag(representation: bytes) -> str:
+    """
+    A strong entity tag (RFC 9110 §8.8.3) of a representation: a digest of
+    its bytes, so that every process and instance serving the same bytes
+    gives the same tag, and a cache revalidates with any of them.
+    """
+    digest = hashlib.sha256(representation).digest()[:18]
+    return '"' + base64.urlsafe_b64encode(digest).decode("ascii") + '"'
 
 
 def generate_private_key(alg: str) -> PrivateKey:
@@ -173,8 +240,15 @@ class Keyring:
         alg: str,
         max_lifetime: int,
         now: Callable[[], float],
+        on_event: KeyEvent = _no_events,
     ) -> None:
+        """
+        @param on_event: told of each key this keyring makes, retires or
+            deletes (L{KeyEvent}); and of activations, by
+            L{announce_activations}.
+        """
         self._store = store
+        self._on_event = on_event
         self._encryptor = encryptor
         self._alg = alg
         self._max_lifetime = max_lifetime
@@ -182,6 +256,9 @@ class Keyring:
         self._keys: dict[str, SigningKey] = {}
         self._current: SigningKey | None = None
         self._jwks_json = b'{"keys":[]}'
+        self._jwks_etag = entity_tag(self._jwks_json)
+        #: kids whose activation was told, or found told already
+        self._announced: set[str] = set()
         # When the choice of current key or the published set next changes
         # by the clock alone (a pending key activates, a retired one ends).
         self._next_change = float("inf")
@@ -206,6 +283,15 @@ class Keyring:
         if self._now() >= self._next_change:
             self._install(self._keys)
         return self._jwks_json
+
+    @property
+    def jwks_etag(self) -> str:
+        """
+        The entity tag of L{jwks_json} (L{entity_tag}).
+        """
+        if self._now() >= self._next_change:
+            self._install(self._keys)
+        return self._jwks_etag
 
     def verification_key(self, kid: str) -> SigningKey | None:
         return self._keys.get(kid)
@@ -241,6 +327,7 @@ class Keyring:
         self._current = candidates[-1] if candidates else None
         published = [k.jwk for k in self.keys() if self._published(k.stored, now)]
         self._jwks_json = json.dumps({"keys": published}, separators=(",", ":")).encode()
+        self._jwks_etag = entity_tag(self._jwks_json)
         changes = [k.stored.active_from for k in keys.values() if k.stored.active_from > now]
         changes += [
             k.stored.retired_at + self._max_lifetime
@@ -295,12 +382,104 @@ class Keyring:
         await self.refresh()
         alg = alg or self._alg
         active_from = int(self._now()) + delay
-        for key in self.keys():
-            if key.alg == alg and key.stored.retired_at is None:
-                await self._store.replace_key(evolve(key.stored, retired_at=active_from))
+        signing = [k.stored for k in self.keys() if k.alg == alg and k.stored.retired_at is None]
+        # the new key first: a rotation cut short after it leaves two keys
+        # that may sign (the newer does), never none
         new = await self.add_key(alg, active_from=active_from)
+        for key in signing:
+            retired = evolve(key, retired_at=active_from)
+            if await self._store.replace_key(retired):
+                self._on_event("retired", retired)
         await self.refresh()
         return new
+
+    def next_rotation(self, every: int) -> float:
+        """
+        When the keys are next rotated on a schedule of one rotation every
+        C{every} seconds: that long after the newest key of the configured
+        algorithm was made (by a rotation, scheduled or not, or at the
+        first start), so that the schedule needs no record of its own and
+        a rotation by hand starts it anew.  Now, if there is no such key.
+        """
+        made = [k.stored.created_at for k in self._keys.values() if k.alg == self._alg]
+        return max(made) + every if made else self._now()
+
+    def _schedule_due(self, every: int) -> bool:
+        now = self._now()
+        return now >= self.next_rotation(every) or any(
+            self.state(k.stored) == "expired" for k in self._keys.values()
+        )
+
+    async def rotate_on_schedule(
+        self, every: int, delay: int, leases: ILeaseStore, holder: str
+    ) -> StoredKey | None:
+        """
+        Rotate if the schedule says so (L{next_rotation}), and delete the
+        keys no live token needs any more: in one process of all those
+        sharing the store.
+
+        What this process knows of the keys decides first, without a round
+        trip; if something is due, the rotation's lease is taken
+        (L{ROTATION_LEASE}; a process that cannot take it leaves the work
+        to the one that has it), the keys are read again under it and the
+        schedule asked again, so that a process that took the lease after
+        another had rotated finds nothing to do.
+
+        @param holder: who this process is, for the lease (unique to it).
+        @return: the key made, if one was.
+        """
+        if not self._schedule_due(every):
+            return None
+        if not await leases.take_lease(ROTATION_LEASE, holder, self._now(), ROTATION_LEASE_SECONDS):
+            return None
+        try:
+            await self.refresh()
+            new = None
+            if self._now() >= self.next_rotation(every):
+                new = await self.rotate(delay)
+            await self.retire()
+            return new
+        finally:
+            await leases.end_lease(ROTATION_LEASE, holder)
+
+    async def rotate_exclusively(
+        self, delay: int, leases: ILeaseStore, holder: str
+    ) -> StoredKey:
+        """
+        L{rotate}, holding the rotation's lease, so that a rotation by hand
+        and a scheduled one never run together.
+
+        @raise RotationUnderWay: another process holds the lease.
+        """
+        if not await leases.take_lease(ROTATION_LEASE, holder, self._now(), ROTATION_LEASE_SECONDS):
+            raise RotationUnderWay(
+                "another process is rotating the signing keys now; try again in a minute"
+            )
+        try:
+            return await self.rotate(delay)
+        finally:
+            await leases.end_lease(ROTATION_LEASE, holder)
+
+    async def announce_activations(self, once: ITokenStore) -> None:
+        """
+        Tell (C{on_event("activated", key)}) of each key that has begun to
+        sign within the last L{ANNOUNCE_WINDOW} seconds, once across every
+        process sharing the store: a key activates by the clock, with no
+        write to say so, so the first process to see it records it with
+        L{ITokenStore.use_once} and only that one tells.
+        """
+        now = self._now()
+        for key in self.keys():
+            stored = key.stored
+            if key.kid in self._announced or stored.active_from > now:
+                continue
+            if stored.active_from + ANNOUNCE_WINDOW > now:
+                first = await once.use_once(
+                    f"key-activated:{key.kid}", stored.active_from + ANNOUNCE_WINDOW
+                )
+                if first:
+                    self._on_event("activated", stored)
+            self._announced.add(key.kid)
 
     async def retire(self, kid: str | None = None) -> list[StoredKey]:
         """
@@ -316,10 +495,11 @@ class Keyring:
         now = int(self._now())
         if kid is None:
             expired = [k.stored for k in self.keys() if self.state(k.stored) == "expired"]
-            for key in expired:
-                await self._store.delete_key(key.kid)
+            deleted = [key for key in expired if await self._store.delete_key(key.kid)]
+            for key in deleted:
+                self._on_event("deleted", key)
             await self.refresh()
-            return expired
+            return deleted
         signing = self._keys.get(kid)
         if signing is None:
             raise ValueError(f"no signing key {kid!r}")
@@ -337,6 +517,7 @@ class Keyring:
             return []
         retired = evolve(signing.stored, retired_at=now)
         await self._store.replace_key(retired)
+        self._on_event("retired", retired)
         await self.refresh()
         return [retired]
 
@@ -352,6 +533,7 @@ class Keyring:
             active_from=active_from,
         )
         await self._store.add_key(stored)
+        self._on_event("created", stored)
         keys = dict(self._keys)
         keys[kid] = SigningKey.from_private_key(stored, private_key)
         self._install(keys)

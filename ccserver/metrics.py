@@ -56,6 +56,15 @@ OTHER_ROUTE = "other"
 TOKEN_ERRORS = ERROR_CODES
 OTHER_ERROR = "other"
 
+#: The most clients ccserver_token_rate_limited_total names, in each
+#: process: the first ones refused; those refused after them are counted
+#: together as L{OTHER_CLIENT}.  Client ids are bounded by the clients the
+#: operator registered, not by what callers send (only an authenticated
+#: client is refused by its rate limit), but there may be 100,000 of them;
+#: a Prometheus series costs a few KB in the server and in every scrape.
+MAX_CLIENT_LABELS = 100
+OTHER_CLIENT = "other"
+
 #: Request durations: from a token's CPU alone (a fraction of a
 #: millisecond), through a store round trip or a webhook, to the store's
 #: default timeout.
@@ -127,6 +136,9 @@ class NoMetrics:
         pass
 
     def rate_limited(self, what: str) -> None:
+        pass
+
+    def client_rate_limited(self, client_id: str) -> None:
         pass
 
     def observe_handler(self, handler: Any) -> Any:
@@ -201,6 +213,15 @@ class Metrics(NoMetrics):
             ["what"],
             registry=registry,
         )
+        self.token_rate_limited = Counter(
+            "ccserver_token_rate_limited",
+            "Token requests refused (429) by the client's token rate limit, by client: the "
+            f"first {MAX_CLIENT_LABELS} clients refused in each process by their client_id, "
+            f"the others as {OTHER_CLIENT!r}.",
+            ["client_id"],
+            registry=registry,
+        )
+        self._limited_clients: dict[str, Any] = {}
         # Label children bound once: the hot path looks them up in a dict.
         self._issued: dict[tuple[str, str, str], Any] = {}
         self._errors = {error: self.token_errors.labels(error) for error in TOKEN_ERRORS}
@@ -242,6 +263,15 @@ class Metrics(NoMetrics):
 
     def rate_limited(self, what: str) -> None:
         self.rate_limited_total.labels(what).inc()
+
+    def client_rate_limited(self, client_id: str) -> None:
+        child = self._limited_clients.get(client_id)
+        if child is None:
+            label = client_id if len(self._limited_clients) < MAX_CLIENT_LABELS else OTHER_CLIENT
+            child = self.token_rate_limited.labels(label)
+            if label != OTHER_CLIENT:
+                self._limited_clients[client_id] = child
+        child.inc()
 
     def observe_handler(self, handler: Any) -> Any:
         """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -192,6 +193,75 @@ def is_lifetime(value: object) -> TypeGuard[int]:
 EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
+#: The largest C{token_rate_limit} a client may be given: a million tokens
+#: a second, and a burst of as many (far beyond what a process issues).
+MAX_TOKEN_RATE = 1_000_000
+
+
+@frozen
+class TokenRateLimit:
+    """
+    How many tokens one client may be issued: C{tokens_per_second} on
+    average, and at most C{burst} at once (a token bucket that holds
+    C{burst} and fills at C{tokens_per_second}).
+
+    The operator's to set, per client (L{Client.token_rate_limit}) or for
+    every client (C{[limits] tokens_per_client_per_second}).
+    """
+
+    tokens_per_second: float
+    burst: int
+
+    @classmethod
+    def of(cls, tokens_per_second: float, burst: int | None = None) -> TokenRateLimit:
+        """
+        A limit whose burst is, unless given, a second's worth of tokens
+        (at least one).
+        """
+        if burst is None:
+            burst = max(1, math.ceil(tokens_per_second))
+        return cls(float(tokens_per_second), burst)
+
+    def as_json(self) -> dict[str, Any]:
+        rate = self.tokens_per_second
+        return {"tokens_per_second": int(rate) if rate.is_integer() else rate, "burst": self.burst}
+
+
+def token_rate_limit_problem(value: object) -> str | None:
+    """
+    What is wrong with C{value} as a client's C{token_rate_limit} (a JSON
+    object: C{tokens_per_second}, a number greater than 0, and optionally
+    C{burst}, a whole number of 1 or more, both at most
+    L{MAX_TOKEN_RATE}), or None when it is one.  The one rule for the
+    registration endpoint, the command and the stores' records.
+    """
+    if not isinstance(value, Mapping):
+        return "must be an object with tokens_per_second (and burst)"
+    unknown = sorted(set(value) - {"tokens_per_second", "burst"})
+    if unknown:
+        return f"has no member {unknown[0]!r}; it has tokens_per_second and burst"
+    rate = value.get("tokens_per_second")
+    if (
+        isinstance(rate, bool)
+        or not isinstance(rate, (int, float))
+        or not math.isfinite(rate)
+        or not 0 < rate <= MAX_TOKEN_RATE
+    ):
+        return f"tokens_per_second must be a number greater than 0, at most {MAX_TOKEN_RATE}"
+    burst = value.get("burst", 1)
+    if isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= MAX_TOKEN_RATE:
+        return f"burst must be a whole number of 1 or more, at most {MAX_TOKEN_RATE}"
+    return None
+
+
+def token_rate_limit(value: Mapping[str, Any]) -> TokenRateLimit:
+    """
+    The limit a checked C{token_rate_limit} object says
+    (L{token_rate_limit_problem}).
+    """
+    return TokenRateLimit.of(value["tokens_per_second"], value.get("burst"))
+
+
 def _readonly(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
 
@@ -321,6 +391,10 @@ class Client:
         C{client_secret_basic} (RFC 7591 §2's default) in its metadata, and
         may present its secret either way (L{SECRET_METHODS}).  A client
         stored before this was recorded counts as having named it.
+    @ivar token_rate_limit: how many tokens it may be issued, set by the
+        operator (the master token, the command); None for the server's
+        default (C{[limits] tokens_per_client_per_second}).  Not RFC 7591
+        metadata: the server's own, shown in its registration.
     """
 
     client_id: str
@@ -332,6 +406,7 @@ class Client:
     previous_secret_digest: str | None = field(default=None, repr=False)
     previous_secret_expires_at: int | None = None
     auth_method_named: bool = True
+    token_rate_limit: TokenRateLimit | None = None
 
     def previous_secret_digest_at(self, now: float) -> str | None:
         """
@@ -753,6 +828,15 @@ class IssuedToken:
     #: (L{ACCESS_TOKEN_TYPE} or L{JWT_TOKEN_TYPE}); None for other grants,
     #: whose answer has no such member.
     issued_token_type: str | None = None
+    #: What the audit trail says of it (not part of the answer either): the
+    #: client it was issued to, its C{jti}, audience and expiry, and the
+    #: thumbprints it is bound to.
+    client_id: str = ""
+    token_id: str = ""
+    audience: tuple[str, ...] = ()
+    expires_at: int = 0
+    jkt: str | None = None
+    x5t_s256: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         document = {
@@ -826,6 +910,63 @@ class StoredKey:
     retired_at: int | None = None
 
 
+def _optional_strings(values: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if values is None else tuple(values)
+
+
+@frozen
+class InitialAccessToken:
+    """
+    RFC 7591 §3: a bearer token the operator hands out so that a team can
+    register its own clients at C{POST /client-reg} without the master
+    token, within limits: what the clients it registers may have, how many
+    it may register, and until when.
+
+    @ivar token_id: its public identifier, which the audit trail and the
+        operator's listing name it by.
+    @ivar token_digest: the SHA-256 digest (hex) of the token; never the
+        token itself.
+    @ivar created_at: when it was made (seconds since the epoch).
+    @ivar expires_at: when it stops registering; the store may forget it
+        after then.
+    @ivar max_uses: how many clients it may register.
+    @ivar uses: how many it has registered.
+    @ivar note: the operator's note (who it is for).
+    @ivar scope_limit: the scope values its clients may have, or None for
+        any; likewise L{audience_limit} (their C{audience} and
+        C{resource_server_uris}), L{auth_method_limit} (their
+        C{token_endpoint_auth_method}) and L{grant_type_limit} (their
+        C{grant_types}).
+    @ivar revoked_at: when the operator revoked it, or None.
+    """
+
+    token_id: str
+    token_digest: str = field(repr=False)
+    created_at: int
+    expires_at: int
+    max_uses: int
+    uses: int = 0
+    note: str = ""
+    scope_limit: tuple[str, ...] | None = field(default=None, converter=_optional_strings)
+    audience_limit: tuple[str, ...] | None = field(default=None, converter=_optional_strings)
+    auth_method_limit: tuple[str, ...] | None = field(default=None, converter=_optional_strings)
+    grant_type_limit: tuple[str, ...] | None = field(default=None, converter=_optional_strings)
+    revoked_at: int | None = None
+
+    def unusable(self, now: float) -> str | None:
+        """
+        Why it cannot register a client at C{now}: C{"revoked"},
+        C{"expired"} or C{"used_up"}; None when it can.
+        """
+        if self.revoked_at is not None:
+            return "revoked"
+        if now >= self.expires_at:
+            return "expired"
+        if self.uses >= self.max_uses:
+            return "used_up"
+        return None
+
+
 @frozen
 class AttemptKeys:
     """
@@ -882,3 +1023,17 @@ class AttemptRelease:
     #: later of this and any expiry recorded already is kept)
     known: str | None = None
     known_for: float = 0.0
+
+
+@frozen
+class TokenGrant:
+    """
+    A store's answer to a request for tokens from a client's bucket
+    (L{ccserver.interfaces.IRateLimitStore.take_tokens}).
+    """
+
+    #: how many were taken (0 to the number asked for)
+    taken: int
+    #: when fewer were taken than asked: seconds until the bucket holds one
+    #: more whole token; else 0
+    retry_after: float = 0.0

@@ -34,7 +34,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from attrs import frozen
 from treq.client import HTTPClient
@@ -65,10 +65,11 @@ from twisted.web.client import (
     ResponseNeverReceived,
 )
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory, IResponse
 from zope.interface import implementer
 
-from ccserver import __version__
+from ccserver import __version__, tracing
 from ccserver.model import split_uri
 
 #: The C{User-Agent} of every outbound request.
@@ -523,6 +524,22 @@ class _CheckedEndpointFactory:
         if scheme == "http":
             return endpoint
         raise ValueError(f"no endpoint for the scheme {scheme!r}")
+
+
+_T = TypeVar("_T")
+
+
+def traced_request(method: str, url: str, headers: Headers) -> Callable[[_T], _T] | None:
+    """
+    For a request made while a traced request is handled (C{[tracing]}
+    on): a span of its own (C{CLIENT}, under the current span) whose W3C
+    trace context (C{traceparent}, C{tracestate}) is put into C{headers},
+    so that the service it goes to continues the trace; and what ends the
+    span, to add to the answer's Deferred with C{addBoth}.  None when
+    tracing is off: a context variable read, nothing more.
+    """
+    active = tracing.active()
+    return None if active is None else active.outgoing(method, url, headers)
 
 
 def http_client(

@@ -6,6 +6,8 @@ in docs/architecture.md ("The service tree").
 
 from __future__ import annotations
 
+import secrets
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,20 +26,26 @@ from twisted.internet.defer import (
     TimeoutError as DeferredTimeout,
 )
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ccserver import firststart
 from ccserver.assembly import Server
+from ccserver.auditlog import AuditTrailService
 from ccserver.interfaces import IStore
 from ccserver.keys import KeyDecryptionError, Keyring
 from ccserver.tls import tls_factory
+from ccserver.tracing import Tracing
 from ccserver.web import CCServerSite
 from ccserver.workers import ParentWatch, WorkerPool
 
 #: How often, at most, each process reloads the signing keys to follow
 #: rotations made elsewhere (more often when the activation delay is short).
 KEY_REFRESH_SECONDS = 60.0
+#: How often, at most, each process asks whether a scheduled key rotation
+#: is due ([keys] rotate_every): a question to its own memory, no round trip.
+ROTATION_CHECK_SECONDS = 60.0
 #: How often expired opaque tokens and deny-list entries are dropped.
 PURGE_SECONDS = 300.0
 #: How long a stop waits for requests in flight.
@@ -77,13 +85,20 @@ def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: Sta
         workers run again.
     """
     prepared = server.prepared
-    root = MultiService()
+    # the audit trail's writer observes as long as anything under it runs
+    root = (
+        MultiService()
+        if prepared.audit is None
+        else AuditTrailService(prepared.audit, reactor)
+    )
     store_service = _store_service(server, startup)
     store_service.setServiceParent(root)
     directory = prepared.metrics_directory
     on_worker_exit = None if directory is None else directory.worker_ended
     pool = prepared.listening.worker_pool(reactor, argv, on_worker_exit)
     for child in (
+        # the spans' exporter ends last: the last requests' spans go too
+        None if prepared.tracing is None else _tracing_stop(prepared.tracing, reactor),
         directory,
         IService(prepared.handler, None),
         # after the last request, as the handler
@@ -104,6 +119,17 @@ def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: Sta
     return root
 
 
+def _tracing_stop(tracing: Tracing, reactor: Any) -> CloseOnStop:
+    """
+    What exports the last spans and ends the exporter's thread at a stop:
+    in a thread, since it waits for the collector (at most [tracing]
+    timeout).
+    """
+    return CloseOnStop(
+        lambda: deferToThreadPool(reactor, reactor.getThreadPool(), tracing.shutdown)
+    )
+
+
 def _store_service(server: Server, startup: StartUp) -> StoreService:
     config, first, store = server.config, server.prepared.first, server.prepared.store
     return StoreService(
@@ -118,15 +144,28 @@ def _store_service(server: Server, startup: StartUp) -> StoreService:
 
 def _timers(server: Server, reactor: Any) -> list[TimerService]:
     """
-    Reload the signing keys (to follow rotations made elsewhere) and purge
-    expired token records, every so often.
+    Reload the signing keys (to follow rotations made elsewhere), purge
+    expired token records, and rotate the keys on their schedule, every so
+    often.
     """
-    refresh_every = min(KEY_REFRESH_SECONDS, max(1.0, server.config.keys.activation_delay / 4))
+    keys, store = server.config.keys, server.prepared.store
+    refresh_every = min(KEY_REFRESH_SECONDS, max(1.0, keys.activation_delay / 4))
+    jobs: list[tuple[float, Callable[..., Coroutine[Any, Any, None]], tuple[Any, ...]]] = [
+        (refresh_every, refresh_keys, (server.keyring, store)),
+        (PURGE_SECONDS, purge_expired, (store, reactor.seconds)),
+    ]
+    if keys.rotate_every is not None:
+        jobs.append(
+            (
+                rotation_check_interval(keys.rotate_every),
+                rotate_on_schedule,
+                # who this process is, for the rotation's lease
+                (server.keyring, store, keys.rotate_every, keys.activation_delay,
+                 secrets.token_hex(16)),
+            )
+        )
     timers = []
-    for interval, work, args in [
-        (refresh_every, refresh_keys, (server.keyring,)),
-        (PURGE_SECONDS, purge_expired, (server.prepared.store, reactor.seconds)),
-    ]:
+    for interval, work, args in jobs:
         timer = TimerService(interval, run_async, work, *args)
         timer.clock = reactor
         timers.append(timer)
@@ -205,11 +244,9 @@ class StoreService(MultiService):
                 raise self.key_mismatch() from None
             raise
         if made:
-            self._log.info(
-                "Made a new {alg} signing key {kid}",
-                alg=self.keyring.alg,
-                kid=self.keyring.current.kid,
-            )
+            # the keyring tells the audit trail (as the server's)
+            current = self.keyring.current.stored
+            self._log.info("Made a new {alg} signing key {kid}", alg=current.alg, kid=current.kid)
         if self.master_token_file is not None:
             self._log.info(
                 "The master token for registration is in {path}",
@@ -242,14 +279,49 @@ def run_async(work: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> Def
     return ensureDeferred(work(*args))
 
 
-async def refresh_keys(keyring: Keyring) -> None:
+async def refresh_keys(keyring: Keyring, store: IStore | None = None) -> None:
     """
-    Reload the signing keys, to follow rotations made elsewhere.
+    Reload the signing keys, to follow rotations made elsewhere; and tell
+    of the keys that have begun to sign (once across every process
+    sharing C{store}).
     """
     try:
         await keyring.refresh()
+        if store is not None:
+            await keyring.announce_activations(store)
     except Exception as e:
         StoreService._log.warn("Could not reload signing keys: {error}", error=str(e))
+
+
+def rotation_check_interval(rotate_every: int) -> float:
+    """
+    How often a process asks whether a scheduled rotation is due: a
+    twentieth of the schedule, between 1 s and L{ROTATION_CHECK_SECONDS};
+    a rotation then comes at most that late.
+    """
+    return min(ROTATION_CHECK_SECONDS, max(1.0, rotate_every / 20))
+
+
+async def rotate_on_schedule(
+    keyring: Keyring, store: IStore, every: int, delay: int, holder: str
+) -> None:
+    """
+    Rotate the signing keys when their schedule says so, in one process of
+    all those sharing the store (L{Keyring.rotate_on_schedule}).
+    """
+    try:
+        new = await keyring.rotate_on_schedule(every, delay, store, holder)
+    except Exception as e:
+        StoreService._log.warn("Could not rotate the signing keys: {error}", error=str(e))
+        return
+    if new is not None:
+        StoreService._log.info(
+            "Rotated the signing keys on schedule: {kid} ({alg}) published, signing from "
+            "{active_from} UTC",
+            kid=new.kid,
+            alg=new.alg,
+            active_from=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(new.active_from)),
+        )
 
 
 async def purge_expired(store: IStore, now: Callable[[], float]) -> None:

@@ -37,8 +37,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from ccserver import firststart
+from ccserver import __version__, firststart
 from ccserver.assembly import Prepared, assemble
+from ccserver.auditlog import open_writer
 from ccserver.config import Config, load_config
 from ccserver.errors import ConfigError
 from ccserver.grants import descriptions, find_grant_types
@@ -53,6 +54,7 @@ from ccserver.services import StartUp, service_tree
 from ccserver.stores import store_from_settings
 from ccserver.text import escape
 from ccserver.tls import ClientCertificateRequesting, load_pem_certificates, server_context
+from ccserver.tracing import Tracing
 
 _log = Logger()
 
@@ -116,8 +118,6 @@ class Options(usage.Options):
 
     def opt_version(self) -> None:
         """Print the version and exit."""
-        from ccserver import __version__
-
         print(f"ccserver {__version__}")
         sys.exit(0)
 
@@ -253,13 +253,19 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
     client_ca = None
     if config.mtls_enabled and config.tls.client_ca:
         client_ca = tuple(load_pem_certificates("client_ca", config.tls.client_ca))
+    # before the first-start files: a path that cannot be written to stops
+    # the start, leaving at most an empty audit file behind
+    audit_writer = open_writer(config.audit, config.issuer)
     first = firststart.prepare(config)
     directory = None
     if config.metrics.listen is not None and endpoints.shared:
         # Before any metric is made, and before the workers start: they
         # inherit the directory through the environment.
         directory = MultiprocessDirectory(use_multiprocess_directory())
-    return Prepared(store, handler, first, endpoints, client_ca, directory, grants)
+    return Prepared(
+        store, handler, first, endpoints, client_ca, directory, grants, audit_writer,
+        make_tracing(config),
+    )
 
 
 def check_key_files(config: Config) -> None:
@@ -286,6 +292,24 @@ def check_key_files(config: Config) -> None:
                 f"{where}: {trusted.jwks_file} holds no public key that signs "
                 + ("JWT-SVIDs (use: jwt-svid)" if trusted.spiffe else "tokens")
             )
+
+
+def make_tracing(config: Config) -> Tracing | None:
+    """
+    The spans' exporter to C{[tracing] endpoint} (its thread started), or
+    None when tracing is off.
+    """
+    settings = config.tracing
+    if settings.endpoint is None:
+        return None
+    return Tracing.exporting(
+        settings.endpoint,
+        service_name=settings.service_name,
+        service_version=__version__,
+        sampling=settings.sampling,
+        trust_incoming=settings.trust_incoming,
+        timeout=settings.timeout,
+    )
 
 
 def _tls_context(config: Config) -> ClientCertificateRequesting | None:

@@ -31,6 +31,7 @@ from ccserver import strictjson
 from ccserver.errors import (
     OAuthError,
     StoreUnavailable,
+    answered_with,
     invalid_client_metadata,
     invalid_request,
     temporarily_unavailable,
@@ -38,7 +39,7 @@ from ccserver.errors import (
 from ccserver.health import Readiness
 from ccserver.httpchannel import CCServerChannel, HTTPLimits
 from ccserver.keys import Keyring
-from ccserver.metrics import NO_METRICS, NoMetrics
+from ccserver.metrics import NO_METRICS, OTHER_ROUTE, NoMetrics
 from ccserver.model import IssuedToken, TokenRequest
 from ccserver.oauth.clientauth import split_authorization
 from ccserver.oauth.grants import TokenGrants
@@ -53,6 +54,7 @@ from ccserver.proxies import Address, Network, hop_address, is_trusted
 from ccserver.text import escape
 from ccserver.tls import ClientCertificateReader
 from ccserver.tokenjson import token_answer_json
+from ccserver.tracing import Tracing
 
 #: The largest request body accepted, in bytes; larger ones get 413.
 MAX_BODY = 64 * 1024
@@ -357,6 +359,37 @@ def client_certificate(
     return None if certificates is None else certificates.read(request)
 
 
+# RFC 9110 §8.8.3: entity-tag = [ weak ] opaque-tag; weak = %s"W/";
+# opaque-tag = DQUOTE *etagc DQUOTE; etagc = %x21 / %x23-7E / obs-text (a
+# comma among them: the list is read tag by tag, never split at commas).
+# Between list members, OWS and commas (§5.6.1: empty elements are ignored).
+_TAG = rb'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"'
+_ENTITY_TAG_LIST = re.compile(rb"[ \t,]*" + _TAG + rb"(?:[ \t]*,[ \t,]*" + _TAG + rb")*[ \t,]*")
+_OPAQUE_TAG = re.compile(rb'"[\x21\x23-\x7e\x80-\xff]*"')
+
+
+def none_match(headers: Sequence[bytes] | None, etag: str) -> bool:
+    """
+    Whether C{If-None-Match} (its field lines, if any) matches the current
+    representation, whose strong entity tag is C{etag}: then a GET or HEAD
+    is answered 304 (RFC 9110 §13.1.2).
+
+    C{*} matches any representation.  Otherwise the field is a list of
+    entity tags compared by the weak comparison (§8.8.3.2: the opaque tags
+    are equal, whether either is weak or not), which §13.1.2 asks for.  A
+    field that is neither is ignored (no match): the request is answered as
+    if it had none, with the whole set.
+    """
+    if not headers:
+        return False
+    value = b", ".join(headers)
+    if value.strip(b" \t") == b"*":
+        return True
+    if _ENTITY_TAG_LIST.fullmatch(value) is None:
+        return False
+    return etag.encode("ascii") in _OPAQUE_TAG.findall(value)
+
+
 def _allow(request: IRequest, *methods: bytes) -> None:
     if request.method not in methods:
         raise OAuthError(
@@ -390,6 +423,8 @@ class CCServerApp:
     certificates: ClientCertificateReader | None = None
     #: Whose X-Forwarded-For names a request's source ([limits] trusted_proxies).
     trusted_proxies: tuple[Network, ...] = ()
+    #: With [tracing] on: each request a span (L{TracedRoot}).
+    tracing: Tracing | None = None
     #: Requests' sources, for every route (one warning per process).
     sources: RequestSources = field(
         default=Factory(lambda app: RequestSources(app.trusted_proxies), takes_self=True),
@@ -407,12 +442,14 @@ class CCServerApp:
     def resource(self) -> Resource:
         """
         The whole HTTP surface: L{TokenResource} at C{/token}, the Klein
-        routes everywhere else.
+        routes everywhere else; with tracing on, each request a span
+        (L{TracedRoot}).
         """
-        return RootResource(
+        root = RootResource(
             TokenResource(self.grants, self.metrics, self.certificates, self.sources),
             self.app.resource(),
         )
+        return root if self.tracing is None else TracedRoot(root, self.tracing, self.sources)
 
     def _source(self, request: IRequest) -> str:
         return self.sources(request)
@@ -465,10 +502,21 @@ class CCServerApp:
 
     @app.route("/jwks.json", methods=None)
     def jwks(self, request: IRequest) -> bytes:
+        """
+        The JWK set, with its entity tag: a cache that has it already asks
+        with C{If-None-Match} and gets 304 and no body while it is the same
+        (RFC 9110 §13.1.2, §15.4.5: the 304 carries the C{ETag} and
+        C{Cache-Control} the 200 would).
+        """
         _allow(request, b"GET", b"HEAD")
-        request.setHeader(b"Content-Type", b"application/jwk-set+json")
+        body, etag = self.keyring.jwks_json, self.keyring.jwks_etag
+        request.setHeader(b"ETag", etag.encode("ascii"))
         request.setHeader(b"Cache-Control", f"public, max-age={self.jwks_max_age}".encode())
-        return self.keyring.jwks_json
+        if none_match(request.requestHeaders.getRawHeaders(b"if-none-match"), etag):
+            request.setResponseCode(304)
+            return b""
+        request.setHeader(b"Content-Type", b"application/jwk-set+json")
+        return body
 
     @app.route("/client-reg", methods=None)
     async def register(self, request: IRequest) -> bytes:
@@ -587,18 +635,16 @@ def error_code(failure: Failure) -> str:
     The RFC 6749 §5.2 error code a failure is answered with (for the
     metrics, whose labels must be a small set).
     """
-    if isinstance(failure.value, OAuthError):
-        return failure.value.error
-    if isinstance(failure.value, StoreUnavailable):
-        return "temporarily_unavailable"
-    return "server_error"
+    error = failure.value
+    assert error is not None  # a failure has its exception
+    return answered_with(error)[0]
 
 
 class TokenResource(Resource):
     """
     C{/token}, the hot path, as a plain twisted.web resource: one request
     in, one call to the C{token} of the grant its C{grant_type} selects
-    (L{TokenGrants.grant_for}), its answer or error out, with no routing on
+    (L{TokenGrants.token}), its answer or error out, with no routing on
     the way (Klein's routing and response handling are a large share of a
     token request's cost: bench/README.md, "Measurements behind design
     choices").
@@ -623,9 +669,8 @@ class TokenResource(Resource):
         try:
             _allow(request, b"POST")
             form, repeated = parse_form(request)
-            grant = self._grants.grant_for(form)
             issued = ensureDeferred(
-                grant.token(
+                self._grants.token(
                     TokenRequest(
                         form,
                         _authorization(request),
@@ -730,6 +775,59 @@ class RootResource(Resource):
         # Hand Klein the whole path, as if it were the root.
         request.postpath.insert(0, request.prepath.pop())
         return self._app
+
+
+class TracedRoot(Resource):
+    """
+    The root of a site whose requests are traced ([tracing] on): every
+    resource the root finds is rendered in the request's span
+    (L{TracedResource}).  Only a traced site has one: a site without
+    tracing pays nothing for it.
+    """
+
+    def __init__(self, root: RootResource, tracing: Tracing, sources: RequestSources) -> None:
+        super().__init__()
+        self.root = root
+        self.leaves = root.leaves
+        self._tracing = tracing
+        self._sources = sources
+
+    def getChildWithDefault(self, name: bytes, request: IRequest) -> Resource:
+        return TracedResource(self.root.getChildWithDefault(name, request), self._tracing, self._sources)
+
+
+class TracedResource(Resource):
+    """
+    A resource rendered in its request's span: opened before it renders,
+    current while it runs (and in every coroutine it starts), ended when
+    the request is answered, with its status and source.
+    """
+
+    isLeaf = True
+
+    def __init__(self, resource: Resource, tracing: Tracing, sources: RequestSources) -> None:
+        super().__init__()
+        self._resource = resource
+        self._tracing = tracing
+        self._sources = sources
+
+    def render(self, request: IRequest) -> Any:
+        answerable = cast("server.Request", request)
+        path = answerable.path
+        span, leave = self._tracing.request_started(
+            request.method.decode("ascii", "replace"),
+            route_template(path) or OTHER_ROUTE,
+            path.decode("ascii", "replace"),
+            request.requestHeaders,
+        )
+        answerable.notifyFinish().addBoth(self._answered, answerable, span)
+        try:
+            return self._resource.render(request)
+        finally:
+            leave()
+
+    def _answered(self, _: object, request: server.Request, span: Any) -> None:
+        self._tracing.request_finished(span, request.code, self._sources(request))
 
 
 def _template(rule: str) -> str:

@@ -102,7 +102,9 @@ def ccserver_process(
     # counting runs on every store without refusing them (the limits have
     # their own tests, tests/test_limits.py).
     config = folder / "limits.toml"
-    config.write_text("[limits]\nfailed_auth_per_minute = 1000000\n")
+    config.write_text(
+        "[limits]\nfailed_auth_per_minute = 1000000\nfailed_auth_per_client_per_minute = 1000000\n"
+    )
     server = CCServerProcess(
         folder,
         "--master-token",

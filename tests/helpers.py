@@ -22,7 +22,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from ccserver import credentials
+from ccserver import audit, credentials
 from ccserver.assembly import make_issuer_keys, make_jwks_fetcher, make_site
 from ccserver.config import Config, StoreConfig, TokenConfig
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
@@ -35,7 +35,65 @@ from ccserver.oauth.tokens import sign_inline
 from ccserver.stores.memory import MemoryStore
 
 ISSUER = "https://as.example.com"
+
+
+class AuditEvents:
+    """
+    The audit events emitted while a test runs (observed on
+    L{audit.publisher} until it ends), each as a flat dict: C{type},
+    C{actor} (its JSON object), C{source} if any, and its fields.
+    """
+
+    def __init__(self, test: SynchronousTestCase) -> None:
+        self.raw: list[dict[str, Any]] = []
+        audit.publisher.addObserver(self)
+        test.addCleanup(audit.publisher.removeObserver, self)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        self.raw.append(event)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        flat = []
+        for event in self.raw:
+            one: dict[str, Any] = {
+                "type": event["audit_type"],
+                "actor": event["audit_actor"].as_json(),
+            }
+            if event["audit_source"] is not None:
+                one["source"] = event["audit_source"]
+            one.update((k, v) for k, v in event["audit_fields"].items() if v is not None)
+            flat.append(one)
+        return flat
+
+    def of(self, event_type: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == event_type]
+
+    def one(self, event_type: str) -> dict[str, Any]:
+        """
+        The one event of C{event_type} (the test fails unless there is
+        exactly one).
+        """
+        found = self.of(event_type)
+        if len(found) != 1:
+            raise AssertionError(f"{len(found)} {event_type} events: {self.events}")
+        return found[0]
+
+    def clear(self) -> None:
+        del self.raw[:]
 MASTER_TOKEN = "master-token-for-tests-0123456789"
+
+
+def config_of(test: SynchronousTestCase, text: str) -> Config:
+    """
+    The configuration that a TOML file holding C{text} gives
+    (L{ccserver.config.load_config}, with no environment).
+    """
+    from ccserver.config import load_config
+
+    path = temp_dir(test) / "ccserver.toml"
+    path.write_text(text)
+    return load_config({"config": str(path)}, {})
 
 
 def temp_dir(test: SynchronousTestCase) -> Path:
@@ -95,6 +153,12 @@ class ServerTestCase(SynchronousTestCase):
         """
         return None
 
+    def make_tracing(self) -> Any:
+        """
+        The spans' tracer ([tracing]): by default none, tracing off.
+        """
+        return None
+
     def make_grant_types(self) -> Any:
         """
         The grant type plugins to offer (a L{ccserver.pluginloader.Found}):
@@ -151,6 +215,7 @@ class ServerTestCase(SynchronousTestCase):
             self.make_certificates(),
             self.offered,
             issuer_keys,
+            self.make_tracing(),
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))
         self.treq = StubTreq(self.site.resource)

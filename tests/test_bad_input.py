@@ -111,7 +111,17 @@ class Server:
         return len(self.process.read_log())
 
     def log_since(self, offset: int) -> str:
-        return self.process.read_log()[offset:]
+        """
+        The main log since C{offset}: without the audit trail's lines,
+        which go to the same standard output ([audit] log = "-"), written
+        on a timer of their own (those of an earlier request may land in a
+        later test's window).
+        """
+        text = self.process.read_log()[offset:]
+        return "".join(
+            line for line in text.splitlines(keepends=True)
+            if not line.startswith('{"audit_version"')
+        )
 
 
 @pytest.fixture

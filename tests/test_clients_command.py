@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import stat
+import subprocess
 import unittest
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,35 @@ from tests.process import REPO, CCServerProcess, run_admin, run_ccserver, run_py
 from tests.test_escaping import HOSTILE, raw_characters
 
 pytestmark = pytest.mark.process
+
+
+class Ran(subprocess.CompletedProcess[str]):
+    """
+    How a run of the command ended, and the audit events it wrote (on its
+    standard error: C{[audit] log = "-"}, the default), apart from the rest
+    of its standard error.
+    """
+
+    audit: list[dict[str, Any]]
+
+
+def ccserver(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, stdin: str | None = None
+) -> Ran:
+    """
+    Run the C{ccserver} command with these arguments (and C{stdin} as its
+    standard input).  Its audit events are taken out of its standard
+    error (L{Ran.audit}), which keeps everything else.
+    """
+    done = run_admin(*args, cwd=cwd, env=env, stdin=stdin)
+    ran = Ran(done.args, done.returncode, done.stdout, "")
+    ran.audit = []
+    for line in done.stderr.splitlines(keepends=True):
+        if line.startswith('{"audit_version":'):
+            ran.audit.append(json.loads(line))
+        else:
+            ran.stderr += line
+    return ran
 
 
 def token(server: CCServerProcess, client_id: str, secret: str) -> int:
@@ -52,7 +83,7 @@ class ClientsCommandMixin:
         self.url = clean_store_url(self.kind, self.addCleanup)  # type: ignore[attr-defined]
 
     def run_ok(self, *args: str) -> str:
-        done = run_admin("--store", self.url, "clients", *args, cwd=self.tmp)
+        done = ccserver("--store", self.url, "clients", *args, cwd=self.tmp)
         self.assertEqual(done.returncode, 0, done.stderr)  # type: ignore[attr-defined]
         self.assertEqual(done.stderr, "")  # type: ignore[attr-defined]
         return done.stdout
@@ -103,7 +134,7 @@ class ClientsCommandMixin:
         t: Any = self
         for action in ("show", "delete", "rotate-secret"):
             # a client id may start with "-": it is never taken for an option
-            done = run_admin("--store", self.url, "clients", action, "-nobody", cwd=self.tmp)
+            done = ccserver("--store", self.url, "clients", action, "-nobody", cwd=self.tmp)
             t.assertEqual(done.returncode, 1, done.stderr)
             t.assertEqual(done.stderr, "ccserver: no client '-nobody'\n")
 
@@ -122,7 +153,7 @@ class ClientsCommandMixin:
         )
         t.assertEqual(created["grant_types"], [exchange, "client_credentials"])
         t.assertEqual(json.loads(self.run_ok("create", "--name", "c", "--scope", "read"))["grant_types"], ["client_credentials"])
-        done = run_admin(
+        done = ccserver(
             "--store", self.url, "clients", "create", "--name", "x", "--scope", "read",
             "--grant-type", "password", cwd=self.tmp,
         )
@@ -164,18 +195,187 @@ class ClientsCommandMixin:
         actions = ("show", "delete", "rotate-secret")
         for index, client_id in enumerate(("a\x1b[2Jb", "a\x9bb", "a\u202eb", "a\udcffb", "a" * 257)):
             action = actions[index % len(actions)]
-            done = run_admin("--store", self.url, "clients", action, client_id, cwd=self.tmp)
+            done = ccserver("--store", self.url, "clients", action, client_id, cwd=self.tmp)
             t.assertEqual(done.returncode, 1, done.stderr)
             t.assertRegex(done.stderr, r"^ccserver: client_id must be [^\n]*\n$", action)
 
     def test_bad_metadata_one_line(self) -> None:
         t: Any = self
-        done = run_admin(
+        done = ccserver(
             "--store", self.url, "clients", "create", "--name", "x", "--scope", 'a "b', cwd=self.tmp
         )
         t.assertEqual(done.returncode, 1)
         t.assertEqual(len(done.stderr.splitlines()), 1, done.stderr)
         t.assertIn("invalid_client_metadata: scope", done.stderr)
+        t.assertEqual(done.audit, [])
+
+    def run_audited(self, *args: str) -> tuple[str, list[dict[str, Any]]]:
+        options = list(args[:2]) if args[0] == "--config" else []
+        done = ccserver(*options, "--store", self.url, *args[len(options):], cwd=self.tmp)
+        self.assertEqual(done.returncode, 0, done.stderr)  # type: ignore[attr-defined]
+        self.assertEqual(done.stderr, "")  # type: ignore[attr-defined]
+        return done.stdout, done.audit
+
+    def test_actions_told_to_the_audit_trail(self) -> None:
+        """
+        Each action that reads or changes a client is one event on standard
+        error (with [audit] log = "-"), by the command's user; never a
+        secret.
+        """
+        t: Any = self
+        out, events = self.run_audited("clients", "create", "--name", "billing", "--scope", "read")
+        created = json.loads(out)
+        client_id = created["client_id"]
+        me = {"type": "cli", "user": pwd.getpwuid(os.geteuid()).pw_name}
+        [registered] = events
+        t.assertEqual(registered["type"], "client.registered")
+        t.assertEqual(registered["actor"], me)
+        t.assertNotIn("source", registered)
+        t.assertEqual(registered["client_id"], client_id)
+        t.assertEqual(registered["privileged"]["scope"], "read")
+        _, [read] = self.run_audited("clients", "show", client_id)
+        t.assertEqual((read["type"], read["client_id"]), ("client.read", client_id))
+        out, [rotated] = self.run_audited("clients", "rotate-secret", client_id, "--grace", "60")
+        t.assertEqual(rotated["type"], "client.secret_rotated")
+        t.assertEqual(rotated["previous_secret_expires_at"], json.loads(out)["previous_secret_expires_at"])
+        _, [deleted] = self.run_audited("clients", "delete", client_id)
+        t.assertEqual((deleted["type"], deleted["actor"]), ("client.deleted", me))
+        _, listed = self.run_audited("clients", "list")
+        t.assertEqual(listed, [])
+        secrets = [created["client_secret"], created["registration_access_token"], json.loads(out)["client_secret"]]
+        text = json.dumps([registered, read, rotated, deleted])
+        for secret in secrets:
+            t.assertNotIn(secret, text)
+
+    def test_sudo_user(self) -> None:
+        t: Any = self
+        done = ccserver(
+            "--store", self.url, "clients", "create", "--name", "x", cwd=self.tmp,
+            env={"SUDO_USER": "alice"},
+        )
+        t.assertEqual(done.audit[0]["actor"]["sudo_user"], "alice")
+
+    def test_keys_told_to_the_audit_trail(self) -> None:
+        t: Any = self
+        _, listed = self.run_audited("keys", "list")
+        t.assertEqual(listed, [])
+        _, [first] = self.run_audited("keys", "rotate", "--delay", "0")
+        t.assertEqual(first["type"], "key.created")
+        _, events = self.run_audited("keys", "rotate", "--delay", "0")
+        t.assertEqual([e["type"] for e in events], ["key.created", "key.retired"])
+        new, old = events
+        t.assertEqual(old["kid"], first["kid"])
+        t.assertEqual(new["active_from"], old["retired_at"])
+        t.assertEqual(new["actor"]["type"], "cli")
+        # a key of another algorithm than the configured one, retired now
+        config = self.tmp / "es256.toml"
+        config.write_text('[tokens]\nsigning_alg = "ES256"\n')
+        _, [other] = self.run_audited("--config", str(config), "keys", "rotate", "--delay", "0")
+        t.assertEqual(other["alg"], "ES256")
+        _, [retired] = self.run_audited("keys", "retire", other["kid"])
+        t.assertEqual((retired["type"], retired["kid"]), ("key.retired", other["kid"]))
+
+    def test_unwritable_audit_trail_does_nothing(self) -> None:
+        t: Any = self
+        config = self.tmp / "audit.toml"
+        config.write_text(f'[audit]\nlog = "{self.tmp / "missing" / "audit.log"}"\n')
+        done = ccserver(
+            "--config", str(config), "--store", self.url, "clients", "create", "--name", "x",
+            cwd=self.tmp,
+        )
+        t.assertEqual(done.returncode, 1)
+        t.assertEqual(len(done.stderr.splitlines()), 1, done.stderr)
+        t.assertIn("[audit] log: cannot write the audit trail", done.stderr)
+        t.assertEqual(json.loads(self.run_ok("list", "--json")), [])
+
+    def test_audit_trail_to_a_file(self) -> None:
+        t: Any = self
+        log = self.tmp / "audit.log"
+        config = self.tmp / "audit.toml"
+        config.write_text(f'[audit]\nlog = "{log}"\n')
+        done = ccserver(
+            "--config", str(config), "--store", self.url, "clients", "create", "--name", "x",
+            cwd=self.tmp,
+        )
+        t.assertEqual((done.returncode, done.stderr, done.audit), (0, "", []))
+        [line] = log.read_text().splitlines()
+        t.assertEqual(json.loads(line)["type"], "client.registered")
+
+    def test_registration_tokens(self) -> None:
+        """
+        create prints the token once (and its id, limits, expiry and
+        uses); list shows each without the token; revoke ends it; each
+        told to the audit trail.
+        """
+        t: Any = self
+        out, [created_event] = self.run_audited(
+            "registration-tokens", "create", "--scope-limit", "read write", "--expires", "7d",
+            "--uses", "10", "--note", "payments team", "--audience-limit", "https://api.example",
+            "--auth-method-limit", "private_key_jwt", "--grant-type-limit", "client_credentials",
+            "--json",
+        )
+        created = json.loads(out)
+        token_id = created["id"]
+        t.assertTrue(token_id.startswith("iat_"))
+        t.assertGreaterEqual(len(created["initial_access_token"]), 43)
+        t.assertEqual(
+            {k: created[k] for k in ("uses", "max_uses", "note", "state", "scope_limit",
+                                     "audience_limit", "auth_method_limit", "grant_type_limit")},
+            {
+                "uses": 0, "max_uses": 10, "note": "payments team", "state": "active",
+                "scope_limit": ["read", "write"], "audience_limit": ["https://api.example"],
+                "auth_method_limit": ["private_key_jwt"], "grant_type_limit": ["client_credentials"],
+            },
+        )
+        t.assertLess(abs(created["expires_at"] - created["created_at"] - 7 * 86400), 1)
+        t.assertEqual(created_event["type"], "initial_access_token.created")
+        t.assertEqual(created_event["initial_access_token_id"], token_id)
+        t.assertEqual(created_event["scope_limit"], ["read", "write"])
+        t.assertEqual(created_event["note"], "payments team")
+        t.assertNotIn(created["initial_access_token"], json.dumps(created_event))
+        _, [other_event] = self.run_audited("registration-tokens", "create", "--json")
+        out, events = self.run_audited("registration-tokens", "list", "--json")
+        t.assertEqual(events, [])
+        listed = json.loads(out)
+        t.assertEqual([entry["id"] for entry in listed], [token_id, other_event["initial_access_token_id"]])
+        t.assertEqual(listed[1]["max_uses"], 1)
+        t.assertLess(abs(listed[1]["expires_at"] - listed[1]["created_at"] - 86400), 1)
+        t.assertNotIn(created["initial_access_token"], out)
+        table, _ = self.run_audited("registration-tokens", "list")
+        t.assertIn(token_id, table)
+        t.assertIn("0/10", table)
+        t.assertIn("payments team / scope: read write; audience: https://api.example", table)
+        out, [revoked] = self.run_audited("registration-tokens", "revoke", token_id)
+        t.assertIn("revoked", out)
+        t.assertEqual(
+            (revoked["type"], revoked["initial_access_token_id"]),
+            ("initial_access_token.revoked", token_id),
+        )
+        listed = json.loads(self.run_audited("registration-tokens", "list", "--json")[0])
+        t.assertEqual(listed[0]["state"], "revoked")
+        t.assertIsInstance(listed[0]["revoked_at"], int)
+        plain = ccserver("--store", self.url, "registration-tokens", "create", cwd=self.tmp)
+        t.assertEqual(len(plain.stdout.splitlines()), 1)
+        t.assertIn("registers 1 client until", plain.stderr)
+
+    def test_registration_tokens_mistakes(self) -> None:
+        t: Any = self
+        for args, message in [
+            (("--expires", "soon"), "--expires: 'soon' is not a duration"),
+            (("--uses", "0"), "--uses: must be 1 to"),
+            (("--note", "a\x1b[2Jb"), "--note: must be printable"),
+            (("--scope-limit", 'a "b'), "--scope-limit: must be scope values"),
+            (("--audience-limit", "not a uri"), "--audience-limit: 'not a uri'"),
+            (("--auth-method-limit", "magic"), "--auth-method-limit: 'magic' is not one of"),
+            (("--grant-type-limit", "password"), "--grant-type-limit: 'password' is not one of"),
+        ]:
+            done = ccserver("--store", self.url, "registration-tokens", "create", *args, cwd=self.tmp)
+            t.assertEqual(done.returncode, 1, done.stderr)
+            t.assertEqual(len(done.stderr.splitlines()), 1, done.stderr)
+            t.assertIn(message, done.stderr)
+        done = ccserver("--store", self.url, "registration-tokens", "revoke", "iat_nope", cwd=self.tmp)
+        t.assertEqual((done.returncode, done.stderr), (1, "ccserver: no initial access token 'iat_nope'\n"))
+        t.assertEqual(json.loads(self.run_audited("registration-tokens", "list", "--json")[0]), [])
 
 
 class SQLiteClientsCommandTests(ClientsCommandMixin, unittest.TestCase):
@@ -229,7 +429,7 @@ class SQLiteClientsCommandTests(ClientsCommandMixin, unittest.TestCase):
         self.addCleanup(os.umask, old)
         for command in ("clients", "keys"):
             path = self.tmp / f"new-{command}.db"
-            done = run_admin("--store", f"sqlite:///{path}", command, "list", cwd=self.tmp)
+            done = ccserver("--store", f"sqlite:///{path}", command, "list", cwd=self.tmp)
             self.assertEqual(done.returncode, 0, done.stderr)
             self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600, command)
 
@@ -311,7 +511,7 @@ class SharedKeyTests(unittest.TestCase):
         self.assertFalse((second_dir / "ccserver.key-encryption-key").exists())
 
         # the command refuses too, and leaves no file either
-        listed = run_admin("--store", self.url, "keys", "list", cwd=second_dir)
+        listed = ccserver("--store", self.url, "keys", "list", cwd=second_dir)
         self.assertEqual(listed.returncode, 1)
         self.assertIn("copy the key file", listed.stderr)
         self.assertFalse((second_dir / "ccserver.key-encryption-key").exists())
@@ -320,11 +520,11 @@ class SharedKeyTests(unittest.TestCase):
         with CCServerProcess(second_dir, "--master-token", "m" * 32, store=self.url, env=env) as second:
             self.assertEqual(requests.get(second.url + "/jwks.json", timeout=10).status_code, 200)
         self.assertFalse((second_dir / "ccserver.key-encryption-key").exists())
-        listed = run_admin("--store", self.url, "keys", "list", cwd=second_dir, env=env)
+        listed = ccserver("--store", self.url, "keys", "list", cwd=second_dir, env=env)
         self.assertEqual(listed.returncode, 0, listed.stderr)
 
     def test_bad_key_in_the_environment_not_echoed(self) -> None:
-        done = run_admin("--store", self.url, "keys", "list", cwd=self.tmp,
+        done = ccserver("--store", self.url, "keys", "list", cwd=self.tmp,
                         env={"CCSERVER_KEY_ENCRYPTION_KEY": "not-a-fernet-key"})
         self.assertEqual(done.returncode, 1)
         self.assertIn("CCSERVER_KEY_ENCRYPTION_KEY: is not a Fernet key", done.stderr)

@@ -16,7 +16,7 @@ import attrs
 from attrs import evolve
 from twisted.trial.unittest import SynchronousTestCase
 
-from ccserver.model import Client, StoredKey, TokenRecord
+from ccserver.model import Client, InitialAccessToken, StoredKey, TokenRateLimit, TokenRecord
 from ccserver.stores.codec import (
     CLIENTS,
     CODECS,
@@ -81,8 +81,9 @@ _METADATA_JSON = (
 # encrypted_secret: schema version 4 added the column, NULL in earlier rows
 # previous_secret_digest, _expires_at: version 8 added them, likewise
 # auth_method_named: version 9 added it, 1 (its column default) in earlier rows
+# token_rate_limit: version 15 added it, NULL in earlier rows
 LEGACY_CLIENT_ROW = (
-    "client-ü", 1700000000, _METADATA_JSON, "a" * 64, "b" * 64, None, None, None, 1
+    "client-ü", 1700000000, _METADATA_JSON, "a" * 64, "b" * 64, None, None, None, 1, None
 )
 LEGACY_CLIENT_JSON = (
     '{"client_id":"client-ü","client_id_issued_at":1700000000,"metadata":'
@@ -125,7 +126,8 @@ def current_json(legacy: str) -> str:
     if legacy.startswith('{"client_id"'):
         return legacy[:-1] + (
             ',"encrypted_secret":null,"previous_secret_digest":null,'
-            '"previous_secret_expires_at":null,"auth_method_named":true}'
+            '"previous_secret_expires_at":null,"auth_method_named":true,'
+            '"token_rate_limit":null}'
         )
     return legacy
 
@@ -161,6 +163,8 @@ def edge_cases() -> list[Any]:
         evolve(LEGACY_CLIENT, metadata={"unicode": "日本語 🐍 \u2028", "n": -1, "x": None}),
         evolve(LEGACY_CLIENT, client_id="12345", metadata={"big": large_claims}),
         evolve(LEGACY_CLIENT, auth_method_named=False),
+        evolve(LEGACY_CLIENT, token_rate_limit=TokenRateLimit.of(0.5, 7)),
+        evolve(LEGACY_CLIENT, token_rate_limit=TokenRateLimit.of(1_000_000)),
         LEGACY_KEY,
         RETIRED_KEY,
         evolve(LEGACY_KEY, encrypted_private_key="g" * 10_000, retired_at=0),
@@ -283,6 +287,7 @@ class LegacyFormatTests(SynchronousTestCase):
                 "previous_secret_digest",
                 "previous_secret_expires_at",
                 "auth_method_named",
+                "token_rate_limit",
             ),
         )
         self.assertEqual(
@@ -309,7 +314,7 @@ class CoverageTests(SynchronousTestCase):
         order: adding a field to the model without one fails here (and at
         import).
         """
-        self.assertEqual(set(CODECS), {Client, TokenRecord, StoredKey})
+        self.assertEqual(set(CODECS), {Client, TokenRecord, StoredKey, InitialAccessToken})
         for model, codec in CODECS.items():
             self.assertIs(codec.model, model)
             self.assertEqual(codec.names, tuple(a.name for a in attrs.fields(model)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from attrs import field, fields, frozen
+from attrs import evolve, field, fields, frozen
 from twisted.trial.unittest import SynchronousTestCase
 
 from ccserver.config import (
@@ -252,9 +252,15 @@ class ExampleConfigTests(SynchronousTestCase):
 
     def test_example_values_are_the_defaults(self) -> None:
         """
-        The example's uncommented values are the defaults it says they are.
+        The example's uncommented values are the defaults it says they are,
+        but [keys] rotate_every: off by default (an upgrade changes
+        nothing), on in the example that new installations start from.
         """
-        self.assertEqual(load_config({"config": str(self.example)}, {}), Config())
+        defaults = Config()
+        self.assertEqual(
+            load_config({"config": str(self.example)}, {}),
+            evolve(defaults, keys=evolve(defaults.keys, rotate_every=30 * 86400)),
+        )
 
 
 @frozen

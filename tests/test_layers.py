@@ -42,6 +42,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
             "ccserver.admin",
             "ccserver.firststart",
             "ccserver.config",
+            "ccserver.auditlog",
         ),
     ),
     # HTTP in and out; nothing below touches a request.
@@ -70,6 +71,11 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "metrics": (1, ("ccserver.metrics",)),
     # Beside keys; the layers above reach a store through ccserver.interfaces.
     "stores": (1, ("ccserver.stores",)),
+    # The audit trail's schema and emission: every layer says what happened.
+    "audit": (0, ("ccserver.audit",)),
+    # OpenTelemetry spans: the traced parts and the outbound request's
+    # trace context; imports nothing else of ccserver.
+    "tracing": (0, ("ccserver.tracing",)),
     # The domain and its rules, the errors, the interfaces.
     "base": (
         0,

@@ -43,7 +43,7 @@ from ccserver.oauth.limits import (
 from ccserver.proxies import trusted_networks
 from ccserver.stores.memory import MemoryStore
 from ccserver.web import RequestSources, source_address
-from tests.helpers import MASTER_TOKEN, Response, ServerTestCase, basic
+from tests.helpers import MASTER_TOKEN, Response, ServerTestCase, basic, config_of
 
 ATTACKER = "203.0.113.7"
 OTHER = "198.51.100.20"
@@ -518,14 +518,7 @@ class IssuanceLimitTests(LimitsTestCase):
 
 class LimitsConfigTests(SynchronousTestCase):
     def load(self, text: str) -> Config:
-        from pathlib import Path
-
-        from ccserver.config import load_config
-        from tests.helpers import temp_dir
-
-        path = Path(temp_dir(self)) / "ccserver.toml"
-        path.write_text(text)
-        return load_config({"config": str(path)}, {})
+        return config_of(self, text)
 
     def test_values(self) -> None:
         config = self.load(

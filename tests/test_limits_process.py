@@ -139,12 +139,17 @@ class LimitsProcessMixin:
     def test_burst_of_master_tokens(self) -> None:
         """
         The same at /client-reg: 200 wrong master tokens and the right one
-        last; no more than the budget checked, no client registered past it.
+        last; no more than the budget checked.  A bearer token there may be
+        the master token or an initial access token, each with a budget of
+        its own: a request one of the two cannot be tried for is answered
+        429 after its check (the other's budget may have been spent by
+        the other worker meanwhile), so the 401s are at most the budget,
+        and the checks at most twice it.
         """
         requests = [registration_request(f"wrong-master-token-{n:04}") for n in range(200)]
         requests.append(registration_request(MASTER_TOKEN))
         counts = self.assertWithinBudget(burst(self.server.port, requests), 201)
-        self.assertEqual(counts[401], BUDGET, counts)  # type: ignore[attr-defined]
+        self.assertGreaterEqual(counts[429], 201 - 2 * BUDGET, counts)  # type: ignore[attr-defined]
 
     def test_cap_keeps_a_known_source(self) -> None:
         """

@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 
 from ccserver import credentials
+from ccserver.oauth.registration import NO_SUCH_CLIENT
 from tests.helpers import ISSUER, MASTER_TOKEN, ServerTestCase, assert_not_echoed, basic
 
 MASTER = {"Authorization": f"Bearer {MASTER_TOKEN}"}
@@ -488,6 +489,32 @@ class ConfigurationTests(ServerTestCase):
         self.assertEqual(self.request("GET", self.path, headers=self.rat).code, 401)
         self.assertEqual(self.request("DELETE", self.path, headers=self.rat).code, 401)
         self.assertIsNone(self.successResultOf(self.store.get_client(self.client["client_id"])))
+
+    def test_deleted_client_named_to_the_master_token(self) -> None:
+        """
+        The master token at a deleted (or never registered) client's
+        configuration endpoint gets RFC 7592's 401, saying there is no such
+        client rather than that its token is wrong; a registration access
+        token learns nothing more than before.
+        """
+        self.assertEqual(self.request("DELETE", self.path, headers=MASTER).code, 204)
+        for method, path in (
+            ("GET", self.path),
+            ("PUT", self.path),
+            ("DELETE", self.path),
+            ("POST", self.path + "/rotate-secret"),
+            ("GET", "/client-reg/never-registered"),
+        ):
+            body = {"client_id": self.client["client_id"]} if method == "PUT" else None
+            response = self.request(method, path, headers=MASTER, json_body=body)
+            self.assertEqual(response.code, 401, (method, path))
+            self.assertEqual(response.json()["error_description"], NO_SUCH_CLIENT, (method, path))
+        response = self.request("GET", self.path, headers=self.rat)
+        self.assertEqual(response.code, 401)
+        self.assertEqual(
+            response.json()["error_description"],
+            "the registration access token is not valid for this client",
+        )
 
     def test_method_not_allowed(self) -> None:
         response = self.request("POST", self.path, headers=self.rat)

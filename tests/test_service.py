@@ -77,6 +77,24 @@ def http_get(factory: Any, path: bytes) -> bytes:
     return bytes(transport.value())
 
 
+def register_over(factory: Any, master_token: str = MASTER_TOKEN) -> None:
+    """
+    Register a client over a connection to C{factory}, with the master
+    token given: it must be answered 201.
+    """
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    body = b'{"client_name": "x"}'
+    protocol.dataReceived(
+        b"POST /client-reg HTTP/1.1\r\nHost: as.example.com\r\n"
+        b"Authorization: Bearer " + master_token.encode() + b"\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    assert transport.value().startswith(b"HTTP/1.1 201 "), transport.value()
+
+
 class MakeServiceTests(SynchronousTestCase):
     def test_serves_after_start_and_stops(self) -> None:
         """
@@ -120,18 +138,7 @@ class MakeServiceTests(SynchronousTestCase):
         token = "a-master-token-from-the-environment"
         service = makeService(parsed, in_memory(reactor, CCSERVER_MASTER_TOKEN=token))
         service.startService()
-        site = reactor.tcpServers[0][1]
-        protocol = site.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        body = b'{"client_name": "x"}'
-        protocol.dataReceived(
-            b"POST /client-reg HTTP/1.1\r\nHost: as.example.com\r\n"
-            b"Authorization: Bearer " + token.encode() + b"\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-        )
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 201 "), transport.value())
+        register_over(reactor.tcpServers[0][1], token)
         self.successResultOf(service.stopService())
 
     def test_busy_port_told_to_start_up(self) -> None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
@@ -29,9 +29,27 @@ from ccserver.errors import (
     StoreUnavailable,
     invalid_client,
 )
-from ccserver.interfaces import IAuthAttemptStore, IClientStore, IStore, ITokenStore
-from ccserver.model import AttemptKeys, AttemptRelease, Client, Reservation, StoredKey, TokenRecord
-from ccserver.oauth.limits import AuthLimits
+from ccserver.interfaces import (
+    IAuthAttemptStore,
+    IClientStore,
+    ILeaseStore,
+    IRateLimitStore,
+    IStore,
+    ITokenStore,
+)
+from ccserver.keys import KeyEncryptor, Keyring
+from ccserver.model import (
+    AttemptKeys,
+    AttemptRelease,
+    Client,
+    InitialAccessToken,
+    Reservation,
+    StoredKey,
+    TokenGrant,
+    TokenRateLimit,
+    TokenRecord,
+)
+from ccserver.oauth.limits import AuthLimits, IssuanceLimit
 from ccserver.stores.memory import MemoryStore
 from ccserver.stores.redis import RedisStore
 from ccserver.stores.sql import SQLStore
@@ -126,6 +144,25 @@ def make_token(
         expires_at=now + 3600 if expires_at is None else expires_at,
         jti="jti-" + digest[:8],
         claims={"tenant": "Zoë", "roles": ["a", "b"], "n": 1},
+    )
+    return evolve(token, **changes)
+
+
+def make_initial_access_token(
+    token_id: str = "iat-1", uses: int = 10, **changes: Any
+) -> InitialAccessToken:
+    now = int(time.time())
+    token = InitialAccessToken(
+        token_id=token_id,
+        token_digest=f"{token_id:x>64}",
+        created_at=now,
+        expires_at=now + 3600,
+        max_uses=uses,
+        note="payments team — Zoë",
+        scope_limit=("read", "write"),
+        audience_limit=("https://api.example",),
+        auth_method_limit=None,
+        grant_type_limit=(),
     )
     return evolve(token, **changes)
 
@@ -1239,6 +1276,373 @@ class StoreContractMixin(_TestCase):
             self.assertEqual(await attempt(n, "192.0.2.1", True), 200)
         self.assertEqual(await attempt(1, "192.0.2.1", False), 401)
         self.assertEqual(await attempt(1, "198.51.100.200", True), 429)
+
+    # token buckets (IRateLimitStore)
+
+    def test_provides_rate_limit_interface(self) -> None:
+        self.assertTrue(verifyObject(IRateLimitStore, self.store))
+
+    async def test_bucket_starts_full(self) -> None:
+        """
+        A new bucket holds its burst; tokens are taken as asked, then as
+        many as are left, with the time until one more.
+        """
+        now = time.time()
+        self.assertEqual(await self.store.take_tokens("b", 2.0, 5, 3, now), TokenGrant(3))
+        short = await self.store.take_tokens("b", 2.0, 5, 4, now)
+        self.assertEqual(short.taken, 2)
+        self.assertAlmostEqual(short.retry_after, 0.5, places=2)
+        empty = await self.store.take_tokens("b", 2.0, 5, 1, now)
+        self.assertEqual(empty.taken, 0)
+        self.assertAlmostEqual(empty.retry_after, 0.5, places=2)
+
+    async def test_bucket_fills(self) -> None:
+        """
+        It fills at its rate, never beyond its burst; a caller whose clock
+        is behind the last count fills nothing.
+        """
+        now = time.time()
+        await self.store.take_tokens("b", 4.0, 8, 8, now)
+        self.assertEqual((await self.store.take_tokens("b", 4.0, 8, 8, now + 0.5)).taken, 2)
+        behind = await self.store.take_tokens("b", 4.0, 8, 1, now)
+        self.assertEqual(behind.taken, 0)
+        self.assertAlmostEqual(behind.retry_after, 0.25, places=2)
+        self.assertEqual((await self.store.take_tokens("b", 4.0, 8, 100, now + 3600)).taken, 8)
+        # a fraction of a token carries over
+        await self.store.take_tokens("c", 4.0, 8, 8, now)
+        self.assertEqual((await self.store.take_tokens("c", 4.0, 8, 8, now + 0.125)).taken, 0)
+        self.assertEqual((await self.store.take_tokens("c", 4.0, 8, 8, now + 0.25)).taken, 1)
+
+    async def test_bucket_limit_changed(self) -> None:
+        """
+        The rate and burst come with each call: a lower burst holds fewer
+        at once from then on.
+        """
+        now = time.time()
+        self.assertEqual((await self.store.take_tokens("b", 1.0, 10, 1, now)).taken, 1)
+        self.assertEqual((await self.store.take_tokens("b", 1.0, 3, 10, now)).taken, 3)
+
+    async def test_buckets_apart(self) -> None:
+        now = time.time()
+        await self.store.take_tokens("a", 1.0, 2, 2, now)
+        self.assertEqual((await self.store.take_tokens("b", 1.0, 2, 2, now)).taken, 2)
+
+    async def test_burst_of_takers(self) -> None:
+        """
+        300 requests for a token at once, through two store objects on one
+        database (two processes): exactly the burst is taken, and the rest
+        each learn when to come back.
+        """
+        other = await self.second_store()
+        now = time.time()
+        grants = await gatherResults(
+            [
+                (self.store, other)[n % 2].take_tokens("burst", 0.5, 20, 1, now)
+                for n in range(300)
+            ]
+        )
+        self.assertEqual(sum(grant.taken for grant in grants), 20)
+        self.assertTrue(all(g.retry_after > 0 for g in grants if not g.taken))
+
+    async def test_bucket_shared_and_durable(self) -> None:
+        now = time.time()
+        await self.store.take_tokens("d", 1.0, 5, 4, now)
+        store = await self.reopened()
+        self.assertEqual((await store.take_tokens("d", 1.0, 5, 5, now)).taken, 1)
+
+    async def test_purge_full_buckets(self) -> None:
+        """
+        A bucket left alone until it is full again may be forgotten
+        (which leaves it full, as it was).
+        """
+        now = int(time.time())
+        await self.store.take_tokens("full-soon", 1.0, 2, 2, now - 10)
+        await self.store.take_tokens("empty", 0.001, 2, 2, now)
+        purged = await self.tokens.purge_expired(now)
+        self.assertEqual(purged, 1 if self.purges else 0)
+        self.assertEqual((await self.store.take_tokens("full-soon", 1.0, 2, 5, now)).taken, 2)
+        self.assertEqual((await self.store.take_tokens("empty", 0.001, 2, 5, now)).taken, 0)
+
+    async def test_burst_through_the_rate_limit(self) -> None:
+        """
+        A client's token rate limit over this store, in two processes (two
+        limits over two store objects on one database): 300 requests at
+        once, half through each; exactly the burst is let through (the
+        bucket fills by a hundredth of a token a second meanwhile), the rest
+        refused with 429.
+        """
+        other = await self.second_store()
+        client = evolve(make_client(), token_rate_limit=TokenRateLimit.of(0.01, 25))
+        limits = [IssuanceLimit(store, None, time.time) for store in (self.store, other)]
+
+        async def request(n: int) -> int:
+            try:
+                waiting = limits[n % 2].take(client)
+                if waiting is not None:
+                    await waiting
+            except OAuthError as error:
+                return error.status
+            return 200
+
+        codes = await gatherResults([ensureDeferred(request(n)) for n in range(300)])
+        self.assertEqual(Counter(codes), {200: 25, 429: 275})
+
+    # leases (ILeaseStore)
+
+    def test_provides_lease_interface(self) -> None:
+        self.assertTrue(verifyObject(ILeaseStore, self.store))
+
+    async def test_lease_held_by_one(self) -> None:
+        """
+        A lease is taken by one holder; another cannot take it while it
+        lasts; its holder may take it again (extending it); once given up,
+        another takes it.  Giving up a lease one does not hold changes
+        nothing.
+        """
+        now = time.time()
+        self.assertTrue(await self.store.take_lease("work", "a", now, 60))
+        self.assertFalse(await self.store.take_lease("work", "b", now + 1, 60))
+        self.assertTrue(await self.store.take_lease("work", "a", now + 1, 60))
+        self.assertTrue(await self.store.take_lease("other work", "b", now, 60))
+        await self.store.end_lease("work", "b")
+        self.assertFalse(await self.store.take_lease("work", "b", now + 2, 60))
+        await self.store.end_lease("work", "a")
+        self.assertTrue(await self.store.take_lease("work", "b", now + 2, 60))
+        await self.store.end_lease("never taken", "b")
+
+    async def test_lease_ends_with_its_time(self) -> None:
+        """
+        A lease whose holder never gave it up (a process that died) is free
+        once its time has passed.  Real time: Redis counts it itself.
+        """
+        self.assertTrue(await self.store.take_lease("work", "dead", time.time(), 0.3))
+        self.assertFalse(await self.store.take_lease("work", "alive", time.time(), 60))
+        await deferLater(reactor, 0.5, lambda: None)
+        self.assertTrue(await self.store.take_lease("work", "alive", time.time(), 60))
+
+    async def test_burst_of_lease_takers(self) -> None:
+        """
+        100 holders ask for one lease at once, through two store objects on
+        one database (two processes): exactly one gets it.
+        """
+        other = await self.second_store()
+        now = time.time()
+        taken = await gatherResults(
+            [
+                (self.store, other)[n % 2].take_lease("work", f"holder-{n}", now, 60)
+                for n in range(100)
+            ]
+        )
+        self.assertEqual(taken.count(True), 1)
+
+    async def test_lease_shared_and_durable(self) -> None:
+        await self.store.take_lease("work", "a", time.time(), 60)
+        store = await self.reopened()
+        self.assertFalse(await store.take_lease("work", "b", time.time(), 60))
+
+    async def test_scheduled_rotation_once_across_processes(self) -> None:
+        """
+        Two processes (two keyrings over two store objects on one
+        database) whose schedule is due at the same moment both try to
+        rotate at once: exactly one new key is made, and the old one is
+        retired once.
+        """
+        events: list[tuple[str, str]] = []
+        clock = Clock()
+        clock.advance(time.time())
+        encryptor = KeyEncryptor.ephemeral()
+        other = await self.second_store()
+        keyrings = [
+            Keyring(
+                store, encryptor, "ES256", 2 * 86400, clock.seconds,
+                lambda event, key: events.append((event, key.kid)),
+            )
+            for store in (self.store, other)
+        ]
+        first = await keyrings[0].add_key("ES256", active_from=int(clock.seconds()))
+        for keyring in keyrings:
+            await keyring.refresh()
+        clock.advance(86400)
+        made = await gatherResults(
+            [
+                ensureDeferred(keyring.rotate_on_schedule(86400, 60, store, f"process-{n}"))
+                for n, (keyring, store) in enumerate(zip(keyrings, (self.store, other), strict=True))
+            ]
+        )
+        new = [key for key in made if key is not None]
+        self.assertEqual(len(new), 1, made)
+        stored = await self.store.list_keys()
+        self.assertEqual([key.kid for key in stored], [first.kid, new[0].kid])
+        self.assertEqual(stored[0].retired_at, new[0].active_from)
+        self.assertEqual(
+            sorted(events), sorted([("created", first.kid), ("created", new[0].kid), ("retired", first.kid)])
+        )
+        # and neither rotates again within the period
+        await keyrings[1].refresh()
+        clock.advance(86399)
+        for n, (keyring, store) in enumerate(zip(keyrings, (self.store, other), strict=True)):
+            self.assertIsNone(await keyring.rotate_on_schedule(86400, 60, store, f"process-{n}"))
+        self.assertEqual(len(await self.store.list_keys()), 2)
+
+    # initial access tokens
+
+    async def test_initial_access_token_round_trip(self) -> None:
+        """
+        Stored and read back whole: limits absent (None), empty, or lists;
+        a note in any script.
+        """
+        token = make_initial_access_token()
+        other = make_initial_access_token(
+            "iat-2", created_at=token.created_at + 1, scope_limit=None, note=""
+        )
+        await self.store.add_initial_access_token(other)
+        await self.store.add_initial_access_token(token)
+        self.assertEqual(await self.store.get_initial_access_token(token.token_digest), token)
+        self.assertIsNone(await self.store.get_initial_access_token("0" * 64))
+        self.assertEqual(await self.store.list_initial_access_tokens(), [token, other])
+
+    async def test_register_with_initial_access_token(self) -> None:
+        """
+        A registration counts one use and stores the client, in one step,
+        and answers the token as it now is.
+        """
+        token = make_initial_access_token(uses=2)
+        await self.store.add_initial_access_token(token)
+        now = int(time.time())
+        used = await self.store.register_with_initial_access_token(
+            token.token_digest, make_client("c1"), now
+        )
+        self.assertEqual(used, evolve(token, uses=1))
+        self.assertEqual(await self.store.get_client("c1"), make_client("c1"))
+        second = await self.store.register_with_initial_access_token(
+            token.token_digest, make_client("c2"), now
+        )
+        assert second is not None
+        self.assertEqual(second.uses, 2)
+        self.assertIsNone(
+            await self.store.register_with_initial_access_token(
+                token.token_digest, make_client("c3"), now
+            )
+        )
+        self.assertIsNone(await self.store.get_client("c3"))
+        stored = await self.store.get_initial_access_token(token.token_digest)
+        assert stored is not None
+        self.assertEqual(stored.uses, 2)
+
+    async def test_initial_access_token_that_may_not_register(self) -> None:
+        """
+        An unknown, expired or revoked token registers nothing; a client
+        id that is taken fails with ClientExists and counts no use.
+        """
+        now = int(time.time())
+        expiring = make_initial_access_token("iat-e", expires_at=now + 5)
+        revoked = make_initial_access_token("iat-r")
+        for token in (expiring, revoked):
+            await self.store.add_initial_access_token(token)
+        self.assertTrue(await self.store.revoke_initial_access_token("iat-r", now))
+        attempts = [
+            ("0" * 64, now),
+            (expiring.token_digest, now + 5),
+            (revoked.token_digest, now),
+        ]
+        for digest, when in attempts:
+            self.assertIsNone(
+                await self.store.register_with_initial_access_token(digest, make_client(), when)
+            )
+        self.assertIsNone(await self.store.get_client("client-1"))
+        await self.store.add_client(make_client())
+        with self.assertRaises(ClientExists):
+            await self.store.register_with_initial_access_token(
+                expiring.token_digest, make_client(client_secret_digest="c" * 64), now
+            )
+        self.assertEqual(await self.store.get_client("client-1"), make_client())
+        stored = await self.store.get_initial_access_token(expiring.token_digest)
+        assert stored is not None
+        self.assertEqual(stored.uses, 0)
+
+    async def test_register_bound_client_with_initial_access_token(self) -> None:
+        """
+        A client with bindings registered with an initial access token is
+        indexed as C{add_client} indexes it; a binding another client has
+        refuses the registration whole: no client, no use counted.
+        """
+        token = make_initial_access_token(uses=5)
+        await self.store.add_initial_access_token(token)
+        now = int(time.time())
+        bound = bound_client("bound")
+        await self.store.register_with_initial_access_token(token.token_digest, bound, now)
+        self.assertEqual(await self.store.get_client("bound"), bound)
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), ["bound"])
+        with self.assertRaises(BindingTaken) as caught:
+            await self.store.register_with_initial_access_token(
+                token.token_digest, bound_client("second"), now
+            )
+        self.assertEqual(caught.exception.identity, bound.federated_identities[0])
+        self.assertIsNone(await self.store.get_client("second"))
+        self.assertEqual(await self.store.clients_bound_to(CLUSTER, ACCOUNT), ["bound"])
+        stored = await self.store.get_initial_access_token(token.token_digest)
+        assert stored is not None
+        self.assertEqual(stored.uses, 1)
+
+    async def test_revoke_initial_access_token(self) -> None:
+        now = int(time.time())
+        token = make_initial_access_token()
+        await self.store.add_initial_access_token(token)
+        self.assertTrue(await self.store.revoke_initial_access_token("iat-1", now))
+        self.assertTrue(await self.store.revoke_initial_access_token("iat-1", now + 10))
+        self.assertFalse(await self.store.revoke_initial_access_token("iat-0", now))
+        self.assertFalse(await self.store.revoke_initial_access_token("iat-\x00", now))
+        [listed] = await self.store.list_initial_access_tokens()
+        self.assertEqual(listed, evolve(token, revoked_at=now))
+        self.assertEqual(await self.store.get_initial_access_token(token.token_digest), listed)
+
+    async def test_burst_of_registrations_with_initial_access_token(self) -> None:
+        """
+        50 registrations at once with a token of 10 uses, through two
+        store objects on the same database (two processes): exactly 10
+        clients are stored, each use counted once.
+        """
+        other = await self.second_store()
+        token = make_initial_access_token(uses=10)
+        await self.store.add_initial_access_token(token)
+        now = int(time.time())
+        results = await gatherResults(
+            [
+                (self.store, other)[n % 2].register_with_initial_access_token(
+                    token.token_digest, make_client(f"c{n}"), now
+                )
+                for n in range(50)
+            ]
+        )
+        used = [(n, r) for n, r in enumerate(results) if r is not None]
+        self.assertEqual(sorted(r.uses for _, r in used), list(range(1, 11)))
+        stored = [await self.store.get_client(f"c{n}") for n in range(50)]
+        self.assertEqual(
+            [n for n, client in enumerate(stored) if client is not None], [n for n, _ in used]
+        )
+        final = await self.store.get_initial_access_token(token.token_digest)
+        assert final is not None
+        self.assertEqual(final.uses, 10)
+
+    async def test_initial_access_tokens_outlive_the_store(self) -> None:
+        token = make_initial_access_token()
+        await self.store.add_initial_access_token(token)
+        await self.store.register_with_initial_access_token(
+            token.token_digest, make_client(), int(time.time())
+        )
+        store = await self.reopened()
+        self.assertEqual(await store.list_initial_access_tokens(), [evolve(token, uses=1)])
+
+    async def test_purge_expired_initial_access_tokens(self) -> None:
+        now = int(time.time())
+        gone = make_initial_access_token("iat-gone", expires_at=now - 10)
+        kept = make_initial_access_token("iat-kept")
+        for token in (gone, kept):
+            await self.store.add_initial_access_token(token)
+        purged = await self.tokens.purge_expired(now)
+        self.assertEqual(purged, 1 if self.purges else 0)
+        self.assertIsNone(await self.store.get_initial_access_token(gone.token_digest))
+        self.assertEqual(await self.store.list_initial_access_tokens(), [kept])
 
     async def test_data_outlives_the_store(self) -> None:
         """

@@ -34,7 +34,12 @@ from ccserver.stores.urls import redis_address
 from ccserver.testing.polling import eventually, wait_until
 from ccserver.testing.servers import RedisSentinelGroup, RedisServer, redis_sentinel_group
 from tests.process import DEADLINE
-from tests.test_store_contract import TIMEOUT, make_client, make_token
+from tests.test_store_contract import (
+    TIMEOUT,
+    make_client,
+    make_initial_access_token,
+    make_token,
+)
 
 
 class URLTests(SynchronousTestCase):
@@ -505,7 +510,8 @@ class WaitTests(TestCase):
     async def test_every_kind_of_write_waits(self) -> None:
         """
         Each write that must survive a failover waits: C{WAIT} is called
-        once per write (and once per batch of opaque tokens).
+        once per write (and once per batch of opaque tokens), initial
+        access tokens' included.
         """
         store = await self.opened(wait_replicas=1, wait_timeout=TIMEOUT)
         self.primary.query("CONFIG", "RESETSTAT")
@@ -519,6 +525,17 @@ class WaitTests(TestCase):
             await d
         await store.delete_client("c", int(time.time()), int(time.time()) + 60)
         self.assertEqual(wait_calls(self.primary), 5)
+        # an initial access token made, a registration with it (the client
+        # and the use counted), a revocation
+        self.primary.query("CONFIG", "RESETSTAT")
+        token = make_initial_access_token()
+        await store.add_initial_access_token(token)
+        used = await store.register_with_initial_access_token(
+            token.token_digest, make_client("registered"), int(time.time())
+        )
+        self.assertIsNotNone(used)
+        self.assertTrue(await store.revoke_initial_access_token(token.token_id, int(time.time())))
+        self.assertEqual(wait_calls(self.primary), 3)
         # one first token alone, then the others of the batch together
         self.primary.query("CONFIG", "RESETSTAT")
         tokens = [make_token(f"{i:064x}") for i in range(1, 30)]

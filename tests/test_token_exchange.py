@@ -997,3 +997,27 @@ class ClientCredentialsAudienceTests(ExchangeTestCase):
 
 def now() -> int:
     return int(time.time())
+
+
+class TracedExchangeTests(ChainTests):
+    """
+    The chain with [tracing] on: the same tokens, and the exchange's
+    request is a span with the grant handler's decision under it.
+    """
+
+    def make_tracing(self) -> Any:
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        from ccserver.tracing import Tracing
+
+        self.exporter = InMemorySpanExporter()
+        return Tracing.to(self.exporter, batch=False)
+
+    def test_exchange_traced(self) -> None:
+        self.exporter.clear()
+        response = self.exchange(self.b, self.a_token, audience=[C_API], scope="orders:read")
+        self.assertEqual(response.code, 200, response.body)
+        names = [span.name for span in self.exporter.get_finished_spans()]
+        self.assertIn("POST /token", names)
+        self.assertIn("grant handler", names)
+        self.assertIn("client authentication", names)

@@ -66,6 +66,7 @@ from ccserver.outbound import (
     BodyTooLarge,
     describe_failure,
     read_body,
+    traced_request,
     was_cancelled,
 )
 
@@ -507,16 +508,20 @@ class WebhookHandler(Service):
         raise MalformedAnswer(f"it answered {code}; expected 200, 4xx or 5xx")
 
     def _post(self, body: bytes) -> Deferred[IResponse]:
-        return self._http.post(
+        headers = self._headers.copy()
+        # with [tracing] on: a span of its own, its trace context sent along
+        answered = traced_request("POST", self.config.url, headers)
+        posted: Deferred[IResponse] = self._http.post(
             self.config.url,
             data=body,
-            headers=self._headers.copy(),
+            headers=headers,
             allow_redirects=False,
             unbuffered=True,
             # treq would otherwise import the global reactor; it needs none
             # without its own timeout.
             reactor=self._clock,
         )
+        return posted if answered is None else posted.addBoth(answered)
 
     def _timed_out(self, result: object, timeout: float) -> NoReturn:
         raise WebhookTimeout(f"no answer within {timeout:g}s")

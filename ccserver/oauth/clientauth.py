@@ -18,13 +18,13 @@ import base64
 import binascii
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import unquote_plus
 
 from attrs import frozen
 
-from ccserver import credentials, jose
-from ccserver.errors import invalid_client, invalid_request
+from ccserver import audit, credentials, jose
+from ccserver.errors import OAuthError, answered_with, invalid_client, invalid_request
 from ccserver.interfaces import IClientStore
 from ccserver.keysets import KeySetSource, KeySetUnavailable
 from ccserver.model import Authenticated, Client
@@ -217,6 +217,16 @@ def claimed_client_id(presented: ClientCredentials | ClientAssertion) -> str:
     return assertion_identifier("the sub claim", sub)
 
 
+def workload_of(caller: Authenticated) -> dict[str, str] | None:
+    """
+    The workload identity whose token authenticated C{caller}, as the audit
+    trail's C{workload} says it; None when the client used a credential of
+    its own.
+    """
+    workload = caller.workload
+    return None if workload is None else audit.workload(workload.issuer, workload.subject)
+
+
 async def authenticate(
     store: IClientStore,
     presented: ClientCredentials,
@@ -360,6 +370,84 @@ class ClientAuthenticator:
             return Authenticated(client, identity)
 
         return await self._limited(recognised.limit_key, source, attempt)
+
+    def claimed(
+        self,
+        authorization: str | None,
+        form: Mapping[str, str],
+        assertion: str | None = None,
+    ) -> dict[str, Any]:
+        """
+        Who a refused request said it was, unproven, as the audit trail's
+        fields say it: the client it names (C{claimed_client_id}: its
+        C{client_id}, Basic user, or a client assertion's C{sub}), and for
+        a workload token, the trusted issuer and subject it claims
+        (C{claimed_workload}; then C{claimed_client_id} is only the
+        C{client_id} the request named, since a workload's C{sub} is no
+        client's).  Never raises: whatever cannot be read is left out.
+
+        @param assertion: the JWT bearer grant's C{assertion}, when that
+            was the request's credential.
+        """
+        try:
+            presented = (
+                presented_credentials(authorization, form, self._assertion_types)
+                if assertion is None
+                else ClientAssertion(form.get("client_id"), assertion, JWT_BEARER)
+            )
+        except OAuthError:
+            return {"claimed_client_id": form.get("client_id")}
+        if isinstance(presented, ClientAssertion) and (
+            self._federation is not None or assertion is not None
+        ):
+            try:
+                recognised = (
+                    None if self._federation is None else self._federation.recognise(presented)
+                )
+            except OAuthError:
+                # a workload's token of an issuer no one trusts
+                return {"claimed_client_id": presented.client_id}
+            if recognised is not None:
+                return {
+                    "claimed_client_id": presented.client_id,
+                    "claimed_workload": audit.workload(
+                        recognised.issuer.identifier, recognised.claims.get("sub")
+                    ),
+                }
+            if assertion is not None:
+                return {"claimed_client_id": presented.client_id}
+        try:
+            return {"claimed_client_id": claimed_client_id(presented) or None}
+        except OAuthError:
+            return {"claimed_client_id": presented.client_id}
+
+    def tell_refusal(
+        self,
+        event_type: str,
+        error: BaseException,
+        caller: Authenticated | None,
+        authorization: str | None,
+        form: Mapping[str, str],
+        source: str,
+        *,
+        assertion: str | None = None,
+        **fields: object,
+    ) -> None:
+        """
+        Tell the audit trail that a request of an endpoint that authenticates
+        clients (token, introspection, revocation) was refused with C{error}:
+        by C{caller} once it had authenticated (with the workload token
+        that authenticated it, if one did), else by someone claiming to be
+        what the request names (L{claimed}).
+        """
+        code, status = answered_with(error)
+        if caller is None:
+            actor = audit.UNAUTHENTICATED
+            fields.update(self.claimed(authorization, form, assertion))
+        else:
+            actor = audit.client(caller.client.client_id)
+            fields.update(client_id=caller.client.client_id, workload=workload_of(caller))
+        audit.emit(event_type, actor, source or None, error=code, status=status, **fields)
 
     async def _limited(
         self, key: str, source: str, attempt: Callable[[], Awaitable[T]]

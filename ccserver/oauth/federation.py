@@ -82,6 +82,7 @@ from ccserver.model import (
     WorkloadIdentity,
 )
 from ccserver.oauth.assertions import MAX_CANDIDATES, ClientAssertion, choose
+from ccserver.oauth.limits import workload_key
 from ccserver.text import escape, identifier_problem
 
 #: draft-ietf-oauth-spiffe-client-auth: the C{client_assertion_type} of a
@@ -176,7 +177,7 @@ class Recognised:
     @property
     def limit_key(self) -> str:
         subject = self.claims.get("sub")
-        return f"federated\x00{self.issuer.identifier}\x00{subject if isinstance(subject, str) else ''}"
+        return workload_key(self.issuer.identifier, subject if isinstance(subject, str) else "")
 
 
 class Federation:

@@ -32,7 +32,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from ccserver import credentials, jose
+from ccserver import audit, credentials, jose
 from ccserver.errors import invalid_request
 from ccserver.interfaces import IClientStore, ISubjectTokenValidator, ITokenStore
 from ccserver.keys import ACCESS_TOKEN_TYP, SIGNING_ALGORITHMS, Keyring
@@ -40,11 +40,12 @@ from ccserver.model import (
     ACCESS_TOKEN_TYPE,
     CREDENTIAL_PARAMS,
     EXCHANGED_FROM,
+    Authenticated,
     Client,
     TokenRef,
     VerifiedToken,
 )
-from ccserver.oauth.clientauth import ClientAuthenticator, split_authorization
+from ccserver.oauth.clientauth import ClientAuthenticator, split_authorization, workload_of
 from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import PresentedCertificate
 from ccserver.oauth.registration import bearer_error
@@ -170,8 +171,8 @@ class TokenIntrospection:
         authorization: str | None,
         certificate: PresentedCertificate | None,
         source: str,
-    ) -> Client:
-        return await self._authenticator.authenticate(authorization, form, certificate, source)
+    ) -> Authenticated:
+        return await self._authenticator.caller(authorization, form, certificate, source)
 
     @staticmethod
     def _token(form: Mapping[str, str]) -> str:
@@ -295,10 +296,34 @@ class TokenIntrospection:
 
         The server's own members go last, so that no claim in the token can
         stand in for them (a handler's C{"active": false} once did).
+
+        The audit trail hears of a refusal, and of a question about an
+        active token that is not the caller's to see.
         """
-        caller = await self._caller(form, authorization, certificate, source)
-        info = await self.lookup(self._token(form))
-        if info is None or not self._may_see(caller, info):
+        caller = None
+        try:
+            caller = await self._caller(form, authorization, certificate, source)
+            info = await self.lookup(self._token(form))
+        except Exception as error:
+            self._authenticator.tell_refusal(
+                audit.INTROSPECTION_REFUSED, error, caller, authorization, form, source
+            )
+            raise
+        if info is None:
+            return dict(INACTIVE)
+        client = caller.client
+        if not self._may_see(client, info):
+            audit.emit(
+                audit.INTROSPECTION_REFUSED,
+                audit.client(client.client_id),
+                source or None,
+                status=200,
+                reason="not_permitted",
+                client_id=client.client_id,
+                workload=workload_of(caller),
+                token_id=info.claims.get("jti"),
+                token_client_id=info.client_id,
+            )
             return dict(INACTIVE)
         # RFC 9449 §6.2: a DPoP-bound token is introspected with its cnf
         # and token_type DPoP.
@@ -340,23 +365,52 @@ class TokenIntrospection:
         RFC 7009 §2: revoke the caller's own token, or with the master token
         as a bearer token, any token.  An unknown token, or another client's,
         is answered the same way, and nothing is revoked.
-        """
-        if await self._is_master(authorization, source):
-            if CREDENTIAL_PARAMS.intersection(form):
-                raise invalid_request(
-                    "the master token and client credentials were both presented"
-                )
-            info = await self.lookup(self._token(form))
-            if info is not None:
-                await self._revoke(info)
-            return
-        caller = await self._caller(form, authorization, certificate, source)
-        info = await self.lookup(self._token(form))
-        if info is None or info.client_id != caller.client_id:
-            return
-        await self._revoke(info)
 
-    async def _revoke(self, info: TokenInfo) -> None:
+        The audit trail hears of each token revoked, of each refusal, and of
+        a client's attempt at another client's token.
+        """
+        caller = None
+        try:
+            if await self._is_master(authorization, source):
+                if CREDENTIAL_PARAMS.intersection(form):
+                    raise invalid_request(
+                        "the master token and client credentials were both presented"
+                    )
+                info = await self.lookup(self._token(form))
+                if info is not None:
+                    await self._revoke(info, audit.MASTER_TOKEN, source)
+                return
+            caller = await self._caller(form, authorization, certificate, source)
+            client_id = caller.client.client_id
+            info = await self.lookup(self._token(form))
+            if info is None:
+                return
+            if info.client_id != client_id:
+                audit.emit(
+                    audit.REVOCATION_REFUSED,
+                    audit.client(client_id),
+                    source or None,
+                    status=200,
+                    reason="not_owner",
+                    client_id=client_id,
+                    workload=workload_of(caller),
+                    token_id=info.claims.get("jti"),
+                )
+                return
+            await self._revoke(info, audit.client(client_id), source, workload_of(caller))
+        except Exception as error:
+            self._authenticator.tell_refusal(
+                audit.REVOCATION_REFUSED, error, caller, authorization, form, source
+            )
+            raise
+
+    async def _revoke(
+        self,
+        info: TokenInfo,
+        actor: audit.Actor,
+        source: str,
+        workload: Mapping[str, str] | None = None,
+    ) -> None:
         """
         Delete an opaque token, and put its C{jti} on the deny list too,
         where the tokens made from it by exchange look; deny-list a JWT's.
@@ -364,6 +418,15 @@ class TokenIntrospection:
         if info.token_digest is not None:
             await self._tokens.delete_token(info.token_digest)
         await self._tokens.revoke_jti(str(info.claims["jti"]), int(info.claims["exp"]))
+        audit.emit(
+            audit.TOKEN_REVOKED,
+            actor,
+            source or None,
+            token_id=info.claims.get("jti"),
+            client_id=info.client_id,
+            token_format="opaque" if info.token_digest is not None else "jwt",
+            workload=workload,
+        )
 
 
 @implementer(ISubjectTokenValidator)

@@ -79,11 +79,20 @@ from typing import TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from ccserver import audit
 from ccserver.errors import OAuthError, StoreUnavailable
-from ccserver.interfaces import IAuthAttemptStore
-from ccserver.model import AttemptKeys, AttemptRelease, Reservation
+from ccserver.interfaces import IAuthAttemptStore, IRateLimitStore
+from ccserver.model import (
+    AttemptKeys,
+    AttemptRelease,
+    Client,
+    Reservation,
+    TokenGrant,
+    TokenRateLimit,
+)
 
 T = TypeVar("T")
 K = TypeVar("K")
@@ -141,6 +150,8 @@ class Credential:
     this_address: str
     #: the 429's description when the cap refuses
     new_addresses: str
+    #: the audit trail's C{credential} of its blocks
+    audit_name: str
 
 
 CLIENT = Credential(
@@ -151,6 +162,7 @@ CLIENT = Credential(
     "too many failed authentication attempts for this client from this address",
     "too many failed authentication attempts for this client from addresses "
     "it has not authenticated from recently",
+    "client",
 )
 REGISTRATION_ACCESS_TOKEN = Credential(
     "registration",
@@ -160,6 +172,7 @@ REGISTRATION_ACCESS_TOKEN = Credential(
     "too many failed registration access token attempts for this client from this address",
     "too many failed registration access token attempts for this client from addresses "
     "it has not been used from recently",
+    "registration_access_token",
 )
 MASTER_TOKEN = Credential(
     "master",
@@ -168,6 +181,7 @@ MASTER_TOKEN = Credential(
     BEARER_TOKEN,
     "too many failed master token attempts from this address",
     "too many failed master token attempts from addresses it has not been used from recently",
+    "master_token",
 )
 #: the master token tried at C{/client-reg/{id}}
 MASTER_TOKEN_AT_CLIENT = Credential(
@@ -177,6 +191,20 @@ MASTER_TOKEN_AT_CLIENT = Credential(
     BEARER_TOKEN,
     "too many failed master token attempts from this address",
     "too many failed master token attempts from addresses it has not been used from recently",
+    "master_token",
+)
+#: initial access tokens (RFC 7591 §3), tried at C{POST /client-reg} with the
+#: master token: one counter per source for all of them (no identity is
+#: known before the token is found), and one cap
+INITIAL_ACCESS_TOKEN = Credential(
+    "initial access token",
+    "initial access token",
+    "invalid_token",
+    BEARER_TOKEN,
+    "too many failed initial access token attempts from this address",
+    "too many failed initial access token attempts from addresses none has been used "
+    "from recently",
+    "initial_access_token",
 )
 
 
@@ -264,6 +292,32 @@ class _Slot:
         self.reservation = reservation
 
 
+#: How the client credential's counters name a workload identity (a
+#: workload token's failures are counted by the identity it names, whichever
+#: client it aims at): this, its issuer and its subject, joined by NULs.
+_WORKLOAD = "federated"
+
+
+def workload_key(issuer: str, subject: str) -> str:
+    """
+    The identity the client credential's counters count a workload
+    token's failures by.
+    """
+    return f"{_WORKLOAD}\x00{issuer}\x00{subject}"
+
+
+def _identity_fields(identity: str) -> dict[str, object]:
+    """
+    What the audit trail says a block is about: the client, or the
+    workload identity (L{workload_key}).
+    """
+    kind, nul, rest = identity.partition("\x00")
+    if nul and kind == _WORKLOAD:
+        issuer, _, subject = rest.partition("\x00")
+        return {"workload": audit.workload(issuer, subject or None)}
+    return {"client_id": identity or None}
+
+
 class AuthLimits:
     """
     Reserves a slot before each credential check, within the budgets.
@@ -279,6 +333,13 @@ class AuthLimits:
     @param fallback: where this process counts on its own while C{store}
         cannot be reached (a L{ccserver.stores.memory.MemoryStore}); None
         to fail such requests with the store's error instead.
+    @param clock: tells the audit trail when a block ends (its
+        C{limits.block_ended}); without one, only its start is told.
+
+    The audit trail hears of each block once per process: the first
+    refusal of a counter (a credential from one source) or a cap in a
+    window is a C{limits.block_started}, and its window's end a
+    C{limits.block_ended}.
     """
 
     _log = Logger()
@@ -294,6 +355,7 @@ class AuthLimits:
         cap: int = 0,
         known_for: float = 86400.0,
         fallback: IAuthAttemptStore | None = None,
+        clock: IReactorTime | None = None,
     ) -> None:
         self._store = store
         self._now = now
@@ -315,6 +377,9 @@ class AuthLimits:
         self._store_down_until = 0.0
         #: whether a reservation is trying the store again after an outage
         self._probing = False
+        self._clock = clock
+        #: the blocks this process has told the audit trail of -> until when
+        self._blocks: dict[tuple[str, ...], float] = {}
 
     # the credentials
 
@@ -353,21 +418,48 @@ class AuthLimits:
         answered with that one's refusal (429), since its credential may
         have been the right one.
         """
+        return await self._either(
+            REGISTRATION_ACCESS_TOKEN, client_id, MASTER_TOKEN_AT_CLIENT, source, attempt
+        )
+
+    async def initial_registration(
+        self,
+        source: str,
+        attempt: Callable[[bool, bool], Awaitable[tuple[T, bool]]],
+    ) -> tuple[T, bool]:
+        """
+        A check at C{POST /client-reg}, where an initial access token and
+        the master token are both accepted: as L{registration}, with
+        C{attempt(initial_access_token, master_token)}.  A wrong token
+        counts against both: the initial access tokens' counter from
+        C{source}, and the master token's own (the one its other routes
+        share).
+        """
+        return await self._either(INITIAL_ACCESS_TOKEN, "", MASTER_TOKEN, source, attempt)
+
+    async def _either(
+        self,
+        first: Credential,
+        identity: str,
+        master: Credential,
+        source: str,
+        attempt: Callable[[bool, bool], Awaitable[tuple[T, bool]]],
+    ) -> tuple[T, bool]:
         if self._store is None:
             return await attempt(True, True)
-        own = await self._slot(REGISTRATION_ACCESS_TOKEN, client_id, source)
+        own = await self._slot(first, identity, source)
         try:
-            master = await self._slot(MASTER_TOKEN_AT_CLIENT, "", source)
+            other = await self._slot(master, "", source)
         except BaseException:
             if isinstance(own, _Slot):
                 await self._give_back(own)
             raise
-        slots = [slot for slot in (own, master) if isinstance(slot, _Slot)]
-        refusals = [refusal for refusal in (own, master) if isinstance(refusal, _Refusal)]
+        slots = [slot for slot in (own, other) if isinstance(slot, _Slot)]
+        refusals = [refusal for refusal in (own, other) if isinstance(refusal, _Refusal)]
         if not slots:
             raise self._limited(refusals[0])
         try:
-            result, is_master = await attempt(isinstance(own, _Slot), isinstance(master, _Slot))
+            result, is_master = await attempt(isinstance(own, _Slot), isinstance(other, _Slot))
         except OAuthError as error:
             if error.error != "invalid_token":
                 for slot in slots:
@@ -383,7 +475,7 @@ class AuthLimits:
                 await self._give_back(slot)
             raise
         for slot in slots:
-            matched = (slot.credential is MASTER_TOKEN_AT_CLIENT) == is_master
+            matched = (slot.credential is master) == is_master
             recording = self._succeeded(slot, known=matched)
             if recording is not None:
                 await recording
@@ -511,6 +603,7 @@ class AuthLimits:
                 if not share.busy:
                     ends = reserved.cap_ends if reserved.capped else None
                     refusal = _Refusal(credential, reserved.capped, ends or reserved.ends)
+                    self._tell_block(share, refusal, now)
                     _bounded(self._refusals, now, lambda entry: entry[1])
                     self._refusals[share.name] = (
                         refusal,
@@ -564,6 +657,41 @@ class AuthLimits:
             raise
         finally:
             share.reserving = False
+
+    def _tell_block(self, share: _Share, refusal: _Refusal, now: float) -> None:
+        """
+        Tell the audit trail that a block began, unless this process has
+        told it of this one (the same counter, or cap, until the same end).
+        """
+        name, identity, source = share.name
+        credential = refusal.credential
+        if refusal.capped:
+            key: tuple[str, ...] = ("cap", credential.cap_name, identity)
+        else:
+            key = ("per_source", name, identity, source)
+        if self._blocks.get(key, 0.0) >= refusal.retry_at:
+            return
+        _bounded(self._blocks, now, float)
+        self._blocks[key] = refusal.retry_at
+        fields = {
+            "credential": credential.audit_name,
+            "limit": key[0],
+            "until": math.ceil(refusal.retry_at),
+            **_identity_fields(identity),
+        }
+        audit.emit(audit.BLOCK_STARTED, audit.UNAUTHENTICATED, source, **fields)
+        if self._clock is not None:
+            self._clock.callLater(
+                max(0.0, refusal.retry_at - now), self._block_ended, key, refusal.retry_at,
+                source, fields,
+            )
+
+    def _block_ended(
+        self, key: tuple[str, ...], until: float, source: str, fields: dict[str, object]
+    ) -> None:
+        if self._blocks.get(key) == until:
+            del self._blocks[key]
+        audit.emit(audit.BLOCK_ENDED, audit.SERVER, source, **fields)
 
     def _store_for(self, now: float) -> IAuthAttemptStore:
         assert self._store is not None
@@ -688,54 +816,244 @@ class AuthLimits:
             del self._shares[share.name]
 
 
+#: How long a process keeps the tokens it took from a client's bucket in
+#: the store and has not handed out yet: the bound on how far it may run
+#: ahead of the bucket (docs/governance-ops.md, "Per-client rate limits").
+SHARE_SECONDS = 0.1
+
+#: A client's issuance refused (C{on_limited}): per process, once when its
+#: requests begin to be refused, again only after one was let through.
+LimitedClient = Callable[[str, TokenRateLimit, float], None]
+
+
+def audit_rate_limited(client_id: str, limit: TokenRateLimit, until: float) -> None:
+    """
+    A client's token requests began to be refused by its rate limit, as
+    the audit trail tells it (C{limits.rate_limited}).
+    """
+    audit.emit(
+        audit.RATE_LIMITED,
+        audit.client(client_id),
+        None,
+        client_id=client_id,
+        tokens_per_second=limit.tokens_per_second,
+        burst=limit.burst,
+        until=math.ceil(until),
+    )
+
+
+class _Allowance:
+    """
+    What this process holds of one client's bucket: tokens taken from the
+    store and not handed out yet (until C{ends}), the requests waiting for
+    the store, and a refusal remembered until the bucket has a token again.
+    """
+
+    __slots__ = ("key", "tokens", "ends", "refused_until", "taking", "waiters", "blocked")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.tokens = 0
+        self.ends = 0.0
+        self.refused_until = 0.0
+        #: whether a request to the store is under way
+        self.taking = False
+        self.waiters: deque[Deferred[None]] = deque()
+        #: whether its refusals have been told (L{LimitedClient})
+        self.blocked = False
+
+    def idle(self, now: float) -> bool:
+        return not (self.taking or self.waiters) and now >= max(self.ends, self.refused_until)
+
+
 class IssuanceLimit:
     """
-    C{[limits] tokens_per_client_per_second}: a token bucket per client, in
-    this process, refilled at C{rate} tokens a second and holding at most
-    C{max(1, rate)}.
+    How many tokens each client may be issued: its own C{token_rate_limit}
+    (L{Client.token_rate_limit}, set by the operator), else the server's
+    default (C{[limits] tokens_per_client_per_second}), else none.
 
-    Per process, not in the store: counting in the store would cost every
-    token a round trip, which is what the limit protects.  With N processes
-    (C{--workers}, instances) a client may get up to N times the rate.
+    A client's limit is a token bucket in the store (L{IRateLimitStore}),
+    one for every process and instance sharing it.  A process takes tokens
+    from it a few at a time, enough for L{SHARE_SECONDS} at the limit's
+    rate (at least one, at most the burst, and as many as requests are
+    waiting), and hands them out to the client's next requests with no
+    round trip; what it has not handed out when that time is over is
+    dropped.  So, for a client at its limit, each process asks the store
+    at most about 1 / L{SHARE_SECONDS} times a second, and a client whose
+    rate is below that once per token.  Within a process, one request to
+    the store per client is under way at a time; the requests that come
+    meanwhile wait for its answer (a burst of them costs one round trip).
+    A refusal is remembered until the bucket has a token again: a client
+    over its limit costs no round trip.
 
-    @param on_limited: called with L{TOKEN_ISSUANCE} for every refusal.
+    The error, with N processes: no more tokens are issued than the
+    bucket allows, except that tokens taken up to L{SHARE_SECONDS} before
+    are handed out after (over any interval of T seconds, at most C{burst +
+    rate x (T + SHARE_SECONDS)}) and clocks that differ by d seconds add up
+    to d x rate once; and a client may be refused while up to N - 1
+    processes each hold up to C{rate x SHARE_SECONDS} (or its burst, if
+    lower) of its tokens that they drop unused.
+
+    While the store cannot be reached, each process counts on its own
+    (C{fallback}, a full bucket per process) for L{STORE_RETRY_SECONDS}:
+    clients keep getting tokens through an outage, up to N times their
+    limit.
+
+    @param on_limited: called with L{TOKEN_ISSUANCE} for every refusal
+        (C{ccserver_rate_limited_total{what}}).
+    @param on_client_limited: called with the client id for every refusal
+        (C{ccserver_token_rate_limited_total{client_id}}).
+    @param on_blocked: told (L{LimitedClient}) when a client's requests
+        begin to be refused in this process (the audit trail).
     """
+
+    _log = Logger()
 
     def __init__(
         self,
-        rate: float,
+        store: IRateLimitStore,
+        default: TokenRateLimit | None,
         now: Callable[[], float],
+        *,
         on_limited: Callable[[str], None] | None = None,
+        on_client_limited: Callable[[str], None] | None = None,
+        on_blocked: LimitedClient | None = None,
+        fallback: IRateLimitStore | None = None,
+        share_seconds: float = SHARE_SECONDS,
     ) -> None:
-        self._rate = rate
-        self._burst = max(1.0, rate)
+        self._store = store
+        self._default = default
         self._now = now
         self._on_limited = on_limited
-        #: client_id -> (tokens left, when last counted)
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._on_client_limited = on_client_limited
+        self._on_blocked = on_blocked
+        self._fallback = fallback
+        self._share_seconds = share_seconds
+        #: client_id -> what this process holds of its bucket
+        self._allowances: dict[str, _Allowance] = {}
+        #: until when the store is taken as unreachable (0: it answers)
+        self._store_down_until = 0.0
 
-    def take(self, client_id: str) -> None:
+    def take(self, client: Client) -> Deferred[None] | None:
         """
-        Take one token from the client's bucket.
+        One token for C{client}: None when it may have it now (with no
+        round trip), or a Deferred that fires once it may (or fails with
+        the refusal, or the store's error).
 
-        @raise OAuthError: 429 with C{Retry-After} when it is empty.
+        @raise OAuthError: 429 with C{Retry-After}, when the client is over
+            its limit (and this process knows it already).
         """
+        limit = client.token_rate_limit or self._default
+        if limit is None:
+            return None
+        allowance = self._allowances.get(client.client_id)
         now = self._now()
-        left, then = self._buckets.get(client_id, (self._burst, now))
-        left = min(self._burst, left + (now - then) * self._rate)
-        if left < 1:
-            self._buckets[client_id] = (left, now)
-            if self._on_limited is not None:
-                self._on_limited(TOKEN_ISSUANCE)
-            raise too_many_requests(
-                f"this client may be issued {self._rate:g} tokens a second",
-                (1 - left) / self._rate,
+        if allowance is None:
+            if len(self._allowances) >= MAX_ENTRIES:
+                self._forget_idle(now)
+            allowance = self._allowances[client.client_id] = _Allowance(
+                _digest("issuance", client.client_id)
             )
-        if client_id not in self._buckets and len(self._buckets) >= MAX_ENTRIES:
-            # a full bucket is the same as none: forget those first
-            for key in [k for k, (n, t) in self._buckets.items()
-                        if n + (now - t) * self._rate >= self._burst]:
-                del self._buckets[key]
-            while len(self._buckets) >= MAX_ENTRIES:
-                del self._buckets[next(iter(self._buckets))]
-        self._buckets[client_id] = (left - 1, now)
+        elif allowance.tokens and now < allowance.ends:
+            # the hot path: a token this process holds
+            allowance.tokens -= 1
+            allowance.blocked = False
+            return None
+        elif now < allowance.refused_until and not allowance.taking:
+            raise self._refusal(client.client_id, limit, allowance, allowance.refused_until - now)
+        waiter: Deferred[None] = Deferred()
+        allowance.waiters.append(waiter)
+        if not allowance.taking:
+            Deferred.fromCoroutine(self._take_from_store(client.client_id, limit, allowance))
+        return waiter
+
+    async def _take_from_store(
+        self, client_id: str, limit: TokenRateLimit, allowance: _Allowance
+    ) -> None:
+        """
+        Take tokens from the client's bucket for the requests waiting, and
+        for the next L{SHARE_SECONDS}; hand them out; refuse the requests
+        the bucket had no token for.
+        """
+        allowance.taking = True
+        share = max(1, math.ceil(limit.tokens_per_second * self._share_seconds))
+        try:
+            while allowance.waiters:
+                wanted = min(limit.burst, max(share, len(allowance.waiters)))
+                now = self._now()
+                grant = await self._ask(allowance.key, limit, wanted, now)
+                left = grant.taken
+                while left and allowance.waiters:
+                    left -= 1
+                    allowance.blocked = False
+                    allowance.waiters.popleft().callback(None)
+                allowance.tokens, allowance.ends = left, now + self._share_seconds
+                if allowance.waiters and grant.taken < wanted:
+                    allowance.refused_until = self._now() + grant.retry_after
+                    waiters, allowance.waiters = allowance.waiters, deque()
+                    for waiter in waiters:
+                        waiter.errback(
+                            self._refusal(client_id, limit, allowance, grant.retry_after)
+                        )
+        except BaseException as error:
+            waiters, allowance.waiters = allowance.waiters, deque()
+            for waiter in waiters:
+                waiter.errback(error)
+        finally:
+            allowance.taking = False
+
+    async def _ask(
+        self, key: str, limit: TokenRateLimit, wanted: int, now: float
+    ) -> TokenGrant:
+        """
+        Tokens from the store, or from the fallback while the store cannot
+        be reached.
+        """
+        store = self._store
+        if self._fallback is not None and now < self._store_down_until:
+            store = self._fallback
+        try:
+            return await store.take_tokens(key, limit.tokens_per_second, limit.burst, wanted, now)
+        except StoreUnavailable:
+            if self._fallback is None or store is self._fallback:
+                raise
+            self._store_down_until = self._now() + STORE_RETRY_SECONDS
+            self._log.warn(
+                "The token rate limits count in this process alone for {seconds:g} s: "
+                "the store did not answer",
+                seconds=STORE_RETRY_SECONDS,
+            )
+            return await self._fallback.take_tokens(
+                key, limit.tokens_per_second, limit.burst, wanted, now
+            )
+
+    def _refusal(
+        self, client_id: str, limit: TokenRateLimit, allowance: _Allowance, retry_after: float
+    ) -> OAuthError:
+        if self._on_limited is not None:
+            self._on_limited(TOKEN_ISSUANCE)
+        if self._on_client_limited is not None:
+            self._on_client_limited(client_id)
+        if not allowance.blocked:
+            allowance.blocked = True
+            if self._on_blocked is not None:
+                self._on_blocked(client_id, limit, self._now() + retry_after)
+        rate = limit.tokens_per_second
+        return too_many_requests(
+            f"this client may be issued {rate:g} tokens a second (at most {limit.burst} at once)",
+            retry_after,
+        )
+
+    def _forget_idle(self, now: float) -> None:
+        """
+        Make room in the table: forget the clients nothing here holds or
+        waits for; if none, the oldest (what they held is dropped, as
+        when its time ends).
+        """
+        for client_id in [c for c, a in self._allowances.items() if a.idle(now)]:
+            del self._allowances[client_id]
+        excess = len(self._allowances) - MAX_ENTRIES + 1
+        if excess > 0:
+            unused = [c for c, a in self._allowances.items() if not (a.taking or a.waiters)]
+            for client_id in unused[:excess]:
+                del self._allowances[client_id]

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any
+import secrets
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any, TypeVar
 
-from attrs import evolve, frozen
+from attrs import define, evolve, field, frozen
 
-from ccserver import credentials, jose
+from ccserver import audit, credentials, jose
 from ccserver.clients import SecretRotation, rotate_secret
 from ccserver.errors import (
     BindingTaken,
@@ -24,7 +25,7 @@ from ccserver.errors import (
     invalid_client_metadata,
     invalid_request,
 )
-from ccserver.interfaces import IClientStore
+from ccserver.interfaces import IClientStore, IInitialAccessTokenStore
 from ccserver.keys import KeyEncryptor
 from ccserver.model import (
     CHECKED_CLAIMS,
@@ -35,11 +36,15 @@ from ccserver.model import (
     SECRET_METHODS,
     Client,
     FederatedIdentity,
+    InitialAccessToken,
+    TokenRateLimit,
     is_lifetime,
     is_resource_uri,
     is_scope_token,
     scope_values,
     split_uri,
+    token_rate_limit,
+    token_rate_limit_problem,
 )
 from ccserver.oauth.assertions import (
     ASSERTION_ALGORITHMS,
@@ -52,6 +57,8 @@ from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.mtls import BOUND_TOKENS, MTLS_METHODS, SUBJECT_FIELDS, validate_mtls_metadata
 from ccserver.outbound import AddressPolicy, RefusedURL
 from ccserver.text import identifier_problem
+
+T = TypeVar("T")
 
 #: The grant types a client registers for by default, and the ones a
 #: registry accepts when it is not told which are loaded.
@@ -78,6 +85,10 @@ SECRET_BEARING_METHODS = (*SECRET_METHODS, "client_secret_jwt")
 #: Random bytes in a client_secret_jwt client's secret: 512 bits, so that
 #: it is long enough an HMAC key for HS512 too (RFC 7518 §3.2).
 JWT_SECRET_BYTES = 64
+
+#: What the master token is told at a client's configuration endpoint
+#: when there is no such client (deleted, or never registered).
+NO_SUCH_CLIENT = "no client has this client_id: it was deleted, or never registered"
 #: Where a client's C{jwks_uri} may point when the caller names no policy:
 #: public addresses, over https.
 STRICT = AddressPolicy.public()
@@ -162,6 +173,68 @@ def privileged_changes(current: Mapping[str, Any], new: Mapping[str, Any]) -> li
         for name in PRIVILEGED_FIELDS
         if _privilege(current, name) != _privilege(new, name)
     ]
+
+
+#: The server's own fields of a client, which only the operator (the master
+#: token, the command) sets: not RFC 7591 metadata (kept apart from it, in
+#: L{Client}), but given and shown with it.  A client's own registration
+#: access token cannot change them (as L{PRIVILEGED_FIELDS}), and an
+#: initial access token cannot set them.
+OPERATOR_FIELDS: tuple[str, ...] = ("token_rate_limit",)
+
+
+def requested_token_rate_limit(body: Mapping[str, Any]) -> TokenRateLimit | None:
+    """
+    The C{token_rate_limit} a registration request gives (an object,
+    L{token_rate_limit_problem}; null or absent: none, the server's
+    default applies).
+
+    @raise OAuthError: C{invalid_client_metadata} naming the field.
+    """
+    value = body.get("token_rate_limit")
+    if value is None:
+        return None
+    problem = token_rate_limit_problem(value)
+    if problem is not None:
+        raise invalid_client_metadata(f"token_rate_limit: {problem}")
+    return token_rate_limit(value)
+
+
+def operator_fields(body: object, operator: bool) -> TokenRateLimit | None:
+    """
+    The operator's fields (L{OPERATOR_FIELDS}) of a registration request:
+    its C{token_rate_limit}, from the operator (C{operator}: the master
+    token, the command); from anyone else (an initial access token), a
+    request that gives one is refused.
+
+    @raise OAuthError: C{invalid_client_metadata} naming the field.
+    """
+    if not isinstance(body, dict):
+        raise invalid_client_metadata("the request body must be a JSON object")
+    if not operator:
+        given = [name for name in OPERATOR_FIELDS if name in body]
+        if given:
+            raise invalid_client_metadata(
+                f"{given[0]}: only the master token (the operator) may set this field"
+            )
+    return requested_token_rate_limit(body)
+
+
+def operator_only(names: list[str]) -> OAuthError:
+    """
+    The refusal of a change to L{PRIVILEGED_FIELDS} or L{OPERATOR_FIELDS}
+    by a caller that is not the operator.
+    """
+    one = len(names) == 1
+    return invalid_client_metadata(
+        ", ".join(names)
+        + ": only the master token (the operator) may change "
+        + ("this field" if one else "these fields")
+        + "; with the client's registration access token, send the "
+        + ("registered value" if one else "registered values")
+        + " to keep "
+        + ("it" if one else "them")
+    )
 
 
 def bearer_error(description: str) -> OAuthError:
@@ -573,8 +646,11 @@ class Registration:
     """
 
     client: Client
-    client_secret: str | None
-    registration_access_token: str
+    client_secret: str | None = field(repr=False)
+    registration_access_token: str = field(repr=False)
+    #: the initial access token that registered it, as it is after this
+    #: use; None when the master token or the operator did
+    initial_access_token: InitialAccessToken | None = None
 
 
 def client_information(client: Client, issuer: str) -> dict[str, Any]:
@@ -591,6 +667,8 @@ def client_information(client: Client, issuer: str) -> dict[str, Any]:
         # RFC 7591 §3.2.1: required where a secret was issued
         info["client_secret_expires_at"] = 0
     info.update(client.metadata)
+    if client.token_rate_limit is not None:
+        info["token_rate_limit"] = client.token_rate_limit.as_json()
     return info
 
 
@@ -616,6 +694,8 @@ async def register_client(
     jwks_uri_policy: AddressPolicy = STRICT,
     grant_types: Sequence[str] = GRANT_TYPES,
     trusted_issuers: Collection[str] = (),
+    *,
+    operator: bool = True,
 ) -> Registration:
     """
     Check a registration request's metadata (L{validate_metadata}, with
@@ -638,11 +718,32 @@ async def register_client(
     C{trusted_issuers} only) are refused if another client has one of them
     already: the store checks, in the same atomic step as it adds the client.
 
+    The operator's fields (L{OPERATOR_FIELDS}: C{token_rate_limit}) are
+    taken from C{body} too, if the caller is the operator (C{operator}:
+    the master token, the command); from anyone else, they are refused.
+
     @raise OAuthError: C{invalid_client_metadata} for bad metadata, a
-        binding another client has, or C{client_secret_jwt} without an
-        encryptor.
+        binding another client has, C{client_secret_jwt} without an
+        encryptor, or an operator's field given by another.
     """
     metadata = validate_metadata(body, jwks_uri_policy, grant_types, trusted_issuers)
+    rate_limit = operator_fields(body, operator)
+    return await _stored(metadata, body, now, secret_encryptor, store.add_client, rate_limit)
+
+
+async def _stored(
+    metadata: dict[str, Any],
+    body: object,
+    now: Callable[[], float],
+    secret_encryptor: KeyEncryptor | None,
+    add: Callable[[Client], Awaitable[object]],
+    token_rate_limit: TokenRateLimit | None = None,
+) -> Registration:
+    """
+    A new client of checked C{metadata}, with its secrets (see
+    L{register_client}) and the operator's C{token_rate_limit}, stored by
+    C{add}; a new id is drawn while C{add} finds the id taken.
+    """
     method = metadata["token_endpoint_auth_method"]
     client_secret: str | None = None
     encrypted_secret = None
@@ -665,14 +766,126 @@ async def register_client(
             registration_access_token_digest=credentials.digest(registration_access_token),
             encrypted_secret=encrypted_secret,
             auth_method_named=names_auth_method(body),
+            token_rate_limit=token_rate_limit,
         )
         try:
-            await store.add_client(client)
+            await add(client)
         except ClientExists:
             continue  # 128 random bits: never in practice, but never an error
         except BindingTaken as e:
             raise binding_taken(e) from None
         return Registration(client, client_secret, registration_access_token)
+
+
+def check_initial_access_token_limits(
+    token: InitialAccessToken, metadata: Mapping[str, Any]
+) -> None:
+    """
+    RFC 7591 §3: the server may limit what a client registered with an
+    initial access token gets.  Each limit the token has holds: its
+    registered scope values, audiences (and resource server URIs, which say
+    whose tokens it may introspect), authentication method and grant types
+    are among the token's.
+
+    A client bound to workload identities (C{federated_identities}) is
+    registered with the master token only: no limit of the token says which
+    workloads its holder may speak for, and a binding, once made, is that
+    workload's (no other client may have it).
+
+    @raise OAuthError: C{invalid_client_metadata} naming the first field
+        beyond its limit, and what the limit allows.
+    """
+    if "federated_identities" in metadata:
+        raise invalid_client_metadata(
+            "federated_identities: an initial access token does not bind clients to "
+            "workload identities; ask the operator (the master token, or ccserver "
+            "clients create --federated-identity)"
+        )
+    checks: list[tuple[str, tuple[str, ...] | None, set[str]]] = [
+        ("scope", token.scope_limit, set(scope_values(metadata.get("scope")))),
+        ("audience", token.audience_limit, set(metadata.get("audience", ()))),
+        (
+            "resource_server_uris",
+            token.audience_limit,
+            set(metadata.get("resource_server_uris", ())),
+        ),
+        (
+            "token_endpoint_auth_method",
+            token.auth_method_limit,
+            {metadata["token_endpoint_auth_method"]},
+        ),
+        ("grant_types", token.grant_type_limit, set(metadata.get("grant_types", ()))),
+    ]
+    for name, limit, values in checks:
+        if limit is None:
+            continue
+        beyond = sorted(values - set(limit))
+        if beyond:
+            allowed = ", ".join(limit) if limit else "none"
+            raise invalid_client_metadata(
+                f"{name}: {', '.join(beyond)} beyond what this initial access token allows "
+                f"({allowed})"
+            )
+
+
+#: Random bytes in an initial access token's identifier (after C{iat_}).
+INITIAL_ACCESS_TOKEN_ID_BYTES = 9
+
+
+def new_initial_access_token(
+    now: int,
+    *,
+    expires_in: int,
+    max_uses: int,
+    note: str = "",
+    scope_limit: Sequence[str] | None = None,
+    audience_limit: Sequence[str] | None = None,
+    auth_method_limit: Sequence[str] | None = None,
+    grant_type_limit: Sequence[str] | None = None,
+) -> tuple[str, InitialAccessToken]:
+    """
+    A new initial access token (RFC 7591 §3): the token, which its holder
+    sees once, and what the store keeps of it (its digest, never the
+    token).  Its limits are taken as given (the caller checks them).
+    """
+    token = credentials.new_secret()
+    record = InitialAccessToken(
+        token_id="iat_" + secrets.token_urlsafe(INITIAL_ACCESS_TOKEN_ID_BYTES),
+        token_digest=credentials.digest(token),
+        created_at=now,
+        expires_at=now + expires_in,
+        max_uses=max_uses,
+        note=note,
+        scope_limit=None if scope_limit is None else sorted(set(scope_limit)),
+        audience_limit=None if audience_limit is None else list(dict.fromkeys(audience_limit)),
+        auth_method_limit=(
+            None if auth_method_limit is None else list(dict.fromkeys(auth_method_limit))
+        ),
+        grant_type_limit=None if grant_type_limit is None else list(dict.fromkeys(grant_type_limit)),
+    )
+    return token, record
+
+
+def initial_access_token_limits(token: InitialAccessToken) -> dict[str, Any]:
+    """
+    An initial access token's limits, as the audit trail and the operator's
+    listing name them (None: no limit).
+    """
+    return {
+        "scope_limit": token.scope_limit,
+        "audience_limit": token.audience_limit,
+        "auth_method_limit": token.auth_method_limit,
+        "grant_type_limit": token.grant_type_limit,
+    }
+
+
+#: What the caller holding an initial access token is told when it no
+#: longer registers (L{InitialAccessToken.unusable}).
+_UNUSABLE = {
+    "revoked": "the initial access token has been revoked",
+    "expired": "the initial access token has expired",
+    "used_up": "the initial access token has registered as many clients as it may",
+}
 
 
 def registration_client_uri(issuer: str, client_id: str) -> str:
@@ -699,6 +912,7 @@ class ClientRegistry:
         jwks_uri_policy: AddressPolicy = STRICT,
         grant_types: Sequence[str] = GRANT_TYPES,
         trusted_issuers: Collection[str] = (),
+        initial_access_tokens: IInitialAccessTokenStore | None = None,
     ) -> None:
         """
         @param token_max_lifetime: no token lives longer (C{[tokens]
@@ -724,6 +938,8 @@ class ClientRegistry:
             client's C{grant_types} may name.
         @param trusted_issuers: the identifiers of the trusted issuers, the
             only ones a client may be bound to (C{federated_identities}).
+        @param initial_access_tokens: where initial access tokens are kept
+            (RFC 7591 §3); without it, only the master token registers.
         """
         self._store = store
         self._master_token_digest = master_token_digest
@@ -737,6 +953,7 @@ class ClientRegistry:
         self._jwks_uri_policy = jwks_uri_policy
         self._grant_types = tuple(grant_types)
         self._trusted_issuers = tuple(trusted_issuers)
+        self._initial_access_tokens = initial_access_tokens
 
     async def check_master_token(self, token: str | None, source: str = "") -> None:
         """
@@ -761,25 +978,133 @@ class ClientRegistry:
         self, token: str | None, read_body: Callable[[], object], source: str = ""
     ) -> Registration:
         """
-        RFC 7591 §3: register a new client.
+        RFC 7591 §3: register a new client, with the master token (any
+        metadata) or an initial access token (within its limits, while it
+        has uses left and has neither expired nor been revoked).
 
         @param read_body: parses the request's metadata; called only once
             the caller is authorised, so that a stranger learns nothing
             from the errors of a bad body.
         """
-        await self.check_master_token(token, source)
-        return await register_client(
-            self._store,
-            read_body(),
-            self._now,
-            self._secret_encryptor,
-            self._jwks_uri_policy,
-            self._grant_types,
-            self._trusted_issuers,
+        request = _Request("register", source)
+        return await request.told(self._register(request, token, read_body))
+
+    async def _register(
+        self, request: _Request, token: str | None, read_body: Callable[[], object]
+    ) -> Registration:
+        initial = await self._registration_credential(request, token)
+        body = read_body()
+        if initial is None:
+            registration = await register_client(
+                self._store,
+                body,
+                self._now,
+                self._secret_encryptor,
+                self._jwks_uri_policy,
+                self._grant_types,
+                self._trusted_issuers,
+            )
+        else:
+            registration = await self._register_with(request, initial, body)
+        client = registration.client
+        request.client_id = client.client_id
+        audit.emit(
+            audit.CLIENT_REGISTERED,
+            request.actor,
+            request.source,
+            **registered_fields(client),
         )
+        used = registration.initial_access_token
+        if used is not None:
+            audit.emit(
+                audit.INITIAL_ACCESS_TOKEN_USED,
+                request.actor,
+                request.source,
+                initial_access_token_id=used.token_id,
+                client_id=client.client_id,
+                uses=used.uses,
+                max_uses=used.max_uses,
+            )
+        return registration
+
+    async def _registration_credential(
+        self, request: _Request, token: str | None
+    ) -> InitialAccessToken | None:
+        """
+        The initial access token C{token} is, or None when it is the master
+        token.  A wrong token counts against both (L{AuthLimits.initial_registration}).
+
+        @raise OAuthError: C{invalid_token}, for a token that is neither,
+            or an initial access token that no longer registers.
+        """
+        if token is None:
+            raise bearer_error(
+                "registration needs the master token, or an initial access token, as a "
+                "bearer token"
+            )
+        master_digest = self._master_token_digest
+        tokens = self._initial_access_tokens
+
+        async def check(initial: bool, master: bool) -> tuple[InitialAccessToken | None, bool]:
+            if credentials.check(token, master_digest if master else None):
+                request.actor = audit.MASTER_TOKEN
+                return None, True
+            found = None
+            if initial and tokens is not None and token:
+                found = await tokens.get_initial_access_token(credentials.digest(token))
+            if found is None:
+                raise bearer_error("the bearer token is not valid for registration")
+            request.actor = audit.initial_access_token(found.token_id)
+            request.initial_access_token_id = found.token_id
+            self._check_usable(request, found)
+            return found, False
+
+        if not token:
+            # a malformed Authorization header: no token was tried, nothing
+            # to count
+            return (await check(False, False))[0]
+        found, _ = await self._limits.initial_registration(request.source or "", check)
+        return found
+
+    def _check_usable(self, request: _Request, token: InitialAccessToken) -> None:
+        reason = token.unusable(self._now())
+        if reason is not None:
+            request.reason = reason
+            raise bearer_error(_UNUSABLE[reason])
+
+    async def _register_with(
+        self, request: _Request, token: InitialAccessToken, body: object
+    ) -> Registration:
+        """
+        Register a client within C{token}'s limits, counting one of its
+        uses in the same atomic step as the client is stored.
+        """
+        tokens = self._initial_access_tokens
+        assert tokens is not None  # it was found there
+        metadata = validate_metadata(
+            body, self._jwks_uri_policy, self._grant_types, self._trusted_issuers
+        )
+        operator_fields(body, operator=False)
+        check_initial_access_token_limits(token, metadata)
+        used: list[InitialAccessToken] = []
+
+        async def add(client: Client) -> None:
+            now = int(self._now())
+            after = await tokens.register_with_initial_access_token(
+                token.token_digest, client, now
+            )
+            if after is None:
+                # used up, revoked or expired since it was found
+                current = await tokens.get_initial_access_token(token.token_digest)
+                request.reason = (current or token).unusable(now) or "used_up"
+                raise bearer_error(_UNUSABLE[request.reason])
+            used.append(after)
+
+        registration = await _stored(metadata, body, self._now, self._secret_encryptor, add)
+        return evolve(registration, initial_access_token=used[-1])
 
     async def _authorized(
-        self, client_id: str, token: str | None, source: str
+        self, client_id: str, token: str | None, source: str, request: _Request | None = None
     ) -> tuple[Client, bool]:
         """
         RFC 7592 §2: the client whose configuration endpoint this is, if
@@ -796,10 +1121,20 @@ class ClientRegistry:
             raise bearer_error("this endpoint needs the client's registration access token")
         if not token:
             # a malformed Authorization header: no token was tried
-            return await self._check_token(client_id, token, True, True)
-        return await self._limits.registration(
-            client_id, source, lambda own, master: self._check_token(client_id, token, own, master)
-        )
+            authorized = await self._check_token(client_id, token, True, True)
+        else:
+            authorized = await self._limits.registration(
+                client_id,
+                source,
+                lambda own, master: self._check_token(client_id, token, own, master),
+            )
+        if request is not None:
+            request.actor = (
+                audit.MASTER_TOKEN
+                if authorized[1]
+                else audit.registration_access_token(client_id)
+            )
+        return authorized
 
     async def _check_token(
         self, client_id: str, token: str, own: bool, master: bool
@@ -817,10 +1152,16 @@ class ClientRegistry:
         is_master = credentials.check(token, self._master_token_digest if master else None)
         if client is not None and (is_client or is_master):
             return client, is_master
+        if is_master:
+            # The operator may know: RFC 7592 keeps 401 for a client that
+            # does not exist, but the master token was right.
+            raise bearer_error(NO_SUCH_CLIENT)
         raise bearer_error("the registration access token is not valid for this client")
 
     async def read(self, client_id: str, token: str | None, source: str = "") -> Client:
-        client, _ = await self._authorized(client_id, token, source)
+        request = _Request("read", source, client_id)
+        client, _ = await request.told(self._authorized(client_id, token, source, request))
+        audit.emit(audit.CLIENT_READ, request.actor, request.source, client_id=client_id)
         return client
 
     async def replace(
@@ -847,7 +1188,18 @@ class ClientRegistry:
         repeats it (GET gives it) to keep it.  Kept fields are stored as the
         operator wrote them.
         """
-        client, is_master = await self._authorized(client_id, token, source)
+        request = _Request("update", source, client_id)
+        return await request.told(self._replace(request, client_id, token, read_body))
+
+    async def _replace(
+        self,
+        request: _Request,
+        client_id: str,
+        token: str | None,
+        read_body: Callable[[], object],
+    ) -> Client:
+        source = request.source or ""
+        client, is_master = await self._authorized(client_id, token, source, request)
         if not is_master and self._authoritative is not None:
             stored = await self._authoritative.get_client(client_id)
             if stored is None:
@@ -873,19 +1225,13 @@ class ClientRegistry:
             (*self._grant_types, *client.grant_types),
             self._trusted_issuers,
         )
+        rate_limit = requested_token_rate_limit(body)
         if not is_master:
             changed = privileged_changes(client.metadata, metadata)
+            if rate_limit != client.token_rate_limit:
+                changed.append("token_rate_limit")
             if changed:
-                one = len(changed) == 1
-                raise invalid_client_metadata(
-                    ", ".join(changed)
-                    + ": only the master token (the operator) may change "
-                    + ("this field" if one else "these fields")
-                    + "; with the client's registration access token, send the "
-                    + ("registered value" if one else "registered values")
-                    + " to keep "
-                    + ("it" if one else "them")
-                )
+                raise operator_only(changed)
             for name in PRIVILEGED_FIELDS:
                 if name in client.metadata:
                     metadata[name] = client.metadata[name]
@@ -901,13 +1247,26 @@ class ClientRegistry:
             client_secret_digest=digest,
             encrypted_secret=encrypted_secret,
             auth_method_named=names_auth_method(body) if is_master else client.auth_method_named,
+            token_rate_limit=rate_limit,
         )
         try:
             replaced = await self._store.replace_client(new)
         except BindingTaken as e:
             raise binding_taken(e) from None
         if not replaced:
-            raise bearer_error("the registration access token is not valid for this client")
+            raise bearer_error(
+                NO_SUCH_CLIENT
+                if is_master
+                else "the registration access token is not valid for this client"
+            )
+        audit.emit(
+            audit.CLIENT_UPDATED,
+            request.actor,
+            request.source,
+            client_id=client_id,
+            changed_fields=changed_fields(client.metadata, new.metadata)
+            + (["token_rate_limit"] if client.token_rate_limit != new.token_rate_limit else []),
+        )
         return new
 
     async def delete(self, client_id: str, token: str | None, source: str = "") -> None:
@@ -923,8 +1282,10 @@ class ClientRegistry:
         so no later client with the same id can be hit by it.  The mark is
         kept until the last token it covers has expired.
         """
-        await self._authorized(client_id, token, source)
+        request = _Request("delete", source, client_id)
+        await request.told(self._authorized(client_id, token, source, request))
         await self.remove(client_id)
+        audit.emit(audit.CLIENT_DELETED, request.actor, request.source, client_id=client_id)
 
     async def remove(self, client_id: str) -> bool:
         """
@@ -947,8 +1308,15 @@ class ClientRegistry:
         secret keeps working for C{[clients] secret_rotation_grace} seconds.
         An unknown client gets the same answer as a wrong token.
         """
+        request = _Request("rotate_secret", source, client_id)
+        return await request.told(self._rotate_secret(request, client_id, token))
+
+    async def _rotate_secret(
+        self, request: _Request, client_id: str, token: str | None
+    ) -> SecretRotation:
         check_client_id(client_id)
-        await self.check_master_token(token, source)
+        await self.check_master_token(token, request.source or "")
+        request.actor = audit.MASTER_TOKEN
         client = await self._store.get_client(client_id)
         rotation = None
         if client is not None:
@@ -960,6 +1328,78 @@ class ClientRegistry:
                 writer=self._store,
             )
         if rotation is None:
-            raise bearer_error("the bearer token is not valid for this client")
+            raise bearer_error(NO_SUCH_CLIENT)
+        audit.emit(
+            audit.CLIENT_SECRET_ROTATED,
+            request.actor,
+            request.source,
+            client_id=client_id,
+            previous_secret_expires_at=rotation.previous_secret_expires_at,
+        )
         return rotation
+
+
+@define
+class _Request:
+    """
+    A request to the registration endpoints, as the audit trail hears of
+    it: what it asked, from where, about which client, and who made it,
+    once its credential is proven (until then, someone unauthenticated).
+    """
+
+    action: str
+    source: str | None
+    client_id: str | None = None
+    actor: audit.Actor = audit.UNAUTHENTICATED
+    #: why an initial access token no longer registers
+    reason: str | None = None
+    initial_access_token_id: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.source = self.source or None
+
+    async def told(self, work: Awaitable[T]) -> T:
+        """
+        C{work}'s result; its refusal (an L{OAuthError}) told to the audit
+        trail as C{registration.refused}.
+        """
+        try:
+            return await work
+        except OAuthError as error:
+            audit.emit(
+                audit.REGISTRATION_REFUSED,
+                self.actor,
+                self.source,
+                action=self.action,
+                status=error.status,
+                error=error.error,
+                reason=self.reason,
+                client_id=self.client_id,
+                initial_access_token_id=self.initial_access_token_id,
+            )
+            raise
+
+
+def registered_fields(client: Client) -> dict[str, Any]:
+    """
+    The fields of a C{client.registered} event: who the client is, and
+    what only the master token may change of it (L{PRIVILEGED_FIELDS}).
+    """
+    metadata = client.metadata
+    privileged = {name: metadata[name] for name in PRIVILEGED_FIELDS if name in metadata}
+    if client.token_rate_limit is not None:
+        privileged["token_rate_limit"] = client.token_rate_limit.as_json()
+    return {
+        "client_id": client.client_id,
+        "client_name": metadata.get("client_name"),
+        "privileged": privileged,
+    }
+
+
+def changed_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """
+    The names of the metadata fields whose value differs (added, removed
+    or changed), sorted: what a C{client.updated} event says, never a value.
+    """
+    return sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
 

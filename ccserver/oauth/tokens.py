@@ -252,4 +252,10 @@ class TokenMinter:
             token_format=token_format,
             alg=alg,
             auth_method=auth_method or client.token_endpoint_auth_method,
+            client_id=client.client_id,
+            token_id=jti,
+            audience=tuple(audience),
+            expires_at=issued_at + lifetime,
+            jkt=jkt,
+            x5t_s256=x5t_s256,
         )

@@ -1,7 +1,8 @@
 """
 The one mapping of model objects to stored records, for every store.
 
-Each stored model class (L{Client}, L{TokenRecord}, L{StoredKey}) has one
+Each stored model class (L{Client}, L{TokenRecord}, L{StoredKey},
+L{InitialAccessToken}) has one
 L{Codec} here, which lists its fields once, in the model's order, each with
 its L{Kind}: how its value is written.  A codec has two shapes of record:
 
@@ -43,7 +44,15 @@ from typing import Any, Generic, TypeVar
 import attrs
 from attrs import AttrsInstance, frozen
 
-from ccserver.model import EMPTY, Client, StoredKey, TokenRecord
+from ccserver.model import (
+    EMPTY,
+    Client,
+    InitialAccessToken,
+    StoredKey,
+    TokenRateLimit,
+    TokenRecord,
+    token_rate_limit,
+)
 
 T = TypeVar("T", bound=AttrsInstance)
 
@@ -102,6 +111,18 @@ def _optional_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _optional_json_text(value: Any) -> str | None:
+    return None if value is None else _json_text(list(value))
+
+
+def _optional_json_value(value: Any) -> Any:
+    return None if value is None else _json_value(value)
+
+
+def _optional_list(value: Any) -> list[Any] | None:
+    return None if value is None else list(value)
+
+
 def _optional_text(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -146,6 +167,11 @@ SCOPE = Kind("scope", _scope_text, str, sorted, None, kept=False)
 #: A tuple of strings: JSON array text in a row, a JSON array in a JSON
 #: object, itself in the memory tuple.
 STRINGS = Kind("strings", _json_text, _json_value, list, None, kept=True)
+#: A tuple of strings or None: JSON array text or NULL in a row, a JSON
+#: array or null in a JSON object.
+OPTIONAL_STRINGS = Kind(
+    "optional strings", _optional_json_text, _optional_json_value, _optional_list, None, kept=True
+)
 #: A JSON object (metadata, claims): its text in a row, itself in a JSON object.
 OBJECT = Kind("object", _object_text, _json_value, dict, None, kept=False)
 #: A JSON object that is mostly empty: NULL (JSON null) when it is.
@@ -156,6 +182,33 @@ OPTIONAL_OBJECT = Kind(
     _json_object_or_null,
     _object_from_json,
     kept=False,
+)
+
+def _rate_limit_row(limit: TokenRateLimit | None) -> str | None:
+    return None if limit is None else _json_text(limit.as_json())
+
+
+def _rate_limit_of_row(text: str | None) -> TokenRateLimit | None:
+    return None if text is None else token_rate_limit(_json_value(text))
+
+
+def _rate_limit_json(limit: TokenRateLimit | None) -> dict[str, Any] | None:
+    return None if limit is None else limit.as_json()
+
+
+def _rate_limit_of_json(value: Mapping[str, Any] | None) -> TokenRateLimit | None:
+    return None if value is None else token_rate_limit(value)
+
+
+#: A client's token rate limit, or None: its JSON object's text in a row
+#: (NULL for none), the object in a JSON object, itself in the memory tuple.
+RATE_LIMIT = Kind(
+    "token rate limit",
+    _rate_limit_row,
+    _rate_limit_of_row,
+    _rate_limit_json,
+    _rate_limit_of_json,
+    kept=True,
 )
 
 _NO_VALUE = object()
@@ -297,6 +350,8 @@ CLIENTS: Codec[Client] = Codec(
         # whether the registration named its method (schema version 9); a
         # client stored before is held to its method, as it was then
         Field("auth_method_named", BOOL, missing=True),
+        # the operator's limit on its tokens (schema version 15)
+        Field("token_rate_limit", RATE_LIMIT, missing=None),
     ],
 )
 
@@ -335,5 +390,28 @@ KEYS: Codec[StoredKey] = Codec(
     ascii_json=True,
 )
 
+INITIAL_ACCESS_TOKENS: Codec[InitialAccessToken] = Codec(
+    InitialAccessToken,
+    [
+        Field("token_id", TEXT),
+        Field("token_digest", TEXT),
+        Field("created_at", INT),
+        Field("expires_at", INT),
+        Field("max_uses", INT),
+        Field("uses", INT),
+        Field("note", TEXT),
+        Field("scope_limit", OPTIONAL_STRINGS),
+        Field("audience_limit", OPTIONAL_STRINGS),
+        Field("auth_method_limit", OPTIONAL_STRINGS),
+        Field("grant_type_limit", OPTIONAL_STRINGS),
+        Field("revoked_at", OPTIONAL_INT),
+    ],
+)
+
 #: Every stored model class' codec.
-CODECS: Mapping[type, Codec[Any]] = {Client: CLIENTS, TokenRecord: TOKENS, StoredKey: KEYS}
+CODECS: Mapping[type, Codec[Any]] = {
+    Client: CLIENTS,
+    TokenRecord: TOKENS,
+    StoredKey: KEYS,
+    InitialAccessToken: INITIAL_ACCESS_TOKENS,
+}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from attrs import evolve
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
@@ -16,11 +17,15 @@ from ccserver.model import (
     AttemptKeys,
     AttemptRelease,
     Client,
+    InitialAccessToken,
     Reservation,
     StoredKey,
+    TokenGrant,
     TokenRecord,
     binding_key,
 )
+from ccserver.stores import buckets
+from ccserver.stores.buckets import Bucket
 from ccserver.stores.codec import TOKENS
 
 _CLIENT_ID = TOKENS.position("client_id")
@@ -49,6 +54,12 @@ class MemoryStore:
         self._known: dict[str, float] = {}
         #: binding key -> conditions key -> client_id (federated identities)
         self._bindings: dict[str, dict[str, str]] = {}
+        #: lease name -> (holder, until when)
+        self._leases: dict[str, tuple[str, float]] = {}
+        #: token bucket key -> the bucket
+        self._buckets: dict[str, Bucket] = {}
+        #: token_digest -> initial access token
+        self._initial_access_tokens: dict[str, InitialAccessToken] = {}
 
     def open(self) -> Deferred[None]:
         return succeed(None)
@@ -183,9 +194,18 @@ class MemoryStore:
         expired_known = [k for k, until in self._known.items() if until < now]
         for key in expired_known:
             del self._known[key]
+        expired_iats = [
+            d for d, t in self._initial_access_tokens.items() if t.expires_at < now
+        ]
+        for digest in expired_iats:
+            del self._initial_access_tokens[digest]
+        full_buckets = [k for k, bucket in self._buckets.items() if bucket.full_at < now]
+        for key in full_buckets:
+            del self._buckets[key]
         return succeed(
             len(expired_tokens) + len(expired_jtis) + len(expired_marks) + len(expired_used)
-            + len(expired_attempts) + len(expired_known)
+            + len(expired_attempts) + len(expired_known) + len(expired_iats)
+            + len(full_buckets)
         )
 
     def _window(self, key: str, now: float, window: float) -> tuple[int, float]:
@@ -216,6 +236,46 @@ class MemoryStore:
             self._known[release.known] = max(until, now + release.known_for)
         return succeed(None)
 
+    # IInitialAccessTokenStore
+
+    def add_initial_access_token(self, token: InitialAccessToken) -> Deferred[None]:
+        self._initial_access_tokens[token.token_digest] = token
+        return succeed(None)
+
+    def get_initial_access_token(self, token_digest: str) -> Deferred[InitialAccessToken | None]:
+        return succeed(self._initial_access_tokens.get(token_digest))
+
+    def list_initial_access_tokens(self) -> Deferred[list[InitialAccessToken]]:
+        tokens = self._initial_access_tokens.values()
+        return succeed(sorted(tokens, key=lambda t: (t.created_at, t.token_id)))
+
+    def revoke_initial_access_token(self, token_id: str, now: int) -> Deferred[bool]:
+        for token in self._initial_access_tokens.values():
+            if token.token_id == token_id:
+                if token.revoked_at is None:
+                    revoked = evolve(token, revoked_at=now)
+                    self._initial_access_tokens[token.token_digest] = revoked
+                return succeed(True)
+        return succeed(False)
+
+    def register_with_initial_access_token(
+        self, token_digest: str, client: Client, now: int
+    ) -> Deferred[InitialAccessToken | None]:
+        # synchronous, hence atomic
+        token = self._initial_access_tokens.get(token_digest)
+        if token is None or token.unusable(now) is not None:
+            return succeed(None)
+        if client.client_id in self._clients:
+            return fail(ClientExists(client.client_id))
+        taken = self._taken_binding(client)
+        if taken is not None:
+            return fail(taken)
+        used = evolve(token, uses=token.uses + 1)
+        self._initial_access_tokens[token_digest] = used
+        self._clients[client.client_id] = client
+        self._bind(client)
+        return succeed(used)
+
     def list_keys(self) -> Deferred[list[StoredKey]]:
         return succeed(sorted(self._keys.values(), key=lambda k: (k.created_at, k.kid)))
 
@@ -231,3 +291,23 @@ class MemoryStore:
 
     def delete_key(self, kid: str) -> Deferred[bool]:
         return succeed(self._keys.pop(kid, None) is not None)
+
+    def take_lease(self, name: str, holder: str, now: float, duration: float) -> Deferred[bool]:
+        current, until = self._leases.get(name, (holder, 0.0))
+        if current != holder and until > now:
+            return succeed(False)
+        self._leases[name] = (holder, now + duration)
+        return succeed(True)
+
+    def end_lease(self, name: str, holder: str) -> Deferred[None]:
+        if self._leases.get(name, ("", 0.0))[0] == holder:
+            del self._leases[name]
+        return succeed(None)
+
+    def take_tokens(
+        self, key: str, tokens_per_second: float, burst: int, wanted: int, now: float
+    ) -> Deferred[TokenGrant]:
+        # synchronous, hence atomic
+        bucket, grant = buckets.take(self._buckets.get(key), tokens_per_second, burst, wanted, now)
+        self._buckets[key] = bucket
+        return succeed(grant)

@@ -50,6 +50,19 @@ shared with other data):
     deleting the client removes them.  A client with bindings is added and
     replaced by a script that checks every binding is free (or its own)
     and writes the client and its bindings together, atomically;
+  - C{ccserver:token_bucket:<key>}: a limited client's token bucket (a
+    digest names it), a hash of its tokens and when they were counted,
+    expiring when it would be full again;
+  - C{ccserver:lease:<name>}: a lease (L{ILeaseStore}), its holder,
+    expiring (C{PX}) when its time ends;
+  - C{ccserver:iat:<digest>}: an initial access token as JSON (its
+    C{uses} and C{revoked_at} as written when it was made), with
+    C{ccserver:iat_uses:<digest>} its count of uses and
+    C{ccserver:iat_revoked:<digest>} its revocation's time, all three
+    expiring at its expiry; C{ccserver:iat_ids}, a hash of each token's id
+    to its digest (an id whose token has expired is dropped when the
+    tokens are listed).  A registration with one is one script: the checks,
+    the client's C{SET NX} and the use's C{INCR};
   - C{ccserver:schema_version}: the layout's version (2, since federated
     identities; a store of version 1 is brought up to it on open, as it
     holds none), so that a later ccserver can tell what it opens.
@@ -92,7 +105,7 @@ from collections.abc import Generator, Mapping
 from typing import Any, cast
 
 import txredisapi
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet import error as internet_error
 from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
@@ -106,12 +119,14 @@ from ccserver.model import (
     AttemptKeys,
     AttemptRelease,
     Client,
+    InitialAccessToken,
     Reservation,
     StoredKey,
+    TokenGrant,
     TokenRecord,
     binding_key,
 )
-from ccserver.stores.codec import CLIENTS, KEYS, TOKENS
+from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, url_secrets
 from ccserver.stores.redisconnection import PrimaryConnections
@@ -212,6 +227,86 @@ for i = 2, #KEYS do
         redis.call('HINCRBY', KEYS[i], 'n', -1)
     end
 end
+return 1
+"""
+
+#: L{RedisStore.take_tokens}, atomic as every script is: C{KEYS} the
+#: bucket; C{ARGV} tokens a second, the burst, the tokens wanted, now
+#: (milliseconds since the epoch, by the caller's clock).  The bucket is a
+#: hash: C{t} tokens (a fraction) counted at C{c}; a bucket that is not
+#: there is full.  It expires (Redis' clock) when it would be full again.
+#: Returns the tokens taken and, when fewer than wanted, the milliseconds
+#: until one more (as L{ccserver.stores.buckets.take} counts).
+_TAKE_TOKENS_SCRIPT = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local wanted, now = tonumber(ARGV[3]), tonumber(ARGV[4])
+local v = redis.call('HMGET', KEYS[1], 't', 'c')
+local tokens, counted = tonumber(v[1]), tonumber(v[2])
+if (not tokens) or (not counted) then
+    tokens, counted = burst, now
+elseif now > counted then
+    tokens = tokens + (now - counted) * rate / 1000
+    counted = now
+end
+if tokens > burst then
+    tokens = burst
+end
+local taken = math.min(wanted, math.floor(tokens + 1e-9))
+tokens = math.max(0, tokens - taken)
+redis.call('HSET', KEYS[1], 't', string.format('%.17g', tokens), 'c', string.format('%d', counted))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / rate) + 1000)
+local retry = 0
+if taken < wanted then
+    retry = math.ceil(math.max(0, 1 - tokens) * 1000 / rate)
+end
+return {taken, retry}
+"""
+
+#: L{RedisStore.take_lease}: C{KEYS} the lease, C{ARGV} the holder and the
+#: lease's duration in milliseconds.  Redis' own clock ends it (C{PX}):
+#: taken when nobody holds it, or by its holder again.
+_TAKE_LEASE_SCRIPT = """
+local current = redis.call('GET', KEYS[1])
+if current and current ~= ARGV[1] then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+#: L{RedisStore.end_lease}: deleted only by its holder.
+_END_LEASE_SCRIPT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+
+#: L{RedisStore.add_initial_access_token}: C{KEYS} the record, its uses,
+#: the id index; C{ARGV} the record's JSON, its id, its digest, its expiry.
+_ADD_INITIAL_ACCESS_TOKEN_SCRIPT = """
+redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[4])
+redis.call('SET', KEYS[2], '0', 'EXAT', ARGV[4])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+return 1
+"""
+
+#: L{RedisStore.revoke_initial_access_token}: C{KEYS} the id index;
+#: C{ARGV} the token's id, the record and revocation keys' prefixes, now.
+#: The first revocation's time is kept (C{NX}).
+_REVOKE_INITIAL_ACCESS_TOKEN_SCRIPT = """
+local digest = redis.call('HGET', KEYS[1], ARGV[1])
+if not digest then
+    return 0
+end
+local text = redis.call('GET', ARGV[2] .. digest)
+if not text then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+    return 0
+end
+local record = cjson.decode(text)
+redis.call('SET', ARGV[3] .. digest, ARGV[4], 'NX', 'EXAT',
+    string.format('%d', record['expires_at']))
 return 1
 """
 
@@ -332,6 +427,37 @@ bind(5)
 return 1
 """
 
+#: L{RedisStore.register_with_initial_access_token}: C{KEYS} the client's
+#: record and the set of its bindings (as L{_REBIND_LUA} wants them), the
+#: token's record, uses and revocation; C{ARGV} the client's JSON, its id,
+#: the bindings' key prefix, now, its bindings.  Returns {0} (the token may
+#: not register), {-1} (the client id is taken), {-2, i} (its binding i,
+#: from 1, is taken), else the uses now counted and the token's record.
+_REGISTER_WITH_INITIAL_ACCESS_TOKEN_SCRIPT = _REBIND_LUA + """
+local text = redis.call('GET', KEYS[3])
+if (not text) or redis.call('EXISTS', KEYS[5]) == 1 then
+    return {0}
+end
+local record = cjson.decode(text)
+if tonumber(record['expires_at']) <= tonumber(ARGV[4]) then
+    return {0}
+end
+local uses = tonumber(redis.call('GET', KEYS[4]) or '0')
+if uses >= tonumber(record['max_uses']) then
+    return {0}
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return {-1}
+end
+local refused = taken(5)
+if refused then
+    return {-2, -refused}
+end
+redis.call('SET', KEYS[1], ARGV[1])
+bind(5)
+return {redis.call('INCR', KEYS[4]), text}
+"""
+
 #: C{KEYS}: the client's record, the set of its bindings, its opaque tokens'
 #: digests, its revocation mark; C{ARGV}: the mark's C{issued_before}, the
 #: client's id, the bindings' key prefix (as L{_REBIND_LUA} wants them), the
@@ -403,6 +529,32 @@ def revoked_client_key(client_id: str) -> str:
     return f"{PREFIX}revoked_client:{client_id}"
 
 
+def initial_access_token_key(token_digest: str) -> str:
+    return f"{PREFIX}iat:{token_digest}"
+
+
+def initial_access_token_uses_key(token_digest: str) -> str:
+    return f"{PREFIX}iat_uses:{token_digest}"
+
+
+def initial_access_token_revoked_key(token_digest: str) -> str:
+    return f"{PREFIX}iat_revoked:{token_digest}"
+
+
+INITIAL_ACCESS_TOKEN_IDS_KEY = PREFIX + "iat_ids"
+
+
+def _initial_access_token_keys(token_digest: str) -> list[str]:
+    """
+    An initial access token's record, uses and revocation keys.
+    """
+    return [
+        initial_access_token_key(token_digest),
+        initial_access_token_uses_key(token_digest),
+        initial_access_token_revoked_key(token_digest),
+    ]
+
+
 def auth_attempts_key(key: str) -> str:
     return f"{PREFIX}auth_attempts:{key}"
 
@@ -424,6 +576,14 @@ def _bindings(client: Client) -> list[str]:
     The client's bindings as the scripts take them.
     """
     return [f"{i.key}:{i.conditions_key}" for i in client.federated_identities]
+
+
+def bucket_key(key: str) -> str:
+    return f"{PREFIX}token_bucket:{key}"
+
+
+def lease_key(name: str) -> str:
+    return f"{PREFIX}lease:{name}"
 
 
 def _redis_version(info: str) -> tuple[int, ...]:
@@ -819,6 +979,124 @@ class RedisStore:
     def purge_expired(self, now: int) -> Deferred[int]:
         return succeed(0)
 
+    # IInitialAccessTokenStore
+
+    def add_initial_access_token(self, token: InitialAccessToken) -> Deferred[None]:
+        digest = token.token_digest
+        d = self._write(
+            "eval",
+            _ADD_INITIAL_ACCESS_TOKEN_SCRIPT,
+            [
+                initial_access_token_key(digest),
+                initial_access_token_uses_key(digest),
+                INITIAL_ACCESS_TOKEN_IDS_KEY,
+            ],
+            [
+                INITIAL_ACCESS_TOKENS.to_json(token),
+                token.token_id,
+                digest,
+                str(token.expires_at),
+            ],
+        )
+        d.addCallback(lambda _: None)
+        return d
+
+    @staticmethod
+    def _initial_access_token(
+        text: str | None, uses: str | None, revoked: str | None
+    ) -> InitialAccessToken | None:
+        if text is None:
+            return None
+        token = INITIAL_ACCESS_TOKENS.from_json(text)
+        return evolve(
+            token,
+            uses=int(uses or 0),
+            revoked_at=int(revoked) if revoked is not None else token.revoked_at,
+        )
+
+    def get_initial_access_token(self, token_digest: str) -> Deferred[InitialAccessToken | None]:
+        d = self._call("mget", _initial_access_token_keys(token_digest))
+        d.addCallback(lambda reply: self._initial_access_token(*reply))
+        return d
+
+    @inlineCallbacks
+    def list_initial_access_tokens(
+        self,
+    ) -> Generator[Deferred[Any], Any, list[InitialAccessToken]]:
+        """
+        The id index, then one C{MGET} for every token's keys; the ids of
+        tokens that have expired are dropped from the index.
+        """
+        ids: Mapping[str, str] = yield self._call("hgetall", INITIAL_ACCESS_TOKEN_IDS_KEY)
+        if not ids:
+            return []
+        names = list(ids)
+        keys = [key for token_id in names for key in _initial_access_token_keys(ids[token_id])]
+        reply = yield self._call("mget", keys)
+        tokens, gone = [], []
+        for n, token_id in enumerate(names):
+            token = self._initial_access_token(*reply[3 * n : 3 * n + 3])
+            if token is None:
+                gone.append(token_id)
+            else:
+                tokens.append(token)
+        if gone:
+            yield self._call("hdel", INITIAL_ACCESS_TOKEN_IDS_KEY, gone)
+        return sorted(tokens, key=lambda t: (t.created_at, t.token_id))
+
+    def revoke_initial_access_token(self, token_id: str, now: int) -> Deferred[bool]:
+        d = self._write(
+            "eval",
+            _REVOKE_INITIAL_ACCESS_TOKEN_SCRIPT,
+            [INITIAL_ACCESS_TOKEN_IDS_KEY],
+            [
+                token_id,
+                initial_access_token_key(""),
+                initial_access_token_revoked_key(""),
+                str(now),
+            ],
+        )
+        d.addCallback(lambda done: int(done) == 1)
+        return d
+
+    def register_with_initial_access_token(
+        self, token_digest: str, client: Client, now: int
+    ) -> Deferred[InitialAccessToken | None]:
+        """
+        One script (L{_REGISTER_WITH_INITIAL_ACCESS_TOKEN_SCRIPT}), one
+        round trip, answered once replicas have it: a use counted, and the
+        client stored, must survive a failover together.
+        """
+        d = self._write(
+            "eval",
+            _REGISTER_WITH_INITIAL_ACCESS_TOKEN_SCRIPT,
+            [
+                client_key(client.client_id),
+                client_bindings_key(client.client_id),
+                *_initial_access_token_keys(token_digest),
+            ],
+            [
+                CLIENTS.to_json(client),
+                client.client_id,
+                BINDINGS_PREFIX,
+                str(now),
+                *_bindings(client),
+            ],
+        )
+
+        def registered(reply: list[Any]) -> InitialAccessToken | None:
+            uses = int(reply[0])
+            if uses == 0:
+                return None
+            if uses == -1:
+                raise ClientExists(client.client_id)
+            if uses == -2:
+                raise BindingTaken(client.federated_identities[int(reply[1]) - 1])
+            return self._initial_access_token(str(reply[1]), str(uses), None)
+
+        d.addCallback(registered)
+        return d
+
     # IAuthAttemptStore
 
     def reserve_attempt(self, keys: AttemptKeys, now: float, window: float) -> Deferred[Reservation]:
@@ -866,5 +1144,49 @@ class RedisStore:
         keys += [auth_attempts_key(key) for key, _ in release.slots]
         args += [str(round(ends * 1000)) for _, ends in release.slots]
         d = self._call("eval", _RELEASE_ATTEMPT_SCRIPT, keys, args)
+        d.addCallback(lambda _: None)
+        return d
+
+    # IRateLimitStore
+
+    def take_tokens(
+        self, key: str, tokens_per_second: float, burst: int, wanted: int, now: float
+    ) -> Deferred[TokenGrant]:
+        """
+        One script (L{_TAKE_TOKENS_SCRIPT}), one round trip.
+        """
+        d = self._call(
+            "eval",
+            _TAKE_TOKENS_SCRIPT,
+            [bucket_key(key)],
+            [repr(float(tokens_per_second)), str(burst), str(wanted), str(int(now * 1000))],
+        )
+
+        def grant(reply: list[Any]) -> TokenGrant:
+            taken, retry_ms = (int(value) for value in reply)
+            return TokenGrant(taken, retry_ms / 1000)
+
+        d.addCallback(grant)
+        return d
+
+    # ILeaseStore
+
+    def take_lease(self, name: str, holder: str, now: float, duration: float) -> Deferred[bool]:
+        """
+        One script (L{_TAKE_LEASE_SCRIPT}).  The lease's time is counted by
+        Redis' clock from when the script runs, not from C{now}: the same
+        length, without a clock skew between this process and Redis.
+        """
+        d = self._call(
+            "eval",
+            _TAKE_LEASE_SCRIPT,
+            [lease_key(name)],
+            [holder, str(max(1, int(duration * 1000)))],
+        )
+        d.addCallback(lambda taken: int(taken) == 1)
+        return d
+
+    def end_lease(self, name: str, holder: str) -> Deferred[None]:
+        d = self._call("eval", _END_LEASE_SCRIPT, [lease_key(name)], [holder])
         d.addCallback(lambda _: None)
         return d

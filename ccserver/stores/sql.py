@@ -32,9 +32,12 @@ Durability and concurrency:
     committed.
 
 Tables: C{clients} (and C{federated_identities}, the index of their
-bindings to workload identities, written with them), C{signing_keys}, and for L{ITokenStore} C{access_tokens}
+bindings to workload identities, written with them), C{signing_keys},
+C{leases} (L{ILeaseStore}), and for L{ITokenStore} C{access_tokens}
 (by digest, never the token), C{revoked_jtis} and C{revoked_clients}; for
-L{IAuthAttemptStore} C{auth_attempts} and C{auth_known_sources};
+L{IAuthAttemptStore} C{auth_attempts} and C{auth_known_sources}; for
+L{IInitialAccessTokenStore} C{initial_access_tokens} (by digest); for
+L{IRateLimitStore} C{token_buckets} (by digest);
 metadata, audiences and claims are JSON text, so that the same SQL serves
 both databases.  The columns, and the rows read and written, are those of
 L{ccserver.stores.codec}.
@@ -106,12 +109,16 @@ from ccserver.model import (
     AttemptKeys,
     AttemptRelease,
     Client,
+    InitialAccessToken,
     Reservation,
     StoredKey,
+    TokenGrant,
     TokenRecord,
     binding_key,
 )
-from ccserver.stores.codec import CLIENTS, KEYS, TOKENS, Codec
+from ccserver.stores import buckets
+from ccserver.stores.buckets import Bucket
+from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS, Codec
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
 from ccserver.stores.sqlpool import ConnectionPool
@@ -543,7 +550,55 @@ class SQLStore:
                 " THEN excluded.known_until_ms ELSE auth_known_sources.known_until_ms END"
             ),
             "purge_auth_attempts": t("DELETE FROM auth_attempts WHERE window_ends_ms < ?"),
+            "add_initial_access_token": t(
+                _insert("initial_access_tokens", INITIAL_ACCESS_TOKENS)
+            ),
+            "get_initial_access_token": t(
+                f"SELECT {_columns(INITIAL_ACCESS_TOKENS)} FROM initial_access_tokens"
+                " WHERE token_digest = ?"
+            ),
+            "list_initial_access_tokens": t(
+                f"SELECT {_columns(INITIAL_ACCESS_TOKENS)} FROM initial_access_tokens"
+                " ORDER BY created_at, token_id"
+            ),
+            # the first revocation's time is kept
+            "revoke_initial_access_token": t(
+                "UPDATE initial_access_tokens SET revoked_at = COALESCE(revoked_at, ?)"
+                " WHERE token_id = ?"
+            ),
+            # One use more, only while it may register: the row stays locked
+            # to the end of the transaction, in which the client is added.
+            "use_initial_access_token": t(
+                "UPDATE initial_access_tokens SET uses = uses + 1"
+                " WHERE token_digest = ? AND revoked_at IS NULL AND expires_at > ?"
+                f" AND uses < max_uses RETURNING {_columns(INITIAL_ACCESS_TOKENS)}"
+            ),
+            "purge_initial_access_tokens": t(
+                "DELETE FROM initial_access_tokens WHERE expires_at < ?"
+            ),
             "purge_known_sources": t("DELETE FROM auth_known_sources WHERE known_until_ms < ?"),
+            # Taken when nobody holds it, its time has ended, or the holder
+            # takes it again: one statement, so one row lock decides.
+            "take_lease": t(
+                "INSERT INTO leases (name, holder, expires_ms) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " expires_ms = excluded.expires_ms"
+                " WHERE leases.expires_ms <= ? OR leases.holder = excluded.holder"
+            ),
+            "end_lease": t("DELETE FROM leases WHERE name = ? AND holder = ?"),
+            # A new bucket is full; an existing one is left as it is, but
+            # its row is locked (PostgreSQL) until the transaction ends, and
+            # returned as it is now.
+            "load_bucket": t(
+                "INSERT INTO token_buckets (bucket_key, tokens, counted_ms, full_ms)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (bucket_key) DO UPDATE SET"
+                " bucket_key = excluded.bucket_key RETURNING tokens, counted_ms"
+            ),
+            "store_bucket": t(
+                "UPDATE token_buckets SET tokens = ?, counted_ms = ?, full_ms = ?"
+                " WHERE bucket_key = ?"
+            ),
+            "purge_buckets": t("DELETE FROM token_buckets WHERE full_ms < ?"),
             # A kid taken already is replaced, as MemoryStore does.
             "add_key": t(_upsert("signing_keys", KEYS)),
             "replace_key": t(_update("signing_keys", KEYS)),
@@ -928,6 +983,58 @@ class SQLStore:
         d.addCallback(lambda count: count > 0)
         return d
 
+    # IRateLimitStore
+
+    def take_tokens(
+        self, key: str, tokens_per_second: float, burst: int, wanted: int, now: float
+    ) -> Deferred[TokenGrant]:
+        """
+        One transaction: the bucket's row read (a full one inserted if
+        there is none) and locked, counted here (L{buckets.take}), and
+        written back.
+        """
+        now_ms = int(now * 1000)
+        load, store = self._sql["load_bucket"], self._sql["store_bucket"]
+
+        def body(cursor: Any) -> TokenGrant:
+            cursor.execute(load, (key, float(burst), now_ms, now_ms))
+            tokens, counted_ms = cursor.fetchone()
+            bucket, grant = buckets.take(
+                Bucket(float(tokens), int(counted_ms) / 1000, 0.0),
+                tokens_per_second,
+                burst,
+                wanted,
+                now_ms / 1000,
+            )
+            cursor.execute(
+                store,
+                (bucket.tokens, round(bucket.counted * 1000), math.ceil(bucket.full_at * 1000), key),
+            )
+            return grant
+
+        return self._guard(self._run(body, write=True))
+
+    # ILeaseStore
+
+    def take_lease(self, name: str, holder: str, now: float, duration: float) -> Deferred[bool]:
+        """
+        One upsert whose update is conditional: a row inserted or updated
+        (a row count of 1) is the lease taken.
+        """
+        now_ms = int(now * 1000)
+        d = self._execute(
+            "take_lease",
+            (name, holder, now_ms + max(1, int(duration * 1000)), now_ms),
+            write=True,
+        )
+        d.addCallback(lambda count: count == 1)
+        return d
+
+    def end_lease(self, name: str, holder: str) -> Deferred[None]:
+        d = self._execute("end_lease", (name, holder), write=True)
+        d.addCallback(lambda _: None)
+        return d
+
     # ITokenStore
 
     def add_token(self, token: TokenRecord) -> Deferred[None]:
@@ -1014,11 +1121,13 @@ class SQLStore:
                 "purge_revoked",
                 "purge_revoked_clients",
                 "purge_used_once",
+                "purge_initial_access_tokens",
             )
         ]
         statements += [
             (self._sql["purge_auth_attempts"], now * 1000),
             (self._sql["purge_known_sources"], now * 1000),
+            (self._sql["purge_buckets"], now * 1000),
         ]
 
         def purge(cursor: Any) -> int:
@@ -1029,6 +1138,60 @@ class SQLStore:
             return count
 
         return self._guard(self._run(purge, write=True))
+
+    # IInitialAccessTokenStore
+
+    def add_initial_access_token(self, token: InitialAccessToken) -> Deferred[None]:
+        d = self._execute(
+            "add_initial_access_token", INITIAL_ACCESS_TOKENS.to_row(token), write=True
+        )
+        d.addCallback(lambda _: None)
+        return d
+
+    def get_initial_access_token(self, token_digest: str) -> Deferred[InitialAccessToken | None]:
+        d = self._execute("get_initial_access_token", (token_digest,))
+        d.addCallback(lambda rows: INITIAL_ACCESS_TOKENS.from_row(rows[0]) if rows else None)
+        return d
+
+    def list_initial_access_tokens(self) -> Deferred[list[InitialAccessToken]]:
+        d = self._execute("list_initial_access_tokens", ())
+        d.addCallback(lambda rows: [INITIAL_ACCESS_TOKENS.from_row(row) for row in rows])
+        return d
+
+    def revoke_initial_access_token(self, token_id: str, now: int) -> Deferred[bool]:
+        if "\x00" in token_id:
+            return succeed(False)  # as in get_client: there is no such token
+        d = self._execute("revoke_initial_access_token", (now, token_id), write=True)
+        d.addCallback(lambda count: count > 0)
+        return d
+
+    def register_with_initial_access_token(
+        self, token_digest: str, client: Client, now: int
+    ) -> Deferred[InitialAccessToken | None]:
+        """
+        One transaction: the token's use counted by an C{UPDATE} whose
+        condition is that it may register (which locks its row: concurrent
+        registrations wait, and see the count it leaves), then the client
+        added with its bindings (as L{add_client}); a taken client id or
+        binding rolls it all back.
+        """
+        use, add = self._sql["use_initial_access_token"], self._sql["add_client"]
+        row = CLIENTS.to_row(client)
+        integrity = self._dialect.integrity_errors
+
+        def body(cursor: Any) -> InitialAccessToken | None:
+            cursor.execute(use, (token_digest, now))
+            used = cursor.fetchone()
+            if used is None:
+                return None
+            try:
+                cursor.execute(add, row)
+            except integrity:
+                raise ClientExists(client.client_id) from None
+            self._bind(cursor, client)
+            return INITIAL_ACCESS_TOKENS.from_row(used)
+
+        return self._guard(self._run(body, write=True))
 
     # IAuthAttemptStore
 
