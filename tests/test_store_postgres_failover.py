@@ -19,7 +19,8 @@ from twisted.internet.defer import gatherResults
 from twisted.trial.unittest import TestCase
 
 from ccserver.errors import StoreUnavailable
-from ccserver.stores.sql import SQLStore, _socket_stale
+from ccserver.stores.sql import SQLStore
+from ccserver.stores.sqldialects import socket_stale
 from ccserver.testing.polling import eventually
 from ccserver.testing.servers import PostgresStandbyPair
 from tests.test_store_contract import MARK, TIMEOUT, make_client, make_token
@@ -106,7 +107,7 @@ class PostgreSQLFailoverTests(TestCase):
 
         fenced = psycopg.connect(primary.url_for(self.pair.database), autocommit=True)
         self.addCleanup(fenced.close)
-        self.assertFalse(_socket_stale(fenced))
+        self.assertFalse(socket_stale(fenced))
         primary.execute("ALTER SYSTEM SET default_transaction_read_only = on")
         primary.execute("SELECT pg_reload_conf()")
         attempts = count()
@@ -123,7 +124,7 @@ class PostgreSQLFailoverTests(TestCase):
         self.assertEqual(await store.get_client("before"), make_client("before"))
         # a pooled connection is made anew once its server said so
         fenced.execute("SELECT 1")
-        self.assertTrue(_socket_stale(fenced))
+        self.assertTrue(socket_stale(fenced))
         primary.execute("ALTER SYSTEM RESET default_transaction_read_only")
         primary.execute("SELECT pg_reload_conf()")
         await eventually(

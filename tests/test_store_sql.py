@@ -24,14 +24,9 @@ from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ccserver.errors import ConfigError, StoreUnavailable
-from ccserver.stores.sql import (
-    Migration,
-    SQLStore,
-    load_migrations,
-    mask_password,
-    split_statements,
-    url_secrets,
-)
+from ccserver.stores.guard import mask_password, url_secrets
+from ccserver.stores.sql import SQLStore
+from ccserver.stores.sqlmigrations import Migration, load_migrations, split_statements
 from ccserver.stores.sqlpool import ConnectionPool, PooledConnection, held_connection
 from ccserver.stores.urls import sqlite_path
 from ccserver.testing.servers import postgres_server

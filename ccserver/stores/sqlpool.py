@@ -20,8 +20,8 @@ from twisted.enterprise import adbapi
 
 class PoolDialect(Protocol):
     """
-    What the pool needs to know of a database (L{ccserver.stores.sql}'s
-    dialects have it).
+    What the pool needs to know of a database (a
+    L{ccserver.stores.sqldialects.Dialect} has it).
     """
 
     @property
