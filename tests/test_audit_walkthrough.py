@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jwt
+import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -445,6 +446,7 @@ class MemoryWalkThroughTests(ServerTestCase, Searched):
         self.assert_clean([line.decode() for line in destination.lines], walk.secrets)
 
 
+@pytest.mark.process
 class ProcessWalkThroughMixin(Searched):
     kind: str
     token_format = "jwt"
