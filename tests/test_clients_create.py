@@ -26,7 +26,8 @@ from ccserver import __version__
 from ccserver.keys import public_jwk
 from ccserver.oauth.clientauth import JWT_BEARER
 from tests.certs import issue
-from tests.process import CCServerProcess, run_admin
+from tests.process import CCServerProcess
+from tests.test_clients_command import ccserver
 
 pytestmark = pytest.mark.process
 
@@ -58,7 +59,7 @@ class ClientsCreateTests(unittest.TestCase):
         shutil.rmtree(cls.folder, True)
 
     def run_create(self, *args: str, stdin: str | None = None) -> Any:
-        return run_admin(
+        return ccserver(
             "--config", str(self.config), "clients", "create", *args, cwd=self.folder, stdin=stdin
         )
 
@@ -82,7 +83,7 @@ class ClientsCreateTests(unittest.TestCase):
         )
 
     def test_version(self) -> None:
-        done = run_admin("--version", cwd=self.folder)
+        done = ccserver("--version", cwd=self.folder)
         self.assertEqual(done.returncode, 0, done.stderr)
         self.assertEqual(done.stdout, f"ccserver {__version__}\n")
 
