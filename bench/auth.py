@@ -259,7 +259,7 @@ def run_section(bench: Any) -> None:
         for kind in kinds
     }
     bench.rows.extend(rows.values())
-    server = AuthServer("ccserver auth", bench.workdir("auth"), bench.args.access_log)
+    server = AuthServer("ccserver auth", bench.workdir("auth"), bench.args.access_log != "off")
     files = bench.workdir("auth-requests")
     best: dict[str, float] = {}
     results: dict[str, list[Round]] = {kind: [] for kind in kinds}

@@ -21,10 +21,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import auth, memory, profiling
+from bench import auth, growth, introspection, latency, memory, profiling
 from bench.cases import CASES, DURABLE_STORES, SMALL_POPULATION, STORES
 from bench.cpu import busiest_processes, loadavg, machine_busy
 from bench.install import ensure_python_dependencies, ensure_wrk, install_peer, run_quiet
+from bench.latency import LATENCY_CASES
 from bench.output import say
 from bench.paths import REPO
 from bench.report import print_table
@@ -110,15 +111,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "on sqlite, JWT and opaque; node:cluster of 2; ccserver with --population clients) [off]")
     parser.add_argument("--memory-tokens", type=int, default=1_000_000, metavar="N",
                         help="tokens per server of the memory section; RSS read at N/4, N/2 and N [1000000]")
+    parser.add_argument("--introspection", action=argparse.BooleanOptionalAction, default=True,
+                        help="the introspection section: ccserver vs node-oidc-provider, vs its own "
+                        "issuance, JWT vs opaque [on]")
+    parser.add_argument("--introspection-stores", type=listing(DURABLE_STORES), default=list(DURABLE_STORES),
+                        help="stores of introspection vs opaque issuance with --introspection-workers "
+                        "(empty: none) [sqlite,postgresql,redis]")
+    parser.add_argument("--introspection-workers", type=int, default=2, metavar="N",
+                        help="ccserver workers on those stores [2]")
+    parser.add_argument("--latency", action=argparse.BooleanOptionalAction, default=True,
+                        help="the latency section: p99 at 50%% and 90%% of each server's peak, at a "
+                        "constant rate [on]")
+    parser.add_argument("--latency-cases", type=listing(LATENCY_CASES), default=list(LATENCY_CASES),
+                        help="issue,introspect [both]")
+    parser.add_argument("--latency-issue-case", choices=tuple(CASES), default="es256",
+                        help="the token type of the issuance latency [es256]")
+    parser.add_argument("--population-tokens", type=int, default=0, metavar="N",
+                        help="the growth section: N live opaque tokens bulk-loaded into PostgreSQL and "
+                        "Redis (0: no growth section) [0]")
+    parser.add_argument("--sqlite-population-tokens", type=int, default=1_000_000, metavar="N",
+                        help="at most this many of them into SQLite [1000000]")
+    parser.add_argument("--growth-stores", type=listing(DURABLE_STORES), default=list(DURABLE_STORES),
+                        help="stores of the growth section [sqlite,postgresql,redis]")
+    parser.add_argument("--growth-workers", type=int, default=2, metavar="N",
+                        help="ccserver workers in the growth section [2]")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="also run py-spy on ccserver (first case) and write its raw profile here")
+    parser.add_argument("--profile-load", choices=("token", "introspect"), default="token",
+                        help="what the profiled server answers: token requests of the first case, "
+                        "or introspection of one of its tokens [token]")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs)")
     parser.add_argument(
         "--access-log",
-        action="store_true",
-        help="run ccserver with its access log on (its default; off here by default, "
-        "as node-oidc-provider logs nothing per request)",
+        choices=("on", "off", "both"),
+        default="both",
+        help="ccserver's access log: on (its default, the headline), off (node-oidc-provider "
+        "logs nothing per request), or both: on, with a second ccserver with it off beside it "
+        "in the headline sections [both]",
     )
     parser.add_argument(
         "--tracing",
@@ -137,6 +167,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--population-budget must be positive")
     if args.memory_tokens <= 0:
         parser.error("--memory-tokens must be positive")
+    if args.introspection_workers < 1 or args.growth_workers < 1:
+        parser.error("--introspection-workers and --growth-workers must be positive")
+    if args.population_tokens < 0 or args.sqlite_population_tokens < 0:
+        parser.error("--population-tokens and --sqlite-population-tokens must be 0 or more")
     return args
 
 
@@ -188,13 +222,17 @@ def main(argv: list[str] | None = None) -> int:
         runner = Runner(wrk, args.seconds, args.warmup)
         bench = Bench(args, runner, tmp, peer_dir)
         bench.cases()
+        introspection.run_section(bench)
         bench.machine()
         bench.durable()
+        introspection.run_store_section(bench)
+        latency.run_section(bench)
         bench.stores()
         bench.workers()
         bench.population()
         auth.run_section(bench)
         memory_rows = memory.run_section(bench)
+        growth.run_section(bench)
         say(f"\nResults (medians over {args.rounds} rounds; ratio = median of the per-round ratios; "
             f"load average now {loadavg()}; {(time.monotonic() - started) / 60:.1f} min)")
         if bench.rows:

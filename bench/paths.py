@@ -10,5 +10,6 @@ BENCH = Path(__file__).resolve().parent
 #: from an installed copy.
 REPO = BENCH.parent
 LUA = BENCH / "token.lua"
+INTROSPECT_LUA = BENCH / "introspect.lua"
 REGISTER_LUA = BENCH / "register.lua"
 PEER_SCRIPT = BENCH / "peer" / "provider.mjs"

@@ -18,6 +18,7 @@ from bench.errors import MEASUREMENT_ERRORS
 from bench.install import run_quiet
 from bench.output import loud, say
 from bench.sections import Bench
+from bench.wrk import introspect_load
 
 
 def profile(bench: Bench, out: Path) -> None:
@@ -25,8 +26,13 @@ def profile(bench: Bench, out: Path) -> None:
     Run py-spy on ccserver (the first case, memory store) under the same
     wrk load as the rounds, write its raw profile to C{out}, summarise it.
     """
-    case = CASES[bench.args.cases[0]] if bench.args.cases else CASES["es256"]
-    say(f"\n== profile: ccserver {case.label}, memory store, py-spy for {bench.args.seconds:g} s")
+    introspect = bench.args.profile_load == "introspect"
+    if introspect:
+        case = CASES["opaque"]
+    else:
+        case = CASES[bench.args.cases[0]] if bench.args.cases else CASES["es256"]
+    what = f"introspection of an {case.label} token" if introspect else case.label
+    say(f"\n== profile: ccserver {what}, memory store, py-spy for {bench.args.seconds:g} s")
     if shutil.which("py-spy") is None:
         say("pip install py-spy")
         run_quiet([sys.executable, "-m", "pip", "install", "-q", "py-spy"])
@@ -37,7 +43,8 @@ def profile(bench: Bench, out: Path) -> None:
     server = bench.ccserver(f"ccserver {case.label} (profiled)", bench.workdir("profile"), case, "memory://")
     try:
         bench.start(server, case)
-        bench.runner.wrk_once(server, bench.args.warmup, [server])
+        load = introspect_load(server, str(server.token()["access_token"])) if introspect else None
+        bench.runner.wrk_once(server, bench.args.warmup, [server], load)
         out.parent.mkdir(parents=True, exist_ok=True)
         spy_process = subprocess.Popen(
             [spy, "record", "-d", f"{int(bench.args.seconds)}", "-r", "200", "-o", str(out),
@@ -45,9 +52,9 @@ def profile(bench: Bench, out: Path) -> None:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         time.sleep(0.5)
-        r = bench.runner.wrk_once(server, bench.args.seconds, [server])
+        r = bench.runner.wrk_once(server, bench.args.seconds, [server], load)
         spy_output = spy_process.communicate(timeout=60)[0].decode(errors="replace")
-        say(f"  under py-spy: {r.tokens_per_s:,.0f} tokens/s (sampling slows it)")
+        say(f"  under py-spy: {r.tokens_per_s:,.0f} {load.unit if load else 'tokens/s'} (sampling slows it)")
         if spy_process.returncode != 0 or not out.exists():
             say(f"  py-spy failed: {spy_output[-800:]}")
             return
@@ -62,8 +69,9 @@ def profile(bench: Bench, out: Path) -> None:
 #: stack holds such a frame anywhere (logging and signing are leaves of the
 #: request); the others take it by the innermost frame that matches one.
 PROFILE_AREAS_ANYWHERE: list[tuple[str, Callable[[str], bool]]] = [
-    ("logging: access log line, twisted.logger event, JSON, file write",
-     lambda f: "twisted/logger/" in f or f.startswith(("_access_log ", "HTTPFactory.log "))),
+    ("logging: access log line, its buffered write; twisted.logger events",
+     lambda f: "twisted/logger/" in f or "ccserver/accesslog.py" in f
+     or f.startswith(("_access_log ", "access_line_of ", "HTTPFactory.log "))),
     ("signature: PyJWT algorithm + cryptography",
      lambda f: "jwt/" in f or "cryptography/" in f),
 ]
@@ -122,7 +130,7 @@ def summarise_profile(path: Path, top: int = 20) -> None:
     for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
         say(f"    {100 * count / total:5.1f}%  {frame}")
     say("  ccserver, Klein, PyJWT and logging functions, time on the stack (inclusive):")
-    interesting = ("ccserver/", "klein/", "jwt/", "twisted/logger/", "_access_log")
+    interesting = ("ccserver/", "klein/", "jwt/", "twisted/logger/", "_access_log", "accesslog")
     chosen = [(f, c) for f, c in inclusive.items() if any(k in f for k in interesting)]
     for frame, count in sorted(chosen, key=lambda kv: -kv[1])[:top]:
         say(f"    {100 * count / total:5.1f}%  {frame}")

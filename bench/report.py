@@ -35,7 +35,8 @@ class Row:
     #: added to the verdict: why it does not quite say what the target asks
     caveat: str = ""
     #: the ratio the target is held to: "rate" (tokens/s, the machine's
-    #: throughput) or "per core" (tokens per CPU-second, what a token costs)
+    #: throughput), "per core" (tokens per CPU-second, what a token costs),
+    #: or "p99" (no ratio: ccserver's p99 no worse than the peer's)
     judge: str = "rate"
 
     def ratio(self) -> float | None:
@@ -63,6 +64,11 @@ class Row:
     def verdict(self) -> str:
         if self.status:
             return self.status
+        if self.judge == "p99":
+            if not self.ours or not self.theirs:
+                return "info"
+            worse = med(self.ours, "p99_ms") > med(self.theirs, "p99_ms")
+            return "FAIL (p99)" if worse else "PASS"
         ratio = self.judged_ratio()
         if ratio is None or self.target is None:
             return "info"
@@ -132,7 +138,10 @@ def print_table(rows: list[Row]) -> None:
             continue
         ratio = row.ratio()
         per_core = row.per_core_ratio()
-        target = f"{row.judge} >={row.target:.2f}" if row.target is not None else "-"
+        if row.judge == "p99":
+            target = "p99 <= peer"
+        else:
+            target = f"{row.judge} >={row.target:.2f}" if row.target is not None else "-"
         ours = f"{med(row.ours, 'p50_ms'):.1f}/{med(row.ours, 'p99_ms'):.1f} ms"
         if row.theirs:
             theirs = f"{med(row.theirs, 'p50_ms'):.1f}/{med(row.theirs, 'p99_ms'):.1f} ms"

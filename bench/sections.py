@@ -30,9 +30,23 @@ from bench.cpu import loadavg
 from bench.errors import MEASUREMENT_ERRORS, BenchError, NotAvailable
 from bench.output import loud, say
 from bench.report import Row
-from bench.rounds import Runner
+from bench.rounds import Round, Runner
 from bench.servers import CCServer, Peer, Server, basic
 from bench.wrk import Load, clients_load, kept_clients, register_load
+
+
+def access_log_note(off: list[Round], theirs: list[Round], judge: str) -> str:
+    """
+    The figure beside a row measured with the access log on: the same
+    comparison with ccserver's access log off, from the same rounds.
+    """
+    row = Row("", "", ours=off, theirs=theirs, judge=judge)
+    ratio = row.judged_ratio()
+    if ratio is None:
+        return ""
+    rate = statistics.median(r.tokens_per_s for r in off)
+    core = statistics.median(r.per_core for r in off)
+    return f"access log off: {rate:,.0f}/s, {core:,.0f}/cpu-s, {judge} ratio {ratio:.2f}"
 
 
 def cache_default() -> str:
@@ -112,18 +126,28 @@ class Bench:
             say(f"\n== {case.label}: ccserver vs node-oidc-provider  (load {loadavg()})")
             ours = self.ccserver(f"ccserver {case.label}", self.workdir(f"cc-{name}"), case, "memory://")
             theirs = Peer(f"node-oidc-provider {case.label}", self.workdir(f"peer-{name}"), self.peer_dir, case)
+            # the headline is ccserver as configured by default (access log
+            # on); beside it, the same with the access log off
+            off = None
+            if self.args.access_log == "both":
+                off = self.ccserver(f"ccserver {case.label} (log off)", self.workdir(f"cc-{name}-off"), case,
+                                    "memory://", access_log=False)
             try:
-                self.head_to_head(row, ours, theirs, case)
+                self.head_to_head(row, ours, theirs, case, off)
             except MEASUREMENT_ERRORS as e:
                 self.error(row, e)
             finally:
                 self.stop_all()
 
-    def head_to_head(self, row: Row, ours: CCServer, theirs: Peer, case: Case) -> None:
+    def head_to_head(
+        self, row: Row, ours: CCServer, theirs: Peer, case: Case, off: CCServer | None = None
+    ) -> None:
         """
         Start ccserver, then its peer, and measure them in alternating
         rounds into C{row}; a ccserver that refuses to start (its store or
-        a dependency missing) marks the row not available.
+        a dependency missing) marks the row not available.  C{off}, if
+        given, is the same ccserver with its access log off, measured in
+        the same alternation: its figures go in the row's note.
         """
         try:
             self.start(ours, case)
@@ -132,8 +156,14 @@ class Bench:
             say(f"  not available: {e}")
             return
         self.start(theirs, case)
-        results = self.runner.measure([ours, theirs], self.args.rounds)
+        servers: list[Server] = [ours, theirs]
+        if off is not None:
+            self.start(off, case)
+            servers.append(off)
+        results = self.runner.measure(servers, self.args.rounds)
         row.ours, row.theirs = results[ours.label], results[theirs.label]
+        if off is not None:
+            row.note = access_log_note(results[off.label], row.theirs, row.judge)
 
     # ccserver --workers N against a node:cluster of N, one JWT case at a time
     def machine(self) -> None:
@@ -243,9 +273,12 @@ class Bench:
         workers: int = 1,
         client_cache_seconds: float | None = None,
         encryption_key_file: Path | None = None,
+        access_log: bool | None = None,
+        settings: dict[str, dict[str, Any]] | None = None,
     ) -> CCServer:
         """
-        A ccserver with the run's --access-log choice.
+        A ccserver with the run's --access-log choice (on, ccserver's
+        default, unless --access-log off), or C{access_log}.
         """
         return CCServer(
             label,
@@ -255,7 +288,8 @@ class Bench:
             workers=workers,
             client_cache_seconds=client_cache_seconds,
             encryption_key_file=encryption_key_file,
-            access_log=self.args.access_log,
+            access_log=self.args.access_log != "off" if access_log is None else access_log,
+            settings=settings,
             tracing_endpoint=None if self.collector is None else self.collector.endpoint,
         )
 

@@ -55,6 +55,19 @@ def http(
         return e.code, e.read()
 
 
+def toml_text(tables: dict[str, dict[str, Any]]) -> str:
+    """
+    A TOML document of C{tables} (table name -> key -> value; the table
+    "" is the top level).  The values are strings, numbers, booleans and
+    lists of them, whose JSON is TOML too.
+    """
+    lines = [f"{key} = {json.dumps(value)}" for key, value in tables.get("", {}).items()]
+    for name, values in tables.items():
+        if name and values:
+            lines += ["", f"[{name}]", *(f"{key} = {json.dumps(value)}" for key, value in values.items())]
+    return "\n".join(lines) + "\n"
+
+
 def _b64json(segment: str) -> Any:
     return json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
 
@@ -66,6 +79,8 @@ class Server:
     """
 
     kind = "?"
+    #: where it answers RFC 7662 introspection
+    introspection_path = "/token/introspect"
 
     def __init__(self, label: str, workdir: Path) -> None:
         self.label = label
@@ -201,7 +216,8 @@ class CCServer(Server):
         workers: int = 1,
         client_cache_seconds: float | None = None,
         encryption_key_file: Path | None = None,
-        access_log: bool = False,
+        access_log: bool = True,
+        settings: dict[str, dict[str, Any]] | None = None,
         tracing_endpoint: str | None = None,
     ) -> None:
         super().__init__(label, workdir)
@@ -216,28 +232,44 @@ class CCServer(Server):
         #: server's folder; servers that share a store must share this file
         self.encryption_key_file = encryption_key_file
         self.master_token = secrets.token_urlsafe(32)
-        #: ccserver's own default is on; node-oidc-provider logs nothing
-        #: per request, so the comparison runs with it off (--access-log)
+        #: ccserver's own default is on, and so is the bench's headline;
+        #: node-oidc-provider logs nothing per request (--access-log)
         self.access_log = access_log
+        #: more configuration: table ("" for the top level) -> key -> value
+        self.settings = settings or {}
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "ccserver.toml"
+
+    def configuration(self) -> str:
+        """
+        The server's ccserver.toml.
+        """
+        # the access log goes to standard output, a file here, as it would
+        # go to a file or to journald in production (--access-log)
+        tables: dict[str, dict[str, Any]] = {
+            "": {"access_log": self.access_log},
+            "tokens": {"signing_alg": self.case.alg},
+        }
+        if self.workers != 1:
+            tables[""]["workers"] = self.workers
+        if self.case.format != "jwt":
+            tables["tokens"]["format"] = self.case.format
+        if self.client_cache_seconds is not None:
+            tables.setdefault("store", {})["client_cache_seconds"] = float(self.client_cache_seconds)
+        if self.encryption_key_file is not None:
+            tables.setdefault("keys", {})["encryption_key_file"] = str(self.encryption_key_file)
+        if self.tracing_endpoint is not None:
+            tables["tracing"] = {"endpoint": self.tracing_endpoint, "sampling": 1.0}
+        for table, values in self.settings.items():
+            tables.setdefault(table, {}).update(values)
+        return toml_text(tables)
 
     def command(self) -> tuple[list[str], dict[str, str], Path]:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        # node-oidc-provider logs nothing per request: neither does ccserver
-        # here, unless --access-log asks for its default.
-        toml = [f"access_log = {'true' if self.access_log else 'false'}"]
-        if self.workers != 1:
-            toml.append(f"workers = {self.workers}")
-        toml += ["", "[tokens]", f'signing_alg = "{self.case.alg}"']
-        if self.case.format != "jwt":
-            toml.append(f'format = "{self.case.format}"')
-        if self.client_cache_seconds is not None:
-            toml += ["", "[store]", f"client_cache_seconds = {float(self.client_cache_seconds)!r}"]
-        if self.encryption_key_file is not None:
-            toml += ["", "[keys]", f"encryption_key_file = {json.dumps(str(self.encryption_key_file))}"]
-        if self.tracing_endpoint is not None:
-            toml += ["", "[tracing]", f"endpoint = {json.dumps(self.tracing_endpoint)}", "sampling = 1.0"]
-        config = self.workdir / "ccserver.toml"
-        config.write_text("\n".join(toml) + "\n")
+        config = self.config_path
+        config.write_text(self.configuration())
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
@@ -287,6 +319,7 @@ class CCServer(Server):
 
 class Peer(Server):
     kind = "node-oidc-provider"
+    introspection_path = "/token/introspection"
 
     def __init__(self, label: str, workdir: Path, peer_dir: Path, case: Case, workers: int = 1) -> None:
         super().__init__(label, workdir)

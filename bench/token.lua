@@ -3,7 +3,8 @@
 --   wrk -t1 -c32 -d8s -s bench/token.lua http://127.0.0.1:PORT/token -- @FILE
 -- where BASIC is the base64 of "client_id:client_secret" (client_secret_basic),
 -- and FILE holds one such value a line, for many clients (the population
--- section).
+-- section).  With BENCH_RATE set, requests go at that rate (result.lua's
+-- pacing).
 --
 -- Every request is POST /token, grant_type=client_credentials&scope=read,
 -- with the next client's credentials: request n uses client (n mod clients)
@@ -54,14 +55,21 @@ function init(args)
    non200 = 0
    first_status = 0
    first_body = ""
+   result.init_pacing()
 end
 
 function request()
+   result.sent()
    next_req = next_req % #reqs + 1
    return reqs[next_req]
 end
 
+if result.paced then
+   delay = result.delay
+end
+
 function response(status, headers, body)
+   result.answered()
    if status ~= 200 then
       non200 = non200 + 1
       result.keep_first(status, body)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.paths import LUA, REGISTER_LUA
+from bench.paths import INTROSPECT_LUA, LUA, REGISTER_LUA
 from bench.servers import CCServer, Server
 
 CONNECTIONS = 32
@@ -35,10 +35,35 @@ class Load:
     #: registrations sent by every run of this load: C{created}, plus those
     #: still in flight when a timed run ended (the server makes them too)
     sent: int = 0
+    #: requests a second at a constant rate (result.lua's pacing), or None
+    #: for as fast as the server answers
+    rate: float | None = None
+
+    def paced(self, rate: float) -> Load:
+        """
+        The same load at C{rate} requests a second.
+        """
+        return Load(self.script, self.path, self.args, self.unit, rate=rate)
+
+    def environment(self) -> dict[str, str]:
+        """
+        What wrk's environment adds for this load (the pacing's rate).
+        """
+        if self.rate is None:
+            return {}
+        return {"BENCH_RATE": f"{self.rate:.3f}", "BENCH_THREADS": str(THREADS)}
 
 
 def token_load(server: Server) -> Load:
     return Load(LUA, "/token", [server.basic])
+
+
+def introspect_load(server: Server, token: str) -> Load:
+    """
+    introspect.lua: C{server}'s client introspects C{token} at the
+    server's introspection endpoint; only C{"active":true} answers count.
+    """
+    return Load(INTROSPECT_LUA, server.introspection_path, [server.basic, token], "introspections/s")
 
 
 def clients_load(path: Path, clients: list[str]) -> Load:

@@ -23,6 +23,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from ccserver import audit
+from ccserver.accesslog import AccessLog, Destination
 from ccserver.auditlog import AuditWriter
 from ccserver.config import Config, TrustedIssuerConfig
 from ccserver.firststart import FirstStart
@@ -99,6 +100,8 @@ class Prepared:
     @ivar audit: the writer of the audit trail, its destination open
         (None only where a test builds a tree without one).
     @ivar tracing: the spans' exporter, with C{[tracing] endpoint}.
+    @ivar access_log: where the access log goes, opened; None when it is
+        off.
     """
 
     store: IStore
@@ -110,6 +113,7 @@ class Prepared:
     grants: OfferedGrants | None = None
     audit: AuditWriter | None = None
     tracing: Tracing | None = None
+    access_log: Destination | None = None
 
 
 @frozen
@@ -122,6 +126,8 @@ class Server:
     @ivar metrics_site: the C{/metrics} site, when C{--metrics} is given.
     @ivar issuer_keys: the fetcher of the trusted issuers' keys, when there
         are trusted issuers.
+    @ivar access_log: the access log's lines waiting to be written, when it
+        is on.
     """
 
     config: Config
@@ -131,6 +137,7 @@ class Server:
     jwks_fetcher: KeySetSource
     metrics_site: Site | None
     issuer_keys: KeySetSource | None = None
+    access_log: AccessLog | None = None
 
 
 def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | None) -> Server:
@@ -144,6 +151,7 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
     jwks_fetcher = make_jwks_fetcher(reactor, config)
     issuer_keys = make_issuer_keys(reactor, config) if config.trusted_issuers else None
     warn_about_issuer_urls(config)
+    access_log = None if prepared.access_log is None else AccessLog(prepared.access_log)
     site, keyring = make_site(
         reactor,
         config,
@@ -158,6 +166,7 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
         prepared.grants,
         issuer_keys,
         prepared.tracing,
+        access_log,
     )
     return Server(
         config,
@@ -167,6 +176,7 @@ def assemble(config: Config, prepared: Prepared, reactor: Any, cpu_count: int | 
         jwks_fetcher,
         _metrics_site(metrics, reactor),
         issuer_keys,
+        access_log,
     )
 
 
@@ -215,6 +225,7 @@ def make_site(
     offered: OfferedGrants | None = None,
     issuer_keys: KeySetSource | None = None,
     tracing: Tracing | None = None,
+    access_log: AccessLog | None = None,
 ) -> tuple[CCServerSite, Keyring]:
     """
     The web site over the protocol objects, and the keyring they sign with.
@@ -228,6 +239,8 @@ def make_site(
     @param tracing: the spans' tracer, when C{[tracing]} is on: the parts
         on a request's way are then made traced (L{_traced}); when it is
         off, none of them knows of tracing.
+    @param access_log: where each request's line goes (None: nowhere; the
+        configuration's C{access_log} says whether the daemon makes one).
     """
     now = reactor.seconds
     keys_store = store
@@ -309,7 +322,7 @@ def make_site(
     site = CCServerSite(
         app.resource(),
         reactor,
-        config.access_log,
+        access_log,
         config.http,
         metrics,
         trusted_proxies,

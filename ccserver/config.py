@@ -465,6 +465,9 @@ class Config:
     workers: int = 1
     #: Whether every request is logged (combined log format, no query).
     access_log: bool = True
+    #: Where the access log goes: "-" (standard output) or a file path
+    #: (appended to; relative to the working directory).
+    access_log_file: str = field(default="-", metadata={EMPTY_IS_DEFAULT: True})
     #: Limits and deadlines of each HTTP request ([http]).
     http: HTTPLimits = HTTPLimits()
     #: The Prometheus metrics listener ([metrics]).

@@ -113,7 +113,15 @@ class CCServerChannel(http.HTTPChannel):
     site: Any
     limits: HTTPLimits = HTTPLimits()
     _phase = _IDLE
+    #: The connection's one timer for its head and body deadlines: reset
+    #: for each, not cancelled and made anew (a callLater and a
+    #: cancellation per deadline were a share of a request's cost).
     _deadline: IDelayedCall | None = None
+    #: What the timer times ("head", "body") and its length, or None while
+    #: it times nothing (a request with the application, or none begun):
+    #: it then does nothing when it fires.
+    _deadline_part: str | None = None
+    _deadline_seconds = 0.0
     _refused = False
     #: Lines and bytes of the head read so far (ours: twisted.web's own
     #: counters are private).
@@ -246,18 +254,16 @@ class CCServerChannel(http.HTTPChannel):
             # there is no body: it finds the request refused.
             self.refuse(400, problem)
             return
-        self._cancel_deadline()
+        self._deadline_part = None
         self._phase = _BODY
         super().allHeadersReceived()
         if self.length != 0 and not self._refused:
-            self._deadline = self.site.reactor.callLater(
-                self.limits.body_timeout, self._timed_out, "body", self.limits.body_timeout
-            )
+            self._arm("body", self.limits.body_timeout)
 
     def allContentReceived(self) -> None:
         if self._refused:
             return
-        self._cancel_deadline()
+        self._deadline_part = None
         self._phase = _ANSWERING
         super().allContentReceived()
 
@@ -326,19 +332,36 @@ class CCServerChannel(http.HTTPChannel):
 
     def _start_head(self) -> None:
         self._phase = _HEAD
-        self._cancel_deadline()
-        self._deadline = self.site.reactor.callLater(
-            self.limits.head_timeout, self._timed_out, "head", self.limits.head_timeout
-        )
+        self._arm("head", self.limits.head_timeout)
+
+    def _arm(self, part: str, seconds: float) -> None:
+        """
+        Time C{part}: the connection's timer set C{seconds} from now (made
+        once, then reset: a later time costs the reactor nothing until it
+        comes).
+        """
+        self._deadline_part, self._deadline_seconds = part, seconds
+        call = self._deadline
+        if call is not None and call.active():
+            call.reset(seconds)
+        else:
+            self._deadline = self.site.reactor.callLater(seconds, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        part, self._deadline_part = self._deadline_part, None
+        if part is not None:
+            self._timed_out(part, self._deadline_seconds)
 
     def _cancel_deadline(self) -> None:
+        self._deadline_part = None
         if self._deadline is not None:
             if self._deadline.active():
                 self._deadline.cancel()
             self._deadline = None
 
     def _timed_out(self, part: str, seconds: float) -> None:
-        self._deadline = None
+        self._cancel_deadline()
         peer = self.transport.getPeer() if self.transport is not None else None
         self._channel_log.info(
             "Request {part} from {peer} not complete within {seconds}s: 408",

@@ -516,12 +516,23 @@ def _check_claims(
         if not any(isinstance(name, str) and name in audience for name in named):
             raise JOSEError("the aud claim does not name this recipient")
     if now is not None:
-        exp = numeric_date(claims, "exp")
-        if exp is not None and exp <= now - leeway:
-            raise JOSEError("the JWT has expired")
-        nbf = numeric_date(claims, "nbf")
-        if nbf is not None and nbf > now + leeway:
-            raise JOSEError("the JWT is not valid yet")
+        check_times(claims, now, leeway)
+
+
+def check_times(claims: Mapping[str, Any], now: float, leeway: float = 0) -> None:
+    """
+    The time claims of L{verify}'s check: C{exp} (RFC 7519 §4.1.4) after
+    C{now}, C{nbf} (§4.1.5) not after it, each by C{leeway} seconds; for a
+    claims set already verified, whose time is checked again later.
+
+    @raise JOSEError: the JWT has expired, or is not valid yet.
+    """
+    exp = numeric_date(claims, "exp")
+    if exp is not None and exp <= now - leeway:
+        raise JOSEError("the JWT has expired")
+    nbf = numeric_date(claims, "nbf")
+    if nbf is not None and nbf > now + leeway:
+        raise JOSEError("the JWT is not valid yet")
 
 
 def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -31,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ccserver import firststart
+from ccserver.accesslog import AccessLogService
 from ccserver.assembly import Server
 from ccserver.auditlog import AuditTrailService
 from ccserver.interfaces import IStore
@@ -100,6 +101,8 @@ def service_tree(server: Server, reactor: Any, argv: Sequence[str], startup: Sta
         # the spans' exporter ends last: the last requests' spans go too
         None if prepared.tracing is None else _tracing_stop(prepared.tracing, reactor),
         directory,
+        # stopped after the last request: its line is written
+        None if server.access_log is None else AccessLogService(server.access_log, reactor),
         IService(prepared.handler, None),
         # after the last request, as the handler
         CloseOnStop(server.jwks_fetcher.close),

@@ -38,6 +38,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from ccserver import __version__, firststart
+from ccserver.accesslog import open_destination
 from ccserver.assembly import Prepared, assemble
 from ccserver.auditlog import open_writer
 from ccserver.config import Config, load_config
@@ -257,6 +258,7 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
     # the start, leaving at most an empty audit file behind
     audit_writer = open_writer(config.audit, config.issuer)
     first = firststart.prepare(config)
+    access_log = open_destination(config.access_log_file) if config.access_log else None
     directory = None
     if config.metrics.listen is not None and endpoints.shared:
         # Before any metric is made, and before the workers start: they
@@ -264,7 +266,7 @@ def prepare(config: Config, inherited: Sequence[int], reactor: Any) -> Prepared:
         directory = MultiprocessDirectory(use_multiprocess_directory())
     return Prepared(
         store, handler, first, endpoints, client_ca, directory, grants, audit_writer,
-        make_tracing(config),
+        make_tracing(config), access_log,
     )
 
 

@@ -1,6 +1,7 @@
 """
-The body of a successful token answer (RFC 6749 §5.1), as bytes: the hot
-path's one JSON document, written without the general encoder.
+The bodies of the hot paths' answers as bytes: a successful token answer
+(RFC 6749 §5.1), written without the general encoder, and an
+introspection answer (RFC 7662 §2.2).
 
 C{json.dumps} sets up an encoder and walks a dict on every call, a share of
 a token's cost worth saving (bench/README.md, "Measurements behind design
@@ -12,7 +13,10 @@ separators=(",", ":"))} (tests/test_hot_path.py compares them).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from json.encoder import JSONEncoder
 from json.encoder import encode_basestring_ascii as _string
+from typing import Any
 
 from ccserver.model import IssuedToken
 
@@ -29,3 +33,20 @@ def token_answer_json(token: IssuedToken) -> bytes:
         f'{{"access_token":{_string(token.access_token)},"token_type":{_string(token.token_type)},'
         f'"expires_in":{int(token.expires_in)},"scope":{_string(scope)}{end}'
     ).encode("ascii")
+
+
+# One encoder, made once: json.dumps with arguments makes one per call.
+_encode = JSONEncoder(separators=(",", ":")).encode
+#: RFC 7662 §2.2: what every token that is not active gets, and nothing more.
+INACTIVE_JSON = b'{"active":false}'
+
+
+def introspection_json(answer: Mapping[str, Any]) -> bytes:
+    """
+    An introspection answer (RFC 7662 §2.2) as bytes, byte for byte
+    C{json.dumps(answer, separators=(",", ":"))}: the inactive one (the
+    most frequent answer to a scan or a stale token) made once.
+    """
+    if len(answer) == 1 and answer.get("active") is False:
+        return INACTIVE_JSON
+    return _encode(answer).encode("ascii")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from io import BytesIO
 from time import perf_counter
 from typing import Any, cast
@@ -22,12 +22,14 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
+from twisted.web.http import datetimeToLogString
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import HTTPException, NotFound
 
 from ccserver import strictjson
+from ccserver.accesslog import AccessLog, access_line
 from ccserver.errors import (
     OAuthError,
     StoreUnavailable,
@@ -53,7 +55,7 @@ from ccserver.oauth.registration import (
 from ccserver.proxies import Address, Network, hop_address, is_trusted
 from ccserver.text import escape
 from ccserver.tls import ClientCertificateReader
-from ccserver.tokenjson import token_answer_json
+from ccserver.tokenjson import introspection_json, token_answer_json
 from ccserver.tracing import Tracing
 
 #: The largest request body accepted, in bytes; larger ones get 413.
@@ -169,30 +171,30 @@ class RequestSources:
         )
 
 
-def _access_log(timestamp: str, request: server.Request) -> str:
+def access_line_of(request: server.Request, timestamp: str) -> bytes:
     """
-    The combined log format, without the query string: a client that put
-    its secret in the URL must not have it written to the log.  The address
-    is the request's source (L{source_address}), the client's behind a
-    trusted proxy.  The path and the C{User-Agent} are the client's text:
-    escaped (L{escape}), so that no control character reaches a terminal.
+    The request's access log line (L{ccserver.accesslog.access_line}): its
+    source as the limits count it (L{source_address}, the client's behind a
+    trusted proxy), its path without the query string.
     """
-    path = escape(request.uri.split(b"?", 1)[0].decode("ascii", "replace"))
-    agent = escape(
-        (request.getHeader(b"user-agent") or b"-").decode("ascii", "replace").replace('"', "'")
-    )
     site = getattr(request, "site", None)
-    ip = source_address(request, getattr(site, "trusted_proxies", ()))
-    method = request.method.decode("ascii", "replace")
-    proto = request.clientproto.decode("ascii", "replace")
-    length = request.sentLength or "-"
-    return f'"{ip}" - - {timestamp} "{method} {path} {proto}" {request.code} {length} "-" "{agent}"'
+    return access_line(
+        source_address(request, getattr(site, "trusted_proxies", ())),
+        timestamp,
+        request.method,
+        request.uri,
+        request.clientproto,
+        request.code,
+        request.sentLength,
+        request.getHeader(b"user-agent"),
+    )
 
 
 class CCServerSite(server.Site):
     """
-    The site: bounded requests, an access log without query strings, and a
-    count of the requests in flight so that a stop can wait for them.
+    The site: bounded requests, an access log without query strings
+    (L{ccserver.accesslog}), and a count of the requests in flight so that
+    a stop can wait for them.
     """
 
     requestFactory = BoundedRequest
@@ -205,19 +207,15 @@ class CCServerSite(server.Site):
         self,
         resource: Any,
         reactor: Any = None,
-        access_log: bool = True,
+        access_log: AccessLog | None = None,
         limits: HTTPLimits | None = None,
         metrics: NoMetrics = NO_METRICS,
         trusted_proxies: Sequence[Network] = (),
     ) -> None:
-        super().__init__(
-            resource,
-            logFormatter=_access_log,
-            parsePOSTFormSubmission=False,
-            reactor=reactor,
-        )
+        super().__init__(resource, parsePOSTFormSubmission=False, reactor=reactor)
         #: How many requests have started and not yet finished.
         self.in_flight = 0
+        #: where each request's line goes (None: not logged)
         self.access_log = access_log
         self._idle_waiters: list[Deferred[None]] = []
         self.limits = limits or HTTPLimits()
@@ -226,8 +224,11 @@ class CCServerSite(server.Site):
         self.trusted_proxies = tuple(trusted_proxies)
 
     def log(self, request: http.Request) -> None:
-        if self.access_log:
-            super().log(request)
+        access_log = self.access_log
+        if access_log is not None:
+            # twisted.web keeps the time's text, made once a second
+            timestamp = self._logDateTime or datetimeToLogString(self.reactor.seconds())
+            access_log.append(access_line_of(cast(server.Request, request), timestamp))
 
     def getResourceFor(self, request: server.Request) -> Any:
         self.in_flight += 1
@@ -441,12 +442,18 @@ class CCServerApp:
 
     def resource(self) -> Resource:
         """
-        The whole HTTP surface: L{TokenResource} at C{/token}, the Klein
-        routes everywhere else; with tracing on, each request a span
+        The whole HTTP surface: L{TokenResource} at C{/token},
+        L{IntrospectionResource} at C{/token/introspect}, the Klein routes
+        everywhere else; with tracing on, each request a span
         (L{TracedRoot}).
         """
         root = RootResource(
-            TokenResource(self.grants, self.metrics, self.certificates, self.sources),
+            {
+                b"token": TokenResource(self.grants, self.metrics, self.certificates, self.sources),
+                b"token/introspect": IntrospectionResource(
+                    self.introspection, self.metrics, self.certificates, self.sources
+                ),
+            },
             self.app.resource(),
         )
         return root if self.tracing is None else TracedRoot(root, self.tracing, self.sources)
@@ -467,18 +474,6 @@ class CCServerApp:
             # the reason alone: the detail (the store's address) is logged
             return _json(request, 503, {"status": "unavailable", "reason": not_ready.reason})
         return _json(request, 200, {"status": "ok"})
-
-    @app.route("/token/introspect", methods=None)
-    async def introspect(self, request: IRequest) -> bytes:
-        _allow(request, b"POST")
-        form, _ = parse_form(request)
-        answer = await self.introspection.introspect(
-            form,
-            _authorization(request),
-            client_certificate(self.certificates, request),
-            self._source(request),
-        )
-        return _json(request, 200, answer)
 
     @app.route("/token/revoke", methods=None)
     async def revoke(self, request: IRequest) -> bytes:
@@ -630,6 +625,24 @@ def _token_answer(request: IRequest, token: IssuedToken) -> bytes:
     return token_answer_json(token)
 
 
+def write_answer(body: bytes, request: IRequest) -> None:
+    """
+    Write a plain resource's whole answer and finish: in one go, with its
+    length, unless the client went away meanwhile.
+    """
+    # A request whose connection was lost has no channel any more
+    # (twisted.web.http.Request.connectionLost sets its documented
+    # channel attribute to None): a public check that costs no Deferred
+    # per request, unlike notifyFinish.
+    answerable = cast("http.Request", request)
+    if not answerable.finished and answerable.channel is not None:
+        # With its length known, twisted.web writes the head and the
+        # body in one go, not as chunks with a last one at finish.
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+
 def error_code(failure: Failure) -> str:
     """
     The RFC 6749 §5.2 error code a failure is answered with (for the
@@ -640,17 +653,65 @@ def error_code(failure: Failure) -> str:
     return answered_with(error)[0]
 
 
-class TokenResource(Resource):
+class FormResource(Resource):
     """
-    C{/token}, the hot path, as a plain twisted.web resource: one request
-    in, one call to the C{token} of the grant its C{grant_type} selects
-    (L{TokenGrants.token}), its answer or error out, with no routing on
-    the way (Klein's routing and response handling are a large share of a
-    token request's cost: bench/README.md, "Measurements behind design
-    choices").
+    A POST endpoint with a form body as a plain twisted.web resource, with
+    no routing on the way (Klein's routing and response handling are a
+    large share of a hot request's cost: bench/README.md, "Measurements
+    behind design choices"): one call (L{_call}), its answer (L{_answer})
+    or its error (L{render_failure}) written once, with its length
+    (L{write_answer}).
     """
 
     isLeaf = True
+
+    def __init__(
+        self,
+        metrics: NoMetrics = NO_METRICS,
+        certificates: ClientCertificateReader | None = None,
+        sources: RequestSources | None = None,
+    ) -> None:
+        super().__init__()
+        self._metrics = metrics
+        self._certificates = certificates
+        self._sources = sources or RequestSources()
+
+    def render(self, request: IRequest) -> int:
+        try:
+            _allow(request, b"POST")
+            result = self._call(request)
+        except Exception:
+            result = fail()
+        answered: Deferred[bytes] = result.addCallbacks(
+            self._answer, self._failed, callbackArgs=(request,), errbackArgs=(request,)
+        )
+        answered.addCallback(write_answer, request)
+        return NOT_DONE_YET
+
+    def _call(self, request: IRequest) -> Deferred[Any]:
+        """
+        The endpoint's one call for C{request}.
+        """
+        raise NotImplementedError
+
+    def _answer(self, result: Any, request: IRequest) -> bytes:
+        """
+        The body of the answer to C{result}, with its headers set.
+        """
+        raise NotImplementedError
+
+    def _failed(self, failure: Failure, request: IRequest) -> bytes:
+        if failure.check(StoreUnavailable):
+            self._metrics.store_error()
+        return render_failure(request, failure)
+
+
+class TokenResource(FormResource):
+    """
+    C{/token}, the hot path: one request in, one call to the C{token} of
+    the grant its C{grant_type} selects (L{TokenGrants.token}), its
+    answer or error out.
+    """
 
     def __init__(
         self,
@@ -659,60 +720,69 @@ class TokenResource(Resource):
         certificates: ClientCertificateReader | None = None,
         sources: RequestSources | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(metrics, certificates, sources)
         self._grants = grants
-        self._metrics = metrics
-        self._certificates = certificates
-        self._sources = sources or RequestSources()
 
-    def render(self, request: IRequest) -> int:
-        try:
-            _allow(request, b"POST")
-            form, repeated = parse_form(request)
-            issued = ensureDeferred(
-                self._grants.token(
-                    TokenRequest(
-                        form,
-                        _authorization(request),
-                        repeated.get("resource", ()),
-                        repeated.get("audience", ()),
-                        dpop_headers(request),
-                        client_certificate(self._certificates, request),
-                        self._sources(request),
-                    )
+    def _call(self, request: IRequest) -> Deferred[IssuedToken]:
+        form, repeated = parse_form(request)
+        return ensureDeferred(
+            self._grants.token(
+                TokenRequest(
+                    form,
+                    _authorization(request),
+                    repeated.get("resource", ()),
+                    repeated.get("audience", ()),
+                    dpop_headers(request),
+                    client_certificate(self._certificates, request),
+                    self._sources(request),
                 )
             )
-        except Exception:
-            issued = fail()
-        answered: Deferred[bytes] = issued.addCallbacks(
-            self._issued, self._failed, callbackArgs=(request,), errbackArgs=(request,)
         )
-        answered.addCallback(self._write, request)
-        return NOT_DONE_YET
 
-    def _issued(self, token: IssuedToken, request: IRequest) -> bytes:
+    def _answer(self, token: IssuedToken, request: IRequest) -> bytes:
         self._metrics.token_issued(token)
         return _token_answer(request, token)
 
     def _failed(self, failure: Failure, request: IRequest) -> bytes:
         self._metrics.token_failed(error_code(failure))
-        if failure.check(StoreUnavailable):
-            self._metrics.store_error()
-        return render_failure(request, failure)
+        return super()._failed(failure, request)
 
-    @staticmethod
-    def _write(body: bytes, request: IRequest) -> None:
-        # A request whose connection was lost has no channel any more
-        # (twisted.web.http.Request.connectionLost sets its documented
-        # channel attribute to None): a public check that costs no Deferred
-        # per request, unlike notifyFinish.
-        answerable = cast("http.Request", request)
-        if not answerable.finished and answerable.channel is not None:
-            # With its length known, twisted.web writes the head and the
-            # body in one go, not as chunks with a last one at finish.
-            request.setHeader(b"Content-Length", b"%d" % len(body))
-            request.write(body)
-            request.finish()
+
+class IntrospectionResource(FormResource):
+    """
+    C{/token/introspect} (RFC 7662), the hot path of a deployment with
+    opaque tokens (a resource server may introspect on every call it
+    serves): one call to L{TokenIntrospection.introspect}, its answer
+    written as JSON without the general encoder (L{introspection_json}).
+    What it answers is what the Klein route it replaced answered, case by
+    case (tests/test_introspection_fast_path.py).
+    """
+
+    def __init__(
+        self,
+        introspection: TokenIntrospection,
+        metrics: NoMetrics = NO_METRICS,
+        certificates: ClientCertificateReader | None = None,
+        sources: RequestSources | None = None,
+    ) -> None:
+        super().__init__(metrics, certificates, sources)
+        self._introspection = introspection
+
+    def _call(self, request: IRequest) -> Deferred[dict[str, Any]]:
+        form, _ = parse_form(request)
+        return ensureDeferred(
+            self._introspection.introspect(
+                form,
+                _authorization(request),
+                client_certificate(self._certificates, request),
+                self._sources(request),
+            )
+        )
+
+    def _answer(self, answer: Mapping[str, Any], request: IRequest) -> bytes:
+        _no_store(request, 200)
+        request.setHeader(b"Content-Type", b"application/json")
+        return introspection_json(answer)
 
 
 class ErrorResource(Resource):
@@ -751,21 +821,26 @@ def undecodable_url_part(request: IRequest) -> str | None:
 
 class RootResource(Resource):
     """
-    The site's root: C{/token} goes straight to L{TokenResource}, every other
-    path to the Klein app, but for URLs no route could match because they
-    are not UTF-8 (see L{undecodable_url_part}).
+    The site's root: C{/token} goes straight to L{TokenResource} and
+    C{/token/introspect} to L{IntrospectionResource}, every other path to
+    the Klein app, but for URLs no route could match because they are not
+    UTF-8 (see L{undecodable_url_part}).
     """
 
-    def __init__(self, token: Resource, app: Resource) -> None:
+    def __init__(self, leaves: Mapping[bytes, Resource], app: Resource) -> None:
         super().__init__()
-        #: The plain resources served at one path segment each, outside
-        #: Klein; the OpenAPI drift test reads the routes from here.
-        self.leaves: dict[bytes, Resource] = {b"token": token}
+        #: The plain resources served outside Klein, by their whole path
+        #: without its leading slash (C{b"token/introspect"}), each at that
+        #: path exactly; the OpenAPI drift test reads the routes from here.
+        self.leaves: dict[bytes, Resource] = dict(leaves)
         self._app = app
 
     def getChildWithDefault(self, name: bytes, request: IRequest) -> Resource:
-        leaf = self.leaves.get(name)
-        if leaf is not None and not request.postpath:
+        postpath = request.postpath
+        leaf = self.leaves.get(b"/".join((name, *postpath)) if postpath else name)
+        if leaf is not None:
+            request.prepath.extend(postpath)
+            del postpath[:]
             return leaf
         undecodable = undecodable_url_part(request)
         if undecodable is not None:
@@ -838,9 +913,11 @@ def _template(rule: str) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
 
+#: The paths of the plain resources (L{RootResource}'s leaves).
+LEAF_ROUTES = ("/token", "/token/introspect")
 #: Every route template the site serves: the metrics' route labels.
 ROUTES: tuple[str, ...] = (
-    "/token",
+    *LEAF_ROUTES,
     *sorted({_template(rule.rule) for rule in CCServerApp.app.url_map.iter_rules()}),
 )
 _STATIC_ROUTES = {route.encode(): route for route in ROUTES if "{" not in route}

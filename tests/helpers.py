@@ -10,6 +10,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus, urlencode
@@ -23,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from ccserver import audit, credentials
+from ccserver.accesslog import AccessLog
 from ccserver.assembly import make_issuer_keys, make_jwks_fetcher, make_site
 from ccserver.config import Config, StoreConfig, TokenConfig
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
@@ -105,6 +107,25 @@ def temp_dir(test: SynchronousTestCase) -> Path:
     return folder
 
 
+class ListDestination:
+    """
+    An access log destination that keeps the lines it is given.
+    """
+
+    description = "a list"
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.closed = False
+
+    def write(self, lines: Sequence[bytes]) -> int:
+        self.lines.extend(lines)
+        return len(lines)
+
+    def close(self) -> None:
+        self.closed = True
+
+
 @define
 class Response:
     code: int
@@ -180,7 +201,17 @@ class ServerTestCase(SynchronousTestCase):
         """
         return StubTreq(Resource())
 
+    def access_lines(self) -> list[bytes]:
+        """
+        The access log's lines so far, every one written.
+        """
+        self.access_log.flush()
+        return list(self.access_destination.lines)
+
     def setUp(self) -> None:
+        #: where the access log's lines go (when the configuration has one)
+        self.access_destination = ListDestination()
+        self.access_log = AccessLog(self.access_destination)
         self.clock = Clock()
         self.clock.advance(int(time.time()))
         self.store = self.make_store()
@@ -216,6 +247,7 @@ class ServerTestCase(SynchronousTestCase):
             self.offered,
             issuer_keys,
             self.make_tracing(),
+            self.access_log if self.config.access_log else None,
         )
         self.successResultOf(ensureDeferred(self.keyring.ensure_signing_key()))
         self.treq = StubTreq(self.site.resource)

@@ -60,6 +60,8 @@ SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
+#: An access log line (ccserver.accesslog): "source" - - [time] "request" ...
+_ACCESS_LINE = re.compile(r'"[^"]*" - - \[[^]]*\] "')
 _LOUD = re.compile(r"#(critical|error)\]")
 _SENDABLE_HEADER = re.compile(r"(\S[^\r\n\x00]*)?")
 
@@ -112,15 +114,16 @@ class Server:
 
     def log_since(self, offset: int) -> str:
         """
-        The main log since C{offset}: without the audit trail's lines,
-        which go to the same standard output ([audit] log = "-"), written
-        on a timer of their own (those of an earlier request may land in a
-        later test's window).
+        The main log since C{offset}: without the audit trail's lines and
+        the access log's, which go to the same standard output ([audit]
+        log = "-", access_log_file = "-"), each written on a timer of its
+        own (those of an earlier request may land in a later test's
+        window).
         """
         text = self.process.read_log()[offset:]
         return "".join(
             line for line in text.splitlines(keepends=True)
-            if not line.startswith('{"audit_version"')
+            if not line.startswith('{"audit_version"') and _ACCESS_LINE.match(line) is None
         )
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench import cpu, memory, stores, wrk
+from bench import cpu, growth, latency, memory, stores, wrk
 from bench.cases import CASES
 from bench.cli import parse_args
 from bench.profiling import profile_area
@@ -42,7 +42,16 @@ class ParseArgsTests(SynchronousTestCase):
         self.assertEqual(args.workers_store, "sqlite")
         self.assertEqual(args.population, 100_000)
         self.assertTrue(args.population_cache_off)
-        self.assertFalse(args.no_population or args.access_log or args.keep)
+        self.assertFalse(args.no_population or args.keep)
+        # the headline is ccserver as configured by default, access log on,
+        # with the figures of the access log off beside it
+        self.assertEqual(args.access_log, "both")
+        self.assertTrue(args.introspection and args.latency)
+        self.assertEqual(args.introspection_stores, ["sqlite", "postgresql", "redis"])
+        self.assertEqual((args.introspection_workers, args.growth_workers), (2, 2))
+        self.assertEqual(args.latency_cases, ["issue", "introspect"])
+        self.assertEqual((args.population_tokens, args.sqlite_population_tokens), (0, 1_000_000))
+        self.assertEqual(args.profile_load, "token")
         self.assertIsNone(args.profile)
         self.assertEqual(args.machine_workers, os.cpu_count())
         self.assertEqual(args.durable_stores, ["sqlite", "postgresql", "redis"])
@@ -60,11 +69,15 @@ class ParseArgsTests(SynchronousTestCase):
 
     def test_files_and_switches(self) -> None:
         args = parse_args(
-            ["--json", "out.json", "--profile", "p.txt", "--no-population-cache-off", "--access-log"]
+            ["--json", "out.json", "--profile", "p.txt", "--no-population-cache-off", "--access-log", "off",
+             "--no-introspection", "--no-latency", "--profile-load", "introspect"]
         )
         self.assertEqual((args.json, args.profile), (Path("out.json"), Path("p.txt")))
         self.assertFalse(args.population_cache_off)
-        self.assertTrue(args.access_log)
+        self.assertEqual(args.access_log, "off")
+        self.assertFalse(args.introspection or args.latency)
+        self.assertEqual(args.profile_load, "introspect")
+        self.assertIn("invalid choice", self.fails("--access-log", "sometimes"))
 
     def test_memory(self) -> None:
         """
@@ -92,6 +105,10 @@ class ParseArgsTests(SynchronousTestCase):
         self.assertIn("must be positive", self.fails("--machine-workers", "0"))
         self.assertIn("must be positive", self.fails("--durable-workers", "0"))
         self.assertIn("'memory': one of sqlite", self.fails("--durable-stores", "memory"))
+        self.assertIn("must be positive", self.fails("--introspection-workers", "0"))
+        self.assertIn("must be positive", self.fails("--growth-workers", "0"))
+        self.assertIn("must be 0 or more", self.fails("--population-tokens", "-1"))
+        self.assertIn("'memory': one of sqlite", self.fails("--growth-stores", "memory"))
 
 
 #: /proc/stat's first line: user nice system idle iowait irq softirq steal guest guest_nice
@@ -247,6 +264,41 @@ class CredentialFileTests(SynchronousTestCase):
         self.assertEqual((load.path, load.unit), ("/client-reg", "registrations/s"))
 
 
+class LoadTests(SynchronousTestCase):
+    def test_introspect_load(self) -> None:
+        """
+        Each server is introspected at its own endpoint (node-oidc-provider
+        at /token/introspection), by its own client, of the given token.
+        """
+        server = CCServer("cc", Path("w"), CASES["opaque"], "memory://")
+        server.basic = "YTpi"
+        load = wrk.introspect_load(server, "tok")
+        self.assertEqual((load.path, load.args, load.unit), ("/token/introspect", ["YTpi", "tok"], "introspections/s"))
+        self.assertEqual(load.environment(), {})
+
+    def test_paced(self) -> None:
+        """
+        A paced load is the same requests at a constant rate, which wrk's
+        scripts read from the environment.
+        """
+        load = wrk.Load(Path("/b/token.lua"), "/token", ["YTpi"]).paced(1234.5)
+        self.assertEqual((load.path, load.args, load.rate), ("/token", ["YTpi"], 1234.5))
+        self.assertEqual(load.environment(), {"BENCH_RATE": "1234.500", "BENCH_THREADS": "1"})
+
+    def test_latency_helpers(self) -> None:
+        closed = rounds("a", (1000, 1, 2), (3000, 1, 2), (2000, 1, 2))
+        self.assertEqual(latency.peak(closed), 2000)
+        self.assertAlmostEqual(latency.rate_kept(closed, 2000), 0.5)
+        self.assertEqual(latency.rate_kept([], 2000), 0.0)
+        self.assertIn("kept only 50%", latency.describe("a", closed, 2000, 4000))
+        self.assertNotIn("kept only", latency.describe("a", closed, 900, 4000))
+
+    def test_growth_counts(self) -> None:
+        args = parse_args(["--population-tokens", "10000000", "--sqlite-population-tokens", "1000000"])
+        self.assertEqual(growth.count_for("postgresql", args), 10_000_000)
+        self.assertEqual(growth.count_for("sqlite", args), 1_000_000)
+
+
 class MemoryTests(SynchronousTestCase):
     def test_counts(self) -> None:
         self.assertEqual(memory.counts(1_000_000), [250_000, 500_000, 1_000_000])
@@ -351,6 +403,16 @@ class ReportTests(SynchronousTestCase):
         )
         self.assertEqual(Row("s", "c", status="not available").verdict(), "not available")
 
+    def test_p99_verdict(self) -> None:
+        """
+        A latency row has no ratio target: PASS when ccserver's p99 is no
+        worse than the peer's.
+        """
+        fast, slow = rounds("a", (100, 1, 5)), rounds("b", (100, 1, 6))
+        self.assertEqual(Row("s", "c", ours=fast, theirs=slow, judge="p99").verdict(), "PASS")
+        self.assertEqual(Row("s", "c", ours=slow, theirs=fast, judge="p99").verdict(), "FAIL (p99)")
+        self.assertEqual(Row("s", "c", ours=fast, judge="p99").verdict(), "info")
+
     def test_per_core(self) -> None:
         """
         Tokens per CPU-second: requests over the CPU seconds of the
@@ -442,7 +504,11 @@ class ProfileTests(SynchronousTestCase):
         handler = "_serve (ccserver/web.py)"
         self.assertEqual(
             profile_area(["run (twisted/internet/base.py)", handler, "emit (twisted/logger/_observer.py)"]),
-            "logging: access log line, twisted.logger event, JSON, file write",
+            "logging: access log line, its buffered write; twisted.logger events",
+        )
+        self.assertEqual(
+            profile_area(["run (twisted/internet/base.py)", "flush (ccserver/accesslog.py)"]),
+            "logging: access log line, its buffered write; twisted.logger events",
         )
         self.assertEqual(
             profile_area([handler, "sign (jwt/api_jws.py)", "dumps (json/__init__.py)"]),

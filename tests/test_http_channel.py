@@ -87,7 +87,7 @@ class ChannelTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
         self.resource = Echo()
-        self.site = CCServerSite(self.resource, self.clock, access_log=False, limits=self.limits)
+        self.site = CCServerSite(self.resource, self.clock, limits=self.limits)
 
     def connect(self) -> Connection:
         return Connection(self.site)
@@ -416,9 +416,38 @@ class DeadlineTests(ChannelTestCase):
     def test_deadlines_cancelled_on_close(self) -> None:
         c = self.connect()
         c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
-        self.assertNotEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(len(self.deadlines(c)), 1)
         c.protocol.connectionLost(None)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.deadlines(c), [])
+
+    def deadlines(self, c: Connection) -> list[Any]:
+        """
+        The connection's head and body deadline timers scheduled.
+        """
+        return [
+            call
+            for call in self.clock.getDelayedCalls()
+            if call.func in (c.protocol._timed_out, c.protocol._deadline_passed)
+        ]
+
+    def test_one_timer_per_connection(self) -> None:
+        """
+        The head and body deadlines of request after request reset one
+        timer: none is left behind, and each still holds (the third
+        request's head, trickled, gets its 408 at its own deadline).
+        """
+        c = self.connect()
+        for n in range(5):
+            c.send(b"POST /%d HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi" % n)
+            self.assertEqual(len(self.deadlines(c)), 1)
+            self.clock.advance(1)
+        self.assertEqual(c.transport.value().count(b"HTTP/1.1 200 "), 5)
+        c.send(b"GET /last HTTP/1.1\r\n")
+        self.clock.advance(9.5)
+        self.assertNotIn(b"408", c.transport.value())
+        self.clock.advance(0.5)
+        self.assertIn(b"HTTP/1.1 408 ", c.transport.value())
+        self.assertEqual(self.deadlines(c), [])
 
 
 class NormalRequestTests(ChannelTestCase):

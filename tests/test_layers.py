@@ -46,7 +46,17 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
         ),
     ),
     # HTTP in and out; nothing below touches a request.
-    "web": (4, ("ccserver.web", "ccserver.httpchannel", "ccserver.tls", "ccserver.tokenjson", "ccserver.proxies")),
+    "web": (
+        4,
+        (
+            "ccserver.web",
+            "ccserver.httpchannel",
+            "ccserver.tls",
+            "ccserver.tokenjson",
+            "ccserver.proxies",
+            "ccserver.accesslog",
+        ),
+    ),
     # The protocol's endpoints.
     "oauth": (3, ("ccserver.oauth",)),
     # Readiness: the store answers and a signing key is loaded.

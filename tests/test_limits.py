@@ -410,7 +410,7 @@ class SourceAddressTests(SynchronousTestCase):
 
 class AccessLogSourceTests(LimitsTestCase):
     def test_access_log_names_the_forwarded_source(self) -> None:
-        from ccserver.web import _access_log
+        from ccserver.web import access_line_of
 
         request = _request("127.0.0.1", [ATTACKER])
         request.site = self.site  # type: ignore[attr-defined]
@@ -418,9 +418,11 @@ class AccessLogSourceTests(LimitsTestCase):
         request.clientproto = b"HTTP/1.1"
         request.code = 200
         request.sentLength = 0
-        self.assertTrue(_access_log("[ts]", request).startswith(f'"{ATTACKER}" '))  # type: ignore[arg-type]
+        line = access_line_of(request, "[ts]")  # type: ignore[arg-type]
+        self.assertTrue(line.startswith(f'"{ATTACKER}" '.encode()), line)
         self.site.trusted_proxies = ()
-        self.assertTrue(_access_log("[ts]", request).startswith('"127.0.0.1" '))  # type: ignore[arg-type]
+        line = access_line_of(request, "[ts]")  # type: ignore[arg-type]
+        self.assertTrue(line.startswith(b'"127.0.0.1" '), line)
 
 
 class NoRoundTripTests(LimitsTestCase):
@@ -636,6 +638,64 @@ class LimiterTestCase(SynchronousTestCase):
         Limits over this test's store: another call makes another process.
         """
         return AuthLimits(self.store, self.clock.seconds, budget=10, cap=self.cap, known_for=3600)
+
+
+class ForgettingTests(LimiterTestCase):
+    """
+    A process forgets the counter of a credential nothing uses any more
+    once its kept slots end (a client seen once, since deleted; a secret
+    since rotated): it costs memory for a window, not until the table
+    holds L{ccserver.oauth.limits.MAX_ENTRIES}.  The soak found them
+    piling up (bench/README.md, "Soak").
+    """
+
+    def attempt(self, client_id: str) -> Deferred[int]:
+        return status(self.limits.client(client_id, ATTACKER, self.checks.check(True)))
+
+    def succeed(self, client_id: str) -> None:
+        answer = self.attempt(client_id)
+        self.checks.settle()
+        self.assertEqual(self.successResultOf(answer), 200)
+
+    def test_unused_counters_dropped_after_their_window(self) -> None:
+        for n in range(50):
+            self.succeed(f"gone-{n}")
+        # each keeps a slot for its client's next check
+        self.assertEqual(self.limits.counters(), 50)
+        self.clock.advance(60)
+        self.succeed("new")
+        self.assertEqual(self.limits.counters(), 1)
+
+    def test_counters_in_use_kept(self) -> None:
+        """
+        A counter with a check under way, or with a slot kept in a window
+        not ended, is kept; it goes once its window ends.
+        """
+        self.succeed("old")
+        self.clock.advance(50)
+        self.succeed("kept")
+        under_way = self.attempt("busy")
+        self.clock.advance(10)
+        self.succeed("new")
+        self.assertEqual(self.limits.counters(), 3)
+        self.assertEqual(self.successResultOf(under_way), 200)
+        self.clock.advance(60)
+        self.succeed("newer")
+        # every other window has ended
+        self.assertEqual(self.limits.counters(), 1)
+
+    def test_next_check_after_the_drop(self) -> None:
+        """
+        A client whose counter was dropped starts afresh: its next check
+        reserves a slot again, within the budget.
+        """
+        self.succeed("c")
+        self.clock.advance(60)
+        self.succeed("other")
+        self.assertEqual(self.limits.counters(), 1)
+        for _ in range(3):
+            self.succeed("c")
+        self.assertEqual(self.limits.counters(), 2)
 
 
 class ReservationTests(LimiterTestCase):

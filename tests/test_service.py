@@ -329,7 +329,7 @@ class StopTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.resource = Hanging()
-        self.site = CCServerSite(self.resource, self.reactor, access_log=False)
+        self.site = CCServerSite(self.resource, self.reactor)
         self.service = RequestsService(self.site, self.reactor, 30.0, lambda f: None, "issuer")
         self.service.startService()
         http_get(self.site, b"/")

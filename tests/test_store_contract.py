@@ -50,6 +50,7 @@ from ccserver.model import (
     TokenRecord,
 )
 from ccserver.oauth.limits import AuthLimits, IssuanceLimit
+from ccserver.stores import sql
 from ccserver.stores.memory import MemoryStore
 from ccserver.stores.redis import RedisStore
 from ccserver.stores.sql import SQLStore
@@ -895,6 +896,58 @@ class StoreContractMixin(_TestCase):
         self.assertIs(await self.tokens.is_revoked("expired-jti"), False)
         self.assertIs(await self.tokens.is_revoked("live-jti"), True)
         self.assertEqual(await self.tokens.purge_expired(now), 0)
+
+    async def test_purge_in_batches(self) -> None:
+        """
+        A purge of more expired rows than a batch forgets every one of
+        them, the live ones staying; a SQL store deletes them a batch a
+        transaction (L{ccserver.stores.sql.PURGE_BATCH}), so that it never
+        holds the write lock for the whole purge, and a write made between
+        two batches is kept.
+        """
+        self.patch(sql, "PURGE_BATCH", 3)
+        now = int(time.time())
+        expired = [make_token(f"{n:064x}", now - 100 + n) for n in range(10)]
+        live = make_token("f" * 64, now + 3600)
+        for token in [*expired, live]:
+            await self.tokens.add_token(token)
+        for n in range(7):
+            await self.tokens.revoke_jti(f"expired-{n}", now - 10)
+        await self.tokens.revoke_jti("live-jti", now + 3600)
+        transactions = 0
+        purging = False
+        if isinstance(self.tokens, SQLStore):
+            run = self.tokens._run
+            written: list[TokenRecord] = []
+
+            def counted(body: Any, *, write: bool = False) -> Any:
+                nonlocal transactions
+                if purging and write:
+                    transactions += 1
+                if purging and transactions == 2 and not written:
+                    # between the first and the second batch: a new token
+                    written.append(make_token("e" * 64, now + 3600))
+                    return ensureDeferred(self.tokens.add_token(written[0])).addCallback(
+                        lambda _: run(body, write=write)
+                    )
+                return run(body, write=write)
+
+            self.patch(self.tokens, "_run", counted)
+        purging = True
+        purged = await self.tokens.purge_expired(now)
+        purging = False
+        self.assertEqual(purged, 17 if self.purges else 0)
+        for token in expired:
+            self.assertIsNone(await self.tokens.get_token(token.token_digest))
+        self.assertEqual(await self.tokens.get_token(live.token_digest), live)
+        self.assertIs(await self.tokens.is_revoked("expired-0"), False)
+        self.assertIs(await self.tokens.is_revoked("live-jti"), True)
+        if isinstance(self.tokens, SQLStore):
+            # 10 tokens: 4 batches; 7 jtis: 3; the small tables: 1 (the
+            # token written between two batches goes through the token
+            # writer's own connection)
+            self.assertEqual(transactions, 4 + 3 + 1)
+            self.assertIsNotNone(await self.tokens.get_token("e" * 64))
 
     # one-time records (use_once): client assertions' and DPoP proofs' jtis
 

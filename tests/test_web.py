@@ -73,8 +73,8 @@ class SiteTests(ServerTestCase):
             extra=f"Authorization: {basic(client['client_id'], client['client_secret'])}\r\n".encode(),
         )
         self.raw(b"GET /jwks.json?client_secret=" + client["client_secret"].encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-        logged = repr(events)
-        self.assertIn("/jwks.json", logged)
+        logged = b"".join(self.access_lines()).decode() + repr(events)
+        self.assertIn('"GET /jwks.json HTTP/1.1" 200 ', logged)
         self.assertNotIn(client["client_secret"], logged)
         self.assertNotIn("client_secret=", logged)
 
@@ -158,3 +158,4 @@ class NoAccessLogTests(ServerTestCase):
         answer = self.raw(b"GET /jwks.json HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertTrue(answer.startswith(b"HTTP/1.1 200 "))
         self.assertNotIn("/jwks.json", repr(events))
+        self.assertEqual(self.access_lines(), [])

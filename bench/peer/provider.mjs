@@ -25,6 +25,10 @@
 //   or 'opaque' with --format opaque.
 // - One static client: client_secret_basic, grant client_credentials,
 //   scope 'read write'.
+// - features.introspection on (RFC 7662, /token/introspection), a token
+//   shown to its own client.  node-oidc-provider refuses to introspect a
+//   JWT access token ("Structured JWT Tokens cannot be introspected"), so
+//   the bench introspects opaque ones only.
 // - Opaque tokens are kept in a Map, the counterpart of ccserver's
 //   memory:// store (the built-in development adapter is an LRU of 1,000
 //   entries and prints a warning; this one keeps every live token).
@@ -192,6 +196,13 @@ const configuration = {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    // RFC 7662 at /token/introspection: a token is shown to the client it
+    // was issued to, as ccserver's default rule does for this bench (and
+    // without the default policy's "you SHOULD change it" notice)
+    introspection: {
+      enabled: true,
+      allowedPolicy: async (ctx, client, token) => token.clientId === client.clientId,
+    },
     resourceIndicators: {
       enabled: true,
       // A request that names no resource is for this one.

@@ -25,7 +25,9 @@ The same lookup checks the access tokens presented in a token exchange
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from attrs import frozen
@@ -35,7 +37,7 @@ from zope.interface import implementer
 from ccserver import audit, credentials, jose
 from ccserver.errors import invalid_request
 from ccserver.interfaces import IClientStore, ISubjectTokenValidator, ITokenStore
-from ccserver.keys import ACCESS_TOKEN_TYP, SIGNING_ALGORITHMS, Keyring
+from ccserver.keys import ACCESS_TOKEN_TYP, SIGNING_ALGORITHMS, Keyring, SigningKey
 from ccserver.model import (
     ACCESS_TOKEN_TYPE,
     CREDENTIAL_PARAMS,
@@ -56,6 +58,9 @@ A = TypeVar("A")
 B = TypeVar("B")
 
 INACTIVE: dict[str, Any] = {"active": False}
+#: The most JWTs whose verified signature a process remembers
+#: (L{VerifiedSignatures}).
+VERIFIED_SIGNATURES = 4096
 
 
 async def _both(first: Deferred[A], second: Deferred[B]) -> tuple[A, B]:
@@ -111,6 +116,58 @@ def exchanged_from(claims: Mapping[str, Any]) -> tuple[TokenRef, ...] | None:
     return tuple(parsed)
 
 
+class VerifiedSignatures:
+    """
+    The access tokens (JWTs) whose signature this process has verified, and
+    the claims they carry, at most C{size} of them (the oldest go first):
+    a resource server introspects the same token on every call it serves,
+    and an ES256 verification costs more than the rest of an introspection.
+
+    Only what cannot change is remembered: that these bytes were signed by
+    that key.  Everything that can change is checked on every
+    introspection, as for a token seen the first time: that this process
+    still knows the key (L{Keyring.verification_key}: a key removed from
+    the store is forgotten at the next refresh, and its tokens with it),
+    the token's time (C{exp}, C{nbf}), and in the store its revocation, its
+    client's deletion and those of the tokens it was made from.  So nothing
+    here can make a revoked token, or a deleted client's, active.
+    """
+
+    def __init__(self, size: int = VERIFIED_SIGNATURES) -> None:
+        self._size = size
+        self._tokens: OrderedDict[str, tuple[SigningKey, Mapping[str, Any]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    def get(self, token: str, keyring: Keyring) -> Mapping[str, Any] | None:
+        """
+        The claims of C{token} if its signature was verified with a key
+        C{keyring} still holds, else None (and it is forgotten).
+        """
+        found = self._tokens.get(token)
+        if found is None:
+            return None
+        key, claims = found
+        current = keyring.verification_key(key.kid)
+        # the same key material: a refresh makes new SigningKeys of the
+        # keys it knew, with the same private key object
+        if current is None or current.private_key is not key.private_key:
+            del self._tokens[token]
+            return None
+        return claims
+
+    def add(self, token: str, key: SigningKey, claims: Mapping[str, Any]) -> None:
+        if self._size <= 0:
+            return
+        self._tokens[token] = (key, claims)
+        while len(self._tokens) > self._size:
+            self._tokens.popitem(last=False)
+
+    def forget(self, token: str) -> None:
+        self._tokens.pop(token, None)
+
+
 @frozen
 class TokenInfo:
     """
@@ -164,6 +221,7 @@ class TokenIntrospection:
         self._master_token_digest = master_token_digest
         self._authenticator = authenticator or ClientAuthenticator(clients, now=now)
         self._limits = limits or AuthLimits(None, now)
+        self._verified = VerifiedSignatures()
 
     async def _caller(
         self,
@@ -238,7 +296,7 @@ class TokenIntrospection:
         )
         return TokenInfo(claims, None, record.token_digest)
 
-    def _access_token_key(self, header: Mapping[str, Any]) -> jose.VerificationKey | None:
+    def _access_token_key(self, header: Mapping[str, Any]) -> SigningKey | None:
         """
         The key named by C{kid}, if this server knows it and it signs with
         the header's C{alg}: a key verifies only its own algorithm.
@@ -246,22 +304,53 @@ class TokenIntrospection:
         key = self._keyring.verification_key(str(header.get("kid")))
         if key is None or header["alg"] != key.alg:
             return None
-        return key.public_key
+        return key
 
-    async def _jwt(self, token: str) -> TokenInfo | None:
+    def _verified_claims(self, token: str) -> Mapping[str, Any] | None:
+        """
+        The claims of a JWT this server signed that has not expired, or
+        None: its signature verified once (L{VerifiedSignatures}), its time
+        every time.
+        """
+        now = self._now()
+        claims = self._verified.get(token, self._keyring)
+        if claims is not None:
+            try:
+                jose.check_times(claims, now)
+            except jose.JOSEError:
+                self._verified.forget(token)
+                return None
+            return claims
+        used: list[SigningKey] = []
+
+        def key(header: Mapping[str, Any]) -> jose.VerificationKey | None:
+            found = self._access_token_key(header)
+            if found is None:
+                return None
+            used.append(found)
+            return found.public_key
+
         try:
             verified = jose.verify(
                 token,
-                self._access_token_key,
+                key,
                 algorithms=SIGNING_ALGORITHMS,
                 typ=ACCESS_TOKEN_TYP,
                 issuer=self._issuer,
                 required=("exp", "jti", "client_id"),
-                now=self._now(),
+                now=now,
             )
         except jose.JOSEError:
             return None
-        claims = verified.claims
+        # read-only: every introspection of the token shares it
+        claims = MappingProxyType(verified.claims)
+        self._verified.add(token, used[0], claims)
+        return claims
+
+    async def _jwt(self, token: str) -> TokenInfo | None:
+        claims = self._verified_claims(token)
+        if claims is None:
+            return None
         revoked, revoked_before = await _both(
             self._tokens.is_revoked(str(claims["jti"])),
             self._tokens.client_revoked_before(str(claims["client_id"])),

@@ -373,6 +373,8 @@ class AuthLimits:
         self._refusals: dict[tuple[str, str, str], tuple[_Refusal, float]] = {}
         #: known-source key -> until when this process has recorded it
         self._known: dict[str, float] = {}
+        #: when L{_share} next drops the counters whose kept slots have ended
+        self._next_sweep = 0.0
         #: until when the store is taken as unreachable (0: it answers)
         self._store_down_until = 0.0
         #: whether a reservation is trying the store again after an outage
@@ -542,14 +544,43 @@ class AuthLimits:
             known=_digest("known", credential.cap_name, identity, source),
         )
 
+    def counters(self) -> int:
+        """
+        How many counters this process holds now: those with slots kept or
+        checks under way (and those whose kept slots ended less than a
+        window ago).
+        """
+        return len(self._shares)
+
     def _share(self, credential: Credential, identity: str, source: str) -> _Share:
         name = (credential.name, identity, source)
         share = self._shares.get(name)
         if share is None:
+            now = self._now()
+            if now >= self._next_sweep:
+                self._sweep(now)
             if len(self._shares) >= MAX_ENTRIES:
                 self._forget_shares()
             share = self._shares[name] = _Share(name, self.keys(credential, identity, source))
         return share
+
+    def _sweep(self, now: float) -> None:
+        """
+        Drop the counters whose kept slots have ended and that nothing here
+        uses, once a window: a credential seen once (a client since
+        deleted, a secret since rotated, a source gone) would otherwise
+        keep its counter in this process until the table is full.  Their
+        next use would start afresh anyway (L{_kept_slot}).
+        """
+        self._next_sweep = now + self._window
+        for name in [name for name, share in self._shares.items() if self._ended(share, now)]:
+            del self._shares[name]
+
+    @staticmethod
+    def _ended(share: _Share, now: float) -> bool:
+        if share.busy or share.reserving or share.waiters:
+            return False
+        return not share.leased or now >= share.ends - LEASE_MARGIN
 
     def _forget_shares(self) -> None:
         """

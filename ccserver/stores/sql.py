@@ -87,7 +87,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -129,6 +129,8 @@ TOKEN_HOLD = 0.004
 #: Opaque tokens written in one statement at most: 100 rows of 9 values
 #: stay under SQLite's oldest limit of 999 variables a statement.
 TOKEN_BATCH = 100
+#: Expired rows a purge deletes a transaction (L{SQLStore.purge_expired}).
+PURGE_BATCH = 10_000
 
 
 @implementer(IStore)
@@ -185,7 +187,7 @@ class SQLStore:
             clock=cast(IReactorTime, reactor),
             hold=TOKEN_HOLD,
         )
-        self._sql = statements(dialect.translate)
+        self._sql = statements(dialect)
 
     @classmethod
     def from_url(
@@ -575,32 +577,48 @@ class SQLStore:
 
     def purge_expired(self, now: int) -> Deferred[int]:
         """
-        The deletions in one transaction; fires with how many rows went.
+        Forget what expired before C{now}; fires with how many rows went.
+
+        Expired tokens and deny-list entries go L{PURGE_BATCH} rows a
+        transaction, the earliest first (along the expiry index), so that
+        a purge of millions of rows (every token of a busy hour expiring
+        together) never holds the write lock long: the requests' own
+        writes take turns with it.  The small tables go in one last
+        transaction.
         """
+        return self._guard(ensureDeferred(self._purge(now)))
+
+    async def _purge(self, now: int) -> int:
+        count = 0
+        for name in ("purge_tokens", "purge_revoked"):
+            statement = self._sql[name]
+
+            def batch(cursor: Any, statement: str = statement) -> int:
+                cursor.execute(statement, (now, PURGE_BATCH))
+                return int(cursor.rowcount)
+
+            while True:
+                deleted = await self._run(batch, write=True)
+                count += deleted
+                if deleted < PURGE_BATCH:
+                    break
         statements = [
-            (self._sql[name], now)
-            for name in (
-                "purge_tokens",
-                "purge_revoked",
-                "purge_revoked_clients",
-                "purge_used_once",
-                "purge_initial_access_tokens",
-            )
-        ]
-        statements += [
+            (self._sql["purge_revoked_clients"], now),
+            (self._sql["purge_used_once"], now),
+            (self._sql["purge_initial_access_tokens"], now),
             (self._sql["purge_auth_attempts"], now * 1000),
             (self._sql["purge_known_sources"], now * 1000),
             (self._sql["purge_buckets"], now * 1000),
         ]
 
-        def purge(cursor: Any) -> int:
-            count = 0
+        def rest(cursor: Any) -> int:
+            deleted = 0
             for statement, before in statements:
                 cursor.execute(statement, (before,))
-                count += int(cursor.rowcount)
-            return count
+                deleted += int(cursor.rowcount)
+            return deleted
 
-        return self._guard(self._run(purge, write=True))
+        return count + await self._run(rest, write=True)
 
     # IInitialAccessTokenStore
 

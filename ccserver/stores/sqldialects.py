@@ -66,7 +66,7 @@ class Dialect:
     #: whether a pooled connection is known to be dead before it is used
     is_stale: Callable[[Any], bool]
     pool_size: int
-    #: sets up the token writer's connection (L{ccserver.stores.sql.SQLStore._add_tokens})
+    #: sets up the token writer's connection (L{SQLStore._add_tokens})
     prepare_token_connection: Callable[[Any], None]
     #: runs a batch of tokens' statement on that connection: one statement
     #: in autocommit, its own transaction

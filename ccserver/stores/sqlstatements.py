@@ -6,10 +6,11 @@ driver its own), over the columns of L{ccserver.stores.codec}.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS, Codec
+from ccserver.stores.sqldialects import Dialect
 
 
 def columns(codec: Codec[Any]) -> str:
@@ -66,11 +67,27 @@ def key_last(row: Sequence[Any]) -> tuple[Any, ...]:
     return (*row[1:], row[0])
 
 
-def statements(t: Callable[[str], str]) -> dict[str, str]:
+def purge_batch(dialect: str, table: str, key: str) -> str:
     """
-    Every statement of the store, by name, with C{t} (the dialect's
-    C{translate}) applied.
+    A batch of a purge: at most a given number of the rows of C{table}
+    that expired before a given time, the earliest first, found along the
+    expiry index and deleted by their primary key C{key}.
+
+    PostgreSQL is given the batch's keys as an array (one index walk, then
+    one probe of the primary key each): with C{IN (SELECT ...)} it plans a
+    hash join over the whole table, a full scan for every batch.
     """
+    batch = f"SELECT {key} FROM {table} WHERE expires_at < ? ORDER BY expires_at LIMIT ?"
+    if dialect == "postgresql":
+        return f"DELETE FROM {table} WHERE {key} = ANY(ARRAY({batch}))"
+    return f"DELETE FROM {table} WHERE {key} IN ({batch})"
+
+
+def statements(dialect: Dialect) -> dict[str, str]:
+    """
+    Every statement of the store, by name, in the dialect's own form.
+    """
+    t = dialect.translate
     return {
         "add_client": t(insert("clients", CLIENTS)),
         "get_client": t(f"SELECT {columns(CLIENTS)} FROM clients WHERE client_id = ?"),
@@ -210,6 +227,6 @@ def statements(t: Callable[[str], str]) -> dict[str, str]:
             " ON CONFLICT (record_key) DO NOTHING"
         ),
         "purge_used_once": t("DELETE FROM used_once WHERE expires_at < ?"),
-        "purge_tokens": t("DELETE FROM access_tokens WHERE expires_at < ?"),
-        "purge_revoked": t("DELETE FROM revoked_jtis WHERE expires_at < ?"),
+        "purge_tokens": t(purge_batch(dialect.name, "access_tokens", "token_digest")),
+        "purge_revoked": t(purge_batch(dialect.name, "revoked_jtis", "jti")),
     }

@@ -1,0 +1,317 @@
+"""
+The access log: one line a request, in the combined log format without the
+query string, written to standard output or a file (C{access_log_file}).
+
+A request pays for its line's text and an append to a list: the lines are
+written together by L{AccessLog.flush}, every L{FLUSH_SECONDS} (or at once
+when L{FLUSH_BYTES} are waiting), and at a clean stop, after the last
+request has been answered (L{AccessLogService}).  So a clean stop loses
+nothing, and a process killed outright loses at most its last
+L{FLUSH_SECONDS} of lines.  Through twisted.logger, as before, each line
+was a log event rendered as JSON and flushed on its own: about a seventh
+of a token request's CPU (bench/README.md, "Measurements behind design
+choices").
+
+Lines are written whole, so that the processes of C{--workers} may share
+one destination: a file is opened with C{O_APPEND} (each write lands at its
+end, whole), standard output is written in pieces of whole lines of at most
+C{PIPE_BUF} bytes (a pipe keeps such a write whole among other writers').
+
+Text a client chose (the path, the C{User-Agent}) is escaped
+(L{ccserver.text.escape}), so that no control or bidi character reaches a
+terminal; the address is the request's source (L{ccserver.web.source_address}:
+the client's, behind a trusted proxy).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import select
+import stat
+from collections.abc import Sequence
+from typing import Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from ccserver.text import escape
+
+#: How often waiting lines are written, at most.
+FLUSH_SECONDS = 0.5
+#: Waiting bytes that are written at once, without waiting for the timer.
+FLUSH_BYTES = 64 * 1024
+#: The most bytes kept while the destination cannot be written to; the
+#: oldest lines go first beyond it (and how many went is logged).
+MAX_WAITING_BYTES = 16 * 1024 * 1024
+#: What C{access_log_file} takes for standard output.
+STDOUT = "-"
+
+_log = Logger()
+
+# A path or an agent of printable ASCII but the double quote (the field's
+# end) is written as it is; anything else is decoded and escaped.
+_PLAIN = re.compile(rb'[\x20\x21\x23-\x7e]*').fullmatch
+
+
+def _field(raw: bytes) -> bytes:
+    if _PLAIN(raw) is not None:
+        return raw
+    text = raw.decode("ascii", "replace").replace('"', "'")
+    return escape(text).encode("ascii", "backslashreplace")
+
+
+def access_line(
+    source: str,
+    timestamp: str,
+    method: bytes,
+    uri: bytes,
+    protocol: bytes,
+    code: int,
+    length: int,
+    agent: bytes | None,
+) -> bytes:
+    """
+    One request's line, ending in a new line: C{"source" - - [timestamp]
+    "METHOD path PROTOCOL" code length "-" "agent"}, the path without its
+    query (a client that put a secret in the URL must not have it logged),
+    C{-} for no body or no agent.
+    """
+    path = _field(uri.split(b"?", 1)[0])
+    return b'"%s" - - %s "%s %s %s" %d %s "-" "%s"\n' % (
+        source.encode("ascii", "backslashreplace"),
+        timestamp.encode("ascii"),
+        _field(method),
+        path,
+        _field(protocol),
+        code,
+        b"%d" % length if length else b"-",
+        b"-" if agent is None else _field(agent),
+    )
+
+
+class Destination(Protocol):
+    """
+    Where lines go.  C{write} raises L{OSError} when they cannot go (the
+    writer keeps them and tries again); it writes every line whole or not
+    at all, and says how many of them went.
+    """
+
+    description: str
+
+    def write(self, lines: Sequence[bytes]) -> int: ...
+
+    def close(self) -> None: ...
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class StreamDestination:
+    """
+    An inherited stream (standard output), written in pieces of whole lines
+    of at most C{PIPE_BUF} bytes, which a pipe keeps whole among other
+    writers' (the workers', twist's own log).
+    """
+
+    def __init__(self, fd: int = 1, description: str = "standard output") -> None:
+        self._fd = fd
+        self.description = description
+
+    def write(self, lines: Sequence[bytes]) -> int:
+        done = 0
+        piece: list[bytes] = []
+        size = 0
+        try:
+            for line in lines:
+                if piece and size + len(line) > select.PIPE_BUF:
+                    _write_all(self._fd, b"".join(piece))
+                    done += len(piece)
+                    piece, size = [], 0
+                piece.append(line)
+                size += len(line)
+            if piece:
+                _write_all(self._fd, b"".join(piece))
+                done += len(piece)
+        except OSError:
+            if not done:
+                raise
+        # the lines of a piece that failed wait for the next flush
+        return done
+
+    def close(self) -> None:
+        pass  # not ours
+
+
+class FileDestination:
+    """
+    A file, opened for appending (made with mode 0640 if it does not exist).
+    If the path comes to name another file (logrotate moved it away), the
+    next write opens the new one: no restart and no C{copytruncate} needed.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.description = path
+        self._fd = self._open()
+
+    def _open(self) -> int:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
+            os.close(fd)
+            raise OSError(errno.EINVAL, "not a regular file", self.path)
+        return fd
+
+    def _follow(self) -> None:
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            named = None
+        current = os.fstat(self._fd)
+        if named is None or (named.st_ino, named.st_dev) != (current.st_ino, current.st_dev):
+            fd = self._open()
+            os.close(self._fd)
+            self._fd = fd
+
+    def write(self, lines: Sequence[bytes]) -> int:
+        self._follow()
+        # O_APPEND: one write lands whole at the end, whatever other
+        # processes append meanwhile
+        _write_all(self._fd, b"".join(lines))
+        return len(lines)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def open_destination(path: str) -> Destination:
+    """
+    The destination C{access_log_file} names, opened now, so that a path
+    that cannot be written to stops the start with one line.
+
+    @raise OSError: the file cannot be opened.
+    """
+    return StreamDestination() if path == STDOUT else FileDestination(path)
+
+
+class AccessLog:
+    """
+    Lines waiting to be written to a L{Destination}, written by L{flush}.
+    """
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._dropped = 0
+        self._failing: str | None = None
+
+    def append(self, line: bytes) -> None:
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+
+    @property
+    def waiting(self) -> int:
+        """
+        Lines not yet written.
+        """
+        return len(self._lines)
+
+    def flush(self) -> None:
+        """
+        Write every line waiting.  A destination that cannot be written to
+        keeps them waiting (up to L{MAX_WAITING_BYTES}), and is logged once
+        in the main log until it can again.
+        """
+        if not self._lines:
+            return
+        lines = self._lines
+        try:
+            written = self.destination.write(lines)
+        except OSError as e:
+            written = 0
+            problem = f"{e.strerror or e}"
+            if self._failing != problem:
+                self._failing = problem
+                _log.error(
+                    "Cannot write the access log to {destination}: {problem}; "
+                    "its lines wait in memory (at most {limit} bytes)",
+                    destination=self.destination.description,
+                    problem=problem,
+                    limit=MAX_WAITING_BYTES,
+                )
+        else:
+            if self._failing is not None and written == len(lines):
+                self._failing = None
+                _log.info(
+                    "The access log is written to {destination} again",
+                    destination=self.destination.description,
+                )
+        rest = lines[written:]
+        size = sum(map(len, rest)) if rest else 0
+        dropped = 0
+        while size > MAX_WAITING_BYTES:
+            size -= len(rest[dropped])
+            dropped += 1
+        if dropped:
+            rest = rest[dropped:]
+            self._dropped += dropped
+            _log.error(
+                "Dropped {n} access log lines that could not be written to {destination} "
+                "({total} so far)",
+                n=dropped,
+                destination=self.destination.description,
+                total=self._dropped,
+            )
+        self._lines, self._size = rest, size
+
+    def close(self) -> None:
+        """
+        Write what waits (for the last time) and close the destination.
+        """
+        self.flush()
+        if self._lines:
+            _log.error(
+                "{n} access log lines could not be written to {destination} before it closed",
+                n=len(self._lines),
+                destination=self.destination.description,
+            )
+        self.destination.close()
+
+
+class AccessLogService(Service):
+    """
+    Writes the access log every L{FLUSH_SECONDS} while it runs; once
+    stopped (made a child of the store's service before the requests
+    service, it stops after the last request has been answered), writes
+    the rest and closes the destination.
+    """
+
+    def __init__(
+        self, log: AccessLog, clock: IReactorTime, interval: float = FLUSH_SECONDS
+    ) -> None:
+        self.log = log
+        self._timer = LoopingCall(log.flush)
+        self._timer.clock = clock
+        self._interval = interval
+
+    def startService(self) -> None:
+        super().startService()
+        self._timer.start(self._interval, now=False)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._timer.running:
+            self._timer.stop()
+        self.log.close()
+        return succeed(None)
