@@ -83,6 +83,9 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "stores": (1, ("ccserver.stores",)),
     # The audit trail's schema and emission: every layer says what happened.
     "audit": (0, ("ccserver.audit",)),
+    # Where log lines go (a stream, a file that follows logrotate): the
+    # access log's and the audit trail's; imports nothing else of ccserver.
+    "logfiles": (0, ("ccserver.logfiles",)),
     # OpenTelemetry spans: the traced parts and the outbound request's
     # trace context; imports nothing else of ccserver.
     "tracing": (0, ("ccserver.tracing",)),
