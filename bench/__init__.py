@@ -11,7 +11,7 @@ listed before it:
     cpu.py        CPU accounting from /proc (machine, process groups, trees)
     install.py    what the bench needs, installed if missing (wrk, npm peer)
     servers.py    the servers under test: ccserver and the node peer
-    stores.py     throwaway Redis and PostgreSQL servers (tests/servers.py's)
+    stores.py     throwaway Redis and PostgreSQL servers (ccserver.testing.servers')
     wrk.py        what wrk sends (a Load) and what its result line says
     rounds.py     one wrk run measured (a Round); warm-up and A B rounds
     report.py     the rows, the table, the JSON

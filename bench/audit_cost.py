@@ -39,10 +39,11 @@ from twisted.internet.task import Clock
 
 from ccserver import audit, auditlog, credentials
 from ccserver.assembly import make_jwks_fetcher, make_site
-from ccserver.auditlog import AuditWriter, FileDestination
+from ccserver.auditlog import AuditWriter
 from ccserver.config import Config, StoreConfig, TokenConfig
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.keys import KeyEncryptor
+from ccserver.logfiles import FileDestination
 from ccserver.oauth.registration import register_client
 from ccserver.oauth.tokens import sign_inline
 from ccserver.stores.memory import MemoryStore

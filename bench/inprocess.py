@@ -130,7 +130,8 @@ class Driver:
         extra: dict[str, Any] = {}
         if access_log:
             try:
-                from ccserver.accesslog import AccessLog, FileDestination
+                from ccserver.accesslog import AccessLog
+                from ccserver.logfiles import FileDestination
             except ImportError:  # before the access log was buffered: through twisted.logger
                 from twisted.logger import globalLogBeginner, jsonFileLogObserver
 

@@ -1,7 +1,7 @@
 """
 Throwaway Redis and PostgreSQL servers for the store sections: the same
-real servers the tests use (L{tests.servers}, through its public names),
-on free loopback ports in temporary folders, installed with apt-get if
+real servers the tests use (L{ccserver.testing.servers}), on free loopback
+ports in temporary folders, installed with apt-get if
 their binaries are missing, and removed at the end of each section.
 
 Their CPU, with their descendants' (PostgreSQL backends each lead a
@@ -10,22 +10,18 @@ session of their own), is counted as the bench's, not as other load.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Union
+from collections.abc import Callable
 
 from bench.errors import NotAvailable
 from bench.install import apt_install
 from bench.output import say
-
-if TYPE_CHECKING:
-    from tests.servers import PostgresServer, RedisServer
-
-    Throwaway = Union[RedisServer, PostgresServer]
+from ccserver.testing import servers
 
 #: The Debian package of each server, installed if its binary is missing.
 PACKAGES = {"redis": "redis-server", "postgresql": "postgresql-15"}
 
 
-def start(store: str, support: list[Throwaway], store_groups: dict[str, int]) -> str:
+def start(store: str, support: list[servers.ThrowawayServer], store_groups: dict[str, int]) -> str:
     """
     Start a throwaway C{store} ("redis" or "postgresql") server; return the
     URL of a fresh database on it.  The server joins C{support} (for
@@ -33,11 +29,7 @@ def start(store: str, support: list[Throwaway], store_groups: dict[str, int]) ->
 
     @raise NotAvailable: it cannot be installed or started.
     """
-    try:
-        from tests import servers  # noqa: PLC0415 (only the store sections need it)
-    except ImportError as e:
-        raise NotAvailable(f"cannot import tests.servers to start a throwaway {store}: {e}") from None
-    kinds: dict[str, type[Throwaway]] = {
+    kinds: dict[str, Callable[[], servers.ThrowawayServer]] = {
         "redis": servers.RedisServer,
         "postgresql": servers.PostgresServer,
     }
@@ -55,12 +47,13 @@ def start(store: str, support: list[Throwaway], store_groups: dict[str, int]) ->
             store_groups[f"{store} {server.port}"] = server.pid
         if isinstance(server, servers.RedisServer):
             return server.url_for(0)
+        assert isinstance(server, servers.PostgresServer)
         return server.url_for(server.create_database())
     except (servers.ServerBinaryMissing, RuntimeError, OSError) as e:
         raise NotAvailable(f"could not start a throwaway {store} server: {e}") from None
 
 
-def remove(support: list[Throwaway], store_groups: dict[str, int]) -> None:
+def remove(support: list[servers.ThrowawayServer], store_groups: dict[str, int]) -> None:
     """
     Remove every server of C{support}, and stop counting its CPU.
     """

@@ -25,13 +25,7 @@ the client's, behind a trusted proxy).
 
 from __future__ import annotations
 
-import errno
-import os
 import re
-import select
-import stat
-from collections.abc import Sequence
-from typing import Protocol
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -39,6 +33,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from ccserver.logfiles import Destination, FileDestination, StreamDestination
 from ccserver.text import escape
 
 #: How often waiting lines are written, at most.
@@ -92,104 +87,6 @@ def access_line(
         b"%d" % length if length else b"-",
         b"-" if agent is None else _field(agent),
     )
-
-
-class Destination(Protocol):
-    """
-    Where lines go.  C{write} raises L{OSError} when they cannot go (the
-    writer keeps them and tries again); it writes every line whole or not
-    at all, and says how many of them went.
-    """
-
-    description: str
-
-    def write(self, lines: Sequence[bytes]) -> int: ...
-
-    def close(self) -> None: ...
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-class StreamDestination:
-    """
-    An inherited stream (standard output), written in pieces of whole lines
-    of at most C{PIPE_BUF} bytes, which a pipe keeps whole among other
-    writers' (the workers', twist's own log).
-    """
-
-    def __init__(self, fd: int = 1, description: str = "standard output") -> None:
-        self._fd = fd
-        self.description = description
-
-    def write(self, lines: Sequence[bytes]) -> int:
-        done = 0
-        piece: list[bytes] = []
-        size = 0
-        try:
-            for line in lines:
-                if piece and size + len(line) > select.PIPE_BUF:
-                    _write_all(self._fd, b"".join(piece))
-                    done += len(piece)
-                    piece, size = [], 0
-                piece.append(line)
-                size += len(line)
-            if piece:
-                _write_all(self._fd, b"".join(piece))
-                done += len(piece)
-        except OSError:
-            if not done:
-                raise
-        # the lines of a piece that failed wait for the next flush
-        return done
-
-    def close(self) -> None:
-        pass  # not ours
-
-
-class FileDestination:
-    """
-    A file, opened for appending (made with mode 0640 if it does not exist).
-    If the path comes to name another file (logrotate moved it away), the
-    next write opens the new one: no restart and no C{copytruncate} needed.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.description = path
-        self._fd = self._open()
-
-    def _open(self) -> int:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        mode = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)):
-            os.close(fd)
-            raise OSError(errno.EINVAL, "not a regular file", self.path)
-        return fd
-
-    def _follow(self) -> None:
-        try:
-            named = os.stat(self.path)
-        except FileNotFoundError:
-            named = None
-        current = os.fstat(self._fd)
-        if named is None or (named.st_ino, named.st_dev) != (current.st_ino, current.st_dev):
-            fd = self._open()
-            os.close(self._fd)
-            self._fd = fd
-
-    def write(self, lines: Sequence[bytes]) -> int:
-        self._follow()
-        # O_APPEND: one write lands whole at the end, whatever other
-        # processes append meanwhile
-        _write_all(self._fd, b"".join(lines))
-        return len(lines)
-
-    def close(self) -> None:
-        os.close(self._fd)
 
 
 def open_destination(path: str) -> Destination:

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.web.server import Site
 
 from ccserver import audit
-from ccserver.accesslog import AccessLog, Destination
+from ccserver.accesslog import AccessLog
 from ccserver.auditlog import AuditWriter
 from ccserver.config import Config, TrustedIssuerConfig
 from ccserver.firststart import FirstStart
@@ -41,6 +41,7 @@ from ccserver.keysets import (
     TrustedKeys,
 )
 from ccserver.listening import Listening
+from ccserver.logfiles import Destination
 from ccserver.metrics import (
     NO_METRICS,
     Metrics,

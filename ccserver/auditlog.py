@@ -21,12 +21,9 @@ or bidi character reaches a terminal or a log viewer raw.
 
 from __future__ import annotations
 
-import errno
 import os
 import random
-import select
 import socket
-import stat
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +40,7 @@ from zope.interface import implementer
 
 from ccserver import audit
 from ccserver.errors import ConfigError
+from ccserver.logfiles import Destination, FileDestination, StreamDestination
 
 #: How often buffered events are written, at most.
 FLUSH_SECONDS = 0.5
@@ -211,105 +209,6 @@ def encode(event: Mapping[str, Any], end: str, clock: Callable[[float], str]) ->
 
 
 # destinations
-
-
-class Destination(Protocol):
-    """
-    Where lines go.  C{write} raises L{OSError} when they cannot go (the
-    writer keeps them and tries again); it writes every line whole or not
-    at all, and says how many of them went.
-    """
-
-    description: str
-
-    def write(self, lines: Sequence[bytes]) -> int:
-        ...
-
-    def close(self) -> None:
-        ...
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """
-    Write all of C{data} to a blocking C{fd}.
-    """
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-class StreamDestination:
-    """
-    An inherited stream (standard output for C{"-"}, standard error for the
-    command), written in pieces of whole lines of at most C{PIPE_BUF}
-    bytes, which a pipe keeps whole among other writers' (the workers').
-    """
-
-    def __init__(self, fd: int, description: str = "standard output") -> None:
-        self._fd = fd
-        self.description = description
-
-    def write(self, lines: Sequence[bytes]) -> int:
-        done = 0
-        piece: list[bytes] = []
-        size = 0
-        for line in lines:
-            if piece and size + len(line) > select.PIPE_BUF:
-                _write_all(self._fd, b"".join(piece))
-                done += len(piece)
-                piece, size = [], 0
-            piece.append(line)
-            size += len(line)
-        if piece:
-            _write_all(self._fd, b"".join(piece))
-            done += len(piece)
-        return done
-
-    def close(self) -> None:
-        pass  # not ours
-
-
-class FileDestination:
-    """
-    A file, opened for appending (made with mode 0640 if it does not
-    exist).  If the path comes to name another file (logrotate moved it
-    away), the next write opens the new one: no restart and no
-    C{copytruncate} needed.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.description = path
-        self._fd = self._open()
-
-    def _open(self) -> int:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        if not stat.S_ISREG(os.fstat(fd).st_mode) and not stat.S_ISFIFO(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise OSError(errno.EINVAL, "not a regular file", self.path)
-        return fd
-
-    def _follow(self) -> None:
-        try:
-            named = os.stat(self.path)
-        except FileNotFoundError:
-            named = None
-        current = os.fstat(self._fd)
-        if named is None or (named.st_ino, named.st_dev) != (current.st_ino, current.st_dev):
-            fd = self._open()
-            os.close(self._fd)
-            self._fd = fd
-
-    def write(self, lines: Sequence[bytes]) -> int:
-        self._follow()
-        # O_APPEND: one write lands whole at the end, whatever other
-        # processes append meanwhile
-        _write_all(self._fd, b"".join(lines))
-        return len(lines)
-
-    def close(self) -> None:
-        os.close(self._fd)
 
 
 class SyslogDestination:

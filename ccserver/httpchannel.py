@@ -106,7 +106,9 @@ class CCServerChannel(http.HTTPChannel):
     L{_respondToBadRequestAndDisconnect}.
     """
 
-    _log = Logger()
+    #: not C{_log}, which would replace twisted.web's own logger of the
+    #: channel (a private name), moving its messages to this namespace
+    _channel_log = Logger()
 
     site: Any
     limits: HTTPLimits = HTTPLimits()
@@ -316,8 +318,9 @@ class CCServerChannel(http.HTTPChannel):
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         """
-        The adapter to a private API of twisted.web (26.x), the one place
-        ccserver relies on one: L{http.HTTPChannel} calls this method for
+        The adapter to a private API of twisted.web (26.x), the channel's
+        one reach (the others are listed in docs/architecture.md, "Private
+        APIs"): L{http.HTTPChannel} calls this method for
         every malformed request it finds (bad request line, header without
         a colon, bad name, NUL/CR/LF in a value, bad or repeated
         C{Content-Length}, unknown C{Transfer-Encoding}, broken chunks) and
@@ -360,7 +363,7 @@ class CCServerChannel(http.HTTPChannel):
     def _timed_out(self, part: str, seconds: float) -> None:
         self._cancel_deadline()
         peer = self.transport.getPeer() if self.transport is not None else None
-        self._log.info(
+        self._channel_log.info(
             "Request {part} from {peer} not complete within {seconds}s: 408",
             part=part,
             peer=str(peer),

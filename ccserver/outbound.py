@@ -81,10 +81,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def _request_not_sent() -> type[Exception]:
     """
-    The one reach into a private Twisted module.  A request on a pooled
-    connection that the server closed just before it went out fails with
-    C{twisted.web._newclient.RequestNotSent}: safe to send again, as it
-    never left.  Twisted exports the class from no public module
+    The adapter to a private Twisted module, outbound HTTP's one reach
+    (the others are listed in docs/architecture.md, "Private APIs").  A
+    request on a pooled connection that the server closed just before it
+    went out fails with C{twisted.web._newclient.RequestNotSent}: safe to
+    send again, as it never left.  Twisted exports the class from no public module
     (C{twisted.web.client} imports it without listing it in C{__all__}).
     tests/test_outbound.py checks that it is still what Twisted raises in
     that case, so a change in Twisted fails a test, not a retry.

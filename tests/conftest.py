@@ -1,7 +1,7 @@
 """
 pytest's hooks for the whole suite.
 
-The real Redis and PostgreSQL servers of L{tests.servers} are started
+The real Redis and PostgreSQL servers of L{ccserver.testing.servers} are started
 lazily, once per test process (once per xdist worker), by the first test
 that asks for one; here they are offered as session fixtures to pytest-style
 tests, and stopped when the session ends.
@@ -19,6 +19,12 @@ that mark (Redis and PostgreSQL write their process titles over their
 environment, hence both) fails the run, named, and is killed.  The
 figures tests measured (L{tests.process.print_figure}) are printed at the
 end.
+
+The tests are of two kinds: those that run ccserver in a process of its
+own carry the C{process} marker (L{tests.process.MARKER}), the others run
+in the test process.  A test that starts a ccserver process without the
+marker fails at that moment (L{tests.process.audit}, a L{sys.addaudithook}
+hook on C{subprocess.Popen}), so C{-m "not process"} never starts one.
 """
 
 from __future__ import annotations
@@ -27,15 +33,17 @@ import os
 import secrets
 import shutil
 import signal
+import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
-from tests import servers
+from ccserver.testing import servers
+from ccserver.testing.polling import wait_until
+from tests import process
 from tests.process import FIGURES_ENV, CCServerProcess
 
 #: The mark of this run's processes, in their environment.
@@ -97,7 +105,7 @@ def ccserver_process(
     config.write_text(
         "[limits]\nfailed_auth_per_minute = 1000000\nfailed_auth_per_client_per_minute = 1000000\n"
     )
-    process = CCServerProcess(
+    server = CCServerProcess(
         folder,
         "--master-token",
         secrets.token_urlsafe(32),
@@ -105,18 +113,30 @@ def ccserver_process(
         str(config),
         store=store_url,
     )
-    process.start()
-    yield process
-    process.kill()
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    # setUpClass and module fixtures run inside the protocol of the first
+    # test that needs them, so a process they start is that test's
+    process.running = item
+    try:
+        yield
+    finally:
+        process.running = None
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    sys.addaudithook(process.audit)
     # Set once, by the first process of the run (under xdist the controller,
     # before it starts its workers, which inherit them).
     if RUN_MARK_ENV not in os.environ:
         os.environ[RUN_MARK_ENV] = secrets.token_hex(8)
         folder = tempfile.mkdtemp(prefix=f"ccserver-run-{os.environ[RUN_MARK_ENV]}-")
-        # PostgreSQL runs as its own user (tests/servers.py): it must reach
+        # PostgreSQL runs as its own user (ccserver/testing/servers.py): it must reach
         # its folder in here
         os.chmod(folder, 0o711)
         os.environ["TMPDIR"] = folder
@@ -164,12 +184,11 @@ def _wait_for_leftovers(mark: str, folder: Path) -> list[tuple[int, str]]:
     This run's server processes still running after L{LEFTOVER_GRACE}
     seconds (those that are ending go meanwhile).
     """
-    deadline = time.monotonic() + LEFTOVER_GRACE
-    while True:
-        found = _servers_of_the_run(mark, folder)
-        if not found or time.monotonic() > deadline:
-            return found
-        time.sleep(0.05)
+    try:
+        wait_until(lambda: not _servers_of_the_run(mark, folder), LEFTOVER_GRACE, 0.05)
+    except AssertionError:
+        return _servers_of_the_run(mark, folder)
+    return []
 
 
 def _servers_of_the_run(mark: str, folder: Path) -> list[tuple[int, str]]:

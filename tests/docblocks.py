@@ -49,7 +49,7 @@ from pathlib import Path
 import requests
 from attrs import frozen
 
-from tests.process import DEADLINE, REPO, free_port, wait_until
+from tests.process import DEADLINE, REPO, free_port, require_marker, wait_until
 
 #: The pages whose blocks are read: the README and every page of docs/.
 PAGES = (REPO / "README.md", *sorted((REPO / "docs").glob("*.md")))
@@ -155,6 +155,8 @@ class PageRun:
         self.failures = self.work / "curl-failures"
         self.env = self._environment()
         self.servers: list[tuple[Block, subprocess.Popen[bytes], Path]] = []
+        # its blocks run twist ccserver and the ccserver command
+        require_marker(f"a shell running the blocks of {page.name}")
         self.shell = subprocess.Popen(
             ["sh"],
             cwd=folder,

@@ -31,6 +31,7 @@ from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.interfaces import IClientCredentialsGrantHandler, IStore
 from ccserver.keys import KeyEncryptor
 from ccserver.metrics import NO_METRICS, NoMetrics
+from ccserver.model import TokenRecord
 from ccserver.oauth.grants import OfferedGrants
 from ccserver.oauth.tokens import sign_inline
 from ccserver.stores.memory import MemoryStore
@@ -327,6 +328,27 @@ class TokenLifecycle:
         response = self.token({"grant_type": "client_credentials", **form}, self.auth(client))  # type: ignore[attr-defined]
         self.assertEqual(response.code, 200, response.body)  # type: ignore[attr-defined]
         return str(response.json()["access_token"])
+
+    def stored(self, token: str) -> TokenRecord | None:
+        """
+        The record the store keeps of an opaque token, asked through the
+        store's interface (L{ITokenStore.get_token}) under the token's key.
+        """
+        found: TokenRecord | None = self.successResultOf(  # type: ignore[attr-defined]
+            self.store.get_token(credentials.opaque_token_key(token))  # type: ignore[attr-defined]
+        )
+        return found
+
+    def gone(self, token: str) -> bool:
+        """
+        Whether the store has no record of an opaque token: not found, and
+        not merely hidden by a client's revocation mark (there is nothing
+        to delete).
+        """
+        key = credentials.opaque_token_key(token)
+        return self.stored(token) is None and not self.successResultOf(  # type: ignore[attr-defined]
+            self.store.delete_token(key)  # type: ignore[attr-defined]
+        )
 
     def introspect(self, token: str, caller: dict[str, Any]) -> dict[str, Any]:
         response = self.request(  # type: ignore[attr-defined]

@@ -1,32 +1,135 @@
 """
-Run a real C{twist ccserver} process for end-to-end tests, and wait for it
-(or any real process or server) to reach a state by polling with a deadline:
-never by sleeping a fixed time, which is too long on a quiet machine and too
-short on a loaded one.
+Run a real C{twist ccserver} process (or the C{ccserver} command) for
+end-to-end tests: the one base every process test uses.
+
+Waiting for a process to reach a state is the deadline poll of
+L{ccserver.testing.polling}, re-exported here (L{wait_until}, L{NotYet},
+L{DEADLINE}) for the tests that drive processes.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import pytest
 import requests
+
+from ccserver.testing.polling import DEADLINE, NotYet, wait_until
+from ccserver.testing.servers import free_port
+
+__all__ = [
+    "DEADLINE",
+    "REPO",
+    "MARKER",
+    "CCServerProcess",
+    "NotYet",
+    "UnmarkedProcessTest",
+    "audit",
+    "require_marker",
+    "runs_ccserver",
+    "free_port",
+    "print_figure",
+    "child_env",
+    "run_admin",
+    "run_ccserver",
+    "run_python",
+    "wait_until",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: How long a real process may take to reach a state.  Generous: a loaded CI
-#: machine (load average 20 on 2 cores) is slow, and waiting by polling costs
-#: a quiet one nothing.
-DEADLINE = 60.0
+#: The pytest marker of the tests that run ccserver in a process of its own
+#: (C{twist ccserver}, the C{ccserver} command, Python code that imports
+#: ccserver): C{python3 -m pytest -m process} runs them alone, C{-m "not
+#: process"} the others.  tests/conftest.py fails a test that starts such a
+#: process without it.
+MARKER = "process"
 
-T = TypeVar("T")
+#: Python code that imports ccserver.
+_IMPORTS_CCSERVER = re.compile(r"\b(?:from|import)\s+ccserver\b")
+
+#: A shell command that runs ccserver.
+_SHELL_RUNS_CCSERVER = re.compile(
+    r"(?:^|[\s;&|(])(?:twist\s+ccserver\b|ccserver(?:\s|$)|-m\s+(?:twisted\s+ccserver|ccserver)\b)"
+)
+
+
+def runs_ccserver(argv: Sequence[object]) -> bool:
+    """
+    Whether a child process with this command line runs ccserver's code:
+    C{twist ccserver}, C{python -m twisted ccserver}, the C{ccserver}
+    command, C{python -m ccserver.admin}, C{python -c "from ccserver..."},
+    or a shell command that runs one of those.
+    """
+    args = _strings(argv)
+    if not args:
+        return False
+    program, rest = Path(args[0]).name, args[1:]
+    if program == "ccserver":
+        return True
+    if program == "twist":
+        return "ccserver" in rest
+    if program.startswith("python"):
+        for option, value in zip(rest, rest[1:], strict=False):
+            if option == "-m":
+                if value == "twisted":
+                    return "ccserver" in rest
+                return value == "ccserver" or value.startswith("ccserver.")
+            if option == "-c":
+                return bool(_IMPORTS_CCSERVER.search(value))
+        return False
+    if program in ("sh", "bash", "dash"):
+        return any(_SHELL_RUNS_CCSERVER.search(arg) for arg in rest)
+    return False
+
+
+def _strings(argv: Sequence[object]) -> list[str]:
+    return [os.fsdecode(arg) for arg in argv if isinstance(arg, (str, bytes, os.PathLike))]
+
+
+class UnmarkedProcessTest(Exception):
+    """
+    A test started ccserver in a process of its own without the L{MARKER}.
+    """
+
+
+#: The test running now in this process (set by tests/conftest.py), or
+#: None between tests.
+running: pytest.Item | None = None
+
+
+def require_marker(what: str) -> None:
+    """
+    Check that the running test carries the L{MARKER}, since it is about
+    to start C{what}, a process that runs ccserver.
+
+    @raise UnmarkedProcessTest: it does not.
+    """
+    if running is not None and running.get_closest_marker(MARKER) is None:
+        raise UnmarkedProcessTest(
+            f"{running.nodeid} starts ccserver in a process of its own ({what[:200]}) "
+            f"without the '{MARKER}' marker: add 'pytestmark = pytest.mark.{MARKER}' "
+            f"to its module, or '@pytest.mark.{MARKER}' to its class (docs/development.md)"
+        )
+
+
+def audit(event: str, args: tuple[Any, ...]) -> None:
+    """
+    A L{sys.addaudithook} hook: L{require_marker} for every child process
+    whose command line L{runs_ccserver}.
+    """
+    if event != "subprocess.Popen" or running is None:
+        return
+    argv = args[1] if isinstance(args[1], (list, tuple)) else [args[1]]
+    if runs_ccserver(argv):
+        require_marker(" ".join(_strings(argv)))
 
 
 #: The file that L{print_figure} adds its lines to, for the summary at the
@@ -44,54 +147,6 @@ def print_figure(line: str) -> None:
     if path:
         with open(path, "a", encoding="utf-8") as figures:
             figures.write(line + "\n")
-
-
-class NotYet(Exception):
-    """
-    Raised by a L{wait_until} predicate for "not yet, and here is why": the
-    message is kept for the error raised at the deadline.
-    """
-
-
-def wait_until(
-    predicate: Callable[[], T],
-    timeout: float = DEADLINE,
-    interval: float = 0.02,
-    *,
-    what: str = "the condition",
-    tolerate: tuple[type[BaseException], ...] = (),
-) -> T:
-    """
-    Call C{predicate} every C{interval} seconds until it returns a true
-    value, and return that value.
-
-    An exception in C{tolerate} (or L{NotYet}) counts as "not yet".
-
-    @raise AssertionError: at C{timeout} seconds, naming C{what} and the last
-        tolerated error.
-    """
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            result = predicate()
-        except (NotYet, *tolerate) as e:
-            last = e
-        else:
-            if result:
-                return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"{what} did not happen within {timeout:g} s"
-                + (f" (last: {last!r})" if last is not None else "")
-            )
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class CCServerProcess:
@@ -120,12 +175,7 @@ class CCServerProcess:
         self.args = list(args)
         if store is not None:
             self.args += ["--store", store]
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            [str(REPO)] + ([self.env["PYTHONPATH"]] if self.env.get("PYTHONPATH") else [])
-        )
-        self.env.pop("CCSERVER_MASTER_TOKEN", None)
-        self.env.update(env or {})
+        self.env = child_env(env)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.folder / f"ccserver-{self.port}.log"
 
@@ -222,8 +272,50 @@ class CCServerProcess:
         self.kill()
 
 
+def child_env(
+    env: dict[str, str] | None = None, pythonpath: Sequence[Path | str] = ()
+) -> dict[str, str]:
+    """
+    The environment of a child process that runs ccserver's code: this
+    one's, with the worktree first on C{sys.path} (then C{pythonpath}: a
+    third party's plugins), without a master token from the developer's
+    shell, then C{env}.
+    """
+    environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), *map(str, pythonpath)]
+        + ([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else [])
+    )
+    environment.pop("CCSERVER_MASTER_TOKEN", None)
+    environment.update(env or {})
+    return environment
+
+
+def run_python(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = DEADLINE,
+    pythonpath: Sequence[Path | str] = (),
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run this Python with these arguments over the worktree's ccserver
+    (L{child_env}) and return how it ended, its output as text.
+    """
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=child_env(env, pythonpath),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def run_ccserver(
-    *args: str, cwd: Path, timeout: float = DEADLINE, pythonpath: Sequence[Path] = ()
+    *args: str, cwd: Path, timeout: float = DEADLINE, pythonpath: Sequence[Path | str] = ()
 ) -> subprocess.CompletedProcess[str]:
     """
     Run C{twist ccserver} with these arguments and return how it ended
@@ -232,13 +324,22 @@ def run_ccserver(
     @param pythonpath: folders to put on C{sys.path} after the worktree's
         (third-party plugins).
     """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, [REPO, *pythonpath])))
-    env.pop("CCSERVER_MASTER_TOKEN", None)
-    return subprocess.run(
-        [sys.executable, "-m", "twisted", "ccserver", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+    return run_python(
+        "-m", "twisted", "ccserver", *args, cwd=cwd, timeout=timeout, pythonpath=pythonpath
+    )
+
+
+def run_admin(
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = DEADLINE,
+) -> subprocess.CompletedProcess[str]:
+    """
+    Run the C{ccserver} command with these arguments (and C{stdin} as its
+    standard input) and return how it ended.
+    """
+    return run_python(
+        "-m", "ccserver.admin", *args, cwd=cwd, env=env, stdin=stdin, timeout=timeout
     )

@@ -248,6 +248,7 @@ def _read_all(fd: int) -> bytes:
         chunks.append(chunk)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("workers", [1, 2])
 def test_access_log_file_nothing_lost_at_stop(tmp_path: Path, workers: int) -> None:
     """
@@ -280,6 +281,7 @@ def test_access_log_file_nothing_lost_at_stop(tmp_path: Path, workers: int) -> N
     assert b"/token HTTP/1.1" not in server.log_path.read_bytes()
 
 
+@pytest.mark.process
 def test_access_log_file_written_while_running(tmp_path: Path) -> None:
     """
     The lines reach the file within the flush interval, without a stop.
@@ -291,6 +293,7 @@ def test_access_log_file_written_while_running(tmp_path: Path) -> None:
         wait_until(lambda: log.exists() and b"GET /jwks.json" in log.read_bytes(), what="the line written")
 
 
+@pytest.mark.process
 def test_access_log_file_unwritable(tmp_path: Path) -> None:
     """
     A file that cannot be opened stops the start with one line.

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -629,6 +630,7 @@ class _StartUp:
         raise AssertionError(failure)
 
 
+@pytest.mark.process
 class StandardOutputProcessTests(unittest.TestCase):
     def test_default_is_standard_output(self) -> None:
         """

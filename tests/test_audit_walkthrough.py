@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jwt
+import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -39,9 +40,9 @@ from ccserver.config import Config, StoreConfig, TokenConfig, TrustedIssuerConfi
 from ccserver.keys import public_jwk
 from ccserver.model import ACCESS_TOKEN_TYPE, CLIENT_CREDENTIALS, JWT_BEARER_GRANT, TOKEN_EXCHANGE
 from ccserver.oauth.registration import new_initial_access_token
+from ccserver.testing.servers import clean_store_url
 from tests.helpers import ISSUER, MASTER_TOKEN, AuditEvents, ServerTestCase, basic, temp_dir
 from tests.process import CCServerProcess
-from tests.servers import clean_store_url
 from tests.test_clients_command import ccserver
 from tests.test_dpop import Key
 from tests.workloads import KubernetesCluster
@@ -445,6 +446,7 @@ class MemoryWalkThroughTests(ServerTestCase, Searched):
         self.assert_clean([line.decode() for line in destination.lines], walk.secrets)
 
 
+@pytest.mark.process
 class ProcessWalkThroughMixin(Searched):
     kind: str
     token_format = "jwt"

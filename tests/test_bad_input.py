@@ -38,6 +38,8 @@ from tests.process import CCServerProcess
 from tests.test_dpop import Key
 from tests.test_identifiers import unstorable
 
+pytestmark = pytest.mark.process
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4)

@@ -18,7 +18,7 @@ from bench import populate
 from ccserver.interfaces import IStore
 from ccserver.stores import store_from_url
 from ccserver.stores.redis import PREFIX
-from tests import servers
+from ccserver.testing import servers
 
 ISSUER = "https://as.example.com"
 COUNT = 250

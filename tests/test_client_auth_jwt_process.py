@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 import requests
 from authlib.integrations.requests_client import OAuth2Session
 from authlib.oauth2.auth import ClientAuth
@@ -30,6 +31,8 @@ from joserfc.jwk import ECKey
 
 from ccserver.keys import public_jwk
 from tests.process import CCServerProcess
+
+pytestmark = pytest.mark.process
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: The clients' jwks_uri are served on the loopback here.  (Authlib signs

@@ -206,14 +206,15 @@ class OpaqueDeletionTests(DeletionMixin, ServerTestCase):
 
     def test_deletion_deletes_the_records(self) -> None:
         bob = self.register(client_name="bob", scope="read")
-        self.issue(self.alice)
-        self.issue(self.alice)
-        self.issue(bob)
-        self.assertEqual(len(self.store._tokens), 3)  # type: ignore[attr-defined]
+        alices = [self.issue(self.alice), self.issue(self.alice)]
+        bobs = self.issue(bob)
+        self.assertTrue(all(self.stored(token) for token in [*alices, bobs]))
         self.delete(self.alice)
-        self.assertEqual(len(self.store._tokens), 1)  # type: ignore[attr-defined]
+        self.assertEqual([self.gone(token) for token in alices], [True, True])
+        self.assertIsNotNone(self.stored(bobs))
 
     def test_master_revoke_deletes_the_record(self) -> None:
         token = self.issue(self.alice)
+        self.assertIsNotNone(self.stored(token))
         self.master_revoke(token)
-        self.assertEqual(len(self.store._tokens), 0)  # type: ignore[attr-defined]
+        self.assertTrue(self.gone(token))

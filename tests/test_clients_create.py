@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -27,6 +28,8 @@ from ccserver.oauth.clientauth import JWT_BEARER
 from tests.certs import issue
 from tests.process import CCServerProcess
 from tests.test_clients_command import ccserver
+
+pytestmark = pytest.mark.process
 
 DN = "CN=billing,O=Example,C=GB"
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import temp_dir
 from tests.process import free_port, run_ccserver
 from tests.test_config import write
+
+pytestmark = pytest.mark.process
 
 
 class StartupErrorTests(SynchronousTestCase):

@@ -19,6 +19,8 @@ import pytest
 from tests.docblocks import PAGES, BlockFailed, read_blocks, run_page
 from tests.process import REPO
 
+pytestmark = pytest.mark.process
+
 RUNNABLE = [page for page in PAGES if any(block.runs for block in read_blocks(page))]
 
 

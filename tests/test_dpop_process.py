@@ -17,11 +17,14 @@ import uuid
 from pathlib import Path
 
 import jwt
+import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from tests.process import CCServerProcess
+
+pytestmark = pytest.mark.process
 
 
 class DPoPEndToEnd(unittest.TestCase):

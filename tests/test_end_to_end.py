@@ -16,13 +16,16 @@ import unittest
 from pathlib import Path
 
 import jwt
+import pytest
 import requests
 from authlib.integrations.requests_client import OAuth2Session as AuthlibSession
 from oauthlib.oauth2 import BackendApplicationClient
 from requests_oauthlib import OAuth2Session
 
+from ccserver.testing.servers import postgres_server, redis_server
 from tests.process import DEADLINE, CCServerProcess, wait_until
-from tests.servers import postgres_server, redis_server
+
+pytestmark = pytest.mark.process
 
 
 class EndToEndMixin:

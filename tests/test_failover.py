@@ -33,13 +33,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from attrs import define, field
 
 from ccserver.credentials import opaque_token_key
 from ccserver.stores.redis import client_key, revoked_client_key, token_key
+from ccserver.testing.servers import PostgresStandbyPair, RedisSentinelGroup, RedisServer
 from tests.process import CCServerProcess, print_figure, wait_until
-from tests.servers import PostgresStandbyPair, RedisSentinelGroup, RedisServer
+
+pytestmark = pytest.mark.process
 
 MASTER_TOKEN = "failover-master-token-0123456789abcdef"
 ISSUER = "https://as.example.com"

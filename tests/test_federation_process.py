@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +34,7 @@ import jwt
 import pytest
 import requests
 
-from tests.process import DEADLINE, REPO, CCServerProcess
+from tests.process import CCServerProcess, run_admin
 from tests.workloads import (
     AUDIENCE,
     GITHUB_ISSUER,
@@ -48,6 +46,8 @@ from tests.workloads import (
     kubernetes_key,
     unsigned,
 )
+
+pytestmark = pytest.mark.process
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 JWT_SPIFFE = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe"
@@ -383,18 +383,11 @@ def test_clients_create_command(tmp_path: Path) -> None:
         with CCServerProcess(
             tmp_path, "--config", str(config), "--issuer", ISSUER, store=store
         ) as server:
-            done = subprocess.run(
-                [
-                    sys.executable, "-m", "ccserver.admin", "--config", str(config),
-                    "--store", store, "clients", "create", "--scope", "read",
-                    "--federated-identity", GITHUB_ISSUER, CI_SUBJECT,
-                    "--federated-claim", "ref=refs/heads/main",
-                ],
+            done = run_admin(
+                "--config", str(config), "--store", store, "clients", "create",
+                "--scope", "read", "--federated-identity", GITHUB_ISSUER, CI_SUBJECT,
+                "--federated-claim", "ref=refs/heads/main",
                 cwd=tmp_path,
-                env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-                capture_output=True,
-                text=True,
-                timeout=DEADLINE,
             )
             assert done.returncode == 0, done.stderr
             client = json.loads(done.stdout)
@@ -408,17 +401,10 @@ def test_clients_create_command(tmp_path: Path) -> None:
                 with_assertion(server, platforms.github.token(ref="refs/heads/x")),
                 "with conditions its claims meet",
             )
-            refused_command = subprocess.run(
-                [
-                    sys.executable, "-m", "ccserver.admin", "--config", str(config),
-                    "--store", store, "clients", "create",
-                    "--federated-identity", "https://attacker.example", "x",
-                ],
+            refused_command = run_admin(
+                "--config", str(config), "--store", store, "clients", "create",
+                "--federated-identity", "https://attacker.example", "x",
                 cwd=tmp_path,
-                env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-                capture_output=True,
-                text=True,
-                timeout=DEADLINE,
             )
             assert refused_command.returncode == 1
             assert "is not a trusted issuer of this server" in refused_command.stderr

@@ -24,6 +24,8 @@ from tests.test_grant_plugins import (
 from tests.test_handlers import write_plugins
 from tests.test_handlers_process import assert_refused_in_one_line
 
+pytestmark = pytest.mark.process
+
 
 def test_third_party_grant_end_to_end(tmp_path: Path) -> None:
     site = write_plugins(tmp_path / "site", {GRANT_PLUGIN_MODULE: GRANT_PLUGIN})

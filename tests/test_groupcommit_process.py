@@ -9,12 +9,15 @@ from __future__ import annotations
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 from twisted.trial.unittest import SynchronousTestCase
 
 from ccserver.credentials import opaque_token_key
 from tests.helpers import basic, temp_dir
 from tests.process import CCServerProcess
+
+pytestmark = pytest.mark.process
 
 
 class AnsweredTokensSurviveSIGKILL(SynchronousTestCase):

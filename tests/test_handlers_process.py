@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 import requests
 
 from ccserver.handlers import available
-from tests.process import REPO, CCServerProcess, run_ccserver
+from tests.process import REPO, CCServerProcess, run_ccserver, run_python
 from tests.test_handlers import (
     BROKEN_PLUGINS,
     RECORDER_PLUGIN,
@@ -29,6 +28,8 @@ from tests.test_handlers import (
     write_plugin,
     write_plugins,
 )
+
+pytestmark = pytest.mark.process
 
 
 def test_help_lists_handlers(tmp_path: Path) -> None:
@@ -210,14 +211,7 @@ def test_third_party_plugin_named_on_command_line(
 
 
 def test_third_party_plugin_in_help(tmp_path: Path, plugin_env: dict[str, str]) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "twisted", "ccserver", "--help"],
-        cwd=tmp_path,
-        env=dict(os.environ, **plugin_env),
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = run_python("-m", "twisted", "ccserver", "--help", cwd=tmp_path, env=plugin_env)
     assert result.returncode == 0, result.stderr
     assert "read-only" in result.stdout
     assert "grants 'read' and nothing else" in " ".join(result.stdout.split())

@@ -4,14 +4,14 @@ The help the real commands print, in child processes.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.helpers import temp_dir
-from tests.process import REPO, run_ccserver
+from tests.process import REPO, run_admin, run_ccserver
 from tests.test_help import assert_plain
+
+pytestmark = pytest.mark.process
 
 
 class HelpProcessTests(SynchronousTestCase):
@@ -21,12 +21,6 @@ class HelpProcessTests(SynchronousTestCase):
         assert_plain(self, result.stdout, "twist ccserver --help")
 
     def test_ccserver_help(self) -> None:
-        result = subprocess.run(
-            [sys.executable, "-m", "ccserver.admin", "--help"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = run_admin("--help", cwd=REPO)
         self.assertEqual(result.returncode, 0, result.stderr)
         assert_plain(self, result.stdout, "ccserver --help")

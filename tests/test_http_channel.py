@@ -14,6 +14,7 @@ import socket
 import time
 from typing import Any
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -300,7 +301,8 @@ class RequestFramingTests(ChannelTestCase):
 
 class PrivateAPITests(ChannelTestCase):
     """
-    The one private API of twisted.web that ccserver relies on:
+    The channel's one private API of twisted.web (every reach is listed
+    in tests/test_layers.py, C{PRIVATE_REACHES}):
     C{HTTPChannel._respondToBadRequestAndDisconnect}, which
     L{CCServerChannel} overrides to give twisted.web's malformed-request
     400 a JSON body.  These fail if twisted.web renames it or stops
@@ -574,6 +576,7 @@ class HTTPConfigTests(SynchronousTestCase):
             self.assertIn(message, str(e.exception))
 
 
+@pytest.mark.process
 class RealSocketTests(TestCase):
     """
     The answers over a real socket from a running C{twist ccserver}, with

@@ -34,8 +34,8 @@ from ccserver.oauth.introspection import TokenIntrospection
 from ccserver.oauth.limits import AuthLimits
 from ccserver.oauth.registration import ClientRegistry, register_client, validate_metadata
 from ccserver.stores import store_from_url
+from ccserver.testing.servers import clean_store_url
 from ccserver.text import MAX_IDENTIFIER
-from tests.servers import clean_store_url
 from tests.test_dpop import Key
 
 ISSUER = "https://as.example"

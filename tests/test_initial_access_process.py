@@ -18,10 +18,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from ccserver.testing.servers import clean_store_url
 from tests.process import CCServerProcess
-from tests.servers import clean_store_url
 from tests.test_clients_command import ccserver
 from tests.test_limits_process import BUDGET, burst, http_request
+
+pytestmark = pytest.mark.process
 
 MASTER_TOKEN = "process-master-token-0123456789"
 

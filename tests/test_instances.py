@@ -8,8 +8,6 @@ valid token fail verification.
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import unittest
@@ -18,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
-from tests.process import DEADLINE, REPO, CCServerProcess, wait_until
-from tests.servers import postgres_server, redis_server
+from ccserver.testing.servers import postgres_server, redis_server
+from tests.process import CCServerProcess, run_admin, wait_until
+
+pytestmark = pytest.mark.process
 
 CONFIG = """
 [store]
@@ -277,12 +278,11 @@ class InstancesMixin:
                 for verifier in (self.a, self.b):
                     self.verify(token, verifier, resource_server_jwks(verifier))
             if not rotated:
-                subprocess.run(
-                    [sys.executable, "-m", "ccserver.admin", "--config", str(self.tmp / "ccserver.toml"),
-                     "--store", self.url, "keys", "rotate"],
-                    cwd=self.tmp, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-                    capture_output=True, text=True, check=True, timeout=DEADLINE,
+                done = run_admin(
+                    "--config", str(self.tmp / "ccserver.toml"), "--store", self.url,
+                    "keys", "rotate", cwd=self.tmp,
                 )
+                self.assertEqual(done.returncode, 0, done.stderr)
                 rotated = True
             return len(kids) == 2
 

@@ -26,6 +26,7 @@ import uuid
 from pathlib import Path
 
 import jwt
+import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -33,6 +34,8 @@ from ccserver.jose import public_jwk
 from tests.certs import issue, make_ca
 from tests.process import CCServerProcess, wait_until
 from tests.test_client_auth_jwt_process import JWKSServer
+
+pytestmark = pytest.mark.process
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 KEY = ec.generate_private_key(ec.SECP256R1())

@@ -15,11 +15,14 @@ import time
 import unittest
 from pathlib import Path
 
+import pytest
 import requests
 
+from ccserver.testing.servers import clean_store_url
 from tests.process import CCServerProcess, wait_until
-from tests.servers import clean_store_url
 from tests.test_clients_command import ccserver
+
+pytestmark = pytest.mark.process
 
 PERIOD = 5
 

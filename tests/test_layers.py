@@ -9,12 +9,16 @@ within one part.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import pytest
 from twisted.trial.unittest import SynchronousTestCase
 
 import ccserver
+from tests.process import UnmarkedProcessTest, child_env, runs_ccserver
 
 #: The parts of ccserver, highest first: part name -> (rank, module
 #: prefixes).  A module may import its own part, or a part of a lower rank;
@@ -22,6 +26,10 @@ import ccserver
 #: rank sideways, and both fail.  The longest prefix decides a module's part
 #: (C{ccserver.oauth.tokens} is C{tokens}, not C{oauth}).
 LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
+    # Helpers for tests, shipped with the package (throwaway store servers,
+    # the deadline poll): for ccserver's tests, its benchmark, and a third
+    # party's tests; above everything, and imported by none of it.
+    "testing": (6, ("ccserver.testing",)),
     # The daemon: composition root, services, the admin command, config.
     "daemon": (
         5,
@@ -75,6 +83,9 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "stores": (1, ("ccserver.stores",)),
     # The audit trail's schema and emission: every layer says what happened.
     "audit": (0, ("ccserver.audit",)),
+    # Where log lines go (a stream, a file that follows logrotate): the
+    # access log's and the audit trail's; imports nothing else of ccserver.
+    "logfiles": (0, ("ccserver.logfiles",)),
     # OpenTelemetry spans: the traced parts and the outbound request's
     # trace context; imports nothing else of ccserver.
     "tracing": (0, ("ccserver.tracing",)),
@@ -92,8 +103,12 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
 }
 
 #: Parts that only the named parts may import, whatever their rank: a store
-#: is constructed by the daemon and known to the rest only by its interface.
-REACHED_ONLY_FROM: dict[str, frozenset[str]] = {"stores": frozenset({"daemon"})}
+#: is constructed by the daemon and known to the rest only by its interface;
+#: the testing helpers are for tests and the benchmark, never the server.
+REACHED_ONLY_FROM: dict[str, frozenset[str]] = {
+    "stores": frozenset({"daemon"}),
+    "testing": frozenset(),
+}
 
 _ROOT = Path(ccserver.__file__).parent
 
@@ -173,7 +188,8 @@ def violations(module: str, source: str, known: set[str]) -> list[str]:
         where = f"{module}:{line} ({here}) imports {target} ({there})"
         allowed = REACHED_ONLY_FROM.get(there)
         if allowed is not None and here not in allowed:
-            found.append(f"{where}: only {', '.join(sorted(allowed))} may import {there}")
+            who = f"only {', '.join(sorted(allowed))}" if allowed else "no part of the server"
+            found.append(f"{where}: {who} may import {there}")
         elif LAYERS[there][0] > rank:
             found.append(f"{where}: upward")
         elif LAYERS[there][0] == rank:
@@ -348,6 +364,36 @@ class LayersTests(SynchronousTestCase):
         )
         self.assertEqual(violations("ccserver.tap", source, known), [])
 
+    def test_testing_from_no_part_of_the_server(self) -> None:
+        """
+        The testing helpers (throwaway servers that run programs) are
+        imported by tests and the benchmark only: not even by the daemon,
+        which is below them.
+        """
+        known = set(module_names())
+        source = "from ccserver.testing.servers import RedisServer\n"
+        self.assertEqual(
+            violations("ccserver.tap", source, known),
+            [
+                "ccserver.tap:1 (daemon) imports ccserver.testing.servers (testing): "
+                "no part of the server may import testing"
+            ],
+        )
+
+    def test_bench_imports_no_tests(self) -> None:
+        """
+        The benchmark imports nothing from tests/: what both need (the
+        throwaway store servers) lives in ccserver.testing.
+        """
+        bench = _ROOT.parent / "bench"
+        found = [
+            f"{path.name}:{line} imports {target}"
+            for path in [*sorted(bench.glob("*.py")), bench / "run"]
+            for line, target in imports(f"bench.{path.stem}", path.read_text("utf-8"), set())
+            if target == "tests" or target.startswith("tests.")
+        ]
+        self.assertEqual(found, [])
+
     def test_relative_import(self) -> None:
         """
         A relative import is resolved against the module's package.
@@ -356,4 +402,186 @@ class LayersTests(SynchronousTestCase):
         self.assertEqual(
             list(imports("ccserver.stores.sql", "from . import guard\nfrom ..web import x\n", known)),
             [(1, "ccserver.stores.guard"), (2, "ccserver.web")],
+        )
+
+
+class ProcessMarkerTests(SynchronousTestCase):
+    """
+    The tests are of two kinds (docs/development.md): a test that runs
+    ccserver in a process of its own carries the C{process} marker, and
+    one that does not never starts such a process (tests/conftest.py
+    refuses to, through L{tests.process.audit}).
+    """
+
+    def test_what_runs_ccserver(self) -> None:
+        for argv in (
+            [sys.executable, "-m", "twisted", "--log-format=text", "ccserver", "--listen", "tcp:0"],
+            ["twist", "ccserver"],
+            [sys.executable, "-m", "ccserver.admin", "keys", "list"],
+            [sys.executable, "-m", "ccserver.tap", "--version"],
+            [sys.executable, "-c", "from ccserver.tap import main; main([])"],
+            [sys.executable, "-c", "import os, signal, sys\nimport ccserver\n"],
+            ["sh", "-euc", "twist ccserver --config ccserver.toml"],
+            ["ccserver", "clients", "list"],
+        ):
+            self.assertTrue(runs_ccserver(argv), argv)
+        for argv in (
+            ["redis-server", "--dir", "/tmp/ccserver-run-1a/ccserver-redis-xyz", "--port", "1"],
+            ["/usr/lib/postgresql/15/bin/postgres", "-D", "/tmp/ccserver-pg-1/data"],
+            [sys.executable, "policy.py"],
+            ["curl", "-sS", "http://127.0.0.1:1/client-reg"],
+            ["psql", "ccserver_12_3"],
+            ["pgrep", "-P", "12"],
+            ["git", "ls-files", "ccserver"],
+            [sys.executable, "-m", "pip", "install", "--target", "/tmp/ccserver-x", "."],
+            [sys.executable, "-m", "towncrier", "build", "--draft"],
+        ):
+            self.assertFalse(runs_ccserver(argv), argv)
+
+    def test_unmarked_test_refused(self) -> None:
+        """
+        This test has no marker: starting ccserver from it fails before
+        any process starts, naming the test and the marker to add.
+        """
+        with self.assertRaises(UnmarkedProcessTest) as refused:
+            subprocess.Popen([sys.executable, "-c", "import ccserver"])
+        self.assertIn("ProcessMarkerTests::test_unmarked_test_refused", str(refused.exception))
+        self.assertIn("pytestmark = pytest.mark.process", str(refused.exception))
+        # anything else starts as ever
+        done = subprocess.run([sys.executable, "-c", "print('ok')"], capture_output=True, text=True)
+        self.assertEqual(done.stdout, "ok\n")
+
+    @pytest.mark.process
+    def test_marked_test_allowed(self) -> None:
+        done = subprocess.run(
+            [sys.executable, "-c", "import ccserver; print(ccserver.__name__)"],
+            env=child_env(),
+            capture_output=True,
+            text=True,
+        )
+        self.assertEqual(done.stdout, "ccserver\n")
+
+
+#: Every reach into a library's private API, each one small adapter with
+#: a comment: (module, what it reaches) -> the test that fails if the
+#: library changes under it (docs/architecture.md, "Private APIs").
+PRIVATE_REACHES: dict[tuple[str, str], str] = {
+    ("ccserver.outbound", "twisted.web._newclient"): "tests.test_outbound.TwistedNamesTests",
+    (
+        "ccserver.httpchannel",
+        "twisted.web.http.HTTPChannel._respondToBadRequestAndDisconnect",
+    ): "tests.test_http_channel.PrivateAPITests",
+    (
+        "ccserver.stores.redisprotocol",
+        "txredisapi._blocking_command",
+    ): "tests.test_store_redis.OwnConnectionTests",
+    # not found by the scan below: a name without an underscore, but no
+    # documented part of adbapi
+    (
+        "ccserver.stores.sqlpool",
+        "twisted.enterprise.adbapi.ConnectionPool.connections",
+    ): "tests.test_store_sql.AdbapiAdapterTests",
+}
+
+
+#: Names with a leading underscore that are documented, public API.
+DOCUMENTED = frozenset({"os._exit"})
+
+
+def private_reaches(module: str, source: str) -> Iterator[str]:
+    """
+    What C{source} reaches of other packages' private names: a private
+    module imported, or a private attribute of an imported module.
+    """
+    imported: dict[str, str] = {}
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if not alias.name.startswith("ccserver"):
+                    imported[(alias.asname or alias.name).split(".")[0]] = alias.name
+                    if any(part.startswith("_") for part in alias.name.split(".")):
+                        yield alias.name
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            if node.module.startswith("ccserver") or node.module == "__future__":
+                continue
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                imported[alias.asname or alias.name] = full
+                if any(part.startswith("_") for part in full.split(".")):
+                    yield full
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in imported
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            yield f"{imported[node.value.id]}.{node.attr}"
+
+
+def private_overrides() -> Iterator[tuple[str, str]]:
+    """
+    The private names of a library's class that a class of ccserver
+    defines again (overriding a method, or replacing an attribute).
+    """
+    import importlib
+    import inspect
+
+    for name in module_names():
+        if name.startswith("ccserver.testing"):
+            continue
+        module = importlib.import_module(name)
+        for cls in vars(module).values():
+            if not inspect.isclass(cls) or cls.__module__ != name:
+                continue
+            for base in cls.__mro__[1:]:
+                if base.__module__.split(".")[0] in ("ccserver", "builtins", "typing"):
+                    continue
+                for attribute in vars(cls):
+                    if attribute.startswith("_") and not attribute.startswith("__"):
+                        if attribute in vars(base):
+                            yield name, f"{base.__module__}.{base.__qualname__}.{attribute}"
+
+
+class PrivateReachTests(SynchronousTestCase):
+    def test_every_reach_listed(self) -> None:
+        """
+        Every private name of another package that ccserver imports, reads
+        or overrides is in L{PRIVATE_REACHES}, with its test; a new one
+        fails here until it is an adapter with a test of its own.
+        """
+        found = {
+            (name, reached)
+            for name, path in module_names().items()
+            if not name.startswith("ccserver.testing")
+            for reached in private_reaches(name, path.read_text("utf-8"))
+            if reached not in DOCUMENTED
+        } | set(private_overrides())
+        self.assertEqual(found - set(PRIVATE_REACHES), set())
+        self.assertEqual(
+            {reach for reach in PRIVATE_REACHES if reach not in found},
+            {("ccserver.stores.sqlpool", "twisted.enterprise.adbapi.ConnectionPool.connections")},
+        )
+
+    def test_each_has_its_test(self) -> None:
+        import importlib
+
+        for test in PRIVATE_REACHES.values():
+            module, _, name = test.rpartition(".")
+            self.assertTrue(hasattr(importlib.import_module(module), name), test)
+
+    def test_scan(self) -> None:
+        source = (
+            "from twisted.web import _newclient\n"
+            "import txredisapi\n"
+            "from twisted.enterprise import adbapi\n"
+            "x = txredisapi._blocking_command\n"
+            "y = adbapi.ConnectionPool\n"
+            "from ccserver import _own\n"
+        )
+        self.assertEqual(
+            sorted(private_reaches("ccserver.x", source)),
+            ["twisted.web._newclient", "txredisapi._blocking_command"],
         )

@@ -11,6 +11,7 @@ from typing import Any
 import jwt
 from zope.interface import implementer
 
+from ccserver import credentials
 from ccserver.config import Config
 from ccserver.interfaces import IClientCredentialsGrantHandler
 from ccserver.model import GrantAuthorization, GrantRequest
@@ -223,23 +224,27 @@ class OpaqueLifecycleTests(LifecycleMixin, ServerTestCase):
         first = self.issue(self.alice)
         self.clock.advance(0.002)
         second = self.issue(self.alice)
-        keys = sorted(self.store._tokens)  # type: ignore[attr-defined]
-        self.assertEqual(
-            keys, [credentials.opaque_token_key(first), credentials.opaque_token_key(second)]
-        )
+        keys = [credentials.opaque_token_key(first), credentials.opaque_token_key(second)]
+        self.assertEqual(keys, sorted(keys))
         self.assertEqual(keys[0][:12], f"{int((self.clock.seconds() - 0.002) * 1000):012x}")
         self.assertEqual(len(first), 51)
-        self.assertNotIn(first, repr(self.store._tokens))  # type: ignore[attr-defined]
+        for token in (first, second):
+            record = self.stored(token)
+            self.assertIsNotNone(record)
+            self.assertNotIn(token, repr(record))
 
     def test_stored_only_as_digest(self) -> None:
         token = self.issue(self.alice)
-        self.assertNotIn(token, repr(self.store._tokens))  # type: ignore[attr-defined]
+        record = self.stored(token)
+        self.assertIsNotNone(record)
+        self.assertNotIn(token, repr(record))
+        self.assertNotIn(token, credentials.opaque_token_key(token))
 
     def test_revoke_deletes(self) -> None:
         token = self.issue(self.alice)
-        self.assertEqual(len(self.store._tokens), 1)  # type: ignore[attr-defined]
+        self.assertIsNotNone(self.stored(token))
         self.revoke(token, self.alice)
-        self.assertEqual(len(self.store._tokens), 0)  # type: ignore[attr-defined]
+        self.assertTrue(self.gone(token))
 
 
 #: What a handler that got past the reserved-claims check would forge.

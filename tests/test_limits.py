@@ -885,7 +885,7 @@ class ReservationTests(LimiterTestCase):
         answer = status(limits.client("c", ATTACKER, self.checks.check(True)))
         self.checks.settle()
         self.assertEqual(self.successResultOf(answer), 200)
-        self.assertIn(limits.keys(CLIENT, "c", ATTACKER).known, flaky._known)
+        self.assertIn(limits.keys(CLIENT, "c", ATTACKER).known, flaky.known)
 
     def test_store_unavailable_without_fallback(self) -> None:
         limits = AuthLimits(UnavailableStore(), self.clock.seconds, budget=10)
@@ -1035,12 +1035,19 @@ class UnavailableStore(MemoryStore):
         super().__init__()
         self.reservations = 0
         self.down = True
+        #: the known sources released to it while it was up
+        self.known: list[str] = []
 
     def reserve_attempt(self, keys: AttemptKeys, now: float, window: float) -> Deferred[Reservation]:
         self.reservations += 1
         if not self.down:
             return super().reserve_attempt(keys, now, window)
         return fail(StoreUnavailable("redis://store: no answer within 5 s"))
+
+    def release_attempt(self, release: AttemptRelease, now: float) -> Deferred[None]:
+        if not self.down and release.known is not None:
+            self.known.append(release.known)
+        return super().release_attempt(release, now)
 
 
 class SlowReleaseStore(MemoryStore):

@@ -18,8 +18,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from ccserver.testing.servers import clean_store_url
 from tests.process import DEADLINE, CCServerProcess
-from tests.servers import clean_store_url
+
+pytestmark = pytest.mark.process
 
 BUDGET = 10
 CAP = 30

@@ -11,11 +11,14 @@ import tempfile
 import unittest
 from pathlib import Path
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.process import CCServerProcess, free_port
 from tests.test_workers import children
+
+pytestmark = pytest.mark.process
 
 
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import pytest
 import requests
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -24,6 +25,8 @@ from tests.helpers import temp_dir
 from tests.process import CCServerProcess, free_port, run_ccserver
 from tests.test_client_auth_jwt_process import JWKSServer
 from tests.test_mtls import DN, thumbprint
+
+pytestmark = pytest.mark.process
 
 CA = make_ca()
 SERVER_CA = make_ca("Server CA")

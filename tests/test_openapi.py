@@ -22,10 +22,10 @@ import schemathesis
 import yaml
 from schemathesis import Case
 
+from ccserver.testing.servers import postgres_server, redis_server
 from ccserver.web import CCServerApp
 from tests.helpers import ServerTestCase, basic
 from tests.process import REPO, CCServerProcess
-from tests.servers import postgres_server, redis_server
 
 DOCUMENT = REPO / "docs" / "openapi.yaml"
 
@@ -287,6 +287,7 @@ def with_credentials(case: Case, server: Server) -> Case:
 
 
 @SCHEMA.parametrize()
+@pytest.mark.process
 def test_fuzz(case: Case, server: Server) -> None:
     """
     No 5xx, no dropped connection (requests raises), and every answer is

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import requests
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -85,6 +86,7 @@ class PackageListTests(SynchronousTestCase):
         self.assertEqual(unlisted, [])
 
 
+@pytest.mark.process
 class InstalledCopyTests(SynchronousTestCase):
     """
     A copy installed by pip from the source, run from a folder of its own

@@ -17,10 +17,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from ccserver.testing.servers import clean_store_url
 from tests.process import CCServerProcess, wait_until
-from tests.servers import clean_store_url
 from tests.test_clients_command import ccserver
 from tests.test_limits_process import burst, token_request
+
+pytestmark = pytest.mark.process
 
 CONFIG = """
 [store]

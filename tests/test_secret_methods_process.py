@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import requests
 
 from tests.helpers import basic
 from tests.process import CCServerProcess
+
+pytestmark = pytest.mark.process
 
 GRANT = {"grant_type": "client_credentials"}
 

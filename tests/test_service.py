@@ -12,6 +12,7 @@ import io
 import os
 from typing import Any
 
+import pytest
 from treq.testing import StubTreq
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
@@ -358,24 +359,15 @@ class StopTests(SynchronousTestCase):
         self.successResultOf(self.service.stopService())
 
 
+@pytest.mark.process
 class MainTests(SynchronousTestCase):
     def test_python_m_ccserver_tap(self) -> None:
         """
         C{python -m ccserver.tap} runs C{twist ccserver} through Twisted's
         public C{python -m twisted}.
         """
-        import os
-        import subprocess
-        import sys
+        from tests.process import REPO, run_python
 
-        from tests.process import REPO
-
-        result = subprocess.run(
-            [sys.executable, "-m", "ccserver.tap", "--version"],
-            env=dict(os.environ, PYTHONPATH=str(REPO)),
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = run_python("-m", "ccserver.tap", "--version", cwd=REPO)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertTrue(result.stdout.startswith("ccserver "), result.stdout)

@@ -18,8 +18,10 @@ from subprocess import CompletedProcess
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.process import REPO, free_port, run_ccserver
-from tests.servers import STORE_KINDS, clean_store_url
+from ccserver.testing.servers import STORE_KINDS, clean_store_url
+from tests.process import free_port, run_admin, run_ccserver
+
+pytestmark = pytest.mark.process
 
 #: Nothing here should come near the deadline: each ends at once, or after
 #: [store] timeout (1 s).
@@ -126,25 +128,10 @@ def test_key_of_another_server(tmp_path: Path, persistent_store: str) -> None:
         (folder / "timeout.toml").write_text(
             f'[store]\ntimeout = 1\n[keys]\nencryption_key_file = "{folder / "kek"}"\n'
         )
-    admin = run_admin(first, "--config", str(first / "timeout.toml"), "--store", store, "keys", "rotate")
+    admin = run_admin("--config", str(first / "timeout.toml"), "--store", store, "keys", "rotate", cwd=first)
     assert admin.returncode == 0, admin
     result = start(second, "--store", store, "--listen", f"tcp:{free_port()}")
     assert_one_line(result, 1, "could not start: .*key-encryption key.*")
-
-
-def run_admin(cwd: Path, *args: str) -> CompletedProcess[str]:
-    import os
-    import subprocess
-    import sys
-
-    return subprocess.run(
-        [sys.executable, "-m", "ccserver.admin", *args],
-        cwd=cwd,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
 
 
 #: A store that cannot be reached or opened, of each kind but memory, and

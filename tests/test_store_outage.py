@@ -14,10 +14,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
+from ccserver.testing.servers import postgres_server, redis_server
 from tests.process import CCServerProcess, wait_until
-from tests.servers import postgres_server, redis_server
+
+pytestmark = pytest.mark.process
 
 CONFIG = """
 [store]

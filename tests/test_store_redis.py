@@ -12,7 +12,7 @@ from typing import Any
 import txredisapi
 from attrs import evolve
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, DeferredQueue, gatherResults, succeed
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -21,8 +21,8 @@ from ccserver.errors import ConfigError, StoreUnavailable
 from ccserver.model import TokenRecord
 from ccserver.stores.codec import TOKENS
 from ccserver.stores.redis import LAYOUT_VERSION, TOKEN_BATCH, RedisStore
-from ccserver.stores.redisprotocol import RedisFactory
-from tests.servers import redis_server
+from ccserver.stores.redisprotocol import RedisFactory, RedisProtocol, _own_connection
+from ccserver.testing.servers import redis_server
 from tests.test_codec import (
     LEGACY_CLIENT,
     LEGACY_CLIENT_JSON,
@@ -162,8 +162,7 @@ class LayoutTests(TestCase):
         A client record is plain JSON: other tools can read it.
         """
         await self.store.add_client(make_client())
-        text = await self.store._call("get", "ccserver:client:client-1")
-        record = json.loads(text)
+        record = json.loads(self.server.query("GET", "ccserver:client:client-1"))
         self.assertEqual(record["client_id"], "client-1")
         self.assertEqual(record["metadata"]["scope"], "read write")
 
@@ -196,13 +195,14 @@ class LayoutTests(TestCase):
         await self.store.add_key(LEGACY_KEY)
         await self.store.add_key(RETIRED_KEY)
         await self.store.add_token(token)
-        self.assertEqual(await self.store._call("get", client_key), current_json(LEGACY_CLIENT_JSON))
+        self.assertEqual(self.server.query("GET", client_key), current_json(LEGACY_CLIENT_JSON))
+        fields = self.server.query("HGETALL", "ccserver:keys")
         self.assertEqual(
-            await self.store._call("hgetall", "ccserver:keys"),
+            dict(zip(fields[::2], fields[1::2], strict=True)),
             {LEGACY_KEY.kid: LEGACY_KEY_JSON, RETIRED_KEY.kid: RETIRED_KEY_JSON},
         )
         self.assertEqual(
-            await self.store._call("get", token_key),
+            self.server.query("GET", token_key),
             current_json(LEGACY_TOKEN_JSON).replace(
                 '"expires_at":1700003600', f'"expires_at":{expires_at}'
             ),
@@ -236,11 +236,14 @@ class TokenBatchTests(TestCase):
         self.addCleanup(self.store.close)
         await self.store.open()
 
-    async def raw(self, *command: str) -> Any:
-        return await self.store._call("execute_command", *command)
+    def raw(self, *command: str) -> Any:
+        """
+        One command's answer, from the server itself (the store's database).
+        """
+        return self.server.query(*command, db=3)
 
-    async def script_calls(self) -> int:
-        return script_calls(await self.store._call("execute_command", "INFO", "commandstats"))
+    def script_calls(self) -> int:
+        return script_calls(self.raw("INFO", "commandstats"))
 
     async def add_together(self, tokens: list[TokenRecord]) -> None:
         """
@@ -262,23 +265,24 @@ class TokenBatchTests(TestCase):
         mine = [make_token(f"{i:064x}", now + 600 + i) for i in range(1, 4)]
         theirs = [make_token(f"{i:064x}", now + 300, client_id="client-2") for i in range(4, 6)]
         mixed = [mine[0], theirs[0], mine[1], theirs[1], mine[2]]
-        await self.raw("CONFIG", "RESETSTAT")
+        self.raw("CONFIG", "RESETSTAT")
         await self.add_together(mixed)
         # the first token's call, then one for all five
-        self.assertEqual(await self.script_calls(), 2)
+        self.assertEqual(self.script_calls(), 2)
         for token in mixed:
             key = f"ccserver:token:{token.token_digest}"
-            self.assertEqual(await self.store._call("get", key), TOKENS.to_json(token))
-            self.assertEqual(int(await self.raw("EXPIRETIME", key)), token.expires_at)
+            self.assertEqual(self.raw("GET", key), TOKENS.to_json(token))
+            self.assertEqual(int(self.raw("EXPIRETIME", key)), token.expires_at)
             self.assertEqual(await self.store.get_token(token.token_digest), token)
         for client_id, own in (("client-1", mine), ("client-2", theirs)):
             key = f"ccserver:client_tokens:{client_id}"
-            members = await self.store._call("zrange", key, 0, -1, withscores=True)
+            members = self.raw("ZRANGE", key, "0", "-1", "WITHSCORES")
             self.assertEqual(
-                [(digest, int(float(score))) for digest, score in members],
+                [(digest, int(float(score)))
+                 for digest, score in zip(members[::2], members[1::2], strict=True)],
                 [(t.token_digest, t.expires_at) for t in own],
             )
-            self.assertEqual(int(await self.raw("EXPIRETIME", key)), own[-1].expires_at)
+            self.assertEqual(int(self.raw("EXPIRETIME", key)), own[-1].expires_at)
 
     async def test_trimmed_per_client(self) -> None:
         """
@@ -294,7 +298,7 @@ class TokenBatchTests(TestCase):
         # the live ones first, or the sets would expire with the old ones
         for token in (later_1, later_2, old_1, old_2):
             await self.store.add_token(token)
-        self.assertEqual(int(await self.raw("ZCARD", "ccserver:client_tokens:client-2")), 2)
+        self.assertEqual(int(self.raw("ZCARD", "ccserver:client_tokens:client-2")), 2)
         batch = [
             # client-1's earliest token of the batch was issued before
             # old_1 expired: old_1 stays
@@ -307,15 +311,15 @@ class TokenBatchTests(TestCase):
 
         async def digests(client_id: str) -> list[str]:
             key = f"ccserver:client_tokens:{client_id}"
-            return list(await self.store._call("zrange", key, 0, -1))
+            return list(self.raw("ZRANGE", key, "0", "-1"))
 
         self.assertEqual(await digests("client-1"), ["a" * 64, "d" * 64, "e" * 64, "c" * 64])
         self.assertEqual(await digests("client-2"), ["9" * 64, "f" * 64])
         self.assertEqual(
-            int(await self.raw("EXPIRETIME", "ccserver:client_tokens:client-1")), now + 5000
+            int(self.raw("EXPIRETIME", "ccserver:client_tokens:client-1")), now + 5000
         )
         self.assertEqual(
-            int(await self.raw("EXPIRETIME", "ccserver:client_tokens:client-2")), now + 300
+            int(self.raw("EXPIRETIME", "ccserver:client_tokens:client-2")), now + 300
         )
         # and deleting a client deletes its tokens of the batch, only its own
         await self.store.delete_client("client-1", now + 1, now + 3600)
@@ -332,13 +336,13 @@ class TokenBatchTests(TestCase):
             make_token(f"{i:064x}", now + 600, client_id=f"client-{i % 3}")
             for i in range(1, TOKEN_BATCH + 11)
         ]
-        await self.raw("CONFIG", "RESETSTAT")
+        self.raw("CONFIG", "RESETSTAT")
         await self.add_together(tokens)
-        self.assertEqual(await self.script_calls(), 3)
+        self.assertEqual(self.script_calls(), 3)
         for token in tokens:
             self.assertEqual(await self.store.get_token(token.token_digest), token)
         own = [t for t in tokens if t.client_id == "client-0"]
-        self.assertEqual(int(await self.raw("ZCARD", "ccserver:client_tokens:client-0")), len(own))
+        self.assertEqual(int(self.raw("ZCARD", "ccserver:client_tokens:client-0")), len(own))
 
 
 class FakeConnection:
@@ -530,3 +534,74 @@ class VersionTests(SynchronousTestCase):
         info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n"
         self.assertEqual(_redis_version(info), (7, 0))
         self.assertEqual(_redis_version("# Server\r\n"), (0,))
+
+
+class _Answering:
+    """
+    A connection of the pool, as txredisapi's handler calls a protocol
+    method on it: L{own} answers when the test says, L{shared} at once.
+    """
+
+    def __init__(self) -> None:
+        self.answer: Deferred[str] = Deferred()
+
+    @_own_connection
+    def own(self) -> Deferred[str]:
+        return self.answer
+
+    def shared(self) -> Deferred[str]:
+        return succeed("shared")
+
+
+class _Factory:
+    """
+    A txredisapi factory, as its L{txredisapi.ConnectionHandler} uses it:
+    which connections it is asked for (C{peek}: shared, else taken off
+    the queue), and what is put back.
+    """
+
+    protocol = _Answering
+
+    def __init__(self) -> None:
+        self.deferred: Deferred[None] = Deferred()
+        self.connection = _Answering()
+        self.peeks: list[bool] = []
+        self.connectionQueue = DeferredQueue[Any]()
+
+    def getConnection(self, peek: bool = False) -> Deferred[Any]:
+        self.peeks.append(peek)
+        return succeed(self.connection)
+
+
+class OwnConnectionTests(SynchronousTestCase):
+    """
+    The one private API of txredisapi the Redis store relies on: a
+    protocol method marked by L{_own_connection} gets a connection of its
+    own from txredisapi's L{txredisapi.ConnectionHandler}, given back once
+    it has answered (L{RedisProtocol.replicated}: a write and its C{WAIT}
+    with nothing in between).  These fail if txredisapi changes it.
+    """
+
+    def test_own_connection_until_answered(self) -> None:
+        factory = _Factory()
+        handler = txredisapi.ConnectionHandler(factory)
+        answered = handler.own()
+        self.assertEqual(factory.peeks, [False])
+        self.assertEqual(factory.connectionQueue.pending, [])
+        factory.connection.answer.callback("done")
+        self.assertEqual(self.successResultOf(answered), "done")
+        self.assertEqual(factory.connectionQueue.pending, [factory.connection])
+
+    def test_other_commands_share(self) -> None:
+        factory = _Factory()
+        handler = txredisapi.ConnectionHandler(factory)
+        self.assertEqual(self.successResultOf(handler.shared()), "shared")
+        self.assertEqual(factory.peeks, [True])
+        self.assertEqual(factory.connectionQueue.pending, [])
+
+    def test_replicated_is_marked(self) -> None:
+        factory = _Factory()
+        factory.protocol = RedisProtocol  # type: ignore[assignment]
+        factory.getConnection = lambda peek=False: factory.peeks.append(peek) or Deferred()  # type: ignore[method-assign]
+        txredisapi.ConnectionHandler(factory).replicated("set", "k", "v", replicas=1, timeout=1)
+        self.assertEqual(factory.peeks, [False])

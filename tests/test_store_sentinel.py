@@ -31,11 +31,11 @@ from ccserver.stores import check_url
 from ccserver.stores.redis import RedisStore, client_key
 from ccserver.stores.sentinel import ASK_AGAIN, NoPrimary, SentinelEndpoint, Sentinels
 from ccserver.stores.urls import redis_address
+from ccserver.testing.polling import eventually, wait_until
+from ccserver.testing.servers import RedisSentinelGroup, RedisServer, redis_sentinel_group
 from tests.process import DEADLINE
-from tests.servers import RedisSentinelGroup, RedisServer, redis_sentinel_group
 from tests.test_store_contract import (
     TIMEOUT,
-    eventually,
     make_client,
     make_initial_access_token,
     make_token,
@@ -305,7 +305,12 @@ class SentinelFailoverTests(TestCase):
         await gatherResults([store.add_client(make_client(f"before-{i}")) for i in range(20)])
         old = self.group.primary
         old.kill()
-        await eventually(lambda: store.add_client(make_client("after")), within=DEADLINE)
+        await eventually(
+            lambda: store.add_client(make_client("after")).addCallback(lambda _: True),
+            reactor,
+            what="a write accepted",
+            tolerate=(StoreUnavailable,),
+        )
         new = self.group.wait_for_failover(old)
         for client_id in ["after", *(f"before-{i}" for i in range(20))]:
             self.assertEqual(await store.get_client(client_id), make_client(client_id))
@@ -329,10 +334,11 @@ class SentinelFailoverTests(TestCase):
         # promotes one at once: which one has it is not the point here
         # (docs/failover.md says what this guarantees).
         replicas = [server for server in self.group.servers if server is not old]
-        deadline = time.monotonic() + DEADLINE
-        while not all(self.stored_on(replica, "before") for replica in replicas):
-            self.assertLess(time.monotonic(), deadline, "the write on every replica")
-            await deferLater(reactor, 0.01, lambda: None)
+        await eventually(
+            lambda: all(self.stored_on(replica, "before") for replica in replicas),
+            reactor,
+            what="the write on every replica",
+        )
         self.assertEqual(
             self.group.sentinels[0].query("SENTINEL", "FAILOVER", self.group.service), "OK"
         )
@@ -344,10 +350,7 @@ class SentinelFailoverTests(TestCase):
             peers = {c.transport.getPeer().port for c in pool.pool}
             return len(pool.pool) > 0 and peers == {new.port}
 
-        deadline = time.monotonic() + DEADLINE
-        while not moved():
-            self.assertLess(time.monotonic(), deadline, "connections moved to the new primary")
-            await deferLater(reactor, 0.02, lambda: None)
+        await eventually(moved, reactor, what="connections moved to the new primary")
         await store.add_client(make_client("after"))
         self.assertTrue(self.stored_on(new, "after"))
         self.assertTrue(self.stored_on(new, "before"))
@@ -457,12 +460,11 @@ class WaitTests(TestCase):
             self.addCleanup(server.remove)
         self.primary.start()
         self.replica.start()
-        deadline = time.monotonic() + DEADLINE
-        while "master_link_status:up" not in self.replica.query(
-            "INFO", "replication"
-        ) or "state=online" not in self.primary.query("INFO", "replication"):
-            self.assertLess(time.monotonic(), deadline, "the replica in sync")
-            time.sleep(0.02)
+        wait_until(
+            lambda: "master_link_status:up" in self.replica.query("INFO", "replication")
+            and "state=online" in self.primary.query("INFO", "replication"),
+            what="the replica in sync",
+        )
         # A replica's first acknowledgement after its sync can take up to a
         # second (its periodic REPLCONF ACK); the waits measured here start
         # once it has given one.

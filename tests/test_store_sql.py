@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -18,20 +17,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, gatherResults
+from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ccserver.errors import ConfigError, StoreUnavailable
-from ccserver.stores.sql import (
-    Migration,
-    SQLStore,
-    load_migrations,
-    mask_password,
-    split_statements,
-    url_secrets,
-)
-from tests.servers import postgres_server
+from ccserver.stores.guard import mask_password, url_secrets
+from ccserver.stores.sql import SQLStore
+from ccserver.stores.sqlmigrations import Migration, load_migrations, split_statements
+from ccserver.stores.sqlpool import ConnectionPool, PooledConnection, held_connection
+from ccserver.stores.urls import sqlite_path
+from ccserver.testing.servers import postgres_server
+from tests.process import REPO, run_python
 from tests.test_codec import (
     LEGACY_CLIENT,
     LEGACY_CLIENT_ROW,
@@ -48,8 +47,6 @@ if TYPE_CHECKING:
     _TestCase = TestCase
 else:
     _TestCase = object
-
-REPO = Path(__file__).resolve().parent.parent
 
 #: The schema version of this ccserver, and the one of the test migration
 #: that goes beyond it.
@@ -132,9 +129,9 @@ class URLTests(SynchronousTestCase):
     def test_sqlite_urls(self) -> None:
         relative = SQLStore.from_url("sqlite:///data/ccserver.db", reactor, timeout=1)
         self.assertEqual(relative.url, "sqlite:///data/ccserver.db")
-        self.assertEqual(relative._connect_args, ("data/ccserver.db",))
+        self.assertEqual(sqlite_path(relative.url), Path("data/ccserver.db"))
         absolute = SQLStore.from_url("sqlite:////var/lib/cc.db", reactor, timeout=1)
-        self.assertEqual(absolute._connect_args, ("/var/lib/cc.db",))
+        self.assertEqual(sqlite_path(absolute.url), Path("/var/lib/cc.db"))
 
     def test_other_scheme(self) -> None:
         with self.assertRaises(ConfigError):
@@ -479,30 +476,25 @@ class SQLiteTests(TestCase):
         )
         self.assertEqual(synchronous, 2)
 
+    @pytest.mark.process
     def test_survives_sigkill(self) -> None:
         """
         Clients registered by a process that is then SIGKILLed are there
         when the file is opened again.
         """
         count = 20
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
-        result = subprocess.run(
-            [sys.executable, "-c", KILLED_WRITER, self.url, str(count)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            timeout=60,
-            check=False,
+        result = run_python(
+            "-c", KILLED_WRITER, self.url, str(count), cwd=REPO, pythonpath=sys.path
         )
-        self.assertEqual(result.returncode, -signal.SIGKILL, result.stderr.decode())
-        self.assertEqual(result.stdout, b"registered\n")
+        self.assertEqual(result.returncode, -signal.SIGKILL, result.stderr)
+        self.assertEqual(result.stdout, "registered\n")
         # read with sqlite3 itself, not the store: the WAL is replayed
         connection = sqlite3.connect(self.path)
         self.addCleanup(connection.close)
         ids = {row[0] for row in connection.execute("SELECT client_id FROM clients")}
         self.assertEqual(ids, {f"client-{i}" for i in range(count)})
 
+    @pytest.mark.process
     async def test_reopened_after_sigkill(self) -> None:
         self.test_survives_sigkill()
         store = await self.open()
@@ -622,3 +614,82 @@ class PostgreSQLRestartTests(TestCase):
         token = make_token("f" * 64)
         await store.add_token(token)
         self.assertEqual(await store.get_token(token.token_digest), token)
+
+
+class _Dialect:
+    """
+    A database as the pool sees one (L{ccserver.stores.sqlpool.PoolDialect}):
+    SQLite, whose connections the test declares dead at will.
+    """
+
+    module = "sqlite3"
+    unavailable_errors = (sqlite3.ProgrammingError,)
+
+    def __init__(self) -> None:
+        self.dead: set[int] = set()
+
+    def is_stale(self, connection: Any) -> bool:
+        return id(connection) in self.dead
+
+
+class AdbapiAdapterTests(SynchronousTestCase):
+    """
+    What L{ccserver.stores.sqlpool} takes of adbapi: the private state its
+    one adapter reads (L{held_connection}), and the public calls it relies
+    on (a transaction's wrapper gets its connection from C{connect()}, and
+    rolls back through C{rollback()}).  These fail if adbapi changes under
+    them.  The pool is never started: everything runs in this thread.
+    """
+
+    def setUp(self) -> None:
+        self.dialect = _Dialect()
+        self.pool = ConnectionPool(
+            self.dialect, ":memory:", cp_reactor=MemoryReactor(), check_same_thread=False
+        )
+        self.addCleanup(self.pool.finalClose)
+
+    def test_held_connection(self) -> None:
+        """
+        The thread's connection is what adbapi holds for it by its thread
+        id, and nothing once it is disconnected.
+        """
+        self.assertIsNone(held_connection(self.pool))
+        connection = self.pool.connect()
+        self.assertIsInstance(connection, sqlite3.Connection)
+        self.assertIs(held_connection(self.pool), connection)
+        self.assertIs(self.pool.connect(), connection)
+        self.pool.disconnect(connection)
+        self.assertIsNone(held_connection(self.pool))
+        # and once more is no complaint ("wrong connection for thread")
+        self.pool.disconnect(connection)
+
+    def test_transaction_wrapper(self) -> None:
+        """
+        adbapi makes a transaction's wrapper with the pool's
+        C{connectionFactory}, which takes its connection from C{connect()}:
+        a connection found dead is replaced there, before the transaction.
+        """
+        first = self.pool.connect()
+        wrapper = self.pool.connectionFactory(self.pool)
+        self.assertIsInstance(wrapper, PooledConnection)
+        self.assertEqual(wrapper.execute("SELECT 1").fetchone(), (1,))
+        self.assertIs(held_connection(self.pool), first)
+        self.dialect.dead.add(id(first))
+        self.pool.connectionFactory(self.pool)
+        second = held_connection(self.pool)
+        self.assertIsNot(second, first)
+        with self.assertRaises(sqlite3.ProgrammingError):
+            first.execute("SELECT 1")  # closed by the pool
+
+    def test_failed_rollback_drops_the_connection(self) -> None:
+        """
+        A rollback on a connection that is gone drops it quietly (no
+        "Rollback failed" traceback, no error), and the next transaction
+        connects anew.
+        """
+        wrapper = self.pool.connectionFactory(self.pool)
+        connection = held_connection(self.pool)
+        connection.close()  # gone under the pool
+        wrapper.rollback()
+        self.assertIsNone(held_connection(self.pool))
+        self.assertEqual(self.pool.connectionFactory(self.pool).execute("SELECT 2").fetchone(), (2,))

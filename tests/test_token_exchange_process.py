@@ -1,7 +1,7 @@
 """
 Token exchange (RFC 8693) end to end: a real C{twist ccserver} over every
 store (memory, SQLite, PostgreSQL, Redis: real servers from
-L{tests.servers}), driven by real OAuth client libraries at their defaults
+L{ccserver.testing.servers}), driven by real OAuth client libraries at their defaults
 (requests-oauth2client's C{token_exchange}, Authlib's C{fetch_token}).
 
 The chain A -> B -> C with real tokens: A gets a token for B's API; B
@@ -34,8 +34,10 @@ from requests_oauth2client import (
 )
 
 from ccserver.model import ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE, TOKEN_EXCHANGE
-from tests import servers
+from ccserver.testing import servers
 from tests.process import CCServerProcess, wait_until
+
+pytestmark = pytest.mark.process
 
 A_API = "https://a.example/api"
 B_API = "https://b.example/api"

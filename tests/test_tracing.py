@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -397,6 +398,7 @@ class TracingConfigTests(SynchronousTestCase):
                 self.load(f"[tracing]\n{text}\n")
             self.assertTrue(str(caught.exception).startswith(key + ": "), caught.exception)
 
+    @pytest.mark.process
     def test_without_the_packages(self) -> None:
         """
         Tracing on without the OpenTelemetry packages: one line that says

@@ -26,6 +26,8 @@ from attrs import define
 from tests.process import REPO, CCServerProcess, free_port, wait_until
 from tests.test_webhook import HANG, WEBHOOK_TOKEN
 
+pytestmark = pytest.mark.process
+
 # End to end: a real ccserver process and a real HTTP service.
 
 #: The handler timeout in the end-to-end configuration, in seconds.

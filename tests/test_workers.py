@@ -14,8 +14,10 @@ import time
 import unittest
 from pathlib import Path
 
+import pytest
 import requests
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 
 from ccserver.errors import ConfigError
@@ -27,9 +29,9 @@ class ListenAddressTests(unittest.TestCase):
     """
     L{listen_address} reads the documented C{tcp:}/C{tcp6:} syntax itself,
     as Twisted has no public way to read an endpoint's address back.  This
-    test compares it with what Twisted makes of the same strings, through
-    the endpoints' private attributes: it fails if Twisted changes its
-    syntax or defaults under the parser.
+    test compares it with what Twisted makes of the same strings, as a
+    L{MemoryReactor} records the listening it is asked for: it fails if
+    Twisted changes its syntax or defaults under the parser.
     """
 
     DESCRIPTIONS = [
@@ -44,11 +46,13 @@ class ListenAddressTests(unittest.TestCase):
 
     def test_same_as_twisted(self) -> None:
         for description in self.DESCRIPTIONS:
-            endpoint = serverFromString(MemoryReactor(), description)
+            reactor = MemoryReactor()
+            serverFromString(reactor, description).listen(Factory())
+            [(port, _, backlog, interface)] = reactor.tcpServers
             address = listen_address(description)
             self.assertEqual(
                 (address.host, address.port, address.backlog),
-                (endpoint._interface, endpoint._port, endpoint._backlog),  # type: ignore[attr-defined]
+                (interface, port, backlog),
                 description,
             )
             self.assertEqual(address.family == socket.AF_INET6, description.startswith("tcp6"))
@@ -138,6 +142,7 @@ def running(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.process
 class WorkersTests(unittest.TestCase):
     def setUp(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="ccserver-workers-"))

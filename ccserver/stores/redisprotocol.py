@@ -39,14 +39,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _own_connection(method: F) -> F:
     """
-    Mark a protocol method as txredisapi's private decorator marks its
-    "blocking" commands: its L{txredisapi.ConnectionHandler} gives it a
-    connection to itself (off the pool's queue until it answers), so that
-    the other commands do not queue behind it.
+    Mark a protocol method as txredisapi marks its "blocking" commands
+    (C{BLPOP}, C{MULTI}): its L{txredisapi.ConnectionHandler} then gives it
+    a connection to itself, off the pool's queue until it answers, so that
+    the other commands do not queue behind it (nor run between a write and
+    its C{WAIT}).
+
+    The adapter to a private API of txredisapi (1.4), the Redis store's
+    one reach (docs/architecture.md, "Private APIs"): the mark is what txredisapi's private
+    C{_blocking_command} decorator sets, used here as it is, so the mark
+    stays whatever txredisapi calls it.  tests/test_store_redis.py
+    (C{OwnConnectionTests}) fails if its handler stops honouring it.
     """
-    method._blocking = True  # type: ignore[attr-defined]
-    method._release_on_callback = True  # type: ignore[attr-defined]
-    return method
+    marked: F = txredisapi._blocking_command(release_on_callback=True)(method)
+    return marked
 
 
 class RedisProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]

@@ -2,11 +2,16 @@
 The SQL stores: SQLite (embedded, the default) and PostgreSQL (shared by
 several instances), with one body of SQL over L{twisted.enterprise.adbapi}.
 
-The two differ only in what L{_Dialect} holds: the DB-API module, the
-placeholder (C{?} for sqlite3, C{%s} for psycopg; statements here are written
-with C{?} and translated in L{_Dialect.translate}), the statement that starts a
-write, the migration lock, and which driver exceptions mean "the database
-cannot be reached".
+The store is L{SQLStore}, here; its parts are modules of their own:
+
+  - L{ccserver.stores.sqldialects}: what differs between the two
+    databases (a L{Dialect}), and what a store URL says to connect;
+  - L{ccserver.stores.sqlstatements}: the SQL, written once for both;
+  - L{ccserver.stores.sqlmigrations}: the schema's versions, and bringing
+    a database up to date;
+  - L{ccserver.stores.sqlpool}: adbapi's pool, which notices a dead
+    connection before a transaction uses it;
+  - L{ccserver.stores.writer}: the token writer's connection and thread.
 
 Durability and concurrency:
 
@@ -71,39 +76,24 @@ operation can wait on a primary that vanished without closing its
 connections (a host that went away): libpq gives up within the store's
 timeout, and the pool's thread is free again.
 
-Schema: versioned migration files in C{ccserver/stores/schema/}
-(C{NNNN_name.sql}), applied in order by L{SQLStore.open}, each in its own
-transaction with its row in C{schema_version}.  Opening a database that is
-up to date takes no lock; otherwise each step holds a lock (PostgreSQL: an
-advisory lock in the transaction; SQLite: C{BEGIN IMMEDIATE}) and re-reads
-the version under it, so two processes opening at once never both apply a
-migration.
+Schema: versioned migration files, applied in order by L{SQLStore.open}
+(L{ccserver.stores.sqlmigrations}).
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-import re
-import select
-import sqlite3
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from functools import partial
-from importlib import resources
-from importlib.resources.abc import Traversable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
 
-from attrs import frozen
-from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ccserver.errors import BindingTaken, ClientExists, ConfigError, StoreUnavailable
+from ccserver.errors import BindingTaken, ClientExists, StoreUnavailable
 from ccserver.interfaces import IStore
 from ccserver.model import (
     AttemptKeys,
@@ -118,18 +108,17 @@ from ccserver.model import (
 )
 from ccserver.stores import buckets
 from ccserver.stores.buckets import Bucket
-from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS, Codec
+from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
-from ccserver.stores.urls import sqlite_path
+from ccserver.stores.sqldialects import Connecting, connection_for
+from ccserver.stores.sqlmigrations import MIGRATION_TIMEOUT, Migration, Schema, load_migrations
+from ccserver.stores.sqlpool import ConnectionPool
+from ccserver.stores.sqlstatements import key_last, statements, upsert_many
 from ccserver.stores.writer import ConnectionThread
 
 T = TypeVar("T")
 
-#: How long one migration step may take (waiting for another process'
-#: migration included): far longer than an operation, since rewriting a
-#: large table is slow, but not forever.
-MIGRATION_TIMEOUT = 600.0
 
 #: How long a batch of opaque tokens may wait to fill under load
 #: (L{GroupCommit}'s C{hold}): each commit is a round trip and a sync (which
@@ -142,360 +131,6 @@ TOKEN_HOLD = 0.004
 TOKEN_BATCH = 100
 #: Expired rows a purge deletes a transaction (L{SQLStore.purge_expired}).
 PURGE_BATCH = 10_000
-
-#: The key of PostgreSQL's advisory lock that serialises migrations ("ccsv").
-MIGRATION_LOCK_KEY = 0x63637376
-
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-
-
-@frozen
-class Migration:
-    """
-    One schema migration file.
-    """
-
-    version: int
-    name: str
-    statements: tuple[str, ...]
-
-
-def split_statements(script: str) -> tuple[str, ...]:
-    """
-    The statements of a migration file: comments dropped, split at every
-    semicolon that ends a line.
-    """
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    statements = re.split(r";\s*$", "\n".join(lines), flags=re.MULTILINE)
-    return tuple(s.strip() for s in statements if s.strip())
-
-
-def load_migrations(folder: Traversable | None = None) -> tuple[Migration, ...]:
-    """
-    The migrations in C{folder} (by default the package's C{schema/}), in
-    order; their versions must run 1, 2, 3, ... without a gap.
-    """
-    if folder is None:
-        folder = resources.files("ccserver.stores") / "schema"
-    found = []
-    for entry in folder.iterdir():
-        match = _MIGRATION_NAME.match(entry.name)
-        if match:
-            found.append(
-                Migration(
-                    int(match.group(1)),
-                    entry.name,
-                    split_statements(entry.read_text(encoding="utf-8")),
-                )
-            )
-    found.sort(key=lambda m: m.version)
-    versions = [m.version for m in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"schema migrations must be numbered 1, 2, 3, ...: {versions}")
-    return tuple(found)
-
-
-def _purge_batch(dialect: str, table: str, key: str) -> str:
-    """
-    A batch of a purge: at most a given number of the rows of C{table}
-    that expired before a given time, the earliest first, found along the
-    expiry index and deleted by their primary key C{key}.
-
-    PostgreSQL is given the batch's keys as an array (one index walk, then
-    one probe of the primary key each): with C{IN (SELECT ...)} it plans a
-    hash join over the whole table, a full scan for every batch.
-    """
-    batch = f"SELECT {key} FROM {table} WHERE expires_at < ? ORDER BY expires_at LIMIT ?"
-    if dialect == "postgresql":
-        return f"DELETE FROM {table} WHERE {key} = ANY(ARRAY({batch}))"
-    return f"DELETE FROM {table} WHERE {key} IN ({batch})"
-
-
-@frozen
-class _Dialect:
-    """
-    What differs between the databases; the SQL itself does not.
-    """
-
-    name: str
-    module: str
-    placeholder: str
-    integrity_errors: tuple[type[BaseException], ...]
-    unavailable_errors: tuple[type[BaseException], ...]
-    #: starts a write transaction, or None where the driver starts one
-    begin_write: str | None
-    #: fires with a row whose first column is true if schema_version exists
-    schema_version_exists: str
-    #: run first in a migration transaction: take the migration lock
-    migration_lock: Callable[[Any, float], None]
-    #: whether a pooled connection is known to be dead before it is used
-    is_stale: Callable[[Any], bool]
-    pool_size: int
-    #: sets up the token writer's connection (L{SQLStore._add_tokens})
-    prepare_token_connection: Callable[[Any], None]
-    #: runs a batch of tokens' statement on that connection: one statement
-    #: in autocommit, its own transaction
-    write_tokens: Callable[[Any, str, tuple[Any, ...], float], None]
-
-    def translate(self, statement: str) -> str:
-        """
-        The statement with this driver's placeholder: the one place where
-        paramstyle is handled.
-        """
-        if self.placeholder == "?":
-            return statement
-        return statement.replace("?", self.placeholder)
-
-
-def _sqlite_migration_lock(cursor: Any, timeout: float) -> None:
-    # Another process may be migrating the same file: wait for it as long
-    # as a migration may take, not only as long as an operation.
-    cursor.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-    cursor.execute("BEGIN IMMEDIATE")
-
-
-def _postgresql_migration_lock(cursor: Any, timeout: float) -> None:
-    cursor.execute(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
-    cursor.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-
-
-def _sqlite_token_connection(connection: Any) -> None:
-    # the writer polls for the lock itself (L{_sqlite_write_tokens})
-    connection.execute("PRAGMA busy_timeout = 0")
-
-
-def _sqlite_write_tokens(connection: Any, statement: str, params: tuple[Any, ...], timeout: float) -> None:
-    """
-    Run the batch's statement in autocommit, trying again every
-    L{WRITE_LOCK_POLL} seconds for up to C{timeout} while another process
-    (or this one's other connection) holds the write lock.
-
-    SQLite's own busy handler backs off to sleeps of up to a tenth of a
-    second: with two workers writing token batches of a few milliseconds
-    each, a batch that found the lock taken once slept far longer than the
-    other's commit, and opaque tokens' latency suffered (bench/README.md,
-    "Measurements behind design choices").  Polling here (in the writer's
-    thread, never the reactor's) takes the lock within a tenth of a
-    millisecond of its release.
-    """
-    _while_locked(partial(connection.execute, statement, params), timeout, WRITE_LOCK_POLL)
-
-
-def _while_locked(attempt: Callable[[], T], timeout: float, pause: float) -> T:
-    """
-    C{attempt()}, tried again every C{pause} seconds for up to C{timeout}
-    while SQLite answers "database is locked" at once (without waiting in
-    its busy handler).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return attempt()
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-        time.sleep(pause)
-
-
-def _postgresql_token_connection(connection: Any) -> None:
-    connection.autocommit = True
-
-
-def _postgresql_write_tokens(
-    connection: Any, statement: str, params: tuple[Any, ...], timeout: float
-) -> None:
-    # in autocommit: one round trip, where BEGIN, INSERT and COMMIT were three
-    connection.execute(statement, params)
-
-
-def _never_stale(connection: Any) -> bool:
-    return False
-
-
-def _socket_stale(connection: Any) -> bool:
-    """
-    Whether an idle psycopg connection is not to be used: closed, its
-    socket readable (an idle connection is sent nothing, unless the server
-    is closing it, as at a restart, or reports a changed setting), or the
-    server said it is read-only (L{_read_only}).  Checking costs a poll(),
-    no round trip.
-    """
-    import psycopg
-
-    if connection.closed:
-        return True
-    try:
-        poller = select.poll()
-        poller.register(connection.fileno(), select.POLLIN | select.POLLERR | select.POLLHUP)
-        return bool(poller.poll(0)) or _read_only(connection)
-    except (OSError, ValueError, psycopg.Error):
-        return True
-
-
-def _read_only(connection: Any) -> bool:
-    """
-    Whether the server said that this session cannot write: a hot standby
-    (C{in_hot_standby}), or fenced with C{default_transaction_read_only}.
-    PostgreSQL 14 and later report both to the client as they change, so
-    this asks nothing.
-    """
-    status = connection.info.parameter_status
-    return bool(status("in_hot_standby") == "on" or status("default_transaction_read_only") == "on")
-
-
-def _sqlite_dialect() -> _Dialect:
-    return _Dialect(
-        name="sqlite",
-        module="sqlite3",
-        placeholder="?",
-        integrity_errors=(sqlite3.IntegrityError,),
-        unavailable_errors=(
-            sqlite3.OperationalError,
-            sqlite3.InterfaceError,
-            adbapi.ConnectionLost,
-        ),
-        begin_write="BEGIN IMMEDIATE",
-        schema_version_exists=(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-        ),
-        migration_lock=_sqlite_migration_lock,
-        is_stale=_never_stale,
-        # One connection: see the module's docstring.
-        pool_size=1,
-        prepare_token_connection=_sqlite_token_connection,
-        write_tokens=_sqlite_write_tokens,
-    )
-
-
-def _postgresql_dialect() -> _Dialect:
-    try:
-        import psycopg
-    except ImportError as e:
-        raise ConfigError(
-            "[store] url: postgresql:// needs psycopg 3: pip install 'ccserver[postgresql]'"
-        ) from e
-    return _Dialect(
-        name="postgresql",
-        module="psycopg",
-        placeholder="%s",
-        integrity_errors=(psycopg.IntegrityError,),
-        unavailable_errors=(
-            psycopg.OperationalError,
-            psycopg.InterfaceError,
-            # a write on a standby, or on a server turned read-only
-            psycopg.errors.ReadOnlySqlTransaction,
-            adbapi.ConnectionLost,
-        ),
-        begin_write=None,
-        schema_version_exists="SELECT to_regclass('schema_version') IS NOT NULL",
-        migration_lock=_postgresql_migration_lock,
-        is_stale=_socket_stale,
-        pool_size=4,
-        prepare_token_connection=_postgresql_token_connection,
-        write_tokens=_postgresql_write_tokens,
-    )
-
-
-class _Connection(adbapi.Connection):
-    """
-    adbapi's connection wrapper, made to notice a dead connection before it
-    is used, and to drop one quietly when a rollback fails on it.
-
-    adbapi's own C{cp_reconnect} only finds out after a statement has failed
-    on it, and logs a traceback for each; after a database restart every
-    pooled connection would fail one operation that way.
-    """
-
-    _connection: Any
-
-    def __init__(self, pool: _ConnectionPool) -> None:
-        super().__init__(pool)
-        if pool.dialect.is_stale(self._connection):
-            self.reconnect()
-
-    def reconnect(self) -> None:
-        if self._connection is not None:
-            self._pool.disconnect(self._connection)
-            # if connecting anew fails, no later use may meet the old one
-            self._connection = None
-        self._connection = self._pool.connect()
-
-    def rollback(self) -> None:
-        try:
-            self._connection.rollback()
-        except self._pool.dialect.unavailable_errors:
-            # Nothing left to roll back on a dead connection; drop it, and
-            # the next operation on this thread connects anew.
-            self._pool.disconnect(self._connection)
-
-
-class _ConnectionPool(adbapi.ConnectionPool):
-    connectionFactory = _Connection
-
-    def __init__(self, dialect: _Dialect, *args: Any, **kwargs: Any) -> None:
-        self.dialect = dialect
-        super().__init__(dialect.module, *args, **kwargs)
-
-    def disconnect(self, conn: Any) -> None:
-        # the base class complains ("wrong connection for thread") when it
-        # has already forgotten this connection
-        thread = self.threadID()
-        if conn is not None and conn is self.connections.get(thread):
-            super().disconnect(conn)
-
-
-def _columns(codec: Codec[Any]) -> str:
-    return ", ".join(codec.names)
-
-
-def _insert(table: str, codec: Codec[Any]) -> str:
-    """
-    C{INSERT} of a row (L{Codec.to_row}).
-    """
-    placeholders = ", ".join("?" for _ in codec.names)
-    return f"INSERT INTO {table} ({_columns(codec)}) VALUES ({placeholders})"
-
-
-def _upsert(table: str, codec: Codec[Any]) -> str:
-    """
-    C{INSERT} of a row, replacing the one stored with its key (the first
-    column), as L{MemoryStore} does.
-    """
-    key, *rest = codec.names
-    return (
-        _insert(table, codec)
-        + f" ON CONFLICT ({key}) DO UPDATE SET "
-        + ", ".join(f"{name} = excluded.{name}" for name in rest)
-    )
-
-
-def _upsert_many(table: str, codec: Codec[Any], count: int) -> str:
-    """
-    L{_upsert} of C{count} rows in one statement (their values one after
-    the other).  The rows of one batch have distinct keys (random tokens'
-    digests): PostgreSQL refuses to update one row twice in a statement.
-    """
-    key, *rest = codec.names
-    row = "(" + ", ".join("?" for _ in codec.names) + ")"
-    return (
-        f"INSERT INTO {table} ({_columns(codec)}) VALUES "
-        + ", ".join(row for _ in range(count))
-        + f" ON CONFLICT ({key}) DO UPDATE SET "
-        + ", ".join(f"{name} = excluded.{name}" for name in rest)
-    )
-
-
-def _update(table: str, codec: Codec[Any]) -> str:
-    """
-    C{UPDATE} of every column but the key, whose value comes last: the
-    parameters are L{_key_last} of the row.
-    """
-    key, *rest = codec.names
-    return f"UPDATE {table} SET {', '.join(f'{name} = ?' for name in rest)} WHERE {key} = ?"
-
-
-def _key_last(row: Sequence[Any]) -> tuple[Any, ...]:
-    return (*row[1:], row[0])
 
 
 @implementer(IStore)
@@ -512,22 +147,22 @@ class SQLStore:
         self,
         url: str,
         reactor: IReactorCore | IReactorTime | IReactorThreads,
-        dialect: _Dialect,
-        connect_args: tuple[Any, ...],
-        connect_kwargs: Mapping[str, Any],
+        connecting: Connecting,
         *,
         timeout: float,
         migrations: Iterable[Migration] | None = None,
-        open_connection: Callable[[Any], None] | None = None,
     ) -> None:
         self.url = mask_password(url)
         self._reactor = reactor
-        self._dialect = dialect
-        self._connect_args = connect_args
-        self._connect_kwargs = dict(connect_kwargs)
-        self._open_connection = open_connection
+        self._connecting = connecting
+        self._dialect = dialect = connecting.dialect
         self.timeout = timeout
-        self._migrations = tuple(load_migrations() if migrations is None else migrations)
+        self._schema = Schema(
+            dialect,
+            tuple(load_migrations() if migrations is None else migrations),
+            self.url,
+            timeout,
+        )
         self._guard = OperationGuard(
             reactor=cast(IReactorTime, reactor),
             timeout=timeout,
@@ -535,7 +170,7 @@ class SQLStore:
             unavailable=dialect.unavailable_errors,
             secrets=url_secrets(url),
         )
-        self._pool: _ConnectionPool | None = None
+        self._pool: ConnectionPool | None = None
         #: the token writer: its own connection and thread (L{_add_tokens})
         self._token_writer: ConnectionThread[Any] | None = None
         #: the token batches' statements, by batch size
@@ -552,155 +187,7 @@ class SQLStore:
             clock=cast(IReactorTime, reactor),
             hold=TOKEN_HOLD,
         )
-        t = dialect.translate
-        self._sql = {
-            "add_client": t(_insert("clients", CLIENTS)),
-            "get_client": t(f"SELECT {_columns(CLIENTS)} FROM clients WHERE client_id = ?"),
-            "replace_client": t(_update("clients", CLIENTS)),
-            # Keyset paging: an index walk from the cursor, whatever the table's size.
-            "list_clients": t(
-                f"SELECT {_columns(CLIENTS)} FROM clients WHERE client_id > ?"
-                " ORDER BY client_id LIMIT ?"
-            ),
-            "delete_client": t("DELETE FROM clients WHERE client_id = ?"),
-            # a client's bindings to workload identities: their index
-            "bind": t(
-                "INSERT INTO federated_identities (binding_key, conditions_key, client_id)"
-                " VALUES (?, ?, ?)"
-            ),
-            "unbind": t("DELETE FROM federated_identities WHERE client_id = ?"),
-            "clients_bound_to": t(
-                "SELECT client_id FROM federated_identities WHERE binding_key = ?"
-            ),
-            # A mark already there is kept with the later of each time.
-            "revoke_client": t(
-                "INSERT INTO revoked_clients (client_id, issued_before, expires_at)"
-                " VALUES (?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET"
-                " issued_before = CASE WHEN excluded.issued_before > revoked_clients.issued_before"
-                " THEN excluded.issued_before ELSE revoked_clients.issued_before END,"
-                " expires_at = CASE WHEN excluded.expires_at > revoked_clients.expires_at"
-                " THEN excluded.expires_at ELSE revoked_clients.expires_at END"
-            ),
-            "delete_client_tokens": t("DELETE FROM access_tokens WHERE client_id = ?"),
-            "client_revoked_before": t(
-                "SELECT issued_before FROM revoked_clients WHERE client_id = ?"
-            ),
-            "purge_revoked_clients": t("DELETE FROM revoked_clients WHERE expires_at < ?"),
-            "list_keys": t(f"SELECT {_columns(KEYS)} FROM signing_keys ORDER BY created_at, kid"),
-            # One slot more in a counter's window; a window that has ended
-            # starts again at 1 (both SET expressions read the row as it
-            # was).  The row stays locked to the end of the transaction, so
-            # that a reservation over budget can be rolled back unseen.
-            "reserve_attempt": t(
-                "INSERT INTO auth_attempts (attempt_key, attempts, window_ends_ms) VALUES (?, 1, ?)"
-                " ON CONFLICT (attempt_key) DO UPDATE SET"
-                " attempts = CASE WHEN auth_attempts.window_ends_ms <= ? THEN 1"
-                " ELSE auth_attempts.attempts + 1 END,"
-                " window_ends_ms = CASE WHEN auth_attempts.window_ends_ms <= ?"
-                " THEN excluded.window_ends_ms ELSE auth_attempts.window_ends_ms END"
-                " RETURNING attempts, window_ends_ms"
-            ),
-            "is_known": t(
-                "SELECT 1 FROM auth_known_sources WHERE known_key = ? AND known_until_ms > ?"
-            ),
-            # given back only in the window it was taken in
-            "release_attempt": t(
-                "UPDATE auth_attempts SET attempts = attempts - 1"
-                " WHERE attempt_key = ? AND window_ends_ms = ? AND attempts > 0"
-            ),
-            "mark_known": t(
-                "INSERT INTO auth_known_sources (known_key, known_until_ms) VALUES (?, ?)"
-                " ON CONFLICT (known_key) DO UPDATE SET known_until_ms = CASE"
-                " WHEN excluded.known_until_ms > auth_known_sources.known_until_ms"
-                " THEN excluded.known_until_ms ELSE auth_known_sources.known_until_ms END"
-            ),
-            "purge_auth_attempts": t("DELETE FROM auth_attempts WHERE window_ends_ms < ?"),
-            "add_initial_access_token": t(
-                _insert("initial_access_tokens", INITIAL_ACCESS_TOKENS)
-            ),
-            "get_initial_access_token": t(
-                f"SELECT {_columns(INITIAL_ACCESS_TOKENS)} FROM initial_access_tokens"
-                " WHERE token_digest = ?"
-            ),
-            "list_initial_access_tokens": t(
-                f"SELECT {_columns(INITIAL_ACCESS_TOKENS)} FROM initial_access_tokens"
-                " ORDER BY created_at, token_id"
-            ),
-            # the first revocation's time is kept
-            "revoke_initial_access_token": t(
-                "UPDATE initial_access_tokens SET revoked_at = COALESCE(revoked_at, ?)"
-                " WHERE token_id = ?"
-            ),
-            # One use more, only while it may register: the row stays locked
-            # to the end of the transaction, in which the client is added.
-            "use_initial_access_token": t(
-                "UPDATE initial_access_tokens SET uses = uses + 1"
-                " WHERE token_digest = ? AND revoked_at IS NULL AND expires_at > ?"
-                f" AND uses < max_uses RETURNING {_columns(INITIAL_ACCESS_TOKENS)}"
-            ),
-            "purge_initial_access_tokens": t(
-                "DELETE FROM initial_access_tokens WHERE expires_at < ?"
-            ),
-            "purge_known_sources": t("DELETE FROM auth_known_sources WHERE known_until_ms < ?"),
-            # Taken when nobody holds it, its time has ended, or the holder
-            # takes it again: one statement, so one row lock decides.
-            "take_lease": t(
-                "INSERT INTO leases (name, holder, expires_ms) VALUES (?, ?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
-                " expires_ms = excluded.expires_ms"
-                " WHERE leases.expires_ms <= ? OR leases.holder = excluded.holder"
-            ),
-            "end_lease": t("DELETE FROM leases WHERE name = ? AND holder = ?"),
-            # A new bucket is full; an existing one is left as it is, but
-            # its row is locked (PostgreSQL) until the transaction ends, and
-            # returned as it is now.
-            "load_bucket": t(
-                "INSERT INTO token_buckets (bucket_key, tokens, counted_ms, full_ms)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (bucket_key) DO UPDATE SET"
-                " bucket_key = excluded.bucket_key RETURNING tokens, counted_ms"
-            ),
-            "store_bucket": t(
-                "UPDATE token_buckets SET tokens = ?, counted_ms = ?, full_ms = ?"
-                " WHERE bucket_key = ?"
-            ),
-            "purge_buckets": t("DELETE FROM token_buckets WHERE full_ms < ?"),
-            # A kid taken already is replaced, as MemoryStore does.
-            "add_key": t(_upsert("signing_keys", KEYS)),
-            "replace_key": t(_update("signing_keys", KEYS)),
-            "delete_key": t("DELETE FROM signing_keys WHERE kid = ?"),
-            # A digest stored already is replaced, as MemoryStore does.
-            "add_token": t(_upsert("access_tokens", TOKENS)),
-            # A token its client's revocation mark covers is not answered.
-            "get_token": t(
-                f"SELECT {_columns(TOKENS)} FROM access_tokens WHERE token_digest = ?"
-                " AND NOT EXISTS (SELECT 1 FROM revoked_clients"
-                " WHERE revoked_clients.client_id = access_tokens.client_id"
-                " AND access_tokens.issued_at <= revoked_clients.issued_before)"
-            ),
-            "delete_token": t("DELETE FROM access_tokens WHERE token_digest = ?"),
-            # An entry is kept until the later of the two expiries.
-            "revoke_jti": t(
-                "INSERT INTO revoked_jtis (jti, expires_at) VALUES (?, ?)"
-                " ON CONFLICT (jti) DO UPDATE SET expires_at = CASE"
-                " WHEN excluded.expires_at > revoked_jtis.expires_at"
-                " THEN excluded.expires_at ELSE revoked_jtis.expires_at END"
-            ),
-            "is_revoked": t("SELECT 1 FROM revoked_jtis WHERE jti = ?"),
-            # A key recorded already is left as it is: rowcount 0, a replay.
-            "use_once": t(
-                "INSERT INTO used_once (record_key, expires_at) VALUES (?, ?)"
-                " ON CONFLICT (record_key) DO NOTHING"
-            ),
-            "purge_used_once": t("DELETE FROM used_once WHERE expires_at < ?"),
-            "purge_tokens": t(_purge_batch(dialect.name, "access_tokens", "token_digest")),
-            "purge_revoked": t(_purge_batch(dialect.name, "revoked_jtis", "jti")),
-            "create_schema_version": (
-                "CREATE TABLE IF NOT EXISTS schema_version"
-                " (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)"
-            ),
-            "schema_version": "SELECT MAX(version) FROM schema_version",
-            "record_version": t("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)"),
-        }
+        self._sql = statements(dialect)
 
     @classmethod
     def from_url(
@@ -714,60 +201,13 @@ class SQLStore:
         """
         Make (but do not connect) the store of a C{sqlite:///relative.db},
         C{sqlite:////absolute.db} or C{postgresql://user:password@host:port/db}
-        URL.
+        URL (L{connection_for}).
 
         @param timeout: seconds an operation may take before it fails with
             L{StoreUnavailable}.
         @param migrations: the schema migrations, by default the package's.
         """
-        scheme = urlsplit(url).scheme
-        if scheme == "sqlite":
-            path = sqlite_path(url)
-            return cls(
-                url,
-                reactor,
-                _sqlite_dialect(),
-                (str(path),),
-                {
-                    # the busy timeout: how long to wait for another process'
-                    # write lock
-                    "timeout": timeout,
-                    # the only connection is made in the pool's thread and
-                    # closed from the reactor's at shutdown
-                    "check_same_thread": False,
-                    # transactions are begun explicitly (BEGIN IMMEDIATE)
-                    "isolation_level": None,
-                },
-                timeout=timeout,
-                migrations=migrations,
-                open_connection=partial(_prepare_sqlite, busy_seconds=timeout),
-            )
-        if scheme == "postgresql":
-            return cls(
-                url,
-                reactor,
-                _postgresql_dialect(),
-                (url,),
-                {
-                    # libpq counts whole seconds and no fewer than 2
-                    "connect_timeout": max(2, math.ceil(timeout)),
-                    "application_name": "ccserver",
-                    # frees the pool's thread of a statement that waits on a
-                    # lock longer than the caller does
-                    "options": f"-c statement_timeout={max(1, int(timeout * 1000))}",
-                    "keepalives": 1,
-                    "keepalives_idle": 30,
-                    "keepalives_interval": 10,
-                    "keepalives_count": 3,
-                    # a primary gone without closing its connections (its
-                    # host died): what was sent and not acknowledged fails
-                    # the connection within the timeout
-                    "tcp_user_timeout": max(1, int(timeout * 1000)),
-                },
-                timeout=timeout,
-                migrations=migrations,
-            )
-        raise ConfigError(f"[store] url: {mask_password(url)!r} is not an SQL store's URL")
+        return cls(url, reactor, connection_for(url, timeout), timeout=timeout, migrations=migrations)
 
     def __repr__(self) -> str:
         return f"<SQLStore {self.url}>"
@@ -779,7 +219,7 @@ class SQLStore:
         Start the connection pool and bring the schema up to date.
         """
         if self._pool is None:
-            kwargs: dict[str, Any] = dict(self._connect_kwargs)
+            kwargs: dict[str, Any] = dict(self._connecting.kwargs)
             kwargs.update(
                 cp_min=1,
                 cp_max=self._dialect.pool_size,
@@ -788,9 +228,9 @@ class SQLStore:
                 cp_reactor=self._reactor,
                 cp_name=f"ccserver-store-{self._dialect.name}",
             )
-            if self._open_connection is not None:
-                kwargs["cp_openfun"] = self._open_connection
-            self._pool = _ConnectionPool(self._dialect, *self._connect_args, **kwargs)
+            if self._connecting.open_connection is not None:
+                kwargs["cp_openfun"] = self._connecting.open_connection
+            self._pool = ConnectionPool(self._dialect, *self._connecting.args, **kwargs)
             self._token_writer = ConnectionThread(
                 cast(IReactorThreads, self._reactor),
                 self._connect_token_writer,
@@ -801,13 +241,13 @@ class SQLStore:
         return Deferred.fromCoroutine(self._migrate())
 
     async def _migrate(self) -> None:
-        latest = self._migrations[-1].version if self._migrations else 0
+        schema = self._schema
         # The common case, a database up to date, takes no lock.
-        current = await self._guard(self._run(self._read_version))
-        self._check_version(current, latest)
-        while current < latest:
+        current = await self._guard(self._run(schema.read_version))
+        schema.check(current)
+        while current < schema.latest:
             applied = await self._guard(
-                self._run(self._migration_step), timeout=max(self.timeout, MIGRATION_TIMEOUT)
+                self._run(schema.step), timeout=max(self.timeout, MIGRATION_TIMEOUT)
             )
             if applied is None:
                 # another process has just applied the rest
@@ -823,57 +263,17 @@ class SQLStore:
         then as the dialect sets up a token writer's.
         """
         connection = importlib.import_module(self._dialect.module).connect(
-            *self._connect_args, **self._connect_kwargs
+            *self._connecting.args, **self._connecting.kwargs
         )
         try:
-            if self._open_connection is not None:
-                self._open_connection(connection)
+            if self._connecting.open_connection is not None:
+                self._connecting.open_connection(connection)
             self._dialect.prepare_token_connection(connection)
         except BaseException:
             connection.close()
             raise
         return connection
 
-    def _check_version(self, current: int, latest: int) -> None:
-        if current > latest:
-            raise ConfigError(
-                f"[store] url: the database {self.url} has schema version {current}, "
-                f"newer than this ccserver knows ({latest}): upgrade ccserver"
-            )
-
-    def _read_version(self, cursor: Any) -> int:
-        cursor.execute(self._dialect.schema_version_exists)
-        if not cursor.fetchone()[0]:
-            return 0
-        cursor.execute(self._sql["schema_version"])
-        return int(cursor.fetchone()[0] or 0)
-
-    def _migration_step(self, cursor: Any) -> int | None:
-        """
-        Under the migration lock, apply the next migration, if any is
-        missing still; fire with the version now applied, or None.
-        """
-        self._dialect.migration_lock(cursor, max(self.timeout, MIGRATION_TIMEOUT))
-        try:
-            cursor.execute(self._sql["create_schema_version"])
-            cursor.execute(self._sql["schema_version"])
-            current = int(cursor.fetchone()[0] or 0)
-            latest = self._migrations[-1].version if self._migrations else 0
-            self._check_version(current, latest)
-            pending = [m for m in self._migrations if m.version > current]
-            if not pending:
-                return None
-            migration = pending[0]
-            for statement in migration.statements:
-                cursor.execute(statement)
-            cursor.execute(self._sql["record_version"], (migration.version, int(time.time())))
-            return migration.version
-        finally:
-            if self._dialect.name == "sqlite":
-                try:
-                    cursor.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
-                except sqlite3.Error:
-                    pass
 
     def close(self) -> Deferred[None]:
         """
@@ -981,7 +381,7 @@ class SQLStore:
         stores nothing).
         """
         sql = self._sql
-        params = _key_last(CLIENTS.to_row(client))
+        params = key_last(CLIENTS.to_row(client))
 
         def replace(cursor: Any) -> bool:
             cursor.execute(sql["replace_client"], params)
@@ -1039,7 +439,7 @@ class SQLStore:
         return d
 
     def replace_key(self, key: StoredKey) -> Deferred[bool]:
-        d = self._execute("replace_key", _key_last(KEYS.to_row(key)), write=True)
+        d = self._execute("replace_key", key_last(KEYS.to_row(key)), write=True)
         d.addCallback(lambda count: count == 1)
         return d
 
@@ -1130,7 +530,7 @@ class SQLStore:
         statement = self._token_upserts.get(len(rows))
         if statement is None:
             # made once for each batch size (at most TOKEN_BATCH of them)
-            statement = self._dialect.translate(_upsert_many("access_tokens", TOKENS, len(rows)))
+            statement = self._dialect.translate(upsert_many("access_tokens", TOKENS, len(rows)))
             self._token_upserts[len(rows)] = statement
         params = tuple(value for row in rows for value in row)
         write, timeout = self._dialect.write_tokens, self.timeout
@@ -1346,31 +746,3 @@ class _Refused(Exception):
         self.reservation = reservation
 
 
-#: How long the token writer waits between two tries for SQLite's write
-#: lock (L{_sqlite_write_tokens}).
-WRITE_LOCK_POLL = 0.0001
-
-
-def _prepare_sqlite(connection: sqlite3.Connection, *, busy_seconds: float) -> None:
-    """
-    Set up each new SQLite connection (adbapi's C{cp_openfun}).
-
-    WAL lets readers in other processes go on while one writes, and with
-    C{synchronous=FULL} a commit is synced to disk before it returns.
-
-    WAL mode is kept in the file, so only the first connection ever to a
-    file switches it; but switching needs the file to itself, and SQLite
-    answers "database is locked" at once (its busy timeout does not apply)
-    when another connection opens the new file at the same moment: several
-    instances starting together.  Hence the retries.
-    """
-    mode = _while_locked(
-        lambda: connection.execute("PRAGMA journal_mode = WAL").fetchone()[0], busy_seconds, 0.01
-    )
-    if str(mode).lower() != "wal":
-        SQLStore._log.warn(
-            "SQLite refused WAL mode (journal_mode is {mode}): is the file on a network "
-            "file system?",
-            mode=mode,
-        )
-    connection.execute("PRAGMA synchronous = FULL")

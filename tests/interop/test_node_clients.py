@@ -23,6 +23,8 @@ import pytest
 from tests.interop.node import run_round
 from tests.interop.server import ALL_METHODS, CERTIFICATE_METHODS, Credentials, InteropServer
 
+pytestmark = pytest.mark.process
+
 LIBRARIES = ("openid-client", "oauth4webapi")
 
 

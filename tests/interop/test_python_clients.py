@@ -51,6 +51,8 @@ from requests_oauthlib import OAuth2Session as OAuthlibSession
 
 from tests.interop.server import CERTIFICATE_METHODS, Credentials, InteropServer
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[InteropServer]:

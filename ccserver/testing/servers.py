@@ -1,7 +1,7 @@
 """
-Throwaway Redis and PostgreSQL servers for the tests: real servers, on free
-loopback ports, in temporary folders, started once per test process and
-stopped at its exit.
+Throwaway Redis and PostgreSQL servers: real servers, on free loopback
+ports, in temporary folders, started once per test process and stopped at
+its exit (or, for the benchmark, removed when its section ends).
 
 A missing server binary is an error, not a reason to skip: the stores that
 need these servers would otherwise ship untested.  The Debian packages are
@@ -16,8 +16,8 @@ port and its data folder across C{restart()}, so the URL a store was made
 with stays valid.
 
 The benchmark (bench/stores.py) starts its throwaway servers with
-C{RedisServer} and C{PostgresServer} too, through their public names only:
-C{start}, C{url_for}, C{create_database}, C{pid}, C{remove}.
+C{RedisServer} and C{PostgresServer} too: the same servers, so that the
+benchmark and the store tests measure and test the same thing.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
+
+from ccserver.testing.polling import NotYet, wait_until
 
 #: How long a server may take to accept connections after it is started.
 START_TIMEOUT = 30.0
@@ -81,32 +82,145 @@ def find_binary(name: str, *, package: str, extra_dirs: tuple[str, ...] = ()) ->
     )
 
 
-def _wait_until(ready: Any, process: subprocess.Popen[bytes], what: str, log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"{what} exited with status {process.returncode} while starting; "
-                f"its log ({log_path}):\n{_tail(log_path)}"
-            )
-        try:
-            if ready():
-                return
-        except Exception as e:  # not up yet, in any of many ways
-            last_error = e
-        time.sleep(0.02)
-    raise RuntimeError(
-        f"{what} did not accept connections within {START_TIMEOUT} s "
-        f"(last error: {last_error!r}); its log ({log_path}):\n{_tail(log_path)}"
-    )
-
-
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError as e:
         return f"(unreadable: {e})"
+
+
+class ThrowawayServer:
+    """
+    The life every throwaway server shares: a folder of its own, a free
+    port, one process (the leader of its own process group) writing to a
+    log in the folder; started and waited for, stopped, killed, restarted
+    (keeping its port and data), removed.
+
+    A kind of server says how it is run (L{arguments}), when it is ready
+    (L{ready}), and how a signal reaches it (L{_signal}).
+    """
+
+    #: its name in messages
+    label = "server"
+
+    def __init__(self, prefix: str) -> None:
+        self.port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix=prefix))
+        self.log_path = self.directory / f"{self.label}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """
+        The id of its first process once started, until stopped: the
+        benchmark counts the CPU of it and its descendants as its own.
+        """
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def arguments(self) -> list[str]:
+        """
+        Its command line.
+        """
+        raise NotImplementedError
+
+    def ready(self) -> bool:
+        """
+        Whether it accepts connections (an C{OSError} or L{NotYet}: not yet).
+        """
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """
+        What its first start needs first (a PostgreSQL cluster's C{initdb}).
+        """
+
+    def _spawn_options(self) -> dict[str, Any]:
+        """
+        More keyword arguments of L{subprocess.Popen}.
+        """
+        return {}
+
+    def start(self) -> None:
+        """
+        Start it, and return once it accepts connections.
+
+        @raise RuntimeError: it ended, or did not accept connections
+            within L{START_TIMEOUT}, with the end of its log.
+        """
+        if self.running:
+            return
+        self._prepare()
+        # closed in _end(), when the server is stopped
+        self._log = open(self.log_path, "ab")
+        process = self._process = subprocess.Popen(
+            self.arguments(),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            # its own process group, so that a signal reaches its children too
+            start_new_session=True,
+            **self._spawn_options(),
+        )
+        what = f"{Path(self.arguments()[0]).name} on port {self.port}"
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"{what} exited with status {process.returncode} while starting; "
+                    f"its log ({self.log_path}):\n{_tail(self.log_path)}"
+                )
+            return self.ready()
+
+        try:
+            wait_until(ready, START_TIMEOUT, what=f"{what} accepting connections", tolerate=(OSError,))
+        except AssertionError as e:
+            raise RuntimeError(f"{e}; its log ({self.log_path}):\n{_tail(self.log_path)}") from None
+
+    def stop(self) -> None:
+        """
+        Stop it cleanly, and wait until it has exited.
+        """
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """
+        Kill it (SIGKILL): a crash, as far as its clients can tell.
+        """
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def _signal(self, process: subprocess.Popen[bytes], signum: signal.Signals) -> list[int]:
+        """
+        Send C{signum} to it; return the processes of its own to wait for
+        once it has exited.
+        """
+        os.killpg(process.pid, signum)
+        return []
+
+    def _end(self, signum: signal.Signals) -> None:
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            others = self._signal(process, signum)
+            process.wait(timeout=60)
+            _wait_for_exit(others)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def remove(self) -> None:
+        """
+        Kill it and remove its folder.
+        """
+        self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class RedisReplyError(Exception):
@@ -147,7 +261,7 @@ def _read_reply(replies: IO[bytes]) -> Any:
     raise ValueError(f"not a Redis reply: {line!r}")
 
 
-class RedisServer:
+class RedisServer(ThrowawayServer):
     """
     A C{redis-server} on 127.0.0.1.
 
@@ -156,6 +270,8 @@ class RedisServer:
         always}): what the fault tests need, and what production should use.
         Otherwise it saves nothing, which is faster.
     """
+
+    label = "redis"
 
     def __init__(
         self,
@@ -168,11 +284,7 @@ class RedisServer:
         self.password = password
         self.replica_of = replica_of
         self.binary = find_binary("redis-server", package="redis-server")
-        self.port = free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="ccserver-redis-"))
-        self.log_path = self.directory / "redis.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        super().__init__("ccserver-redis-")
 
     @property
     def url(self) -> str:
@@ -186,22 +298,7 @@ class RedisServer:
         auth = f":{quote(password, safe='')}@" if password is not None else ""
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
-    @property
-    def pid(self) -> int | None:
-        """
-        The id of its first process once started, until stopped: the
-        benchmark counts the CPU of it and its descendants as its own.
-        """
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     def arguments(self) -> list[str]:
-        """
-        Its command line.
-        """
         durability = (
             ["--appendonly", "yes", "--appendfsync", "always"]
             if self.persistent
@@ -231,24 +328,8 @@ class RedisServer:
             *replication,
         ]
 
-    def start(self) -> None:
-        if self.running:
-            return
-        # closed in _end(), when the server is stopped
-        self._log = open(self.log_path, "ab")
-        self._process = subprocess.Popen(
-            self.arguments(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        _wait_until(
-            lambda: self.command("PING") == b"+PONG",
-            self._process,
-            f"{Path(self.binary).name} on port {self.port}",
-            self.log_path,
-        )
+    def ready(self) -> bool:
+        return self.command("PING") == b"+PONG"
 
     def stop(self) -> None:
         """
@@ -257,14 +338,7 @@ class RedisServer:
         self._end(signal.SIGTERM)
 
     def kill(self) -> None:
-        """
-        Kill it (SIGKILL): a crash, as far as its clients can tell.
-        """
         self._end(signal.SIGKILL)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def pause(self) -> None:
         """
@@ -277,22 +351,6 @@ class RedisServer:
     def resume(self) -> None:
         assert self._process is not None
         os.killpg(self._process.pid, signal.SIGCONT)
-
-    def _end(self, signum: signal.Signals) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signum)
-            process.wait(timeout=30)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def remove(self) -> None:
-        """
-        Kill it and remove its folder.
-        """
-        self.kill()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
     def command(self, *args: str) -> bytes:
         """
@@ -342,7 +400,7 @@ class RedisServer:
             raise RuntimeError(f"FLUSHALL answered {reply!r}")
 
 
-class PostgresServer:
+class PostgresServer(ThrowawayServer):
     """
     A PostgreSQL cluster on 127.0.0.1, trusting every local connection.
 
@@ -357,6 +415,8 @@ class PostgresServer:
     the kill tests rightly lose data.
     """
 
+    label = "postgres"
+
     def __init__(self, *, standby_of: PostgresServer | None = None) -> None:
         """
         @param standby_of: a running primary this server is a streaming
@@ -366,16 +426,12 @@ class PostgresServer:
         self.standby_of = standby_of
         self.initdb = self._binary("initdb")
         self.postgres = self._binary("postgres")
-        self.port = free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="ccserver-pg-"))
-        self.data = self.directory / "data"
-        self.log_path = self.directory / "postgres.log"
         self._user = self._run_as()
+        super().__init__("ccserver-pg-")
+        self.data = self.directory / "data"
         if self._user is not None:
             entry = pwd.getpwnam(self._user)
             os.chown(self.directory, entry.pw_uid, entry.pw_gid)
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
         self._databases = count(1)
         self._initialised = False
 
@@ -412,19 +468,9 @@ class PostgresServer:
         """
         return self.url_for("postgres")
 
-    @property
-    def pid(self) -> int | None:
-        """
-        The id of its first process once started, until stopped: the
-        benchmark counts the CPU of it and its descendants as its own.
-        """
-        return self._process.pid if self._process is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def _init(self) -> None:
+    def _prepare(self) -> None:
+        if self._initialised:
+            return
         if self.standby_of is not None:
             # -R: standby.signal and primary_conninfo; a fast checkpoint, or
             # the copy waits for the next scheduled one
@@ -494,90 +540,65 @@ class PostgresServer:
         with psycopg.connect(self.url_for(dbname), autocommit=True, connect_timeout=5) as c:
             return c.execute(statement.encode()).fetchall()
 
-    def start(self) -> None:
-        if self.running:
-            return
-        if not self._initialised:
-            self._init()
-        # closed in _end(), when the server is stopped
-        self._log = open(self.log_path, "ab")
-        self._process = subprocess.Popen(
-            [
-                self.postgres,
-                "-D",
-                str(self.data),
-                "-p",
-                str(self.port),
-                "-k",
-                str(self.directory),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.directory,
-            # its own process group, so that kill() takes its backends too
-            start_new_session=True,
-            **self._user_kwargs(),
-        )
-        _wait_until(
-            self._accepts_connections,
-            self._process,
-            f"postgres on port {self.port}",
-            self.log_path,
-        )
+    def arguments(self) -> list[str]:
+        return [
+            self.postgres,
+            "-D",
+            str(self.data),
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.directory),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
+        ]
 
-    def _accepts_connections(self) -> bool:
+    def _spawn_options(self) -> dict[str, Any]:
+        return {"cwd": self.directory, **self._user_kwargs()}
+
+    def ready(self) -> bool:
         import psycopg
 
-        with psycopg.connect(self.url, connect_timeout=2):
-            return True
+        try:
+            with psycopg.connect(self.url, connect_timeout=2):
+                return True
+        except psycopg.OperationalError as e:
+            raise NotYet(str(e)) from None
 
     def stop(self) -> None:
         """
         A fast shutdown (SIGINT): clients are disconnected, nothing is lost.
         """
-        self._end(signal.SIGINT, everyone=False)
+        self._end(signal.SIGINT)
 
     def kill(self) -> None:
         """
         SIGKILL to the postmaster and every backend at once: a crash.  The
         next start recovers from the write-ahead log.
         """
-        self._end(signal.SIGKILL, everyone=True)
+        self._end(signal.SIGKILL)
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def _end(self, signum: signal.Signals, *, everyone: bool) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            # Backends are not in the postmaster's process group (each calls
-            # setsid()), so they are found by their parent; a backend that
-            # outlived a killed postmaster for a moment would still answer
-            # its client, and one that outlived a stopped postmaster would
-            # keep a new one from starting.
-            children = _children(process.pid)
-            os.kill(process.pid, signum)
-            if everyone:
-                for pid in children:
-                    try:
-                        os.kill(pid, signum)
-                    except ProcessLookupError:
-                        pass
-            process.wait(timeout=60)
-            _wait_for_exit(children)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def _signal(self, process: subprocess.Popen[bytes], signum: signal.Signals) -> list[int]:
+        # Backends are not in the postmaster's process group (each calls
+        # setsid()), so they are found by their parent; a backend that
+        # outlived a killed postmaster for a moment would still answer
+        # its client, and one that outlived a stopped postmaster would
+        # keep a new one from starting.
+        children = _children(process.pid)
+        os.kill(process.pid, signum)
+        if signum == signal.SIGKILL:
+            for pid in children:
+                try:
+                    os.kill(pid, signum)
+                except ProcessLookupError:
+                    pass
+        return children
 
     def execute(self, statement: str, dbname: str = "postgres") -> None:
         """
@@ -598,13 +619,6 @@ class PostgresServer:
 
     def drop_database(self, name: str) -> None:
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    def remove(self) -> None:
-        """
-        Kill it and remove its folder.
-        """
-        self.kill()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def _children(pid: int) -> list[int]:
@@ -627,20 +641,19 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _wait_for_exit(pids: list[int], timeout: float = 10.0) -> None:
+def _wait_for_exit(pids: list[int]) -> None:
     """
     Wait until none of C{pids} runs any more (gone, or a zombie).
     """
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                break
-            if state == "Z":
-                break
-            time.sleep(0.01)
+
+    def ended(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        return state == "Z"
+
+    wait_until(lambda: all(map(ended, pids)), what=f"processes {pids} ending")
 
 
 class RedisSentinel(RedisServer):
@@ -777,7 +790,7 @@ class RedisSentinelGroup:
         """
         for server in self.servers:
             server.start()
-        _poll(
+        _agreed(
             lambda: all(
                 "master_link_status:up" in replica.query("INFO", "replication")
                 for replica in self.servers[1:]
@@ -795,7 +808,7 @@ class RedisSentinelGroup:
                     return False
             return True
 
-        _poll(sentinels_ready, "the sentinels knowing the replica and each other")
+        _agreed(sentinels_ready, "the sentinels knowing the replica and each other")
 
     def url(self, db: int = 0) -> str:
         """
@@ -831,7 +844,7 @@ class RedisSentinelGroup:
             role = server.query("ROLE")
             return server if role[0] == "master" else None
 
-        return _poll(promoted, "the sentinels' failover")
+        return _agreed(promoted, "the sentinels' failover")
 
     def remove(self) -> None:
         for server in [*self.sentinels, *self.servers]:
@@ -865,7 +878,7 @@ class PostgresStandbyPair:
         # every commit (CREATE DATABASE too) would wait for one.
         self.primary.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
         self.primary.execute("SELECT pg_reload_conf()")
-        _poll(
+        _agreed(
             lambda: self.primary.query(
                 "SELECT 1 FROM pg_stat_replication WHERE state = 'streaming' AND sync_state = 'sync'"
             ),
@@ -891,22 +904,15 @@ class PostgresStandbyPair:
 T = TypeVar("T")
 
 
-def _poll(ready: Callable[[], T | None], what: str) -> T:
+def _agreed(ready: Callable[[], T | None], what: str) -> T:
     """
-    C{ready()}'s first true value, asked every 20 ms until L{START_TIMEOUT}.
+    C{ready()}'s first true value, within L{START_TIMEOUT}: how a group
+    waits for its servers to agree.  Anything a server answers meanwhile
+    (an error reply, a connection refused) is "not yet".
     """
-    deadline = time.monotonic() + START_TIMEOUT
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = ready()
-        except Exception as e:  # not up yet, in any of many ways
-            last_error = e
-        else:
-            if result:
-                return result
-        time.sleep(0.02)
-    raise RuntimeError(f"{what}: not within {START_TIMEOUT} s (last error: {last_error!r})")
+    result = wait_until(ready, START_TIMEOUT, what=what, tolerate=(Exception,))
+    assert result is not None
+    return result
 
 
 #: The failover groups made (and not yet removed), removed at exit too.

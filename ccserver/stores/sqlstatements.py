@@ -1,0 +1,232 @@
+"""
+The SQL the stores run, written once for both databases with C{?}
+placeholders (L{ccserver.stores.sqldialects.Dialect.translate} gives each
+driver its own), over the columns of L{ccserver.stores.codec}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS, Codec
+from ccserver.stores.sqldialects import Dialect
+
+
+def columns(codec: Codec[Any]) -> str:
+    return ", ".join(codec.names)
+
+
+def insert(table: str, codec: Codec[Any]) -> str:
+    """
+    C{INSERT} of a row (L{Codec.to_row}).
+    """
+    placeholders = ", ".join("?" for _ in codec.names)
+    return f"INSERT INTO {table} ({columns(codec)}) VALUES ({placeholders})"
+
+
+def upsert(table: str, codec: Codec[Any]) -> str:
+    """
+    C{INSERT} of a row, replacing the one stored with its key (the first
+    column), as L{MemoryStore} does.
+    """
+    key, *rest = codec.names
+    return (
+        insert(table, codec)
+        + f" ON CONFLICT ({key}) DO UPDATE SET "
+        + ", ".join(f"{name} = excluded.{name}" for name in rest)
+    )
+
+
+def upsert_many(table: str, codec: Codec[Any], count: int) -> str:
+    """
+    L{upsert} of C{count} rows in one statement (their values one after
+    the other).  The rows of one batch have distinct keys (random tokens'
+    digests): PostgreSQL refuses to update one row twice in a statement.
+    """
+    key, *rest = codec.names
+    row = "(" + ", ".join("?" for _ in codec.names) + ")"
+    return (
+        f"INSERT INTO {table} ({columns(codec)}) VALUES "
+        + ", ".join(row for _ in range(count))
+        + f" ON CONFLICT ({key}) DO UPDATE SET "
+        + ", ".join(f"{name} = excluded.{name}" for name in rest)
+    )
+
+
+def update(table: str, codec: Codec[Any]) -> str:
+    """
+    C{UPDATE} of every column but the key, whose value comes last: the
+    parameters are L{key_last} of the row.
+    """
+    key, *rest = codec.names
+    return f"UPDATE {table} SET {', '.join(f'{name} = ?' for name in rest)} WHERE {key} = ?"
+
+
+def key_last(row: Sequence[Any]) -> tuple[Any, ...]:
+    return (*row[1:], row[0])
+
+
+def purge_batch(dialect: str, table: str, key: str) -> str:
+    """
+    A batch of a purge: at most a given number of the rows of C{table}
+    that expired before a given time, the earliest first, found along the
+    expiry index and deleted by their primary key C{key}.
+
+    PostgreSQL is given the batch's keys as an array (one index walk, then
+    one probe of the primary key each): with C{IN (SELECT ...)} it plans a
+    hash join over the whole table, a full scan for every batch.
+    """
+    batch = f"SELECT {key} FROM {table} WHERE expires_at < ? ORDER BY expires_at LIMIT ?"
+    if dialect == "postgresql":
+        return f"DELETE FROM {table} WHERE {key} = ANY(ARRAY({batch}))"
+    return f"DELETE FROM {table} WHERE {key} IN ({batch})"
+
+
+def statements(dialect: Dialect) -> dict[str, str]:
+    """
+    Every statement of the store, by name, in the dialect's own form.
+    """
+    t = dialect.translate
+    return {
+        "add_client": t(insert("clients", CLIENTS)),
+        "get_client": t(f"SELECT {columns(CLIENTS)} FROM clients WHERE client_id = ?"),
+        "replace_client": t(update("clients", CLIENTS)),
+        # Keyset paging: an index walk from the cursor, whatever the table's size.
+        "list_clients": t(
+            f"SELECT {columns(CLIENTS)} FROM clients WHERE client_id > ?"
+            " ORDER BY client_id LIMIT ?"
+        ),
+        "delete_client": t("DELETE FROM clients WHERE client_id = ?"),
+        # a client's bindings to workload identities: their index
+        "bind": t(
+            "INSERT INTO federated_identities (binding_key, conditions_key, client_id)"
+            " VALUES (?, ?, ?)"
+        ),
+        "unbind": t("DELETE FROM federated_identities WHERE client_id = ?"),
+        "clients_bound_to": t(
+            "SELECT client_id FROM federated_identities WHERE binding_key = ?"
+        ),
+        # A mark already there is kept with the later of each time.
+        "revoke_client": t(
+            "INSERT INTO revoked_clients (client_id, issued_before, expires_at)"
+            " VALUES (?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET"
+            " issued_before = CASE WHEN excluded.issued_before > revoked_clients.issued_before"
+            " THEN excluded.issued_before ELSE revoked_clients.issued_before END,"
+            " expires_at = CASE WHEN excluded.expires_at > revoked_clients.expires_at"
+            " THEN excluded.expires_at ELSE revoked_clients.expires_at END"
+        ),
+        "delete_client_tokens": t("DELETE FROM access_tokens WHERE client_id = ?"),
+        "client_revoked_before": t(
+            "SELECT issued_before FROM revoked_clients WHERE client_id = ?"
+        ),
+        "purge_revoked_clients": t("DELETE FROM revoked_clients WHERE expires_at < ?"),
+        "list_keys": t(f"SELECT {columns(KEYS)} FROM signing_keys ORDER BY created_at, kid"),
+        # One slot more in a counter's window; a window that has ended
+        # starts again at 1 (both SET expressions read the row as it
+        # was).  The row stays locked to the end of the transaction, so
+        # that a reservation over budget can be rolled back unseen.
+        "reserve_attempt": t(
+            "INSERT INTO auth_attempts (attempt_key, attempts, window_ends_ms) VALUES (?, 1, ?)"
+            " ON CONFLICT (attempt_key) DO UPDATE SET"
+            " attempts = CASE WHEN auth_attempts.window_ends_ms <= ? THEN 1"
+            " ELSE auth_attempts.attempts + 1 END,"
+            " window_ends_ms = CASE WHEN auth_attempts.window_ends_ms <= ?"
+            " THEN excluded.window_ends_ms ELSE auth_attempts.window_ends_ms END"
+            " RETURNING attempts, window_ends_ms"
+        ),
+        "is_known": t(
+            "SELECT 1 FROM auth_known_sources WHERE known_key = ? AND known_until_ms > ?"
+        ),
+        # given back only in the window it was taken in
+        "release_attempt": t(
+            "UPDATE auth_attempts SET attempts = attempts - 1"
+            " WHERE attempt_key = ? AND window_ends_ms = ? AND attempts > 0"
+        ),
+        "mark_known": t(
+            "INSERT INTO auth_known_sources (known_key, known_until_ms) VALUES (?, ?)"
+            " ON CONFLICT (known_key) DO UPDATE SET known_until_ms = CASE"
+            " WHEN excluded.known_until_ms > auth_known_sources.known_until_ms"
+            " THEN excluded.known_until_ms ELSE auth_known_sources.known_until_ms END"
+        ),
+        "purge_auth_attempts": t("DELETE FROM auth_attempts WHERE window_ends_ms < ?"),
+        "add_initial_access_token": t(
+            insert("initial_access_tokens", INITIAL_ACCESS_TOKENS)
+        ),
+        "get_initial_access_token": t(
+            f"SELECT {columns(INITIAL_ACCESS_TOKENS)} FROM initial_access_tokens"
+            " WHERE token_digest = ?"
+        ),
+        "list_initial_access_tokens": t(
+            f"SELECT {columns(INITIAL_ACCESS_TOKENS)} FROM initial_access_tokens"
+            " ORDER BY created_at, token_id"
+        ),
+        # the first revocation's time is kept
+        "revoke_initial_access_token": t(
+            "UPDATE initial_access_tokens SET revoked_at = COALESCE(revoked_at, ?)"
+            " WHERE token_id = ?"
+        ),
+        # One use more, only while it may register: the row stays locked
+        # to the end of the transaction, in which the client is added.
+        "use_initial_access_token": t(
+            "UPDATE initial_access_tokens SET uses = uses + 1"
+            " WHERE token_digest = ? AND revoked_at IS NULL AND expires_at > ?"
+            f" AND uses < max_uses RETURNING {columns(INITIAL_ACCESS_TOKENS)}"
+        ),
+        "purge_initial_access_tokens": t(
+            "DELETE FROM initial_access_tokens WHERE expires_at < ?"
+        ),
+        "purge_known_sources": t("DELETE FROM auth_known_sources WHERE known_until_ms < ?"),
+        # Taken when nobody holds it, its time has ended, or the holder
+        # takes it again: one statement, so one row lock decides.
+        "take_lease": t(
+            "INSERT INTO leases (name, holder, expires_ms) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+            " expires_ms = excluded.expires_ms"
+            " WHERE leases.expires_ms <= ? OR leases.holder = excluded.holder"
+        ),
+        "end_lease": t("DELETE FROM leases WHERE name = ? AND holder = ?"),
+        # A new bucket is full; an existing one is left as it is, but
+        # its row is locked (PostgreSQL) until the transaction ends, and
+        # returned as it is now.
+        "load_bucket": t(
+            "INSERT INTO token_buckets (bucket_key, tokens, counted_ms, full_ms)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (bucket_key) DO UPDATE SET"
+            " bucket_key = excluded.bucket_key RETURNING tokens, counted_ms"
+        ),
+        "store_bucket": t(
+            "UPDATE token_buckets SET tokens = ?, counted_ms = ?, full_ms = ?"
+            " WHERE bucket_key = ?"
+        ),
+        "purge_buckets": t("DELETE FROM token_buckets WHERE full_ms < ?"),
+        # A kid taken already is replaced, as MemoryStore does.
+        "add_key": t(upsert("signing_keys", KEYS)),
+        "replace_key": t(update("signing_keys", KEYS)),
+        "delete_key": t("DELETE FROM signing_keys WHERE kid = ?"),
+        # A digest stored already is replaced, as MemoryStore does.
+        "add_token": t(upsert("access_tokens", TOKENS)),
+        # A token its client's revocation mark covers is not answered.
+        "get_token": t(
+            f"SELECT {columns(TOKENS)} FROM access_tokens WHERE token_digest = ?"
+            " AND NOT EXISTS (SELECT 1 FROM revoked_clients"
+            " WHERE revoked_clients.client_id = access_tokens.client_id"
+            " AND access_tokens.issued_at <= revoked_clients.issued_before)"
+        ),
+        "delete_token": t("DELETE FROM access_tokens WHERE token_digest = ?"),
+        # An entry is kept until the later of the two expiries.
+        "revoke_jti": t(
+            "INSERT INTO revoked_jtis (jti, expires_at) VALUES (?, ?)"
+            " ON CONFLICT (jti) DO UPDATE SET expires_at = CASE"
+            " WHEN excluded.expires_at > revoked_jtis.expires_at"
+            " THEN excluded.expires_at ELSE revoked_jtis.expires_at END"
+        ),
+        "is_revoked": t("SELECT 1 FROM revoked_jtis WHERE jti = ?"),
+        # A key recorded already is left as it is: rowcount 0, a replay.
+        "use_once": t(
+            "INSERT INTO used_once (record_key, expires_at) VALUES (?, ?)"
+            " ON CONFLICT (record_key) DO NOTHING"
+        ),
+        "purge_used_once": t("DELETE FROM used_once WHERE expires_at < ?"),
+        "purge_tokens": t(purge_batch(dialect.name, "access_tokens", "token_digest")),
+        "purge_revoked": t(purge_batch(dialect.name, "revoked_jtis", "jti")),
+    }
