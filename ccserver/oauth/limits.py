@@ -39,14 +39,24 @@ worker and instance sharing it keeps them together:
 
 What it costs (the hot path: a cached client's successful request):
 
-  - Slots a process has reserved and that succeeded are kept by it, up to
-    C{budget // 2} per counter, until their window ends (less
-    L{LEASE_MARGIN}): its next checks of that (credential, source) take one
-    of them, with no store round trip, and give it back to itself.  A
-    client authenticating from one address thus costs one reservation (and
-    one release, recording the known source) per process per minute.  The
-    slots it keeps count against the budget like checks under way: an
-    attacker at the same address as the client gets the rest.
+  - Slots a process has reserved and that succeeded are kept by it until
+    their window ends (less L{LEASE_MARGIN}): its next checks of that
+    (credential, source) take one of them, with no store round trip, and
+    give it back to itself.  A slot is kept only if the counter held no
+    more than C{budget // 2} slots once it was reserved, so the slots kept
+    by all processes together are at most half the budget.  When their
+    window is ending, the kept slots a process no longer uses go back to
+    the store before its next reservation (those in use, as their checks
+    succeed): kept slots left counted would fill the budget against the
+    client until the window ends (with two workers, each keeping half the
+    budget, the client was refused with 429 for the window's last
+    seconds).  A slot given back counts as in use here until the store
+    has it, so that a request woken meanwhile waits rather than being
+    refused for it.  A client authenticating from one address thus costs
+    one reservation, one release (recording the known source) and one
+    release of the kept slots per process per minute.  The slots it
+    keeps count against the budget like checks under way: an attacker at
+    the same address as the client gets the rest.
   - Within a process, one reservation per counter is under way at a time;
     requests that find no free slot wait for one (a burst of a client's
     own requests is not refused for being many), and fail with the
@@ -248,7 +258,10 @@ class _Share:
     and the counter's store keys, made once.
     """
 
-    __slots__ = ("name", "keys", "ends", "leased", "free", "busy", "reserving", "waiters")
+    __slots__ = (
+        "name", "keys", "ends", "leased", "free", "busy", "reserving", "waiters",
+        "returning", "returning_ends", "releasing",
+    )
 
     def __init__(self, name: tuple[str, str, str], keys: AttemptKeys) -> None:
         self.name = name
@@ -264,9 +277,20 @@ class _Share:
         self.reserving = False
         #: requests waiting for a slot
         self.waiters: deque[Deferred[None]] = deque()
+        #: kept slots whose lease ended unused, to give back to the store
+        #: (in the window ending at C{returning_ends}) before the next
+        #: reservation
+        self.returning = 0
+        self.returning_ends = 0.0
+        #: slots of successful checks being given back to the store: they
+        #: count as in use until the store has them back
+        self.releasing = 0
 
     def idle(self) -> bool:
-        return not (self.leased or self.busy or self.reserving or self.waiters)
+        return not (
+            self.leased or self.busy or self.reserving or self.waiters or self.releasing
+            or self.returning
+        )
 
 
 class _Slot:
@@ -578,7 +602,10 @@ class AuthLimits:
 
     @staticmethod
     def _ended(share: _Share, now: float) -> bool:
-        if share.busy or share.reserving or share.waiters:
+        if share.busy or share.reserving or share.waiters or share.releasing:
+            return False
+        if share.returning and now < share.returning_ends:
+            # kept slots still to give back in a window not ended
             return False
         return not share.leased or now >= share.ends - LEASE_MARGIN
 
@@ -599,7 +626,13 @@ class AuthLimits:
         A slot this process keeps and nobody here uses, if any.
         """
         if share.leased and now >= share.ends - LEASE_MARGIN:
-            # their window is ending: the kept slots are left to it
+            # their window is ending: the kept slots are no longer used, and
+            # go back to the store (those in use as their checks succeed),
+            # lest they fill the budget against this client until it ends
+            if share.returning_ends != share.ends:
+                share.returning = 0
+            share.returning += share.free
+            share.returning_ends = share.ends
             share.leased = share.free = 0
         if not share.free:
             return None
@@ -625,13 +658,13 @@ class AuthLimits:
                 if remembered[1] > now:
                     return remembered[0]
                 del self._refusals[share.name]
-            if not share.reserving and share.busy < self._per_process:
+            if not share.reserving and share.busy + share.releasing < self._per_process:
                 reserved, store = await self._reserve(share, now)
                 if reserved.granted:
                     share.busy += 1
                     self._wake(share)
                     return _Slot(credential, share, reserved.ends, store, reserved)
-                if not share.busy:
+                if not (share.busy or share.releasing):
                     ends = reserved.cap_ends if reserved.capped else None
                     refusal = _Refusal(credential, reserved.capped, ends or reserved.ends)
                     self._tell_block(share, refusal, now)
@@ -643,7 +676,8 @@ class AuthLimits:
                     self._wake(share)
                     self._forget_if_idle(share)
                     return refusal
-                # a check under way here may give its slot back: wait for it
+                # a check under way here may give its slot back (or one
+                # given back may reach the store): wait for it
             waiter: Deferred[None] = Deferred()
             share.waiters.append(waiter)
             await waiter
@@ -658,6 +692,11 @@ class AuthLimits:
         share.reserving = True
         try:
             store = self._store_for(now)
+            if share.returning:
+                returning = ((share.keys.counter, share.returning_ends),) * share.returning
+                share.returning = 0
+                if store is self._store and share.returning_ends > now:
+                    await self._release(store, AttemptRelease(returning), now)
             # after an outage, one reservation at a time tries the store
             probe = store is self._store and self._store_down_until > 0
             self._probing = self._probing or probe
@@ -768,12 +807,21 @@ class AuthLimits:
         if reserved is None:
             if share.leased and slot.ends == share.ends and now < share.ends - LEASE_MARGIN:
                 share.free += 1
+            elif slot.store is self._store and now < slot.ends:
+                # a kept slot whose lease ended while it was in use
+                if share.leased and slot.ends == share.ends:
+                    share.leased -= 1
+                slots.append((share.keys.counter, slot.ends))
         else:
             keep = (
                 slot.store is self._store
                 and now < reserved.ends - LEASE_MARGIN
                 and (not share.leased or share.ends == reserved.ends)
-                and (bool(share.waiters) or reserved.count <= self._per_process)
+                # the slots kept by every process together stay within half
+                # the budget (each kept one was counted when this one was
+                # reserved): however many processes keep slots, a process
+                # holding none always finds room for its client's checks
+                and reserved.count <= self._per_process
             )
             if keep:
                 share.ends = reserved.ends
@@ -783,29 +831,44 @@ class AuthLimits:
                 slots.append((share.keys.counter, reserved.ends))
             if reserved.cap_ends is not None and share.keys.cap is not None:
                 slots.append((share.keys.cap, reserved.cap_ends))
+        returned = any(key == share.keys.counter for key, _ in slots)
+        # until the store has it back, the slot counts as in use here: a
+        # request woken now waits for it rather than be refused for it
+        share.releasing += returned
         self._wake(share)
         self._forget_if_idle(share)
         known_key = share.keys.known
         remember = known and self._known.get(known_key, 0.0) < now + self._known_for / 2
         if not (slots or remember):
             return None
+        if not returned and not remember:
+            # only the cap's slot: nothing here waits for it
+            return self._record_success(None, slot.store, AttemptRelease(tuple(slots)), now)
         if remember:
             # taken as recorded at once: the successes that come while the
             # write is under way do not write it again
             _bounded(self._known, now, float)
             self._known[known_key] = now + self._known_for
         release = AttemptRelease(tuple(slots), known_key if remember else None, self._known_for)
-        return self._record_success(slot.store, release, now)
+        return self._record_success(share if returned else None, slot.store, release, now)
 
     async def _record_success(
-        self, store: IAuthAttemptStore, release: AttemptRelease, now: float
+        self,
+        share: _Share | None,
+        store: IAuthAttemptStore,
+        release: AttemptRelease,
+        now: float,
     ) -> None:
         """
         Write a success's release.  A known address is recorded again only
         after half of C{known_for}, unless this write fails or goes only to
         the fallback (during an outage): then at its next success.
         """
-        taken = await self._release(store, release, now)
+        try:
+            taken = await self._release(store, release, now)
+        finally:
+            if share is not None:
+                self._released(share)
         if release.known is not None and not (taken and store is self._store):
             self._known.pop(release.known, None)
 
@@ -814,19 +877,36 @@ class AuthLimits:
         A check that neither failed nor succeeded (another error): its
         slots go back where they came from.
         """
-        share, reserved = slot.share, slot.reservation
+        share, reserved, now = slot.share, slot.reservation, self._now()
         share.busy -= 1
         if reserved is None:
-            if share.leased and slot.ends == share.ends:
+            if share.leased and slot.ends == share.ends and now < share.ends - LEASE_MARGIN:
                 share.free += 1
-            self._wake(share)
-            return
-        slots = [(share.keys.counter, reserved.ends)]
-        if reserved.cap_ends is not None and share.keys.cap is not None:
-            slots.append((share.keys.cap, reserved.cap_ends))
+                self._wake(share)
+                return
+            # a kept slot whose lease ended while it was in use
+            if share.leased and slot.ends == share.ends:
+                share.leased -= 1
+            slots = [(share.keys.counter, slot.ends)]
+        else:
+            slots = [(share.keys.counter, reserved.ends)]
+            if reserved.cap_ends is not None and share.keys.cap is not None:
+                slots.append((share.keys.cap, reserved.cap_ends))
+        share.releasing += 1
+        self._wake(share)
+        try:
+            await self._release(slot.store, AttemptRelease(tuple(slots)), now)
+        finally:
+            self._released(share)
+
+    def _released(self, share: _Share) -> None:
+        """
+        A slot given back has reached the store (or will not): the
+        requests waiting for it look again.
+        """
+        share.releasing -= 1
         self._wake(share)
         self._forget_if_idle(share)
-        await self._release(slot.store, AttemptRelease(tuple(slots)), self._now())
 
     async def _release(
         self, store: IAuthAttemptStore, release: AttemptRelease, now: float
