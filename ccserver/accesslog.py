@@ -33,7 +33,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from ccserver.logfiles import Destination, FileDestination, StreamDestination
+from ccserver.logfiles import Destination, FileDestination, StreamDestination, Writes
 from ccserver.text import escape
 
 #: How often waiting lines are written, at most.
@@ -50,7 +50,7 @@ _log = Logger()
 
 # A path or an agent of printable ASCII but the double quote (the field's
 # end) is written as it is; anything else is decoded and escaped.
-_PLAIN = re.compile(rb'[\x20\x21\x23-\x7e]*').fullmatch
+_PLAIN = re.compile(rb"[\x20\x21\x23-\x7e]*").fullmatch
 
 
 def _field(raw: bytes) -> bytes:
@@ -109,7 +109,11 @@ class AccessLog:
         self._lines: list[bytes] = []
         self._size = 0
         self._dropped = 0
-        self._failing: str | None = None
+        self._writes = Writes(
+            destination,
+            "the access log",
+            f"its lines wait in memory (at most {MAX_WAITING_BYTES} bytes)",
+        )
 
     def append(self, line: bytes) -> None:
         self._lines.append(line)
@@ -133,27 +137,7 @@ class AccessLog:
         if not self._lines:
             return
         lines = self._lines
-        try:
-            written = self.destination.write(lines)
-        except OSError as e:
-            written = 0
-            problem = f"{e.strerror or e}"
-            if self._failing != problem:
-                self._failing = problem
-                _log.error(
-                    "Cannot write the access log to {destination}: {problem}; "
-                    "its lines wait in memory (at most {limit} bytes)",
-                    destination=self.destination.description,
-                    problem=problem,
-                    limit=MAX_WAITING_BYTES,
-                )
-        else:
-            if self._failing is not None and written == len(lines):
-                self._failing = None
-                _log.info(
-                    "The access log is written to {destination} again",
-                    destination=self.destination.description,
-                )
+        written = self._writes.write(lines)
         rest = lines[written:]
         size = sum(map(len, rest)) if rest else 0
         dropped = 0

@@ -40,7 +40,7 @@ from zope.interface import implementer
 
 from ccserver import audit
 from ccserver.errors import ConfigError
-from ccserver.logfiles import Destination, FileDestination, StreamDestination
+from ccserver.logfiles import Destination, FileDestination, StreamDestination, Writes
 
 #: How often buffered events are written, at most.
 FLUSH_SECONDS = 0.5
@@ -59,8 +59,18 @@ SYSLOG = "syslog"
 
 #: syslog facilities by name (RFC 5424 §6.2.1).
 FACILITIES: Mapping[str, int] = {
-    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6,
-    "news": 7, "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11,
+    "kern": 0,
+    "user": 1,
+    "mail": 2,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "lpr": 6,
+    "news": 7,
+    "uucp": 8,
+    "cron": 9,
+    "authpriv": 10,
+    "ftp": 11,
     **{f"local{n}": 16 + n for n in range(8)},
 }
 #: syslog's "informational" severity.
@@ -362,7 +372,11 @@ class AuditWriter:
         #: lines that could not be written yet
         self._lines: deque[bytes] = deque()
         self._dropped = 0
-        self._failing: str | None = None
+        self._writes = Writes(
+            destination,
+            "the audit trail",
+            f"its events wait in memory (at most {MAX_BUFFERED})",
+        )
 
     def __call__(self, event: Mapping[str, Any]) -> None:
         if event["audit_type"] == audit.TOKEN_ISSUED and self.token_issued_rate < 1.0:
@@ -389,27 +403,7 @@ class AuditWriter:
         if not self._lines:
             return
         lines = list(self._lines)
-        try:
-            written = self.destination.write(lines)
-        except OSError as e:
-            written = 0
-            problem = f"{e.strerror or e}"
-            if self._failing != problem:
-                self._failing = problem
-                _log.error(
-                    "Cannot write the audit trail to {destination}: {problem}; "
-                    "its events wait in memory (at most {limit})",
-                    destination=self.destination.description,
-                    problem=problem,
-                    limit=MAX_BUFFERED,
-                )
-        else:
-            if self._failing is not None and written == len(lines):
-                self._failing = None
-                _log.info(
-                    "The audit trail is written to {destination} again",
-                    destination=self.destination.description,
-                )
+        written = self._writes.write(lines)
         for _ in range(written):
             self._lines.popleft()
         overflow = len(self._lines) - MAX_BUFFERED

@@ -14,6 +14,10 @@ import stat
 from collections.abc import Sequence
 from typing import Protocol
 
+from twisted.logger import Logger
+
+_log = Logger()
+
 
 class Destination(Protocol):
     """
@@ -111,3 +115,39 @@ class FileDestination:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+class Writes:
+    """
+    Batches of lines written to one destination, with word in the main log,
+    once, when it cannot be written to, and once when it can again: the
+    access log's and the audit trail's flushes both go through one.
+    """
+
+    def __init__(self, destination: Destination, what: str, waiting: str) -> None:
+        """
+        @param what: what is written, as in "Cannot write C{what} to ...".
+        @param waiting: what happens to the lines meanwhile.
+        """
+        self.destination = destination
+        self._cannot = f"Cannot write {what} to {{destination}}: {{problem}}; {waiting}"
+        self._again = f"{what[0].upper()}{what[1:]} is written to {{destination}} again"
+        self._failing: str | None = None
+
+    def write(self, lines: Sequence[bytes]) -> int:
+        """
+        Write C{lines}, and say how many went (none when the destination
+        failed outright: the caller keeps them for the next time).
+        """
+        try:
+            written = self.destination.write(lines)
+        except OSError as e:
+            problem = f"{e.strerror or e}"
+            if self._failing != problem:
+                self._failing = problem
+                _log.error(self._cannot, destination=self.destination.description, problem=problem)
+            return 0
+        if self._failing is not None and written == len(lines):
+            self._failing = None
+            _log.info(self._again, destination=self.destination.description)
+        return written
