@@ -337,9 +337,14 @@ class ClientsCommandMixin:
         out, events = self.run_audited("registration-tokens", "list", "--json")
         t.assertEqual(events, [])
         listed = json.loads(out)
-        t.assertEqual([entry["id"] for entry in listed], [token_id, other_event["initial_access_token_id"]])
-        t.assertEqual(listed[1]["max_uses"], 1)
-        t.assertLess(abs(listed[1]["expires_at"] - listed[1]["created_at"] - 86400), 1)
+        # oldest first, by the second each was made, then by id (two made
+        # within one second come in the order of their ids)
+        other_id = other_event["initial_access_token_id"]
+        t.assertEqual({entry["id"] for entry in listed}, {token_id, other_id})
+        t.assertEqual(listed, sorted(listed, key=lambda entry: (entry["created_at"], entry["id"])))
+        [other] = [entry for entry in listed if entry["id"] == other_id]
+        t.assertEqual(other["max_uses"], 1)
+        t.assertLess(abs(other["expires_at"] - other["created_at"] - 86400), 1)
         t.assertNotIn(created["initial_access_token"], out)
         table, _ = self.run_audited("registration-tokens", "list")
         t.assertIn(token_id, table)
