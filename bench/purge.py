@@ -281,15 +281,18 @@ def probe(store: str, url: str, count: int, expires_at: int) -> tuple[Callable[[
 def measure(runner: Any, server: Any, load: Any, watch: Watch, expires_at: int, quiet_seconds: float,
             limit: float, say: Callable[[str], None]) -> tuple[list[tuple[str, Window]], bool]:
     """
-    Drive C{server} with C{load} (paced) in L{WINDOW}-second runs from
-    C{quiet_seconds} before C{expires_at} until L{AFTER_WINDOWS} windows
+    Drive C{server} with C{load} (paced) in L{WINDOW}-second runs, after
+    one to warm up, from C{quiet_seconds} before C{expires_at} until L{AFTER_WINDOWS} windows
     after the purge C{watch} follows has ended, or C{limit} seconds after the
     expiry: each window with its phase, and whether the limit ended it.
     """
-    wait = expires_at - quiet_seconds - time.time()
+    wait = expires_at - quiet_seconds - WINDOW - time.time()
     if wait > 0:
         say(f"  waiting {wait:.0f} s for the quiet window ({quiet_seconds:g} s before the expiry)")
         time.sleep(wait)
+    # connections made, caches warm, after the wait: not a quiet window
+    warm = runner.wrk_once(server, WINDOW, [server], load)
+    say(f"  warm-up    {warm.tokens_per_s:>7,.0f}/s  p50 {warm.p50_ms:6.2f} ms  p99 {warm.p99_ms:7.2f} ms")
     windows: list[Window] = []
     while True:
         started = time.time()

@@ -187,7 +187,7 @@ class MeasureTests(SynchronousTestCase):
 
     def test_until_two_windows_after_the_purge(self) -> None:
         watch = self.watch()
-        runner = Runner(watch.progress, [0, 0, 60, 100])
+        runner = Runner(watch.progress, [0, 0, 0, 60, 100])
         load = Load(purge.__file__, "/token", []).paced(250)  # type: ignore[arg-type]
         said: list[str] = []
         phased, limit_hit = purge.measure(runner, object(), load, watch, int(time.time()), 10, 60, said.append)
@@ -195,8 +195,10 @@ class MeasureTests(SynchronousTestCase):
         self.assertEqual([p for p, _ in phased],
                          [purge.QUIET, purge.DURING, purge.DURING, purge.DURING, purge.AFTER, purge.AFTER])
         self.assertEqual({id(load)}, {id(each) for each in runner.loads})
-        self.assertEqual(len(said), 6)
-        self.assertIn("(due 250/s)", said[0])
+        self.assertEqual(len(runner.loads), 7)
+        self.assertEqual(len(said), 7)
+        self.assertIn("warm-up", said[0])
+        self.assertIn("(due 250/s)", said[1])
         self.assertIn("gone 100 of 100", said[-1])
 
     def test_time_limit(self) -> None:
@@ -204,7 +206,7 @@ class MeasureTests(SynchronousTestCase):
         A purge that does not end stops the windows at the limit.
         """
         watch = self.watch()
-        runner = Runner(watch.progress, [0, 10])
+        runner = Runner(watch.progress, [0, 0, 10])
         phased, limit_hit = purge.measure(runner, object(), Load(purge.__file__, "/token", []),  # type: ignore[arg-type]
                                           watch, int(time.time()) - 100, 10, 50, lambda line: None)
         self.assertTrue(limit_hit)
