@@ -200,9 +200,10 @@ def measure_purge(bench: Any, store: str, server: CCServer, url: str, count: int
     finally:
         watch.stop()
         close()
-    verdict = purge.verdict(windows, PURGE_P99_TARGET)
+    verdict = purge.verdict(windows)
     row.ours = [w.round for p, w in windows if p == purge.DURING]
     row.theirs = [w.round for p, w in windows if p == purge.QUIET]
+    judged = row.ratio()
     counts = {p: sum(1 for q, _ in windows if q == p) for p in (purge.QUIET, purge.DURING, purge.AFTER)}
     what = purge.describe(watch.progress, limit_hit)
     figures = (f"p99 quiet {verdict.quiet_p99:.1f} ms (median of {counts[purge.QUIET]})"
@@ -210,7 +211,7 @@ def measure_purge(bench: Any, store: str, server: CCServer, url: str, count: int
     if verdict.during_max is not None and verdict.during_median is not None:
         figures += (f", during the purge {verdict.during_max:.1f} ms max, {verdict.during_median:.1f} "
                     f"median ({plural(counts[purge.DURING])})")
-    ratio = f": {verdict.ratio:.2f}x (target <= {PURGE_P99_TARGET:g}x)" if verdict.ratio is not None else ""
+    ratio = f": {judged:.2f}x (target <= {PURGE_P99_TARGET:g}x)" if judged is not None else ""
     if verdict.after_max is not None:
         ratio += f"; after it {verdict.after_max:.1f} ms max ({plural(counts[purge.AFTER])})"
     row.note = (f"{what}; {figures}{ratio}; {args.purge_load} at {load.rate:,.0f}/s"
