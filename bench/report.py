@@ -180,4 +180,7 @@ def print_table(rows: list[Row]) -> None:
         "PASS: the ratio the target names (rate or per core) at or above it and, against the peer, "
         "ccserver's p99 no worse."
     )
+    if any(row.judge == "purge p99" for row in rows):
+        say("purge rows: purge = the windows during the purge, quiet = those before it; ratio: the largest "
+            "p99 during the purge over the median quiet p99;\nPASS at or below the target.")
 

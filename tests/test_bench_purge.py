@@ -147,6 +147,7 @@ class VerdictTests(SynchronousTestCase):
         self.assertIn("2.08", lines[3])
         self.assertTrue(lines[3].endswith("p99 x<=2.00  FAIL (p99)"), lines[3])
         self.assertEqual(lines[4], f"{'redis purge':<22} info: no quiet window")
+        self.assertTrue(lines[-2].startswith("purge rows: purge = the windows during the purge"), lines[-2])
 
 
 class InvalidTests(SynchronousTestCase):
