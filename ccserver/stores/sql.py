@@ -84,7 +84,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
@@ -110,11 +110,19 @@ from ccserver.stores import buckets
 from ccserver.stores.buckets import Bucket
 from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
+from ccserver.stores.grouplookup import GroupLookup
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
 from ccserver.stores.sqldialects import Connecting, connection_for
 from ccserver.stores.sqlmigrations import MIGRATION_TIMEOUT, Migration, Schema, load_migrations
 from ccserver.stores.sqlpool import ConnectionPool
-from ccserver.stores.sqlstatements import key_last, statements, upsert_many
+from ccserver.stores.sqlstatements import (
+    LOOKUP_SIZES,
+    key_last,
+    lookup_size,
+    lookups,
+    statements,
+    upsert_many,
+)
 from ccserver.stores.writer import ConnectionThread
 
 T = TypeVar("T")
@@ -188,6 +196,27 @@ class SQLStore:
             hold=TOKEN_HOLD,
         )
         self._sql = statements(dialect)
+        self._lookup_statements = lookups(dialect)
+        # Introspection's reads: one query for the lookups of a kind asked
+        # for while earlier ones are under way.  Half the pool's
+        # connections each (SQLite's one, PostgreSQL's two of four), so
+        # that batches fill under load and other operations find a
+        # connection.
+        concurrency = max(1, dialect.pool_size // 2)
+        batch = LOOKUP_SIZES[-1]
+        #: opaque tokens by digest (public, so that tests and operators can
+        #: read how many batches carried how many lookups)
+        self.token_lookups: GroupLookup[str, TokenRecord] = GroupLookup(
+            self._get_tokens, concurrency=concurrency, max_batch=batch
+        )
+        #: deny-list entries by jti
+        self.revoked_jti_lookups: GroupLookup[str, bool] = GroupLookup(
+            self._revoked_jtis, concurrency=concurrency, max_batch=batch
+        )
+        #: deleted clients' revocation marks by client id
+        self.revoked_client_lookups: GroupLookup[str, int] = GroupLookup(
+            self._revoked_clients, concurrency=concurrency, max_batch=batch
+        )
 
     @classmethod
     def from_url(
@@ -541,9 +570,43 @@ class SQLStore:
         return self._guard(writer.run(body))
 
     def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
-        d = self._execute("get_token", (token_digest,))
-        d.addCallback(lambda rows: TOKENS.from_row(rows[0]) if rows else None)
-        return d
+        """
+        Read with the other lookups of its batch (L{GroupLookup}): one
+        query for those asked for while the previous ones are under way.
+        """
+        if "\x00" in token_digest:
+            return succeed(None)  # as in get_client: there is no such token
+        return self.token_lookups.get(token_digest)
+
+    def _lookup(
+        self, name: str, keys: list[str], read: Callable[[Sequence[Any]], T]
+    ) -> Deferred[Mapping[str, T]]:
+        """
+        The lookup C{name} (L{lookups}) of a batch of distinct keys, in one
+        query, its keys padded to the statement's size with the first one
+        again: each row found, by its key (its first column), as C{read}
+        makes it (in the reactor's thread: the pool's does as little as it
+        can, as the token writer's does).
+        """
+        size = lookup_size(len(keys))
+        statement = self._lookup_statements[name, size]
+        params = (*keys, *(keys[0] for _ in range(size - len(keys))))
+
+        def body(cursor: Any) -> list[Sequence[Any]]:
+            cursor.execute(statement, params)
+            return cursor.fetchall()  # type: ignore[no-any-return]
+
+        d = self._guard(self._run(body))
+        return d.addCallback(lambda rows: {row[0]: read(row) for row in rows})
+
+    def _get_tokens(self, digests: list[str]) -> Deferred[Mapping[str, TokenRecord]]:
+        return self._lookup("tokens", digests, TOKENS.from_row)
+
+    def _revoked_jtis(self, jtis: list[str]) -> Deferred[Mapping[str, bool]]:
+        return self._lookup("revoked_jtis", jtis, lambda row: True)
+
+    def _revoked_clients(self, client_ids: list[str]) -> Deferred[Mapping[str, int]]:
+        return self._lookup("revoked_clients", client_ids, lambda row: int(row[1]))
 
     def delete_token(self, token_digest: str) -> Deferred[bool]:
         d = self._execute("delete_token", (token_digest,), write=True)
@@ -556,14 +619,14 @@ class SQLStore:
         return d
 
     def is_revoked(self, jti: str) -> Deferred[bool]:
-        d = self._execute("is_revoked", (jti,))
-        d.addCallback(lambda rows: bool(rows))
-        return d
+        if "\x00" in jti:
+            return succeed(False)  # as in get_client: none was revoked
+        return self.revoked_jti_lookups.get(jti).addCallback(bool)
 
     def client_revoked_before(self, client_id: str) -> Deferred[int | None]:
-        d = self._execute("client_revoked_before", (client_id,))
-        d.addCallback(lambda rows: int(rows[0][0]) if rows else None)
-        return d
+        if "\x00" in client_id:
+            return succeed(None)  # as in get_client: there is no such client
+        return self.revoked_client_lookups.get(client_id)
 
     def use_once(self, key: str, expires_at: int) -> Deferred[bool]:
         """
