@@ -181,6 +181,8 @@ class SQLStore:
         self._pool: ConnectionPool | None = None
         #: the token writer: its own connection and thread (L{_add_tokens})
         self._token_writer: ConnectionThread[Any] | None = None
+        #: the lookups' reader: its own connection and thread (L{_lookup})
+        self._reader: ConnectionThread[Any] | None = None
         #: the token batches' statements, by batch size
         self._token_upserts: dict[int, str] = {}
         #: opaque tokens, one transaction and one sync for a few ms of them;
@@ -198,12 +200,9 @@ class SQLStore:
         self._sql = statements(dialect)
         self._lookup_statements = lookups(dialect)
         # Introspection's reads: one query for the lookups of a kind asked
-        # for while earlier ones are under way.  Half the pool's
-        # connections each (SQLite's one, PostgreSQL's two of four), so
-        # that batches fill under load and other operations find a
-        # connection.
-        concurrency = max(1, dialect.pool_size // 2)
-        batch = LOOKUP_SIZES[-1]
+        # for while the previous one is under way, on the reader's one
+        # connection (L{_lookup}).
+        concurrency, batch = 1, LOOKUP_SIZES[-1]
         #: opaque tokens by digest (public, so that tests and operators can
         #: read how many batches carried how many lookups)
         self.token_lookups: GroupLookup[str, TokenRecord] = GroupLookup(
@@ -260,12 +259,11 @@ class SQLStore:
             if self._connecting.open_connection is not None:
                 kwargs["cp_openfun"] = self._connecting.open_connection
             self._pool = ConnectionPool(self._dialect, *self._connecting.args, **kwargs)
-            self._token_writer = ConnectionThread(
-                cast(IReactorThreads, self._reactor),
-                self._connect_token_writer,
-                name=f"ccserver-tokens-{self._dialect.name}",
-                is_stale=self._dialect.is_stale,
-                lost_errors=self._dialect.unavailable_errors,
+            self._token_writer = self._connection_thread(
+                "tokens", self._dialect.prepare_token_connection
+            )
+            self._reader = self._connection_thread(
+                "lookups", self._dialect.prepare_read_connection
             )
         return Deferred.fromCoroutine(self._migrate())
 
@@ -286,23 +284,35 @@ class SQLStore:
                 "Applied schema migration {version} to {url}", version=current, url=self.url
             )
 
-    def _connect_token_writer(self) -> Any:
+    def _connection_thread(
+        self, name: str, prepare: Callable[[Any], None]
+    ) -> ConnectionThread[Any]:
         """
-        The token writer's connection (in its thread): as the pool's, and
-        then as the dialect sets up a token writer's.
+        A connection in a thread of its own (the token writer's, the
+        lookups' reader's): made as the pool's are, and then set up by
+        C{prepare}, in its thread.
         """
-        connection = importlib.import_module(self._dialect.module).connect(
-            *self._connecting.args, **self._connecting.kwargs
-        )
-        try:
-            if self._connecting.open_connection is not None:
-                self._connecting.open_connection(connection)
-            self._dialect.prepare_token_connection(connection)
-        except BaseException:
-            connection.close()
-            raise
-        return connection
 
+        def connect() -> Any:
+            connection = importlib.import_module(self._dialect.module).connect(
+                *self._connecting.args, **self._connecting.kwargs
+            )
+            try:
+                if self._connecting.open_connection is not None:
+                    self._connecting.open_connection(connection)
+                prepare(connection)
+            except BaseException:
+                connection.close()
+                raise
+            return connection
+
+        return ConnectionThread(
+            cast(IReactorThreads, self._reactor),
+            connect,
+            name=f"ccserver-{name}-{self._dialect.name}",
+            is_stale=self._dialect.is_stale,
+            lost_errors=self._dialect.unavailable_errors,
+        )
 
     def close(self) -> Deferred[None]:
         """
@@ -312,9 +322,10 @@ class SQLStore:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
-        writer, self._token_writer = self._token_writer, None
-        if writer is not None:
-            writer.close(self.timeout)
+        for thread in (self._token_writer, self._reader):
+            if thread is not None:
+                thread.close(self.timeout)
+        self._token_writer = self._reader = None
         return succeed(None)
 
     # running statements
@@ -585,18 +596,34 @@ class SQLStore:
         The lookup C{name} (L{lookups}) of a batch of distinct keys, in one
         query, its keys padded to the statement's size with the first one
         again: each row found, by its key (its first column), as C{read}
-        makes it (in the reactor's thread: the pool's does as little as it
-        can, as the token writer's does).
+        makes it.
+
+        The query goes to the reader (L{ConnectionThread}), a connection
+        and thread of their own, as the token writer's batches do and for
+        the same reasons: a hand-off costs a C{SimpleQueue.put} rather than
+        a round of adbapi's thread pool, and the query runs in autocommit,
+        one round trip on PostgreSQL where adbapi's transaction made
+        three (C{BEGIN}, the query, C{COMMIT}); the thread only runs it,
+        and the rows are read here.  In autocommit each query sees every
+        transaction committed before it began: a revocation committed
+        before the batch was sent is seen by it (L{GroupLookup}).
         """
+        reader = self._reader
+        if reader is None:
+            return fail(StoreUnavailable(f"{self.url}: not open"))
         size = lookup_size(len(keys))
         statement = self._lookup_statements[name, size]
         params = (*keys, *(keys[0] for _ in range(size - len(keys))))
 
-        def body(cursor: Any) -> list[Sequence[Any]]:
-            cursor.execute(statement, params)
-            return cursor.fetchall()  # type: ignore[no-any-return]
+        def body(connection: Any) -> list[Sequence[Any]]:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(statement, params)
+                return cursor.fetchall()  # type: ignore[no-any-return]
+            finally:
+                cursor.close()
 
-        d = self._guard(self._run(body))
+        d = self._guard(reader.run(body))
         return d.addCallback(lambda rows: {row[0]: read(row) for row in rows})
 
     def _get_tokens(self, digests: list[str]) -> Deferred[Mapping[str, TokenRecord]]:
