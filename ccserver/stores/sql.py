@@ -18,13 +18,17 @@ Durability and concurrency:
   - SQLite runs in WAL mode with C{synchronous=FULL}: a commit is on disk
     before the Deferred fires, so neither a SIGKILL nor a power cut loses a
     registered client.  One connection, in one pool thread, for every
-    operation but opaque tokens' writes: adbapi's several threads would
-    otherwise meet "database is locked".  Other processes on the same file
+    operation but opaque tokens' writes and introspection's lookups:
+    adbapi's several threads would otherwise meet "database is locked".  Other processes on the same file
     wait up to the timeout (C{busy_timeout}); every write starts with
     C{BEGIN IMMEDIATE} so that it takes the write lock first and never
     fails half-way on a lock upgrade.  Opaque tokens are written by a
     connection and thread of their own (the token writer), one statement
-    per batch in autocommit, polling for the write lock.
+    per batch in autocommit, polling for the write lock.  Introspection's
+    lookups (C{get_token}, C{is_revoked}, C{client_revoked_before}) are
+    read by another (the reader), in autocommit too, those asked for while
+    one query is under way in the next (L{GroupLookup}); a reader in WAL
+    mode waits for no writer.
   - Every write is one transaction: one statement, or several in
     C{purge_expired}, in C{add_client} and C{replace_client} (the client
     and the index of its federated identities) and in C{delete_client} (the
@@ -57,7 +61,7 @@ Failover (PostgreSQL): a multi-host URL
 (C{postgresql://h1:5432,h2:5432/db?target_session_attrs=read-write}) makes
 libpq try each host in turn and keep the first that accepts writes, at
 every new connection.  When the primary dies, each pooled connection (and
-the token writer's) is found dead before its next use and made anew,
+the token writer's and the reader's) is found dead before its next use and made anew,
 reaching the promoted standby once there is one; until then the attempt
 fails at once (refused, or "session is read-only") and the request gets a
 503.  A connection to a server that turned read-only under it (a standby
