@@ -2046,17 +2046,35 @@ class ServerFaultsMixin(_TestCase):
         return elapsed
 
     async def assertOutageSurvived(self, take_down: Callable[[], None]) -> None:
-        client, key = make_client(), make_key()
+        client, key, token = make_client(), make_key(), make_token()
+        tokens = ITokenStore(self.store)
         await self.store.add_client(client)
         await self.store.add_key(key)
-        # a pooled connection that has seen the server before
+        await tokens.add_token(token)
+        # a pooled connection that has seen the server before, and the
+        # lookups' one
         self.assertEqual(await self.store.get_client("client-1"), client)
+        self.assertEqual(await tokens.get_token(token.token_digest), token)
 
         take_down()
         try:
             await self.assertUnavailableInTime(lambda: self.store.get_client("client-1"))
             await self.assertUnavailableInTime(lambda: self.store.add_client(make_client("new")))
             await self.assertUnavailableInTime(lambda: self.store.list_keys())
+            # a burst of lookups, grouped into batches: each fails as its
+            # batch did, in time
+            async def burst() -> None:
+                results = await DeferredList(
+                    [tokens.get_token(token.token_digest) for _ in range(20)]
+                    + [tokens.is_revoked(f"jti-{n}") for n in range(20)],
+                    consumeErrors=True,
+                )
+                for ok, outcome in results:
+                    self.assertFalse(ok)
+                    outcome.trap(StoreUnavailable)
+                raise StoreUnavailable("each of the burst")
+
+            await self.assertUnavailableInTime(burst)
         finally:
             self.server.start()
 
@@ -2072,6 +2090,17 @@ class ServerFaultsMixin(_TestCase):
             client,
         )
         self.assertEqual(await self.store.list_keys(), [key])
+        self.assertEqual(
+            await eventually(
+                lambda: tokens.get_token(token.token_digest),
+                reactor,
+                15,
+                what="the lookups back",
+                tolerate=(StoreUnavailable,),
+            ),
+            token,
+        )
+        self.assertIs(await tokens.is_revoked("jti-1"), False)
         later = make_client("later")
         await self.store.add_client(later)
         self.assertEqual(await self.store.get_client("later"), later)
