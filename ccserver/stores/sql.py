@@ -19,8 +19,9 @@ Durability and concurrency:
     before the Deferred fires, so neither a SIGKILL nor a power cut loses a
     registered client.  One connection, in one pool thread, for every
     operation but opaque tokens' writes and introspection's lookups:
-    adbapi's several threads would otherwise meet "database is locked".  Other processes on the same file
-    wait up to the timeout (C{busy_timeout}); every write starts with
+    adbapi's several threads would otherwise meet "database is locked".
+    Other processes on the same file wait up to the timeout
+    (C{busy_timeout}); every write starts with
     C{BEGIN IMMEDIATE} so that it takes the write lock first and never
     fails half-way on a lock upgrade.  Opaque tokens are written by a
     connection and thread of their own (the token writer), one statement
@@ -61,8 +62,8 @@ Failover (PostgreSQL): a multi-host URL
 (C{postgresql://h1:5432,h2:5432/db?target_session_attrs=read-write}) makes
 libpq try each host in turn and keep the first that accepts writes, at
 every new connection.  When the primary dies, each pooled connection (and
-the token writer's and the reader's) is found dead before its next use and made anew,
-reaching the promoted standby once there is one; until then the attempt
+the token writer's and the reader's) is found dead before its next use
+and made anew, reaching the promoted standby once there is one; until then the attempt
 fails at once (refused, or "session is read-only") and the request gets a
 503.  A connection to a server that turned read-only under it (a standby
 reached through a single-host URL or a virtual IP, a server fenced with
@@ -610,7 +611,10 @@ class SQLStore:
         three (C{BEGIN}, the query, C{COMMIT}); the thread only runs it,
         and the rows are read here.  In autocommit each query sees every
         transaction committed before it began: a revocation committed
-        before the batch was sent is seen by it (L{GroupLookup}).
+        before the batch was sent is seen by it (L{GroupLookup}).  Its
+        connection is checked before each use as the pool's are, so that
+        lookups never read a standby (which may lag behind a revocation
+        the primary has committed).
         """
         reader = self._reader
         if reader is None:
