@@ -9,6 +9,7 @@ database, a flushed Redis.  The servers are started once per test process
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -1118,6 +1119,143 @@ class StoreContractMixin(_TestCase):
         for token in tokens:
             self.assertIsNone(await self.tokens.get_token(token.token_digest))
 
+    # lookups in bursts: introspection's reads, which the SQL and Redis
+    # stores group into one round trip a batch (GroupLookup)
+
+    async def test_burst_of_token_lookups(self) -> None:
+        """
+        300 lookups at once, of stored tokens, unknown digests, the same
+        digests several times, and tokens of a deleted client (stored
+        after its deletion by an instance that still had it cached: some
+        covered by its revocation mark, some issued later), each answered
+        with its own token or None.
+        """
+        now = int(time.time())
+        await self.store.delete_client("gone", now, now + 3600)
+        live = [make_token(f"{i:064x}", jti=f"jti-{i}") for i in range(100)]
+        covered = [
+            make_token(f"{i + 1000:064x}", client_id="gone", issued_at=now - 10) for i in range(30)
+        ]
+        later = [make_token(f"{i + 2000:064x}", client_id="gone", issued_at=now + 1) for i in range(10)]
+        await gatherResults([self.tokens.add_token(t) for t in [*live, *covered, *later]])
+        expected: list[tuple[str, TokenRecord | None]] = [
+            *((t.token_digest, t) for t in live),
+            *((t.token_digest, t) for t in live[::2]),
+            *((t.token_digest, t) for t in live[:30]),
+            *((f"{i + 5000:064x}", None) for i in range(50)),
+            *((t.token_digest, None) for t in covered + covered),
+            *((t.token_digest, t) for t in later),
+        ]
+        self.assertEqual(len(expected), 300)
+        random.Random(7).shuffle(expected)
+        answers = await gatherResults([self.tokens.get_token(digest) for digest, _ in expected])
+        self.assertEqual(answers, [token for _, token in expected])
+
+    async def test_burst_of_revocation_lookups(self) -> None:
+        """
+        The JWT path's lookups at once, deny-list entries and clients'
+        revocation marks mixed, known and unknown, some asked several
+        times: each answered as one alone is.
+        """
+        now = int(time.time())
+        for n in range(0, 60, 3):
+            await self.tokens.revoke_jti(f"jti-{n}", now + 3600)
+        for n in range(0, 60, 4):
+            await self.store.delete_client(f"client-{n}", now - n, now + 3600)
+        asked: list[tuple[Deferred[Any], object]] = []
+        for n in [*range(60), *range(0, 60, 2)]:
+            asked.append((self.tokens.is_revoked(f"jti-{n}"), n % 3 == 0))
+            asked.append(
+                (self.tokens.client_revoked_before(f"client-{n}"), now - n if n % 4 == 0 else None)
+            )
+        answers = await gatherResults([d for d, _ in asked])
+        self.assertEqual(answers, [want for _, want in asked])
+
+    async def lookups_across(
+        self, lookup: Callable[[], Deferred[T]], write: Callable[[], Deferred[Any]]
+    ) -> tuple[int, list[T]]:
+        """
+        Keep lookups going while C{write} runs, four at a time (each one
+        answered starts the next), and start three more the moment it has
+        completed: how many of the running ones were still unanswered then
+        (so that a batch read before the write was in flight on a store
+        that groups them), and the three's answers.
+        """
+        written = False
+        running: list[Deferred[T]] = []
+
+        def keep_going(_: object = None) -> None:
+            if written:
+                return
+            d = lookup()
+            running.append(d)
+            if not d.called:  # a store in memory answers at once
+                d.addCallback(keep_going)
+
+        for _ in range(4):
+            keep_going()
+
+        def completed(_: object) -> tuple[int, list[Deferred[T]]]:
+            nonlocal written
+            written = True
+            return sum(not d.called for d in running), [lookup() for _ in range(3)]
+
+        unanswered, after = await write().addCallback(completed)
+        answers = await gatherResults(after)
+        await gatherResults(running)
+        if self.durable:
+            self.assertEqual(unanswered, 4)
+        return unanswered, answers
+
+    async def test_deleted_token_not_found_by_a_later_lookup(self) -> None:
+        """
+        A token deleted (by another instance) is not found by a lookup
+        started after the deletion completed, though batches that read it
+        before were in flight then.
+        """
+        token = make_token()
+        await self.tokens.add_token(token)
+        other = ITokenStore(await self.second_store())
+        _, answers = await self.lookups_across(
+            lambda: self.tokens.get_token(token.token_digest),
+            lambda: other.delete_token(token.token_digest),
+        )
+        self.assertEqual(answers, [None] * 3)
+
+    async def test_deleted_clients_token_not_found_by_a_later_lookup(self) -> None:
+        """
+        The same for a token whose client another instance deletes: its
+        revocation mark and deleted tokens are seen by every lookup
+        started after the deletion completed.
+        """
+        now = int(time.time())
+        token = make_token(issued_at=now)
+        await self.tokens.add_token(token)
+        other = await self.second_store()
+        _, answers = await self.lookups_across(
+            lambda: self.tokens.get_token(token.token_digest),
+            lambda: other.delete_client("client-1", now, now + 3600),
+        )
+        self.assertEqual(answers, [None] * 3)
+
+    async def test_revocations_seen_by_later_lookups(self) -> None:
+        """
+        A jti revoked and a client deleted by another instance are seen by
+        the JWT path's lookups started after the write completed.
+        """
+        now = int(time.time())
+        other = await self.second_store()
+        _, revoked = await self.lookups_across(
+            lambda: self.tokens.is_revoked("jti-1"),
+            lambda: ITokenStore(other).revoke_jti("jti-1", now + 3600),
+        )
+        self.assertEqual(revoked, [True] * 3)
+        _, marks = await self.lookups_across(
+            lambda: self.tokens.client_revoked_before("client-1"),
+            lambda: other.delete_client("client-1", now, now + 3600),
+        )
+        self.assertEqual(marks, [now] * 3)
+
     async def test_tokens_apart_from_clients(self) -> None:
         await self.store.add_client(make_client("x" * 64))
         await self.tokens.add_token(make_token("x" * 64))
@@ -1732,6 +1870,39 @@ class StoreContractMixin(_TestCase):
             self.assertEqual(await store.get_client("client-1"), make_client())
 
 
+class GroupedLookupsMixin(_TestCase):
+    """
+    A store that groups lookups (SQL, Redis): lookups asked for at once
+    make far fewer round trips than lookups, counted by each kind's
+    L{ccserver.stores.grouplookup.GroupLookup} (the store's public
+    C{token_lookups}, C{revoked_jti_lookups}, C{revoked_client_lookups}).
+    """
+
+    store: IStore
+
+    async def test_burst_of_lookups_few_round_trips(self) -> None:
+        store: Any = self.store
+        tokens = [make_token(f"{i:064x}") for i in range(50)]
+        await gatherResults([ITokenStore(store).add_token(t) for t in tokens])
+        groups = (store.token_lookups, store.revoked_jti_lookups, store.revoked_client_lookups)
+        before = [(g.lookups, g.batches) for g in groups]
+        found = await gatherResults(
+            [store.get_token(tokens[n % 60].token_digest if n % 60 < 50 else f"{n:064x}") for n in range(300)]
+        )
+        await gatherResults(
+            [
+                *(store.is_revoked(f"jti-{n}") for n in range(300)),
+                *(store.client_revoked_before(f"client-{n % 7}") for n in range(300)),
+            ]
+        )
+        self.assertEqual(sum(r is not None for r in found), 250)
+        for group, (lookups, batches) in zip(groups, before, strict=True):
+            self.assertEqual(group.lookups - lookups, 300)
+            # the first goes alone, one per connection that may read at
+            # once; the rest wait and go together, at most 128 a batch
+            self.assertLessEqual(group.batches - batches, 6)
+
+
 class MemoryStoreTests(StoreContractMixin, TestCase):
     durable = False
 
@@ -1739,7 +1910,7 @@ class MemoryStoreTests(StoreContractMixin, TestCase):
         return MemoryStore()
 
 
-class SQLiteStoreTests(StoreContractMixin, TestCase):
+class SQLiteStoreTests(StoreContractMixin, GroupedLookupsMixin, TestCase):
     timeout = 60
 
     async def setUp(self) -> None:
@@ -1750,7 +1921,7 @@ class SQLiteStoreTests(StoreContractMixin, TestCase):
         return SQLStore.from_url(self.url, reactor, timeout=TIMEOUT)
 
 
-class PostgreSQLStoreTests(StoreContractMixin, TestCase):
+class PostgreSQLStoreTests(StoreContractMixin, GroupedLookupsMixin, TestCase):
     timeout = 60
 
     async def setUp(self) -> None:
@@ -1761,7 +1932,7 @@ class PostgreSQLStoreTests(StoreContractMixin, TestCase):
         return SQLStore.from_url(self.url, reactor, timeout=TIMEOUT)
 
 
-class RedisStoreTests(StoreContractMixin, TestCase):
+class RedisStoreTests(StoreContractMixin, GroupedLookupsMixin, TestCase):
     timeout = 60
 
     async def setUp(self) -> None:
@@ -1773,8 +1944,28 @@ class RedisStoreTests(StoreContractMixin, TestCase):
     def new_store(self) -> IStore:
         return RedisStore.from_url(self.url, reactor, timeout=TIMEOUT)
 
+    async def test_burst_of_token_lookups_few_scripts_run(self) -> None:
+        """
+        What the server itself counts: 300 token lookups at once run the
+        lookup script a few times (a batch each), not 300.
+        """
+        token = make_token()
+        await self.tokens.add_token(token)
+        server = redis_server("shared")
+        server.query("CONFIG", "RESETSTAT")
+        found = await gatherResults([self.tokens.get_token(token.token_digest) for _ in range(300)])
+        self.assertEqual(found, [token] * 300)
+        stats = str(server.query("INFO", "commandstats"))
+        calls = sum(
+            int(line.split("calls=", 1)[1].split(",", 1)[0])
+            for line in stats.splitlines()
+            if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:"))
+        )
+        self.assertGreaterEqual(calls, 1)
+        self.assertLessEqual(calls, 6)
 
-class SentinelRedisStoreTests(StoreContractMixin, TestCase):
+
+class SentinelRedisStoreTests(StoreContractMixin, GroupedLookupsMixin, TestCase):
     """
     The contract through Redis Sentinel: the primary found by the
     sentinels, every write that must survive a failover waiting for a
@@ -1855,17 +2046,35 @@ class ServerFaultsMixin(_TestCase):
         return elapsed
 
     async def assertOutageSurvived(self, take_down: Callable[[], None]) -> None:
-        client, key = make_client(), make_key()
+        client, key, token = make_client(), make_key(), make_token()
+        tokens = ITokenStore(self.store)
         await self.store.add_client(client)
         await self.store.add_key(key)
-        # a pooled connection that has seen the server before
+        await tokens.add_token(token)
+        # a pooled connection that has seen the server before, and the
+        # lookups' one
         self.assertEqual(await self.store.get_client("client-1"), client)
+        self.assertEqual(await tokens.get_token(token.token_digest), token)
 
         take_down()
         try:
             await self.assertUnavailableInTime(lambda: self.store.get_client("client-1"))
             await self.assertUnavailableInTime(lambda: self.store.add_client(make_client("new")))
             await self.assertUnavailableInTime(lambda: self.store.list_keys())
+            # a burst of lookups, grouped into batches: each fails as its
+            # batch did, in time
+            async def burst() -> None:
+                results = await DeferredList(
+                    [tokens.get_token(token.token_digest) for _ in range(20)]
+                    + [tokens.is_revoked(f"jti-{n}") for n in range(20)],
+                    consumeErrors=True,
+                )
+                for ok, outcome in results:
+                    self.assertFalse(ok)
+                    outcome.trap(StoreUnavailable)
+                raise StoreUnavailable("each of the burst")
+
+            await self.assertUnavailableInTime(burst)
         finally:
             self.server.start()
 
@@ -1881,6 +2090,17 @@ class ServerFaultsMixin(_TestCase):
             client,
         )
         self.assertEqual(await self.store.list_keys(), [key])
+        self.assertEqual(
+            await eventually(
+                lambda: tokens.get_token(token.token_digest),
+                reactor,
+                15,
+                what="the lookups back",
+                tolerate=(StoreUnavailable,),
+            ),
+            token,
+        )
+        self.assertIs(await tokens.is_revoked("jti-1"), False)
         later = make_client("later")
         await self.store.add_client(later)
         self.assertEqual(await self.store.get_client("later"), later)

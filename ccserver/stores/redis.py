@@ -28,7 +28,8 @@ shared with other data):
     would refuse;
   - C{ccserver:revoked_client:<client_id>}: a deleted client's revocation
     mark, C{"<issued_before> <expires_at>"}, expiring at C{expires_at};
-    C{get_token} reads it with the token, in one script.
+    C{get_token} reads it with the token, in one script (for a batch of
+    tokens: L{GroupLookup}).
     C{delete_client} writes it, deletes the tokens and the client in one
     script: atomic, as every script is in Redis (it names the token keys it
     deletes only at run time, which Redis Cluster would refuse; a single
@@ -101,8 +102,8 @@ the path of every authentication, and a failover may forget the last few.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, TypeVar, cast
 
 import txredisapi
 from attrs import evolve, frozen
@@ -128,10 +129,13 @@ from ccserver.model import (
 )
 from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
+from ccserver.stores.grouplookup import GroupLookup
 from ccserver.stores.guard import OperationGuard, url_secrets
 from ccserver.stores.redisconnection import PrimaryConnections
 from ccserver.stores.sentinel import NoPrimary
 from ccserver.stores.urls import RedisAddress, redis_address
+
+T = TypeVar("T")
 
 #: Connections in the pool.  Commands that need no connection to themselves
 #: are pipelined on any of them, so a few suffice.
@@ -350,25 +354,37 @@ end
 return n
 """
 
-# The token, unless its client's revocation mark covers it.  A record that
-# cjson cannot read (never written by this server) is answered as it is.
-_GET_TOKEN_SCRIPT = """
-local text = redis.call('GET', KEYS[1])
-if not text then
-    return false
-end
-local ok, record = pcall(cjson.decode, text)
-if ok and type(record) == 'table' and type(record['client_id']) == 'string' then
-    local mark = redis.call('GET', ARGV[1] .. record['client_id'])
-    if mark then
-        local before = tonumber(string.match(mark, '^(%d+)'))
-        if before and tonumber(record['issued_at']) <= before then
-            return false
+#: L{RedisStore.get_token}'s batch (L{GroupLookup}), in one script: the
+#: tokens C{KEYS}, each unless its client's revocation mark (C{ARGV[1]}, the
+#: marks' key prefix, and the client id) covers it, as an array in the order
+#: of C{KEYS} with C{false} (a nil reply) for one missing or covered.  Its
+#: C{MGET} reads the tokens and the marks' C{GET}s after it in one atomic
+#: run.  A record that cjson cannot read (never written by this server) is
+#: answered as it is.
+_GET_TOKENS_SCRIPT = """
+local texts = redis.call('MGET', unpack(KEYS))
+for i = 1, #KEYS do
+    local text = texts[i]
+    if text then
+        local ok, record = pcall(cjson.decode, text)
+        if ok and type(record) == 'table' and type(record['client_id']) == 'string' then
+            local mark = redis.call('GET', ARGV[1] .. record['client_id'])
+            if mark then
+                local before = tonumber(string.match(mark, '^(%d+)'))
+                if before and tonumber(record['issued_at']) <= before then
+                    texts[i] = false
+                end
+            end
         end
     end
 end
-return text
+return texts
 """
+
+#: Lookups in one batch at most (L{GroupLookup}): those asked for during
+#: the previous batch's round trip; the bound keeps C{unpack} and C{MGET}
+#: far below Lua's stack limit, and a script's run short.
+LOOKUP_BATCH = 128
 
 #: Every binding of C{ARGV[first..]} (C{"<binding key>:<conditions key>"},
 #: both 64 hex digits) is free or the client's own (C{ARGV[2]}), else the
@@ -586,6 +602,16 @@ def lease_key(name: str) -> str:
     return f"{PREFIX}lease:{name}"
 
 
+def _found(
+    replies: list[Any], keys: list[str], read: Callable[[Any], T]
+) -> Mapping[str, T]:
+    """
+    A batch's replies (one for each of C{keys}, in order; None for a key
+    not found), as C{read} makes each found one, by key.
+    """
+    return {key: read(reply) for key, reply in zip(keys, replies, strict=True) if reply is not None}
+
+
 def _redis_version(info: str) -> tuple[int, ...]:
     """
     The server's version from the answer to C{INFO server}.
@@ -640,6 +666,22 @@ class RedisStore:
             self.address, cast(IReactorTime, reactor), size=POOL_SIZE, timeout=timeout
         )
         self._redis: Any = None
+        # Introspection's reads: one round trip for the lookups of a kind
+        # asked for during the previous one's (one at a time: Redis runs
+        # one command at a time anyway, and fuller batches cost less).
+        #: opaque tokens by digest (public, so that tests and operators can
+        #: read how many batches carried how many lookups)
+        self.token_lookups: GroupLookup[str, TokenRecord] = GroupLookup(
+            self._get_tokens, max_batch=LOOKUP_BATCH
+        )
+        #: deny-list entries by jti
+        self.revoked_jti_lookups: GroupLookup[str, bool] = GroupLookup(
+            self._revoked_jtis, max_batch=LOOKUP_BATCH
+        )
+        #: deleted clients' revocation marks by client id
+        self.revoked_client_lookups: GroupLookup[str, int] = GroupLookup(
+            self._revoked_clients, max_batch=LOOKUP_BATCH
+        )
         #: opaque tokens, one script call for those issued during the
         #: previous one's round trip
         self._tokens: GroupCommit[_PendingToken] = GroupCommit(
@@ -931,11 +973,18 @@ class RedisStore:
         return d
 
     def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
+        """
+        Read with the other lookups of its batch (L{GroupLookup}): one
+        script call for those asked for during the previous one's round
+        trip.
+        """
+        return self.token_lookups.get(token_digest)
+
+    def _get_tokens(self, digests: list[str]) -> Deferred[Mapping[str, TokenRecord]]:
         d = self._call(
-            "eval", _GET_TOKEN_SCRIPT, [token_key(token_digest)], [revoked_client_key("")]
+            "eval", _GET_TOKENS_SCRIPT, [token_key(digest) for digest in digests], [revoked_client_key("")]
         )
-        d.addCallback(lambda text: None if text is None else TOKENS.from_json(text))
-        return d
+        return d.addCallback(_found, digests, TOKENS.from_json)
 
     def delete_token(self, token_digest: str) -> Deferred[bool]:
         d = self._write("delete", token_key(token_digest))
@@ -949,14 +998,18 @@ class RedisStore:
         return d
 
     def is_revoked(self, jti: str) -> Deferred[bool]:
-        d = self._call("exists", revoked_key(jti))
-        d.addCallback(lambda count: int(count) > 0)
-        return d
+        return self.revoked_jti_lookups.get(jti).addCallback(bool)
+
+    def _revoked_jtis(self, jtis: list[str]) -> Deferred[Mapping[str, bool]]:
+        d = self._call("mget", [revoked_key(jti) for jti in jtis])
+        return d.addCallback(_found, jtis, lambda _: True)
 
     def client_revoked_before(self, client_id: str) -> Deferred[int | None]:
-        d = self._call("get", revoked_client_key(client_id))
-        d.addCallback(lambda text: None if text is None else int(str(text).split()[0]))
-        return d
+        return self.revoked_client_lookups.get(client_id)
+
+    def _revoked_clients(self, client_ids: list[str]) -> Deferred[Mapping[str, int]]:
+        d = self._call("mget", [revoked_client_key(c) for c in client_ids])
+        return d.addCallback(_found, client_ids, lambda mark: int(str(mark).split()[0]))
 
     def use_once(self, key: str, expires_at: int) -> Deferred[bool]:
         """

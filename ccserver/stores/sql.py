@@ -18,13 +18,18 @@ Durability and concurrency:
   - SQLite runs in WAL mode with C{synchronous=FULL}: a commit is on disk
     before the Deferred fires, so neither a SIGKILL nor a power cut loses a
     registered client.  One connection, in one pool thread, for every
-    operation but opaque tokens' writes: adbapi's several threads would
-    otherwise meet "database is locked".  Other processes on the same file
-    wait up to the timeout (C{busy_timeout}); every write starts with
+    operation but opaque tokens' writes and introspection's lookups:
+    adbapi's several threads would otherwise meet "database is locked".
+    Other processes on the same file wait up to the timeout
+    (C{busy_timeout}); every write starts with
     C{BEGIN IMMEDIATE} so that it takes the write lock first and never
     fails half-way on a lock upgrade.  Opaque tokens are written by a
     connection and thread of their own (the token writer), one statement
-    per batch in autocommit, polling for the write lock.
+    per batch in autocommit, polling for the write lock.  Introspection's
+    lookups (C{get_token}, C{is_revoked}, C{client_revoked_before}) are
+    read by another (the reader), in autocommit too, those asked for while
+    one query is under way in the next (L{GroupLookup}); a reader in WAL
+    mode waits for no writer.
   - Every write is one transaction: one statement, or several in
     C{purge_expired}, in C{add_client} and C{replace_client} (the client
     and the index of its federated identities) and in C{delete_client} (the
@@ -57,8 +62,8 @@ Failover (PostgreSQL): a multi-host URL
 (C{postgresql://h1:5432,h2:5432/db?target_session_attrs=read-write}) makes
 libpq try each host in turn and keep the first that accepts writes, at
 every new connection.  When the primary dies, each pooled connection (and
-the token writer's) is found dead before its next use and made anew,
-reaching the promoted standby once there is one; until then the attempt
+the token writer's and the reader's) is found dead before its next use
+and made anew, reaching the promoted standby once there is one; until then the attempt
 fails at once (refused, or "session is read-only") and the request gets a
 503.  A connection to a server that turned read-only under it (a standby
 reached through a single-host URL or a virtual IP, a server fenced with
@@ -84,7 +89,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
@@ -110,11 +115,19 @@ from ccserver.stores import buckets
 from ccserver.stores.buckets import Bucket
 from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
+from ccserver.stores.grouplookup import GroupLookup
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
 from ccserver.stores.sqldialects import Connecting, connection_for
 from ccserver.stores.sqlmigrations import MIGRATION_TIMEOUT, Migration, Schema, load_migrations
 from ccserver.stores.sqlpool import ConnectionPool
-from ccserver.stores.sqlstatements import key_last, statements, upsert_many
+from ccserver.stores.sqlstatements import (
+    LOOKUP_SIZES,
+    key_last,
+    lookup_size,
+    lookups,
+    statements,
+    upsert_many,
+)
 from ccserver.stores.writer import ConnectionThread
 
 T = TypeVar("T")
@@ -173,6 +186,8 @@ class SQLStore:
         self._pool: ConnectionPool | None = None
         #: the token writer: its own connection and thread (L{_add_tokens})
         self._token_writer: ConnectionThread[Any] | None = None
+        #: the lookups' reader: its own connection and thread (L{_lookup})
+        self._reader: ConnectionThread[Any] | None = None
         #: the token batches' statements, by batch size
         self._token_upserts: dict[int, str] = {}
         #: opaque tokens, one transaction and one sync for a few ms of them;
@@ -188,6 +203,24 @@ class SQLStore:
             hold=TOKEN_HOLD,
         )
         self._sql = statements(dialect)
+        self._lookup_statements = lookups(dialect)
+        # Introspection's reads: one query for the lookups of a kind asked
+        # for while the previous one is under way, on the reader's one
+        # connection (L{_lookup}).
+        concurrency, batch = 1, LOOKUP_SIZES[-1]
+        #: opaque tokens by digest (public, so that tests and operators can
+        #: read how many batches carried how many lookups)
+        self.token_lookups: GroupLookup[str, TokenRecord] = GroupLookup(
+            self._get_tokens, concurrency=concurrency, max_batch=batch
+        )
+        #: deny-list entries by jti
+        self.revoked_jti_lookups: GroupLookup[str, bool] = GroupLookup(
+            self._revoked_jtis, concurrency=concurrency, max_batch=batch
+        )
+        #: deleted clients' revocation marks by client id
+        self.revoked_client_lookups: GroupLookup[str, int] = GroupLookup(
+            self._revoked_clients, concurrency=concurrency, max_batch=batch
+        )
 
     @classmethod
     def from_url(
@@ -231,12 +264,11 @@ class SQLStore:
             if self._connecting.open_connection is not None:
                 kwargs["cp_openfun"] = self._connecting.open_connection
             self._pool = ConnectionPool(self._dialect, *self._connecting.args, **kwargs)
-            self._token_writer = ConnectionThread(
-                cast(IReactorThreads, self._reactor),
-                self._connect_token_writer,
-                name=f"ccserver-tokens-{self._dialect.name}",
-                is_stale=self._dialect.is_stale,
-                lost_errors=self._dialect.unavailable_errors,
+            self._token_writer = self._connection_thread(
+                "tokens", self._dialect.prepare_token_connection
+            )
+            self._reader = self._connection_thread(
+                "lookups", self._dialect.prepare_read_connection
             )
         return Deferred.fromCoroutine(self._migrate())
 
@@ -257,23 +289,35 @@ class SQLStore:
                 "Applied schema migration {version} to {url}", version=current, url=self.url
             )
 
-    def _connect_token_writer(self) -> Any:
+    def _connection_thread(
+        self, name: str, prepare: Callable[[Any], None]
+    ) -> ConnectionThread[Any]:
         """
-        The token writer's connection (in its thread): as the pool's, and
-        then as the dialect sets up a token writer's.
+        A connection in a thread of its own (the token writer's, the
+        lookups' reader's): made as the pool's are, and then set up by
+        C{prepare}, in its thread.
         """
-        connection = importlib.import_module(self._dialect.module).connect(
-            *self._connecting.args, **self._connecting.kwargs
-        )
-        try:
-            if self._connecting.open_connection is not None:
-                self._connecting.open_connection(connection)
-            self._dialect.prepare_token_connection(connection)
-        except BaseException:
-            connection.close()
-            raise
-        return connection
 
+        def connect() -> Any:
+            connection = importlib.import_module(self._dialect.module).connect(
+                *self._connecting.args, **self._connecting.kwargs
+            )
+            try:
+                if self._connecting.open_connection is not None:
+                    self._connecting.open_connection(connection)
+                prepare(connection)
+            except BaseException:
+                connection.close()
+                raise
+            return connection
+
+        return ConnectionThread(
+            cast(IReactorThreads, self._reactor),
+            connect,
+            name=f"ccserver-{name}-{self._dialect.name}",
+            is_stale=self._dialect.is_stale,
+            lost_errors=self._dialect.unavailable_errors,
+        )
 
     def close(self) -> Deferred[None]:
         """
@@ -283,9 +327,10 @@ class SQLStore:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
-        writer, self._token_writer = self._token_writer, None
-        if writer is not None:
-            writer.close(self.timeout)
+        for thread in (self._token_writer, self._reader):
+            if thread is not None:
+                thread.close(self.timeout)
+        self._token_writer = self._reader = None
         return succeed(None)
 
     # running statements
@@ -541,9 +586,62 @@ class SQLStore:
         return self._guard(writer.run(body))
 
     def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
-        d = self._execute("get_token", (token_digest,))
-        d.addCallback(lambda rows: TOKENS.from_row(rows[0]) if rows else None)
-        return d
+        """
+        Read with the other lookups of its batch (L{GroupLookup}): one
+        query for those asked for while the previous ones are under way.
+        """
+        if "\x00" in token_digest:
+            return succeed(None)  # as in get_client: there is no such token
+        return self.token_lookups.get(token_digest)
+
+    def _lookup(
+        self, name: str, keys: list[str], read: Callable[[Sequence[Any]], T]
+    ) -> Deferred[Mapping[str, T]]:
+        """
+        The lookup C{name} (L{lookups}) of a batch of distinct keys, in one
+        query, its keys padded to the statement's size with the first one
+        again: each row found, by its key (its first column), as C{read}
+        makes it.
+
+        The query goes to the reader (L{ConnectionThread}), a connection
+        and thread of their own, as the token writer's batches do and for
+        the same reasons: a hand-off costs a C{SimpleQueue.put} rather than
+        a round of adbapi's thread pool, and the query runs in autocommit,
+        one round trip on PostgreSQL where adbapi's transaction made
+        three (C{BEGIN}, the query, C{COMMIT}); the thread only runs it,
+        and the rows are read here.  In autocommit each query sees every
+        transaction committed before it began: a revocation committed
+        before the batch was sent is seen by it (L{GroupLookup}).  Its
+        connection is checked before each use as the pool's are, so that
+        lookups never read a standby (which may lag behind a revocation
+        the primary has committed).
+        """
+        reader = self._reader
+        if reader is None:
+            return fail(StoreUnavailable(f"{self.url}: not open"))
+        size = lookup_size(len(keys))
+        statement = self._lookup_statements[name, size]
+        params = (*keys, *(keys[0] for _ in range(size - len(keys))))
+
+        def body(connection: Any) -> list[Sequence[Any]]:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(statement, params)
+                return cursor.fetchall()  # type: ignore[no-any-return]
+            finally:
+                cursor.close()
+
+        d = self._guard(reader.run(body))
+        return d.addCallback(lambda rows: {row[0]: read(row) for row in rows})
+
+    def _get_tokens(self, digests: list[str]) -> Deferred[Mapping[str, TokenRecord]]:
+        return self._lookup("tokens", digests, TOKENS.from_row)
+
+    def _revoked_jtis(self, jtis: list[str]) -> Deferred[Mapping[str, bool]]:
+        return self._lookup("revoked_jtis", jtis, lambda row: True)
+
+    def _revoked_clients(self, client_ids: list[str]) -> Deferred[Mapping[str, int]]:
+        return self._lookup("revoked_clients", client_ids, lambda row: int(row[1]))
 
     def delete_token(self, token_digest: str) -> Deferred[bool]:
         d = self._execute("delete_token", (token_digest,), write=True)
@@ -556,14 +654,14 @@ class SQLStore:
         return d
 
     def is_revoked(self, jti: str) -> Deferred[bool]:
-        d = self._execute("is_revoked", (jti,))
-        d.addCallback(lambda rows: bool(rows))
-        return d
+        if "\x00" in jti:
+            return succeed(False)  # as in get_client: none was revoked
+        return self.revoked_jti_lookups.get(jti).addCallback(bool)
 
     def client_revoked_before(self, client_id: str) -> Deferred[int | None]:
-        d = self._execute("client_revoked_before", (client_id,))
-        d.addCallback(lambda rows: int(rows[0][0]) if rows else None)
-        return d
+        if "\x00" in client_id:
+            return succeed(None)  # as in get_client: there is no such client
+        return self.revoked_client_lookups.get(client_id)
 
     def use_once(self, key: str, expires_at: int) -> Deferred[bool]:
         """

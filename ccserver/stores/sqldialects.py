@@ -71,6 +71,9 @@ class Dialect:
     #: runs a batch of tokens' statement on that connection: one statement
     #: in autocommit, its own transaction
     write_tokens: Callable[[Any, str, tuple[Any, ...], float], None]
+    #: sets up the lookups' reader connection (L{SQLStore._lookup}): each
+    #: query in autocommit, its own transaction (one round trip)
+    prepare_read_connection: Callable[[Any], None]
 
     def translate(self, statement: str) -> str:
         """
@@ -132,7 +135,14 @@ def _while_locked(attempt: Callable[[], T], timeout: float, pause: float) -> T:
         time.sleep(pause)
 
 
+def _sqlite_read_connection(connection: Any) -> None:
+    # already in autocommit (isolation_level None), each query seeing
+    # every transaction committed before it began
+    pass
+
+
 def _postgresql_token_connection(connection: Any) -> None:
+    # BEGIN, the statement and COMMIT would be three round trips
     connection.autocommit = True
 
 
@@ -199,6 +209,7 @@ def sqlite_dialect() -> Dialect:
         pool_size=1,
         prepare_token_connection=_sqlite_token_connection,
         write_tokens=_sqlite_write_tokens,
+        prepare_read_connection=_sqlite_read_connection,
     )
 
 
@@ -228,6 +239,7 @@ def postgresql_dialect() -> Dialect:
         pool_size=4,
         prepare_token_connection=_postgresql_token_connection,
         write_tokens=_postgresql_write_tokens,
+        prepare_read_connection=_postgresql_token_connection,
     )
 
 

@@ -83,6 +83,55 @@ def purge_batch(dialect: str, table: str, key: str) -> str:
     return f"DELETE FROM {table} WHERE {key} IN ({batch})"
 
 
+#: The sizes of the lookups' statements (L{lookups}): a batch of keys is
+#: padded to the next (the statements are few, so each is prepared once
+#: and its plan kept), and the largest is well under SQLite's oldest limit
+#: of 999 variables a statement.
+LOOKUP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def lookup_size(count: int) -> int:
+    """
+    The size of the statement a batch of C{count} keys goes in (C{count}
+    is at most the largest of L{LOOKUP_SIZES}).
+    """
+    return next(size for size in LOOKUP_SIZES if size >= count)
+
+
+def _lookup_sql(count: int) -> dict[str, str]:
+    """
+    The lookups by key, C{count} keys a statement, each row led by its key.
+    """
+    keys = ", ".join("?" for _ in range(count))
+    return {
+        # A token its client's revocation mark covers is not answered.
+        "tokens": (
+            f"SELECT {columns(TOKENS)} FROM access_tokens WHERE token_digest IN ({keys})"
+            " AND NOT EXISTS (SELECT 1 FROM revoked_clients"
+            " WHERE revoked_clients.client_id = access_tokens.client_id"
+            " AND access_tokens.issued_at <= revoked_clients.issued_before)"
+        ),
+        "revoked_jtis": f"SELECT jti FROM revoked_jtis WHERE jti IN ({keys})",
+        "revoked_clients": (
+            f"SELECT client_id, issued_before FROM revoked_clients WHERE client_id IN ({keys})"
+        ),
+    }
+
+
+def lookups(dialect: Dialect) -> dict[tuple[str, int], str]:
+    """
+    The statements of the lookups that L{ccserver.stores.grouplookup}
+    groups, by name and size (L{LOOKUP_SIZES}), in the dialect's own form:
+    C{IN} over the primary key, which both databases answer with one
+    probe of its index per key.
+    """
+    return {
+        (name, size): dialect.translate(statement)
+        for size in LOOKUP_SIZES
+        for name, statement in _lookup_sql(size).items()
+    }
+
+
 def statements(dialect: Dialect) -> dict[str, str]:
     """
     Every statement of the store, by name, in the dialect's own form.
@@ -117,9 +166,6 @@ def statements(dialect: Dialect) -> dict[str, str]:
             " THEN excluded.expires_at ELSE revoked_clients.expires_at END"
         ),
         "delete_client_tokens": t("DELETE FROM access_tokens WHERE client_id = ?"),
-        "client_revoked_before": t(
-            "SELECT issued_before FROM revoked_clients WHERE client_id = ?"
-        ),
         "purge_revoked_clients": t("DELETE FROM revoked_clients WHERE expires_at < ?"),
         "list_keys": t(f"SELECT {columns(KEYS)} FROM signing_keys ORDER BY created_at, kid"),
         # One slot more in a counter's window; a window that has ended
@@ -205,13 +251,6 @@ def statements(dialect: Dialect) -> dict[str, str]:
         "delete_key": t("DELETE FROM signing_keys WHERE kid = ?"),
         # A digest stored already is replaced, as MemoryStore does.
         "add_token": t(upsert("access_tokens", TOKENS)),
-        # A token its client's revocation mark covers is not answered.
-        "get_token": t(
-            f"SELECT {columns(TOKENS)} FROM access_tokens WHERE token_digest = ?"
-            " AND NOT EXISTS (SELECT 1 FROM revoked_clients"
-            " WHERE revoked_clients.client_id = access_tokens.client_id"
-            " AND access_tokens.issued_at <= revoked_clients.issued_before)"
-        ),
         "delete_token": t("DELETE FROM access_tokens WHERE token_digest = ?"),
         # An entry is kept until the later of the two expiries.
         "revoke_jti": t(
@@ -220,7 +259,6 @@ def statements(dialect: Dialect) -> dict[str, str]:
             " WHEN excluded.expires_at > revoked_jtis.expires_at"
             " THEN excluded.expires_at ELSE revoked_jtis.expires_at END"
         ),
-        "is_revoked": t("SELECT 1 FROM revoked_jtis WHERE jti = ?"),
         # A key recorded already is left as it is: rowcount 0, a replay.
         "use_once": t(
             "INSERT INTO used_once (record_key, expires_at) VALUES (?, ?)"

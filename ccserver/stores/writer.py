@@ -1,6 +1,8 @@
 """
 One database connection in one thread of its own, for a stream of small
-writes whose cost is mostly the hand-off: the SQL stores' opaque tokens.
+operations whose cost is mostly the hand-off: the SQL stores' opaque
+tokens' writes (the token writer), and introspection's lookups (the
+reader).
 
 adbapi's pool serves any number of threads and connections through
 Twisted's thread pool, whose coordinator, context and callback wrappers
