@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import auth, growth, introspection, latency, memory, profiling
+from bench import auth, growth, introspection, latency, memory, profiling, purge
 from bench.cases import CASES, DURABLE_STORES, SMALL_POPULATION, STORES
 from bench.cpu import busiest_processes, loadavg, machine_busy
 from bench.install import ensure_python_dependencies, ensure_wrk, install_peer, run_quiet
@@ -135,6 +135,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="stores of the growth section [sqlite,postgresql,redis]")
     parser.add_argument("--growth-workers", type=int, default=2, metavar="N",
                         help="ccserver workers in the growth section [2]")
+    parser.add_argument("--purge", action=argparse.BooleanOptionalAction, default=True,
+                        help="the growth section's purge row: p99 while every filled token expires at "
+                        "once and is purged, against its quiet value [on]")
+    parser.add_argument("--purge-load", choices=("issue", "introspect"), default="issue",
+                        help="what the full server answers in the purge row, at 50%% of its peak: "
+                        "issuance (writes where the purge deletes) or introspection [issue]")
+    parser.add_argument("--purge-quiet-seconds", type=int, default=60, metavar="S",
+                        help="seconds of quiet windows measured before the fill's tokens expire [60]")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="also run py-spy on ccserver (first case) and write its raw profile here")
     parser.add_argument("--profile-load", choices=("token", "introspect"), default="token",
@@ -169,6 +177,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--memory-tokens must be positive")
     if args.introspection_workers < 1 or args.growth_workers < 1:
         parser.error("--introspection-workers and --growth-workers must be positive")
+    if args.purge_quiet_seconds < purge.WINDOW:
+        parser.error(f"--purge-quiet-seconds must be at least one window ({purge.WINDOW} s)")
     if args.population_tokens < 0 or args.sqlite_population_tokens < 0:
         parser.error("--population-tokens and --sqlite-population-tokens must be 0 or more")
     return args

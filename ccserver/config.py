@@ -17,6 +17,7 @@ is wrong with it.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -182,6 +183,10 @@ class StoreConfig:
     timeout: float = 5.0
     #: Seconds a process may serve a client record from its own cache.
     client_cache_seconds: float = 5.0
+    #: Seconds between two purges of expired opaque tokens and deny-list
+    #: entries, in each process; 0: this process never purges (another
+    #: instance on the same store does).
+    purge_interval_seconds: float = 300.0
     #: Redis: how many replicas must have acknowledged a write (a client, a
     #: key, an opaque token, a revocation) before it is answered (WAIT), so
     #: that a failover cannot lose it; None: 1 with a redis+sentinel:// URL,
@@ -922,6 +927,12 @@ def _check_store(store: StoreConfig, on_command_line: bool) -> None:
         raise ConfigError(f"[store] timeout: must be greater than 0, not {store.timeout!r}")
     if store.client_cache_seconds < 0:
         raise ConfigError("[store] client_cache_seconds: must be 0 or more")
+    interval = store.purge_interval_seconds
+    if not (interval >= 0 and math.isfinite(interval)):
+        raise ConfigError(
+            "[store] purge_interval_seconds: must be a number of seconds greater than 0, "
+            f"or 0 for never, not {interval!r}"
+        )
     if store.redis_wait_replicas is not None and store.redis_wait_replicas < 0:
         raise ConfigError(
             f"[store] redis_wait_replicas: must be 0 or more, not {store.redis_wait_replicas!r}"

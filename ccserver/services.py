@@ -47,8 +47,6 @@ KEY_REFRESH_SECONDS = 60.0
 #: How often, at most, each process asks whether a scheduled key rotation
 #: is due ([keys] rotate_every): a question to its own memory, no round trip.
 ROTATION_CHECK_SECONDS = 60.0
-#: How often expired opaque tokens and deny-list entries are dropped.
-PURGE_SECONDS = 300.0
 #: How long a stop waits for requests in flight.
 STOP_GRACE_SECONDS = 30.0
 
@@ -148,15 +146,20 @@ def _store_service(server: Server, startup: StartUp) -> StoreService:
 def _timers(server: Server, reactor: Any) -> list[TimerService]:
     """
     Reload the signing keys (to follow rotations made elsewhere), purge
-    expired token records, and rotate the keys on their schedule, every so
-    often.
+    expired token records (every C{[store] purge_interval_seconds}, unless
+    0), and rotate the keys on their schedule, every so often.
+
+    Every process has these timers, each worker of C{--workers N} too: each
+    purges on its own, the first time as it starts.
     """
     keys, store = server.config.keys, server.prepared.store
     refresh_every = min(KEY_REFRESH_SECONDS, max(1.0, keys.activation_delay / 4))
     jobs: list[tuple[float, Callable[..., Coroutine[Any, Any, None]], tuple[Any, ...]]] = [
         (refresh_every, refresh_keys, (server.keyring, store)),
-        (PURGE_SECONDS, purge_expired, (store, reactor.seconds)),
     ]
+    purge_every = server.config.store.purge_interval_seconds
+    if purge_every > 0:
+        jobs.append((purge_every, purge_expired, (store, reactor.seconds)))
     if keys.rotate_every is not None:
         jobs.append(
             (

@@ -198,6 +198,23 @@ class LoadConfigTests(SynchronousTestCase):
             "[store]\nredis_wait_timeout = 0\n",
         )
 
+    def test_purge_interval(self) -> None:
+        """
+        [store] purge_interval_seconds: 300 by default, any number of
+        seconds greater than 0, or 0 (this instance never purges);
+        anything else refused in one line.
+        """
+        self.assertEqual(Config().store.purge_interval_seconds, 300.0)
+        self.assertEqual(self.load("[store]\npurge_interval_seconds = 5\n").store.purge_interval_seconds, 5.0)
+        self.assertEqual(self.load("[store]\npurge_interval_seconds = 0.5\n").store.purge_interval_seconds, 0.5)
+        self.assertEqual(self.load("[store]\npurge_interval_seconds = 0\n").store.purge_interval_seconds, 0.0)
+        for bad in ("-1", "nan", "inf"):
+            self.assert_error(
+                "[store] purge_interval_seconds: must be a number of seconds greater than 0, or 0 for never, not ",
+                f"[store]\npurge_interval_seconds = {bad}\n",
+            )
+        self.assert_error("store.purge_interval_seconds: must be a number", '[store]\npurge_interval_seconds = "5m"\n')
+
     def test_precedence(self) -> None:
         """
         Command line over environment over file, key by key; an empty option

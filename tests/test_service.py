@@ -313,6 +313,63 @@ class StoreServiceTests(SynchronousTestCase):
         self.assertEqual(self.log, [])
 
 
+class PurgeTimerTests(SynchronousTestCase):
+    """
+    The tree purges expired token records every C{[store]
+    purge_interval_seconds} (first as it starts), or never with 0.
+    """
+
+    def start(self, config: str) -> tuple[MemoryReactorClock, MemoryStore]:
+        """
+        The tree on a memory store with this configuration, started on a
+        reactor at a fixed time, one opaque token in its store expiring 1
+        s later: the reactor and the store.
+        """
+        from ccserver.model import TokenRecord
+
+        path = os.path.join(temp_dir(self), "ccserver.toml")
+        with open(path, "w") as f:
+            f.write(config)
+        reactor = MemoryReactorClock()
+        reactor.advance(1_800_000_000)
+        service = makeService(options("--listen", "tcp:8080", "--config", path), in_memory(reactor))
+        service.startService()
+        self.addCleanup(service.stopService)
+        store = next(iter(service)).store  # type: ignore[call-overload]
+        now = int(reactor.seconds())
+        token = TokenRecord(token_digest="d" * 64, client_id="client-1", scope=frozenset({"read"}),
+                            audience=("https://api.example",), issued_at=now, expires_at=now + 1,
+                            jti="jti-1", claims={})
+        self.successResultOf(store.add_token(token))
+        return reactor, store
+
+    def stored(self, store: MemoryStore) -> bool:
+        return self.successResultOf(store.get_token("d" * 64)) is not None
+
+    def assert_purged_at(self, config: str, interval: float) -> None:
+        """
+        The expired token is still stored just before the second purge
+        (the first, at the start, found it live), gone at it.
+        """
+        reactor, store = self.start(config)
+        reactor.advance(interval - 0.1)
+        self.assertTrue(self.stored(store))
+        reactor.advance(0.1)
+        self.assertFalse(self.stored(store))
+
+    def test_interval(self) -> None:
+        self.assert_purged_at("[store]\npurge_interval_seconds = 5\n", 5)
+
+    def test_default_five_minutes(self) -> None:
+        self.assert_purged_at("", 300)
+
+    def test_never(self) -> None:
+        reactor, store = self.start("[store]\npurge_interval_seconds = 0\n")
+        for _ in range(48):
+            reactor.advance(3600)
+        self.assertTrue(self.stored(store))
+
+
 class Hanging(Resource):
     isLeaf = True
 

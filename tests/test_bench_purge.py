@@ -1,0 +1,243 @@
+"""
+The growth section's purge row (bench/purge.py, bench/growth.py): its
+pure parts (the expiry it gives the fill, the phases of its windows, the
+verdict, the row in the table) and its loop over a runner of our own.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from contextlib import redirect_stdout
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from bench import growth, purge
+from bench.cases import PURGE_P99_TARGET
+from bench.cli import parse_args
+from bench.report import Row, print_table
+from bench.rounds import Round
+from bench.wrk import Load
+from tests.test_bench import rounds
+
+
+def window(started: float, ended: float, p99: float = 10.0) -> purge.Window:
+    return purge.Window(started, ended, Round("s", 100.0, 1.0, p99, requests=100, cpu_cores=1.0,
+                                               other_cores=0.0))
+
+
+class ExpiryTests(SynchronousTestCase):
+    def test_fill_estimate(self) -> None:
+        """
+        Half the rate each store's fill made, plus a fixed cost.
+        """
+        self.assertEqual(purge.fill_estimate("postgresql", 10_000_000), 15 + 10_000_000 / 22_500)
+        self.assertEqual(purge.fill_estimate("sqlite", 1_000_000), 15 + 100)
+        self.assertEqual(purge.fill_estimate("redis", 0), 15)
+
+    def test_rows_estimate(self) -> None:
+        """
+        Two kinds x two servers x (a warm-up and the rounds, each with wrk's
+        overhead).
+        """
+        self.assertEqual(purge.rows_estimate(3, 8, 2), 2 * 2 * (2 + 1.5 + 3 * 9.5))
+        self.assertEqual(purge.rows_estimate(1, 4, 2, servers=1, kinds=1), 2 + 1.5 + 5.5)
+
+    def test_expiry(self) -> None:
+        """
+        The fill's start, plus the fill, the rows and the quiet window: a
+        fill at the measured rate leaves the rows done well before it.
+        """
+        args = SimpleNamespace(rounds=3, seconds=8, warmup=2, purge_quiet_seconds=60)
+        expires = purge.expiry(1000.5, "redis", 10_000_000, args)
+        self.assertEqual(expires, 1001 + 15 + 1333 + 128 + 60)
+        measured_fill = 10_000_000 / purge.FILL_RATES["redis"]
+        self.assertLess(1000.5 + measured_fill + purge.rows_estimate(3, 8, 2), expires - 60)
+
+    def test_time_limit(self) -> None:
+        self.assertEqual(purge.time_limit(10_000_000), 5 + 120 + 1000)
+
+
+class PhaseTests(SynchronousTestCase):
+    def progress(self, *samples: tuple[float, int]) -> purge.Progress:
+        return purge.Progress(100, list(samples))
+
+    def test_begun_and_ended(self) -> None:
+        """
+        The purge began after the last sample with nothing gone, and ended
+        at the first with everything gone.
+        """
+        progress = self.progress((10, 0), (11, 0), (12, 40), (13, 100), (14, 100))
+        self.assertEqual((progress.begun, progress.ended, progress.deleted), (11, 13, 100))
+        self.assertEqual((self.progress((10, 5)).begun, self.progress().begun), (10, None))
+        self.assertIsNone(self.progress((10, 0), (11, 99)).ended)
+
+    def test_a_few_keys_are_not_the_purge(self) -> None:
+        """
+        Up to a thousandth of the count gone (Redis expiring a key of its
+        own) is not the purge yet.
+        """
+        progress = purge.Progress(10_000, [(10, 0), (11, 10), (12, 10), (13, 11), (14, 5000)])
+        self.assertEqual(progress.begun, 12)
+
+    def test_phases(self) -> None:
+        progress = self.progress((10, 0), (20, 0), (21, 50), (30, 100))
+        self.assertEqual(purge.phase(window(5, 20), progress), purge.QUIET)
+        self.assertEqual(purge.phase(window(15, 20.5), progress), purge.DURING)
+        self.assertEqual(purge.phase(window(25, 29), progress), purge.DURING)
+        self.assertEqual(purge.phase(window(29, 31), progress), purge.DURING)
+        self.assertEqual(purge.phase(window(30, 35), progress), purge.AFTER)
+
+    def test_phases_before_and_without_an_end(self) -> None:
+        """
+        Nothing gone yet: every window is quiet; a purge that has not
+        ended: every window since it began is during it.
+        """
+        self.assertEqual(purge.phase(window(50, 55), self.progress((10, 0), (60, 0))), purge.QUIET)
+        self.assertEqual(purge.phase(window(500, 505), self.progress((10, 0), (20, 1))), purge.DURING)
+
+
+class VerdictTests(SynchronousTestCase):
+    def windows(self, *phased: tuple[str, float]) -> list[tuple[str, purge.Window]]:
+        return [(p, window(0, 1, p99)) for p, p99 in phased]
+
+    def test_figures(self) -> None:
+        """
+        The median quiet p99, the largest and median p99 during the purge,
+        the largest after it; missing phases are None.
+        """
+        q, d, a = purge.QUIET, purge.DURING, purge.AFTER
+        figures = purge.verdict(self.windows((q, 10), (q, 12), (q, 30), (d, 15), (d, 24), (a, 90), (a, 5)))
+        self.assertEqual(figures, purge.Verdict(12, 24, 19.5, 90))
+        self.assertEqual(purge.verdict(self.windows((d, 5))), purge.Verdict(None, 5, 5, None))
+
+    def test_describe(self) -> None:
+        progress = purge.Progress(1000, [(10, 0), (12, 500), (14, 1000)])
+        self.assertEqual(purge.describe(progress, False), "purge 1,000 in 4 s (250/s)")
+        self.assertEqual(purge.describe(purge.Progress(1000, [(10, 0)]), False), "the purge had not begun")
+        self.assertEqual(purge.describe(purge.Progress(1000, [(10, 0), (11, 300)]), True),
+                         "the purge had not ended (300 of 1,000 gone at the time limit)")
+
+    def test_row(self) -> None:
+        """
+        The row judges the largest p99 during the purge over the median
+        quiet p99, at most the target (one bad window is enough to fail;
+        no quiet window or none during the purge: info); in the table, the
+        ratio column is that ratio, the target said as such.
+        """
+        quiet = rounds("q", (500, 2, 10), (500, 2, 12), (500, 2, 30))
+        during = rounds("d", (500, 3, 15), (500, 3, 25))
+        row = Row("growth", "sqlite purge", ours=during, theirs=quiet, ours_column="purge",
+                  theirs_column="quiet", unit="req/s", target=PURGE_P99_TARGET, judge="purge p99")
+        self.assertEqual((row.ratio(), row.per_core_ratio(), row.verdict()), (25 / 12, None, "FAIL (p99)"))
+        self.assertEqual(Row("g", "c", ours=during[:1], theirs=quiet, target=2.0, judge="purge p99").verdict(),
+                         "PASS")
+        self.assertEqual(Row("g", "c", ours=rounds("d", (500, 3, 24)), theirs=quiet, target=2.0,
+                             judge="purge p99").verdict(), "PASS")
+        self.assertEqual(Row("g", "c", ours=during, target=2.0, judge="purge p99").verdict(), "info")
+        self.assertEqual(Row("g", "c", theirs=quiet, target=2.0, judge="purge p99").verdict(), "info")
+        out = io.StringIO()
+        with redirect_stdout(out):
+            print_table([row, Row("growth", "redis purge", ours=during, target=2.0, judge="purge p99",
+                                  note="no quiet window")])
+        lines = out.getvalue().splitlines()
+        self.assertEqual(lines[3].split()[:4], ["sqlite", "purge", "500", "500"])
+        self.assertIn("2.08", lines[3])
+        self.assertTrue(lines[3].endswith("p99 x<=2.00  FAIL (p99)"), lines[3])
+        self.assertEqual(lines[4], f"{'redis purge':<22} info: no quiet window")
+        self.assertTrue(lines[-2].startswith("purge rows: purge = the windows during the purge"), lines[-2])
+
+
+class InvalidTests(SynchronousTestCase):
+    def test_invalid_rows_print_no_figures(self) -> None:
+        """
+        Tokens that expired under the growth rows make every row of the
+        store invalid, said plainly, without the figures.
+        """
+        rows = {kind: Row("growth", f"redis {kind}", ours=rounds("a", (100, 1, 1)),
+                          theirs=rounds("b", (100, 1, 1)), target=0.9) for kind in ("issue", "purge")}
+        out = io.StringIO()
+        with redirect_stdout(out):
+            growth.invalid(rows, "the fill took too long")
+            print_table(list(rows.values()))
+        text = out.getvalue()
+        self.assertIn("  INVALID: the fill took too long", text)
+        self.assertIn(f"{'redis issue':<22} invalid: the fill took too long", text)
+        self.assertIn(f"{'redis purge':<22} invalid: the fill took too long", text)
+        self.assertEqual([r.verdict() for r in rows.values()], ["invalid", "invalid"])
+
+
+class Runner:
+    """
+    A runner of our own: each window a Round at once, and the purge's
+    progress as the watch would see it, a step a window.
+    """
+
+    def __init__(self, progress: purge.Progress, gone: list[int]) -> None:
+        self.progress = progress
+        self.gone = gone
+        self.loads: list[Load] = []
+
+    def wrk_once(self, server: Any, seconds: int, everyone: list[Any], load: Load) -> Round:
+        self.loads.append(load)
+        step = len(self.loads) - 1
+        self.progress.samples.append((time.time(), self.gone[min(step, len(self.gone) - 1)]))
+        return window(0, 0, p99=10.0 + step).round
+
+
+class MeasureTests(SynchronousTestCase):
+    def watch(self) -> purge.Watch:
+        return purge.Watch(lambda: 0, 100)
+
+    def test_until_two_windows_after_the_purge(self) -> None:
+        watch = self.watch()
+        runner = Runner(watch.progress, [0, 0, 0, 60, 100])
+        load = Load(purge.__file__, "/token", []).paced(250)  # type: ignore[arg-type]
+        said: list[str] = []
+        phased, limit_hit = purge.measure(runner, object(), load, watch, int(time.time()), 10, 60, said.append)
+        self.assertFalse(limit_hit)
+        self.assertEqual([p for p, _ in phased],
+                         [purge.QUIET, purge.DURING, purge.DURING, purge.DURING, purge.AFTER, purge.AFTER])
+        self.assertEqual({id(load)}, {id(each) for each in runner.loads})
+        self.assertEqual(len(runner.loads), 7)
+        self.assertEqual(len(said), 7)
+        self.assertIn("warm-up", said[0])
+        self.assertIn("(due 250/s)", said[1])
+        self.assertIn("gone 100 of 100", said[-1])
+
+    def test_time_limit(self) -> None:
+        """
+        A purge that does not end stops the windows at the limit.
+        """
+        watch = self.watch()
+        runner = Runner(watch.progress, [0, 0, 10])
+        phased, limit_hit = purge.measure(runner, object(), Load(purge.__file__, "/token", []),  # type: ignore[arg-type]
+                                          watch, int(time.time()) - 100, 10, 50, lambda line: None)
+        self.assertTrue(limit_hit)
+        self.assertEqual(len(phased), 1)
+
+    def test_failing_probe_ends_the_watch(self) -> None:
+        """
+        A probe that fails ends the watch with its error, never the run.
+        """
+
+        def broken() -> int:
+            raise OSError("the store went away")
+
+        watch = purge.Watch(broken, 100)
+        watch.start()
+        watch.stop()
+        self.assertEqual(watch.error, "the store went away")
+        self.assertEqual(watch.progress.samples, [])
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_purge_options(self) -> None:
+        args = parse_args([])
+        self.assertEqual((args.purge, args.purge_load, args.purge_quiet_seconds), (True, "issue", 60))
+        args = parse_args(["--no-purge", "--purge-load", "introspect", "--purge-quiet-seconds", "20"])
+        self.assertEqual((args.purge, args.purge_load, args.purge_quiet_seconds), (False, "introspect", 20))
+        with redirect_stdout(io.StringIO()), self.assertRaises(SystemExit):
+            parse_args(["--purge-quiet-seconds", "4"])
