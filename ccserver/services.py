@@ -149,8 +149,11 @@ def _timers(server: Server, reactor: Any) -> list[TimerService]:
     expired token records (every C{[store] purge_interval_seconds}, unless
     0), and rotate the keys on their schedule, every so often.
 
-    Every process has these timers, each worker of C{--workers N} too: each
-    purges on its own, the first time as it starts.
+    Every process has these timers, each worker of C{--workers N} too, but
+    for the purge: only the main process purges (the first time as it
+    starts), since workers purging on timers of their own would only
+    delete the same rows side by side, each batch another writer the
+    requests wait for.
     """
     keys, store = server.config.keys, server.prepared.store
     refresh_every = min(KEY_REFRESH_SECONDS, max(1.0, keys.activation_delay / 4))
@@ -158,7 +161,7 @@ def _timers(server: Server, reactor: Any) -> list[TimerService]:
         (refresh_every, refresh_keys, (server.keyring, store)),
     ]
     purge_every = server.config.store.purge_interval_seconds
-    if purge_every > 0:
+    if purge_every > 0 and not server.prepared.listening.inherited:
         jobs.append((purge_every, purge_expired, (store, reactor.seconds)))
     if keys.rotate_every is not None:
         jobs.append(

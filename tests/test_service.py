@@ -319,7 +319,7 @@ class PurgeTimerTests(SynchronousTestCase):
     purge_interval_seconds} (first as it starts), or never with 0.
     """
 
-    def start(self, config: str) -> tuple[MemoryReactorClock, MemoryStore]:
+    def start(self, config: str, *argv: str) -> tuple[MemoryReactorClock, MemoryStore]:
         """
         The tree on a memory store with this configuration, started on a
         reactor at a fixed time, one opaque token in its store expiring 1
@@ -332,7 +332,9 @@ class PurgeTimerTests(SynchronousTestCase):
             f.write(config)
         reactor = MemoryReactorClock()
         reactor.advance(1_800_000_000)
-        service = makeService(options("--listen", "tcp:8080", "--config", path), in_memory(reactor))
+        service = makeService(
+            options("--listen", "tcp:8080", "--config", path, *argv), in_memory(reactor)
+        )
         service.startService()
         self.addCleanup(service.stopService)
         store = next(iter(service)).store  # type: ignore[call-overload]
@@ -362,6 +364,17 @@ class PurgeTimerTests(SynchronousTestCase):
 
     def test_default_five_minutes(self) -> None:
         self.assert_purged_at("", 300)
+
+    def test_workers_never(self) -> None:
+        """
+        A worker of C{--workers N} (its sockets handed down) never purges:
+        its main process does, and the workers' purges would only delete
+        the same rows beside it.
+        """
+        reactor, store = self.start("[store]\npurge_interval_seconds = 5\n", "--inherit-fd", "3")
+        for _ in range(10):
+            reactor.advance(5)
+        self.assertTrue(self.stored(store))
 
     def test_never(self) -> None:
         reactor, store = self.start("[store]\npurge_interval_seconds = 0\n")

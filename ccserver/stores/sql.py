@@ -117,6 +117,7 @@ from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.grouplookup import GroupLookup
 from ccserver.stores.guard import OperationGuard, mask_password, url_secrets
+from ccserver.stores.purging import in_turns
 from ccserver.stores.sqldialects import Connecting, connection_for
 from ccserver.stores.sqlmigrations import MIGRATION_TIMEOUT, Migration, Schema, load_migrations
 from ccserver.stores.sqlpool import ConnectionPool
@@ -142,8 +143,17 @@ TOKEN_HOLD = 0.004
 #: Opaque tokens written in one statement at most: 100 rows of 9 values
 #: stay under SQLite's oldest limit of 999 variables a statement.
 TOKEN_BATCH = 100
-#: Expired rows a purge deletes a transaction (L{SQLStore.purge_expired}).
+#: Expired rows a purge deletes a transaction on PostgreSQL
+#: (L{SQLStore.purge_expired}); a tenth of it on SQLite, whose write lock
+#: is the whole database's (L{purge_batch}).
 PURGE_BATCH = 10_000
+
+
+def purge_batch(dialect: str) -> int:
+    """
+    The rows a purge deletes a transaction on C{dialect}'s database.
+    """
+    return max(1, PURGE_BATCH // 10) if dialect == "sqlite" else PURGE_BATCH
 
 
 @implementer(IStore)
@@ -677,29 +687,31 @@ class SQLStore:
         """
         Forget what expired before C{now}; fires with how many rows went.
 
-        Expired tokens and deny-list entries go L{PURGE_BATCH} rows a
-        transaction, the earliest first (along the expiry index), so that
-        a purge of millions of rows (every token of a busy hour expiring
-        together) never holds the write lock long: the requests' own
-        writes take turns with it.  The small tables go in one last
-        transaction.
+        Expired tokens and deny-list entries go L{purge_batch} rows a
+        transaction, the earliest first (along the expiry index), with a
+        rest after each batch as long as it took (L{in_turns}), so that a
+        purge of millions of rows (every token of a busy hour expiring
+        together) never holds the write lock long and takes at most about
+        half of the store's time: the requests' own writes take turns with
+        it.  The small tables go in one last transaction.
         """
         return self._guard(ensureDeferred(self._purge(now)))
 
     async def _purge(self, now: int) -> int:
         count = 0
+        size = purge_batch(self._dialect.name)
+        clock = cast(IReactorTime, self._reactor)
         for name in ("purge_tokens", "purge_revoked"):
             statement = self._sql[name]
 
             def batch(cursor: Any, statement: str = statement) -> int:
-                cursor.execute(statement, (now, PURGE_BATCH))
+                cursor.execute(statement, (now, size))
                 return int(cursor.rowcount)
 
-            while True:
-                deleted = await self._run(batch, write=True)
-                count += deleted
-                if deleted < PURGE_BATCH:
-                    break
+            def run(batch: Callable[[Any], int] = batch) -> Deferred[int]:
+                return self._run(batch, write=True)
+
+            count += await in_turns(run, size, clock)
         statements = [
             (self._sql["purge_revoked_clients"], now),
             (self._sql["purge_used_once"], now),

@@ -1,0 +1,55 @@
+"""
+The purge's pace: expired rows deleted a batch at a time, with a rest
+after each batch, so that a purge of millions of rows takes turns with the
+requests' own writes instead of holding the store for its whole length.
+
+When every token of a busy hour expires at once, the purge meets millions
+of rows.  Deleted a batch a transaction as fast as the store goes, the
+purge is a second writer that never stops: on SQLite, whose write lock is
+the whole database's, each batch holds back every token written meanwhile;
+on PostgreSQL the deletes take a core of a machine the requests share.
+Resting after each batch as long as the batch took (L{SHARE}: half the
+store's time at most), and deleting smaller batches on SQLite, bounds
+what a purge costs the requests' latency; the purge takes about twice as
+long (bench/README.md, the growth section's purge row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+
+#: The largest share of the store's time a purge takes: after a batch that
+#: took t seconds it rests t * (1 - SHARE) / SHARE.
+SHARE = 0.5
+#: The longest rest after one batch, in seconds (a store slowed by other
+#: load does not make the purge wait minutes).
+LONGEST_REST = 1.0
+
+
+def rest_after(took: float, share: float = SHARE) -> float:
+    """
+    How long to rest after a batch that took C{took} seconds, so that the
+    purge takes at most C{share} of the time.
+    """
+    return min(max(took, 0.0) * (1 - share) / share, LONGEST_REST)
+
+
+async def in_turns(
+    batch: Callable[[], Awaitable[int]], size: int, clock: IReactorTime
+) -> int:
+    """
+    Run C{batch} (delete at most C{size} rows; return how many went) until
+    a batch deletes fewer than C{size}, resting after each full batch as
+    L{rest_after} says: how many rows went in all.
+    """
+    count = 0
+    while True:
+        started = clock.seconds()
+        deleted = await batch()
+        count += deleted
+        if deleted < size:
+            return count
+        await deferLater(clock, rest_after(clock.seconds() - started), lambda: None)

@@ -1,0 +1,88 @@
+"""
+The purge's pace (L{ccserver.stores.purging}): batches until one is not
+full, a rest after each full batch as long as it took, on a L{Clock}.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from ccserver.stores import sql
+from ccserver.stores.purging import LONGEST_REST, in_turns, rest_after
+
+
+class RestTests(SynchronousTestCase):
+    def test_as_long_as_the_batch(self) -> None:
+        self.assertEqual(rest_after(0.2), 0.2)
+        self.assertEqual(rest_after(0.0), 0.0)
+
+    def test_bounded(self) -> None:
+        self.assertEqual(rest_after(30.0), LONGEST_REST)
+
+    def test_clock_going_back(self) -> None:
+        self.assertEqual(rest_after(-1.0), 0.0)
+
+    def test_share(self) -> None:
+        self.assertAlmostEqual(rest_after(0.3, share=0.75), 0.1)
+
+
+class InTurnsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.batches: list[Deferred[int]] = []
+
+    def batch(self) -> Deferred[int]:
+        d: Deferred[int] = Deferred()
+        self.batches.append(d)
+        return d
+
+    def test_rests_after_each_full_batch(self) -> None:
+        """
+        A batch that took 0.2 s is followed by 0.2 s of rest, not by the
+        next batch at once; the purge ends with the first batch that is not
+        full, and says how many rows went.
+        """
+        purged = ensureDeferred(in_turns(self.batch, 10, self.clock))
+        self.assertEqual(len(self.batches), 1)
+        self.clock.advance(0.2)
+        self.batches[0].callback(10)
+        self.assertEqual(len(self.batches), 1)  # resting
+        self.clock.advance(0.19)
+        self.assertEqual(len(self.batches), 1)
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.batches), 2)
+        self.clock.advance(0.05)
+        self.batches[1].callback(10)
+        self.clock.advance(0.05)
+        self.assertEqual(len(self.batches), 3)
+        self.batches[2].callback(3)
+        self.assertEqual(self.successResultOf(purged), 23)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_nothing_to_purge(self) -> None:
+        """
+        An empty first batch ends the purge at once, with no rest.
+        """
+        purged = ensureDeferred(in_turns(self.batch, 10, self.clock))
+        self.batches[0].callback(0)
+        self.assertEqual(self.successResultOf(purged), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_failure_ends_it(self) -> None:
+        purged = ensureDeferred(in_turns(self.batch, 10, self.clock))
+        self.batches[0].callback(10)
+        self.clock.advance(0)
+        self.batches[1].errback(RuntimeError("store gone"))
+        self.failureResultOf(purged, RuntimeError)
+
+
+class BatchSizeTests(SynchronousTestCase):
+    def test_sqlite_smaller(self) -> None:
+        """
+        SQLite's write lock is the whole database's: its batches are a
+        tenth of PostgreSQL's.
+        """
+        self.assertEqual(sql.purge_batch("postgresql"), 10_000)
+        self.assertEqual(sql.purge_batch("sqlite"), 1_000)
