@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ccserver.errors import ConfigError, StoreUnavailable
 from ccserver.model import TokenRecord
+from ccserver.stores import redis as redis_store
 from ccserver.stores.codec import TOKENS
 from ccserver.stores.redis import LAYOUT_VERSION, TOKEN_BATCH, RedisStore
 from ccserver.stores.redisprotocol import RedisFactory, RedisProtocol, _own_connection
@@ -326,6 +327,36 @@ class TokenBatchTests(TestCase):
         for token in batch[:2]:
             self.assertIs(await self.store.delete_token(token.token_digest), False)
         self.assertIs(await self.store.delete_token("f" * 64), True)
+
+    async def test_trim_bounded(self) -> None:
+        """
+        A batch trims at most L{TRIM_BATCH} expired entries of a client's
+        set, the earliest first, however many expired together (a busy
+        hour's million would hold Redis for most of a second); the next
+        batches trim the rest.
+        """
+        self.patch(redis_store, "TRIM_BATCH", 4)
+        now = int(time.time())
+        live = make_token("f" * 64, now + 5000, issued_at=now - 200)
+        expired = [
+            make_token(f"{i:064x}", now - 100 + i, issued_at=now - 200) for i in range(1, 11)
+        ]
+        for token in (live, *expired):
+            await self.store.add_token(token)
+        key = "ccserver:client_tokens:client-1"
+        self.assertEqual(int(self.raw("ZCARD", key)), 11)
+        await self.store.add_token(make_token("e" * 64, now + 600, issued_at=now))
+        # 4 of the 10 expired went, the earliest: 11 + 1 - 4
+        self.assertEqual(int(self.raw("ZCARD", key)), 8)
+        self.assertNotIn(f"{1:064x}", self.raw("ZRANGE", key, "0", "-1"))
+        self.assertIn(f"{5:064x}", self.raw("ZRANGE", key, "0", "-1"))
+        for digest in ("d" * 64, "c" * 64):
+            await self.store.add_token(make_token(digest, now + 600, issued_at=now))
+        # the 6 left went in the next two batches; the live ones stay
+        self.assertEqual(
+            sorted(self.raw("ZRANGE", key, "0", "-1")),
+            sorted(["f" * 64, "e" * 64, "d" * 64, "c" * 64]),
+        )
 
     async def test_full_batch(self) -> None:
         """
