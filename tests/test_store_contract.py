@@ -945,7 +945,7 @@ class StoreContractMixin(_TestCase):
         self.assertIs(await self.tokens.is_revoked("live-jti"), True)
         if isinstance(self.tokens, SQLStore):
             # 10 tokens and 7 jtis, a batch each full one and one that is
-            # not (3 a batch: 4 and 3; SQLite's tenth, 1: 11 and 8); the
+            # not (3 a batch: 4 and 3; SQLite's fortieth, 1: 11 and 8); the
             # small tables: 1 (the token written between two batches goes
             # through the token writer's own connection)
             size = sql.purge_batch("sqlite" if self.tokens.url.startswith("sqlite") else "postgresql")

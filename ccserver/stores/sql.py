@@ -144,7 +144,7 @@ TOKEN_HOLD = 0.004
 #: stay under SQLite's oldest limit of 999 variables a statement.
 TOKEN_BATCH = 100
 #: Expired rows a purge deletes a transaction on PostgreSQL
-#: (L{SQLStore.purge_expired}); a tenth of it on SQLite, whose write lock
+#: (L{SQLStore.purge_expired}); a fortieth of it on SQLite, whose write lock
 #: is the whole database's (L{purge_batch}).
 PURGE_BATCH = 10_000
 
@@ -153,7 +153,7 @@ def purge_batch(dialect: str) -> int:
     """
     The rows a purge deletes a transaction on C{dialect}'s database.
     """
-    return max(1, PURGE_BATCH // 10) if dialect == "sqlite" else PURGE_BATCH
+    return max(1, PURGE_BATCH // 40) if dialect == "sqlite" else PURGE_BATCH
 
 
 @implementer(IStore)
