@@ -916,27 +916,24 @@ class StoreContractMixin(_TestCase):
             await self.tokens.revoke_jti(f"expired-{n}", now - 10)
         await self.tokens.revoke_jti("live-jti", now + 3600)
         transactions = 0
-        purging = False
         if isinstance(self.tokens, SQLStore):
-            run = self.tokens._run
+            in_turns = sql.in_turns
             written: list[TokenRecord] = []
 
-            def counted(body: Any, *, write: bool = False) -> Any:
-                nonlocal transactions
-                if purging and write:
+            async def counted(batch: Any, size: int, clock: Any) -> int:
+                async def one() -> int:
+                    nonlocal transactions
                     transactions += 1
-                if purging and transactions == 2 and not written:
-                    # between the first and the second batch: a new token
-                    written.append(make_token("e" * 64, now + 3600))
-                    return ensureDeferred(self.tokens.add_token(written[0])).addCallback(
-                        lambda _: run(body, write=write)
-                    )
-                return run(body, write=write)
+                    if transactions == 2 and not written:
+                        # between the first and the second batch: a new token
+                        written.append(make_token("e" * 64, now + 3600))
+                        await self.tokens.add_token(written[0])
+                    return int(await batch())
 
-            self.patch(self.tokens, "_run", counted)
-        purging = True
+                return await in_turns(one, size, clock)
+
+            self.patch(sql, "in_turns", counted)
         purged = await self.tokens.purge_expired(now)
-        purging = False
         self.assertEqual(purged, 17 if self.purges else 0)
         for token in expired:
             self.assertIsNone(await self.tokens.get_token(token.token_digest))
@@ -945,11 +942,9 @@ class StoreContractMixin(_TestCase):
         self.assertIs(await self.tokens.is_revoked("live-jti"), True)
         if isinstance(self.tokens, SQLStore):
             # 10 tokens and 7 jtis, a batch each full one and one that is
-            # not (3 a batch: 4 and 3; SQLite's fortieth, 1: 11 and 8); the
-            # small tables: 1 (the token written between two batches goes
-            # through the token writer's own connection)
+            # not (3 a batch: 4 and 3; SQLite's fortieth, 1: 11 and 8)
             size = sql.purge_batch("sqlite" if self.tokens.url.startswith("sqlite") else "postgresql")
-            self.assertEqual(transactions, (10 // size + 1) + (7 // size + 1) + 1)
+            self.assertEqual(transactions, (10 // size + 1) + (7 // size + 1))
             self.assertIsNotNone(await self.tokens.get_token("e" * 64))
 
     # one-time records (use_once): client assertions' and DPoP proofs' jtis

@@ -20,10 +20,12 @@ import psycopg
 import pytest
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, gatherResults
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ccserver.errors import ConfigError, StoreUnavailable
+from ccserver.stores import sql
 from ccserver.stores.guard import mask_password, url_secrets
 from ccserver.stores.sql import SQLStore
 from ccserver.stores.sqlmigrations import Migration, load_migrations, split_statements
@@ -461,6 +463,42 @@ class SQLiteTests(TestCase):
         self.addCleanup(other.close)
         other.execute("BEGIN IMMEDIATE")
         return other
+
+    async def test_long_purge_not_cut_at_the_timeout(self) -> None:
+        """
+        A purge that takes longer than the store's timeout (millions of
+        rows expiring together take minutes) goes on to its end: each of
+        its batches is bounded by the timeout, not the whole purge, which
+        was cancelled at the timeout and reported as the store unavailable.
+        """
+        store = await self.open(timeout=0.5)
+        now = int(time.time())
+        for n in range(5):
+            await store.add_token(make_token(f"{n:064x}", now - 10))
+        in_turns = sql.in_turns
+
+        async def slow(batch: Any, size: int, clock: Any) -> int:
+            # as if the batches before had taken twice the timeout
+            await deferLater(reactor, 1.0, lambda: None)
+            return await in_turns(batch, size, clock)
+
+        self.patch(sql, "in_turns", slow)
+        self.assertEqual(await store.purge_expired(now), 5)
+
+    async def test_purger_waits_for_the_write_lock(self) -> None:
+        """
+        The purge's batches wait for another process's write lock (polling,
+        as the token writer does) rather than failing at once.
+        """
+        store = await self.open()
+        now = int(time.time())
+        await store.add_token(make_token("a" * 64, now - 10))
+        other = self.hold_write_lock()
+        purged = store.purge_expired(now)
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertNoResult(purged)
+        other.execute("ROLLBACK")
+        self.assertEqual(await purged, 1)
 
     async def test_wal_and_full_sync(self) -> None:
         """

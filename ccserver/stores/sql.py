@@ -198,6 +198,9 @@ class SQLStore:
         self._token_writer: ConnectionThread[Any] | None = None
         #: the lookups' reader: its own connection and thread (L{_lookup})
         self._reader: ConnectionThread[Any] | None = None
+        #: the purge's batches: their own connection and thread
+        #: (L{purge_expired})
+        self._purger: ConnectionThread[Any] | None = None
         #: the token batches' statements, by batch size
         self._token_upserts: dict[int, str] = {}
         #: opaque tokens, one transaction and one sync for a few ms of them;
@@ -280,6 +283,9 @@ class SQLStore:
             self._reader = self._connection_thread(
                 "lookups", self._dialect.prepare_read_connection
             )
+            self._purger = self._connection_thread(
+                "purge", self._dialect.prepare_token_connection
+            )
         return Deferred.fromCoroutine(self._migrate())
 
     async def _migrate(self) -> None:
@@ -337,10 +343,10 @@ class SQLStore:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
-        for thread in (self._token_writer, self._reader):
+        for thread in (self._token_writer, self._reader, self._purger):
             if thread is not None:
                 thread.close(self.timeout)
-        self._token_writer = self._reader = None
+        self._token_writer = self._reader = self._purger = None
         return succeed(None)
 
     # running statements
@@ -694,24 +700,35 @@ class SQLStore:
         together) never holds the write lock long and takes at most about
         half of the store's time: the requests' own writes take turns with
         it.  The small tables go in one last transaction.
+
+        The batches go to a connection and thread of their own (the
+        purger), each statement in autocommit as the token writer's, so
+        that the pool's connection, which the requests' other operations
+        use (on SQLite the only one), never waits behind a batch waiting
+        for the write lock; on SQLite the purger polls for it as the token
+        writer does.  Each batch is bounded by the store's timeout, not
+        the purge, which may take minutes.
         """
-        return self._guard(ensureDeferred(self._purge(now)))
+        return ensureDeferred(self._purge(now))
 
     async def _purge(self, now: int) -> int:
+        purger = self._purger
+        if purger is None:
+            raise StoreUnavailable(f"{self.url}: not open")
         count = 0
         size = purge_batch(self._dialect.name)
         clock = cast(IReactorTime, self._reactor)
+        write, timeout = self._dialect.write_tokens, self.timeout
         for name in ("purge_tokens", "purge_revoked"):
             statement = self._sql[name]
 
-            def batch(cursor: Any, statement: str = statement) -> int:
-                cursor.execute(statement, (now, size))
-                return int(cursor.rowcount)
+            def body(connection: Any, statement: str = statement) -> int:
+                return write(connection, statement, (now, size), timeout)
 
-            def run(batch: Callable[[Any], int] = batch) -> Deferred[int]:
-                return self._run(batch, write=True)
+            def batch(body: Callable[[Any], int] = body) -> Deferred[int]:
+                return self._guard(purger.run(body))
 
-            count += await in_turns(run, size, clock)
+            count += await in_turns(batch, size, clock)
         statements = [
             (self._sql["purge_revoked_clients"], now),
             (self._sql["purge_used_once"], now),
@@ -728,7 +745,7 @@ class SQLStore:
                 deleted += int(cursor.rowcount)
             return deleted
 
-        return count + await self._run(rest, write=True)
+        return count + await self._guard(self._run(rest, write=True))
 
     # IInitialAccessTokenStore
 

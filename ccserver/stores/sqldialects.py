@@ -66,11 +66,13 @@ class Dialect:
     #: whether a pooled connection is known to be dead before it is used
     is_stale: Callable[[Any], bool]
     pool_size: int
-    #: sets up the token writer's connection (L{SQLStore._add_tokens})
+    #: sets up the token writer's connection (L{SQLStore._add_tokens}),
+    #: and the purger's (L{SQLStore.purge_expired})
     prepare_token_connection: Callable[[Any], None]
-    #: runs a batch of tokens' statement on that connection: one statement
-    #: in autocommit, its own transaction
-    write_tokens: Callable[[Any, str, tuple[Any, ...], float], None]
+    #: runs a write statement on such a connection (a batch of tokens, a
+    #: batch of a purge): in autocommit, its own transaction; the rows it
+    #: changed
+    write_tokens: Callable[[Any, str, tuple[Any, ...], float], int]
     #: sets up the lookups' reader connection (L{SQLStore._lookup}): each
     #: query in autocommit, its own transaction (one round trip)
     prepare_read_connection: Callable[[Any], None]
@@ -102,7 +104,7 @@ def _sqlite_token_connection(connection: Any) -> None:
     connection.execute("PRAGMA busy_timeout = 0")
 
 
-def _sqlite_write_tokens(connection: Any, statement: str, params: tuple[Any, ...], timeout: float) -> None:
+def _sqlite_write_tokens(connection: Any, statement: str, params: tuple[Any, ...], timeout: float) -> int:
     """
     Run the batch's statement in autocommit, trying again every
     L{WRITE_LOCK_POLL} seconds for up to C{timeout} while another process
@@ -116,7 +118,8 @@ def _sqlite_write_tokens(connection: Any, statement: str, params: tuple[Any, ...
     thread, never the reactor's) takes the lock within a tenth of a
     millisecond of its release.
     """
-    _while_locked(partial(connection.execute, statement, params), timeout, WRITE_LOCK_POLL)
+    cursor = _while_locked(partial(connection.execute, statement, params), timeout, WRITE_LOCK_POLL)
+    return int(cursor.rowcount)
 
 
 def _while_locked(attempt: Callable[[], T], timeout: float, pause: float) -> T:
@@ -148,9 +151,9 @@ def _postgresql_token_connection(connection: Any) -> None:
 
 def _postgresql_write_tokens(
     connection: Any, statement: str, params: tuple[Any, ...], timeout: float
-) -> None:
+) -> int:
     # in autocommit: one round trip, where BEGIN, INSERT and COMMIT were three
-    connection.execute(statement, params)
+    return int(connection.execute(statement, params).rowcount)
 
 
 def _never_stale(connection: Any) -> bool:
