@@ -882,7 +882,7 @@ class AuthLimits:
         # until the store has it back, the slot counts as in use here: a
         # request woken now waits for it rather than be refused for it
         share.releasing += returned
-        if reserved is not None and handed:
+        if handed:
             # one request takes the slot handed on; the others wait on, for
             # it to be handed on again
             share.waiters.popleft().callback(None)

@@ -594,12 +594,23 @@ class SQLStore:
             statement = self._dialect.translate(upsert_many("access_tokens", TOKENS, len(rows)))
             self._token_upserts[len(rows)] = statement
         params = tuple(value for row in rows for value in row)
+        return self._write_alone(writer, statement, params).addCallback(lambda _: None)
+
+    def _write_alone(
+        self, thread: ConnectionThread[Any], statement: str, params: tuple[Any, ...]
+    ) -> Deferred[int]:
+        """
+        One write statement on a connection of its own (the token writer's,
+        the purger's): in autocommit, its own transaction, polling for
+        SQLite's write lock (L{Dialect.write_tokens}); bounded by the
+        store's timeout.  Fires with the rows it changed.
+        """
         write, timeout = self._dialect.write_tokens, self.timeout
 
-        def body(connection: Any) -> None:
-            write(connection, statement, params, timeout)
+        def body(connection: Any) -> int:
+            return write(connection, statement, params, timeout)
 
-        return self._guard(writer.run(body))
+        return self._guard(thread.run(body))
 
     def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
         """
@@ -718,15 +729,11 @@ class SQLStore:
         count = 0
         size = purge_batch(self._dialect.name)
         clock = cast(IReactorTime, self._reactor)
-        write, timeout = self._dialect.write_tokens, self.timeout
         for name in ("purge_tokens", "purge_revoked"):
             statement = self._sql[name]
 
-            def body(connection: Any, statement: str = statement) -> int:
-                return write(connection, statement, (now, size), timeout)
-
-            def batch(body: Callable[[Any], int] = body) -> Deferred[int]:
-                return self._guard(purger.run(body))
+            def batch(statement: str = statement) -> Deferred[int]:
+                return self._write_alone(purger, statement, (now, size))
 
             count += await in_turns(batch, size, clock)
         statements = [
