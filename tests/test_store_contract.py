@@ -942,7 +942,7 @@ class StoreContractMixin(_TestCase):
         self.assertIs(await self.tokens.is_revoked("live-jti"), True)
         if isinstance(self.tokens, SQLStore):
             # 10 tokens and 7 jtis, a batch each full one and one that is
-            # not (3 a batch: 4 and 3; SQLite's fortieth, 1: 11 and 8)
+            # not (3 a batch: 4 and 3; SQLite's twentieth, 1: 11 and 8)
             size = sql.purge_batch("sqlite" if self.tokens.url.startswith("sqlite") else "postgresql")
             self.assertEqual(transactions, (10 // size + 1) + (7 // size + 1))
             self.assertIsNotNone(await self.tokens.get_token("e" * 64))

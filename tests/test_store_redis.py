@@ -330,12 +330,13 @@ class TokenBatchTests(TestCase):
 
     async def test_trim_bounded(self) -> None:
         """
-        A batch trims at most L{TRIM_BATCH} expired entries of a client's
-        set, the earliest first, however many expired together (a busy
-        hour's million would hold Redis for most of a second); the next
-        batches trim the rest.
+        A batch trims at most L{TRIM_PER_TOKEN} expired entries of a
+        client's set for each of the client's tokens it adds, the earliest
+        first, however many expired together (a busy hour's million would
+        hold Redis for most of a second, and a fixed 1,000 a batch starved
+        it while ten million expired); the next batches trim the rest.
         """
-        self.patch(redis_store, "TRIM_BATCH", 4)
+        self.patch(redis_store, "TRIM_PER_TOKEN", 2)
         now = int(time.time())
         live = make_token("f" * 64, now + 5000, issued_at=now - 200)
         expired = [
@@ -345,17 +346,20 @@ class TokenBatchTests(TestCase):
             await self.store.add_token(token)
         key = "ccserver:client_tokens:client-1"
         self.assertEqual(int(self.raw("ZCARD", key)), 11)
-        await self.store.add_token(make_token("e" * 64, now + 600, issued_at=now))
-        # 4 of the 10 expired went, the earliest: 11 + 1 - 4
-        self.assertEqual(int(self.raw("ZCARD", key)), 8)
+        await self.add_together(
+            [make_token(digest, now + 600, issued_at=now) for digest in ("e" * 64, "b" * 64)]
+        )
+        # a batch of 2: 4 of the 10 expired went, the earliest: 11 + 2 - 4
+        self.assertEqual(int(self.raw("ZCARD", key)), 9)
         self.assertNotIn(f"{1:064x}", self.raw("ZRANGE", key, "0", "-1"))
         self.assertIn(f"{5:064x}", self.raw("ZRANGE", key, "0", "-1"))
-        for digest in ("d" * 64, "c" * 64):
+        for digest in ("d" * 64, "c" * 64, "a" * 64):
             await self.store.add_token(make_token(digest, now + 600, issued_at=now))
-        # the 6 left went in the next two batches; the live ones stay
+        # batches of 1: 2 a batch; the 6 left went in the next three, the
+        # live ones stay
         self.assertEqual(
             sorted(self.raw("ZRANGE", key, "0", "-1")),
-            sorted(["f" * 64, "e" * 64, "d" * 64, "c" * 64]),
+            sorted(["f" * 64, "e" * 64, "b" * 64, "d" * 64, "c" * 64, "a" * 64]),
         )
 
     async def test_full_batch(self) -> None:

@@ -25,6 +25,7 @@ from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ccserver.errors import ConfigError, StoreUnavailable
+from ccserver.model import AttemptKeys
 from ccserver.stores import sql
 from ccserver.stores.guard import mask_password, url_secrets
 from ccserver.stores.sql import SQLStore
@@ -499,6 +500,30 @@ class SQLiteTests(TestCase):
         self.assertNoResult(purged)
         other.execute("ROLLBACK")
         self.assertEqual(await purged, 1)
+
+    async def test_write_takes_the_lock_soon_after_its_release(self) -> None:
+        """
+        A write on the pool's connection (a brute-force limit's reservation,
+        here) that found another process's write lock taken polls for it,
+        as the token writer and the purger do, and so goes on within a few
+        milliseconds of its release.  SQLite's own busy handler sleeps 100
+        ms at a time once it has waited a third of a second: a write
+        waiting behind the purge's batches (each holding the lock a few
+        milliseconds, in turns) waited up to a second.
+        """
+        store = await self.open()
+        other = self.hold_write_lock()
+        keys = AttemptKeys(counter="c", budget=10, cap=None, cap_budget=0, known="k")
+        reserved = store.reserve_attempt(keys, time.time(), 60.0)
+        # released 7 ms after the busy handler's try at 328 ms: its next
+        # is at 428 ms
+        await deferLater(reactor, 0.335, lambda: None)
+        self.assertNoResult(reserved)
+        other.execute("ROLLBACK")
+        released = time.monotonic()
+        reservation = await reserved
+        self.assertTrue(reservation.granted)
+        self.assertLess(time.monotonic() - released, 0.06)
 
     async def test_wal_and_full_sync(self) -> None:
         """

@@ -320,25 +320,30 @@ return 1
 #: stack limit (8000 values) and its run, during which Redis serves no one
 #: else, short.
 TOKEN_BATCH = 256
-#: Expired entries of a client's set one batch of tokens trims at most.
-#: A client's tokens of a busy hour expire together: trimmed in one
-#: command, a million entries would hold Redis (one command at a time, for
-#: every client) for most of a second.  Each batch trims a bounded share
-#: instead, so the expired entries go as fast as the client's new tokens
-#: come, and the set never grows past a batch's worth of them.
-TRIM_BATCH = 1_000
+#: Expired entries of a client's set a batch trims at most, for each of
+#: that client's tokens it adds.  A client's tokens of a busy hour expire
+#: together: trimmed in one command, a million entries would hold Redis
+#: (one command at a time, for every client) for most of a second.  A
+#: fixed 1,000 a batch was no better: with ten million expired together,
+#: every batch (hundreds a second) spent ~1.3 ms of Redis's one thread
+#: trimming, and the requests queued behind it for seconds (bench/README.md,
+#: the growth section's purge row).  In proportion to the batch, the trim
+#: costs Redis a few microseconds a token, still removes expired entries
+#: faster than the client's new tokens come, and so keeps the set's size
+#: to the client's live tokens plus what a past burst left, shrinking.
+TRIM_PER_TOKEN = 4
 
 #: L{RedisStore.add_token}'s batch, in one script: Redis runs it atomically.
 #:
 #:  - C{KEYS}: the C{n} token keys, then the set of each distinct client
 #:    of the batch;
-#:  - C{ARGV[1]}: C{n}; C{ARGV[2]}: L{TRIM_BATCH}; then per token its JSON
+#:  - C{ARGV[1]}: C{n}; C{ARGV[2]}: L{TRIM_PER_TOKEN}; then per token its JSON
 #:    and its expiry; then per client (in the order of its key) the
 #:    smallest C{issued_at} of its tokens in the batch, their count C{c},
 #:    and C{c} pairs of expiry and digest.
 #:
 #: Each token is C{SET ... EXAT} its expiry; each client's set gets all its
-#: digests by one C{ZADD}, is trimmed of at most L{TRIM_BATCH} of the tokens
+#: digests by one C{ZADD}, is trimmed of at most L{TRIM_PER_TOKEN} times C{c} of the tokens
 #: that expired before the batch's earliest token of that client was issued
 #: (a one-token batch trims as one token alone always did), and expires
 #: with the last of its tokens.
@@ -353,7 +358,7 @@ for i = n + 1, #KEYS do
     local issued, count = ARGV[at], tonumber(ARGV[at + 1])
     redis.call('ZADD', KEYS[i], unpack(ARGV, at + 2, at + 1 + 2 * count))
     at = at + 2 + 2 * count
-    local expired = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', '(' .. issued, 'LIMIT', 0, trim)
+    local expired = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', '(' .. issued, 'LIMIT', 0, trim * count)
     if #expired > 0 then
         redis.call('ZREM', KEYS[i], unpack(expired))
     end
@@ -967,7 +972,7 @@ class RedisStore:
         lot, where one token at a time cost one each.
         """
         keys = [token_key(t.digest) for t in tokens]
-        args = [str(len(tokens)), str(TRIM_BATCH)]
+        args = [str(len(tokens)), str(TRIM_PER_TOKEN)]
         by_client: dict[str, list[_PendingToken]] = {}
         for t in tokens:
             args += (t.text, t.expires_at)
@@ -975,8 +980,8 @@ class RedisStore:
         for client_id, own in by_client.items():
             keys.append(client_tokens_key(client_id))
             # the client's tokens that expired before its earliest token of
-            # the batch was issued are trimmed from its set, TRIM_BATCH at
-            # most a batch
+            # the batch was issued are trimmed from its set, at most
+            # TRIM_PER_TOKEN for each of its tokens in the batch
             args += (str(min(t.issued_at for t in own)), str(len(own)))
             for t in own:
                 args += (t.expires_at, t.digest)

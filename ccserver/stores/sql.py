@@ -20,10 +20,12 @@ Durability and concurrency:
     registered client.  One connection, in one pool thread, for every
     operation but opaque tokens' writes and introspection's lookups:
     adbapi's several threads would otherwise meet "database is locked".
-    Other processes on the same file wait up to the timeout
-    (C{busy_timeout}); every write starts with
+    Every write starts with
     C{BEGIN IMMEDIATE} so that it takes the write lock first and never
-    fails half-way on a lock upgrade.  Opaque tokens are written by a
+    fails half-way on a lock upgrade, polling for it for up to the timeout
+    while another connection (another process, this one's token writer or
+    purger) holds it, rather than in SQLite's busy handler, whose sleeps
+    grow to a tenth of a second.  Opaque tokens are written by a
     connection and thread of their own (the token writer), one statement
     per batch in autocommit, polling for the write lock.  Introspection's
     lookups (C{get_token}, C{is_revoked}, C{client_revoked_before}) are
@@ -144,16 +146,17 @@ TOKEN_HOLD = 0.004
 #: stay under SQLite's oldest limit of 999 variables a statement.
 TOKEN_BATCH = 100
 #: Expired rows a purge deletes a transaction on PostgreSQL
-#: (L{SQLStore.purge_expired}); a fortieth of it on SQLite, whose write lock
-#: is the whole database's (L{purge_batch}).
-PURGE_BATCH = 10_000
+#: (L{SQLStore.purge_expired}): ~30 ms of a core on ten million rows; a
+#: twentieth of it on SQLite, whose write lock is the whole database's
+#: (L{purge_batch}).
+PURGE_BATCH = 5_000
 
 
 def purge_batch(dialect: str) -> int:
     """
     The rows a purge deletes a transaction on C{dialect}'s database.
     """
-    return max(1, PURGE_BATCH // 40) if dialect == "sqlite" else PURGE_BATCH
+    return max(1, PURGE_BATCH // 20) if dialect == "sqlite" else PURGE_BATCH
 
 
 @implementer(IStore)
@@ -362,12 +365,13 @@ class SQLStore:
             # opened yet
             return fail(StoreUnavailable(f"{self.url}: not open"))
         begin = self._dialect.begin_write if write else None
+        timeout = self.timeout
 
         def transaction(connection: Any) -> T:
             cursor = connection.cursor()
             try:
                 if begin is not None:
-                    cursor.execute(begin)
+                    begin(cursor, timeout)
                 return body(cursor)
             finally:
                 cursor.close()
@@ -706,11 +710,11 @@ class SQLStore:
 
         Expired tokens and deny-list entries go L{purge_batch} rows a
         transaction, the earliest first (along the expiry index), with a
-        rest after each batch as long as it took (L{in_turns}), so that a
-        purge of millions of rows (every token of a busy hour expiring
-        together) never holds the write lock long and takes at most about
-        half of the store's time: the requests' own writes take turns with
-        it.  The small tables go in one last transaction.
+        rest after each batch three times as long as it took (L{in_turns}),
+        so that a purge of millions of rows (every token of a busy hour
+        expiring together) never holds the write lock long and takes at
+        most about a quarter of the store's time: the requests' own writes
+        take turns with it.  The small tables go in one last transaction.
 
         The batches go to a connection and thread of their own (the
         purger), each statement in autocommit as the token writer's, so

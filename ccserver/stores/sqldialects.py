@@ -41,8 +41,8 @@ _log = Logger(namespace="ccserver.stores.sql")
 #: The key of PostgreSQL's advisory lock that serialises migrations ("ccsv").
 MIGRATION_LOCK_KEY = 0x63637376
 
-#: How long the token writer waits between two tries for SQLite's write
-#: lock (L{_sqlite_write_tokens}).
+#: How long a writer waits between two tries for SQLite's write lock
+#: (L{_sqlite_write_tokens}, L{_sqlite_begin_write}).
 WRITE_LOCK_POLL = 0.0001
 
 
@@ -57,8 +57,9 @@ class Dialect:
     placeholder: str
     integrity_errors: tuple[type[BaseException], ...]
     unavailable_errors: tuple[type[BaseException], ...]
-    #: starts a write transaction, or None where the driver starts one
-    begin_write: str | None
+    #: starts a write transaction (given a cursor and the seconds it may
+    #: wait for the write lock), or None where the driver starts one
+    begin_write: Callable[[Any, float], None] | None
     #: fires with a row whose first column is true if schema_version exists
     schema_version_exists: str
     #: run first in a migration transaction: take the migration lock
@@ -97,6 +98,28 @@ def _sqlite_migration_lock(cursor: Any, timeout: float) -> None:
 def _postgresql_migration_lock(cursor: Any, timeout: float) -> None:
     cursor.execute(f"SET LOCAL statement_timeout = {int(timeout * 1000)}")
     cursor.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def _sqlite_begin_write(cursor: Any, timeout: float) -> None:
+    """
+    C{BEGIN IMMEDIATE}, polling for the write lock as the token writer does
+    (L{_sqlite_write_tokens}), with the connection's busy timeout off while
+    it does: the rest of the transaction holds the lock, and reads in WAL
+    mode never wait for it.
+
+    SQLite's busy handler sleeps 100 ms at a time once it has waited a
+    third of a second: a write on the pool's connection (a client's
+    registration, a brute-force limit's reservation) waiting behind the
+    purge's batches, each holding the lock a few milliseconds in turns,
+    found it taken again at almost every wake-up and waited up to a
+    second, and every operation of the pool's one connection with it.
+    """
+    cursor.execute("PRAGMA busy_timeout = 0")
+    try:
+        _while_locked(partial(cursor.execute, "BEGIN IMMEDIATE"), timeout, WRITE_LOCK_POLL)
+    finally:
+        # for the reads, and for a checkpoint after the commit
+        cursor.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
 
 
 def _sqlite_token_connection(connection: Any) -> None:
@@ -202,7 +225,7 @@ def sqlite_dialect() -> Dialect:
             sqlite3.InterfaceError,
             adbapi.ConnectionLost,
         ),
-        begin_write="BEGIN IMMEDIATE",
+        begin_write=_sqlite_begin_write,
         schema_version_exists=(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
         ),
