@@ -24,8 +24,8 @@ from twisted.internet.task import deferLater
 
 #: The largest share of the store's time a purge takes: after a batch that
 #: took t seconds it rests t * (1 - SHARE) / SHARE.  With half, PostgreSQL
-#: purging ten million rows at once (in 127 s) on the two cores its
-#: requests shared raised their p99 to 2.9 times its quiet value.
+#: purging ten million rows at once on the cores its requests shared
+#: raised their p99 well past twice its quiet value (bench/README.md).
 SHARE = 0.25
 #: The longest rest after one batch, in seconds (a store slowed by other
 #: load does not make the purge wait minutes).

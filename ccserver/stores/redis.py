@@ -325,7 +325,7 @@ TOKEN_BATCH = 256
 #: together: trimmed in one command, a million entries would hold Redis
 #: (one command at a time, for every client) for most of a second.  A
 #: fixed 1,000 a batch was no better: with ten million expired together,
-#: every batch (hundreds a second) spent ~1.3 ms of Redis's one thread
+#: every batch (hundreds a second) spent milliseconds of Redis's one thread
 #: trimming, and the requests queued behind it for seconds (bench/README.md,
 #: the growth section's purge row).  In proportion to the batch, the trim
 #: costs Redis a few microseconds a token, still removes expired entries

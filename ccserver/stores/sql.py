@@ -146,7 +146,8 @@ TOKEN_HOLD = 0.004
 #: stay under SQLite's oldest limit of 999 variables a statement.
 TOKEN_BATCH = 100
 #: Expired rows a purge deletes a transaction on PostgreSQL
-#: (L{SQLStore.purge_expired}): ~30 ms of a core on ten million rows; a
+#: (L{SQLStore.purge_expired}): tens of milliseconds of a core on ten
+#: million rows (bench/README.md, the growth section's purge row); a
 #: twentieth of it on SQLite, whose write lock is the whole database's
 #: (L{purge_batch}).
 PURGE_BATCH = 5_000

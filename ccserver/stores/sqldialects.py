@@ -107,8 +107,8 @@ def _sqlite_begin_write(cursor: Any, timeout: float) -> None:
     it does: the rest of the transaction holds the lock, and reads in WAL
     mode never wait for it.
 
-    SQLite's busy handler sleeps 100 ms at a time once it has waited a
-    third of a second: a write on the pool's connection (a client's
+    SQLite's busy handler sleeps ever longer between tries, up to a tenth
+    of a second: a write on the pool's connection (a client's
     registration, a brute-force limit's reservation) waiting behind the
     purge's batches, each holding the lock a few milliseconds in turns,
     found it taken again at almost every wake-up and waited up to a
