@@ -21,7 +21,13 @@ from ccserver.errors import ConfigError, StoreUnavailable
 from ccserver.model import TokenRecord
 from ccserver.stores import redis as redis_store
 from ccserver.stores.codec import TOKENS
-from ccserver.stores.redis import LAYOUT_VERSION, TOKEN_BATCH, RedisStore
+from ccserver.stores.redis import (
+    EXPIRY_SPREAD,
+    LAYOUT_VERSION,
+    TOKEN_BATCH,
+    RedisStore,
+    kept_until,
+)
 from ccserver.stores.redisprotocol import RedisFactory, RedisProtocol, _own_connection
 from ccserver.testing.servers import redis_server
 from tests.test_codec import (
@@ -148,15 +154,44 @@ class LayoutTests(TestCase):
 
     async def test_token_records_expire(self) -> None:
         """
-        Token records and deny-list entries carry their expiry as a TTL.
+        Token records and deny-list entries carry their expiry as a TTL; a
+        token's key goes a little after its expiry (L{kept_until}), an
+        expired token is not answered meanwhile.
         """
-        token = make_token(expires_at=int(time.time()) + 600)
+        now = int(time.time())
+        token = make_token(expires_at=now + 600, issued_at=now)
         await self.store.add_token(token)
-        await self.store.revoke_jti("jti-1", int(time.time()) + 300)
-        ttl = int(self.raw("TTL", f"ccserver:token:{token.token_digest}")[1:])
-        self.assertTrue(590 <= ttl <= 600, ttl)
+        await self.store.revoke_jti("jti-1", now + 300)
+        key = f"ccserver:token:{token.token_digest}"
+        self.assertEqual(
+            int(self.raw("EXPIRETIME", key)[1:]), kept_until(token.token_digest, now, now + 600)
+        )
+        ttl = int(self.raw("TTL", key)[1:])
+        self.assertTrue(590 <= ttl <= 600 * (1 + EXPIRY_SPREAD), ttl)
         ttl = int(self.raw("TTL", "ccserver:revoked:jti-1")[1:])
         self.assertTrue(290 <= ttl <= 300, ttl)
+
+    def test_expiry_spread(self) -> None:
+        """
+        Tokens that expire together are forgotten by Redis over a quarter of
+        their lifetime after it (L{EXPIRY_SPREAD}), each at a time its
+        digest sets, evenly: a busy hour's tokens do not all go in the
+        same second (Redis's expiry cycle, busy with them, held every
+        request back).
+        """
+        issued, expires = 1_000_000, 1_003_600
+        times = [kept_until(f"{i:064x}", issued, expires) for i in range(10_000)]
+        self.assertEqual(min(times), expires)
+        self.assertEqual(max(times), expires + 899)
+        # each tenth of the spread gets about a tenth of the tokens
+        tenths = [0] * 10
+        for t in times:
+            tenths[(t - expires) * 10 // 900] += 1
+        self.assertTrue(all(800 < n < 1200 for n in tenths), tenths)
+        self.assertEqual(times[7], kept_until(f"{7:064x}", issued, expires))
+        # a lifetime too short to spread: at its expiry
+        self.assertEqual(kept_until("a" * 64, issued, issued + 3), issued + 3)
+        self.assertEqual(kept_until("a" * 64, issued, issued), issued)
 
     async def test_record_readable_by_others(self) -> None:
         """
@@ -273,7 +308,10 @@ class TokenBatchTests(TestCase):
         for token in mixed:
             key = f"ccserver:token:{token.token_digest}"
             self.assertEqual(self.raw("GET", key), TOKENS.to_json(token))
-            self.assertEqual(int(self.raw("EXPIRETIME", key)), token.expires_at)
+            self.assertEqual(
+                int(self.raw("EXPIRETIME", key)),
+                kept_until(token.token_digest, token.issued_at, token.expires_at),
+            )
             self.assertEqual(await self.store.get_token(token.token_digest), token)
         for client_id, own in (("client-1", mine), ("client-2", theirs)):
             key = f"ccserver:client_tokens:{client_id}"

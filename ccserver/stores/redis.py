@@ -14,8 +14,10 @@ shared with other data):
     Lua script, C{HSET} only if the field exists, atomic in Redis;
   - C{ccserver:token:<digest>}: an opaque access token as JSON, and
     C{ccserver:revoked:<jti>}: a deny-list entry; both expire with the token
-    (C{SET ... EXAT}, so Redis 6.2 or later), and C{purge_expired} has
-    nothing to do;
+    (C{SET ... EXAT}, so Redis 6.2 or later; a token's key a part of
+    L{EXPIRY_SPREAD} of its lifetime after it, so that tokens expiring
+    together do not all go at once), and C{purge_expired} has nothing to
+    do;
   - C{ccserver:client_tokens:<client_id>}: a sorted set of the client's
     opaque token digests, scored by expiry, written in the same script as
     the token and trimmed of expired ones there, so that deleting the
@@ -102,6 +104,7 @@ the path of every authentication, and a failover may forget the last few.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable, Generator, Mapping
 from typing import Any, TypeVar, cast
 
@@ -333,16 +336,47 @@ TOKEN_BATCH = 256
 #: to the client's live tokens plus what a past burst left, shrinking.
 TRIM_PER_TOKEN = 4
 
+#: How long past its expiry a token's key stays, at most, as a share of
+#: the token's lifetime: each key stays a part of that, set by its digest
+#: (L{kept_until}).  Redis deletes expired keys by itself, as fast as its
+#: expiry cycle goes: the tokens of a busy hour, expiring in the same
+#: second, kept Redis's expiry cycle busy until the last was gone, and
+#: the requests of every client waited behind it (bench/README.md, the
+#: growth section's purge row).  Spread over a quarter of their lifetime,
+#: they go at most four times as fast as they were made.  An expired
+#: token's key is never answered as active (the introspection checks the
+#: record's expiry, L{ccserver.oauth.introspection}): it only takes room,
+#: an eighth of a lifetime on average.
+EXPIRY_SPREAD = 0.25
+
+
+def kept_until(token_digest: str, issued_at: int, expires_at: int) -> int:
+    """
+    When Redis forgets the key of the token C{token_digest}: at its expiry
+    plus a part of L{EXPIRY_SPREAD} of its lifetime that its digest sets
+    (its last 8 hex digits, of a hash: evenly spread), so that the keys of
+    tokens expiring together go over that time.
+    """
+    spread = int((expires_at - issued_at) * EXPIRY_SPREAD)
+    if spread <= 0:
+        return expires_at
+    try:
+        part = int(token_digest[-8:], 16)
+    except ValueError:  # not a digest of ours: any stable number will do
+        part = zlib.crc32(token_digest.encode())
+    return expires_at + part % spread
+
+
 #: L{RedisStore.add_token}'s batch, in one script: Redis runs it atomically.
 #:
 #:  - C{KEYS}: the C{n} token keys, then the set of each distinct client
 #:    of the batch;
 #:  - C{ARGV[1]}: C{n}; C{ARGV[2]}: L{TRIM_PER_TOKEN}; then per token its JSON
-#:    and its expiry; then per client (in the order of its key) the
+#:    and when its key goes (L{kept_until}); then per client (in the order of its key) the
 #:    smallest C{issued_at} of its tokens in the batch, their count C{c},
 #:    and C{c} pairs of expiry and digest.
 #:
-#: Each token is C{SET ... EXAT} its expiry; each client's set gets all its
+#: Each token is C{SET ... EXAT} a little after its expiry; each client's set gets all its
 #: digests by one C{ZADD}, is trimmed of at most L{TRIM_PER_TOKEN} times C{c} of the tokens
 #: that expired before the batch's earliest token of that client was issued
 #: (a one-token batch trims as one token alone always did), and expires
@@ -535,6 +569,8 @@ class _PendingToken:
     text: str
     expires_at: str
     issued_at: int
+    #: when Redis forgets its key (L{kept_until})
+    kept_until: str
 
 
 def used_once_key(key: str) -> str:
@@ -946,8 +982,9 @@ class RedisStore:
         d.addCallback(lambda count: int(count) > 0)
         return d
 
-    # ITokenStore: every record carries its expiry as a Redis TTL (EXAT),
-    # so Redis forgets it by itself and purge_expired has nothing to do.
+    # ITokenStore: every record carries a Redis TTL (EXAT) a little past its
+    # expiry (kept_until), so Redis forgets it by itself and purge_expired
+    # has nothing to do.
 
     def add_token(self, token: TokenRecord) -> Deferred[None]:
         """
@@ -962,6 +999,9 @@ class RedisStore:
                 text=TOKENS.to_json(token),
                 expires_at=str(token.expires_at),
                 issued_at=token.issued_at,
+                kept_until=str(
+                    kept_until(token.token_digest, token.issued_at, token.expires_at)
+                ),
             )
         )
 
@@ -975,7 +1015,7 @@ class RedisStore:
         args = [str(len(tokens)), str(TRIM_PER_TOKEN)]
         by_client: dict[str, list[_PendingToken]] = {}
         for t in tokens:
-            args += (t.text, t.expires_at)
+            args += (t.text, t.kept_until)
             by_client.setdefault(t.client_id, []).append(t)
         for client_id, own in by_client.items():
             keys.append(client_tokens_key(client_id))
