@@ -92,12 +92,26 @@ def expiry(started: float, store: str, count: int, args: Any) -> int:
     return int(math.ceil(started + ahead))
 
 
-def time_limit(count: int) -> float:
+def time_limit(count: int, spread: float = 0.0) -> float:
     """
     Seconds after the expiry that the row waits at most for the purge to
-    end (10,000 rows or keys a second, at the least, plus two minutes).
+    end (10,000 rows or keys a second, at the least, plus two minutes),
+    and C{spread} more: on Redis, the seconds after their expiry over which
+    the store has its keys go (L{ccserver.stores.redis.kept_until}).
     """
-    return PURGE_INTERVAL + 120 + count / 10_000
+    return PURGE_INTERVAL + 120 + count / 10_000 + spread
+
+
+def spread(store: str, first_issued: float, expires_at: int) -> float:
+    """
+    The seconds after the expiry over which C{store} lets the fill's
+    tokens go (issued from C{first_issued} on): a quarter of the longest
+    lifetime on Redis (L{ccserver.stores.redis.EXPIRY_SPREAD}), none on
+    SQL, whose purge deletes them as soon as it runs.
+    """
+    from ccserver.stores.redis import EXPIRY_SPREAD  # noqa: PLC0415
+
+    return (expires_at - first_issued) * EXPIRY_SPREAD if store == "redis" else 0.0
 
 
 @dataclass
