@@ -5,11 +5,11 @@ full, a rest after each full batch as long as it took, on a L{Clock}.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from ccserver.stores import sql
+from ccserver.stores import purging, sql
 from ccserver.stores.purging import LONGEST_REST, in_turns, rest_after
 
 
@@ -82,6 +82,35 @@ class InTurnsTests(SynchronousTestCase):
         self.clock.advance(0)
         self.batches[1].errback(RuntimeError("store gone"))
         self.failureResultOf(purged, RuntimeError)
+
+
+class ShareTests(SynchronousTestCase):
+    def test_sqlite_half(self) -> None:
+        """
+        SQLite's purge takes up to half the store's time (its batches are
+        small; at a quarter a million rows took longer than the growth
+        section's purge row allows), PostgreSQL's a quarter.
+        """
+        self.assertEqual(purging.share_for("sqlite"), 0.5)
+        self.assertEqual(purging.share_for("postgresql"), 0.25)
+        self.assertAlmostEqual(rest_after(0.2, purging.share_for("sqlite")), 0.2)
+
+    def test_in_turns_share(self) -> None:
+        """
+        L{in_turns} rests after each batch as its share says.
+        """
+        clock = Clock()
+        calls: list[float] = []
+
+        def batch() -> Deferred[int]:
+            calls.append(clock.seconds())
+            clock.advance(0.1)  # the batch takes a tenth of a second
+            return succeed(10 if len(calls) < 3 else 0)
+
+        purged = ensureDeferred(in_turns(batch, 10, clock, 0.5))
+        clock.pump([0.01] * 100)
+        self.assertEqual(self.successResultOf(purged), 20)
+        self.assertEqual([round(t, 2) for t in calls], [0.0, 0.2, 0.4])
 
 
 class BatchSizeTests(SynchronousTestCase):

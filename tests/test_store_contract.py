@@ -920,7 +920,7 @@ class StoreContractMixin(_TestCase):
             in_turns = sql.in_turns
             written: list[TokenRecord] = []
 
-            async def counted(batch: Any, size: int, clock: Any) -> int:
+            async def counted(batch: Any, size: int, clock: Any, share: float) -> int:
                 async def one() -> int:
                     nonlocal transactions
                     transactions += 1
@@ -930,7 +930,7 @@ class StoreContractMixin(_TestCase):
                         await self.tokens.add_token(written[0])
                     return int(await batch())
 
-                return await in_turns(one, size, clock)
+                return await in_turns(one, size, clock, share)
 
             self.patch(sql, "in_turns", counted)
         purged = await self.tokens.purge_expired(now)

@@ -478,10 +478,10 @@ class SQLiteTests(TestCase):
             await store.add_token(make_token(f"{n:064x}", now - 10))
         in_turns = sql.in_turns
 
-        async def slow(batch: Any, size: int, clock: Any) -> int:
+        async def slow(batch: Any, size: int, clock: Any, share: float) -> int:
             # as if the batches before had taken twice the timeout
             await deferLater(reactor, 1.0, lambda: None)
-            return await in_turns(batch, size, clock)
+            return await in_turns(batch, size, clock, share)
 
         self.patch(sql, "in_turns", slow)
         self.assertEqual(await store.purge_expired(now), 5)

@@ -8,11 +8,11 @@ of rows.  Deleted a batch a transaction as fast as the store goes, the
 purge is a second writer that never stops: on SQLite, whose write lock is
 the whole database's, each batch holds back every token written meanwhile;
 on PostgreSQL the deletes take a core of a machine the requests share.
-Resting after each batch three times as long as the batch took
-(L{SHARE}: a quarter of the store's time at most), and deleting smaller
-batches on SQLite, bounds what a purge costs the requests' latency; the
-purge takes about four times as long (bench/README.md, the growth
-section's purge row).
+Resting after each batch (PostgreSQL: three times as long as the batch
+took, L{SHARE}, a quarter of the store's time at most; SQLite: as long as
+it took, L{SQLITE_SHARE}, with batches a twentieth the size) bounds what a
+purge costs the requests' latency; the purge takes two to four times as
+long (bench/README.md, the growth section's purge row).
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ from twisted.internet.task import deferLater
 #: purging ten million rows at once on the cores its requests shared
 #: raised their p99 well past twice its quiet value (bench/README.md).
 SHARE = 0.25
+#: SQLite's share: its batches are small (each holds the write lock
+#: briefly), and at a quarter a purge of a million rows took minutes
+#: longer than the growth section's purge row allows (bench/README.md).
+SQLITE_SHARE = 0.5
 #: The longest rest after one batch, in seconds (a store slowed by other
 #: load does not make the purge wait minutes).
 LONGEST_REST = 1.0
@@ -40,13 +44,21 @@ def rest_after(took: float, share: float = SHARE) -> float:
     return min(max(took, 0.0) * (1 - share) / share, LONGEST_REST)
 
 
+def share_for(dialect: str) -> float:
+    """
+    The largest share of the store's time a purge takes on C{dialect}'s
+    database.
+    """
+    return SQLITE_SHARE if dialect == "sqlite" else SHARE
+
+
 async def in_turns(
-    batch: Callable[[], Awaitable[int]], size: int, clock: IReactorTime
+    batch: Callable[[], Awaitable[int]], size: int, clock: IReactorTime, share: float = SHARE
 ) -> int:
     """
     Run C{batch} (delete at most C{size} rows; return how many went) until
     a batch deletes fewer than C{size}, resting after each full batch as
-    L{rest_after} says: how many rows went in all.
+    L{rest_after} says (for C{share}): how many rows went in all.
     """
     count = 0
     while True:
@@ -55,4 +67,4 @@ async def in_turns(
         count += deleted
         if deleted < size:
             return count
-        await deferLater(clock, rest_after(clock.seconds() - started), lambda: None)
+        await deferLater(clock, rest_after(clock.seconds() - started, share), lambda: None)
