@@ -44,19 +44,21 @@ What it costs (the hot path: a cached client's successful request):
     (credential, source) take one of them, with no store round trip, and
     give it back to itself.  A slot is kept only if the counter held no
     more than C{budget // 2} slots once it was reserved, so the slots kept
-    by all processes together are at most half the budget.  When their
-    window is ending, the kept slots a process no longer uses go back to
-    the store before its next reservation (those in use, as their checks
-    succeed): kept slots left counted would fill the budget against the
-    client until the window ends (with two workers, each keeping half the
-    budget, the client was refused with 429 for the window's last
-    seconds).  A slot given back counts as in use here until the store
-    has it, so that a request woken meanwhile waits rather than being
-    refused for it.  A client authenticating from one address thus costs
-    one reservation, one release (recording the known source) and one
-    release of the kept slots per process per minute.  The slots it
-    keeps count against the budget like checks under way: an attacker at
-    the same address as the client gets the rest.
+    by all processes together are at most half the budget.  In the
+    window's last L{LEASE_MARGIN} seconds no slot is kept: the kept slots
+    nobody uses are parked for the checks of those seconds, as is each
+    slot reserved then once its check has succeeded (under the same two
+    conditions, and only without a slot of the cap), and the process
+    forgets them as the window ends, when the store does too
+    (L{AuthLimits._hand_on}).  Those seconds once cost a reservation and
+    a release a request, one after another in the store, and every request
+    of a steady client queued behind them once a minute.  A slot given
+    back counts as in use here until the store has it, so that a request
+    woken meanwhile waits rather than being refused for it.  A client
+    authenticating from one address thus costs one reservation per
+    process per minute, and one release when it records the known source.
+    The slots it keeps count against the budget like checks under way: an
+    attacker at the same address as the client gets the rest.
   - Within a process, one reservation per counter is under way at a time;
     requests that find no free slot wait for one (a burst of a client's
     own requests is not refused for being many), and fail with the
@@ -260,7 +262,7 @@ class _Share:
 
     __slots__ = (
         "name", "keys", "ends", "leased", "free", "busy", "reserving", "waiters",
-        "returning", "returning_ends", "releasing", "handed",
+        "releasing", "handed",
     )
 
     def __init__(self, name: tuple[str, str, str], keys: AttemptKeys) -> None:
@@ -277,25 +279,20 @@ class _Share:
         self.reserving = False
         #: requests waiting for a slot
         self.waiters: deque[Deferred[None]] = deque()
-        #: kept slots whose lease ended unused, to give back to the store
-        #: (in the window ending at C{returning_ends}) before the next
-        #: reservation
-        self.returning = 0
-        self.returning_ends = 0.0
         #: slots of successful checks being given back to the store: they
         #: count as in use until the store has them back
         self.releasing = 0
-        #: reserved slots of successful checks handed to the requests
-        #: waiting here, in a window's last L{LEASE_MARGIN} seconds (where
-        #: slots are not kept): the next check uses one as it is, still
-        #: counted in the store, rather than reserve one and give the other
-        #: back (L{AuthLimits._hand_on})
+        #: slots of successful checks handed to the requests waiting here,
+        #: or parked for the next, and the kept slots parked, in a window's
+        #: last L{LEASE_MARGIN} seconds (where slots are not kept): the next
+        #: check uses one as it is, still counted in the store, rather than
+        #: reserve one and give the other back (L{AuthLimits._hand_on})
         self.handed: deque[_Slot] = deque()
 
     def idle(self) -> bool:
         return not (
             self.leased or self.busy or self.reserving or self.waiters or self.releasing
-            or self.returning or self.handed
+            or self.handed
         )
 
 
@@ -610,8 +607,8 @@ class AuthLimits:
     def _ended(share: _Share, now: float) -> bool:
         if share.busy or share.reserving or share.waiters or share.releasing:
             return False
-        if share.returning and now < share.returning_ends:
-            # kept slots still to give back in a window not ended
+        if share.handed and now < share.handed[-1].ends:
+            # slots parked for the window's last seconds
             return False
         return not share.leased or now >= share.ends - LEASE_MARGIN
 
@@ -632,13 +629,14 @@ class AuthLimits:
         A slot this process keeps and nobody here uses, if any.
         """
         if share.leased and now >= share.ends - LEASE_MARGIN:
-            # their window is ending: the kept slots are no longer used, and
-            # go back to the store (those in use as their checks succeed),
-            # lest they fill the budget against this client until it ends
-            if share.returning_ends != share.ends:
-                share.returning = 0
-            share.returning += share.free
-            share.returning_ends = share.ends
+            # their window is ending: the kept slots nobody uses are parked
+            # for the checks of its last seconds (L{_hand_on}), and
+            # forgotten with it (the store forgets them then); those in use
+            # go back to the store as their checks succeed
+            if now < share.ends:
+                parked = Reservation(True, 1, share.ends)
+                for _ in range(share.free):
+                    share.handed.append(_Slot(credential, share, share.ends, self._store, parked))
             share.leased = share.free = 0
         if not share.free:
             return None
@@ -718,11 +716,32 @@ class AuthLimits:
         in, as it would have been for the waiting check's own reservation
         (which, in those seconds, is counted in the same window); its cap
         slot goes with it.  The last check to use it gives it back.
+
+        With no request waiting, the slot waits for the next (parked, in
+        C{share.handed}) rather than go back: a client whose requests
+        come one after another, each checked before the next arrives,
+        otherwise reserved and gave back a slot for each, two store writes
+        a request for those seconds, every one of the client's requests
+        queued behind them (and on SQLite every token's write too).  The
+        store forgets it as the window ends, when L{_handed_slot} drops it.
+        Only as slots are kept (L{_succeeded}): a slot of a known source
+        (no cap slot to give back), reserved while the counter held no
+        more than C{budget // 2}, so that the slots parked by every process
+        stay within half the budget.
         """
         share = slot.share
         in_margin = slot.ends - LEASE_MARGIN <= now < slot.ends
-        if not (share.waiters and in_margin and slot.store is self._store):
+        if not (in_margin and slot.store is self._store):
             return False
+        if not share.waiters:
+            reserved = slot.reservation
+            parkable = (
+                reserved is not None
+                and reserved.cap_ends is None
+                and reserved.count <= self._per_process
+            )
+            if not parkable:
+                return False
         share.handed.append(slot)
         return True
 
@@ -736,11 +755,6 @@ class AuthLimits:
         share.reserving = True
         try:
             store = self._store_for(now)
-            if share.returning:
-                returning = ((share.keys.counter, share.returning_ends),) * share.returning
-                share.returning = 0
-                if store is self._store and share.returning_ends > now:
-                    await self._release(store, AttemptRelease(returning), now)
             # after an outage, one reservation at a time tries the store
             probe = store is self._store and self._store_down_until > 0
             self._probing = self._probing or probe
@@ -884,8 +898,10 @@ class AuthLimits:
         share.releasing += returned
         if handed:
             # one request takes the slot handed on; the others wait on, for
-            # it to be handed on again
-            share.waiters.popleft().callback(None)
+            # it to be handed on again (with none waiting, it is parked for
+            # the next)
+            if share.waiters:
+                share.waiters.popleft().callback(None)
         else:
             self._wake(share)
         self._forget_if_idle(share)
