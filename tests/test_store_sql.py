@@ -26,7 +26,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ccserver.errors import ConfigError, StoreUnavailable
 from ccserver.model import AttemptKeys
-from ccserver.stores import sql
+from ccserver.stores import sql, sqldialects
 from ccserver.stores.guard import mask_password, url_secrets
 from ccserver.stores.sql import SQLStore
 from ccserver.stores.sqlmigrations import Migration, load_migrations, split_statements
@@ -524,6 +524,39 @@ class SQLiteTests(TestCase):
         reservation = await reserved
         self.assertTrue(reservation.granted)
         self.assertLess(time.monotonic() - released, 0.06)
+
+    def test_lock_polls_back_off(self) -> None:
+        """
+        A writer that finds the write lock taken tries again after a tenth
+        of a millisecond, then twice as long each time up to a millisecond
+        (L{sqldialects.WRITE_LOCK_LONGEST_POLL}): trying every tenth of a
+        millisecond cost tens of microseconds of CPU a try, most of it
+        holding the GIL, a good part of a core for each writer waiting
+        behind the purge.
+        """
+        pauses: list[float] = []
+        tries = 0
+
+        def attempt() -> str:
+            nonlocal tries
+            tries += 1
+            if tries < 9:
+                raise sqlite3.OperationalError("database is locked")
+            return "written"
+
+        self.patch(sqldialects.time, "sleep", pauses.append)
+        result = sqldialects._while_locked(
+            attempt, 5.0, sqldialects.WRITE_LOCK_POLL, sqldialects.WRITE_LOCK_LONGEST_POLL
+        )
+        self.assertEqual(result, "written")
+        self.assertEqual(
+            [round(p * 10_000, 6) for p in pauses], [1, 2, 4, 8, 10, 10, 10, 10]
+        )
+        # without a longest pause (the WAL switch's), the pause stays
+        del pauses[:]
+        tries = 0
+        sqldialects._while_locked(attempt, 5.0, 0.01)
+        self.assertEqual(pauses, [0.01] * 8)
 
     async def test_wal_and_full_sync(self) -> None:
         """

@@ -41,9 +41,17 @@ _log = Logger(namespace="ccserver.stores.sql")
 #: The key of PostgreSQL's advisory lock that serialises migrations ("ccsv").
 MIGRATION_LOCK_KEY = 0x63637376
 
-#: How long a writer waits between two tries for SQLite's write lock
-#: (L{_sqlite_write_tokens}, L{_sqlite_begin_write}).
+#: How long a writer waits between its first two tries for SQLite's
+#: write lock (L{_sqlite_write_tokens}, L{_sqlite_begin_write}); each wait
+#: after is twice the one before, up to L{WRITE_LOCK_LONGEST_POLL}.
 WRITE_LOCK_POLL = 0.0001
+#: The longest wait between two tries for the write lock.  A try costs
+#: tens of microseconds of CPU, most of it holding the GIL (the exception
+#: SQLite's "database is locked" becomes): writers trying every tenth of a
+#: millisecond while the purge or another process held the lock burned a
+#: good part of a core between them and slowed the requests of their own
+#: process (the growth section's purge row, bench/README.md).
+WRITE_LOCK_LONGEST_POLL = 0.001
 
 
 @frozen
@@ -116,7 +124,10 @@ def _sqlite_begin_write(cursor: Any, timeout: float) -> None:
     """
     cursor.execute("PRAGMA busy_timeout = 0")
     try:
-        _while_locked(partial(cursor.execute, "BEGIN IMMEDIATE"), timeout, WRITE_LOCK_POLL)
+        _while_locked(
+            partial(cursor.execute, "BEGIN IMMEDIATE"), timeout, WRITE_LOCK_POLL,
+            WRITE_LOCK_LONGEST_POLL,
+        )
     finally:
         # for the reads, and for a checkpoint after the commit
         cursor.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
@@ -129,8 +140,9 @@ def _sqlite_token_connection(connection: Any) -> None:
 
 def _sqlite_write_tokens(connection: Any, statement: str, params: tuple[Any, ...], timeout: float) -> int:
     """
-    Run the batch's statement in autocommit, trying again every
-    L{WRITE_LOCK_POLL} seconds for up to C{timeout} while another process
+    Run the batch's statement in autocommit, trying again after
+    L{WRITE_LOCK_POLL} seconds, then twice as long each time up to
+    L{WRITE_LOCK_LONGEST_POLL}, for up to C{timeout} while another process
     (or this one's other connection) holds the write lock.
 
     SQLite's own busy handler backs off to sleeps of up to a tenth of a
@@ -138,20 +150,27 @@ def _sqlite_write_tokens(connection: Any, statement: str, params: tuple[Any, ...
     each, a batch that found the lock taken once slept far longer than the
     other's commit, and opaque tokens' latency suffered (bench/README.md,
     "Measurements behind design choices").  Polling here (in the writer's
-    thread, never the reactor's) takes the lock within a tenth of a
-    millisecond of its release.
+    thread, never the reactor's) takes the lock within a millisecond of
+    its release.
     """
-    cursor = _while_locked(partial(connection.execute, statement, params), timeout, WRITE_LOCK_POLL)
+    cursor = _while_locked(
+        partial(connection.execute, statement, params), timeout, WRITE_LOCK_POLL,
+        WRITE_LOCK_LONGEST_POLL,
+    )
     return int(cursor.rowcount)
 
 
-def _while_locked(attempt: Callable[[], T], timeout: float, pause: float) -> T:
+def _while_locked(
+    attempt: Callable[[], T], timeout: float, pause: float, longest: float | None = None
+) -> T:
     """
-    C{attempt()}, tried again every C{pause} seconds for up to C{timeout}
-    while SQLite answers "database is locked" at once (without waiting in
-    its busy handler).
+    C{attempt()}, tried again for up to C{timeout} while SQLite answers
+    "database is locked" at once (without waiting in its busy handler):
+    after C{pause} seconds, then (given C{longest}) after twice the pause
+    before each time, up to C{longest}.
     """
     deadline = time.monotonic() + timeout
+    longest = pause if longest is None else longest
     while True:
         try:
             return attempt()
@@ -159,6 +178,7 @@ def _while_locked(attempt: Callable[[], T], timeout: float, pause: float) -> T:
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
         time.sleep(pause)
+        pause = min(pause * 2, longest)
 
 
 def _sqlite_read_connection(connection: Any) -> None:
