@@ -633,10 +633,12 @@ class AuthLimits:
             # for the checks of its last seconds (L{_hand_on}), and
             # forgotten with it (the store forgets them then); those in use
             # go back to the store as their checks succeed
-            if now < share.ends:
+            # (kept slots are the store's alone, never the fallback's)
+            store = self._store
+            if now < share.ends and store is not None:
                 parked = Reservation(True, 1, share.ends)
                 for _ in range(share.free):
-                    share.handed.append(_Slot(credential, share, share.ends, self._store, parked))
+                    share.handed.append(_Slot(credential, share, share.ends, store, parked))
             share.leased = share.free = 0
         if not share.free:
             return None
