@@ -13,13 +13,11 @@ import sqlite3
 import sys
 import tempfile
 import time
-from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList, gatherResults
 from twisted.internet.task import deferLater
@@ -526,40 +524,6 @@ class SQLiteTests(TestCase):
         reservation = await reserved
         self.assertTrue(reservation.granted)
         self.assertLess(time.monotonic() - released, 0.06)
-
-    async def test_purge_checkpoints_as_it_goes(self) -> None:
-        """
-        The purger checkpoints the WAL after each batch (its own
-        connection, its own time): the database file itself holds what the
-        purge deleted, where SQLite would have left the copy to the commit
-        that took the WAL past its limit, a token request's or a limit
-        reservation's.
-        """
-        store = await self.open()
-        self.patch(sql, "purge_batch", lambda dialect: 2)
-        now = int(time.time())
-        for n in range(5):
-            await store.add_token(make_token(f"{n:064x}", now - 10))
-        await store.add_token(make_token("f" * 64, now + 3600))
-        checkpoints = 0
-        checkpoint = store._dialect.after_purge_batch
-        assert checkpoint is not None
-
-        def counted(connection: Any) -> None:
-            nonlocal checkpoints
-            checkpoints += 1
-            checkpoint(connection)
-
-        store._dialect = evolve(store._dialect, after_purge_batch=counted)
-        self.assertEqual(await store.purge_expired(now), 5)
-        self.assertEqual(checkpoints, 3)  # 2, 2 and the last 1
-        # the database file alone, without its WAL: what the checkpoints
-        # copied into it
-        alone = self.mktemp()
-        shutil.copyfile(self.path, alone)
-        with closing(sqlite3.connect(alone)) as copy:
-            rows = copy.execute("SELECT token_digest FROM access_tokens").fetchall()
-        self.assertEqual(rows, [("f" * 64,)])
 
     def test_lock_polls_back_off(self) -> None:
         """

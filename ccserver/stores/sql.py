@@ -617,19 +617,6 @@ class SQLStore:
 
         return self._guard(thread.run(body))
 
-    def _after_purge_batch(
-        self, deleted: int, purger: ConnectionThread[Any], work: Callable[[Any], None]
-    ) -> Deferred[int]:
-        """
-        The dialect's work after a purge's batch (SQLite: a checkpoint, on
-        the purger's connection) if it deleted any, then how many rows it
-        deleted.
-        """
-        if not deleted:
-            return succeed(deleted)
-        d = self._guard(purger.run(work))
-        return d.addCallback(lambda _: deleted)
-
     def get_token(self, token_digest: str) -> Deferred[TokenRecord | None]:
         """
         Read with the other lookups of its batch (L{GroupLookup}): one
@@ -748,16 +735,12 @@ class SQLStore:
         count = 0
         size = purge_batch(self._dialect.name)
         share = share_for(self._dialect.name)
-        checkpoint = self._dialect.after_purge_batch
         clock = cast(IReactorTime, self._reactor)
         for name in ("purge_tokens", "purge_revoked"):
             statement = self._sql[name]
 
             def batch(statement: str = statement) -> Deferred[int]:
-                d = self._write_alone(purger, statement, (now, size))
-                if checkpoint is not None:
-                    d.addCallback(self._after_purge_batch, purger, checkpoint)
-                return d
+                return self._write_alone(purger, statement, (now, size))
 
             count += await in_turns(batch, size, clock, share)
         statements = [

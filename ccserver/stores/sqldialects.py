@@ -85,8 +85,6 @@ class Dialect:
     #: sets up the lookups' reader connection (L{SQLStore._lookup}): each
     #: query in autocommit, its own transaction (one round trip)
     prepare_read_connection: Callable[[Any], None]
-    #: run on the purger's connection after each batch of a purge, or None
-    after_purge_batch: Callable[[Any], None] | None = None
 
     def translate(self, statement: str) -> str:
         """
@@ -183,24 +181,6 @@ def _while_locked(
         pause = min(pause * 2, longest)
 
 
-def _sqlite_checkpoint(connection: Any) -> None:
-    """
-    Copy what the WAL holds into the database file (a passive checkpoint:
-    it waits for no one, and does what readers and writers allow), on the
-    purger's connection after each batch of a purge.
-
-    A purge's batches fill the WAL as nothing else does (each row deleted
-    from every index); SQLite checkpoints on the commit that takes the WAL
-    past its limit, whichever connection's it is: the token writer's (a
-    token request waited for the copy and the database file's sync), or
-    the pool's (a limit's reservation, and every request of its client,
-    did).  Checkpointed by the purger as it goes, the WAL stays below that
-    limit, and the copies are its own time, in its share of the store's
-    (L{ccserver.stores.purging}).
-    """
-    connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-
 def _sqlite_read_connection(connection: Any) -> None:
     # already in autocommit (isolation_level None), each query seeing
     # every transaction committed before it began
@@ -276,7 +256,6 @@ def sqlite_dialect() -> Dialect:
         prepare_token_connection=_sqlite_token_connection,
         write_tokens=_sqlite_write_tokens,
         prepare_read_connection=_sqlite_read_connection,
-        after_purge_batch=_sqlite_checkpoint,
     )
 
 
