@@ -985,9 +985,27 @@ def _closing(result: object, writer: AuditWriter) -> object:
     return result
 
 
+def protect_kid(argv: Sequence[str]) -> list[str]:
+    """
+    C{argv} with the key id of C{keys retire KID} put after a C{--}: a key
+    id is an RFC 7638 thumbprint, URL-safe base64, and one in sixty-four
+    starts with C{-}, which argparse would take for an option.
+    """
+    args = list(argv)
+    if "keys" not in args:
+        return args
+    at = args.index("keys") + 1
+    if at >= len(args) or args[at] != "retire":
+        return args
+    rest = args[at + 1 :]
+    if len(rest) == 1 and rest[0] not in ("-h", "--help", "--"):
+        return [*args[: at + 1], "--", rest[0]]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = _parser().parse_args(
-        protect_client_id(sys.argv[1:] if argv is None else argv)
+        protect_kid(protect_client_id(sys.argv[1:] if argv is None else argv))
     )
     try:
         config = load_config(

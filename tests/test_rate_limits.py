@@ -493,6 +493,28 @@ class DefaultConfigTests(SynchronousTestCase):
             self.assertTrue(str(caught.exception).startswith(f"[limits] {key}: "), caught.exception)
 
 
+class KeyIdArgumentTests(SynchronousTestCase):
+    def test_kid_starting_with_a_dash(self) -> None:
+        """
+        C{ccserver keys retire KID} takes a key id that begins with C{-}
+        (one thumbprint in sixty-four does) as the key id, not an option:
+        argparse refused it ("unrecognized arguments"), and the key could
+        not be retired without a C{--}.
+        """
+        from ccserver.admin import _parser, protect_kid
+
+        for argv in (
+            ["keys", "retire", "-YZSZqprUUIzdJ96NPFikt5o7VOJWWIFvdKcnTD77nE"],
+            ["--store", "sqlite:///x.db", "keys", "retire", "-YZ"],
+            ["keys", "retire", "--", "-YZ"],
+        ):
+            arguments = _parser().parse_args(protect_kid(argv))
+            self.assertTrue(arguments.kid.startswith("-YZ"), arguments)
+        self.assertIsNone(_parser().parse_args(protect_kid(["keys", "retire"])).kid)
+        self.assertEqual(protect_kid(["keys", "list"]), ["keys", "list"])
+        self.assertEqual(protect_kid(["keys", "retire", "--help"]), ["keys", "retire", "--help"])
+
+
 class ClientIdArgumentTests(SynchronousTestCase):
     def test_client_id_starting_with_a_dash(self) -> None:
         from ccserver.admin import _parser, protect_client_id
