@@ -118,9 +118,15 @@ TOKEN_ISSUANCE = "token_issuance"
 #: The most entries a per-process table keeps (each a key and a few numbers).
 MAX_ENTRIES = 100_000
 
-#: A process stops using the slots it keeps this many seconds before their
-#: window ends, so that instances whose clocks differ by less never use a
-#: slot of a window another has already begun anew.
+#: A process stops keeping slots this many seconds before their window
+#: ends; in those seconds the slots it holds are parked, each used by one
+#: check at a time and forgotten at the window's end (L{AuthLimits._hand_on}).
+#: Instances whose clocks differ by less may take a parked slot after
+#: another has begun the next window: such a check counts in the window
+#: its slot was reserved in.  A failed check uses its slot up, so this
+#: lets at most C{budget // 2} failures a window end go uncounted in the
+#: next (the slots parked by all processes together), and only between
+#: instances whose clocks differ.
 LEASE_MARGIN = 2.0
 
 #: How long a process remembers a refusal before it asks the store again.
