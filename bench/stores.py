@@ -18,10 +18,10 @@ from bench.install import apt_install
 from bench.output import say
 from ccserver.testing import servers
 
-#: The bench's Redis settings: what docs/stores.md advises for a Redis
-#: whose clients care about tail latency (its expiry cycle ten times as
-#: often, each a tenth as long: the growth section's purge row).
-REDIS_SETTINGS = ("--hz", "100")
+#: The bench's Redis settings beyond the tests' own: none, Redis's
+#: defaults.  C{--hz 100} made the growth section's purge row worse, not
+#: better (bench/README.md, run F).
+REDIS_SETTINGS: tuple[str, ...] = ()
 
 #: The Debian package of each server, installed if its binary is missing.
 PACKAGES = {"redis": "redis-server", "postgresql": "postgresql-15"}
