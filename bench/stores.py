@@ -11,17 +11,11 @@ session of their own), is counted as the bench's, not as other load.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 
 from bench.errors import NotAvailable
 from bench.install import apt_install
 from bench.output import say
 from ccserver.testing import servers
-
-#: The bench's Redis settings beyond the tests' own: none, Redis's
-#: defaults.  C{--hz 100} made the growth section's purge row worse, not
-#: better (bench/README.md, run F).
-REDIS_SETTINGS: tuple[str, ...] = ()
 
 #: The Debian package of each server, installed if its binary is missing.
 PACKAGES = {"redis": "redis-server", "postgresql": "postgresql-15"}
@@ -36,7 +30,7 @@ def start(store: str, support: list[servers.ThrowawayServer], store_groups: dict
     @raise NotAvailable: it cannot be installed or started.
     """
     kinds: dict[str, Callable[[], servers.ThrowawayServer]] = {
-        "redis": partial(servers.RedisServer, settings=REDIS_SETTINGS),
+        "redis": servers.RedisServer,
         "postgresql": servers.PostgresServer,
     }
     if store not in kinds:

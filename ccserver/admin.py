@@ -938,25 +938,32 @@ def rotation_schedule(keyring: Keyring, rotate_every: int | None, now: float) ->
     return f"scheduled rotation: every {format_duration(rotate_every)}; next {when}"
 
 
-#: The clients actions that take a client id.
-_ON_ONE_CLIENT = ("show", "delete", "rotate-secret", "set-rate-limit")
+#: The actions that take an identifier argparse could take for an option:
+#: a client id (C{clients show|delete|rotate-secret|set-rate-limit}) and a
+#: key id (C{keys retire}).
+_ON_ONE = {
+    "clients": ("show", "delete", "rotate-secret", "set-rate-limit"),
+    "keys": ("retire",),
+}
 #: Their options that take a value (the next argument, or after "=").
 _VALUE_OPTIONS = ("--grace", "--token-rate-limit")
 
 
-def protect_client_id(argv: Sequence[str]) -> list[str]:
+def protect_identifier(argv: Sequence[str]) -> list[str]:
     """
-    C{argv} with the client id of C{clients show|delete|rotate-secret|set-rate-limit} put
-    after a C{--}: a client id is URL-safe base64 and one in sixty-four
-    starts with C{-}, which argparse would take for an option.
+    C{argv} with the identifier of an action of L{_ON_ONE} put after a
+    C{--}: a client id is URL-safe base64, a key id an RFC 7638 thumbprint
+    in URL-safe base64, and one in sixty-four starts with C{-}, which
+    argparse would take for an option.
     """
     args = list(argv)
-    if "clients" not in args:
+    commands = [args.index(command) for command in _ON_ONE if command in args]
+    if not commands:
         return args
-    at = args.index("clients") + 1
-    if at >= len(args) or args[at] not in _ON_ONE_CLIENT:
+    at = min(commands) + 1
+    if at >= len(args) or args[at] not in _ON_ONE[args[at - 1]]:
         return args
-    rest, options, client_id = args[at + 1 :], [], None
+    rest, options, identifier = args[at + 1 :], [], None
     index = 0
     while index < len(rest):
         arg = rest[index]
@@ -969,14 +976,14 @@ def protect_client_id(argv: Sequence[str]) -> list[str]:
         elif (
             arg in ("-h", "--help", "--off")
             or arg.startswith(tuple(f"{option}=" for option in _VALUE_OPTIONS))
-            or client_id is not None
+            or identifier is not None
         ):
             options.append(arg)
         else:
-            client_id = arg
+            identifier = arg
         index += 1
     protected = args[: at + 1] + options
-    return protected if client_id is None else [*protected, "--", client_id]
+    return protected if identifier is None else [*protected, "--", identifier]
 
 
 def _closing(result: object, writer: AuditWriter) -> object:
@@ -985,27 +992,9 @@ def _closing(result: object, writer: AuditWriter) -> object:
     return result
 
 
-def protect_kid(argv: Sequence[str]) -> list[str]:
-    """
-    C{argv} with the key id of C{keys retire KID} put after a C{--}: a key
-    id is an RFC 7638 thumbprint, URL-safe base64, and one in sixty-four
-    starts with C{-}, which argparse would take for an option.
-    """
-    args = list(argv)
-    if "keys" not in args:
-        return args
-    at = args.index("keys") + 1
-    if at >= len(args) or args[at] != "retire":
-        return args
-    rest = args[at + 1 :]
-    if len(rest) == 1 and rest[0] not in ("-h", "--help", "--"):
-        return [*args[: at + 1], "--", rest[0]]
-    return args
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = _parser().parse_args(
-        protect_kid(protect_client_id(sys.argv[1:] if argv is None else argv))
+        protect_identifier(sys.argv[1:] if argv is None else argv)
     )
     try:
         config = load_config(

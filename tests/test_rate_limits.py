@@ -501,32 +501,32 @@ class KeyIdArgumentTests(SynchronousTestCase):
         argparse refused it ("unrecognized arguments"), and the key could
         not be retired without a C{--}.
         """
-        from ccserver.admin import _parser, protect_kid
+        from ccserver.admin import _parser, protect_identifier
 
         for argv in (
             ["keys", "retire", "-YZSZqprUUIzdJ96NPFikt5o7VOJWWIFvdKcnTD77nE"],
             ["--store", "sqlite:///x.db", "keys", "retire", "-YZ"],
             ["keys", "retire", "--", "-YZ"],
         ):
-            arguments = _parser().parse_args(protect_kid(argv))
+            arguments = _parser().parse_args(protect_identifier(argv))
             self.assertTrue(arguments.kid.startswith("-YZ"), arguments)
-        self.assertIsNone(_parser().parse_args(protect_kid(["keys", "retire"])).kid)
-        self.assertEqual(protect_kid(["keys", "list"]), ["keys", "list"])
-        self.assertEqual(protect_kid(["keys", "retire", "--help"]), ["keys", "retire", "--help"])
+        self.assertIsNone(_parser().parse_args(protect_identifier(["keys", "retire"])).kid)
+        self.assertEqual(protect_identifier(["keys", "list"]), ["keys", "list"])
+        self.assertEqual(protect_identifier(["keys", "retire", "--help"]), ["keys", "retire", "--help"])
 
 
 class ClientIdArgumentTests(SynchronousTestCase):
     def test_client_id_starting_with_a_dash(self) -> None:
-        from ccserver.admin import _parser, protect_client_id
+        from ccserver.admin import _parser, protect_identifier
 
         for argv in (
             ["clients", "set-rate-limit", "-abc", "--token-rate-limit", "5:10"],
             ["clients", "set-rate-limit", "--token-rate-limit", "5:10", "-abc"],
             ["clients", "set-rate-limit", "--token-rate-limit=5:10", "-abc"],
         ):
-            arguments = _parser().parse_args(protect_client_id(argv))
+            arguments = _parser().parse_args(protect_identifier(argv))
             self.assertEqual((arguments.client_id, arguments.token_rate_limit), ("-abc", "5:10"))
         arguments = _parser().parse_args(
-            protect_client_id(["clients", "set-rate-limit", "-abc", "--off"])
+            protect_identifier(["clients", "set-rate-limit", "-abc", "--off"])
         )
         self.assertEqual((arguments.client_id, arguments.off), ("-abc", True))

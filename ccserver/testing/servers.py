@@ -30,7 +30,7 @@ import signal
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -269,8 +269,6 @@ class RedisServer(ThrowawayServer):
         restart, with an append-only file synced at every write (C{appendfsync
         always}): what the fault tests need, and what production should use.
         Otherwise it saves nothing, which is faster.
-    @ivar settings: more C{redis-server} arguments (the benchmark's C{--hz
-        100}, as docs/stores.md advises).
     """
 
     label = "redis"
@@ -281,10 +279,8 @@ class RedisServer(ThrowawayServer):
         persistent: bool = False,
         password: str | None = None,
         replica_of: RedisServer | None = None,
-        settings: Sequence[str] = (),
     ) -> None:
         self.persistent = persistent
-        self.settings = tuple(settings)
         self.password = password
         self.replica_of = replica_of
         self.binary = find_binary("redis-server", package="redis-server")
@@ -330,7 +326,6 @@ class RedisServer(ThrowawayServer):
             "no",
             *(["--requirepass", self.password] if self.password is not None else []),
             *replication,
-            *self.settings,
         ]
 
     def ready(self) -> bool:
