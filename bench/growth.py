@@ -144,8 +144,7 @@ def measure_store(bench: Any, store: str, count: int, rows: dict[str, Row]) -> N
             return
         if args.purge:
             bench.stop_some([servers["empty"]])
-            spread = purge.spread(store, shape.first_ms / 1000, expires_at)
-            measure_purge(bench, store, full, urls["full"], count, expires_at, rows, spread)
+            measure_purge(bench, store, full, urls["full"], count, expires_at, rows)
     finally:
         bench.stop_all()
         bench.remove_support(support)
@@ -175,7 +174,7 @@ def invalid(rows: dict[str, Row], why: str) -> None:
 
 
 def measure_purge(bench: Any, store: str, server: CCServer, url: str, count: int, expires_at: int,
-                  rows: dict[str, Row], spread: float = 0.0) -> None:
+                  rows: dict[str, Row]) -> None:
     """
     The purge row (L{bench.purge}): the full server at L{purge.PURGE_LOAD}
     of the peak its growth row of C{--purge-load} measured, from the quiet
@@ -188,7 +187,7 @@ def measure_purge(bench: Any, store: str, server: CCServer, url: str, count: int
         return
     peak = statistics.median(r.tokens_per_s for r in measured.ours)
     load = load_of(args.purge_load, server).paced(purge.PURGE_LOAD * peak)
-    limit = purge.time_limit(count, spread)
+    limit = purge.time_limit(count)
     say(f"  purge row: {args.purge_load} at {purge.PURGE_LOAD:.0%} of the full server's peak "
         f"{peak:,.0f}/s ({load.rate:,.0f}/s), {purge.WINDOW} s windows from {args.purge_quiet_seconds:g} s "
         f"before the expiry at {clock(expires_at)} until the purge has ended (at most {limit:,.0f} s after)")

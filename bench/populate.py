@@ -186,7 +186,9 @@ def fill_postgresql(url: str, shape: Shape, progress: Callable[[int], None] = la
 #: Tokens ARGV[2] to ARGV[3] (see L{fill_redis}): each C{SET ... EXAT} as
 #: the store's own script writes it (a part of the spread after its expiry,
 #: L{ccserver.stores.redis.kept_until}), its digest in its client's sorted set,
-#: which then expires with the last of its tokens.
+#: which then goes as the last of its tokens' keys does, and its client
+#: named in the set of clients with tokens (for the purge,
+#: L{ccserver.stores.redis.TOKEN_CLIENTS_KEY}).
 REDIS_FILL = """
 local prefix, start, stop = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local first_ms, span, count = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -211,14 +213,17 @@ for i = start, stop do
     end
     redis.call('SET', prefix .. 'token:' .. digest, text, 'EXAT', string.format('%d', kept))
     redis.call('ZADD', prefix .. 'client_tokens:' .. client, expires, digest)
-    touched[client] = true
-end
-for client in pairs(touched) do
-    local key = prefix .. 'client_tokens:' .. client
-    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    if last[2] then
-        redis.call('EXPIREAT', key, last[2])
+    if not touched[client] or touched[client] < kept then
+        touched[client] = kept
     end
+end
+for client, kept in pairs(touched) do
+    local key = prefix .. 'client_tokens:' .. client
+    local ttl = redis.call('TTL', key)
+    if ttl < 0 or tonumber(redis.call('TIME')[1]) + ttl < kept then
+        redis.call('EXPIREAT', key, string.format('%d', kept))
+    end
+    redis.call('SADD', prefix .. 'token_clients', client)
 end
 return stop - start + 1
 """

@@ -6,9 +6,7 @@ The fill's tokens are live through the growth rows and expire together at
 one moment afterwards (L{expiry}: the fill's start, plus a conservative
 estimate of the fill's time and of the rows' time, plus C{--purge-quiet-seconds}).
 The full server runs with C{[store] purge_interval_seconds} =
-L{PURGE_INTERVAL}, so that on SQLite and PostgreSQL its purge begins within
-seconds of the expiry; Redis expires the keys by itself (its active expiry
-cycle).  After the rows, the full server is driven at a constant rate,
+L{PURGE_INTERVAL}, so that its purge begins within seconds of the expiry.  After the rows, the full server is driven at a constant rate,
 L{PURGE_LOAD} of the peak its growth row just measured (issuance by
 default: it writes to the table or keyspace the purge deletes from, the
 harsher case), in consecutive L{WINDOW}-second wrk runs (result.lua's
@@ -92,26 +90,24 @@ def expiry(started: float, store: str, count: int, args: Any) -> int:
     return int(math.ceil(started + ahead))
 
 
-def time_limit(count: int, spread: float = 0.0) -> float:
+def time_limit(count: int) -> float:
     """
     Seconds after the expiry that the row waits at most for the purge to
-    end (10,000 rows or keys a second, at the least, plus two minutes),
-    and C{spread} more: on Redis, the seconds after their expiry over which
-    the store has its keys go (L{ccserver.stores.redis.kept_until}).
+    end (10,000 rows or keys a second, at the least, plus two minutes).
     """
-    return PURGE_INTERVAL + 120 + count / 10_000 + spread
+    return PURGE_INTERVAL + 120 + count / 10_000
 
 
-def spread(store: str, first_issued: float, expires_at: int) -> float:
-    """
-    The seconds after the expiry over which C{store} lets the fill's
-    tokens go (issued from C{first_issued} on): a quarter of the longest
-    lifetime on Redis (L{ccserver.stores.redis.EXPIRY_SPREAD}), none on
-    SQL, whose purge deletes them as soon as it runs.
-    """
-    from ccserver.stores.redis import EXPIRY_SPREAD  # noqa: PLC0415
-
-    return (expires_at - first_issued) * EXPIRY_SPREAD if store == "redis" else 0.0
+#: The probe's count on Redis: the entries of the clients' sets (their
+#: clients named in C{KEYS[1]}) that expire by C{ARGV[2]}, the fill's
+#: tokens not yet purged.
+REDIS_LEFT = """
+local left = 0
+for _, client in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+    left = left + redis.call('ZCOUNT', ARGV[1] .. client, '-inf', ARGV[2])
+end
+return left
+"""
 
 
 @dataclass
@@ -224,8 +220,8 @@ class Watch:
     A thread that asks the store, every L{POLL_SECONDS}, how many of the
     fill's C{count} tokens have gone, from C{gone} (a probe of its own
     connection): SQLite counts the rows left that expire at the fill's
-    time, PostgreSQL reads the table's deleted tuples (pg_stat), Redis its
-    expired keys (INFO stats), each since the watch began.
+    time, PostgreSQL reads the table's deleted tuples (pg_stat), Redis
+    counts the entries left in the clients' sets that expire by then.
     """
 
     def __init__(self, gone: Callable[[], int], count: int) -> None:
@@ -278,15 +274,15 @@ def probe(store: str, url: str, count: int, expires_at: int) -> tuple[Callable[[
 
         base = deleted()
         return (lambda: deleted() - base), pg.close
+    from ccserver.stores.redis import PREFIX, TOKEN_CLIENTS_KEY  # noqa: PLC0415
+
     redis = populate.Redis(url)
 
-    def expired() -> int:
-        info = str(redis.call("INFO", "stats"))
-        return int(next(line.split(":", 1)[1] for line in info.splitlines()
-                        if line.startswith("expired_keys:")))
+    def gone() -> int:
+        return count - int(redis.call("EVAL", REDIS_LEFT, 1, TOKEN_CLIENTS_KEY, PREFIX + "client_tokens:",
+                                      expires_at))
 
-    first = expired()
-    return (lambda: expired() - first), redis.close
+    return gone, redis.close
 
 
 def measure(runner: Any, server: Any, load: Any, watch: Watch, expires_at: int, quiet_seconds: float,

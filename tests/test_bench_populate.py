@@ -14,10 +14,10 @@ import psycopg
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from bench import populate
+from bench import populate, purge
 from ccserver.interfaces import IStore
 from ccserver.stores import store_from_url
-from ccserver.stores.redis import EXPIRY_SPREAD, PREFIX, kept_until
+from ccserver.stores.redis import EXPIRY_SPREAD, PREFIX, TOKEN_CLIENTS_KEY, kept_until
 from ccserver.testing import servers
 
 ISSUER = "https://as.example.com"
@@ -102,6 +102,19 @@ class PostgreSQLPopulateTests(PopulateMixin, TestCase):
 class RedisPopulateTests(PopulateMixin, TestCase):
     kind = "redis"
 
+    async def test_purge_probe(self) -> None:
+        """
+        The purge row's probe counts the fill's tokens the store's purge
+        has deleted (the entries gone from their clients' sets): none
+        before, all after.
+        """
+        populate.fill(self.kind, self.url, self.shape)
+        gone, close = purge.probe(self.kind, self.url, COUNT, self.shape.expires_at)
+        self.addCleanup(close)
+        self.assertEqual(gone(), 0)
+        await self.store.purge_expired(self.shape.expires_at + 1)
+        self.assertEqual(gone(), COUNT)
+
     def digests(self, client_id: str) -> list[str]:
         redis = populate.Redis(self.url)
         try:
@@ -116,13 +129,18 @@ class RedisPopulateTests(PopulateMixin, TestCase):
         """
         Redis forgets each token by itself a little after its expiry
         (C{EXAT}), when the store itself would have (L{kept_until}): the
-        fill's tokens go over a quarter of their lifetime, as the store's.
+        fill's tokens go over a quarter of their lifetime, as the store's;
+        each client's set stays until the last of its tokens' keys goes,
+        and names its client in the set the store's purge starts from, so
+        that the purge drops them all at their expiry, as on SQL.
         """
         test: Any = self
         redis = populate.Redis(self.url)
         try:
             own = self.digests("own-client")
             kept = [redis.call("EXPIRETIME", f"{PREFIX}token:{d}") for d in own]
+            kept_set = redis.call("EXPIRETIME", f"{PREFIX}client_tokens:own-client")
+            clients = redis.call("SMEMBERS", TOKEN_CLIENTS_KEY)
         finally:
             redis.close()
         records = [await self.store.get_token(d) for d in own]
@@ -132,3 +150,7 @@ class RedisPopulateTests(PopulateMixin, TestCase):
         test.assertGreaterEqual(min(kept), self.shape.expires_at)
         lifetime = self.shape.expires_at - min(r.issued_at for r in records if r)
         test.assertLess(max(kept), self.shape.expires_at + lifetime * EXPIRY_SPREAD)
+        test.assertEqual(kept_set, max(kept))
+        test.assertIn("own-client", clients)
+        test.assertIn("bulk-1", clients)
+        await super().expired(digest)

@@ -59,16 +59,6 @@ class ExpiryTests(SynchronousTestCase):
 
     def test_time_limit(self) -> None:
         self.assertEqual(purge.time_limit(10_000_000), 5 + 120 + 1000)
-        self.assertEqual(purge.time_limit(10_000_000, 900.0), 5 + 120 + 1000 + 900)
-
-    def test_spread(self) -> None:
-        """
-        Redis lets the fill's keys go over a quarter of their longest
-        lifetime after the expiry; the SQL stores' purge takes them at once.
-        """
-        self.assertEqual(purge.spread("redis", 1_000_000.0, 1_003_600), 900.0)
-        self.assertEqual(purge.spread("sqlite", 1_000_000.0, 1_003_600), 0.0)
-        self.assertEqual(purge.spread("postgresql", 1_000_000.0, 1_003_600), 0.0)
 
 
 class PhaseTests(SynchronousTestCase):

@@ -232,7 +232,9 @@ class StoreContractMixin(_TestCase):
     durable = True
 
     #: whether purge_expired() does the forgetting (Redis expires records
-    #: by itself, and purges nothing)
+    #: by itself: here, as each expired before it was written, at once; it
+    #: purges only the expired tokens whose keys it still holds,
+    #: L{tests.test_store_redis.PurgeTests})
     purges = True
 
     store: IStore

@@ -24,7 +24,9 @@ from ccserver.stores.codec import TOKENS
 from ccserver.stores.redis import (
     EXPIRY_SPREAD,
     LAYOUT_VERSION,
+    PURGE_SHARE,
     TOKEN_BATCH,
+    TOKEN_CLIENTS_KEY,
     RedisStore,
     kept_until,
 )
@@ -321,7 +323,12 @@ class TokenBatchTests(TestCase):
                  for digest, score in zip(members[::2], members[1::2], strict=True)],
                 [(t.token_digest, t.expires_at) for t in own],
             )
-            self.assertEqual(int(self.raw("EXPIRETIME", key)), own[-1].expires_at)
+            # gone as the last of its tokens' keys goes (the purge finds
+            # each one whose key is left)
+            self.assertEqual(
+                int(self.raw("EXPIRETIME", key)),
+                max(kept_until(t.token_digest, t.issued_at, t.expires_at) for t in own),
+            )
 
     async def test_trimmed_per_client(self) -> None:
         """
@@ -331,13 +338,15 @@ class TokenBatchTests(TestCase):
         """
         now = int(time.time())
         old_1 = make_token("a" * 64, now - 50, issued_at=now - 100)
-        old_2 = make_token("b" * 64, now - 50, issued_at=now - 100, client_id="client-2")
+        # a long lifetime: Redis keeps its key for minutes yet (kept_until)
+        old_2 = make_token("b" * 64, now - 50, issued_at=now - 10_000, client_id="client-2")
         later_1 = make_token("c" * 64, now + 5000, issued_at=now - 100)
         later_2 = make_token("9" * 64, now + 200, issued_at=now - 100, client_id="client-2")
         # the live ones first, or the sets would expire with the old ones
         for token in (later_1, later_2, old_1, old_2):
             await self.store.add_token(token)
         self.assertEqual(int(self.raw("ZCARD", "ccserver:client_tokens:client-2")), 2)
+        self.assertEqual(int(self.raw("EXISTS", f"ccserver:token:{old_2.token_digest}")), 1)
         batch = [
             # client-1's earliest token of the batch was issued before
             # old_1 expired: old_1 stays
@@ -354,12 +363,19 @@ class TokenBatchTests(TestCase):
 
         self.assertEqual(await digests("client-1"), ["a" * 64, "d" * 64, "e" * 64, "c" * 64])
         self.assertEqual(await digests("client-2"), ["9" * 64, "f" * 64])
+        # the sets go with the last of their tokens' keys: a batch does not
+        # shorten what an earlier token needs
         self.assertEqual(
-            int(self.raw("EXPIRETIME", "ccserver:client_tokens:client-1")), now + 5000
+            int(self.raw("EXPIRETIME", "ccserver:client_tokens:client-1")),
+            kept_until(later_1.token_digest, later_1.issued_at, later_1.expires_at),
         )
         self.assertEqual(
-            int(self.raw("EXPIRETIME", "ccserver:client_tokens:client-2")), now + 300
+            int(self.raw("EXPIRETIME", "ccserver:client_tokens:client-2")),
+            max(kept_until(t.token_digest, t.issued_at, t.expires_at)
+                for t in (later_2, old_2, batch[2])),
         )
+        # an expired token trimmed from its set is deleted with its entry
+        self.assertEqual(int(self.raw("EXISTS", f"ccserver:token:{old_2.token_digest}")), 0)
         # and deleting a client deletes its tokens of the batch, only its own
         await self.store.delete_client("client-1", now + 1, now + 3600)
         for token in batch[:2]:
@@ -418,6 +434,138 @@ class TokenBatchTests(TestCase):
         self.assertEqual(int(self.raw("ZCARD", "ccserver:client_tokens:client-0")), len(own))
 
 
+class PurgeTests(TestCase):
+    """
+    The purge deletes expired opaque tokens itself, along their clients'
+    sets, a batch a script call and paced (L{RedisStore.purge_expired}),
+    before Redis's own expiry would (L{kept_until}): Redis's expiry cycle
+    let millions of expired keys gather, then deleted them in bursts that
+    held every request back.
+    """
+
+    timeout = 60
+
+    async def setUp(self) -> None:
+        self.server = redis_server()
+        self.server.flushall()
+        self.store = RedisStore.from_url(self.server.url_for(4), reactor, timeout=TIMEOUT)
+        self.addCleanup(self.store.close)
+        await self.store.open()
+        self.now = int(time.time())
+
+    def raw(self, *command: str) -> Any:
+        return self.server.query(*command, db=4)
+
+    def expired(self, digest: str, client_id: str = "client-1") -> TokenRecord:
+        """
+        A token that expired 10 s ago, after a long lifetime: Redis keeps
+        its key for minutes yet (L{kept_until}; its digest's last 8 hex
+        digits set how long).
+        """
+        digest = digest[8:] + f"{2000:08x}"
+        token = make_token(digest, self.now - 10, issued_at=self.now - 10_000, client_id=client_id)
+        self.assertGreater(kept_until(digest, token.issued_at, token.expires_at), self.now + 60)
+        return token
+
+    def exists(self, token: TokenRecord) -> bool:
+        return int(self.raw("EXISTS", f"ccserver:token:{token.token_digest}")) == 1
+
+    async def test_clients_named(self) -> None:
+        """
+        Every client with opaque tokens is named in the set the purge
+        starts from, once.
+        """
+        for i, client_id in enumerate(["client-1", "client-2", "client-1"]):
+            await self.store.add_token(make_token(f"{i:064x}", self.now + 600, client_id=client_id))
+        self.assertEqual(
+            sorted(self.raw("SMEMBERS", TOKEN_CLIENTS_KEY)), ["client-1", "client-2"]
+        )
+
+    async def test_expired_deleted(self) -> None:
+        """
+        The expired tokens of every client go, keys and entries, the live
+        ones stay; a client left with none leaves the set of clients.
+        """
+        gone = [self.expired("a" * 64), self.expired("b" * 64, "client-2"),
+                self.expired("c" * 64, "client-3")]
+        live = [make_token("d" * 64, self.now + 600),
+                make_token("e" * 64, self.now + 600, client_id="client-2")]
+        for token in [*live, *gone]:
+            await self.store.add_token(token)
+        self.assertTrue(all(self.exists(t) for t in gone))
+        self.assertEqual(await self.store.purge_expired(self.now), 3)
+        self.assertFalse(any(self.exists(t) for t in gone))
+        for token in live:
+            self.assertEqual(await self.store.get_token(token.token_digest), token)
+        self.assertEqual(list(self.raw("ZRANGE", "ccserver:client_tokens:client-1", "0", "-1")),
+                         ["d" * 64])
+        self.assertEqual(int(self.raw("EXISTS", "ccserver:client_tokens:client-3")), 0)
+        self.assertEqual(
+            sorted(self.raw("SMEMBERS", TOKEN_CLIENTS_KEY)), ["client-1", "client-2"]
+        )
+        self.assertEqual(await self.store.purge_expired(self.now), 0)
+
+    async def test_deleted_client_leaves(self) -> None:
+        """
+        A deleted client (its set deleted with it) leaves the set of
+        clients at the next purge.
+        """
+        await self.store.add_token(make_token("a" * 64, self.now + 600))
+        await self.store.delete_client("client-1", self.now + 1, self.now + 3600)
+        self.assertEqual(await self.store.purge_expired(self.now), 0)
+        self.assertEqual(self.raw("SMEMBERS", TOKEN_CLIENTS_KEY), [])
+
+    async def test_in_paced_batches(self) -> None:
+        """
+        A purge of more than a batch deletes L{PURGE_BATCH} a script call,
+        resting after each full batch as L{in_turns} says for
+        L{PURGE_SHARE}; a token written between two batches is kept.
+        """
+        self.patch(redis_store, "PURGE_BATCH", 3)
+        tokens = [self.expired(f"{i:064x}", f"client-{i % 3}") for i in range(1, 11)]
+        for token in tokens:
+            await self.store.add_token(token)
+        calls: list[tuple[int, float]] = []
+        batches: list[int] = []
+        # issued before any of them expired: its batch trims none of them
+        written = make_token("f" * 64, self.now + 600, issued_at=self.now - 10_000)
+        in_turns = redis_store.in_turns
+
+        async def counted(batch: Any, size: int, clock: Any, share: float) -> int:
+            calls.append((size, share))
+
+            async def one() -> int:
+                batches.append(int(await batch()))
+                if len(batches) == 1:
+                    await self.store.add_token(written)
+                return batches[-1]
+
+            return await in_turns(one, size, clock, share)
+
+        self.patch(redis_store, "in_turns", counted)
+        self.assertEqual(await self.store.purge_expired(self.now), 10)
+        self.assertFalse(any(self.exists(t) for t in tokens))
+        self.assertEqual(await self.store.get_token(written.token_digest), written)
+        # one page of three clients, in four batches
+        self.assertEqual(calls, [(3, PURGE_SHARE)])
+        self.assertEqual(batches, [3, 3, 3, 1])
+
+    async def test_pages_of_clients(self) -> None:
+        """
+        The clients are found a page at a time (C{SSCAN}, never a command
+        over all of them at once), and every page is purged.
+        """
+        tokens = [self.expired(f"{i:064x}", f"client-{i}") for i in range(250)]
+        await gatherResults([self.store.add_token(t) for t in tokens])
+        self.raw("CONFIG", "RESETSTAT")
+        self.assertEqual(await self.store.purge_expired(self.now), 250)
+        self.assertFalse(any(self.exists(t) for t in tokens))
+        self.assertEqual(self.raw("SMEMBERS", TOKEN_CLIENTS_KEY), [])
+        stats = self.raw("INFO", "commandstats")
+        sscan = next(line for line in stats.splitlines() if line.startswith("cmdstat_sscan:"))
+        self.assertGreater(int(sscan.split("calls=")[1].split(",")[0]), 1)
+
+
 class FakeConnection:
     """
     txredisapi's connection pool, as the store calls it for tokens: each
@@ -460,6 +608,7 @@ class TokenBatchFailureTests(SynchronousTestCase):
             [
                 "ccserver:token:" + "b" * 64,
                 "ccserver:token:" + "c" * 64,
+                "ccserver:token_clients",
                 "ccserver:client_tokens:client-1",
                 "ccserver:client_tokens:client-2",
             ],
@@ -513,7 +662,7 @@ class TokenBatchFailureTests(SynchronousTestCase):
         self.redis.calls[0][2].callback(1)
         self.assertEqual(
             self.redis.calls[1][0],
-            ["ccserver:token:" + "b" * 64, "ccserver:client_tokens:client-1"],
+            ["ccserver:token:" + "b" * 64, "ccserver:token_clients", "ccserver:client_tokens:client-1"],
         )
         self.redis.calls[1][2].callback(1)
         self.successResultOf(first)

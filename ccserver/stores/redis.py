@@ -16,12 +16,15 @@ shared with other data):
     C{ccserver:revoked:<jti>}: a deny-list entry; both expire with the token
     (C{SET ... EXAT}, so Redis 6.2 or later; a token's key a part of
     L{EXPIRY_SPREAD} of its lifetime after it, so that tokens expiring
-    together do not all go at once), and C{purge_expired} has nothing to
-    do;
+    together do not all go at once, if the purge has not deleted it by
+    then);
   - C{ccserver:client_tokens:<client_id>}: a sorted set of the client's
     opaque token digests, scored by expiry, written in the same script as
-    the token and trimmed of expired ones there, so that deleting the
-    client can delete its tokens; it expires with the last of them.  The
+    the token and trimmed of expired ones (and their keys) there, so that
+    deleting the client can delete its tokens and the purge
+    (C{purge_expired}, paced as the SQL stores' is) finds the expired ones
+    in order; it expires as the last of their keys does.  C{ccserver:token_clients}
+    (L{TOKEN_CLIENTS_KEY}): the set of the clients that have one.  The
     tokens issued while one such script call is under way go together in
     the next (L{GroupCommit}, as the SQL stores do): one round trip and one
     script run for the batch, each token answered only once its batch's
@@ -111,7 +114,7 @@ from typing import Any, TypeVar, cast
 import txredisapi
 from attrs import evolve, frozen
 from twisted.internet import error as internet_error
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, ensureDeferred, fail, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorCore, IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -134,6 +137,7 @@ from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.grouplookup import GroupLookup
 from ccserver.stores.guard import OperationGuard, url_secrets
+from ccserver.stores.purging import in_turns
 from ccserver.stores.redisconnection import PrimaryConnections
 from ccserver.stores.sentinel import NoPrimary
 from ccserver.stores.urls import RedisAddress, redis_address
@@ -337,17 +341,31 @@ TOKEN_BATCH = 256
 TRIM_PER_TOKEN = 4
 
 #: How long past its expiry a token's key stays, at most, as a share of
-#: the token's lifetime: each key stays a part of that, set by its digest
-#: (L{kept_until}).  Redis deletes expired keys by itself, as fast as its
-#: expiry cycle goes: the tokens of a busy hour, expiring in the same
-#: second, kept Redis's expiry cycle busy until the last was gone, and
-#: the requests of every client waited behind it (bench/README.md, the
-#: growth section's purge row).  Spread over a quarter of their lifetime,
+#: the token's lifetime, if the purge (L{RedisStore.purge_expired}) has not
+#: deleted it first: each key stays a part of that, set by its digest
+#: (L{kept_until}).  Left to Redis's expiry cycle, the tokens of a busy
+#: hour expiring in the same second kept it busy until the last was gone,
+#: and the requests of every client waited behind it (bench/README.md, the
+#: growth section's purge row); spread over a quarter of their lifetime,
 #: they go at most four times as fast as they were made.  An expired
 #: token's key is never answered as active (the introspection checks the
-#: record's expiry, L{ccserver.oauth.introspection}): it only takes room,
-#: an eighth of a lifetime on average.
+#: record's expiry, L{ccserver.oauth.introspection}): it only takes room.
 EXPIRY_SPREAD = 0.25
+
+#: The set of the clients whose set of tokens may hold some
+#: (C{client_tokens_key}), so that the purge finds them without a C{SCAN}
+#: of every key.  A client stays in it until the purge finds its set gone.
+TOKEN_CLIENTS_KEY = PREFIX + "token_clients"
+#: Expired tokens one call of the purge's script deletes at most: Redis
+#: serves no one else while it runs (about a millisecond for this many).
+PURGE_BATCH = 200
+#: The largest share of Redis's time the purge takes (L{in_turns}), in
+#: batches of a millisecond or so: Redis's own expiry cycle, left to
+#: delete millions of expired keys, takes as much of its time in runs many
+#: times as long (bench/README.md).
+PURGE_SHARE = 0.25
+#: Clients' sets a purge's C{SSCAN} of L{TOKEN_CLIENTS_KEY} asks for at a time.
+PURGE_CLIENTS = 100
 
 
 def kept_until(token_digest: str, issued_at: int, expires_at: int) -> int:
@@ -369,39 +387,84 @@ def kept_until(token_digest: str, issued_at: int, expires_at: int) -> int:
 
 #: L{RedisStore.add_token}'s batch, in one script: Redis runs it atomically.
 #:
-#:  - C{KEYS}: the C{n} token keys, then the set of each distinct client
-#:    of the batch;
-#:  - C{ARGV[1]}: C{n}; C{ARGV[2]}: L{TRIM_PER_TOKEN}; then per token its JSON
-#:    and when its key goes (L{kept_until}); then per client (in the order of its key) the
-#:    smallest C{issued_at} of its tokens in the batch, their count C{c},
-#:    and C{c} pairs of expiry and digest.
+#:  - C{KEYS}: the C{n} token keys, then L{TOKEN_CLIENTS_KEY}, then the set
+#:    of each distinct client of the batch;
+#:  - C{ARGV[1]}: C{n}; C{ARGV[2]}: L{TRIM_PER_TOKEN}; C{ARGV[3]}: the token
+#:    keys' prefix; C{ARGV[4]}: the time; then per token its JSON and when
+#:    its key goes (L{kept_until}); then per client (in the order of its
+#:    key) its id, the smallest C{issued_at} of its tokens in the batch,
+#:    the latest time one of their keys goes, their count C{c}, and C{c}
+#:    pairs of expiry and digest.
 #:
-#: Each token is C{SET ... EXAT} a little after its expiry; each client's set gets all its
-#: digests by one C{ZADD}, is trimmed of at most L{TRIM_PER_TOKEN} times C{c} of the tokens
-#: that expired before the batch's earliest token of that client was issued
-#: (a one-token batch trims as one token alone always did), and expires
-#: with the last of its tokens.
+#: Each token is C{SET ... EXAT} a little after its expiry; each client's
+#: set gets all its digests by one C{ZADD}, and the client is named in
+#: L{TOKEN_CLIENTS_KEY} (for the purge); the set is trimmed of at most
+#: L{TRIM_PER_TOKEN} times C{c} of the tokens that expired before the
+#: batch's earliest token of that client was issued (a one-token batch
+#: trims as one token alone always did), their keys deleted with them.
+#: The set goes when the last of its tokens' keys would (C{TTL}, not
+#: C{EXPIRETIME}, which Redis 6.2 lacks), so that the purge finds every
+#: expired token whose key is still there.
 _ADD_TOKENS_SCRIPT = """
-local n, trim = tonumber(ARGV[1]), tonumber(ARGV[2])
-local at = 3
+local n, trim, prefix, now = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local at = 5
 for i = 1, n do
     redis.call('SET', KEYS[i], ARGV[at], 'EXAT', ARGV[at + 1])
     at = at + 2
 end
-for i = n + 1, #KEYS do
-    local issued, count = ARGV[at], tonumber(ARGV[at + 1])
-    redis.call('ZADD', KEYS[i], unpack(ARGV, at + 2, at + 1 + 2 * count))
-    at = at + 2 + 2 * count
+for i = n + 2, #KEYS do
+    local client, issued = ARGV[at], ARGV[at + 1]
+    local kept, count = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
+    redis.call('ZADD', KEYS[i], unpack(ARGV, at + 4, at + 3 + 2 * count))
+    redis.call('SADD', KEYS[n + 1], client)
+    at = at + 4 + 2 * count
     local expired = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', '(' .. issued, 'LIMIT', 0, trim * count)
     if #expired > 0 then
+        local keys = {}
+        for j = 1, #expired do
+            keys[j] = prefix .. expired[j]
+        end
+        redis.call('UNLINK', unpack(keys))
         redis.call('ZREM', KEYS[i], unpack(expired))
     end
-    local last = redis.call('ZRANGE', KEYS[i], -1, -1, 'WITHSCORES')
-    if last[2] then
-        redis.call('EXPIREAT', KEYS[i], last[2])
+    local ttl = redis.call('TTL', KEYS[i])
+    if ttl < 0 or now + ttl < kept then
+        redis.call('EXPIREAT', KEYS[i], kept)
     end
 end
 return n
+"""
+
+#: L{RedisStore.purge_expired}'s batch, in one script: C{KEYS[1]} is
+#: L{TOKEN_CLIENTS_KEY}, C{KEYS[1 + i]} the set of the client
+#: C{ARGV[3 + i]}; C{ARGV[1]} the time, C{ARGV[2]} how many tokens to
+#: delete at most, C{ARGV[3]} the token keys' prefix.  The tokens that
+#: expired before the time go from each set in turn, their keys with them
+#: (a key Redis has already expired is simply not there), until that many
+#: have gone; a client whose set is gone (it expired with its last token,
+#: or the client was deleted) leaves L{TOKEN_CLIENTS_KEY}.  How many went.
+_PURGE_TOKENS_SCRIPT = """
+local now, most, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local deleted = 0
+for i = 2, #KEYS do
+    if deleted >= most then
+        break
+    end
+    local gone = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', '(' .. now, 'LIMIT', 0, most - deleted)
+    if #gone > 0 then
+        local keys = {}
+        for j = 1, #gone do
+            keys[j] = prefix .. gone[j]
+        end
+        redis.call('UNLINK', unpack(keys))
+        redis.call('ZREM', KEYS[i], unpack(gone))
+        deleted = deleted + #gone
+    end
+    if redis.call('EXISTS', KEYS[i]) == 0 then
+        redis.call('SREM', KEYS[1], ARGV[2 + i])
+    end
+end
+return deleted
 """
 
 #: L{RedisStore.get_token}'s batch (L{GroupLookup}), in one script: the
@@ -983,8 +1046,8 @@ class RedisStore:
         return d
 
     # ITokenStore: every record carries a Redis TTL (EXAT) a little past its
-    # expiry (kept_until), so Redis forgets it by itself and purge_expired
-    # has nothing to do.
+    # expiry (kept_until), so Redis forgets it by itself; purge_expired
+    # deletes expired opaque tokens before that, at its own pace.
 
     def add_token(self, token: TokenRecord) -> Deferred[None]:
         """
@@ -1012,7 +1075,9 @@ class RedisStore:
         lot, where one token at a time cost one each.
         """
         keys = [token_key(t.digest) for t in tokens]
-        args = [str(len(tokens)), str(TRIM_PER_TOKEN)]
+        keys.append(TOKEN_CLIENTS_KEY)
+        now = int(cast(IReactorTime, self._reactor).seconds())
+        args = [str(len(tokens)), str(TRIM_PER_TOKEN), token_key(""), str(now)]
         by_client: dict[str, list[_PendingToken]] = {}
         for t in tokens:
             args += (t.text, t.kept_until)
@@ -1022,7 +1087,9 @@ class RedisStore:
             # the client's tokens that expired before its earliest token of
             # the batch was issued are trimmed from its set, at most
             # TRIM_PER_TOKEN for each of its tokens in the batch
-            args += (str(min(t.issued_at for t in own)), str(len(own)))
+            issued = min(t.issued_at for t in own)
+            kept = max(int(t.kept_until) for t in own)
+            args += (client_id, str(issued), str(kept), str(len(own)))
             for t in own:
                 args += (t.expires_at, t.digest)
         d = self._write("eval", _ADD_TOKENS_SCRIPT, keys, args)
@@ -1087,7 +1154,37 @@ class RedisStore:
         return d
 
     def purge_expired(self, now: int) -> Deferred[int]:
-        return succeed(0)
+        """
+        Delete the opaque tokens that expired before C{now}, found along
+        their clients' sets (sorted by expiry; L{TOKEN_CLIENTS_KEY} names
+        the clients), L{PURGE_BATCH} a script call, with a rest after each
+        (L{in_turns}; at most L{PURGE_SHARE} of Redis's time), so that the
+        tokens of a busy hour go at a pace the requests share Redis with,
+        as the SQL stores' purge goes, instead of in Redis's own expiry
+        cycle's bursts.  Fires with how many tokens went.
+
+        Everything else here carries a Redis TTL and goes by itself, as
+        does a token's key the purge misses (none is missed unless the
+        purge does not run): at L{kept_until}.
+        """
+        return ensureDeferred(self._purge(now))
+
+    async def _purge(self, now: int) -> int:
+        clock = cast(IReactorTime, self._reactor)
+        count, cursor = 0, 0
+        while True:
+            reply = await self._call("sscan", TOKEN_CLIENTS_KEY, cursor, count=PURGE_CLIENTS)
+            cursor, clients = int(reply[0]), [str(c) for c in reply[1]]
+            if clients:
+                keys = [TOKEN_CLIENTS_KEY, *(client_tokens_key(c) for c in clients)]
+                args = [str(now), str(PURGE_BATCH), token_key(""), *clients]
+
+                def batch(keys: list[str] = keys, args: list[str] = args) -> Deferred[int]:
+                    return self._write("eval", _PURGE_TOKENS_SCRIPT, keys, args).addCallback(int)
+
+                count += await in_turns(batch, PURGE_BATCH, clock, PURGE_SHARE)
+            if cursor == 0:
+                return count
 
     # IInitialAccessTokenStore
 
