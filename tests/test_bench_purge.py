@@ -58,7 +58,7 @@ class ExpiryTests(SynchronousTestCase):
         self.assertLess(1000.5 + measured_fill + purge.rows_estimate(3, 8, 2), expires - 60)
 
     def test_time_limit(self) -> None:
-        self.assertEqual(purge.time_limit(10_000_000), 5 + 120 + 1000)
+        self.assertEqual(purge.time_limit(10_000_000), 5 + 120 + 2000)
 
 
 class PhaseTests(SynchronousTestCase):

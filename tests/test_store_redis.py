@@ -29,6 +29,7 @@ from ccserver.stores.redis import (
     TOKEN_CLIENTS_KEY,
     RedisStore,
     kept_until,
+    trimmed_before,
 )
 from ccserver.stores.redisprotocol import RedisFactory, RedisProtocol, _own_connection
 from ccserver.testing.servers import redis_server
@@ -332,29 +333,30 @@ class TokenBatchTests(TestCase):
 
     async def test_trimmed_per_client(self) -> None:
         """
-        In a batch, each client's set is trimmed of its tokens that expired
-        before the earliest of its tokens in the batch was issued, and
-        keeps its later expiry if it had one: clients do not mix.
+        In a batch, each client's set is trimmed of the entries whose keys
+        Redis has let go (L{trimmed_before}: expired a quarter of a
+        lifetime before the earliest of its tokens in the batch was
+        issued), and keeps its later expiry if it had one: clients do not
+        mix.
         """
         now = int(time.time())
-        old_1 = make_token("a" * 64, now - 50, issued_at=now - 100)
-        # a long lifetime: Redis keeps its key for minutes yet (kept_until)
-        old_2 = make_token("b" * 64, now - 50, issued_at=now - 10_000, client_id="client-2")
+        old_1 = make_token("a" * 64, now - 500, issued_at=now - 1000)
+        old_2 = make_token("b" * 64, now - 500, issued_at=now - 1000, client_id="client-2")
         later_1 = make_token("c" * 64, now + 5000, issued_at=now - 100)
         later_2 = make_token("9" * 64, now + 200, issued_at=now - 100, client_id="client-2")
         # the live ones first, or the sets would expire with the old ones
         for token in (later_1, later_2, old_1, old_2):
             await self.store.add_token(token)
         self.assertEqual(int(self.raw("ZCARD", "ccserver:client_tokens:client-2")), 2)
-        self.assertEqual(int(self.raw("EXISTS", f"ccserver:token:{old_2.token_digest}")), 1)
         batch = [
-            # client-1's earliest token of the batch was issued before
-            # old_1 expired: old_1 stays
+            # client-1's tokens of the batch: the earlier of now - 600 / 4
+            # and now - 60 - 3660 / 4: old_1 stays
             make_token("d" * 64, now + 600, issued_at=now),
-            make_token("e" * 64, now + 600, issued_at=now - 60),
-            # client-2's only one after old_2 expired: old_2 goes
+            make_token("e" * 64, now + 3600, issued_at=now - 60),
+            # client-2's: before now - 40 - 340 / 4 = now - 125: old_2 goes
             make_token("f" * 64, now + 300, issued_at=now - 40, client_id="client-2"),
         ]
+        self.assertEqual(trimmed_before(now - 40, now + 300), now - 125)
         await self.add_together(batch)
 
         async def digests(client_id: str) -> list[str]:
@@ -374,13 +376,28 @@ class TokenBatchTests(TestCase):
             max(kept_until(t.token_digest, t.issued_at, t.expires_at)
                 for t in (later_2, old_2, batch[2])),
         )
-        # an expired token trimmed from its set is deleted with its entry
-        self.assertEqual(int(self.raw("EXISTS", f"ccserver:token:{old_2.token_digest}")), 0)
         # and deleting a client deletes its tokens of the batch, only its own
         await self.store.delete_client("client-1", now + 1, now + 3600)
         for token in batch[:2]:
             self.assertIs(await self.store.delete_token(token.token_digest), False)
         self.assertIs(await self.store.delete_token("f" * 64), True)
+
+    async def test_trim_leaves_the_purge_its_tokens(self) -> None:
+        """
+        Tokens that have just expired, their keys still there, are not
+        trimmed: the purge deletes them with their keys, at its pace (a
+        trim in the request's own script deleting them cost Redis three
+        times as much a token while a busy hour's tokens expired).
+        """
+        now = int(time.time())
+        just = make_token("a" * 64, now - 5, issued_at=now - 3605)
+        await self.store.add_token(make_token("c" * 64, now + 3600))
+        await self.store.add_token(just)
+        await self.store.add_token(make_token("b" * 64, now + 3600, issued_at=now))
+        key = "ccserver:client_tokens:client-1"
+        self.assertIn("a" * 64, self.raw("ZRANGE", key, "0", "-1"))
+        self.assertEqual(await self.store.purge_expired(now), 1)
+        self.assertNotIn("a" * 64, self.raw("ZRANGE", key, "0", "-1"))
 
     async def test_trim_bounded(self) -> None:
         """
@@ -392,9 +409,9 @@ class TokenBatchTests(TestCase):
         """
         self.patch(redis_store, "TRIM_PER_TOKEN", 2)
         now = int(time.time())
-        live = make_token("f" * 64, now + 5000, issued_at=now - 200)
+        live = make_token("f" * 64, now + 5000, issued_at=now - 2000)
         expired = [
-            make_token(f"{i:064x}", now - 100 + i, issued_at=now - 200) for i in range(1, 11)
+            make_token(f"{i:064x}", now - 1000 + i, issued_at=now - 2000) for i in range(1, 11)
         ]
         for token in (live, *expired):
             await self.store.add_token(token)
@@ -518,37 +535,42 @@ class PurgeTests(TestCase):
     async def test_in_paced_batches(self) -> None:
         """
         A purge of more than a batch deletes L{PURGE_BATCH} a script call,
-        resting after each full batch as L{in_turns} says for
-        L{PURGE_SHARE}; a token written between two batches is kept.
+        resting after each batch that deleted any as L{rest} says for
+        L{PURGE_SHARE}; each call names only the clients of the page not
+        yet done with; a token written between two batches is kept.
         """
         self.patch(redis_store, "PURGE_BATCH", 3)
         tokens = [self.expired(f"{i:064x}", f"client-{i % 3}") for i in range(1, 11)]
         for token in tokens:
             await self.store.add_token(token)
-        calls: list[tuple[int, float]] = []
-        batches: list[int] = []
         # issued before any of them expired: its batch trims none of them
         written = make_token("f" * 64, self.now + 600, issued_at=self.now - 10_000)
-        in_turns = redis_store.in_turns
+        rests: list[float] = []
+        named: list[int] = []
 
-        async def counted(batch: Any, size: int, clock: Any, share: float) -> int:
-            calls.append((size, share))
+        async def rest(clock: Any, took: float, share: float) -> None:
+            rests.append(share)
+            if len(rests) == 1:
+                await self.store.add_token(written)
 
-            async def one() -> int:
-                batches.append(int(await batch()))
-                if len(batches) == 1:
-                    await self.store.add_token(written)
-                return batches[-1]
+        write = self.store._write
 
-            return await in_turns(one, size, clock, share)
+        def counted(command: str, script: str, keys: list[str], args: list[str]) -> Any:
+            if script is redis_store._PURGE_TOKENS_SCRIPT:
+                named.append(len(keys) - 1)
+            return write(command, script, keys, args)
 
-        self.patch(redis_store, "in_turns", counted)
+        self.patch(redis_store, "rest", rest)
+        self.patch(self.store, "_write", counted)
         self.assertEqual(await self.store.purge_expired(self.now), 10)
         self.assertFalse(any(self.exists(t) for t in tokens))
         self.assertEqual(await self.store.get_token(written.token_digest), written)
-        # one page of three clients, in four batches
-        self.assertEqual(calls, [(3, PURGE_SHARE)])
-        self.assertEqual(batches, [3, 3, 3, 1])
+        # 3 + 3 + 3 + 1, the page of three clients shrinking as each is
+        # done with (a batch that fills up ends on a client that may have more)
+        self.assertEqual(rests, [PURGE_SHARE] * 4)
+        self.assertEqual(named[0], 3)
+        self.assertEqual(sorted(named, reverse=True), named)
+        self.assertLess(named[-1], 3)
 
     async def test_pages_of_clients(self) -> None:
         """

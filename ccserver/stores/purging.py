@@ -52,6 +52,13 @@ def share_for(dialect: str) -> float:
     return SQLITE_SHARE if dialect == "sqlite" else SHARE
 
 
+async def rest(clock: IReactorTime, took: float, share: float = SHARE) -> None:
+    """
+    Rest after a batch that took C{took} seconds, as L{rest_after} says.
+    """
+    await deferLater(clock, rest_after(took, share), lambda: None)
+
+
 async def in_turns(
     batch: Callable[[], Awaitable[int]], size: int, clock: IReactorTime, share: float = SHARE
 ) -> int:
@@ -67,4 +74,4 @@ async def in_turns(
         count += deleted
         if deleted < size:
             return count
-        await deferLater(clock, rest_after(clock.seconds() - started, share), lambda: None)
+        await rest(clock, clock.seconds() - started, share)

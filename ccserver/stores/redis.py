@@ -20,8 +20,9 @@ shared with other data):
     then);
   - C{ccserver:client_tokens:<client_id>}: a sorted set of the client's
     opaque token digests, scored by expiry, written in the same script as
-    the token and trimmed of expired ones (and their keys) there, so that
-    deleting the client can delete its tokens and the purge
+    the token and trimmed there of entries whose keys Redis has let go
+    (L{trimmed_before}), so that deleting the client can delete its tokens
+    and the purge
     (C{purge_expired}, paced as the SQL stores' is) finds the expired ones
     in order; it expires as the last of their keys does.  C{ccserver:token_clients}
     (L{TOKEN_CLIENTS_KEY}): the set of the clients that have one.  The
@@ -137,7 +138,7 @@ from ccserver.stores.codec import CLIENTS, INITIAL_ACCESS_TOKENS, KEYS, TOKENS
 from ccserver.stores.groupcommit import GroupCommit
 from ccserver.stores.grouplookup import GroupLookup
 from ccserver.stores.guard import OperationGuard, url_secrets
-from ccserver.stores.purging import in_turns
+from ccserver.stores.purging import rest
 from ccserver.stores.redisconnection import PrimaryConnections
 from ccserver.stores.sentinel import NoPrimary
 from ccserver.stores.urls import RedisAddress, redis_address
@@ -357,13 +358,16 @@ EXPIRY_SPREAD = 0.25
 #: of every key.  A client stays in it until the purge finds its set gone.
 TOKEN_CLIENTS_KEY = PREFIX + "token_clients"
 #: Expired tokens one call of the purge's script deletes at most: Redis
-#: serves no one else while it runs (about a millisecond for this many).
-PURGE_BATCH = 200
-#: The largest share of Redis's time the purge takes (L{in_turns}), in
-#: batches of a millisecond or so: Redis's own expiry cycle, left to
-#: delete millions of expired keys, takes as much of its time in runs many
-#: times as long (bench/README.md).
-PURGE_SHARE = 0.25
+#: serves no one else while it runs (a few milliseconds for this many).
+PURGE_BATCH = 500
+#: The largest share of the time the purge's calls take (L{rest}).  What
+#: deleting a token costs Redis (its key, its entry) is CPU the requests
+#: need on a busy machine: at a quarter, in batches of 200, a purge of
+#: a million tokens raised the requests' p99 well past twice its quiet
+#: value; at a tenth it left it as it was, and still went faster than the
+#: full server issues tokens (bench/README.md, the growth section's purge
+#: row).
+PURGE_SHARE = 0.1
 #: Clients' sets a purge's C{SSCAN} of L{TOKEN_CLIENTS_KEY} asks for at a time.
 PURGE_CLIENTS = 100
 
@@ -385,47 +389,57 @@ def kept_until(token_digest: str, issued_at: int, expires_at: int) -> int:
     return expires_at + part % spread
 
 
+def trimmed_before(issued_at: int, expires_at: int) -> int:
+    """
+    The entries of a client's set (L{client_tokens_key}) that expired
+    before this time are trimmed as a token of that client, issued at
+    C{issued_at} and expiring at C{expires_at}, is written: those of tokens
+    whose keys Redis has let go by then (L{kept_until}), if they lived no
+    longer.  The earlier ones are the purge's (L{RedisStore.purge_expired},
+    which deletes the keys with their entries at its own pace): a trim in
+    the token's own script that deleted keys too cost Redis three times
+    as much a token while a busy hour's tokens expired (bench/README.md);
+    this one bounds the set of a client that issues all the time when no
+    purge runs.
+    """
+    return issued_at - int((expires_at - issued_at) * EXPIRY_SPREAD)
+
+
 #: L{RedisStore.add_token}'s batch, in one script: Redis runs it atomically.
 #:
 #:  - C{KEYS}: the C{n} token keys, then L{TOKEN_CLIENTS_KEY}, then the set
 #:    of each distinct client of the batch;
-#:  - C{ARGV[1]}: C{n}; C{ARGV[2]}: L{TRIM_PER_TOKEN}; C{ARGV[3]}: the token
-#:    keys' prefix; C{ARGV[4]}: the time; then per token its JSON and when
-#:    its key goes (L{kept_until}); then per client (in the order of its
-#:    key) its id, the smallest C{issued_at} of its tokens in the batch,
-#:    the latest time one of their keys goes, their count C{c}, and C{c}
-#:    pairs of expiry and digest.
+#:  - C{ARGV[1]}: C{n}; C{ARGV[2]}: L{TRIM_PER_TOKEN}; C{ARGV[3]}: the
+#:    time; then per token its JSON and when its key goes
+#:    (L{kept_until}); then per client (in the order
+#:    of its key) its id, the time before which its entries are trimmed
+#:    (L{trimmed_before}), the latest time one of its tokens' keys goes,
+#:    their count C{c}, and C{c} pairs of expiry and digest.
 #:
 #: Each token is C{SET ... EXAT} a little after its expiry; each client's
 #: set gets all its digests by one C{ZADD}, and the client is named in
 #: L{TOKEN_CLIENTS_KEY} (for the purge); the set is trimmed of at most
-#: L{TRIM_PER_TOKEN} times C{c} of the tokens that expired before the
-#: batch's earliest token of that client was issued (a one-token batch
-#: trims as one token alone always did), their keys deleted with them.
-#: The set goes when the last of its tokens' keys would (C{TTL}, not
-#: C{EXPIRETIME}, which Redis 6.2 lacks), so that the purge finds every
-#: expired token whose key is still there.
+#: L{TRIM_PER_TOKEN} times C{c} of the entries of tokens whose keys Redis
+#: has let go by then (L{trimmed_before}).  The set goes when the last of
+#: its tokens' keys would (C{TTL}, not C{EXPIRETIME}, which Redis 6.2
+#: lacks), so that the purge finds every expired token whose key is still
+#: there.
 _ADD_TOKENS_SCRIPT = """
-local n, trim, prefix, now = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local at = 5
+local n, trim, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local at = 4
 for i = 1, n do
     redis.call('SET', KEYS[i], ARGV[at], 'EXAT', ARGV[at + 1])
     at = at + 2
 end
 for i = n + 2, #KEYS do
-    local client, issued = ARGV[at], ARGV[at + 1]
+    local client, before = ARGV[at], ARGV[at + 1]
     local kept, count = tonumber(ARGV[at + 2]), tonumber(ARGV[at + 3])
     redis.call('ZADD', KEYS[i], unpack(ARGV, at + 4, at + 3 + 2 * count))
     redis.call('SADD', KEYS[n + 1], client)
     at = at + 4 + 2 * count
-    local expired = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', '(' .. issued, 'LIMIT', 0, trim * count)
-    if #expired > 0 then
-        local keys = {}
-        for j = 1, #expired do
-            keys[j] = prefix .. expired[j]
-        end
-        redis.call('UNLINK', unpack(keys))
-        redis.call('ZREM', KEYS[i], unpack(expired))
+    local expired = math.min(redis.call('ZCOUNT', KEYS[i], '-inf', '(' .. before), trim * count)
+    if expired > 0 then
+        redis.call('ZREMRANGEBYRANK', KEYS[i], 0, expired - 1)
     end
     local ttl = redis.call('TTL', KEYS[i])
     if ttl < 0 or now + ttl < kept then
@@ -442,29 +456,32 @@ return n
 #: expired before the time go from each set in turn, their keys with them
 #: (a key Redis has already expired is simply not there), until that many
 #: have gone; a client whose set is gone (it expired with its last token,
-#: or the client was deleted) leaves L{TOKEN_CLIENTS_KEY}.  How many went.
+#: or the client was deleted) leaves L{TOKEN_CLIENTS_KEY}.  The expired
+#: entries are a set's first (it is sorted by expiry): they go by rank,
+#: without naming them again.  Answers how many went, and how many of the
+#: sets are done with (the next batch starts after them).
 _PURGE_TOKENS_SCRIPT = """
 local now, most, prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local deleted = 0
+local deleted, done = 0, 0
 for i = 2, #KEYS do
-    if deleted >= most then
-        break
-    end
     local gone = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', '(' .. now, 'LIMIT', 0, most - deleted)
     if #gone > 0 then
-        local keys = {}
         for j = 1, #gone do
-            keys[j] = prefix .. gone[j]
+            gone[j] = prefix .. gone[j]
         end
-        redis.call('UNLINK', unpack(keys))
-        redis.call('ZREM', KEYS[i], unpack(gone))
+        redis.call('UNLINK', unpack(gone))
+        redis.call('ZREMRANGEBYRANK', KEYS[i], 0, #gone - 1)
         deleted = deleted + #gone
+    end
+    if deleted >= most then
+        break
     end
     if redis.call('EXISTS', KEYS[i]) == 0 then
         redis.call('SREM', KEYS[1], ARGV[2 + i])
     end
+    done = done + 1
 end
-return deleted
+return {deleted, done}
 """
 
 #: L{RedisStore.get_token}'s batch (L{GroupLookup}), in one script: the
@@ -1077,19 +1094,18 @@ class RedisStore:
         keys = [token_key(t.digest) for t in tokens]
         keys.append(TOKEN_CLIENTS_KEY)
         now = int(cast(IReactorTime, self._reactor).seconds())
-        args = [str(len(tokens)), str(TRIM_PER_TOKEN), token_key(""), str(now)]
+        args = [str(len(tokens)), str(TRIM_PER_TOKEN), str(now)]
         by_client: dict[str, list[_PendingToken]] = {}
         for t in tokens:
             args += (t.text, t.kept_until)
             by_client.setdefault(t.client_id, []).append(t)
         for client_id, own in by_client.items():
             keys.append(client_tokens_key(client_id))
-            # the client's tokens that expired before its earliest token of
-            # the batch was issued are trimmed from its set, at most
-            # TRIM_PER_TOKEN for each of its tokens in the batch
-            issued = min(t.issued_at for t in own)
+            # at most TRIM_PER_TOKEN entries for each of its tokens in the
+            # batch are trimmed from the client's set
+            before = min(trimmed_before(t.issued_at, int(t.expires_at)) for t in own)
             kept = max(int(t.kept_until) for t in own)
-            args += (client_id, str(issued), str(kept), str(len(own)))
+            args += (client_id, str(before), str(kept), str(len(own)))
             for t in own:
                 args += (t.expires_at, t.digest)
         d = self._write("eval", _ADD_TOKENS_SCRIPT, keys, args)
@@ -1158,7 +1174,7 @@ class RedisStore:
         Delete the opaque tokens that expired before C{now}, found along
         their clients' sets (sorted by expiry; L{TOKEN_CLIENTS_KEY} names
         the clients), L{PURGE_BATCH} a script call, with a rest after each
-        (L{in_turns}; at most L{PURGE_SHARE} of Redis's time), so that the
+        (L{rest}; at most L{PURGE_SHARE} of Redis's time), so that the
         tokens of a busy hour go at a pace the requests share Redis with,
         as the SQL stores' purge goes, instead of in Redis's own expiry
         cycle's bursts.  Fires with how many tokens went.
@@ -1175,14 +1191,17 @@ class RedisStore:
         while True:
             reply = await self._call("sscan", TOKEN_CLIENTS_KEY, cursor, count=PURGE_CLIENTS)
             cursor, clients = int(reply[0]), [str(c) for c in reply[1]]
-            if clients:
+            while clients:
+                # the page's clients not done with yet, each batch
                 keys = [TOKEN_CLIENTS_KEY, *(client_tokens_key(c) for c in clients)]
-                args = [str(now), str(PURGE_BATCH), token_key(""), *clients]
-
-                def batch(keys: list[str] = keys, args: list[str] = args) -> Deferred[int]:
-                    return self._write("eval", _PURGE_TOKENS_SCRIPT, keys, args).addCallback(int)
-
-                count += await in_turns(batch, PURGE_BATCH, clock, PURGE_SHARE)
+                started = clock.seconds()
+                deleted, done = await self._write(
+                    "eval", _PURGE_TOKENS_SCRIPT, keys, [str(now), str(PURGE_BATCH), token_key(""), *clients]
+                )
+                count += int(deleted)
+                clients = clients[int(done):]
+                if int(deleted):
+                    await rest(clock, clock.seconds() - started, PURGE_SHARE)
             if cursor == 0:
                 return count
 
