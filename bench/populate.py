@@ -184,8 +184,8 @@ def fill_postgresql(url: str, shape: Shape, progress: Callable[[int], None] = la
 
 
 #: Tokens ARGV[2] to ARGV[3] (see L{fill_redis}): each C{SET ... EXAT} as
-#: the store's own script writes it (a part of the spread after its expiry,
-#: L{ccserver.stores.redis.kept_until}), its digest in its client's sorted set,
+#: the store's own script writes it (a lifetime and a part of the spread
+#: after its expiry, L{ccserver.stores.redis.kept_until}), its digest in its client's sorted set,
 #: which then goes as the last of its tokens' keys does, and its client
 #: named in the set of clients with tokens (for the purge,
 #: L{ccserver.stores.redis.TOKEN_CLIENTS_KEY}).
@@ -193,7 +193,7 @@ REDIS_FILL = """
 local prefix, start, stop = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local first_ms, span, count = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local expires, own, share, clients = ARGV[7], ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
-local audience, salt, expiry_spread = ARGV[11], ARGV[12], tonumber(ARGV[13])
+local audience, salt, expiry_spread, expiry_delay = ARGV[11], ARGV[12], tonumber(ARGV[13]), tonumber(ARGV[14])
 local touched = {}
 for i = start, stop do
     local ms = first_ms + math.floor(i * span / count)
@@ -206,8 +206,12 @@ for i = start, stop do
     local text = '{"token_digest":"' .. digest .. '","client_id":"' .. client .. '","scope":["read"],'
         .. '"audience":' .. audience .. ',"issued_at":' .. math.floor(ms / 1000) .. ',"expires_at":'
         .. expires .. ',"jti":"' .. jti .. '","claims":{},"jkt":null,"x5t_s256":null,"delegation":null}'
-    local spread = math.floor((tonumber(expires) - math.floor(ms / 1000)) * expiry_spread)
+    local lifetime = tonumber(expires) - math.floor(ms / 1000)
+    local spread = math.floor(lifetime * expiry_spread)
     local kept = tonumber(expires)
+    if lifetime > 0 then
+        kept = kept + math.floor(lifetime * expiry_delay)
+    end
     if spread > 0 then
         kept = kept + tonumber(string.sub(digest, -8), 16) % spread
     end
@@ -283,7 +287,7 @@ class Redis:
 
 
 def fill_redis(url: str, shape: Shape, progress: Callable[[int], None] = lambda n: None) -> Fill:
-    from ccserver.stores.redis import EXPIRY_SPREAD, PREFIX  # noqa: PLC0415
+    from ccserver.stores.redis import EXPIRY_DELAY, EXPIRY_SPREAD, PREFIX  # noqa: PLC0415
 
     client = Redis(url)
     try:
@@ -295,7 +299,7 @@ def fill_redis(url: str, shape: Shape, progress: Callable[[int], None] = lambda 
             stop = min(shape.count, start + REDIS_CHUNK) - 1
             client.call("EVALSHA", sha, 0, PREFIX, start, stop, shape.first_ms, SPAN_MS, max(1, shape.count),
                         shape.expires_at, shape.own_client, OWN_SHARE, CLIENTS, shape.audience, salt,
-                        EXPIRY_SPREAD)
+                        EXPIRY_SPREAD, EXPIRY_DELAY)
             progress(stop + 1)
         seconds = time.monotonic() - started
         return Fill("redis", shape.count, seconds, before, client.used_memory(), "memory")

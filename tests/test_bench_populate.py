@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 from bench import populate, purge
 from ccserver.interfaces import IStore
 from ccserver.stores import store_from_url
-from ccserver.stores.redis import EXPIRY_SPREAD, PREFIX, TOKEN_CLIENTS_KEY, kept_until
+from ccserver.stores.redis import EXPIRY_DELAY, EXPIRY_SPREAD, PREFIX, TOKEN_CLIENTS_KEY, kept_until
 from ccserver.testing import servers
 
 ISSUER = "https://as.example.com"
@@ -127,9 +127,9 @@ class RedisPopulateTests(PopulateMixin, TestCase):
 
     async def expired(self, digest: str) -> None:
         """
-        Redis forgets each token by itself a little after its expiry
-        (C{EXAT}), when the store itself would have (L{kept_until}): the
-        fill's tokens go over a quarter of their lifetime, as the store's;
+        Redis forgets each token by itself after its expiry (C{EXAT}), when
+        the store itself would have (L{kept_until}): a lifetime after it,
+        over a quarter of one, as the store's;
         each client's set stays until the last of its tokens' keys goes,
         and names its client in the set the store's purge starts from, so
         that the purge drops them all at their expiry, as on SQL.
@@ -149,7 +149,9 @@ class RedisPopulateTests(PopulateMixin, TestCase):
         test.assertGreater(len(set(kept)), len(kept) // 2)
         test.assertGreaterEqual(min(kept), self.shape.expires_at)
         lifetime = self.shape.expires_at - min(r.issued_at for r in records if r)
-        test.assertLess(max(kept), self.shape.expires_at + lifetime * EXPIRY_SPREAD)
+        test.assertLess(max(kept), self.shape.expires_at + lifetime * (EXPIRY_DELAY + EXPIRY_SPREAD))
+        shortest = self.shape.expires_at - max(r.issued_at for r in records if r)
+        test.assertGreaterEqual(min(kept), self.shape.expires_at + int(shortest * EXPIRY_DELAY))
         test.assertEqual(kept_set, max(kept))
         test.assertIn("own-client", clients)
         test.assertIn("bulk-1", clients)

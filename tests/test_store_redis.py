@@ -22,6 +22,7 @@ from ccserver.model import TokenRecord
 from ccserver.stores import redis as redis_store
 from ccserver.stores.codec import TOKENS
 from ccserver.stores.redis import (
+    EXPIRY_DELAY,
     EXPIRY_SPREAD,
     LAYOUT_VERSION,
     PURGE_SHARE,
@@ -158,8 +159,9 @@ class LayoutTests(TestCase):
     async def test_token_records_expire(self) -> None:
         """
         Token records and deny-list entries carry their expiry as a TTL; a
-        token's key goes a little after its expiry (L{kept_until}), an
-        expired token is not answered meanwhile.
+        token's key goes a lifetime and a little more after its expiry
+        (L{kept_until}: the purge's to delete before), an expired token is
+        not answered meanwhile.
         """
         now = int(time.time())
         token = make_token(expires_at=now + 600, issued_at=now)
@@ -170,31 +172,33 @@ class LayoutTests(TestCase):
             int(self.raw("EXPIRETIME", key)[1:]), kept_until(token.token_digest, now, now + 600)
         )
         ttl = int(self.raw("TTL", key)[1:])
-        self.assertTrue(590 <= ttl <= 600 * (1 + EXPIRY_SPREAD), ttl)
+        self.assertTrue(1190 <= ttl <= 600 * (1 + EXPIRY_DELAY + EXPIRY_SPREAD), ttl)
         ttl = int(self.raw("TTL", "ccserver:revoked:jti-1")[1:])
         self.assertTrue(290 <= ttl <= 300, ttl)
 
     def test_expiry_spread(self) -> None:
         """
-        Tokens that expire together are forgotten by Redis over a quarter of
-        their lifetime after it (L{EXPIRY_SPREAD}), each at a time its
-        digest sets, evenly: a busy hour's tokens do not all go in the
-        same second (Redis's expiry cycle, busy with them, held every
-        request back).
+        Tokens that expire together are forgotten by Redis, if the purge
+        has not deleted them, a lifetime after it (L{EXPIRY_DELAY}: a busy
+        hour's are the purge's, at its pace) and over a quarter of a
+        lifetime (L{EXPIRY_SPREAD}), each at a time its digest sets,
+        evenly: they do not all go in the same second (Redis's expiry
+        cycle, busy with them, held every request back).
         """
         issued, expires = 1_000_000, 1_003_600
         times = [kept_until(f"{i:064x}", issued, expires) for i in range(10_000)]
-        self.assertEqual(min(times), expires)
-        self.assertEqual(max(times), expires + 899)
+        self.assertEqual(min(times), expires + 3600)
+        self.assertEqual(max(times), expires + 3600 + 899)
         # each tenth of the spread gets about a tenth of the tokens
         tenths = [0] * 10
         for t in times:
-            tenths[(t - expires) * 10 // 900] += 1
+            tenths[(t - expires - 3600) * 10 // 900] += 1
         self.assertTrue(all(800 < n < 1200 for n in tenths), tenths)
         self.assertEqual(times[7], kept_until(f"{7:064x}", issued, expires))
-        # a lifetime too short to spread: at its expiry
-        self.assertEqual(kept_until("a" * 64, issued, issued + 3), issued + 3)
+        # a lifetime too short to spread: a lifetime after its expiry
+        self.assertEqual(kept_until("a" * 64, issued, issued + 3), issued + 6)
         self.assertEqual(kept_until("a" * 64, issued, issued), issued)
+        self.assertEqual(kept_until("a" * 64, issued, issued - 5), issued - 5)
 
     async def test_record_readable_by_others(self) -> None:
         """
@@ -334,8 +338,8 @@ class TokenBatchTests(TestCase):
     async def test_trimmed_per_client(self) -> None:
         """
         In a batch, each client's set is trimmed of the entries whose keys
-        Redis has let go (L{trimmed_before}: expired a quarter of a
-        lifetime before the earliest of its tokens in the batch was
+        Redis has let go (L{trimmed_before}: expired a lifetime and a
+        quarter before the earliest of its tokens in the batch was
         issued), and keeps its later expiry if it had one: clients do not
         mix.
         """
@@ -349,14 +353,14 @@ class TokenBatchTests(TestCase):
             await self.store.add_token(token)
         self.assertEqual(int(self.raw("ZCARD", "ccserver:client_tokens:client-2")), 2)
         batch = [
-            # client-1's tokens of the batch: the earlier of now - 600 / 4
-            # and now - 60 - 3660 / 4: old_1 stays
+            # client-1's tokens of the batch: the earlier of now - 600 * 1.25
+            # and now - 60 - 3660 * 1.25: old_1 stays
             make_token("d" * 64, now + 600, issued_at=now),
             make_token("e" * 64, now + 3600, issued_at=now - 60),
-            # client-2's: before now - 40 - 340 / 4 = now - 125: old_2 goes
+            # client-2's: before now - 40 - 340 * 1.25 = now - 465: old_2 goes
             make_token("f" * 64, now + 300, issued_at=now - 40, client_id="client-2"),
         ]
-        self.assertEqual(trimmed_before(now - 40, now + 300), now - 125)
+        self.assertEqual(trimmed_before(now - 40, now + 300), now - 465)
         await self.add_together(batch)
 
         async def digests(client_id: str) -> list[str]:

@@ -14,10 +14,9 @@ shared with other data):
     Lua script, C{HSET} only if the field exists, atomic in Redis;
   - C{ccserver:token:<digest>}: an opaque access token as JSON, and
     C{ccserver:revoked:<jti>}: a deny-list entry; both expire with the token
-    (C{SET ... EXAT}, so Redis 6.2 or later; a token's key a part of
-    L{EXPIRY_SPREAD} of its lifetime after it, so that tokens expiring
-    together do not all go at once, if the purge has not deleted it by
-    then);
+    (C{SET ... EXAT}, so Redis 6.2 or later; a token's key, if the purge
+    has not deleted it by then, a lifetime and a part of a quarter of one
+    after it, L{kept_until});
   - C{ccserver:client_tokens:<client_id>}: a sorted set of the client's
     opaque token digests, scored by expiry, written in the same script as
     the token and trimmed there of entries whose keys Redis has let go
@@ -341,16 +340,19 @@ TOKEN_BATCH = 256
 #: to the client's live tokens plus what a past burst left, shrinking.
 TRIM_PER_TOKEN = 4
 
-#: How long past its expiry a token's key stays, at most, as a share of
-#: the token's lifetime, if the purge (L{RedisStore.purge_expired}) has not
-#: deleted it first: each key stays a part of that, set by its digest
-#: (L{kept_until}).  Left to Redis's expiry cycle, the tokens of a busy
-#: hour expiring in the same second kept it busy until the last was gone,
-#: and the requests of every client waited behind it (bench/README.md, the
-#: growth section's purge row); spread over a quarter of their lifetime,
-#: they go at most four times as fast as they were made.  An expired
-#: token's key is never answered as active (the introspection checks the
-#: record's expiry, L{ccserver.oauth.introspection}): it only takes room.
+#: How long past its expiry a token's key stays, as a share of the token's
+#: lifetime, if the purge (L{RedisStore.purge_expired}) has not deleted it
+#: first: L{EXPIRY_DELAY}, then a part of L{EXPIRY_SPREAD} that its digest
+#: sets (L{kept_until}).  The delay leaves the tokens of a busy hour to the
+#: purge, at its pace: with keys going at most a quarter of a lifetime
+#: after their expiry, Redis's expiry cycle took ten million expired
+#: tokens in bursts while the purge was still at them, and the requests
+#: waited (bench/README.md, the growth section's purge row).  The spread
+#: keeps the keys of tokens that expire together from going in the same
+#: second when no purge runs.  An expired token's key is never answered as
+#: active (the introspection checks the record's expiry,
+#: L{ccserver.oauth.introspection}): it only takes room.
+EXPIRY_DELAY = 1.0
 EXPIRY_SPREAD = 0.25
 
 #: The set of the clients whose set of tokens may hold some
@@ -374,19 +376,24 @@ PURGE_CLIENTS = 100
 
 def kept_until(token_digest: str, issued_at: int, expires_at: int) -> int:
     """
-    When Redis forgets the key of the token C{token_digest}: at its expiry
-    plus a part of L{EXPIRY_SPREAD} of its lifetime that its digest sets
-    (its last 8 hex digits, of a hash: evenly spread), so that the keys of
-    tokens expiring together go over that time.
+    When Redis forgets the key of the token C{token_digest}, unless the
+    purge deletes it first: L{EXPIRY_DELAY} of its lifetime after its
+    expiry, plus a part of L{EXPIRY_SPREAD} of its lifetime that its digest
+    sets (its last 8 hex digits, of a hash: evenly spread), so that the
+    keys of tokens expiring together go over that time.
     """
-    spread = int((expires_at - issued_at) * EXPIRY_SPREAD)
-    if spread <= 0:
+    lifetime = expires_at - issued_at
+    if lifetime <= 0:
         return expires_at
+    spread = int(lifetime * EXPIRY_SPREAD)
+    kept = expires_at + int(lifetime * EXPIRY_DELAY)
+    if spread <= 0:
+        return kept
     try:
         part = int(token_digest[-8:], 16)
     except ValueError:  # not a digest of ours: any stable number will do
         part = zlib.crc32(token_digest.encode())
-    return expires_at + part % spread
+    return kept + part % spread
 
 
 def trimmed_before(issued_at: int, expires_at: int) -> int:
@@ -402,7 +409,7 @@ def trimmed_before(issued_at: int, expires_at: int) -> int:
     this one bounds the set of a client that issues all the time when no
     purge runs.
     """
-    return issued_at - int((expires_at - issued_at) * EXPIRY_SPREAD)
+    return issued_at - int((expires_at - issued_at) * (EXPIRY_DELAY + EXPIRY_SPREAD))
 
 
 #: L{RedisStore.add_token}'s batch, in one script: Redis runs it atomically.
