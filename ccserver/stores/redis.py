@@ -423,7 +423,7 @@ def trimmed_before(issued_at: int, expires_at: int) -> int:
 #:    (L{trimmed_before}), the latest time one of its tokens' keys goes,
 #:    their count C{c}, and C{c} pairs of expiry and digest.
 #:
-#: Each token is C{SET ... EXAT} a little after its expiry; each client's
+#: Each token is C{SET ... EXAT} at L{kept_until}; each client's
 #: set gets all its digests by one C{ZADD}, and the client is named in
 #: L{TOKEN_CLIENTS_KEY} (for the purge); the set is trimmed of at most
 #: L{TRIM_PER_TOKEN} times C{c} of the entries of tokens whose keys Redis
@@ -462,8 +462,9 @@ return n
 #: delete at most, C{ARGV[3]} the token keys' prefix.  The tokens that
 #: expired before the time go from each set in turn, their keys with them
 #: (a key Redis has already expired is simply not there), until that many
-#: have gone; a client whose set is gone (it expired with its last token,
-#: or the client was deleted) leaves L{TOKEN_CLIENTS_KEY}.  The expired
+#: have gone; a client whose set is gone (emptied, expired with the last
+#: of its tokens' keys, or deleted with the client) leaves
+#: L{TOKEN_CLIENTS_KEY}.  The expired
 #: entries are a set's first (it is sorted by expiry): they go by rank,
 #: without naming them again.  Answers how many went, and how many of the
 #: sets are done with (the next batch starts after them).
@@ -1069,8 +1070,8 @@ class RedisStore:
         d.addCallback(lambda count: int(count) > 0)
         return d
 
-    # ITokenStore: every record carries a Redis TTL (EXAT) a little past its
-    # expiry (kept_until), so Redis forgets it by itself; purge_expired
+    # ITokenStore: every record carries a Redis TTL (EXAT) past its expiry
+    # (kept_until), so Redis forgets it by itself; purge_expired
     # deletes expired opaque tokens before that, at its own pace.
 
     def add_token(self, token: TokenRecord) -> Deferred[None]:
@@ -1181,7 +1182,7 @@ class RedisStore:
         Delete the opaque tokens that expired before C{now}, found along
         their clients' sets (sorted by expiry; L{TOKEN_CLIENTS_KEY} names
         the clients), L{PURGE_BATCH} a script call, with a rest after each
-        (L{rest}; at most L{PURGE_SHARE} of Redis's time), so that the
+        (L{rest}; the calls take at most L{PURGE_SHARE} of the time), so that the
         tokens of a busy hour go at a pace the requests share Redis with,
         as the SQL stores' purge goes, instead of in Redis's own expiry
         cycle's bursts.  Fires with how many tokens went.
