@@ -116,9 +116,12 @@ class ShareTests(SynchronousTestCase):
 class BatchSizeTests(SynchronousTestCase):
     def test_sqlite_smaller(self) -> None:
         """
-        SQLite's write lock is the whole database's: its batches are a
-        twentieth of PostgreSQL's (a batch of 1,000 held the lock ~30 ms
-        on 300,000 rows, one of 250 ~5 ms: bench/README.md).
+        SQLite's write lock is the whole database's: its batches are 50
+        rows (on a million rows a batch of 1,000 held the lock a median
+        24.5 ms, one of 250 2.6 ms with a tenth of them over 16 ms, one of
+        50 0.7 ms; with 250 the purge row's worst p99 was 4.06x the quiet
+        one, with 50 1.64x: bench/README.md, run H).
         """
         self.assertEqual(sql.purge_batch("postgresql"), 5_000)
-        self.assertEqual(sql.purge_batch("sqlite"), 250)
+        self.assertEqual(sql.purge_batch("sqlite"), 50)
+        self.assertEqual(sql.purge_batch("sqlite"), sql.SQLITE_PURGE_BATCH)

@@ -10,7 +10,7 @@ the whole database's, each batch holds back every token written meanwhile;
 on PostgreSQL the deletes take a core of a machine the requests share.
 Resting after each batch (PostgreSQL: three times as long as the batch
 took, L{SHARE}, a quarter of the store's time at most; SQLite: as long as
-it took, L{SQLITE_SHARE}, with batches a twentieth the size) bounds what a
+it took, L{SQLITE_SHARE}, with batches of fifty rows) bounds what a
 purge costs the requests' latency; the purge takes two to four times as
 long (bench/README.md, the growth section's purge row).
 """
