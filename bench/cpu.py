@@ -125,6 +125,31 @@ def cpu_ticks() -> tuple[int, int]:
     return machine_ticks(Path("/proc/stat").read_text())
 
 
+def pressure_total(text: str) -> int:
+    """
+    The microseconds, since the boot, during which some runnable task
+    waited for a CPU: the C{total} of the "some" line of
+    C{/proc/pressure/cpu} ("some avg10=1.00 avg60=0.50 avg300=0.20
+    total=12345").
+    """
+    for line in text.splitlines():
+        kind, *fields = line.split()
+        if kind == "some":
+            return int(dict(field.split("=", 1) for field in fields)["total"])
+    raise ValueError(f"no 'some' line in {text!r}")
+
+
+def cpu_pressure() -> int | None:
+    """
+    L{pressure_total} now, or None where the kernel keeps no pressure
+    figures (built without C{CONFIG_PSI}, or booted with C{psi=0}).
+    """
+    try:
+        return pressure_total(Path("/proc/pressure/cpu").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def group_ticks(pgid: int) -> int:
     """
     The CPU jiffies (user + system) of every live process of a process group.

@@ -214,7 +214,10 @@ def measure_purge(bench: Any, store: str, server: CCServer, url: str, count: int
     ratio = f": {judged:.2f}x (target <= {PURGE_P99_TARGET:g}x)" if judged is not None else ""
     if verdict.after_max is not None:
         ratio += f"; after it {verdict.after_max:.1f} ms max ({plural(counts[purge.AFTER])})"
+    used = "; ".join(f"{which} {text}" for which in (purge.QUIET, purge.DURING)
+                     if (text := purge.mean_cores(windows, which)) is not None)
     row.note = (f"{what}; {figures}{ratio}; {args.purge_load} at {load.rate:,.0f}/s"
+                + (f"; {used}" if used else "")
                 + (f"; the watch failed: {watch.error}" if watch.error else ""))
     if limit_hit and watch.progress.ended is None:
         row.caveat = "(the purge did not end in time)"

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import populate
+from bench import cpu, populate
 from bench.rounds import Round
 
 #: Tokens a second each store's fill made on this machine (1,000,000
@@ -121,6 +121,9 @@ class Window:
     started: float
     ended: float
     round: Round
+    #: the share of the window during which some runnable task waited for a
+    #: CPU (L{bench.cpu.cpu_pressure}), or None if the kernel does not say
+    waiting: float | None = None
 
 
 @dataclass
@@ -287,6 +290,38 @@ def probe(store: str, url: str, count: int, expires_at: int) -> tuple[Callable[[
     return gone, redis.close
 
 
+def cores(window: Window) -> str:
+    """
+    Who used the CPU during C{window}: the server's processes, the store's,
+    everything else (cores), and how much of the window some runnable task
+    waited for a CPU: what tells a purge that slows the requests by taking
+    CPU (on this machine the store shares the cores) from one that makes
+    them wait inside the store.
+    """
+    r = window.round
+    text = f"cpu: server {r.cpu_cores:.2f} store {r.store_cores:.2f} other {r.other_cores:.2f}"
+    if window.waiting is not None:
+        text += f", waiting {window.waiting:.0%}"
+    return text
+
+
+def mean_cores(windows: list[tuple[str, Window]], which: str) -> str | None:
+    """
+    L{cores} of the windows of phase C{which}, averaged (None if none was).
+    """
+    chosen = [w for p, w in windows if p == which]
+    if not chosen:
+        return None
+    waits = [w.waiting for w in chosen if w.waiting is not None]
+    mean = Window(0.0, 0.0, Round(
+        "", 0.0, 0.0, 0.0, 0,
+        cpu_cores=statistics.fmean(w.round.cpu_cores for w in chosen),
+        other_cores=statistics.fmean(w.round.other_cores for w in chosen),
+        store_cores=statistics.fmean(w.round.store_cores for w in chosen),
+    ), statistics.fmean(waits) if len(waits) == len(chosen) else None)
+    return cores(mean)
+
+
 def measure(runner: Any, server: Any, load: Any, watch: Watch, expires_at: int, quiet_seconds: float,
             limit: float, say: Callable[[str], None]) -> tuple[list[tuple[str, Window]], bool]:
     """
@@ -304,15 +339,19 @@ def measure(runner: Any, server: Any, load: Any, watch: Watch, expires_at: int, 
     say(f"  warm-up    {warm.tokens_per_s:>7,.0f}/s  p50 {warm.p50_ms:6.2f} ms  p99 {warm.p99_ms:7.2f} ms")
     windows: list[Window] = []
     while True:
-        started = time.time()
+        started, waited = time.time(), cpu.cpu_pressure()
         result = runner.wrk_once(server, WINDOW, [server], load)
-        windows.append(Window(started, time.time(), result))
+        ended, waited_after = time.time(), cpu.cpu_pressure()
+        waiting = (None if waited is None or waited_after is None
+                   else (waited_after - waited) / 1e6 / max(ended - started, 1e-9))
+        windows.append(Window(started, ended, result, waiting))
         progress = watch.progress
         now = phase(windows[-1], progress)
         due = f" (due {load.rate:,.0f}/s)" if load.rate else ""
         say(f"  window {len(windows):>3} {now:<6} {result.tokens_per_s:>7,.0f}/s{due}"
             f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms"
-            f"  gone {progress.deleted:,} of {progress.count:,}  (expiry{started - expires_at:+.0f} s)")
+            f"  gone {progress.deleted:,} of {progress.count:,}  (expiry{started - expires_at:+.0f} s)"
+            f"  {cores(windows[-1])}")
         if sum(1 for w in windows if phase(w, progress) == AFTER) >= AFTER_WINDOWS:
             break
         if watch.error is not None or time.time() > expires_at + limit:

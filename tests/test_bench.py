@@ -124,6 +124,15 @@ def stat_line(pid: int, name: str, parent: int, group: int, utime: int, stime: i
 
 
 class CPUTests(SynchronousTestCase):
+    def test_pressure_total(self) -> None:
+        """
+        The microseconds of the "some" line: some task waited for a CPU.
+        """
+        text = ("some avg10=12.50 avg60=9.40 avg300=3.10 total=248620194\n"
+                "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
+        self.assertEqual(cpu.pressure_total(text), 248620194)
+        self.assertRaises(ValueError, cpu.pressure_total, "full avg10=0.00 total=3\n")
+
     def test_machine_ticks(self) -> None:
         """
         Busy: user, nice, system, irq, softirq and steal; idle and I/O wait

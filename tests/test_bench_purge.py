@@ -207,6 +207,8 @@ class MeasureTests(SynchronousTestCase):
         self.assertIn("warm-up", said[0])
         self.assertIn("(due 250/s)", said[1])
         self.assertIn("gone 100 of 100", said[-1])
+        # who used the CPU in each window, and how long tasks waited for one
+        self.assertRegex(said[1], r"cpu: server 1\.00 store 0\.00 other 0\.00(, waiting \d+%)?$")
 
     def test_time_limit(self) -> None:
         """
@@ -232,6 +234,34 @@ class MeasureTests(SynchronousTestCase):
         watch.stop()
         self.assertEqual(watch.error, "the store went away")
         self.assertEqual(watch.progress.samples, [])
+
+
+class CoresTests(SynchronousTestCase):
+    def test_cores(self) -> None:
+        """
+        A window's cores by who used them, and the share of it some
+        runnable task waited for a CPU, where the kernel says.
+        """
+        w = window(0, 5)
+        w.round.store_cores, w.round.other_cores = 0.25, 0.125
+        self.assertEqual(purge.cores(w), "cpu: server 1.00 store 0.25 other 0.12")
+        w.waiting = 0.314
+        self.assertEqual(purge.cores(w), "cpu: server 1.00 store 0.25 other 0.12, waiting 31%")
+
+    def test_mean_cores(self) -> None:
+        """
+        The mean of a phase's windows; no figure for a phase with none, and
+        no waiting share unless every window has one.
+        """
+        a, b = window(0, 5), window(5, 10)
+        b.round.cpu_cores, b.round.store_cores = 1.5, 0.5
+        a.waiting, b.waiting = 0.2, 0.4
+        phased = [(purge.QUIET, a), (purge.QUIET, b)]
+        self.assertEqual(purge.mean_cores(phased, purge.QUIET),
+                         "cpu: server 1.25 store 0.25 other 0.00, waiting 30%")
+        self.assertIsNone(purge.mean_cores(phased, purge.DURING))
+        b.waiting = None
+        self.assertEqual(purge.mean_cores(phased, purge.QUIET), "cpu: server 1.25 store 0.25 other 0.00")
 
 
 class OptionsTests(SynchronousTestCase):

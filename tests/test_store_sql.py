@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,10 +27,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from ccserver.errors import ConfigError, StoreUnavailable
 from ccserver.model import AttemptKeys
-from ccserver.stores import sql, sqldialects
+from ccserver.stores import sql, sqldialects, sqlstatements
 from ccserver.stores.guard import mask_password, url_secrets
 from ccserver.stores.sql import SQLStore
-from ccserver.stores.sqlmigrations import Migration, load_migrations, split_statements
+from ccserver.stores.sqlmigrations import Migration, Schema, load_migrations, split_statements
 from ccserver.stores.sqlpool import ConnectionPool, PooledConnection, held_connection
 from ccserver.stores.urls import sqlite_path
 from ccserver.testing.servers import postgres_server
@@ -681,6 +682,91 @@ class SQLiteTests(TestCase):
         await store.open()
         await store.add_client(make_client())
         self.assertTrue((self.path.parent / "relative.db").exists())
+
+
+class PostgreSQLPurgeBatchTests(SynchronousTestCase):
+    """
+    The purge's batch on PostgreSQL (L{sqlstatements.purge_batch}): it
+    goes to its rows by their C{ctid}, and deletes none whose expiry
+    another transaction put off while the batch waited for it.
+    """
+
+    def setUp(self) -> None:
+        server = postgres_server()
+        name = server.create_database()
+        self.addCleanup(server.drop_database, name)
+        self.url = server.url_for(name)
+        dialect = sqldialects.postgresql_dialect()
+        self.statements = sqlstatements.statements(dialect)
+        self.translate = dialect.translate
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            schema = Schema(dialect, load_migrations(), self.url, 30.0)
+            cursor = connection.cursor()
+            while schema.step(cursor) is not None:
+                pass
+
+    def test_rows_by_ctid(self) -> None:
+        """
+        One walk of the expiry index, then a TID scan: no probe of the
+        primary key's index a row.
+        """
+        now = int(time.time())
+        parameters = (now, 5000)
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            # the tables are empty: plan as for large ones
+            connection.execute(b"SET enable_seqscan = off")
+            for name in ("purge_tokens", "purge_revoked"):
+                plan = "\n".join(row[0] for row in connection.execute(
+                    ("EXPLAIN " + self.statements[name]).encode(), parameters))
+                self.assertIn("Tid Scan on", plan)
+                self.assertNotIn("pkey", plan)
+
+    def test_expiry_put_off_meanwhile(self) -> None:
+        """
+        A deny-list entry the batch chose while it had expired, whose
+        expiry another transaction puts off before the batch deletes it,
+        stays: its newest version is not at the C{ctid} the batch chose
+        (an array of primary keys deleted it).
+        """
+        now = int(time.time())
+        later = now + 3600
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            connection.execute(b"INSERT INTO revoked_jtis (jti, expires_at) VALUES ('a', %s), ('b', %s)",
+                               (now - 10, now - 10))
+        revoking = psycopg.connect(self.url)
+        self.addCleanup(revoking.close)
+        revoking.execute(self.statements["revoke_jti"].encode(), ("a", later))
+        deleted: list[int] = []
+
+        def purge() -> None:
+            with psycopg.connect(self.url, autocommit=True) as connection:
+                deleted.append(connection.execute(
+                    self.statements["purge_revoked"].encode(),
+                    (now, 5000),
+                ).rowcount)
+
+        batch = threading.Thread(target=purge)
+        batch.start()
+        # the batch waits for the revocation's row lock (asked on a
+        # connection of its own: a transaction sees one snapshot of it)
+        watching = psycopg.connect(self.url, autocommit=True)
+        self.addCleanup(watching.close)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            waiting = watching.execute(
+                b"SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            ).fetchone()
+            if waiting is not None and waiting[0] > 0:
+                break
+            time.sleep(0.01)
+        else:
+            self.fail("the batch never waited for the revocation's row lock")
+        revoking.commit()
+        batch.join(10)
+        self.assertEqual(deleted, [1])
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            rows = connection.execute(b"SELECT jti, expires_at FROM revoked_jtis").fetchall()
+        self.assertEqual(rows, [("a", later)])
 
 
 class PostgreSQLRestartTests(TestCase):
