@@ -8,10 +8,10 @@ of rows.  Deleted a batch a transaction as fast as the store goes, the
 purge is a second writer that never stops: on SQLite, whose write lock is
 the whole database's, each batch holds back every token written meanwhile;
 on PostgreSQL the deletes take a core of a machine the requests share.
-Resting after each batch (PostgreSQL: three times as long as the batch
-took, L{SHARE}, a quarter of the store's time at most; SQLite: as long as
+Resting after each batch (PostgreSQL: seven times as long as the batch
+took, L{SHARE}, an eighth of the store's time at most; SQLite: as long as
 it took, L{SQLITE_SHARE}, with batches of fifty rows) bounds what a
-purge costs the requests' latency; the purge takes two to four times as
+purge costs the requests' latency; the purge takes two to eight times as
 long (bench/README.md, the growth section's purge row).
 """
 
@@ -26,7 +26,11 @@ from twisted.internet.task import deferLater
 #: took t seconds it rests t * (1 - SHARE) / SHARE.  With half, PostgreSQL
 #: purging ten million rows at once on the cores its requests shared
 #: raised their p99 well past twice its quiet value (bench/README.md).
-SHARE = 0.25
+#: An eighth since its batches go to their rows by C{ctid}, at half the
+#: database's CPU a row (L{ccserver.stores.sqlstatements.purge_batch}):
+#: the pace a quarter gave by primary key (about 40,000 rows a second on
+#: the bench's machine), at half the CPU a second.
+SHARE = 0.125
 #: SQLite's share: its batches are small (each holds the write lock
 #: briefly), and at a quarter a purge of a million rows took minutes
 #: longer than the growth section's purge row allows (bench/README.md).

@@ -716,10 +716,10 @@ class SQLStore:
 
         Expired tokens and deny-list entries go L{purge_batch} rows a
         transaction, the earliest first (along the expiry index), with a
-        rest after each batch (L{in_turns}; three times as long as it took
+        rest after each batch (L{in_turns}; seven times as long as it took
         on PostgreSQL, as long on SQLite: L{share_for}), so that a purge of
         millions of rows (every token of a busy hour expiring together)
-        never holds the write lock long and takes at most a quarter (half
+        never holds the write lock long and takes at most an eighth (half
         on SQLite) of the store's time: the requests' own writes take
         turns with it.  The small tables go in one last transaction.
 
