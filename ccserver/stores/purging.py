@@ -28,8 +28,8 @@ from twisted.internet.task import deferLater
 #: raised their p99 well past twice its quiet value (bench/README.md).
 #: An eighth since its batches go to their rows by C{ctid}, at half the
 #: database's CPU a row (L{ccserver.stores.sqlstatements.purge_batch}):
-#: the pace a quarter gave by primary key (about 40,000 rows a second on
-#: the bench's machine), at half the CPU a second.
+#: the pace a quarter gave by primary key, at half the CPU a second
+#: (bench/README.md, run I).
 SHARE = 0.125
 #: SQLite's share: its batches are small (each holds the write lock
 #: briefly), and at a quarter a purge of a million rows took minutes

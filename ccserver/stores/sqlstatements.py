@@ -77,18 +77,17 @@ def purge_batch(dialect: str, table: str, key: str) -> str:
     PostgreSQL is given the batch's rows as an array of their C{ctid}s:
     one walk of the expiry index, then a TID scan that goes straight to
     each row, where an array of primary keys took a probe of the primary
-    key's index a row (half of the batch's CPU: 1.3 against 2.7-3.0 µs a
-    row on 2,000,000 rows, bench/README.md, run I), and C{IN (SELECT
-    ...)} planned a hash join over the whole table, a full scan for every
-    batch.  The C{ctid}s are read and used in one statement, under one
-    snapshot: no vacuum can free or reuse those places meanwhile, and a row
-    another transaction changes between the batch's reading and its
-    deleting (a deny-list entry whose expiry a second revocation puts off)
-    is a new version at a new C{ctid}, which the batch leaves alone (with
-    an array of primary keys, PostgreSQL deleted the new version: the
-    subquery is not run again when a row it chose has changed).  SQLite
-    runs no other writer meanwhile: its write lock is the whole
-    database's.
+    key's index a row (about half of the batch's CPU: bench/README.md,
+    run I), and C{IN (SELECT ...)} planned a hash join over the whole
+    table, a full scan for every batch.  The C{ctid}s are read and used
+    in one statement, under one snapshot: no vacuum can free or reuse
+    those places meanwhile, and a row another transaction changes between
+    the batch's reading and its deleting (a deny-list entry whose expiry a
+    second revocation puts off) is a new version at a new C{ctid}, which
+    the batch leaves alone (with an array of primary keys, PostgreSQL
+    deleted the new version: the subquery is not run again when a row it
+    chose has changed).  SQLite runs no other writer meanwhile: its write
+    lock is the whole database's.
     """
     batch = f"SELECT {{}} FROM {table} WHERE expires_at < ? ORDER BY expires_at LIMIT ?"
     if dialect == "postgresql":
