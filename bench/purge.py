@@ -299,10 +299,12 @@ def cores(window: Window) -> str:
     them wait inside the store.
     """
     r = window.round
-    text = f"cpu: server {r.cpu_cores:.2f} store {r.store_cores:.2f} other {r.other_cores:.2f}"
-    if window.waiting is not None:
-        text += f", waiting {window.waiting:.0%}"
-    return text
+    return _cores(r.cpu_cores, r.store_cores, r.other_cores, window.waiting)
+
+
+def _cores(server: float, store: float, other: float, waiting: float | None) -> str:
+    text = f"cpu: server {server:.2f} store {store:.2f} other {other:.2f}"
+    return text if waiting is None else f"{text}, waiting {waiting:.0%}"
 
 
 def mean_cores(windows: list[tuple[str, Window]], which: str) -> str | None:
@@ -313,13 +315,10 @@ def mean_cores(windows: list[tuple[str, Window]], which: str) -> str | None:
     if not chosen:
         return None
     waits = [w.waiting for w in chosen if w.waiting is not None]
-    mean = Window(0.0, 0.0, Round(
-        "", 0.0, 0.0, 0.0, 0,
-        cpu_cores=statistics.fmean(w.round.cpu_cores for w in chosen),
-        other_cores=statistics.fmean(w.round.other_cores for w in chosen),
-        store_cores=statistics.fmean(w.round.store_cores for w in chosen),
-    ), statistics.fmean(waits) if len(waits) == len(chosen) else None)
-    return cores(mean)
+    return _cores(statistics.fmean(w.round.cpu_cores for w in chosen),
+                  statistics.fmean(w.round.store_cores for w in chosen),
+                  statistics.fmean(w.round.other_cores for w in chosen),
+                  statistics.fmean(waits) if len(waits) == len(chosen) else None)
 
 
 def measure(runner: Any, server: Any, load: Any, watch: Watch, expires_at: int, quiet_seconds: float,

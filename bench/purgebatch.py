@@ -14,12 +14,12 @@ server must run on this machine) and the batches' times.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
-from bench import populate
+from bench import cpu, populate
 from ccserver.stores.sql import PURGE_BATCH
 from ccserver.stores.sqldialects import postgresql_dialect
 from ccserver.stores.sqlmigrations import Schema, load_migrations
@@ -37,8 +37,7 @@ def backend_seconds(pid: int) -> float:
     """
     The CPU seconds (user + system) a backend process has used.
     """
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu.process_ticks(Path(f"/proc/{pid}/stat").read_text()).ticks / cpu.CLK_TCK
 
 
 def prepare(url: str) -> None:
@@ -48,10 +47,7 @@ def prepare(url: str) -> None:
     import psycopg  # noqa: PLC0415 (the PostgreSQL extra)
 
     with psycopg.connect(url, autocommit=True) as connection:
-        schema = Schema(postgresql_dialect(), load_migrations(), url, 30.0)
-        cursor = connection.cursor()
-        while schema.step(cursor) is not None:
-            pass
+        Schema(postgresql_dialect(), load_migrations(), url, 30.0).apply_all(connection.cursor())
 
 
 def one_round(url: str, rows: int, statement: str) -> tuple[int, float, list[float]]:
@@ -69,16 +65,16 @@ def one_round(url: str, rows: int, statement: str) -> tuple[int, float, list[flo
         connection.execute(b"CHECKPOINT")
         row: Any = connection.execute(b"SELECT pg_backend_pid()").fetchone()
         pid = int(row[0])
-        cpu, deleted = 0.0, 0
+        used_seconds, deleted = 0.0, 0
         batches: list[float] = []
         while True:
             before, started = backend_seconds(pid), time.perf_counter()
             count = connection.execute(statement.encode(), (now, PURGE_BATCH)).rowcount
             took, used = time.perf_counter() - started, backend_seconds(pid) - before
             if count == 0:
-                return deleted, cpu, batches
+                return deleted, used_seconds, batches
             deleted += count
-            cpu += used
+            used_seconds += used
             batches.append(took)
 
 
@@ -96,10 +92,10 @@ def main(argv: list[str] | None = None) -> None:
         prepare(url)
         for round_ in range(args.rounds):
             for label, statement in kinds.items():
-                deleted, cpu, batches = one_round(url, args.rows, statement)
+                deleted, seconds, batches = one_round(url, args.rows, statement)
                 ordered = sorted(batches)
                 print(f"round {round_ + 1} {label}: {deleted:,} rows in {len(batches)} batches; "
-                      f"backend CPU {cpu:.2f} s ({cpu / max(1, deleted) * 1e6:.1f} µs a row); "
+                      f"backend CPU {seconds:.2f} s ({seconds / max(1, deleted) * 1e6:.1f} µs a row); "
                       f"batch median {statistics.median(batches) * 1000:.1f} ms, "
                       f"90th percentile {ordered[int(len(ordered) * 0.9)] * 1000:.1f} ms", flush=True)
     finally:

@@ -698,12 +698,8 @@ class PostgreSQLPurgeBatchTests(SynchronousTestCase):
         self.url = server.url_for(name)
         dialect = sqldialects.postgresql_dialect()
         self.statements = sqlstatements.statements(dialect)
-        self.translate = dialect.translate
         with psycopg.connect(self.url, autocommit=True) as connection:
-            schema = Schema(dialect, load_migrations(), self.url, 30.0)
-            cursor = connection.cursor()
-            while schema.step(cursor) is not None:
-                pass
+            Schema(dialect, load_migrations(), self.url, 30.0).apply_all(connection.cursor())
 
     def test_rows_by_ctid(self) -> None:
         """

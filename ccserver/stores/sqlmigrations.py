@@ -152,3 +152,11 @@ class Schema:
                     cursor.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
                 except sqlite3.Error:
                     pass
+
+    def apply_all(self, cursor: Any) -> None:
+        """
+        Apply every missing migration (L{step} until none is), for a
+        caller without the store: the bench's own databases, the tests'.
+        """
+        while self.step(cursor) is not None:
+            pass
