@@ -6,6 +6,7 @@ reconnection.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import psycopg
 import pytest
 from twisted.internet import reactor
@@ -28,6 +30,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from ccserver.errors import ConfigError, StoreUnavailable
 from ccserver.model import AttemptKeys
 from ccserver.stores import sql, sqldialects, sqlstatements
+from ccserver.stores.codec import TOKENS
 from ccserver.stores.guard import mask_password, url_secrets
 from ccserver.stores.sql import SQLStore
 from ccserver.stores.sqlmigrations import Migration, Schema, load_migrations, split_statements
@@ -466,6 +469,25 @@ class SQLiteTests(TestCase):
         other.execute("BEGIN IMMEDIATE")
         return other
 
+    def test_full_token_batch_on_old_sqlite(self) -> None:
+        """
+        A full batch of tokens (L{sql.TOKEN_BATCH}) is one statement that
+        SQLite before 3.32 takes: at most 999 variables.
+        """
+        connection = sqlite3.connect(":memory:")
+        self.addCleanup(connection.close)
+        connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, sql.SQLITE_MAX_VARIABLES)
+        columns = ", ".join(TOKENS.names)
+        connection.execute(f"CREATE TABLE access_tokens ({columns}, PRIMARY KEY (token_digest))")
+        rows = [tuple(TOKENS.to_row(make_token(f"{i:064x}"))) for i in range(sql.TOKEN_BATCH)]
+        connection.execute(
+            sqlstatements.upsert_many("access_tokens", TOKENS, sql.TOKEN_BATCH),
+            tuple(value for row in rows for value in row),
+        )
+        self.assertEqual(
+            connection.execute("SELECT count(*) FROM access_tokens").fetchone(), (sql.TOKEN_BATCH,)
+        )
+
     async def test_long_purge_not_cut_at_the_timeout(self) -> None:
         """
         A purge that takes longer than the store's timeout (millions of
@@ -763,6 +785,86 @@ class PostgreSQLPurgeBatchTests(SynchronousTestCase):
         with psycopg.connect(self.url, autocommit=True) as connection:
             rows = connection.execute(b"SELECT jti, expires_at FROM revoked_jtis").fetchall()
         self.assertEqual(rows, [("a", later)])
+
+
+class PostgreSQLTokenBatchTests(TestCase):
+    """
+    The token writer's batches on PostgreSQL (L{SQLStore._add_tokens}): one
+    statement with one parameter, the rows as JSON, whatever the batch's
+    size (psycopg parses a statement of more than 50 parameters anew each
+    time it runs it), and every value stored as it was given.
+    """
+
+    timeout = 60
+
+    async def setUp(self) -> None:
+        server = postgres_server()
+        name = server.create_database()
+        self.addCleanup(server.drop_database, name)
+        url = server.url_for(name)
+        connecting = sqldialects.connection_for(url, TIMEOUT)
+        dialect = connecting.dialect
+        #: (statement, parameters) of each batch the writer ran
+        self.written: list[tuple[str, tuple[Any, ...]]] = []
+
+        def write(connection: Any, statement: str, params: tuple[Any, ...], timeout: float) -> int:
+            if statement.startswith("INSERT INTO access_tokens"):
+                self.written.append((statement, params))
+            return dialect.write_tokens(connection, statement, params, timeout)
+
+        self.store = SQLStore(
+            url,
+            reactor,
+            attrs.evolve(connecting, dialect=attrs.evolve(dialect, write_tokens=write)),
+            timeout=TIMEOUT,
+        )
+        await self.store.open()
+        self.addCleanup(self.store.close)
+
+    async def test_one_statement_for_every_size(self) -> None:
+        """
+        Batches of any size, up to the most a batch holds, are each one run
+        of the same statement, with one parameter.
+        """
+        for size, first in ((1, 0), (30, 1), (sql.TOKEN_BATCH, 31)):
+            tokens = [make_token(f"{i:064x}", jti=f"jti-{i}") for i in range(first, first + size)]
+            await gatherResults([self.store.add_token(token) for token in tokens])
+        self.assertEqual(len({statement for statement, _ in self.written}), 1)
+        self.assertEqual({len(params) for _, params in self.written}, {1})
+        sizes = [len(json.loads(params[0])) for _, params in self.written]
+        total = 31 + sql.TOKEN_BATCH
+        self.assertEqual(sum(sizes), total)
+        self.assertIn(1, sizes)
+        # more than 50 values as a VALUES list
+        self.assertGreater(max(sizes), 50 // len(TOKENS.names))
+        for i in (0, 1, 30, 31, total - 1):
+            found = await self.store.get_token(f"{i:064x}")
+            self.assertEqual(found, make_token(f"{i:064x}", jti=f"jti-{i}"))
+
+    async def test_values_as_given(self) -> None:
+        """
+        Text that JSON escapes (quotes, backslashes, control characters,
+        letters beyond ASCII and beyond the BMP, an escape's own text),
+        large numbers, empty and missing values: each comes back as it was.
+        """
+        awkward = 'Zo\u00eb "quoted" \\ back\\slash \t tab \u2028 \U0001f511 \\u0000'
+        tokens = [
+            make_token(
+                "a" * 64,
+                client_id="client-\u00e9",
+                audience=(awkward, "https://api.example/?a=1&b=\"2\""),
+                claims={"text": awkward, "nested": {"list": [1, 2.5, None, True]}, "": ""},
+                jkt="thumb-print_-",
+                x5t_s256=None,
+                issued_at=2**53,
+                expires_at=2**62,
+            ),
+            make_token("b" * 64, scope=frozenset(), audience=(), claims={}),
+        ]
+        await gatherResults([self.store.add_token(token) for token in tokens])
+        for token in tokens:
+            self.assertEqual(await self.store.get_token(token.token_digest), token)
+        self.assertEqual({len(params) for _, params in self.written}, {1})
 
 
 class PostgreSQLRestartTests(TestCase):

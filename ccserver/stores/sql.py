@@ -125,10 +125,12 @@ from ccserver.stores.sqlmigrations import MIGRATION_TIMEOUT, Migration, Schema, 
 from ccserver.stores.sqlpool import ConnectionPool
 from ccserver.stores.sqlstatements import (
     LOOKUP_SIZES,
+    json_rows,
     key_last,
     lookup_size,
     lookups,
     statements,
+    upsert_json,
     upsert_many,
 )
 from ccserver.stores.writer import ConnectionThread
@@ -142,9 +144,13 @@ T = TypeVar("T")
 #: give more tokens a second (bench/README.md).
 TOKEN_HOLD = 0.004
 
-#: Opaque tokens written in one statement at most: 100 rows of 9 values
-#: stay under SQLite's oldest limit of 999 variables a statement.
-TOKEN_BATCH = 100
+#: The most variables a statement may have on SQLite before 3.32 (which
+#: Python 3.11 may be built with: RHEL 8's is 3.26).
+SQLITE_MAX_VARIABLES = 999
+#: Opaque tokens written in one statement at most: as many rows as stay
+#: within L{SQLITE_MAX_VARIABLES}, a value a column (PostgreSQL's rows go
+#: as one JSON parameter, but in batches of the same size).
+TOKEN_BATCH = SQLITE_MAX_VARIABLES // len(TOKENS.names)
 #: Expired rows a purge deletes a transaction on PostgreSQL
 #: (L{SQLStore.purge_expired}): tens of milliseconds of a core on ten
 #: million rows (bench/README.md, the growth section's purge row).
@@ -210,8 +216,12 @@ class SQLStore:
         #: the purge's batches: their own connection and thread
         #: (L{purge_expired})
         self._purger: ConnectionThread[Any] | None = None
-        #: the token batches' statements, by batch size
+        #: the token batches' statements, by batch size (L{_add_tokens}),
+        #: or their one statement with its rows as JSON (PostgreSQL's)
         self._token_upserts: dict[int, str] = {}
+        self._token_upsert_json = (
+            dialect.translate(upsert_json("access_tokens", TOKENS)) if dialect.rows_as_json else None
+        )
         #: opaque tokens, one transaction and one sync for a few ms of them;
         #: one batch at a time, on the token writer's one connection: the
         #: batches are larger and the thread hand-offs fewer (several at
@@ -581,7 +591,8 @@ class SQLStore:
         The rows of L{add_token}'s batch, in one statement, which is its own
         transaction (autocommit): C{executemany} would be a statement per
         row, each a round of the driver's Python code (and for PostgreSQL a
-        message).
+        message).  SQLite is given them as a C{VALUES} list; PostgreSQL as
+        one JSON parameter (L{upsert_json}, L{Dialect.rows_as_json}).
 
         The batch goes to the token writer (L{ConnectionThread}), a
         connection and thread of its own, so that tokens never queue behind
@@ -598,6 +609,10 @@ class SQLStore:
             return fail(StoreUnavailable(f"{self.url}: not open"))
         # the last of a digest given twice wins, as with one add at a time
         rows = list({row[0]: row for row in rows}.values())
+        if self._token_upsert_json is not None:
+            return self._write_alone(
+                writer, self._token_upsert_json, (json_rows(TOKENS, rows),)
+            ).addCallback(lambda _: None)
         statement = self._token_upserts.get(len(rows))
         if statement is None:
             # made once for each batch size (at most TOKEN_BATCH of them)

@@ -85,6 +85,13 @@ class Dialect:
     #: sets up the lookups' reader connection (L{SQLStore._lookup}): each
     #: query in autocommit, its own transaction (one round trip)
     prepare_read_connection: Callable[[Any], None]
+    #: whether a batch of token rows goes as one JSON parameter (one
+    #: statement for every batch size) rather than as a C{VALUES} list
+    #: (a statement for each size, a parameter for each value): psycopg
+    #: parses a statement of more than 50 parameters anew, in Python, every
+    #: time it runs one (it caches only smaller ones), which cost the token
+    #: writer's thread more than the rest of a batch's write
+    rows_as_json: bool = False
 
     def translate(self, statement: str) -> str:
         """
@@ -286,6 +293,7 @@ def postgresql_dialect() -> Dialect:
         prepare_token_connection=_postgresql_token_connection,
         write_tokens=_postgresql_write_tokens,
         prepare_read_connection=_postgresql_token_connection,
+        rows_as_json=True,
     )
 
 

@@ -6,6 +6,7 @@ driver its own), over the columns of L{ccserver.stores.codec}.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,6 +53,36 @@ def upsert_many(table: str, codec: Codec[Any], count: int) -> str:
         + f" ON CONFLICT ({key}) DO UPDATE SET "
         + ", ".join(f"{name} = excluded.{name}" for name in rest)
     )
+
+
+def upsert_json(table: str, codec: Codec[Any]) -> str:
+    """
+    L{upsert} of every row of one parameter, a JSON array of objects
+    (L{json_rows}), each typed as the table's columns are (PostgreSQL's
+    C{jsonb_populate_recordset}): one statement for any number of rows.
+    Its rows have distinct keys, as L{upsert_many}'s.
+    """
+    key, *rest = codec.names
+    return (
+        f"INSERT INTO {table} ({columns(codec)}) SELECT {columns(codec)}"
+        f" FROM jsonb_populate_recordset(NULL::{table}, CAST(? AS jsonb))"
+        f" ON CONFLICT ({key}) DO UPDATE SET "
+        + ", ".join(f"{name} = excluded.{name}" for name in rest)
+    )
+
+
+#: Made once: json.dumps with any non-default argument makes an encoder a
+#: call.  The text goes to the driver as UTF-8.
+_json_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def json_rows(codec: Codec[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """
+    L{upsert_json}'s parameter: the rows (L{Codec.to_row}) as a JSON array
+    of objects, each value under its column's name.
+    """
+    names = codec.names
+    return _json_text([dict(zip(names, row, strict=True)) for row in rows])
 
 
 def update(table: str, codec: Codec[Any]) -> str:
