@@ -44,6 +44,7 @@ from ccserver.config import Config, StoreConfig, TokenConfig
 from ccserver.handlers.registered_scope import RegisteredScopeHandler
 from ccserver.keys import KeyEncryptor
 from ccserver.logfiles import FileDestination
+from ccserver.model import TokenRequest
 from ccserver.oauth.registration import register_client
 from ccserver.oauth.tokens import sign_inline
 from ccserver.stores.memory import MemoryStore
@@ -71,8 +72,9 @@ def _grant(clock: Clock) -> tuple[Any, str]:
     basic = "Basic " + __import__("base64").b64encode(
         f"{registration.client.client_id}:{registration.client_secret}".encode()
     ).decode()
-    grant = site.resource.leaves[b"token"]._grant
-    return grant, basic
+    # the token endpoint's grants (TokenGrants), as TokenResource calls them
+    grants = site.resource.leaves[b"token"]._grants
+    return grants, basic
 
 
 def _done(d: Any) -> Any:
@@ -92,7 +94,7 @@ def _issue(grant: Any, basic: str, n: int) -> float:
     form = {"grant_type": "client_credentials"}
     start = time.process_time()
     for _ in range(n):
-        _done(ensureDeferred(grant.token(form, basic, source="192.0.2.1")))
+        _done(ensureDeferred(grant.token(TokenRequest(form, basic, source="192.0.2.1"))))
     return (time.process_time() - start) / n
 
 
