@@ -16,6 +16,7 @@ server must run on this machine).
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import secrets
 import time
@@ -35,12 +36,20 @@ from ccserver.testing.servers import PostgresServer
 Form = Callable[[list[tuple[Any, ...]]], tuple[str, tuple[Any, ...]]]
 
 
+_DIALECT = postgresql_dialect()
+
+
+@functools.cache
+def _values_statement(size: int) -> str:
+    # made once a size, as the store does
+    return _DIALECT.translate(upsert_many("access_tokens", TOKENS, size))
+
+
 def _values(rows: list[tuple[Any, ...]]) -> tuple[str, tuple[Any, ...]]:
-    statement = postgresql_dialect().translate(upsert_many("access_tokens", TOKENS, len(rows)))
-    return statement, tuple(value for row in rows for value in row)
+    return _values_statement(len(rows)), tuple(value for row in rows for value in row)
 
 
-_JSON = postgresql_dialect().translate(upsert_json("access_tokens", TOKENS))
+_JSON = _DIALECT.translate(upsert_json("access_tokens", TOKENS))
 
 
 def _json(rows: list[tuple[Any, ...]]) -> tuple[str, tuple[Any, ...]]:

@@ -1,8 +1,9 @@
 """
 The bench's stand-alone measurements (bench/README.md points to each), run
 small, each in a process of its own as a user runs it: that they still run
-against today's code and print their figures.  (bench/audit_cost.py called
-a renamed attribute of the token endpoint for weeks before anyone ran it.)
+against today's code and print their figures.  (bench/audit_cost.py still
+called an attribute of the token endpoint that had been renamed, and
+nothing said so until it was next run.)
 What they print is not checked: figures are for bench/README.md, never for
 a test.
 """
