@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import resource
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-from bench import cpu
-from bench.purgebatch import prepare
+from bench.inprocess import user_cpu
+from bench.purgebatch import backend_seconds, prepare
 from ccserver.model import TokenRecord
 from ccserver.stores.codec import TOKENS
 from ccserver.stores.sqldialects import postgresql_dialect
@@ -78,14 +76,6 @@ def batch(size: int, now: int) -> list[tuple[Any, ...]]:
     ]
 
 
-def user_seconds() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_utime
-
-
-def backend_seconds(pid: int) -> float:
-    return cpu.process_ticks(Path(f"/proc/{pid}/stat").read_text()).ticks / cpu.CLK_TCK
-
-
 def measure(url: str, form: Form, size: int, statements: int) -> tuple[float, float]:
     """
     (client, backend) CPU seconds a statement of C{form}, C{size} rows,
@@ -102,10 +92,10 @@ def measure(url: str, form: Form, size: int, statements: int) -> tuple[float, fl
         pid = int(row[0])
         for rows in batches[:warm]:
             connection.execute(*form(rows))
-        client, backend = user_seconds(), backend_seconds(pid)
+        client, backend = user_cpu(), backend_seconds(pid)
         for rows in batches[warm:]:
             connection.execute(*form(rows))
-        return (user_seconds() - client) / statements, (backend_seconds(pid) - backend) / statements
+        return (user_cpu() - client) / statements, (backend_seconds(pid) - backend) / statements
 
 
 def main(argv: Sequence[str] | None = None) -> None:
