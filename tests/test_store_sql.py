@@ -36,7 +36,7 @@ from ccserver.stores.sql import SQLStore
 from ccserver.stores.sqlmigrations import Migration, Schema, load_migrations, split_statements
 from ccserver.stores.sqlpool import ConnectionPool, PooledConnection, held_connection
 from ccserver.stores.urls import sqlite_path
-from ccserver.testing.servers import postgres_server
+from ccserver.testing.servers import clean_store_url, postgres_server
 from tests.process import REPO, run_python
 from tests.test_codec import (
     LEGACY_CLIENT,
@@ -714,10 +714,7 @@ class PostgreSQLPurgeBatchTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        server = postgres_server()
-        name = server.create_database()
-        self.addCleanup(server.drop_database, name)
-        self.url = server.url_for(name)
+        self.url = clean_store_url("postgresql", self.addCleanup)
         dialect = sqldialects.postgresql_dialect()
         self.statements = sqlstatements.statements(dialect)
         with psycopg.connect(self.url, autocommit=True) as connection:
@@ -798,10 +795,7 @@ class PostgreSQLTokenBatchTests(TestCase):
     timeout = 60
 
     async def setUp(self) -> None:
-        server = postgres_server()
-        name = server.create_database()
-        self.addCleanup(server.drop_database, name)
-        url = server.url_for(name)
+        url = clean_store_url("postgresql", self.addCleanup)
         connecting = sqldialects.connection_for(url, TIMEOUT)
         dialect = connecting.dialect
         #: (statement, parameters) of each batch the writer ran
