@@ -29,6 +29,13 @@ the connection:
 These answers are written here, not by web.py's error renderer, because no
 request object exists yet (and none should: the head is not trusted).
 
+A request that arrives whole (its head and body in the bytes at hand, the
+usual keep-alive request) is read in one pass (L{CCServerChannel.
+_whole_request}) rather than a line at a time, when it is plainly
+well-formed and within every limit; everything else, and everything
+refused, goes through twisted.web's line-by-line reader, whose behaviour
+the one pass must match (tests/test_http_whole_requests.py).
+
 No answer carries a C{Server} header: twisted.web's names it and its
 version (C{TwistedWeb/26.10.0}), which tells a scanner which advisories to
 try and tells a client nothing it needs (RFC 9110 §10.2.4 makes the header
@@ -82,6 +89,14 @@ _REASONS = {
 #: empty); nothing else, no userinfo.
 _HOST = re.compile(rb"(?:\[[0-9A-Za-z._~!$&'()*+,;=:%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 
+#: RFC 9110 §5.1, §5.5: a field line as the one-pass reader takes it: a
+#: token, a colon, optional whitespace, a value without NUL, CR or LF
+#: (twisted.web refuses those), optional whitespace.
+_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00\r\n]*?)[ \t]*")
+#: RFC 9112 §3: method SP request-target SP HTTP-version, as the one-pass
+#: reader takes it (HTTP/1.1 only; a target of visible ASCII).
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP/1\.1")
+
 # Where the connection is in the request it is reading.
 # Between requests only the idle timeout applies (also to the unfinished
 # start of a pipelined request that came in the chunk of the one answered,
@@ -102,7 +117,9 @@ class CCServerChannel(http.HTTPChannel):
     L{twisted.protocols.basic.LineReceiver} and L{http.HTTPChannel}
     (C{connectionMade}, C{dataReceived}, C{lineReceived},
     C{lineLengthExceeded}, C{allHeadersReceived}, C{allContentReceived},
-    C{requestDone}, C{connectionLost}), but one private method: see
+    C{requestDone}, C{connectionLost}) and their public attributes
+    (C{clearLineBuffer}, C{line_mode}, C{paused}, C{persistent},
+    C{requests}, C{length}), but one private method: see
     L{_respondToBadRequestAndDisconnect}.
     """
 
@@ -161,6 +178,18 @@ class CCServerChannel(http.HTTPChannel):
             # The answer is written and the connection closing: whatever
             # else the client sends is not read.
             return
+        if (
+            self._phase != _ANSWERING
+            and self._head_size == 0
+            and self.line_mode
+            and self.persistent
+            and not self.paused
+        ):
+            # At the start of a request (but for a part of its first line
+            # LineReceiver may hold): whole requests are read in one pass.
+            data = self._whole_requests(self.clearLineBuffer() + data)
+        if not data:
+            return
         if self._phase == _IDLE and data:
             self._start_head()
         super().dataReceived(data)
@@ -199,6 +228,94 @@ class CCServerChannel(http.HTTPChannel):
             )
             return
         super().lineReceived(line)
+
+    def _whole_requests(self, data: bytes) -> bytes:
+        """
+        Hand on every whole request at the start of C{data}, each read in
+        one pass (L{_whole_request}); what is left, for the line-by-line
+        reader.
+        """
+        while data:
+            used = self._whole_request(data)
+            if used == 0:
+                break
+            data = data[used:]
+            if self._refused or self._phase == _ANSWERING or not self.persistent:
+                # refused, or the request is with the application (what
+                # follows waits in twisted.web's buffer), or the connection
+                # is to close after its answer
+                break
+        return data
+
+    def _whole_request(self, data: bytes) -> int:
+        """
+        Read one whole request at the start of C{data} in one pass, as the
+        line-by-line reader (L{lineReceived}) would read it, and hand it
+        on: how many bytes it took, or 0 for anything this does not read
+        (a head or body not complete in C{data}, a limit reached, anything
+        unusual or refused), which the line-by-line reader then reads and
+        answers as ever.
+
+        It takes HTTP/1.1 with exactly one valid C{Host}, at most one
+        C{Content-Length} (digits), no C{Transfer-Encoding}, no C{Expect},
+        no folded line, no NUL, bare CR or LF, each line and the head
+        within their limits.  The request line still goes through
+        twisted.web's C{lineReceived}, which makes the request; the fields
+        go straight into its headers; the rest is twisted.web's own
+        C{allHeadersReceived} and C{allContentReceived}, as after the last
+        line.
+        """
+        end = data.find(b"\r\n\r\n")
+        limits = self.limits
+        if end < 0 or end + 4 > limits.max_head_size:
+            return 0
+        lines = data[:end].split(b"\r\n")
+        if len(lines) - 1 > limits.max_headers:
+            return 0
+        max_line = limits.max_line_length
+        first = lines[0]
+        if len(first) > max_line or _REQUEST_LINE.fullmatch(first) is None:
+            return 0
+        fields = []
+        host = None
+        length = -1
+        for line in lines[1:]:
+            field = _FIELD.fullmatch(line)
+            if field is None or len(line) > max_line:
+                return 0
+            name, value = field.groups()
+            size = len(name)
+            if size == 4 and name.lower() == b"host":
+                if host is not None or _HOST.fullmatch(value) is None:
+                    return 0
+                host = value
+            elif size == 14 and name.lower() == b"content-length":
+                if length >= 0 or not value.isdigit():
+                    return 0
+                length = int(value)
+            elif (size == 17 and name.lower() == b"transfer-encoding") or (
+                size == 6 and name.lower() == b"expect"
+            ):
+                return 0
+            fields.append((name, value))
+        body_start = end + 4
+        if host is None or len(data) - body_start < length:
+            return 0
+        length = max(length, 0)
+        super().lineReceived(first)
+        if self._refused:
+            return len(data)
+        headers = self.requests[-1].requestHeaders
+        for name, value in fields:
+            headers.addRawHeader(name, value)
+        self.length = length
+        self._deadline_part = None
+        self._phase = _BODY
+        super().allHeadersReceived()
+        if length:
+            self.requests[-1].handleContentChunk(data[body_start : body_start + length])
+        self.allContentReceived()
+        return body_start + length
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """

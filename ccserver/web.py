@@ -61,6 +61,10 @@ from ccserver.tracing import Tracing
 #: The largest request body accepted, in bytes; larger ones get 413.
 MAX_BODY = 64 * 1024
 
+#: twisted.web's statuses without a body, read once (an attribute of
+#: twisted.web.http costs a lookup through its deprecation proxy).
+_NO_BODY_CODES = http.NO_BODY_CODES
+
 _FORM = b"application/x-www-form-urlencoded"
 _JSON = b"application/json"
 
@@ -92,6 +96,41 @@ class BoundedRequest(server.Request):
             self.body_too_large = True
         if not self.body_too_large:
             self.content.write(data)
+
+    def write_whole(self, body: bytes) -> None:
+        """
+        Write the whole answer: its head and C{body} in one write to the
+        connection, as L{server.Request.write} writes them in two, for an
+        answer with its C{Content-Type} and C{Content-Length} set.  Anything
+        twisted.web's C{write} would add or hold back (a HEAD request, a
+        status without a body, cookies, an C{ETag} or C{Last-Modified} it
+        writes, a content encoding, a missing header) goes through it.
+        (A content encoding names itself in the C{Content-Encoding} header
+        its encoder sets.)
+        """
+        headers = self.responseHeaders
+        if (
+            self.startedWriting
+            or self.method == b"HEAD"
+            or self.code in _NO_BODY_CODES
+            or self.cookies
+            or self.etag is not None
+            or self.lastModified is not None
+            or headers.hasHeader(b"content-encoding")
+            or not headers.hasHeader(b"content-type")
+            or not headers.hasHeader(b"content-length")
+        ):
+            self.write(body)
+            return
+        self.startedWriting = 1
+        head = [self.clientproto, b" %d " % self.code, self.code_message, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            if name != b"Server":
+                for value in values:
+                    head += (name, b": ", value, b"\r\n")
+        head += (b"\r\n", body)
+        self.sentLength = len(body)
+        self.channel.write(b"".join(head))
 
 
 def source_address(request: IRequest, trusted: Sequence[Network] = ()) -> str:
@@ -639,7 +678,10 @@ def write_answer(body: bytes, request: IRequest) -> None:
         # With its length known, twisted.web writes the head and the
         # body in one go, not as chunks with a last one at finish.
         request.setHeader(b"Content-Length", b"%d" % len(body))
-        request.write(body)
+        if isinstance(request, BoundedRequest):
+            request.write_whole(body)
+        else:
+            request.write(body)
         request.finish()
 
 

@@ -62,8 +62,8 @@ class TokenOnTheWireTests(ServerTestCase):
     def test_content_length_not_chunked(self) -> None:
         """
         The answer has a Content-Length and is not chunked: no last chunk
-        written at finish, so the head and the body are all (two transport
-        calls, one send on a real socket).
+        written at finish; the head and the body go in one transport write
+        (BoundedRequest.write_whole).
         """
         self.channel.dataReceived(self.raw)
         answer = self.transport.value()
@@ -72,7 +72,7 @@ class TokenOnTheWireTests(ServerTestCase):
         self.assertIn(b"\r\nContent-Length: %d" % len(body), head)
         self.assertNotIn(b"chunked", head.lower())
         self.assertTrue(body.startswith(b'{"access_token":"ey') and body.endswith(b"}"), body)
-        self.assertEqual(self.transport.writes, 2)
+        self.assertEqual(self.transport.writes, 1)
 
     def test_local_address_asked_once(self) -> None:
         """
