@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from io import BytesIO
 from time import perf_counter
 from typing import Any, cast
@@ -77,6 +77,12 @@ class BoundedRequest(server.Request):
     """
 
     body_too_large = False
+    #: Called once when the request is done: finished, or its connection
+    #: lost first (the site's count of requests in flight; a hook, where
+    #: C{notifyFinish} would cost a Deferred and its callbacks a request).
+    on_done: Callable[[BoundedRequest], None] | None = None
+    #: When the site began to answer it (C{perf_counter}).
+    started = 0.0
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         kwargs["parsePOSTFormSubmission"] = False
@@ -96,6 +102,19 @@ class BoundedRequest(server.Request):
             self.body_too_large = True
         if not self.body_too_large:
             self.content.write(data)
+
+    def finish(self) -> None:
+        super().finish()
+        self._done()
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._done()
+
+    def _done(self) -> None:
+        done, self.on_done = self.on_done, None
+        if done is not None:
+            done(self)
 
     def write_whole(self, body: bytes) -> None:
         """
@@ -270,13 +289,16 @@ class CCServerSite(server.Site):
             access_log.append(access_line_of(cast(server.Request, request), timestamp))
 
     def getResourceFor(self, request: server.Request) -> Any:
+        # every request of this site is one (requestFactory)
+        bounded = cast(BoundedRequest, request)
         self.in_flight += 1
-        request.notifyFinish().addBoth(self._finished, request, perf_counter())
+        bounded.started = perf_counter()
+        bounded.on_done = self._finished
         return super().getResourceFor(request)
 
-    def _finished(self, _: object, request: server.Request, started: float) -> None:
+    def _finished(self, request: BoundedRequest) -> None:
         self.in_flight -= 1
-        self.metrics.request_finished(request.path, request.code, perf_counter() - started)
+        self.metrics.request_finished(request.path, request.code, perf_counter() - request.started)
         if self.in_flight == 0 and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:

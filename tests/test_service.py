@@ -16,7 +16,7 @@ import pytest
 from treq.testing import StubTreq
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -427,6 +427,26 @@ class StopTests(SynchronousTestCase):
     def test_idle_site_stops_at_once(self) -> None:
         self.resource.requests[0].finish()
         self.successResultOf(self.service.stopService())
+
+    def test_lost_connection_ends_a_request(self) -> None:
+        """
+        A request whose client went away is no longer in flight, and is
+        counted once: not again when the application finishes it late.
+        """
+        [request] = self.resource.requests
+        request.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.site.in_flight, 0)
+        self.successResultOf(self.service.stopService())
+        self.assertRaises(RuntimeError, request.finish)
+        self.assertEqual(self.site.in_flight, 0)
+
+    def test_counted_once(self) -> None:
+        [request] = self.resource.requests
+        request.finish()
+        request.finish()  # twisted.web warns and does nothing
+        self.assertEqual(self.site.in_flight, 0)
+        http_get(self.site, b"/")
+        self.assertEqual(self.site.in_flight, 1)
 
 
 @pytest.mark.process
