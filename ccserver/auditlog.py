@@ -45,7 +45,12 @@ from ccserver.logfiles import Destination, FileDestination, StreamDestination, W
 #: How often buffered events are written, at most.
 FLUSH_SECONDS = 0.5
 #: Buffered events that are written at once, without waiting for the timer.
-FLUSH_EVENTS = 2000
+#: Small, because a flush encodes and writes on the reactor's thread, and
+#: every request waits behind it: at a full rate, half a second of events
+#: in one flush was a stall that doubled the 99th percentile of issuance
+#: (bench/README.md, "Run K").  The same work in small pieces costs the
+#: same and delays nothing noticeably.
+FLUSH_EVENTS = 128
 #: The most lines kept while the destination cannot be written to; the
 #: oldest go first beyond it (and how many went is logged).
 MAX_BUFFERED = 100_000

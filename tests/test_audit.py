@@ -321,6 +321,29 @@ class BufferTests(SynchronousTestCase):
         self.emit()
         self.assertEqual(len(self.destination.lines), FLUSH_EVENTS)
 
+    def test_work_of_one_flush_is_bounded(self) -> None:
+        """
+        At a full rate the events are encoded and written a small batch at
+        a time, as they come, not half a second of them in one go between
+        two requests (a stall every request behind it waited for).
+        """
+        sizes: list[int] = []
+        write = self.destination.write
+
+        def counted(lines: Sequence[bytes]) -> int:
+            sizes.append(len(lines))
+            return write(lines)
+
+        self.destination.write = counted  # type: ignore[method-assign]
+        service = AuditTrailService(self.writer, self.clock)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.emit(2500)
+        self.assertEqual(len(self.destination.lines), 2500 - 2500 % FLUSH_EVENTS)
+        self.assertLessEqual(max(sizes), 256)
+        self.clock.advance(FLUSH_SECONDS)
+        self.assertEqual(len(self.destination.lines), 2500)
+
     def test_clean_stop_loses_nothing(self) -> None:
         """
         The events of a child that stops slowly (requests in flight still
