@@ -81,13 +81,24 @@ def parse_error(answer: bytes) -> tuple[int, dict[str, Any], bytes]:
     return status, json.loads(body), head
 
 
+#: Three requests in one chunk, the second with a body.
+PIPELINED = (
+    b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
+    b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+    b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n"
+)
+
+
 class ChannelTestCase(SynchronousTestCase):
     limits = HTTPLimits()
 
     def setUp(self) -> None:
         self.clock = MemoryReactorClock()
-        self.resource = Echo()
+        self.resource = self.make_resource()
         self.site = CCServerSite(self.resource, self.clock, limits=self.limits)
+
+    def make_resource(self) -> Any:
+        return Echo()
 
     def connect(self) -> Connection:
         return Connection(self.site)
@@ -458,11 +469,7 @@ class NormalRequestTests(ChannelTestCase):
 
     def test_pipelined(self) -> None:
         c = self.connect()
-        answer = c.send(
-            b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
-            b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n"
-        )
+        answer = c.send(PIPELINED)
         self.assertEqual(answer.count(b"HTTP/1.1 200 "), 3, answer)
         self.assertIn(b"GET /one 0", answer)
         self.assertIn(b"POST /two 3", answer)

@@ -13,14 +13,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http, server
 from twisted.web.resource import Resource
 
 from ccserver.httpchannel import HTTPLimits
 from ccserver.web import BoundedRequest, CCServerSite, write_answer
-from tests.test_http_channel import Connection
+from tests.test_http_channel import PIPELINED, ChannelTestCase, Connection
 
 #: What twisted.web writes differently from one second to the next.
 _DATE = re.compile(rb"\r\nDate: [^\r]*")
@@ -182,13 +180,9 @@ LEFT = [
 ]
 
 
-class OnePassTestCase(SynchronousTestCase):
-    limits = HTTPLimits()
-
-    def setUp(self) -> None:
-        self.clock = MemoryReactorClock()
-        self.resource = Recorder()
-        self.site = CCServerSite(self.resource, self.clock, limits=self.limits)
+class OnePassTestCase(ChannelTestCase):
+    def make_resource(self) -> Recorder:
+        return Recorder()
 
     def connect(self) -> Counted:
         return Counted(self.site)
@@ -261,11 +255,7 @@ class WholeRequestTests(OnePassTestCase):
 
     def test_pipelined(self) -> None:
         c = self.connect()
-        answer = c.send(
-            b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n"
-            b"POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
-            b"GET /three HTTP/1.1\r\nHost: x\r\n\r\n"
-        )
+        answer = c.send(PIPELINED)
         self.assertEqual(answer.count(b"HTTP/1.1 200 "), 3, answer)
         self.assertLess(answer.index(b"GET /one 0"), answer.index(b"POST /two 3"))
         self.assertTrue(answer.endswith(b"GET /three 0"))
