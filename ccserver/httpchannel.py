@@ -89,10 +89,13 @@ _REASONS = {
 #: empty); nothing else, no userinfo.
 _HOST = re.compile(rb"(?:\[[0-9A-Za-z._~!$&'()*+,;=:%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 
-#: RFC 9110 §5.1, §5.5: a field line as the one-pass reader takes it: a
-#: token, a colon, optional whitespace, a value without NUL, CR or LF
-#: (twisted.web refuses those), optional whitespace.
-_FIELD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00\r\n]*?)[ \t]*")
+#: RFC 9110 §5.1, §5.5: a field line as the one-pass reader takes it,
+#: after the CRLF that ends the line before: a token, a colon, optional
+#: whitespace, a value without NUL, CR or LF (twisted.web refuses those;
+#: its trailing whitespace is stripped apart).  Each match starts at a
+#: CRLF, so a head whose CRLFs are as many as its matches has no other
+#: line.
+_FIELDS = re.compile(rb"\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00\r\n]*)")
 #: RFC 9112 §3: method SP request-target SP HTTP-version, as the one-pass
 #: reader takes it (HTTP/1.1 only; a target of visible ASCII).
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP/1\.1")
@@ -269,21 +272,32 @@ class CCServerChannel(http.HTTPChannel):
         limits = self.limits
         if end < 0 or end + 4 > limits.max_head_size:
             return 0
-        lines = data[:end].split(b"\r\n")
-        if len(lines) - 1 > limits.max_headers:
+        head = data[:end]
+        fields_count = head.count(b"\r\n")
+        if (
+            fields_count > limits.max_headers
+            # no NUL, no CR or LF but in CRLFs
+            or b"\x00" in head
+            or head.count(b"\r") != fields_count
+            or head.count(b"\n") != fields_count
+        ):
             return 0
-        max_line = limits.max_line_length
-        first = lines[0]
-        if len(first) > max_line or _REQUEST_LINE.fullmatch(first) is None:
+        if end > limits.max_line_length and any(
+            len(line) > limits.max_line_length for line in head.split(b"\r\n")
+        ):
             return 0
-        fields = []
+        first_end = head.find(b"\r\n") if fields_count else end
+        first = head[:first_end]
+        if _REQUEST_LINE.fullmatch(first) is None:
+            return 0
+        fields = _FIELDS.findall(head, first_end)
+        if len(fields) != fields_count:
+            return 0  # a line that is no field: folded, no colon, a bad name
+        if b" \r\n" in head or b"\t\r\n" in head or head.endswith((b" ", b"\t")):
+            fields = [(name, value.rstrip(b" \t")) for name, value in fields]
         host = None
         length = -1
-        for line in lines[1:]:
-            field = _FIELD.fullmatch(line)
-            if field is None or len(line) > max_line:
-                return 0
-            name, value = field.groups()
+        for name, value in fields:
             size = len(name)
             if size == 4 and name.lower() == b"host":
                 if host is not None or _HOST.fullmatch(value) is None:
@@ -297,7 +311,6 @@ class CCServerChannel(http.HTTPChannel):
                 size == 6 and name.lower() == b"expect"
             ):
                 return 0
-            fields.append((name, value))
         body_start = end + 4
         if host is None or len(data) - body_start < length:
             return 0

@@ -131,6 +131,10 @@ WHOLE = [
     # repeated fields, in their order
     b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2, 10.0.0.3\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nCookie: a=1; b=2\r\n\r\n",
+    # trailing whitespace on the last field and on the Host
+    b"GET / HTTP/1.1\r\nHost: x \r\n\r\n",
+    b"GET / HTTP/1.1\r\nX-A: a\r\nHost:\tx\t\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-A: \t \r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: [::1]:443\r\nConnection: keep-alive\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
     b"DELETE /client-reg/abc HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n",
