@@ -28,7 +28,8 @@ class Recorder(Resource):
     """
     Keeps what each request looked like to the application, and answers
     with its body (C{/slow}: only when the test says so; C{/plain}:
-    through twisted.web's own C{write}, without a C{Content-Type}).
+    through twisted.web's own C{write}, without a C{Content-Type};
+    C{/nobody}: 204).
     """
 
     isLeaf = True
