@@ -100,6 +100,14 @@ _FIELDS = re.compile(rb"\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00\r\n]*)")
 #: reader takes it (HTTP/1.1 only; a target of visible ASCII).
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP/1\.1")
 
+#: The most digits of a C{Content-Length} read: no body this server
+#: takes is nearly that long, and Python's C{int()} raises on a string of
+#: digits past C{sys.get_int_max_str_digits()}, which twisted.web would
+#: raise out of C{dataReceived}, dropping the connection without an
+#: answer.  A longer one is refused with 400 (RFC 9112 §6.3: a length the
+#: recipient cannot read is invalid framing).
+MAX_LENGTH_DIGITS = 18
+
 # Where the connection is in the request it is reading.
 # Between requests only the idle timeout applies (also to the unfinished
 # start of a pipelined request that came in the chunk of the one answered,
@@ -220,6 +228,8 @@ class CCServerChannel(http.HTTPChannel):
         if line:
             self._head_lines += 1
             self._framing_line(line)
+            if self._refused:
+                return
         if self._head_size > self.limits.max_head_size:
             self.refuse(
                 431, f"the request head is larger than {self.limits.max_head_size} bytes"
@@ -304,7 +314,7 @@ class CCServerChannel(http.HTTPChannel):
                     return 0
                 host = value
             elif size == 14 and name.lower() == b"content-length":
-                if length >= 0 or not value.isdigit():
+                if length >= 0 or len(value) > MAX_LENGTH_DIGITS or not value.isdigit():
                     return 0
                 length = int(value)
             elif (size == 17 and name.lower() == b"transfer-encoding") or (
@@ -343,7 +353,8 @@ class CCServerChannel(http.HTTPChannel):
     def _framing_line(self, line: bytes) -> None:
         """
         Note what a line of the head says of the request's framing: the
-        request line's version, a C{Host} or C{Transfer-Encoding} field.
+        request line's version, a C{Host} or C{Transfer-Encoding} field;
+        refuse a C{Content-Length} longer than L{MAX_LENGTH_DIGITS}.
         (No field is folded: folding is refused before this is asked.)
         """
         if self._head_lines == 1:
@@ -355,6 +366,17 @@ class CCServerChannel(http.HTTPChannel):
             self._hosts += (line[5:].strip(b" \t"),)
         elif colon == 17 and line[:17].lower() == b"transfer-encoding":
             self._transfer_encoding = True
+        elif (
+            colon == 14
+            and len(line) - 15 > MAX_LENGTH_DIGITS
+            and line[:14].lower() == b"content-length"
+            and len(line[15:].strip(b" \t")) > MAX_LENGTH_DIGITS
+        ):
+            self.refuse(
+                400,
+                f"the Content-Length is not a length of at most {MAX_LENGTH_DIGITS} digits "
+                "(RFC 9112 section 6.3)",
+            )
 
     def _framing_problem(self) -> str | None:
         """

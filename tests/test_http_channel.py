@@ -266,6 +266,36 @@ class RequestFramingTests(ChannelTestCase):
         answer = c.send(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n")
         self.assert_refused(answer, 400, "Transfer-Encoding in an HTTP/1.0 request", c)
 
+    def test_content_length_too_long(self) -> None:
+        """
+        RFC 9112 §6.3: a Content-Length this server cannot read is invalid
+        framing: 400, then close (twisted.web alone raises out of
+        dataReceived on thousands of digits, and drops the connection).
+        """
+        for value in (b"9" * 19, b"1" + b"0" * 4999, b"9" * 30 + b"x"):
+            for whole in (True, False):
+                with self.subTest(value=value[:20], whole=whole):
+                    c = self.connect()
+                    data = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + value + b"\r\n\r\nabc"
+                    if whole:
+                        c.send(data)
+                    else:
+                        for i in range(len(data)):
+                            c.send(data[i : i + 1])
+                    self.assert_refused(
+                        c.transport.value(), 400, "not a length of at most 18 digits", c
+                    )
+
+    def test_content_length_of_eighteen_digits(self) -> None:
+        """
+        Eighteen digits are read as a length (too large a body, which the
+        site refuses in its turn).
+        """
+        c = self.connect()
+        answer = c.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 18 + b"\r\n\r\nabc")
+        self.assertEqual(answer, b"")
+        self.assertFalse(c.closing)
+
     def test_http_1_1_without_host(self) -> None:
         c = self.connect()
         answer = c.send(b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n")
@@ -639,6 +669,16 @@ class RealSocketTests(TestCase):
             b"Content-Length:\r\n 29\r\n\r\ngrant_type=client_credentials"
         )
         self.assert_answer(answer, 400, "obsolete line folding")
+
+    def test_content_length_of_thousands_of_digits(self) -> None:
+        """
+        Answered, not dropped: Python's int() raises on so many digits,
+        which twisted.web alone would raise out of dataReceived.
+        """
+        answer = self.exchange(
+            b"POST /token HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\nx"
+        )
+        self.assert_answer(answer, 400, "Content-Length is not a length of at most 18 digits")
 
     def test_head_trickle(self) -> None:
         started = time.monotonic()
