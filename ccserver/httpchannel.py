@@ -89,16 +89,18 @@ _REASONS = {
 #: empty); nothing else, no userinfo.
 _HOST = re.compile(rb"(?:\[[0-9A-Za-z._~!$&'()*+,;=:%-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]*)(?::[0-9]*)?")
 
+#: RFC 9110 §5.6.2: a token (a field name, a method).
+_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 #: RFC 9110 §5.1, §5.5: a field line as the one-pass reader takes it,
 #: after the CRLF that ends the line before: a token, a colon, optional
 #: whitespace, a value without NUL, CR or LF (twisted.web refuses those;
 #: its trailing whitespace is stripped apart).  Each match starts at a
 #: CRLF, so a head whose CRLFs are as many as its matches has no other
 #: line.
-_FIELDS = re.compile(rb"\r\n([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\x00\r\n]*)")
+_FIELDS = re.compile(rb"\r\n(" + _TOKEN + rb"):[ \t]*([^\x00\r\n]*)")
 #: RFC 9112 §3: method SP request-target SP HTTP-version, as the one-pass
 #: reader takes it (HTTP/1.1 only; a target of visible ASCII).
-_REQUEST_LINE = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+) ([\x21-\x7e]+) HTTP/1\.1")
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.1")
 
 #: The most digits of a C{Content-Length} read: no body this server
 #: takes is nearly that long, and Python's C{int()} raises on a string of

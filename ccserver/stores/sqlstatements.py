@@ -26,17 +26,23 @@ def insert(table: str, codec: Codec[Any]) -> str:
     return f"INSERT INTO {table} ({columns(codec)}) VALUES ({placeholders})"
 
 
+def _replacing(codec: Codec[Any]) -> str:
+    """
+    The clause that makes an C{INSERT} replace the row stored with its key
+    (the first column).
+    """
+    key, *rest = codec.names
+    return f" ON CONFLICT ({key}) DO UPDATE SET " + ", ".join(
+        f"{name} = excluded.{name}" for name in rest
+    )
+
+
 def upsert(table: str, codec: Codec[Any]) -> str:
     """
     C{INSERT} of a row, replacing the one stored with its key (the first
     column), as L{MemoryStore} does.
     """
-    key, *rest = codec.names
-    return (
-        insert(table, codec)
-        + f" ON CONFLICT ({key}) DO UPDATE SET "
-        + ", ".join(f"{name} = excluded.{name}" for name in rest)
-    )
+    return insert(table, codec) + _replacing(codec)
 
 
 def upsert_many(table: str, codec: Codec[Any], count: int) -> str:
@@ -45,13 +51,11 @@ def upsert_many(table: str, codec: Codec[Any], count: int) -> str:
     the other).  The rows of one batch have distinct keys (random tokens'
     digests): PostgreSQL refuses to update one row twice in a statement.
     """
-    key, *rest = codec.names
     row = "(" + ", ".join("?" for _ in codec.names) + ")"
     return (
         f"INSERT INTO {table} ({columns(codec)}) VALUES "
         + ", ".join(row for _ in range(count))
-        + f" ON CONFLICT ({key}) DO UPDATE SET "
-        + ", ".join(f"{name} = excluded.{name}" for name in rest)
+        + _replacing(codec)
     )
 
 
@@ -62,12 +66,10 @@ def upsert_json(table: str, codec: Codec[Any]) -> str:
     C{jsonb_populate_recordset}): one statement for any number of rows.
     Its rows have distinct keys, as L{upsert_many}'s.
     """
-    key, *rest = codec.names
     return (
         f"INSERT INTO {table} ({columns(codec)}) SELECT {columns(codec)}"
         f" FROM jsonb_populate_recordset(NULL::{table}, CAST(? AS jsonb))"
-        f" ON CONFLICT ({key}) DO UPDATE SET "
-        + ", ".join(f"{name} = excluded.{name}" for name in rest)
+        + _replacing(codec)
     )
 
 
