@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 
 #: Random bytes in a client secret or a registration access token.
 SECRET_BYTES = 32
@@ -82,5 +83,21 @@ def check(secret: str, expected_digest: str | None) -> bool:
     Whether C{secret} has the digest C{expected_digest}, in constant time.
     With no expected digest the same work is done and the answer is False.
     """
-    matches = hmac.compare_digest(digest(secret), expected_digest or _NO_DIGEST)
-    return matches and expected_digest is not None
+    matched = hmac.compare_digest(digest(secret), expected_digest or _NO_DIGEST)
+    return matched and expected_digest is not None
+
+
+def matches(secret: str, expected_digests: Sequence[str | None]) -> tuple[bool, ...]:
+    """
+    Whether C{secret} has each of C{expected_digests}, as L{check} says of
+    one: the secret digested once, every digest compared in constant time
+    (None against the stand-in), so that the time taken shows neither
+    which matched nor which was None.
+    """
+    presented = digest(secret)
+    return tuple(
+        [
+            hmac.compare_digest(presented, expected or _NO_DIGEST) and expected is not None
+            for expected in expected_digests
+        ]
+    )

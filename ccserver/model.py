@@ -263,7 +263,8 @@ def token_rate_limit(value: Mapping[str, Any]) -> TokenRateLimit:
 
 
 def _readonly(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(mapping or {}))
+    # an empty one is the shared EMPTY: most tokens carry no extra claims
+    return MappingProxyType(dict(mapping)) if mapping else EMPTY
 
 
 def _conditions(claims: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
@@ -358,10 +359,6 @@ class WorkloadIdentity:
     issuer: str
     subject: str
     claims: Mapping[str, Any] = field(factory=dict, converter=_readonly)
-def _readonly_or_empty(mapping: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return MappingProxyType(dict(mapping)) if mapping else EMPTY
-
-
 @frozen
 class Client:
     """
@@ -885,7 +882,7 @@ class TokenRecord:
     claims: Mapping[str, Any] = field(factory=dict, converter=_readonly)
     jkt: str | None = None
     x5t_s256: str | None = None
-    delegation: Mapping[str, Any] = field(default=EMPTY, converter=_readonly_or_empty)
+    delegation: Mapping[str, Any] = field(default=EMPTY, converter=_readonly)
 
 
 @frozen

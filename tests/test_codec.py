@@ -16,12 +16,21 @@ import attrs
 from attrs import evolve
 from twisted.trial.unittest import SynchronousTestCase
 
-from ccserver.model import Client, InitialAccessToken, StoredKey, TokenRateLimit, TokenRecord
+from ccserver.model import (
+    EMPTY,
+    Client,
+    InitialAccessToken,
+    StoredKey,
+    TokenRateLimit,
+    TokenRecord,
+)
+from ccserver.stores import codec as codec_module
 from ccserver.stores.codec import (
     CLIENTS,
     CODECS,
     INT,
     KEYS,
+    SCOPE_CACHE_TEXT,
     TEXT,
     TOKENS,
     Codec,
@@ -226,6 +235,63 @@ class RoundTripTests(SynchronousTestCase):
         token = evolve(LEGACY_TOKEN, claims={"when": object()})
         self.assertRaises(TypeError, TOKENS.to_row, token)
         self.assertRaises(TypeError, TOKENS.to_json, token)
+
+
+class SharedValueTests(SynchronousTestCase):
+    """
+    A token read back shares its immutable values with the tokens read
+    before it, where it can: the set of a scope text, and the empty
+    mapping of claims that are C{"{}"}.
+    """
+
+    def test_scope_set_shared(self) -> None:
+        first = TOKENS.from_row(TOKENS.to_row(LEGACY_TOKEN))
+        second = TOKENS.from_tuple(TOKENS.to_tuple(LEGACY_TOKEN))
+        self.assertEqual(first.scope, LEGACY_TOKEN.scope)
+        self.assertIs(first.scope, second.scope)
+
+    def test_long_scope_not_kept(self) -> None:
+        """
+        A scope text longer than L{SCOPE_CACHE_TEXT} is split for each
+        record: the cache holds short texts only, and at most 1,024 of
+        them.
+        """
+        scope = frozenset(f"scope-{i}" for i in range(SCOPE_CACHE_TEXT // 8))
+        token = evolve(LEGACY_TOKEN, scope=scope)
+        self.assertGreater(len(TOKENS.to_row(token)[2]), SCOPE_CACHE_TEXT)
+        first = TOKENS.from_row(TOKENS.to_row(token))
+        second = TOKENS.from_row(TOKENS.to_row(token))
+        self.assertEqual(first.scope, scope)
+        self.assertEqual(second.scope, scope)
+        self.assertIsNot(first.scope, second.scope)
+        self.assertEqual(codec_module._cached_scope.cache_info().maxsize, 1024)
+
+    def test_empty_claims_not_parsed(self) -> None:
+        def refuse(text: str) -> Any:
+            raise AssertionError(f"parsed {text!r}")
+
+        token = evolve(LEGACY_TOKEN, claims={})
+        row = TOKENS.to_row(token)
+        self.assertEqual(row[TOKENS.position("claims")], "{}")
+        self.patch(codec_module, "_json_value", refuse)
+        got = TOKENS.from_row(row)
+        self.assertIs(got.claims, EMPTY)
+        self.assertIs(TOKENS.from_tuple(TOKENS.to_tuple(token)).claims, EMPTY)
+        self.assertEqual(got, token)
+
+    def test_claims_not_shared_with_their_source(self) -> None:
+        """
+        A record's claims are its own read-only copy: the mapping it was
+        made from may change, and it does not.
+        """
+        source: dict[str, Any] = {}
+        token = evolve(LEGACY_TOKEN, claims=source)
+        source["later"] = 1
+        self.assertEqual(dict(token.claims), {})
+        source = {"tenant": "a"}
+        token = evolve(LEGACY_TOKEN, claims=source)
+        source["tenant"] = "b"
+        self.assertEqual(token.claims["tenant"], "a")
 
 
 class LegacyFormatTests(SynchronousTestCase):

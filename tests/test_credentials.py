@@ -58,3 +58,48 @@ class OpaqueTokenTests(SynchronousTestCase):
             "a.b.c",
         ]:
             self.assertEqual(credentials.opaque_token_key(text), credentials.digest(text))
+
+
+class SecretCheckTests(SynchronousTestCase):
+    """
+    L{credentials.check} and L{credentials.matches}: a secret against
+    expected digests, in constant time.
+    """
+
+    def test_check(self) -> None:
+        secret = credentials.new_secret()
+        self.assertTrue(credentials.check(secret, credentials.digest(secret)))
+        self.assertFalse(credentials.check(secret, credentials.digest(secret + "x")))
+        self.assertFalse(credentials.check(secret, None))
+
+    def test_matches_each(self) -> None:
+        secret = credentials.new_secret()
+        right, wrong = credentials.digest(secret), credentials.digest("other")
+        self.assertEqual(
+            credentials.matches(secret, (right, wrong, None)), (True, False, False)
+        )
+        self.assertEqual(credentials.matches(secret, (None, right)), (False, True))
+
+    def test_stand_in_matches_nothing(self) -> None:
+        """
+        None is compared against a stand-in digest, which no secret has,
+        not even one whose digest the stand-in would be if it were one.
+        """
+        self.assertEqual(credentials.matches("", (None,)), (False,))
+
+    def test_digested_once(self) -> None:
+        """
+        The secret is digested once however many digests it is compared
+        with (a client after a rotation has two; the registration endpoint
+        compares a token with the client's and the master's).
+        """
+        calls: list[str] = []
+        digest = credentials.digest
+
+        def counting(secret: str) -> str:
+            calls.append(secret)
+            return digest(secret)
+
+        self.patch(credentials, "digest", counting)
+        credentials.matches("s3cret", (None, "a" * 64, "b" * 64))
+        self.assertEqual(calls, ["s3cret"])

@@ -260,8 +260,9 @@ async def authenticate(
     client = await store.get_client(presented.client_id) if presented.client_id else None
     expected = client.client_secret_digest if client else None
     previous = client.previous_secret_digest_at(now()) if client else None
-    matches_current = credentials.check(presented.client_secret, expected)
-    matches_previous = credentials.check(presented.client_secret, previous)
+    matches_current, matches_previous = credentials.matches(
+        presented.client_secret, (expected, previous)
+    )
     if not (matches_current or matches_previous) or client is None:
         raise invalid_client()
     allowed = client.token_endpoint_auth_methods

@@ -1148,8 +1148,9 @@ class ClientRegistry:
         expected = client.registration_access_token_digest if client and own else None
         # Both digests are always compared, in constant time: which one
         # matched must not show in the time taken.
-        is_client = credentials.check(token, expected)
-        is_master = credentials.check(token, self._master_token_digest if master else None)
+        is_client, is_master = credentials.matches(
+            token, (expected, self._master_token_digest if master else None)
+        )
         if client is not None and (is_client or is_master):
             return client, is_master
         if is_master:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any, Generic, TypeVar
 
 import attrs
@@ -51,6 +52,7 @@ from ccserver.model import (
     StoredKey,
     TokenRateLimit,
     TokenRecord,
+    scope_values,
     token_rate_limit,
 )
 
@@ -82,6 +84,28 @@ def _scope_text(scope: frozenset[str]) -> str:
     # RFC 6749 §3.3: space-delimited; sorted, so that equal scopes are
     # equal text
     return " ".join(sorted(scope))
+
+
+#: The longest stored scope text whose set is kept for the next record
+#: (L{_scope_of_text}).
+SCOPE_CACHE_TEXT = 512
+
+
+@lru_cache(maxsize=1024)
+def _cached_scope(text: str) -> frozenset[str]:
+    return scope_values(text)
+
+
+def _scope_of_text(text: str) -> frozenset[str]:
+    # Every token of a client, and mostly of a deployment, has one of a
+    # few scopes: the set of each (immutable, so shared) is made once, not
+    # split again for every record read.  Bounded in count and length.
+    return _cached_scope(text) if len(text) <= SCOPE_CACHE_TEXT else scope_values(text)
+
+
+def _object_of_text(text: str) -> Any:
+    # most records' claims are "{}": the shared empty mapping, unparsed
+    return EMPTY if text == "{}" else _json_value(text)
 
 
 def _object_text(mapping: Mapping[str, Any]) -> str:
@@ -163,7 +187,7 @@ OPTIONAL_TEXT = Kind("optional text", None, _optional_text, None, _optional_text
 BOOL = Kind("bool", int, bool, None, bool, kept=True)
 #: A set of scope values: space-separated text in a row (the model splits
 #: it), a sorted JSON array in a JSON object.
-SCOPE = Kind("scope", _scope_text, str, sorted, None, kept=False)
+SCOPE = Kind("scope", _scope_text, _scope_of_text, sorted, None, kept=False)
 #: A tuple of strings: JSON array text in a row, a JSON array in a JSON
 #: object, itself in the memory tuple.
 STRINGS = Kind("strings", _json_text, _json_value, list, None, kept=True)
@@ -173,7 +197,7 @@ OPTIONAL_STRINGS = Kind(
     "optional strings", _optional_json_text, _optional_json_value, _optional_list, None, kept=True
 )
 #: A JSON object (metadata, claims): its text in a row, itself in a JSON object.
-OBJECT = Kind("object", _object_text, _json_value, dict, None, kept=False)
+OBJECT = Kind("object", _object_text, _object_of_text, dict, None, kept=False)
 #: A JSON object that is mostly empty: NULL (JSON null) when it is.
 OPTIONAL_OBJECT = Kind(
     "optional object",
