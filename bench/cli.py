@@ -143,6 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "issuance (writes where the purge deletes) or introspection [issue]")
     parser.add_argument("--purge-quiet-seconds", type=int, default=60, metavar="S",
                         help="seconds of quiet windows measured before the fill's tokens expire [60]")
+    parser.add_argument("--purge-after-seconds", type=int, default=purge.AFTER_WINDOWS * purge.WINDOW,
+                        metavar="S", help="seconds of windows measured after the purge has ended "
+                        f"(not judged; their largest p99 is in the note) [{purge.AFTER_WINDOWS * purge.WINDOW}]")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="also run py-spy on ccserver (first case) and write its raw profile here")
     parser.add_argument("--profile-load", choices=("token", "introspect"), default="token",
@@ -179,6 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--introspection-workers and --growth-workers must be positive")
     if args.purge_quiet_seconds < purge.WINDOW:
         parser.error(f"--purge-quiet-seconds must be at least one window ({purge.WINDOW} s)")
+    if args.purge_after_seconds < purge.WINDOW:
+        parser.error(f"--purge-after-seconds must be at least one window ({purge.WINDOW} s)")
     if args.population_tokens < 0 or args.sqlite_population_tokens < 0:
         parser.error("--population-tokens and --sqlite-population-tokens must be 0 or more")
     return args

@@ -23,6 +23,7 @@ invalid: said, never printed as figures.
 from __future__ import annotations
 
 import base64
+import math
 import statistics
 import time
 from typing import Any
@@ -196,7 +197,9 @@ def measure_purge(bench: Any, store: str, server: CCServer, url: str, count: int
     try:
         watch.start()
         windows, limit_hit = purge.measure(bench.runner, server, load, watch, expires_at,
-                                           args.purge_quiet_seconds, limit, say)
+                                           args.purge_quiet_seconds,
+                                           limit + args.purge_after_seconds, say,
+                                           math.ceil(args.purge_after_seconds / purge.WINDOW))
     finally:
         watch.stop()
         close()
@@ -208,9 +211,17 @@ def measure_purge(bench: Any, store: str, server: CCServer, url: str, count: int
     what = purge.describe(watch.progress, limit_hit)
     figures = (f"p99 quiet {verdict.quiet_p99:.1f} ms (median of {counts[purge.QUIET]})"
                if verdict.quiet_p99 is not None else "no quiet window")
+    if verdict.quiet_max is not None and verdict.quiet_p99:
+        figures += (f", the quiet windows' largest {verdict.quiet_max:.1f} ms "
+                    f"({verdict.quiet_max / verdict.quiet_p99:.2f}x their median)")
     if verdict.during_max is not None and verdict.during_median is not None:
         figures += (f", during the purge {verdict.during_max:.1f} ms max, {verdict.during_median:.1f} "
                     f"median ({plural(counts[purge.DURING])})")
+        if verdict.quiet_p99:
+            figures += f" (the largest {verdict.during_max / verdict.quiet_p99:.2f}x the quiet median)"
+    if verdict.quiet_pooled is not None and verdict.during_pooled is not None:
+        figures += (f"; every answer: p99 quiet {verdict.quiet_pooled:.1f} ms, during the purge "
+                    f"{verdict.during_pooled:.1f} ms")
     ratio = f": {judged:.2f}x (target <= {PURGE_P99_TARGET:g}x)" if judged is not None else ""
     if verdict.after_max is not None:
         ratio += f"; after it {verdict.after_max:.1f} ms max ({plural(counts[purge.AFTER])})"

@@ -17,8 +17,12 @@ many rows or keys have gone.
 
 Each window is quiet (it ended before the purge began), during (it
 overlapped the purge) or after.  The row (judge "purge p99" of
-L{bench.report.Row}): the largest p99 of a window during the purge over
-the median p99 of the quiet windows, at most C{PURGE_P99_TARGET}.
+L{bench.report.Row}): the p99 of every answer during the purge over the
+p99 of every quiet answer (each phase's windows pooled: their latency
+histograms added, L{bench.histogram}), at most C{PURGE_P99_TARGET}.  The
+note gives the windows too: the largest p99 of a window during the purge,
+and the largest of a quiet window against their median, which says how far
+one window strays with no purge at all.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import cpu, populate
+from bench.histogram import pooled_p99_ms
 from bench.rounds import Round
 
 #: Tokens a second each store's fill made on this machine (1,000,000
@@ -186,13 +191,22 @@ class Verdict:
     during_median: float | None
     #: the largest p99 of the windows after the purge (not judged)
     after_max: float | None = None
+    #: the largest p99 of the quiet windows: how far one window strays from
+    #: their median with no purge at all (the control)
+    quiet_max: float | None = None
+    #: the p99 of every quiet answer, and of every answer during the purge
+    #: (the windows pooled; None for rounds without histograms): the ratio
+    #: judged
+    quiet_pooled: float | None = None
+    during_pooled: float | None = None
 
 
 def verdict(windows: list[tuple[str, Window]]) -> Verdict:
     """
-    The row's figures from the windows and their phases: the median quiet
-    p99, the largest and the median p99 during the purge (their ratio is
-    judged), the largest after it.
+    The row's figures from the windows and their phases: the median and
+    the largest quiet p99, the largest and the median p99 during the
+    purge, the largest after it, and the p99 of every answer of each of
+    the first two phases (their ratio is judged).
     """
     quiet = [w.round.p99_ms for p, w in windows if p == QUIET]
     during = [w.round.p99_ms for p, w in windows if p == DURING]
@@ -202,6 +216,9 @@ def verdict(windows: list[tuple[str, Window]]) -> Verdict:
         max(during) if during else None,
         statistics.median(during) if during else None,
         max(after) if after else None,
+        max(quiet) if quiet else None,
+        pooled_p99_ms(w.round.raw for p, w in windows if p == QUIET) if quiet else None,
+        pooled_p99_ms(w.round.raw for p, w in windows if p == DURING) if during else None,
     )
 
 
@@ -322,11 +339,14 @@ def mean_cores(windows: list[tuple[str, Window]], which: str) -> str | None:
 
 
 def measure(runner: Any, server: Any, load: Any, watch: Watch, expires_at: int, quiet_seconds: float,
-            limit: float, say: Callable[[str], None]) -> tuple[list[tuple[str, Window]], bool]:
+            limit: float, say: Callable[[str], None],
+            after_windows: int = AFTER_WINDOWS) -> tuple[list[tuple[str, Window]], bool]:
     """
     Drive C{server} with C{load} (paced) in L{WINDOW}-second runs, after
-    one to warm up, from C{quiet_seconds} before C{expires_at} until L{AFTER_WINDOWS} windows
-    after the purge C{watch} follows has ended, or C{limit} seconds after the
+    one to warm up, from C{quiet_seconds} before C{expires_at} until
+    C{after_windows} windows after the purge C{watch} follows has ended
+    (what the store does after a purge shows in them: PostgreSQL's
+    autovacuum of the rows it deleted), or C{limit} seconds after the
     expiry: each window with its phase, and whether the limit ended it.
     """
     wait = expires_at - quiet_seconds - WINDOW - time.time()
@@ -351,7 +371,7 @@ def measure(runner: Any, server: Any, load: Any, watch: Watch, expires_at: int, 
             f"  p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:7.2f} ms"
             f"  gone {progress.deleted:,} of {progress.count:,}  (expiry{started - expires_at:+.0f} s)"
             f"  {cores(windows[-1])}")
-        if sum(1 for w in windows if phase(w, progress) == AFTER) >= AFTER_WINDOWS:
+        if sum(1 for w in windows if phase(w, progress) == AFTER) >= after_windows:
             break
         if watch.error is not None or time.time() > expires_at + limit:
             return [(phase(w, watch.progress), w) for w in windows], True

@@ -19,7 +19,10 @@ local result = {}
 -- time, and the answers are matched to the due times in order (one
 -- request in flight per connection, answered about in the order sent).
 -- done() then adds paced_p50_us, paced_p90_us, paced_p99_us and
--- paced_max_us to the BENCH_RESULT line.  A script paces only if it sets
+-- paced_max_us to the BENCH_RESULT line, and paced_hist: every latency
+-- counted in buckets of a 200th of e (about half a percent wide), as
+-- [bucket, count] pairs, bucket = floor(ln(us) * 200), so that the rounds of
+-- a phase can be pooled into one distribution (bench/histogram.py).  A script paces only if it sets
 -- `delay = result.delay` when result.paced (wrk checks for delay() once, at
 -- load: a closed-loop run must not have one).
 local rate = tonumber(os.getenv("BENCH_RATE") or "")
@@ -98,8 +101,22 @@ local function paced_figures(threads)
    local function at(q)
       return all[math.max(1, math.ceil(q * #all))]
    end
-   return string.format('"paced_p50_us":%d,"paced_p90_us":%d,"paced_p99_us":%d,"paced_max_us":%d,',
-      at(0.50), at(0.90), at(0.99), all[#all])
+   -- sorted, so each bucket's values are together
+   local pairs_, bucket, count = {}, nil, 0
+   for _, v in ipairs(all) do
+      local b = math.floor(math.log(math.max(v, 1)) * 200)
+      if b ~= bucket then
+         if bucket then
+            pairs_[#pairs_ + 1] = string.format("[%d,%d]", bucket, count)
+         end
+         bucket, count = b, 0
+      end
+      count = count + 1
+   end
+   pairs_[#pairs_ + 1] = string.format("[%d,%d]", bucket, count)
+   return string.format('"paced_p50_us":%d,"paced_p90_us":%d,"paced_p99_us":%d,"paced_max_us":%d,' ..
+      '"paced_hist":[%s],',
+      at(0.50), at(0.90), at(0.99), all[#all], table.concat(pairs_, ","))
 end
 
 -- Keeps the first unexpected answer of this thread (its status, and the

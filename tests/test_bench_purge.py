@@ -7,14 +7,20 @@ verdict, the row in the table) and its loop over a runner of our own.
 from __future__ import annotations
 
 import io
+import math
+import os
+import subprocess
+import threading
 import time
 from contextlib import redirect_stdout
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from bench import growth, purge
+from bench import growth, histogram, purge, wrk
 from bench.cases import PURGE_P99_TARGET
 from bench.cli import parse_args
 from bench.report import Row, print_table
@@ -26,6 +32,93 @@ from tests.test_bench import rounds
 def window(started: float, ended: float, p99: float = 10.0) -> purge.Window:
     return purge.Window(started, ended, Round("s", 100.0, 1.0, p99, requests=100, cpu_cores=1.0,
                                                other_cores=0.0))
+
+
+def with_histogram(item: Any, latencies_us: list[int]) -> Any:
+    """
+    C{item} (a window or a round) with its round's C{paced_hist} made from
+    C{latencies_us} as result.lua makes it.
+    """
+    r = item.round if isinstance(item, purge.Window) else item
+    r.raw["paced_hist"] = [list(pair) for pair in sorted(histogram_of(latencies_us).items())]
+    return item
+
+
+def histogram_of(latencies_us: list[int]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for us in latencies_us:
+        bucket = math.floor(math.log(max(us, 1)) * histogram.PER_E)
+        counts[bucket] = counts.get(bucket, 0) + 1
+    return counts
+
+
+class HistogramTests(SynchronousTestCase):
+    def test_percentile(self) -> None:
+        """
+        A percentile is read from the pooled counts as the upper edge of
+        its bucket: at or above the true value, within half a percent.
+        """
+        raws = [{"paced_hist": sorted(histogram_of([100, 200, 300]).items())},
+                {"paced_hist": sorted(histogram_of([400] * 97).items())}]
+        counts = histogram.pooled(raws)
+        assert counts is not None
+        self.assertEqual(sum(counts.values()), 100)
+        for q, true_us in ((0.01, 100), (0.03, 300), (0.99, 400), (1.0, 400)):
+            got = histogram.percentile_ms(counts, q)
+            assert got is not None
+            self.assertGreaterEqual(got * 1000, true_us)
+            self.assertLessEqual(got * 1000, true_us * 1.006)
+
+    def test_result_lua_histogram(self) -> None:
+        """
+        wrk with result.lua, paced (a real wrk against a small HTTP server
+        here): its line's C{paced_hist} counts every paced answer, and the
+        p99 read from it is its own C{paced_p99_us}, to within a bucket.
+        """
+
+        class Active(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # its head and body are two writes: without this, each waits
+            # for the client's delayed acknowledgement
+            disable_nagle_algorithm = True
+
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                self.rfile.read(int(self.headers["Content-Length"]))
+                body = b'{"active":true}'
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Active)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        script = Path(purge.__file__).parent / "introspect.lua"
+        done = subprocess.run(
+            ["wrk", "-t1", "-c2", "-d2s", "-s", str(script),
+             f"http://127.0.0.1:{server.server_address[1]}/token/introspect", "--", "YTpi", "tok"],
+            capture_output=True, text=True, timeout=60, check=True,
+            env={**os.environ, "BENCH_RATE": "300", "BENCH_THREADS": "1"},
+        )
+        raw = wrk.result(done.stdout.splitlines())
+        assert raw is not None, done.stdout
+        counts = histogram.pooled([raw])
+        assert counts is not None
+        self.assertGreater(sum(counts.values()), 200)
+        self.assertLessEqual(sum(counts.values()), raw["requests"])
+        p99 = histogram.percentile_ms(counts, 0.99)
+        assert p99 is not None
+        self.assertGreaterEqual(p99 * 1000, raw["paced_p99_us"])
+        self.assertLessEqual(p99 * 1000, raw["paced_p99_us"] * 1.006 + 1)
+
+    def test_no_histogram(self) -> None:
+        self.assertIsNone(histogram.pooled([{"paced_hist": []}, {}]))
+        self.assertIsNone(histogram.pooled_p99_ms([{}]))
+        self.assertIsNone(histogram.percentile_ms({}, 0.99))
 
 
 class ExpiryTests(SynchronousTestCase):
@@ -111,8 +204,50 @@ class VerdictTests(SynchronousTestCase):
         """
         q, d, a = purge.QUIET, purge.DURING, purge.AFTER
         figures = purge.verdict(self.windows((q, 10), (q, 12), (q, 30), (d, 15), (d, 24), (a, 90), (a, 5)))
-        self.assertEqual(figures, purge.Verdict(12, 24, 19.5, 90))
+        self.assertEqual(figures, purge.Verdict(12, 24, 19.5, 90, quiet_max=30))
         self.assertEqual(purge.verdict(self.windows((d, 5))), purge.Verdict(None, 5, 5, None))
+
+    def test_pooled_figures(self) -> None:
+        """
+        With the rounds' histograms, the p99 of every quiet answer and of
+        every answer during the purge.
+        """
+        q, d = purge.QUIET, purge.DURING
+        windows = [
+            (q, with_histogram(window(0, 1, 10), [1_000] * 99 + [10_000])),
+            (q, with_histogram(window(1, 2, 12), [1_000] * 100)),
+            (d, with_histogram(window(2, 3, 50), [2_000] * 98 + [50_000] * 2)),
+        ]
+        figures = purge.verdict(windows)
+        assert figures.quiet_pooled is not None and figures.during_pooled is not None
+        self.assertLessEqual(abs(figures.quiet_pooled - 1.0), 0.006)
+        self.assertLessEqual(abs(figures.during_pooled - 50.0), 0.3)
+
+    def test_row_pools_the_windows(self) -> None:
+        """
+        With histograms, the row judges the p99 of all the answers during
+        the purge over that of all the quiet ones: one window whose p99 is
+        five times the quiet median, among many that are not, passes; a
+        purge whose slow answers add up to more than a hundredth fails.
+        """
+        quiet = [with_histogram(r, [1_000] * 995 + [5_000] * 5)
+                 for r in rounds("q", *[(1000, 1, 5)] * 4)]
+        one_bad = [with_histogram(r, [1_000] * 995 + [5_000] * 5)
+                   for r in rounds("d", *[(1000, 1, 5)] * 9)]
+        one_bad.append(with_histogram(rounds("d", (1000, 1, 25))[0], [1_000] * 980 + [25_000] * 20))
+        row = Row("g", "c", ours=one_bad, theirs=quiet, target=2.0, judge="purge p99")
+        ratio = row.ratio()
+        assert ratio is not None
+        self.assertLessEqual(abs(ratio - 1.0), 0.01)
+        self.assertEqual(row.verdict(), "PASS")
+        many_bad = [with_histogram(r, [1_000] * 970 + [25_000] * 30)
+                    for r in rounds("d", *[(1000, 1, 25)] * 3)]
+        row = Row("g", "c", ours=many_bad, theirs=quiet, target=2.0, judge="purge p99")
+        self.assertEqual(row.verdict(), "FAIL (p99)")
+        # a round without a histogram: the windows' figures, as before
+        row = Row("g", "c", ours=one_bad + rounds("d", (1000, 1, 25)), theirs=quiet, target=2.0,
+                  judge="purge p99")
+        self.assertEqual(row.ratio(), 25 / 5)
 
     def test_describe(self) -> None:
         progress = purge.Progress(1000, [(10, 0), (12, 500), (14, 1000)])
@@ -210,6 +345,20 @@ class MeasureTests(SynchronousTestCase):
         # who used the CPU in each window, and how long tasks waited for one
         self.assertRegex(said[1], r"cpu: server 1\.00 store 0\.00 other 0\.00(, waiting \d+%)?$")
 
+    def test_windows_after_the_purge(self) -> None:
+        """
+        C{after_windows} windows after the purge (C{--purge-after-seconds}),
+        to see what the store does once it has ended.
+        """
+        watch = self.watch()
+        runner = Runner(watch.progress, [0, 0, 0, 100])
+        load = Load(purge.__file__, "/token", []).paced(250)  # type: ignore[arg-type]
+        phased, limit_hit = purge.measure(runner, object(), load, watch, int(time.time()), 10, 60,
+                                          lambda line: None, after_windows=5)
+        self.assertFalse(limit_hit)
+        self.assertEqual([p for p, _ in phased],
+                         [purge.QUIET, purge.DURING, purge.DURING] + [purge.AFTER] * 5)
+
     def test_time_limit(self) -> None:
         """
         A purge that does not end stops the windows at the limit.
@@ -272,3 +421,7 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual((args.purge, args.purge_load, args.purge_quiet_seconds), (False, "introspect", 20))
         with redirect_stdout(io.StringIO()), self.assertRaises(SystemExit):
             parse_args(["--purge-quiet-seconds", "4"])
+        self.assertEqual(parse_args([]).purge_after_seconds, 10)
+        self.assertEqual(parse_args(["--purge-after-seconds", "600"]).purge_after_seconds, 600)
+        with redirect_stdout(io.StringIO()), self.assertRaises(SystemExit):
+            parse_args(["--purge-after-seconds", "4"])

@@ -166,6 +166,24 @@ class MigrationFileTests(SynchronousTestCase):
             ),
         )
 
+    def test_dialect_of_file(self) -> None:
+        """
+        A migration named for one dialect (C{NNNN_name.postgresql.sql})
+        says so; one named for an unknown dialect is not a migration.
+        """
+        folder = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, folder)
+        (folder / "0001_a.sql").write_text("CREATE TABLE a (x INTEGER);\n")
+        (folder / "0002_b.postgresql.sql").write_text("ALTER TABLE a SET (fillfactor = 90);\n")
+        (folder / "0003_c.sqlite.sql").write_text("CREATE TABLE c (x INTEGER);\n")
+        self.assertEqual(
+            [(m.name, m.dialect) for m in load_migrations(folder)],
+            [("0001_a.sql", None), ("0002_b.postgresql.sql", "postgresql"),
+             ("0003_c.sqlite.sql", "sqlite")],
+        )
+        (folder / "0004_d.mysql.sql").write_text("CREATE TABLE d (x INTEGER);\n")
+        self.assertEqual(len(load_migrations(folder)), 3)
+
     def test_gap_in_numbers(self) -> None:
         folder = Path(tempfile.mkdtemp())
         self.addCleanup(shutil.rmtree, folder)
@@ -333,6 +351,31 @@ class MigrationTestsMixin(_TestCase):
     def table_exists(self, name: str) -> bool:
         raise NotImplementedError()
 
+    #: this test case's dialect, and another
+    dialect = ""
+    other_dialect = ""
+
+    async def test_migration_of_another_dialect(self) -> None:
+        """
+        A migration for another dialect is recorded and changes nothing
+        (its statements are not even run); one for this dialect is run.
+        """
+        self.by_hand(VERSION_1)
+        migrations = self.migrations_with(
+            f"{TEST_VERSION:04d}_other.{self.other_dialect}.sql", "NOT SQL AT ALL;\n"
+        )
+        await (await self.open(migrations)).close()
+        self.assertEqual(self.versions(), list(range(1, TEST_VERSION + 1)))
+
+    async def test_migration_of_this_dialect(self) -> None:
+        self.by_hand(VERSION_1)
+        migrations = self.migrations_with(
+            f"{TEST_VERSION:04d}_own.{self.dialect}.sql", "CREATE TABLE extra (x INTEGER);\n"
+        )
+        await (await self.open(migrations)).close()
+        self.assertEqual(self.versions(), list(range(1, TEST_VERSION + 1)))
+        self.assertTrue(self.table_exists("extra"))
+
     async def test_newer_database_refused(self) -> None:
         self.by_hand(
             [*VERSION_1, "INSERT INTO schema_version (version, applied_at) VALUES (99, 0)"]
@@ -368,6 +411,7 @@ class MigrationTestsMixin(_TestCase):
 
 class SQLiteMigrationTests(MigrationTestsMixin, TestCase):
     timeout = 60
+    dialect, other_dialect = "sqlite", "postgresql"
 
     def setUp(self) -> None:
         folder = tempfile.mkdtemp(prefix="ccserver-sqlite-")
@@ -399,6 +443,7 @@ class SQLiteMigrationTests(MigrationTestsMixin, TestCase):
 
 class PostgreSQLMigrationTests(MigrationTestsMixin, TestCase):
     timeout = 60
+    dialect, other_dialect = "postgresql", "sqlite"
 
     def setUp(self) -> None:
         server = postgres_server()
@@ -417,6 +462,20 @@ class PostgreSQLMigrationTests(MigrationTestsMixin, TestCase):
 
     def table_exists(self, name: str) -> bool:
         return bool(self.query(f"SELECT to_regclass('{name}')")[0][0])
+
+    async def test_tokens_vacuumed_gently(self) -> None:
+        """
+        Version 16: autovacuum walks access_tokens at a tenth of the
+        default pace (what follows a purge of millions of rows); the other
+        tables keep PostgreSQL's.
+        """
+        await (await self.open()).close()
+        options = dict(self.query(
+            "SELECT relname, reloptions FROM pg_class WHERE relname IN ('access_tokens', 'clients')"
+        ))
+        self.assertEqual(options, {
+            "access_tokens": ["autovacuum_vacuum_cost_delay=20"], "clients": None,
+        })
 
 
 #: Registers clients, then SIGKILLs itself: nothing gets to flush or close.

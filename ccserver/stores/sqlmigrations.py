@@ -1,7 +1,10 @@
 """
 The SQL schema's versions: migration files in C{ccserver/stores/schema/}
 (C{NNNN_name.sql}), applied in order when a store opens, each in its own
-transaction with its row in C{schema_version}.
+transaction with its row in C{schema_version}.  A file named for one
+dialect (C{NNNN_name.postgresql.sql}) changes only that dialect's
+databases; the others record its version and change nothing, so that
+every database has every version.
 
 Opening a database that is up to date takes no lock; otherwise each step
 holds a lock (PostgreSQL: an advisory lock in the transaction; SQLite:
@@ -28,7 +31,7 @@ from ccserver.stores.sqldialects import Dialect
 #: large table is slow, but not forever.
 MIGRATION_TIMEOUT = 600.0
 
-_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+(?:\.(postgresql|sqlite))?\.sql$")
 
 
 @frozen
@@ -40,6 +43,8 @@ class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    #: the one dialect whose databases it changes, or None for all
+    dialect: str | None = None
 
 
 def split_statements(script: str) -> tuple[str, ...]:
@@ -68,6 +73,7 @@ def load_migrations(folder: Traversable | None = None) -> tuple[Migration, ...]:
                     int(match.group(1)),
                     entry.name,
                     split_statements(entry.read_text(encoding="utf-8")),
+                    match.group(2),
                 )
             )
     found.sort(key=lambda m: m.version)
@@ -142,8 +148,9 @@ class Schema:
             if not pending:
                 return None
             migration = pending[0]
-            for statement in migration.statements:
-                cursor.execute(statement)
+            if migration.dialect in (None, self.dialect.name):
+                for statement in migration.statements:
+                    cursor.execute(statement)
             cursor.execute(t(RECORD_VERSION), (migration.version, int(time.time())))
             return migration.version
         finally:

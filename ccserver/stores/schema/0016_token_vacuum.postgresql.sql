@@ -1,0 +1,18 @@
+-- ccserver schema, version 16, PostgreSQL only (SQLite has no autovacuum:
+-- its databases record the version and change nothing).
+--
+-- Autovacuum of access_tokens at a tenth of PostgreSQL's default pace.
+--
+-- When a busy hour's tokens expire together, the purge deletes millions of
+-- rows, and autovacuum follows: it walks the whole table and each of its
+-- three indexes.  At the default pace that walk took a fifth of a core for
+-- minutes, and the requests that waited for a core meanwhile raised the
+-- p99 of the windows it ran in several times over (bench/README.md, run L).
+-- Ten times the default cost delay spreads the same work over ten times as
+-- long, at a share of a core no request notices; the dead rows wait
+-- meanwhile, and their space is reused once it ends.  Only this table:
+-- the others are small.
+--
+-- An operator may set other values, or PostgreSQL's own again:
+--   ALTER TABLE access_tokens RESET (autovacuum_vacuum_cost_delay);
+ALTER TABLE access_tokens SET (autovacuum_vacuum_cost_delay = 20);
