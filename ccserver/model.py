@@ -359,6 +359,8 @@ class WorkloadIdentity:
     issuer: str
     subject: str
     claims: Mapping[str, Any] = field(factory=dict, converter=_readonly)
+
+
 @frozen
 class Client:
     """
