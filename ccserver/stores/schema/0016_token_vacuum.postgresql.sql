@@ -5,9 +5,11 @@
 --
 -- When a busy hour's tokens expire together, the purge deletes millions of
 -- rows, and autovacuum follows: it walks the whole table and each of its
--- three indexes.  At the default pace that walk took a fifth of a core for
--- minutes, and the requests that waited for a core meanwhile raised the
--- p99 of the windows it ran in several times over (bench/README.md, run L).
+-- three indexes (after millions of inserts it walks the table too).  At
+-- the default pace that walk took up to a fifth of a core while it ran,
+-- and on a machine whose cores the server shares, the requests that waited
+-- for a core meanwhile raised the p99 of the windows it ran in several
+-- times over (bench/README.md, run L).
 -- Ten times the default cost delay spreads the same work over ten times as
 -- long, at a share of a core no request notices; the dead rows wait
 -- meanwhile, and their space is reused once it ends.  Only this table:
