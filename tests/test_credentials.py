@@ -82,8 +82,9 @@ class SecretCheckTests(SynchronousTestCase):
 
     def test_stand_in_matches_nothing(self) -> None:
         """
-        None is compared against a stand-in digest, which no secret has,
-        not even one whose digest the stand-in would be if it were one.
+        None (no digest expected) never matches: the secret is compared
+        with a stand-in digest, for the same work, and the answer is false
+        whatever that comparison says.
         """
         self.assertEqual(credentials.matches("", (None,)), (False,))
 

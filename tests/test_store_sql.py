@@ -357,8 +357,8 @@ class MigrationTestsMixin(_TestCase):
 
     async def test_migration_of_another_dialect(self) -> None:
         """
-        A migration for another dialect is recorded and changes nothing
-        (its statements are not even run); one for this dialect is run.
+        A migration for another dialect is recorded and changes nothing:
+        its statements are not even run.
         """
         self.by_hand(VERSION_1)
         migrations = self.migrations_with(
@@ -368,6 +368,9 @@ class MigrationTestsMixin(_TestCase):
         self.assertEqual(self.versions(), list(range(1, TEST_VERSION + 1)))
 
     async def test_migration_of_this_dialect(self) -> None:
+        """
+        A migration for this store's dialect is run as any other.
+        """
         self.by_hand(VERSION_1)
         migrations = self.migrations_with(
             f"{TEST_VERSION:04d}_own.{self.dialect}.sql", "CREATE TABLE extra (x INTEGER);\n"
