@@ -80,17 +80,17 @@ def opaque_token_key(token: str) -> str:
 
 def check(secret: str, expected_digest: str | None) -> bool:
     """
-    Whether C{secret} has the digest C{expected_digest}, in constant time.
-    With no expected digest the same work is done and the answer is False.
+    Whether C{secret} has the digest C{expected_digest}, in constant time
+    (L{matches} of one digest).  With no expected digest the same work is
+    done and the answer is False.
     """
-    matched = hmac.compare_digest(digest(secret), expected_digest or _NO_DIGEST)
-    return matched and expected_digest is not None
+    return matches(secret, (expected_digest,))[0]
 
 
 def matches(secret: str, expected_digests: Sequence[str | None]) -> tuple[bool, ...]:
     """
-    Whether C{secret} has each of C{expected_digests}, as L{check} says of
-    one: the secret digested once, every digest compared in constant time
+    Whether C{secret} has each of C{expected_digests}: the secret digested
+    once, every digest compared in constant time
     (None against the stand-in), so that the time taken shows neither
     which matched nor which was None.
     """
