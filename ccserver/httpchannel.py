@@ -159,6 +159,10 @@ class CCServerChannel(http.HTTPChannel):
     _head_size = 0
     #: The connection's local address, asked of the socket once.
     _host: Any = None
+    #: The idle timer (L{setTimeout}), made once for the connection, and
+    #: whether it is on: off, it does nothing when it fires.
+    _idle: IDelayedCall | None = None
+    _idle_on = False
     #: What the head being read says of its framing: the request line's
     #: HTTP version, its Host values, whether it has Transfer-Encoding.
     _request_version = b""
@@ -439,6 +443,45 @@ class CCServerChannel(http.HTTPChannel):
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel_deadline()
         super().connectionLost(reason)
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def setTimeout(self, period: int | None) -> int | None:
+        """
+        L{TimeoutMixin.setTimeout}: the idle timeout becomes C{period}
+        seconds from now, or with None is off; answers the period it had.
+
+        twisted.web turns it off for each request, once its body is in,
+        and on again once its answer is done.  L{TimeoutMixin} cancels its
+        timer and makes a new one each time: a cancellation and a
+        C{callLater} for every request, a share of a small request's cost
+        (bench/README.md, run M).  Here the connection has one timer,
+        reset; off, it does nothing when it fires.
+        """
+        previous, self.timeOut = self.timeOut, period
+        self._idle_on = period is not None
+        if period is not None:
+            call = self._idle
+            if call is not None and call.active():
+                call.reset(period)
+            else:
+                self._idle = self.callLater(period, self._idle_passed)
+        return previous
+
+    def resetTimeout(self) -> None:
+        """
+        L{TimeoutMixin.resetTimeout}: a byte came; the idle timeout, if on,
+        starts again.
+        """
+        call, period = self._idle, self.timeOut
+        if self._idle_on and call is not None and period is not None and call.active():
+            call.reset(period)
+
+    def _idle_passed(self) -> None:
+        self._idle = None
+        if self._idle_on:
+            self.timeoutConnection()
 
     def refuse(self, code: int, description: str) -> None:
         """

@@ -491,6 +491,111 @@ class DeadlineTests(ChannelTestCase):
         self.assertEqual(self.deadlines(c), [])
 
 
+class IdleTimeoutTests(ChannelTestCase):
+    """
+    twisted.web's idle timeout (the site's C{timeOut}, 60 s without a byte
+    between requests, none while a request is with the application), kept
+    on one timer a connection that is reset, not cancelled and made anew
+    for every request (L{CCServerChannel.setTimeout}).
+    """
+
+    def idle_timers(self, c: Connection) -> list[Any]:
+        return [call for call in self.clock.getDelayedCalls() if call.func == c.protocol._idle_passed]
+
+    def test_idle_connection_closed(self) -> None:
+        c = self.connect()
+        c.send(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(59)
+        self.assertFalse(c.closing)
+        self.clock.advance(1)
+        self.assertTrue(c.closing)
+
+    def test_one_timer_for_every_request(self) -> None:
+        """
+        Request after request, the connection's idle timer is the same
+        one, and the only one.
+        """
+        c = self.connect()
+        c.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        [timer] = self.idle_timers(c)
+        for n in range(5):
+            c.send(b"POST /%d HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi" % n)
+            self.assertEqual(self.idle_timers(c), [timer])
+            self.clock.advance(1)
+        self.assertEqual(c.transport.value().count(b"HTTP/1.1 200 "), 6)
+        self.assertFalse(c.closing)
+
+    def test_none_while_answering(self) -> None:
+        """
+        A request longer with the application than the idle timeout is
+        answered; the idle time counts again from its answer.
+        """
+        c = self.connect()
+        c.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(100)
+        self.assertFalse(c.closing)
+        [request] = self.resource.slow
+        request.write(b"done")
+        request.finish()
+        self.assertTrue(c.transport.value().startswith(b"HTTP/1.1 200 "))
+        self.clock.advance(59)
+        self.assertFalse(c.closing)
+        self.clock.advance(1)
+        self.assertTrue(c.closing)
+
+    def test_a_byte_resets_it(self) -> None:
+        """
+        A byte of the next request starts the idle time again (and its
+        head's own deadline).
+        """
+        c = self.connect()
+        c.send(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.clock.advance(55)
+        c.send(b"G")
+        self.clock.advance(9)
+        self.assertFalse(c.closing)
+        c.send(b"ET /two HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(c.transport.value().count(b"HTTP/1.1 200 "), 2)
+
+    def test_cancelled_on_close(self) -> None:
+        c = self.connect()
+        c.send(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(len(self.idle_timers(c)), 1)
+        c.protocol.connectionLost(None)
+        self.assertEqual(self.idle_timers(c), [])
+
+
+class DateHeaderTests(ChannelTestCase):
+    """
+    Every answer has a C{Date} (RFC 9110 §6.6.1) of the site's reactor's
+    time, its text made once a second (L{ccserver.web.http_date}).
+    """
+
+    def date(self, c: Connection, path: bytes) -> bytes:
+        c.transport.clear()
+        answer = c.send(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        [value] = [line[6:] for line in answer.split(b"\r\n") if line.lower().startswith(b"date: ")]
+        return value
+
+    def test_the_clock_time(self) -> None:
+        self.clock.advance(1796420925.75)
+        c = self.connect()
+        self.assertEqual(self.date(c, b"/one"), b"Fri, 04 Dec 2026 21:48:45 GMT")
+        self.assertEqual(self.date(c, b"/two"), b"Fri, 04 Dec 2026 21:48:45 GMT")
+        self.clock.advance(0.25)
+        self.assertEqual(self.date(c, b"/three"), b"Fri, 04 Dec 2026 21:48:46 GMT")
+
+    def test_made_once_a_second(self) -> None:
+        from ccserver import web  # noqa: PLC0415
+
+        web.http_date.cache_clear()
+        self.clock.advance(1796420925)
+        c = self.connect()
+        for n in range(3):
+            self.date(c, b"/%d" % n)
+        self.assertEqual(web.http_date.cache_info().misses, 1)
+
+
 class NormalRequestTests(ChannelTestCase):
     """
     Requests within the limits are served as before: keep-alive,

@@ -450,12 +450,12 @@ class ClientAuthenticator:
             fields.update(client_id=caller.client.client_id, workload=workload_of(caller))
         audit.emit(event_type, actor, source or None, error=code, status=status, **fields)
 
-    async def _limited(
+    def _limited(
         self, key: str, source: str, attempt: Callable[[], Awaitable[T]]
-    ) -> T:
+    ) -> Awaitable[T]:
         if self._limits is None:
-            return await attempt()
-        return await self._limits.client(key, source, attempt)
+            return attempt()
+        return self._limits.client(key, source, attempt)
 
     async def _authenticate(
         self,

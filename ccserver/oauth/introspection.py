@@ -42,7 +42,6 @@ from ccserver.model import (
     ACCESS_TOKEN_TYPE,
     CREDENTIAL_PARAMS,
     EXCHANGED_FROM,
-    Authenticated,
     Client,
     TokenRef,
     VerifiedToken,
@@ -223,15 +222,6 @@ class TokenIntrospection:
         self._limits = limits or AuthLimits(None, now)
         self._verified = VerifiedSignatures()
 
-    async def _caller(
-        self,
-        form: Mapping[str, str],
-        authorization: str | None,
-        certificate: PresentedCertificate | None,
-        source: str,
-    ) -> Authenticated:
-        return await self._authenticator.caller(authorization, form, certificate, source)
-
     @staticmethod
     def _token(form: Mapping[str, str]) -> str:
         token = form.get("token")
@@ -391,7 +381,7 @@ class TokenIntrospection:
         """
         caller = None
         try:
-            caller = await self._caller(form, authorization, certificate, source)
+            caller = await self._authenticator.caller(authorization, form, certificate, source)
             info = await self.lookup(self._token(form))
         except Exception as error:
             self._authenticator.tell_refusal(
@@ -469,7 +459,7 @@ class TokenIntrospection:
                 if info is not None:
                     await self._revoke(info, audit.MASTER_TOKEN, source)
                 return
-            caller = await self._caller(form, authorization, certificate, source)
+            caller = await self._authenticator.caller(authorization, form, certificate, source)
             client_id = caller.client.client_id
             info = await self.lookup(self._token(form))
             if info is None:

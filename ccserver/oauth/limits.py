@@ -86,8 +86,8 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -418,14 +418,16 @@ class AuthLimits:
 
     # the credentials
 
-    async def client(
+    def client(
         self, client_id: str, source: str, attempt: Callable[[], Awaitable[T]]
-    ) -> T:
+    ) -> Coroutine[Any, Any, T]:
         """
         C{attempt}'s result (client authentication), within C{client_id}'s
         budgets from C{source}; an C{invalid_client} failure keeps its slot.
+        (L{_guarded}'s coroutine itself: a coroutine that only awaited it
+        was a layer more on every request.)
         """
-        return await self._guarded(CLIENT, client_id, source, attempt)
+        return self._guarded(CLIENT, client_id, source, attempt)
 
     async def master(self, source: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """
