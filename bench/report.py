@@ -9,6 +9,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from bench.cases import QUIET_SPREAD_LIMIT
 from bench.histogram import pooled_p99_ms
 from bench.output import say
 from bench.rounds import Round
@@ -71,6 +72,16 @@ class Row:
             return None
         return statistics.median(a.per_core / b.per_core for a, b in pairs)
 
+    def quiet_spread(self) -> float | None:
+        """
+        A purge row's control: the quiet windows' largest p99 over their
+        median (None for other rows, or without quiet windows).
+        """
+        if self.judge != "purge p99" or not self.theirs:
+            return None
+        median = med(self.theirs, "p99_ms")
+        return max(r.p99_ms for r in self.theirs) / median if median > 0 else None
+
     def judged_ratio(self) -> float | None:
         return self.per_core_ratio() if self.judge == "per core" else self.ratio()
 
@@ -87,8 +98,12 @@ class Row:
             return "info"
         reasons = []
         if self.judge == "purge p99":
+            spread = self.quiet_spread()
             if ratio > self.target:
                 reasons.append("p99")
+            elif spread is not None and spread > QUIET_SPREAD_LIMIT:
+                return (f"VOID (the quiet windows disturbed: their largest p99 "
+                        f"{spread:.1f}x their median)")
         elif ratio < self.target:
             reasons.append("ratio")
         if self.check_p99 and self.judge != "purge p99" and self.ours and self.theirs:

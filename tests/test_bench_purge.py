@@ -249,6 +249,28 @@ class VerdictTests(SynchronousTestCase):
                   judge="purge p99")
         self.assertEqual(row.ratio(), 25 / 5)
 
+    def test_disturbed_quiet_windows_void_a_pass(self) -> None:
+        """
+        A quiet window far above the others (a stall with no purge at all)
+        raises the baseline and so flatters the ratio: a row within its
+        target is then void, not passed.  A row over its target still
+        fails, and quiet windows that stray within the limit still pass.
+        """
+        calm = [with_histogram(r, [1_000] * 995 + [5_000] * 5)
+                for r in rounds("q", *[(1000, 1, 5)] * 11)]
+        stalled = with_histogram(rounds("q", (1000, 400, 1_600))[0], [400_000] * 500 + [1_600_000] * 500)
+        during = [with_histogram(r, [1_000] * 995 + [9_000] * 5) for r in rounds("d", *[(1000, 1, 9)] * 5)]
+        row = Row("g", "c", ours=during, theirs=[stalled, *calm], target=2.0, judge="purge p99")
+        self.assertEqual(row.quiet_spread(), 1_600 / 5)
+        self.assertEqual(row.verdict(), "VOID (the quiet windows disturbed: their largest p99 320.0x their median)")
+        slow = [with_histogram(r, [1_000] * 900 + [5_000_000] * 100) for r in rounds("d", *[(1000, 1, 5_000)] * 5)]
+        row = Row("g", "c", ours=slow, theirs=[stalled, *calm], target=2.0, judge="purge p99")
+        self.assertEqual(row.verdict(), "FAIL (p99)")
+        within = with_histogram(rounds("q", (1000, 1, 14))[0], [1_000] * 990 + [14_000] * 10)
+        row = Row("g", "c", ours=during, theirs=[within, *calm], target=2.0, judge="purge p99")
+        self.assertEqual(row.verdict(), "PASS")
+        self.assertIsNone(Row("s", "c", ours=during, theirs=calm).quiet_spread())
+
     def test_describe(self) -> None:
         progress = purge.Progress(1000, [(10, 0), (12, 500), (14, 1000)])
         self.assertEqual(purge.describe(progress, False), "purge 1,000 in 4 s (250/s)")
