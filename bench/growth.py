@@ -211,9 +211,10 @@ def measure_purge(bench: Any, store: str, server: CCServer, url: str, count: int
     what = purge.describe(watch.progress, limit_hit)
     figures = (f"p99 quiet {verdict.quiet_p99:.1f} ms (median of {counts[purge.QUIET]})"
                if verdict.quiet_p99 is not None else "no quiet window")
-    if verdict.quiet_max is not None and verdict.quiet_p99:
+    spread = row.quiet_spread()  # the control the row is voided by, printed as judged
+    if verdict.quiet_max is not None and spread is not None:
         figures += (f", the quiet windows' largest {verdict.quiet_max:.1f} ms "
-                    f"({verdict.quiet_max / verdict.quiet_p99:.2f}x their median)")
+                    f"({spread:.2f}x their median)")
     if verdict.during_max is not None and verdict.during_median is not None:
         figures += (f", during the purge {verdict.during_max:.1f} ms max, {verdict.during_median:.1f} "
                     f"median ({plural(counts[purge.DURING])})")
