@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import lru_cache
 from io import BytesIO
 from time import perf_counter
@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 
 from attrs import Factory, define, field
 from klein import Klein
-from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
@@ -31,6 +31,7 @@ from werkzeug.exceptions import HTTPException, NotFound
 
 from ccserver import strictjson
 from ccserver.accesslog import AccessLog, access_line
+from ccserver.coroutines import settle
 from ccserver.errors import (
     OAuthError,
     StoreUnavailable,
@@ -775,20 +776,34 @@ class FormResource(Resource):
     def render(self, request: IRequest) -> int:
         try:
             _allow(request, b"POST")
-            result = self._call(request)
+            call = self._call(request)
         except Exception:
-            result = fail()
-        answered: Deferred[bytes] = result.addCallbacks(
-            self._answer, self._failed, callbackArgs=(request,), errbackArgs=(request,)
-        )
-        answered.addCallback(write_answer, request)
+            self._settled(Failure(), request)
+        else:
+            settle(call, self._settled, request)
         return NOT_DONE_YET
 
-    def _call(self, request: IRequest) -> Deferred[Any]:
+    def _call(self, request: IRequest) -> Coroutine[Any, Any, Any]:
         """
-        The endpoint's one call for C{request}.
+        The endpoint's one call for C{request}: a coroutine, run by
+        L{settle} (at once when it never waits, as on the memory store).
         """
         raise NotImplementedError
+
+    def _settled(self, outcome: Any, request: IRequest) -> None:
+        """
+        Write the answer to what the call returned, or the error it raised
+        (a L{Failure}).  A bug in making the answer is answered as one
+        (500), not left without an answer.
+        """
+        try:
+            if isinstance(outcome, Failure):
+                body = self._failed(outcome, request)
+            else:
+                body = self._answer(outcome, request)
+        except Exception:
+            body = render_failure(request, Failure())
+        write_answer(body, request)
 
     def _answer(self, result: Any, request: IRequest) -> bytes:
         """
@@ -819,19 +834,17 @@ class TokenResource(FormResource):
         super().__init__(metrics, certificates, sources)
         self._grants = grants
 
-    def _call(self, request: IRequest) -> Deferred[IssuedToken]:
+    def _call(self, request: IRequest) -> Coroutine[Any, Any, IssuedToken]:
         form, repeated = parse_form(request)
-        return ensureDeferred(
-            self._grants.token(
-                TokenRequest(
-                    form,
-                    _authorization(request),
-                    repeated.get("resource", ()),
-                    repeated.get("audience", ()),
-                    dpop_headers(request),
-                    client_certificate(self._certificates, request),
-                    self._sources(request),
-                )
+        return self._grants.token(
+            TokenRequest(
+                form,
+                _authorization(request),
+                repeated.get("resource", ()),
+                repeated.get("audience", ()),
+                dpop_headers(request),
+                client_certificate(self._certificates, request),
+                self._sources(request),
             )
         )
 
@@ -864,15 +877,13 @@ class IntrospectionResource(FormResource):
         super().__init__(metrics, certificates, sources)
         self._introspection = introspection
 
-    def _call(self, request: IRequest) -> Deferred[dict[str, Any]]:
+    def _call(self, request: IRequest) -> Coroutine[Any, Any, dict[str, Any]]:
         form, _ = parse_form(request)
-        return ensureDeferred(
-            self._introspection.introspect(
-                form,
-                _authorization(request),
-                client_certificate(self._certificates, request),
-                self._sources(request),
-            )
+        return self._introspection.introspect(
+            form,
+            _authorization(request),
+            client_certificate(self._certificates, request),
+            self._sources(request),
         )
 
     def _answer(self, answer: Mapping[str, Any], request: IRequest) -> bytes:

@@ -38,7 +38,12 @@ class CountingTransport(StringTransport):
         return super().getHost()  # type: ignore[no-any-return]
 
 
-class TokenOnTheWireTests(ServerTestCase):
+class OnTheWire(ServerTestCase):
+    """
+    A registered client's token request, as bytes, and a channel to send
+    it on.
+    """
+
     signing_alg = "ES256"
 
     def setUp(self) -> None:
@@ -59,6 +64,8 @@ class TokenOnTheWireTests(ServerTestCase):
     def tearDown(self) -> None:
         self.channel.connectionLost(None)
 
+
+class TokenOnTheWireTests(OnTheWire):
     def test_content_length_not_chunked(self) -> None:
         """
         The answer has a Content-Length and is not chunked: no last chunk
@@ -153,3 +160,24 @@ class ClientGoneTests(ServerTestCase):
         waiting[0].callback(None)
         self.assertEqual(transport.value(), written)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class AnswerBugTests(OnTheWire):
+    """
+    A bug in making the answer of a hot path (after the call succeeded)
+    is answered as one, a 500 with an OAuth error body, not left without
+    an answer until the connection times out.
+    """
+
+    def test_a_failing_answer_is_a_500(self) -> None:
+        from ccserver import web
+
+        def broken(request: object, token: object) -> bytes:
+            raise RuntimeError("a bug")
+
+        self.patch(web, "_token_answer", broken)
+        self.channel.dataReceived(self.raw)
+        head, body = self.transport.value().split(b"\r\n\r\n", 1)
+        self.assertTrue(head.startswith(b"HTTP/1.1 500 "), head)
+        self.assertEqual(json.loads(body)["error"], "server_error")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -53,6 +53,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
             "ccserver.httpchannel",
             "ccserver.tls",
             "ccserver.tokenjson",
+            "ccserver.coroutines",
             "ccserver.proxies",
             "ccserver.accesslog",
         ),
