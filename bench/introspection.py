@@ -11,17 +11,22 @@ count).
     opaque tokens, same set-up;
   - ccserver's introspection of a JWT (ES256) against that of an opaque
     token;
+  - the HTTP floor (bench/floor.py: ccserver's HTTP layer on twisted.web,
+    answering a constant, no OAuth work) against the opaque introspection,
+    with no target: where the floor is; the row of introspection against
+    issuance says how much the target leaves above it;
   - on each durable store of C{--introspection-stores}, C{--workers 2}:
     introspection of an opaque token against the issuance of opaque tokens
     on the same store.
 
-All of the first three in one alternation; with C{--access-log both} (the
+All of the first four in one alternation; with C{--access-log both} (the
 default) each ccserver runs as configured by default, access log on, and
 a second one with the access log off gives the figure beside it.
 """
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,11 +42,14 @@ from bench.cpu import loadavg
 from bench.errors import MEASUREMENT_ERRORS, NotAvailable
 from bench.output import say
 from bench.report import Row
+from bench.rounds import Round
 from bench.sections import access_log_note
-from bench.servers import CCServer, Peer, Server
+from bench.servers import CCServer, Floor, Peer, Server
 from bench.wrk import Load, introspect_load, token_load
 
 SECTION = "introspection: opaque token, memory store, 1 process each"
+#: the HTTP floor's label (bench/floor.py)
+FLOOR = "HTTP floor"
 STORE_SECTION = "introspection on durable stores: ccserver --workers {workers}, opaque"
 
 
@@ -53,6 +61,22 @@ class Measured:
 
     server: Server
     load: Load
+
+
+def floor_note(introspect: list[Round], issue: list[Round], floor: list[Round], target: float) -> str:
+    """
+    Where the floor is, for the row of introspection against issuance: the
+    server CPU of a request of each (the median of the rounds'), and how
+    much of it the target leaves for all of ccserver's own work above the
+    HTTP floor (bench/floor.py), against what that work costs now.
+    """
+    i, t, f = (1e6 / statistics.median(r.per_core for r in rounds) for rounds in (introspect, issue, floor))
+    allowed = t / target
+    return (
+        f"server CPU a request: issuance {t:.0f} us, introspection {i:.0f} us, HTTP floor {f:.0f} us; "
+        f"at {target:.2f}x an introspection may cost {allowed:.0f} us, which leaves {allowed - f:.0f} us "
+        f"above the floor for ccserver's own work (now {i - f:.0f} us)"
+    )
 
 
 def _token(server: Server) -> str:
@@ -79,6 +103,10 @@ def run_section(bench: Any) -> None:
         "jwt": Row(SECTION, "JWT ES256 vs opaque", ours_label="ccserver introspect jwt",
                    theirs_label="ccserver introspect", ours_column="jwt", theirs_column="opaque",
                    unit="req/s", target=JWT_INTROSPECTION_TARGET, judge="per core", check_p99=False),
+        # no target: where the floor is (bench/floor.py)
+        "floor": Row(SECTION, "HTTP floor vs opaque", ours_label=FLOOR, theirs_label="ccserver introspect",
+                     ours_column="floor", theirs_column="introspect", unit="req/s", judge="per core",
+                     check_p99=False),
     }
     bench.rows.extend(rows.values())
     on = args.access_log != "off"
@@ -91,6 +119,7 @@ def run_section(bench: Any) -> None:
                                           access_log=on), opaque, "issue"),
         ("ccserver introspect jwt", bench.ccserver("ccserver introspect jwt", bench.workdir("intro-jwt"), jwt,
                                                    "memory://", access_log=on), jwt, "introspect"),
+        (FLOOR, Floor(FLOOR, bench.workdir("intro-floor")), opaque, "introspect"),
     ]
     if both:
         for label, _, case, kind in list(plan):
@@ -123,6 +152,10 @@ def run_section(bench: Any) -> None:
                     if row.theirs_label.startswith("ccserver") else row.theirs
                 if off_ours and off_theirs:
                     row.note = access_log_note(off_ours, off_theirs, row.judge)
+        issue, floor = rows["issue"], results.get(FLOOR)
+        if issue.ours and issue.theirs and floor and issue.target is not None:
+            where = floor_note(issue.ours, issue.theirs, floor, issue.target)
+            issue.note = f"{issue.note}; {where}" if issue.note else where
     except MEASUREMENT_ERRORS as e:
         bench.section_error(SECTION, e)
     finally:

@@ -364,3 +364,25 @@ class Peer(Server):
                 raise BenchError(f"{self.label}: not every worker listened within {START_TIMEOUT} s")
             time.sleep(0.05)
 
+
+
+class Floor(Server):
+    """
+    The HTTP floor (bench/floor.py): ccserver's HTTP layer on twisted.web
+    answering constants, no OAuth work.  Its token answer is a constant
+    too; any Basic credentials do.
+    """
+
+    kind = "floor"
+
+    def __init__(self, label: str, workdir: Path) -> None:
+        super().__init__(label, workdir)
+        self.basic = basic("floor", "floor")
+
+    def command(self) -> tuple[list[str], dict[str, str], Path]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        )
+        return [sys.executable, "-m", "bench.floor", "--port", str(self.port)], env, self.workdir
