@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from json.encoder import JSONEncoder
 from json.encoder import encode_basestring_ascii as _string
+from types import MappingProxyType
 from typing import Any
 
 from ccserver.model import IssuedToken
@@ -49,4 +50,46 @@ def introspection_json(answer: Mapping[str, Any]) -> bytes:
     """
     if len(answer) == 1 and answer.get("active") is False:
         return INACTIVE_JSON
-    return _encode(answer).encode("ascii")
+    # the encoder takes a dict, not a read-only view of one
+    return _encode(answer if type(answer) is dict else dict(answer)).encode("ascii")
+
+
+#: The most introspection answers whose JSON is kept (L{RenderedAnswers}).
+RENDERED_ANSWERS = 1024
+
+
+class RenderedAnswers:
+    """
+    The JSON of the read-only introspection answers written last, by the
+    answer itself, at most C{size} of them (the oldest go first).
+
+    Introspection gives the same read-only answer for an opaque token for
+    as long as the store gives the same record of it
+    (L{ccserver.oauth.introspection.RememberedAnswers}), and a resource
+    server asks about the same token on every call it serves: its JSON is
+    made once.  Only a read-only answer (a C{MappingProxyType}, which
+    nothing can change) is kept, and with it the answer itself, so that
+    the identity it is found by is never another's.
+    """
+
+    def __init__(self, size: int = RENDERED_ANSWERS) -> None:
+        self._size = size
+        self._rendered: dict[int, tuple[Mapping[str, Any], bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._rendered)
+
+    def json(self, answer: Mapping[str, Any]) -> bytes:
+        """
+        L{introspection_json} of C{answer}, made once for a read-only one.
+        """
+        found = self._rendered.get(id(answer))
+        if found is not None and found[0] is answer:
+            return found[1]
+        body = introspection_json(answer)
+        if type(answer) is MappingProxyType and self._size > 0:
+            rendered = self._rendered
+            rendered[id(answer)] = (answer, body)
+            while len(rendered) > self._size:
+                del rendered[next(iter(rendered))]
+        return body

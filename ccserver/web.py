@@ -57,7 +57,7 @@ from ccserver.oauth.registration import (
 from ccserver.proxies import Address, Network, hop_address, is_trusted
 from ccserver.text import escape
 from ccserver.tls import ClientCertificateReader
-from ccserver.tokenjson import introspection_json, token_answer_json
+from ccserver.tokenjson import RenderedAnswers, token_answer_json
 from ccserver.tracing import Tracing
 
 #: The largest request body accepted, in bytes; larger ones get 413.
@@ -876,8 +876,9 @@ class IntrospectionResource(FormResource):
     ) -> None:
         super().__init__(metrics, certificates, sources)
         self._introspection = introspection
+        self._rendered = RenderedAnswers()
 
-    def _call(self, request: IRequest) -> Coroutine[Any, Any, dict[str, Any]]:
+    def _call(self, request: IRequest) -> Coroutine[Any, Any, Mapping[str, Any]]:
         form, _ = parse_form(request)
         return self._introspection.introspect(
             form,
@@ -889,7 +890,7 @@ class IntrospectionResource(FormResource):
     def _answer(self, answer: Mapping[str, Any], request: IRequest) -> bytes:
         _no_store(request, 200)
         request.setHeader(b"Content-Type", b"application/json")
-        return introspection_json(answer)
+        return self._rendered.json(answer)
 
 
 class ErrorResource(Resource):

@@ -6,13 +6,17 @@ work (issue 14) changed must not change what a client sees.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from ccserver import tokenjson
 from ccserver.model import IssuedToken
-from ccserver.tokenjson import token_answer_json
+from ccserver.tokenjson import RenderedAnswers, token_answer_json
 from tests.helpers import ServerTestCase, basic
 
 
@@ -181,3 +185,47 @@ class AnswerBugTests(OnTheWire):
         self.assertTrue(head.startswith(b"HTTP/1.1 500 "), head)
         self.assertEqual(json.loads(body)["error"], "server_error")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class RenderedAnswersTests(SynchronousTestCase):
+    """
+    L{RenderedAnswers}: the JSON of a read-only introspection answer made
+    once, of anything else every time.
+    """
+
+    def setUp(self) -> None:
+        self.made = 0
+        render = tokenjson.introspection_json
+
+        def counted(answer: Mapping[str, Any]) -> bytes:
+            self.made += 1
+            return render(answer)
+
+        self.patch(tokenjson, "introspection_json", counted)
+
+    def test_read_only_answer_made_once(self) -> None:
+        answer = MappingProxyType({"sub": "ü \"x\"", "exp": 2, "aud": ["a", "b"], "active": True})
+        rendered = RenderedAnswers()
+        bodies = {rendered.json(answer) for _ in range(3)}
+        self.assertEqual(bodies, {json.dumps(dict(answer), separators=(",", ":")).encode()})
+        self.assertEqual(self.made, 1)
+
+    def test_a_dict_is_made_every_time(self) -> None:
+        """
+        A dict may change after it is written: it is never kept.
+        """
+        answer: dict[str, Any] = {"active": True, "scope": "read"}
+        rendered = RenderedAnswers()
+        self.assertEqual(rendered.json(answer), b'{"active":true,"scope":"read"}')
+        answer["scope"] = "write"
+        self.assertEqual(rendered.json(answer), b'{"active":true,"scope":"write"}')
+        self.assertEqual((self.made, len(rendered)), (2, 0))
+
+    def test_bounded(self) -> None:
+        rendered = RenderedAnswers(size=2)
+        answers = [MappingProxyType({"active": True, "jti": str(n)}) for n in range(3)]
+        for answer in answers:
+            rendered.json(answer)
+        self.assertEqual(len(rendered), 2)
+        rendered.json(answers[0])
+        self.assertEqual(self.made, 4)

@@ -2,7 +2,8 @@
 C{POST /token/introspect} as the plain twisted.web resource
 (L{ccserver.web.IntrospectionResource}): what it answers, byte for byte and
 header by header, for every kind of request, and the JWT signatures it
-remembers (L{ccserver.oauth.introspection.VerifiedSignatures}), which must
+remembers (L{ccserver.oauth.introspection.VerifiedSignatures}) and the
+answers it keeps of opaque tokens (L{RememberedAnswers}), which must
 never make a revoked token, a deleted client's token, an expired one or
 one whose key is gone look active.
 """
@@ -10,6 +11,7 @@ one whose key is gone look active.
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -20,7 +22,9 @@ from twisted.python.failure import Failure
 
 from ccserver import jose
 from ccserver.config import Config
-from ccserver.oauth.introspection import VerifiedSignatures
+from ccserver.model import TokenRecord
+from ccserver.oauth import introspection as introspection_module
+from ccserver.oauth.introspection import RememberedAnswers, TokenInfo, VerifiedSignatures
 from ccserver.web import MAX_BODY
 from tests.helpers import Response, ServerTestCase, TokenLifecycle, basic
 
@@ -256,7 +260,89 @@ class IntrospectionMixin(TokenLifecycle):
 
 
 class OpaqueIntrospectionTests(IntrospectionMixin, ServerTestCase):
-    pass
+    def test_claims_made_once(self) -> None:
+        """
+        An opaque token's claims and answer are made the first time it is
+        introspected, not again while the store gives the same record; the
+        answer is the same, byte for byte.
+        """
+        made = []
+        claims = introspection_module.access_token_claims
+
+        def counted(**kwargs: Any) -> dict[str, Any]:
+            made.append(kwargs["jti"])
+            return claims(**kwargs)
+
+        self.patch(introspection_module, "access_token_claims", counted)
+        token = self.issue(self.alice)
+        bodies = {self.post(f"token={token}".encode(), self.alice).body for _ in range(3)}
+        self.assertEqual(len(made), 1)
+        self.assertEqual(len(bodies), 1)
+        self.assertIs(json.loads(bodies.pop())["active"], True)
+
+    def test_expired_after_remembered(self) -> None:
+        token = self.issue(self.alice)
+        info = self.introspect(token, self.alice)
+        self.clock.advance(info["exp"] - self.clock.seconds() - 1)
+        self.assertIs(self.introspect(token, self.alice)["active"], True)
+        self.clock.advance(1)
+        self.assertEqual(self.introspect(token, self.alice), {"active": False})
+
+    def test_other_client_after_remembered(self) -> None:
+        """
+        What is remembered of a token is its answer, not who may see it.
+        """
+        token = self.issue(self.alice)
+        self.assertIs(self.introspect(token, self.alice)["active"], True)
+        self.assertEqual(self.introspect(token, self.bob), {"active": False})
+
+
+class RememberedAnswersTests(ServerTestCase):
+    def record(self, digest: str = "d1", **changes: Any) -> TokenRecord:
+        fields: dict[str, Any] = {
+            "token_digest": digest,
+            "client_id": "c",
+            "scope": ["read"],
+            "audience": ["https://as"],
+            "issued_at": 1,
+            "expires_at": 2,
+            "jti": "j",
+        }
+        fields.update(changes)
+        return TokenRecord(**fields)
+
+    def test_only_for_the_same_record(self) -> None:
+        """
+        What was made of a record is given back for an equal record (as a
+        store that decodes each time gives it), never for a record that
+        differs in anything, under the same key.
+        """
+        remembered = RememberedAnswers()
+        info = TokenInfo(MappingProxyType({"jti": "j"}), None, "d1")
+        remembered.add(self.record(), info)
+        self.assertIs(remembered.get(self.record()), info)
+        for changes in ({"scope": ["write"]}, {"expires_at": 3}, {"claims": {"x": 1}}, {"jkt": "k"}):
+            with self.subTest(changes=changes):
+                self.assertIsNone(remembered.get(self.record(**changes)))
+
+    def test_bounded(self) -> None:
+        remembered = RememberedAnswers(size=2)
+        for digest in ("d1", "d2", "d3"):
+            remembered.add(self.record(digest), TokenInfo(MappingProxyType({}), None, digest))
+        self.assertEqual(len(remembered), 2)
+        self.assertIsNone(remembered.get(self.record("d1")))
+        self.assertIsNotNone(remembered.get(self.record("d3")))
+
+    def test_off(self) -> None:
+        remembered = RememberedAnswers(size=0)
+        remembered.add(self.record(), TokenInfo(MappingProxyType({}), None, "d1"))
+        self.assertEqual(len(remembered), 0)
+
+    def test_the_answer_is_read_only(self) -> None:
+        info = TokenInfo(MappingProxyType({"jti": "j", "active": False}), None, "d1")
+        self.assertEqual(dict(info.answer), {"jti": "j", "active": True, "token_type": "Bearer"})
+        with self.assertRaises(TypeError):
+            info.answer["active"] = False  # type: ignore[index]
 
 
 class JWTIntrospectionTests(IntrospectionMixin, ServerTestCase):
@@ -339,14 +425,15 @@ class VerifiedSignaturesTests(ServerTestCase):
         """
         remembered = VerifiedSignatures(size=2)
         key = self.keyring.current
-        for token in ("t1", "t2", "t3"):
-            remembered.add(token, key, {"jti": token})
+        infos = {token: TokenInfo(MappingProxyType({"jti": token}), token, None) for token in ("t1", "t2", "t3")}
+        for token, info in infos.items():
+            remembered.add(token, key, info)
         self.assertEqual(len(remembered), 2)
         self.assertIsNone(remembered.get("t1", self.keyring))
-        self.assertEqual(remembered.get("t3", self.keyring), {"jti": "t3"})
+        self.assertIs(remembered.get("t3", self.keyring), infos["t3"])
 
     def test_off(self) -> None:
         remembered = VerifiedSignatures(size=0)
-        remembered.add("t", self.keyring.current, {})
+        remembered.add("t", self.keyring.current, TokenInfo(MappingProxyType({}), "t", None))
         self.assertEqual(len(remembered), 0)
 

@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from attrs import frozen
+from attrs import field, frozen
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
@@ -43,6 +43,7 @@ from ccserver.model import (
     CREDENTIAL_PARAMS,
     EXCHANGED_FROM,
     Client,
+    TokenRecord,
     TokenRef,
     VerifiedToken,
 )
@@ -60,6 +61,9 @@ INACTIVE: dict[str, Any] = {"active": False}
 #: The most JWTs whose verified signature a process remembers
 #: (L{VerifiedSignatures}).
 VERIFIED_SIGNATURES = 4096
+#: The most opaque tokens whose claims and answer a process keeps
+#: (L{RememberedAnswers}).
+REMEMBERED_ANSWERS = 1024
 
 
 async def _both(first: Deferred[A], second: Deferred[B]) -> tuple[A, B]:
@@ -123,7 +127,8 @@ class VerifiedSignatures:
     and an ES256 verification costs more than the rest of an introspection.
 
     Only what cannot change is remembered: that these bytes were signed by
-    that key.  Everything that can change is checked on every
+    that key, and what they say (a L{TokenInfo}: the claims, and the
+    answer introspection makes of them).  Everything that can change is checked on every
     introspection, as for a token seen the first time: that this process
     still knows the key (L{Keyring.verification_key}: a key removed from
     the store is forgotten at the next refresh, and its tokens with it),
@@ -134,32 +139,32 @@ class VerifiedSignatures:
 
     def __init__(self, size: int = VERIFIED_SIGNATURES) -> None:
         self._size = size
-        self._tokens: OrderedDict[str, tuple[SigningKey, Mapping[str, Any]]] = OrderedDict()
+        self._tokens: OrderedDict[str, tuple[SigningKey, TokenInfo]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._tokens)
 
-    def get(self, token: str, keyring: Keyring) -> Mapping[str, Any] | None:
+    def get(self, token: str, keyring: Keyring) -> TokenInfo | None:
         """
-        The claims of C{token} if its signature was verified with a key
+        What C{token} says if its signature was verified with a key
         C{keyring} still holds, else None (and it is forgotten).
         """
         found = self._tokens.get(token)
         if found is None:
             return None
-        key, claims = found
+        key, info = found
         current = keyring.verification_key(key.kid)
         # the same key material: a refresh makes new SigningKeys of the
         # keys it knew, with the same private key object
         if current is None or current.private_key is not key.private_key:
             del self._tokens[token]
             return None
-        return claims
+        return info
 
-    def add(self, token: str, key: SigningKey, claims: Mapping[str, Any]) -> None:
+    def add(self, token: str, key: SigningKey, info: TokenInfo) -> None:
         if self._size <= 0:
             return
-        self._tokens[token] = (key, claims)
+        self._tokens[token] = (key, info)
         while len(self._tokens) > self._size:
             self._tokens.popitem(last=False)
 
@@ -167,10 +172,67 @@ class VerifiedSignatures:
         self._tokens.pop(token, None)
 
 
+class RememberedAnswers:
+    """
+    What introspection made of the opaque tokens it was asked about last:
+    for each, the record the store gave and the L{TokenInfo} made of it
+    (its claims and its answer), at most C{size} of them (the oldest go
+    first).  A resource server introspects the same token on every call it
+    serves, and making the claims and the answer each time was a share of
+    an introspection's cost (bench/README.md, run N).
+
+    Nothing here stands in for the store: the token's record is read from
+    it on every introspection, and what was made of a record is used only
+    while the store gives that same record again.  A revoked token, or a
+    deleted client's, is one the store no longer gives; the expiry, the
+    tokens it was made from and who may see it are checked every time.  So
+    what is remembered is never staler than the store.
+    """
+
+    def __init__(self, size: int = REMEMBERED_ANSWERS) -> None:
+        self._size = size
+        self._infos: dict[str, tuple[TokenRecord, TokenInfo]] = {}
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def get(self, record: TokenRecord) -> TokenInfo | None:
+        """
+        What was made of C{record}, if it is the record it was made of.
+        """
+        found = self._infos.get(record.token_digest)
+        if found is None or found[0] != record:
+            return None
+        return found[1]
+
+    def add(self, record: TokenRecord, info: TokenInfo) -> None:
+        if self._size <= 0:
+            return
+        infos = self._infos
+        infos.pop(record.token_digest, None)
+        infos[record.token_digest] = (record, info)
+        while len(infos) > self._size:
+            del infos[next(iter(infos))]
+
+
+def active_answer(claims: Mapping[str, Any]) -> Mapping[str, Any]:
+    """
+    RFC 7662 §2.2: what introspection answers for an active token with
+    C{claims}, read-only.  The server's own members go last, so that no
+    claim in the token can stand in for them (a handler's C{"active":
+    false} once did).  RFC 9449 §6.2: a DPoP-bound token is introspected
+    with its C{cnf} and C{token_type} DPoP.
+    """
+    confirmation = claims.get("cnf")
+    bound = isinstance(confirmation, Mapping) and "jkt" in confirmation
+    return MappingProxyType({**claims, "active": True, "token_type": "DPoP" if bound else "Bearer"})
+
+
 @frozen
 class TokenInfo:
     """
-    What an active token says, whichever its format.
+    What an active token says, whichever its format, and what
+    introspection answers for it (L{active_answer}), made once.
     """
 
     claims: Mapping[str, Any]
@@ -178,6 +240,10 @@ class TokenInfo:
     jti: str | None
     #: The opaque token's digest, or None for a JWT.
     token_digest: str | None
+    answer: Mapping[str, Any] = field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "answer", active_answer(self.claims))
 
     @property
     def client_id(self) -> str:
@@ -221,6 +287,7 @@ class TokenIntrospection:
         self._authenticator = authenticator or ClientAuthenticator(clients, now=now)
         self._limits = limits or AuthLimits(None, now)
         self._verified = VerifiedSignatures()
+        self._remembered = RememberedAnswers()
 
     @staticmethod
     def _token(form: Mapping[str, str]) -> str:
@@ -271,6 +338,9 @@ class TokenIntrospection:
         record = await self._tokens.get_token(credentials.opaque_token_key(token))
         if record is None or record.expires_at <= self._now():
             return None
+        remembered = self._remembered.get(record)
+        if remembered is not None:
+            return remembered
         claims = access_token_claims(
             issuer=self._issuer,
             client_id=record.client_id,
@@ -284,7 +354,10 @@ class TokenIntrospection:
             x5t_s256=record.x5t_s256,
             delegation=record.delegation,
         )
-        return TokenInfo(claims, None, record.token_digest)
+        # read-only: every introspection of the record shares it
+        info = TokenInfo(MappingProxyType(claims), None, record.token_digest)
+        self._remembered.add(record, info)
+        return info
 
     def _access_token_key(self, header: Mapping[str, Any]) -> SigningKey | None:
         """
@@ -296,21 +369,21 @@ class TokenIntrospection:
             return None
         return key
 
-    def _verified_claims(self, token: str) -> Mapping[str, Any] | None:
+    def _verified_info(self, token: str) -> TokenInfo | None:
         """
-        The claims of a JWT this server signed that has not expired, or
-        None: its signature verified once (L{VerifiedSignatures}), its time
-        every time.
+        What a JWT this server signed that has not expired says, or None:
+        its signature verified once (L{VerifiedSignatures}), its time every
+        time.
         """
         now = self._now()
-        claims = self._verified.get(token, self._keyring)
-        if claims is not None:
+        info = self._verified.get(token, self._keyring)
+        if info is not None:
             try:
-                jose.check_times(claims, now)
+                jose.check_times(info.claims, now)
             except jose.JOSEError:
                 self._verified.forget(token)
                 return None
-            return claims
+            return info
         used: list[SigningKey] = []
 
         def key(header: Mapping[str, Any]) -> jose.VerificationKey | None:
@@ -334,13 +407,15 @@ class TokenIntrospection:
             return None
         # read-only: every introspection of the token shares it
         claims = MappingProxyType(verified.claims)
-        self._verified.add(token, used[0], claims)
-        return claims
+        info = TokenInfo(claims, str(claims["jti"]), None)
+        self._verified.add(token, used[0], info)
+        return info
 
     async def _jwt(self, token: str) -> TokenInfo | None:
-        claims = self._verified_claims(token)
-        if claims is None:
+        info = self._verified_info(token)
+        if info is None:
             return None
+        claims = info.claims
         revoked, revoked_before = await _both(
             self._tokens.is_revoked(str(claims["jti"])),
             self._tokens.client_revoked_before(str(claims["client_id"])),
@@ -353,7 +428,7 @@ class TokenIntrospection:
             # the mark: it is dead with the rest.
             if not isinstance(issued_at, int) or issued_at <= revoked_before:
                 return None
-        return TokenInfo(claims, str(claims["jti"]), None)
+        return info
 
     def _may_see(self, caller: Client, info: TokenInfo) -> bool:
         if self._rule == "any" or info.client_id == caller.client_id:
@@ -367,14 +442,13 @@ class TokenIntrospection:
         authorization: str | None,
         certificate: PresentedCertificate | None = None,
         source: str = "",
-    ) -> dict[str, Any]:
+    ) -> Mapping[str, Any]:
         """
-        RFC 7662 §2: the token's claims with C{active: true}, or exactly
+        RFC 7662 §2: the token's claims with C{active: true}
+        (L{active_answer}: read-only, and the same object for as long as
+        the store gives the same record of an opaque token), or exactly
         C{{"active": false}} for a token that is expired, revoked, unknown,
         malformed, or not the caller's to see.
-
-        The server's own members go last, so that no claim in the token can
-        stand in for them (a handler's C{"active": false} once did).
 
         The audit trail hears of a refusal, and of a question about an
         active token that is not the caller's to see.
@@ -404,10 +478,7 @@ class TokenIntrospection:
                 token_client_id=info.client_id,
             )
             return dict(INACTIVE)
-        # RFC 9449 §6.2: a DPoP-bound token is introspected with its cnf
-        # and token_type DPoP.
-        bound = isinstance(info.claims.get("cnf"), Mapping) and "jkt" in info.claims["cnf"]
-        return {**info.claims, "active": True, "token_type": "DPoP" if bound else "Bearer"}
+        return info.answer
 
     async def _is_master(self, authorization: str | None, source: str) -> bool:
         """
