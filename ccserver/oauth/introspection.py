@@ -127,14 +127,15 @@ class VerifiedSignatures:
     and an ES256 verification costs more than the rest of an introspection.
 
     Only what cannot change is remembered: that these bytes were signed by
-    that key, and what they say (a L{TokenInfo}: the claims, and the
-    answer introspection makes of them).  Everything that can change is checked on every
-    introspection, as for a token seen the first time: that this process
-    still knows the key (L{Keyring.verification_key}: a key removed from
-    the store is forgotten at the next refresh, and its tokens with it),
-    the token's time (C{exp}, C{nbf}), and in the store its revocation, its
-    client's deletion and those of the tokens it was made from.  So nothing
-    here can make a revoked token, or a deleted client's, active.
+    that key, and what they say (a L{TokenInfo}: the claims, and the answer
+    introspection makes of them).  Everything that can change is checked
+    on every introspection, as for a token seen the first time: that this
+    process still knows the key (L{Keyring.verification_key}: a key
+    removed from the store is forgotten at the next refresh, and its tokens
+    with it), the token's time (C{exp}, C{nbf}), and in the store its
+    revocation, its client's deletion and those of the tokens it was made
+    from.  So nothing here can make a revoked token, or a deleted client's,
+    active.
     """
 
     def __init__(self, size: int = VERIFIED_SIGNATURES) -> None:
