@@ -9,7 +9,7 @@ constant of the size of ccserver's own.
 What it costs a request per CPU-second, measured beside ccserver in the
 same alternation, is where ccserver's floor is on twisted.web: the part of
 each request that no change to ccserver's own work can take away
-(bench/README.md, "The floor").
+(bench/README.md, "The floor, measured").
 
   python3 -m bench.floor --port 8080
 """
