@@ -862,7 +862,7 @@ class IntrospectionResource(FormResource):
     C{/token/introspect} (RFC 7662), the hot path of a deployment with
     opaque tokens (a resource server may introspect on every call it
     serves): one call to L{TokenIntrospection.introspect}, its answer
-    written as JSON without the general encoder (L{introspection_json}).
+    written as JSON made once for a read-only answer (L{RenderedAnswers}).
     What it answers is what the Klein route it replaced answered, case by
     case (tests/test_introspection_fast_path.py).
     """
